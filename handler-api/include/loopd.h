@@ -1,0 +1,363 @@
+/*
+ * loopd.h - the loopd handler ABI, version 1.0.
+ *
+ * This header is the single source of truth for the contract between the
+ * loopd runtime ("the host") and a handler plugin ("the handler"). The Rust
+ * mirror lives in handler-api/src/abi.rs and a test checks that every size
+ * and offset agrees with this file.
+ *
+ * Name families:
+ *   loopd_*            types and constants
+ *   loopd_vtable.on_*  hooks the handler implements (NULL = not interested)
+ *   loopd_host_api.*   functions the host implements
+ *
+ * Rules that hold for everything below:
+ *   - A plugin exports exactly one symbol, loopd_plugin_entry_v1. The major
+ *     version is part of its name; a library built for another major simply
+ *     has no such symbol and is refused before any of its code runs.
+ *   - Every extensible struct starts with `uint32_t struct_size`. Fields are
+ *     only ever appended within a major version. A reader uses
+ *     min(struct_size, sizeof(what it knows)); fields it cannot see are
+ *     treated as NULL/0.
+ *   - No allocation changes sides. Bytes passed into a hook are borrowed for
+ *     the duration of that call only. Bytes passed to a host function are
+ *     copied (or written to the socket) before it returns. Handler instances
+ *     and per-connection state are opaque pointers the handler allocates and
+ *     frees.
+ *   - Status codes are plain int32_t: 0 is success, negative is an error
+ *     (LOOPD_ERR_*). No enums cross the boundary (their size is
+ *     implementation-defined); constants are macros.
+ *   - Ids (connections, sockets, timers) are uint64_t: the upper 32 bits are
+ *     a generation, the lower 32 bits a slot. 0 is never a valid id. Every
+ *     host function checks the id; a stale id gets LOOPD_ERR_NO_SUCH_CONN
+ *     (or LOOPD_ERR_NO_SUCH_TIMER), never the new occupant of the slot.
+ *   - No re-entrancy: a host function never runs a hook. Events it causes
+ *     (a close, a write error) are delivered after the current hook returns.
+ *   - Threading: hooks run on the loop thread, one at a time. Host functions
+ *     may only be called from the loop thread while a hook of the same
+ *     runtime is running; anywhere else they return LOOPD_ERR_WRONG_THREAD.
+ *   - The host never unloads (dlclose) a plugin: static data, including the
+ *     plugin info and vtable, may live in the library for the whole process.
+ *
+ * The header is C99 and compiles cleanly with
+ *   gcc -std=c99 -Wall -Wextra -Werror -pedantic
+ */
+#ifndef LOOPD_H
+#define LOOPD_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+/* ------------------------------------------------------------------------ */
+/* Versions                                                                  */
+/* ------------------------------------------------------------------------ */
+
+/* A major bump breaks the ABI; the entry symbol's name changes with it. */
+#define LOOPD_ABI_MAJOR 1
+/* A minor bump only appends fields and host functions. */
+#define LOOPD_ABI_MINOR 0
+
+/* The one symbol a plugin exports. */
+#define LOOPD_ENTRY_SYMBOL "loopd_plugin_entry_v1"
+
+#if defined(__GNUC__) || defined(__clang__)
+#define LOOPD_EXPORT __attribute__((visibility("default")))
+#else
+#define LOOPD_EXPORT
+#endif
+
+/* ------------------------------------------------------------------------ */
+/* Status codes (int32_t)                                                    */
+/* ------------------------------------------------------------------------ */
+
+#define LOOPD_OK 0
+/* The connection's output queue is at its high watermark; nothing was
+ * queued. Wait for on_writable, then send again. */
+#define LOOPD_ERR_AGAIN (-1)
+/* The id does not name a live connection or socket of this handler
+ * instance (never existed, already closed and released, or stale). */
+#define LOOPD_ERR_NO_SUCH_CONN (-2)
+/* The connection is closing (close was called, the peer went away, or
+ * loopd is shutting down); it accepts no more output. on_close follows. */
+#define LOOPD_ERR_CLOSED (-3)
+/* An argument is invalid (NULL pointer, unknown mode, malformed URL...). */
+#define LOOPD_ERR_INVALID (-4)
+/* The operation is not available (e.g. a stream operation on a datagram
+ * socket, or a feature this host does not have). */
+#define LOOPD_ERR_UNSUPPORTED (-5)
+/* A configured limit was reached (max_connections, timers...). */
+#define LOOPD_ERR_LIMIT (-6)
+/* The operating system refused the operation (see the host's log). */
+#define LOOPD_ERR_IO (-7)
+/* A host function was called outside a hook or from another thread. */
+#define LOOPD_ERR_WRONG_THREAD (-8)
+/* The timer id does not name a pending timer of this instance. */
+#define LOOPD_ERR_NO_SUCH_TIMER (-9)
+/* Returned by a hook (e.g. by the Rust SDK) when the handler panicked or
+ * failed; the host closes the connection or fails the instance. Any other
+ * negative value returned by a hook means the same thing. */
+#define LOOPD_ERR_HANDLER (-10)
+
+/* ------------------------------------------------------------------------ */
+/* Other constants                                                           */
+/* ------------------------------------------------------------------------ */
+
+/* Address families (loopd_addr.family). */
+#define LOOPD_AF_UNSPEC 0
+#define LOOPD_AF_INET 1
+#define LOOPD_AF_INET6 2
+#define LOOPD_AF_UNIX 3
+
+/* Stream transports (loopd_conn_info.transport). */
+#define LOOPD_TRANSPORT_TCP 1
+#define LOOPD_TRANSPORT_UNIX 2
+
+/* How a connection came to be (loopd_conn_info.origin). */
+#define LOOPD_ORIGIN_ACCEPTED 1
+#define LOOPD_ORIGIN_CONNECTED 2
+
+/* Framing (loopd_conn_info.framing, loopd_plugin_info.default_framing).
+ * RAW: on_data gets bytes as they arrive, at most max_frame per call.
+ * LINE: on_data gets one line without its "\n" and without a "\r" before it.
+ * LENGTH_PREFIXED: on_data gets one payload; on the wire each payload is
+ *   preceded by its length as a 4-byte big-endian unsigned integer. */
+#define LOOPD_FRAMING_DEFAULT 0 /* plugin info only: no preference (raw) */
+#define LOOPD_FRAMING_RAW 1
+#define LOOPD_FRAMING_LINE 2
+#define LOOPD_FRAMING_LENGTH_PREFIXED 3
+
+/* close() modes. */
+#define LOOPD_CLOSE_FLUSH 0 /* stop reading, send what is queued, then close */
+#define LOOPD_CLOSE_ABORT 1 /* drop the queue and close now */
+
+/* on_close reasons. */
+#define LOOPD_REASON_PEER 1           /* the peer closed (EOF), we flushed */
+#define LOOPD_REASON_LOCAL 2          /* the handler called close() */
+#define LOOPD_REASON_ERROR 3          /* I/O error or reset by the peer */
+#define LOOPD_REASON_FRAME_TOO_BIG 4  /* the peer exceeded max_frame */
+#define LOOPD_REASON_HANDLER 5        /* a hook failed or panicked */
+#define LOOPD_REASON_SHUTDOWN 6       /* loopd shut down */
+#define LOOPD_REASON_CONNECT_FAILED 7 /* an outbound connect() failed */
+#define LOOPD_REASON_TIMEOUT 8        /* a flush before close timed out */
+
+/* on_eof return values. */
+#define LOOPD_EOF_CLOSE 0     /* close once the output queue is flushed */
+#define LOOPD_EOF_KEEP_OPEN 1 /* keep writing; the handler closes later */
+
+/* Log levels for loopd_host_api.log. */
+#define LOOPD_LOG_ERROR 1
+#define LOOPD_LOG_WARN 2
+#define LOOPD_LOG_INFO 3
+#define LOOPD_LOG_DEBUG 4
+#define LOOPD_LOG_TRACE 5
+
+/* ------------------------------------------------------------------------ */
+/* Types                                                                     */
+/* ------------------------------------------------------------------------ */
+
+/* The host's per-instance context. Opaque; valid from create() until
+ * destroy() returns. Pass it back to every host function. */
+typedef struct loopd_ctx loopd_ctx;
+
+/* A borrowed byte range (used by sendv). ptr may be NULL when len is 0. */
+typedef struct loopd_bytes {
+    const uint8_t *ptr;
+    size_t len;
+} loopd_bytes;
+
+/* A socket address, without any pointer inside.
+ * LOOPD_AF_INET:  ip[0..4] holds the IPv4 address, port is in host order.
+ * LOOPD_AF_INET6: ip[0..16] holds the IPv6 address, port in host order,
+ *                 scope_id the interface index (0 if none).
+ * LOOPD_AF_UNIX:  no address fields are used (peers are usually unnamed).
+ * LOOPD_AF_UNSPEC: unknown. */
+typedef struct loopd_addr {
+    uint16_t family;
+    uint16_t port;
+    uint32_t scope_id;
+    uint8_t ip[16];
+} loopd_addr;
+
+/* Facts about a new connection, passed to on_open. Extensible. The struct
+ * and everything it points to are borrowed for the duration of the call. */
+typedef struct loopd_conn_info {
+    uint32_t struct_size;
+    uint32_t transport; /* LOOPD_TRANSPORT_* */
+    uint32_t origin;    /* LOOPD_ORIGIN_* */
+    uint32_t framing;   /* LOOPD_FRAMING_* in effect for this connection */
+    loopd_addr peer;
+    loopd_addr local;
+    /* The listener's URL (accepted) or the connect() target (connected),
+     * NUL-terminated UTF-8, e.g. "tcp://127.0.0.1:7000". Never NULL. */
+    const char *endpoint;
+} loopd_conn_info;
+
+/* Functions the host implements. The table is static in the host and valid
+ * for the life of the process. Extensible: check struct_size (or
+ * abi_minor) before using a function added after 1.0. */
+typedef struct loopd_host_api {
+    uint32_t struct_size;
+    uint32_t abi_major; /* LOOPD_ABI_MAJOR of the host */
+    uint32_t abi_minor; /* LOOPD_ABI_MINOR of the host */
+    uint32_t reserved;  /* 0 */
+    /* loopd's version, e.g. "0.1.0", NUL-terminated, static. */
+    const char *version;
+
+    /* Log a message (msg need not be NUL-terminated) through loopd's logger,
+     * tagged with the instance name. level is LOOPD_LOG_*. Never fails. */
+    void (*log)(loopd_ctx *ctx, uint32_t level, const char *msg, size_t len);
+
+    /* Queue bytes for a connection. Tries the socket first; only what the
+     * kernel does not take is copied into the connection's output queue.
+     * All or nothing: LOOPD_OK (everything accepted), LOOPD_ERR_AGAIN (the
+     * queue is at its high watermark; nothing accepted; on_writable follows
+     * once it drains below the low watermark), LOOPD_ERR_CLOSED,
+     * LOOPD_ERR_NO_SUCH_CONN, LOOPD_ERR_INVALID (data NULL with len > 0). */
+    int32_t (*send)(loopd_ctx *ctx, uint64_t conn, const uint8_t *data,
+                    size_t len);
+
+    /* Like send, for `count` parts sent back to back as one message (all
+     * parts or none). parts may be NULL when count is 0. */
+    int32_t (*sendv)(loopd_ctx *ctx, uint64_t conn, const loopd_bytes *parts,
+                     size_t count);
+
+    /* Close a connection. mode is LOOPD_CLOSE_FLUSH or LOOPD_CLOSE_ABORT.
+     * No more on_data follows; on_close(LOOPD_REASON_LOCAL) is delivered
+     * after the current hook returns (FLUSH: once the queue is sent, or the
+     * flush times out). Closing a closing connection is LOOPD_OK. */
+    int32_t (*close)(loopd_ctx *ctx, uint64_t conn, uint32_t mode);
+
+    /* Send one datagram from a datagram socket of this instance to `to`.
+     * Never queued: LOOPD_OK, LOOPD_ERR_AGAIN (the kernel's buffer is full;
+     * the datagram was dropped), LOOPD_ERR_IO, LOOPD_ERR_NO_SUCH_CONN,
+     * LOOPD_ERR_UNSUPPORTED (socket is a stream), LOOPD_ERR_INVALID. */
+    int32_t (*send_datagram)(loopd_ctx *ctx, uint64_t socket,
+                             const loopd_addr *to, const uint8_t *data,
+                             size_t len);
+
+    /* Arm a one-shot timer: on_timer(timer, user_data) runs after at least
+     * delay_ms milliseconds. *timer_out receives its id. */
+    int32_t (*timer_set)(loopd_ctx *ctx, uint64_t delay_ms, uint64_t user_data,
+                         uint64_t *timer_out);
+
+    /* Cancel a pending timer: LOOPD_OK, or LOOPD_ERR_NO_SUCH_TIMER if it
+     * already fired, was cancelled, or is not this instance's. */
+    int32_t (*timer_cancel)(loopd_ctx *ctx, uint64_t timer);
+
+    /* Start an outbound stream connection to a numeric URL
+     * ("tcp://127.0.0.1:6379", "tcp://[::1]:80", "unix:///run/x.sock").
+     * *conn_out receives the id at once. The result arrives later as
+     * on_open (connected) or on_close(LOOPD_REASON_CONNECT_FAILED). Bytes
+     * sent before on_open are queued. LOOPD_ERR_INVALID for a malformed
+     * URL, LOOPD_ERR_LIMIT at max_connections. */
+    int32_t (*connect)(loopd_ctx *ctx, const char *url, uint64_t *conn_out);
+
+    /* Milliseconds on a monotonic clock (since the host started). */
+    uint64_t (*now_ms)(loopd_ctx *ctx);
+
+    /* Bytes waiting in a connection's output queue. */
+    int32_t (*output_queued)(loopd_ctx *ctx, uint64_t conn, size_t *bytes_out);
+
+    /* A static, NUL-terminated description of a status code. */
+    const char *(*status_str)(int32_t status);
+} loopd_host_api;
+
+/* Hooks the handler implements. Every pointer may be NULL ("not
+ * interested"). `instance` is what create() stored (NULL if create is
+ * NULL); `conn_state` is what on_open() stored (NULL if on_open is NULL or
+ * stored nothing). Extensible. */
+typedef struct loopd_vtable {
+    uint32_t struct_size;
+    uint32_t reserved; /* 0 */
+
+    /* Create an instance for a [[handler]] entry. instance_name and
+     * config_json (the entry's [handler.config] table as JSON, "{}" when
+     * absent) are NUL-terminated and borrowed for this call. Store the
+     * instance in *instance_out. On failure return a negative status and
+     * write a NUL-terminated reason (at most err_cap bytes) into err; loopd
+     * then exits before listening. */
+    int32_t (*create)(const loopd_host_api *host, loopd_ctx *ctx,
+                      const char *instance_name, const char *config_json,
+                      void **instance_out, char *err, size_t err_cap);
+
+    /* Free the instance. Last call for it: every connection got on_close
+     * and no timer fires afterwards. */
+    void (*destroy)(loopd_ctx *ctx, void *instance);
+
+    /* A connection was accepted or an outbound connect() succeeded. Store
+     * per-connection state in *conn_state. A negative return refuses the
+     * connection: it is aborted and on_close(LOOPD_REASON_HANDLER) follows. */
+    int32_t (*on_open)(loopd_ctx *ctx, void *instance, uint64_t conn,
+                       const loopd_conn_info *info, void **conn_state);
+
+    /* One frame (see LOOPD_FRAMING_*). data is borrowed for this call and
+     * may be NULL when len is 0. A negative return closes the connection
+     * (on_close(LOOPD_REASON_HANDLER) follows). */
+    int32_t (*on_data)(loopd_ctx *ctx, void *instance, uint64_t conn,
+                       void *conn_state, const uint8_t *data, size_t len);
+
+    /* The peer shut down its sending side; every complete frame has been
+     * delivered. Return LOOPD_EOF_CLOSE (also what a NULL hook means) to
+     * close once the output queue is flushed, or LOOPD_EOF_KEEP_OPEN to
+     * keep sending and call close() later. */
+    int32_t (*on_eof)(loopd_ctx *ctx, void *instance, uint64_t conn,
+                      void *conn_state);
+
+    /* A send() or sendv() on this connection returned LOOPD_ERR_AGAIN and
+     * its output queue has since drained below the low watermark. */
+    void (*on_writable)(loopd_ctx *ctx, void *instance, uint64_t conn,
+                        void *conn_state);
+
+    /* The connection is gone (reason: LOOPD_REASON_*). Called exactly once
+     * for every id the handler was given (by on_open or connect()), and
+     * last: free conn_state here. The id is stale afterwards. */
+    void (*on_close)(loopd_ctx *ctx, void *instance, uint64_t conn,
+                     void *conn_state, int32_t reason);
+
+    /* A datagram arrived on a datagram socket of this instance. peer and
+     * data are borrowed for this call. */
+    void (*on_datagram)(loopd_ctx *ctx, void *instance, uint64_t socket,
+                        const loopd_addr *peer, const uint8_t *data,
+                        size_t len);
+
+    /* A timer set with timer_set fired. */
+    void (*on_timer)(loopd_ctx *ctx, void *instance, uint64_t timer,
+                     uint64_t user_data);
+
+    /* loopd is shutting down: listeners are closed and open connections
+     * get shutdown_timeout_ms to finish. Close idle connections here. */
+    void (*on_shutdown)(loopd_ctx *ctx, void *instance);
+} loopd_vtable;
+
+/* What loopd_plugin_entry_v1 returns. Must stay valid for the life of the
+ * process (a static is ideal). Extensible. */
+typedef struct loopd_plugin_info {
+    uint32_t struct_size;    /* sizeof(loopd_plugin_info) */
+    uint32_t abi_major;      /* LOOPD_ABI_MAJOR the plugin was built for */
+    uint32_t abi_minor;      /* LOOPD_ABI_MINOR the plugin was built for */
+    uint32_t min_host_minor; /* oldest host minor it works with (0 = any) */
+    const char *name;        /* NUL-terminated, e.g. "echo" */
+    const char *version;     /* NUL-terminated, e.g. "0.1.0" */
+    uint32_t default_framing; /* LOOPD_FRAMING_* (DEFAULT = no preference) */
+    uint32_t reserved;        /* 0 */
+    const loopd_vtable *vtable; /* never NULL */
+} loopd_plugin_info;
+
+/* The entry point. host is static and valid for the life of the process.
+ * Return the plugin's info, or NULL to refuse to load (for example because
+ * host->abi_minor is too old). */
+LOOPD_EXPORT const loopd_plugin_info *
+loopd_plugin_entry_v1(const loopd_host_api *host);
+
+typedef const loopd_plugin_info *(*loopd_plugin_entry_v1_fn)(
+    const loopd_host_api *host);
+
+#ifdef __cplusplus
+}
+#endif
+
+#endif /* LOOPD_H */

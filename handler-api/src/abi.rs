@@ -1,0 +1,385 @@
+//! The raw handler ABI v1: a `#[repr(C)]` mirror of `include/loopd.h`.
+//!
+//! `loopd.h` is the source of truth; every item here carries the same name and
+//! the same documentation contract. A test (`tests/abi_layout.rs`) compiles a
+//! C program against the header and checks that every struct's size and every
+//! field's offset match these definitions.
+//!
+//! Most handlers never touch this module: implement [`crate::Handler`] and use
+//! [`crate::export_handler!`] instead.
+#![allow(non_camel_case_types)]
+
+use core::ffi::{c_char, c_void};
+
+/// Major version of the ABI. A major bump renames the entry symbol.
+pub const LOOPD_ABI_MAJOR: u32 = 1;
+/// Minor version of the ABI. A minor bump only appends fields and functions.
+pub const LOOPD_ABI_MINOR: u32 = 0;
+/// The one symbol a plugin exports, NUL-terminated.
+pub const LOOPD_ENTRY_SYMBOL: &[u8] = b"loopd_plugin_entry_v1\0";
+
+/// Success.
+pub const LOOPD_OK: i32 = 0;
+/// The output queue is at its high watermark; nothing was queued.
+pub const LOOPD_ERR_AGAIN: i32 = -1;
+/// The id does not name a live connection or socket of this instance.
+pub const LOOPD_ERR_NO_SUCH_CONN: i32 = -2;
+/// The connection is closing and accepts no more output.
+pub const LOOPD_ERR_CLOSED: i32 = -3;
+/// An argument is invalid.
+pub const LOOPD_ERR_INVALID: i32 = -4;
+/// The operation is not available on this object or host.
+pub const LOOPD_ERR_UNSUPPORTED: i32 = -5;
+/// A configured limit was reached.
+pub const LOOPD_ERR_LIMIT: i32 = -6;
+/// The operating system refused the operation.
+pub const LOOPD_ERR_IO: i32 = -7;
+/// A host function was called outside a hook or from another thread.
+pub const LOOPD_ERR_WRONG_THREAD: i32 = -8;
+/// The timer id does not name a pending timer of this instance.
+pub const LOOPD_ERR_NO_SUCH_TIMER: i32 = -9;
+/// A hook failed or panicked.
+pub const LOOPD_ERR_HANDLER: i32 = -10;
+
+/// Address family: unknown.
+pub const LOOPD_AF_UNSPEC: u16 = 0;
+/// Address family: IPv4.
+pub const LOOPD_AF_INET: u16 = 1;
+/// Address family: IPv6.
+pub const LOOPD_AF_INET6: u16 = 2;
+/// Address family: Unix domain.
+pub const LOOPD_AF_UNIX: u16 = 3;
+
+/// Stream transport: TCP.
+pub const LOOPD_TRANSPORT_TCP: u32 = 1;
+/// Stream transport: Unix-domain stream socket.
+pub const LOOPD_TRANSPORT_UNIX: u32 = 2;
+
+/// The connection was accepted by a listener.
+pub const LOOPD_ORIGIN_ACCEPTED: u32 = 1;
+/// The connection was opened by `connect`.
+pub const LOOPD_ORIGIN_CONNECTED: u32 = 2;
+
+/// Plugin info only: no framing preference (raw).
+pub const LOOPD_FRAMING_DEFAULT: u32 = 0;
+/// Bytes as they arrive.
+pub const LOOPD_FRAMING_RAW: u32 = 1;
+/// One line per call, without `\n` and a `\r` before it.
+pub const LOOPD_FRAMING_LINE: u32 = 2;
+/// One payload per call; 4-byte big-endian length header on the wire.
+pub const LOOPD_FRAMING_LENGTH_PREFIXED: u32 = 3;
+
+/// `close` mode: send what is queued, then close.
+pub const LOOPD_CLOSE_FLUSH: u32 = 0;
+/// `close` mode: drop the queue and close now.
+pub const LOOPD_CLOSE_ABORT: u32 = 1;
+
+/// Close reason: the peer closed and the output was flushed.
+pub const LOOPD_REASON_PEER: i32 = 1;
+/// Close reason: the handler called `close`.
+pub const LOOPD_REASON_LOCAL: i32 = 2;
+/// Close reason: I/O error or reset by the peer.
+pub const LOOPD_REASON_ERROR: i32 = 3;
+/// Close reason: the peer exceeded the maximum frame size.
+pub const LOOPD_REASON_FRAME_TOO_BIG: i32 = 4;
+/// Close reason: a hook failed or panicked.
+pub const LOOPD_REASON_HANDLER: i32 = 5;
+/// Close reason: loopd shut down.
+pub const LOOPD_REASON_SHUTDOWN: i32 = 6;
+/// Close reason: an outbound connect failed.
+pub const LOOPD_REASON_CONNECT_FAILED: i32 = 7;
+/// Close reason: a flush before close timed out.
+pub const LOOPD_REASON_TIMEOUT: i32 = 8;
+
+/// `on_eof` result: close once the output queue is flushed.
+pub const LOOPD_EOF_CLOSE: i32 = 0;
+/// `on_eof` result: keep the connection open for writing.
+pub const LOOPD_EOF_KEEP_OPEN: i32 = 1;
+
+/// Log level: error.
+pub const LOOPD_LOG_ERROR: u32 = 1;
+/// Log level: warning.
+pub const LOOPD_LOG_WARN: u32 = 2;
+/// Log level: info.
+pub const LOOPD_LOG_INFO: u32 = 3;
+/// Log level: debug.
+pub const LOOPD_LOG_DEBUG: u32 = 4;
+/// Log level: trace.
+pub const LOOPD_LOG_TRACE: u32 = 5;
+
+/// The host's opaque per-instance context.
+#[repr(C)]
+#[derive(Debug)]
+pub struct loopd_ctx {
+    _private: [u8; 0],
+}
+
+/// A borrowed byte range.
+#[repr(C)]
+#[derive(Debug, Clone, Copy)]
+pub struct loopd_bytes {
+    /// Start of the bytes; may be NULL when `len` is 0.
+    pub ptr: *const u8,
+    /// Number of bytes.
+    pub len: usize,
+}
+
+/// A socket address without pointers. See `loopd.h`.
+#[repr(C)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct loopd_addr {
+    /// `LOOPD_AF_*`.
+    pub family: u16,
+    /// Port in host byte order.
+    pub port: u16,
+    /// IPv6 scope id.
+    pub scope_id: u32,
+    /// IPv4 in the first 4 bytes, or the 16 bytes of IPv6.
+    pub ip: [u8; 16],
+}
+
+/// Facts about a new connection, passed to `on_open`.
+#[repr(C)]
+#[derive(Debug, Clone, Copy)]
+pub struct loopd_conn_info {
+    /// `size_of::<loopd_conn_info>()` as the host knows it.
+    pub struct_size: u32,
+    /// `LOOPD_TRANSPORT_*`.
+    pub transport: u32,
+    /// `LOOPD_ORIGIN_*`.
+    pub origin: u32,
+    /// `LOOPD_FRAMING_*` in effect.
+    pub framing: u32,
+    /// The peer's address.
+    pub peer: loopd_addr,
+    /// The local address.
+    pub local: loopd_addr,
+    /// Listener URL or connect target, NUL-terminated, never NULL.
+    pub endpoint: *const c_char,
+}
+
+/// `loopd_host_api.log`.
+pub type loopd_log_fn = unsafe extern "C" fn(*mut loopd_ctx, u32, *const c_char, usize);
+/// `loopd_host_api.send`.
+pub type loopd_send_fn = unsafe extern "C" fn(*mut loopd_ctx, u64, *const u8, usize) -> i32;
+/// `loopd_host_api.sendv`.
+pub type loopd_sendv_fn =
+    unsafe extern "C" fn(*mut loopd_ctx, u64, *const loopd_bytes, usize) -> i32;
+/// `loopd_host_api.close`.
+pub type loopd_close_fn = unsafe extern "C" fn(*mut loopd_ctx, u64, u32) -> i32;
+/// `loopd_host_api.send_datagram`.
+pub type loopd_send_datagram_fn =
+    unsafe extern "C" fn(*mut loopd_ctx, u64, *const loopd_addr, *const u8, usize) -> i32;
+/// `loopd_host_api.timer_set`.
+pub type loopd_timer_set_fn = unsafe extern "C" fn(*mut loopd_ctx, u64, u64, *mut u64) -> i32;
+/// `loopd_host_api.timer_cancel`.
+pub type loopd_timer_cancel_fn = unsafe extern "C" fn(*mut loopd_ctx, u64) -> i32;
+/// `loopd_host_api.connect`.
+pub type loopd_connect_fn = unsafe extern "C" fn(*mut loopd_ctx, *const c_char, *mut u64) -> i32;
+/// `loopd_host_api.now_ms`.
+pub type loopd_now_ms_fn = unsafe extern "C" fn(*mut loopd_ctx) -> u64;
+/// `loopd_host_api.output_queued`.
+pub type loopd_output_queued_fn = unsafe extern "C" fn(*mut loopd_ctx, u64, *mut usize) -> i32;
+/// `loopd_host_api.status_str`.
+pub type loopd_status_str_fn = unsafe extern "C" fn(i32) -> *const c_char;
+
+/// Functions the host implements. See `loopd.h` for each contract.
+#[repr(C)]
+#[derive(Debug, Clone, Copy)]
+pub struct loopd_host_api {
+    /// `size_of::<loopd_host_api>()` as the host knows it.
+    pub struct_size: u32,
+    /// The host's ABI major.
+    pub abi_major: u32,
+    /// The host's ABI minor.
+    pub abi_minor: u32,
+    /// Always 0.
+    pub reserved: u32,
+    /// loopd's version, NUL-terminated, static.
+    pub version: *const c_char,
+    /// Log through loopd's logger.
+    pub log: Option<loopd_log_fn>,
+    /// Queue bytes for a connection.
+    pub send: Option<loopd_send_fn>,
+    /// Queue several byte ranges as one message.
+    pub sendv: Option<loopd_sendv_fn>,
+    /// Close a connection.
+    pub close: Option<loopd_close_fn>,
+    /// Send one datagram.
+    pub send_datagram: Option<loopd_send_datagram_fn>,
+    /// Arm a one-shot timer.
+    pub timer_set: Option<loopd_timer_set_fn>,
+    /// Cancel a timer.
+    pub timer_cancel: Option<loopd_timer_cancel_fn>,
+    /// Start an outbound connection.
+    pub connect: Option<loopd_connect_fn>,
+    /// Monotonic milliseconds.
+    pub now_ms: Option<loopd_now_ms_fn>,
+    /// Bytes waiting in a connection's output queue.
+    pub output_queued: Option<loopd_output_queued_fn>,
+    /// Describe a status code.
+    pub status_str: Option<loopd_status_str_fn>,
+}
+
+// SAFETY: the host table is immutable static data (function pointers and a
+// pointer to a static string); sharing it between threads is sound.
+unsafe impl Sync for loopd_host_api {}
+// SAFETY: as above; it holds no thread-bound state.
+unsafe impl Send for loopd_host_api {}
+
+/// `loopd_vtable.create`.
+pub type loopd_create_fn = unsafe extern "C" fn(
+    *const loopd_host_api,
+    *mut loopd_ctx,
+    *const c_char,
+    *const c_char,
+    *mut *mut c_void,
+    *mut c_char,
+    usize,
+) -> i32;
+/// `loopd_vtable.destroy`.
+pub type loopd_destroy_fn = unsafe extern "C" fn(*mut loopd_ctx, *mut c_void);
+/// `loopd_vtable.on_open`.
+pub type loopd_on_open_fn = unsafe extern "C" fn(
+    *mut loopd_ctx,
+    *mut c_void,
+    u64,
+    *const loopd_conn_info,
+    *mut *mut c_void,
+) -> i32;
+/// `loopd_vtable.on_data`.
+pub type loopd_on_data_fn =
+    unsafe extern "C" fn(*mut loopd_ctx, *mut c_void, u64, *mut c_void, *const u8, usize) -> i32;
+/// `loopd_vtable.on_eof`.
+pub type loopd_on_eof_fn = unsafe extern "C" fn(*mut loopd_ctx, *mut c_void, u64, *mut c_void) -> i32;
+/// `loopd_vtable.on_writable`.
+pub type loopd_on_writable_fn = unsafe extern "C" fn(*mut loopd_ctx, *mut c_void, u64, *mut c_void);
+/// `loopd_vtable.on_close`.
+pub type loopd_on_close_fn = unsafe extern "C" fn(*mut loopd_ctx, *mut c_void, u64, *mut c_void, i32);
+/// `loopd_vtable.on_datagram`.
+pub type loopd_on_datagram_fn =
+    unsafe extern "C" fn(*mut loopd_ctx, *mut c_void, u64, *const loopd_addr, *const u8, usize);
+/// `loopd_vtable.on_timer`.
+pub type loopd_on_timer_fn = unsafe extern "C" fn(*mut loopd_ctx, *mut c_void, u64, u64);
+/// `loopd_vtable.on_shutdown`.
+pub type loopd_on_shutdown_fn = unsafe extern "C" fn(*mut loopd_ctx, *mut c_void);
+
+/// Hooks the handler implements; `None` means "not interested".
+#[repr(C)]
+#[derive(Debug, Clone, Copy)]
+pub struct loopd_vtable {
+    /// `size_of::<loopd_vtable>()` as the plugin knows it.
+    pub struct_size: u32,
+    /// Always 0.
+    pub reserved: u32,
+    /// Create an instance.
+    pub create: Option<loopd_create_fn>,
+    /// Free an instance.
+    pub destroy: Option<loopd_destroy_fn>,
+    /// A connection opened.
+    pub on_open: Option<loopd_on_open_fn>,
+    /// One frame arrived.
+    pub on_data: Option<loopd_on_data_fn>,
+    /// The peer stopped sending.
+    pub on_eof: Option<loopd_on_eof_fn>,
+    /// The output queue drained after `AGAIN`.
+    pub on_writable: Option<loopd_on_writable_fn>,
+    /// The connection is gone.
+    pub on_close: Option<loopd_on_close_fn>,
+    /// A datagram arrived.
+    pub on_datagram: Option<loopd_on_datagram_fn>,
+    /// A timer fired.
+    pub on_timer: Option<loopd_on_timer_fn>,
+    /// loopd is shutting down.
+    pub on_shutdown: Option<loopd_on_shutdown_fn>,
+}
+
+impl loopd_vtable {
+    /// A table of the current size with every hook `None`.
+    pub const EMPTY: loopd_vtable = loopd_vtable {
+        struct_size: core::mem::size_of::<loopd_vtable>() as u32,
+        reserved: 0,
+        create: None,
+        destroy: None,
+        on_open: None,
+        on_data: None,
+        on_eof: None,
+        on_writable: None,
+        on_close: None,
+        on_datagram: None,
+        on_timer: None,
+        on_shutdown: None,
+    };
+}
+
+/// What `loopd_plugin_entry_v1` returns.
+#[repr(C)]
+#[derive(Debug, Clone, Copy)]
+pub struct loopd_plugin_info {
+    /// `size_of::<loopd_plugin_info>()` as the plugin knows it.
+    pub struct_size: u32,
+    /// ABI major the plugin was built for.
+    pub abi_major: u32,
+    /// ABI minor the plugin was built for.
+    pub abi_minor: u32,
+    /// Oldest host minor the plugin works with.
+    pub min_host_minor: u32,
+    /// Plugin name, NUL-terminated.
+    pub name: *const c_char,
+    /// Plugin version, NUL-terminated.
+    pub version: *const c_char,
+    /// `LOOPD_FRAMING_*` the plugin prefers.
+    pub default_framing: u32,
+    /// Always 0.
+    pub reserved: u32,
+    /// The hooks; never NULL.
+    pub vtable: *const loopd_vtable,
+}
+
+// SAFETY: plugin info is immutable static data (pointers to static strings
+// and a static vtable); sharing it between threads is sound.
+unsafe impl Sync for loopd_plugin_info {}
+// SAFETY: as above.
+unsafe impl Send for loopd_plugin_info {}
+
+/// The entry point's type: `loopd_plugin_entry_v1`.
+pub type loopd_plugin_entry_v1_fn =
+    unsafe extern "C" fn(host: *const loopd_host_api) -> *const loopd_plugin_info;
+
+/// Size of the v1.0 `loopd_vtable`; a plugin's table must be at least this big.
+pub const LOOPD_VTABLE_V1_0_SIZE: usize = core::mem::size_of::<loopd_vtable>();
+/// Size of the v1.0 `loopd_plugin_info`; a plugin's info must be at least this big.
+pub const LOOPD_PLUGIN_INFO_V1_0_SIZE: usize = core::mem::size_of::<loopd_plugin_info>();
+
+/// A static description of a status code, as `status_str` returns it.
+pub fn status_str(status: i32) -> &'static str {
+    match status {
+        LOOPD_OK => "ok",
+        LOOPD_ERR_AGAIN => "output queue full, try again after on_writable",
+        LOOPD_ERR_NO_SUCH_CONN => "no such connection",
+        LOOPD_ERR_CLOSED => "connection is closing",
+        LOOPD_ERR_INVALID => "invalid argument",
+        LOOPD_ERR_UNSUPPORTED => "operation not supported",
+        LOOPD_ERR_LIMIT => "limit reached",
+        LOOPD_ERR_IO => "I/O error",
+        LOOPD_ERR_WRONG_THREAD => "host function called outside a hook or from another thread",
+        LOOPD_ERR_NO_SUCH_TIMER => "no such timer",
+        LOOPD_ERR_HANDLER => "handler failed",
+        _ => "unknown status",
+    }
+}
+
+/// A static description of a close reason.
+pub fn reason_str(reason: i32) -> &'static str {
+    match reason {
+        LOOPD_REASON_PEER => "closed by peer",
+        LOOPD_REASON_LOCAL => "closed by handler",
+        LOOPD_REASON_ERROR => "I/O error",
+        LOOPD_REASON_FRAME_TOO_BIG => "frame too big",
+        LOOPD_REASON_HANDLER => "handler failed",
+        LOOPD_REASON_SHUTDOWN => "shutdown",
+        LOOPD_REASON_CONNECT_FAILED => "connect failed",
+        LOOPD_REASON_TIMEOUT => "flush timed out",
+        _ => "unknown reason",
+    }
+}

@@ -1,0 +1,2 @@
+//! The loopd handler ABI and its safe Rust layer.
+pub mod abi;
