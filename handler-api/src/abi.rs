@@ -251,11 +251,13 @@ pub type loopd_on_open_fn = unsafe extern "C" fn(
 pub type loopd_on_data_fn =
     unsafe extern "C" fn(*mut loopd_ctx, *mut c_void, u64, *mut c_void, *const u8, usize) -> i32;
 /// `loopd_vtable.on_eof`.
-pub type loopd_on_eof_fn = unsafe extern "C" fn(*mut loopd_ctx, *mut c_void, u64, *mut c_void) -> i32;
+pub type loopd_on_eof_fn =
+    unsafe extern "C" fn(*mut loopd_ctx, *mut c_void, u64, *mut c_void) -> i32;
 /// `loopd_vtable.on_writable`.
 pub type loopd_on_writable_fn = unsafe extern "C" fn(*mut loopd_ctx, *mut c_void, u64, *mut c_void);
 /// `loopd_vtable.on_close`.
-pub type loopd_on_close_fn = unsafe extern "C" fn(*mut loopd_ctx, *mut c_void, u64, *mut c_void, i32);
+pub type loopd_on_close_fn =
+    unsafe extern "C" fn(*mut loopd_ctx, *mut c_void, u64, *mut c_void, i32);
 /// `loopd_vtable.on_datagram`.
 pub type loopd_on_datagram_fn =
     unsafe extern "C" fn(*mut loopd_ctx, *mut c_void, u64, *const loopd_addr, *const u8, usize);
@@ -381,5 +383,51 @@ pub fn reason_str(reason: i32) -> &'static str {
         LOOPD_REASON_CONNECT_FAILED => "connect failed",
         LOOPD_REASON_TIMEOUT => "flush timed out",
         _ => "unknown reason",
+    }
+}
+
+impl loopd_addr {
+    /// The ABI form of a socket address.
+    pub fn from_socket_addr(addr: std::net::SocketAddr) -> loopd_addr {
+        let mut out = loopd_addr {
+            port: addr.port(),
+            ..loopd_addr::default()
+        };
+        match addr {
+            std::net::SocketAddr::V4(v4) => {
+                out.family = LOOPD_AF_INET;
+                out.ip[..4].copy_from_slice(&v4.ip().octets());
+            }
+            std::net::SocketAddr::V6(v6) => {
+                out.family = LOOPD_AF_INET6;
+                out.scope_id = v6.scope_id();
+                out.ip = v6.ip().octets();
+            }
+        }
+        out
+    }
+
+    /// The address of a Unix-domain peer (no fields are used).
+    pub fn unix() -> loopd_addr {
+        loopd_addr {
+            family: LOOPD_AF_UNIX,
+            ..loopd_addr::default()
+        }
+    }
+
+    /// The socket address, for `LOOPD_AF_INET` and `LOOPD_AF_INET6`; `None` otherwise.
+    pub fn to_socket_addr(&self) -> Option<std::net::SocketAddr> {
+        use std::net::{Ipv4Addr, Ipv6Addr, SocketAddrV4, SocketAddrV6};
+        match self.family {
+            LOOPD_AF_INET => {
+                let ip = Ipv4Addr::new(self.ip[0], self.ip[1], self.ip[2], self.ip[3]);
+                Some(SocketAddrV4::new(ip, self.port).into())
+            }
+            LOOPD_AF_INET6 => {
+                let ip = Ipv6Addr::from(self.ip);
+                Some(SocketAddrV6::new(ip, self.port, 0, self.scope_id).into())
+            }
+            _ => None,
+        }
     }
 }

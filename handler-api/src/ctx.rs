@@ -1,0 +1,251 @@
+//! [`Ctx`]: the host functions, safely.
+
+use std::ffi::CString;
+use std::fmt;
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use crate::abi::{self, loopd_bytes, loopd_ctx, loopd_host_api};
+use crate::types::{CloseMode, ConnId, Error, Framing, Level, SocketId, TimerId};
+
+/// The runtime's side of the contract: send, close, timers, connect, logging.
+///
+/// Every hook receives a `Ctx`. Its methods may only be called from inside a
+/// hook, on the loop thread; anywhere else they return [`Error::WrongThread`]
+/// (or log nothing). A host call never runs another hook: a close or an error
+/// it causes is delivered after the current hook returns.
+#[derive(Clone, Copy)]
+pub struct Ctx {
+    host: *const loopd_host_api,
+    raw: *mut loopd_ctx,
+}
+
+impl fmt::Debug for Ctx {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Ctx").field("raw", &self.raw).finish()
+    }
+}
+
+/// Parts sent by one `sendv` call without a heap allocation.
+const INLINE_PARTS: usize = 8;
+
+impl Ctx {
+    /// Wraps a host table and the host's context pointer.
+    ///
+    /// # Safety
+    /// `host` must point to a complete `loopd_host_api` (at least the v1.0
+    /// size) that stays valid and unchanged while this `Ctx` or a copy of it
+    /// is used, and `raw` must be the context the host passed to the current
+    /// instance.
+    pub unsafe fn from_raw(host: *const loopd_host_api, raw: *mut loopd_ctx) -> Ctx {
+        Ctx { host, raw }
+    }
+
+    /// The host's context pointer, for calling the raw ABI directly.
+    pub fn as_raw(&self) -> *mut loopd_ctx {
+        self.raw
+    }
+
+    fn host(&self) -> &loopd_host_api {
+        // SAFETY: `from_raw`'s contract: `host` is valid for as long as this Ctx is used.
+        unsafe { &*self.host }
+    }
+
+    /// loopd's version and ABI minor, e.g. `("0.1.0", 0)`.
+    pub fn host_version(&self) -> (&str, u32) {
+        let host = self.host();
+        let version = if host.version.is_null() {
+            ""
+        } else {
+            // SAFETY: the host promises a static NUL-terminated string.
+            unsafe { std::ffi::CStr::from_ptr(host.version) }
+                .to_str()
+                .unwrap_or("")
+        };
+        (version, host.abi_minor)
+    }
+
+    /// Sends `data` on `conn`: written at once if the socket takes it, queued otherwise.
+    ///
+    /// # Errors
+    /// [`Error::Again`] when the output queue is at its high watermark (nothing
+    /// was queued; [`crate::Handler::on_writable`] follows once it drains),
+    /// [`Error::Closed`] when the connection is closing, [`Error::NoSuchConn`]
+    /// for an unknown or stale id.
+    pub fn send(&self, conn: ConnId, data: &[u8]) -> Result<(), Error> {
+        let f = self.host().send.ok_or(Error::Unsupported)?;
+        // SAFETY: `data` is valid for reads of `data.len()` bytes for this call; the host copies it.
+        Error::check(unsafe { f(self.raw, conn.raw(), data.as_ptr(), data.len()) })
+    }
+
+    /// Sends several byte slices back to back as one message: all or nothing.
+    ///
+    /// # Errors
+    /// As [`Ctx::send`].
+    pub fn send_parts(&self, conn: ConnId, parts: &[&[u8]]) -> Result<(), Error> {
+        let f = self.host().sendv.ok_or(Error::Unsupported)?;
+        let mut inline = [loopd_bytes {
+            ptr: std::ptr::null(),
+            len: 0,
+        }; INLINE_PARTS];
+        let heap: Vec<loopd_bytes>;
+        let raw_parts: &[loopd_bytes] = if parts.len() <= INLINE_PARTS {
+            for (slot, part) in inline.iter_mut().zip(parts) {
+                *slot = loopd_bytes {
+                    ptr: part.as_ptr(),
+                    len: part.len(),
+                };
+            }
+            &inline[..parts.len()]
+        } else {
+            heap = parts
+                .iter()
+                .map(|p| loopd_bytes {
+                    ptr: p.as_ptr(),
+                    len: p.len(),
+                })
+                .collect();
+            &heap
+        };
+        // SAFETY: every part points to a live slice for the duration of the call.
+        Error::check(unsafe { f(self.raw, conn.raw(), raw_parts.as_ptr(), raw_parts.len()) })
+    }
+
+    /// Sends one message framed for `framing`: as is for raw, followed by `\n`
+    /// for line, preceded by its 4-byte big-endian length for length-prefixed.
+    ///
+    /// # Errors
+    /// [`Error::Invalid`] if a length-prefixed payload is over `u32::MAX` bytes;
+    /// otherwise as [`Ctx::send`].
+    pub fn send_frame(&self, conn: ConnId, framing: Framing, payload: &[u8]) -> Result<(), Error> {
+        match framing {
+            Framing::Line => self.send_parts(conn, &[payload, b"\n"]),
+            Framing::LengthPrefixed => {
+                let header = crate::length_prefix(payload.len()).ok_or(Error::Invalid)?;
+                self.send_parts(conn, &[&header, payload])
+            }
+            Framing::Raw | Framing::Default => self.send(conn, payload),
+        }
+    }
+
+    /// Closes `conn`. `on_close` follows after the current hook returns (for
+    /// [`CloseMode::Flush`], once the queue is sent or the flush times out).
+    ///
+    /// # Errors
+    /// [`Error::NoSuchConn`] for an unknown or stale id.
+    pub fn close(&self, conn: ConnId, mode: CloseMode) -> Result<(), Error> {
+        let f = self.host().close.ok_or(Error::Unsupported)?;
+        let mode = match mode {
+            CloseMode::Flush => abi::LOOPD_CLOSE_FLUSH,
+            CloseMode::Abort => abi::LOOPD_CLOSE_ABORT,
+        };
+        // SAFETY: plain values only.
+        Error::check(unsafe { f(self.raw, conn.raw(), mode) })
+    }
+
+    /// Sends one datagram from `socket` to `to`. Never queued.
+    ///
+    /// # Errors
+    /// [`Error::Again`] if the kernel's buffer is full (the datagram was
+    /// dropped), [`Error::Io`], [`Error::NoSuchConn`], [`Error::Unsupported`]
+    /// if `socket` is a stream.
+    pub fn send_datagram(
+        &self,
+        socket: SocketId,
+        to: SocketAddr,
+        data: &[u8],
+    ) -> Result<(), Error> {
+        let f = self.host().send_datagram.ok_or(Error::Unsupported)?;
+        let to = abi::loopd_addr::from_socket_addr(to);
+        // SAFETY: `to` and `data` are valid for the duration of the call.
+        Error::check(unsafe { f(self.raw, socket.raw(), &to, data.as_ptr(), data.len()) })
+    }
+
+    /// Arms a one-shot timer; [`crate::Handler::on_timer`] gets `user_data` after `delay`.
+    ///
+    /// # Errors
+    /// [`Error::Limit`] if the runtime's timer limit is reached.
+    pub fn set_timer(&self, delay: Duration, user_data: u64) -> Result<TimerId, Error> {
+        let f = self.host().timer_set.ok_or(Error::Unsupported)?;
+        let ms = u64::try_from(delay.as_millis()).unwrap_or(u64::MAX);
+        let mut id = 0u64;
+        // SAFETY: `id` is a valid out-pointer for the duration of the call.
+        Error::check(unsafe { f(self.raw, ms, user_data, &mut id) })?;
+        Ok(TimerId::from_raw(id))
+    }
+
+    /// Cancels a pending timer.
+    ///
+    /// # Errors
+    /// [`Error::NoSuchTimer`] if it already fired or was cancelled.
+    pub fn cancel_timer(&self, timer: TimerId) -> Result<(), Error> {
+        let f = self.host().timer_cancel.ok_or(Error::Unsupported)?;
+        // SAFETY: plain values only.
+        Error::check(unsafe { f(self.raw, timer.raw()) })
+    }
+
+    /// Starts an outbound connection to a numeric URL such as
+    /// `tcp://127.0.0.1:6379` or `unix:///run/app.sock`. The id is returned at
+    /// once; the result arrives as `on_open` or as `on_close` with
+    /// [`crate::CloseReason::ConnectFailed`].
+    ///
+    /// # Errors
+    /// [`Error::Invalid`] for a malformed URL, [`Error::Limit`] at `max_connections`.
+    pub fn connect(&self, url: &str) -> Result<ConnId, Error> {
+        let f = self.host().connect.ok_or(Error::Unsupported)?;
+        let url = CString::new(url).map_err(|_| Error::Invalid)?;
+        let mut id = 0u64;
+        // SAFETY: `url` is NUL-terminated and `id` a valid out-pointer for the call.
+        Error::check(unsafe { f(self.raw, url.as_ptr(), &mut id) })?;
+        Ok(ConnId::from_raw(id))
+    }
+
+    /// Milliseconds on the host's monotonic clock.
+    pub fn now_ms(&self) -> u64 {
+        match self.host().now_ms {
+            // SAFETY: plain values only.
+            Some(f) => unsafe { f(self.raw) },
+            None => 0,
+        }
+    }
+
+    /// Bytes waiting in `conn`'s output queue.
+    ///
+    /// # Errors
+    /// [`Error::NoSuchConn`] for an unknown or stale id.
+    pub fn output_queued(&self, conn: ConnId) -> Result<usize, Error> {
+        let f = self.host().output_queued.ok_or(Error::Unsupported)?;
+        let mut n = 0usize;
+        // SAFETY: `n` is a valid out-pointer for the duration of the call.
+        Error::check(unsafe { f(self.raw, conn.raw(), &mut n) })?;
+        Ok(n)
+    }
+
+    /// Logs `msg` through loopd's logger, tagged with the instance name.
+    pub fn log(&self, level: Level, msg: impl fmt::Display) {
+        let Some(f) = self.host().log else { return };
+        let text = msg.to_string();
+        // SAFETY: `text` is valid for reads of its length for the duration of the call.
+        unsafe { f(self.raw, level as u32, text.as_ptr().cast(), text.len()) }
+    }
+
+    /// Logs at [`Level::Error`].
+    pub fn error(&self, msg: impl fmt::Display) {
+        self.log(Level::Error, msg)
+    }
+
+    /// Logs at [`Level::Warn`].
+    pub fn warn(&self, msg: impl fmt::Display) {
+        self.log(Level::Warn, msg)
+    }
+
+    /// Logs at [`Level::Info`].
+    pub fn info(&self, msg: impl fmt::Display) {
+        self.log(Level::Info, msg)
+    }
+
+    /// Logs at [`Level::Debug`].
+    pub fn debug(&self, msg: impl fmt::Display) {
+        self.log(Level::Debug, msg)
+    }
+}

@@ -1,0 +1,455 @@
+//! The `extern "C"` trampolines that turn a [`Handler`] into a `loopd_vtable`.
+//!
+//! Each trampoline is thin: it converts pointers, then calls the handler
+//! inside `catch_unwind`, so a panic never crosses the boundary. A panic in a
+//! connection hook fails that connection; in `create`, that instance.
+
+use std::any::Any;
+use std::ffi::{c_char, c_void, CStr};
+use std::panic::{catch_unwind, AssertUnwindSafe};
+
+use crate::abi::{
+    self, loopd_conn_info, loopd_ctx, loopd_host_api, loopd_plugin_info, loopd_vtable,
+};
+use crate::types::{
+    ConnId, ConnInfo, EofAction, Framing, Level, Origin, SocketId, TimerId, Transport,
+};
+use crate::{CloseReason, Ctx, Handler};
+
+/// What `create` allocates: the host table (copied) and the handler.
+struct Instance<H> {
+    host: loopd_host_api,
+    handler: H,
+}
+
+impl<H> Instance<H> {
+    fn ctx(&self, raw: *mut loopd_ctx) -> Ctx {
+        // SAFETY: `self.host` lives as long as the instance, which outlives every hook call.
+        unsafe { Ctx::from_raw(&self.host, raw) }
+    }
+}
+
+/// The vtable for `H`. Every hook is present.
+pub const fn vtable<H: Handler>() -> loopd_vtable {
+    loopd_vtable {
+        struct_size: std::mem::size_of::<loopd_vtable>() as u32,
+        reserved: 0,
+        create: Some(create::<H>),
+        destroy: Some(destroy::<H>),
+        on_open: Some(on_open::<H>),
+        on_data: Some(on_data::<H>),
+        on_eof: Some(on_eof::<H>),
+        on_writable: Some(on_writable::<H>),
+        on_close: Some(on_close::<H>),
+        on_datagram: Some(on_datagram::<H>),
+        on_timer: Some(on_timer::<H>),
+        on_shutdown: Some(on_shutdown::<H>),
+    }
+}
+
+/// The plugin info for `H`, given its static vtable and NUL-terminated name and version.
+pub const fn plugin_info<H: Handler>(
+    vtable: &'static loopd_vtable,
+    name: &'static str,
+    version: &'static str,
+) -> loopd_plugin_info {
+    loopd_plugin_info {
+        struct_size: std::mem::size_of::<loopd_plugin_info>() as u32,
+        abi_major: abi::LOOPD_ABI_MAJOR,
+        abi_minor: abi::LOOPD_ABI_MINOR,
+        min_host_minor: H::MIN_HOST_MINOR,
+        name: name.as_ptr().cast(),
+        version: version.as_ptr().cast(),
+        default_framing: H::FRAMING.to_raw(),
+        reserved: 0,
+        vtable,
+    }
+}
+
+/// The body of `loopd_plugin_entry_v1`: refuse a host of another major.
+///
+/// # Safety
+/// `host` must be NULL or point to a valid `loopd_host_api`.
+pub unsafe fn entry(
+    host: *const loopd_host_api,
+    info: &'static loopd_plugin_info,
+) -> *const loopd_plugin_info {
+    // SAFETY: the caller guarantees `host` is NULL or valid; every version of
+    // the table starts with struct_size and abi_major.
+    match unsafe { host.as_ref() } {
+        Some(h) if h.abi_major == abi::LOOPD_ABI_MAJOR => info,
+        _ => std::ptr::null(),
+    }
+}
+
+/// Copies the host table, reading no more than the host says it has.
+///
+/// # Safety
+/// `host` must point to a valid `loopd_host_api` of at least `struct_size` bytes.
+unsafe fn copy_host(host: *const loopd_host_api) -> loopd_host_api {
+    // SAFETY: all-zero is valid for this struct: integers, a NULL pointer, `None`s.
+    let mut out: loopd_host_api = unsafe { std::mem::zeroed() };
+    // SAFETY: `host` is valid per the contract; we read its first field only.
+    let size = unsafe { (*host).struct_size } as usize;
+    let n = size.min(std::mem::size_of::<loopd_host_api>());
+    // SAFETY: `host` has at least `size >= n` readable bytes; `out` has `n` writable ones.
+    unsafe {
+        std::ptr::copy_nonoverlapping(
+            host.cast::<u8>(),
+            (&mut out as *mut loopd_host_api).cast::<u8>(),
+            n,
+        )
+    };
+    out
+}
+
+fn panic_message(payload: &(dyn Any + Send)) -> &str {
+    if let Some(s) = payload.downcast_ref::<&str>() {
+        s
+    } else if let Some(s) = payload.downcast_ref::<String>() {
+        s
+    } else {
+        "non-string panic payload"
+    }
+}
+
+/// Runs `f`, turning a panic into `fallback` and a log line through `ctx`.
+fn guard<R>(ctx: Option<&Ctx>, hook: &str, fallback: R, f: impl FnOnce() -> R) -> R {
+    match catch_unwind(AssertUnwindSafe(f)) {
+        Ok(r) => r,
+        Err(payload) => {
+            if let Some(ctx) = ctx {
+                ctx.log(
+                    Level::Error,
+                    format_args!("panic in {hook}: {}", panic_message(&*payload)),
+                );
+            }
+            fallback
+        }
+    }
+}
+
+/// Writes `msg` into the host's error buffer, truncated on a char boundary, NUL-terminated.
+fn write_err(err: *mut c_char, cap: usize, msg: &str) {
+    if err.is_null() || cap == 0 {
+        return;
+    }
+    let mut n = msg.len().min(cap - 1);
+    while !msg.is_char_boundary(n) {
+        n -= 1;
+    }
+    // SAFETY: the host gave `cap` writable bytes at `err`; we write `n + 1 <= cap`.
+    unsafe {
+        std::ptr::copy_nonoverlapping(msg.as_ptr(), err.cast::<u8>(), n);
+        *err.add(n) = 0;
+    }
+}
+
+/// serde_json appends " at line 1 column 9": meaningless to someone who wrote TOML.
+fn config_error(e: &serde_json::Error) -> String {
+    let text = e.to_string();
+    match text.rfind(" at line ") {
+        Some(at) => text[..at].to_string(),
+        None => text,
+    }
+}
+
+/// Parses the instance name and config, then builds the handler.
+fn create_safe<H: Handler>(ctx: &Ctx, name: &str, config_json: &str) -> Result<H, String> {
+    let json = if config_json.trim().is_empty() {
+        "{}"
+    } else {
+        config_json
+    };
+    let config: H::Config =
+        serde_json::from_str(json).map_err(|e| format!("invalid config: {}", config_error(&e)))?;
+    H::create(ctx, name, config)
+}
+
+fn cstr<'a>(p: *const c_char) -> Result<&'a str, String> {
+    if p.is_null() {
+        return Ok("");
+    }
+    // SAFETY: the host passes NUL-terminated strings valid for the call.
+    unsafe { CStr::from_ptr(p) }
+        .to_str()
+        .map_err(|_| "string is not UTF-8".to_string())
+}
+
+unsafe extern "C" fn create<H: Handler>(
+    host: *const loopd_host_api,
+    raw: *mut loopd_ctx,
+    name: *const c_char,
+    config_json: *const c_char,
+    instance_out: *mut *mut c_void,
+    err: *mut c_char,
+    err_cap: usize,
+) -> i32 {
+    if host.is_null() || instance_out.is_null() {
+        write_err(err, err_cap, "host passed a NULL pointer to create");
+        return abi::LOOPD_ERR_INVALID;
+    }
+    // SAFETY: checked non-NULL; the host's table is valid for the process.
+    let host = unsafe { copy_host(host) };
+    let result = guard(None, "create", Err("panicked".to_string()), || {
+        // SAFETY: `host` is a local that outlives this closure.
+        let ctx = unsafe { Ctx::from_raw(&host, raw) };
+        let name = cstr(name)?;
+        let json = cstr(config_json)?;
+        create_safe::<H>(&ctx, name, json)
+    });
+    match result {
+        Ok(handler) => {
+            let instance = Box::new(Instance { host, handler });
+            // SAFETY: checked non-NULL; the host gives a writable out-pointer.
+            unsafe { *instance_out = Box::into_raw(instance).cast() };
+            abi::LOOPD_OK
+        }
+        Err(msg) => {
+            write_err(err, err_cap, &msg);
+            abi::LOOPD_ERR_HANDLER
+        }
+    }
+}
+
+/// # Safety
+/// `instance` must be NULL or a pointer `create::<H>` produced and that is still live.
+unsafe fn instance<'a, H>(instance: *mut c_void) -> Option<&'a mut Instance<H>> {
+    // SAFETY: per the contract, a non-NULL `instance` is our live Box, used by one hook at a time.
+    unsafe { instance.cast::<Instance<H>>().as_mut() }
+}
+
+unsafe extern "C" fn destroy<H: Handler>(raw: *mut loopd_ctx, inst: *mut c_void) {
+    if inst.is_null() {
+        return;
+    }
+    // SAFETY: the host calls destroy once, last, with the pointer create produced.
+    let boxed = unsafe { Box::from_raw(inst.cast::<Instance<H>>()) };
+    let ctx = boxed.ctx(raw);
+    guard(Some(&ctx), "destroy", (), move || drop(boxed));
+}
+
+fn conn_info(info: &loopd_conn_info) -> ConnInfo<'_> {
+    ConnInfo {
+        transport: match info.transport {
+            abi::LOOPD_TRANSPORT_TCP => Transport::Tcp,
+            abi::LOOPD_TRANSPORT_UNIX => Transport::Unix,
+            other => Transport::Other(other),
+        },
+        origin: match info.origin {
+            abi::LOOPD_ORIGIN_ACCEPTED => Origin::Accepted,
+            abi::LOOPD_ORIGIN_CONNECTED => Origin::Connected,
+            other => Origin::Other(other),
+        },
+        framing: Framing::from_raw(info.framing),
+        peer: info.peer.to_socket_addr(),
+        local: info.local.to_socket_addr(),
+        endpoint: cstr(info.endpoint).unwrap_or(""),
+    }
+}
+
+unsafe extern "C" fn on_open<H: Handler>(
+    raw: *mut loopd_ctx,
+    inst: *mut c_void,
+    conn: u64,
+    info: *const loopd_conn_info,
+    state_out: *mut *mut c_void,
+) -> i32 {
+    // SAFETY: the host passes the pointer create produced.
+    let Some(inst) = (unsafe { instance::<H>(inst) }) else {
+        return abi::LOOPD_ERR_INVALID;
+    };
+    // SAFETY: the host passes a valid info (at least v1.0 size) for the call.
+    let Some(info) = (unsafe { info.as_ref() }) else {
+        return abi::LOOPD_ERR_INVALID;
+    };
+    if state_out.is_null() {
+        return abi::LOOPD_ERR_INVALID;
+    }
+    let ctx = inst.ctx(raw);
+    let handler = &mut inst.handler;
+    let result = guard(Some(&ctx), "on_open", Err(None), || {
+        handler
+            .on_open(&ctx, ConnId::from_raw(conn), &conn_info(info))
+            .map_err(Some)
+    });
+    match result {
+        Ok(state) => {
+            // SAFETY: checked non-NULL; valid for writes for this call.
+            unsafe { *state_out = Box::into_raw(Box::new(state)).cast() };
+            abi::LOOPD_OK
+        }
+        Err(msg) => {
+            if let Some(msg) = msg {
+                ctx.log(
+                    Level::Debug,
+                    format_args!("refused connection {}: {msg}", ConnId::from_raw(conn)),
+                );
+            }
+            abi::LOOPD_ERR_HANDLER
+        }
+    }
+}
+
+/// # Safety
+/// `state` must be NULL or a pointer `on_open::<H>` stored that is still live.
+unsafe fn conn_state<'a, H: Handler>(state: *mut c_void) -> Option<&'a mut H::Conn> {
+    // SAFETY: per the contract, a non-NULL state is our live Box.
+    unsafe { state.cast::<H::Conn>().as_mut() }
+}
+
+unsafe extern "C" fn on_data<H: Handler>(
+    raw: *mut loopd_ctx,
+    inst: *mut c_void,
+    conn: u64,
+    state: *mut c_void,
+    data: *const u8,
+    len: usize,
+) -> i32 {
+    // SAFETY: the host passes the pointers create and on_open produced.
+    let (Some(inst), Some(state)) = (unsafe { instance::<H>(inst) }, unsafe {
+        conn_state::<H>(state)
+    }) else {
+        return abi::LOOPD_ERR_INVALID;
+    };
+    let bytes: &[u8] = if len == 0 {
+        &[]
+    } else {
+        // SAFETY: the host lends `len` readable bytes at `data` for this call.
+        unsafe { std::slice::from_raw_parts(data, len) }
+    };
+    let ctx = inst.ctx(raw);
+    let handler = &mut inst.handler;
+    guard(Some(&ctx), "on_data", abi::LOOPD_ERR_HANDLER, || {
+        handler.on_data(&ctx, ConnId::from_raw(conn), state, bytes);
+        abi::LOOPD_OK
+    })
+}
+
+unsafe extern "C" fn on_eof<H: Handler>(
+    raw: *mut loopd_ctx,
+    inst: *mut c_void,
+    conn: u64,
+    state: *mut c_void,
+) -> i32 {
+    // SAFETY: the host passes the pointers create and on_open produced.
+    let (Some(inst), Some(state)) = (unsafe { instance::<H>(inst) }, unsafe {
+        conn_state::<H>(state)
+    }) else {
+        return abi::LOOPD_EOF_CLOSE;
+    };
+    let ctx = inst.ctx(raw);
+    let handler = &mut inst.handler;
+    guard(
+        Some(&ctx),
+        "on_eof",
+        abi::LOOPD_EOF_CLOSE,
+        || match handler.on_eof(&ctx, ConnId::from_raw(conn), state) {
+            EofAction::Close => abi::LOOPD_EOF_CLOSE,
+            EofAction::KeepOpen => abi::LOOPD_EOF_KEEP_OPEN,
+        },
+    )
+}
+
+unsafe extern "C" fn on_writable<H: Handler>(
+    raw: *mut loopd_ctx,
+    inst: *mut c_void,
+    conn: u64,
+    state: *mut c_void,
+) {
+    // SAFETY: the host passes the pointers create and on_open produced.
+    let (Some(inst), Some(state)) = (unsafe { instance::<H>(inst) }, unsafe {
+        conn_state::<H>(state)
+    }) else {
+        return;
+    };
+    let ctx = inst.ctx(raw);
+    let handler = &mut inst.handler;
+    guard(Some(&ctx), "on_writable", (), || {
+        handler.on_writable(&ctx, ConnId::from_raw(conn), state)
+    })
+}
+
+unsafe extern "C" fn on_close<H: Handler>(
+    raw: *mut loopd_ctx,
+    inst: *mut c_void,
+    conn: u64,
+    state: *mut c_void,
+    reason: i32,
+) {
+    // SAFETY: on_close is the last call for `state`: take back the Box on_open made.
+    let state = if state.is_null() {
+        H::Conn::default()
+    } else {
+        // SAFETY: non-NULL state is the Box on_open stored; on_close is its last use.
+        *unsafe { Box::from_raw(state.cast::<H::Conn>()) }
+    };
+    // SAFETY: the host passes the pointer create produced.
+    let Some(inst) = (unsafe { instance::<H>(inst) }) else {
+        return;
+    };
+    let ctx = inst.ctx(raw);
+    let handler = &mut inst.handler;
+    guard(Some(&ctx), "on_close", (), move || {
+        handler.on_close(
+            &ctx,
+            ConnId::from_raw(conn),
+            state,
+            CloseReason::from_raw(reason),
+        )
+    })
+}
+
+unsafe extern "C" fn on_datagram<H: Handler>(
+    raw: *mut loopd_ctx,
+    inst: *mut c_void,
+    socket: u64,
+    peer: *const abi::loopd_addr,
+    data: *const u8,
+    len: usize,
+) {
+    // SAFETY: the host passes the pointer create produced.
+    let Some(inst) = (unsafe { instance::<H>(inst) }) else {
+        return;
+    };
+    // SAFETY: the host lends `peer` for this call.
+    let peer = unsafe { peer.as_ref() }.and_then(|p| p.to_socket_addr());
+    let bytes: &[u8] = if len == 0 {
+        &[]
+    } else {
+        // SAFETY: the host lends `len` readable bytes at `data` for this call.
+        unsafe { std::slice::from_raw_parts(data, len) }
+    };
+    let ctx = inst.ctx(raw);
+    let handler = &mut inst.handler;
+    guard(Some(&ctx), "on_datagram", (), || {
+        handler.on_datagram(&ctx, SocketId::from_raw(socket), peer, bytes)
+    })
+}
+
+unsafe extern "C" fn on_timer<H: Handler>(
+    raw: *mut loopd_ctx,
+    inst: *mut c_void,
+    timer: u64,
+    user_data: u64,
+) {
+    // SAFETY: the host passes the pointer create produced.
+    let Some(inst) = (unsafe { instance::<H>(inst) }) else {
+        return;
+    };
+    let ctx = inst.ctx(raw);
+    let handler = &mut inst.handler;
+    guard(Some(&ctx), "on_timer", (), || {
+        handler.on_timer(&ctx, TimerId::from_raw(timer), user_data)
+    })
+}
+
+unsafe extern "C" fn on_shutdown<H: Handler>(raw: *mut loopd_ctx, inst: *mut c_void) {
+    // SAFETY: the host passes the pointer create produced.
+    let Some(inst) = (unsafe { instance::<H>(inst) }) else {
+        return;
+    };
+    let ctx = inst.ctx(raw);
+    let handler = &mut inst.handler;
+    guard(Some(&ctx), "on_shutdown", (), || handler.on_shutdown(&ctx))
+}

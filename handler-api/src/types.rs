@@ -1,0 +1,289 @@
+//! Safe types over the raw ABI values: ids, errors, framing, close reasons.
+
+use std::fmt;
+use std::net::SocketAddr;
+
+use crate::abi;
+
+macro_rules! id_type {
+    ($(#[$doc:meta])* $name:ident) => {
+        $(#[$doc])*
+        #[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+        pub struct $name(u64);
+
+        impl $name {
+            /// Wraps a raw id as the ABI passes it.
+            pub const fn from_raw(raw: u64) -> Self {
+                Self(raw)
+            }
+            /// The raw id: `(generation << 32) | slot`.
+            pub const fn raw(self) -> u64 {
+                self.0
+            }
+        }
+
+        impl fmt::Debug for $name {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                write!(f, "{}({}:{})", stringify!($name), self.0 & 0xffff_ffff, self.0 >> 32)
+            }
+        }
+
+        impl fmt::Display for $name {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                write!(f, "#{}", self.0)
+            }
+        }
+    };
+}
+
+id_type!(
+    /// A stream connection, accepted or outbound. Stale after `on_close`.
+    ConnId
+);
+id_type!(
+    /// A datagram socket.
+    SocketId
+);
+id_type!(
+    /// A pending timer.
+    TimerId
+);
+
+/// A host function's refusal. Mirrors the `LOOPD_ERR_*` codes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Error {
+    /// The output queue is at its high watermark; wait for `on_writable`.
+    Again,
+    /// The id does not name a live connection of this instance.
+    NoSuchConn,
+    /// The connection is closing.
+    Closed,
+    /// An argument is invalid.
+    Invalid,
+    /// Not available on this object or host.
+    Unsupported,
+    /// A configured limit was reached.
+    Limit,
+    /// The operating system refused.
+    Io,
+    /// Called outside a hook or from another thread.
+    WrongThread,
+    /// No such pending timer.
+    NoSuchTimer,
+    /// A code this version does not know.
+    Other(i32),
+}
+
+impl Error {
+    /// `Ok(())` for `LOOPD_OK`, the error otherwise.
+    pub fn check(code: i32) -> Result<(), Error> {
+        match code {
+            abi::LOOPD_OK => Ok(()),
+            abi::LOOPD_ERR_AGAIN => Err(Error::Again),
+            abi::LOOPD_ERR_NO_SUCH_CONN => Err(Error::NoSuchConn),
+            abi::LOOPD_ERR_CLOSED => Err(Error::Closed),
+            abi::LOOPD_ERR_INVALID => Err(Error::Invalid),
+            abi::LOOPD_ERR_UNSUPPORTED => Err(Error::Unsupported),
+            abi::LOOPD_ERR_LIMIT => Err(Error::Limit),
+            abi::LOOPD_ERR_IO => Err(Error::Io),
+            abi::LOOPD_ERR_WRONG_THREAD => Err(Error::WrongThread),
+            abi::LOOPD_ERR_NO_SUCH_TIMER => Err(Error::NoSuchTimer),
+            other => Err(Error::Other(other)),
+        }
+    }
+
+    /// The `LOOPD_ERR_*` code.
+    pub fn code(self) -> i32 {
+        match self {
+            Error::Again => abi::LOOPD_ERR_AGAIN,
+            Error::NoSuchConn => abi::LOOPD_ERR_NO_SUCH_CONN,
+            Error::Closed => abi::LOOPD_ERR_CLOSED,
+            Error::Invalid => abi::LOOPD_ERR_INVALID,
+            Error::Unsupported => abi::LOOPD_ERR_UNSUPPORTED,
+            Error::Limit => abi::LOOPD_ERR_LIMIT,
+            Error::Io => abi::LOOPD_ERR_IO,
+            Error::WrongThread => abi::LOOPD_ERR_WRONG_THREAD,
+            Error::NoSuchTimer => abi::LOOPD_ERR_NO_SUCH_TIMER,
+            Error::Other(code) => code,
+        }
+    }
+}
+
+impl fmt::Display for Error {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(abi::status_str(self.code()))
+    }
+}
+
+impl std::error::Error for Error {}
+
+/// How a connection's input is cut into the frames `on_data` receives.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[non_exhaustive]
+pub enum Framing {
+    /// No preference (plugin info only); loopd uses [`Framing::Raw`].
+    #[default]
+    Default,
+    /// Bytes as they arrive, at most `max_frame` per call.
+    Raw,
+    /// One line per call, without its `\n` and a `\r` before it.
+    Line,
+    /// One payload per call; a 4-byte big-endian length precedes it on the wire.
+    LengthPrefixed,
+}
+
+impl Framing {
+    /// The `LOOPD_FRAMING_*` value.
+    pub const fn to_raw(self) -> u32 {
+        match self {
+            Framing::Default => abi::LOOPD_FRAMING_DEFAULT,
+            Framing::Raw => abi::LOOPD_FRAMING_RAW,
+            Framing::Line => abi::LOOPD_FRAMING_LINE,
+            Framing::LengthPrefixed => abi::LOOPD_FRAMING_LENGTH_PREFIXED,
+        }
+    }
+
+    /// From a `LOOPD_FRAMING_*` value; unknown values read as `Default`.
+    pub const fn from_raw(raw: u32) -> Framing {
+        match raw {
+            abi::LOOPD_FRAMING_RAW => Framing::Raw,
+            abi::LOOPD_FRAMING_LINE => Framing::Line,
+            abi::LOOPD_FRAMING_LENGTH_PREFIXED => Framing::LengthPrefixed,
+            _ => Framing::Default,
+        }
+    }
+}
+
+/// How [`crate::Ctx::close`] treats queued output.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CloseMode {
+    /// Stop reading, send what is queued, then close.
+    Flush,
+    /// Drop the queue and close now.
+    Abort,
+}
+
+/// Why a connection closed, as `on_close` reports it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum CloseReason {
+    /// The peer closed (EOF) and the output was flushed.
+    Peer,
+    /// The handler called close.
+    Local,
+    /// An I/O error, or a reset by the peer.
+    Error,
+    /// The peer sent a frame over `max_frame`.
+    FrameTooBig,
+    /// A hook failed, panicked or refused the connection.
+    Handler,
+    /// loopd shut down.
+    Shutdown,
+    /// An outbound connect failed.
+    ConnectFailed,
+    /// The flush before a close timed out.
+    Timeout,
+    /// A reason this version does not know.
+    Other(i32),
+}
+
+impl CloseReason {
+    /// From a `LOOPD_REASON_*` value.
+    pub fn from_raw(raw: i32) -> CloseReason {
+        match raw {
+            abi::LOOPD_REASON_PEER => CloseReason::Peer,
+            abi::LOOPD_REASON_LOCAL => CloseReason::Local,
+            abi::LOOPD_REASON_ERROR => CloseReason::Error,
+            abi::LOOPD_REASON_FRAME_TOO_BIG => CloseReason::FrameTooBig,
+            abi::LOOPD_REASON_HANDLER => CloseReason::Handler,
+            abi::LOOPD_REASON_SHUTDOWN => CloseReason::Shutdown,
+            abi::LOOPD_REASON_CONNECT_FAILED => CloseReason::ConnectFailed,
+            abi::LOOPD_REASON_TIMEOUT => CloseReason::Timeout,
+            other => CloseReason::Other(other),
+        }
+    }
+}
+
+impl fmt::Display for CloseReason {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let raw = match *self {
+            CloseReason::Peer => abi::LOOPD_REASON_PEER,
+            CloseReason::Local => abi::LOOPD_REASON_LOCAL,
+            CloseReason::Error => abi::LOOPD_REASON_ERROR,
+            CloseReason::FrameTooBig => abi::LOOPD_REASON_FRAME_TOO_BIG,
+            CloseReason::Handler => abi::LOOPD_REASON_HANDLER,
+            CloseReason::Shutdown => abi::LOOPD_REASON_SHUTDOWN,
+            CloseReason::ConnectFailed => abi::LOOPD_REASON_CONNECT_FAILED,
+            CloseReason::Timeout => abi::LOOPD_REASON_TIMEOUT,
+            CloseReason::Other(raw) => raw,
+        };
+        f.write_str(abi::reason_str(raw))
+    }
+}
+
+/// What to do when the peer stops sending (see [`crate::Handler::on_eof`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum EofAction {
+    /// Close once the output queue is flushed.
+    #[default]
+    Close,
+    /// Keep the connection open for writing; the handler closes it later.
+    KeepOpen,
+}
+
+/// The stream transport of a connection.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Transport {
+    /// TCP over IPv4 or IPv6.
+    Tcp,
+    /// A Unix-domain stream socket.
+    Unix,
+    /// A transport this version does not know.
+    Other(u32),
+}
+
+/// How a connection came to be.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Origin {
+    /// Accepted by one of the instance's listeners.
+    Accepted,
+    /// Opened by [`crate::Ctx::connect`].
+    Connected,
+    /// An origin this version does not know.
+    Other(u32),
+}
+
+/// Facts about a new connection, given to [`crate::Handler::on_open`].
+#[derive(Debug, Clone)]
+pub struct ConnInfo<'a> {
+    /// TCP or Unix.
+    pub transport: Transport,
+    /// Accepted or connected.
+    pub origin: Origin,
+    /// The framing in effect for this connection.
+    pub framing: Framing,
+    /// The peer's address (`None` for Unix-domain peers).
+    pub peer: Option<SocketAddr>,
+    /// The local address (`None` for Unix-domain sockets).
+    pub local: Option<SocketAddr>,
+    /// The listener URL, or the `connect` target.
+    pub endpoint: &'a str,
+}
+
+/// Severity of a message logged through [`crate::Ctx::log`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Level {
+    /// Something failed.
+    Error = 1,
+    /// Something is off.
+    Warn = 2,
+    /// Normal operation.
+    Info = 3,
+    /// Detail for debugging.
+    Debug = 4,
+    /// Everything.
+    Trace = 5,
+}
