@@ -18,7 +18,9 @@
  *   - Every extensible struct starts with `uint32_t struct_size`. Fields are
  *     only ever appended within a major version. A reader uses
  *     min(struct_size, sizeof(what it knows)); fields it cannot see are
- *     treated as NULL/0.
+ *     treated as NULL/0. A struct smaller than its v1.0 size (the
+ *     LOOPD_*_V1_0_SIZE constants below, for 64-bit targets) is refused.
+ *   - `reserved` fields must be written as 0 and are ignored by readers.
  *   - No allocation changes sides. Bytes passed into a hook are borrowed for
  *     the duration of that call only. Bytes passed to a host function are
  *     copied (or written to the socket) before it returns. Handler instances
@@ -36,6 +38,11 @@
  *   - Threading: hooks run on the loop thread, one at a time. Host functions
  *     may only be called from the loop thread while a hook of the same
  *     runtime is running; anywhere else they return LOOPD_ERR_WRONG_THREAD.
+ *     Three exceptions: log (any thread, while the instance exists),
+ *     now_ms and status_str (any time).
+ *   - Hook results: for create, on_open and on_data, 0 or positive is
+ *     success and negative is failure. on_eof: anything other than
+ *     LOOPD_EOF_KEEP_OPEN means LOOPD_EOF_CLOSE.
  *   - The host never unloads (dlclose) a plugin: static data, including the
  *     plugin info and vtable, may live in the library for the whole process.
  *
@@ -60,6 +67,13 @@ extern "C" {
 #define LOOPD_ABI_MAJOR 1
 /* A minor bump only appends fields and host functions. */
 #define LOOPD_ABI_MINOR 0
+
+/* Sizes of the v1.0 structs on 64-bit targets: the smallest struct_size a
+ * reader accepts. They never change; later minors only append. */
+#define LOOPD_VTABLE_V1_0_SIZE 88
+#define LOOPD_PLUGIN_INFO_V1_0_SIZE 48
+#define LOOPD_HOST_API_V1_0_SIZE 112
+#define LOOPD_CONN_INFO_V1_0_SIZE 72
 
 /* The one symbol a plugin exports. */
 #define LOOPD_ENTRY_SYMBOL "loopd_plugin_entry_v1"
@@ -278,8 +292,9 @@ typedef struct loopd_vtable {
      * config_json (the entry's [handler.config] table as JSON, "{}" when
      * absent) are NUL-terminated and borrowed for this call. Store the
      * instance in *instance_out. On failure return a negative status and
-     * write a NUL-terminated reason (at most err_cap bytes) into err; loopd
-     * then exits before listening. */
+     * write a NUL-terminated reason into err: err is never NULL and has
+     * err_cap >= 1 bytes, the NUL included. loopd then exits before
+     * listening. */
     int32_t (*create)(const loopd_host_api *host, loopd_ctx *ctx,
                       const char *instance_name, const char *config_json,
                       void **instance_out, char *err, size_t err_cap);

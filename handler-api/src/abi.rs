@@ -112,6 +112,8 @@ pub const LOOPD_LOG_TRACE: u32 = 5;
 #[derive(Debug)]
 pub struct loopd_ctx {
     _private: [u8; 0],
+    // Opaque and owned by the host: not Send, not Sync, not Unpin.
+    _marker: core::marker::PhantomData<(*mut u8, core::marker::PhantomPinned)>,
 }
 
 /// A borrowed byte range.
@@ -348,10 +350,20 @@ unsafe impl Send for loopd_plugin_info {}
 pub type loopd_plugin_entry_v1_fn =
     unsafe extern "C" fn(host: *const loopd_host_api) -> *const loopd_plugin_info;
 
-/// Size of the v1.0 `loopd_vtable`; a plugin's table must be at least this big.
-pub const LOOPD_VTABLE_V1_0_SIZE: usize = core::mem::size_of::<loopd_vtable>();
-/// Size of the v1.0 `loopd_plugin_info`; a plugin's info must be at least this big.
-pub const LOOPD_PLUGIN_INFO_V1_0_SIZE: usize = core::mem::size_of::<loopd_plugin_info>();
+/// Size of the v1.0 `loopd_vtable` (up to and including `on_shutdown`); a
+/// plugin's table must be at least this big. Fixed: later minors append.
+pub const LOOPD_VTABLE_V1_0_SIZE: usize = core::mem::offset_of!(loopd_vtable, on_shutdown)
+    + core::mem::size_of::<Option<loopd_on_shutdown_fn>>();
+/// Size of the v1.0 `loopd_plugin_info` (up to and including `vtable`); a
+/// plugin's info must be at least this big. Fixed: later minors append.
+pub const LOOPD_PLUGIN_INFO_V1_0_SIZE: usize =
+    core::mem::offset_of!(loopd_plugin_info, vtable) + core::mem::size_of::<*const loopd_vtable>();
+/// Size of the v1.0 `loopd_host_api` (up to and including `status_str`).
+pub const LOOPD_HOST_API_V1_0_SIZE: usize = core::mem::offset_of!(loopd_host_api, status_str)
+    + core::mem::size_of::<Option<loopd_status_str_fn>>();
+/// Size of the v1.0 `loopd_conn_info` (up to and including `endpoint`).
+pub const LOOPD_CONN_INFO_V1_0_SIZE: usize =
+    core::mem::offset_of!(loopd_conn_info, endpoint) + core::mem::size_of::<*const c_char>();
 
 /// A static description of a status code, as `status_str` returns it.
 pub fn status_str(status: i32) -> &'static str {
