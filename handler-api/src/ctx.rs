@@ -10,10 +10,12 @@ use crate::types::{CloseMode, ConnId, Error, Framing, Level, SocketId, TimerId};
 
 /// The runtime's side of the contract: send, close, timers, connect, logging.
 ///
-/// Every hook receives a `Ctx`. Its methods may only be called from inside a
-/// hook, on the loop thread; anywhere else they return [`Error::WrongThread`]
-/// (or log nothing). A host call never runs another hook: a close or an error
-/// it causes is delivered after the current hook returns.
+/// Every hook receives a `Ctx`; it stays valid until the instance is dropped,
+/// so a handler may keep the one `create` gets. Its methods may only be called
+/// from inside a hook, on the loop thread; anywhere else they return
+/// [`Error::WrongThread`] ([`Ctx::log`] works from any thread). A host call
+/// never runs another hook: a close or an error it causes is delivered after
+/// the current hook returns.
 #[derive(Clone, Copy)]
 pub struct Ctx {
     host: *const loopd_host_api,
@@ -112,7 +114,8 @@ impl Ctx {
     }
 
     /// Sends one message framed for `framing`: as is for raw, followed by `\n`
-    /// for line, preceded by its 4-byte big-endian length for length-prefixed.
+    /// for line (the payload should not contain `\n` itself), preceded by its
+    /// 4-byte big-endian length for length-prefixed.
     ///
     /// # Errors
     /// [`Error::Invalid`] if a length-prefixed payload is over `u32::MAX` bytes;
@@ -130,6 +133,7 @@ impl Ctx {
 
     /// Closes `conn`. `on_close` follows after the current hook returns (for
     /// [`CloseMode::Flush`], once the queue is sent or the flush times out).
+    /// Closing a connection that is already closing is `Ok`.
     ///
     /// # Errors
     /// [`Error::NoSuchConn`] for an unknown or stale id.

@@ -18,14 +18,14 @@ use crate::{CloseReason, Ctx, Handler};
 
 /// What `create` allocates: the host table (copied) and the handler.
 struct Instance<H> {
-    host: loopd_host_api,
+    host: &'static loopd_host_api,
     handler: H,
 }
 
 impl<H> Instance<H> {
     fn ctx(&self, raw: *mut loopd_ctx) -> Ctx {
-        // SAFETY: `self.host` lives as long as the instance, which outlives every hook call.
-        unsafe { Ctx::from_raw(&self.host, raw) }
+        // SAFETY: `self.host` is 'static.
+        unsafe { Ctx::from_raw(self.host, raw) }
     }
 }
 
@@ -82,11 +82,13 @@ pub unsafe fn entry(
     }
 }
 
-/// Copies the host table, reading no more than the host says it has.
+/// Copies the host table, reading no more than the host says it has, into
+/// memory that lives for the rest of the process: a [`Ctx`] a handler keeps
+/// must not dangle. One small copy per created instance.
 ///
 /// # Safety
 /// `host` must point to a valid `loopd_host_api` of at least `struct_size` bytes.
-unsafe fn copy_host(host: *const loopd_host_api) -> loopd_host_api {
+unsafe fn copy_host(host: *const loopd_host_api) -> &'static loopd_host_api {
     // SAFETY: all-zero is valid for this struct: integers, a NULL pointer, `None`s.
     let mut out: loopd_host_api = unsafe { std::mem::zeroed() };
     // SAFETY: `host` is valid per the contract; we read its first field only.
@@ -100,7 +102,7 @@ unsafe fn copy_host(host: *const loopd_host_api) -> loopd_host_api {
             n,
         )
     };
-    out
+    Box::leak(Box::new(out))
 }
 
 fn panic_message(payload: &(dyn Any + Send)) -> &str {
@@ -114,16 +116,14 @@ fn panic_message(payload: &(dyn Any + Send)) -> &str {
 }
 
 /// Runs `f`, turning a panic into `fallback` and a log line through `ctx`.
-fn guard<R>(ctx: Option<&Ctx>, hook: &str, fallback: R, f: impl FnOnce() -> R) -> R {
+fn guard<R>(ctx: &Ctx, hook: &str, fallback: R, f: impl FnOnce() -> R) -> R {
     match catch_unwind(AssertUnwindSafe(f)) {
         Ok(r) => r,
         Err(payload) => {
-            if let Some(ctx) = ctx {
-                ctx.log(
-                    Level::Error,
-                    format_args!("panic in {hook}: {}", panic_message(&*payload)),
-                );
-            }
+            ctx.log(
+                Level::Error,
+                format_args!("panic in {hook}: {}", panic_message(&*payload)),
+            );
             fallback
         }
     }
@@ -191,13 +191,14 @@ unsafe extern "C" fn create<H: Handler>(
     }
     // SAFETY: checked non-NULL; the host's table is valid for the process.
     let host = unsafe { copy_host(host) };
-    let result = guard(None, "create", Err("panicked".to_string()), || {
-        // SAFETY: `host` is a local that outlives this closure.
-        let ctx = unsafe { Ctx::from_raw(&host, raw) };
+    // SAFETY: `host` is 'static; `raw` is the context the host gave this instance.
+    let ctx = unsafe { Ctx::from_raw(host, raw) };
+    let result = catch_unwind(AssertUnwindSafe(|| {
         let name = cstr(name)?;
         let json = cstr(config_json)?;
         create_safe::<H>(&ctx, name, json)
-    });
+    }))
+    .unwrap_or_else(|payload| Err(format!("panicked in create: {}", panic_message(&*payload))));
     match result {
         Ok(handler) => {
             let instance = Box::new(Instance { host, handler });
@@ -226,7 +227,7 @@ unsafe extern "C" fn destroy<H: Handler>(raw: *mut loopd_ctx, inst: *mut c_void)
     // SAFETY: the host calls destroy once, last, with the pointer create produced.
     let boxed = unsafe { Box::from_raw(inst.cast::<Instance<H>>()) };
     let ctx = boxed.ctx(raw);
-    guard(Some(&ctx), "destroy", (), move || drop(boxed));
+    guard(&ctx, "destroy", (), move || drop(boxed));
 }
 
 fn conn_info(info: &loopd_conn_info) -> ConnInfo<'_> {
@@ -268,7 +269,7 @@ unsafe extern "C" fn on_open<H: Handler>(
     }
     let ctx = inst.ctx(raw);
     let handler = &mut inst.handler;
-    let result = guard(Some(&ctx), "on_open", Err(None), || {
+    let result = guard(&ctx, "on_open", Err(None), || {
         handler
             .on_open(&ctx, ConnId::from_raw(conn), &conn_info(info))
             .map_err(Some)
@@ -320,7 +321,7 @@ unsafe extern "C" fn on_data<H: Handler>(
     };
     let ctx = inst.ctx(raw);
     let handler = &mut inst.handler;
-    guard(Some(&ctx), "on_data", abi::LOOPD_ERR_HANDLER, || {
+    guard(&ctx, "on_data", abi::LOOPD_ERR_HANDLER, || {
         handler.on_data(&ctx, ConnId::from_raw(conn), state, bytes);
         abi::LOOPD_OK
     })
@@ -340,15 +341,12 @@ unsafe extern "C" fn on_eof<H: Handler>(
     };
     let ctx = inst.ctx(raw);
     let handler = &mut inst.handler;
-    guard(
-        Some(&ctx),
-        "on_eof",
-        abi::LOOPD_EOF_CLOSE,
-        || match handler.on_eof(&ctx, ConnId::from_raw(conn), state) {
+    guard(&ctx, "on_eof", abi::LOOPD_EOF_CLOSE, || {
+        match handler.on_eof(&ctx, ConnId::from_raw(conn), state) {
             EofAction::Close => abi::LOOPD_EOF_CLOSE,
             EofAction::KeepOpen => abi::LOOPD_EOF_KEEP_OPEN,
-        },
-    )
+        }
+    })
 }
 
 unsafe extern "C" fn on_writable<H: Handler>(
@@ -365,7 +363,7 @@ unsafe extern "C" fn on_writable<H: Handler>(
     };
     let ctx = inst.ctx(raw);
     let handler = &mut inst.handler;
-    guard(Some(&ctx), "on_writable", (), || {
+    guard(&ctx, "on_writable", (), || {
         handler.on_writable(&ctx, ConnId::from_raw(conn), state)
     })
 }
@@ -390,7 +388,7 @@ unsafe extern "C" fn on_close<H: Handler>(
     };
     let ctx = inst.ctx(raw);
     let handler = &mut inst.handler;
-    guard(Some(&ctx), "on_close", (), move || {
+    guard(&ctx, "on_close", (), move || {
         handler.on_close(
             &ctx,
             ConnId::from_raw(conn),
@@ -422,7 +420,7 @@ unsafe extern "C" fn on_datagram<H: Handler>(
     };
     let ctx = inst.ctx(raw);
     let handler = &mut inst.handler;
-    guard(Some(&ctx), "on_datagram", (), || {
+    guard(&ctx, "on_datagram", (), || {
         handler.on_datagram(&ctx, SocketId::from_raw(socket), peer, bytes)
     })
 }
@@ -439,7 +437,7 @@ unsafe extern "C" fn on_timer<H: Handler>(
     };
     let ctx = inst.ctx(raw);
     let handler = &mut inst.handler;
-    guard(Some(&ctx), "on_timer", (), || {
+    guard(&ctx, "on_timer", (), || {
         handler.on_timer(&ctx, TimerId::from_raw(timer), user_data)
     })
 }
@@ -451,5 +449,5 @@ unsafe extern "C" fn on_shutdown<H: Handler>(raw: *mut loopd_ctx, inst: *mut c_v
     };
     let ctx = inst.ctx(raw);
     let handler = &mut inst.handler;
-    guard(Some(&ctx), "on_shutdown", (), || handler.on_shutdown(&ctx))
+    guard(&ctx, "on_shutdown", (), || handler.on_shutdown(&ctx))
 }
