@@ -1,1 +1,109 @@
-fn main() {}
+//! The `loopd` command: run a config, or check one.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+use loopd::Runtime;
+use loopd_handler_api::abi::{LOOPD_ABI_MAJOR, LOOPD_ABI_MINOR};
+
+/// loopd: an event-loop runtime that serves sockets with handler plugins.
+///
+/// Logging goes to stderr at level `info`; set RUST_LOG (e.g. RUST_LOG=debug,
+/// or RUST_LOG=loopd::handler::echo=trace) to change it.
+#[derive(Debug, Parser)]
+#[command(name = "loopd", args_conflicts_with_subcommands = true)]
+struct Cli {
+    /// The config file to run, e.g. examples/loopd.toml.
+    config: Option<PathBuf>,
+
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Run a config file (the same as `loopd <config>`).
+    Run {
+        /// The config file.
+        config: PathBuf,
+    },
+    /// Validate a config: parse it, load every plugin and create every
+    /// handler instance, without listening. Exits non-zero with the error.
+    Check {
+        /// The config file.
+        config: PathBuf,
+    },
+}
+
+fn version() -> &'static str {
+    Box::leak(
+        format!(
+            "{} (handler ABI {LOOPD_ABI_MAJOR}.{LOOPD_ABI_MINOR})",
+            loopd::VERSION
+        )
+        .into_boxed_str(),
+    )
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse_from_cmd(version());
+    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info"))
+        .format_timestamp_millis()
+        .init();
+
+    let result = match cli.command {
+        Some(Command::Check { config }) => check(config),
+        Some(Command::Run { config }) => run(config),
+        None => match cli.config {
+            Some(config) => run(config),
+            None => {
+                eprintln!("loopd: no config file given\n\nUsage: loopd <CONFIG>\n       loopd check <CONFIG>\n\nTry `loopd --help`, or `loopd examples/loopd.toml`.");
+                return ExitCode::from(2);
+            }
+        },
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            log::error!("{e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(config: PathBuf) -> Result<(), loopd::Error> {
+    let mut rt = Runtime::builder()
+        .config_file(&config)
+        .handle_signals(true)
+        .build()?;
+    log::info!(
+        "loopd {} ready: {} listeners from {}",
+        loopd::VERSION,
+        rt.listeners().len(),
+        config.display()
+    );
+    rt.run()?;
+    Ok(())
+}
+
+fn check(config: PathBuf) -> Result<(), loopd::Error> {
+    let handlers = Runtime::builder().config_file(&config).check()?;
+    println!("{}: ok", config.display());
+    for h in handlers {
+        println!("  {h}");
+    }
+    Ok(())
+}
+
+trait ParseWithVersion: Sized {
+    fn parse_from_cmd(version: &'static str) -> Self;
+}
+
+impl ParseWithVersion for Cli {
+    fn parse_from_cmd(version: &'static str) -> Self {
+        use clap::{CommandFactory, FromArgMatches};
+        let matches = Cli::command().version(version).get_matches();
+        Cli::from_arg_matches(&matches).unwrap_or_else(|e| e.exit())
+    }
+}

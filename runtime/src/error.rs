@@ -1,0 +1,96 @@
+//! The one error type of the `loopd` crate.
+
+use std::fmt;
+use std::io;
+use std::path::PathBuf;
+
+/// Everything that can stop loopd from starting or running. Each variant's
+/// message names what failed (file and line, library path, listener and
+/// handler) and why.
+#[derive(Debug)]
+#[non_exhaustive]
+pub enum Error {
+    /// The config is malformed; the message names the file, line and key.
+    Config(String),
+    /// A plugin could not be loaded or refused to start.
+    Plugin {
+        /// Where the config names the plugin (`file:line:column`), if known.
+        location: Option<String>,
+        /// The handler instance it was loaded for.
+        handler: String,
+        /// The library path (or the name, when no file was found).
+        path: PathBuf,
+        /// Why, in words.
+        reason: String,
+    },
+    /// A listener could not be opened.
+    Listen {
+        /// The handler that owns it.
+        handler: String,
+        /// The listener URL.
+        listener: String,
+        /// The operating system's error.
+        source: io::Error,
+    },
+    /// Another I/O failure (the poller, signals).
+    Io(io::Error),
+}
+
+impl fmt::Display for Error {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Error::Config(msg) => f.write_str(msg),
+            Error::Plugin {
+                location,
+                handler,
+                path,
+                reason,
+            } => {
+                if let Some(at) = location {
+                    write!(f, "{at}: ")?;
+                }
+                write!(
+                    f,
+                    "handler `{handler}`: plugin {}: {reason}",
+                    path.display()
+                )
+            }
+            Error::Listen {
+                handler,
+                listener,
+                source,
+            } => {
+                write!(
+                    f,
+                    "handler `{handler}`: cannot listen on {listener}: {source}"
+                )?;
+                match source.kind() {
+                    io::ErrorKind::AddrInUse => {
+                        f.write_str(" (another process is using it; pick another port or stop it)")
+                    }
+                    io::ErrorKind::PermissionDenied => f.write_str(
+                        " (ports below 1024 need privileges; check the socket path's permissions)",
+                    ),
+                    _ => Ok(()),
+                }
+            }
+            Error::Io(e) => write!(f, "{e}"),
+        }
+    }
+}
+
+impl std::error::Error for Error {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match self {
+            Error::Listen { source, .. } => Some(source),
+            Error::Io(e) => Some(e),
+            _ => None,
+        }
+    }
+}
+
+impl From<io::Error> for Error {
+    fn from(e: io::Error) -> Self {
+        Error::Io(e)
+    }
+}

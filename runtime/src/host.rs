@@ -1,0 +1,366 @@
+//! The host side of the ABI: the `loopd_host_api` table and its functions.
+//!
+//! Each function is a thin trampoline: check the context and the thread,
+//! borrow the loop state, convert pointers, and call a safe method of
+//! [`Core`]. A host function never runs a hook; what it causes is queued.
+//! Nothing here unwinds into the caller: a panic in loopd's own code becomes
+//! `LOOPD_ERR_IO` and is logged.
+
+use std::cell::{Cell, RefCell};
+use std::ffi::{c_char, CStr};
+use std::panic::{catch_unwind, AssertUnwindSafe};
+
+use loopd_handler_api::abi::{self, loopd_addr, loopd_bytes, loopd_ctx, loopd_host_api};
+
+use crate::state::Core;
+
+/// What `loopd_ctx *` points to: one per handler instance, owned by the runtime.
+#[derive(Debug)]
+pub(crate) struct HostCtx {
+    pub(crate) core: *const RefCell<Core>,
+    pub(crate) instance: usize,
+    /// `loopd::handler::<name>`, the log target of this instance.
+    pub(crate) log_target: String,
+}
+
+impl HostCtx {
+    pub(crate) fn as_raw(&self) -> *mut loopd_ctx {
+        (self as *const HostCtx).cast_mut().cast()
+    }
+}
+
+thread_local! {
+    /// The runtime whose hooks are running on this thread, if any.
+    static ACTIVE: Cell<*const RefCell<Core>> = const { Cell::new(std::ptr::null()) };
+}
+
+/// Marks a runtime as the one running hooks on this thread, until dropped.
+#[derive(Debug)]
+pub(crate) struct ActiveGuard(*const RefCell<Core>);
+
+impl ActiveGuard {
+    pub(crate) fn enter(core: &RefCell<Core>) -> ActiveGuard {
+        ActiveGuard(ACTIVE.with(|a| a.replace(core)))
+    }
+}
+
+impl Drop for ActiveGuard {
+    fn drop(&mut self) {
+        ACTIVE.with(|a| a.set(self.0));
+    }
+}
+
+/// Runs `f` on the loop state of the instance behind `ctx`, or returns the
+/// status for a call made at the wrong time or place.
+///
+/// # Safety
+/// `ctx` must be NULL or a context the runtime handed out that is still alive.
+unsafe fn with_core(ctx: *mut loopd_ctx, f: impl FnOnce(&mut Core, usize) -> i32) -> i32 {
+    if ctx.is_null() {
+        return abi::LOOPD_ERR_INVALID;
+    }
+    // SAFETY: per the contract, a non-NULL ctx is a live HostCtx; its fields are immutable.
+    let hc = unsafe { &*ctx.cast::<HostCtx>() };
+    if ACTIVE.with(|a| a.get()) != hc.core {
+        return abi::LOOPD_ERR_WRONG_THREAD;
+    }
+    // SAFETY: ACTIVE equals this core only on the loop thread while the runtime is alive.
+    let cell = unsafe { &*hc.core };
+    let Ok(mut core) = cell.try_borrow_mut() else {
+        return abi::LOOPD_ERR_WRONG_THREAD;
+    };
+    match catch_unwind(AssertUnwindSafe(|| f(&mut core, hc.instance))) {
+        Ok(status) => status,
+        Err(_) => {
+            log::error!(
+                "internal error in a host function (a bug in loopd); see the panic message above"
+            );
+            abi::LOOPD_ERR_IO
+        }
+    }
+}
+
+/// # Safety
+/// `ptr` must be valid for `len` bytes, or `len` must be 0.
+unsafe fn bytes<'a>(ptr: *const u8, len: usize) -> Option<&'a [u8]> {
+    if len == 0 {
+        Some(&[])
+    } else if ptr.is_null() {
+        None
+    } else {
+        // SAFETY: the caller lends `len` readable bytes at `ptr` for the call.
+        Some(unsafe { std::slice::from_raw_parts(ptr, len) })
+    }
+}
+
+unsafe extern "C" fn host_log(ctx: *mut loopd_ctx, level: u32, msg: *const c_char, len: usize) {
+    if ctx.is_null() {
+        return;
+    }
+    // SAFETY: a non-NULL ctx is a live HostCtx; its fields are immutable.
+    let hc = unsafe { &*ctx.cast::<HostCtx>() };
+    // SAFETY: the caller lends `len` bytes at `msg` for the call.
+    let Some(text) = (unsafe { bytes(msg.cast(), len) }) else {
+        return;
+    };
+    let level = match level {
+        abi::LOOPD_LOG_ERROR => log::Level::Error,
+        abi::LOOPD_LOG_WARN => log::Level::Warn,
+        abi::LOOPD_LOG_INFO => log::Level::Info,
+        abi::LOOPD_LOG_DEBUG => log::Level::Debug,
+        _ => log::Level::Trace,
+    };
+    let _ = catch_unwind(AssertUnwindSafe(|| {
+        log::log!(target: hc.log_target.as_str(), level, "{}", String::from_utf8_lossy(text));
+    }));
+}
+
+unsafe extern "C" fn host_send(ctx: *mut loopd_ctx, conn: u64, data: *const u8, len: usize) -> i32 {
+    // SAFETY: the caller lends `len` bytes at `data` for the call.
+    let Some(data) = (unsafe { bytes(data, len) }) else {
+        return abi::LOOPD_ERR_INVALID;
+    };
+    // SAFETY: `ctx` comes from the runtime.
+    unsafe { with_core(ctx, |core, inst| core.send(inst, conn, &[data])) }
+}
+
+unsafe extern "C" fn host_sendv(
+    ctx: *mut loopd_ctx,
+    conn: u64,
+    parts: *const loopd_bytes,
+    count: usize,
+) -> i32 {
+    if count == 0 {
+        // SAFETY: `ctx` comes from the runtime.
+        return unsafe { with_core(ctx, |core, inst| core.send(inst, conn, &[])) };
+    }
+    if parts.is_null() {
+        return abi::LOOPD_ERR_INVALID;
+    }
+    // SAFETY: the caller lends `count` parts for the call.
+    let raw = unsafe { std::slice::from_raw_parts(parts, count) };
+    let mut slices: Vec<&[u8]> = Vec::with_capacity(count);
+    for p in raw {
+        // SAFETY: each part lends `len` bytes at `ptr` for the call.
+        match unsafe { bytes(p.ptr, p.len) } {
+            Some(s) => slices.push(s),
+            None => return abi::LOOPD_ERR_INVALID,
+        }
+    }
+    // SAFETY: `ctx` comes from the runtime.
+    unsafe { with_core(ctx, |core, inst| core.send(inst, conn, &slices)) }
+}
+
+unsafe extern "C" fn host_close(ctx: *mut loopd_ctx, conn: u64, mode: u32) -> i32 {
+    // SAFETY: `ctx` comes from the runtime.
+    unsafe { with_core(ctx, |core, inst| core.close(inst, conn, mode)) }
+}
+
+unsafe extern "C" fn host_send_datagram(
+    ctx: *mut loopd_ctx,
+    socket: u64,
+    to: *const loopd_addr,
+    data: *const u8,
+    len: usize,
+) -> i32 {
+    // SAFETY: the caller lends `to` for the call.
+    let Some(to) = (unsafe { to.as_ref() }) else {
+        return abi::LOOPD_ERR_INVALID;
+    };
+    // SAFETY: the caller lends `len` bytes at `data` for the call.
+    let Some(data) = (unsafe { bytes(data, len) }) else {
+        return abi::LOOPD_ERR_INVALID;
+    };
+    // SAFETY: `ctx` comes from the runtime.
+    unsafe { with_core(ctx, |core, inst| core.send_datagram(inst, socket, to, data)) }
+}
+
+unsafe extern "C" fn host_timer_set(
+    ctx: *mut loopd_ctx,
+    delay_ms: u64,
+    user_data: u64,
+    out: *mut u64,
+) -> i32 {
+    if out.is_null() {
+        return abi::LOOPD_ERR_INVALID;
+    }
+    // SAFETY: `ctx` comes from the runtime.
+    unsafe {
+        with_core(ctx, |core, inst| {
+            match core.timer_set(inst, delay_ms, user_data) {
+                Ok(id) => {
+                    // SAFETY: checked non-NULL; the caller gives a writable out-pointer.
+                    *out = id;
+                    abi::LOOPD_OK
+                }
+                Err(status) => status,
+            }
+        })
+    }
+}
+
+unsafe extern "C" fn host_timer_cancel(ctx: *mut loopd_ctx, timer: u64) -> i32 {
+    // SAFETY: `ctx` comes from the runtime.
+    unsafe { with_core(ctx, |core, inst| core.timer_cancel(inst, timer)) }
+}
+
+unsafe extern "C" fn host_connect(ctx: *mut loopd_ctx, url: *const c_char, out: *mut u64) -> i32 {
+    if url.is_null() || out.is_null() {
+        return abi::LOOPD_ERR_INVALID;
+    }
+    // SAFETY: the caller lends a NUL-terminated string for the call.
+    let Ok(url) = unsafe { CStr::from_ptr(url) }.to_str() else {
+        return abi::LOOPD_ERR_INVALID;
+    };
+    // SAFETY: `ctx` comes from the runtime.
+    unsafe {
+        with_core(ctx, |core, inst| match core.connect(inst, url) {
+            Ok(id) => {
+                // SAFETY: checked non-NULL; the caller gives a writable out-pointer.
+                *out = id;
+                abi::LOOPD_OK
+            }
+            Err(status) => status,
+        })
+    }
+}
+
+unsafe extern "C" fn host_now_ms(ctx: *mut loopd_ctx) -> u64 {
+    if ctx.is_null() {
+        return 0;
+    }
+    // SAFETY: a non-NULL ctx is a live HostCtx.
+    let hc = unsafe { &*ctx.cast::<HostCtx>() };
+    if ACTIVE.with(|a| a.get()) == hc.core {
+        // SAFETY: on the loop thread while the runtime is alive (checked above).
+        if let Ok(core) = unsafe { &*hc.core }.try_borrow() {
+            return core.now_ms();
+        }
+    }
+    // Off the loop thread: the same clock, read without touching loop state.
+    crate::process_start().elapsed().as_millis() as u64
+}
+
+unsafe extern "C" fn host_output_queued(ctx: *mut loopd_ctx, conn: u64, out: *mut usize) -> i32 {
+    if out.is_null() {
+        return abi::LOOPD_ERR_INVALID;
+    }
+    // SAFETY: `ctx` comes from the runtime.
+    unsafe {
+        with_core(ctx, |core, inst| match core.output_queued(inst, conn) {
+            Ok(n) => {
+                // SAFETY: checked non-NULL; the caller gives a writable out-pointer.
+                *out = n;
+                abi::LOOPD_OK
+            }
+            Err(status) => status,
+        })
+    }
+}
+
+unsafe extern "C" fn host_status_str(status: i32) -> *const c_char {
+    // NUL-terminated copies of abi::status_str, so C can use them directly.
+    let s: &'static CStr = match status {
+        abi::LOOPD_OK => c"ok",
+        abi::LOOPD_ERR_AGAIN => c"output queue full, try again after on_writable",
+        abi::LOOPD_ERR_NO_SUCH_CONN => c"no such connection",
+        abi::LOOPD_ERR_CLOSED => c"connection is closing",
+        abi::LOOPD_ERR_INVALID => c"invalid argument",
+        abi::LOOPD_ERR_UNSUPPORTED => c"operation not supported",
+        abi::LOOPD_ERR_LIMIT => c"limit reached",
+        abi::LOOPD_ERR_IO => c"I/O error",
+        abi::LOOPD_ERR_WRONG_THREAD => {
+            c"host function called outside a hook or from another thread"
+        }
+        abi::LOOPD_ERR_NO_SUCH_TIMER => c"no such timer",
+        abi::LOOPD_ERR_HANDLER => c"handler failed",
+        _ => c"unknown status",
+    };
+    s.as_ptr()
+}
+
+static VERSION: &CStr =
+    match CStr::from_bytes_with_nul(concat!(env!("CARGO_PKG_VERSION"), "\0").as_bytes()) {
+        Ok(s) => s,
+        Err(_) => panic!("version contains NUL"),
+    };
+
+struct HostTable(loopd_host_api);
+// SAFETY: the table is immutable: function pointers and a pointer to a static string.
+unsafe impl Sync for HostTable {}
+
+static HOST_API: HostTable = HostTable(loopd_host_api {
+    struct_size: std::mem::size_of::<loopd_host_api>() as u32,
+    abi_major: abi::LOOPD_ABI_MAJOR,
+    abi_minor: abi::LOOPD_ABI_MINOR,
+    reserved: 0,
+    version: VERSION.as_ptr(),
+    log: Some(host_log),
+    send: Some(host_send),
+    sendv: Some(host_sendv),
+    close: Some(host_close),
+    send_datagram: Some(host_send_datagram),
+    timer_set: Some(host_timer_set),
+    timer_cancel: Some(host_timer_cancel),
+    connect: Some(host_connect),
+    now_ms: Some(host_now_ms),
+    output_queued: Some(host_output_queued),
+    status_str: Some(host_status_str),
+});
+
+/// The host table every plugin receives. Static: valid for the whole process.
+pub(crate) fn host_api() -> *const loopd_host_api {
+    &HOST_API.0
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn status_strings_match_the_sdk() {
+        for code in -12..2 {
+            // SAFETY: host_status_str returns a static NUL-terminated string.
+            let c = unsafe { CStr::from_ptr(host_status_str(code)) };
+            assert_eq!(c.to_str().unwrap(), abi::status_str(code), "code {code}");
+        }
+    }
+
+    #[test]
+    fn calls_outside_a_hook_are_refused() {
+        let core = RefCell::new(Core::new(Default::default()).unwrap());
+        let hc = HostCtx {
+            core: &core,
+            instance: 0,
+            log_target: "loopd::handler::t".into(),
+        };
+        let mut id = 0;
+        // SAFETY: hc is alive; no runtime is active on this thread.
+        let status = unsafe { host_timer_set(hc.as_raw(), 1, 0, &mut id) };
+        assert_eq!(status, abi::LOOPD_ERR_WRONG_THREAD);
+        let _g = ActiveGuard::enter(&core);
+        core.borrow_mut()
+            .instances
+            .push(crate::state::InstanceInfo {
+                name: "t".into(),
+                framing: crate::config::FramingKind::Raw,
+                max_frame: 1,
+                high_watermark: 2,
+                low_watermark: 1,
+            });
+        // SAFETY: as above, now active.
+        let status = unsafe { host_timer_set(hc.as_raw(), 1, 0, &mut id) };
+        assert_eq!(status, abi::LOOPD_OK);
+        assert_ne!(id, 0);
+        // SAFETY: as above.
+        assert_eq!(
+            unsafe { host_send(hc.as_raw(), 12345, std::ptr::null(), 0) },
+            abi::LOOPD_ERR_NO_SUCH_CONN
+        );
+        // SAFETY: as above; a NULL pointer with a length is refused.
+        assert_eq!(
+            unsafe { host_send(hc.as_raw(), 12345, std::ptr::null(), 3) },
+            abi::LOOPD_ERR_INVALID
+        );
+    }
+}

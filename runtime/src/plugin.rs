@@ -1,0 +1,273 @@
+//! Loading handler plugins: the only module that imports `libloading`.
+//!
+//! A plugin is opened with `RTLD_NOW | RTLD_LOCAL` (every symbol resolved up
+//! front, none leaked into the global namespace), its one entry symbol is
+//! called with the host table, and the info it returns is checked before any
+//! of its hooks can run. Libraries are never unloaded: a Rust cdylib is not
+//! safe to `dlclose` (thread-local destructors), and hooks may be referenced
+//! until the process exits.
+
+use std::ffi::CStr;
+use std::path::{Path, PathBuf};
+
+use libloading::os::unix::{Library, Symbol, RTLD_LOCAL, RTLD_NOW};
+use loopd_handler_api::abi::{self, loopd_plugin_entry_v1_fn, loopd_plugin_info, loopd_vtable};
+
+use crate::config::{FramingKind, PluginRef};
+use crate::host;
+
+/// A checked plugin: its hooks and what it says about itself.
+#[derive(Debug, Clone)]
+pub(crate) struct Plugin {
+    /// Where it was loaded from (`None` for a statically linked handler).
+    pub(crate) path: Option<PathBuf>,
+    pub(crate) name: String,
+    pub(crate) version: String,
+    pub(crate) default_framing: Option<FramingKind>,
+    /// The plugin's vtable, copied and zero-extended to the size we know.
+    pub(crate) vtable: loopd_vtable,
+}
+
+/// File name of a plugin given by name: `echo` → `libloopd_echo.so`.
+fn file_name(name: &str) -> String {
+    format!("libloopd_{}.so", name.replace('-', "_"))
+}
+
+/// Where a plugin given by name may be: `plugin_dir` (if set), then the
+/// directory of the running executable.
+pub(crate) fn candidates(name: &str, plugin_dir: Option<&Path>) -> Vec<PathBuf> {
+    let mut dirs = Vec::new();
+    if let Some(d) = plugin_dir {
+        dirs.push(d.to_path_buf());
+    }
+    if let Some(d) = std::env::current_exe()
+        .ok()
+        .and_then(|e| e.parent().map(Path::to_path_buf))
+    {
+        dirs.push(d);
+    }
+    dirs.into_iter().map(|d| d.join(file_name(name))).collect()
+}
+
+/// Finds the library file for `plugin`. `Err((path, reason))` when there is none.
+pub(crate) fn resolve(
+    plugin: &PluginRef,
+    plugin_dir: Option<&Path>,
+) -> Result<PathBuf, (PathBuf, String)> {
+    match plugin {
+        PluginRef::Path(p) => {
+            if p.exists() {
+                Ok(p.clone())
+            } else {
+                Err((p.clone(), "file not found".to_string()))
+            }
+        }
+        PluginRef::Name(n) => {
+            let tried = candidates(n, plugin_dir);
+            match tried.iter().find(|p| p.exists()) {
+                Some(p) => Ok(p.clone()),
+                None => {
+                    let list: Vec<String> = tried.iter().map(|p| p.display().to_string()).collect();
+                    Err((
+                        PathBuf::from(n),
+                        format!("not found; looked for {}", list.join(", ")),
+                    ))
+                }
+            }
+        }
+    }
+}
+
+fn read_str(p: *const std::ffi::c_char, what: &str) -> Result<String, String> {
+    if p.is_null() {
+        return Err(format!("plugin info has a NULL {what}"));
+    }
+    // SAFETY: the plugin promises NUL-terminated static strings; non-NULL was checked.
+    let s = unsafe { CStr::from_ptr(p) };
+    s.to_str()
+        .map(str::to_owned)
+        .map_err(|_| format!("plugin {what} is not UTF-8"))
+}
+
+/// Checks plugin info (already known to be non-NULL) and copies what we need.
+///
+/// # Safety
+/// `info` must point to at least `struct_size` readable bytes, with pointers
+/// that are NULL or valid for the life of the process.
+pub(crate) unsafe fn check_info(
+    info: *const loopd_plugin_info,
+    path: Option<&Path>,
+) -> Result<Plugin, String> {
+    // SAFETY: the caller guarantees `info` is readable; struct_size comes first in every version.
+    let size = unsafe { (*info).struct_size } as usize;
+    if size < abi::LOOPD_PLUGIN_INFO_V1_0_SIZE {
+        return Err(format!(
+            "plugin info is {size} bytes, smaller than the {} bytes of ABI 1.0 (not a loopd plugin, or corrupt)",
+            abi::LOOPD_PLUGIN_INFO_V1_0_SIZE
+        ));
+    }
+    // SAFETY: at least the v1.0 size is readable, and every field read here is in v1.0.
+    let info = unsafe { &*info };
+    if info.abi_major != abi::LOOPD_ABI_MAJOR {
+        return Err(format!(
+            "built for handler ABI {}.{}, but this loopd speaks ABI {}.{} (a different major is incompatible; rebuild the plugin against this loopd's loopd.h or loopd-handler-api)",
+            info.abi_major,
+            info.abi_minor,
+            abi::LOOPD_ABI_MAJOR,
+            abi::LOOPD_ABI_MINOR
+        ));
+    }
+    if info.min_host_minor > abi::LOOPD_ABI_MINOR {
+        return Err(format!(
+            "needs a host with handler ABI {}.{} or newer, but this loopd speaks ABI {}.{} (upgrade loopd)",
+            abi::LOOPD_ABI_MAJOR,
+            info.min_host_minor,
+            abi::LOOPD_ABI_MAJOR,
+            abi::LOOPD_ABI_MINOR
+        ));
+    }
+    if info.vtable.is_null() {
+        return Err("plugin info has a NULL vtable".to_string());
+    }
+    // SAFETY: non-NULL; the plugin promises a static vtable; struct_size comes first.
+    let vsize = unsafe { (*info.vtable).struct_size } as usize;
+    if vsize < abi::LOOPD_VTABLE_V1_0_SIZE {
+        return Err(format!(
+            "vtable is {vsize} bytes, smaller than the {} bytes of ABI 1.0 (corrupt plugin)",
+            abi::LOOPD_VTABLE_V1_0_SIZE
+        ));
+    }
+    let mut vtable = loopd_vtable::EMPTY;
+    let n = vsize.min(std::mem::size_of::<loopd_vtable>());
+    // SAFETY: the plugin's table has `vsize >= n` readable bytes; ours has `n` writable ones.
+    unsafe {
+        std::ptr::copy_nonoverlapping(
+            info.vtable.cast::<u8>(),
+            (&mut vtable as *mut loopd_vtable).cast::<u8>(),
+            n,
+        )
+    };
+    vtable.struct_size = std::mem::size_of::<loopd_vtable>() as u32;
+    let default_framing = match info.default_framing {
+        abi::LOOPD_FRAMING_DEFAULT => None,
+        abi::LOOPD_FRAMING_RAW => Some(FramingKind::Raw),
+        abi::LOOPD_FRAMING_LINE => Some(FramingKind::Line),
+        abi::LOOPD_FRAMING_LENGTH_PREFIXED => Some(FramingKind::LengthPrefixed),
+        other => {
+            return Err(format!(
+                "plugin info has an unknown default_framing {other}"
+            ))
+        }
+    };
+    Ok(Plugin {
+        path: path.map(Path::to_path_buf),
+        name: read_str(info.name, "name")?,
+        version: read_str(info.version, "version")?,
+        default_framing,
+        vtable,
+    })
+}
+
+/// Loads and checks the library at `path`. The error is the reason only;
+/// the caller adds the path and the handler's name.
+pub(crate) fn load(path: &Path) -> Result<Plugin, String> {
+    // SAFETY: loading a library runs its initialisers; that is the point of a
+    // plugin, and the operator chose the path. RTLD_NOW surfaces missing
+    // symbols here instead of at the first call.
+    let lib = unsafe { Library::open(Some(path), RTLD_NOW | RTLD_LOCAL) }
+        .map_err(|e| format!("not a loadable library: {}", dl_reason(&e)))?;
+
+    // SAFETY: the symbol's type is the ABI's entry type, by the plugin contract.
+    let entry: Symbol<loopd_plugin_entry_v1_fn> = match unsafe { lib.get(abi::LOOPD_ENTRY_SYMBOL) }
+    {
+        Ok(sym) => sym,
+        Err(_) => return Err(missing_entry(&lib)),
+    };
+    // SAFETY: calling the entry is the handshake; the host table is static.
+    let info = unsafe { entry(host::host_api()) };
+    if info.is_null() {
+        return Err(format!(
+            "loopd_plugin_entry_v1 returned NULL: the plugin refused to load (this loopd speaks handler ABI {}.{})",
+            abi::LOOPD_ABI_MAJOR,
+            abi::LOOPD_ABI_MINOR
+        ));
+    }
+    // SAFETY: non-NULL, and the plugin promises static info; check_info reads
+    // no more than the info's own struct_size.
+    let plugin = unsafe { check_info(info, Some(path)) }?;
+    // Never unloaded: the vtable points into the library.
+    std::mem::forget(lib);
+    Ok(plugin)
+}
+
+/// Explains a missing entry symbol, naming another major if the library has one.
+fn missing_entry(lib: &Library) -> String {
+    for major in 0..16u32 {
+        if major == abi::LOOPD_ABI_MAJOR {
+            continue;
+        }
+        let name = format!("loopd_plugin_entry_v{major}\0");
+        // SAFETY: only checks for presence; the symbol is never called.
+        if unsafe { lib.get::<*const u8>(name.as_bytes()) }.is_ok() {
+            return format!(
+                "no entry symbol loopd_plugin_entry_v{}: it exports loopd_plugin_entry_v{major}, so it was built for handler ABI {major}.x and this loopd speaks {}.{}",
+                abi::LOOPD_ABI_MAJOR,
+                abi::LOOPD_ABI_MAJOR,
+                abi::LOOPD_ABI_MINOR
+            );
+        }
+    }
+    format!(
+        "no entry symbol loopd_plugin_entry_v{} (not a loopd handler, or built without export_handler!/LOOPD_EXPORT)",
+        abi::LOOPD_ABI_MAJOR
+    )
+}
+
+/// libloading's message, without the repeated path that dlerror() starts with.
+fn dl_reason(e: &libloading::Error) -> String {
+    let text = match std::error::Error::source(e) {
+        Some(src) => src.to_string(),
+        None => e.to_string(),
+    };
+    match text.split_once(": ") {
+        Some((head, rest)) if head.ends_with(".so") || head.contains('/') => rest.to_string(),
+        _ => text,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_map_to_library_files() {
+        assert_eq!(file_name("echo"), "libloopd_echo.so");
+        assert_eq!(file_name("udp-broadcast"), "libloopd_udp_broadcast.so");
+        let c = candidates("echo", Some(Path::new("/opt/loopd")));
+        assert_eq!(c[0], PathBuf::from("/opt/loopd/libloopd_echo.so"));
+        assert_eq!(c.len(), 2);
+    }
+
+    #[test]
+    fn missing_files_say_where_we_looked() {
+        let (path, why) = resolve(
+            &PluginRef::Name("nope".into()),
+            Some(Path::new("/nonexistent")),
+        )
+        .unwrap_err();
+        assert_eq!(path, PathBuf::from("nope"));
+        assert!(why.contains("/nonexistent/libloopd_nope.so"), "{why}");
+        let (path, why) = resolve(&PluginRef::Path("/nonexistent/x.so".into()), None).unwrap_err();
+        assert_eq!(path, PathBuf::from("/nonexistent/x.so"));
+        assert_eq!(why, "file not found");
+    }
+
+    #[test]
+    fn a_text_file_is_not_a_library() {
+        let path = std::env::temp_dir().join(format!("loopd-not-a-lib-{}.so", std::process::id()));
+        std::fs::write(&path, "hello").unwrap();
+        let why = load(&path).unwrap_err();
+        std::fs::remove_file(&path).unwrap();
+        assert!(why.starts_with("not a loadable library: "), "{why}");
+    }
+}

@@ -1,0 +1,774 @@
+//! The loop's mutable state, and every operation on it that never calls a
+//! hook: host functions land here, and so do accept, flush and close
+//! bookkeeping. Anything a handler must hear about is pushed onto `pending`
+//! and delivered by the dispatcher once the current hook has returned.
+
+use std::collections::VecDeque;
+use std::ffi::CStr;
+use std::io;
+use std::net::UdpSocket;
+use std::os::fd::{AsFd, AsRawFd, OwnedFd};
+use std::os::unix::net::UnixStream;
+use std::rc::Rc;
+use std::time::{Duration, Instant};
+
+use loopd_handler_api::abi;
+
+use crate::config::{FramingKind, ListenAddr, RuntimeConfig};
+use crate::conn::{Conn, OutQueue, Phase};
+use crate::event_loop::EventLoop;
+use crate::listener::{self, Listener};
+use crate::registry::Registry;
+use crate::sys;
+use crate::timer::{TimerKind, Timers};
+
+/// How long a listener rests after EMFILE/ENFILE before accepting again.
+pub(crate) const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
+/// Most connections accepted per readiness event (fairness).
+const ACCEPTS_PER_EVENT: usize = 64;
+/// Most pending timers per runtime; `timer_set` refuses beyond.
+const MAX_TIMERS: usize = 1 << 20;
+
+/// Something registered with the poller.
+#[derive(Debug)]
+pub(crate) enum Source {
+    Listener(Listener),
+    Conn(Conn),
+    Datagram(Datagram),
+    /// The read end of the signal self-pipe.
+    Signal(UnixStream),
+}
+
+/// A bound UDP socket.
+#[derive(Debug)]
+pub(crate) struct Datagram {
+    pub(crate) sock: UdpSocket,
+    pub(crate) instance: usize,
+    /// Datagrams `send_datagram` dropped because the kernel buffer was full.
+    pub(crate) dropped: u64,
+}
+
+/// Work for the dispatcher, queued by code that must not run hooks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Deferred {
+    /// Deliver `on_open`.
+    Open(u64),
+    /// Release the connection and deliver `on_close`.
+    Close(u64),
+    /// Deliver `on_writable`.
+    Writable(u64),
+    /// Hand buffered frames over (input resumed after a pause).
+    Input(u64),
+}
+
+/// Per-instance facts the host functions need.
+#[derive(Debug, Clone)]
+pub(crate) struct InstanceInfo {
+    pub(crate) name: String,
+    pub(crate) framing: FramingKind,
+    pub(crate) max_frame: usize,
+    pub(crate) high_watermark: usize,
+    pub(crate) low_watermark: usize,
+}
+
+/// Warnings that could otherwise flood the log: at most one per second each.
+#[derive(Debug, Default)]
+struct RateLimit {
+    last: Option<Instant>,
+    suppressed: u64,
+}
+
+impl RateLimit {
+    /// `Some(n suppressed since the last one)` if a warning may be logged now.
+    fn allow(&mut self, now: Instant) -> Option<u64> {
+        match self.last {
+            Some(t) if now.duration_since(t) < Duration::from_secs(1) => {
+                self.suppressed += 1;
+                None
+            }
+            _ => {
+                self.last = Some(now);
+                Some(std::mem::take(&mut self.suppressed))
+            }
+        }
+    }
+}
+
+/// Everything the loop owns that host functions may touch.
+#[derive(Debug)]
+pub(crate) struct Core {
+    pub(crate) poll: EventLoop,
+    pub(crate) sources: Registry<Source>,
+    pub(crate) timers: Timers,
+    pub(crate) pending: VecDeque<Deferred>,
+    /// Open connections (accepted and outbound).
+    pub(crate) conns: usize,
+    pub(crate) cfg: RuntimeConfig,
+    pub(crate) instances: Vec<InstanceInfo>,
+    start: Instant,
+    /// The graceful shutdown deadline, once shutdown has begun.
+    pub(crate) shutdown_deadline: Option<Instant>,
+    full_warning: RateLimit,
+}
+
+/// The connection `id` in `sources`, borrowing only that field.
+fn conn_in(sources: &mut Registry<Source>, id: u64) -> Option<&mut Conn> {
+    match sources.get_mut(id) {
+        Some(Source::Conn(c)) => Some(c),
+        _ => None,
+    }
+}
+
+impl Core {
+    pub(crate) fn new(cfg: RuntimeConfig) -> io::Result<Core> {
+        Ok(Core {
+            poll: EventLoop::new()?,
+            sources: Registry::new(),
+            timers: Timers::new(),
+            pending: VecDeque::new(),
+            conns: 0,
+            cfg,
+            instances: Vec::new(),
+            start: crate::process_start(),
+            shutdown_deadline: None,
+            full_warning: RateLimit::default(),
+        })
+    }
+
+    pub(crate) fn now_ms(&self) -> u64 {
+        self.start.elapsed().as_millis() as u64
+    }
+
+    pub(crate) fn conn(&self, id: u64) -> Option<&Conn> {
+        match self.sources.get(id) {
+            Some(Source::Conn(c)) => Some(c),
+            _ => None,
+        }
+    }
+
+    pub(crate) fn conn_mut(&mut self, id: u64) -> Option<&mut Conn> {
+        match self.sources.get_mut(id) {
+            Some(Source::Conn(c)) => Some(c),
+            _ => None,
+        }
+    }
+
+    /// A connection of `instance`, or the status a host function returns.
+    fn owned_conn(&mut self, instance: usize, id: u64) -> Result<&mut Conn, i32> {
+        match self.sources.get_mut(id) {
+            Some(Source::Conn(c)) if c.instance == instance => Ok(c),
+            _ => Err(abi::LOOPD_ERR_NO_SUCH_CONN),
+        }
+    }
+
+    /// Registers a source with the poller and returns its id.
+    fn register(&mut self, source: Source, read: bool, write: bool) -> io::Result<u64> {
+        let fd = match &source {
+            Source::Listener(l) => l.fd.as_raw_fd(),
+            Source::Conn(c) => match &c.fd {
+                Some(fd) => fd.as_raw_fd(),
+                None => -1,
+            },
+            Source::Datagram(d) => d.sock.as_raw_fd(),
+            Source::Signal(s) => s.as_raw_fd(),
+        };
+        let id = self.sources.insert_with(|_| source);
+        if fd >= 0 {
+            // SAFETY: the fd is owned by the source now stored in the registry;
+            // `deregister` removes it from the poller before the fd is closed.
+            if let Err(e) = unsafe { self.poll.add(fd, id, read, write) } {
+                self.sources.remove(id);
+                return Err(e);
+            }
+        }
+        if let Some(Source::Conn(c)) = self.sources.get_mut(id) {
+            c.interest = (read, write);
+        }
+        Ok(id)
+    }
+
+    /// Removes a source from the poller (the fd stays open).
+    fn deregister(&mut self, id: u64) {
+        let fd = match self.sources.get(id) {
+            Some(Source::Listener(l)) => l.fd.as_fd(),
+            Some(Source::Conn(c)) => match &c.fd {
+                Some(fd) => fd.as_fd(),
+                None => return,
+            },
+            Some(Source::Datagram(d)) => d.sock.as_fd(),
+            Some(Source::Signal(s)) => s.as_fd(),
+            None => return,
+        };
+        if let Err(e) = self.poll.delete(fd) {
+            log::debug!("deregistering source {id}: {e}");
+        }
+    }
+
+    /// Removes a source entirely and closes its fd.
+    pub(crate) fn remove_source(&mut self, id: u64) -> Option<Source> {
+        self.deregister(id);
+        self.sources.remove(id)
+    }
+
+    /// Brings the poller's interest for a connection in line with its state.
+    pub(crate) fn update_interest(&mut self, id: u64) {
+        let Some(Source::Conn(c)) = self.sources.get_mut(id) else {
+            return;
+        };
+        let want = c.wanted_interest();
+        if want == c.interest {
+            return;
+        }
+        let Some(fd) = &c.fd else { return };
+        match self.poll.modify(fd.as_fd(), id, want.0, want.1) {
+            Ok(()) => c.interest = want,
+            Err(e) => {
+                log::warn!("poller refused connection {id}: {e}; closing it");
+                self.begin_close(id, true, abi::LOOPD_REASON_ERROR);
+            }
+        }
+    }
+
+    // ---------------------------------------------------------------------
+    // Listeners and sockets
+    // ---------------------------------------------------------------------
+
+    pub(crate) fn add_listener(
+        &mut self,
+        addr: &ListenAddr,
+        instance: usize,
+    ) -> io::Result<String> {
+        if let ListenAddr::Udp(sa) = addr {
+            let sock = UdpSocket::bind(sa)?;
+            sock.set_nonblocking(true)?;
+            let url = format!("udp://{}", sock.local_addr()?);
+            let d = Datagram {
+                sock,
+                instance,
+                dropped: 0,
+            };
+            self.register(Source::Datagram(d), true, false)?;
+            return Ok(url);
+        }
+        let l = Listener::open(addr, instance)?;
+        let url = l.url_str().to_string();
+        self.register(Source::Listener(l), true, false)?;
+        Ok(url)
+    }
+
+    pub(crate) fn add_signal_pipe(&mut self, read: UnixStream) -> io::Result<()> {
+        read.set_nonblocking(true)?;
+        self.register(Source::Signal(read), true, false).map(drop)
+    }
+
+    /// Closes every listener and datagram socket (shutdown: stop accepting).
+    pub(crate) fn close_listeners(&mut self) {
+        for id in self.sources.ids() {
+            if matches!(
+                self.sources.get(id),
+                Some(Source::Listener(_) | Source::Datagram(_))
+            ) {
+                self.remove_source(id);
+            }
+        }
+    }
+
+    /// Accepts what a listener has pending; queues `on_open` for each.
+    pub(crate) fn accept(&mut self, id: u64) {
+        for _ in 0..ACCEPTS_PER_EVENT {
+            let Some(Source::Listener(l)) = self.sources.get(id) else {
+                return;
+            };
+            if l.paused {
+                return;
+            }
+            let (instance, transport, url) = (l.instance, l.transport, l.url.clone());
+            let (fd, peer) = match sys::accept(l.fd.as_raw_fd()) {
+                Ok(x) => x,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
+                Err(e) if sys::is_transient_accept_error(&e) => continue,
+                Err(e) if sys::is_resource_exhaustion(&e) => {
+                    let name = &self.instances[instance].name;
+                    if let Some(n) = self.full_warning.allow(Instant::now()) {
+                        log::warn!(
+                            "{name}: accept on {}: {e}; pausing this listener for {}ms ({n} similar warnings suppressed)",
+                            url.to_str().unwrap_or("?"),
+                            ACCEPT_BACKOFF.as_millis()
+                        );
+                    }
+                    self.pause_listener(id);
+                    return;
+                }
+                Err(e) => {
+                    log::error!(
+                        "{}: accept on {}: {e}",
+                        self.instances[instance].name,
+                        url.to_str().unwrap_or("?")
+                    );
+                    self.pause_listener(id);
+                    return;
+                }
+            };
+            if self.conns >= self.cfg.max_connections {
+                if let Some(n) = self.full_warning.allow(Instant::now()) {
+                    log::warn!(
+                        "max_connections ({}) reached: refusing a connection on {} ({n} similar warnings suppressed)",
+                        self.cfg.max_connections,
+                        url.to_str().unwrap_or("?")
+                    );
+                }
+                drop(fd);
+                continue;
+            }
+            if transport == abi::LOOPD_TRANSPORT_TCP {
+                sys::set_nodelay(fd.as_raw_fd());
+            }
+            let local = sys::local_addr(fd.as_raw_fd());
+            let conn = self.new_conn(
+                instance,
+                Some(fd),
+                transport,
+                abi::LOOPD_ORIGIN_ACCEPTED,
+                peer,
+                local,
+                url,
+            );
+            match self.register(Source::Conn(conn), true, false) {
+                Ok(cid) => {
+                    self.conns += 1;
+                    self.pending.push_back(Deferred::Open(cid));
+                }
+                Err(e) => log::warn!("registering an accepted connection: {e}"),
+            }
+        }
+    }
+
+    fn pause_listener(&mut self, id: u64) {
+        let Some(Source::Listener(l)) = self.sources.get_mut(id) else {
+            return;
+        };
+        l.paused = true;
+        if let Err(e) = self.poll.modify(l.fd.as_fd(), id, false, false) {
+            log::warn!("pausing listener: {e}");
+        }
+        self.timers.set(
+            Instant::now() + ACCEPT_BACKOFF,
+            TimerKind::ResumeListener { listener: id },
+        );
+    }
+
+    pub(crate) fn resume_listener(&mut self, id: u64) {
+        let Some(Source::Listener(l)) = self.sources.get_mut(id) else {
+            return;
+        };
+        l.paused = false;
+        if let Err(e) = self.poll.modify(l.fd.as_fd(), id, true, false) {
+            log::warn!("resuming listener: {e}");
+        }
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn new_conn(
+        &self,
+        instance: usize,
+        fd: Option<OwnedFd>,
+        transport: u32,
+        origin: u32,
+        peer: abi::loopd_addr,
+        local: abi::loopd_addr,
+        endpoint: Rc<CStr>,
+    ) -> Conn {
+        let info = &self.instances[instance];
+        Conn {
+            fd,
+            instance,
+            state: std::ptr::null_mut(),
+            framing: info.framing,
+            max_frame: info.max_frame,
+            high_watermark: info.high_watermark,
+            low_watermark: info.low_watermark,
+            transport,
+            origin,
+            peer,
+            local,
+            endpoint,
+            phase: Phase::Open,
+            known: false,
+            opened: false,
+            inbuf: Vec::new(),
+            outq: OutQueue::default(),
+            read_eof: false,
+            eof_done: false,
+            paused: false,
+            want_writable: false,
+            interest: (false, false),
+            close_reason: 0,
+            close_timer: None,
+        }
+    }
+
+    // ---------------------------------------------------------------------
+    // Output
+    // ---------------------------------------------------------------------
+
+    /// `send`/`sendv`: all of `parts` or nothing.
+    pub(crate) fn send(&mut self, instance: usize, id: u64, parts: &[&[u8]]) -> i32 {
+        let c = match self.owned_conn(instance, id) {
+            Ok(c) => c,
+            Err(status) => return status,
+        };
+        if matches!(c.phase, Phase::Closing | Phase::Closed) {
+            return abi::LOOPD_ERR_CLOSED;
+        }
+        let total: usize = parts.iter().map(|p| p.len()).sum();
+        if total == 0 {
+            return abi::LOOPD_OK;
+        }
+        if c.outq.len() >= c.high_watermark {
+            c.want_writable = true;
+            return abi::LOOPD_ERR_AGAIN;
+        }
+        let mut written = 0;
+        if c.outq.is_empty() && c.phase == Phase::Open {
+            let fd =
+                c.fd.as_ref()
+                    .expect("open connection has an fd")
+                    .as_raw_fd();
+            let result = if parts.len() == 1 {
+                sys::send(fd, parts[0])
+            } else {
+                let iov: Vec<std::io::IoSlice<'_>> = parts
+                    .iter()
+                    .filter(|p| !p.is_empty())
+                    .map(|p| std::io::IoSlice::new(p))
+                    .collect();
+                sys::sendv(fd, &iov)
+            };
+            match result {
+                Ok(n) => written = n,
+                Err(e)
+                    if matches!(
+                        e.kind(),
+                        io::ErrorKind::WouldBlock | io::ErrorKind::Interrupted
+                    ) => {}
+                Err(e) => {
+                    log::debug!(
+                        "{}: write to connection {id}: {e}",
+                        self.instances[instance].name
+                    );
+                    self.begin_close(id, true, abi::LOOPD_REASON_ERROR);
+                    return abi::LOOPD_ERR_CLOSED;
+                }
+            }
+        }
+        if written < total {
+            let mut skip = written;
+            for part in parts {
+                if skip >= part.len() {
+                    skip -= part.len();
+                    continue;
+                }
+                c.outq.push(&part[skip..]);
+                skip = 0;
+            }
+            if c.outq.len() >= c.high_watermark {
+                c.paused = true;
+            }
+            self.update_interest(id);
+        }
+        abi::LOOPD_OK
+    }
+
+    /// Writes queued output after a writable event; finishes connects.
+    pub(crate) fn conn_writable(&mut self, id: u64) {
+        let Some(c) = conn_in(&mut self.sources, id) else {
+            return;
+        };
+        if c.phase == Phase::Connecting {
+            let fd = c.fd.as_ref().expect("connecting socket has an fd");
+            match sys::take_error(fd.as_raw_fd()) {
+                Ok(None) => {
+                    c.phase = Phase::Open;
+                    c.local = sys::local_addr(fd.as_raw_fd());
+                    self.pending.push_back(Deferred::Open(id));
+                }
+                Ok(Some(e)) | Err(e) => {
+                    log::debug!(
+                        "{}: connect to {}: {e}",
+                        self.instances[c.instance].name,
+                        c.endpoint.to_str().unwrap_or("?")
+                    );
+                    c.outq.clear();
+                    self.begin_close(id, true, abi::LOOPD_REASON_CONNECT_FAILED);
+                    return;
+                }
+            }
+        }
+        let Some(c) = conn_in(&mut self.sources, id) else {
+            return;
+        };
+        let Some(fd) = &c.fd else { return };
+        if let Err(e) = c.outq.flush(fd) {
+            log::debug!(
+                "{}: write to connection {id}: {e}",
+                self.instances[c.instance].name
+            );
+            c.outq.clear();
+            self.begin_close(id, true, abi::LOOPD_REASON_ERROR);
+            return;
+        }
+        let below_low = c.outq.len() < c.low_watermark;
+        if below_low && c.paused {
+            c.paused = false;
+            self.pending.push_back(Deferred::Input(id));
+        }
+        if below_low && c.want_writable && c.phase == Phase::Open {
+            c.want_writable = false;
+            self.pending.push_back(Deferred::Writable(id));
+        }
+        if c.phase == Phase::Closing && c.outq.is_empty() {
+            self.pending.push_back(Deferred::Close(id));
+        }
+        self.update_interest(id);
+    }
+
+    // ---------------------------------------------------------------------
+    // Closing
+    // ---------------------------------------------------------------------
+
+    /// The host's `close`.
+    pub(crate) fn close(&mut self, instance: usize, id: u64, mode: u32) -> i32 {
+        let abort = match mode {
+            abi::LOOPD_CLOSE_FLUSH => false,
+            abi::LOOPD_CLOSE_ABORT => true,
+            _ => return abi::LOOPD_ERR_INVALID,
+        };
+        if let Err(status) = self.owned_conn(instance, id) {
+            return status;
+        }
+        self.begin_close(id, abort, abi::LOOPD_REASON_LOCAL);
+        abi::LOOPD_OK
+    }
+
+    /// Starts closing a connection: no more input; with `abort` the queue is
+    /// dropped, otherwise it drains first (bounded by `close_timeout`).
+    /// `on_close` follows through `pending`. Closing twice keeps the first
+    /// reason; an abort overrides a flush in progress.
+    pub(crate) fn begin_close(&mut self, id: u64, abort: bool, reason: i32) {
+        let close_timeout = self.cfg.close_timeout;
+        let Some(c) = self.conn_mut(id) else { return };
+        match c.phase {
+            Phase::Closed => return,
+            Phase::Closing => {
+                if !abort || c.outq.is_empty() {
+                    return;
+                }
+                c.outq.clear();
+                self.pending.push_back(Deferred::Close(id));
+            }
+            Phase::Open | Phase::Connecting => {
+                c.phase = Phase::Closing;
+                c.close_reason = reason;
+                c.inbuf = Vec::new();
+                if abort || c.outq.is_empty() || c.fd.is_none() {
+                    c.outq.clear();
+                    self.pending.push_back(Deferred::Close(id));
+                } else {
+                    let t = self.timers.set(
+                        Instant::now() + close_timeout,
+                        TimerKind::CloseTimeout { conn: id },
+                    );
+                    if let Some(c) = self.conn_mut(id) {
+                        c.close_timer = Some(t);
+                    }
+                }
+            }
+        }
+        self.update_interest(id);
+    }
+
+    /// A flush-before-close ran out of time.
+    pub(crate) fn close_timed_out(&mut self, id: u64) {
+        let Some(c) = conn_in(&mut self.sources, id) else {
+            return;
+        };
+        if c.phase != Phase::Closing {
+            return;
+        }
+        log::debug!(
+            "{}: connection {id}: flush before close timed out with {} bytes unsent",
+            self.instances[c.instance].name,
+            c.outq.len()
+        );
+        c.close_timer = None;
+        c.close_reason = abi::LOOPD_REASON_TIMEOUT;
+        c.outq.clear();
+        self.pending.push_back(Deferred::Close(id));
+        self.update_interest(id);
+    }
+
+    /// Releases the socket of a connection whose `on_close` is due. Returns
+    /// what the dispatcher needs to deliver it, or `None` if already done.
+    pub(crate) fn release_conn(
+        &mut self,
+        id: u64,
+    ) -> Option<(usize, *mut std::ffi::c_void, i32, bool)> {
+        let c = self.conn_mut(id)?;
+        if c.phase == Phase::Closed {
+            return None;
+        }
+        c.phase = Phase::Closed;
+        let timer = c.close_timer.take();
+        let out = (c.instance, c.state, c.close_reason, c.known);
+        self.deregister(id);
+        if let Some(c) = self.conn_mut(id) {
+            c.fd = None;
+            c.outq.clear();
+            c.inbuf = Vec::new();
+        }
+        if let Some(t) = timer {
+            self.timers.cancel(t);
+        }
+        self.conns -= 1;
+        Some(out)
+    }
+
+    // ---------------------------------------------------------------------
+    // Timers, connect, datagrams
+    // ---------------------------------------------------------------------
+
+    pub(crate) fn timer_set(
+        &mut self,
+        instance: usize,
+        delay_ms: u64,
+        user_data: u64,
+    ) -> Result<u64, i32> {
+        if self.timers.len() >= MAX_TIMERS {
+            return Err(abi::LOOPD_ERR_LIMIT);
+        }
+        let delay = Duration::from_millis(delay_ms.min(u64::from(u32::MAX) * 1000));
+        Ok(self.timers.set(
+            Instant::now() + delay,
+            TimerKind::Handler {
+                instance,
+                user_data,
+            },
+        ))
+    }
+
+    pub(crate) fn timer_cancel(&mut self, instance: usize, id: u64) -> i32 {
+        match self.timers.get(id) {
+            Some(TimerKind::Handler {
+                instance: owner, ..
+            }) if owner == instance => {
+                self.timers.cancel(id);
+                abi::LOOPD_OK
+            }
+            _ => abi::LOOPD_ERR_NO_SUCH_TIMER,
+        }
+    }
+
+    pub(crate) fn connect(&mut self, instance: usize, url: &str) -> Result<u64, i32> {
+        if self.shutdown_deadline.is_some() {
+            return Err(abi::LOOPD_ERR_CLOSED);
+        }
+        let target: ListenAddr = url.parse().map_err(|_| abi::LOOPD_ERR_INVALID)?;
+        if self.conns >= self.cfg.max_connections {
+            return Err(abi::LOOPD_ERR_LIMIT);
+        }
+        let (result, transport, peer) = match &target {
+            ListenAddr::Tcp(sa) => (
+                sys::connect_tcp(sa),
+                abi::LOOPD_TRANSPORT_TCP,
+                abi::loopd_addr::from_socket_addr(*sa),
+            ),
+            ListenAddr::Unix(p) => (
+                sys::connect_unix(p),
+                abi::LOOPD_TRANSPORT_UNIX,
+                abi::loopd_addr::unix(),
+            ),
+            ListenAddr::Udp(_) => return Err(abi::LOOPD_ERR_INVALID),
+        };
+        let endpoint = listener::cstr(target.to_string());
+        let name = self.instances[instance].name.clone();
+        let id = match result {
+            Ok(fd) => {
+                let mut conn = self.new_conn(
+                    instance,
+                    Some(fd),
+                    transport,
+                    abi::LOOPD_ORIGIN_CONNECTED,
+                    peer,
+                    Default::default(),
+                    endpoint,
+                );
+                conn.phase = Phase::Connecting;
+                conn.known = true;
+                self.register(Source::Conn(conn), false, true)
+                    .map_err(|e| {
+                        log::warn!("{name}: connect to {url}: {e}");
+                        abi::LOOPD_ERR_IO
+                    })?
+            }
+            Err(e) => {
+                // Failed at once (e.g. a unix socket nobody listens on): the
+                // id is still handed out and on_close reports the failure.
+                log::debug!("{name}: connect to {url}: {e}");
+                let mut conn = self.new_conn(
+                    instance,
+                    None,
+                    transport,
+                    abi::LOOPD_ORIGIN_CONNECTED,
+                    peer,
+                    Default::default(),
+                    endpoint,
+                );
+                conn.phase = Phase::Closing;
+                conn.known = true;
+                conn.close_reason = abi::LOOPD_REASON_CONNECT_FAILED;
+                let id = self
+                    .register(Source::Conn(conn), false, false)
+                    .map_err(|_| abi::LOOPD_ERR_IO)?;
+                self.pending.push_back(Deferred::Close(id));
+                id
+            }
+        };
+        self.conns += 1;
+        Ok(id)
+    }
+
+    pub(crate) fn output_queued(&mut self, instance: usize, id: u64) -> Result<usize, i32> {
+        self.owned_conn(instance, id).map(|c| c.outq.len())
+    }
+
+    pub(crate) fn send_datagram(
+        &mut self,
+        instance: usize,
+        id: u64,
+        to: &abi::loopd_addr,
+        data: &[u8],
+    ) -> i32 {
+        let d = match self.sources.get_mut(id) {
+            Some(Source::Datagram(d)) if d.instance == instance => d,
+            Some(Source::Conn(c)) if c.instance == instance => return abi::LOOPD_ERR_UNSUPPORTED,
+            _ => return abi::LOOPD_ERR_NO_SUCH_CONN,
+        };
+        let Some(to) = to.to_socket_addr() else {
+            return abi::LOOPD_ERR_INVALID;
+        };
+        match d.sock.send_to(data, to) {
+            Ok(_) => abi::LOOPD_OK,
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                d.dropped += 1;
+                abi::LOOPD_ERR_AGAIN
+            }
+            Err(e) => {
+                log::debug!(
+                    "{}: send_datagram to {to}: {e}",
+                    self.instances[instance].name
+                );
+                abi::LOOPD_ERR_IO
+            }
+        }
+    }
+}
