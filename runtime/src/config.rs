@@ -584,7 +584,7 @@ root = "examples/www"
         );
         assert_eq!(c.handlers[1].config_json, r#"{"root":"examples/www"}"#);
         assert_eq!(c.handlers[0].config_json, "{}");
-        assert_eq!(c.handlers[1].plugin_location.as_ref().unwrap().line, 13);
+        assert_eq!(c.handlers[1].plugin_location.as_ref().unwrap().line, 14);
     }
 
     #[test]
@@ -604,7 +604,7 @@ root = "examples/www"
     #[test]
     fn bad_address_names_the_listen_entry() {
         let e = err("[[handler]]\nname = \"a\"\nplugin = \"echo\"\nlisten = [\"tcp://127.0.0.1:7000\", \"tcp://localhost:99999\"]\n");
-        assert!(e.starts_with("t.toml:4:33: handler[0].listen[1]: "), "{e}");
+        assert!(e.starts_with("t.toml:4:35: handler[0].listen[1]: "), "{e}");
         assert!(e.contains("not a numeric IP:PORT"), "{e}");
         let e =
             err("[[handler]]\nname = \"a\"\nplugin = \"echo\"\nlisten = [\"sctp://1.2.3.4:5\"]\n");
