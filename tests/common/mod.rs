@@ -1,0 +1,403 @@
+//! Shared helpers for loopd's integration tests: build the plugins, start the
+//! real `loopd` binary on a config, find its listeners, talk to them.
+//!
+//! Every blocking call has a timeout so a broken build fails instead of
+//! hanging the suite.
+#![allow(dead_code)]
+
+use std::collections::HashMap;
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::os::unix::net::UnixStream;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Output, Stdio};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Condvar, Mutex, OnceLock};
+use std::time::{Duration, Instant};
+
+/// How long any single wait in a test may take before it fails.
+pub const TIMEOUT: Duration = Duration::from_secs(30);
+
+/// The workspace root.
+pub fn root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap().to_path_buf()
+}
+
+/// The loopd binary cargo built for this test run.
+pub fn loopd_bin() -> PathBuf {
+    PathBuf::from(env!("CARGO_BIN_EXE_loopd"))
+}
+
+/// Where loopd looks for plugins by name: next to the binary.
+pub fn plugin_dir() -> PathBuf {
+    loopd_bin().parent().unwrap().to_path_buf()
+}
+
+/// Builds the handler plugins (cdylibs) once per test binary: `cargo test`
+/// does not build them, and a leftover from an earlier build must not count.
+pub fn build_plugins() {
+    static BUILT: OnceLock<()> = OnceLock::new();
+    BUILT.get_or_init(|| {
+        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+        let mut cmd = Command::new(cargo);
+        cmd.current_dir(root()).args(["build", "--quiet", "-p", "loopd-echo", "-p", "loopd-probe"]);
+        if plugin_dir().ends_with("release") {
+            cmd.arg("--release");
+        }
+        let status = cmd.status().expect("running cargo build for the plugins");
+        assert!(status.success(), "building the plugins failed");
+        for name in ["echo", "probe"] {
+            let so = plugin_dir().join(format!("libloopd_{name}.so"));
+            assert!(so.exists(), "{} was not built", so.display());
+        }
+    });
+}
+
+/// A directory removed when dropped.
+pub struct TempDir(PathBuf);
+
+impl TempDir {
+    pub fn new(tag: &str) -> TempDir {
+        static N: AtomicUsize = AtomicUsize::new(0);
+        let dir = std::env::temp_dir().join(format!(
+            "loopd-test-{tag}-{}-{}",
+            std::process::id(),
+            N.fetch_add(1, Ordering::SeqCst)
+        ));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        TempDir(dir)
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.0
+    }
+
+    pub fn join(&self, name: &str) -> PathBuf {
+        self.0.join(name)
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// Compiles a C plugin with the strict flags the ABI promises to pass.
+pub fn compile_c_plugin(src: &Path, out: &Path) {
+    let include = root().join("handler-api/include");
+    let output = Command::new("gcc")
+        .args(["-std=c99", "-Wall", "-Wextra", "-Werror", "-pedantic", "-shared", "-fPIC", "-O1"])
+        .arg("-I")
+        .arg(&include)
+        .arg("-o")
+        .arg(out)
+        .arg(src)
+        .output()
+        .expect("gcc must be installed to build C plugins (apt-get install gcc)");
+    assert!(
+        output.status.success(),
+        "gcc failed on {}:\n{}",
+        src.display(),
+        String::from_utf8_lossy(&output.stderr)
+    );
+}
+
+/// Collected stderr lines of a running loopd, with a condition to wait on.
+#[derive(Default)]
+struct LogSink {
+    lines: Mutex<Vec<String>>,
+    changed: Condvar,
+}
+
+/// A loopd process started on a config; killed when dropped.
+pub struct Loopd {
+    child: Child,
+    log: Arc<LogSink>,
+    /// handler name -> listener URLs, as loopd logged them.
+    pub listeners: HashMap<String, Vec<String>>,
+    pub dir: TempDir,
+}
+
+impl Loopd {
+    /// Writes `config` to a temp file and starts loopd on it with `RUST_LOG=debug`.
+    /// `{dir}` in the config is replaced by a fresh temp directory (for unix sockets).
+    pub fn start(config: &str) -> Loopd {
+        Loopd::start_with(config, "debug", |_| {})
+    }
+
+    /// As [`Loopd::start`], with a log filter and a hook to adjust the command.
+    pub fn start_with(config: &str, rust_log: &str, adjust: impl FnOnce(&mut Command)) -> Loopd {
+        build_plugins();
+        let dir = TempDir::new("loopd");
+        let config = config.replace("{dir}", dir.path().to_str().unwrap());
+        let path = dir.join("loopd.toml");
+        std::fs::write(&path, config).unwrap();
+        let mut cmd = Command::new(loopd_bin());
+        cmd.arg(&path)
+            .env("RUST_LOG", rust_log)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped());
+        adjust(&mut cmd);
+        let mut child = cmd.spawn().expect("starting loopd");
+        let log = Arc::new(LogSink::default());
+        let stderr = child.stderr.take().unwrap();
+        let sink = log.clone();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines() {
+                let Ok(line) = line else { break };
+                if std::env::var_os("LOOPD_TEST_VERBOSE").is_some() {
+                    eprintln!("loopd| {line}");
+                }
+                sink.lines.lock().unwrap().push(line);
+                sink.changed.notify_all();
+            }
+            sink.lines.lock().unwrap().push("<stderr closed>".into());
+            sink.changed.notify_all();
+        });
+        let mut l = Loopd {
+            child,
+            log,
+            listeners: HashMap::new(),
+            dir,
+        };
+        if !l.wait_for_log(" ready: ", TIMEOUT) {
+            panic!("loopd did not become ready:\n{}", l.logs());
+        }
+        for line in l.log.lines.lock().unwrap().iter() {
+            if let Some((head, url)) = line.split_once(" listening on ") {
+                let name = head.rsplit(' ').next().unwrap().to_string();
+                l.listeners.entry(name).or_default().push(url.to_string());
+            }
+        }
+        l
+    }
+
+    /// The first TCP listener of a handler.
+    pub fn tcp(&self, handler: &str) -> SocketAddr {
+        self.url(handler, "tcp://").parse().unwrap()
+    }
+
+    /// The first Unix listener of a handler.
+    pub fn unix(&self, handler: &str) -> PathBuf {
+        PathBuf::from(self.url(handler, "unix://"))
+    }
+
+    fn url(&self, handler: &str, scheme: &str) -> String {
+        let urls = self
+            .listeners
+            .get(handler)
+            .unwrap_or_else(|| panic!("no listeners for {handler}: {:?}", self.listeners));
+        urls.iter()
+            .find_map(|u| u.strip_prefix(scheme))
+            .unwrap_or_else(|| panic!("{handler} has no {scheme} listener: {urls:?}"))
+            .to_string()
+    }
+
+    pub fn pid(&self) -> i32 {
+        self.child.id() as i32
+    }
+
+    /// Everything loopd logged so far.
+    pub fn logs(&self) -> String {
+        self.log.lines.lock().unwrap().join("\n")
+    }
+
+    /// Waits until a log line contains `needle`.
+    pub fn wait_for_log(&self, needle: &str, timeout: Duration) -> bool {
+        self.wait_for_logs(needle, 1, timeout)
+    }
+
+    /// Waits until `count` log lines contain `needle`.
+    pub fn wait_for_logs(&self, needle: &str, count: usize, timeout: Duration) -> bool {
+        let deadline = Instant::now() + timeout;
+        let mut lines = self.log.lines.lock().unwrap();
+        loop {
+            if lines.iter().filter(|l| l.contains(needle)).count() >= count {
+                return true;
+            }
+            let now = Instant::now();
+            if now >= deadline || lines.last().is_some_and(|l| l == "<stderr closed>") {
+                return false;
+            }
+            lines = self.log.changed.wait_timeout(lines, deadline - now).unwrap().0;
+        }
+    }
+
+    /// Sends a signal to the loopd process.
+    pub fn signal(&self, sig: i32) {
+        // SAFETY: kill with a pid we own and a valid signal number.
+        let r = unsafe { libc::kill(self.pid(), sig) };
+        assert_eq!(r, 0, "kill failed");
+    }
+
+    /// Waits for loopd to exit.
+    pub fn wait_exit(&mut self, timeout: Duration) -> ExitStatus {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                return status;
+            }
+            if Instant::now() >= deadline {
+                panic!("loopd did not exit within {timeout:?}:\n{}", self.logs());
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Whether the process is still running.
+    pub fn is_running(&mut self) -> bool {
+        self.child.try_wait().unwrap().is_none()
+    }
+}
+
+impl Drop for Loopd {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Runs loopd with `args` to completion (e.g. `check`), with a timeout.
+pub fn run_loopd(args: &[&str]) -> Output {
+    build_plugins();
+    let mut child = Command::new(loopd_bin())
+        .args(args)
+        .env("RUST_LOG", "info")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("starting loopd");
+    let deadline = Instant::now() + TIMEOUT;
+    while child.try_wait().unwrap().is_none() {
+        assert!(Instant::now() < deadline, "loopd {args:?} did not exit");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    child.wait_with_output().unwrap()
+}
+
+/// Writes a config into `dir` and returns its path, for `run_loopd`.
+pub fn write_config(dir: &TempDir, text: &str) -> PathBuf {
+    let path = dir.join("loopd.toml");
+    std::fs::write(&path, text.replace("{dir}", dir.path().to_str().unwrap())).unwrap();
+    path
+}
+
+/// A TCP connection with read and write timeouts.
+pub fn tcp(addr: SocketAddr) -> TcpStream {
+    let s = TcpStream::connect_timeout(&addr, TIMEOUT).expect("connecting to loopd");
+    s.set_read_timeout(Some(TIMEOUT)).unwrap();
+    s.set_write_timeout(Some(TIMEOUT)).unwrap();
+    s.set_nodelay(true).unwrap();
+    s
+}
+
+/// A Unix-domain connection with read and write timeouts.
+pub fn unix(path: &Path) -> UnixStream {
+    let s = UnixStream::connect(path).expect("connecting to loopd");
+    s.set_read_timeout(Some(TIMEOUT)).unwrap();
+    s.set_write_timeout(Some(TIMEOUT)).unwrap();
+    s
+}
+
+/// Deterministic bytes that make misordering or loss visible.
+pub fn pattern(len: usize, seed: u8) -> Vec<u8> {
+    (0..len).map(|i| (i as u32).wrapping_mul(2_654_435_761).to_be_bytes()[0] ^ seed).collect()
+}
+
+/// Sends `data` on one thread and reads the same number of bytes back on
+/// this one (so a large echo cannot deadlock on full socket buffers).
+pub fn echo_roundtrip<S>(stream: S, data: &[u8]) -> Vec<u8>
+where
+    S: Read + Write + Send + 'static + TryCloneStream,
+{
+    let mut writer = stream.try_clone_stream();
+    let to_send = data.to_vec();
+    let t = std::thread::spawn(move || writer.write_all(&to_send));
+    let mut reader = stream;
+    let mut got = vec![0u8; data.len()];
+    reader.read_exact(&mut got).expect("reading the echo");
+    t.join().unwrap().expect("writing to loopd");
+    got
+}
+
+/// `try_clone` for both stream types.
+pub trait TryCloneStream: Sized {
+    fn try_clone_stream(&self) -> Self;
+}
+
+impl TryCloneStream for TcpStream {
+    fn try_clone_stream(&self) -> Self {
+        self.try_clone().unwrap()
+    }
+}
+
+impl TryCloneStream for UnixStream {
+    fn try_clone_stream(&self) -> Self {
+        self.try_clone().unwrap()
+    }
+}
+
+/// A line-protocol client (for the probe handler).
+pub struct LineClient {
+    reader: BufReader<TcpStream>,
+    writer: TcpStream,
+}
+
+impl LineClient {
+    pub fn connect(addr: SocketAddr) -> LineClient {
+        let s = tcp(addr);
+        LineClient {
+            reader: BufReader::new(s.try_clone().unwrap()),
+            writer: s,
+        }
+    }
+
+    pub fn send(&mut self, line: &str) {
+        self.writer.write_all(format!("{line}\n").as_bytes()).unwrap();
+    }
+
+    /// The next line, without its newline; panics on EOF or timeout.
+    pub fn recv(&mut self) -> String {
+        let mut line = String::new();
+        let n = self.reader.read_line(&mut line).expect("reading a line from loopd");
+        assert!(n > 0, "connection closed while waiting for a line");
+        line.trim_end_matches('\n').to_string()
+    }
+
+    /// Sends a command and returns the reply line.
+    pub fn cmd(&mut self, line: &str) -> String {
+        self.send(line);
+        self.recv()
+    }
+
+    /// Reads until EOF and returns what came.
+    pub fn read_to_eof(&mut self) -> String {
+        let mut rest = String::new();
+        self.reader.read_to_string(&mut rest).expect("reading to EOF");
+        rest
+    }
+
+    pub fn stream(&self) -> &TcpStream {
+        &self.writer
+    }
+}
+
+/// A config with one probe instance on an ephemeral port.
+pub fn probe_config(extra: &str) -> String {
+    format!(
+        r#"
+[runtime]
+shutdown_timeout_ms = 2000
+
+[[handler]]
+name = "probe"
+plugin = "probe"
+listen = ["tcp://127.0.0.1:0"]
+{extra}
+"#
+    )
+}
