@@ -441,7 +441,10 @@ impl Config {
                     .get_ref()
                     .parse()
                     .map_err(|e| src.error(Some(l.span()), &key(&format!("listen[{j}]")), e))?;
-                if !addrs.insert(addr.clone()) {
+                // Port 0 means "any free port": many listeners may ask for it.
+                let ephemeral =
+                    matches!(&addr, ListenAddr::Tcp(a) | ListenAddr::Udp(a) if a.port() == 0);
+                if !ephemeral && !addrs.insert(addr.clone()) {
                     return Err(src.error(
                         Some(l.span()),
                         &key(&format!("listen[{j}]")),
