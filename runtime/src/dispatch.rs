@@ -136,7 +136,7 @@ impl Runtime {
         for _ in 0..READS_PER_EVENT {
             let mut core = self.core.borrow_mut();
             let Some(c) = core.conn_mut(id) else { return };
-            if !(c.can_deliver() && !c.read_eof) {
+            if !c.can_deliver() || c.read_eof {
                 return;
             }
             let fd =
