@@ -123,12 +123,34 @@ impl Runtime {
                     self.core.borrow_mut().conn_writable(r.key);
                 }
                 if r.readable {
-                    self.conn_readable(r.key);
+                    if self.hung_up_unasked(r.key) {
+                        self.core.borrow_mut().begin_close(r.key, true, abi::LOOPD_REASON_ERROR);
+                    } else {
+                        self.conn_readable(r.key);
+                    }
                 }
             }
             Kind::Datagram => self.datagram_readable(r.key),
             Kind::Signal => self.signal_readable(r.key),
         }
+    }
+
+    /// A readable event on a connection not registered for reading is epoll's
+    /// unconditional HUP/ERR (or a stale event from earlier in this pass):
+    /// true if the socket really is dead, so it gets closed instead of
+    /// reported again and again.
+    fn hung_up_unasked(&self, id: u64) -> bool {
+        let core = self.core.borrow();
+        let Some(c) = core.conn(id) else { return false };
+        if c.phase != Phase::Open || c.interest.0 {
+            return false;
+        }
+        let Some(fd) = &c.fd else { return false };
+        let dead = sys::hung_up(fd.as_raw_fd());
+        if dead {
+            log::debug!("{}: connection {id}: peer hung up", core.instances[c.instance].name);
+        }
+        dead
     }
 
     /// Reads from a connection and hands complete frames to the handler.

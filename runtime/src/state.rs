@@ -567,10 +567,12 @@ impl Core {
                 self.pending.push_back(Deferred::Close(id));
             }
             Phase::Open | Phase::Connecting => {
+                // Output queued before a connect finished has nowhere to go.
+                let unconnected = c.phase == Phase::Connecting;
                 c.phase = Phase::Closing;
                 c.close_reason = reason;
                 c.inbuf = Vec::new();
-                if abort || c.outq.is_empty() || c.fd.is_none() {
+                if abort || unconnected || c.outq.is_empty() || c.fd.is_none() {
                     c.outq.clear();
                     self.pending.push_back(Deferred::Close(id));
                 } else {
