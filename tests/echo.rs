@@ -4,7 +4,11 @@
 mod common;
 
 use std::io::{Read, Write};
-use std::net::Shutdown;
+use std::net::{Shutdown, TcpStream};
+use std::os::fd::AsRawFd;
+use std::os::unix::net::UnixStream;
+use std::sync::Barrier;
+use std::time::Duration;
 
 use common::*;
 
@@ -16,7 +20,18 @@ listen = ["tcp://127.0.0.1:0", "unix://{dir}/echo.sock"]
 "#;
 
 /// 1 byte to 8 MiB, including sizes around the 64 KiB read buffer.
-const SIZES: &[usize] = &[1, 2, 100, 4095, 4096, 65_535, 65_536, 65_537, 1 << 20, 8 << 20];
+const SIZES: &[usize] = &[
+    1,
+    2,
+    100,
+    4095,
+    4096,
+    65_535,
+    65_536,
+    65_537,
+    1 << 20,
+    8 << 20,
+];
 
 #[test]
 fn tcp_echo_is_byte_exact_from_1_byte_to_8_mib() {
@@ -53,4 +68,179 @@ fn half_close_still_gets_the_echo_then_eof() {
     s.read_to_end(&mut got).expect("echo, then EOF");
     t.join().unwrap();
     assert!(got == data, "got {} of {} bytes", got.len(), data.len());
+}
+
+/// Sets SO_LINGER {on, 0}: dropping the socket then sends a RST instead of a FIN.
+fn reset_on_drop(s: &TcpStream) {
+    let linger = libc::linger {
+        l_onoff: 1,
+        l_linger: 0,
+    };
+    // SAFETY: a valid socket fd and a correctly sized option value.
+    let r = unsafe {
+        libc::setsockopt(
+            s.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_LINGER,
+            &linger as *const libc::linger as *const libc::c_void,
+            std::mem::size_of::<libc::linger>() as libc::socklen_t,
+        )
+    };
+    assert_eq!(r, 0, "setsockopt(SO_LINGER)");
+}
+
+/// 100 clients at once, each with its own pattern (64 KiB to 256 KiB): every
+/// client gets exactly its own bytes back.
+fn many_concurrent_clients<S, F>(connect: F)
+where
+    S: Read + Write + Send + 'static + TryCloneStream,
+    F: Fn() -> S,
+{
+    const CLIENTS: usize = 100;
+    // Connect everyone first: a failed connect then panics here, never
+    // inside a thread that others wait for at the barrier.
+    let streams: Vec<S> = (0..CLIENTS).map(|_| connect()).collect();
+    let barrier = Barrier::new(CLIENTS);
+    std::thread::scope(|scope| {
+        let workers: Vec<_> = streams
+            .into_iter()
+            .enumerate()
+            .map(|(i, stream)| {
+                let barrier = &barrier;
+                scope.spawn(move || {
+                    let size = (64 << 10) + i * ((192 << 10) / CLIENTS) + i;
+                    let data = pattern(size, i as u8);
+                    barrier.wait();
+                    let got = echo_roundtrip(stream, &data);
+                    if got != data {
+                        let first = got.iter().zip(&data).position(|(a, b)| a != b);
+                        panic!("client {i}: echo of {size} bytes differs (first difference at {first:?})");
+                    }
+                    size
+                })
+            })
+            .collect();
+        let total: usize = workers.into_iter().map(|w| w.join().unwrap()).sum();
+        assert!(total > CLIENTS * (64 << 10));
+    });
+}
+
+#[test]
+fn hundred_concurrent_tcp_clients_each_get_their_own_bytes() {
+    let loopd = Loopd::start(CONFIG);
+    let addr = loopd.tcp("echo");
+    many_concurrent_clients(|| tcp(addr));
+}
+
+#[test]
+fn hundred_concurrent_unix_clients_each_get_their_own_bytes() {
+    let loopd = Loopd::start(CONFIG);
+    let path = loopd.unix("echo");
+    many_concurrent_clients(|| unix(&path));
+}
+
+/// Raw framing keeps no message boundaries: three back-to-back writes come
+/// back as one exact byte stream, whatever way the reads cut it.
+#[test]
+fn three_quick_sends_come_back_whole() {
+    let loopd = Loopd::start(CONFIG);
+    for mut s in [
+        Box::new(tcp(loopd.tcp("echo"))) as Box<dyn ReadWrite>,
+        Box::new(unix(&loopd.unix("echo"))),
+    ] {
+        for round in 0..20u8 {
+            let parts = [
+                format!("first message, round {round}\n").into_bytes(),
+                pattern(1000 + 333 * round as usize, round),
+                b"!".to_vec(),
+            ];
+            for p in &parts {
+                s.write_all(p).unwrap();
+            }
+            let want = parts.concat();
+            let mut got = vec![0u8; want.len()];
+            s.read_exact(&mut got)
+                .expect("reading three quick sends back");
+            assert!(got == want, "round {round}: the byte stream differs");
+        }
+        s.shutdown_write();
+        let mut rest = Vec::new();
+        s.read_to_end(&mut rest).expect("EOF after the echo");
+        assert!(rest.is_empty(), "{} unexpected extra bytes", rest.len());
+    }
+}
+
+trait ReadWrite: Read + Write {
+    fn shutdown_write(&self);
+}
+
+impl ReadWrite for TcpStream {
+    fn shutdown_write(&self) {
+        self.shutdown(Shutdown::Write).unwrap();
+    }
+}
+
+impl ReadWrite for UnixStream {
+    fn shutdown_write(&self) {
+        self.shutdown(Shutdown::Write).unwrap();
+    }
+}
+
+#[test]
+fn ipv6_listener_echoes() {
+    if let Err(e) = std::net::TcpListener::bind("[::1]:0") {
+        eprintln!("note: skipping the IPv6 echo test: cannot bind [::1]:0 on this machine ({e})");
+        return;
+    }
+    let loopd = Loopd::start(
+        r#"
+[[handler]]
+name = "echo6"
+plugin = "echo"
+listen = ["tcp://[::1]:0"]
+"#,
+    );
+    let addr = loopd.tcp("echo6");
+    assert!(addr.is_ipv6(), "{addr}");
+    assert_eq!(addr.ip(), "::1".parse::<std::net::IpAddr>().unwrap());
+    for (i, size) in [1usize, 1000, 300_000].into_iter().enumerate() {
+        let data = pattern(size, 200 + i as u8);
+        let got = echo_roundtrip(tcp(addr), &data);
+        assert!(got == data, "ipv6 echo of {size} bytes differs");
+    }
+}
+
+/// Peers that vanish mid-transfer (a RST, or a plain close with unread data)
+/// do not disturb a large echo running on another connection.
+#[test]
+fn peers_resetting_mid_transfer_do_not_disturb_another_echo() {
+    let loopd = Loopd::start(CONFIG);
+    let addr = loopd.tcp("echo");
+    let data = pattern(8 << 20, 42);
+    let steady = {
+        let data = data.clone();
+        let s = tcp(addr);
+        std::thread::spawn(move || echo_roundtrip(s, &data))
+    };
+    for i in 0..20u8 {
+        let mut s = tcp(addr);
+        s.set_write_timeout(Some(Duration::from_secs(2))).unwrap();
+        // Enough that loopd is still echoing when the peer goes away; the
+        // write may block (nobody reads), which is fine.
+        let chunk = pattern(256 << 10, i);
+        let _ = s.write_all(&chunk);
+        // Wait until the echo has started, so the reset lands mid-transfer.
+        let mut first = [0u8; 1];
+        s.read_exact(&mut first).expect("the echo starts");
+        assert_eq!(first[0], chunk[0]);
+        if i % 2 == 0 {
+            reset_on_drop(&s);
+        }
+        drop(s);
+    }
+    let got = steady.join().expect("the steady client");
+    assert!(got == data, "the steady client's 8 MiB echo differs");
+    // loopd is still serving.
+    let after = pattern(100_000, 9);
+    assert!(echo_roundtrip(tcp(addr), &after) == after);
 }

@@ -59,7 +59,10 @@ fn check(panic: &str) -> (bool, String) {
         .output()
         .expect("running cargo");
     let _ = std::fs::remove_dir_all(&dir);
-    (out.status.success(), String::from_utf8_lossy(&out.stderr).into_owned())
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
 }
 
 #[test]
@@ -71,5 +74,8 @@ fn panic_abort_is_a_compile_error_and_unwind_compiles() {
         "the error should explain why:\n{stderr}"
     );
     let (ok, stderr) = check("unwind");
-    assert!(ok, "the same handler with panic = \"unwind\" must compile:\n{stderr}");
+    assert!(
+        ok,
+        "the same handler with panic = \"unwind\" must compile:\n{stderr}"
+    );
 }

@@ -345,7 +345,7 @@ mod tests {
         q.push(&vec![7u8; COALESCE_LIMIT]);
         assert_eq!(q.chunks.len(), 3);
         q.consume(4);
-        assert_eq!(q.len(), 1 + COALESCE_LIMIT - 0);
+        assert_eq!(q.len(), 1 + COALESCE_LIMIT);
         q.consume(q.len());
         assert!(q.is_empty());
         assert_eq!(q.head, 0);

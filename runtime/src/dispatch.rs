@@ -124,7 +124,9 @@ impl Runtime {
                 }
                 if r.readable {
                     if self.hung_up_unasked(r.key) {
-                        self.core.borrow_mut().begin_close(r.key, true, abi::LOOPD_REASON_ERROR);
+                        self.core
+                            .borrow_mut()
+                            .begin_close(r.key, true, abi::LOOPD_REASON_ERROR);
                     } else {
                         self.conn_readable(r.key);
                     }
@@ -148,7 +150,10 @@ impl Runtime {
         let Some(fd) = &c.fd else { return false };
         let dead = sys::hung_up(fd.as_raw_fd());
         if dead {
-            log::debug!("{}: connection {id}: peer hung up", core.instances[c.instance].name);
+            log::debug!(
+                "{}: connection {id}: peer hung up",
+                core.instances[c.instance].name
+            );
         }
         dead
     }
@@ -274,7 +279,7 @@ impl Runtime {
         } else {
             self.deliver_frames(id, &buf)
         };
-        let (eof_due, inst, state, framing, rest) = {
+        let (eof_due, inst, state, framing, max, rest) = {
             let mut core = self.core.borrow_mut();
             let Some(c) = core.conn_mut(id) else { return };
             if c.phase != Phase::Open {
@@ -285,7 +290,7 @@ impl Runtime {
             let eof_due = c.read_eof && !c.eof_done && c.can_deliver();
             if eof_due {
                 c.eof_done = true;
-                (true, c.instance, c.state, c.framing, buf)
+                (true, c.instance, c.state, c.framing, c.max_frame, buf)
             } else {
                 c.inbuf = buf;
                 return;
@@ -302,6 +307,18 @@ impl Runtime {
                     } else {
                         rest.len()
                     };
+                    if end > max {
+                        let mut core = self.core.borrow_mut();
+                        if let Some(c) = core.conn(id) {
+                            log::warn!(
+                                "{}: closing connection {id} from {}: frame of {end} bytes exceeds max_frame ({max} bytes)",
+                                core.instances[inst].name,
+                                peer_text(&c.peer),
+                            );
+                        }
+                        core.begin_close(id, false, abi::LOOPD_REASON_FRAME_TOO_BIG);
+                        return;
+                    }
                     if self.hook_on_data(inst, id, state, &rest[..end]) < 0 {
                         self.hook_failed(id, "on_data");
                         return;

@@ -20,7 +20,10 @@ pub const TIMEOUT: Duration = Duration::from_secs(30);
 
 /// The workspace root.
 pub fn root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap().to_path_buf()
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .unwrap()
+        .to_path_buf()
 }
 
 /// The loopd binary cargo built for this test run.
@@ -40,7 +43,8 @@ pub fn build_plugins() {
     BUILT.get_or_init(|| {
         let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
         let mut cmd = Command::new(cargo);
-        cmd.current_dir(root()).args(["build", "--quiet", "-p", "loopd-echo", "-p", "loopd-probe"]);
+        cmd.current_dir(root())
+            .args(["build", "--quiet", "-p", "loopd-echo", "-p", "loopd-probe"]);
         if plugin_dir().ends_with("release") {
             cmd.arg("--release");
         }
@@ -88,7 +92,16 @@ impl Drop for TempDir {
 pub fn compile_c_plugin(src: &Path, out: &Path) {
     let include = root().join("handler-api/include");
     let output = Command::new("gcc")
-        .args(["-std=c99", "-Wall", "-Wextra", "-Werror", "-pedantic", "-shared", "-fPIC", "-O1"])
+        .args([
+            "-std=c99",
+            "-Wall",
+            "-Wextra",
+            "-Werror",
+            "-pedantic",
+            "-shared",
+            "-fPIC",
+            "-O1",
+        ])
         .arg("-I")
         .arg(&include)
         .arg("-o")
@@ -222,7 +235,12 @@ impl Loopd {
             if now >= deadline || lines.last().is_some_and(|l| l == "<stderr closed>") {
                 return false;
             }
-            lines = self.log.changed.wait_timeout(lines, deadline - now).unwrap().0;
+            lines = self
+                .log
+                .changed
+                .wait_timeout(lines, deadline - now)
+                .unwrap()
+                .0;
         }
     }
 
@@ -305,7 +323,9 @@ pub fn unix(path: &Path) -> UnixStream {
 
 /// Deterministic bytes that make misordering or loss visible.
 pub fn pattern(len: usize, seed: u8) -> Vec<u8> {
-    (0..len).map(|i| (i as u32).wrapping_mul(2_654_435_761).to_be_bytes()[0] ^ seed).collect()
+    (0..len)
+        .map(|i| (i as u32).wrapping_mul(2_654_435_761).to_be_bytes()[0] ^ seed)
+        .collect()
 }
 
 /// Sends `data` on one thread and reads the same number of bytes back on
@@ -357,13 +377,18 @@ impl LineClient {
     }
 
     pub fn send(&mut self, line: &str) {
-        self.writer.write_all(format!("{line}\n").as_bytes()).unwrap();
+        self.writer
+            .write_all(format!("{line}\n").as_bytes())
+            .unwrap();
     }
 
     /// The next line, without its newline; panics on EOF or timeout.
     pub fn recv(&mut self) -> String {
         let mut line = String::new();
-        let n = self.reader.read_line(&mut line).expect("reading a line from loopd");
+        let n = self
+            .reader
+            .read_line(&mut line)
+            .expect("reading a line from loopd");
         assert!(n > 0, "connection closed while waiting for a line");
         line.trim_end_matches('\n').to_string()
     }
@@ -377,7 +402,9 @@ impl LineClient {
     /// Reads until EOF and returns what came.
     pub fn read_to_eof(&mut self) -> String {
         let mut rest = String::new();
-        self.reader.read_to_string(&mut rest).expect("reading to EOF");
+        self.reader
+            .read_to_string(&mut rest)
+            .expect("reading to EOF");
         rest
     }
 
