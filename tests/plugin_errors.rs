@@ -1,3 +1,526 @@
-//! (being written)
+//! Broken plugins are refused with one clear error that names the config
+//! location of the `plugin` key, the handler, the library path and the
+//! specific reason, before anything listens.
+//!
+//! Every C fixture in tests/fixtures/c/ (see its README) is compiled here,
+//! into a temp dir, and referenced by absolute path. Each is checked with
+//! `loopd check <config>` and again with `loopd <config>` (run mode), which
+//! must fail with the same message, exit 1, and never report a listener.
 
 mod common;
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use common::*;
+use loopd_handler_api::abi;
+
+/// `ABI 1.0`, as loopd names its own version.
+fn host_abi() -> String {
+    format!("ABI {}.{}", abi::LOOPD_ABI_MAJOR, abi::LOOPD_ABI_MINOR)
+}
+
+/// Compiles tests/fixtures/c/NAME.c into `dir`/NAME.so.
+fn fixture(dir: &TempDir, name: &str) -> PathBuf {
+    let src = root().join("tests/fixtures/c").join(format!("{name}.c"));
+    assert!(src.exists(), "missing fixture {}", src.display());
+    let so = dir.join(&format!("{name}.so"));
+    compile_c_plugin(&src, &so);
+    so
+}
+
+/// Writes C source `text` into `dir`/NAME.c and compiles it to NAME.so.
+fn inline_plugin(dir: &TempDir, name: &str, text: &str) -> PathBuf {
+    let src = dir.join(&format!("{name}.c"));
+    std::fs::write(&src, text).unwrap();
+    let so = dir.join(&format!("{name}.so"));
+    compile_c_plugin(&src, &so);
+    so
+}
+
+/// 1-based line and column of the first occurrence of `needle` in `text`.
+fn locate(text: &str, needle: &str) -> (usize, usize) {
+    let at = text
+        .find(needle)
+        .unwrap_or_else(|| panic!("`{needle}` not in:\n{text}"));
+    let before = &text[..at];
+    let line = before.matches('\n').count() + 1;
+    let col = at - before.rfind('\n').map_or(0, |nl| nl + 1) + 1;
+    (line, col)
+}
+
+/// A config whose first handler (`echo`, a good plugin on port 0) comes
+/// before the handler `broken` under test, so run mode would have something
+/// to report as listening if it listened before loading every plugin.
+fn broken_config(plugin: &str, extra: &str) -> String {
+    format!(
+        r#"# plugin error test
+[runtime]
+shutdown_timeout_ms = 1000
+
+[[handler]]
+name = "echo"
+plugin = "echo"
+listen = ["tcp://127.0.0.1:0"]
+
+[[handler]]
+name = "broken"
+plugin = "{plugin}"
+listen = ["tcp://127.0.0.1:0"]
+{extra}
+"#
+    )
+}
+
+/// Runs loopd with `args` and `RUST_LOG=info`; kills it if it has not exited
+/// within [`TIMEOUT`] (a run-mode bug must not leave a server behind).
+fn run_bounded(args: &[&str]) -> Output {
+    build_plugins();
+    let mut child = Command::new(loopd_bin())
+        .args(args)
+        .env("RUST_LOG", "info")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("starting loopd");
+    let deadline = Instant::now() + TIMEOUT;
+    while child.try_wait().unwrap().is_none() {
+        if Instant::now() >= deadline {
+            let _ = child.kill();
+            let out = child.wait_with_output().unwrap();
+            panic!(
+                "loopd {args:?} did not exit within {TIMEOUT:?}; stderr:\n{}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    child.wait_with_output().unwrap()
+}
+
+/// The text of the single ERROR log line (after `ERROR loopd] `), checking
+/// that there is exactly one.
+fn single_error(stderr: &str) -> String {
+    let errors: Vec<&str> = stderr.lines().filter(|l| l.contains(" ERROR ")).collect();
+    assert_eq!(
+        errors.len(),
+        1,
+        "expected exactly one ERROR line, stderr:\n{stderr}"
+    );
+    let line = errors[0];
+    match line.split_once("] ") {
+        Some((_, msg)) => msg.to_string(),
+        None => line.to_string(),
+    }
+}
+
+/// Checks that `config` is refused by `loopd check` and by `loopd <config>`
+/// (run mode) with the same single error, exit status 1, nothing printed as
+/// ok and nothing listening. Returns the error message.
+fn refused(config: &Path) -> String {
+    let cfg = config.to_str().unwrap();
+
+    let out = run_loopd(&["check", cfg]);
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert_eq!(
+        out.status.code(),
+        Some(1),
+        "loopd check should exit 1\nstdout:\n{stdout}\nstderr:\n{stderr}"
+    );
+    assert!(
+        !stdout.contains("ok"),
+        "check printed ok for a broken config:\n{stdout}"
+    );
+    let checked = single_error(&stderr);
+
+    let out = run_bounded(&[cfg]);
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert_eq!(
+        out.status.code(),
+        Some(1),
+        "loopd <config> should exit 1\nstderr:\n{stderr}"
+    );
+    assert!(
+        !stderr.contains("listening on") && !stderr.contains(" ready: "),
+        "run mode listened before refusing the plugin:\n{stderr}"
+    );
+    let ran = single_error(&stderr);
+    assert_eq!(checked, ran, "check and run mode disagree");
+    checked
+}
+
+/// Compiles `name`, puts it in a config as the handler `broken`, and returns
+/// the refusal, after checking its prefix: `CONFIG:LINE:COL: handler
+/// `broken`: plugin PATH: `.
+fn refused_fixture(name: &str) -> String {
+    let dir = TempDir::new(&format!("plugin-{name}"));
+    let so = fixture(&dir, name);
+    refused_path(&dir, &so, "")
+}
+
+fn refused_path(dir: &TempDir, so: &Path, extra: &str) -> String {
+    let text = broken_config(so.to_str().unwrap(), extra);
+    let config = write_config(dir, &text);
+    let (line, col) = locate(&text, &format!("\"{}\"", so.display()));
+    let msg = refused(&config);
+    let prefix = format!(
+        "{}:{line}:{col}: handler `broken`: plugin {}: ",
+        config.display(),
+        so.display()
+    );
+    assert!(
+        msg.starts_with(&prefix),
+        "expected the error to start with\n  {prefix}\ngot\n  {msg}"
+    );
+    msg[prefix.len()..].to_string()
+}
+
+#[track_caller]
+fn assert_has(reason: &str, needles: &[&str]) {
+    for n in needles {
+        assert!(
+            reason.contains(n),
+            "expected `{n}` in the reason:\n  {reason}"
+        );
+    }
+}
+
+#[test]
+fn missing_entry_symbol() {
+    let why = refused_fixture("no_entry");
+    assert_has(&why, &["no entry symbol loopd_plugin_entry_v1"]);
+    // Not mistaken for a library of another ABI major.
+    assert!(!why.contains("built for handler ABI"), "{why}");
+}
+
+#[test]
+fn wrong_major_names_both_versions() {
+    let why = refused_fixture("wrong_major");
+    assert_has(&why, &["built for handler ABI 2.0", &host_abi()]);
+}
+
+#[test]
+fn min_host_minor_too_high_says_upgrade_loopd() {
+    let why = refused_fixture("min_host_minor");
+    let needed = format!("ABI {}.99", abi::LOOPD_ABI_MAJOR);
+    assert_has(&why, &[&needed, &host_abi(), "upgrade loopd"]);
+}
+
+#[test]
+fn entry_returning_null() {
+    let why = refused_fixture("null_entry");
+    assert_has(&why, &["loopd_plugin_entry_v1 returned NULL"]);
+}
+
+#[test]
+fn undersized_plugin_info() {
+    let why = refused_fixture("undersized_info");
+    let min = format!("{} bytes", abi::LOOPD_PLUGIN_INFO_V1_0_SIZE);
+    assert_has(&why, &["plugin info is 8 bytes", "smaller than", &min]);
+}
+
+#[test]
+fn undersized_vtable() {
+    let why = refused_fixture("undersized_vtable");
+    let min = format!("{} bytes", abi::LOOPD_VTABLE_V1_0_SIZE);
+    assert_has(&why, &["vtable is 16 bytes", "smaller than", &min]);
+}
+
+#[test]
+fn null_vtable() {
+    let why = refused_fixture("null_vtable");
+    assert_has(&why, &["NULL vtable"]);
+}
+
+#[test]
+fn create_failure_carries_the_handlers_reason() {
+    let why = refused_fixture("create_fails");
+    assert_eq!(
+        why,
+        "create failed: refusing to start: no widgets configured"
+    );
+}
+
+#[test]
+fn create_failure_without_a_reason_gets_the_status_text() {
+    let dir = TempDir::new("plugin-silent-create");
+    let so = inline_plugin(
+        &dir,
+        "silent_create",
+        r#"#include "loopd.h"
+static int32_t silent_create(const loopd_host_api *host, loopd_ctx *ctx,
+                             const char *name, const char *json,
+                             void **instance_out, char *err, size_t err_cap)
+{
+    (void)host; (void)ctx; (void)name; (void)json; (void)instance_out;
+    (void)err; (void)err_cap;
+    return LOOPD_ERR_INVALID; /* and no message */
+}
+static const loopd_vtable vt = {
+    .struct_size = (uint32_t)sizeof(loopd_vtable),
+    .create = silent_create,
+};
+static const loopd_plugin_info info = {
+    .struct_size = (uint32_t)sizeof(loopd_plugin_info),
+    .abi_major = LOOPD_ABI_MAJOR,
+    .abi_minor = LOOPD_ABI_MINOR,
+    .name = "silent-create",
+    .version = "9.9.9",
+    .vtable = &vt,
+};
+const loopd_plugin_info *loopd_plugin_entry_v1(const loopd_host_api *host)
+{
+    (void)host;
+    return &info;
+}
+"#,
+    );
+    let why = refused_path(&dir, &so, "");
+    assert_eq!(
+        why,
+        format!(
+            "create failed: status {} ({}), and the handler gave no message",
+            abi::LOOPD_ERR_INVALID,
+            abi::status_str(abi::LOOPD_ERR_INVALID)
+        )
+    );
+}
+
+#[test]
+fn missing_file() {
+    let dir = TempDir::new("plugin-missing");
+    let so = dir.join("nonexistent.so");
+    let why = refused_path(&dir, &so, "");
+    assert_eq!(why, "file not found");
+}
+
+#[test]
+fn plugin_name_not_found_lists_where_it_looked() {
+    let dir = TempDir::new("plugin-nosuch");
+    let text = broken_config("nosuch", "");
+    let config = write_config(&dir, &text);
+    let (line, col) = locate(&text, "\"nosuch\"");
+    let msg = refused(&config);
+    let expected = format!(
+        "{}:{line}:{col}: handler `broken`: plugin nosuch: not found; looked for {}",
+        config.display(),
+        plugin_dir().join("libloopd_nosuch.so").display()
+    );
+    assert_eq!(msg, expected);
+}
+
+#[test]
+fn plugin_name_not_found_with_plugin_dir_lists_both_places() {
+    let dir = TempDir::new("plugin-nosuch-dir");
+    let text = format!(
+        r#"[runtime]
+plugin_dir = "{}"
+
+[[handler]]
+name = "broken"
+plugin = "no-such"
+"#,
+        dir.path().display()
+    );
+    let config = write_config(&dir, &text);
+    let msg = refused(&config);
+    // Dashes become underscores; plugin_dir is searched first.
+    let first = dir.join("libloopd_no_such.so");
+    let second = plugin_dir().join("libloopd_no_such.so");
+    assert!(
+        msg.ends_with(&format!(
+            "plugin no-such: not found; looked for {}, {}",
+            first.display(),
+            second.display()
+        )),
+        "{msg}"
+    );
+}
+
+#[test]
+fn text_file_is_not_a_loadable_library() {
+    let dir = TempDir::new("plugin-text");
+    let so = dir.join("x.so");
+    std::fs::write(&so, "this is not an ELF file\n").unwrap();
+    let why = refused_path(&dir, &so, "");
+    assert!(why.starts_with("not a loadable library: "), "{why}");
+    // The dlerror() detail is kept, but the path is not repeated in it.
+    assert!(why.len() > "not a loadable library: ".len(), "{why}");
+    assert!(!why.contains(so.to_str().unwrap()), "{why}");
+}
+
+#[test]
+fn library_built_for_abi_2_only() {
+    let dir = TempDir::new("plugin-v2");
+    let so = inline_plugin(
+        &dir,
+        "entry_v2",
+        r#"#include "loopd.h"
+/* What a plugin of a future ABI 2 would export instead of ..._v1. */
+LOOPD_EXPORT const void *loopd_plugin_entry_v2(const void *host);
+const void *loopd_plugin_entry_v2(const void *host)
+{
+    (void)host;
+    return NULL;
+}
+"#,
+    );
+    let why = refused_path(&dir, &so, "");
+    assert_has(
+        &why,
+        &[
+            "no entry symbol loopd_plugin_entry_v1",
+            "loopd_plugin_entry_v2",
+            "built for handler ABI 2",
+            &format!("speaks {}.{}", abi::LOOPD_ABI_MAJOR, abi::LOOPD_ABI_MINOR),
+        ],
+    );
+}
+
+#[test]
+fn location_points_at_the_plugin_key_of_the_right_entry() {
+    // Extra lines and indentation move the key: the location must follow.
+    let dir = TempDir::new("plugin-location");
+    let so = fixture(&dir, "null_entry");
+    let text = format!(
+        r#"
+# comment
+
+[runtime]
+max_connections = 10
+
+[[handler]]
+name = "first"
+plugin = "echo"
+
+[[handler]]
+name = "second"
+listen = []
+    plugin    =     "{}"
+"#,
+        so.display()
+    );
+    let config = write_config(&dir, &text);
+    let (line, col) = locate(&text, &format!("\"{}\"", so.display()));
+    assert_eq!((line, col), (14, 21), "the test's own arithmetic");
+    let msg = refused(&config);
+    assert!(
+        msg.starts_with(&format!(
+            "{}:14:21: handler `second`: plugin {}: ",
+            config.display(),
+            so.display()
+        )),
+        "{msg}"
+    );
+}
+
+#[test]
+fn rust_handler_panicking_in_create() {
+    let dir = TempDir::new("plugin-panic");
+    let text = broken_config("probe", "[handler.config]\npanic_in_create = true\n");
+    let config = write_config(&dir, &text);
+    let (line, col) = locate(&text, "\"probe\"");
+    let msg = refused(&config);
+    assert_eq!(
+        msg,
+        format!(
+            "{}:{line}:{col}: handler `broken`: plugin {}: create failed: panicked in create: probe: panic in create",
+            config.display(),
+            plugin_dir().join("libloopd_probe.so").display()
+        )
+    );
+}
+
+#[test]
+fn rust_handler_refusing_in_create() {
+    let dir = TempDir::new("plugin-fail-create");
+    let text = broken_config("probe", "[handler.config]\nfail_create = \"nope\"\n");
+    let config = write_config(&dir, &text);
+    let msg = refused(&config);
+    assert!(
+        msg.ends_with(&format!(
+            "handler `broken`: plugin {}: create failed: nope",
+            plugin_dir().join("libloopd_probe.so").display()
+        )),
+        "{msg}"
+    );
+}
+
+#[test]
+fn rust_handler_with_unknown_config_key() {
+    let dir = TempDir::new("plugin-bogus-key");
+    let text = broken_config("probe", "[handler.config]\nbogus = 1\n");
+    let config = write_config(&dir, &text);
+    let msg = refused(&config);
+    assert!(
+        msg.contains("handler `broken`: plugin ")
+            && msg.contains("create failed: invalid config: unknown field `bogus`"),
+        "{msg}"
+    );
+}
+
+#[test]
+fn good_plugins_load_and_are_listed() {
+    let dir = TempDir::new("plugin-good");
+    let good = inline_plugin(
+        &dir,
+        "good",
+        r#"#include "loopd.h"
+static const loopd_vtable vt = { .struct_size = (uint32_t)sizeof(loopd_vtable) };
+static const loopd_plugin_info info = {
+    .struct_size = (uint32_t)sizeof(loopd_plugin_info),
+    .abi_major = LOOPD_ABI_MAJOR,
+    .abi_minor = LOOPD_ABI_MINOR,
+    .name = "good",
+    .version = "1.2.3",
+    .vtable = &vt,
+};
+const loopd_plugin_info *loopd_plugin_entry_v1(const loopd_host_api *host)
+{
+    (void)host;
+    return &info;
+}
+"#,
+    );
+    let text = format!(
+        r#"
+[[handler]]
+name = "echo"
+plugin = "echo"
+listen = ["tcp://127.0.0.1:0"]
+
+[[handler]]
+name = "probe"
+plugin = "probe"
+listen = ["tcp://127.0.0.1:0"]
+[handler.config]
+greeting = "hi"
+
+[[handler]]
+name = "good-c"
+plugin = "{}"
+"#,
+        good.display()
+    );
+    let config = write_config(&dir, &text);
+    let out = run_loopd(&["check", config.to_str().unwrap()]);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        out.status.success(),
+        "check failed\nstdout:\n{stdout}\nstderr:\n{stderr}"
+    );
+    let version = env!("CARGO_PKG_VERSION");
+    let expected = format!(
+        "{}: ok\n  echo: echo {version} ({})\n  probe: probe {version} ({})\n  good-c: good 1.2.3 ({})\n",
+        config.display(),
+        plugin_dir().join("libloopd_echo.so").display(),
+        plugin_dir().join("libloopd_probe.so").display(),
+        good.display()
+    );
+    assert_eq!(stdout, expected);
+    assert!(!stderr.contains(" ERROR "), "{stderr}");
+}

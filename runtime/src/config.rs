@@ -286,6 +286,45 @@ impl Source<'_> {
         }
     }
 
+    /// The dotted key written on the line holding byte `offset`, e.g.
+    /// `runtime.max_connections` or `handler[1].listen`, read off the text
+    /// (toml's own errors say what is wrong but not where in the tree).
+    fn key_at(&self, offset: usize) -> String {
+        let offset = offset.min(self.text.len());
+        let line_no = self.text[..offset].matches('\n').count();
+        let mut table = String::new();
+        let mut handlers = 0usize;
+        for line in self.text.lines().take(line_no + 1) {
+            let t = line.trim();
+            if let Some(name) = t.strip_prefix("[[").and_then(|r| r.split("]]").next()) {
+                let name = name.trim();
+                if name == "handler" {
+                    handlers += 1;
+                    table = format!("handler[{}]", handlers - 1);
+                } else {
+                    table = name.to_string();
+                }
+            } else if let Some(name) = t.strip_prefix('[').and_then(|r| r.split(']').next()) {
+                let name = name.trim();
+                table = match name.strip_prefix("handler.") {
+                    Some(sub) if handlers > 0 => format!("handler[{}].{sub}", handlers - 1),
+                    _ => name.to_string(),
+                };
+            }
+        }
+        let line = self.text.lines().nth(line_no).unwrap_or("").trim_start();
+        let key: String = line
+            .chars()
+            .take_while(|c| c.is_ascii_alphanumeric() || *c == '_' || *c == '-')
+            .collect();
+        let is_assignment = !key.is_empty() && line[key.len()..].trim_start().starts_with('=');
+        match (is_assignment, table.is_empty()) {
+            (true, true) => key,
+            (true, false) => format!("{table}.{key}"),
+            (false, _) => table,
+        }
+    }
+
     /// `file:line:col: key: message`, then the offending line with a caret.
     fn error(&self, span: Option<Range<usize>>, key: &str, message: impl fmt::Display) -> Error {
         let mut text = String::new();
@@ -343,8 +382,10 @@ impl Config {
     /// [`Error::Config`] naming the line and key of the first problem.
     pub fn parse(text: &str, file: Option<&Path>) -> Result<Config, Error> {
         let src = Source { file, text };
-        let raw: RawConfig =
-            toml::from_str(text).map_err(|e| src.error(e.span(), "", e.message()))?;
+        let raw: RawConfig = toml::from_str(text).map_err(|e| {
+            let key = e.span().map(|sp| src.key_at(sp.start)).unwrap_or_default();
+            src.error(e.span(), &key, e.message())
+        })?;
 
         let mut runtime = RuntimeConfig::default();
         if let Some(rt) = raw.runtime {
@@ -379,18 +420,14 @@ impl Config {
                 runtime.output_low_watermark = usize::try_from(*v.get_ref()).unwrap_or(usize::MAX);
             }
             if runtime.output_low_watermark >= runtime.output_high_watermark {
-                let span = rt
-                    .output_low_watermark
-                    .as_ref()
-                    .or(rt.output_high_watermark.as_ref())
-                    .map(|s| s.span());
-                return Err(src.error(
-                    span,
-                    "runtime.output_low_watermark",
-                    format!(
-                        "must be below output_high_watermark ({} >= {})",
-                        runtime.output_low_watermark, runtime.output_high_watermark
-                    ),
+                return Err(watermark_error(
+                    &src,
+                    "runtime.",
+                    rt.output_high_watermark.as_ref(),
+                    rt.output_low_watermark.as_ref(),
+                    runtime.output_high_watermark,
+                    runtime.output_low_watermark,
+                    None,
                 ));
             }
             if let Some(dir) = rt.plugin_dir {
@@ -444,7 +481,7 @@ impl Config {
                 // Port 0 means "any free port": many listeners may ask for it.
                 let ephemeral =
                     matches!(&addr, ListenAddr::Tcp(a) | ListenAddr::Udp(a) if a.port() == 0);
-                if !ephemeral && !addrs.insert(addr.clone()) {
+                if !ephemeral && !addrs.insert(same_socket_key(&addr)) {
                     return Err(src.error(
                         Some(l.span()),
                         &key(&format!("listen[{j}]")),
@@ -483,17 +520,15 @@ impl Config {
                 high.unwrap_or(runtime.output_high_watermark),
                 low.unwrap_or(runtime.output_low_watermark),
             );
-            if eff_high == 0 || eff_low >= eff_high {
-                let span = h
-                    .output_low_watermark
-                    .as_ref()
-                    .or(h.output_high_watermark.as_ref())
-                    .map(|s| s.span())
-                    .unwrap_or_else(|| h.name.span());
-                return Err(src.error(
-                    Some(span),
-                    &key("output_low_watermark"),
-                    format!("must be below output_high_watermark ({eff_low} >= {eff_high})"),
+            if eff_low >= eff_high {
+                return Err(watermark_error(
+                    &src,
+                    &format!("handler[{i}]."),
+                    h.output_high_watermark.as_ref(),
+                    h.output_low_watermark.as_ref(),
+                    eff_high,
+                    eff_low,
+                    Some(h.name.span()),
                 ));
             }
 
@@ -521,6 +556,66 @@ impl Config {
             runtime,
             handlers,
         })
+    }
+}
+
+/// What two listener URLs that name the same socket have in common: a unix
+/// path made absolute and lexically normalised (`a/sub/../x.sock` is
+/// `a/x.sock`), so one socket spelled two ways is caught before binding.
+fn same_socket_key(addr: &ListenAddr) -> ListenAddr {
+    use std::path::Component;
+    match addr {
+        ListenAddr::Unix(p) => {
+            let abs = if p.is_absolute() {
+                p.clone()
+            } else {
+                std::env::current_dir().unwrap_or_default().join(p)
+            };
+            let mut out = PathBuf::new();
+            for c in abs.components() {
+                match c {
+                    Component::ParentDir => {
+                        out.pop();
+                    }
+                    Component::CurDir => {}
+                    other => out.push(other),
+                }
+            }
+            ListenAddr::Unix(out)
+        }
+        other => other.clone(),
+    }
+}
+
+/// The low watermark must be below the high one. The message names the key
+/// that is in the file and says which value is a default.
+fn watermark_error(
+    src: &Source<'_>,
+    prefix: &str,
+    high_key: Option<&Spanned<u64>>,
+    low_key: Option<&Spanned<u64>>,
+    high: usize,
+    low: usize,
+    fallback: Option<Range<usize>>,
+) -> Error {
+    let default = |set: bool| if set { "" } else { ", the default" };
+    match (high_key, low_key) {
+        (Some(h), None) => src.error(
+            Some(h.span()),
+            &format!("{prefix}output_high_watermark"),
+            format!(
+                "must be above output_low_watermark ({high} <= {low}{})",
+                default(false)
+            ),
+        ),
+        (h, l) => src.error(
+            l.or(h).map(|s| s.span()).or(fallback),
+            &format!("{prefix}output_low_watermark"),
+            format!(
+                "must be below output_high_watermark ({low} >= {high}{})",
+                default(h.is_some())
+            ),
+        ),
     }
 }
 
@@ -642,6 +737,34 @@ root = "examples/www"
         let e = err("[runtime]\nmax_connections = 0\n");
         assert!(
             e.contains("t.toml:2:19: runtime.max_connections: must be greater than 0"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn toml_errors_name_the_dotted_key() {
+        let e = err("[runtime]\nmax_connections = \"many\"\n");
+        assert!(
+            e.starts_with("t.toml:2:19: runtime.max_connections: invalid type"),
+            "{e}"
+        );
+        let e = err("[[handler]]\nname = \"a\"\nplugin = \"echo\"\n[[handler]]\nname = \"b\"\nplugin = \"echo\"\nlisten = 5\n");
+        assert!(e.contains("handler[1].listen: invalid type"), "{e}");
+        let e = err("[[handler]]\nname = \"a\"\n");
+        assert!(e.contains("handler[0]: missing field `plugin`"), "{e}");
+    }
+
+    #[test]
+    fn watermark_errors_name_the_key_in_the_file() {
+        let e = err("[runtime]\noutput_high_watermark = 1000\n");
+        assert!(
+            e.contains("runtime.output_high_watermark: must be above output_low_watermark (1000 <= 65536, the default)"),
+            "{e}"
+        );
+        let e =
+            err("[[handler]]\nname = \"a\"\nplugin = \"echo\"\noutput_low_watermark = 300000\n");
+        assert!(
+            e.contains("handler[0].output_low_watermark: must be below output_high_watermark (300000 >= 262144, the default)"),
             "{e}"
         );
     }

@@ -64,13 +64,26 @@ impl fmt::Display for Error {
                     f,
                     "handler `{handler}`: cannot listen on {listener}: {source}"
                 )?;
+                // Hints for what the operating system said; loopd's own
+                // messages (stale or live unix sockets, its own listeners)
+                // already explain themselves.
+                if source.raw_os_error().is_none() {
+                    return Ok(());
+                }
+                let unix = listener.starts_with("unix://");
                 match source.kind() {
-                    io::ErrorKind::AddrInUse => {
+                    io::ErrorKind::AddrInUse if !unix => {
                         f.write_str(" (another process is using it; pick another port or stop it)")
                     }
-                    io::ErrorKind::PermissionDenied => f.write_str(
-                        " (ports below 1024 need privileges; check the socket path's permissions)",
-                    ),
+                    io::ErrorKind::PermissionDenied if unix => {
+                        f.write_str(" (check the permissions of the socket's directory)")
+                    }
+                    io::ErrorKind::PermissionDenied => {
+                        f.write_str(" (ports below 1024 need privileges)")
+                    }
+                    io::ErrorKind::NotFound if unix => {
+                        f.write_str(" (the socket's directory does not exist)")
+                    }
                     _ => Ok(()),
                 }
             }

@@ -361,7 +361,10 @@ impl Builder {
                     let end = err.iter().position(|&b| b == 0).unwrap_or(err.len());
                     let msg = String::from_utf8_lossy(&err[..end]).into_owned();
                     let msg = if msg.is_empty() {
-                        abi::status_str(status).to_string()
+                        format!(
+                            "status {status} ({}), and the handler gave no message",
+                            abi::status_str(status)
+                        )
                     } else {
                         msg
                     };
@@ -385,6 +388,7 @@ impl Builder {
         }
 
         if self.listen {
+            let mut bound = Vec::new();
             for (index, h) in config.handlers.iter().enumerate() {
                 for addr in &h.listen {
                     let url = rt
@@ -396,9 +400,14 @@ impl Builder {
                             listener: addr.to_string(),
                             source,
                         })?;
-                    log::info!("{} listening on {url}", h.name);
-                    rt.listeners.push(url);
+                    bound.push((h.name.clone(), url));
                 }
+            }
+            // Only once every listener is open: nothing is reported as
+            // listening by a loopd that is about to exit.
+            for (name, url) in bound {
+                log::info!("{name} listening on {url}");
+                rt.listeners.push(url);
             }
         }
 

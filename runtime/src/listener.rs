@@ -77,6 +77,11 @@ impl Listener {
         }
     }
 
+    /// The (device, inode) of the socket file this listener created.
+    pub(crate) fn unix_file(&self) -> Option<(u64, u64)> {
+        self.unix_path.as_ref().map(|(_, dev, ino)| (*dev, *ino))
+    }
+
     pub(crate) fn url_str(&self) -> &str {
         self.url.to_str().unwrap_or("?")
     }

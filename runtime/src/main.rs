@@ -47,6 +47,10 @@ fn version() -> &'static str {
 }
 
 fn main() -> ExitCode {
+    if let Some(msg) = mistyped_command() {
+        eprintln!("{msg}");
+        return ExitCode::from(2);
+    }
     let cli = Cli::parse_from_cmd(version());
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info"))
         .format_timestamp_millis()
@@ -66,10 +70,49 @@ fn main() -> ExitCode {
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            log::error!("{e}");
+            // Through the logger when it shows errors; never lost to a RUST_LOG filter.
+            if log::log_enabled!(target: "loopd", log::Level::Error) {
+                log::error!(target: "loopd", "{e}");
+            } else {
+                eprintln!("loopd: error: {e}");
+            }
             ExitCode::FAILURE
         }
     }
+}
+
+/// `loopd chek CONFIG` would otherwise read as config `chek` followed by a
+/// stray argument; say what was probably meant.
+fn mistyped_command() -> Option<String> {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let first = args.first()?;
+    let known = ["check", "run", "help"].contains(&first.as_str());
+    if known || args.len() < 2 || first.starts_with('-') || std::path::Path::new(first).exists() {
+        return None;
+    }
+    let close = ["check", "run"]
+        .into_iter()
+        .find(|cmd| edit_distance(first, cmd) <= 2)?;
+    Some(format!(
+        "error: unknown command `{first}`; did you mean `loopd {close} {}`?\n\nUsage: loopd <CONFIG>\n       loopd check <CONFIG>",
+        args[1..].join(" ")
+    ))
+}
+
+/// Levenshtein distance, for suggestions.
+fn edit_distance(a: &str, b: &str) -> usize {
+    let b: Vec<char> = b.chars().collect();
+    let mut row: Vec<usize> = (0..=b.len()).collect();
+    for (i, ca) in a.chars().enumerate() {
+        let mut prev = row[0];
+        row[0] = i + 1;
+        for (j, cb) in b.iter().enumerate() {
+            let cur = row[j + 1];
+            row[j + 1] = (prev + usize::from(ca != *cb)).min(row[j] + 1).min(cur + 1);
+            prev = cur;
+        }
+    }
+    row[b.len()]
 }
 
 fn run(config: PathBuf) -> Result<(), loopd::Error> {

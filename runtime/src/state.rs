@@ -250,10 +250,56 @@ impl Core {
             self.register(Source::Datagram(d), true, false)?;
             return Ok(url);
         }
+        self.check_own_listeners(addr)?;
         let l = Listener::open(addr, instance)?;
         let url = l.url_str().to_string();
         self.register(Source::Listener(l), true, false)?;
         Ok(url)
+    }
+
+    /// A listener of this very config already holds `addr` (the same socket
+    /// file under another spelling, or the same port on another address):
+    /// say so, rather than blaming another process.
+    fn check_own_listeners(&self, addr: &ListenAddr) -> io::Result<()> {
+        use std::os::unix::fs::MetadataExt;
+        let own = |pred: &dyn Fn(&Listener) -> bool| {
+            self.sources
+                .ids()
+                .into_iter()
+                .find_map(|id| match self.sources.get(id) {
+                    Some(Source::Listener(l)) if pred(l) => Some((
+                        l.url_str().to_string(),
+                        self.instances[l.instance].name.clone(),
+                    )),
+                    _ => None,
+                })
+        };
+        let clash = match addr {
+            ListenAddr::Unix(path) => match std::fs::symlink_metadata(path) {
+                Ok(meta) => own(&|l| l.unix_file() == Some((meta.dev(), meta.ino()))),
+                Err(_) => None,
+            },
+            ListenAddr::Tcp(sa) if sa.port() != 0 => own(&|l| {
+                l.url_str()
+                    .strip_prefix("tcp://")
+                    .and_then(|u| u.parse::<std::net::SocketAddr>().ok())
+                    .is_some_and(|bound| {
+                        bound.port() == sa.port()
+                            && bound.is_ipv4() == sa.is_ipv4()
+                            && (bound.ip() == sa.ip()
+                                || bound.ip().is_unspecified()
+                                || sa.ip().is_unspecified())
+                    })
+            }),
+            _ => None,
+        };
+        match clash {
+            Some((url, handler)) => Err(io::Error::new(
+                io::ErrorKind::AddrInUse,
+                format!("it is the same socket as {url}, already opened by handler `{handler}` of this config"),
+            )),
+            None => Ok(()),
+        }
     }
 
     pub(crate) fn add_signal_pipe(&mut self, read: UnixStream) -> io::Result<()> {
