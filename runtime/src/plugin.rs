@@ -68,10 +68,18 @@ pub(crate) fn resolve(
                 Some(p) => Ok(p.clone()),
                 None => {
                     let list: Vec<String> = tried.iter().map(|p| p.display().to_string()).collect();
-                    Err((
-                        PathBuf::from(n),
-                        format!("not found; looked for {}", list.join(", ")),
-                    ))
+                    let mut why = format!("not found; looked for {}", list.join(", "));
+                    // `cargo run` builds only the loopd binary; the handler
+                    // plugins are separate workspace members.
+                    if tried
+                        .iter()
+                        .any(|p| p.parent().is_some_and(|d| d.join("deps").is_dir()))
+                    {
+                        why.push_str(
+                            " (in a cargo checkout, `cargo build --release` at the workspace root builds the handler plugins; `cargo run` alone does not)",
+                        );
+                    }
+                    Err((PathBuf::from(n), why))
                 }
             }
         }
