@@ -16,31 +16,7 @@ use loopd_handler_api::abi;
 /// Runs loopd to completion in `cwd` with `RUST_LOG` set to `rust_log`
 /// (`None`: unset); kills it if it runs longer than [`TIMEOUT`].
 fn run_in(cwd: &Path, args: &[&str], rust_log: Option<&str>) -> Output {
-    build_plugins();
-    let mut cmd = Command::new(loopd_bin());
-    cmd.args(args)
-        .current_dir(cwd)
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped());
-    match rust_log {
-        Some(v) => cmd.env("RUST_LOG", v),
-        None => cmd.env_remove("RUST_LOG"),
-    };
-    let mut child = cmd.spawn().expect("starting loopd");
-    let deadline = Instant::now() + TIMEOUT;
-    while child.try_wait().unwrap().is_none() {
-        if Instant::now() >= deadline {
-            let _ = child.kill();
-            let out = child.wait_with_output().unwrap();
-            panic!(
-                "loopd {args:?} did not exit within {TIMEOUT:?}; stderr:\n{}",
-                String::from_utf8_lossy(&out.stderr)
-            );
-        }
-        std::thread::sleep(Duration::from_millis(10));
-    }
-    child.wait_with_output().unwrap()
+    run_loopd_in(Some(cwd), args, rust_log)
 }
 
 fn text(bytes: &[u8]) -> String {

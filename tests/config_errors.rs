@@ -7,8 +7,7 @@ mod common;
 use std::os::unix::fs::{FileTypeExt, MetadataExt};
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::Path;
-use std::process::{Command, Output, Stdio};
-use std::time::{Duration, Instant};
+use std::process::Output;
 
 use common::*;
 
@@ -21,33 +20,6 @@ fn locate(text: &str, needle: &str) -> (usize, usize) {
     let line = before.matches('\n').count() + 1;
     let col = at - before.rfind('\n').map_or(0, |nl| nl + 1) + 1;
     (line, col)
-}
-
-/// Runs loopd with `args` and `RUST_LOG=info`; kills it if it has not exited
-/// within [`TIMEOUT`] (a bug must not leave a server running).
-fn run_bounded(args: &[&str]) -> Output {
-    build_plugins();
-    let mut child = Command::new(loopd_bin())
-        .args(args)
-        .env("RUST_LOG", "info")
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("starting loopd");
-    let deadline = Instant::now() + TIMEOUT;
-    while child.try_wait().unwrap().is_none() {
-        if Instant::now() >= deadline {
-            let _ = child.kill();
-            let out = child.wait_with_output().unwrap();
-            panic!(
-                "loopd {args:?} did not exit within {TIMEOUT:?}; stderr:\n{}",
-                String::from_utf8_lossy(&out.stderr)
-            );
-        }
-        std::thread::sleep(Duration::from_millis(10));
-    }
-    child.wait_with_output().unwrap()
 }
 
 /// The stderr of a run that must fail with exit status 1 and exactly one
@@ -449,7 +421,7 @@ fn missing_config_file() {
     let expected = format!("{cfg}: cannot read config: No such file or directory");
     let stderr = failed(&run_loopd(&["check", cfg]));
     assert!(stderr.contains(&expected), "{stderr}");
-    let stderr = failed(&run_bounded(&[cfg]));
+    let stderr = failed(&run_loopd(&[cfg]));
     assert!(stderr.contains(&expected), "{stderr}");
 }
 
@@ -466,7 +438,7 @@ framing = "lines""#,
         "{}:{line}:{col}: handler[0].framing: unknown framing `lines`",
         config.display()
     );
-    let stderr = failed(&run_bounded(&[config.to_str().unwrap()]));
+    let stderr = failed(&run_loopd(&[config.to_str().unwrap()]));
     assert!(stderr.contains(&head), "{stderr}");
     assert!(
         !stderr.contains("listening on") && !stderr.contains(" ready: "),
@@ -481,7 +453,7 @@ framing = "lines""#,
 /// Runs `loopd <config>` on `text`; it must fail before serving. Returns stderr.
 fn run_fails(dir: &TempDir, text: &str) -> String {
     let config = write_config(dir, text);
-    let stderr = failed(&run_bounded(&[config.to_str().unwrap()]));
+    let stderr = failed(&run_loopd(&[config.to_str().unwrap()]));
     assert!(!stderr.contains(" ready: "), "{stderr}");
     stderr
 }

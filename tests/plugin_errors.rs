@@ -10,8 +10,6 @@
 mod common;
 
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output, Stdio};
-use std::time::{Duration, Instant};
 
 use common::*;
 use loopd_handler_api::abi;
@@ -73,33 +71,6 @@ listen = ["tcp://127.0.0.1:0"]
     )
 }
 
-/// Runs loopd with `args` and `RUST_LOG=info`; kills it if it has not exited
-/// within [`TIMEOUT`] (a run-mode bug must not leave a server behind).
-fn run_bounded(args: &[&str]) -> Output {
-    build_plugins();
-    let mut child = Command::new(loopd_bin())
-        .args(args)
-        .env("RUST_LOG", "info")
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("starting loopd");
-    let deadline = Instant::now() + TIMEOUT;
-    while child.try_wait().unwrap().is_none() {
-        if Instant::now() >= deadline {
-            let _ = child.kill();
-            let out = child.wait_with_output().unwrap();
-            panic!(
-                "loopd {args:?} did not exit within {TIMEOUT:?}; stderr:\n{}",
-                String::from_utf8_lossy(&out.stderr)
-            );
-        }
-        std::thread::sleep(Duration::from_millis(10));
-    }
-    child.wait_with_output().unwrap()
-}
-
 /// The text of the single ERROR log line (after `ERROR loopd] `), checking
 /// that there is exactly one.
 fn single_error(stderr: &str) -> String {
@@ -136,7 +107,7 @@ fn refused(config: &Path) -> String {
     );
     let checked = single_error(&stderr);
 
-    let out = run_bounded(&[cfg]);
+    let out = run_loopd(&[cfg]);
     let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
     assert_eq!(
         out.status.code(),

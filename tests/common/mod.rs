@@ -278,20 +278,39 @@ impl Drop for Loopd {
     }
 }
 
-/// Runs loopd with `args` to completion (e.g. `check`), with a timeout.
+/// Runs loopd with `args` to completion (e.g. `check`) with `RUST_LOG=info`.
 pub fn run_loopd(args: &[&str]) -> Output {
+    run_loopd_in(None, args, Some("info"))
+}
+
+/// Runs loopd with `args` in `cwd` (default: inherited) with `RUST_LOG` set
+/// to `rust_log` (`None`: unset). Kills it if it has not exited within
+/// [`TIMEOUT`]: a bug must not leave a server running.
+pub fn run_loopd_in(cwd: Option<&Path>, args: &[&str], rust_log: Option<&str>) -> Output {
     build_plugins();
-    let mut child = Command::new(loopd_bin())
-        .args(args)
-        .env("RUST_LOG", "info")
+    let mut cmd = Command::new(loopd_bin());
+    cmd.args(args)
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("starting loopd");
+        .stderr(Stdio::piped());
+    if let Some(dir) = cwd {
+        cmd.current_dir(dir);
+    }
+    match rust_log {
+        Some(v) => cmd.env("RUST_LOG", v),
+        None => cmd.env_remove("RUST_LOG"),
+    };
+    let mut child = cmd.spawn().expect("starting loopd");
     let deadline = Instant::now() + TIMEOUT;
     while child.try_wait().unwrap().is_none() {
-        assert!(Instant::now() < deadline, "loopd {args:?} did not exit");
+        if Instant::now() >= deadline {
+            let _ = child.kill();
+            let out = child.wait_with_output().unwrap();
+            panic!(
+                "loopd {args:?} did not exit within {TIMEOUT:?}; stderr:\n{}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
         std::thread::sleep(Duration::from_millis(10));
     }
     child.wait_with_output().unwrap()
