@@ -36,15 +36,16 @@ pub fn plugin_dir() -> PathBuf {
     loopd_bin().parent().unwrap().to_path_buf()
 }
 
-/// Builds the handler plugins (cdylibs) once per test binary: `cargo test`
-/// does not build them, and a leftover from an earlier build must not count.
+/// Builds every workspace member once per test binary: `cargo test` does not
+/// build the handler plugins (cdylibs), and a leftover from an earlier build
+/// must not count.
 pub fn build_plugins() {
     static BUILT: OnceLock<()> = OnceLock::new();
     BUILT.get_or_init(|| {
         let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
         let mut cmd = Command::new(cargo);
         cmd.current_dir(root())
-            .args(["build", "--quiet", "-p", "loopd-echo", "-p", "loopd-probe"]);
+            .args(["build", "--quiet", "--workspace", "--lib"]);
         if plugin_dir().ends_with("release") {
             cmd.arg("--release");
         }
