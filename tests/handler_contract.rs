@@ -235,3 +235,35 @@ fn greeting_from_config_and_shutdown_notice() {
     let mut loopd = loopd;
     assert!(loopd.wait_exit(TIMEOUT).success());
 }
+
+#[test]
+fn on_listen_reports_every_listener_before_traffic() {
+    let config = probe_config("").replace(
+        "listen = [\"tcp://127.0.0.1:0\"]",
+        "listen = [\"tcp://127.0.0.1:0\", \"unix://{dir}/p.sock\", \"udp://127.0.0.1:0\"]",
+    );
+    let loopd = Loopd::start(&config);
+    let urls = loopd.listeners.get("probe").unwrap().clone();
+    assert_eq!(urls.len(), 3, "{urls:?}");
+    let mut c = LineClient::connect(loopd.tcp("probe"));
+    assert_eq!(
+        c.cmd("listeners"),
+        format!("listeners {}", urls.join(" ")),
+        "the real bound URLs (port 0 resolved), in config order"
+    );
+}
+
+#[test]
+fn log_to_uses_the_given_target() {
+    let loopd = Loopd::start(&probe_config(""));
+    let mut c = LineClient::connect(loopd.tcp("probe"));
+    assert_eq!(c.cmd("log-to loopd::access GET / 200"), "logged");
+    assert!(
+        loopd.wait_for_log("INFO  loopd::access] GET / 200", TIMEOUT),
+        "{}",
+        loopd.logs()
+    );
+    // The ordinary log goes under the instance's own target.
+    c.send("panic");
+    assert!(loopd.wait_for_log("loopd::handler::probe] panic in on_data", TIMEOUT));
+}

@@ -500,3 +500,71 @@ plugin = "{}"
     assert_eq!(stdout, expected);
     assert!(!stderr.contains(" ERROR "), "{stderr}");
 }
+
+/// A plugin built against ABI 1.0 (smaller vtable and info, no on_listen)
+/// still loads and runs in this 1.1 host: minors only append.
+#[test]
+fn a_v1_0_plugin_runs_in_a_newer_host() {
+    let dir = TempDir::new("plugin-v1-0");
+    let src = dir.join("old.c");
+    std::fs::write(
+        &src,
+        r#"#include <string.h>
+#include "loopd.h"
+static const loopd_host_api *h;
+static int32_t create(const loopd_host_api *host, loopd_ctx *ctx, const char *name,
+                      const char *cfg, void **out, char *err, size_t cap)
+{
+    (void)ctx; (void)name; (void)cfg; (void)err; (void)cap;
+    h = host;
+    *out = NULL;
+    return LOOPD_OK;
+}
+static int32_t on_data(loopd_ctx *ctx, void *inst, uint64_t conn, void *st,
+                       const uint8_t *data, size_t len)
+{
+    (void)inst; (void)st;
+    return h->send(ctx, conn, data, len);
+}
+/* Laid out as a 1.0 plugin would be: the table ends after on_shutdown. */
+static loopd_vtable vt;
+static loopd_plugin_info info;
+const loopd_plugin_info *loopd_plugin_entry_v1(const loopd_host_api *host)
+{
+    (void)host;
+    memset(&vt, 0xAB, sizeof vt); /* bytes past the 1.0 size must never be read */
+    vt.struct_size = LOOPD_VTABLE_V1_0_SIZE;
+    vt.reserved = 0;
+    vt.create = create;
+    vt.destroy = NULL;
+    vt.on_open = NULL;
+    vt.on_data = on_data;
+    vt.on_eof = NULL;
+    vt.on_writable = NULL;
+    vt.on_close = NULL;
+    vt.on_datagram = NULL;
+    vt.on_timer = NULL;
+    vt.on_shutdown = NULL;
+    info.struct_size = LOOPD_PLUGIN_INFO_V1_0_SIZE;
+    info.abi_major = 1;
+    info.abi_minor = 0;
+    info.min_host_minor = 0;
+    info.name = "old";
+    info.version = "1.0.0";
+    info.default_framing = LOOPD_FRAMING_RAW;
+    info.vtable = &vt;
+    return &info;
+}
+"#,
+    )
+    .unwrap();
+    let so = dir.join("libold.so");
+    compile_c_plugin(&src, &so);
+    let config = format!(
+        "[[handler]]\nname = \"old\"\nplugin = \"{}\"\nlisten = [\"tcp://127.0.0.1:0\", \"udp://127.0.0.1:0\"]\n",
+        so.display()
+    );
+    let loopd = Loopd::start(&config);
+    let got = echo_roundtrip(tcp(loopd.tcp("old")), b"still works");
+    assert_eq!(got, b"still works");
+}

@@ -1,5 +1,5 @@
 /*
- * loopd.h - the loopd handler ABI, version 1.0.
+ * loopd.h - the loopd handler ABI, version 1.1.
  *
  * This header is the single source of truth for the contract between the
  * loopd runtime ("the host") and a handler plugin ("the handler"). The Rust
@@ -65,11 +65,14 @@ extern "C" {
 
 /* A major bump breaks the ABI; the entry symbol's name changes with it. */
 #define LOOPD_ABI_MAJOR 1
-/* A minor bump only appends fields and host functions. */
-#define LOOPD_ABI_MINOR 0
+/* A minor bump only appends fields, hooks and host functions.
+ * 1.1 added: loopd_host_api.log_to, loopd_vtable.on_listen,
+ *            loopd_listen_info, LOOPD_TRANSPORT_UDP. */
+#define LOOPD_ABI_MINOR 1
 
 /* Sizes of the v1.0 structs on 64-bit targets: the smallest struct_size a
- * reader accepts. They never change; later minors only append. */
+ * reader accepts. They never change; later minors only append (a 1.1 host
+ * reads a 1.0 plugin's vtable as if on_listen were NULL). */
 #define LOOPD_VTABLE_V1_0_SIZE 88
 #define LOOPD_PLUGIN_INFO_V1_0_SIZE 48
 #define LOOPD_HOST_API_V1_0_SIZE 112
@@ -126,9 +129,10 @@ extern "C" {
 #define LOOPD_AF_INET6 2
 #define LOOPD_AF_UNIX 3
 
-/* Stream transports (loopd_conn_info.transport). */
+/* Transports (loopd_conn_info.transport, loopd_listen_info.transport). */
 #define LOOPD_TRANSPORT_TCP 1
 #define LOOPD_TRANSPORT_UNIX 2
+#define LOOPD_TRANSPORT_UDP 3 /* listeners only (1.1) */
 
 /* How a connection came to be (loopd_conn_info.origin). */
 #define LOOPD_ORIGIN_ACCEPTED 1
@@ -210,6 +214,17 @@ typedef struct loopd_conn_info {
     const char *endpoint;
 } loopd_conn_info;
 
+/* A listener (stream) or datagram socket of the instance, passed to
+ * on_listen (1.1). Extensible. Borrowed for the duration of the call. */
+typedef struct loopd_listen_info {
+    uint32_t struct_size;
+    uint32_t transport; /* LOOPD_TRANSPORT_* */
+    loopd_addr local;   /* the bound address (AF_UNIX for unix sockets) */
+    /* The URL actually bound (a port of 0 replaced by the real one),
+     * NUL-terminated UTF-8. Never NULL. */
+    const char *url;
+} loopd_listen_info;
+
 /* Functions the host implements. The table is static in the host and valid
  * for the life of the process. Extensible: check struct_size (or
  * abi_minor) before using a function added after 1.0. */
@@ -278,6 +293,14 @@ typedef struct loopd_host_api {
 
     /* A static, NUL-terminated description of a status code. */
     const char *(*status_str)(int32_t status);
+
+    /* --- 1.1 --- */
+
+    /* Like log, under an explicit log target (NUL-terminated, e.g.
+     * "loopd::access"; NULL means the instance's own target). Any thread,
+     * while the instance exists. */
+    void (*log_to)(loopd_ctx *ctx, uint32_t level, const char *target,
+                   const char *msg, size_t len);
 } loopd_host_api;
 
 /* Hooks the handler implements. Every pointer may be NULL ("not
@@ -346,6 +369,15 @@ typedef struct loopd_vtable {
     /* loopd is shutting down: listeners are closed and open connections
      * get shutdown_timeout_ms to finish. Close idle connections here. */
     void (*on_shutdown)(loopd_ctx *ctx, void *instance);
+
+    /* --- 1.1 --- */
+
+    /* One call per listener of the instance, once all listeners are open
+     * and before any connection or datagram is delivered. For a datagram
+     * listener (LOOPD_TRANSPORT_UDP), `listener` is the socket id to pass to
+     * send_datagram: a handler can send before it has received anything. */
+    void (*on_listen)(loopd_ctx *ctx, void *instance, uint64_t listener,
+                      const loopd_listen_info *info);
 } loopd_vtable;
 
 /* What loopd_plugin_entry_v1 returns. Must stay valid for the life of the

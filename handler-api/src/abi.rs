@@ -14,7 +14,7 @@ use core::ffi::{c_char, c_void};
 /// Major version of the ABI. A major bump renames the entry symbol.
 pub const LOOPD_ABI_MAJOR: u32 = 1;
 /// Minor version of the ABI. A minor bump only appends fields and functions.
-pub const LOOPD_ABI_MINOR: u32 = 0;
+pub const LOOPD_ABI_MINOR: u32 = 1;
 /// The one symbol a plugin exports, NUL-terminated.
 pub const LOOPD_ENTRY_SYMBOL: &[u8] = b"loopd_plugin_entry_v1\0";
 
@@ -54,6 +54,8 @@ pub const LOOPD_AF_UNIX: u16 = 3;
 pub const LOOPD_TRANSPORT_TCP: u32 = 1;
 /// Stream transport: Unix-domain stream socket.
 pub const LOOPD_TRANSPORT_UNIX: u32 = 2;
+/// Datagram transport: UDP (listeners only; since 1.1).
+pub const LOOPD_TRANSPORT_UDP: u32 = 3;
 
 /// The connection was accepted by a listener.
 pub const LOOPD_ORIGIN_ACCEPTED: u32 = 1;
@@ -160,6 +162,20 @@ pub struct loopd_conn_info {
     pub endpoint: *const c_char,
 }
 
+/// A listener or datagram socket, passed to `on_listen` (since 1.1).
+#[repr(C)]
+#[derive(Debug, Clone, Copy)]
+pub struct loopd_listen_info {
+    /// `size_of::<loopd_listen_info>()` as the host knows it.
+    pub struct_size: u32,
+    /// `LOOPD_TRANSPORT_*`.
+    pub transport: u32,
+    /// The bound address.
+    pub local: loopd_addr,
+    /// The URL actually bound, NUL-terminated, never NULL.
+    pub url: *const c_char,
+}
+
 /// `loopd_host_api.log`.
 pub type loopd_log_fn = unsafe extern "C" fn(*mut loopd_ctx, u32, *const c_char, usize);
 /// `loopd_host_api.send`.
@@ -184,6 +200,9 @@ pub type loopd_now_ms_fn = unsafe extern "C" fn(*mut loopd_ctx) -> u64;
 pub type loopd_output_queued_fn = unsafe extern "C" fn(*mut loopd_ctx, u64, *mut usize) -> i32;
 /// `loopd_host_api.status_str`.
 pub type loopd_status_str_fn = unsafe extern "C" fn(i32) -> *const c_char;
+/// `loopd_host_api.log_to` (since 1.1).
+pub type loopd_log_to_fn =
+    unsafe extern "C" fn(*mut loopd_ctx, u32, *const c_char, *const c_char, usize);
 
 /// Functions the host implements. See `loopd.h` for each contract.
 #[repr(C)]
@@ -221,6 +240,8 @@ pub struct loopd_host_api {
     pub output_queued: Option<loopd_output_queued_fn>,
     /// Describe a status code.
     pub status_str: Option<loopd_status_str_fn>,
+    /// Log under an explicit target (since 1.1).
+    pub log_to: Option<loopd_log_to_fn>,
 }
 
 // SAFETY: the host table is immutable static data (function pointers and a
@@ -267,6 +288,9 @@ pub type loopd_on_datagram_fn =
 pub type loopd_on_timer_fn = unsafe extern "C" fn(*mut loopd_ctx, *mut c_void, u64, u64);
 /// `loopd_vtable.on_shutdown`.
 pub type loopd_on_shutdown_fn = unsafe extern "C" fn(*mut loopd_ctx, *mut c_void);
+/// `loopd_vtable.on_listen` (since 1.1).
+pub type loopd_on_listen_fn =
+    unsafe extern "C" fn(*mut loopd_ctx, *mut c_void, u64, *const loopd_listen_info);
 
 /// Hooks the handler implements; `None` means "not interested".
 #[repr(C)]
@@ -296,6 +320,8 @@ pub struct loopd_vtable {
     pub on_timer: Option<loopd_on_timer_fn>,
     /// loopd is shutting down.
     pub on_shutdown: Option<loopd_on_shutdown_fn>,
+    /// A listener is open (since 1.1).
+    pub on_listen: Option<loopd_on_listen_fn>,
 }
 
 impl loopd_vtable {
@@ -313,6 +339,7 @@ impl loopd_vtable {
         on_datagram: None,
         on_timer: None,
         on_shutdown: None,
+        on_listen: None,
     };
 }
 

@@ -233,6 +233,29 @@ impl Ctx {
         unsafe { f(self.raw, level as u32, text.as_ptr().cast(), text.len()) }
     }
 
+    /// Logs `msg` under an explicit log target such as `loopd::access`, so
+    /// operators can filter it with `RUST_LOG`. On a host older than ABI 1.1
+    /// this falls back to [`Ctx::log`] (the instance's own target).
+    pub fn log_to(&self, level: Level, target: &str, msg: impl fmt::Display) {
+        let Some(f) = self.host().log_to else {
+            return self.log(level, msg);
+        };
+        let Ok(target) = CString::new(target) else {
+            return self.log(level, msg);
+        };
+        let text = msg.to_string();
+        // SAFETY: `target` is NUL-terminated and `text` valid for its length, for the call.
+        unsafe {
+            f(
+                self.raw,
+                level as u32,
+                target.as_ptr(),
+                text.as_ptr().cast(),
+                text.len(),
+            )
+        }
+    }
+
     /// Logs at [`Level::Error`].
     pub fn error(&self, msg: impl fmt::Display) {
         self.log(Level::Error, msg)

@@ -12,7 +12,7 @@ use crate::abi::{
     self, loopd_conn_info, loopd_ctx, loopd_host_api, loopd_plugin_info, loopd_vtable,
 };
 use crate::types::{
-    ConnId, ConnInfo, EofAction, Framing, Level, Origin, SocketId, TimerId, Transport,
+    ConnId, ConnInfo, EofAction, Framing, Level, ListenInfo, Origin, SocketId, TimerId, Transport,
 };
 use crate::{CloseReason, Ctx, Handler};
 
@@ -44,6 +44,7 @@ pub const fn vtable<H: Handler>() -> loopd_vtable {
         on_datagram: Some(on_datagram::<H>),
         on_timer: Some(on_timer::<H>),
         on_shutdown: Some(on_shutdown::<H>),
+        on_listen: Some(on_listen::<H>),
     }
 }
 
@@ -235,6 +236,7 @@ fn conn_info(info: &loopd_conn_info) -> ConnInfo<'_> {
         transport: match info.transport {
             abi::LOOPD_TRANSPORT_TCP => Transport::Tcp,
             abi::LOOPD_TRANSPORT_UNIX => Transport::Unix,
+            abi::LOOPD_TRANSPORT_UDP => Transport::Udp,
             other => Transport::Other(other),
         },
         origin: match info.origin {
@@ -450,4 +452,37 @@ unsafe extern "C" fn on_shutdown<H: Handler>(raw: *mut loopd_ctx, inst: *mut c_v
     let ctx = inst.ctx(raw);
     let handler = &mut inst.handler;
     guard(&ctx, "on_shutdown", (), || handler.on_shutdown(&ctx))
+}
+
+unsafe extern "C" fn on_listen<H: Handler>(
+    raw: *mut loopd_ctx,
+    inst: *mut c_void,
+    listener: u64,
+    info: *const abi::loopd_listen_info,
+) {
+    // SAFETY: the host passes the pointer create produced.
+    let Some(inst) = (unsafe { instance::<H>(inst) }) else {
+        return;
+    };
+    // SAFETY: the host lends a valid info for the call.
+    let Some(info) = (unsafe { info.as_ref() }) else {
+        return;
+    };
+    let transport = match info.transport {
+        abi::LOOPD_TRANSPORT_TCP => Transport::Tcp,
+        abi::LOOPD_TRANSPORT_UNIX => Transport::Unix,
+        abi::LOOPD_TRANSPORT_UDP => Transport::Udp,
+        other => Transport::Other(other),
+    };
+    let url = cstr(info.url).unwrap_or("");
+    let listen = ListenInfo {
+        transport,
+        local: info.local.to_socket_addr(),
+        url,
+    };
+    let ctx = inst.ctx(raw);
+    let handler = &mut inst.handler;
+    guard(&ctx, "on_listen", (), || {
+        handler.on_listen(&ctx, SocketId::from_raw(listener), &listen)
+    })
 }

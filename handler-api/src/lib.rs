@@ -56,8 +56,8 @@ mod types;
 
 pub use ctx::Ctx;
 pub use types::{
-    CloseMode, CloseReason, ConnId, ConnInfo, EofAction, Error, Framing, Level, Origin, SocketId,
-    TimerId, Transport,
+    CloseMode, CloseReason, ConnId, ConnInfo, EofAction, Error, Framing, Level, ListenInfo, Origin,
+    SocketId, TimerId, Transport,
 };
 
 use std::net::SocketAddr;
@@ -147,6 +147,13 @@ pub trait Handler: Sized + 'static {
     /// `shutdown_timeout_ms` to finish. Close idle connections here.
     fn on_shutdown(&mut self, ctx: &Ctx) {
         let _ = ctx;
+    }
+
+    /// One call per listener of the instance, once all are open and before
+    /// any traffic. For a UDP listener, `listener` is the socket to pass to
+    /// [`Ctx::send_datagram`]. Not called by a host older than ABI 1.1.
+    fn on_listen(&mut self, ctx: &Ctx, listener: SocketId, info: &ListenInfo<'_>) {
+        let _ = (ctx, listener, info);
     }
 }
 

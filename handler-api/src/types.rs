@@ -240,6 +240,8 @@ pub enum Transport {
     Tcp,
     /// A Unix-domain stream socket.
     Unix,
+    /// UDP (listeners only).
+    Udp,
     /// A transport this version does not know.
     Other(u32),
 }
@@ -271,6 +273,17 @@ pub struct ConnInfo<'a> {
     pub local: Option<SocketAddr>,
     /// The listener URL, or the `connect` target.
     pub endpoint: &'a str,
+}
+
+/// A listener of the instance, given to [`crate::Handler::on_listen`].
+#[derive(Debug, Clone)]
+pub struct ListenInfo<'a> {
+    /// TCP, Unix or UDP.
+    pub transport: Transport,
+    /// The bound address (`None` for Unix-domain sockets).
+    pub local: Option<SocketAddr>,
+    /// The URL actually bound, e.g. `udp://127.0.0.1:7002`.
+    pub url: &'a str,
 }
 
 /// Severity of a message logged through [`crate::Ctx::log`].

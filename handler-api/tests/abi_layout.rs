@@ -93,13 +93,15 @@ abi_structs! {
     loopd_bytes { ptr, len }
     loopd_addr { family, port, scope_id, ip }
     loopd_conn_info { struct_size, transport, origin, framing, peer, local, endpoint }
+    loopd_listen_info { struct_size, transport, local, url }
     loopd_host_api {
         struct_size, abi_major, abi_minor, reserved, version, log, send, sendv, close,
         send_datagram, timer_set, timer_cancel, connect, now_ms, output_queued, status_str,
+        log_to,
     }
     loopd_vtable {
         struct_size, reserved, create, destroy, on_open, on_data, on_eof, on_writable,
-        on_close, on_datagram, on_timer, on_shutdown,
+        on_close, on_datagram, on_timer, on_shutdown, on_listen,
     }
     loopd_plugin_info {
         struct_size, abi_major, abi_minor, min_host_minor, name, version, default_framing,
@@ -136,6 +138,7 @@ abi_consts! {
     LOOPD_AF_UNIX,
     LOOPD_TRANSPORT_TCP,
     LOOPD_TRANSPORT_UNIX,
+    LOOPD_TRANSPORT_UDP,
     LOOPD_ORIGIN_ACCEPTED,
     LOOPD_ORIGIN_CONNECTED,
     LOOPD_FRAMING_DEFAULT,

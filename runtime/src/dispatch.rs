@@ -6,17 +6,17 @@
 //! connection is released only after its `on_close`, so an id stays valid
 //! (and stale afterwards) exactly as the ABI promises.
 
-use std::ffi::c_void;
+use std::ffi::{c_void, CString};
 use std::io;
 use std::os::fd::AsRawFd;
 use std::time::Instant;
 
-use loopd_handler_api::abi::{self, loopd_conn_info};
+use loopd_handler_api::abi::{self, loopd_conn_info, loopd_listen_info};
 
 use crate::config::FramingKind;
 use crate::conn::{next_frame, Next, Phase};
 use crate::event_loop::Ready;
-use crate::state::{Deferred, Source};
+use crate::state::{Bound, Deferred, Source};
 use crate::sys;
 use crate::timer::TimerKind;
 use crate::Runtime;
@@ -95,6 +95,23 @@ impl Runtime {
             // SAFETY: checked plugin vtable; plain values; last call for `state`.
             unsafe { f(i.ctx.as_raw(), i.ptr, id, state, reason) }
         }
+    }
+
+    /// Tells the owning instance about a listener (`on_listen`, ABI 1.1).
+    pub(crate) fn announce_listener(&self, b: &Bound) {
+        let i = &self.instances[b.instance];
+        let Some(f) = i.plugin.vtable.on_listen else {
+            return;
+        };
+        let url = CString::new(b.url.as_str()).unwrap_or_default();
+        let info = loopd_listen_info {
+            struct_size: std::mem::size_of::<loopd_listen_info>() as u32,
+            transport: b.transport,
+            local: b.local,
+            url: url.as_ptr(),
+        };
+        // SAFETY: checked plugin vtable; `info` and `url` are valid for the call.
+        unsafe { f(i.ctx.as_raw(), i.ptr, b.id, &info) };
     }
 
     // ---------------------------------------------------------------------

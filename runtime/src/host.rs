@@ -103,16 +103,45 @@ unsafe extern "C" fn host_log(ctx: *mut loopd_ctx, level: u32, msg: *const c_cha
     let Some(text) = (unsafe { bytes(msg.cast(), len) }) else {
         return;
     };
-    let level = match level {
+    let level = log_level(level);
+    let _ = catch_unwind(AssertUnwindSafe(|| {
+        log::log!(target: hc.log_target.as_str(), level, "{}", String::from_utf8_lossy(text));
+    }));
+}
+
+unsafe extern "C" fn host_log_to(
+    ctx: *mut loopd_ctx,
+    level: u32,
+    target: *const c_char,
+    msg: *const c_char,
+    len: usize,
+) {
+    if ctx.is_null() {
+        return;
+    }
+    if target.is_null() {
+        // SAFETY: forwarded: the caller's pointers are valid for the call.
+        return unsafe { host_log(ctx, level, msg, len) };
+    }
+    // SAFETY: the caller lends a NUL-terminated target for the call.
+    let target = unsafe { CStr::from_ptr(target) }.to_string_lossy();
+    // SAFETY: the caller lends `len` bytes at `msg` for the call.
+    let Some(text) = (unsafe { bytes(msg.cast(), len) }) else {
+        return;
+    };
+    let _ = catch_unwind(AssertUnwindSafe(|| {
+        log::log!(target: &target, log_level(level), "{}", String::from_utf8_lossy(text));
+    }));
+}
+
+fn log_level(level: u32) -> log::Level {
+    match level {
         abi::LOOPD_LOG_ERROR => log::Level::Error,
         abi::LOOPD_LOG_WARN => log::Level::Warn,
         abi::LOOPD_LOG_INFO => log::Level::Info,
         abi::LOOPD_LOG_DEBUG => log::Level::Debug,
         _ => log::Level::Trace,
-    };
-    let _ = catch_unwind(AssertUnwindSafe(|| {
-        log::log!(target: hc.log_target.as_str(), level, "{}", String::from_utf8_lossy(text));
-    }));
+    }
 }
 
 unsafe extern "C" fn host_send(ctx: *mut loopd_ctx, conn: u64, data: *const u8, len: usize) -> i32 {
@@ -306,6 +335,7 @@ static HOST_API: HostTable = HostTable(loopd_host_api {
     now_ms: Some(host_now_ms),
     output_queued: Some(host_output_queued),
     status_str: Some(host_status_str),
+    log_to: Some(host_log_to),
 });
 
 /// The host table every plugin receives. Static: valid for the whole process.

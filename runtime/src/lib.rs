@@ -391,7 +391,7 @@ impl Builder {
             let mut bound = Vec::new();
             for (index, h) in config.handlers.iter().enumerate() {
                 for addr in &h.listen {
-                    let url = rt
+                    let b = rt
                         .core
                         .borrow_mut()
                         .add_listener(addr, index)
@@ -400,15 +400,19 @@ impl Builder {
                             listener: addr.to_string(),
                             source,
                         })?;
-                    bound.push((h.name.clone(), url));
+                    bound.push(b);
                 }
             }
             // Only once every listener is open: nothing is reported as
             // listening by a loopd that is about to exit.
-            for (name, url) in bound {
-                log::info!("{name} listening on {url}");
-                rt.listeners.push(url);
+            for b in &bound {
+                log::info!("{} listening on {}", rt.instances[b.instance].name, b.url);
+                rt.listeners.push(b.url.clone());
             }
+            for b in &bound {
+                rt.announce_listener(b);
+            }
+            rt.drain_pending();
         }
 
         if self.signals {

@@ -48,6 +48,16 @@ pub(crate) struct Datagram {
     pub(crate) dropped: u64,
 }
 
+/// A listener that was opened, as `on_listen` reports it.
+#[derive(Debug, Clone)]
+pub(crate) struct Bound {
+    pub(crate) id: u64,
+    pub(crate) instance: usize,
+    pub(crate) transport: u32,
+    pub(crate) local: abi::loopd_addr,
+    pub(crate) url: String,
+}
+
 /// Work for the dispatcher, queued by code that must not run hooks.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Deferred {
@@ -233,28 +243,41 @@ impl Core {
     // Listeners and sockets
     // ---------------------------------------------------------------------
 
-    pub(crate) fn add_listener(
-        &mut self,
-        addr: &ListenAddr,
-        instance: usize,
-    ) -> io::Result<String> {
+    /// Opens a listener (or UDP socket) for `instance`; returns what
+    /// `on_listen` reports about it.
+    pub(crate) fn add_listener(&mut self, addr: &ListenAddr, instance: usize) -> io::Result<Bound> {
         if let ListenAddr::Udp(sa) = addr {
             let sock = UdpSocket::bind(sa)?;
             sock.set_nonblocking(true)?;
-            let url = format!("udp://{}", sock.local_addr()?);
+            let local = sock.local_addr()?;
+            let url = format!("udp://{local}");
             let d = Datagram {
                 sock,
                 instance,
                 dropped: 0,
             };
-            self.register(Source::Datagram(d), true, false)?;
-            return Ok(url);
+            let id = self.register(Source::Datagram(d), true, false)?;
+            return Ok(Bound {
+                id,
+                instance,
+                transport: abi::LOOPD_TRANSPORT_UDP,
+                local: abi::loopd_addr::from_socket_addr(local),
+                url,
+            });
         }
         self.check_own_listeners(addr)?;
         let l = Listener::open(addr, instance)?;
         let url = l.url_str().to_string();
-        self.register(Source::Listener(l), true, false)?;
-        Ok(url)
+        let transport = l.transport;
+        let local = sys::local_addr(l.fd.as_raw_fd());
+        let id = self.register(Source::Listener(l), true, false)?;
+        Ok(Bound {
+            id,
+            instance,
+            transport,
+            local,
+            url,
+        })
     }
 
     /// A listener of this very config already holds `addr` (the same socket
