@@ -168,16 +168,28 @@ unsafe extern "C" fn host_sendv(
     }
     // SAFETY: the caller lends `count` parts for the call.
     let raw = unsafe { std::slice::from_raw_parts(parts, count) };
-    let mut slices: Vec<&[u8]> = Vec::with_capacity(count);
-    for p in raw {
+    // A few parts (the common case: header + payload) need no allocation.
+    const INLINE: usize = 8;
+    let mut inline: [&[u8]; INLINE] = [&[]; INLINE];
+    let mut heap: Vec<&[u8]> = Vec::new();
+    for (i, p) in raw.iter().enumerate() {
         // SAFETY: each part lends `len` bytes at `ptr` for the call.
-        match unsafe { bytes(p.ptr, p.len) } {
-            Some(s) => slices.push(s),
-            None => return abi::LOOPD_ERR_INVALID,
+        let Some(part) = (unsafe { bytes(p.ptr, p.len) }) else {
+            return abi::LOOPD_ERR_INVALID;
+        };
+        if count <= INLINE {
+            inline[i] = part;
+        } else {
+            heap.push(part);
         }
     }
+    let slices: &[&[u8]] = if count <= INLINE {
+        &inline[..count]
+    } else {
+        &heap
+    };
     // SAFETY: `ctx` comes from the runtime.
-    unsafe { with_core(ctx, |core, inst| core.send(inst, conn, &slices)) }
+    unsafe { with_core(ctx, |core, inst| core.send(inst, conn, slices)) }
 }
 
 unsafe extern "C" fn host_close(ctx: *mut loopd_ctx, conn: u64, mode: u32) -> i32 {

@@ -506,12 +506,15 @@ impl Core {
             let result = if parts.len() == 1 {
                 sys::send(fd, parts[0])
             } else {
-                let iov: Vec<std::io::IoSlice<'_>> = parts
-                    .iter()
-                    .filter(|p| !p.is_empty())
-                    .map(|p| std::io::IoSlice::new(p))
-                    .collect();
-                sys::sendv(fd, &iov)
+                // Up to 8 parts on the stack; sendv writes at most that many
+                // at once anyway, and queues the rest below.
+                let mut iov = [std::io::IoSlice::new(&[]); 8];
+                let mut n = 0;
+                for p in parts.iter().filter(|p| !p.is_empty()).take(iov.len()) {
+                    iov[n] = std::io::IoSlice::new(p);
+                    n += 1;
+                }
+                sys::sendv(fd, &iov[..n])
             };
             match result {
                 Ok(n) => written = n,
