@@ -16,7 +16,9 @@
     unreachable_pub
 )]
 
+mod chat;
 mod echo;
+mod http;
 mod peers;
 mod procfs;
 mod results;
@@ -56,7 +58,7 @@ pub struct Ctx {
 }
 
 /// The benchmarks, in run order.
-const BENCHES: &[&str] = &["echo"];
+const BENCHES: &[&str] = &["echo", "http", "chat"];
 
 const USAGE: &str = "usage: loopd-bench <all|smoke|report|echo|http|chat|idle|udp|startup> [--rounds N] [--secs S] [--out FILE]
 
@@ -202,7 +204,7 @@ fn real_main() -> Result<()> {
         println!("\n=== {name} ===");
         let bench = run_bench(&ctx, name).with_context(|| format!("benchmark `{name}`"))?;
         if let Some(why) = &bench.skipped {
-            println!("!!! {name}: SKIPPED: {why}");
+            println!("\n!!! {name}: loopd SKIPPED: {why}\n");
         }
         results.benches.push(bench);
         results.meta.load_after = procfs::loadavg();
@@ -217,6 +219,8 @@ fn real_main() -> Result<()> {
 fn run_bench(ctx: &Ctx, name: &str) -> Result<Bench> {
     match name {
         "echo" => echo::bench(ctx),
+        "http" => http::bench(ctx),
+        "chat" => chat::bench(ctx),
         other => bail!("no benchmark named {other}"),
     }
 }

@@ -38,11 +38,17 @@ pub fn echo_config(port: u16) -> String {
 
 /// Starts the `loopd` binary on `config` (plugins found next to it).
 pub fn loopd(ctx: &Ctx, name: &str, config: &str) -> Result<Server> {
+    loopd_with_env(ctx, name, config, &[])
+}
+
+/// [`loopd`] with extra environment variables (e.g. `RUST_LOG`).
+pub fn loopd_with_env(ctx: &Ctx, name: &str, config: &str, env: &[(&str, &str)]) -> Result<Server> {
     let path = write_file(&ctx.work, &format!("{name}.toml"), config)?;
-    Server::spawn(
+    Server::spawn_env(
         name,
         &ctx.bin.join("loopd"),
         &[path.display().to_string()],
+        env,
         &ctx.work.join(format!("{name}.log")),
     )
 }

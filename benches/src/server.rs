@@ -49,6 +49,17 @@ impl Server {
     /// Starts `program args` pinned to [`SERVER_CORE`] with `taskset`,
     /// stdout and stderr going to `log`.
     pub fn spawn(name: &str, program: &Path, args: &[String], log: &Path) -> Result<Server> {
+        Server::spawn_env(name, program, args, &[], log)
+    }
+
+    /// [`Server::spawn`] with extra environment variables.
+    pub fn spawn_env(
+        name: &str,
+        program: &Path,
+        args: &[String],
+        env: &[(&str, &str)],
+        log: &Path,
+    ) -> Result<Server> {
         let out = File::create(log).with_context(|| format!("creating {}", log.display()))?;
         let err = out.try_clone()?;
         let mut cmd = Command::new("taskset");
@@ -56,6 +67,7 @@ impl Server {
             .arg(SERVER_CORE.to_string())
             .arg(program)
             .args(args)
+            .envs(env.iter().copied())
             .stdin(Stdio::null())
             .stdout(out)
             .stderr(err);
