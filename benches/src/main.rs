@@ -19,12 +19,15 @@
 mod chat;
 mod echo;
 mod http;
+mod idle;
 mod peers;
 mod procfs;
 mod results;
 mod server;
 mod setup;
+mod startup;
 mod stats;
+mod udp;
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -58,7 +61,7 @@ pub struct Ctx {
 }
 
 /// The benchmarks, in run order.
-const BENCHES: &[&str] = &["echo", "http", "chat"];
+const BENCHES: &[&str] = &["echo", "http", "chat", "idle", "udp", "startup"];
 
 const USAGE: &str = "usage: loopd-bench <all|smoke|report|echo|http|chat|idle|udp|startup> [--rounds N] [--secs S] [--out FILE]
 
@@ -221,6 +224,9 @@ fn run_bench(ctx: &Ctx, name: &str) -> Result<Bench> {
         "echo" => echo::bench(ctx),
         "http" => http::bench(ctx),
         "chat" => chat::bench(ctx),
+        "idle" => idle::bench(ctx),
+        "udp" => udp::bench(ctx),
+        "startup" => startup::bench(ctx),
         other => bail!("no benchmark named {other}"),
     }
 }

@@ -1,0 +1,237 @@
+//! Benchmark 5, UDP relay: loopd's udp-broadcast handler against a C
+//! `recvfrom`/`sendto` relay, on loopback.
+//!
+//! The load generator (one thread) sends datagrams to the relay from one
+//! socket and receives the relayed copies on another, keeping `WINDOW`
+//! datagrams in flight (closed loop). Each datagram carries its sequence
+//! number and a pattern; every copy is checked byte for byte. Blocking
+//! sockets with a receive timeout are the cheapest client here (one syscall
+//! per datagram each way), which keeps the client from saturating first.
+
+use std::collections::BTreeMap;
+use std::net::{SocketAddr, UdpSocket};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context, Result};
+
+use crate::http::handler_built;
+use crate::results::{Bench, Case};
+use crate::server::{free_udp_port, CpuProbe, Server};
+use crate::{peers, Ctx};
+
+/// Datagrams in flight.
+pub const WINDOW: u64 = 64;
+/// How long a missing datagram is waited for before it counts as lost.
+const LOSS_TIMEOUT: Duration = Duration::from_millis(200);
+
+fn fill(buf: &mut [u8], seq: u64) {
+    for (i, b) in buf.iter_mut().enumerate() {
+        *b = (i as u64).wrapping_mul(7).wrapping_add(seq) as u8;
+    }
+    buf[..8].copy_from_slice(&seq.to_be_bytes());
+}
+
+/// The client's two sockets: `tx` sends to the relay, `rx` is the relay's target.
+#[derive(Debug)]
+pub struct Client {
+    tx: UdpSocket,
+    rx: UdpSocket,
+}
+
+impl Client {
+    /// Binds the target socket (on `target_port`) and the sending socket.
+    pub fn new(relay: SocketAddr, target_port: u16) -> Result<Client> {
+        let rx = UdpSocket::bind(("127.0.0.1", target_port))
+            .with_context(|| format!("binding the relay target 127.0.0.1:{target_port}"))?;
+        rx.set_read_timeout(Some(LOSS_TIMEOUT))?;
+        let tx = UdpSocket::bind("127.0.0.1:0")?;
+        tx.connect(relay)?;
+        Ok(Client { tx, rx })
+    }
+
+    /// Checks relaying one datagram at a time, sizes 1 to 1472 bytes.
+    pub fn verify(&self) -> Result<()> {
+        let mut back = vec![0u8; 2048];
+        for (k, size) in [8usize, 64, 512, 1024, 1472].into_iter().enumerate() {
+            let mut msg = vec![0u8; size];
+            fill(&mut msg, 1_000_000 + k as u64);
+            let mut tries = 0;
+            loop {
+                self.tx.send(&msg)?;
+                match self.rx.recv_from(&mut back) {
+                    Ok((n, _)) if back[..n] == msg[..] => break,
+                    Ok((n, _)) => bail!("a {size}-byte datagram came back as {n} different bytes"),
+                    Err(_) if tries < 10 => tries += 1,
+                    Err(e) => bail!("a {size}-byte datagram was never relayed: {e}"),
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Closed loop for `duration`; returns (relayed, lost, elapsed).
+    pub fn run(
+        &self,
+        size: usize,
+        duration: Duration,
+        mark: &mut dyn FnMut(bool) -> Result<()>,
+    ) -> Result<(u64, u64, Duration)> {
+        let mut msg = vec![0u8; size.max(8)];
+        let mut back = vec![0u8; 65536];
+        let mut next_send: u64 = 0;
+        let mut next_recv: u64 = 0;
+        let mut relayed = 0u64;
+        let mut lost = 0u64;
+        mark(true)?;
+        let t0 = Instant::now();
+        let stop_at = t0 + duration;
+        let hard = stop_at + Duration::from_secs(10);
+        let mut last = t0;
+        loop {
+            let sending = Instant::now() < stop_at;
+            while sending && next_send - next_recv < WINDOW {
+                fill(&mut msg, next_send);
+                self.tx.send(&msg)?;
+                next_send += 1;
+            }
+            if next_recv == next_send {
+                break;
+            }
+            if Instant::now() > hard {
+                bail!("udp: still waiting 10 s after the run");
+            }
+            match self.rx.recv_from(&mut back) {
+                Ok((n, _)) => {
+                    if n < 8 {
+                        bail!("udp: a {n}-byte datagram came back");
+                    }
+                    let seq = u64::from_be_bytes(back[..8].try_into().expect("8 bytes"));
+                    if seq < next_recv || seq >= next_send {
+                        bail!("udp: datagram {seq} duplicated or out of order (expecting {next_recv})");
+                    }
+                    fill(&mut msg, seq);
+                    if n != msg.len() || back[..n] != msg[..] {
+                        bail!("udp: datagram {seq} came back different");
+                    }
+                    lost += seq - next_recv;
+                    next_recv = seq + 1;
+                    relayed += 1;
+                    last = Instant::now();
+                }
+                Err(e)
+                    if matches!(
+                        e.kind(),
+                        std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                    ) =>
+                {
+                    // Whatever is still in flight is gone.
+                    lost += next_send - next_recv;
+                    next_recv = next_send;
+                }
+                Err(e) => return Err(e).context("receiving"),
+            }
+        }
+        mark(false)?;
+        Ok((relayed, lost, last.duration_since(t0)))
+    }
+}
+
+/// Starts the C relay forwarding to 127.0.0.1:`target`.
+pub fn start_c_relay(ctx: &Ctx, target: u16) -> Result<(Server, SocketAddr)> {
+    let port = free_udp_port()?;
+    let s = Server::spawn(
+        "c-relay",
+        &ctx.peers.join("udp_relay"),
+        &[port.to_string(), "127.0.0.1".into(), target.to_string()],
+        &ctx.work.join("udp_relay.log"),
+    )?;
+    Ok((s, SocketAddr::from(([127, 0, 0, 1], port))))
+}
+
+/// Starts loopd's udp-broadcast relaying to 127.0.0.1:`target`. The rate
+/// limit is raised out of the way (1M/s per source); the other protections
+/// keep their defaults.
+pub fn start_loopd_relay(ctx: &Ctx, target: u16) -> Result<(Server, SocketAddr)> {
+    let port = free_udp_port()?;
+    let config = format!(
+        "{}[[handler]]\nname = \"relay\"\nplugin = \"udp-broadcast\"\nlisten = [\"udp://127.0.0.1:{port}\"]\n[handler.config]\nbroadcast_to = [\"127.0.0.1:{target}\"]\nrate_per_source = 1000000\nburst = 1000000\n",
+        peers::RUNTIME_TABLE
+    );
+    let s = peers::loopd(ctx, "loopd-udp", &config)?;
+    Ok((s, SocketAddr::from(([127, 0, 0, 1], port))))
+}
+
+/// Runs the whole UDP benchmark.
+pub fn bench(ctx: &Ctx) -> Result<Bench> {
+    let mut bench = Bench {
+        id: "udp".into(),
+        ..Bench::default()
+    };
+    let mut relays: Vec<(String, Server, Client)> = Vec::new();
+    bench.skipped = handler_built(ctx, "udp-broadcast");
+    if bench.skipped.is_none() {
+        let target = free_udp_port()?;
+        let (s, a) = start_loopd_relay(ctx, target)?;
+        relays.push(("loopd".into(), s, Client::new(a, target)?));
+    }
+    let target = free_udp_port()?;
+    let (s, a) = start_c_relay(ctx, target)?;
+    relays.push(("c-relay".into(), s, Client::new(a, target)?));
+    for (name, server, client) in relays.iter_mut() {
+        // The relay may still be binding: verify retries each datagram.
+        std::thread::sleep(Duration::from_millis(100));
+        server.check_alive()?;
+        client
+            .verify()
+            .with_context(|| format!("{name} failed the relay check"))?;
+        println!("udp: {name} passed the correctness check");
+    }
+    if !ctx.warmup.is_zero() {
+        for (name, server, client) in relays.iter_mut() {
+            let mut probe = CpuProbe::new(server);
+            client
+                .run(64, ctx.warmup, &mut |s| probe.mark(s))
+                .with_context(|| format!("{name} warm-up"))?;
+        }
+    }
+    for size in [64usize, 1024] {
+        let mut case = Case {
+            label: format!("{size} B"),
+            params: [("size".into(), size as f64)].into(),
+            peers: Vec::new(),
+        };
+        for round in 0..ctx.rounds {
+            for (name, server, client) in relays.iter_mut() {
+                let mut probe = CpuProbe::new(server);
+                let (relayed, lost, elapsed) = client
+                    .run(size, ctx.run, &mut |s| probe.mark(s))
+                    .with_context(|| format!("udp {name} {size} B"))?;
+                let (cpu, wall) = probe.result(ctx.tck);
+                if relayed == 0 {
+                    bail!("udp {name}: nothing was relayed");
+                }
+                let mut m = BTreeMap::new();
+                m.insert("ops_per_s".into(), relayed as f64 / elapsed.as_secs_f64());
+                m.insert("cpu_us_per_op".into(), cpu * 1e6 / relayed as f64);
+                m.insert("busy".into(), cpu / wall);
+                m.insert("loss".into(), lost as f64);
+                println!(
+                    "udp {size:>5} B round {}/{} {:>8}: {:>9.0} datagrams/s  {:>6.2} µs cpu/datagram  busy {:>3.0}%  lost {lost}",
+                    round + 1,
+                    ctx.rounds,
+                    name,
+                    m["ops_per_s"],
+                    m["cpu_us_per_op"],
+                    m["busy"] * 100.0
+                );
+                case.push(name, m);
+            }
+        }
+        bench.cases.push(case);
+    }
+    for (_, server, _) in relays.iter_mut() {
+        server.check_alive()?;
+        server.stop();
+    }
+    Ok(bench)
+}
