@@ -138,6 +138,7 @@ fn parse_resp(buf: &[u8]) -> Result<Option<(Frame<'_>, usize)>> {
         Some(b'*') => {
             let n = resp_int(&head[1..])?;
             let mut items: [&[u8]; 3] = [&[]; 3];
+            #[allow(clippy::needless_range_loop)] // k also counts items past the third
             for k in 0..n as usize {
                 let Some((h, next)) = resp_line(buf, at) else {
                     return Ok(None);
@@ -374,7 +375,7 @@ impl Rig {
     fn read_into(
         &mut self,
         i: usize,
-        scratch: &mut Vec<u8>,
+        scratch: &mut [u8],
         other: &mut dyn FnMut(&mut Rig, usize, Frame<'_>),
     ) -> Result<()> {
         let conn = &mut self.conns[i];

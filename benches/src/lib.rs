@@ -1,0 +1,262 @@
+//! loopd's benchmark runner: starts loopd and the servers people would
+//! otherwise pick (tokio, C, nginx, redis), checks every one for correctness,
+//! then times them side by side on pinned cores and writes the results
+//! (JSON) and `docs/benchmarks.md` with its plots.
+//!
+//! ```text
+//! cargo run --release -p loopd-bench -- all      # everything; regenerates docs/benchmarks.md
+//! cargo run -p loopd-bench -- smoke              # every path, tiny loads, correctness only
+//! cargo run --release -p loopd-bench -- echo     # one benchmark (echo|http|chat|idle|udp|startup)
+//! cargo run -p loopd-bench -- report             # regenerate the docs from the results file
+//! ```
+#![warn(
+    missing_docs,
+    missing_debug_implementations,
+    rust_2018_idioms,
+    unreachable_pub
+)]
+
+pub mod chat;
+pub mod echo;
+pub mod http;
+pub mod idle;
+pub mod peers;
+pub mod procfs;
+pub mod report;
+pub mod results;
+pub mod server;
+pub mod setup;
+pub mod startup;
+pub mod stats;
+pub mod svg;
+pub mod udp;
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use anyhow::{bail, Context, Result};
+
+use results::{Bench, Results};
+
+/// Everything a benchmark needs to know about this run.
+#[derive(Debug)]
+pub struct Ctx {
+    /// Smoke mode: every path, tiny loads, figures mean nothing.
+    pub smoke: bool,
+    /// Timed rounds per figure.
+    pub rounds: usize,
+    /// Length of one timed run.
+    pub run: Duration,
+    /// Warm-up per peer before the rounds.
+    pub warmup: Duration,
+    /// Where cargo put loopd, the plugins and the bench binaries.
+    pub bin: PathBuf,
+    /// Where the C peers are built.
+    pub peers: PathBuf,
+    /// Scratch directory for configs, logs and served files.
+    pub work: PathBuf,
+    /// The workspace root.
+    pub root: PathBuf,
+    /// Clock ticks per second of /proc CPU times.
+    pub tck: u64,
+}
+
+/// The benchmarks, in run order.
+pub const BENCHES: &[&str] = &["echo", "http", "chat", "idle", "udp", "startup"];
+
+const USAGE: &str = "usage: loopd-bench <all|smoke|report|echo|http|chat|idle|udp|startup> [--rounds N] [--secs S] [--out FILE]
+
+  all      every benchmark; writes benches/results/results.json and regenerates
+           docs/benchmarks.md (run it with --release on a quiet machine)
+  smoke    every benchmark path with tiny loads: correctness only; results and
+           a rendered page go to target/bench-smoke/
+  report   regenerate docs/benchmarks.md from benches/results/results.json
+  NAME     one benchmark; results to target/bench-NAME.json";
+
+struct Args {
+    command: String,
+    rounds: Option<usize>,
+    secs: Option<f64>,
+    out: Option<PathBuf>,
+}
+
+fn parse_args() -> Result<Args> {
+    let mut args = std::env::args().skip(1);
+    let command = args.next().context(USAGE)?;
+    let mut a = Args {
+        command,
+        rounds: None,
+        secs: None,
+        out: None,
+    };
+    while let Some(flag) = args.next() {
+        let value = args
+            .next()
+            .with_context(|| format!("{flag} needs a value\n\n{USAGE}"))?;
+        match flag.as_str() {
+            "--rounds" => a.rounds = Some(value.parse().context("--rounds")?),
+            "--secs" => a.secs = Some(value.parse().context("--secs")?),
+            "--out" => a.out = Some(value.into()),
+            _ => bail!("unknown option {flag}\n\n{USAGE}"),
+        }
+    }
+    Ok(a)
+}
+
+fn root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("benches/ has a parent")
+        .to_path_buf()
+}
+
+/// The runner's command line (see the crate documentation).
+///
+/// # Errors
+/// Bad arguments, a failed build or install, a server that fails its
+/// correctness check, or any benchmark that cannot complete.
+pub fn run_cli() -> Result<()> {
+    let args = parse_args()?;
+    let root = root();
+    let results_path = root.join("benches/results/results.json");
+    match args.command.as_str() {
+        "report" => {
+            let path = args.out.unwrap_or(results_path);
+            let results = read_results(&path)?;
+            return write_report(&root, &root.join("docs"), &results);
+        }
+        "all" | "smoke" => {}
+        name if BENCHES.contains(&name) => {}
+        other => bail!("unknown command `{other}`\n\n{USAGE}"),
+    }
+    let smoke = args.command == "smoke";
+    let release = !cfg!(debug_assertions);
+    if !release && !smoke {
+        eprintln!("warning: a debug build times nothing useful; use `cargo run --release -p loopd-bench -- ...`");
+    }
+    let exe = std::env::current_exe()?;
+    let bin = exe
+        .parent()
+        .context("runner has no directory")?
+        .to_path_buf();
+    let work = std::env::temp_dir().join(format!("loopd-bench-{}", std::process::id()));
+    std::fs::create_dir_all(&work)?;
+    let ctx = Ctx {
+        smoke,
+        rounds: args.rounds.unwrap_or(if smoke { 1 } else { 5 }),
+        run: Duration::from_secs_f64(args.secs.unwrap_or(if smoke { 0.1 } else { 2.0 })),
+        warmup: if smoke {
+            Duration::ZERO
+        } else {
+            Duration::from_secs(1)
+        },
+        peers: bin.join("bench-peers"),
+        bin,
+        work,
+        root: root.clone(),
+        tck: procfs::clk_tck(),
+    };
+
+    setup::ensure_packages(&[
+        ("nginx", "nginx-light"),
+        ("redis-server", "redis-server"),
+        ("wrk", "wrk"),
+    ])?;
+    setup::build_workspace(&root, release)?;
+    setup::build_c_peers(&root, &ctx.peers)?;
+    procfs::pin_self(server::CLIENT_CORE).context("pinning the runner to core 0")?;
+    let nofile = procfs::raise_nofile().context("raising the open-file limit")?;
+    println!(
+        "open-file limit: {nofile}; scratch directory {}",
+        ctx.work.display()
+    );
+
+    let mut results = Results::default();
+    results.meta.mode = args.command.clone();
+    results.meta.command = std::env::args().collect::<Vec<_>>().join(" ");
+    results.meta.started = setup::now_utc();
+    results.meta.commit = setup::commit(&root);
+    results.meta.machine = setup::machine();
+    results.meta.versions = setup::versions(&root, &ctx.bin);
+    results.meta.flags = setup::flags(&root, release);
+    results.meta.rounds = ctx.rounds;
+    results.meta.run_secs = ctx.run.as_secs_f64();
+    results.meta.warmup_secs = ctx.warmup.as_secs_f64();
+    results.meta.load_before = procfs::loadavg();
+    println!(
+        "load average before: {:.2} {:.2} {:.2}",
+        results.meta.load_before[0], results.meta.load_before[1], results.meta.load_before[2]
+    );
+
+    let which: Vec<&str> = match args.command.as_str() {
+        "all" | "smoke" => BENCHES.to_vec(),
+        name => vec![name],
+    };
+    let out = args
+        .out
+        .clone()
+        .unwrap_or_else(|| match args.command.as_str() {
+            "all" => results_path.clone(),
+            "smoke" => root.join("target/bench-smoke/results.json"),
+            name => root.join(format!("target/bench-{name}.json")),
+        });
+    for name in which {
+        println!("\n=== {name} ===");
+        let bench = run_bench(&ctx, name).with_context(|| format!("benchmark `{name}`"))?;
+        if let Some(why) = &bench.skipped {
+            println!("\n!!! {name}: loopd SKIPPED: {why}\n");
+        }
+        results.benches.push(bench);
+        results.meta.load_after = procfs::loadavg();
+        results.meta.finished = setup::now_utc();
+        write_results(&out, &results)?;
+    }
+    println!("\nresults: {}", out.display());
+    match args.command.as_str() {
+        "all" => write_report(&root, &root.join("docs"), &results)?,
+        // Exercises the report path without touching the committed docs.
+        "smoke" => write_report(&root, &root.join("target/bench-smoke/docs"), &results)?,
+        _ => {}
+    }
+    let _ = std::fs::remove_dir_all(&ctx.work);
+    Ok(())
+}
+
+fn read_results(path: &Path) -> Result<Results> {
+    let text =
+        std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+    serde_json::from_str(&text).with_context(|| format!("parsing {}", path.display()))
+}
+
+/// Regenerates the benchmark page into `docs` from `results`, with the
+/// before/after table when a baseline exists.
+fn write_report(root: &Path, docs: &Path, results: &Results) -> Result<()> {
+    let baseline_path = root.join("benches/results/baseline.json");
+    let baseline = if baseline_path.exists() {
+        Some(read_results(&baseline_path)?)
+    } else {
+        None
+    };
+    let gaps = std::fs::read_to_string(root.join("benches/gaps.md")).ok();
+    report::write(docs, gaps.as_deref(), results, baseline.as_ref())
+}
+
+fn run_bench(ctx: &Ctx, name: &str) -> Result<Bench> {
+    match name {
+        "echo" => echo::bench(ctx),
+        "http" => http::bench(ctx),
+        "chat" => chat::bench(ctx),
+        "idle" => idle::bench(ctx),
+        "udp" => udp::bench(ctx),
+        "startup" => startup::bench(ctx),
+        other => bail!("no benchmark named {other}"),
+    }
+}
+
+fn write_results(path: &Path, results: &Results) -> Result<()> {
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir)?;
+    }
+    let text = serde_json::to_string_pretty(results)?;
+    std::fs::write(path, text + "\n").with_context(|| format!("writing {}", path.display()))
+}

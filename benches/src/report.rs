@@ -1,0 +1,741 @@
+//! `docs/benchmarks.md` and its plots, generated from the results file.
+//!
+//! Ratios are taken round by round (loopd's round i against the peer's
+//! round i, which ran right after it), then summarised: median and min–max.
+//! A throughput ratio only counts where both servers kept their core at
+//! least 95% busy; otherwise the load generator was the limit and the CPU
+//! time per operation is the figure that counts.
+
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+use std::path::Path;
+
+use anyhow::{Context, Result};
+
+use crate::results::{Bench, Case, Results};
+use crate::stats::Summary;
+use crate::svg;
+
+/// Busy fraction from which a throughput ratio counts.
+pub const SATURATED: f64 = 0.95;
+
+/// Where the plots go, relative to docs/.
+const PLOTS: &str = "benchmarks";
+
+fn sm(v: &[f64]) -> Option<Summary> {
+    Summary::of(v)
+}
+
+fn metric(case: &Case, peer: &str, name: &str) -> Option<Summary> {
+    sm(&case.peer(peer)?.metric(name))
+}
+
+/// Round-by-round `a[m] / b[m]` (or `b / a` with `invert`).
+fn ratio(case: &Case, a: &str, b: &str, m: &str, invert: bool) -> Option<Summary> {
+    let ra = case.peer(a)?.metric(m);
+    let rb = case.peer(b)?.metric(m);
+    let v: Vec<f64> = ra
+        .iter()
+        .zip(&rb)
+        .filter(|(x, y)| **x > 0.0 && **y > 0.0)
+        .map(|(x, y)| if invert { y / x } else { x / y })
+        .collect();
+    sm(&v)
+}
+
+fn fmt_ops(s: Option<Summary>) -> String {
+    match s {
+        Some(s) => format!(
+            "{} ({}–{})",
+            svg::short(s.median),
+            svg::short(s.min),
+            svg::short(s.max)
+        ),
+        None => "–".into(),
+    }
+}
+
+fn fmt_num(s: Option<Summary>, digits: usize) -> String {
+    match s {
+        Some(s) => format!("{:.d$} ({:.d$}–{:.d$})", s.median, s.min, s.max, d = digits),
+        None => "–".into(),
+    }
+}
+
+fn fmt_pct(s: Option<Summary>) -> String {
+    match s {
+        Some(s) => format!("{:.0}%", s.median * 100.0),
+        None => "–".into(),
+    }
+}
+
+fn fmt_us(v: f64) -> String {
+    if v >= 10_000.0 {
+        format!("{:.1} ms", v / 1e3)
+    } else if v >= 100.0 {
+        format!("{v:.0} µs")
+    } else {
+        format!("{v:.1} µs")
+    }
+}
+
+fn fmt_lat(s: Option<Summary>) -> String {
+    match s {
+        Some(s) => format!("{} ({}–{})", fmt_us(s.median), fmt_us(s.min), fmt_us(s.max)),
+        None => "–".into(),
+    }
+}
+
+fn fmt_ratio(s: Option<Summary>) -> String {
+    match s {
+        Some(s) => format!("{:.2}× ({:.2}–{:.2})", s.median, s.min, s.max),
+        None => "–".into(),
+    }
+}
+
+/// loopd against one peer in one case.
+#[derive(Debug, Clone)]
+struct Cmp {
+    /// loopd ops/s ÷ peer ops/s.
+    thr: Option<Summary>,
+    /// peer CPU per op ÷ loopd CPU per op (above 1: loopd spends less).
+    cpu: Option<Summary>,
+    /// Both servers at least 95% busy (median).
+    saturated: bool,
+}
+
+fn compare(case: &Case, loopd: &str, peer: &str) -> Cmp {
+    let busy = |p: &str| metric(case, p, "busy").map_or(0.0, |s| s.median);
+    Cmp {
+        thr: ratio(case, loopd, peer, "ops_per_s", false),
+        cpu: ratio(case, loopd, peer, "cpu_us_per_op", true),
+        saturated: busy(loopd) >= SATURATED && busy(peer) >= SATURATED,
+    }
+}
+
+impl Cmp {
+    /// The ratio that counts, and what it is.
+    fn counted(&self) -> (Option<Summary>, &'static str) {
+        if self.saturated {
+            (self.thr, "throughput")
+        } else {
+            (self.cpu, "CPU per op")
+        }
+    }
+}
+
+/// One line of the targets table.
+#[derive(Debug)]
+struct Target {
+    bench: String,
+    what: String,
+    goal: String,
+    figure: String,
+    value: Option<Summary>,
+    met: Option<bool>,
+}
+
+fn met(v: Option<Summary>, ok: impl Fn(f64) -> bool) -> Option<bool> {
+    v.map(|s| ok(s.median))
+}
+
+fn mark(m: Option<bool>) -> &'static str {
+    match m {
+        Some(true) => "**met**",
+        Some(false) => "**missed**",
+        None => "not measured",
+    }
+}
+
+struct Doc {
+    md: String,
+    targets: Vec<Target>,
+    plots: BTreeMap<String, String>,
+}
+
+impl Doc {
+    fn plot(&mut self, name: &str, alt: &str, svg: String) {
+        let _ = writeln!(self.md, "\n![{alt}]({PLOTS}/{name}.svg)\n");
+        self.plots.insert(name.to_string(), svg);
+    }
+}
+
+fn skipped_note(doc: &mut Doc, b: &Bench) {
+    if let Some(why) = &b.skipped {
+        let _ = writeln!(doc.md, "\n> **loopd not measured here: {why}.**\n");
+    }
+    for n in &b.notes {
+        let _ = writeln!(doc.md, "- Note: {n}");
+    }
+}
+
+fn peers_of(b: &Bench) -> Vec<String> {
+    let mut v: Vec<String> = Vec::new();
+    for c in &b.cases {
+        for p in &c.peers {
+            if !v.contains(&p.peer) {
+                v.push(p.peer.clone());
+            }
+        }
+    }
+    v
+}
+
+/// The standard per-case table: throughput, CPU per op, busy, latency.
+fn figures_table(doc: &mut Doc, b: &Bench, unit: &str, lat: &[(&str, &str)]) {
+    let mut head =
+        format!("| Case | Server | {unit}/s | server CPU µs per {unit} | server core busy |");
+    let mut sep = "|---|---|---:|---:|---:|".to_string();
+    for (_, title) in lat {
+        let _ = write!(head, " {title} |");
+        sep.push_str("---:|");
+    }
+    let _ = writeln!(doc.md, "{head}\n{sep}");
+    for c in &b.cases {
+        for p in &c.peers {
+            let mut row = format!(
+                "| {} | {} | {} | {} | {} |",
+                c.label,
+                p.peer,
+                fmt_ops(metric(c, &p.peer, "ops_per_s")),
+                fmt_num(metric(c, &p.peer, "cpu_us_per_op"), 2),
+                fmt_pct(metric(c, &p.peer, "busy"))
+            );
+            for (m, _) in lat {
+                let _ = write!(row, " {} |", fmt_lat(metric(c, &p.peer, m)));
+            }
+            let _ = writeln!(doc.md, "{row}");
+        }
+    }
+}
+
+/// The ratio table of loopd against `peers`, with targets.
+fn ratio_table(doc: &mut Doc, b: &Bench, loopd: &str, peers: &[(&str, f64)], both: bool) {
+    let _ = writeln!(
+        doc.md,
+        "\n| Case | Against | throughput ratio | CPU-per-op ratio | both cores ≥ 95% busy | counts | target | |\n|---|---|---:|---:|:---:|---|---:|---|"
+    );
+    for c in &b.cases {
+        for (peer, goal) in peers {
+            if c.peer(peer).is_none() || c.peer(loopd).is_none() {
+                continue;
+            }
+            let cmp = compare(c, loopd, peer);
+            let (value, which) = cmp.counted();
+            // Echo's targets hold on throughput and on CPU per message; the
+            // throughput one only where it counts.
+            let ok = if both {
+                match (met(cmp.cpu, |v| v >= *goal), cmp.saturated) {
+                    (Some(cpu_ok), true) => met(cmp.thr, |v| v >= *goal).map(|t| t && cpu_ok),
+                    (m, false) => m,
+                    (None, true) => None,
+                }
+            } else {
+                met(value, |v| v >= *goal)
+            };
+            let counts = if both && cmp.saturated {
+                "both".to_string()
+            } else {
+                which.to_string()
+            };
+            let _ = writeln!(
+                doc.md,
+                "| {} | {peer} | {} | {} | {} | {counts} | ≥ {goal}× | {} |",
+                c.label,
+                fmt_ratio(cmp.thr),
+                fmt_ratio(cmp.cpu),
+                if cmp.saturated { "yes" } else { "no" },
+                mark(ok)
+            );
+            doc.targets.push(Target {
+                bench: b.id.clone(),
+                what: format!("{} vs {peer}", c.label),
+                goal: format!("≥ {goal}×"),
+                figure: counts,
+                value: if both && cmp.saturated {
+                    // The weaker of the two is what decides.
+                    match (cmp.thr, cmp.cpu) {
+                        (Some(t), Some(u)) if t.median < u.median => Some(t),
+                        (_, u) => u,
+                    }
+                } else {
+                    value
+                },
+                met: ok,
+            });
+        }
+    }
+}
+
+fn bar_groups(
+    b: &Bench,
+    series: &[String],
+    m: &str,
+    scale: f64,
+) -> Vec<(String, Vec<Option<Summary>>)> {
+    b.cases
+        .iter()
+        .map(|c| {
+            (
+                c.label.clone(),
+                series
+                    .iter()
+                    .map(|p| {
+                        metric(c, p, m).map(|s| Summary {
+                            median: s.median * scale,
+                            min: s.min * scale,
+                            max: s.max * scale,
+                        })
+                    })
+                    .collect(),
+            )
+        })
+        .collect()
+}
+
+fn echo_section(doc: &mut Doc, b: &Bench) {
+    doc.md.push_str(
+        "\n## 1. Echo\n\nloopd's echo handler loaded as a plugin (`loopd`) and linked statically through the embedding API (`loopd-static`), a tokio `current_thread` echo written as tokio's README does (`tokio`), and an edge-triggered epoll echo in C (`c-epoll`). One load-generator thread keeps one message in flight per connection and checks every byte. Latency percentiles are per round trip, at 1 connection.\n\n",
+    );
+    skipped_note(doc, b);
+    figures_table(
+        doc,
+        b,
+        "round trip",
+        &[("p50_us", "p50"), ("p99_us", "p99")],
+    );
+    ratio_table(doc, b, "loopd", &[("tokio", 1.0), ("c-epoll", 0.9)], true);
+    // .so against static: within 2% either way.
+    let _ = writeln!(
+        doc.md,
+        "\n`.so` against linked statically (target: within 2%):\n\n| Case | static ÷ .so throughput | .so ÷ static CPU per round trip | |\n|---|---:|---:|---|"
+    );
+    for c in &b.cases {
+        let thr = ratio(c, "loopd-static", "loopd", "ops_per_s", false);
+        let cpu = ratio(c, "loopd", "loopd-static", "cpu_us_per_op", false);
+        let ok = match (thr, cpu) {
+            (Some(t), Some(u)) => {
+                Some((t.median - 1.0).abs() <= 0.02 && (u.median - 1.0).abs() <= 0.02)
+            }
+            _ => None,
+        };
+        let _ = writeln!(
+            doc.md,
+            "| {} | {} | {} | {} |",
+            c.label,
+            fmt_ratio(thr),
+            fmt_ratio(cpu),
+            mark(ok)
+        );
+        // Show whichever of the two is further from 1.
+        let (figure, value) = match (thr, cpu) {
+            (Some(t), Some(u)) if (t.median - 1.0).abs() > (u.median - 1.0).abs() => {
+                ("throughput", Some(t))
+            }
+            _ => ("CPU per op", cpu),
+        };
+        doc.targets.push(Target {
+            bench: "echo".into(),
+            what: format!("{}: static ÷ .so", c.label),
+            goal: "within 2%".into(),
+            figure: figure.into(),
+            value,
+            met: ok,
+        });
+    }
+    let series = peers_of(b);
+    doc.plot(
+        "echo-throughput",
+        "echo round trips per second",
+        svg::bars(
+            "Echo: round trips per second (median, min–max)",
+            "round trips / s",
+            &series,
+            &bar_groups(b, &series, "ops_per_s", 1.0),
+        ),
+    );
+    doc.plot(
+        "echo-cpu",
+        "echo server CPU per round trip",
+        svg::bars(
+            "Echo: server CPU per round trip (lower is better)",
+            "µs per round trip",
+            &series,
+            &bar_groups(b, &series, "cpu_us_per_op", 1.0),
+        ),
+    );
+}
+
+fn http_section(doc: &mut Doc, b: &Bench) {
+    doc.md.push_str(
+        "\n## 2. HTTP\n\nloopd's http handler against nginx (Debian `nginx-light`, `worker_processes 1`, `access_log off`, `sendfile on`, `open_file_cache`, `keepalive_requests 100000000`) serving the same two files: a 612-byte page and 16 KiB of random bytes. loopd's access log is off too (`RUST_LOG=info,loopd::access=off`). Load: `wrk -t1` pinned to core 0; the pipelined runs send 16 requests per write (`benches/peers/pipeline.lua`). Every response is checked byte-exact (single and pipelined) before timing, and a run with any non-2xx response fails. Latencies are wrk's.\n\n",
+    );
+    skipped_note(doc, b);
+    figures_table(doc, b, "request", &[("p50_us", "p50"), ("p99_us", "p99")]);
+    let mut plain = b.clone();
+    plain
+        .cases
+        .retain(|c| c.params.get("pipelined") == Some(&1.0));
+    let mut piped = b.clone();
+    piped
+        .cases
+        .retain(|c| c.params.get("pipelined") != Some(&1.0));
+    ratio_table(doc, &plain, "loopd", &[("nginx", 1.0)], false);
+    ratio_table(doc, &piped, "loopd", &[("nginx", 1.2)], false);
+    let series = peers_of(b);
+    doc.plot(
+        "http-throughput",
+        "HTTP requests per second",
+        svg::bars(
+            "HTTP: requests per second (median, min–max)",
+            "requests / s",
+            &series,
+            &bar_groups(b, &series, "ops_per_s", 1.0),
+        ),
+    );
+    doc.plot(
+        "http-cpu",
+        "HTTP server CPU per request",
+        svg::bars(
+            "HTTP: server CPU per request (lower is better)",
+            "µs per request",
+            &series,
+            &bar_groups(b, &series, "cpu_us_per_op", 1.0),
+        ),
+    );
+}
+
+fn chat_section(doc: &mut Doc, b: &Bench) {
+    doc.md.push_str(
+        "\n## 3. Chat fan-out\n\nloopd's chat handler against `redis-server` pub/sub (Debian package, `--save '' --appendonly no --io-threads 1`) and a tokio chat server (`benches/peers/tokio_chat.rs`, same line protocol). N receivers and 4 publishers on one load-generator thread; each publisher keeps 4 messages of 64 bytes in flight and sends the next one only when the last receiver has one of its messages. A delivery is one message reaching one receiver. Latency is the time from publishing to the last receiver having the message. Every receiver checks it gets every message exactly once and in order per publisher: any loss, duplicate or reordering fails the run, so the loss column is exact. The chat servers also deliver each message to the 3 other publishers (they are room members); those deliveries are not counted.\n\n",
+    );
+    skipped_note(doc, b);
+    figures_table(
+        doc,
+        b,
+        "delivery",
+        &[("p50_us", "p50"), ("p95_us", "p95"), ("p99_us", "p99")],
+    );
+    let _ = writeln!(doc.md, "\nLoss (messages not delivered, all rounds): {}", {
+        let total: f64 = b
+            .cases
+            .iter()
+            .flat_map(|c| c.peers.iter().flat_map(|p| p.metric("loss")))
+            .sum();
+        format!("{total}")
+    });
+    ratio_table(doc, b, "loopd", &[("redis", 1.0), ("tokio", 1.0)], false);
+    // p95 at N = 1000 against redis.
+    if let Some(c) = b
+        .cases
+        .iter()
+        .find(|c| c.params.get("receivers") == Some(&1000.0))
+    {
+        let r = ratio(c, "loopd", "redis", "p95_us", true);
+        let ok = met(r, |v| v >= 1.0);
+        let _ = writeln!(
+            doc.md,
+            "\np95 latency at N = 1000, redis ÷ loopd (≥ 1 means loopd's p95 is at most redis's): {} {}",
+            fmt_ratio(r),
+            mark(ok)
+        );
+        doc.targets.push(Target {
+            bench: "chat".into(),
+            what: "N = 1000: p95 vs redis".into(),
+            goal: "redis p95 ÷ loopd p95 ≥ 1".into(),
+            figure: "p95".into(),
+            value: r,
+            met: ok,
+        });
+    }
+    let series = peers_of(b);
+    doc.plot(
+        "chat-deliveries",
+        "chat deliveries per second",
+        svg::bars(
+            "Chat fan-out: deliveries per second (median, min–max)",
+            "deliveries / s",
+            &series,
+            &bar_groups(b, &series, "ops_per_s", 1.0),
+        ),
+    );
+    doc.plot(
+        "chat-p95",
+        "chat p95 time to the last receiver",
+        svg::bars(
+            "Chat fan-out: p95 time until the last receiver has a message (lower is better)",
+            "ms",
+            &series,
+            &bar_groups(b, &series, "p95_us", 1e-3),
+        ),
+    );
+}
+
+fn idle_section(doc: &mut Doc, b: &Bench) {
+    doc.md.push_str(
+        "\n## 4. Idle connections\n\nResident memory of the server (`Rss` from `/proc/PID/smaps_rollup`, all its processes) with N open idle connections, each used once before it went idle (one 64-byte echo; one keep-alive GET for nginx). A fresh server per round; the figure is the least-squares slope of bytes over N. Kernel socket memory is not in it (it is the same for every server). The open-file hard limit here is 20,000; the runner raises the soft limit to it.\n\n| Server | bytes per idle connection (resident) | anonymous only | target |\n|---|---:|---:|---|\n",
+    );
+    skipped_note(doc, b);
+    let Some(c) = b.cases.first() else { return };
+    for p in &c.peers {
+        let s = metric(c, &p.peer, "bytes_per_conn");
+        let target = if p.peer == "loopd" {
+            let ok = met(s, |v| v <= 1024.0);
+            doc.targets.push(Target {
+                bench: "idle".into(),
+                what: "bytes per idle connection".into(),
+                goal: "≤ 1024 B".into(),
+                figure: "resident slope".into(),
+                value: s,
+                met: ok,
+            });
+            format!("≤ 1 KiB {}", mark(ok))
+        } else {
+            String::new()
+        };
+        let _ = writeln!(
+            doc.md,
+            "| {} | {} | {} | {target} |",
+            p.peer,
+            fmt_num(s, 0),
+            fmt_num(metric(c, &p.peer, "anon_bytes_per_conn"), 0)
+        );
+    }
+    let steps: Vec<f64> = c.params.values().copied().collect();
+    let series: Vec<(String, Vec<(f64, Summary)>)> = c
+        .peers
+        .iter()
+        .map(|p| {
+            let pts = steps
+                .iter()
+                .filter_map(|n| {
+                    let s = sm(&p.metric(&format!("rss_{n}")))?;
+                    Some((
+                        *n,
+                        Summary {
+                            median: s.median / (1 << 20) as f64,
+                            min: s.min / (1 << 20) as f64,
+                            max: s.max / (1 << 20) as f64,
+                        },
+                    ))
+                })
+                .collect();
+            (p.peer.clone(), pts)
+        })
+        .collect();
+    doc.plot(
+        "idle-memory",
+        "resident memory against idle connections",
+        svg::lines(
+            "Idle connections: server resident memory",
+            "open idle connections",
+            "MiB resident",
+            &series,
+        ),
+    );
+}
+
+fn udp_section(doc: &mut Doc, b: &Bench) {
+    doc.md.push_str(
+        "\n## 5. UDP relay\n\nloopd's udp-broadcast handler (relaying to one unicast loopback target; `rate_per_source` and `burst` raised to 1,000,000 so the limiter does not cap the benchmark, every other protection at its default) against a C relay that does nothing but `recvfrom` and `sendto` (`benches/peers/udp_relay.c`). The load generator keeps 64 datagrams in flight and checks every relayed byte; a datagram not back within 200 ms counts as lost.\n\n",
+    );
+    skipped_note(doc, b);
+    figures_table(doc, b, "datagram", &[]);
+    let _ = writeln!(doc.md, "\nLost datagrams (all rounds): {}", {
+        let t: f64 = b
+            .cases
+            .iter()
+            .flat_map(|c| c.peers.iter().flat_map(|p| p.metric("loss")))
+            .sum();
+        t
+    });
+    ratio_table(doc, b, "loopd", &[("c-relay", 0.9)], false);
+    let series = peers_of(b);
+    doc.plot(
+        "udp-throughput",
+        "UDP datagrams relayed per second",
+        svg::bars(
+            "UDP relay: datagrams per second (median, min–max)",
+            "datagrams / s",
+            &series,
+            &bar_groups(b, &series, "ops_per_s", 1.0),
+        ),
+    );
+}
+
+fn startup_section(doc: &mut Doc, b: &Bench) {
+    doc.md.push_str(
+        "\n## 6. Start-up\n\nTime from `exec` of `loopd` to every listener accepting (a TCP connect succeeds; a datagram sent to the UDP relay arrives at its target), with the echo, chat, http and udp-broadcast plugins loaded, one listener each. The runner polls every 50 µs.\n\n",
+    );
+    skipped_note(doc, b);
+    if let Some(c) = b.cases.first() {
+        let s = metric(c, "loopd", "startup_ms");
+        let _ = writeln!(
+            doc.md,
+            "| Plugins | runs | ms to all listeners accepting |\n|---:|---:|---:|\n| {} | {} | {} |",
+            c.params.get("plugins").copied().unwrap_or(0.0),
+            c.peer("loopd").map_or(0, |p| p.runs.len()),
+            fmt_num(s, 2)
+        );
+    }
+}
+
+fn conditions(doc: &mut Doc, r: &Results) {
+    let m = &r.meta;
+    let quiet = m.load_before[0] < 0.5 && m.load_after[0] < 1.5;
+    let _ = writeln!(
+        doc.md,
+        "\n## Conditions\n\nRun `{}` (mode `{}`) from {} to {}, loopd commit `{}`. {} rounds of {} s per figure after a {} s warm-up per server.\n\nLoad average (1/5/15 min) before: {:.2} / {:.2} / {:.2}; after: {:.2} / {:.2} / {:.2}. {}\n",
+        m.command,
+        m.mode,
+        m.started,
+        m.finished,
+        m.commit,
+        m.rounds,
+        m.run_secs,
+        m.warmup_secs,
+        m.load_before[0],
+        m.load_before[1],
+        m.load_before[2],
+        m.load_after[0],
+        m.load_after[1],
+        m.load_after[2],
+        if quiet {
+            "The machine was quiet."
+        } else {
+            "**The machine was not quiet** (other work was running): figures are noisier than they should be; ratios between interleaved rounds hold up better than absolute numbers."
+        }
+    );
+    doc.md.push_str("| Machine | |\n|---|---|\n");
+    for (k, v) in &m.machine {
+        let _ = writeln!(doc.md, "| {k} | {v} |");
+    }
+    doc.md.push_str("\n| Versions | |\n|---|---|\n");
+    for (k, v) in &m.versions {
+        let _ = writeln!(doc.md, "| {k} | {v} |");
+    }
+    doc.md.push_str("\n| Flags | |\n|---|---|\n");
+    for (k, v) in &m.flags {
+        let _ = writeln!(doc.md, "| {k} | `{v}` |");
+    }
+}
+
+/// Before/after figures for loopd: the baseline file against this run.
+fn before_after(doc: &mut Doc, base: &Results, now: &Results) {
+    let _ = writeln!(
+        doc.md,
+        "\n### Before and after, loopd only\n\nBefore: `benches/results/baseline.json` (commit `{}`, {}; load average {:.2} before it). After: this run. CPU per operation is the figure to read where the load generator was the limit.\n\n| Benchmark | Case | ops/s before | ops/s after | CPU µs/op before | CPU µs/op after | CPU change |\n|---|---|---:|---:|---:|---:|---:|",
+        base.meta.commit, base.meta.started, base.meta.load_before[0]
+    );
+    for b in &now.benches {
+        let Some(old) = base.bench(&b.id) else {
+            continue;
+        };
+        for c in &b.cases {
+            let Some(oc) = old.cases.iter().find(|o| o.label == c.label) else {
+                continue;
+            };
+            if c.peer("loopd").is_none() || oc.peer("loopd").is_none() {
+                continue;
+            }
+            let before = metric(oc, "loopd", "cpu_us_per_op");
+            let after = metric(c, "loopd", "cpu_us_per_op");
+            let change = match (before, after) {
+                (Some(b), Some(a)) => format!("{:+.0}%", (a.median / b.median - 1.0) * 100.0),
+                _ => "–".into(),
+            };
+            let _ = writeln!(
+                doc.md,
+                "| {} | {} | {} | {} | {} | {} | {change} |",
+                b.id,
+                c.label,
+                fmt_ops(metric(oc, "loopd", "ops_per_s")),
+                fmt_ops(metric(c, "loopd", "ops_per_s")),
+                fmt_num(before, 2),
+                fmt_num(after, 2)
+            );
+        }
+    }
+}
+
+/// Writes `DOCS/benchmarks.md` and `DOCS/benchmarks/*.svg`; `gaps` is the
+/// text of the "closing the gaps" section (benches/gaps.md).
+pub fn write(
+    docs: &Path,
+    gaps: Option<&str>,
+    results: &Results,
+    baseline: Option<&Results>,
+) -> Result<()> {
+    let mut doc = Doc {
+        md: String::new(),
+        targets: Vec::new(),
+        plots: BTreeMap::new(),
+    };
+    let mut ordered: Vec<&Bench> = results.benches.iter().collect();
+    ordered.sort_by_key(|b| crate::BENCHES.iter().position(|id| *id == b.id));
+    for b in ordered {
+        match b.id.as_str() {
+            "echo" => echo_section(&mut doc, b),
+            "http" => http_section(&mut doc, b),
+            "chat" => chat_section(&mut doc, b),
+            "idle" => idle_section(&mut doc, b),
+            "udp" => udp_section(&mut doc, b),
+            "startup" => startup_section(&mut doc, b),
+            _ => {}
+        }
+    }
+    let body = std::mem::take(&mut doc.md);
+    let mut md = String::new();
+    md.push_str(
+        "# Benchmarks\n\n<!-- Generated by `cargo run --release -p loopd-bench -- all` (or `-- report`) from benches/results/results.json; edit benches/src/report.rs or benches/gaps.md, not this file. -->\n\nloopd side by side with what people would otherwise pick: tokio, a hand-written C epoll loop, nginx, redis. Every figure is the median of the rounds, with the min–max range in parentheses.\n\n## Running them\n\nOne command, on a Debian/Ubuntu machine with Rust, as root (it installs packages):\n\n```sh\ncargo run --release -p loopd-bench -- all\n```\n\nIt installs `nginx-light`, `redis-server` and `wrk` with apt-get if they are missing, builds loopd, every handler plugin and the tokio peers in release, builds the C peers with gcc, then for each benchmark: starts every server pinned to core 1 (`taskset -c 1`), checks each one's responses for correctness, warms each up, and runs the load interleaved server by server (A, B, C, A, B, C, …) for 5 rounds of 2 s, with the load generator pinned to core 0. It reads each server's CPU time from `/proc/PID/stat` around every run. It writes `benches/results/results.json` and regenerates this page and its plots (`docs/benchmarks/*.svg`). Every server is stopped when the runner ends, fails or is interrupted.\n\nOther commands: `-- echo` (or `http`, `chat`, `idle`, `udp`, `startup`) runs one benchmark into `target/bench-NAME.json`; `-- report` regenerates this page from the results file; `--rounds N` and `--secs S` change the rounds and the run length. `cargo run -p loopd-bench -- smoke` runs every benchmark path with tiny loads and checks correctness only (CI runs it; it times nothing that matters).\n\n**Reading the ratios.** Ratios are loopd against the peer, taken round by round and then summarised (median, min–max); above 1 is better for loopd. *Throughput ratio* = loopd ops/s ÷ peer ops/s. *CPU-per-op ratio* = peer CPU per op ÷ loopd CPU per op. The load generator runs on one core like the server, so it often saturates first; a throughput ratio therefore only counts where both servers kept their core at least 95% busy, and otherwise the CPU-per-op ratio is the one that counts.\n",
+    );
+    md.push_str("\n## Targets\n\n| Benchmark | What | Target | Figure that counts | Median (min–max) | |\n|---|---|---|---|---:|---|\n");
+    for t in &doc.targets {
+        let value = match t.value {
+            Some(s) if t.goal.contains('B') => {
+                format!("{:.0} B ({:.0}–{:.0})", s.median, s.min, s.max)
+            }
+            v => fmt_ratio(v),
+        };
+        let _ = writeln!(
+            md,
+            "| {} | {} | {} | {} | {} | {} |",
+            t.bench,
+            t.what,
+            t.goal,
+            t.figure,
+            value,
+            mark(t.met)
+        );
+    }
+    for b in &results.benches {
+        if let Some(why) = &b.skipped {
+            let _ = writeln!(md, "\n**{}: loopd not measured: {why}.**", b.id);
+        }
+    }
+    md.push_str(&body);
+    if let Some(text) = gaps {
+        md.push_str("\n## Closing the gaps\n\n");
+        md.push_str(text.trim());
+        md.push('\n');
+    }
+    if let Some(base) = baseline {
+        doc.md.clear();
+        before_after(&mut doc, base, results);
+        md.push_str(&doc.md);
+    }
+    doc.md.clear();
+    conditions(&mut doc, results);
+    md.push_str(&doc.md);
+
+    let plots = docs.join(PLOTS);
+    std::fs::create_dir_all(&plots)?;
+    for (name, svg) in &doc.plots {
+        let path = plots.join(format!("{name}.svg"));
+        std::fs::write(&path, svg).with_context(|| format!("writing {}", path.display()))?;
+    }
+    let path = docs.join("benchmarks.md");
+    std::fs::write(&path, md).with_context(|| format!("writing {}", path.display()))?;
+    println!("wrote {} and {} plots", path.display(), doc.plots.len());
+    Ok(())
+}
