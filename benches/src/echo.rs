@@ -283,12 +283,14 @@ pub fn verify(addr: SocketAddr) -> Result<()> {
 
 /// The echo servers: (name, server, address).
 fn start_peers(ctx: &Ctx) -> Result<Vec<(String, Server, SocketAddr)>> {
-    Ok(vec![
-        peers::loopd_echo(ctx, "loopd")?,
-        peers::static_echo(ctx)?,
-        peers::tokio_echo(ctx)?,
-        peers::c_echo(ctx)?,
-    ])
+    let mut v = vec![peers::loopd_echo(ctx, "loopd")?];
+    if let Some(dir) = peers::before_dir() {
+        v.push(peers::loopd_echo_from(ctx, &dir, "loopd-before")?);
+    }
+    v.push(peers::static_echo(ctx)?);
+    v.push(peers::tokio_echo(ctx)?);
+    v.push(peers::c_echo(ctx)?);
+    Ok(v)
 }
 
 /// One timed run against `server`; the figures of one round.

@@ -71,10 +71,16 @@ const USAGE: &str = "usage: loopd-bench <all|smoke|report|echo|http|chat|idle|ud
   smoke    every benchmark path with tiny loads: correctness only; results and
            a rendered page go to target/bench-smoke/
   report   regenerate docs/benchmarks.md from benches/results/results.json
-  NAME     one benchmark; results to target/bench-NAME.json";
+  NAME     one benchmark; results to target/bench-NAME.json
+  load-echo --target ADDR [--conns N] [--size B] [--secs S]
+           only the echo load generator, against a server you started (for
+           strace -c / callgrind runs); prints round trips and their rate";
 
 struct Args {
     command: String,
+    target: Option<String>,
+    conns: Option<usize>,
+    size: Option<usize>,
     rounds: Option<usize>,
     secs: Option<f64>,
     out: Option<PathBuf>,
@@ -85,6 +91,9 @@ fn parse_args() -> Result<Args> {
     let command = args.next().context(USAGE)?;
     let mut a = Args {
         command,
+        target: None,
+        conns: None,
+        size: None,
         rounds: None,
         secs: None,
         out: None,
@@ -97,6 +106,9 @@ fn parse_args() -> Result<Args> {
             "--rounds" => a.rounds = Some(value.parse().context("--rounds")?),
             "--secs" => a.secs = Some(value.parse().context("--secs")?),
             "--out" => a.out = Some(value.into()),
+            "--conns" => a.conns = Some(value.parse().context("--conns")?),
+            "--size" => a.size = Some(value.parse().context("--size")?),
+            "--target" => a.target = Some(value),
             _ => bail!("unknown option {flag}\n\n{USAGE}"),
         }
     }
@@ -120,6 +132,7 @@ pub fn run_cli() -> Result<()> {
     let root = root();
     let results_path = root.join("benches/results/results.json");
     match args.command.as_str() {
+        "load-echo" => return load_echo(&args),
         "report" => {
             let path = args.out.unwrap_or(results_path);
             let results = read_results(&path)?;
@@ -219,6 +232,34 @@ pub fn run_cli() -> Result<()> {
         _ => {}
     }
     let _ = std::fs::remove_dir_all(&ctx.work);
+    Ok(())
+}
+
+/// The echo load generator alone, against `--target`.
+fn load_echo(args: &Args) -> Result<()> {
+    let addr: std::net::SocketAddr = args
+        .target
+        .as_deref()
+        .context("load-echo needs --target ADDR")?
+        .parse()
+        .context("--target")?;
+    procfs::pin_self(server::CLIENT_CORE)?;
+    procfs::raise_nofile()?;
+    let load = echo::Load {
+        addr,
+        conns: args.conns.unwrap_or(50),
+        size: args.size.unwrap_or(64),
+        duration: Duration::from_secs_f64(args.secs.unwrap_or(2.0)),
+        max_ops: u64::MAX,
+        latency: false,
+    };
+    let out = echo::run(&load, |_| Ok(()))?;
+    println!(
+        "{} round trips in {:.3} s: {:.0} per second",
+        out.ops,
+        out.elapsed.as_secs_f64(),
+        out.ops as f64 / out.elapsed.as_secs_f64()
+    );
     Ok(())
 }
 

@@ -43,10 +43,29 @@ pub fn loopd(ctx: &Ctx, name: &str, config: &str) -> Result<Server> {
 
 /// [`loopd`] with extra environment variables (e.g. `RUST_LOG`).
 pub fn loopd_with_env(ctx: &Ctx, name: &str, config: &str, env: &[(&str, &str)]) -> Result<Server> {
+    loopd_from(ctx, &ctx.bin, name, config, env)
+}
+
+/// An older loopd build to compare with, from `LOOPD_BENCH_BEFORE=DIR` (a
+/// directory with that build's `loopd` and plugins). Benchmarks that have
+/// it run it as one more peer, `loopd-before`, interleaved with the rest:
+/// the fair way to measure a fix on a busy machine.
+pub fn before_dir() -> Option<PathBuf> {
+    std::env::var_os("LOOPD_BENCH_BEFORE").map(PathBuf::from)
+}
+
+/// Starts the `loopd` found in `bin` on `config`.
+pub fn loopd_from(
+    ctx: &Ctx,
+    bin: &Path,
+    name: &str,
+    config: &str,
+    env: &[(&str, &str)],
+) -> Result<Server> {
     let path = write_file(&ctx.work, &format!("{name}.toml"), config)?;
     Server::spawn_env(
         name,
-        &ctx.bin.join("loopd"),
+        &bin.join("loopd"),
         &[path.display().to_string()],
         env,
         &ctx.work.join(format!("{name}.log")),
@@ -55,8 +74,13 @@ pub fn loopd_with_env(ctx: &Ctx, name: &str, config: &str, env: &[(&str, &str)])
 
 /// loopd with the echo plugin (`libloopd_echo.so`).
 pub fn loopd_echo(ctx: &Ctx, name: &str) -> Result<(String, Server, SocketAddr)> {
+    loopd_echo_from(ctx, &ctx.bin, name)
+}
+
+/// [`loopd_echo`] from the build in `bin`.
+pub fn loopd_echo_from(ctx: &Ctx, bin: &Path, name: &str) -> Result<(String, Server, SocketAddr)> {
     let port = free_port()?;
-    let mut s = loopd(ctx, name, &echo_config(port))?;
+    let mut s = loopd_from(ctx, bin, name, &echo_config(port), &[])?;
     s.wait_tcp(addr(port))?;
     Ok((name.to_string(), s, addr(port)))
 }
