@@ -4,9 +4,14 @@
 //! broadcasts to, would bounce every datagram between them forever (capped
 //! only by the rate limit). The relay therefore remembers a fingerprint of
 //! every datagram it relayed, with the sender it came from, for a short
-//! window. The same content arriving from a *different* sender within the
-//! window is a copy coming back, and is dropped; the same content from the
-//! *same* sender is a retransmission and is relayed as usual.
+//! window. The same content arriving within the window is a copy coming
+//! back, and is dropped, with one exception: from the *same* sender, on a
+//! port the relay does not send to, it is a client retransmitting, and is
+//! relayed as usual. (A sender on a port the relay sends to receives the
+//! relay's output: it may be another relay, and what it "retransmits" may
+//! be our own copy. Without this rule, two relays that once missed the
+//! window on a loaded machine would take each other for retransmitting
+//! clients and bounce the datagram forever.)
 //!
 //! The fingerprint ignores leading `[ip:port] ` tags, so a copy that another
 //! relay prefixed with `prefix_sender` is still recognised. The price: two
@@ -30,6 +35,8 @@ pub(crate) struct EchoFilter {
     order: VecDeque<(u64, u64)>,
     /// Keyed randomly per process, so nobody can craft colliding datagrams.
     hasher: RandomState,
+    /// The ports the relay sends to: senders there may be relays.
+    relay_ports: Vec<u16>,
 }
 
 /// The datagram without leading `[ip:port] ` tags.
@@ -53,14 +60,16 @@ pub(crate) fn strip_tags(mut data: &[u8]) -> &[u8] {
 }
 
 impl EchoFilter {
-    /// Remembers up to `capacity` datagrams for `window_ms` each (0: off).
-    pub(crate) fn new(window_ms: u64, capacity: usize) -> EchoFilter {
+    /// Remembers up to `capacity` datagrams for `window_ms` each (0: off);
+    /// `relay_ports` are the ports the relay sends to.
+    pub(crate) fn new(window_ms: u64, capacity: usize, relay_ports: Vec<u16>) -> EchoFilter {
         EchoFilter {
             window_ms,
             capacity: capacity.max(1),
             seen: HashMap::new(),
             order: VecDeque::new(),
             hasher: RandomState::new(),
+            relay_ports,
         }
     }
 
@@ -68,15 +77,20 @@ impl EchoFilter {
         self.hasher.hash_one(strip_tags(data))
     }
 
-    /// Whether `data` from `from` is a copy of something relayed recently
-    /// for another sender.
+    /// Whether `data` from `from` is a copy of something relayed recently.
     pub(crate) fn is_echo(&mut self, data: &[u8], from: SocketAddr, now_ms: u64) -> bool {
         if self.window_ms == 0 {
             return false;
         }
         self.expire(now_ms);
         let key = self.fingerprint(data);
-        matches!(self.seen.get(&key), Some(&(sender, expiry)) if expiry > now_ms && sender != from)
+        match self.seen.get(&key) {
+            Some(&(sender, expiry)) if expiry > now_ms => {
+                let retransmission = sender == from && !self.relay_ports.contains(&from.port());
+                !retransmission
+            }
+            _ => false,
+        }
     }
 
     /// Remembers that `data` from `from` was relayed (or sent) now.
@@ -137,7 +151,7 @@ mod tests {
 
     #[test]
     fn a_copy_from_another_sender_is_an_echo() {
-        let mut f = EchoFilter::new(500, 16);
+        let mut f = EchoFilter::new(500, 16, vec![7003]);
         let client = a("198.18.0.100:4000");
         let relay = a("198.18.0.2:7003");
         assert!(!f.is_echo(b"X", client, 0));
@@ -157,8 +171,22 @@ mod tests {
     }
 
     #[test]
+    fn a_sender_on_a_port_we_send_to_never_retransmits() {
+        // Relays A and B once missed the window: A relayed X again for B.
+        // B's copy of that is not a retransmission but the loop going on.
+        let mut f = EchoFilter::new(500, 16, vec![7003]);
+        let relay_b = a("198.18.0.2:7003");
+        f.record(b"X", relay_b, 0);
+        assert!(f.is_echo(b"X", relay_b, 10));
+        assert!(
+            !f.is_echo(b"X", relay_b, 600),
+            "outside the window it is new"
+        );
+    }
+
+    #[test]
     fn zero_window_is_off() {
-        let mut f = EchoFilter::new(0, 16);
+        let mut f = EchoFilter::new(0, 16, vec![]);
         f.record(b"X", a("1.1.1.1:1"), 0);
         assert!(!f.is_echo(b"X", a("2.2.2.2:2"), 0));
         assert_eq!(f.len(), 0);
@@ -166,7 +194,7 @@ mod tests {
 
     #[test]
     fn bounded_and_rerecording_keeps_the_latest() {
-        let mut f = EchoFilter::new(1000, 4);
+        let mut f = EchoFilter::new(1000, 4, vec![]);
         let s = a("1.1.1.1:1");
         for i in 0..100u32 {
             f.record(&i.to_be_bytes(), s, 0);
@@ -180,7 +208,7 @@ mod tests {
         );
 
         // Recorded at 0 and again at 600: still remembered at 1200.
-        let mut f = EchoFilter::new(1000, 16);
+        let mut f = EchoFilter::new(1000, 16, vec![]);
         f.record(b"X", s, 0);
         f.record(b"X", s, 600);
         assert!(f.is_echo(b"X", a("2.2.2.2:2"), 1200));

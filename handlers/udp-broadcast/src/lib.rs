@@ -97,7 +97,7 @@ impl Reason {
             Reason::Own => "our own output came back".into(),
             Reason::Oversize => format!("over max_datagram ({} bytes)", settings.max_datagram),
             Reason::Echo => format!(
-                "copies of datagrams relayed in the last {} ms for another sender (echo_window_ms)",
+                "copies of datagrams relayed in the last {} ms (echo_window_ms)",
                 settings.echo_window_ms
             ),
             Reason::Rate => format!(
@@ -342,7 +342,11 @@ impl Handler for Relay {
                 settings.burst,
                 settings.max_sources,
             ),
-            echoes: EchoFilter::new(settings.echo_window_ms, ECHO_CAPACITY),
+            echoes: EchoFilter::new(
+                settings.echo_window_ms,
+                ECHO_CAPACITY,
+                settings.targets.iter().map(|t| t.port()).collect(),
+            ),
             drops: [Drops::default(); REASONS.len()],
             relayed: 0,
             sent: 0,
