@@ -402,8 +402,9 @@ pub fn numbered(tag: &str, i: usize, len: usize) -> Vec<u8> {
 /// `tcpdump` counting frames on an interface of a namespace.
 pub struct Capture {
     child: Child,
-    lines: Arc<Mutex<Vec<String>>>,
+    stdout: Option<std::thread::JoinHandle<Vec<String>>>,
     stderr: Arc<Mutex<Vec<String>>>,
+    stderr_thread: Option<std::thread::JoinHandle<()>>,
 }
 
 /// Whether tcpdump is installed.
@@ -419,10 +420,10 @@ pub fn have_tcpdump() -> bool {
 impl Capture {
     /// Starts `tcpdump -i <iface> <filter>` in `ns`; returns once it listens.
     pub fn start(ns: &str, iface: &str, filter: &str) -> Capture {
+        // -q: one short line per frame; -l: line-buffered; -p: no promiscuous
+        // mode (a bridge sees broadcasts anyway); -B: a deep capture buffer.
         let mut child = Command::new("ip")
-            .args([
-                "netns", "exec", ns, "tcpdump", "-i", iface, "-n", "-l", "-p",
-            ])
+            .args(["netns", "exec", ns, "tcpdump", "-i", iface, "-n", "-q", "-l", "-p"])
             .args(["-B", "8192"])
             .args(filter.split_whitespace())
             .stdin(Stdio::null())
@@ -430,35 +431,26 @@ impl Capture {
             .stderr(Stdio::piped())
             .spawn()
             .expect("starting tcpdump");
-        let lines = Arc::new(Mutex::new(Vec::new()));
-        let stderr = Arc::new(Mutex::new(Vec::new()));
         let out = child.stdout.take().unwrap();
         let err = child.stderr.take().unwrap();
-        let l = lines.clone();
-        std::thread::spawn(move || {
-            for line in BufReader::new(out).lines().map_while(Result::ok) {
-                l.lock().unwrap().push(line);
-            }
+        let stdout = std::thread::spawn(move || {
+            BufReader::new(out).lines().map_while(Result::ok).collect()
         });
+        let stderr = Arc::new(Mutex::new(Vec::new()));
         let e = stderr.clone();
-        std::thread::spawn(move || {
+        let stderr_thread = std::thread::spawn(move || {
             for line in BufReader::new(err).lines().map_while(Result::ok) {
                 e.lock().unwrap().push(line);
             }
         });
         let c = Capture {
             child,
-            lines,
+            stdout: Some(stdout),
             stderr,
+            stderr_thread: Some(stderr_thread),
         };
         let deadline = Instant::now() + TIMEOUT;
-        while !c
-            .stderr
-            .lock()
-            .unwrap()
-            .iter()
-            .any(|l| l.contains("listening on"))
-        {
+        while !c.stderr.lock().unwrap().iter().any(|l| l.contains("listening on")) {
             assert!(
                 Instant::now() < deadline,
                 "tcpdump did not start: {:?}",
@@ -472,7 +464,7 @@ impl Capture {
     /// Stops tcpdump; returns the frames it printed and how many the kernel
     /// dropped before tcpdump could read them.
     pub fn stop(mut self) -> (Vec<String>, u64) {
-        // SAFETY: signalling our own child.
+        // SAFETY: signalling our own child (ip netns exec execs tcpdump).
         unsafe { libc::kill(self.child.id() as i32, libc::SIGINT) };
         let deadline = Instant::now() + TIMEOUT;
         while self.child.try_wait().unwrap().is_none() {
@@ -483,18 +475,9 @@ impl Capture {
             std::thread::sleep(Duration::from_millis(10));
         }
         let _ = self.child.wait();
-        // The reader threads finish at EOF; give them a moment (bounded).
-        let deadline = Instant::now() + Duration::from_secs(5);
-        while !self
-            .stderr
-            .lock()
-            .unwrap()
-            .iter()
-            .any(|l| l.contains("dropped by kernel"))
-            && Instant::now() < deadline
-        {
-            std::thread::sleep(Duration::from_millis(10));
-        }
+        // The process is gone: both pipes are at EOF.
+        let lines = self.stdout.take().unwrap().join().unwrap();
+        self.stderr_thread.take().unwrap().join().unwrap();
         let dropped = self
             .stderr
             .lock()
@@ -503,7 +486,6 @@ impl Capture {
             .find(|l| l.contains("dropped by kernel"))
             .and_then(|l| l.split_whitespace().next()?.parse().ok())
             .unwrap_or(0);
-        let lines = self.lines.lock().unwrap().clone();
         (lines, dropped)
     }
 }
