@@ -47,7 +47,10 @@ fn final_stats(loopd: &Loopd) -> HashMap<String, u64> {
         loopd.logs()
     );
     let logs = loopd.logs();
-    let line = logs.lines().find(|l| l.contains("relay: stopped: ")).unwrap();
+    let line = logs
+        .lines()
+        .find(|l| l.contains("relay: stopped: "))
+        .unwrap();
     line.split("stopped: ")
         .nth(1)
         .unwrap()
@@ -94,7 +97,12 @@ fn frames(cap: Option<Capture>) -> Option<usize> {
         eprintln!("!! tcpdump lost {dropped} frames: its count is not used");
         return None;
     }
-    Some(lines.iter().filter(|l| l.contains(" > 198.18.0.255.")).count())
+    Some(
+        lines
+            .iter()
+            .filter(|l| l.contains(" > 198.18.0.255."))
+            .count(),
+    )
 }
 
 #[test]
@@ -133,7 +141,11 @@ fn three_listeners_each_get_1000_of_1000() {
         assert_eq!(got.len(), 1001, "listener l{}: 1,000 and END", l + 1);
         for (i, g) in got[..1000].iter().enumerate() {
             assert_eq!(g.from, relay_out, "listener l{}: sender", l + 1);
-            assert!(g.data == sent[i], "listener l{}: datagram {i} differs", l + 1);
+            assert!(
+                g.data == sent[i],
+                "listener l{}: datagram {i} differs",
+                l + 1
+            );
         }
     }
     let stats = final_stats(&loopd);
@@ -251,8 +263,14 @@ fn a_flood_from_one_source_is_capped_at_the_configured_rate() {
     // Relayed in order, none twice.
     let mut last = None;
     for g in got.iter().filter(|g| g.data.starts_with(b"flood ")) {
-        let n: usize = std::str::from_utf8(&g.data[6..12]).unwrap().parse().unwrap();
-        assert!(last < Some(n), "out of order or duplicated: {n} after {last:?}");
+        let n: usize = std::str::from_utf8(&g.data[6..12])
+            .unwrap()
+            .parse()
+            .unwrap();
+        assert!(
+            last < Some(n),
+            "out of order or duplicated: {n} after {last:?}"
+        );
         last = Some(n);
     }
     let stats = final_stats(&loopd);

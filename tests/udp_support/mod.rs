@@ -423,7 +423,9 @@ impl Capture {
         // -q: one short line per frame; -l: line-buffered; -p: no promiscuous
         // mode (a bridge sees broadcasts anyway); -B: a deep capture buffer.
         let mut child = Command::new("ip")
-            .args(["netns", "exec", ns, "tcpdump", "-i", iface, "-n", "-q", "-l", "-p"])
+            .args([
+                "netns", "exec", ns, "tcpdump", "-i", iface, "-n", "-q", "-l", "-p",
+            ])
             .args(["-B", "8192"])
             .args(filter.split_whitespace())
             .stdin(Stdio::null())
@@ -433,9 +435,8 @@ impl Capture {
             .expect("starting tcpdump");
         let out = child.stdout.take().unwrap();
         let err = child.stderr.take().unwrap();
-        let stdout = std::thread::spawn(move || {
-            BufReader::new(out).lines().map_while(Result::ok).collect()
-        });
+        let stdout =
+            std::thread::spawn(move || BufReader::new(out).lines().map_while(Result::ok).collect());
         let stderr = Arc::new(Mutex::new(Vec::new()));
         let e = stderr.clone();
         let stderr_thread = std::thread::spawn(move || {
@@ -450,7 +451,13 @@ impl Capture {
             stderr_thread: Some(stderr_thread),
         };
         let deadline = Instant::now() + TIMEOUT;
-        while !c.stderr.lock().unwrap().iter().any(|l| l.contains("listening on")) {
+        while !c
+            .stderr
+            .lock()
+            .unwrap()
+            .iter()
+            .any(|l| l.contains("listening on"))
+        {
             assert!(
                 Instant::now() < deadline,
                 "tcpdump did not start: {:?}",
