@@ -12,6 +12,7 @@ mod udp_support;
 
 use std::collections::HashMap;
 use std::net::{SocketAddr, UdpSocket};
+use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use common::*;
@@ -124,17 +125,23 @@ fn three_listeners_each_get_1000_of_1000() {
         &relay_config(7002, "rate_per_source = 1000000\nburst = 1000000"),
     );
     let relay_out = SocketAddr::from((seg.host("relay").ip, 7002));
-    let collectors: Vec<_> = ["l1", "l2", "l3"]
+    let (collectors, counts): (Vec<_>, Vec<_>) = ["l1", "l2", "l3"]
         .iter()
-        .map(|r| collect(listener(&seg, r), b"END", Duration::from_millis(300)))
-        .collect();
+        .map(|r| collect_counting(listener(&seg, r), b"END", Duration::from_millis(300)))
+        .unzip();
     let tx = sender(&seg, "inj");
     let sent: Vec<Vec<u8>> = (0..1000)
         .map(|i| numbered("seg", i, 16 + (i * 53) % 1400))
         .collect();
-    send_paced(&tx, relay_out, 1000, 20, Duration::from_millis(2), |i| {
-        sent[i].clone()
-    });
+    // Paced by the slowest listener: correctness, not throughput.
+    let slowest = || {
+        counts
+            .iter()
+            .map(|c| c.load(Ordering::SeqCst))
+            .min()
+            .unwrap()
+    };
+    send_windowed(&tx, relay_out, 1000, 50, slowest, |i| sent[i].clone());
     tx.send_to(b"END", relay_out).unwrap();
     for (l, c) in collectors.into_iter().enumerate() {
         let got = c.join().unwrap();
@@ -167,11 +174,10 @@ fn a_relay_bound_on_the_broadcast_port_never_rebroadcasts_its_own_output() {
     );
     let relay = SocketAddr::from((seg.host("relay").ip, PORT));
     let cap = capture(&seg);
-    let got = collect(listener(&seg, "l1"), b"END", Duration::from_millis(500));
+    let (got, count) = collect_counting(listener(&seg, "l1"), b"END", Duration::from_millis(500));
     let tx = sender(&seg, "inj");
-    send_paced(&tx, relay, 1000, 20, Duration::from_millis(2), |i| {
-        numbered("own", i, 64)
-    });
+    let received = || count.load(Ordering::SeqCst);
+    send_windowed(&tx, relay, 1000, 50, received, |i| numbered("own", i, 64));
     tx.send_to(b"END", relay).unwrap();
     let got = got.join().unwrap();
     // Exactly one output per input.

@@ -325,7 +325,19 @@ pub fn collect(
     stop: &'static [u8],
     linger: Duration,
 ) -> std::thread::JoinHandle<Vec<Got>> {
-    std::thread::spawn(move || {
+    collect_counting(sock, stop, linger).0
+}
+
+/// As [`collect`]; the counter says how many datagrams arrived so far (for
+/// [`send_windowed`]).
+pub fn collect_counting(
+    sock: UdpSocket,
+    stop: &'static [u8],
+    linger: Duration,
+) -> (std::thread::JoinHandle<Vec<Got>>, Arc<AtomicUsize>) {
+    let count = Arc::new(AtomicUsize::new(0));
+    let counter = count.clone();
+    let handle = std::thread::spawn(move || {
         let mut got = Vec::new();
         let mut buf = vec![0u8; 65_536];
         let deadline = Instant::now() + TIMEOUT;
@@ -342,6 +354,7 @@ pub fn collect(
                         until = Some(Instant::now() + linger);
                     }
                     got.push(Got { from, data });
+                    counter.store(got.len(), Ordering::SeqCst);
                 }
                 Err(e)
                     if matches!(
@@ -351,7 +364,43 @@ pub fn collect(
                 Err(e) => panic!("receiving: {e}"),
             }
         }
-    })
+    });
+    (handle, count)
+}
+
+/// Sends `count` datagrams made by `payload(i)` to `to`, never more than
+/// `window` ahead of what the receivers got (`received()`): however slowly
+/// loopd or a receiver is scheduled on a busy machine, no socket buffer on
+/// the way can overflow, so every datagram must arrive. Panics, naming the
+/// datagram, if the receivers stop making progress for `TIMEOUT` (a lost
+/// datagram stalls the window).
+pub fn send_windowed(
+    sock: &UdpSocket,
+    to: SocketAddr,
+    count: usize,
+    window: usize,
+    received: impl Fn() -> usize,
+    payload: impl Fn(usize) -> Vec<u8>,
+) {
+    let mut progress = (0, Instant::now());
+    for i in 0..count {
+        loop {
+            let r = received();
+            if r != progress.0 {
+                progress = (r, Instant::now());
+            }
+            if i < r + window {
+                break;
+            }
+            assert!(
+                progress.1.elapsed() < TIMEOUT,
+                "receivers stalled at {r} datagrams while sending datagram {i} to {to}"
+            );
+            std::thread::sleep(Duration::from_micros(200));
+        }
+        sock.send_to(&payload(i), to)
+            .unwrap_or_else(|e| panic!("sending datagram {i} to {to}: {e}"));
+    }
 }
 
 /// Sends `count` datagrams made by `payload(i)` to `to`, paced: `batch` at a

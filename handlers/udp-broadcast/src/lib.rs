@@ -327,6 +327,9 @@ impl fmt::Display for Relay {
 impl Handler for Relay {
     type Config = RelayConfig;
     type Conn = ();
+    /// The relay learns its sockets from `on_listen` (ABI 1.1): a 1.0 host
+    /// would never tell it, so it refuses to load there, with a message.
+    const MIN_HOST_MINOR: u32 = 1;
 
     fn create(ctx: &Ctx, instance: &str, config: RelayConfig) -> Result<Self, String> {
         let settings = config.check()?;
