@@ -264,19 +264,28 @@ pub fn in_ns<T: Send + 'static>(ns: &str, f: impl FnOnce() -> T + Send + 'static
     .expect("thread in namespace panicked")
 }
 
+/// In a child between fork and exec: be killed when the thread that spawned
+/// us goes away, so a test killed hard leaves no process running inside a
+/// namespace (`Loopd` and `Capture` kill theirs when dropped otherwise).
+fn die_with_parent() {
+    // SAFETY: prctl with plain values; async-signal-safe.
+    unsafe { libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) };
+}
+
 /// Starts loopd inside namespace `ns` on `config`.
 pub fn loopd_in(ns: &str, config: &str) -> Loopd {
     let file = ns_file(ns);
     let fd = file.as_raw_fd();
     let l = Loopd::start_with(config, "debug", move |cmd| {
         // SAFETY: the closure runs in the child between fork and exec and
-        // only calls setns, which is async-signal-safe; `fd` stays open in
-        // the parent until spawn has returned.
+        // only makes syscalls (setns, prctl), which are async-signal-safe;
+        // `fd` stays open in the parent until spawn has returned.
         unsafe {
             cmd.pre_exec(move || {
                 if libc::setns(fd, libc::CLONE_NEWNET) != 0 {
                     return Err(io::Error::last_os_error());
                 }
+                die_with_parent();
                 Ok(())
             });
         }
@@ -471,7 +480,15 @@ impl Capture {
     pub fn start(ns: &str, iface: &str, filter: &str) -> Capture {
         // -q: one short line per frame; -l: line-buffered; -p: no promiscuous
         // mode (a bridge sees broadcasts anyway); -B: a deep capture buffer.
-        let mut child = Command::new("ip")
+        let mut cmd = Command::new("ip");
+        // SAFETY: only an async-signal-safe syscall between fork and exec.
+        unsafe {
+            cmd.pre_exec(|| {
+                die_with_parent();
+                Ok(())
+            });
+        }
+        let mut child = cmd
             .args([
                 "netns", "exec", ns, "tcpdump", "-i", iface, "-n", "-q", "-l", "-p",
             ])
