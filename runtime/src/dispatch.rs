@@ -375,20 +375,32 @@ impl Runtime {
         core.begin_close(id, true, abi::LOOPD_REASON_HANDLER);
     }
 
+    /// Reads up to [`DATAGRAMS_PER_EVENT`] datagrams and hands each to
+    /// `on_datagram` with its sender. A datagram over the socket's
+    /// `max_datagram` is detected (`MSG_TRUNC` reports its real size) and
+    /// dropped, never delivered cut short.
     fn datagram_readable(&mut self, id: u64) {
         for _ in 0..DATAGRAMS_PER_EVENT {
-            let (inst, result) = {
+            let (inst, cap, result) = {
                 let core = self.core.borrow();
                 let Some(Source::Datagram(d)) = core.sources.get(id) else {
                     return;
                 };
-                (d.instance, d.sock.recv_from(&mut self.scratch))
+                let cap = d.max_datagram.min(self.scratch.len());
+                let fd = d.sock.as_raw_fd();
+                (
+                    d.instance,
+                    cap,
+                    sys::recv_from(fd, &mut self.scratch[..cap]),
+                )
             };
             match result {
-                Ok((n, from)) => {
-                    let peer = abi::loopd_addr::from_socket_addr(from);
+                Ok((n, peer)) if n > cap => {
+                    self.core.borrow_mut().datagram_too_big(id, n, &peer);
+                }
+                Ok((n, peer)) => {
                     let i = &self.instances[inst];
-                    if let Some(f) = i.plugin.vtable.on_datagram {
+                    if let (Some(f), false) = (i.plugin.vtable.on_datagram, i.destroyed) {
                         // SAFETY: checked plugin vtable; `peer` and the bytes are borrowed for the call.
                         unsafe { f(i.ctx.as_raw(), i.ptr, id, &peer, self.scratch.as_ptr(), n) };
                     }
@@ -397,7 +409,11 @@ impl Runtime {
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
                 Err(e) => {
-                    log::debug!("{}: receiving a datagram: {e}", self.instances[inst].name);
+                    // E.g. a queued ICMP error: reading it clears it.
+                    log::debug!(
+                        "{}: receiving a datagram on socket {id}: {e}",
+                        self.instances[inst].name
+                    );
                     return;
                 }
             }
