@@ -2,14 +2,14 @@
 //! poll-based fleet that drives hundreds of clients from one thread.
 #![allow(dead_code)]
 
-use std::io::{ErrorKind, Read, Write};
+use std::io::{BufRead, BufReader, ErrorKind, Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::os::fd::AsRawFd;
 use std::time::{Duration, Instant};
 
 use polling::{Event, Events, PollMode, Poller};
 
-use crate::common::{tcp, LineClient, TIMEOUT};
+use crate::common::{tcp, TIMEOUT};
 
 /// A config with one chat instance on an ephemeral port. `handler_keys` go
 /// into the `[[handler]]` table (no `framing`: chat's own default, raw,
@@ -90,15 +90,22 @@ pub fn status_kib(pid: i32, field: &str) -> usize {
 /// One chat client over a blocking socket (every read has a timeout).
 pub struct Chatter {
     pub nick: String,
-    client: LineClient,
+    reader: BufReader<TcpStream>,
+    writer: TcpStream,
 }
 
 impl Chatter {
     /// Connects and reads the welcome line.
     pub fn join(addr: SocketAddr) -> Chatter {
-        let mut client = LineClient::connect(addr);
-        let nick = welcome_nick(&client.recv());
-        Chatter { nick, client }
+        let writer = tcp(addr);
+        let reader = BufReader::new(writer.try_clone().unwrap());
+        let mut c = Chatter {
+            nick: String::new(),
+            reader,
+            writer,
+        };
+        c.nick = welcome_nick(&c.recv());
+        c
     }
 
     /// Connects, reads the welcome line and takes `nick`.
@@ -110,16 +117,33 @@ impl Chatter {
     }
 
     pub fn send(&mut self, line: &str) {
-        self.client.send(line);
+        self.send_raw(format!("{line}\n").as_bytes());
     }
 
     pub fn send_raw(&mut self, bytes: &[u8]) {
-        self.client.stream().write_all(bytes).unwrap();
+        self.writer.write_all(bytes).expect("writing to loopd");
     }
 
-    /// The next line; panics on EOF or timeout.
+    /// The next line, without `\n`; panics on EOF, error or timeout.
     pub fn recv(&mut self) -> String {
-        self.client.recv()
+        match self.try_recv() {
+            Ok(Some(line)) => line,
+            Ok(None) => panic!("{}: connection closed while waiting for a line", self.nick),
+            Err(e) => panic!("{}: reading a line: {e}", self.nick),
+        }
+    }
+
+    /// The next line, `None` at EOF.
+    pub fn try_recv(&mut self) -> std::io::Result<Option<String>> {
+        let mut line = Vec::new();
+        let n = self.reader.read_until(b'\n', &mut line)?;
+        if n == 0 {
+            return Ok(None);
+        }
+        assert_eq!(line.pop(), Some(b'\n'), "{}: a line without \\n", self.nick);
+        Ok(Some(
+            String::from_utf8(line).expect("the server sent UTF-8"),
+        ))
     }
 
     /// Asserts the next line.
@@ -149,11 +173,28 @@ impl Chatter {
 
     /// Reads until the server closes; returns what came.
     pub fn read_to_eof(&mut self) -> String {
-        self.client.read_to_eof()
+        let mut rest = String::new();
+        self.reader
+            .read_to_string(&mut rest)
+            .unwrap_or_else(|e| panic!("{}: reading to EOF: {e}", self.nick));
+        rest
+    }
+
+    /// Reads every line until the server closes (EOF) or resets the
+    /// connection; returns the lines and the error, if it ended with one.
+    pub fn read_until_closed(&mut self) -> (Vec<String>, Option<std::io::Error>) {
+        let mut lines = Vec::new();
+        loop {
+            match self.try_recv() {
+                Ok(Some(line)) => lines.push(line),
+                Ok(None) => return (lines, None),
+                Err(e) => return (lines, Some(e)),
+            }
+        }
     }
 
     pub fn stream(&self) -> &TcpStream {
-        self.client.stream()
+        &self.writer
     }
 }
 

@@ -58,7 +58,7 @@ use serde::Deserialize;
 
 use lines::{Piece, Splitter};
 use protocol::{BadLine, Input};
-use roster::{Roster, Taken};
+use roster::{Member, Roster, Taken};
 
 /// The room every client starts in.
 pub const LOBBY: &str = "lobby";
@@ -196,13 +196,27 @@ fn compose(out: &mut Vec<u8>, args: fmt::Arguments<'_>) {
 /// Hands `bytes` to one member: straight to loopd, or behind output already
 /// held back. Returns true if the member's pending output is now over
 /// `max_pending`.
-fn deliver(ctx: &Ctx, max_pending: usize, conn: ConnId, outbox: &mut Outbox, bytes: &[u8]) -> bool {
+fn deliver(
+    ctx: &Ctx,
+    max_pending: usize,
+    conn: ConnId,
+    member: &mut Member<Outbox>,
+    bytes: &[u8],
+) -> bool {
+    let outbox = &mut member.data;
     if outbox.held.is_empty() {
         match ctx.send(conn, bytes) {
             Ok(()) => {}
             // loopd's queue is at the high watermark: keep the line, in
             // order; on_writable follows once the queue drains.
-            Err(Error::Again) => outbox.held.extend(bytes),
+            Err(Error::Again) => {
+                ctx.debug(format_args!(
+                    "{} (connection {conn}) is behind: holding its output until loopd's \
+                     queue drains",
+                    member.nick
+                ));
+                outbox.held.extend(bytes);
+            }
             // Closing already (an error, or being cut off): on_close
             // follows and takes it out of the roster.
             Err(_) => return false,
@@ -257,7 +271,7 @@ impl Chat {
             ..
         } = self;
         if let Some(member) = roster.get_mut(to) {
-            if deliver(ctx, config.max_pending, to, &mut member.data, out) && !member.data.flagged {
+            if deliver(ctx, config.max_pending, to, member, out) && !member.data.flagged {
                 member.data.flagged = true;
                 slow.push(to);
             }
@@ -280,7 +294,7 @@ impl Chat {
             ..
         } = self;
         roster.for_each_in(room, except, |k, member| {
-            if deliver(ctx, config.max_pending, k, &mut member.data, out) && !member.data.flagged {
+            if deliver(ctx, config.max_pending, k, member, out) && !member.data.flagged {
                 member.data.flagged = true;
                 slow.push(k);
             }
