@@ -425,7 +425,7 @@ fn length_prefixed_framing_is_refused_with_a_warning() {
     let mut c = LineClient::connect(addr);
     assert_eq!(c.read_to_eof(), "", "refused at once");
     assert!(loopd.wait_for_log(
-        "chat needs framing = \"raw\" or \"line\", not LengthPrefixed",
+        "chat needs framing = \"raw\" or \"line\", not \"length-prefixed\"",
         TIMEOUT
     ));
 }

@@ -259,16 +259,15 @@ fn check_accepts_the_shipped_config() {
         text(&out.stdout),
         text(&out.stderr)
     );
-    let echo = plugin_dir().join("libloopd_echo.so");
     let v = env!("CARGO_PKG_VERSION");
-    assert_eq!(
-        text(&out.stdout),
-        format!(
-            "examples/loopd.toml: ok\n  echo: echo {v} ({})\n  echo-framed: echo {v} ({})\n",
-            echo.display(),
-            echo.display()
-        )
-    );
+    let lib = |plugin: &str| plugin_dir().join(format!("libloopd_{plugin}.so"));
+    // One line per [[handler]] entry, in file order: (instance, plugin).
+    let instances = [("echo", "echo"), ("echo-framed", "echo"), ("chat", "chat")];
+    let mut want = "examples/loopd.toml: ok\n".to_string();
+    for (name, plugin) in instances {
+        want += &format!("  {name}: {plugin} {v} ({})\n", lib(plugin).display());
+    }
+    assert_eq!(text(&out.stdout), want);
     // check never listens: nothing about listeners or readiness.
     let err = text(&out.stderr);
     assert!(

@@ -558,14 +558,18 @@ impl Handler for Chat {
                 }
             }
             other => {
+                let name = match other {
+                    Framing::LengthPrefixed => "length-prefixed",
+                    _ => "unknown",
+                };
                 if !self.noted_bad_framing {
                     self.noted_bad_framing = true;
                     ctx.warn(format_args!(
-                        "chat needs framing = \"raw\" or \"line\", not {other:?}: refusing \
+                        "chat needs framing = \"raw\" or \"line\", not \"{name}\": refusing \
                          every connection"
                     ));
                 }
-                return Err(format!("unsupported framing {other:?}"));
+                return Err(format!("unsupported framing \"{name}\""));
             }
         }
         let state = ChatConn {
