@@ -178,7 +178,7 @@ fn assert_in_order_prefix(lines: &[String], prefix: &str, total: usize) -> usize
     let flood: Vec<&String> = lines.iter().filter(|l| l.starts_with(prefix)).collect();
     for (j, line) in flood.iter().enumerate() {
         assert!(
-            is_flood_line(line[prefix.len()..].as_bytes(), j),
+            is_flood_line(&line.as_bytes()[prefix.len()..], j),
             "the cut-off client's line {j} is wrong: {:?}",
             &line[..line.len().min(80)]
         );
