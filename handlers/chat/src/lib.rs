@@ -194,15 +194,16 @@ fn compose(out: &mut Vec<u8>, args: fmt::Arguments<'_>) {
 }
 
 /// Hands `bytes` to one member: straight to loopd, or behind output already
-/// held back. Returns true if the member's pending output is now over
-/// `max_pending`.
+/// held back. If the member's pending output is now over `max_pending`, it
+/// goes on the `slow` list (once).
 fn deliver(
     ctx: &Ctx,
     max_pending: usize,
     conn: ConnId,
     member: &mut Member<Outbox>,
     bytes: &[u8],
-) -> bool {
+    slow: &mut Vec<ConnId>,
+) {
     let outbox = &mut member.data;
     if outbox.held.is_empty() {
         match ctx.send(conn, bytes) {
@@ -219,13 +220,16 @@ fn deliver(
             }
             // Closing already (an error, or being cut off): on_close
             // follows and takes it out of the roster.
-            Err(_) => return false,
+            Err(_) => return,
         }
     } else {
         outbox.held.extend(bytes);
     }
     let queued = ctx.output_queued(conn).unwrap_or(0);
-    queued + outbox.held.len() > max_pending
+    if queued + outbox.held.len() > max_pending && !outbox.flagged {
+        outbox.flagged = true;
+        slow.push(conn);
+    }
 }
 
 /// Hands held-back output to loopd while it takes it. With `all`, in one
@@ -271,10 +275,7 @@ impl Chat {
             ..
         } = self;
         if let Some(member) = roster.get_mut(to) {
-            if deliver(ctx, config.max_pending, to, member, out) && !member.data.flagged {
-                member.data.flagged = true;
-                slow.push(to);
-            }
+            deliver(ctx, config.max_pending, to, member, out, slow);
         }
     }
 
@@ -294,19 +295,22 @@ impl Chat {
             ..
         } = self;
         roster.for_each_in(room, except, |k, member| {
-            if deliver(ctx, config.max_pending, k, member, out) && !member.data.flagged {
-                member.data.flagged = true;
-                slow.push(k);
-            }
+            deliver(ctx, config.max_pending, k, member, out, slow);
         });
     }
 
     /// Sends `self.out` to everyone in `from`'s room but `from`.
     fn tell_room_of(&mut self, ctx: &Ctx, from: ConnId) {
-        let Some(room) = self.roster.get(from).map(|m| m.room.clone()) else {
-            return;
-        };
-        self.broadcast_out(ctx, &room, Some(from));
+        let Chat {
+            roster,
+            out,
+            slow,
+            config,
+            ..
+        } = self;
+        roster.for_each_near(from, |k, member| {
+            deliver(ctx, config.max_pending, k, member, out, slow);
+        });
     }
 
     /// Takes a member out of the roster and tells its room `* nick left`.

@@ -207,6 +207,22 @@ impl<K: Copy + Eq + Hash, T> Roster<K, T> {
         }
     }
 
+    /// Calls `f` for every other member of `k`'s room; as
+    /// [`Roster::for_each_in`], without looking the room up by name.
+    pub(crate) fn for_each_near(&mut self, k: K, mut f: impl FnMut(K, &mut Member<T>)) {
+        let Some(room) = self.members.get(&k).and_then(|m| self.rooms.get(&m.room)) else {
+            return;
+        };
+        for &other in &room.members {
+            if other == k {
+                continue;
+            }
+            if let Some(member) = self.members.get_mut(&other) {
+                f(other, member);
+            }
+        }
+    }
+
     /// Every member key, e.g. to close them all.
     pub(crate) fn keys(&self) -> Vec<K> {
         self.members.keys().copied().collect()
@@ -314,5 +330,11 @@ mod tests {
         assert!(r.get(1).unwrap().data.is_empty());
         assert_eq!(r.get(2).unwrap().data, ["hi"]);
         assert!(r.get(3).unwrap().data.is_empty());
+        r.for_each_near(2, |_, m| m.data.push("near"));
+        assert_eq!(r.get(1).unwrap().data, ["near"]);
+        assert_eq!(r.get(2).unwrap().data, ["hi"]);
+        assert!(r.get(3).unwrap().data.is_empty());
+        r.for_each_in("lobby", None, |_, m| m.data.push("all"));
+        assert_eq!(r.get(2).unwrap().data, ["hi", "all"]);
     }
 }
