@@ -259,8 +259,8 @@ fn check_accepts_the_shipped_config() {
         text(&out.stdout),
         text(&out.stderr)
     );
-    let echo = plugin_dir().join("libloopd_echo.so");
     let v = env!("CARGO_PKG_VERSION");
+    let echo = plugin_dir().join("libloopd_echo.so");
     let stdout = text(&out.stdout);
     let lines: Vec<&str> = stdout.lines().collect();
     assert_eq!(lines[0], "examples/loopd.toml: ok", "{stdout}");
