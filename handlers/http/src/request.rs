@@ -97,6 +97,7 @@ impl Scanner {
     /// # Errors
     /// The status to refuse the request with.
     pub(crate) fn parse<'a>(&mut self, buf: &'a [u8], limits: &Limits) -> Result<Head<'a>, Reject> {
+        let first_look = self.scanned == 0;
         let lead = buf
             .iter()
             .take_while(|&&b| b == b'\r' || b == b'\n')
@@ -108,15 +109,17 @@ impl Scanner {
             ));
         }
         let line = &buf[lead..];
-        let line_end = match memchr(b'\n', line) {
-            Some(end) => end,
-            None if line.len() > limits.max_request_line => {
+        let Some(line_end) = memchr(b'\n', line) else {
+            if line.len() > limits.max_request_line {
                 return Err(Reject::new(414, "request line too long"));
             }
-            None => {
-                self.scanned = buf.len();
-                return Ok(Head::Partial);
+            self.scanned = buf.len();
+            // Garbage (a TLS handshake, another protocol) is refused on its
+            // first bytes, without waiting for a line end.
+            if first_look && !line.is_empty() {
+                return run(buf, lead..buf.len(), buf.len(), limits);
             }
+            return Ok(Head::Partial);
         };
         let line_len = if line_end > 0 && line[line_end - 1] == b'\r' {
             line_end - 1
@@ -130,58 +133,65 @@ impl Scanner {
         // Parse when the request line just completed (to refuse a bad one
         // early) or when a blank line ends the head; otherwise only check
         // the size.
-        let from = self
-            .scanned
-            .max(headers_start)
-            .saturating_sub(3)
-            .max(lead + line_end);
+        let from = self.scanned.saturating_sub(3).max(lead + line_end);
         let ended = find_head_end(&buf[from..]).is_some();
-        let first_look = !self.line_done;
+        let line_just_done = !self.line_done;
         self.line_done = true;
         self.scanned = buf.len();
-        if !ended && !first_look {
+        if !ended && !line_just_done {
             if buf.len() - headers_start > limits.max_header_bytes {
                 return Err(Reject::new(431, "header section too large"));
             }
             return Ok(Head::Partial);
         }
-        let mut storage =
-            [const { MaybeUninit::<httparse::Header<'_>>::uninit() }; MAX_HEADERS_LIMIT];
-        let fields = &mut storage[..limits.max_headers.min(MAX_HEADERS_LIMIT)];
-        let mut req = httparse::Request::new(&mut []);
-        let status = httparse::ParserConfig::default()
-            .parse_request_with_uninit_headers(&mut req, buf, fields);
-        match status {
-            Ok(httparse::Status::Partial) => {
-                if buf.len() - headers_start > limits.max_header_bytes {
-                    return Err(Reject::new(431, "header section too large"));
-                }
-                Ok(Head::Partial)
+        run(buf, lead..lead + line_len, headers_start, limits)
+    }
+}
+
+/// Runs httparse on `buf`, whose request line is `buf[line]` (possibly
+/// incomplete) and whose header section starts at `headers_start`.
+fn run<'a>(
+    buf: &'a [u8],
+    line: std::ops::Range<usize>,
+    headers_start: usize,
+    limits: &Limits,
+) -> Result<Head<'a>, Reject> {
+    let line = &buf[line];
+    let mut storage = [const { MaybeUninit::<httparse::Header<'_>>::uninit() }; MAX_HEADERS_LIMIT];
+    let fields = &mut storage[..limits.max_headers.min(MAX_HEADERS_LIMIT)];
+    let mut req = httparse::Request::new(&mut []);
+    let status =
+        httparse::ParserConfig::default().parse_request_with_uninit_headers(&mut req, buf, fields);
+    match status {
+        Ok(httparse::Status::Partial) => {
+            if buf.len() - headers_start > limits.max_header_bytes {
+                return Err(Reject::new(431, "header section too large"));
             }
-            Ok(httparse::Status::Complete(len)) => {
-                if len - headers_start > limits.max_header_bytes {
-                    return Err(Reject::new(431, "header section too large"));
-                }
-                let request = summarize(&req, &buf[lead..lead + line_len])?;
-                Ok(Head::Complete { len, req: request })
-            }
-            Err(httparse::Error::TooManyHeaders) => Err(Reject::new(431, "too many header fields")),
-            Err(httparse::Error::Version) => {
-                if looks_like_http_version(&buf[lead..lead + line_len]) {
-                    Err(Reject::new(505, "HTTP version not supported"))
-                } else {
-                    Err(Reject::new(400, "malformed HTTP version"))
-                }
-            }
-            Err(httparse::Error::HeaderName) => Err(Reject::new(
-                400,
-                "invalid header name (or an obsolete line folding)",
-            )),
-            Err(httparse::Error::HeaderValue) => Err(Reject::new(400, "invalid header value")),
-            Err(httparse::Error::Token) => Err(Reject::new(400, "invalid method or target")),
-            Err(httparse::Error::NewLine) => Err(Reject::new(400, "invalid line ending")),
-            Err(_) => Err(Reject::new(400, "malformed request")),
+            Ok(Head::Partial)
         }
+        Ok(httparse::Status::Complete(len)) => {
+            if len - headers_start > limits.max_header_bytes {
+                return Err(Reject::new(431, "header section too large"));
+            }
+            let request = summarize(&req, line)?;
+            Ok(Head::Complete { len, req: request })
+        }
+        Err(httparse::Error::TooManyHeaders) => Err(Reject::new(431, "too many header fields")),
+        Err(httparse::Error::Version) => {
+            if looks_like_http_version(line) {
+                Err(Reject::new(505, "HTTP version not supported"))
+            } else {
+                Err(Reject::new(400, "malformed HTTP version"))
+            }
+        }
+        Err(httparse::Error::HeaderName) => Err(Reject::new(
+            400,
+            "invalid header name (or an obsolete line folding)",
+        )),
+        Err(httparse::Error::HeaderValue) => Err(Reject::new(400, "invalid header value")),
+        Err(httparse::Error::Token) => Err(Reject::new(400, "invalid method or target")),
+        Err(httparse::Error::NewLine) => Err(Reject::new(400, "invalid line ending")),
+        Err(_) => Err(Reject::new(400, "malformed request")),
     }
 }
 
@@ -204,9 +214,13 @@ fn find_head_end(buf: &[u8]) -> Option<usize> {
     None
 }
 
-/// `... HTTP/d.d` at the end of the request line.
+/// `METHOD TARGET HTTP/d.d`: a well-formed request line with a version
+/// httparse does not speak.
 fn looks_like_http_version(line: &[u8]) -> bool {
-    let v = line.rsplit(|&b| b == b' ').next().unwrap_or_default();
+    let parts: Vec<&[u8]> = line.split(|&b| b == b' ').collect();
+    let [_, _, v] = parts[..] else {
+        return false;
+    };
     v.len() == 8
         && v.starts_with(b"HTTP/")
         && v[5].is_ascii_digit()
@@ -383,7 +397,16 @@ mod tests {
         assert_eq!(status(b"G\x00T / HTTP/1.1\r\n\r\n"), 400);
         assert_eq!(status(b"GET / HTTP/2.0\r\n\r\n"), 505);
         assert_eq!(status(b"GET / FOO/1.1\r\n\r\n"), 400);
+        assert_eq!(status(b"G ET / HTTP/1.1\r\n\r\n"), 400);
+        assert_eq!(status(b"GET / HTTP/1.1 x\r\n\r\n"), 400);
         assert_eq!(status(b"GET / HTTP/1.1\r\nHost: x\rY: z\r\n\r\n"), 400);
+    }
+
+    #[test]
+    fn garbage_is_refused_on_its_first_bytes() {
+        assert_eq!(status(b"\x16\x03\x01\x02\x00"), 400);
+        assert_eq!(status(b"\x00\x00"), 400);
+        assert!(matches!(parse(b"GET"), Ok(Head::Partial)));
     }
 
     #[test]

@@ -303,10 +303,12 @@ impl Server {
                 ));
                 let c = self.conns.get_mut(&id).expect("checked above");
                 // Whatever was half-sent is dropped; the client gets a 408.
+                // One caught mid-request may still be sending: linger.
+                let midway = c.req_start.is_some() || c.discard.active() || !c.inbuf.is_empty();
                 c.discard = Discard::None;
                 c.inbuf = Vec::new();
                 let start = c.req_start.take().unwrap_or_else(Instant::now);
-                self.error(id, 408, start, "-".into(), false);
+                self.error(id, 408, start, "-".into(), midway);
             }
             Wait::Idle => self.close(id, CloseMode::Flush),
             Wait::Send => {
