@@ -8,7 +8,6 @@ mod http_util;
 
 use std::os::unix::fs::symlink;
 
-use common::*;
 use http_util::*;
 
 /// Whether a payload must be refused, or may be served (it stays inside the
