@@ -296,3 +296,32 @@ fn every_refusal_is_in_the_access_log() {
     assert!(lines.iter().any(|l| l.contains("\"-\" 414 ")), "{lines:#?}");
     assert!(lines.iter().any(|l| l.contains("\"-\" 408 ")), "{lines:#?}");
 }
+
+#[test]
+fn a_refused_client_that_is_still_sending_reads_its_response() {
+    // The server refuses after 16 KiB of a 4 MiB header section. Closing
+    // with unread input would reset the connection and could destroy the
+    // 431 before the client reads it; lingering reads and discards the
+    // rest instead, then closes once the client is done.
+    let site = Site::new();
+    let loopd = site.serve("");
+    let addr = loopd.tcp("http");
+    for _ in 0..3 {
+        let mut c = Client::connect(addr);
+        let mut writer = c.stream.try_clone().unwrap();
+        let t = std::thread::spawn(move || {
+            let mut raw = b"GET / HTTP/1.1\r\nHost: t\r\nX-Big: ".to_vec();
+            raw.resize(4 << 20, b'v');
+            let sent = writer.write_all(&raw).is_ok();
+            let _ = writer.shutdown(std::net::Shutdown::Write);
+            sent
+        });
+        let r = c.read(false);
+        assert_eq!(r.status, 431);
+        assert!(c.closed());
+        assert!(
+            t.join().unwrap(),
+            "the server stopped reading before the client finished"
+        );
+    }
+}
