@@ -457,16 +457,16 @@ impl Server {
             }
             if c.req_start.is_none() {
                 c.req_start = Some(Instant::now());
-                if c.deadline.map(|d| d.0) != Some(Wait::Header) {
-                    self.set_deadline(id, Wait::Header);
-                }
             }
-            let c = self.conns.get_mut(&id).expect("checked above");
             match c.scanner.parse(rest, &self.limits) {
                 Ok(Head::Partial) => {
                     if c.peer_eof {
                         // The client stopped sending mid-request.
                         self.close(id, CloseMode::Flush);
+                    } else if c.deadline.map(|d| d.0) != Some(Wait::Header) {
+                        // Only a partial head starts the clock: a request
+                        // that arrives whole costs no timer.
+                        self.set_deadline(id, Wait::Header);
                     }
                     return pos;
                 }
