@@ -260,15 +260,18 @@ fn check_accepts_the_shipped_config() {
         text(&out.stderr)
     );
     let echo = plugin_dir().join("libloopd_echo.so");
+    let http = plugin_dir().join("libloopd_http.so");
     let v = env!("CARGO_PKG_VERSION");
-    assert_eq!(
-        text(&out.stdout),
-        format!(
-            "examples/loopd.toml: ok\n  echo: echo {v} ({})\n  echo-framed: echo {v} ({})\n",
-            echo.display(),
-            echo.display()
-        )
-    );
+    // One line per instance; each shipped handler adds its own.
+    let stdout = text(&out.stdout);
+    assert!(stdout.starts_with("examples/loopd.toml: ok\n"), "{stdout}");
+    for line in [
+        format!("  echo: echo {v} ({})\n", echo.display()),
+        format!("  echo-framed: echo {v} ({})\n", echo.display()),
+        format!("  http: http {v} ({})\n", http.display()),
+    ] {
+        assert!(stdout.contains(&line), "no {line:?} in:\n{stdout}");
+    }
     // check never listens: nothing about listeners or readiness.
     let err = text(&out.stderr);
     assert!(
