@@ -213,8 +213,12 @@ fn curl_reuses_the_connection() {
     ]);
     ok(&out);
     let verbose = String::from_utf8_lossy(&out.stderr);
-    let reused = verbose.matches("Re-using existing connection").count()
-        + verbose.matches("Reusing existing").count();
+    // "Re-using existing connection" (curl 7) or "Re-using existing http:
+    // connection" (curl 8).
+    let reused = verbose
+        .lines()
+        .filter(|l| l.contains("existing") && (l.contains("Re-using") || l.contains("Reusing")))
+        .count();
     assert_eq!(reused, 2, "{verbose}");
 }
 
