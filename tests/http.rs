@@ -789,3 +789,50 @@ fn a_stalled_streaming_client_does_not_delay_others() {
     let r = slow.read(false);
     assert_eq!(r.body.len(), 16 << 20);
 }
+
+#[test]
+fn serves_over_a_unix_socket_too() {
+    use std::io::{BufReader, Write};
+    let site = Site::new();
+    let root = site.root.display();
+    let loopd = Loopd::start(&format!(
+        r#"
+[[handler]]
+name = "http"
+plugin = "http"
+listen = ["unix://{{dir}}/http.sock"]
+[handler.config]
+root = "{root}"
+"#
+    ));
+    let mut s = unix(&loopd.unix("http"));
+    s.write_all(b"GET /hello.txt HTTP/1.1\r\nHost: t\r\n\r\n")
+        .unwrap();
+    let r = read_response(&mut BufReader::new(s), false).unwrap();
+    assert_eq!((r.status, r.body.as_slice()), (200, &b"hello, world\n"[..]));
+    // The access log names no address for a Unix-socket client.
+    assert!(wait_access(&loopd, "/hello.txt"));
+    let line = access_lines(&loopd).pop().unwrap();
+    assert!(line.contains("loopd::access] - - - ["), "{line}");
+}
+
+#[test]
+fn a_response_cut_short_is_logged_with_what_was_sent() {
+    let site = Site::new();
+    // Far more than the socket buffers on both sides can hold.
+    std::fs::write(site.root.join("big.bin"), pattern(64 << 20, 4)).unwrap();
+    let loopd = site.serve("");
+    let mut c = Client::connect(loopd.tcp("http"));
+    c.send(b"GET /big.bin HTTP/1.1\r\nHost: t\r\n\r\n");
+    // Read a little, then go away.
+    let mut first = [0u8; 1000];
+    std::io::Read::read_exact(&mut c.reader, &mut first).unwrap();
+    drop(c);
+    assert!(wait_access(&loopd, "/big.bin"));
+    let line = access_lines(&loopd).pop().unwrap();
+    let fields: Vec<&str> = line.rsplit(' ').take(3).collect();
+    // ... "GET /big.bin HTTP/1.1" 200 <bytes> <secs>
+    assert_eq!(fields[2], "200", "{line}");
+    let bytes: u64 = fields[1].parse().unwrap();
+    assert!(bytes < 64 << 20, "{line}");
+}
