@@ -174,9 +174,14 @@ impl Server {
         };
         let inbuf_cap = 2 * (cfg.max_request_line + cfg.max_header_bytes) + 64 * 1024;
         ctx.info(format_args!(
-            "serving {} (index {:?})",
+            "serving {} (index {:?}; files opened with {})",
             root.path().display(),
-            cfg.index.as_deref().unwrap_or("")
+            cfg.index.as_deref().unwrap_or(""),
+            if root.uses_openat2() {
+                "openat2 RESOLVE_BENEATH"
+            } else {
+                "realpath + O_NOFOLLOW: openat2 is not available"
+            }
         ));
         Ok(Server {
             ctx: *ctx,
