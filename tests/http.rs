@@ -836,3 +836,28 @@ fn a_response_cut_short_is_logged_with_what_was_sent() {
     let bytes: u64 = fields[1].parse().unwrap();
     assert!(bytes < 64 << 20, "{line}");
 }
+
+#[test]
+fn a_framing_other_than_raw_is_refused_with_a_reason() {
+    let site = Site::new();
+    let root = site.root.display();
+    let loopd = Loopd::start(&format!(
+        r#"
+[[handler]]
+name = "http"
+plugin = "http"
+listen = ["tcp://127.0.0.1:0"]
+framing = "line"
+[handler.config]
+root = "{root}"
+"#
+    ));
+    let mut c = Client::connect(loopd.tcp("http"));
+    c.send(b"GET / HTTP/1.1\r\nHost: t\r\n\r\n");
+    assert!(c.closed());
+    assert!(
+        loopd.wait_for_log("needs framing = \"raw\"", TIMEOUT),
+        "{}",
+        loopd.logs()
+    );
+}

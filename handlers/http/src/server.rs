@@ -16,7 +16,9 @@ use std::io;
 use std::os::unix::fs::FileExt;
 use std::time::{Duration, Instant};
 
-use loopd_handler_api::{CloseMode, CloseReason, ConnId, ConnInfo, Ctx, Error, Level, TimerId};
+use loopd_handler_api::{
+    CloseMode, CloseReason, ConnId, ConnInfo, Ctx, Error, Framing, Level, TimerId,
+};
 
 use crate::body::{Discard, DiscardError};
 use crate::clock::Clock;
@@ -156,6 +158,7 @@ pub(crate) struct Server {
     clock: Clock,
     shutting_down: bool,
     inbuf_cap: usize,
+    warned_framing: bool,
 }
 
 impl Server {
@@ -194,6 +197,7 @@ impl Server {
             clock: Clock::default(),
             shutting_down: false,
             inbuf_cap,
+            warned_framing: false,
         })
     }
 
@@ -202,6 +206,19 @@ impl Server {
     // ------------------------------------------------------------------
 
     pub(crate) fn on_open(&mut self, id: ConnId, info: &ConnInfo<'_>) -> Result<(), String> {
+        if info.framing != Framing::Raw {
+            // Line or length-prefixed framing would mangle HTTP: refuse,
+            // and say why once.
+            if !self.warned_framing {
+                self.warned_framing = true;
+                self.ctx.error(format_args!(
+                    "this handler parses HTTP itself and needs framing = \"raw\" (the default), \
+                     not {:?}: refusing connections",
+                    info.framing
+                ));
+            }
+            return Err("framing is not raw".into());
+        }
         let peer = info
             .peer
             .map(|a| a.ip().to_string())
