@@ -673,6 +673,9 @@ impl Server {
         let v = Validators::new(meta.modified().unwrap_or(std::time::UNIX_EPOCH), len);
         let content_type = ReqPath::extension(&rel)
             .and_then(|ext| {
+                if self.cfg.types.is_empty() {
+                    return mime::lookup(ext);
+                }
                 let lower = String::from_utf8_lossy(ext).to_ascii_lowercase();
                 self.cfg
                     .types
