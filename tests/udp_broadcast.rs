@@ -307,9 +307,13 @@ fn the_example_config_is_valid() {
         text.contains("broadcast_to = [\"127.255.255.255:7003\"]"),
         "{text}"
     );
-    let dir = TempDir::new("udp-broadcast-example");
-    let path = write_config(&dir, &text);
-    let out = run_loopd(&["check", path.to_str().unwrap()]);
+    // From the workspace root, as the README runs it (other handlers in the
+    // file use paths relative to it, e.g. the http root).
+    let out = run_loopd_in(
+        Some(&root()),
+        &["check", "examples/loopd.toml"],
+        Some("info"),
+    );
     assert!(
         out.status.success(),
         "{}",
