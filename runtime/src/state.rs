@@ -565,6 +565,7 @@ impl Core {
             interest: (false, false),
             close_reason: 0,
             close_timer: None,
+            skipping: None,
         }
     }
 
