@@ -259,15 +259,32 @@ fn check_accepts_the_shipped_config() {
         text(&out.stdout),
         text(&out.stderr)
     );
-    let echo = plugin_dir().join("libloopd_echo.so");
     let v = env!("CARGO_PKG_VERSION");
-    assert_eq!(
-        text(&out.stdout),
-        format!(
-            "examples/loopd.toml: ok\n  echo: echo {v} ({})\n  echo-framed: echo {v} ({})\n",
-            echo.display(),
-            echo.display()
-        )
+    let echo = plugin_dir().join("libloopd_echo.so");
+    let stdout = text(&out.stdout);
+    let lines: Vec<&str> = stdout.lines().collect();
+    assert_eq!(lines[0], "examples/loopd.toml: ok", "{stdout}");
+    for expected in [
+        format!("  echo: echo {v} ({})", echo.display()),
+        format!("  echo-framed: echo {v} ({})", echo.display()),
+    ] {
+        assert!(
+            lines.contains(&expected.as_str()),
+            "no `{expected}` in:\n{stdout}"
+        );
+    }
+    // One line per [[handler]] of the shipped config, each naming its library.
+    let shipped = std::fs::read_to_string(root().join("examples/loopd.toml")).unwrap();
+    let handlers = shipped
+        .lines()
+        .filter(|l| l.trim() == "[[handler]]")
+        .count();
+    assert_eq!(lines.len(), 1 + handlers, "{stdout}");
+    assert!(
+        lines[1..]
+            .iter()
+            .all(|l| l.contains(&format!(" {v} (")) && l.ends_with(".so)")),
+        "{stdout}"
     );
     // check never listens: nothing about listeners or readiness.
     let err = text(&out.stderr);

@@ -189,8 +189,12 @@ fn outbound_connect_reaches_another_handler_and_failures_are_reported() {
     // The probe greets the echo server, which echoes; the probe forwards it.
     assert_eq!(c.recv(), format!("from {out} hello from probe"));
 
-    // Nothing listens on port 1: refused asynchronously.
-    let refused = parse_id(&c.cmd("connect tcp://127.0.0.1:1"), "connecting ");
+    // A port nothing listens on (just released): refused asynchronously.
+    let closed = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap();
+    let refused = parse_id(&c.cmd(&format!("connect tcp://{closed}")), "connecting ");
     assert_eq!(c.recv(), format!("connect-failed {refused}"));
     // A unix path with no listener fails at once, but still via on_close.
     let missing = format!("unix://{}/nobody.sock", loopd.dir.path().display());

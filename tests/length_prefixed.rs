@@ -409,3 +409,84 @@ fn small_frames_buffered_across_a_pause_come_back_in_order() {
         eprintln!("note: the line writer never stalled; the pause was not exercised");
     }
 }
+
+/// ABI 1.1 `on_oversize`: a handler may skip an oversize frame instead of
+/// losing the connection; loopd discards it without buffering it.
+#[test]
+fn a_handler_can_skip_oversize_lines_and_keep_the_connection() {
+    let loopd = Loopd::start(&probe_config(
+        "framing = \"line\"\nmax_frame = 16\n[handler.config]\nskip_oversize = true\n",
+    ));
+    let mut c = LineClient::connect(loopd.tcp("probe"));
+    // Found whole in one read: the line is dropped up to its newline.
+    c.send(&"x".repeat(40));
+    assert_eq!(c.recv(), "oversize 40 16");
+    assert_eq!(c.cmd("echo after-1"), "after-1");
+    // Longer than any read: loopd drops it as it streams in, buffering none of it.
+    let big = "y".repeat(3 << 20);
+    let mut w = c.stream().try_clone().unwrap();
+    let t = std::thread::spawn(move || {
+        use std::io::Write;
+        w.write_all(big.as_bytes()).unwrap();
+        w.write_all(b"\necho after-2\n").unwrap();
+    });
+    let first = c.recv();
+    assert!(
+        first.starts_with("oversize ") && first.ends_with(" 16"),
+        "{first}"
+    );
+    assert_eq!(
+        c.recv(),
+        "after-2",
+        "the next line after the skipped one is intact"
+    );
+    t.join().unwrap();
+    assert!(
+        !loopd.logs().contains("exceeds max_frame"),
+        "{}",
+        loopd.logs()
+    );
+}
+
+#[test]
+fn a_handler_can_skip_oversize_length_prefixed_frames() {
+    let loopd = Loopd::start(&probe_config(
+        "framing = \"length-prefixed\"\nmax_frame = 16\n[handler.config]\nskip_oversize = true\n",
+    ));
+    let mut s = tcp(loopd.tcp("probe"));
+    let frame = |payload: &[u8]| {
+        let mut f = (payload.len() as u32).to_be_bytes().to_vec();
+        f.extend_from_slice(payload);
+        f
+    };
+    let mut wire = frame(&[b'z'; 100_000]);
+    wire.extend(frame(b"echo kept"));
+    use std::io::{Read, Write};
+    s.write_all(&wire).unwrap();
+    // The probe always answers in lines, whatever its input framing.
+    let want = b"oversize 100000 16\nkept\n".to_vec();
+    let mut got = vec![0u8; want.len()];
+    s.read_exact(&mut got).unwrap();
+    assert_eq!(got, want, "{:?}", String::from_utf8_lossy(&got));
+}
+
+/// ABI 1.1 `on_partial`: a handler may refuse to act on a last line that
+/// was never finished.
+#[test]
+fn a_handler_can_ignore_an_unfinished_last_line() {
+    let loopd = Loopd::start(&probe_config(
+        "framing = \"line\"\n[handler.config]\nignore_partial = true\n",
+    ));
+    let mut c = LineClient::connect(loopd.tcp("probe"));
+    assert_eq!(c.cmd("echo complete"), "complete");
+    use std::io::Write;
+    let mut w = c.stream().try_clone().unwrap();
+    w.write_all(b"echo half-writ").unwrap();
+    w.shutdown(std::net::Shutdown::Write).unwrap();
+    assert_eq!(c.read_to_eof(), "", "the unfinished command is not run");
+    assert!(
+        loopd.wait_for_log("probe: partial echo half-writ", TIMEOUT),
+        "{}",
+        loopd.logs()
+    );
+}

@@ -67,7 +67,8 @@ extern "C" {
 #define LOOPD_ABI_MAJOR 1
 /* A minor bump only appends fields, hooks and host functions.
  * 1.1 added: loopd_host_api.log_to, loopd_vtable.on_listen,
- *            loopd_listen_info, LOOPD_TRANSPORT_UDP. */
+ *            loopd_vtable.on_oversize, loopd_vtable.on_partial,
+ *            loopd_listen_info, LOOPD_TRANSPORT_UDP, LOOPD_OVERSIZE_*. */
 #define LOOPD_ABI_MINOR 1
 
 /* Sizes of the v1.0 structs on 64-bit targets: the smallest struct_size a
@@ -165,6 +166,10 @@ extern "C" {
 /* on_eof return values. */
 #define LOOPD_EOF_CLOSE 0     /* close once the output queue is flushed */
 #define LOOPD_EOF_KEEP_OPEN 1 /* keep writing; the handler closes later */
+
+/* on_oversize return values (1.1). */
+#define LOOPD_OVERSIZE_CLOSE 0 /* close the connection (also a NULL hook) */
+#define LOOPD_OVERSIZE_SKIP 1  /* discard that frame, keep the connection */
 
 /* Log levels for loopd_host_api.log. */
 #define LOOPD_LOG_ERROR 1
@@ -378,6 +383,25 @@ typedef struct loopd_vtable {
      * send_datagram: a handler can send before it has received anything. */
     void (*on_listen)(loopd_ctx *ctx, void *instance, uint64_t listener,
                       const loopd_listen_info *info);
+
+    /* A frame over max_frame is arriving (line or length-prefixed framing):
+     * frame_size is its size as far as known (for a line without its end
+     * yet, the bytes seen so far). Return LOOPD_OVERSIZE_SKIP to have loopd
+     * discard that frame without buffering it (a line up to its "\n", a
+     * length-prefixed payload by its announced length) and go on with the
+     * next one; anything else (and a NULL hook) closes the connection with
+     * LOOPD_REASON_FRAME_TOO_BIG, as in 1.0. The hook may send, e.g. an
+     * error reply. */
+    int32_t (*on_oversize)(loopd_ctx *ctx, void *instance, uint64_t conn,
+                           void *conn_state, uint64_t frame_size,
+                           uint64_t max_frame);
+
+    /* Line framing: the peer closed after a last line without its "\n".
+     * With this hook the bytes come here instead of on_data (a handler that
+     * must not act on a half-written line ignores them); with a NULL hook
+     * they are delivered by on_data, as in 1.0. Borrowed for the call. */
+    void (*on_partial)(loopd_ctx *ctx, void *instance, uint64_t conn,
+                       void *conn_state, const uint8_t *data, size_t len);
 } loopd_vtable;
 
 /* What loopd_plugin_entry_v1 returns. Must stay valid for the life of the

@@ -98,6 +98,11 @@ pub const LOOPD_EOF_CLOSE: i32 = 0;
 /// `on_eof` result: keep the connection open for writing.
 pub const LOOPD_EOF_KEEP_OPEN: i32 = 1;
 
+/// `on_oversize` result: close the connection (1.1).
+pub const LOOPD_OVERSIZE_CLOSE: i32 = 0;
+/// `on_oversize` result: discard that frame and keep the connection (1.1).
+pub const LOOPD_OVERSIZE_SKIP: i32 = 1;
+
 /// Log level: error.
 pub const LOOPD_LOG_ERROR: u32 = 1;
 /// Log level: warning.
@@ -288,6 +293,12 @@ pub type loopd_on_datagram_fn =
 pub type loopd_on_timer_fn = unsafe extern "C" fn(*mut loopd_ctx, *mut c_void, u64, u64);
 /// `loopd_vtable.on_shutdown`.
 pub type loopd_on_shutdown_fn = unsafe extern "C" fn(*mut loopd_ctx, *mut c_void);
+/// `loopd_vtable.on_oversize` (since 1.1).
+pub type loopd_on_oversize_fn =
+    unsafe extern "C" fn(*mut loopd_ctx, *mut c_void, u64, *mut c_void, u64, u64) -> i32;
+/// `loopd_vtable.on_partial` (since 1.1).
+pub type loopd_on_partial_fn =
+    unsafe extern "C" fn(*mut loopd_ctx, *mut c_void, u64, *mut c_void, *const u8, usize);
 /// `loopd_vtable.on_listen` (since 1.1).
 pub type loopd_on_listen_fn =
     unsafe extern "C" fn(*mut loopd_ctx, *mut c_void, u64, *const loopd_listen_info);
@@ -322,6 +333,10 @@ pub struct loopd_vtable {
     pub on_shutdown: Option<loopd_on_shutdown_fn>,
     /// A listener is open (since 1.1).
     pub on_listen: Option<loopd_on_listen_fn>,
+    /// A frame over `max_frame` is arriving (since 1.1).
+    pub on_oversize: Option<loopd_on_oversize_fn>,
+    /// A last line without its `\n` at EOF (since 1.1).
+    pub on_partial: Option<loopd_on_partial_fn>,
 }
 
 impl loopd_vtable {
@@ -340,6 +355,8 @@ impl loopd_vtable {
         on_timer: None,
         on_shutdown: None,
         on_listen: None,
+        on_oversize: None,
+        on_partial: None,
     };
 }
 

@@ -12,7 +12,8 @@ use crate::abi::{
     self, loopd_conn_info, loopd_ctx, loopd_host_api, loopd_plugin_info, loopd_vtable,
 };
 use crate::types::{
-    ConnId, ConnInfo, EofAction, Framing, Level, ListenInfo, Origin, SocketId, TimerId, Transport,
+    ConnId, ConnInfo, EofAction, Framing, Level, ListenInfo, Origin, OversizeAction, SocketId,
+    TimerId, Transport,
 };
 use crate::{CloseReason, Ctx, Handler};
 
@@ -45,6 +46,8 @@ pub const fn vtable<H: Handler>() -> loopd_vtable {
         on_timer: Some(on_timer::<H>),
         on_shutdown: Some(on_shutdown::<H>),
         on_listen: Some(on_listen::<H>),
+        on_oversize: Some(on_oversize::<H>),
+        on_partial: Some(on_partial::<H>),
     }
 }
 
@@ -484,5 +487,59 @@ unsafe extern "C" fn on_listen<H: Handler>(
     let handler = &mut inst.handler;
     guard(&ctx, "on_listen", (), || {
         handler.on_listen(&ctx, SocketId::from_raw(listener), &listen)
+    })
+}
+
+unsafe extern "C" fn on_oversize<H: Handler>(
+    raw: *mut loopd_ctx,
+    inst: *mut c_void,
+    conn: u64,
+    state: *mut c_void,
+    frame_size: u64,
+    max_frame: u64,
+) -> i32 {
+    // SAFETY: the host passes the pointers create and on_open produced.
+    let (Some(inst), Some(state)) = (unsafe { instance::<H>(inst) }, unsafe {
+        conn_state::<H>(state)
+    }) else {
+        return abi::LOOPD_OVERSIZE_CLOSE;
+    };
+    let ctx = inst.ctx(raw);
+    let handler = &mut inst.handler;
+    guard(
+        &ctx,
+        "on_oversize",
+        abi::LOOPD_OVERSIZE_CLOSE,
+        || match handler.on_oversize(&ctx, ConnId::from_raw(conn), state, frame_size, max_frame) {
+            OversizeAction::Close => abi::LOOPD_OVERSIZE_CLOSE,
+            OversizeAction::Skip => abi::LOOPD_OVERSIZE_SKIP,
+        },
+    )
+}
+
+unsafe extern "C" fn on_partial<H: Handler>(
+    raw: *mut loopd_ctx,
+    inst: *mut c_void,
+    conn: u64,
+    state: *mut c_void,
+    data: *const u8,
+    len: usize,
+) {
+    // SAFETY: the host passes the pointers create and on_open produced.
+    let (Some(inst), Some(state)) = (unsafe { instance::<H>(inst) }, unsafe {
+        conn_state::<H>(state)
+    }) else {
+        return;
+    };
+    let bytes: &[u8] = if len == 0 {
+        &[]
+    } else {
+        // SAFETY: the host lends `len` readable bytes at `data` for this call.
+        unsafe { std::slice::from_raw_parts(data, len) }
+    };
+    let ctx = inst.ctx(raw);
+    let handler = &mut inst.handler;
+    guard(&ctx, "on_partial", (), || {
+        handler.on_partial(&ctx, ConnId::from_raw(conn), state, bytes)
     })
 }

@@ -57,7 +57,7 @@ mod types;
 pub use ctx::Ctx;
 pub use types::{
     CloseMode, CloseReason, ConnId, ConnInfo, EofAction, Error, Framing, Level, ListenInfo, Origin,
-    SocketId, TimerId, Transport,
+    OversizeAction, SocketId, TimerId, Transport,
 };
 
 use std::net::SocketAddr;
@@ -147,6 +147,31 @@ pub trait Handler: Sized + 'static {
     /// `shutdown_timeout_ms` to finish. Close idle connections here.
     fn on_shutdown(&mut self, ctx: &Ctx) {
         let _ = ctx;
+    }
+
+    /// A frame over `max_frame` is arriving (line or length-prefixed
+    /// framing); `frame_size` is its size as far as known. Return
+    /// [`OversizeAction::Skip`] to have loopd discard that frame without
+    /// buffering it and keep the connection (a reply such as an error line
+    /// may be sent from here); the default closes the connection. On a host
+    /// older than ABI 1.1 the connection is always closed.
+    fn on_oversize(
+        &mut self,
+        ctx: &Ctx,
+        conn: ConnId,
+        state: &mut Self::Conn,
+        frame_size: u64,
+        max_frame: u64,
+    ) -> OversizeAction {
+        let _ = (ctx, conn, state, frame_size, max_frame);
+        OversizeAction::Close
+    }
+
+    /// Line framing: the peer closed after a last line without its `\n`.
+    /// By default it is handled like any other line (passed to
+    /// [`Handler::on_data`]); override to ignore half-written lines.
+    fn on_partial(&mut self, ctx: &Ctx, conn: ConnId, state: &mut Self::Conn, line: &[u8]) {
+        self.on_data(ctx, conn, state, line)
     }
 
     /// One call per listener of the instance, once all are open and before

@@ -232,6 +232,16 @@ pub enum EofAction {
     KeepOpen,
 }
 
+/// What to do with a frame over `max_frame` (see [`crate::Handler::on_oversize`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum OversizeAction {
+    /// Close the connection (reason [`CloseReason::FrameTooBig`]).
+    #[default]
+    Close,
+    /// Discard that frame without buffering it, keep the connection.
+    Skip,
+}
+
 /// The stream transport of a connection.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[non_exhaustive]

@@ -101,7 +101,7 @@ abi_structs! {
     }
     loopd_vtable {
         struct_size, reserved, create, destroy, on_open, on_data, on_eof, on_writable,
-        on_close, on_datagram, on_timer, on_shutdown, on_listen,
+        on_close, on_datagram, on_timer, on_shutdown, on_listen, on_oversize, on_partial,
     }
     loopd_plugin_info {
         struct_size, abi_major, abi_minor, min_host_minor, name, version, default_framing,
@@ -157,6 +157,8 @@ abi_consts! {
     LOOPD_REASON_TIMEOUT,
     LOOPD_EOF_CLOSE,
     LOOPD_EOF_KEEP_OPEN,
+    LOOPD_OVERSIZE_CLOSE,
+    LOOPD_OVERSIZE_SKIP,
     LOOPD_LOG_ERROR,
     LOOPD_LOG_WARN,
     LOOPD_LOG_INFO,

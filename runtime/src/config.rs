@@ -209,6 +209,10 @@ pub struct HandlerConfig {
     pub output_high_watermark: Option<usize>,
     /// Output queue low watermark (overrides the runtime's).
     pub output_low_watermark: Option<usize>,
+    /// Set `SO_BROADCAST` on the handler's UDP sockets, so it may send to
+    /// broadcast addresses (`broadcast = true`; only valid with a `udp://`
+    /// listener).
+    pub broadcast: bool,
     /// The `[handler.config]` table as JSON (`{}` when absent).
     pub config_json: String,
     /// Where the entry's `plugin` key is, for errors about loading it.
@@ -226,6 +230,7 @@ impl HandlerConfig {
             max_frame: None,
             output_high_watermark: None,
             output_low_watermark: None,
+            broadcast: false,
             config_json: "{}".to_string(),
             plugin_location: None,
         }
@@ -264,6 +269,7 @@ struct RawHandler {
     max_frame: Option<Spanned<u64>>,
     output_high_watermark: Option<Spanned<u64>>,
     output_low_watermark: Option<Spanned<u64>>,
+    broadcast: Option<Spanned<bool>>,
     config: Option<toml::Table>,
 }
 
@@ -532,6 +538,20 @@ impl Config {
                 ));
             }
 
+            let broadcast = match &h.broadcast {
+                Some(b)
+                    if *b.get_ref() && !listen.iter().any(|a| matches!(a, ListenAddr::Udp(_))) =>
+                {
+                    return Err(src.error(
+                        Some(b.span()),
+                        &key("broadcast"),
+                        "only applies to udp:// listeners, and this handler has none",
+                    ));
+                }
+                Some(b) => *b.get_ref(),
+                None => false,
+            };
+
             let config_json = match &h.config {
                 Some(table) => serde_json::to_string(table)
                     .map_err(|e| src.error(Some(h.name.span()), &key("config"), e))?,
@@ -546,6 +566,7 @@ impl Config {
                 max_frame,
                 output_high_watermark: high,
                 output_low_watermark: low,
+                broadcast,
                 config_json,
                 plugin_location: Some(src.location(&h.plugin.span())),
             });
@@ -767,6 +788,29 @@ root = "examples/www"
             e.contains("handler[0].output_low_watermark: must be below output_high_watermark (300000 >= 262144, the default)"),
             "{e}"
         );
+    }
+
+    #[test]
+    fn broadcast_key() {
+        let c = Config::parse(
+            "[[handler]]\nname = \"a\"\nplugin = \"x\"\nlisten = [\"udp://127.0.0.1:0\"]\nbroadcast = true\n",
+            None,
+        )
+        .unwrap();
+        assert!(c.handlers[0].broadcast);
+        let c = Config::parse(
+            "[[handler]]\nname = \"a\"\nplugin = \"x\"\nlisten = [\"udp://127.0.0.1:0\"]\n",
+            None,
+        )
+        .unwrap();
+        assert!(!c.handlers[0].broadcast, "off by default");
+        let e = err("[[handler]]\nname = \"a\"\nplugin = \"x\"\nlisten = [\"tcp://127.0.0.1:0\"]\nbroadcast = true\n");
+        assert!(
+            e.contains("t.toml:5:13: handler[0].broadcast: only applies to udp:// listeners"),
+            "{e}"
+        );
+        let e = err("[[handler]]\nname = \"a\"\nplugin = \"x\"\nlisten = [\"udp://127.0.0.1:0\"]\nbroadcast = \"yes\"\n");
+        assert!(e.contains("handler[0].broadcast: invalid type"), "{e}");
     }
 
     #[test]

@@ -112,8 +112,45 @@ pub(crate) enum Next {
     },
     /// Not a whole frame yet.
     Incomplete,
-    /// The frame being received is over the limit (its size, as far as known).
-    TooBig(usize),
+    /// The frame being received is over the limit: its size as far as
+    /// known, and how to discard it if the handler chooses to skip it.
+    TooBig(usize, Discard),
+}
+
+/// How to get rid of an oversize frame that the handler chose to skip.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Discard {
+    /// The whole frame is in the buffer: drop its `n` bytes.
+    Consume(usize),
+    /// A line without its end yet: drop everything up to and including the next `\n`.
+    UntilNewline,
+    /// Drop the 4-byte header, then this many payload bytes as they arrive.
+    Payload(u64),
+}
+
+/// What is being discarded while an oversize frame is skipped.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Skipping {
+    /// Input up to and including the next `\n`.
+    Line,
+    /// This many more bytes.
+    Bytes(u64),
+}
+
+/// Drops skipped input from the front of `buf`: returns how many bytes were
+/// dropped and what is still to skip afterwards.
+pub(crate) fn skip_input(skipping: Skipping, buf: &[u8]) -> (usize, Option<Skipping>) {
+    match skipping {
+        Skipping::Line => match memchr::memchr(b'\n', buf) {
+            Some(nl) => (nl + 1, None),
+            None => (buf.len(), Some(Skipping::Line)),
+        },
+        Skipping::Bytes(n) => {
+            let take = n.min(buf.len() as u64);
+            let left = n - take;
+            (take as usize, (left > 0).then_some(Skipping::Bytes(left)))
+        }
+    }
 }
 
 /// Finds the first frame in `buf`.
@@ -139,7 +176,7 @@ pub(crate) fn next_frame(framing: FramingKind, max_frame: usize, buf: &[u8]) -> 
                     nl
                 };
                 if end > max_frame {
-                    Next::TooBig(end)
+                    Next::TooBig(end, Discard::Consume(nl + 1))
                 } else {
                     Next::Frame {
                         start: 0,
@@ -149,7 +186,7 @@ pub(crate) fn next_frame(framing: FramingKind, max_frame: usize, buf: &[u8]) -> 
                 }
             }
             // One extra byte of slack: the line may end in "\r" whose "\n" is still in flight.
-            None if buf.len() > max_frame + 1 => Next::TooBig(buf.len()),
+            None if buf.len() > max_frame + 1 => Next::TooBig(buf.len(), Discard::UntilNewline),
             None => Next::Incomplete,
         },
         FramingKind::LengthPrefixed => {
@@ -158,7 +195,7 @@ pub(crate) fn next_frame(framing: FramingKind, max_frame: usize, buf: &[u8]) -> 
             }
             let len = u32::from_be_bytes([buf[0], buf[1], buf[2], buf[3]]) as usize;
             if len > max_frame {
-                Next::TooBig(len)
+                Next::TooBig(len, Discard::Payload(len as u64))
             } else if buf.len() < 4 + len {
                 Next::Incomplete
             } else {
@@ -226,6 +263,8 @@ pub(crate) struct Conn {
     pub(crate) close_reason: i32,
     /// The flush-before-close deadline timer, if armed.
     pub(crate) close_timer: Option<u64>,
+    /// An oversize frame the handler chose to skip is being discarded.
+    pub(crate) skipping: Option<Skipping>,
 }
 
 impl Conn {
@@ -293,9 +332,15 @@ mod tests {
                 consumed: 4
             }
         );
-        assert_eq!(next_frame(FramingKind::Line, 3, b"abcd\n"), Next::TooBig(4));
+        assert_eq!(
+            next_frame(FramingKind::Line, 3, b"abcd\n"),
+            Next::TooBig(4, Discard::Consume(5))
+        );
         assert_eq!(next_frame(FramingKind::Line, 3, b"abc\r"), Next::Incomplete);
-        assert_eq!(next_frame(FramingKind::Line, 3, b"abcde"), Next::TooBig(5));
+        assert_eq!(
+            next_frame(FramingKind::Line, 3, b"abcde"),
+            Next::TooBig(5, Discard::UntilNewline)
+        );
     }
 
     #[test]
@@ -326,8 +371,22 @@ mod tests {
         );
         assert_eq!(
             next_frame(FramingKind::LengthPrefixed, 10, b"\0\0\0\x0b"),
-            Next::TooBig(11)
+            Next::TooBig(11, Discard::Payload(11))
         );
+    }
+
+    #[test]
+    fn skipping_drops_exactly_the_oversize_frame() {
+        assert_eq!(
+            skip_input(Skipping::Line, b"xxxx"),
+            (4, Some(Skipping::Line))
+        );
+        assert_eq!(skip_input(Skipping::Line, b"xx\nnext"), (3, None));
+        assert_eq!(
+            skip_input(Skipping::Bytes(5), b"abc"),
+            (3, Some(Skipping::Bytes(2)))
+        );
+        assert_eq!(skip_input(Skipping::Bytes(2), b"abcdef"), (2, None));
     }
 
     #[test]

@@ -14,7 +14,7 @@ use std::time::Instant;
 use loopd_handler_api::abi::{self, loopd_conn_info, loopd_listen_info};
 
 use crate::config::FramingKind;
-use crate::conn::{next_frame, Next, Phase};
+use crate::conn::{next_frame, skip_input, Discard, Next, Phase, Skipping};
 use crate::event_loop::Ready;
 use crate::state::{Bound, Deferred, Source};
 use crate::sys;
@@ -244,10 +244,21 @@ impl Runtime {
         let mut pos = 0;
         loop {
             let (inst, state, framing, max) = {
-                let core = self.core.borrow();
-                let Some(c) = core.conn(id) else { return pos };
+                let mut core = self.core.borrow_mut();
+                let Some(c) = core.conn_mut(id) else {
+                    return pos;
+                };
                 if !c.can_deliver() {
                     return pos;
+                }
+                // The rest of a frame the handler chose to skip.
+                if let Some(skipping) = c.skipping {
+                    let (dropped, still) = skip_input(skipping, &data[pos..]);
+                    pos += dropped;
+                    c.skipping = still;
+                    if still.is_some() {
+                        return pos;
+                    }
                 }
                 (c.instance, c.state, c.framing, c.max_frame)
             };
@@ -265,20 +276,70 @@ impl Runtime {
                     }
                 }
                 Next::Incomplete => return pos,
-                Next::TooBig(size) => {
-                    let mut core = self.core.borrow_mut();
-                    if let Some(c) = core.conn(id) {
-                        log::warn!(
-                            "{}: closing connection {id} from {}: frame of {size} bytes exceeds max_frame ({max} bytes)",
-                            core.instances[inst].name,
-                            peer_text(&c.peer),
-                        );
+                Next::TooBig(size, discard) => {
+                    if !self.oversize_skipped(inst, id, state, size, max) {
+                        return pos;
                     }
-                    core.begin_close(id, false, abi::LOOPD_REASON_FRAME_TOO_BIG);
-                    return pos;
+                    let mut core = self.core.borrow_mut();
+                    let Some(c) = core.conn_mut(id) else {
+                        return pos;
+                    };
+                    let rest = &data[pos..];
+                    match discard {
+                        Discard::Consume(n) => pos += n,
+                        Discard::UntilNewline => {
+                            pos += rest.len();
+                            c.skipping = Some(Skipping::Line);
+                        }
+                        Discard::Payload(len) => {
+                            let (dropped, still) = skip_input(Skipping::Bytes(len), &rest[4..]);
+                            pos += 4 + dropped;
+                            c.skipping = still;
+                        }
+                    }
                 }
             }
         }
+    }
+
+    /// A frame over max_frame: asks the handler (`on_oversize`, ABI 1.1)
+    /// whether to skip it; otherwise closes the connection with a log line.
+    /// Returns true if the frame is to be skipped.
+    fn oversize_skipped(
+        &self,
+        inst: usize,
+        id: u64,
+        state: *mut c_void,
+        size: usize,
+        max: usize,
+    ) -> bool {
+        let i = &self.instances[inst];
+        if let Some(f) = i.plugin.vtable.on_oversize {
+            // SAFETY: checked plugin vtable; plain values.
+            let verdict = unsafe { f(i.ctx.as_raw(), i.ptr, id, state, size as u64, max as u64) };
+            let still_open = self
+                .core
+                .borrow()
+                .conn(id)
+                .is_some_and(|c| c.phase == Phase::Open);
+            if verdict == abi::LOOPD_OVERSIZE_SKIP && still_open {
+                log::debug!(
+                    "{}: connection {id}: skipping a frame of {size} bytes over max_frame ({max} bytes)",
+                    i.name
+                );
+                return true;
+            }
+        }
+        let mut core = self.core.borrow_mut();
+        if let Some(c) = core.conn(id) {
+            log::warn!(
+                "{}: closing connection {id} from {}: frame of {size} bytes exceeds max_frame ({max} bytes)",
+                core.instances[inst].name,
+                peer_text(&c.peer),
+            );
+        }
+        core.begin_close(id, false, abi::LOOPD_REASON_FRAME_TOO_BIG);
+        false
     }
 
     /// Delivers buffered frames (after a pause, or after EOF), then EOF itself.
@@ -314,7 +375,8 @@ impl Runtime {
             }
         };
         debug_assert!(eof_due);
-        // The peer is done: a last line without "\n" is still a line; a
+        // The peer is done. A last line without "\n" is still a line (or,
+        // for a handler with on_partial, reported as unfinished); a
         // truncated length-prefixed frame is not a frame.
         if !rest.is_empty() {
             match framing {
@@ -325,18 +387,14 @@ impl Runtime {
                         rest.len()
                     };
                     if end > max {
-                        let mut core = self.core.borrow_mut();
-                        if let Some(c) = core.conn(id) {
-                            log::warn!(
-                                "{}: closing connection {id} from {}: frame of {end} bytes exceeds max_frame ({max} bytes)",
-                                core.instances[inst].name,
-                                peer_text(&c.peer),
-                            );
+                        if !self.oversize_skipped(inst, id, state, end, max) {
+                            return;
                         }
-                        core.begin_close(id, false, abi::LOOPD_REASON_FRAME_TOO_BIG);
-                        return;
-                    }
-                    if self.hook_on_data(inst, id, state, &rest[..end]) < 0 {
+                    } else if let Some(f) = self.instances[inst].plugin.vtable.on_partial {
+                        let i = &self.instances[inst];
+                        // SAFETY: checked plugin vtable; the bytes are borrowed for the call.
+                        unsafe { f(i.ctx.as_raw(), i.ptr, id, state, rest.as_ptr(), end) };
+                    } else if self.hook_on_data(inst, id, state, &rest[..end]) < 0 {
                         self.hook_failed(id, "on_data");
                         return;
                     }
@@ -375,20 +433,32 @@ impl Runtime {
         core.begin_close(id, true, abi::LOOPD_REASON_HANDLER);
     }
 
+    /// Reads up to [`DATAGRAMS_PER_EVENT`] datagrams and hands each to
+    /// `on_datagram` with its sender. A datagram over the socket's
+    /// `max_datagram` is detected (`MSG_TRUNC` reports its real size) and
+    /// dropped, never delivered cut short.
     fn datagram_readable(&mut self, id: u64) {
         for _ in 0..DATAGRAMS_PER_EVENT {
-            let (inst, result) = {
+            let (inst, cap, result) = {
                 let core = self.core.borrow();
                 let Some(Source::Datagram(d)) = core.sources.get(id) else {
                     return;
                 };
-                (d.instance, d.sock.recv_from(&mut self.scratch))
+                let cap = d.max_datagram.min(self.scratch.len());
+                let fd = d.sock.as_raw_fd();
+                (
+                    d.instance,
+                    cap,
+                    sys::recv_from(fd, &mut self.scratch[..cap]),
+                )
             };
             match result {
-                Ok((n, from)) => {
-                    let peer = abi::loopd_addr::from_socket_addr(from);
+                Ok((n, peer)) if n > cap => {
+                    self.core.borrow_mut().datagram_too_big(id, n, &peer);
+                }
+                Ok((n, peer)) => {
                     let i = &self.instances[inst];
-                    if let Some(f) = i.plugin.vtable.on_datagram {
+                    if let (Some(f), false) = (i.plugin.vtable.on_datagram, i.destroyed) {
                         // SAFETY: checked plugin vtable; `peer` and the bytes are borrowed for the call.
                         unsafe { f(i.ctx.as_raw(), i.ptr, id, &peer, self.scratch.as_ptr(), n) };
                     }
@@ -397,7 +467,11 @@ impl Runtime {
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
                 Err(e) => {
-                    log::debug!("{}: receiving a datagram: {e}", self.instances[inst].name);
+                    // E.g. a queued ICMP error: reading it clears it.
+                    log::debug!(
+                        "{}: receiving a datagram on socket {id}: {e}",
+                        self.instances[inst].name
+                    );
                     return;
                 }
             }

@@ -389,6 +389,7 @@ mod tests {
                 max_frame: 1,
                 high_watermark: 2,
                 low_watermark: 1,
+                broadcast: false,
             });
         // SAFETY: as above, now active.
         let status = unsafe { host_timer_set(hc.as_raw(), 1, 0, &mut id) };

@@ -330,6 +330,7 @@ impl Builder {
                 low_watermark: h
                     .output_low_watermark
                     .unwrap_or(config.runtime.output_low_watermark),
+                broadcast: h.broadcast,
             });
             let ctx = Box::new(HostCtx {
                 core: &*rt.core,

@@ -44,8 +44,22 @@ pub(crate) enum Source {
 pub(crate) struct Datagram {
     pub(crate) sock: UdpSocket,
     pub(crate) instance: usize,
+    /// The URL actually bound, for messages.
+    pub(crate) url: String,
+    /// Largest datagram delivered (the handler's `max_frame`, at most the
+    /// read buffer); larger ones are dropped.
+    pub(crate) max_datagram: usize,
+    /// `SO_BROADCAST` is set (`broadcast = true`).
+    pub(crate) broadcast: bool,
+    /// The "needs `broadcast = true`" error was logged (once per socket).
+    broadcast_warned: bool,
     /// Datagrams `send_datagram` dropped because the kernel buffer was full.
     pub(crate) dropped: u64,
+    /// Received datagrams dropped because they were over `max_datagram`.
+    pub(crate) oversize: u64,
+    dropped_log: RateLimit,
+    oversize_log: RateLimit,
+    error_log: RateLimit,
 }
 
 /// A listener that was opened, as `on_listen` reports it.
@@ -79,6 +93,8 @@ pub(crate) struct InstanceInfo {
     pub(crate) max_frame: usize,
     pub(crate) high_watermark: usize,
     pub(crate) low_watermark: usize,
+    /// `broadcast = true`: `SO_BROADCAST` on the instance's UDP sockets.
+    pub(crate) broadcast: bool,
 }
 
 /// Warnings that could otherwise flood the log: at most one per second each.
@@ -247,14 +263,27 @@ impl Core {
     /// `on_listen` reports about it.
     pub(crate) fn add_listener(&mut self, addr: &ListenAddr, instance: usize) -> io::Result<Bound> {
         if let ListenAddr::Udp(sa) = addr {
+            self.check_own_udp(sa)?;
             let sock = UdpSocket::bind(sa)?;
             sock.set_nonblocking(true)?;
+            let info = &self.instances[instance];
+            if info.broadcast {
+                sock.set_broadcast(true)?;
+            }
             let local = sock.local_addr()?;
             let url = format!("udp://{local}");
             let d = Datagram {
                 sock,
                 instance,
+                url: url.clone(),
+                max_datagram: info.max_frame.min(crate::SCRATCH_SIZE),
+                broadcast: info.broadcast,
+                broadcast_warned: false,
                 dropped: 0,
+                oversize: 0,
+                dropped_log: RateLimit::default(),
+                oversize_log: RateLimit::default(),
+                error_log: RateLimit::default(),
             };
             let id = self.register(Source::Datagram(d), true, false)?;
             return Ok(Bound {
@@ -325,6 +354,37 @@ impl Core {
         }
     }
 
+    /// As [`Core::check_own_listeners`], for a UDP socket of this config on
+    /// the same port (the same address, or a wildcard on either side).
+    fn check_own_udp(&self, sa: &std::net::SocketAddr) -> io::Result<()> {
+        if sa.port() == 0 {
+            return Ok(());
+        }
+        for id in self.sources.ids() {
+            let Some(Source::Datagram(d)) = self.sources.get(id) else {
+                continue;
+            };
+            let Ok(bound) = d.sock.local_addr() else {
+                continue;
+            };
+            if bound.port() == sa.port()
+                && bound.is_ipv4() == sa.is_ipv4()
+                && (bound.ip() == sa.ip()
+                    || bound.ip().is_unspecified()
+                    || sa.ip().is_unspecified())
+            {
+                return Err(io::Error::new(
+                    io::ErrorKind::AddrInUse,
+                    format!(
+                        "it is the same port as {}, already opened by handler `{}` of this config",
+                        d.url, self.instances[d.instance].name
+                    ),
+                ));
+            }
+        }
+        Ok(())
+    }
+
     pub(crate) fn add_signal_pipe(&mut self, read: UnixStream) -> io::Result<()> {
         read.set_nonblocking(true)?;
         self.register(Source::Signal(read), true, false).map(drop)
@@ -337,8 +397,40 @@ impl Core {
                 self.sources.get(id),
                 Some(Source::Listener(_) | Source::Datagram(_))
             ) {
-                self.remove_source(id);
+                if let Some(Source::Datagram(d)) = self.remove_source(id) {
+                    if d.dropped > 0 || d.oversize > 0 {
+                        log::info!(
+                            "{}: closed {}: {} datagrams dropped on send (kernel buffer full), {} received over max_frame ({} bytes) dropped",
+                            self.instances[d.instance].name,
+                            d.url,
+                            d.dropped,
+                            d.oversize,
+                            d.max_datagram
+                        );
+                    }
+                }
             }
+        }
+    }
+
+    /// A received datagram of `len` bytes did not fit in `max_datagram`:
+    /// count it and say so at debug level (at most once a second per socket).
+    pub(crate) fn datagram_too_big(&mut self, id: u64, len: usize, peer: &abi::loopd_addr) {
+        let Some(Source::Datagram(d)) = self.sources.get_mut(id) else {
+            return;
+        };
+        d.oversize += 1;
+        if let Some(n) = d.oversize_log.allow(Instant::now()) {
+            let from = peer
+                .to_socket_addr()
+                .map_or_else(|| "an unknown sender".to_string(), |a| a.to_string());
+            log::debug!(
+                "{}: {}: dropped a datagram of {len} bytes from {from}: over max_frame ({} bytes); {} dropped so far ({n} similar messages suppressed)",
+                self.instances[d.instance].name,
+                d.url,
+                d.max_datagram,
+                d.oversize
+            );
         }
     }
 
@@ -473,6 +565,7 @@ impl Core {
             interest: (false, false),
             close_reason: 0,
             close_timer: None,
+            skipping: None,
         }
     }
 
@@ -830,19 +923,186 @@ impl Core {
         let Some(to) = to.to_socket_addr() else {
             return abi::LOOPD_ERR_INVALID;
         };
-        match d.sock.send_to(data, to) {
-            Ok(_) => abi::LOOPD_OK,
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                d.dropped += 1;
-                abi::LOOPD_ERR_AGAIN
-            }
-            Err(e) => {
-                log::debug!(
-                    "{}: send_datagram to {to}: {e}",
-                    self.instances[instance].name
-                );
-                abi::LOOPD_ERR_IO
-            }
+        let name = &self.instances[instance].name;
+        loop {
+            return match d.sock.send_to(data, to) {
+                Ok(_) => abi::LOOPD_OK,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) if sys::is_send_buffer_full(&e) => {
+                    // Never queued: a datagram the kernel cannot take now is
+                    // dropped, counted, and the handler told (AGAIN).
+                    d.dropped += 1;
+                    if let Some(n) = d.dropped_log.allow(Instant::now()) {
+                        log::warn!(
+                            "{name}: {}: kernel send buffer full ({e}): dropped a datagram to {to}; {} dropped so far ({n} similar warnings suppressed)",
+                            d.url,
+                            d.dropped
+                        );
+                    }
+                    abi::LOOPD_ERR_AGAIN
+                }
+                Err(e) if sys::is_broadcast_refused(&e) && !d.broadcast => {
+                    if !d.broadcast_warned {
+                        d.broadcast_warned = true;
+                        log::error!(
+                            "{name}: cannot send from {} to {to}: the kernel refused ({e}); \
+                             a broadcast address needs SO_BROADCAST: add `broadcast = true` \
+                             to the [[handler]] entry of `{name}` (logged once per socket)",
+                            d.url
+                        );
+                    }
+                    abi::LOOPD_ERR_IO
+                }
+                Err(e) => {
+                    if let Some(n) = d.error_log.allow(Instant::now()) {
+                        log::debug!(
+                            "{name}: send_datagram from {} to {to}: {e} ({n} similar messages suppressed)",
+                            d.url
+                        );
+                    }
+                    abi::LOOPD_ERR_IO
+                }
+            };
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::net::SocketAddr;
+
+    fn core_with(broadcast: bool, max_frame: usize) -> Core {
+        let mut core = Core::new(RuntimeConfig::default()).unwrap();
+        core.instances.push(InstanceInfo {
+            name: "u".into(),
+            framing: FramingKind::Raw,
+            max_frame,
+            high_watermark: 2,
+            low_watermark: 1,
+            broadcast,
+        });
+        core
+    }
+
+    fn udp(core: &mut Core, addr: &str) -> Bound {
+        core.add_listener(&ListenAddr::Udp(addr.parse().unwrap()), 0)
+            .unwrap()
+    }
+
+    fn datagram(core: &Core, id: u64) -> &Datagram {
+        match core.sources.get(id) {
+            Some(Source::Datagram(d)) => d,
+            _ => panic!("not a datagram socket"),
+        }
+    }
+
+    #[test]
+    fn udp_sockets_over_ipv4_and_ipv6() {
+        let mut core = core_with(false, 1 << 20);
+        let v4 = udp(&mut core, "127.0.0.1:0");
+        let v6 = udp(&mut core, "[::1]:0");
+        assert_eq!(v4.transport, abi::LOOPD_TRANSPORT_UDP);
+        assert!(v4.url.starts_with("udp://127.0.0.1:") && !v4.url.ends_with(":0"));
+        assert!(v6.url.starts_with("udp://[::1]:"), "{}", v6.url);
+        assert_eq!(v6.local.family, abi::LOOPD_AF_INET6);
+        // The read limit is the handler's max_frame, at most the read buffer.
+        assert_eq!(datagram(&core, v4.id).max_datagram, crate::SCRATCH_SIZE);
+        let mut small = core_with(false, 100);
+        let b = udp(&mut small, "127.0.0.1:0");
+        assert_eq!(datagram(&small, b.id).max_datagram, 100);
+    }
+
+    #[test]
+    fn the_same_udp_port_twice_in_one_config_is_named() {
+        let mut core = core_with(false, 1 << 20);
+        let b = udp(&mut core, "0.0.0.0:0");
+        let port = b.url.rsplit(':').next().unwrap();
+        let err = core
+            .add_listener(
+                &ListenAddr::Udp(format!("127.0.0.1:{port}").parse().unwrap()),
+                0,
+            )
+            .unwrap_err();
+        assert_eq!(err.kind(), io::ErrorKind::AddrInUse);
+        assert!(
+            err.to_string().contains("already opened by handler `u`"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn sending_to_a_broadcast_address_needs_the_broadcast_key() {
+        let rx = UdpSocket::bind("0.0.0.0:0").unwrap();
+        rx.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        let to: SocketAddr = format!("127.255.255.255:{}", rx.local_addr().unwrap().port())
+            .parse()
+            .unwrap();
+        let to = abi::loopd_addr::from_socket_addr(to);
+
+        let mut core = core_with(false, 1 << 20);
+        let b = udp(&mut core, "127.0.0.1:0");
+        assert!(!datagram(&core, b.id).sock.broadcast().unwrap());
+        assert_eq!(core.send_datagram(0, b.id, &to, b"x"), abi::LOOPD_ERR_IO);
+        assert!(
+            datagram(&core, b.id).broadcast_warned,
+            "the error was logged"
+        );
+        assert_eq!(core.send_datagram(0, b.id, &to, b"x"), abi::LOOPD_ERR_IO);
+
+        let mut core = core_with(true, 1 << 20);
+        let b = udp(&mut core, "127.0.0.1:0");
+        assert!(
+            datagram(&core, b.id).sock.broadcast().unwrap(),
+            "SO_BROADCAST set"
+        );
+        assert_eq!(core.send_datagram(0, b.id, &to, b"hello"), abi::LOOPD_OK);
+        let mut buf = [0u8; 16];
+        let (n, from) = rx.recv_from(&mut buf).unwrap();
+        assert_eq!(&buf[..n], b"hello");
+        assert_eq!(from.to_string(), b.url.strip_prefix("udp://").unwrap());
+    }
+
+    #[test]
+    fn send_datagram_checks_ids_and_addresses() {
+        let mut core = core_with(false, 1 << 20);
+        let b = udp(&mut core, "127.0.0.1:0");
+        let to = abi::loopd_addr::from_socket_addr("127.0.0.1:9".parse().unwrap());
+        assert_eq!(
+            core.send_datagram(1, b.id, &to, b"x"),
+            abi::LOOPD_ERR_NO_SUCH_CONN,
+            "another instance's socket"
+        );
+        assert_eq!(
+            core.send_datagram(0, b.id + (1 << 32), &to, b"x"),
+            abi::LOOPD_ERR_NO_SUCH_CONN,
+            "stale id"
+        );
+        let unix = abi::loopd_addr::unix();
+        assert_eq!(
+            core.send_datagram(0, b.id, &unix, b"x"),
+            abi::LOOPD_ERR_INVALID
+        );
+        let huge = vec![0u8; 70_000];
+        assert_eq!(
+            core.send_datagram(0, b.id, &to, &huge),
+            abi::LOOPD_ERR_IO,
+            "EMSGSIZE"
+        );
+        assert_eq!(
+            datagram(&core, b.id).dropped,
+            0,
+            "only a full buffer counts as dropped"
+        );
+    }
+
+    #[test]
+    fn oversized_datagrams_are_counted() {
+        let mut core = core_with(false, 100);
+        let b = udp(&mut core, "127.0.0.1:0");
+        let peer = abi::loopd_addr::from_socket_addr("127.0.0.1:5".parse().unwrap());
+        core.datagram_too_big(b.id, 101, &peer);
+        core.datagram_too_big(b.id, 5000, &peer);
+        assert_eq!(datagram(&core, b.id).oversize, 2);
     }
 }

@@ -2,7 +2,8 @@
 //! way a readiness loop needs them: `accept4` with `SOCK_NONBLOCK`, `send`
 //! and `sendmsg` with `MSG_NOSIGNAL` (a peer that went away must never raise
 //! SIGPIPE, even in an embedding program that did not ignore it),
-//! non-blocking `connect`, and `SO_ERROR`.
+//! non-blocking `connect`, `SO_ERROR`, and `recvfrom` with `MSG_TRUNC` (to
+//! tell a datagram that did not fit from one that did).
 
 use std::io::{self, IoSlice};
 use std::mem::{size_of, MaybeUninit};
@@ -126,6 +127,41 @@ pub(crate) fn local_addr(fd: RawFd) -> loopd_addr {
 pub(crate) fn recv(fd: RawFd, buf: &mut [u8]) -> io::Result<usize> {
     // SAFETY: `buf` is valid for writes of `buf.len()` bytes.
     cvt_size(unsafe { libc::recv(fd, buf.as_mut_ptr().cast(), buf.len(), libc::MSG_DONTWAIT) })
+}
+
+/// Receives one datagram into `buf`, with the sender's address. Returns the
+/// datagram's *real* length (`MSG_TRUNC`): a value above `buf.len()` means it
+/// did not fit and only its first `buf.len()` bytes were kept.
+pub(crate) fn recv_from(fd: RawFd, buf: &mut [u8]) -> io::Result<(usize, loopd_addr)> {
+    let mut storage = MaybeUninit::<libc::sockaddr_storage>::zeroed();
+    let mut len = size_of::<libc::sockaddr_storage>() as libc::socklen_t;
+    // SAFETY: `buf` is valid for writes of `buf.len()` bytes; `storage` and
+    // `len` are valid out-parameters sized for any address.
+    let n = cvt_size(unsafe {
+        libc::recvfrom(
+            fd,
+            buf.as_mut_ptr().cast(),
+            buf.len(),
+            libc::MSG_TRUNC | libc::MSG_DONTWAIT,
+            storage.as_mut_ptr().cast(),
+            &mut len,
+        )
+    })?;
+    // SAFETY: zero-initialised, and the kernel filled at most `len` bytes of it.
+    let storage = unsafe { storage.assume_init() };
+    Ok((n, addr_from_storage(&storage, len)))
+}
+
+/// Whether a `sendto` error means "the kernel has no room right now": the
+/// datagram is dropped, never queued.
+pub(crate) fn is_send_buffer_full(e: &io::Error) -> bool {
+    e.kind() == io::ErrorKind::WouldBlock || e.raw_os_error() == Some(libc::ENOBUFS)
+}
+
+/// Whether a `sendto` error is the kernel refusing a broadcast destination to
+/// a socket without `SO_BROADCAST` (Linux answers `EACCES`).
+pub(crate) fn is_broadcast_refused(e: &io::Error) -> bool {
+    e.raw_os_error() == Some(libc::EACCES)
 }
 
 /// Writes what the kernel takes of `buf`, without raising SIGPIPE.
@@ -295,4 +331,94 @@ pub(crate) fn is_transient_accept_error(e: &io::Error) -> bool {
         e.raw_os_error(),
         Some(libc::ECONNABORTED) | Some(libc::EPROTO) | Some(libc::EPERM) | Some(libc::EINTR)
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::net::UdpSocket;
+
+    fn pair(bind: &str) -> (UdpSocket, UdpSocket) {
+        let rx = UdpSocket::bind(bind).unwrap();
+        rx.set_nonblocking(true).unwrap();
+        let tx = UdpSocket::bind(bind).unwrap();
+        (rx, tx)
+    }
+
+    /// Waits (bounded) for a datagram and receives it with `recv_from`.
+    fn recv_wait(rx: &UdpSocket, buf: &mut [u8]) -> (usize, loopd_addr) {
+        for _ in 0..1000 {
+            match recv_from(rx.as_raw_fd(), buf) {
+                Ok(x) => return x,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                    std::thread::sleep(std::time::Duration::from_millis(5))
+                }
+                Err(e) => panic!("recv_from: {e}"),
+            }
+        }
+        panic!("no datagram arrived");
+    }
+
+    #[test]
+    fn recv_from_reports_the_real_length_and_the_sender() {
+        for bind in ["127.0.0.1:0", "[::1]:0"] {
+            let (rx, tx) = pair(bind);
+            let to = rx.local_addr().unwrap();
+            let mut buf = [0u8; 8];
+
+            tx.send_to(b"fits", to).unwrap();
+            let (n, from) = recv_wait(&rx, &mut buf);
+            assert_eq!(n, 4);
+            assert_eq!(&buf[..4], b"fits");
+            assert_eq!(from.to_socket_addr(), Some(tx.local_addr().unwrap()));
+
+            tx.send_to(b"exactly8", to).unwrap();
+            assert_eq!(
+                recv_wait(&rx, &mut buf).0,
+                8,
+                "a full buffer is not truncation"
+            );
+
+            tx.send_to(b"nine byte", to).unwrap();
+            let (n, _) = recv_wait(&rx, &mut buf);
+            assert_eq!(n, 9, "a datagram that did not fit reports its real size");
+
+            tx.send_to(b"", to).unwrap();
+            assert_eq!(
+                recv_wait(&rx, &mut buf).0,
+                0,
+                "an empty datagram is a datagram"
+            );
+
+            let err = recv_from(rx.as_raw_fd(), &mut buf).unwrap_err();
+            assert_eq!(err.kind(), io::ErrorKind::WouldBlock, "{bind}");
+        }
+    }
+
+    #[test]
+    fn broadcast_needs_so_broadcast() {
+        // 127.255.255.255 is the broadcast address of the loopback network.
+        let (rx, tx) = pair("127.0.0.1:0");
+        let to: SocketAddr = format!("127.255.255.255:{}", rx.local_addr().unwrap().port())
+            .parse()
+            .unwrap();
+        let err = tx.send_to(b"x", to).unwrap_err();
+        assert!(is_broadcast_refused(&err), "{err}");
+        assert!(!is_send_buffer_full(&err));
+        tx.set_broadcast(true).unwrap();
+        tx.send_to(b"x", to).expect("allowed with SO_BROADCAST");
+    }
+
+    #[test]
+    fn send_buffer_full_errors() {
+        assert!(is_send_buffer_full(&io::Error::from_raw_os_error(
+            libc::EAGAIN
+        )));
+        assert!(is_send_buffer_full(&io::Error::from_raw_os_error(
+            libc::ENOBUFS
+        )));
+        assert!(!is_send_buffer_full(&io::Error::from_raw_os_error(
+            libc::EMSGSIZE
+        )));
+    }
 }

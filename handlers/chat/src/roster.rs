@@ -1,0 +1,340 @@
+//! Who is here: members, their nicks (unique, case-insensitive) and rooms
+//! (created on first join, removed when the last member leaves).
+//!
+//! Generic over the member key and per-member data so the rules are
+//! unit-tested without a running loopd.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::hash::Hash;
+
+/// The case-insensitive key of a nick or room name (names are ASCII).
+fn fold(name: &str) -> String {
+    name.to_ascii_lowercase()
+}
+
+/// Case-insensitive order of two names, without allocating.
+fn cmp_folded(a: &str, b: &str) -> std::cmp::Ordering {
+    a.bytes()
+        .map(|b| b.to_ascii_lowercase())
+        .cmp(b.bytes().map(|b| b.to_ascii_lowercase()))
+        .then_with(|| a.cmp(b))
+}
+
+/// One member.
+#[derive(Debug)]
+pub(crate) struct Member<T> {
+    /// The nick as the member spelled it.
+    pub(crate) nick: String,
+    /// The key of the member's room (see [`Roster::room_name`]).
+    pub(crate) room: String,
+    /// The owner's per-member data.
+    pub(crate) data: T,
+}
+
+#[derive(Debug)]
+struct Room<K> {
+    /// The name as the member who created the room spelled it.
+    name: String,
+    members: HashSet<K>,
+}
+
+/// A nick is held by someone else.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Taken;
+
+/// Members, nicks and rooms. Every map is bounded by the number of members.
+#[derive(Debug)]
+pub(crate) struct Roster<K, T> {
+    members: HashMap<K, Member<T>>,
+    /// Folded nick -> member.
+    nicks: HashMap<String, K>,
+    /// Folded room name -> room; sorted, so `/rooms` needs no sort.
+    rooms: BTreeMap<String, Room<K>>,
+}
+
+impl<K: Copy + Eq + Hash, T> Roster<K, T> {
+    pub(crate) fn new() -> Self {
+        Roster {
+            members: HashMap::new(),
+            nicks: HashMap::new(),
+            rooms: BTreeMap::new(),
+        }
+    }
+
+    /// How many members there are.
+    pub(crate) fn len(&self) -> usize {
+        self.members.len()
+    }
+
+    /// How many rooms there are (each has at least one member).
+    #[cfg(test)]
+    pub(crate) fn room_count(&self) -> usize {
+        self.rooms.len()
+    }
+
+    pub(crate) fn contains(&self, k: K) -> bool {
+        self.members.contains_key(&k)
+    }
+
+    pub(crate) fn get(&self, k: K) -> Option<&Member<T>> {
+        self.members.get(&k)
+    }
+
+    pub(crate) fn get_mut(&mut self, k: K) -> Option<&mut Member<T>> {
+        self.members.get_mut(&k)
+    }
+
+    /// Who holds `nick`, compared case-insensitively.
+    pub(crate) fn holder(&self, nick: &str) -> Option<K> {
+        self.nicks.get(&fold(nick)).copied()
+    }
+
+    /// Adds a member with a free nick to a room (created if needed); returns
+    /// the room's key.
+    ///
+    /// # Errors
+    /// [`Taken`] if someone holds the nick (nothing changes).
+    pub(crate) fn insert(
+        &mut self,
+        k: K,
+        nick: &str,
+        room: &str,
+        data: T,
+    ) -> Result<String, Taken> {
+        debug_assert!(!self.members.contains_key(&k), "member added twice");
+        let nick_key = fold(nick);
+        if self.nicks.contains_key(&nick_key) {
+            return Err(Taken);
+        }
+        self.nicks.insert(nick_key, k);
+        let room_key = self.enter(k, room);
+        self.members.insert(
+            k,
+            Member {
+                nick: nick.to_string(),
+                room: room_key.clone(),
+                data,
+            },
+        );
+        Ok(room_key)
+    }
+
+    /// Removes a member (its room too, if it was the last one there).
+    pub(crate) fn remove(&mut self, k: K) -> Option<Member<T>> {
+        let member = self.members.remove(&k)?;
+        self.nicks.remove(&fold(&member.nick));
+        self.exit(k, &member.room);
+        Some(member)
+    }
+
+    /// Changes a member's nick; returns the old one. Changing only the case
+    /// of one's own nick is allowed.
+    ///
+    /// # Errors
+    /// [`Taken`] if someone else holds the nick (nothing changes).
+    pub(crate) fn rename(&mut self, k: K, nick: &str) -> Result<String, Taken> {
+        let new_key = fold(nick);
+        match self.nicks.get(&new_key) {
+            Some(&holder) if holder != k => return Err(Taken),
+            _ => {}
+        }
+        let member = self.members.get_mut(&k).expect("renaming a member");
+        let old = std::mem::replace(&mut member.nick, nick.to_string());
+        self.nicks.remove(&fold(&old));
+        self.nicks.insert(new_key, k);
+        Ok(old)
+    }
+
+    /// Moves a member to `room` (created if needed; the old one is removed
+    /// if now empty). Returns the old room's key, or `None` if the member is
+    /// already there.
+    pub(crate) fn move_to(&mut self, k: K, room: &str) -> Option<String> {
+        let current = &self.members.get(&k).expect("moving a member").room;
+        if *current == fold(room) {
+            return None;
+        }
+        let old = current.clone();
+        self.exit(k, &old);
+        let new = self.enter(k, room);
+        self.members.get_mut(&k).expect("moving a member").room = new;
+        Some(old)
+    }
+
+    /// The display name of a room, by key.
+    pub(crate) fn room_name(&self, key: &str) -> Option<&str> {
+        self.rooms.get(key).map(|r| r.name.as_str())
+    }
+
+    /// The nicks in a room, sorted case-insensitively.
+    pub(crate) fn who(&self, key: &str) -> Vec<&str> {
+        let Some(room) = self.rooms.get(key) else {
+            return Vec::new();
+        };
+        let mut nicks: Vec<&str> = room
+            .members
+            .iter()
+            .filter_map(|k| self.members.get(k).map(|m| m.nick.as_str()))
+            .collect();
+        nicks.sort_unstable_by(|a, b| cmp_folded(a, b));
+        nicks
+    }
+
+    /// Every room's name and member count, sorted case-insensitively.
+    pub(crate) fn rooms(&self) -> impl Iterator<Item = (&str, usize)> {
+        self.rooms
+            .values()
+            .map(|r| (r.name.as_str(), r.members.len()))
+    }
+
+    /// Calls `f` for every member of a room but `except`, with mutable access
+    /// to the member (to deliver to it).
+    pub(crate) fn for_each_in(
+        &mut self,
+        key: &str,
+        except: Option<K>,
+        mut f: impl FnMut(K, &mut Member<T>),
+    ) {
+        let Some(room) = self.rooms.get(key) else {
+            return;
+        };
+        for &k in &room.members {
+            if Some(k) == except {
+                continue;
+            }
+            if let Some(member) = self.members.get_mut(&k) {
+                f(k, member);
+            }
+        }
+    }
+
+    /// Calls `f` for every other member of `k`'s room; as
+    /// [`Roster::for_each_in`], without looking the room up by name.
+    pub(crate) fn for_each_near(&mut self, k: K, mut f: impl FnMut(K, &mut Member<T>)) {
+        let Some(room) = self.members.get(&k).and_then(|m| self.rooms.get(&m.room)) else {
+            return;
+        };
+        for &other in &room.members {
+            if other == k {
+                continue;
+            }
+            if let Some(member) = self.members.get_mut(&other) {
+                f(other, member);
+            }
+        }
+    }
+
+    /// Every member key, e.g. to close them all.
+    pub(crate) fn keys(&self) -> Vec<K> {
+        self.members.keys().copied().collect()
+    }
+
+    fn enter(&mut self, k: K, room: &str) -> String {
+        let key = fold(room);
+        self.rooms
+            .entry(key.clone())
+            .or_insert_with(|| Room {
+                name: room.to_string(),
+                members: HashSet::new(),
+            })
+            .members
+            .insert(k);
+        key
+    }
+
+    fn exit(&mut self, k: K, key: &str) {
+        if let Some(room) = self.rooms.get_mut(key) {
+            room.members.remove(&k);
+            if room.members.is_empty() {
+                self.rooms.remove(key);
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn roster() -> Roster<u32, ()> {
+        Roster::new()
+    }
+
+    #[test]
+    fn nicks_are_unique_case_insensitively() {
+        let mut r = roster();
+        r.insert(1, "alice", "lobby", ()).unwrap();
+        assert_eq!(r.insert(2, "ALICE", "lobby", ()), Err(Taken));
+        assert!(!r.contains(2));
+        r.insert(2, "bob", "lobby", ()).unwrap();
+        assert_eq!(r.rename(2, "Alice"), Err(Taken));
+        assert_eq!(r.get(2).unwrap().nick, "bob");
+        assert_eq!(r.holder("ALICE"), Some(1));
+        assert_eq!(r.holder("Bob"), Some(2));
+        assert_eq!(r.holder("carol"), None);
+    }
+
+    #[test]
+    fn renaming_frees_the_old_nick_and_may_change_case() {
+        let mut r = roster();
+        r.insert(1, "alice", "lobby", ()).unwrap();
+        assert_eq!(r.rename(1, "Alice").as_deref(), Ok("alice"));
+        assert_eq!(r.rename(1, "al").as_deref(), Ok("Alice"));
+        assert_eq!(r.holder("alice"), None);
+        r.insert(2, "ALICE", "lobby", ()).unwrap();
+        assert_eq!(r.holder("alice"), Some(2));
+    }
+
+    #[test]
+    fn rooms_exist_while_someone_is_in_them() {
+        let mut r = roster();
+        r.insert(1, "a", "lobby", ()).unwrap();
+        r.insert(2, "b", "lobby", ()).unwrap();
+        assert_eq!(r.move_to(1, "Dev").as_deref(), Some("lobby"));
+        assert_eq!(r.move_to(2, "dev").as_deref(), Some("lobby"));
+        assert_eq!(r.room_count(), 1, "lobby is gone once empty");
+        assert_eq!(r.room_name("dev"), Some("Dev"), "the creator's spelling");
+        assert_eq!(r.move_to(2, "DEV"), None, "already there");
+        r.remove(1);
+        r.remove(2);
+        assert_eq!(r.room_count(), 0);
+        assert_eq!(r.len(), 0);
+        assert!(r.nicks.is_empty());
+    }
+
+    #[test]
+    fn who_and_rooms_are_sorted_case_insensitively() {
+        let mut r = roster();
+        for (k, nick, room) in [
+            (1, "carol", "lobby"),
+            (2, "Bob", "lobby"),
+            (3, "alice", "lobby"),
+            (4, "dave", "zoo"),
+            (5, "eve", "Attic"),
+            (6, "frank", "attic"),
+        ] {
+            r.insert(k, nick, room, ()).unwrap();
+        }
+        assert_eq!(r.who("lobby"), ["alice", "Bob", "carol"]);
+        assert_eq!(r.who("nowhere"), Vec::<&str>::new());
+        let rooms: Vec<_> = r.rooms().collect();
+        assert_eq!(rooms, [("Attic", 2), ("lobby", 3), ("zoo", 1)]);
+    }
+
+    #[test]
+    fn for_each_in_skips_the_sender_and_other_rooms() {
+        let mut r: Roster<u32, Vec<&str>> = Roster::new();
+        r.insert(1, "a", "lobby", vec![]).unwrap();
+        r.insert(2, "b", "lobby", vec![]).unwrap();
+        r.insert(3, "c", "dev", vec![]).unwrap();
+        r.for_each_in("lobby", Some(1), |_, m| m.data.push("hi"));
+        assert!(r.get(1).unwrap().data.is_empty());
+        assert_eq!(r.get(2).unwrap().data, ["hi"]);
+        assert!(r.get(3).unwrap().data.is_empty());
+        r.for_each_near(2, |_, m| m.data.push("near"));
+        assert_eq!(r.get(1).unwrap().data, ["near"]);
+        assert_eq!(r.get(2).unwrap().data, ["hi"]);
+        assert!(r.get(3).unwrap().data.is_empty());
+        r.for_each_in("lobby", None, |_, m| m.data.push("all"));
+        assert_eq!(r.get(2).unwrap().data, ["hi", "all"]);
+    }
+}

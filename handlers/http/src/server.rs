@@ -1,0 +1,1160 @@
+//! The connection engine: input → requests → responses, in order, with
+//! bounded memory and a deadline for every wait.
+//!
+//! One request at a time per connection: the next request is parsed only
+//! once the current response is entirely queued, so pipelined requests are
+//! answered in order and a client cannot make the server read ahead without
+//! bound. A file body is read in chunks as the connection drains
+//! (`on_writable`): a connection holds a file descriptor and a position, never
+//! the file. Chunks are read into one buffer shared by every connection (all
+//! hooks run on one thread), so a streaming connection costs no buffer of its
+//! own beyond what loopd queues for it (bounded by the output watermarks).
+
+use std::collections::HashMap;
+use std::fs::File;
+use std::io;
+use std::os::unix::fs::FileExt;
+use std::time::{Duration, Instant};
+
+use loopd_handler_api::{
+    CloseMode, CloseReason, ConnId, ConnInfo, Ctx, Error, Framing, Level, TimerId,
+};
+
+use crate::body::{Discard, DiscardError};
+use crate::clock::Clock;
+use crate::cond::{self, Precondition, RangeAnswer, Validators};
+use crate::config::Settings;
+use crate::fs::Root;
+use crate::mime;
+use crate::path::{self, PathError, ReqPath};
+use crate::request::{Head, Limits, Request, Scanner};
+use crate::response::{self, Connection, HeadBuf};
+
+/// Bytes of a file read per send.
+const CHUNK: usize = 64 * 1024;
+/// Chunks sent per hook call before yielding to other connections (a client
+/// that reads as fast as we send would otherwise hold the loop for a whole
+/// file).
+const CHUNKS_PER_TURN: usize = 16;
+/// Longest request line kept in an access log line.
+const LOG_LINE_MAX: usize = 1024;
+
+/// Which wait a connection's deadline bounds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Wait {
+    /// Reading a request head (or a body being discarded): 408 when it passes.
+    Header,
+    /// Idle between keep-alive requests: close quietly.
+    Idle,
+    /// A response makes no progress (the client does not read): cut it.
+    Send,
+    /// Discarding what a client sends after an error response: close.
+    Linger,
+}
+
+/// One access log line in the making.
+#[derive(Debug)]
+struct LogEntry {
+    request: String,
+    status: u16,
+    start: Instant,
+    bytes: u64,
+}
+
+/// A response being sent.
+#[derive(Debug)]
+struct Response {
+    /// The head (plus a small body for error pages) not yet queued.
+    head: Vec<u8>,
+    /// Bytes of `head` that are body (for the access log).
+    head_body: u64,
+    /// The file body, `pos..end`.
+    file: Option<File>,
+    pos: u64,
+    end: u64,
+    log: Option<LogEntry>,
+}
+
+/// Per-connection state.
+#[derive(Debug)]
+struct Conn {
+    /// The client's address for the access log (`-` for Unix sockets).
+    peer: String,
+    /// Input not consumed yet: at most one partial request head while no
+    /// response is in progress; bounded by `Server::inbuf_cap` otherwise.
+    inbuf: Vec<u8>,
+    scanner: Scanner,
+    /// A request body being read and thrown away.
+    discard: Discard,
+    discarded: u64,
+    resp: Option<Response>,
+    /// Close once the current response is queued.
+    close_after: bool,
+    /// ... after lingering: the client may still be sending.
+    linger_after: bool,
+    /// Discarding all input until the client closes or the deadline passes.
+    lingering: bool,
+    /// The client shut down its sending side.
+    peer_eof: bool,
+    /// `close` was called; on_close follows.
+    closing: bool,
+    /// When the first byte of the pending request arrived.
+    req_start: Option<Instant>,
+    /// The wait in progress and when it ends (`Ctx::now_ms`).
+    deadline: Option<(Wait, u64)>,
+    /// The timer armed for deadlines, and when it fires. It may fire before
+    /// the deadline (which then re-arms it): moving a deadline later costs
+    /// nothing.
+    armed: Option<(TimerId, u64)>,
+    /// A zero-delay timer that continues a response after a yield.
+    resume: Option<TimerId>,
+}
+
+/// How `pump` left a response.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Pump {
+    /// Entirely queued (or there was none).
+    Done,
+    /// Waiting for `on_writable` or a resume timer.
+    Blocked,
+    /// The connection is closing.
+    Gone,
+}
+
+/// What a response is made of, before it is queued.
+struct Reply {
+    status: u16,
+    fields: Vec<(&'static str, String)>,
+    body: Body,
+    head_only: bool,
+    log: Option<LogEntry>,
+}
+
+/// A response body.
+enum Body {
+    /// None at all (304).
+    None,
+    /// A small HTML page, sent with the head.
+    Page(String),
+    /// Bytes `start..end` of a file, streamed.
+    File {
+        file: File,
+        content_type: String,
+        start: u64,
+        end: u64,
+    },
+}
+
+/// The handler instance.
+#[derive(Debug)]
+pub(crate) struct Server {
+    ctx: Ctx,
+    cfg: Settings,
+    limits: Limits,
+    root: Root,
+    server: String,
+    conns: HashMap<ConnId, Conn>,
+    scratch: Vec<u8>,
+    clock: Clock,
+    shutting_down: bool,
+    inbuf_cap: usize,
+    warned_framing: bool,
+}
+
+impl Server {
+    pub(crate) fn new(ctx: &Ctx, cfg: Settings) -> Result<Server, String> {
+        let root = Root::open(&cfg.root)?;
+        let (version, _) = ctx.host_version();
+        let version = if version.is_empty() {
+            env!("CARGO_PKG_VERSION")
+        } else {
+            version
+        };
+        let limits = Limits {
+            max_request_line: cfg.max_request_line,
+            max_header_bytes: cfg.max_header_bytes,
+            max_headers: cfg.max_headers,
+        };
+        let inbuf_cap = 2 * (cfg.max_request_line + cfg.max_header_bytes) + 64 * 1024;
+        ctx.info(format_args!(
+            "serving {} (index {:?}; files opened with {})",
+            root.path().display(),
+            cfg.index.as_deref().unwrap_or(""),
+            if root.uses_openat2() {
+                "openat2 RESOLVE_BENEATH"
+            } else {
+                "realpath + O_NOFOLLOW: openat2 is not available"
+            }
+        ));
+        Ok(Server {
+            ctx: *ctx,
+            cfg,
+            limits,
+            root,
+            server: format!("loopd/{version}"),
+            conns: HashMap::new(),
+            scratch: vec![0; CHUNK],
+            clock: Clock::default(),
+            shutting_down: false,
+            inbuf_cap,
+            warned_framing: false,
+        })
+    }
+
+    // ------------------------------------------------------------------
+    // Hooks
+    // ------------------------------------------------------------------
+
+    pub(crate) fn on_open(&mut self, id: ConnId, info: &ConnInfo<'_>) -> Result<(), String> {
+        if info.framing != Framing::Raw {
+            // Line or length-prefixed framing would mangle HTTP: refuse,
+            // and say why once.
+            if !self.warned_framing {
+                self.warned_framing = true;
+                self.ctx.error(format_args!(
+                    "this handler parses HTTP itself and needs framing = \"raw\" (the default), \
+                     not {:?}: refusing connections",
+                    info.framing
+                ));
+            }
+            return Err("framing is not raw".into());
+        }
+        let peer = info
+            .peer
+            .map(|a| a.ip().to_string())
+            .unwrap_or_else(|| "-".into());
+        self.conns.insert(
+            id,
+            Conn {
+                peer,
+                inbuf: Vec::new(),
+                scanner: Scanner::default(),
+                discard: Discard::None,
+                discarded: 0,
+                resp: None,
+                close_after: false,
+                linger_after: false,
+                lingering: false,
+                peer_eof: false,
+                closing: false,
+                req_start: None,
+                deadline: None,
+                armed: None,
+                resume: None,
+            },
+        );
+        // A new connection has header_timeout to send its first request.
+        self.set_deadline(id, Wait::Header);
+        Ok(())
+    }
+
+    pub(crate) fn on_data(&mut self, id: ConnId, data: &[u8]) {
+        let Some(c) = self.conns.get_mut(&id) else {
+            return;
+        };
+        if c.closing || c.lingering {
+            return;
+        }
+        if c.inbuf.is_empty() {
+            // The common case: work straight from loopd's buffer and keep
+            // only what is left over.
+            let used = self.drive(id, data);
+            self.keep_input(id, &data[used..]);
+        } else {
+            c.inbuf.extend_from_slice(data);
+            if c.inbuf.len() > self.inbuf_cap {
+                self.too_much_input(id);
+                return;
+            }
+            self.resume_input(id);
+        }
+    }
+
+    pub(crate) fn on_eof(&mut self, id: ConnId) -> bool {
+        let Some(c) = self.conns.get_mut(&id) else {
+            return false;
+        };
+        c.peer_eof = true;
+        // Keep writing only while a response is in progress; the rest (a
+        // partial request, a lingering close) ends with the client.
+        !c.closing && !c.lingering && c.resp.is_some()
+    }
+
+    pub(crate) fn on_writable(&mut self, id: ConnId) {
+        if let Some(c) = self.conns.get(&id) {
+            if c.resp.is_some() {
+                // Progress: the send timeout starts again.
+                self.set_deadline(id, Wait::Send);
+            }
+        }
+        if self.pump(id) == Pump::Done {
+            self.resume_input(id);
+        }
+    }
+
+    pub(crate) fn on_timer(&mut self, timer: TimerId, user_data: u64) {
+        let id = ConnId::from_raw(user_data);
+        let now = self.ctx.now_ms();
+        let Some(c) = self.conns.get_mut(&id) else {
+            return;
+        };
+        if c.resume == Some(timer) {
+            c.resume = None;
+            if self.pump(id) == Pump::Done {
+                self.resume_input(id);
+            }
+            return;
+        }
+        if c.armed.map(|(t, _)| t) != Some(timer) {
+            return;
+        }
+        c.armed = None;
+        let Some((wait, at)) = c.deadline else {
+            return;
+        };
+        if now < at {
+            self.arm(id, at - now);
+            return;
+        }
+        c.deadline = None;
+        match wait {
+            Wait::Header => {
+                self.ctx.debug(format_args!(
+                    "{id}: no complete request within {:?}; 408",
+                    self.cfg.header_timeout
+                ));
+                let c = self.conns.get_mut(&id).expect("checked above");
+                // Whatever was half-sent is dropped; the client gets a 408.
+                // One caught mid-request may still be sending: linger.
+                let midway = c.req_start.is_some() || c.discard.active() || !c.inbuf.is_empty();
+                c.discard = Discard::None;
+                c.inbuf = Vec::new();
+                let start = c.req_start.take().unwrap_or_else(Instant::now);
+                self.error(id, 408, start, "-".into(), midway);
+            }
+            Wait::Idle => self.close(id, CloseMode::Flush),
+            Wait::Send => {
+                self.ctx.debug(format_args!(
+                    "{id}: client read nothing for {:?}; closing",
+                    self.cfg.send_timeout
+                ));
+                self.close(id, CloseMode::Abort);
+            }
+            Wait::Linger => self.close(id, CloseMode::Flush),
+        }
+    }
+
+    pub(crate) fn on_close(&mut self, id: ConnId, reason: CloseReason) {
+        let Some(mut c) = self.conns.remove(&id) else {
+            return;
+        };
+        if let Some((t, _)) = c.armed.take() {
+            let _ = self.ctx.cancel_timer(t);
+        }
+        if let Some(t) = c.resume.take() {
+            let _ = self.ctx.cancel_timer(t);
+        }
+        if let Some(mut r) = c.resp.take() {
+            // Cut short: log what was sent.
+            if let Some(entry) = r.log.take() {
+                self.ctx.debug(format_args!(
+                    "{id}: closed ({reason}) with a response in progress"
+                ));
+                self.log_access(&c.peer, entry);
+            }
+        }
+    }
+
+    pub(crate) fn on_shutdown(&mut self) {
+        self.shutting_down = true;
+        let idle: Vec<ConnId> = self
+            .conns
+            .iter()
+            .filter(|(_, c)| {
+                !c.closing
+                    && c.resp.is_none()
+                    && c.inbuf.is_empty()
+                    && !c.discard.active()
+                    && c.req_start.is_none()
+            })
+            .map(|(&id, _)| id)
+            .collect();
+        for id in idle {
+            self.close(id, CloseMode::Flush);
+        }
+        for c in self.conns.values_mut() {
+            c.close_after = true;
+        }
+    }
+
+    // ------------------------------------------------------------------
+    // Input
+    // ------------------------------------------------------------------
+
+    /// Stores unconsumed input, within the bound.
+    fn keep_input(&mut self, id: ConnId, rest: &[u8]) {
+        let Some(c) = self.conns.get_mut(&id) else {
+            return;
+        };
+        if rest.is_empty() || c.closing || c.lingering {
+            return;
+        }
+        c.inbuf.extend_from_slice(rest);
+        if c.inbuf.len() > self.inbuf_cap {
+            self.too_much_input(id);
+        }
+    }
+
+    fn too_much_input(&mut self, id: ConnId) {
+        self.ctx.debug(format_args!(
+            "{id}: more than {} bytes of requests sent ahead of the responses; closing",
+            self.inbuf_cap
+        ));
+        self.close(id, CloseMode::Abort);
+    }
+
+    /// Runs the buffered input again (after a response finished).
+    fn resume_input(&mut self, id: ConnId) {
+        let Some(c) = self.conns.get_mut(&id) else {
+            return;
+        };
+        let buf = std::mem::take(&mut c.inbuf);
+        let used = self.drive(id, &buf);
+        if let Some(c) = self.conns.get_mut(&id) {
+            if !c.closing && !c.lingering && used < buf.len() {
+                let mut buf = buf;
+                buf.drain(..used);
+                c.inbuf = buf;
+            }
+        }
+    }
+
+    /// Consumes requests (and bodies to discard) from `input` while no
+    /// response is in progress; returns the bytes consumed.
+    fn drive(&mut self, id: ConnId, input: &[u8]) -> usize {
+        let mut pos = 0;
+        loop {
+            let Some(c) = self.conns.get_mut(&id) else {
+                return input.len();
+            };
+            if c.closing || c.lingering {
+                return input.len();
+            }
+            if c.discard.active() {
+                match c
+                    .discard
+                    .consume(&input[pos..], &mut c.discarded, self.cfg.max_discard_body)
+                {
+                    Ok(n) => pos += n,
+                    Err(e) => {
+                        let why = match e {
+                            DiscardError::Malformed => "malformed chunked request body",
+                            DiscardError::TooLarge => "request body over max_discard_body",
+                        };
+                        self.ctx.debug(format_args!("{id}: {why}; closing"));
+                        self.close(id, CloseMode::Flush);
+                        return input.len();
+                    }
+                }
+                if c.discard.active() {
+                    if c.peer_eof {
+                        self.close_when_idle(id);
+                    } else if c.resp.is_none() && c.deadline.map(|d| d.0) != Some(Wait::Header) {
+                        self.set_deadline(id, Wait::Header);
+                    }
+                    return pos;
+                }
+            }
+            if c.resp.is_some() {
+                return pos;
+            }
+            let rest = &input[pos..];
+            if rest.is_empty() {
+                if c.peer_eof || self.shutting_down {
+                    self.close(id, CloseMode::Flush);
+                } else if self.cfg.keepalive_timeout.is_some() {
+                    self.set_deadline(id, Wait::Idle);
+                }
+                return pos;
+            }
+            if c.req_start.is_none() {
+                c.req_start = Some(Instant::now());
+            }
+            match c.scanner.parse(rest, &self.limits) {
+                Ok(Head::Partial) => {
+                    if c.peer_eof {
+                        // The client stopped sending mid-request.
+                        self.close(id, CloseMode::Flush);
+                    } else if c.deadline.map(|d| d.0) != Some(Wait::Header) {
+                        // Only a partial head starts the clock: a request
+                        // that arrives whole costs no timer.
+                        self.set_deadline(id, Wait::Header);
+                    }
+                    return pos;
+                }
+                Err(reject) => {
+                    self.ctx
+                        .debug(format_args!("{id}: {} ({})", reject.status, reject.why));
+                    let start = c.req_start.take().unwrap_or_else(Instant::now);
+                    // The head was not read to its end: the client may
+                    // still be sending it.
+                    self.error(id, reject.status, start, "-".into(), true);
+                    return input.len();
+                }
+                Ok(Head::Complete { len, req }) => {
+                    c.scanner.reset();
+                    pos += len;
+                    let leftover = pos < input.len();
+                    self.handle(id, &req, leftover);
+                }
+            }
+        }
+    }
+
+    /// Closes a connection whose client has stopped sending, unless a
+    /// response is still going out (then it closes once that is done).
+    fn close_when_idle(&mut self, id: ConnId) {
+        if let Some(c) = self.conns.get_mut(&id) {
+            if c.resp.is_some() {
+                c.close_after = true;
+            } else {
+                self.close(id, CloseMode::Flush);
+            }
+        }
+    }
+
+    // ------------------------------------------------------------------
+    // Requests
+    // ------------------------------------------------------------------
+
+    fn handle(&mut self, id: ConnId, req: &Request<'_>, leftover: bool) {
+        let Some(c) = self.conns.get_mut(&id) else {
+            return;
+        };
+        let start = c.req_start.take().unwrap_or_else(Instant::now);
+        c.deadline = None;
+        let line = if self.cfg.access_log {
+            response::log_escape(req.line, LOG_LINE_MAX)
+        } else {
+            String::new()
+        };
+
+        // Framing: anything that could make two parties disagree on where
+        // this request ends is refused, and the connection closed.
+        let framing_error = if req.transfer_encoding && req.content_length.is_some() {
+            Some("both Transfer-Encoding and Content-Length")
+        } else if req.bad_content_length {
+            Some("invalid or conflicting Content-Length")
+        } else if req.transfer_encoding && req.version == 0 {
+            Some("Transfer-Encoding in an HTTP/1.0 request")
+        } else if req.transfer_encoding && !req.chunked {
+            Some("Transfer-Encoding whose final coding is not chunked")
+        } else if req.host_fields > 1 || (req.version == 1 && req.host_fields == 0) {
+            Some("missing or repeated Host")
+        } else {
+            None
+        };
+        if let Some(why) = framing_error {
+            self.ctx.debug(format_args!("{id}: 400 ({why})"));
+            self.error(id, 400, start, line, true);
+            return;
+        }
+        if let Some(len) = req.content_length {
+            if len > self.cfg.max_discard_body {
+                self.ctx.debug(format_args!(
+                    "{id}: 413 (a {len}-byte body on {})",
+                    req.method
+                ));
+                self.error(id, 413, start, line, true);
+                return;
+            }
+        }
+        let has_body = req.chunked || req.content_length.unwrap_or(0) > 0;
+        let c = self.conns.get_mut(&id).expect("checked above");
+        c.discarded = 0;
+        c.discard = if req.chunked {
+            Discard::chunked()
+        } else {
+            match req.content_length {
+                Some(n) if n > 0 => Discard::Length(n),
+                _ => Discard::None,
+            }
+        };
+
+        let mut keep = if req.version == 1 {
+            !req.conn_close
+        } else {
+            req.conn_keep_alive && !req.conn_close
+        };
+        keep &= !self.shutting_down && self.cfg.keepalive_timeout.is_some();
+        if let Some(expect) = req.expect {
+            if !expect.trim_ascii().eq_ignore_ascii_case(b"100-continue") {
+                self.error(id, 417, start, line, true);
+                return;
+            }
+            if has_body {
+                // No "100 Continue": the answer is final, so the client
+                // may or may not send its body. Close (after lingering)
+                // rather than guess where the next request starts.
+                keep = false;
+                c.linger_after = true;
+            }
+        }
+        let connection = if !keep {
+            Connection::Close
+        } else if req.version == 0 {
+            Connection::KeepAlive10
+        } else {
+            Connection::Default
+        };
+        c.close_after = !keep;
+        if !keep && leftover {
+            c.linger_after = true;
+        }
+        let log = self.cfg.access_log.then_some(LogEntry {
+            request: line,
+            status: 0,
+            start,
+            bytes: 0,
+        });
+
+        let head_only = match req.method {
+            "GET" => false,
+            "HEAD" => true,
+            _ => {
+                let reply = self.page(405, vec![("Allow", "GET, HEAD".into())], None, false, log);
+                self.send_reply(id, reply, connection);
+                return;
+            }
+        };
+        let reply = self.resolve(req, head_only, log);
+        let connection = if reply.status == 400 {
+            // After any 400 the connection closes.
+            let c = self.conns.get_mut(&id).expect("checked above");
+            c.close_after = true;
+            Connection::Close
+        } else {
+            connection
+        };
+        self.send_reply(id, reply, connection);
+    }
+
+    /// Maps a GET/HEAD target to a reply.
+    fn resolve(&mut self, req: &Request<'_>, head_only: bool, log: Option<LogEntry>) -> Reply {
+        let Some((raw_path, query)) = split_target(req.target) else {
+            return self.page(400, Vec::new(), None, head_only, log);
+        };
+        let rp = match path::normalize(raw_path.as_bytes(), self.cfg.hidden_files) {
+            Ok(rp) => rp,
+            Err(PathError::BadRequest) => return self.page(400, Vec::new(), None, head_only, log),
+            Err(PathError::Forbidden) => return self.page(403, Vec::new(), None, head_only, log),
+            Err(PathError::Hidden) => return self.page(404, Vec::new(), None, head_only, log),
+        };
+        let (file, meta, rel) = match self.open(&rp) {
+            Ok(Some(opened)) => opened,
+            Ok(None) => {
+                let mut location = rp.directory_url();
+                if let Some(q) = query {
+                    location.push('?');
+                    location.push_str(q);
+                }
+                let link = location.clone();
+                return self.page(
+                    301,
+                    vec![("Location", location)],
+                    Some(&link),
+                    head_only,
+                    log,
+                );
+            }
+            Err(status) => return self.page(status, Vec::new(), None, head_only, log),
+        };
+        let len = meta.len();
+        let v = Validators::new(meta.modified().unwrap_or(std::time::UNIX_EPOCH), len);
+        let content_type = ReqPath::extension(&rel)
+            .and_then(|ext| {
+                if self.cfg.types.is_empty() {
+                    return mime::lookup(ext);
+                }
+                let lower = String::from_utf8_lossy(ext).to_ascii_lowercase();
+                self.cfg
+                    .types
+                    .get(&lower)
+                    .map(String::as_str)
+                    .or_else(|| mime::lookup(ext))
+            })
+            .unwrap_or(&self.cfg.default_type)
+            .to_string();
+        match cond::preconditions(req, &v) {
+            Precondition::Proceed => {}
+            Precondition::Failed => return self.page(412, Vec::new(), None, head_only, log),
+            Precondition::NotModified => {
+                return Reply {
+                    status: 304,
+                    fields: vec![("Last-Modified", v.last_modified()), ("ETag", v.etag)],
+                    body: Body::None,
+                    head_only,
+                    log,
+                };
+            }
+        }
+        let mut fields = vec![
+            ("Last-Modified", v.last_modified()),
+            ("ETag", v.etag.clone()),
+            ("Accept-Ranges", "bytes".to_string()),
+        ];
+        let (status, start, end) = match cond::range(req, &v, len) {
+            RangeAnswer::Full => (200, 0, len),
+            RangeAnswer::Partial { start, end } => {
+                fields.push(("Content-Range", format!("bytes {start}-{end}/{len}")));
+                (206, start, end + 1)
+            }
+            RangeAnswer::Unsatisfiable => {
+                return self.page(
+                    416,
+                    vec![("Content-Range", format!("bytes */{len}"))],
+                    None,
+                    head_only,
+                    log,
+                );
+            }
+        };
+        Reply {
+            status,
+            fields,
+            body: Body::File {
+                file,
+                content_type,
+                start,
+                end,
+            },
+            head_only,
+            log,
+        }
+    }
+
+    /// Opens what a normalised path names: a file or a directory's index
+    /// (with its metadata and path), or `None` for a directory named
+    /// without its slash (a redirect).
+    fn open(&self, rp: &ReqPath) -> Result<Option<(File, std::fs::Metadata, Vec<u8>)>, u16> {
+        let (file, meta) = self.open_one(&rp.rel)?;
+        if meta.is_dir() {
+            if !rp.trailing_slash {
+                return Ok(None);
+            }
+            let Some(index) = &self.cfg.index else {
+                return Err(403);
+            };
+            let mut rel = rp.rel.clone();
+            if !rel.is_empty() {
+                rel.push(b'/');
+            }
+            rel.extend_from_slice(index.as_bytes());
+            let (file, meta) = match self.open_one(&rel) {
+                // A directory without an index is not listed.
+                Err(404) => return Err(403),
+                other => other?,
+            };
+            if !meta.is_file() {
+                return Err(403);
+            }
+            return Ok(Some((file, meta, rel)));
+        }
+        if !meta.is_file() {
+            return Err(403);
+        }
+        if rp.trailing_slash {
+            // "/file.txt/" names a directory that is not there.
+            return Err(404);
+        }
+        Ok(Some((file, meta, rp.rel.clone())))
+    }
+
+    fn open_one(&self, rel: &[u8]) -> Result<(File, std::fs::Metadata), u16> {
+        let file = self
+            .root
+            .open_file(rel)
+            .map_err(|e| self.fs_status(rel, &e))?;
+        let meta = file.metadata().map_err(|e| self.fs_status(rel, &e))?;
+        Ok((file, meta))
+    }
+
+    fn fs_status(&self, rel: &[u8], e: &io::Error) -> u16 {
+        match e.kind() {
+            io::ErrorKind::NotFound => 404,
+            io::ErrorKind::PermissionDenied => 403,
+            _ => {
+                self.ctx.warn(format_args!(
+                    "opening {}: {e}",
+                    String::from_utf8_lossy(rel)
+                ));
+                500
+            }
+        }
+    }
+
+    /// An error or redirect page.
+    fn page(
+        &self,
+        status: u16,
+        fields: Vec<(&'static str, String)>,
+        link: Option<&str>,
+        head_only: bool,
+        log: Option<LogEntry>,
+    ) -> Reply {
+        Reply {
+            status,
+            fields,
+            body: Body::Page(response::error_page(status, link)),
+            head_only,
+            log,
+        }
+    }
+
+    /// Answers with an error page; with `maybe_more` the client may still
+    /// be sending (the request was not read to its end), so the close
+    /// lingers. 400, 408, 413, 414, 417, 431 and 505 always close.
+    fn error(
+        &mut self,
+        id: ConnId,
+        status: u16,
+        start: Instant,
+        request: String,
+        maybe_more: bool,
+    ) {
+        let Some(c) = self.conns.get_mut(&id) else {
+            return;
+        };
+        c.close_after = true;
+        c.linger_after |= maybe_more;
+        let log = self.cfg.access_log.then_some(LogEntry {
+            request,
+            status,
+            start,
+            bytes: 0,
+        });
+        let reply = self.page(status, Vec::new(), None, false, log);
+        self.send_reply(id, reply, Connection::Close);
+    }
+
+    /// Builds the head and starts sending.
+    fn send_reply(&mut self, id: ConnId, reply: Reply, connection: Connection) {
+        let mut head = HeadBuf::new(reply.status, &self.server, self.clock.http_date());
+        let (file, pos, end, page) = match reply.body {
+            Body::None => (None, 0, 0, None),
+            Body::Page(page) => {
+                head.field("Content-Type", "text/html; charset=utf-8");
+                head.field("Content-Length", page.len());
+                (None, 0, 0, Some(page))
+            }
+            Body::File {
+                file,
+                content_type,
+                start,
+                end,
+            } => {
+                head.field("Content-Type", content_type);
+                head.field("Content-Length", end - start);
+                (Some(file), start, end, None)
+            }
+        };
+        for (name, value) in &reply.fields {
+            head.field(name, value);
+        }
+        if reply.status == 200 || reply.status == 206 {
+            head.field("X-Content-Type-Options", "nosniff");
+        }
+        let body: &[u8] = match &page {
+            Some(p) if !reply.head_only => p.as_bytes(),
+            _ => b"",
+        };
+        let head_body = body.len() as u64;
+        let head = head.finish(connection, body);
+        let (file, end) = if reply.head_only {
+            (None, pos)
+        } else {
+            (file, end)
+        };
+        let mut log = reply.log;
+        if let Some(l) = &mut log {
+            l.status = reply.status;
+        }
+        let Some(c) = self.conns.get_mut(&id) else {
+            return;
+        };
+        if connection == Connection::Close {
+            c.close_after = true;
+        }
+        c.resp = Some(Response {
+            head,
+            head_body,
+            file,
+            pos,
+            end,
+            log,
+        });
+        self.pump(id);
+    }
+
+    // ------------------------------------------------------------------
+    // Output
+    // ------------------------------------------------------------------
+
+    /// Queues as much of the current response as the connection takes.
+    fn pump(&mut self, id: ConnId) -> Pump {
+        for _ in 0..CHUNKS_PER_TURN {
+            let Some(c) = self.conns.get_mut(&id) else {
+                return Pump::Gone;
+            };
+            if c.closing {
+                return Pump::Gone;
+            }
+            let Some(r) = c.resp.as_mut() else {
+                return Pump::Done;
+            };
+            let want = usize::try_from(r.end - r.pos)
+                .unwrap_or(usize::MAX)
+                .min(CHUNK);
+            let mut n = 0;
+            if want > 0 {
+                let file = r.file.as_ref().expect("a body range has a file");
+                match read_at(file, &mut self.scratch[..want], r.pos) {
+                    Ok(0) => {
+                        self.ctx.warn(format_args!(
+                            "{id}: file shrank while being sent ({} of {} bytes); closing",
+                            r.pos, r.end
+                        ));
+                        self.close(id, CloseMode::Abort);
+                        return Pump::Gone;
+                    }
+                    Ok(k) => n = k,
+                    Err(e) => {
+                        self.ctx
+                            .warn(format_args!("{id}: reading a file: {e}; closing"));
+                        self.close(id, CloseMode::Abort);
+                        return Pump::Gone;
+                    }
+                }
+            }
+            let chunk = &self.scratch[..n];
+            let sent = if r.head.is_empty() {
+                self.ctx.send(id, chunk)
+            } else {
+                self.ctx.send_parts(id, &[&r.head, chunk])
+            };
+            match sent {
+                Ok(()) => {
+                    if let Some(l) = &mut r.log {
+                        if !r.head.is_empty() {
+                            l.bytes += r.head_body;
+                        }
+                        l.bytes += n as u64;
+                    }
+                    r.head = Vec::new();
+                    r.pos += n as u64;
+                    if r.pos == r.end {
+                        self.finish(id);
+                        return Pump::Done;
+                    }
+                }
+                Err(Error::Again) => {
+                    // The queue is full: loopd stops reading this client
+                    // and calls on_writable once it drains.
+                    if c.deadline.map(|d| d.0) != Some(Wait::Send) {
+                        self.set_deadline(id, Wait::Send);
+                    }
+                    return Pump::Blocked;
+                }
+                Err(_) => return Pump::Gone,
+            }
+        }
+        // A fast reader: give other connections a turn, continue at once.
+        match self.ctx.set_timer(Duration::ZERO, id.raw()) {
+            Ok(t) => {
+                if let Some(c) = self.conns.get_mut(&id) {
+                    c.resume = Some(t);
+                }
+                Pump::Blocked
+            }
+            Err(e) => {
+                self.ctx
+                    .warn(format_args!("{id}: cannot set a timer ({e}); closing"));
+                self.close(id, CloseMode::Abort);
+                Pump::Gone
+            }
+        }
+    }
+
+    /// The response is entirely queued: log it, then close or go on.
+    fn finish(&mut self, id: ConnId) {
+        let Some(c) = self.conns.get_mut(&id) else {
+            return;
+        };
+        let Some(mut r) = c.resp.take() else {
+            return;
+        };
+        if let Some(entry) = r.log.take() {
+            let peer = c.peer.clone();
+            self.log_access(&peer, entry);
+        }
+        let c = self.conns.get_mut(&id).expect("checked above");
+        if c.deadline.map(|d| d.0) == Some(Wait::Send) {
+            c.deadline = None;
+        }
+        if c.close_after || self.shutting_down {
+            if c.linger_after || c.discard.active() {
+                self.linger(id);
+            } else {
+                self.close(id, CloseMode::Flush);
+            }
+        }
+    }
+
+    /// After an error response: read and discard whatever the client still
+    /// sends, so that closing with unread input does not reset the
+    /// connection before the client has read the response.
+    fn linger(&mut self, id: ConnId) {
+        let Some(c) = self.conns.get_mut(&id) else {
+            return;
+        };
+        if c.peer_eof || self.cfg.lingering_timeout.is_zero() {
+            self.close(id, CloseMode::Flush);
+            return;
+        }
+        c.lingering = true;
+        c.inbuf = Vec::new();
+        c.discard = Discard::None;
+        self.set_deadline(id, Wait::Linger);
+    }
+
+    fn close(&mut self, id: ConnId, mode: CloseMode) {
+        if let Some(c) = self.conns.get_mut(&id) {
+            if c.closing {
+                return;
+            }
+            c.closing = true;
+            c.inbuf = Vec::new();
+        }
+        let _ = self.ctx.close(id, mode);
+    }
+
+    fn log_access(&mut self, peer: &str, entry: LogEntry) {
+        let secs = entry.start.elapsed().as_secs_f64();
+        let bytes = if entry.bytes == 0 {
+            "-".to_string()
+        } else {
+            entry.bytes.to_string()
+        };
+        let request = if entry.request.is_empty() {
+            "-"
+        } else {
+            &entry.request
+        };
+        let line = format!(
+            "{peer} - - [{}] \"{request}\" {} {bytes} {secs:.3}",
+            self.clock.log_date(),
+            entry.status
+        );
+        self.ctx.log_to(Level::Info, "loopd::access", line);
+    }
+
+    // ------------------------------------------------------------------
+    // Deadlines
+    // ------------------------------------------------------------------
+
+    fn set_deadline(&mut self, id: ConnId, wait: Wait) {
+        let after = match wait {
+            Wait::Header => self.cfg.header_timeout,
+            Wait::Idle => match self.cfg.keepalive_timeout {
+                Some(t) => t,
+                None => return,
+            },
+            Wait::Send => self.cfg.send_timeout,
+            Wait::Linger => self.cfg.lingering_timeout,
+        };
+        let ms = u64::try_from(after.as_millis()).unwrap_or(u64::MAX / 2);
+        let at = self.ctx.now_ms().saturating_add(ms);
+        let Some(c) = self.conns.get_mut(&id) else {
+            return;
+        };
+        c.deadline = Some((wait, at));
+        match c.armed {
+            // The armed timer fires first; it re-arms for the rest.
+            Some((_, due)) if due <= at => {}
+            _ => self.arm(id, ms),
+        }
+    }
+
+    /// (Re-)arms the deadline timer to fire after `ms`.
+    fn arm(&mut self, id: ConnId, ms: u64) {
+        let Some(c) = self.conns.get_mut(&id) else {
+            return;
+        };
+        if let Some((t, _)) = c.armed.take() {
+            let _ = self.ctx.cancel_timer(t);
+        }
+        match self.ctx.set_timer(Duration::from_millis(ms), id.raw()) {
+            Ok(t) => c.armed = Some((t, self.ctx.now_ms().saturating_add(ms))),
+            Err(e) => {
+                // Without a deadline a client could hold the connection
+                // forever: refuse to keep it.
+                self.ctx
+                    .warn(format_args!("{id}: cannot set a timer ({e}); closing"));
+                self.close(id, CloseMode::Abort);
+            }
+        }
+    }
+}
+
+/// Splits a request target into its path and query. Accepts origin-form
+/// (`/a?b`) and absolute-form (`http://host/a?b`); anything else is `None`.
+fn split_target(target: &str) -> Option<(&str, Option<&str>)> {
+    let target = target.split('#').next().unwrap_or(target);
+    if !target.starts_with('/') {
+        let lower = target.get(..8).unwrap_or(target).to_ascii_lowercase();
+        let after = if lower.starts_with("http://") {
+            &target[7..]
+        } else if lower.starts_with("https://") {
+            &target[8..]
+        } else {
+            return None;
+        };
+        // Skip the authority: the path starts at the first '/' (or is
+        // empty, which means "/").
+        return match after.find(['/', '?']) {
+            Some(i) if after.as_bytes()[i] == b'/' => split_target(&after[i..]),
+            Some(i) => Some(("/", Some(&after[i + 1..]))),
+            None => Some(("/", None)),
+        };
+    }
+    Some(match target.split_once('?') {
+        Some((p, q)) => (p, Some(q)),
+        None => (target, None),
+    })
+}
+
+fn read_at(file: &File, buf: &mut [u8], pos: u64) -> io::Result<usize> {
+    loop {
+        match file.read_at(buf, pos) {
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            other => return other,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::split_target;
+
+    #[test]
+    fn targets() {
+        assert_eq!(split_target("/a?b=1"), Some(("/a", Some("b=1"))));
+        assert_eq!(split_target("/a"), Some(("/a", None)));
+        assert_eq!(split_target("http://h/x/y?q"), Some(("/x/y", Some("q"))));
+        assert_eq!(split_target("HTTPS://h"), Some(("/", None)));
+        assert_eq!(split_target("http://h?q"), Some(("/", Some("q"))));
+        assert_eq!(split_target("*"), None);
+        assert_eq!(split_target("a/b"), None);
+        assert_eq!(split_target("/a#frag"), Some(("/a", None)));
+    }
+}

@@ -1,0 +1,478 @@
+//! The chat handler's protocol, end to end: a scripted conversation through
+//! every command, leave notices for every way of leaving, half-written lines,
+//! long lines, the client limit, shutdown, `line` framing and bad configs.
+
+mod chat_support;
+mod common;
+
+use std::net::{Shutdown, SocketAddr};
+
+use chat_support::*;
+use common::*;
+
+fn start(handler_keys: &str, chat_keys: &str) -> (Loopd, SocketAddr) {
+    let loopd = Loopd::start(&chat_config(handler_keys, chat_keys));
+    let addr = loopd.tcp("chat");
+    (loopd, addr)
+}
+
+#[test]
+fn a_scripted_conversation_covers_every_command() {
+    let (_loopd, addr) = start("", "");
+
+    // Joining: a welcome naming the nick and the room; the room is told.
+    let mut a = Chatter::join(addr);
+    assert_eq!(a.nick, "guest-1");
+    let mut b = Chatter::join(addr);
+    assert_eq!(b.nick, "guest-2");
+    a.expect("* guest-2 joined");
+
+    // /nick, collisions (case-insensitive), invalid nicks.
+    a.expect_reply("/nick alice", "* you are now alice");
+    b.expect("* guest-1 is now alice");
+    b.expect_reply("/nick ALICE", "! nick ALICE is taken");
+    b.expect_reply("/nick Alice", "! nick Alice is taken");
+    b.expect_reply("/nick two words", "! invalid nick");
+    b.expect_reply("/nick bob!", "! invalid nick");
+    b.expect_reply("/nick bøb", "! invalid nick");
+    b.expect_reply(&format!("/nick {}", "n".repeat(33)), "! invalid nick");
+    b.expect_reply("/nick", "! usage: /nick NAME");
+    a.expect_quiet();
+    b.expect_reply("/nick bob", "* you are now bob");
+    a.expect("* guest-2 is now bob");
+    let long_nick = "N".repeat(32);
+    b.expect_reply(
+        &format!("/nick {long_nick}"),
+        &format!("* you are now {long_nick}"),
+    );
+    a.expect(&format!("* bob is now {long_nick}"));
+    b.expect_reply("/NICK bob", "* you are now bob");
+    a.expect(&format!("* {long_nick} is now bob"));
+
+    // guest-N skips a number somebody took by hand.
+    a.expect_reply("/nick guest-3", "* you are now guest-3");
+    b.expect("* alice is now guest-3");
+    let mut c = Chatter::join(addr);
+    assert_eq!(c.nick, "guest-4");
+    a.expect("* guest-4 joined");
+    b.expect("* guest-4 joined");
+    // Changing only the case of one's own nick is allowed; the same nick
+    // again is confirmed without bothering the room.
+    a.expect_reply("/nick Alice", "* you are now Alice");
+    b.expect("* guest-3 is now Alice");
+    c.expect("* guest-3 is now Alice");
+    a.expect_reply("/nick alice", "* you are now alice");
+    b.expect("* Alice is now alice");
+    c.expect("* Alice is now alice");
+    a.expect_reply("/nick alice", "* you are now alice");
+    b.expect_quiet();
+    c.expect_quiet();
+
+    // Plain text goes to everyone else; the sender gets nothing back.
+    a.send("hello, world ✓ ünïcödé 日本語");
+    b.expect("alice: hello, world ✓ ünïcödé 日本語");
+    c.expect("alice: hello, world ✓ ünïcödé 日本語");
+    a.expect_quiet();
+    a.send_raw(b"sent with CRLF\r\n");
+    b.expect("alice: sent with CRLF");
+    c.expect("alice: sent with CRLF");
+    a.send_raw(b"written in ");
+    a.send_raw(b"three ");
+    a.send_raw(b"pieces\n");
+    b.expect("alice: written in three pieces");
+    c.expect("alice: written in three pieces");
+    a.send("//nick is how you rename");
+    b.expect("alice: /nick is how you rename");
+    c.expect("alice: /nick is how you rename");
+    // Blank lines are ignored.
+    a.send_raw(b"\n   \n\t\n");
+    a.expect_quiet();
+    b.expect_quiet();
+
+    // /me goes to everyone else too.
+    b.expect_reply("/me", "! usage: /me ACTION");
+    b.send("/me waves at everyone");
+    a.expect("* bob waves at everyone");
+    c.expect("* bob waves at everyone");
+    b.expect_quiet();
+
+    // /who is sorted; /join leaves one room for another (created on demand,
+    // named as first spelled, matched case-insensitively).
+    c.expect_reply("/who", "* online in lobby: alice, bob, guest-4");
+    c.expect_reply("/join Dev", "* you are now in Dev");
+    a.expect("* guest-4 left");
+    b.expect("* guest-4 left");
+    c.expect_reply("/who", "* online in Dev: guest-4");
+    b.expect_reply("/join dev", "* you are now in Dev");
+    a.expect("* bob left");
+    c.expect("* bob joined");
+    c.expect_reply("/rooms", "* rooms: Dev (2), lobby (1)");
+    b.expect_reply("/join DEV", "* you are already in Dev");
+    b.expect_reply("/join no/such/room", "! invalid room name");
+    b.expect_reply(&format!("/join {}", "r".repeat(33)), "! invalid room name");
+    b.expect_reply("/join", "! usage: /join ROOM");
+
+    // Text, actions and nick changes stay in their room.
+    c.send("only for dev");
+    b.expect("guest-4: only for dev");
+    b.expect_reply("/nick bobby", "* you are now bobby");
+    c.expect("* bob is now bobby");
+    a.send("only for the lobby");
+    a.send("/me sits alone");
+    a.expect_quiet();
+    b.expect_quiet();
+    c.expect_quiet();
+
+    // A room disappears with its last member.
+    a.expect_reply("/join dev", "* you are now in Dev");
+    b.expect("* alice joined");
+    c.expect("* alice joined");
+    a.expect_reply("/rooms", "* rooms: Dev (3)");
+    a.expect_reply("/who", "* online in Dev: alice, bobby, guest-4");
+    a.expect_reply("/join zoo", "* you are now in zoo");
+    b.expect("* alice left");
+    c.expect("* alice left");
+    a.expect_reply("/join attic", "* you are now in attic");
+    a.expect_reply("/rooms", "* rooms: attic (1), Dev (2)");
+    a.expect_reply("/join Dev", "* you are now in Dev");
+    b.expect("* alice joined");
+    c.expect("* alice joined");
+
+    // /help lists every command.
+    a.send("/help");
+    let mut help = Vec::new();
+    loop {
+        let line = a.recv();
+        assert!(line.starts_with("* "), "help line {line:?}");
+        let last = line.starts_with("* any other line");
+        help.push(line);
+        if last {
+            break;
+        }
+    }
+    let help = help.join("\n");
+    for cmd in [
+        "/nick NAME",
+        "/join ROOM",
+        "/who",
+        "/rooms",
+        "/me ACTION",
+        "/quit",
+        "/help",
+    ] {
+        assert!(help.contains(cmd), "/help does not list {cmd}:\n{help}");
+    }
+    a.expect_quiet();
+
+    // Unknown commands and misuse; commands are case-insensitive.
+    a.expect_reply("/x", "! unknown command /x (try /help)");
+    a.expect_reply("/Dance wildly", "! unknown command /Dance (try /help)");
+    a.expect_reply("/", "! unknown command / (try /help)");
+    a.expect_reply("/who is there", "! usage: /who");
+    a.expect_reply("/rooms all", "! usage: /rooms");
+    a.expect_reply("/help me", "! usage: /help");
+    a.expect_reply("/quit now", "! usage: /quit");
+    a.expect_reply("/WHO", "* online in Dev: alice, bobby, guest-4");
+
+    // Lines that are not clean text are refused and not relayed.
+    a.send_raw(b"caf\xe9\n");
+    a.expect("! invalid UTF-8: lines must be UTF-8 text");
+    a.send_raw(b"\x1b[2J gotcha\n");
+    a.expect("! control characters are not allowed");
+    b.expect_quiet();
+    c.expect_quiet();
+
+    // /quit: a goodbye, the connection closes, the room is told once.
+    c.expect_reply("/quit", "* bye");
+    assert_eq!(c.read_to_eof(), "", "nothing after /quit's goodbye");
+    a.expect("* guest-4 left");
+    b.expect("* guest-4 left");
+    a.expect_reply("/who", "* online in Dev: alice, bobby");
+    b.expect_quiet();
+}
+
+#[test]
+fn leave_notices_go_out_exactly_once_for_every_way_of_leaving() {
+    let (loopd, addr) = start("", "");
+    let mut w = Chatter::named(addr, "watcher");
+    let mut joined = 0;
+    let mut newcomer = |w: &mut Chatter, nick: &str| {
+        let c = Chatter::named(addr, nick);
+        joined += 1;
+        w.expect(&format!("* guest-{} joined", joined + 1));
+        w.expect(&format!("* guest-{} is now {nick}", joined + 1));
+        c
+    };
+
+    // /quit.
+    let mut q = newcomer(&mut w, "quitter");
+    q.expect_reply("/quit", "* bye");
+    assert_eq!(q.read_to_eof(), "");
+    w.expect("* quitter left");
+
+    // EOF (the client shuts down its sending side).
+    let mut e = newcomer(&mut w, "eof");
+    e.stream().shutdown(Shutdown::Write).unwrap();
+    w.expect("* eof left");
+    assert_eq!(e.read_to_eof(), "", "closed after EOF");
+
+    // A plain close.
+    let d = newcomer(&mut w, "dropped");
+    drop(d);
+    w.expect("* dropped left");
+
+    // A reset (RST instead of FIN).
+    let r = newcomer(&mut w, "reset");
+    reset_on_close(r.stream());
+    drop(r);
+    w.expect("* reset left");
+
+    // Leaving from another room tells that room only.
+    let mut m = newcomer(&mut w, "mover");
+    m.expect_reply("/join elsewhere", "* you are now in elsewhere");
+    w.expect("* mover left");
+    let mut other = Chatter::named(addr, "other");
+    w.expect("* guest-7 joined");
+    w.expect("* guest-7 is now other");
+    other.expect_reply("/join elsewhere", "* you are now in elsewhere");
+    m.expect("* other joined");
+    w.expect("* other left");
+    reset_on_close(m.stream());
+    drop(m);
+    other.expect("* mover left");
+
+    // No second notice for anyone, and every nick is free again.
+    w.expect_quiet();
+    other.expect_quiet();
+    w.expect_reply("/who", "* online in lobby: watcher");
+    w.expect_reply("/rooms", "* rooms: elsewhere (1), lobby (1)");
+    for nick in ["quitter", "eof", "dropped", "reset", "mover"] {
+        w.expect_reply(&format!("/nick {nick}"), &format!("* you are now {nick}"));
+    }
+    assert!(
+        !loopd.logs().contains("panicked"),
+        "a hook panicked:\n{}",
+        loopd.logs()
+    );
+}
+
+#[test]
+fn half_written_lines_are_not_broadcast() {
+    let (loopd, addr) = start("", "");
+    let mut w = Chatter::named(addr, "watcher");
+    for (n, how) in ["eof", "close", "reset", "quit-after"]
+        .into_iter()
+        .enumerate()
+    {
+        let mut h = Chatter::named(addr, "half");
+        w.expect(&format!("* guest-{} joined", n + 2));
+        w.expect(&format!("* guest-{} is now half", n + 2));
+        h.send("a complete line");
+        w.expect("half: a complete line");
+        h.send_raw(b"a half-writ");
+        match how {
+            "eof" => h.stream().shutdown(Shutdown::Write).unwrap(),
+            "close" => drop(h),
+            "reset" => {
+                reset_on_close(h.stream());
+                drop(h);
+            }
+            // The fragment was never ended: "/quit" arriving later is just
+            // more of the same unfinished line, so the peer leaves by EOF.
+            _ => {
+                h.send_raw(b"ten /quit");
+                h.stream().shutdown(Shutdown::Write).unwrap();
+            }
+        }
+        // The very next line is the leave notice: had the fragment been
+        // relayed, it would have come first.
+        w.expect("* half left");
+    }
+    w.expect_quiet();
+    assert!(loopd.wait_for_log("a half-written line dropped", TIMEOUT));
+}
+
+#[test]
+fn long_lines_get_an_error_and_the_connection_stays() {
+    let (_loopd, addr) = start("", "");
+    let mut a = Chatter::join(addr);
+    let mut b = Chatter::join(addr);
+    a.expect("* guest-2 joined");
+
+    // Exactly max_line bytes is fine, with or without \r.
+    let full = "x".repeat(4096);
+    a.send(&full);
+    b.expect(&format!("guest-1: {full}"));
+    a.send_raw(format!("{full}\r\n").as_bytes());
+    b.expect(&format!("guest-1: {full}"));
+
+    // One more is refused, and not relayed.
+    a.send(&"y".repeat(4097));
+    a.expect("! line too long (max 4096 bytes)");
+    b.expect_quiet();
+
+    // Far longer than loopd's own max_frame (1 MiB): still one error, no
+    // disconnect, and nothing of it buffered or relayed.
+    let huge = vec![b'z'; 3 << 20];
+    for chunk in huge.chunks(64 << 10) {
+        a.send_raw(chunk);
+    }
+    a.send_raw(b"\n");
+    a.expect("! line too long (max 4096 bytes)");
+    a.send("still here");
+    b.expect("guest-1: still here");
+    a.expect_quiet();
+    b.expect_quiet();
+
+    // A long line in small pieces, followed by a good one in the same write.
+    let mut pieces = vec![b'p'; 5000];
+    pieces.extend_from_slice(b"\nafter the long one\n");
+    for chunk in pieces.chunks(100) {
+        a.send_raw(chunk);
+    }
+    a.expect("! line too long (max 4096 bytes)");
+    b.expect("guest-1: after the long one");
+    a.expect_quiet();
+}
+
+#[test]
+fn max_line_is_configurable() {
+    let (_loopd, addr) = start("", "max_line = 10");
+    let mut a = Chatter::join(addr);
+    let mut b = Chatter::join(addr);
+    a.expect("* guest-2 joined");
+    a.send("0123456789");
+    b.expect("guest-1: 0123456789");
+    a.expect_reply("0123456789a", "! line too long (max 10 bytes)");
+    // Commands count too.
+    a.expect_reply("/nick abcdefgh", "! line too long (max 10 bytes)");
+    b.expect_quiet();
+}
+
+#[test]
+fn the_client_after_max_clients_gets_server_full() {
+    let (loopd, addr) = start("", "max_clients = 2");
+    let mut a = Chatter::join(addr);
+    let b = Chatter::join(addr);
+    a.expect("* guest-2 joined");
+
+    for _ in 0..3 {
+        let mut extra = LineClient::connect(addr);
+        assert_eq!(extra.recv(), "! server full");
+        assert_eq!(extra.read_to_eof(), "", "closed right after");
+    }
+    assert!(loopd.wait_for_log("server full (max_clients = 2)", TIMEOUT));
+    // Nobody was told about the refused ones.
+    a.expect_quiet();
+
+    // Once someone leaves, there is room again.
+    drop(b);
+    a.expect("* guest-2 left");
+    let c = Chatter::join(addr);
+    assert_eq!(c.nick, "guest-3");
+    a.expect("* guest-3 joined");
+    a.expect_reply("/who", "* online in lobby: guest-1, guest-3");
+}
+
+#[test]
+fn shutdown_tells_every_client_and_closes_them() {
+    let (mut loopd, addr) = start("", "");
+    let mut a = Chatter::named(addr, "alice");
+    let mut b = Chatter::named(addr, "bob");
+    a.expect("* guest-2 joined");
+    a.expect("* guest-2 is now bob");
+    b.expect_reply("/join dev", "* you are now in dev");
+    a.expect("* bob left");
+    b.send_raw(b"half a line");
+
+    loopd.signal(libc::SIGTERM);
+    for c in [&mut a, &mut b] {
+        c.expect("* server shutting down");
+        assert_eq!(c.read_to_eof(), "", "nothing after the shutdown notice");
+    }
+    let status = loopd.wait_exit(TIMEOUT);
+    assert!(status.success(), "{status}:\n{}", loopd.logs());
+    assert!(loopd.logs().contains("closing 2 chat client(s)"));
+}
+
+#[test]
+fn line_framing_works_within_its_documented_limits() {
+    let (loopd, addr) = start("framing = \"line\"\nmax_frame = 8192", "");
+    let mut a = Chatter::join(addr);
+    let mut b = Chatter::join(addr);
+    a.expect("* guest-2 joined");
+    assert!(loopd.wait_for_log("framing = \"line\"", TIMEOUT));
+
+    a.expect_reply("/nick alice", "* you are now alice");
+    b.expect("* guest-1 is now alice");
+    a.send("hi");
+    b.expect("alice: hi");
+    // Over max_line, under max_frame: refused, the connection stays.
+    a.expect_reply(&"x".repeat(5000), "! line too long (max 4096 bytes)");
+    a.send("still here");
+    b.expect("alice: still here");
+    // Over max_frame: loopd disconnects the sender; the room is told.
+    a.send(&"x".repeat(10_000));
+    assert_eq!(a.read_to_eof(), "");
+    b.expect("* alice left");
+    b.expect_quiet();
+    assert!(loopd.wait_for_log("exceeds max_frame (8192 bytes)", TIMEOUT));
+}
+
+#[test]
+fn length_prefixed_framing_is_refused_with_a_warning() {
+    let (loopd, addr) = start("framing = \"length-prefixed\"", "");
+    let mut c = LineClient::connect(addr);
+    assert_eq!(c.read_to_eof(), "", "refused at once");
+    assert!(loopd.wait_for_log(
+        "chat needs framing = \"raw\" or \"line\", not \"length-prefixed\"",
+        TIMEOUT
+    ));
+}
+
+#[test]
+fn bad_chat_config_stops_loopd_before_it_listens() {
+    for (keys, expect) in [
+        (
+            "max_line = 0",
+            "max_line = 0 is out of range: 1 to 1048576 bytes",
+        ),
+        ("max_line = 2000000", "max_line = 2000000 is out of range"),
+        (
+            "max_pending = 1000",
+            "max_pending = 1000 is out of range: 4160 (max_line + 64",
+        ),
+        (
+            "max_line = 100\nmax_pending = 163",
+            "max_pending = 163 is out of range: 164",
+        ),
+        ("max_clients = 0", "max_clients = 0"),
+        ("max_clients = -1", "invalid"),
+        ("max_line = \"4096\"", "invalid type"),
+        ("max_lines = 10", "unknown field `max_lines`"),
+    ] {
+        let dir = TempDir::new("chat-config");
+        let path = write_config(&dir, &chat_config("", keys));
+        let out = run_loopd(&["check", path.to_str().unwrap()]);
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "{keys:?} was accepted:\n{err}");
+        assert!(
+            err.contains(expect),
+            "{keys:?}: expected {expect:?} in:\n{err}"
+        );
+        assert!(
+            err.contains("chat"),
+            "{keys:?}: the instance is not named:\n{err}"
+        );
+    }
+    // And the limits at their edges are fine.
+    let dir = TempDir::new("chat-config");
+    let keys = "max_line = 1\nmax_pending = 65\nmax_clients = 1";
+    let path = write_config(&dir, &chat_config("", keys));
+    let out = run_loopd(&["check", path.to_str().unwrap()]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}

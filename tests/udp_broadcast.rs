@@ -1,0 +1,322 @@
+//! The udp-broadcast handler on loopback: relaying to the loopback
+//! network's broadcast address (1,000 of 1,000, byte-exact), the sender
+//! prefix, the size and rate protections, the beacon, config validation, and
+//! what happens without `broadcast = true`.
+
+mod common;
+mod udp_support;
+
+use std::collections::HashMap;
+use std::net::{SocketAddr, UdpSocket};
+use std::time::{Duration, Instant};
+
+use common::*;
+use udp_support::*;
+
+/// A relay on an ephemeral loopback port.
+fn relay_config(broadcast: bool, config: &str) -> String {
+    build_plugins();
+    let so = plugin_dir().join("libloopd_udp_broadcast.so");
+    assert!(so.exists(), "{} was not built", so.display());
+    format!(
+        r#"
+[runtime]
+shutdown_timeout_ms = 1000
+
+[[handler]]
+name = "relay"
+plugin = "udp-broadcast"
+listen = ["udp://127.0.0.1:0"]
+broadcast = {broadcast}
+[handler.config]
+{config}
+"#
+    )
+}
+
+fn relay_addr(loopd: &Loopd) -> SocketAddr {
+    loopd.listeners["relay"][0]
+        .strip_prefix("udp://")
+        .unwrap()
+        .parse()
+        .unwrap()
+}
+
+/// Stops loopd gracefully and returns the relay's final counters.
+fn final_stats(loopd: &Loopd) -> HashMap<String, u64> {
+    loopd.signal(libc::SIGTERM);
+    assert!(
+        loopd.wait_for_log("relay: stopped: ", TIMEOUT),
+        "{}",
+        loopd.logs()
+    );
+    let logs = loopd.logs();
+    let line = logs
+        .lines()
+        .find(|l| l.contains("relay: stopped: "))
+        .unwrap();
+    line.split("stopped: ")
+        .nth(1)
+        .unwrap()
+        .split(' ')
+        .filter_map(|kv| kv.split_once('='))
+        .map(|(k, v)| (k.to_string(), v.parse().unwrap()))
+        .collect()
+}
+
+/// A receiver on 0.0.0.0 (so it gets broadcasts) on an ephemeral port.
+fn broadcast_receiver() -> (UdpSocket, u16) {
+    let rx = receiver("0.0.0.0:0");
+    let port = rx.local_addr().unwrap().port();
+    (rx, port)
+}
+
+fn sender(bind: &str) -> UdpSocket {
+    UdpSocket::bind(bind).unwrap()
+}
+
+#[test]
+fn loopback_broadcast_delivers_1000_of_1000_byte_exact() {
+    let (rx, port) = broadcast_receiver();
+    let loopd = Loopd::start(&relay_config(
+        true,
+        &format!(
+            "broadcast_to = [\"127.255.255.255:{port}\"]\nrate_per_source = 1000000\nburst = 1000000"
+        ),
+    ));
+    let relay = relay_addr(&loopd);
+    let (got, count) = collect_counting(rx, b"END", Duration::from_millis(200));
+    let tx = sender("127.0.0.1:0");
+    // Sizes from 10 to 1472 bytes; paced by the receiver: this is about
+    // correctness, not throughput.
+    let sent: Vec<Vec<u8>> = (0..1000)
+        .map(|i| numbered("lo", i, 10 + (i * 37) % 1463))
+        .collect();
+    let received = || count.load(std::sync::atomic::Ordering::SeqCst);
+    send_windowed(&tx, relay, sent.len(), 50, received, |i| sent[i].clone());
+    tx.send_to(b"END", relay).unwrap();
+    let got = got.join().unwrap();
+    assert_eq!(
+        got.len(),
+        1001,
+        "1,000 datagrams and END, no more, no fewer"
+    );
+    for (i, g) in got[..1000].iter().enumerate() {
+        assert_eq!(g.from, relay, "relayed from the relay's socket");
+        assert!(g.data == sent[i], "datagram {i} differs");
+    }
+    let stats = final_stats(&loopd);
+    assert_eq!(stats["relayed"], 1001, "{stats:?}");
+    assert_eq!(stats["sent"], 1001, "{stats:?}");
+}
+
+#[test]
+fn prefix_sender_tags_each_datagram_with_its_sender() {
+    let (rx, port) = broadcast_receiver();
+    let loopd = Loopd::start(&relay_config(
+        true,
+        &format!("broadcast_to = \"127.255.255.255:{port}\"\nprefix_sender = true"),
+    ));
+    let relay = relay_addr(&loopd);
+    let tx = sender("127.0.0.1:0");
+    let me = tx.local_addr().unwrap();
+    rx.set_read_timeout(Some(TIMEOUT)).unwrap();
+    let mut buf = [0u8; 2048];
+    for payload in [&b"hi"[..], b"", b"[not a tag] x"] {
+        tx.send_to(payload, relay).unwrap();
+        let n = rx.recv(&mut buf).unwrap();
+        let mut want = format!("[{me}] ").into_bytes();
+        want.extend_from_slice(payload);
+        assert_eq!(&buf[..n], &want[..]);
+    }
+}
+
+#[test]
+fn oversize_and_rate_limited_datagrams_are_dropped_counted_and_logged() {
+    let (rx, port) = broadcast_receiver();
+    let loopd = Loopd::start(&relay_config(
+        true,
+        &format!(
+            "broadcast_to = [\"127.255.255.255:{port}\"]\nrate_per_source = 5\nburst = 5\nmax_datagram = 100"
+        ),
+    ));
+    let relay = relay_addr(&loopd);
+    let got = collect(rx, b"END", Duration::from_millis(200));
+    let flooder = sender("127.0.0.1:0");
+    // END comes from another address: a bucket of its own.
+    let other = sender("127.0.0.2:0");
+
+    let start = Instant::now();
+    other.send_to(&[b'x'; 101], relay).unwrap();
+    other.send_to(&[b'y'; 100], relay).unwrap();
+    for i in 0..50 {
+        flooder.send_to(&numbered("f", i, 20), relay).unwrap();
+    }
+    other.send_to(b"END", relay).unwrap();
+    let got = got.join().unwrap();
+    let elapsed = start.elapsed().as_secs_f64();
+
+    assert_eq!(
+        got[0].data,
+        vec![b'y'; 100],
+        "101 bytes dropped, 100 relayed"
+    );
+    assert_eq!(got.last().unwrap().data, b"END");
+    let flood = got.iter().filter(|g| g.data.starts_with(b"f ")).count();
+    // burst 5, then 5 a second: generous bounds, no timing assumption.
+    let most = 5 + (5.0 * (elapsed + 1.0)) as usize;
+    assert!(
+        (5..=most).contains(&flood),
+        "{flood} relayed of 50 (at most {most})"
+    );
+
+    assert!(
+        loopd.wait_for_log("over max_datagram (100 bytes)", TIMEOUT),
+        "{}",
+        loopd.logs()
+    );
+    assert!(
+        loopd.wait_for_log("over rate_per_source (5/s, burst 5)", TIMEOUT),
+        "{}",
+        loopd.logs()
+    );
+    let stats = final_stats(&loopd);
+    assert_eq!(stats["oversize"], 1, "{stats:?}");
+    assert_eq!(stats["rate"], 50 - flood as u64, "{stats:?}");
+    assert_eq!(stats["relayed"], flood as u64 + 2, "{stats:?}");
+    // Every drop was reported: the per-reason counts in the log add up.
+    let logs = loopd.logs();
+    let reported: u64 = logs
+        .lines()
+        .filter(|l| l.contains("[rate]"))
+        .map(|l| {
+            l.split("dropped ")
+                .nth(1)
+                .and_then(|r| r.split(' ').next())
+                .and_then(|n| n.parse::<u64>().ok())
+                .unwrap_or_else(|| panic!("no count in {l}"))
+        })
+        .sum();
+    assert_eq!(reported, stats["rate"], "{logs}");
+}
+
+#[test]
+fn the_beacon_goes_out_before_any_traffic_then_periodically() {
+    let (rx, port) = broadcast_receiver();
+    let loopd = Loopd::start(&relay_config(
+        true,
+        &format!(
+            "broadcast_to = \"127.255.255.255:{port}\"\nannounce = \"svc relay here\"\nannounce_interval_ms = 100"
+        ),
+    ));
+    let relay = relay_addr(&loopd);
+    rx.set_read_timeout(Some(TIMEOUT)).unwrap();
+    let mut buf = [0u8; 64];
+    for _ in 0..3 {
+        let (n, from) = rx.recv_from(&mut buf).unwrap();
+        assert_eq!(&buf[..n], b"svc relay here");
+        assert_eq!(from, relay);
+    }
+    let stats = final_stats(&loopd);
+    assert!(stats["beacons"] >= 3, "{stats:?}");
+    assert_eq!(stats["relayed"], 0, "{stats:?}");
+}
+
+#[test]
+fn without_the_broadcast_key_sends_fail_with_one_clear_error() {
+    let (rx, port) = broadcast_receiver();
+    // Two targets: the broadcast address (refused without SO_BROADCAST) and
+    // the receiver's unicast address (works): each input arrives once.
+    let loopd = Loopd::start(&relay_config(
+        false,
+        &format!("broadcast_to = [\"127.255.255.255:{port}\", \"127.0.0.1:{port}\"]"),
+    ));
+    let relay = relay_addr(&loopd);
+    let got = collect(rx, b"END", Duration::from_millis(200));
+    let tx = sender("127.0.0.1:0");
+    for i in 0..5 {
+        tx.send_to(&numbered("nb", i, 10), relay).unwrap();
+    }
+    tx.send_to(b"END", relay).unwrap();
+    let got = got.join().unwrap();
+    assert_eq!(got.len(), 6, "only the unicast copies: {got:?}");
+    let needle = "add `broadcast = true` to the [[handler]] entry of `relay`";
+    let logs = loopd.logs();
+    assert_eq!(logs.matches(needle).count(), 1, "once:\n{logs}");
+    let stats = final_stats(&loopd);
+    assert_eq!(stats["send_failed"], 6, "{stats:?}");
+    assert_eq!(stats["relayed"], 6, "{stats:?}");
+}
+
+#[test]
+fn config_errors_name_the_key() {
+    let dir = TempDir::new("udp-broadcast-config");
+    for (config, want) in [
+        (
+            "broadcast_to = [\"255.255.255.255:7003\"]",
+            "broadcast_to[0]: `255.255.255.255:7003`: 255.255.255.255 (the limited broadcast)",
+        ),
+        (
+            "broadcast_to = [\"localhost:7003\"]",
+            "broadcast_to[0]: `localhost:7003` is not a numeric ADDR:PORT",
+        ),
+        ("broadcast_to = []", "broadcast_to: give at least one"),
+        ("prefix_sender = true", "missing field `broadcast_to`"),
+        (
+            "broadcast_to = \"127.255.255.255:7003\"\nrate_per_source = 0",
+            "rate_per_source = 0: must be between 1 and 1000000",
+        ),
+    ] {
+        let path = write_config(&dir, &relay_config(true, config));
+        let out = run_loopd(&["check", path.to_str().unwrap()]);
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "{config}: accepted");
+        assert!(err.contains(want), "{config}:\n{err}");
+        assert!(err.contains("relay"), "names the handler:\n{err}");
+    }
+    // Allowed explicitly: accepted, with a loud warning.
+    let path = write_config(
+        &dir,
+        &relay_config(
+            true,
+            "broadcast_to = [\"255.255.255.255:7003\"]\nallow_limited_broadcast = true",
+        ),
+    );
+    let out = run_loopd(&["check", path.to_str().unwrap()]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("WARN") && err.contains("the limited broadcast"),
+        "{err}"
+    );
+}
+
+#[test]
+fn the_example_config_is_valid() {
+    // The README's demo config: the relay loads and accepts its config.
+    let text = std::fs::read_to_string(root().join("examples/loopd.toml")).unwrap();
+    assert!(
+        text.contains("listen = [\"udp://127.0.0.1:7002\"]"),
+        "{text}"
+    );
+    assert!(
+        text.contains("broadcast_to = [\"127.255.255.255:7003\"]"),
+        "{text}"
+    );
+    // From the workspace root, as the README runs it (other handlers in the
+    // file use paths relative to it, e.g. the http root).
+    let out = run_loopd_in(
+        Some(&root()),
+        &["check", "examples/loopd.toml"],
+        Some("info"),
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
