@@ -72,7 +72,7 @@ const USAGE: &str = "usage: loopd-bench <all|smoke|report|echo|http|chat|idle|ud
            a rendered page go to target/bench-smoke/
   report   regenerate docs/benchmarks.md from benches/results/results.json
   NAME     one benchmark; results to target/bench-NAME.json
-  load-echo --target ADDR [--conns N] [--size B] [--secs S]
+  load-echo --target ADDR [--conns N] [--size B] [--secs S] [--ops N]
            only the echo load generator, against a server you started (for
            strace -c / callgrind runs); prints round trips and their rate";
 
@@ -81,6 +81,7 @@ struct Args {
     target: Option<String>,
     conns: Option<usize>,
     size: Option<usize>,
+    ops: Option<u64>,
     rounds: Option<usize>,
     secs: Option<f64>,
     out: Option<PathBuf>,
@@ -94,6 +95,7 @@ fn parse_args() -> Result<Args> {
         target: None,
         conns: None,
         size: None,
+        ops: None,
         rounds: None,
         secs: None,
         out: None,
@@ -108,6 +110,7 @@ fn parse_args() -> Result<Args> {
             "--out" => a.out = Some(value.into()),
             "--conns" => a.conns = Some(value.parse().context("--conns")?),
             "--size" => a.size = Some(value.parse().context("--size")?),
+            "--ops" => a.ops = Some(value.parse().context("--ops")?),
             "--target" => a.target = Some(value),
             _ => bail!("unknown option {flag}\n\n{USAGE}"),
         }
@@ -250,7 +253,7 @@ fn load_echo(args: &Args) -> Result<()> {
         conns: args.conns.unwrap_or(50),
         size: args.size.unwrap_or(64),
         duration: Duration::from_secs_f64(args.secs.unwrap_or(2.0)),
-        max_ops: u64::MAX,
+        max_ops: args.ops.unwrap_or(u64::MAX),
         latency: false,
     };
     let out = echo::run(&load, |_| Ok(()))?;
