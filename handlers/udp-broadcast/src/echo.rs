@@ -21,8 +21,31 @@
 
 use std::collections::hash_map::RandomState;
 use std::collections::{HashMap, VecDeque};
-use std::hash::BuildHasher;
+use std::hash::{BuildHasher, BuildHasherDefault, Hasher};
 use std::net::SocketAddr;
+
+/// Keys of `seen` are already randomly keyed SipHash fingerprints: hashing
+/// them again would only cost time (three times per datagram), and nobody
+/// can aim collisions at them, so the map uses them as they are.
+#[derive(Debug, Default)]
+pub(crate) struct KeyHasher(u64);
+
+impl Hasher for KeyHasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+
+    fn write(&mut self, bytes: &[u8]) {
+        // Only u64 keys go in; fold anything else in anyway.
+        for &b in bytes {
+            self.0 = self.0.rotate_left(8) ^ u64::from(b);
+        }
+    }
+
+    fn write_u64(&mut self, v: u64) {
+        self.0 = v;
+    }
+}
 
 /// Fingerprints of recently relayed datagrams.
 #[derive(Debug)]
@@ -30,7 +53,7 @@ pub(crate) struct EchoFilter {
     window_ms: u64,
     capacity: usize,
     /// fingerprint -> (sender, expiry)
-    seen: HashMap<u64, (SocketAddr, u64)>,
+    seen: HashMap<u64, (SocketAddr, u64), BuildHasherDefault<KeyHasher>>,
     /// (fingerprint, expiry) in the order recorded, for expiry and eviction.
     order: VecDeque<(u64, u64)>,
     /// Keyed randomly per process, so nobody can craft colliding datagrams.
@@ -66,24 +89,33 @@ impl EchoFilter {
         EchoFilter {
             window_ms,
             capacity: capacity.max(1),
-            seen: HashMap::new(),
+            seen: HashMap::default(),
             order: VecDeque::new(),
             hasher: RandomState::new(),
             relay_ports,
         }
     }
 
-    fn fingerprint(&self, data: &[u8]) -> u64 {
-        self.hasher.hash_one(strip_tags(data))
+    /// The fingerprint of `data`, taken once per datagram and handed to
+    /// [`EchoFilter::is_echo_key`] and [`EchoFilter::record_key`]; `None`
+    /// when the filter is off.
+    pub(crate) fn key(&self, data: &[u8]) -> Option<u64> {
+        (self.window_ms != 0).then(|| self.hasher.hash_one(strip_tags(data)))
     }
 
     /// Whether `data` from `from` is a copy of something relayed recently.
+    #[cfg(test)]
     pub(crate) fn is_echo(&mut self, data: &[u8], from: SocketAddr, now_ms: u64) -> bool {
-        if self.window_ms == 0 {
+        let key = self.key(data);
+        self.is_echo_key(key, from, now_ms)
+    }
+
+    /// [`EchoFilter::is_echo`] for a datagram whose [`EchoFilter::key`] is `key`.
+    pub(crate) fn is_echo_key(&mut self, key: Option<u64>, from: SocketAddr, now_ms: u64) -> bool {
+        let Some(key) = key else {
             return false;
-        }
+        };
         self.expire(now_ms);
-        let key = self.fingerprint(data);
         match self.seen.get(&key) {
             Some(&(sender, expiry)) if expiry > now_ms => {
                 let retransmission = sender == from && !self.relay_ports.contains(&from.port());
@@ -95,10 +127,15 @@ impl EchoFilter {
 
     /// Remembers that `data` from `from` was relayed (or sent) now.
     pub(crate) fn record(&mut self, data: &[u8], from: SocketAddr, now_ms: u64) {
-        if self.window_ms == 0 {
+        let key = self.key(data);
+        self.record_key(key, from, now_ms);
+    }
+
+    /// [`EchoFilter::record`] for a datagram whose [`EchoFilter::key`] is `key`.
+    pub(crate) fn record_key(&mut self, key: Option<u64>, from: SocketAddr, now_ms: u64) {
+        let Some(key) = key else {
             return;
-        }
-        let key = self.fingerprint(data);
+        };
         let expiry = now_ms + self.window_ms;
         self.seen.insert(key, (from, expiry));
         self.order.push_back((key, expiry));

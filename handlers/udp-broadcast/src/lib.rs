@@ -436,13 +436,14 @@ impl Handler for Relay {
         if data.len() > self.settings.max_datagram {
             return self.drop_one(ctx, Reason::Oversize, from, now);
         }
-        if self.echoes.is_echo(data, from, now) {
+        let key = self.echoes.key(data);
+        if self.echoes.is_echo_key(key, from, now) {
             return self.drop_one(ctx, Reason::Echo, from, now);
         }
         if !self.limiter.allow(from.ip(), now) {
             return self.drop_one(ctx, Reason::Rate, from, now);
         }
-        self.echoes.record(data, from, now);
+        self.echoes.record_key(key, from, now);
         self.relayed += 1;
         if self.settings.prefix_sender {
             let mut out = std::mem::take(&mut self.out);
