@@ -257,6 +257,10 @@ impl Loopd {
         let deadline = Instant::now() + timeout;
         loop {
             if let Some(status) = self.child.try_wait().unwrap() {
+                // Let the reader thread take the last lines of stderr, so
+                // logs() after wait_exit sees everything loopd wrote.
+                let left = deadline.saturating_duration_since(Instant::now());
+                self.wait_for_log("<stderr closed>", left);
                 return status;
             }
             if Instant::now() >= deadline {
