@@ -265,6 +265,10 @@ pub(crate) struct Conn {
     pub(crate) close_timer: Option<u64>,
     /// An oversize frame the handler chose to skip is being discarded.
     pub(crate) skipping: Option<Skipping>,
+    /// The pass of the last send written at once (see `Core::send`).
+    pub(crate) sent_pass: u32,
+    /// Output is queued for the end-of-pass flush (no write interest needed).
+    pub(crate) deferred: bool,
 }
 
 impl Conn {
@@ -272,8 +276,11 @@ impl Conn {
     pub(crate) fn wanted_interest(&self) -> (bool, bool) {
         match self.phase {
             Phase::Connecting => (false, true),
-            Phase::Open => (!self.paused && !self.read_eof, !self.outq.is_empty()),
-            Phase::Closing => (false, !self.outq.is_empty()),
+            Phase::Open => (
+                !self.paused && !self.read_eof,
+                !self.outq.is_empty() && !self.deferred,
+            ),
+            Phase::Closing => (false, !self.outq.is_empty() && !self.deferred),
             Phase::Closed => (false, false),
         }
     }

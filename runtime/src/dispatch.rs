@@ -528,6 +528,30 @@ impl Runtime {
         }
     }
 
+    /// Writes the output sends deferred during this pass (see `Core::send`),
+    /// and delivers what that causes, until nothing is left deferred.
+    pub(crate) fn flush_deferred(&self) {
+        loop {
+            let mut dirty = std::mem::take(&mut self.core.borrow_mut().dirty);
+            if dirty.is_empty() {
+                return;
+            }
+            for &id in &dirty {
+                self.core.borrow_mut().flush_deferred(id);
+            }
+            dirty.clear();
+            {
+                let mut core = self.core.borrow_mut();
+                if core.dirty.is_empty() {
+                    // Keep the allocation for the next pass.
+                    core.dirty = dirty;
+                }
+            }
+            // on_writable, resumed input and closes may send again.
+            self.drain_pending();
+        }
+    }
+
     fn deliver_open(&self, id: u64) {
         let (inst, info) = {
             let mut core = self.core.borrow_mut();

@@ -479,6 +479,10 @@ impl Runtime {
     /// An I/O error from the poller.
     pub fn run_once(&mut self, timeout: Option<Duration>) -> io::Result<usize> {
         let _active = ActiveGuard::enter(&self.core);
+        {
+            let mut core = self.core.borrow_mut();
+            core.pass = core.pass.wrapping_add(1);
+        }
         self.take_flags();
         let timeout = self.next_timeout_within(timeout);
         let mut ready = std::mem::take(&mut self.ready);
@@ -496,6 +500,7 @@ impl Runtime {
         n += self.fire_timers();
         self.drain_pending();
         self.take_flags();
+        self.flush_deferred();
         self.check_shutdown();
         waited.map(|()| n)
     }
@@ -505,7 +510,7 @@ impl Runtime {
     /// [`Runtime::as_raw_fd`].
     pub fn next_timeout(&self) -> Option<Duration> {
         let mut core = self.core.borrow_mut();
-        if !core.pending.is_empty() {
+        if !core.pending.is_empty() || !core.dirty.is_empty() {
             return Some(Duration::ZERO);
         }
         let now = Instant::now();

@@ -26,6 +26,9 @@ use crate::timer::{TimerKind, Timers};
 pub(crate) const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
 /// Most connections accepted per readiness event (fairness).
 const ACCEPTS_PER_EVENT: usize = 64;
+/// Sends up to this size may be deferred to the end of the pass and
+/// coalesced; larger ones are written at once when nothing is queued.
+const DEFER_LIMIT: usize = 16 << 10;
 /// Most pending timers per runtime; `timer_set` refuses beyond.
 const MAX_TIMERS: usize = 1 << 20;
 
@@ -127,6 +130,10 @@ pub(crate) struct Core {
     pub(crate) sources: Registry<Source>,
     pub(crate) timers: Timers,
     pub(crate) pending: VecDeque<Deferred>,
+    /// Connections with output deferred to the end of the pass.
+    pub(crate) dirty: Vec<u64>,
+    /// The loop pass (`run_once`) under way, for "first send in a pass".
+    pub(crate) pass: u32,
     /// Open connections (accepted and outbound).
     pub(crate) conns: usize,
     pub(crate) cfg: RuntimeConfig,
@@ -152,6 +159,8 @@ impl Core {
             sources: Registry::new(),
             timers: Timers::new(),
             pending: VecDeque::new(),
+            dirty: Vec::new(),
+            pass: 1,
             conns: 0,
             cfg,
             instances: Vec::new(),
@@ -566,6 +575,8 @@ impl Core {
             close_reason: 0,
             close_timer: None,
             skipping: None,
+            sent_pass: 0,
+            deferred: false,
         }
     }
 
@@ -575,6 +586,7 @@ impl Core {
 
     /// `send`/`sendv`: all of `parts` or nothing.
     pub(crate) fn send(&mut self, instance: usize, id: u64, parts: &[&[u8]]) -> i32 {
+        let pass = self.pass;
         let c = match self.owned_conn(instance, id) {
             Ok(c) => c,
             Err(status) => return status,
@@ -590,8 +602,32 @@ impl Core {
             c.want_writable = true;
             return abi::LOOPD_ERR_AGAIN;
         }
+        // The first send to a connection in a pass is written at once.
+        // Later small ones in the same pass are queued and written together
+        // at the end of the pass (`flush_deferred`): a chat message fanned
+        // out to a member with several in flight, or pipelined responses,
+        // become one writev instead of one send each.
+        let mut immediate = c.outq.is_empty()
+            && c.phase == Phase::Open
+            && (c.sent_pass != pass || total > DEFER_LIMIT);
+        if c.deferred && c.outq.len() + total > DEFER_LIMIT {
+            // Coalesced enough: write it now rather than let it pile up
+            // (a handler sending a lot in one hook meets the kernel's
+            // buffer first, and loopd's queue only after that, as without
+            // deferral).
+            c.deferred = false;
+            let fd = c.fd.as_ref().expect("open connection has an fd");
+            match c.outq.flush(fd) {
+                Ok(_) => immediate = c.outq.is_empty(),
+                Err(e) => {
+                    c.outq.clear();
+                    return self.write_failed(instance, id, &e);
+                }
+            }
+        }
         let mut written = 0;
-        if c.outq.is_empty() && c.phase == Phase::Open {
+        if immediate {
+            c.sent_pass = pass;
             let fd =
                 c.fd.as_ref()
                     .expect("open connection has an fd")
@@ -639,9 +675,38 @@ impl Core {
             if c.outq.len() >= c.high_watermark {
                 c.paused = true;
             }
+            // Not written because of the pass (not because the kernel was
+            // full, and no write interest yet): flushed at the end of it.
+            if !immediate && !c.deferred && !c.interest.1 {
+                c.deferred = true;
+                self.dirty.push(id);
+            }
             self.update_interest(id);
         }
         abi::LOOPD_OK
+    }
+
+    /// A write to `id` failed: close it and tell the sender.
+    fn write_failed(&mut self, instance: usize, id: u64, e: &io::Error) -> i32 {
+        log::debug!(
+            "{}: write to connection {id}: {e}",
+            self.instances[instance].name
+        );
+        self.begin_close(id, true, abi::LOOPD_REASON_ERROR);
+        abi::LOOPD_ERR_CLOSED
+    }
+
+    /// Writes what sends deferred to the end of the pass, as a writable
+    /// event would (resuming input, owing `on_writable`, finishing a close).
+    pub(crate) fn flush_deferred(&mut self, id: u64) {
+        let Some(c) = conn_in(&mut self.sources, id) else {
+            return;
+        };
+        if !c.deferred {
+            return;
+        }
+        c.deferred = false;
+        self.conn_writable(id);
     }
 
     /// Writes queued output after a writable event; finishes connects.
@@ -672,6 +737,8 @@ impl Core {
         let Some(c) = conn_in(&mut self.sources, id) else {
             return;
         };
+        // Whatever was deferred goes out now too.
+        c.deferred = false;
         let Some(fd) = &c.fd else { return };
         if let Err(e) = c.outq.flush(fd) {
             log::debug!(

@@ -182,12 +182,25 @@ impl Chatter {
 
     /// Reads every line until the server closes (EOF) or resets the
     /// connection; returns the lines and the error, if it ended with one.
+    /// Every line until the server closes. A client cut off with an abort
+    /// may get the start of a line and then EOF (loopd had written part of
+    /// it when the rest was dropped): that piece comes last, without `\n`.
     pub fn read_until_closed(&mut self) -> (Vec<String>, Option<std::io::Error>) {
         let mut lines = Vec::new();
         loop {
-            match self.try_recv() {
-                Ok(Some(line)) => lines.push(line),
-                Ok(None) => return (lines, None),
+            let mut line = Vec::new();
+            match self.reader.read_until(b'\n', &mut line) {
+                Ok(0) => return (lines, None),
+                Ok(_) => {
+                    let whole = line.last() == Some(&b'\n');
+                    if whole {
+                        line.pop();
+                    }
+                    lines.push(String::from_utf8(line).expect("the server sent UTF-8"));
+                    if !whole {
+                        return (lines, None);
+                    }
+                }
                 Err(e) => return (lines, Some(e)),
             }
         }
