@@ -49,6 +49,12 @@ pub struct Config {
     pub types: BTreeMap<String, String>,
     /// The content type of files with an unknown extension.
     pub default_type: String,
+    /// How long an opened file (descriptor, size, validators, content
+    /// type) is reused for requests of the same path before it is opened
+    /// and checked again, in milliseconds; `0` (the default) opens the file
+    /// for every request. Like nginx's `open_file_cache_valid`: within that
+    /// time a replaced or deleted file may still be served as it was.
+    pub open_file_cache_ms: u64,
 }
 
 impl Default for Config {
@@ -68,6 +74,7 @@ impl Default for Config {
             access_log: true,
             types: BTreeMap::new(),
             default_type: "application/octet-stream".into(),
+            open_file_cache_ms: 0,
         }
     }
 }
@@ -93,6 +100,7 @@ pub(crate) struct Settings {
     pub(crate) access_log: bool,
     pub(crate) types: BTreeMap<String, String>,
     pub(crate) default_type: String,
+    pub(crate) open_file_cache: Option<Duration>,
 }
 
 impl Config {
@@ -167,6 +175,15 @@ impl Config {
             access_log: self.access_log,
             types,
             default_type: self.default_type,
+            open_file_cache: match self.open_file_cache_ms {
+                0 => None,
+                ms if ms <= 86_400_000 => Some(Duration::from_millis(ms)),
+                ms => {
+                    return Err(format!(
+                        "`open_file_cache_ms` must be at most 86400000 (a day), got {ms}"
+                    ))
+                }
+            },
         })
     }
 }
@@ -235,6 +252,10 @@ mod tests {
             (
                 r#"{"root": "w", "default_type": "nothing"}"#,
                 "default_type",
+            ),
+            (
+                r#"{"root": "w", "open_file_cache_ms": 86400001}"#,
+                "open_file_cache_ms",
             ),
         ] {
             let err = parse(json).unwrap_err();

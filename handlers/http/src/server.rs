@@ -14,6 +14,7 @@ use std::collections::HashMap;
 use std::fs::File;
 use std::io;
 use std::os::unix::fs::FileExt;
+use std::rc::Rc;
 use std::time::{Duration, Instant};
 
 use loopd_handler_api::{
@@ -69,7 +70,7 @@ struct Response {
     /// Bytes of `head` that are body (for the access log).
     head_body: u64,
     /// The file body, `pos..end`.
-    file: Option<File>,
+    file: Option<Rc<Opened>>,
     pos: u64,
     end: u64,
     log: Option<LogEntry>,
@@ -138,11 +139,31 @@ enum Body {
     Page(String),
     /// Bytes `start..end` of a file, streamed.
     File {
-        file: File,
-        content_type: String,
+        file: Rc<Opened>,
         start: u64,
         end: u64,
     },
+}
+
+/// An opened file and what its responses say about it: shared by the
+/// responses that stream it, and kept in the open-file cache.
+#[derive(Debug)]
+struct Opened {
+    file: File,
+    len: u64,
+    validators: Validators,
+    last_modified: String,
+    content_type: String,
+}
+
+/// Most entries in the open-file cache; a full cache is emptied.
+const OPEN_FILE_CACHE_MAX: usize = 1024;
+
+/// An open-file cache entry: what a path resolved to, until when.
+#[derive(Debug)]
+struct CacheEntry {
+    opened: Rc<Opened>,
+    until_ms: u64,
 }
 
 /// The handler instance.
@@ -159,6 +180,9 @@ pub(crate) struct Server {
     shutting_down: bool,
     inbuf_cap: usize,
     warned_framing: bool,
+    /// (normalised path, trailing slash) -> the file it named, with
+    /// `open_file_cache_ms`.
+    cache: HashMap<(Vec<u8>, bool), CacheEntry>,
 }
 
 impl Server {
@@ -198,6 +222,7 @@ impl Server {
             shutting_down: false,
             inbuf_cap,
             warned_framing: false,
+            cache: HashMap::new(),
         })
     }
 
@@ -650,7 +675,7 @@ impl Server {
             Err(PathError::Forbidden) => return self.page(403, Vec::new(), None, head_only, log),
             Err(PathError::Hidden) => return self.page(404, Vec::new(), None, head_only, log),
         };
-        let (file, meta, rel) = match self.open(&rp) {
+        let opened = match self.open_cached(&rp) {
             Ok(Some(opened)) => opened,
             Ok(None) => {
                 let mut location = rp.directory_url();
@@ -669,29 +694,18 @@ impl Server {
             }
             Err(status) => return self.page(status, Vec::new(), None, head_only, log),
         };
-        let len = meta.len();
-        let v = Validators::new(meta.modified().unwrap_or(std::time::UNIX_EPOCH), len);
-        let content_type = ReqPath::extension(&rel)
-            .and_then(|ext| {
-                if self.cfg.types.is_empty() {
-                    return mime::lookup(ext);
-                }
-                let lower = String::from_utf8_lossy(ext).to_ascii_lowercase();
-                self.cfg
-                    .types
-                    .get(&lower)
-                    .map(String::as_str)
-                    .or_else(|| mime::lookup(ext))
-            })
-            .unwrap_or(&self.cfg.default_type)
-            .to_string();
-        match cond::preconditions(req, &v) {
+        let len = opened.len;
+        let v = &opened.validators;
+        match cond::preconditions(req, v) {
             Precondition::Proceed => {}
             Precondition::Failed => return self.page(412, Vec::new(), None, head_only, log),
             Precondition::NotModified => {
                 return Reply {
                     status: 304,
-                    fields: vec![("Last-Modified", v.last_modified()), ("ETag", v.etag)],
+                    fields: vec![
+                        ("Last-Modified", opened.last_modified.clone()),
+                        ("ETag", v.etag.clone()),
+                    ],
                     body: Body::None,
                     head_only,
                     log,
@@ -699,11 +713,11 @@ impl Server {
             }
         }
         let mut fields = vec![
-            ("Last-Modified", v.last_modified()),
+            ("Last-Modified", opened.last_modified.clone()),
             ("ETag", v.etag.clone()),
             ("Accept-Ranges", "bytes".to_string()),
         ];
-        let (status, start, end) = match cond::range(req, &v, len) {
+        let (status, start, end) = match cond::range(req, v, len) {
             RangeAnswer::Full => (200, 0, len),
             RangeAnswer::Partial { start, end } => {
                 fields.push(("Content-Range", format!("bytes {start}-{end}/{len}")));
@@ -723,14 +737,71 @@ impl Server {
             status,
             fields,
             body: Body::File {
-                file,
-                content_type,
+                file: opened.clone(),
                 start,
                 end,
             },
             head_only,
             log,
         }
+    }
+
+    /// [`Server::open`] through the open-file cache (when configured), with
+    /// what responses need to know about the file worked out once.
+    fn open_cached(&mut self, rp: &ReqPath) -> Result<Option<Rc<Opened>>, u16> {
+        let Some(valid) = self.cfg.open_file_cache else {
+            return Ok(self.open(rp)?.map(|(f, m, rel)| self.opened(f, &m, &rel)));
+        };
+        let now = self.ctx.now_ms();
+        let key = (rp.rel.clone(), rp.trailing_slash);
+        if let Some(e) = self.cache.get(&key) {
+            if now < e.until_ms {
+                return Ok(Some(e.opened.clone()));
+            }
+        }
+        self.cache.remove(&key);
+        let Some((file, meta, rel)) = self.open(rp)? else {
+            return Ok(None);
+        };
+        let opened = self.opened(file, &meta, &rel);
+        if self.cache.len() >= OPEN_FILE_CACHE_MAX {
+            self.cache.clear();
+        }
+        self.cache.insert(
+            key,
+            CacheEntry {
+                opened: opened.clone(),
+                until_ms: now + valid.as_millis() as u64,
+            },
+        );
+        Ok(Some(opened))
+    }
+
+    /// An opened file with its validators and content type.
+    fn opened(&self, file: File, meta: &std::fs::Metadata, rel: &[u8]) -> Rc<Opened> {
+        let len = meta.len();
+        let validators = Validators::new(meta.modified().unwrap_or(std::time::UNIX_EPOCH), len);
+        let content_type = ReqPath::extension(rel)
+            .and_then(|ext| {
+                if self.cfg.types.is_empty() {
+                    return mime::lookup(ext);
+                }
+                let lower = String::from_utf8_lossy(ext).to_ascii_lowercase();
+                self.cfg
+                    .types
+                    .get(&lower)
+                    .map(String::as_str)
+                    .or_else(|| mime::lookup(ext))
+            })
+            .unwrap_or(&self.cfg.default_type)
+            .to_string();
+        Rc::new(Opened {
+            file,
+            len,
+            last_modified: validators.last_modified(),
+            validators,
+            content_type,
+        })
     }
 
     /// Opens what a normalised path names: a file or a directory's index
@@ -847,13 +918,8 @@ impl Server {
                 head.field("Content-Length", page.len());
                 (None, 0, 0, Some(page))
             }
-            Body::File {
-                file,
-                content_type,
-                start,
-                end,
-            } => {
-                head.field("Content-Type", content_type);
+            Body::File { file, start, end } => {
+                head.field("Content-Type", &file.content_type);
                 head.field("Content-Length", end - start);
                 (Some(file), start, end, None)
             }
@@ -917,7 +983,7 @@ impl Server {
                 .min(CHUNK);
             let mut n = 0;
             if want > 0 {
-                let file = r.file.as_ref().expect("a body range has a file");
+                let file = &r.file.as_ref().expect("a body range has a file").file;
                 match read_at(file, &mut self.scratch[..want], r.pos) {
                     Ok(0) => {
                         self.ctx.warn(format_args!(
