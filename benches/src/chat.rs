@@ -598,12 +598,17 @@ pub fn start_tokio_chat(ctx: &Ctx) -> Result<(Server, SocketAddr)> {
 
 /// Starts loopd with the chat handler.
 pub fn start_loopd_chat(ctx: &Ctx) -> Result<(Server, SocketAddr)> {
+    start_loopd_chat_from(ctx, &ctx.bin, "loopd-chat")
+}
+
+/// [`start_loopd_chat`] from the build in `bin`.
+pub fn start_loopd_chat_from(ctx: &Ctx, bin: &Path, name: &str) -> Result<(Server, SocketAddr)> {
     let port = free_port()?;
     let config = format!(
         "{}[[handler]]\nname = \"chat\"\nplugin = \"chat\"\nlisten = [\"tcp://127.0.0.1:{port}\"]\n",
         peers::RUNTIME_TABLE
     );
-    let mut s = peers::loopd(ctx, "loopd-chat", &config)?;
+    let mut s = peers::loopd_from(ctx, bin, name, &config, &[])?;
     let addr = SocketAddr::from(([127, 0, 0, 1], port));
     s.wait_tcp(addr)?;
     Ok((s, addr))
@@ -620,6 +625,10 @@ pub fn bench(ctx: &Ctx) -> Result<Bench> {
     if bench.skipped.is_none() {
         let (s, a) = start_loopd_chat(ctx)?;
         servers.push(("loopd".into(), s, a, Proto::Line));
+        if let Some(dir) = peers::before_dir() {
+            let (s, a) = start_loopd_chat_from(ctx, &dir, "loopd-before-chat")?;
+            servers.push(("loopd-before".into(), s, a, Proto::Line));
+        }
     }
     let (s, a) = start_redis(ctx)?;
     servers.push(("redis".into(), s, a, Proto::Redis));
@@ -636,6 +645,11 @@ pub fn bench(ctx: &Ctx) -> Result<Bench> {
         // setup message through the server, exactly once and in order.
         let mut rigs = Vec::new();
         for (name, server, addr, proto) in servers.iter_mut() {
+            if name == "loopd-before" && n > 1000 {
+                // One send per join notice: its setup alone takes minutes.
+                rigs.push(None);
+                continue;
+            }
             let t = Instant::now();
             let rig = Rig::connect(*addr, *proto, n)
                 .with_context(|| format!("{name}: connecting {n} receivers"))?;
@@ -644,10 +658,11 @@ pub fn bench(ctx: &Ctx) -> Result<Bench> {
                 "chat: {name}: {n} receivers + {PUBLISHERS} publishers connected and checked in {:.1} s",
                 t.elapsed().as_secs_f64()
             );
-            rigs.push(rig);
+            rigs.push(Some(rig));
         }
         if !ctx.warmup.is_zero() {
             for ((name, server, _, _), rig) in servers.iter_mut().zip(rigs.iter_mut()) {
+                let Some(rig) = rig else { continue };
                 let mut probe = CpuProbe::new(server);
                 rig.run(ctx.warmup, &mut |s| probe.mark(s))
                     .with_context(|| format!("{name} warm-up"))?;
@@ -660,6 +675,7 @@ pub fn bench(ctx: &Ctx) -> Result<Bench> {
         };
         for round in 0..ctx.rounds {
             for ((name, server, _, _), rig) in servers.iter_mut().zip(rigs.iter_mut()) {
+                let Some(rig) = rig else { continue };
                 let mut probe = CpuProbe::new(server);
                 let out = rig
                     .run(ctx.run, &mut |s| probe.mark(s))

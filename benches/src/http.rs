@@ -152,20 +152,30 @@ pub fn handler_built(ctx: &Ctx, name: &str) -> Option<String> {
     }
 }
 
-/// loopd running the http handler on `root`, access log off.
+/// loopd running the http handler on `root`, access log off and files kept
+/// open for 60 s, as nginx is configured (`access_log off`,
+/// `open_file_cache_valid 60s`).
 pub fn start_loopd_http(ctx: &Ctx, root: &Path) -> Result<(Server, SocketAddr)> {
+    start_loopd_http_from(ctx, &ctx.bin, "loopd-http", root, true)
+}
+
+/// [`start_loopd_http`] from the build in `bin`; `cache` sets
+/// `open_file_cache_ms` (a build without that key refuses it).
+pub fn start_loopd_http_from(
+    ctx: &Ctx,
+    bin: &Path,
+    name: &str,
+    root: &Path,
+    cache: bool,
+) -> Result<(Server, SocketAddr)> {
     let port = free_port()?;
     let config = format!(
-        "{}[[handler]]\nname = \"http\"\nplugin = \"http\"\nlisten = [\"tcp://127.0.0.1:{port}\"]\n[handler.config]\nroot = \"{}\"\n",
+        "{}[[handler]]\nname = \"http\"\nplugin = \"http\"\nlisten = [\"tcp://127.0.0.1:{port}\"]\n[handler.config]\nroot = \"{}\"\naccess_log = false\n{}",
         peers::RUNTIME_TABLE,
-        root.display()
+        root.display(),
+        if cache { "open_file_cache_ms = 60000\n" } else { "" }
     );
-    let mut s = peers::loopd_with_env(
-        ctx,
-        "loopd-http",
-        &config,
-        &[("RUST_LOG", "info,loopd::access=off")],
-    )?;
+    let mut s = peers::loopd_from(ctx, bin, name, &config, &[])?;
     let addr = SocketAddr::from(([127, 0, 0, 1], port));
     s.wait_tcp(addr)?;
     Ok((s, addr))
@@ -397,6 +407,10 @@ pub fn bench(ctx: &Ctx) -> Result<Bench> {
     if bench.skipped.is_none() {
         let (s, a) = start_loopd_http(ctx, &root)?;
         servers.push(("loopd".to_string(), s, a));
+        if let Some(dir) = peers::before_dir() {
+            let (s, a) = start_loopd_http_from(ctx, &dir, "loopd-before-http", &root, false)?;
+            servers.push(("loopd-before".to_string(), s, a));
+        }
     }
     let (s, a) = start_nginx(ctx, &root)?;
     servers.push(("nginx".to_string(), s, a));

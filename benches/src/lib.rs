@@ -72,6 +72,8 @@ const USAGE: &str = "usage: loopd-bench <all|smoke|report|echo|http|chat|idle|ud
            a rendered page go to target/bench-smoke/
   report   regenerate docs/benchmarks.md from benches/results/results.json
   NAME     one benchmark; results to target/bench-NAME.json
+  load-chat --target ADDR [--conns N] [--secs S] [--redis 1]
+           only the chat load generator (N receivers, line protocol or redis)
   load-echo --target ADDR [--conns N] [--size B] [--secs S] [--ops N]
            only the echo load generator, against a server you started (for
            strace -c / callgrind runs); prints round trips and their rate";
@@ -82,6 +84,7 @@ struct Args {
     conns: Option<usize>,
     size: Option<usize>,
     ops: Option<u64>,
+    redis: bool,
     rounds: Option<usize>,
     secs: Option<f64>,
     out: Option<PathBuf>,
@@ -96,6 +99,7 @@ fn parse_args() -> Result<Args> {
         conns: None,
         size: None,
         ops: None,
+        redis: false,
         rounds: None,
         secs: None,
         out: None,
@@ -112,6 +116,7 @@ fn parse_args() -> Result<Args> {
             "--size" => a.size = Some(value.parse().context("--size")?),
             "--ops" => a.ops = Some(value.parse().context("--ops")?),
             "--target" => a.target = Some(value),
+            "--redis" => a.redis = value == "1",
             _ => bail!("unknown option {flag}\n\n{USAGE}"),
         }
     }
@@ -136,6 +141,7 @@ pub fn run_cli() -> Result<()> {
     let results_path = root.join("benches/results/results.json");
     match args.command.as_str() {
         "load-echo" => return load_echo(&args),
+        "load-chat" => return load_chat(&args),
         "report" => {
             let path = args.out.unwrap_or(results_path);
             let results = read_results(&path)?;
@@ -262,6 +268,42 @@ fn load_echo(args: &Args) -> Result<()> {
         out.ops,
         out.elapsed.as_secs_f64(),
         out.ops as f64 / out.elapsed.as_secs_f64()
+    );
+    Ok(())
+}
+
+/// The chat load generator alone, against `--target`.
+fn load_chat(args: &Args) -> Result<()> {
+    let addr: std::net::SocketAddr = args
+        .target
+        .as_deref()
+        .context("load-chat needs --target ADDR")?
+        .parse()
+        .context("--target")?;
+    procfs::pin_self(server::CLIENT_CORE)?;
+    procfs::raise_nofile()?;
+    let proto = if args.redis {
+        chat::Proto::Redis
+    } else {
+        chat::Proto::Line
+    };
+    let n = args.conns.unwrap_or(100);
+    let t = std::time::Instant::now();
+    let mut rig = chat::Rig::connect(addr, proto, n)?;
+    println!(
+        "{n} receivers connected in {:.2} s",
+        t.elapsed().as_secs_f64()
+    );
+    let out = rig.run(
+        Duration::from_secs_f64(args.secs.unwrap_or(2.0)),
+        &mut |_| Ok(()),
+    )?;
+    println!(
+        "{} messages, {} deliveries in {:.3} s: {:.0} deliveries per second",
+        out.messages,
+        out.deliveries,
+        out.elapsed.as_secs_f64(),
+        out.deliveries as f64 / out.elapsed.as_secs_f64()
     );
     Ok(())
 }

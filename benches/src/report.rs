@@ -368,7 +368,7 @@ fn echo_section(doc: &mut Doc, b: &Bench) {
 
 fn http_section(doc: &mut Doc, b: &Bench) {
     doc.md.push_str(
-        "\n## 2. HTTP\n\nloopd's http handler against nginx (Debian `nginx-light`, `worker_processes 1`, `access_log off`, `sendfile on`, `open_file_cache`, `keepalive_requests 100000000`) serving the same two files: a 612-byte page and 16 KiB of random bytes. loopd's access log is off too (`RUST_LOG=info,loopd::access=off`). Load: `wrk -t1` pinned to core 0; the pipelined runs send 16 requests per write (`benches/peers/pipeline.lua`). Every response is checked byte-exact (single and pipelined) before timing, and a run with any non-2xx response fails. Latencies are wrk's.\n\n",
+        "\n## 2. HTTP\n\nloopd's http handler against nginx (Debian `nginx-light`, `worker_processes 1`, `access_log off`, `sendfile on`, `open_file_cache`, `keepalive_requests 100000000`) serving the same two files: a 612-byte page and 16 KiB of random bytes. loopd's access log is off too (`access_log = false`). Load: `wrk -t1` pinned to core 0; the pipelined runs send 16 requests per write (`benches/peers/pipeline.lua`). Every response is checked byte-exact (single and pipelined) before timing, and a run with any non-2xx response fails. Latencies are wrk's.\n\n",
     );
     skipped_note(doc, b);
     figures_table(doc, b, "request", &[("p50_us", "p50"), ("p99_us", "p99")]);
@@ -658,6 +658,48 @@ fn before_after(doc: &mut Doc, base: &Results, now: &Results) {
     }
 }
 
+/// Before/after figures for loopd from the same run: `loopd-before` (an
+/// older build, `LOOPD_BENCH_BEFORE`) ran interleaved with the rest.
+fn before_after_same_run(doc: &mut Doc, r: &Results) {
+    let any = r
+        .benches
+        .iter()
+        .any(|b| b.cases.iter().any(|c| c.peer("loopd-before").is_some()));
+    if !any {
+        return;
+    }
+    let _ = writeln!(
+        doc.md,
+        "\n### Before and after, measured side by side\n\n`loopd-before` is loopd as it was before these fixes ({}), run in this same benchmark run as one more peer, interleaved round by round with the rest. *Speed-up* is loopd-before's CPU per operation ÷ loopd's (the figure that counts when the load generator is the limit); the throughput ratio is loopd ÷ loopd-before.\n\n| Benchmark | Case | ops/s before | ops/s after | CPU µs/op before | CPU µs/op after | speed-up (CPU per op) | throughput ratio |\n|---|---|---:|---:|---:|---:|---:|---:|",
+        r.meta
+            .versions
+            .get("loopd-before")
+            .map(String::as_str)
+            .unwrap_or("an older build")
+    );
+    let mut ordered: Vec<&Bench> = r.benches.iter().collect();
+    ordered.sort_by_key(|b| crate::BENCHES.iter().position(|id| *id == b.id));
+    for b in ordered {
+        for c in &b.cases {
+            if c.peer("loopd-before").is_none() || c.peer("loopd").is_none() {
+                continue;
+            }
+            let _ = writeln!(
+                doc.md,
+                "| {} | {} | {} | {} | {} | {} | {} | {} |",
+                b.id,
+                c.label,
+                fmt_ops(metric(c, "loopd-before", "ops_per_s")),
+                fmt_ops(metric(c, "loopd", "ops_per_s")),
+                fmt_num(metric(c, "loopd-before", "cpu_us_per_op"), 2),
+                fmt_num(metric(c, "loopd", "cpu_us_per_op"), 2),
+                fmt_ratio(ratio(c, "loopd", "loopd-before", "cpu_us_per_op", true)),
+                fmt_ratio(ratio(c, "loopd", "loopd-before", "ops_per_s", false)),
+            );
+        }
+    }
+}
+
 /// Writes `DOCS/benchmarks.md` and `DOCS/benchmarks/*.svg`; `gaps` is the
 /// text of the "closing the gaps" section (benches/gaps.md).
 pub fn write(
@@ -719,6 +761,9 @@ pub fn write(
         md.push_str(text.trim());
         md.push('\n');
     }
+    doc.md.clear();
+    before_after_same_run(&mut doc, results);
+    md.push_str(&doc.md);
     if let Some(base) = baseline {
         doc.md.clear();
         before_after(&mut doc, base, results);

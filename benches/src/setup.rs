@@ -161,6 +161,18 @@ pub fn versions(root: &Path, bin: &Path) -> BTreeMap<String, String> {
         "loopd".into(),
         first_line(&bin.join("loopd").display().to_string(), &["--version"]),
     );
+    if let Some(dir) = crate::peers::before_dir() {
+        v.insert(
+            "loopd-before".into(),
+            format!(
+                "{} from {}",
+                first_line(&dir.join("loopd").display().to_string(), &["--version"]),
+                std::fs::read_to_string(dir.join("COMMIT"))
+                    .map(|c| format!("commit {}", c.trim()))
+                    .unwrap_or_else(|_| dir.display().to_string())
+            ),
+        );
+    }
     v.insert("rustc".into(), first_line("rustc", &["--version"]));
     v.insert("tokio".into(), locked_version(root, "tokio"));
     v.insert("polling".into(), locked_version(root, "polling"));

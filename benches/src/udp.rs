@@ -152,12 +152,22 @@ pub fn start_c_relay(ctx: &Ctx, target: u16) -> Result<(Server, SocketAddr)> {
 /// limit is raised out of the way (1M/s per source); the other protections
 /// keep their defaults.
 pub fn start_loopd_relay(ctx: &Ctx, target: u16) -> Result<(Server, SocketAddr)> {
+    start_loopd_relay_from(ctx, &ctx.bin, "loopd-udp", target)
+}
+
+/// [`start_loopd_relay`] from the build in `bin`.
+pub fn start_loopd_relay_from(
+    ctx: &Ctx,
+    bin: &std::path::Path,
+    name: &str,
+    target: u16,
+) -> Result<(Server, SocketAddr)> {
     let port = free_udp_port()?;
     let config = format!(
         "{}[[handler]]\nname = \"relay\"\nplugin = \"udp-broadcast\"\nlisten = [\"udp://127.0.0.1:{port}\"]\n[handler.config]\nbroadcast_to = [\"127.0.0.1:{target}\"]\nrate_per_source = 1000000\nburst = 1000000\n",
         peers::RUNTIME_TABLE
     );
-    let s = peers::loopd(ctx, "loopd-udp", &config)?;
+    let s = peers::loopd_from(ctx, bin, name, &config, &[])?;
     Ok((s, SocketAddr::from(([127, 0, 0, 1], port))))
 }
 
@@ -173,6 +183,11 @@ pub fn bench(ctx: &Ctx) -> Result<Bench> {
         let target = free_udp_port()?;
         let (s, a) = start_loopd_relay(ctx, target)?;
         relays.push(("loopd".into(), s, Client::new(a, target)?));
+        if let Some(dir) = peers::before_dir() {
+            let target = free_udp_port()?;
+            let (s, a) = start_loopd_relay_from(ctx, &dir, "loopd-before-udp", target)?;
+            relays.push(("loopd-before".into(), s, Client::new(a, target)?));
+        }
     }
     let target = free_udp_port()?;
     let (s, a) = start_c_relay(ctx, target)?;
