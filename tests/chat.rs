@@ -513,8 +513,8 @@ fn framings_other_than_line_are_refused_with_a_warning() {
             assert_eq!(c.read_to_eof(), "", "{framing}: refused at once");
         }
         let warning = format!(
-            "chat needs framing = \"line\" (its default), not \"{framing}\": refusing every \
-             connection (1 so far, the latest from 127.0.0.1:"
+            "chat needs framing = \"line\" (its default), not \"{framing}\": refused 1 \
+             connection(s), the latest from 127.0.0.1:"
         );
         assert!(loopd.wait_for_log(&warning, TIMEOUT), "{}", loopd.logs());
         assert!(loopd

@@ -585,9 +585,9 @@ impl Handler for Chat {
             };
             if let Some(n) = self.refused_framing.count(ctx.now_ms()) {
                 ctx.warn(format_args!(
-                    "chat needs framing = \"line\" (its default), not \"{name}\": refusing every \
-                     connection ({n} so far, the latest from {peer}); remove the framing key or \
-                     set it to \"line\""
+                    "chat needs framing = \"line\" (its default), not \"{name}\": refused {n} \
+                     connection(s), the latest from {peer}; remove the framing key or set it to \
+                     \"line\""
                 ));
             }
             return Err(format!("unsupported framing \"{name}\""));
