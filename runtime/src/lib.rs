@@ -671,7 +671,12 @@ impl Runtime {
         // A stop request ends one `run`, not every later pass.
         self.stopped = false;
         self.take_flags();
-        let timeout = self.next_timeout_within(timeout);
+        let timeout = if finished_before {
+            // Nothing is left to wait for.
+            Some(Duration::ZERO)
+        } else {
+            self.next_timeout_within(timeout)
+        };
         let mut ready = std::mem::take(&mut self.ready);
         ready.clear();
         let waited = self.core.borrow_mut().poll.wait(timeout, &mut ready);
