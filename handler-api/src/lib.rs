@@ -318,6 +318,10 @@ pub fn length_prefix(len: usize) -> Option<[u8; 4]> {
     u32::try_from(len).ok().map(u32::to_be_bytes)
 }
 
+/// The text of `loopd.h`, the ABI's C header (the source of truth for C
+/// handlers), for tools that write it out, such as `loopd new-handler --c`.
+pub const C_HEADER: &str = include_str!("../include/loopd.h");
+
 /// The `loopd_vtable` of a handler type, for registering it without a
 /// dynamic library (embedding).
 pub const fn vtable<H: Handler>() -> abi::loopd_vtable {
