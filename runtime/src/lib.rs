@@ -129,6 +129,11 @@ use plugin::Plugin;
 use spec::Linked;
 use state::{Core, InstanceInfo};
 
+/// `docs/embedding.md`: its Rust blocks are doctests, so the guide cannot rot.
+#[cfg(doctest)]
+#[doc = include_str!("../../docs/embedding.md")]
+struct EmbeddingGuide;
+
 /// loopd's version.
 pub const VERSION: &str = env!("CARGO_PKG_VERSION");
 
