@@ -256,6 +256,25 @@ fn build_errors_name_what_failed() {
             .starts_with("Builder::runtime: output_low_watermark"),
         "{e}"
     );
+    // Settings made in code are checked against the file's entries too.
+    let config = Config::parse(
+        "[[handler]]\nname = \"a\"\nplugin = \"echo\"\noutput_low_watermark = 1000\n",
+        None,
+    )
+    .unwrap();
+    let runtime = loopd::config::RuntimeConfig {
+        output_high_watermark: 1000,
+        output_low_watermark: 10,
+        ..Default::default()
+    };
+    let e = err(Runtime::builder()
+        .config(config)
+        .static_handler::<Tag>("echo")
+        .runtime(runtime));
+    assert_eq!(
+        e.to_string(),
+        "Builder::runtime: handler `a` would have an output low watermark (1000) not below its high watermark (1000)"
+    );
 
     // A port someone else holds: Error::Listen, with the OS error as source.
     let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();

@@ -359,6 +359,21 @@ impl Builder {
         if let Some(rt) = self.runtime.take() {
             check_runtime(&rt)?;
             config.runtime = rt;
+            // The file's own watermarks were checked against its [runtime].
+            for h in &config.handlers {
+                let high = h
+                    .output_high_watermark
+                    .unwrap_or(config.runtime.output_high_watermark);
+                let low = h
+                    .output_low_watermark
+                    .unwrap_or(config.runtime.output_low_watermark);
+                if low >= high {
+                    return Err(Error::Config(format!(
+                        "Builder::runtime: handler `{}` would have an output low watermark ({low}) not below its high watermark ({high})",
+                        h.name
+                    )));
+                }
+            }
         }
         let mut linked: Vec<Option<Linked>> = config
             .handlers
