@@ -194,6 +194,8 @@ fn run(opts: &Options) -> Result<(), Box<dyn std::error::Error>> {
     let mut next_tick = start + tick;
     let (mut ticks, mut events) = (0u64, 0usize);
     let mut stopping = false;
+    // Say "stopping" once loopd has begun the shutdown.
+    let mut announce = false;
 
     loop {
         // Sleep until loopd has work, a signal arrives, or our own next tick
@@ -234,18 +236,22 @@ fn run(opts: &Options) -> Result<(), Box<dyn std::error::Error>> {
                 break;
             }
             if got > 0 {
-                println!(
-                    "stopping: no new connections; {} still open, given up to 2 s to finish",
-                    rt.connections()
-                );
-                io::stdout().flush()?;
                 stopping = true;
+                announce = true;
                 handle.shutdown();
             }
         }
 
-        // loopd's turn: never blocks, handles whatever is ready or due.
+        // loopd's turn: never blocks, handles whatever is ready or due
+        // (including a shutdown just requested: its listeners close here).
         events += rt.run_once(Some(Duration::ZERO))?;
+        if std::mem::take(&mut announce) {
+            println!(
+                "stopping: no new connections; {} still open, given up to 2 s to finish",
+                rt.connections()
+            );
+            io::stdout().flush()?;
+        }
 
         // Our own periodic work.
         let now = Instant::now();
