@@ -246,3 +246,91 @@ fn bad_arguments_are_refused_with_usage() {
         assert!(stderr.contains("usage: embed"), "{args:?}: {stderr}");
     }
 }
+
+/// Two shipped handler crates linked into one program: each would export
+/// `loopd_plugin_entry_v1`, so the program turns off their `plugin` feature.
+/// Built out of tree (as a user would), offline, in a cached target dir.
+#[test]
+fn two_shipped_handlers_link_into_one_program() {
+    let tmp = TempDir::new("two-linked");
+    let project = tmp.join("two");
+    std::fs::create_dir_all(project.join("src")).unwrap();
+    let root = root();
+    std::fs::write(
+        project.join("Cargo.toml"),
+        format!(
+            r#"[package]
+name = "two-linked"
+version = "0.1.0"
+edition = "2021"
+publish = false
+
+[dependencies]
+loopd = {{ path = "{root}/runtime" }}
+loopd-echo = {{ path = "{root}/handlers/echo", default-features = false }}
+loopd-chat = {{ path = "{root}/handlers/chat", default-features = false }}
+
+[workspace]
+"#,
+            root = root.display()
+        ),
+    )
+    .unwrap();
+    std::fs::write(
+        project.join("src/main.rs"),
+        r#"use loopd::{HandlerSpec, Runtime};
+fn main() -> Result<(), Box<dyn std::error::Error>> {
+    let mut rt = Runtime::builder()
+        .handler(HandlerSpec::linked::<loopd_echo::Echo>("echo").listen("tcp://127.0.0.1:0"))
+        .handler(HandlerSpec::linked::<loopd_chat::Chat>("chat").listen("tcp://127.0.0.1:0"))
+        .build()?;
+    for url in rt.listeners() {
+        println!("{url}");
+    }
+    let handle = rt.handle();
+    std::thread::spawn(move || {
+        let mut line = String::new();
+        let _ = std::io::stdin().read_line(&mut line);
+        handle.shutdown();
+    });
+    rt.run()?;
+    Ok(())
+}
+"#,
+    )
+    .unwrap();
+    let cache = plugin_dir().parent().unwrap().join("scaffold");
+    std::fs::create_dir_all(&cache).unwrap();
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    let out = Command::new(&cargo)
+        .args(["build", "--offline", "--quiet"])
+        .current_dir(&project)
+        .env("CARGO_TARGET_DIR", &cache)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "linking echo and chat into one program failed:\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let mut child = Command::new(cache.join("debug/two-linked"))
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    let echo: SocketAddr = lines.next().unwrap().unwrap()["tcp://".len()..]
+        .parse()
+        .unwrap();
+    let chat: SocketAddr = lines.next().unwrap().unwrap()["tcp://".len()..]
+        .parse()
+        .unwrap();
+    assert_eq!(echo_roundtrip(tcp(echo), b"linked echo"), b"linked echo");
+    let mut c = LineClient::connect(chat);
+    assert!(c.recv().contains("welcome to loopd chat"));
+    drop(c);
+    drop(child.stdin.take());
+    let status = child.wait().unwrap();
+    assert!(status.success());
+}

@@ -53,8 +53,8 @@ use std::fmt;
 use std::io::Write as _;
 
 use loopd_handler_api::{
-    export_handler, CloseMode, CloseReason, ConnId, ConnInfo, Ctx, EofAction, Error, Framing,
-    Handler, OversizeAction,
+    CloseMode, CloseReason, ConnId, ConnInfo, Ctx, EofAction, Error, Framing, Handler,
+    OversizeAction,
 };
 use serde::Deserialize;
 
@@ -713,7 +713,8 @@ impl Handler for Chat {
     }
 }
 
-export_handler!(Chat, name = "chat");
+#[cfg(feature = "plugin")]
+loopd_handler_api::export_handler!(Chat, name = "chat");
 
 #[cfg(test)]
 mod tests {
