@@ -1,6 +1,7 @@
 //! The chat handler's protocol, end to end: a scripted conversation through
 //! every command, leave notices for every way of leaving, half-written lines,
-//! long lines, the client limit, shutdown, `line` framing and bad configs.
+//! long lines with every `max_frame` setting, the client limit, shutdown,
+//! refused framings, the shipped config and bad configs.
 
 mod chat_support;
 mod common;
@@ -257,10 +258,10 @@ fn leave_notices_go_out_exactly_once_for_every_way_of_leaving() {
 }
 
 #[test]
-fn half_written_lines_are_not_broadcast() {
+fn half_written_lines_are_never_broadcast_under_the_default_line_framing() {
     let (loopd, addr) = start("", "");
     let mut w = Chatter::named(addr, "watcher");
-    for (n, how) in ["eof", "close", "reset", "quit-after"]
+    for (n, how) in ["eof", "close", "reset", "quit-after", "command"]
         .into_iter()
         .enumerate()
     {
@@ -269,18 +270,31 @@ fn half_written_lines_are_not_broadcast() {
         w.expect(&format!("* guest-{} is now half", n + 2));
         h.send("a complete line");
         w.expect("half: a complete line");
-        h.send_raw(b"a half-writ");
         match how {
-            "eof" => h.stream().shutdown(Shutdown::Write).unwrap(),
-            "close" => drop(h),
+            "eof" => {
+                h.send_raw(b"a half-writ");
+                h.stream().shutdown(Shutdown::Write).unwrap();
+            }
+            "close" => {
+                h.send_raw(b"a half-writ");
+                drop(h);
+            }
             "reset" => {
+                h.send_raw(b"a half-writ");
                 reset_on_close(h.stream());
                 drop(h);
             }
             // The fragment was never ended: "/quit" arriving later is just
             // more of the same unfinished line, so the peer leaves by EOF.
-            _ => {
+            "quit-after" => {
+                h.send_raw(b"a half-writ");
                 h.send_raw(b"ten /quit");
+                h.stream().shutdown(Shutdown::Write).unwrap();
+            }
+            // An unfinished command is not run either ("* half waves"
+            // would reach the watcher before the leave notice).
+            _ => {
+                h.send_raw(b"/me waves\r");
                 h.stream().shutdown(Shutdown::Write).unwrap();
             }
         }
@@ -289,50 +303,145 @@ fn half_written_lines_are_not_broadcast() {
         w.expect("* half left");
     }
     w.expect_quiet();
-    assert!(loopd.wait_for_log("a half-written line dropped", TIMEOUT));
+    assert!(loopd.wait_for_log("EOF; a half-written line dropped (11 bytes)", TIMEOUT));
+    assert!(loopd.wait_for_log("EOF; a half-written line dropped (20 bytes)", TIMEOUT));
+    assert!(loopd.wait_for_log("EOF; a half-written line dropped (9 bytes)", TIMEOUT));
 }
 
 #[test]
 fn long_lines_get_an_error_and_the_connection_stays() {
-    let (_loopd, addr) = start("", "");
+    // The same behaviour whatever loopd's max_frame is, as long as it is not
+    // below max_line: loopd's default (1 MiB: lines up to it reach chat
+    // whole), the shipped setting (max_frame = max_line: loopd skips longer
+    // lines as they stream in), and one in between.
+    for handler_keys in ["", "max_frame = 4096", "max_frame = 8192"] {
+        let (loopd, addr) = start(handler_keys, "");
+        let mut a = Chatter::join(addr);
+        let mut b = Chatter::join(addr);
+        a.expect("* guest-2 joined");
+
+        // Exactly max_line bytes is fine, with or without \r.
+        let full = "x".repeat(4096);
+        a.send(&full);
+        b.expect(&format!("guest-1: {full}"));
+        a.send_raw(format!("{full}\r\n").as_bytes());
+        b.expect(&format!("guest-1: {full}"));
+
+        // One more is refused, and not relayed; so is one over max_frame
+        // = 8192.
+        for len in [4097, 4098, 5000, 8193, 10_000] {
+            a.send(&"y".repeat(len));
+            a.expect("! line too long (max 4096 bytes)");
+        }
+        b.expect_quiet();
+
+        // Far longer than loopd's default max_frame (1 MiB): still one
+        // error, no disconnect, and nothing of it relayed.
+        let huge = vec![b'z'; 3 << 20];
+        for chunk in huge.chunks(64 << 10) {
+            a.send_raw(chunk);
+        }
+        a.send_raw(b"\n");
+        a.expect("! line too long (max 4096 bytes)");
+        a.send("still here");
+        b.expect("guest-1: still here");
+        a.expect_quiet();
+        b.expect_quiet();
+
+        // A long line in small pieces, followed by a good one in the same
+        // write.
+        let mut pieces = vec![b'p'; 5000];
+        pieces.extend_from_slice(b"\nafter the long one\n");
+        for chunk in pieces.chunks(100) {
+            a.send_raw(chunk);
+        }
+        a.expect("! line too long (max 4096 bytes)");
+        b.expect("guest-1: after the long one");
+        a.expect_quiet();
+
+        // loopd never disconnected anyone for it.
+        assert!(
+            !loopd.logs().contains("exceeds max_frame"),
+            "{handler_keys:?}:\n{}",
+            loopd.logs()
+        );
+    }
+}
+
+/// Resets a process's peak RSS (VmHWM) to its current RSS
+/// (`/proc/PID/clear_refs`, Linux 4.0+).
+fn reset_peak_rss(pid: i32) {
+    std::fs::write(format!("/proc/{pid}/clear_refs"), "5").expect("writing clear_refs");
+}
+
+#[test]
+fn a_megabyte_line_is_answered_and_skipped_as_it_streams_in() {
+    // The shipped config: max_frame = max_line = 4096.
+    let loopd = Loopd::start(&shipped_chat_config());
+    let addr = loopd.tcp("chat");
     let mut a = Chatter::join(addr);
     let mut b = Chatter::join(addr);
     a.expect("* guest-2 joined");
-
-    // Exactly max_line bytes is fine, with or without \r.
-    let full = "x".repeat(4096);
-    a.send(&full);
-    b.expect(&format!("guest-1: {full}"));
-    a.send_raw(format!("{full}\r\n").as_bytes());
-    b.expect(&format!("guest-1: {full}"));
-
-    // One more is refused, and not relayed.
-    a.send(&"y".repeat(4097));
-    a.expect("! line too long (max 4096 bytes)");
+    a.expect_quiet();
     b.expect_quiet();
 
-    // Far longer than loopd's own max_frame (1 MiB): still one error, no
-    // disconnect, and nothing of it buffered or relayed.
-    let huge = vec![b'z'; 3 << 20];
+    let pid = loopd.pid();
+    let before = status_kib(pid, "VmRSS");
+    reset_peak_rss(pid);
+    // 1 MiB without its newline: the error comes before the line ends.
+    const LINE: usize = 1 << 20;
+    let huge = vec![b'm'; LINE];
     for chunk in huge.chunks(64 << 10) {
         a.send_raw(chunk);
     }
-    a.send_raw(b"\n");
     a.expect("! line too long (max 4096 bytes)");
-    a.send("still here");
-    b.expect("guest-1: still here");
+
+    // The line ends; the next one is a normal line, relayed as usual, and
+    // the error came exactly once.
+    a.send_raw(b"\nback to normal\n");
+    b.expect("guest-1: back to normal");
     a.expect_quiet();
     b.expect_quiet();
+    assert!(
+        !loopd.logs().contains("exceeds max_frame"),
+        "{}",
+        loopd.logs()
+    );
+    // loopd has read all of it by now (the round trips above came after).
+    let peak = status_kib(pid, "VmHWM");
+    let after = status_kib(pid, "VmRSS");
 
-    // A long line in small pieces, followed by a good one in the same write.
-    let mut pieces = vec![b'p'; 5000];
-    pieces.extend_from_slice(b"\nafter the long one\n");
-    for chunk in pieces.chunks(100) {
-        a.send_raw(chunk);
-    }
-    a.expect("! line too long (max 4096 bytes)");
-    b.expect("guest-1: after the long one");
-    a.expect_quiet();
+    eprintln!("a {LINE}-byte line: loopd VmRSS {before} KiB -> {after} KiB, peak {peak} KiB");
+    // Had loopd buffered the line, its peak would be up by at least its
+    // size; a quarter of it is far above what reading and discarding
+    // through loopd's 64 KiB read buffer costs.
+    let limit_kib = (LINE / 4) >> 10;
+    assert!(
+        peak.saturating_sub(before) < limit_kib,
+        "loopd's peak RSS grew by {} KiB for one skipped {LINE}-byte line (limit {limit_kib} KiB)",
+        peak.saturating_sub(before)
+    );
+}
+
+#[test]
+fn a_max_frame_below_max_line_lowers_the_limit_with_a_warning() {
+    let (loopd, addr) = start("max_frame = 1000", "");
+    let mut a = Chatter::join(addr);
+    let mut b = Chatter::join(addr);
+    a.expect("* guest-2 joined");
+    let ok = "k".repeat(1000);
+    a.send(&ok);
+    b.expect(&format!("guest-1: {ok}"));
+    // The reply names the limit that applied.
+    a.expect_reply(&"k".repeat(1001), "! line too long (max 1000 bytes)");
+    a.expect_reply(&"k".repeat(5000), "! line too long (max 1000 bytes)");
+    a.send("still here");
+    b.expect("guest-1: still here");
+    b.expect_quiet();
+    assert!(loopd.wait_for_log(
+        "max_frame (1000 bytes) is below chat's max_line (4096 bytes)",
+        TIMEOUT
+    ));
 }
 
 #[test]
@@ -396,38 +505,51 @@ fn shutdown_tells_every_client_and_closes_them() {
 }
 
 #[test]
-fn line_framing_works_within_its_documented_limits() {
-    let (loopd, addr) = start("framing = \"line\"\nmax_frame = 8192", "");
-    let mut a = Chatter::join(addr);
-    let mut b = Chatter::join(addr);
-    a.expect("* guest-2 joined");
-    assert!(loopd.wait_for_log("framing = \"line\"", TIMEOUT));
-
-    a.expect_reply("/nick alice", "* you are now alice");
-    b.expect("* guest-1 is now alice");
-    a.send("hi");
-    b.expect("alice: hi");
-    // Over max_line, under max_frame: refused, the connection stays.
-    a.expect_reply(&"x".repeat(5000), "! line too long (max 4096 bytes)");
-    a.send("still here");
-    b.expect("alice: still here");
-    // Over max_frame: loopd disconnects the sender; the room is told.
-    a.send(&"x".repeat(10_000));
-    assert_eq!(a.read_to_eof(), "");
-    b.expect("* alice left");
-    b.expect_quiet();
-    assert!(loopd.wait_for_log("exceeds max_frame (8192 bytes)", TIMEOUT));
+fn framings_other_than_line_are_refused_with_a_warning() {
+    for framing in ["raw", "length-prefixed"] {
+        let (loopd, addr) = start(&format!("framing = \"{framing}\""), "");
+        for _ in 0..3 {
+            let mut c = LineClient::connect(addr);
+            assert_eq!(c.read_to_eof(), "", "{framing}: refused at once");
+        }
+        let warning = format!(
+            "chat needs framing = \"line\" (its default), not \"{framing}\": refused 1 \
+             connection(s), the latest from 127.0.0.1:"
+        );
+        assert!(loopd.wait_for_log(&warning, TIMEOUT), "{}", loopd.logs());
+        assert!(loopd
+            .logs()
+            .contains("remove the framing key or set it to \"line\""));
+        // Each refusal is logged (at debug level) by the SDK.
+        assert!(loopd.wait_for_logs(&format!("unsupported framing \"{framing}\""), 3, TIMEOUT));
+    }
 }
 
 #[test]
-fn length_prefixed_framing_is_refused_with_a_warning() {
-    let (loopd, addr) = start("framing = \"length-prefixed\"", "");
-    let mut c = LineClient::connect(addr);
-    assert_eq!(c.read_to_eof(), "", "refused at once");
-    assert!(loopd.wait_for_log(
-        "chat needs framing = \"raw\" or \"line\", not \"length-prefixed\"",
-        TIMEOUT
-    ));
+fn the_shipped_config_runs_chat_with_line_framing_and_max_frame_at_max_line() {
+    let config = shipped_chat_config();
+    for key in ["framing = \"line\"", "max_frame = 4096", "max_line = 4096"] {
+        assert!(
+            config.lines().any(|l| l.starts_with(key)),
+            "examples/loopd.toml's chat section has no `{key}`:\n{config}"
+        );
+    }
+    let loopd = Loopd::start(&config);
+    let addr = loopd.tcp("chat");
+    let mut a = Chatter::named(addr, "alice");
+    let mut b = Chatter::join(addr);
+    a.expect(&format!("* {} joined", b.nick));
+    b.send("hi alice");
+    a.expect(&format!("{}: hi alice", b.nick));
+    let full = "f".repeat(4096);
+    b.send(&full);
+    a.expect(&format!("{}: {full}", b.nick));
+    b.expect_reply(&"f".repeat(4097), "! line too long (max 4096 bytes)");
+    b.send_raw(b"half");
+    b.stream().shutdown(Shutdown::Write).unwrap();
+    a.expect(&format!("* {} left", b.nick));
+    a.expect_quiet();
+    assert!(!loopd.logs().contains("chat needs framing"));
 }
 
 #[test]

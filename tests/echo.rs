@@ -5,7 +5,6 @@ mod common;
 
 use std::io::{Read, Write};
 use std::net::{Shutdown, TcpStream};
-use std::os::fd::AsRawFd;
 use std::os::unix::net::UnixStream;
 use std::sync::Barrier;
 use std::time::Duration;
@@ -68,25 +67,6 @@ fn half_close_still_gets_the_echo_then_eof() {
     s.read_to_end(&mut got).expect("echo, then EOF");
     t.join().unwrap();
     assert!(got == data, "got {} of {} bytes", got.len(), data.len());
-}
-
-/// Sets SO_LINGER {on, 0}: dropping the socket then sends a RST instead of a FIN.
-fn reset_on_drop(s: &TcpStream) {
-    let linger = libc::linger {
-        l_onoff: 1,
-        l_linger: 0,
-    };
-    // SAFETY: a valid socket fd and a correctly sized option value.
-    let r = unsafe {
-        libc::setsockopt(
-            s.as_raw_fd(),
-            libc::SOL_SOCKET,
-            libc::SO_LINGER,
-            &linger as *const libc::linger as *const libc::c_void,
-            std::mem::size_of::<libc::linger>() as libc::socklen_t,
-        )
-    };
-    assert_eq!(r, 0, "setsockopt(SO_LINGER)");
 }
 
 /// 100 clients at once, each with its own pattern (64 KiB to 256 KiB): every

@@ -68,21 +68,6 @@ fn write_then_read_to_eof(
     got
 }
 
-/// Reads what comes until EOF; a reset counts as EOF. Returns the bytes.
-fn read_until_closed(s: &mut TcpStream) -> Vec<u8> {
-    let mut got = Vec::new();
-    let mut buf = [0u8; 4096];
-    loop {
-        match s.read(&mut buf) {
-            Ok(0) => return got,
-            Ok(n) => got.extend_from_slice(&buf[..n]),
-            Err(e) if e.kind() == ErrorKind::ConnectionReset => return got,
-            Err(e) if e.kind() == ErrorKind::Interrupted => {}
-            Err(e) => panic!("expected loopd to close the connection, got {e}"),
-        }
-    }
-}
-
 fn payloads() -> Vec<Vec<u8>> {
     vec![
         Vec::new(),

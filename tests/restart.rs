@@ -26,3 +26,30 @@ fn restart_rebinds_a_port_with_connections_in_time_wait() {
     let mut c = LineClient::connect(addr);
     assert_eq!(c.cmd("echo again"), "again");
 }
+
+/// `[::]:P` is IPv6-only (as in nginx), so `0.0.0.0:P` can be listened on
+/// beside it: each family gets its own socket.
+#[test]
+fn ipv4_and_ipv6_wildcards_on_one_port_coexist() {
+    if std::net::TcpListener::bind("[::1]:0").is_err() {
+        eprintln!("NOTE: no IPv6 on this machine; skipping the dual-stack test");
+        return;
+    }
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let config = format!(
+        "[[handler]]\nname = \"echo\"\nplugin = \"echo\"\nlisten = [\"tcp://0.0.0.0:{port}\", \"tcp://[::]:{port}\", \"udp://0.0.0.0:{port}\", \"udp://[::]:{port}\"]\n"
+    );
+    let loopd = Loopd::start(&config);
+    assert_eq!(loopd.listeners["echo"].len(), 4);
+    let v4 = echo_roundtrip(
+        tcp(format!("127.0.0.1:{port}").parse().unwrap()),
+        b"over v4",
+    );
+    assert_eq!(v4, b"over v4");
+    let v6 = echo_roundtrip(tcp(format!("[::1]:{port}").parse().unwrap()), b"over v6");
+    assert_eq!(v6, b"over v6");
+}

@@ -6,7 +6,6 @@ mod common;
 
 use std::io::{ErrorKind, Read, Write};
 use std::net::{Shutdown, TcpStream};
-use std::os::fd::AsRawFd;
 use std::os::unix::net::UnixStream;
 use std::sync::mpsc;
 use std::time::Duration;
@@ -25,21 +24,6 @@ plugin = "echo"
 listen = ["tcp://127.0.0.1:0", "unix://{{dir}}/echo.sock"]
 "#
     )
-}
-
-/// Reads until EOF; a reset counts as EOF. Returns the bytes.
-fn read_until_closed(s: &mut TcpStream) -> Vec<u8> {
-    let mut got = Vec::new();
-    let mut buf = [0u8; 4096];
-    loop {
-        match s.read(&mut buf) {
-            Ok(0) => return got,
-            Ok(n) => got.extend_from_slice(&buf[..n]),
-            Err(e) if e.kind() == ErrorKind::ConnectionReset => return got,
-            Err(e) if e.kind() == ErrorKind::Interrupted => {}
-            Err(e) => panic!("expected loopd to close the connection, got {e}"),
-        }
-    }
 }
 
 /// Everything loopd logged, once it has exited: waits for its stderr to
@@ -192,25 +176,6 @@ fn a_second_sigterm_during_the_wait_exits_0_at_once() {
         logs
     );
     assert_eq!(read_until_closed(&mut idle), b"");
-}
-
-/// Sets SO_LINGER {on, 0}: dropping the socket then sends a RST.
-fn reset_on_drop(s: &TcpStream) {
-    let linger = libc::linger {
-        l_onoff: 1,
-        l_linger: 0,
-    };
-    // SAFETY: a valid socket fd and a correctly sized option value.
-    let r = unsafe {
-        libc::setsockopt(
-            s.as_raw_fd(),
-            libc::SOL_SOCKET,
-            libc::SO_LINGER,
-            &linger as *const libc::linger as *const libc::c_void,
-            std::mem::size_of::<libc::linger>() as libc::socklen_t,
-        )
-    };
-    assert_eq!(r, 0, "setsockopt(SO_LINGER)");
 }
 
 /// Writes `stream` full (nobody reads the echo) until a write makes no

@@ -41,7 +41,7 @@ pub fn loopd(ctx: &Ctx, name: &str, config: &str) -> Result<Server> {
     loopd_with_env(ctx, name, config, &[])
 }
 
-/// [`loopd`] with extra environment variables (e.g. `RUST_LOG`).
+/// [`loopd()`] with extra environment variables (e.g. `RUST_LOG`).
 pub fn loopd_with_env(ctx: &Ctx, name: &str, config: &str, env: &[(&str, &str)]) -> Result<Server> {
     loopd_from(ctx, &ctx.bin, name, config, env)
 }
@@ -77,7 +77,7 @@ pub fn loopd_echo(ctx: &Ctx, name: &str) -> Result<(String, Server, SocketAddr)>
     loopd_echo_from(ctx, &ctx.bin, name)
 }
 
-/// [`loopd_echo`] from the build in `bin`.
+/// [`loopd_echo()`] from the build in `bin`.
 pub fn loopd_echo_from(ctx: &Ctx, bin: &Path, name: &str) -> Result<(String, Server, SocketAddr)> {
     let port = free_port()?;
     let mut s = loopd_from(ctx, bin, name, &echo_config(port), &[])?;

@@ -2,45 +2,167 @@
 //!
 //! A handler is a type that implements [`Handler`] plus one
 //! [`export_handler!`] line. Built as a `cdylib`, it loads into any loopd of
-//! ABI major 1, with no rebuild of loopd. Every hook runs inside
-//! `catch_unwind`: a panic closes that one connection (or fails that
-//! instance), is logged with the instance name, and the loop keeps serving
-//! everyone else.
+//! ABI major 1, with no rebuild of loopd; built as an `rlib`, a program that
+//! embeds loopd links it in directly. Every hook runs inside `catch_unwind`:
+//! a panic closes that one connection (or fails that instance), is logged
+//! with the instance name, and the loop keeps serving everyone else.
+//!
+//! # A complete handler
+//!
+//! A line protocol with a greeting, per-connection state, a config table, a
+//! timer per connection (idle peers are disconnected) and back-pressure:
 //!
 //! ```
-//! use loopd_handler_api::{export_handler, ConnId, Ctx, Framing, Handler, NoConfig};
+//! use std::time::Duration;
 //!
-//! /// Answers every line with its length.
-//! struct LineLength;
+//! use loopd_handler_api::{
+//!     export_handler, CloseMode, CloseReason, ConnId, ConnInfo, Ctx, Error, Framing, Handler,
+//!     TimerId,
+//! };
+//! use serde::Deserialize;
 //!
-//! impl Handler for LineLength {
-//!     type Config = NoConfig;
-//!     type Conn = ();
-//!     const FRAMING: Framing = Framing::Line;
+//! /// `[handler.config]`: every key optional, unknown keys refused.
+//! #[derive(Debug, Deserialize)]
+//! #[serde(default, deny_unknown_fields)]
+//! pub struct Config {
+//!     /// Sent to every new connection.
+//!     greeting: String,
+//!     /// Connections silent for this long are closed.
+//!     idle_timeout_ms: u64,
+//! }
 //!
-//!     fn create(_ctx: &Ctx, _name: &str, _config: NoConfig) -> Result<Self, String> {
-//!         Ok(LineLength)
-//!     }
-//!
-//!     fn on_data(&mut self, ctx: &Ctx, conn: ConnId, _state: &mut (), line: &[u8]) {
-//!         let reply = format!("{}\n", line.len());
-//!         if ctx.send(conn, reply.as_bytes()).is_err() {
-//!             // The output queue is full or the connection is closing:
-//!             // this handler chooses to drop the peer rather than buffer.
-//!             let _ = ctx.close(conn, loopd_handler_api::CloseMode::Abort);
-//!         }
+//! impl Default for Config {
+//!     fn default() -> Config {
+//!         Config { greeting: "hello".into(), idle_timeout_ms: 30_000 }
 //!     }
 //! }
 //!
-//! export_handler!(LineLength, name = "line-length");
+//! /// One per `[[handler]]` entry.
+//! pub struct Pong {
+//!     greeting: String,
+//!     idle: Duration,
+//! }
+//!
+//! /// One per connection: made by `on_open`, handed back to `on_close`.
+//! #[derive(Default)]
+//! pub struct PongConn {
+//!     lines: u64,
+//!     idle_timer: Option<TimerId>,
+//! }
+//!
+//! impl Pong {
+//!     /// (Re)arms the connection's idle timer; the timer carries the
+//!     /// connection id, so `on_timer` knows whom it is for.
+//!     fn arm(&self, ctx: &Ctx, conn: ConnId, state: &mut PongConn) {
+//!         if let Some(old) = state.idle_timer.take() {
+//!             let _ = ctx.cancel_timer(old);
+//!         }
+//!         state.idle_timer = ctx.set_timer(self.idle, conn.raw()).ok();
+//!     }
+//! }
+//!
+//! impl Handler for Pong {
+//!     type Config = Config;
+//!     type Conn = PongConn;
+//!     const FRAMING: Framing = Framing::Line;
+//!
+//!     fn create(_ctx: &Ctx, _instance: &str, config: Config) -> Result<Self, String> {
+//!         if config.idle_timeout_ms == 0 {
+//!             return Err("idle_timeout_ms must be above 0".into());
+//!         }
+//!         Ok(Pong {
+//!             greeting: config.greeting,
+//!             idle: Duration::from_millis(config.idle_timeout_ms),
+//!         })
+//!     }
+//!
+//!     fn on_open(&mut self, ctx: &Ctx, conn: ConnId, info: &ConnInfo<'_>) -> Result<PongConn, String> {
+//!         ctx.debug(format_args!("{conn} from {:?}", info.peer));
+//!         let mut state = PongConn::default();
+//!         ctx.send_frame(conn, Framing::Line, self.greeting.as_bytes())
+//!             .map_err(|e| e.to_string())?;
+//!         self.arm(ctx, conn, &mut state);
+//!         Ok(state)
+//!     }
+//!
+//!     fn on_data(&mut self, ctx: &Ctx, conn: ConnId, state: &mut PongConn, line: &[u8]) {
+//!         state.lines += 1;
+//!         self.arm(ctx, conn, state);
+//!         let n = state.lines.to_string();
+//!         match ctx.send_parts(conn, &[b"pong ", n.as_bytes(), b" ", line, b"\n"]) {
+//!             Ok(()) | Err(Error::Closed) => {}
+//!             // The queue is full: loopd pauses this peer's input until it
+//!             // drains, so this only happens if we send more than we read.
+//!             Err(_) => drop(ctx.close(conn, CloseMode::Abort)),
+//!         }
+//!     }
+//!
+//!     fn on_timer(&mut self, ctx: &Ctx, _timer: TimerId, conn: u64) {
+//!         let conn = ConnId::from_raw(conn);
+//!         // The connection may be gone: ids are generation-checked, so a
+//!         // stale one is refused (NoSuchConn), never a newer connection.
+//!         let _ = ctx.send_frame(conn, Framing::Line, b"idle, bye");
+//!         let _ = ctx.close(conn, CloseMode::Flush);
+//!     }
+//!
+//!     fn on_close(&mut self, ctx: &Ctx, conn: ConnId, state: PongConn, reason: CloseReason) {
+//!         if let Some(timer) = state.idle_timer {
+//!             let _ = ctx.cancel_timer(timer);
+//!         }
+//!         ctx.debug(format_args!("{conn} closed ({reason}) after {} lines", state.lines));
+//!     }
+//! }
+//!
+//! export_handler!(Pong, name = "pong");
 //! ```
 //!
-//! In `Cargo.toml`, `crate-type = ["cdylib"]` (add `"rlib"` to also link the
-//! handler statically into a program that embeds loopd). The profile must
+//! In `Cargo.toml`: `crate-type = ["cdylib", "rlib"]` (`cdylib` for the
+//! loadable `.so`; `rlib` to link it into tests and embedding programs),
+//! and `serde` with the `derive` feature for the config. The profile must
 //! unwind on panic: building a handler with `panic = "abort"` is a compile
 //! error, because a panic could then not be contained.
 //!
-//! The raw ABI, for handlers written against `loopd.h` by hand, is in [`abi`].
+//! # The contract
+//!
+//! - **One thread, one hook at a time, never nested.** loopd calls hooks on
+//!   its loop thread. A [`Ctx`] call made inside a hook never runs another
+//!   hook: what it causes (a close, a failed write) is delivered after the
+//!   current hook returns. [`Ctx`] methods work inside any hook (including
+//!   `create` and `Drop`); from another thread or outside a hook they return
+//!   [`Error::WrongThread`] ([`Ctx::log`] works anywhere).
+//! - **Ownership.** The handler value is created by `create` and dropped by
+//!   loopd after every connection got `on_close` (its `Drop` is the
+//!   `destroy` hook). Connection state ([`Handler::Conn`]) is created by
+//!   `on_open`, lent to every hook for that connection, and handed back by
+//!   value to `on_close`. Bytes passed to a hook are borrowed for that call
+//!   only; bytes passed to [`Ctx::send`] are copied before it returns.
+//! - **Ids** ([`ConnId`], [`SocketId`], [`TimerId`]) carry a generation: a
+//!   kept id that went stale is refused with [`Error::NoSuchConn`] (or
+//!   [`Error::NoSuchTimer`]); it never reaches whoever reuses the slot.
+//! - **Panics** are caught at the boundary. In `on_open` or `on_data` the
+//!   connection is closed ([`CloseReason::Handler`]); in `create` the
+//!   instance fails and loopd does not start; elsewhere the hook's effect is
+//!   lost and the panic logged. The handler value stays in use afterwards,
+//!   so keep it consistent (or refuse further work) if a panic can leave it
+//!   half-updated. Never panic in `Drop`: a panic while unwinding aborts.
+//! - **Versions.** [`export_handler!`] builds against ABI 1.x; the plugin
+//!   loads into any loopd of major 1 whose minor is at least
+//!   [`Handler::MIN_HOST_MINOR`].
+//!
+//! # Testing a handler
+//!
+//! Keep protocol logic in plain functions and unit-test them. Test the hooks
+//! in-process by linking the handler into a test with the `loopd` crate
+//! (`loopd::HandlerSpec::linked::<MyHandler>("name")`, a `tcp://127.0.0.1:0`
+//! listener, `run_once` in a loop while a client thread talks to it): that
+//! runs the real loop with the real glue, without a `.so`. `loopd
+//! new-handler` generates a project with such a test.
+//!
+//! # Modules
+//!
+//! [`framing`] has line and length-prefix decoders for handlers that take
+//! raw bytes; [`abi`] is the raw ABI, for handlers written against
+//! `loopd.h` by hand.
 #![warn(
     missing_docs,
     missing_debug_implementations,
@@ -51,6 +173,7 @@
 
 pub mod abi;
 mod ctx;
+pub mod framing;
 mod glue;
 mod types;
 
@@ -66,7 +189,13 @@ use std::net::SocketAddr;
 ///
 /// loopd calls the hooks on its loop thread, one at a time, never
 /// re-entrantly: a [`Ctx`] call made inside a hook never runs another hook.
-/// `Drop` is the `destroy` hook: it runs once every connection got `on_close`.
+/// Every hook may call every [`Ctx`] method. `Drop` is the `destroy` hook:
+/// it runs once every connection got `on_close`, and no timer fires after it.
+///
+/// For one connection the order is always: `on_open`, then any number of
+/// `on_data` and `on_writable`, at most one `on_eof`, then exactly one
+/// `on_close`. A connection refused by `on_open`, or an outbound
+/// [`Ctx::connect`] that failed, gets only `on_close`.
 pub trait Handler: Sized + 'static {
     /// The handler's `[handler.config]` table, deserialized from the JSON loopd
     /// passes. Use `#[serde(default, deny_unknown_fields)]` so a typo is an
@@ -86,12 +215,23 @@ pub trait Handler: Sized + 'static {
 
     /// Builds an instance for one `[[handler]]` entry named `instance`.
     ///
+    /// Called once per entry, at startup (and by `loopd check`), before
+    /// anything listens. `config` is the entry's `[handler.config]` table; a
+    /// table that does not deserialize into [`Handler::Config`] never gets
+    /// here (loopd reports serde's message). `ctx` may be kept: it stays
+    /// valid for the life of the instance. Timers may be armed here.
+    ///
     /// # Errors
     /// A message saying what is wrong; loopd prints it with the library path
     /// and exits before listening.
     fn create(ctx: &Ctx, instance: &str, config: Self::Config) -> Result<Self, String>;
 
     /// A connection was accepted, or an outbound [`Ctx::connect`] succeeded.
+    ///
+    /// `info` (peer and local address, listener URL, framing) is borrowed
+    /// for this call. The state returned is owned by loopd for the
+    /// connection's life, lent to the hooks below, and returned by value to
+    /// [`Handler::on_close`]. Sending from here (a greeting) is fine.
     ///
     /// # Errors
     /// A reason to refuse it: the connection is aborted (logged at debug level)
@@ -108,20 +248,27 @@ pub trait Handler: Sized + 'static {
 
     /// One frame: bytes as they arrived (raw), one line without `\n`/`\r\n`,
     /// or one length-prefixed payload without its header. `data` is borrowed
-    /// for this call only.
+    /// for this call only: copy what must outlive it.
+    ///
+    /// Not called while the connection's output queue is over its high
+    /// watermark (input is paused until it drains), nor after a close was
+    /// requested. A panic here closes the connection.
     fn on_data(&mut self, ctx: &Ctx, conn: ConnId, state: &mut Self::Conn, data: &[u8]) {
         let _ = (ctx, conn, state, data);
     }
 
     /// The peer shut down its sending side and every complete frame was
-    /// delivered. By default the connection closes once its output is sent.
+    /// delivered. By default the connection closes once its output is sent;
+    /// return [`EofAction::KeepOpen`] to keep sending (a streamed response)
+    /// and call [`Ctx::close`] when done.
     fn on_eof(&mut self, ctx: &Ctx, conn: ConnId, state: &mut Self::Conn) -> EofAction {
         let _ = (ctx, conn, state);
         EofAction::Close
     }
 
     /// A send on `conn` returned [`Error::Again`] and the output queue has
-    /// since drained below the low watermark: send more.
+    /// since drained below the low watermark: send more. Only after an
+    /// `Again`; a handler that never gets one never sees this hook.
     fn on_writable(&mut self, ctx: &Ctx, conn: ConnId, state: &mut Self::Conn) {
         let _ = (ctx, conn, state);
     }
@@ -129,22 +276,32 @@ pub trait Handler: Sized + 'static {
     /// The connection is gone; exactly once per connection, last. `state` is
     /// `Default::default()` when `on_open` never produced one (a refused
     /// connection, or a [`Ctx::connect`] that failed).
+    ///
+    /// The socket is already released: sends to `conn` return
+    /// [`Error::Closed`] now and [`Error::NoSuchConn`] afterwards. Cancel the
+    /// connection's timers and forget its id here.
     fn on_close(&mut self, ctx: &Ctx, conn: ConnId, state: Self::Conn, reason: CloseReason) {
         let _ = (ctx, conn, state, reason);
     }
 
-    /// A datagram arrived on `socket` from `peer`.
+    /// A datagram arrived on `socket` (a `udp://` listener of this instance)
+    /// from `peer`. `data` is borrowed for this call; answer with
+    /// [`Ctx::send_datagram`].
     fn on_datagram(&mut self, ctx: &Ctx, socket: SocketId, peer: Option<SocketAddr>, data: &[u8]) {
         let _ = (ctx, socket, peer, data);
     }
 
-    /// A timer set with [`Ctx::set_timer`] fired.
+    /// A timer set with [`Ctx::set_timer`] fired (once: timers are
+    /// one-shot; set another for periodic work). `user_data` is the value
+    /// given to `set_timer`, e.g. the raw id of the connection it is for.
     fn on_timer(&mut self, ctx: &Ctx, timer: TimerId, user_data: u64) {
         let _ = (ctx, timer, user_data);
     }
 
     /// loopd is shutting down: listeners are closed and open connections have
-    /// `shutdown_timeout_ms` to finish. Close idle connections here.
+    /// `shutdown_timeout_ms` to finish. Close idle connections here (and
+    /// tell busy ones to wrap up); whatever is still open at the deadline is
+    /// closed with [`CloseReason::Shutdown`].
     fn on_shutdown(&mut self, ctx: &Ctx) {
         let _ = ctx;
     }
@@ -192,6 +349,10 @@ pub struct NoConfig {}
 pub fn length_prefix(len: usize) -> Option<[u8; 4]> {
     u32::try_from(len).ok().map(u32::to_be_bytes)
 }
+
+/// The text of `loopd.h`, the ABI's C header (the source of truth for C
+/// handlers), for tools that write it out, such as `loopd new-handler --c`.
+pub const C_HEADER: &str = include_str!("../include/loopd.h");
 
 /// The `loopd_vtable` of a handler type, for registering it without a
 /// dynamic library (embedding).

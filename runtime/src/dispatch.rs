@@ -42,6 +42,19 @@ fn peer_text(a: &abi::loopd_addr) -> String {
     }
 }
 
+/// What is left of an input buffer after frames were taken from it: nothing
+/// at all when it is empty (an idle connection holds no buffer), and no more
+/// capacity than a few times what it holds.
+fn keep_partial(mut buf: Vec<u8>) -> Vec<u8> {
+    if buf.is_empty() {
+        return Vec::new();
+    }
+    if buf.capacity() > 4 * buf.len().max(4096) {
+        buf.shrink_to(buf.len().max(4096));
+    }
+    buf
+}
+
 impl Runtime {
     // ---------------------------------------------------------------------
     // Hook calls. Each one: the Core is not borrowed; pointers are valid for
@@ -322,7 +335,11 @@ impl Runtime {
                 .borrow()
                 .conn(id)
                 .is_some_and(|c| c.phase == Phase::Open);
-            if verdict == abi::LOOPD_OVERSIZE_SKIP && still_open {
+            if !still_open {
+                // The handler closed it from the hook: nothing more to say.
+                return false;
+            }
+            if verdict == abi::LOOPD_OVERSIZE_SKIP {
                 log::debug!(
                     "{}: connection {id}: skipping a frame of {size} bytes over max_frame ({max} bytes)",
                     i.name
@@ -370,7 +387,7 @@ impl Runtime {
                 c.eof_done = true;
                 (true, c.instance, c.state, c.framing, c.max_frame, buf)
             } else {
-                c.inbuf = buf;
+                c.inbuf = keep_partial(buf);
                 return;
             }
         };
@@ -716,5 +733,23 @@ impl Runtime {
             // SAFETY: checked plugin vtable; called once, after every on_close.
             unsafe { f(i.ctx.as_raw(), i.ptr) };
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::keep_partial;
+
+    #[test]
+    fn an_emptied_input_buffer_is_freed_and_a_mostly_empty_one_shrunk() {
+        let mut big = Vec::with_capacity(1 << 20);
+        big.extend_from_slice(b"x");
+        big.clear();
+        assert_eq!(keep_partial(big).capacity(), 0);
+        let mut partial = Vec::with_capacity(1 << 20);
+        partial.extend_from_slice(b"half a line");
+        let kept = keep_partial(partial);
+        assert_eq!(kept, b"half a line");
+        assert!(kept.capacity() <= 4 * 4096, "{}", kept.capacity());
     }
 }

@@ -32,7 +32,16 @@ pub enum Error {
         /// The operating system's error.
         source: io::Error,
     },
-    /// Another I/O failure (the poller, signals).
+    /// The operating system refused a step of setting the runtime up.
+    System {
+        /// The step, e.g. `creating the poller (epoll)` or `installing the
+        /// SIGINT/SIGTERM handlers`.
+        what: String,
+        /// The operating system's error.
+        source: io::Error,
+    },
+    /// Another I/O failure, without more context (the `From<io::Error>`
+    /// conversion).
     Io(io::Error),
 }
 
@@ -87,6 +96,7 @@ impl fmt::Display for Error {
                     _ => Ok(()),
                 }
             }
+            Error::System { what, source } => write!(f, "{what}: {source}"),
             Error::Io(e) => write!(f, "{e}"),
         }
     }
@@ -95,7 +105,7 @@ impl fmt::Display for Error {
 impl std::error::Error for Error {
     fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
         match self {
-            Error::Listen { source, .. } => Some(source),
+            Error::Listen { source, .. } | Error::System { source, .. } => Some(source),
             Error::Io(e) => Some(e),
             _ => None,
         }

@@ -3,7 +3,6 @@
 
 use std::ffi::{CStr, CString};
 use std::io;
-use std::net::TcpListener;
 use std::os::fd::{AsRawFd, OwnedFd};
 use std::os::unix::fs::{FileTypeExt, MetadataExt};
 use std::os::unix::net::{UnixListener, UnixStream};
@@ -39,12 +38,11 @@ impl Listener {
     pub(crate) fn open(addr: &ListenAddr, instance: usize) -> io::Result<Listener> {
         match addr {
             ListenAddr::Tcp(sa) => {
-                // std sets SO_REUSEADDR on Unix before binding.
-                let l = TcpListener::bind(sa)?;
-                l.set_nonblocking(true)?;
-                let url = format!("tcp://{}", l.local_addr()?);
-                let fd = OwnedFd::from(l);
-                sys::set_backlog(fd.as_raw_fd(), BACKLOG)?;
+                let fd = sys::bind_listener(sa, true, BACKLOG)?;
+                let local = sys::local_addr(fd.as_raw_fd())
+                    .to_socket_addr()
+                    .unwrap_or(*sa);
+                let url = format!("tcp://{local}");
                 Ok(Listener {
                     fd,
                     instance,

@@ -1,4 +1,6 @@
-//! The `loopd` command: run a config, or check one.
+//! The `loopd` command: run a config, check one, or start a handler project.
+
+mod scaffold;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -34,6 +36,28 @@ enum Command {
         /// The config file.
         config: PathBuf,
     },
+    /// Create a ready-to-build handler project: a Rust crate (default) or a
+    /// C file with a Makefile, each with a working example hook, a README
+    /// and a config that runs it.
+    NewHandler {
+        /// The handler's name: a lower-case letter, then lower-case letters,
+        /// digits, `-` or `_`. The plugin becomes libloopd_NAME.so.
+        name: String,
+        /// Write a C handler (NAME.c, loopd.h, Makefile) instead of a Rust crate.
+        #[arg(long)]
+        c: bool,
+        /// The project directory to create (default: ./NAME). It must not exist.
+        #[arg(long, value_name = "DIR")]
+        dir: Option<PathBuf>,
+        /// Rust: depend on the loopd crates of this source checkout (default:
+        /// the checkout this loopd was built from, if it still exists).
+        #[arg(long, value_name = "CHECKOUT")]
+        loopd_src: Option<PathBuf>,
+        /// Rust: depend on loopd-handler-api (and loopd) from crates.io by
+        /// version, even when a checkout is at hand.
+        #[arg(long)]
+        registry: bool,
+    },
 }
 
 fn version() -> &'static str {
@@ -57,12 +81,44 @@ fn main() -> ExitCode {
         .init();
 
     let result = match cli.command {
+        Some(Command::NewHandler {
+            name,
+            c,
+            dir,
+            loopd_src,
+            registry,
+        }) => {
+            let request = scaffold::Request {
+                name,
+                language: if c {
+                    scaffold::Language::C
+                } else {
+                    scaffold::Language::Rust
+                },
+                dir,
+                loopd_src,
+                registry,
+            };
+            return match scaffold::new_handler(&request) {
+                Ok((_, report)) => {
+                    print!("{report}");
+                    ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    eprintln!("loopd new-handler: error: {e}");
+                    ExitCode::from(match e {
+                        scaffold::ScaffoldError::Usage(_) => 2,
+                        scaffold::ScaffoldError::Failed(_) => 1,
+                    })
+                }
+            };
+        }
         Some(Command::Check { config }) => check(config),
         Some(Command::Run { config }) => run(config),
         None => match cli.config {
             Some(config) => run(config),
             None => {
-                eprintln!("loopd: no config file given\n\nUsage: loopd <CONFIG>\n       loopd check <CONFIG>\n\nTry `loopd --help`, or `loopd examples/loopd.toml`.");
+                eprintln!("loopd: no config file given\n\nUsage: loopd <CONFIG>\n       loopd check <CONFIG>\n       loopd new-handler <NAME> [--c]\n\nTry `loopd --help`, or `loopd examples/loopd.toml`.");
                 return ExitCode::from(2);
             }
         },
@@ -86,11 +142,11 @@ fn main() -> ExitCode {
 fn mistyped_command() -> Option<String> {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let first = args.first()?;
-    let known = ["check", "run", "help"].contains(&first.as_str());
+    let known = ["check", "run", "new-handler", "help"].contains(&first.as_str());
     if known || args.len() < 2 || first.starts_with('-') || std::path::Path::new(first).exists() {
         return None;
     }
-    let close = ["check", "run"]
+    let close = ["check", "run", "new-handler"]
         .into_iter()
         .find(|cmd| edit_distance(first, cmd) <= 2)?;
     Some(format!(

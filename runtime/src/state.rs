@@ -273,8 +273,7 @@ impl Core {
     pub(crate) fn add_listener(&mut self, addr: &ListenAddr, instance: usize) -> io::Result<Bound> {
         if let ListenAddr::Udp(sa) = addr {
             self.check_own_udp(sa)?;
-            let sock = UdpSocket::bind(sa)?;
-            sock.set_nonblocking(true)?;
+            let sock = UdpSocket::from(sys::bind_listener(sa, false, 0)?);
             let info = &self.instances[instance];
             if info.broadcast {
                 sock.set_broadcast(true)?;

@@ -240,6 +240,64 @@ fn new_socket(domain: libc::c_int) -> io::Result<OwnedFd> {
     Ok(unsafe { OwnedFd::from_raw_fd(fd) })
 }
 
+fn set_int_opt(
+    fd: RawFd,
+    level: libc::c_int,
+    name: libc::c_int,
+    value: libc::c_int,
+) -> io::Result<()> {
+    // SAFETY: `value` is a valid c_int option for the duration of the call.
+    cvt(unsafe {
+        libc::setsockopt(
+            fd,
+            level,
+            name,
+            (&value as *const libc::c_int).cast(),
+            size_of::<libc::c_int>() as libc::socklen_t,
+        )
+    })
+    .map(drop)
+}
+
+/// A bound, non-blocking, close-on-exec socket for a listener: TCP (then
+/// listening with `backlog`) or UDP. `SO_REUSEADDR` is set, and an IPv6
+/// socket is IPv6-only, so `[::]:P` and `0.0.0.0:P` can both be listened on
+/// (nginx's default), instead of the first one taking both.
+pub(crate) fn bind_listener(addr: &SocketAddr, tcp: bool, backlog: i32) -> io::Result<OwnedFd> {
+    let domain = if addr.is_ipv4() {
+        libc::AF_INET
+    } else {
+        libc::AF_INET6
+    };
+    let kind = if tcp {
+        libc::SOCK_STREAM
+    } else {
+        libc::SOCK_DGRAM
+    };
+    // SAFETY: plain values only.
+    let fd =
+        cvt(unsafe { libc::socket(domain, kind | libc::SOCK_NONBLOCK | libc::SOCK_CLOEXEC, 0) })?;
+    // SAFETY: socket returned a new descriptor that nothing else owns.
+    let fd = unsafe { OwnedFd::from_raw_fd(fd) };
+    set_int_opt(fd.as_raw_fd(), libc::SOL_SOCKET, libc::SO_REUSEADDR, 1)?;
+    if addr.is_ipv6() {
+        set_int_opt(fd.as_raw_fd(), libc::IPPROTO_IPV6, libc::IPV6_V6ONLY, 1)?;
+    }
+    let (storage, len) = storage_from_addr(addr);
+    // SAFETY: `storage` holds a valid address of `len` bytes.
+    cvt(unsafe {
+        libc::bind(
+            fd.as_raw_fd(),
+            (&storage as *const libc::sockaddr_storage).cast(),
+            len,
+        )
+    })?;
+    if tcp {
+        set_backlog(fd.as_raw_fd(), backlog)?;
+    }
+    Ok(fd)
+}
+
 /// Starts a non-blocking TCP connect. `Ok` means connected or in progress:
 /// writability then tells, and [`take_error`] says how it went.
 pub(crate) fn connect_tcp(addr: &SocketAddr) -> io::Result<OwnedFd> {

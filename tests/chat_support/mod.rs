@@ -12,8 +12,9 @@ use polling::{Event, Events, PollMode, Poller};
 use crate::common::{tcp, TIMEOUT};
 
 /// A config with one chat instance on an ephemeral port. `handler_keys` go
-/// into the `[[handler]]` table (no `framing`: chat's own default, raw,
-/// unless given), `chat_keys` into `[handler.config]`.
+/// into the `[[handler]]` table (no `framing`: chat's own default, line,
+/// unless given; no `max_frame`: loopd's default, 1 MiB, unless given),
+/// `chat_keys` into `[handler.config]`.
 pub fn chat_config(handler_keys: &str, chat_keys: &str) -> String {
     format!(
         r#"
@@ -29,6 +30,28 @@ listen = ["tcp://127.0.0.1:0"]
 [handler.config]
 {chat_keys}
 "#
+    )
+}
+
+/// The chat `[[handler]]` table of the shipped examples/loopd.toml, up to
+/// the next table of another handler, listening on an ephemeral port
+/// instead of 7001 (so tests can run side by side).
+pub fn shipped_chat_config() -> String {
+    let path = crate::common::root().join("examples/loopd.toml");
+    let text = std::fs::read_to_string(&path).unwrap();
+    let start = text
+        .find("[[handler]]\nname = \"chat\"\n")
+        .unwrap_or_else(|| panic!("no chat [[handler]] in {}", path.display()));
+    let rest = &text[start..];
+    let end = rest[1..]
+        .find("\n[[handler]]")
+        .map_or(rest.len(), |e| e + 1);
+    let block = &rest[..end];
+    let listen = "listen = [\"tcp://127.0.0.1:7001\"]";
+    assert!(block.contains(listen), "{block}");
+    format!(
+        "[runtime]\nshutdown_timeout_ms = 2000\n\n{}",
+        block.replace(listen, "listen = [\"tcp://127.0.0.1:0\"]")
     )
 }
 

@@ -30,9 +30,13 @@
 //!   `max_pending`, the recipient is disconnected with a warning naming it.
 //!   Memory per client is therefore at most `max_pending` plus one line,
 //!   whatever `output_high_watermark` is.
-//! - **Input** is split into lines here (the instance runs with
-//!   `framing = "raw"`), keeping at most `max_line + 1` bytes of an
-//!   unfinished line; see [`ChatConn`].
+//! - **Input** is cut into lines by loopd (`framing = "line"`, chat's
+//!   default), which buffers at most the instance's `max_frame` bytes of an
+//!   unfinished line. A line over `max_frame` is answered from `on_oversize`
+//!   and skipped by loopd as it streams in, without being buffered; a line
+//!   over `max_line` but within `max_frame` is answered from `on_data`. A
+//!   half-written last line at disconnect reaches `on_partial` and is
+//!   dropped. Any other framing is refused (see [`Chat`]).
 #![warn(
     missing_docs,
     missing_debug_implementations,
@@ -41,22 +45,19 @@
 )]
 #![doc(test(attr(deny(warnings))))]
 
-mod lines;
 mod protocol;
 mod roster;
 
 use std::collections::VecDeque;
 use std::fmt;
 use std::io::Write as _;
-use std::ops::ControlFlow;
 
 use loopd_handler_api::{
-    export_handler, CloseMode, CloseReason, ConnId, ConnInfo, Ctx, EofAction, Error, Framing,
-    Handler,
+    CloseMode, CloseReason, ConnId, ConnInfo, Ctx, EofAction, Error, Framing, Handler,
+    OversizeAction,
 };
 use serde::Deserialize;
 
-use lines::{Piece, Splitter};
 use protocol::{BadLine, Input};
 use roster::{Member, Roster, Taken};
 
@@ -82,8 +83,9 @@ const RELAY_OVERHEAD: usize = 64;
 const PUMP_CHUNK: usize = 64 * 1024;
 /// Held-back output buffers larger than this are freed once empty.
 const KEEP_CAPACITY: usize = 64 * 1024;
-/// At most one "server full" warning per this many milliseconds.
-const FULL_LOG_INTERVAL_MS: u64 = 10_000;
+/// At most one "server full" (or "wrong framing") warning per this many
+/// milliseconds.
+const REFUSAL_LOG_INTERVAL_MS: u64 = 10_000;
 
 /// The `[handler.config]` table of a chat instance. Unknown keys are errors.
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
@@ -140,6 +142,12 @@ impl Config {
 }
 
 /// A chat instance: who is here, and the limits.
+///
+/// Chat needs `framing = "line"` (its default when the `[[handler]]` table
+/// names none). With any other framing it refuses every connection and says
+/// why in a warning (the first at once, then at most one every 10 seconds
+/// with the number refused): a handler cannot see the framing before the
+/// first connection, so it cannot refuse to start instead.
 #[derive(Debug)]
 pub struct Chat {
     config: Config,
@@ -150,14 +158,39 @@ pub struct Chat {
     out: Vec<u8>,
     /// Members found over `max_pending` while delivering; cut off by `settle`.
     slow: Vec<ConnId>,
-    /// Whether the `framing = "line"` caveat was logged.
-    noted_line_framing: bool,
-    /// Whether the unsupported-framing warning was logged.
-    noted_bad_framing: bool,
-    /// Connections refused as "server full" since the last warning about it.
-    refused: u64,
-    /// When that warning was last logged (`Ctx::now_ms`).
-    refused_logged_ms: Option<u64>,
+    /// Whether the warning about a `max_frame` below `max_line` was logged.
+    noted_small_max_frame: bool,
+    /// Connections refused as "server full".
+    refused_full: Refusals,
+    /// Connections refused for a framing other than `line`.
+    refused_framing: Refusals,
+}
+
+/// Counts refused connections of one kind and says when to log about them:
+/// the first time at once, then at most once per
+/// [`REFUSAL_LOG_INTERVAL_MS`], with the number refused since the last time.
+#[derive(Debug, Default)]
+struct Refusals {
+    /// Refused since the last log line.
+    count: u64,
+    /// When the last log line was due (`Ctx::now_ms`).
+    logged_ms: Option<u64>,
+}
+
+impl Refusals {
+    /// Counts one refusal at `now`; returns how many to report if a log
+    /// line is due.
+    fn count(&mut self, now: u64) -> Option<u64> {
+        self.count += 1;
+        let due = self
+            .logged_ms
+            .is_none_or(|last| now.saturating_sub(last) >= REFUSAL_LOG_INTERVAL_MS);
+        if !due {
+            return None;
+        }
+        self.logged_ms = Some(now);
+        Some(std::mem::take(&mut self.count))
+    }
 }
 
 /// Output for one member that loopd refused because that member's queue was
@@ -171,18 +204,13 @@ struct Outbox {
     peer: String,
 }
 
-/// Per-connection state: the framing in effect and the line splitter.
-///
-/// With `framing = "raw"` (chat's default) chat cuts lines itself, so a last
-/// line without `\n` at disconnect is recognized as half-written and dropped,
-/// and an over-long line is answered and skipped however long it is. With
-/// `framing = "line"` loopd cuts them: it hands over an unterminated last
-/// line as if it were complete, and disconnects a client whose line exceeds
-/// the instance's `max_frame`.
+/// Per-connection state. loopd cuts the lines (`framing = "line"`), so all
+/// chat keeps per connection is what it logs when the client leaves.
 #[derive(Debug, Default)]
 pub struct ChatConn {
-    framing: Framing,
-    splitter: Splitter,
+    /// Bytes of a half-written last line loopd reported at EOF
+    /// (`on_partial`): dropped, never broadcast.
+    dropped_partial: Option<usize>,
 }
 
 /// Formats `args` plus `\n` into `out`, replacing what was there.
@@ -361,41 +389,39 @@ impl Chat {
     fn refuse_full(&mut self, ctx: &Ctx, conn: ConnId, peer: &str) {
         let _ = ctx.send(conn, b"! server full\n");
         let _ = ctx.close(conn, CloseMode::Flush);
-        self.refused += 1;
-        let now = ctx.now_ms();
-        let due = self
-            .refused_logged_ms
-            .is_none_or(|last| now.saturating_sub(last) >= FULL_LOG_INTERVAL_MS);
-        if due {
+        if let Some(n) = self.refused_full.count(ctx.now_ms()) {
             ctx.warn(format_args!(
-                "server full (max_clients = {}): refused {} connection(s), the latest from {peer}",
-                self.config.max_clients, self.refused
+                "server full (max_clients = {}): refused {n} connection(s), the latest from {peer}",
+                self.config.max_clients
             ));
-            self.refused = 0;
-            self.refused_logged_ms = Some(now);
         }
     }
 
-    /// One line (or over-long line) from a member.
-    fn on_piece(&mut self, ctx: &Ctx, conn: ConnId, piece: Piece<'_>) {
-        match piece {
-            Piece::TooLong => {
-                let max = self.config.max_line;
-                self.reply(ctx, conn, format_args!("! line too long (max {max} bytes)"));
-            }
-            Piece::Line(line) => match protocol::parse(line) {
-                Ok(input) => self.command(ctx, conn, input),
-                Err(BadLine::NotUtf8) => self.reply(
-                    ctx,
-                    conn,
-                    format_args!("! invalid UTF-8: lines must be UTF-8 text"),
-                ),
-                Err(BadLine::Control) => self.reply(
-                    ctx,
-                    conn,
-                    format_args!("! control characters are not allowed"),
-                ),
-            },
+    /// Tells a member its line was too long (it is dropped). `max` is the
+    /// limit that applied: `max_line`, or `max_frame` if that is smaller.
+    fn too_long(&mut self, ctx: &Ctx, conn: ConnId, max: usize) {
+        self.reply(ctx, conn, format_args!("! line too long (max {max} bytes)"));
+        self.settle(ctx);
+    }
+
+    /// One line from a member, within `max_frame` (loopd checked that).
+    fn on_line(&mut self, ctx: &Ctx, conn: ConnId, line: &[u8]) {
+        if line.len() > self.config.max_line {
+            // max_frame is larger than max_line: loopd delivered it whole.
+            return self.too_long(ctx, conn, self.config.max_line);
+        }
+        match protocol::parse(line) {
+            Ok(input) => self.command(ctx, conn, input),
+            Err(BadLine::NotUtf8) => self.reply(
+                ctx,
+                conn,
+                format_args!("! invalid UTF-8: lines must be UTF-8 text"),
+            ),
+            Err(BadLine::Control) => self.reply(
+                ctx,
+                conn,
+                format_args!("! control characters are not allowed"),
+            ),
         }
         self.settle(ctx);
     }
@@ -521,7 +547,10 @@ fn member_room(roster: &Roster<ConnId, Outbox>, conn: ConnId) -> String {
 impl Handler for Chat {
     type Config = Config;
     type Conn = ChatConn;
-    const FRAMING: Framing = Framing::Raw;
+    const FRAMING: Framing = Framing::Line;
+    // on_oversize and on_partial: without them (a 1.0 host) an over-long
+    // line would disconnect its sender and a half-written one be broadcast.
+    const MIN_HOST_MINOR: u32 = 1;
 
     fn create(ctx: &Ctx, _instance: &str, config: Config) -> Result<Self, String> {
         config.validate()?;
@@ -535,10 +564,9 @@ impl Handler for Chat {
             last_guest: 0,
             out: Vec::new(),
             slow: Vec::new(),
-            noted_line_framing: false,
-            noted_bad_framing: false,
-            refused: 0,
-            refused_logged_ms: None,
+            noted_small_max_frame: false,
+            refused_full: Refusals::default(),
+            refused_framing: Refusals::default(),
         })
     }
 
@@ -548,39 +576,23 @@ impl Handler for Chat {
         conn: ConnId,
         info: &ConnInfo<'_>,
     ) -> Result<ChatConn, String> {
-        match info.framing {
-            Framing::Raw => {}
-            Framing::Line => {
-                if !self.noted_line_framing {
-                    self.noted_line_framing = true;
-                    ctx.warn(
-                        "framing = \"line\": loopd hands chat an unterminated last line at \
-                         disconnect as a complete line, so half-written lines get broadcast, and \
-                         a line over max_frame disconnects its sender; use framing = \"raw\" \
-                         (chat's default) for the full protocol",
-                    );
-                }
-            }
-            other => {
-                let name = match other {
-                    Framing::LengthPrefixed => "length-prefixed",
-                    _ => "unknown",
-                };
-                if !self.noted_bad_framing {
-                    self.noted_bad_framing = true;
-                    ctx.warn(format_args!(
-                        "chat needs framing = \"raw\" or \"line\", not \"{name}\": refusing \
-                         every connection"
-                    ));
-                }
-                return Err(format!("unsupported framing \"{name}\""));
-            }
-        }
-        let state = ChatConn {
-            framing: info.framing,
-            splitter: Splitter::default(),
-        };
         let peer = peer_text(info);
+        if info.framing != Framing::Line {
+            let name = match info.framing {
+                Framing::Raw => "raw",
+                Framing::LengthPrefixed => "length-prefixed",
+                _ => "unknown",
+            };
+            if let Some(n) = self.refused_framing.count(ctx.now_ms()) {
+                ctx.warn(format_args!(
+                    "chat needs framing = \"line\" (its default), not \"{name}\": refused {n} \
+                     connection(s), the latest from {peer}; remove the framing key or set it to \
+                     \"line\""
+                ));
+            }
+            return Err(format!("unsupported framing \"{name}\""));
+        }
+        let state = ChatConn::default();
         if self.roster.len() >= self.config.max_clients {
             self.refuse_full(ctx, conn, &peer);
             return Ok(state);
@@ -607,33 +619,55 @@ impl Handler for Chat {
         Ok(state)
     }
 
-    fn on_data(&mut self, ctx: &Ctx, conn: ConnId, state: &mut ChatConn, data: &[u8]) {
+    fn on_data(&mut self, ctx: &Ctx, conn: ConnId, _state: &mut ChatConn, line: &[u8]) {
+        if self.roster.contains(conn) {
+            self.on_line(ctx, conn, line);
+        }
+    }
+
+    fn on_oversize(
+        &mut self,
+        ctx: &Ctx,
+        conn: ConnId,
+        _state: &mut ChatConn,
+        frame_size: u64,
+        max_frame: u64,
+    ) -> OversizeAction {
+        // Skipped by loopd as it streams in: none of it is buffered.
         if !self.roster.contains(conn) {
-            return;
+            // Closing already (refused as "server full", or cut off).
+            return OversizeAction::Skip;
         }
         let max_line = self.config.max_line;
-        if state.framing == Framing::Line {
-            self.on_piece(ctx, conn, lines::check_framed(data, max_line));
-            return;
+        let max = usize::try_from(max_frame).map_or(max_line, |f| f.min(max_line));
+        if max < max_line && !self.noted_small_max_frame {
+            self.noted_small_max_frame = true;
+            ctx.warn(format_args!(
+                "max_frame ({max_frame} bytes) is below chat's max_line ({max_line} bytes): \
+                 lines over {max_frame} bytes are refused; set max_frame = {max_line}"
+            ));
         }
-        state.splitter.feed(data, max_line, |piece| {
-            self.on_piece(ctx, conn, piece);
-            if self.roster.contains(conn) {
-                ControlFlow::Continue(())
-            } else {
-                ControlFlow::Break(())
-            }
-        });
+        ctx.debug(format_args!(
+            "connection {conn}: skipping a line of {frame_size}+ bytes over max_frame \
+             ({max_frame} bytes)"
+        ));
+        self.too_long(ctx, conn, max);
+        OversizeAction::Skip
+    }
+
+    fn on_partial(&mut self, _ctx: &Ctx, _conn: ConnId, state: &mut ChatConn, line: &[u8]) {
+        // The client closed in the middle of a line: it never finished it,
+        // so nobody sees it. on_eof follows and logs it.
+        state.dropped_partial = Some(line.len());
     }
 
     fn on_eof(&mut self, ctx: &Ctx, conn: ConnId, state: &mut ChatConn) -> EofAction {
         if self.roster.contains(conn) {
-            if state.splitter.mid_line() {
-                let kept = state.splitter.unfinished();
+            if let Some(len) = state.dropped_partial {
                 self.depart(
                     ctx,
                     conn,
-                    format_args!("EOF; a half-written line dropped, {kept} bytes kept of it"),
+                    format_args!("EOF; a half-written line dropped ({len} bytes)"),
                 );
             } else {
                 self.depart(ctx, conn, format_args!("EOF"));
@@ -650,17 +684,9 @@ impl Handler for Chat {
         }
     }
 
-    fn on_close(&mut self, ctx: &Ctx, conn: ConnId, state: ChatConn, reason: CloseReason) {
+    fn on_close(&mut self, ctx: &Ctx, conn: ConnId, _state: ChatConn, reason: CloseReason) {
         if self.roster.contains(conn) {
-            if state.splitter.mid_line() {
-                self.leave(
-                    ctx,
-                    conn,
-                    format_args!("{reason}; a half-written line dropped"),
-                );
-            } else {
-                self.leave(ctx, conn, format_args!("{reason}"));
-            }
+            self.leave(ctx, conn, format_args!("{reason}"));
             self.settle(ctx);
         }
     }
@@ -687,7 +713,8 @@ impl Handler for Chat {
     }
 }
 
-export_handler!(Chat, name = "chat");
+#[cfg(feature = "plugin")]
+loopd_handler_api::export_handler!(Chat, name = "chat");
 
 #[cfg(test)]
 mod tests {
@@ -754,6 +781,18 @@ mod tests {
             max_clients: 1,
         };
         assert_eq!(edge.validate(), Ok(()));
+    }
+
+    #[test]
+    fn refusals_are_logged_at_once_then_at_most_once_per_interval_with_a_count() {
+        let mut r = Refusals::default();
+        assert_eq!(r.count(1_000), Some(1));
+        assert_eq!(r.count(1_001), None);
+        assert_eq!(r.count(1_000 + REFUSAL_LOG_INTERVAL_MS - 1), None);
+        assert_eq!(r.count(1_000 + REFUSAL_LOG_INTERVAL_MS), Some(3));
+        assert_eq!(r.count(1_000 + 5 * REFUSAL_LOG_INTERVAL_MS), Some(1));
+        // A clock that goes backwards does not stop the counting.
+        assert_eq!(r.count(0), None);
     }
 
     #[test]

@@ -14,9 +14,7 @@
     unreachable_pub
 )]
 
-use loopd_handler_api::{
-    export_handler, CloseMode, ConnId, ConnInfo, Ctx, Error, Framing, Handler, NoConfig,
-};
+use loopd_handler_api::{CloseMode, ConnId, ConnInfo, Ctx, Error, Framing, Handler, NoConfig};
 
 /// The echo handler. Stateless apart from each connection's framing.
 #[derive(Debug, Default)]
@@ -65,4 +63,5 @@ impl Handler for Echo {
     }
 }
 
-export_handler!(Echo, name = "echo");
+#[cfg(feature = "plugin")]
+loopd_handler_api::export_handler!(Echo, name = "echo");

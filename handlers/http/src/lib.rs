@@ -58,9 +58,7 @@ mod server;
 
 pub use config::Config;
 
-use loopd_handler_api::{
-    export_handler, CloseReason, ConnId, ConnInfo, Ctx, EofAction, Framing, Handler, TimerId,
-};
+use loopd_handler_api::{CloseReason, ConnId, ConnInfo, Ctx, EofAction, Framing, Handler, TimerId};
 
 /// The http handler (one instance per `[[handler]]` entry).
 #[derive(Debug)]
@@ -116,4 +114,5 @@ impl Handler for Http {
     }
 }
 
-export_handler!(Http, name = "http");
+#[cfg(feature = "plugin")]
+loopd_handler_api::export_handler!(Http, name = "http");

@@ -41,8 +41,7 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use loopd_handler_api::{
-    export_handler, ConnId, ConnInfo, Ctx, Error, Handler, Level, ListenInfo, SocketId, TimerId,
-    Transport,
+    ConnId, ConnInfo, Ctx, Error, Handler, Level, ListenInfo, SocketId, TimerId, Transport,
 };
 
 use config::{RelayConfig, Settings};
@@ -513,4 +512,5 @@ impl Drop for Relay {
     }
 }
 
-export_handler!(Relay, name = "udp-broadcast");
+#[cfg(feature = "plugin")]
+loopd_handler_api::export_handler!(Relay, name = "udp-broadcast");

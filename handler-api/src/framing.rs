@@ -1,0 +1,458 @@
+//! Framing for handlers that read raw bytes.
+//!
+//! loopd can cut input into lines or length-prefixed frames itself (the
+//! `framing` config key), and that is the right choice when a whole
+//! connection speaks one framing. A handler that needs to switch (a protocol
+//! with a line-based handshake and a binary body, say) takes `raw` framing
+//! and decodes with these instead. They follow loopd's own rules exactly and
+//! are bounded the same way: a decoder never holds more than one frame's
+//! limit (plus its header), and a frame over the limit is an error as soon as
+//! it is known, before its bytes are buffered.
+//!
+//! Each `decode` call hands complete frames to a closure. Frames that arrive
+//! whole inside one `data` slice are passed straight from it (no copy); only
+//! the bytes of an incomplete frame are kept for the next call.
+//!
+//! ```
+//! use loopd_handler_api::framing::{FrameError, LineDecoder};
+//!
+//! let mut lines = LineDecoder::new(16);
+//! let mut got = Vec::new();
+//! // Bytes arrive split anywhere; lines come out whole, without "\r\n".
+//! lines.decode(b"hel", |l| got.push(l.to_vec()))?;
+//! lines.decode(b"lo\r\nwor", |l| got.push(l.to_vec()))?;
+//! lines.decode(b"ld\n", |l| got.push(l.to_vec()))?;
+//! assert_eq!(got, [b"hello".to_vec(), b"world".to_vec()]);
+//!
+//! // A line over the limit is refused: close that connection.
+//! let err = lines.decode(&[b'x'; 40], |_| {}).unwrap_err();
+//! assert_eq!(err, FrameError::TooLong { len: 40, limit: 16 });
+//! # Ok::<(), FrameError>(())
+//! ```
+//!
+//! In a handler, keep the decoder in the connection state and close the
+//! connection on an error (its stream is out of step from then on):
+//!
+//! ```
+//! use loopd_handler_api::framing::LengthPrefixedDecoder;
+//! use loopd_handler_api::{CloseMode, ConnId, Ctx, Framing, Handler, NoConfig};
+//!
+//! struct Frames;
+//!
+//! struct Conn {
+//!     frames: LengthPrefixedDecoder,
+//! }
+//!
+//! impl Default for Conn {
+//!     fn default() -> Conn {
+//!         Conn { frames: LengthPrefixedDecoder::new(64 << 10) }
+//!     }
+//! }
+//!
+//! impl Handler for Frames {
+//!     type Config = NoConfig;
+//!     type Conn = Conn;
+//!     const FRAMING: Framing = Framing::Raw;
+//!
+//!     fn create(_: &Ctx, _: &str, _: NoConfig) -> Result<Self, String> {
+//!         Ok(Frames)
+//!     }
+//!
+//!     fn on_data(&mut self, ctx: &Ctx, conn: ConnId, state: &mut Conn, data: &[u8]) {
+//!         let decoded = state.frames.decode(data, |frame| {
+//!             // Answer each frame with its length, framed the same way.
+//!             let reply = (frame.len() as u32).to_string();
+//!             let _ = ctx.send_frame(conn, Framing::LengthPrefixed, reply.as_bytes());
+//!         });
+//!         if let Err(e) = decoded {
+//!             ctx.debug(format_args!("{conn}: {e}; closing"));
+//!             let _ = ctx.close(conn, CloseMode::Abort);
+//!         }
+//!     }
+//! }
+//! # let _ = Frames;
+//! ```
+
+use std::fmt;
+
+/// Why a decoder gave up on a stream. After an error the decoder is empty
+/// again, but the stream is out of step: close the connection.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum FrameError {
+    /// A frame is over the decoder's limit. `len` is the line length seen so
+    /// far, or the length a frame header announced.
+    TooLong {
+        /// Bytes seen or announced.
+        len: usize,
+        /// The decoder's limit.
+        limit: usize,
+    },
+}
+
+impl fmt::Display for FrameError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            FrameError::TooLong { len, limit } => {
+                write!(f, "frame of {len} bytes is over the limit of {limit} bytes")
+            }
+        }
+    }
+}
+
+impl std::error::Error for FrameError {}
+
+/// Cuts a byte stream into `\n`-terminated lines, as loopd's `line` framing
+/// does: each line is handed over without its `\n` and without a `\r` just
+/// before it. A line longer than `max_line` bytes (not counting those) is
+/// an error.
+#[derive(Debug, Clone)]
+pub struct LineDecoder {
+    buf: Vec<u8>,
+    max_line: usize,
+}
+
+/// `line` without one trailing `\r`.
+fn strip_cr(line: &[u8]) -> &[u8] {
+    match line {
+        [head @ .., b'\r'] => head,
+        _ => line,
+    }
+}
+
+impl LineDecoder {
+    /// A decoder for lines of at most `max_line` bytes.
+    pub fn new(max_line: usize) -> LineDecoder {
+        LineDecoder {
+            buf: Vec::new(),
+            max_line,
+        }
+    }
+
+    /// The longest line accepted.
+    pub fn max_line(&self) -> usize {
+        self.max_line
+    }
+
+    /// Bytes of an incomplete line held for the next call (at most
+    /// `max_line + 1`: a trailing `\r` may still be waiting for its `\n`).
+    pub fn buffered(&self) -> usize {
+        self.buf.len()
+    }
+
+    /// Feeds `data`; calls `on_line` for each complete line, in order, and
+    /// returns how many there were.
+    ///
+    /// # Errors
+    /// [`FrameError::TooLong`] as soon as a line is known to be over the
+    /// limit. The lines before it were handed over; the decoder is emptied.
+    pub fn decode(
+        &mut self,
+        data: &[u8],
+        mut on_line: impl FnMut(&[u8]),
+    ) -> Result<usize, FrameError> {
+        let mut rest = data;
+        let mut lines = 0;
+        if !self.buf.is_empty() {
+            match memchr::memchr(b'\n', rest) {
+                Some(nl) => {
+                    self.buf.extend_from_slice(&rest[..nl]);
+                    rest = &rest[nl + 1..];
+                    let line = strip_cr(&self.buf);
+                    if line.len() > self.max_line {
+                        return Err(self.fail(line.len()));
+                    }
+                    on_line(line);
+                    self.buf.clear();
+                    lines += 1;
+                }
+                None => {
+                    self.keep(rest)?;
+                    return Ok(0);
+                }
+            }
+        }
+        while let Some(nl) = memchr::memchr(b'\n', rest) {
+            let line = strip_cr(&rest[..nl]);
+            if line.len() > self.max_line {
+                return Err(self.fail(line.len()));
+            }
+            on_line(line);
+            lines += 1;
+            rest = &rest[nl + 1..];
+        }
+        self.keep(rest)?;
+        Ok(lines)
+    }
+
+    /// The incomplete last line, if any, handed over and forgotten: loopd's
+    /// `line` framing delivers it when the peer closes.
+    pub fn take_rest(&mut self) -> Option<Vec<u8>> {
+        if self.buf.is_empty() {
+            return None;
+        }
+        let mut rest = std::mem::take(&mut self.buf);
+        if rest.last() == Some(&b'\r') {
+            rest.pop();
+        }
+        Some(rest)
+    }
+
+    /// Forgets any incomplete line.
+    pub fn clear(&mut self) {
+        self.buf = Vec::new();
+    }
+
+    /// Holds `partial` (no `\n` in it) after what is already held.
+    fn keep(&mut self, partial: &[u8]) -> Result<(), FrameError> {
+        let len = self.buf.len() + partial.len();
+        // One byte of slack: the line may end in "\r" whose "\n" is in flight.
+        if len > self.max_line.saturating_add(1) {
+            return Err(self.fail(len));
+        }
+        self.buf.extend_from_slice(partial);
+        Ok(())
+    }
+
+    fn fail(&mut self, len: usize) -> FrameError {
+        self.clear();
+        FrameError::TooLong {
+            len,
+            limit: self.max_line,
+        }
+    }
+}
+
+/// Bytes in a length-prefixed frame's header.
+const HEADER: usize = 4;
+
+/// Cuts a byte stream into length-prefixed frames, as loopd's
+/// `length-prefixed` framing does: a 4-byte big-endian length, then that many
+/// bytes of payload; the payload is handed over. A header announcing more
+/// than `max_frame` bytes is an error at once, before any of the payload is
+/// held. Use [`crate::length_prefix`] or [`crate::Ctx::send_frame`] to write
+/// frames.
+#[derive(Debug, Clone)]
+pub struct LengthPrefixedDecoder {
+    buf: Vec<u8>,
+    max_frame: usize,
+}
+
+impl LengthPrefixedDecoder {
+    /// A decoder for payloads of at most `max_frame` bytes.
+    pub fn new(max_frame: usize) -> LengthPrefixedDecoder {
+        LengthPrefixedDecoder {
+            buf: Vec::new(),
+            max_frame,
+        }
+    }
+
+    /// The largest payload accepted.
+    pub fn max_frame(&self) -> usize {
+        self.max_frame
+    }
+
+    /// Bytes of an incomplete frame held for the next call, header included
+    /// (at most `4 + max_frame`).
+    pub fn buffered(&self) -> usize {
+        self.buf.len()
+    }
+
+    /// Feeds `data`; calls `on_frame` with each complete payload, in order,
+    /// and returns how many there were.
+    ///
+    /// # Errors
+    /// [`FrameError::TooLong`] when a header announces more than
+    /// `max_frame` bytes. The frames before it were handed over; the decoder
+    /// is emptied.
+    pub fn decode(
+        &mut self,
+        data: &[u8],
+        mut on_frame: impl FnMut(&[u8]),
+    ) -> Result<usize, FrameError> {
+        let mut rest = data;
+        let mut frames = 0;
+        if !self.buf.is_empty() {
+            if self.buf.len() < HEADER {
+                let take = (HEADER - self.buf.len()).min(rest.len());
+                self.buf.extend_from_slice(&rest[..take]);
+                rest = &rest[take..];
+                if self.buf.len() < HEADER {
+                    return Ok(0);
+                }
+            }
+            let len = self.check(header_len(&self.buf))?;
+            let take = (HEADER + len - self.buf.len()).min(rest.len());
+            self.buf.extend_from_slice(&rest[..take]);
+            rest = &rest[take..];
+            if self.buf.len() < HEADER + len {
+                return Ok(0);
+            }
+            on_frame(&self.buf[HEADER..]);
+            self.buf.clear();
+            frames += 1;
+        }
+        while rest.len() >= HEADER {
+            let len = self.check(header_len(rest))?;
+            if rest.len() < HEADER + len {
+                break;
+            }
+            on_frame(&rest[HEADER..HEADER + len]);
+            frames += 1;
+            rest = &rest[HEADER + len..];
+        }
+        self.buf.extend_from_slice(rest);
+        Ok(frames)
+    }
+
+    /// Forgets any incomplete frame.
+    pub fn clear(&mut self) {
+        self.buf = Vec::new();
+    }
+
+    /// `len` if within the limit; otherwise the error, and the decoder emptied.
+    fn check(&mut self, len: usize) -> Result<usize, FrameError> {
+        if len > self.max_frame {
+            self.clear();
+            return Err(FrameError::TooLong {
+                len,
+                limit: self.max_frame,
+            });
+        }
+        Ok(len)
+    }
+}
+
+/// The payload length in the header at the start of `bytes` (at least 4 bytes).
+fn header_len(bytes: &[u8]) -> usize {
+    u32::from_be_bytes([bytes[0], bytes[1], bytes[2], bytes[3]]) as usize
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn lines_of(d: &mut LineDecoder, chunks: &[&[u8]]) -> Result<Vec<Vec<u8>>, FrameError> {
+        let mut out = Vec::new();
+        for c in chunks {
+            d.decode(c, |l| out.push(l.to_vec()))?;
+        }
+        Ok(out)
+    }
+
+    fn frames_of(
+        d: &mut LengthPrefixedDecoder,
+        chunks: &[&[u8]],
+    ) -> Result<Vec<Vec<u8>>, FrameError> {
+        let mut out = Vec::new();
+        for c in chunks {
+            d.decode(c, |f| out.push(f.to_vec()))?;
+        }
+        Ok(out)
+    }
+
+    #[test]
+    fn lines_come_out_whole_however_the_input_is_split() {
+        let input: &[u8] = b"one\r\n\ntwo\nthree\r\r\nfour";
+        let whole = lines_of(&mut LineDecoder::new(100), &[input]).unwrap();
+        assert_eq!(whole, [&b"one"[..], b"", b"two", b"three\r"]);
+        for a in 0..=input.len() {
+            for b in a..=input.len() {
+                let mut d = LineDecoder::new(100);
+                let got = lines_of(&mut d, &[&input[..a], &input[a..b], &input[b..]]).unwrap();
+                assert_eq!(got, whole, "split at {a} and {b}");
+                assert_eq!(d.buffered(), 4);
+                assert_eq!(d.take_rest(), Some(b"four".to_vec()));
+                assert_eq!(d.take_rest(), None);
+            }
+        }
+    }
+
+    #[test]
+    fn line_limit_is_loopds() {
+        // Exactly at the limit passes, "\r" not counted; one more fails.
+        let mut d = LineDecoder::new(3);
+        let got = lines_of(&mut d, &[b"abc\r\n", b"ab", b"c\r", b"\n"]).unwrap();
+        assert_eq!(got, [b"abc", b"abc"]);
+        assert_eq!(
+            d.decode(b"abcd\n", |_| panic!("no line")),
+            Err(FrameError::TooLong { len: 4, limit: 3 })
+        );
+        // An incomplete line is refused once it cannot fit, before its "\n".
+        let mut d = LineDecoder::new(3);
+        assert_eq!(d.decode(b"abc\r", |_| {}), Ok(0));
+        assert_eq!(d.buffered(), 4);
+        assert_eq!(
+            d.decode(b"x", |_| {}),
+            Err(FrameError::TooLong { len: 5, limit: 3 })
+        );
+        assert_eq!(d.buffered(), 0, "emptied after an error");
+        // Lines before the bad one were handed over.
+        let mut seen = Vec::new();
+        let r = LineDecoder::new(3).decode(b"ok\ntoo long\n", |l| seen.push(l.to_vec()));
+        assert_eq!(r, Err(FrameError::TooLong { len: 8, limit: 3 }));
+        assert_eq!(seen, [b"ok"]);
+    }
+
+    #[test]
+    fn line_buffer_stays_bounded() {
+        let mut d = LineDecoder::new(1000);
+        for _ in 0..1000 {
+            if d.decode(b"xxxxxxxxxx", |_| {}).is_err() {
+                break;
+            }
+            assert!(d.buffered() <= 1001);
+        }
+        assert_eq!(d.buffered(), 0, "the overlong line was refused");
+    }
+
+    fn frame(payload: &[u8]) -> Vec<u8> {
+        let mut f = (payload.len() as u32).to_be_bytes().to_vec();
+        f.extend_from_slice(payload);
+        f
+    }
+
+    #[test]
+    fn frames_come_out_whole_however_the_input_is_split() {
+        let input: Vec<u8> = [frame(b"hello"), frame(b""), frame(b"\n\0x"), frame(b"end")].concat();
+        let whole = frames_of(&mut LengthPrefixedDecoder::new(10), &[&input]).unwrap();
+        assert_eq!(whole, [&b"hello"[..], b"", b"\n\0x", b"end"]);
+        for a in 0..=input.len() {
+            for b in a..=input.len() {
+                let mut d = LengthPrefixedDecoder::new(10);
+                let got = frames_of(&mut d, &[&input[..a], &input[a..b], &input[b..]]).unwrap();
+                assert_eq!(got, whole, "split at {a} and {b}");
+                assert_eq!(d.buffered(), 0);
+            }
+        }
+        let mut d = LengthPrefixedDecoder::new(10);
+        assert_eq!(d.decode(&input[..7], |_| {}), Ok(0));
+        assert_eq!(d.buffered(), 7);
+    }
+
+    #[test]
+    fn an_oversized_header_is_refused_before_its_payload() {
+        let mut d = LengthPrefixedDecoder::new(10);
+        let mut seen = Vec::new();
+        let mut input = frame(b"fine");
+        input.extend_from_slice(&11u32.to_be_bytes());
+        let r = d.decode(&input, |f| seen.push(f.to_vec()));
+        assert_eq!(r, Err(FrameError::TooLong { len: 11, limit: 10 }));
+        assert_eq!(seen, [b"fine"]);
+        assert_eq!(d.buffered(), 0);
+        // Split inside the header.
+        let mut d = LengthPrefixedDecoder::new(10);
+        assert_eq!(d.decode(&[0, 0], |_| {}), Ok(0));
+        assert_eq!(
+            d.decode(&[0xff, 0xff], |_| {}),
+            Err(FrameError::TooLong {
+                len: 0xffff,
+                limit: 10
+            })
+        );
+        assert_eq!(
+            FrameError::TooLong { len: 11, limit: 10 }.to_string(),
+            "frame of 11 bytes is over the limit of 10 bytes"
+        );
+    }
+}

@@ -1,0 +1,325 @@
+//! Handlers added in code: [`HandlerSpec`], what a `[[handler]]` entry says,
+//! checked as strictly as the config file is.
+
+use std::path::PathBuf;
+
+use loopd_handler_api::abi;
+
+use crate::config::{FramingKind, HandlerConfig, ListenAddr, PluginRef, RuntimeConfig};
+use crate::error::Error;
+
+/// Largest frame a handler may allow (1 GiB), as in the config file.
+const MAX_FRAME_LIMIT: usize = 1 << 30;
+
+/// One handler instance added in code with [`Builder::handler`]: the same
+/// facts a `[[handler]]` entry of the config file gives.
+///
+/// The handler is either a Rust type linked into the program
+/// ([`HandlerSpec::linked`]) or a plugin loaded from a shared library
+/// ([`HandlerSpec::library`], [`HandlerSpec::plugin`]).
+///
+/// ```
+/// use loopd::config::FramingKind;
+/// use loopd::HandlerSpec;
+/// # use loopd_handler_api::{Ctx, Handler, NoConfig};
+/// # struct Greeter;
+/// # impl Handler for Greeter {
+/// #     type Config = NoConfig;
+/// #     type Conn = ();
+/// #     fn create(_: &Ctx, _: &str, _: NoConfig) -> Result<Self, String> { Ok(Greeter) }
+/// # }
+///
+/// // A Rust type, no shared library involved.
+/// let greeter = HandlerSpec::linked::<Greeter>("greeter")
+///     .listen("tcp://127.0.0.1:0")
+///     .framing(FramingKind::Line)
+///     .max_frame(4096);
+///
+/// // A plugin, loaded as `plugin = "..."` would load it.
+/// let upper = HandlerSpec::library("upper", "examples/c-handler/libloopd_upper.so")
+///     .listen("unix:///tmp/upper.sock");
+/// # let _ = (greeter, upper);
+/// ```
+///
+/// Nothing is checked until [`Builder::build`]: a malformed URL, a bad limit
+/// or a config that is not a JSON object is then an [`Error::Config`] that
+/// names the handler and the value.
+///
+/// [`Builder::handler`]: crate::Builder::handler
+/// [`Builder::build`]: crate::Builder::build
+#[derive(Debug, Clone)]
+pub struct HandlerSpec {
+    name: String,
+    source: Source,
+    listen: Vec<String>,
+    framing: Option<FramingKind>,
+    max_frame: Option<usize>,
+    watermarks: Option<(usize, usize)>,
+    /// The `[handler.config]` table as JSON, or why it could not be made.
+    config_json: Result<String, String>,
+}
+
+/// Where a handler's hooks come from.
+#[derive(Debug, Clone)]
+pub(crate) enum Source {
+    /// A Rust type linked into the program.
+    Linked(Linked),
+    /// A plugin resolved and loaded as the config's `plugin` key would be.
+    Plugin(PluginRef),
+}
+
+/// A handler type linked into the program: its vtable and what it declares.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Linked {
+    pub(crate) vtable: abi::loopd_vtable,
+    pub(crate) framing: Option<FramingKind>,
+    /// For `loopd check`-style listings and logs, e.g. `loopd_echo::Echo`.
+    pub(crate) type_name: &'static str,
+}
+
+impl Linked {
+    /// The vtable and declared framing of `H`.
+    pub(crate) fn of<H: loopd_handler_api::Handler>() -> Linked {
+        use loopd_handler_api::Framing;
+        let framing = match H::FRAMING {
+            Framing::Raw => Some(FramingKind::Raw),
+            Framing::Line => Some(FramingKind::Line),
+            Framing::LengthPrefixed => Some(FramingKind::LengthPrefixed),
+            _ => None,
+        };
+        Linked {
+            vtable: loopd_handler_api::vtable::<H>(),
+            framing,
+            type_name: std::any::type_name::<H>(),
+        }
+    }
+}
+
+impl HandlerSpec {
+    fn new(name: impl Into<String>, source: Source) -> HandlerSpec {
+        HandlerSpec {
+            name: name.into(),
+            source,
+            listen: Vec::new(),
+            framing: None,
+            max_frame: None,
+            watermarks: None,
+            config_json: Ok("{}".to_string()),
+        }
+    }
+
+    /// An instance named `name` of the handler type `H`, linked into this
+    /// program: no shared library, the same hooks and the same guarantees
+    /// (panics contained, no re-entrancy) as a loaded plugin. The shipped
+    /// handler crates are libraries too, e.g. `HandlerSpec::linked::<loopd_echo::Echo>("echo")`.
+    pub fn linked<H: loopd_handler_api::Handler>(name: impl Into<String>) -> HandlerSpec {
+        HandlerSpec::new(name, Source::Linked(Linked::of::<H>()))
+    }
+
+    /// An instance named `name` of the plugin in the shared library at
+    /// `path` (relative paths are relative to the working directory).
+    pub fn library(name: impl Into<String>, path: impl Into<PathBuf>) -> HandlerSpec {
+        HandlerSpec::new(name, Source::Plugin(PluginRef::Path(path.into())))
+    }
+
+    /// An instance named `name` of `plugin`, read exactly as the config's
+    /// `plugin` key: a bare name such as `echo` is `libloopd_echo.so` in
+    /// `plugin_dir` or next to the running executable; anything containing
+    /// `/` or ending in `.so` is a path.
+    pub fn plugin(name: impl Into<String>, plugin: &str) -> HandlerSpec {
+        let plugin = if plugin.contains('/') || plugin.ends_with(".so") {
+            PluginRef::Path(PathBuf::from(plugin))
+        } else {
+            PluginRef::Name(plugin.to_string())
+        };
+        HandlerSpec::new(name, Source::Plugin(plugin))
+    }
+
+    /// Adds a listener: `tcp://IP:PORT`, `unix:///path` or `udp://IP:PORT`
+    /// (numeric addresses; port 0 picks a free port, see
+    /// [`Runtime::listeners`](crate::Runtime::listeners)).
+    pub fn listen(mut self, url: impl Into<String>) -> HandlerSpec {
+        self.listen.push(url.into());
+        self
+    }
+
+    /// How input is cut into frames (default: what the handler declares, else raw).
+    pub fn framing(mut self, framing: FramingKind) -> HandlerSpec {
+        self.framing = Some(framing);
+        self
+    }
+
+    /// The largest frame, in bytes (1 to 1 GiB; default: the runtime's `max_frame`).
+    pub fn max_frame(mut self, bytes: usize) -> HandlerSpec {
+        self.max_frame = Some(bytes);
+        self
+    }
+
+    /// Output queue watermarks, in bytes: `send` refuses with `AGAIN` at
+    /// `high`; `on_writable` fires and input resumes below `low`. `low` must
+    /// be below `high`.
+    pub fn output_watermarks(mut self, high: usize, low: usize) -> HandlerSpec {
+        self.watermarks = Some((high, low));
+        self
+    }
+
+    /// The handler's own configuration (the `[handler.config]` table), as
+    /// any value that serializes to a JSON object, e.g. a `serde_json::Value`
+    /// or the handler's own config struct.
+    pub fn config<T: serde::Serialize + ?Sized>(mut self, config: &T) -> HandlerSpec {
+        self.config_json = serde_json::to_string(config).map_err(|e| e.to_string());
+        self
+    }
+
+    /// The handler's own configuration as JSON text, e.g. `{"root": "www"}`.
+    pub fn config_json(mut self, json: impl Into<String>) -> HandlerSpec {
+        self.config_json = Ok(json.into());
+        self
+    }
+
+    /// The instance name.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// Checks everything and turns the spec into a config entry (plus the
+    /// linked type, if any).
+    pub(crate) fn into_entry(
+        self,
+        runtime: &RuntimeConfig,
+    ) -> Result<(HandlerConfig, Option<Linked>), Error> {
+        let name = self.name;
+        let fail =
+            |what: String| Error::Config(format!("handler `{name}` (added in code): {what}"));
+        if !valid_name(&name) {
+            return Err(fail(
+                "not a valid name (use letters, digits, `-`, `_`, `.`)".to_string(),
+            ));
+        }
+        let mut listen = Vec::with_capacity(self.listen.len());
+        for (i, url) in self.listen.iter().enumerate() {
+            let addr: ListenAddr = url.parse().map_err(|e| fail(format!("listen[{i}]: {e}")))?;
+            listen.push(addr);
+        }
+        if let Some(n) = self.max_frame {
+            if n == 0 || n > MAX_FRAME_LIMIT {
+                return Err(fail(format!(
+                    "max_frame {n} must be between 1 and {MAX_FRAME_LIMIT} bytes"
+                )));
+            }
+        }
+        let (high, low) = match self.watermarks {
+            Some((high, low)) => (Some(high), Some(low)),
+            None => (None, None),
+        };
+        let (eff_high, eff_low) = (
+            high.unwrap_or(runtime.output_high_watermark),
+            low.unwrap_or(runtime.output_low_watermark),
+        );
+        if eff_low >= eff_high {
+            return Err(fail(format!(
+                "output low watermark {eff_low} must be below the high watermark {eff_high}"
+            )));
+        }
+        let json = self
+            .config_json
+            .map_err(|e| fail(format!("config cannot be serialized: {e}")))?;
+        match serde_json::from_str::<serde_json::Value>(&json) {
+            Ok(serde_json::Value::Object(_)) => {}
+            Ok(other) => {
+                return Err(fail(format!(
+                    "config must be a JSON object (a table), not `{other}`"
+                )))
+            }
+            Err(e) => return Err(fail(format!("config is not valid JSON: {e}"))),
+        }
+        let (plugin, linked) = match self.source {
+            Source::Linked(l) => (PluginRef::Name(l.type_name.to_string()), Some(l)),
+            Source::Plugin(p) => (p, None),
+        };
+        let mut entry = HandlerConfig::new(name.clone(), plugin);
+        entry.listen = listen;
+        entry.framing = self.framing;
+        entry.max_frame = self.max_frame;
+        entry.output_high_watermark = high;
+        entry.output_low_watermark = low;
+        entry.config_json = json;
+        Ok((entry, linked))
+    }
+}
+
+/// The rule the config file applies to `name`.
+pub(crate) fn valid_name(name: &str) -> bool {
+    !name.is_empty()
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn err(spec: HandlerSpec) -> String {
+        match spec.into_entry(&RuntimeConfig::default()) {
+            Ok(_) => panic!("expected an error"),
+            Err(e) => e.to_string(),
+        }
+    }
+
+    #[test]
+    fn errors_name_the_handler_and_the_value() {
+        let e = err(HandlerSpec::plugin("a", "echo").listen("tcp://localhost:1"));
+        assert!(
+            e.starts_with("handler `a` (added in code): listen[0]: `tcp://localhost:1`"),
+            "{e}"
+        );
+        let e = err(HandlerSpec::plugin("bad name", "echo"));
+        assert!(
+            e.contains("`bad name` (added in code): not a valid name"),
+            "{e}"
+        );
+        let e = err(HandlerSpec::plugin("a", "echo").max_frame(0));
+        assert!(e.contains("max_frame 0 must be between 1 and"), "{e}");
+        let e = err(HandlerSpec::plugin("a", "echo").output_watermarks(10, 10));
+        assert!(
+            e.contains("low watermark 10 must be below the high watermark 10"),
+            "{e}"
+        );
+        let e = err(HandlerSpec::plugin("a", "echo").config_json("[1]"));
+        assert!(
+            e.contains("config must be a JSON object (a table), not `[1]`"),
+            "{e}"
+        );
+        let e = err(HandlerSpec::plugin("a", "echo").config_json("{"));
+        assert!(e.contains("config is not valid JSON"), "{e}");
+        let e = err(HandlerSpec::plugin("a", "echo").config(&5));
+        assert!(e.contains("not `5`"), "{e}");
+    }
+
+    #[test]
+    fn plugin_reads_names_and_paths_like_the_config() {
+        let (e, l) = HandlerSpec::plugin("a", "echo")
+            .into_entry(&RuntimeConfig::default())
+            .unwrap();
+        assert_eq!(e.plugin, PluginRef::Name("echo".into()));
+        assert!(l.is_none());
+        let (e, _) = HandlerSpec::plugin("a", "./x.so")
+            .into_entry(&RuntimeConfig::default())
+            .unwrap();
+        assert_eq!(e.plugin, PluginRef::Path("./x.so".into()));
+        let (e, _) = HandlerSpec::library("a", "libx.so")
+            .listen("udp://127.0.0.1:0")
+            .output_watermarks(100, 10)
+            .config(&serde_json::json!({"k": 1}))
+            .into_entry(&RuntimeConfig::default())
+            .unwrap();
+        assert_eq!(e.plugin, PluginRef::Path("libx.so".into()));
+        assert_eq!(e.listen[0].to_string(), "udp://127.0.0.1:0");
+        assert_eq!(
+            (e.output_high_watermark, e.output_low_watermark),
+            (Some(100), Some(10))
+        );
+        assert_eq!(e.config_json, r#"{"k":1}"#);
+    }
+}
