@@ -5,7 +5,6 @@
 mod common;
 mod http_util;
 
-use common::*;
 use http_util::*;
 
 const HELLO: &[u8] = b"GET /hello.txt HTTP/1.1\r\nHost: t\r\n\r\n";
