@@ -158,7 +158,9 @@ impl Runtime {
                             .borrow_mut()
                             .begin_close(r.key, true, abi::LOOPD_REASON_ERROR);
                     } else {
+                        let prev = self.set_current(r.key);
                         self.conn_readable(r.key);
+                        self.set_current(prev);
                     }
                 }
             }
@@ -527,7 +529,11 @@ impl Runtime {
             let next = self.core.borrow_mut().pending.pop_front();
             match next {
                 None => return,
-                Some(Deferred::Open(id)) => self.deliver_open(id),
+                Some(Deferred::Open(id)) => {
+                    let prev = self.set_current(id);
+                    self.deliver_open(id);
+                    self.set_current(prev);
+                }
                 Some(Deferred::Close(id)) => self.finish_close(id),
                 Some(Deferred::Writable(id)) => {
                     let target = {
@@ -537,12 +543,24 @@ impl Runtime {
                             .map(|c| (c.instance, c.state))
                     };
                     if let Some((inst, state)) = target {
+                        let prev = self.set_current(id);
                         self.hook_on_writable(inst, id, state);
+                        self.set_current(prev);
                     }
                 }
-                Some(Deferred::Input(id)) => self.process_input(id),
+                Some(Deferred::Input(id)) => {
+                    let prev = self.set_current(id);
+                    self.process_input(id);
+                    self.set_current(prev);
+                }
             }
         }
+    }
+
+    /// Marks `id` as the connection being handled (its sends are replies);
+    /// returns the previous one.
+    fn set_current(&self, id: u64) -> u64 {
+        std::mem::replace(&mut self.core.borrow_mut().current, id)
     }
 
     /// Writes the output sends deferred during this pass (see `Core::send`),

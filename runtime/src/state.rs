@@ -134,6 +134,9 @@ pub(crate) struct Core {
     pub(crate) dirty: Vec<u64>,
     /// The loop pass (`run_once`) under way, for "first send in a pass".
     pub(crate) pass: u32,
+    /// The connection whose event or hook is being handled (0: none): a
+    /// send to it is a reply, written at once; see [`Core::send`].
+    pub(crate) current: u64,
     /// Open connections (accepted and outbound).
     pub(crate) conns: usize,
     pub(crate) cfg: RuntimeConfig,
@@ -161,6 +164,7 @@ impl Core {
             pending: VecDeque::new(),
             dirty: Vec::new(),
             pass: 1,
+            current: 0,
             conns: 0,
             cfg,
             instances: Vec::new(),
@@ -585,7 +589,7 @@ impl Core {
 
     /// `send`/`sendv`: all of `parts` or nothing.
     pub(crate) fn send(&mut self, instance: usize, id: u64, parts: &[&[u8]]) -> i32 {
-        let pass = self.pass;
+        let (pass, current) = (self.pass, self.current);
         let c = match self.owned_conn(instance, id) {
             Ok(c) => c,
             Err(status) => return status,
@@ -601,14 +605,15 @@ impl Core {
             c.want_writable = true;
             return abi::LOOPD_ERR_AGAIN;
         }
-        // The first send to a connection in a pass is written at once.
-        // Later small ones in the same pass are queued and written together
-        // at the end of the pass (`flush_deferred`): a chat message fanned
-        // out to a member with several in flight, or pipelined responses,
-        // become one writev instead of one send each.
+        // A reply (a send to the connection being handled) is written at
+        // once, the first one in a pass. Other small sends are queued and
+        // written together at the end of the pass (`flush_deferred`): the
+        // lines a chat member gets from several senders in one pass, or
+        // the responses to pipelined requests, become one sendmsg.
+        let reply = id == current;
         let mut immediate = c.outq.is_empty()
             && c.phase == Phase::Open
-            && (c.sent_pass != pass || total > DEFER_LIMIT);
+            && ((reply && c.sent_pass != pass) || total > DEFER_LIMIT);
         if c.deferred && c.outq.len() + total > DEFER_LIMIT {
             // Coalesced enough: write it now rather than let it pile up
             // (a handler sending a lot in one hook meets the kernel's
@@ -671,16 +676,25 @@ impl Core {
                 c.outq.push(&part[skip..]);
                 skip = 0;
             }
+            let was_paused = c.paused;
             if c.outq.len() >= c.high_watermark {
                 c.paused = true;
             }
             // Not written because of the pass (not because the kernel was
             // full, and no write interest yet): flushed at the end of it.
-            if !immediate && !c.deferred && !c.interest.1 {
+            let newly_deferred = !immediate && !c.deferred && !c.interest.1;
+            if newly_deferred {
                 c.deferred = true;
+            }
+            // Deferred output needs no write interest: only a partial write
+            // or a pause changes what the poller must watch.
+            let recheck = immediate || c.paused != was_paused || !c.deferred;
+            if newly_deferred {
                 self.dirty.push(id);
             }
-            self.update_interest(id);
+            if recheck {
+                self.update_interest(id);
+            }
         }
         abi::LOOPD_OK
     }
