@@ -341,8 +341,8 @@ pub fn parse_wrk(text: &str) -> Result<WrkOut> {
             in_dist = true;
         } else if in_dist {
             match t.split_once('%') {
-                Some(("50", v)) => out.p50_us = time_us(v),
-                Some(("99", v)) => out.p99_us = time_us(v),
+                Some(("50", v)) => out.p50_us = time_us(v).filter(|t| *t > 0.0),
+                Some(("99", v)) => out.p99_us = time_us(v).filter(|t| *t > 0.0),
                 Some(_) => {}
                 None => in_dist = false,
             }

@@ -81,6 +81,8 @@ fn fmt_us(v: f64) -> String {
 
 fn fmt_lat(s: Option<Summary>) -> String {
     match s {
+        // wrk prints 0 for percentiles it could not take (pipelined runs).
+        Some(s) if s.max == 0.0 => "–".into(),
         Some(s) => format!("{} ({}–{})", fmt_us(s.median), fmt_us(s.min), fmt_us(s.max)),
         None => "–".into(),
     }
@@ -209,8 +211,9 @@ fn figures_table(doc: &mut Doc, b: &Bench, unit: &str, lat: &[(&str, &str)]) {
     }
 }
 
-/// The ratio table of loopd against `peers`, with targets.
-fn ratio_table(doc: &mut Doc, b: &Bench, loopd: &str, peers: &[(&str, f64)], both: bool) {
+/// The ratio table of loopd against `peers`, with targets (a peer without
+/// a goal is shown for comparison only).
+fn ratio_table(doc: &mut Doc, b: &Bench, loopd: &str, peers: &[(&str, Option<f64>)], both: bool) {
     let _ = writeln!(
         doc.md,
         "\n| Case | Against | throughput ratio | CPU-per-op ratio | both cores ≥ 95% busy | counts | target | |\n|---|---|---:|---:|:---:|---|---:|---|"
@@ -222,16 +225,27 @@ fn ratio_table(doc: &mut Doc, b: &Bench, loopd: &str, peers: &[(&str, f64)], bot
             }
             let cmp = compare(c, loopd, peer);
             let (value, which) = cmp.counted();
+            let Some(goal) = *goal else {
+                let _ = writeln!(
+                    doc.md,
+                    "| {} | {peer} | {} | {} | {} | {which} | (no target) | |",
+                    c.label,
+                    fmt_ratio(cmp.thr),
+                    fmt_ratio(cmp.cpu),
+                    if cmp.saturated { "yes" } else { "no" },
+                );
+                continue;
+            };
             // Echo's targets hold on throughput and on CPU per message; the
             // throughput one only where it counts.
             let ok = if both {
-                match (met(cmp.cpu, |v| v >= *goal), cmp.saturated) {
-                    (Some(cpu_ok), true) => met(cmp.thr, |v| v >= *goal).map(|t| t && cpu_ok),
+                match (met(cmp.cpu, |v| v >= goal), cmp.saturated) {
+                    (Some(cpu_ok), true) => met(cmp.thr, |v| v >= goal).map(|t| t && cpu_ok),
                     (m, false) => m,
                     (None, true) => None,
                 }
             } else {
-                met(value, |v| v >= *goal)
+                met(value, |v| v >= goal)
             };
             let counts = if both && cmp.saturated {
                 "both".to_string()
@@ -304,7 +318,13 @@ fn echo_section(doc: &mut Doc, b: &Bench) {
         "round trip",
         &[("p50_us", "p50"), ("p99_us", "p99")],
     );
-    ratio_table(doc, b, "loopd", &[("tokio", 1.0), ("c-epoll", 0.9)], true);
+    ratio_table(
+        doc,
+        b,
+        "loopd",
+        &[("tokio", Some(1.0)), ("c-epoll", Some(0.9))],
+        true,
+    );
     // .so against static: within 2% either way.
     let _ = writeln!(
         doc.md,
@@ -368,7 +388,7 @@ fn echo_section(doc: &mut Doc, b: &Bench) {
 
 fn http_section(doc: &mut Doc, b: &Bench) {
     doc.md.push_str(
-        "\n## 2. HTTP\n\nloopd's http handler against nginx (Debian `nginx-light`, `worker_processes 1`, `access_log off`, `sendfile on`, `open_file_cache`, `keepalive_requests 100000000`) serving the same two files: a 612-byte page and 16 KiB of random bytes. loopd's access log is off too (`access_log = false`). Load: `wrk -t1` pinned to core 0; the pipelined runs send 16 requests per write (`benches/peers/pipeline.lua`). Every response is checked byte-exact (single and pipelined) before timing, and a run with any non-2xx response fails. Latencies are wrk's.\n\n",
+        "\n## 2. HTTP\n\nloopd's http handler against nginx (Debian `nginx-light`, `worker_processes 1`, `access_log off`, `sendfile on`, `open_file_cache`, `keepalive_requests 100000000`) serving the same two files: a 612-byte page and 16 KiB of random bytes. loopd's access log is off too (`access_log = false`). Load: `wrk -t1` pinned to core 0; the pipelined runs send 16 requests per write (`benches/peers/pipeline.lua`). Every response is checked byte-exact (single and pipelined) before timing, and a run with any non-2xx response fails. Latencies are wrk's (it reports no p99 for some pipelined runs: shown as –). nginx also has `tcp_nopush on` (Debian's default): in the pipelined runs at 64 connections it idles at about 20% busy with ~24 ms per batch, its responses held back by the cork, so there the throughput ratio says little and the CPU-per-request ratio is the figure that counts.\n\n",
     );
     skipped_note(doc, b);
     figures_table(doc, b, "request", &[("p50_us", "p50"), ("p99_us", "p99")]);
@@ -380,8 +400,8 @@ fn http_section(doc: &mut Doc, b: &Bench) {
     piped
         .cases
         .retain(|c| c.params.get("pipelined") != Some(&1.0));
-    ratio_table(doc, &plain, "loopd", &[("nginx", 1.0)], false);
-    ratio_table(doc, &piped, "loopd", &[("nginx", 1.2)], false);
+    ratio_table(doc, &plain, "loopd", &[("nginx", Some(1.0))], false);
+    ratio_table(doc, &piped, "loopd", &[("nginx", Some(1.2))], false);
     let series = peers_of(b);
     doc.plot(
         "http-throughput",
@@ -424,7 +444,13 @@ fn chat_section(doc: &mut Doc, b: &Bench) {
             .sum();
         format!("{total}")
     });
-    ratio_table(doc, b, "loopd", &[("redis", 1.0), ("tokio", 1.0)], false);
+    ratio_table(
+        doc,
+        b,
+        "loopd",
+        &[("redis", Some(1.0)), ("tokio", None)],
+        false,
+    );
     // p95 at N = 1000 against redis.
     if let Some(c) = b
         .cases
@@ -549,7 +575,7 @@ fn udp_section(doc: &mut Doc, b: &Bench) {
             .sum();
         t
     });
-    ratio_table(doc, b, "loopd", &[("c-relay", 0.9)], false);
+    ratio_table(doc, b, "loopd", &[("c-relay", Some(0.9))], false);
     let series = peers_of(b);
     doc.plot(
         "udp-throughput",
