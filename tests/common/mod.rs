@@ -132,6 +132,8 @@ pub struct Loopd {
     /// handler name -> listener URLs, as loopd logged them.
     pub listeners: HashMap<String, Vec<String>>,
     pub dir: TempDir,
+    /// Substrings of the error-level lines this test expects loopd to log.
+    expected_errors: Mutex<Vec<String>>,
 }
 
 impl Loopd {
@@ -176,6 +178,7 @@ impl Loopd {
             log,
             listeners: HashMap::new(),
             dir,
+            expected_errors: Mutex::new(Vec::new()),
         };
         if !l.wait_for_log(" ready: ", TIMEOUT) {
             panic!("loopd did not become ready:\n{}", l.logs());
@@ -274,12 +277,93 @@ impl Loopd {
     pub fn is_running(&mut self) -> bool {
         self.child.try_wait().unwrap().is_none()
     }
+
+    /// Declares that error-level lines containing `needle` are expected:
+    /// when the test ends, every other error-level line loopd logged fails
+    /// it (the way nginx's test suite checks its error log).
+    pub fn expect_error(&self, needle: &str) {
+        self.expected_errors.lock().unwrap().push(needle.to_string());
+    }
+
+    /// The error-level lines logged so far that no [`Loopd::expect_error`]
+    /// covers.
+    pub fn unexpected_errors(&self) -> Vec<String> {
+        let expected = self.expected_errors.lock().unwrap();
+        self.log
+            .lines
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|l| is_error_line(l))
+            .filter(|l| !expected.iter().any(|e| l.contains(e.as_str())))
+            .cloned()
+            .collect()
+    }
+
+    /// Fails the test if loopd logged an error-level line nobody expected.
+    pub fn assert_no_unexpected_errors(&self) {
+        let unexpected = self.unexpected_errors();
+        assert!(
+            unexpected.is_empty(),
+            "loopd logged {} unexpected error line(s):\n{}\n\nfull log:\n{}",
+            unexpected.len(),
+            unexpected.join("\n"),
+            self.logs()
+        );
+    }
+}
+
+/// Whether a line of loopd's log is at error level (env_logger's
+/// `[time ERROR target] message` format).
+pub fn is_error_line(line: &str) -> bool {
+    line.starts_with('[')
+        && line
+            .split_once(']')
+            .is_some_and(|(head, _)| head.split_whitespace().nth(1) == Some("ERROR"))
 }
 
 impl Drop for Loopd {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
+        if std::thread::panicking() {
+            return;
+        }
+        // Let the reader take what loopd wrote before it died, then check
+        // its log: an error nobody expected fails the test that caused it.
+        self.wait_for_log("<stderr closed>", Duration::from_secs(5));
+        self.assert_no_unexpected_errors();
+    }
+}
+
+/// Whether this run is the soak tier (`LOOPD_SOAK=1`): tests then run their
+/// full figures instead of the CI tier's smaller ones.
+pub fn soak() -> bool {
+    std::env::var_os("LOOPD_SOAK").is_some_and(|v| v == "1")
+}
+
+/// `ci` in the CI tier, `soak` in the soak tier.
+pub fn tier<T>(ci: T, soak_value: T) -> T {
+    if soak() {
+        soak_value
+    } else {
+        ci
+    }
+}
+
+/// Reports a test's figure as `key=value`: on stdout (see it with
+/// `--nocapture`), and appended to the file `$LOOPD_FIGURES` names, if
+/// any, which the soak command collects into docs/reliability.md.
+pub fn figure(key: &str, value: impl std::fmt::Display) {
+    let line = format!("{key}={value}");
+    println!("{line}");
+    if let Some(path) = std::env::var_os("LOOPD_FIGURES") {
+        let mut f = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(path)
+            .expect("opening $LOOPD_FIGURES");
+        writeln!(f, "{line}").expect("writing $LOOPD_FIGURES");
     }
 }
 
