@@ -20,7 +20,7 @@ use crate::event_loop::EventLoop;
 use crate::listener::{self, Listener};
 use crate::registry::Registry;
 use crate::sys;
-use crate::timer::{TimerKind, Timers};
+use crate::timer::{self, TimerKind, Timers};
 
 /// How long a listener rests after EMFILE/ENFILE before accepting again.
 pub(crate) const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
@@ -893,9 +893,8 @@ impl Core {
         if self.timers.len() >= MAX_TIMERS {
             return Err(abi::LOOPD_ERR_LIMIT);
         }
-        let delay = Duration::from_millis(delay_ms.min(u64::from(u32::MAX) * 1000));
         Ok(self.timers.set(
-            Instant::now() + delay,
+            timer::deadline_after(Instant::now(), delay_ms),
             TimerKind::Handler {
                 instance,
                 user_data,

@@ -7,9 +7,26 @@
 
 use std::cmp::Reverse;
 use std::collections::BinaryHeap;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use crate::registry::Registry;
+
+/// Longest delay a handler's timer may have: about 136 years. Longer ones
+/// are clamped, so a deadline is always representable.
+pub(crate) const MAX_DELAY_MS: u64 = u32::MAX as u64 * 1000;
+
+/// The deadline of a timer set `delay_ms` after `now` (clamped to
+/// [`MAX_DELAY_MS`]). Never panics: a deadline the clock cannot represent
+/// saturates near the latest one it can (a real clock is centuries away).
+pub(crate) fn deadline_after(now: Instant, delay_ms: u64) -> Instant {
+    let mut delay = Duration::from_millis(delay_ms.min(MAX_DELAY_MS));
+    loop {
+        match now.checked_add(delay) {
+            Some(at) => return at,
+            None => delay /= 2,
+        }
+    }
+}
 
 /// What a timer does when it fires.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -173,5 +190,331 @@ mod tests {
                 user_data: 0
             })
         );
+    }
+}
+
+/// A model check: random sets, cancels and clock advances, with extreme
+/// deadlines, against a reference model (a `BTreeMap` ordered by deadline,
+/// then by the order timers were set). Every step compares what fires, in
+/// what order, the next deadline, the count, and each id's state; the heap
+/// must stay within its bound. `LOOPD_SOAK=1` runs many more cases
+/// (`PROPTEST_CASES` overrides both). Prints `rel_timer.cases` and
+/// `rel_timer.divergences` (also appended to `$LOOPD_FIGURES`).
+#[cfg(test)]
+mod model_check {
+    use super::*;
+    use std::collections::{BTreeMap, HashMap};
+    use std::sync::atomic::{AtomicU64, Ordering};
+    use std::sync::OnceLock;
+
+    use proptest::prelude::*;
+    use proptest::test_runner::{Config, TestCaseError, TestError, TestRunner};
+
+    /// When a timer is due, relative to the clock at the time it is set.
+    #[derive(Debug, Clone)]
+    enum When {
+        /// This long before now (a deadline already passed).
+        Past(u64),
+        /// `deadline_after(now, ms)`, the runtime's own conversion (0,
+        /// small, around the clamp, u64::MAX).
+        AfterMs(u64),
+        /// The latest instant the clock can represent (what Duration::MAX
+        /// saturates to).
+        Latest,
+    }
+
+    #[derive(Debug, Clone)]
+    enum Op {
+        Set {
+            when: When,
+            instance: usize,
+        },
+        /// Set this many timers at once (enough to make the heap compact
+        /// itself when they are cancelled).
+        SetMany {
+            count: usize,
+            when: When,
+            instance: usize,
+        },
+        /// Cancel the last `n` ids handed out.
+        CancelRecent(usize),
+        /// Cancel the k-th id from the end (`CancelRecent`, expanded).
+        CancelBack(usize),
+        /// Cancel the n-th id handed out so far (pending, fired or cancelled).
+        Cancel(usize),
+        /// Cancel an id that was never handed out.
+        CancelUnknown(u64),
+        /// Cancel every timer of one instance.
+        CancelInstance(usize),
+        /// Move the clock forward by this many ms, then fire what is due.
+        Advance(u64),
+        /// Move the clock to the next deadline, then fire what is due.
+        AdvanceToNext,
+        /// Move the clock to the latest instant: everything fires.
+        AdvanceToLatest,
+    }
+
+    fn ms() -> impl Strategy<Value = u64> {
+        prop_oneof![
+            Just(0u64),
+            Just(1),
+            0..10_000u64,
+            Just(MAX_DELAY_MS - 1),
+            Just(MAX_DELAY_MS),
+            Just(MAX_DELAY_MS + 1),
+            Just(u64::MAX - 1),
+            Just(u64::MAX),
+            any::<u64>(),
+        ]
+    }
+
+    fn op() -> impl Strategy<Value = Op> {
+        prop_oneof![
+            6 => (ms(), 0..3usize).prop_map(|(ms, instance)| Op::Set { when: When::AfterMs(ms), instance }),
+            1 => (0..100_000u64, 0..3usize).prop_map(|(ms, instance)| Op::Set { when: When::Past(ms), instance }),
+            1 => (0..3usize).prop_map(|instance| Op::Set { when: When::Latest, instance }),
+            1 => (1..120usize, ms(), 0..3usize).prop_map(|(count, ms, instance)| Op::SetMany { count, when: When::AfterMs(ms), instance }),
+            5 => any::<usize>().prop_map(Op::Cancel),
+            1 => (1..120usize).prop_map(Op::CancelRecent),
+            1 => any::<u64>().prop_map(Op::CancelUnknown),
+            1 => (0..3usize).prop_map(Op::CancelInstance),
+            2 => prop_oneof![Just(0u64), 0..20_000u64, Just(MAX_DELAY_MS), Just(u64::MAX)].prop_map(Op::Advance),
+            1 => Just(Op::AdvanceToNext),
+            1 => Just(Op::AdvanceToLatest),
+        ]
+    }
+
+    /// The latest instant representable after `base` (found by halving).
+    fn latest(base: Instant) -> Instant {
+        static LATEST: OnceLock<Instant> = OnceLock::new();
+        *LATEST.get_or_init(|| {
+            let (mut lo, mut hi) = (0u64, u64::MAX);
+            while lo < hi {
+                let mid = lo + (hi - lo).div_ceil(2);
+                if base.checked_add(Duration::from_secs(mid)).is_some() {
+                    lo = mid;
+                } else {
+                    hi = mid - 1;
+                }
+            }
+            let t = base + Duration::from_secs(lo);
+            t.checked_add(Duration::from_nanos(999_999_999))
+                .unwrap_or(t)
+        })
+    }
+
+    fn add_ms(t: Instant, ms: u64, base: Instant) -> Instant {
+        t.checked_add(Duration::from_millis(ms))
+            .unwrap_or(latest(base))
+    }
+
+    /// Runs one sequence against the timers and the model.
+    fn check(ops: &[Op], base: Instant) -> Result<(), TestCaseError> {
+        let mut t = Timers::new();
+        // (deadline, order set) -> (id, kind), and id -> its key.
+        let mut model: BTreeMap<(Instant, u64), (u64, TimerKind)> = BTreeMap::new();
+        let mut keys: HashMap<u64, (Instant, u64)> = HashMap::new();
+        let mut handed: Vec<u64> = Vec::new();
+        let mut now = base;
+        let mut seq = 0u64;
+        let mut peak = 0usize;
+        let mut steps: Vec<Op> = Vec::with_capacity(ops.len());
+        for op in ops {
+            match op {
+                Op::SetMany {
+                    count,
+                    when,
+                    instance,
+                } => steps.extend(std::iter::repeat_n(
+                    Op::Set {
+                        when: when.clone(),
+                        instance: *instance,
+                    },
+                    *count,
+                )),
+                Op::CancelRecent(n) => {
+                    steps.extend((1..=*n).map(Op::CancelBack));
+                }
+                other => steps.push(other.clone()),
+            }
+        }
+        for (step, op) in steps.iter().enumerate() {
+            let mut touched = None;
+            match op {
+                Op::SetMany { .. } | Op::CancelRecent(_) => unreachable!("expanded above"),
+                Op::Set { when, instance } => {
+                    let at = match *when {
+                        When::Past(ms) => now.checked_sub(Duration::from_millis(ms)).unwrap_or(now),
+                        When::AfterMs(ms) => {
+                            let at = deadline_after(now, ms);
+                            prop_assert!(at >= now);
+                            prop_assert!(now
+                                .checked_add(Duration::from_millis(MAX_DELAY_MS))
+                                .is_none_or(|limit| at <= limit));
+                            at
+                        }
+                        When::Latest => latest(base),
+                    };
+                    seq += 1;
+                    let kind = TimerKind::Handler {
+                        instance: *instance,
+                        user_data: seq,
+                    };
+                    let id = t.set(at, kind);
+                    prop_assert_ne!(id, 0, "id 0 handed out");
+                    prop_assert!(!handed.contains(&id), "id {} handed out twice", id);
+                    handed.push(id);
+                    touched = Some(id);
+                    model.insert((at, seq), (id, kind));
+                    keys.insert(id, (at, seq));
+                }
+                Op::Cancel(_) | Op::CancelBack(_) => {
+                    let pick = match *op {
+                        Op::Cancel(n) if !handed.is_empty() => Some(handed[n % handed.len()]),
+                        Op::CancelBack(k) => handed.len().checked_sub(k).map(|i| handed[i]),
+                        _ => None,
+                    };
+                    let Some(id) = pick else {
+                        continue;
+                    };
+                    touched = Some(id);
+                    let want = match keys.remove(&id) {
+                        Some(key) => model.remove(&key).is_some(),
+                        None => false,
+                    };
+                    prop_assert_eq!(t.cancel(id), want, "cancel({})", id);
+                }
+                Op::CancelUnknown(id) => {
+                    if !handed.contains(id) {
+                        prop_assert!(!t.cancel(*id), "cancelled unknown id {}", id);
+                    }
+                }
+                Op::CancelInstance(i) => {
+                    t.cancel_where(
+                        |k| matches!(k, TimerKind::Handler { instance, .. } if instance == i),
+                    );
+                    model.retain(|_, (id, k)| {
+                        let gone =
+                            matches!(k, TimerKind::Handler { instance, .. } if instance == i);
+                        if gone {
+                            keys.remove(id);
+                        }
+                        !gone
+                    });
+                }
+                Op::Advance(_) | Op::AdvanceToNext | Op::AdvanceToLatest => {
+                    let to = match op {
+                        Op::Advance(ms) => add_ms(now, *ms, base),
+                        Op::AdvanceToNext => model.keys().next().map_or(now, |k| k.0),
+                        _ => latest(base),
+                    };
+                    // The clock never goes back.
+                    now = now.max(to);
+                    let mut fired = Vec::new();
+                    while let Some(due) = t.pop_due(now) {
+                        fired.push(due);
+                        prop_assert!(fired.len() <= handed.len(), "fired more than was set");
+                    }
+                    let mut want = Vec::new();
+                    while let Some(entry) = model.first_entry() {
+                        if entry.key().0 > now {
+                            break;
+                        }
+                        let (id, kind) = entry.remove();
+                        keys.remove(&id);
+                        want.push((id, kind));
+                    }
+                    prop_assert_eq!(fired, want, "fired at {:?} after the start", now - base);
+                }
+            }
+            // After every step: the same pending set, next deadline and ids.
+            prop_assert_eq!(t.len(), model.len(), "pending count after {:?}", op);
+            prop_assert_eq!(
+                t.next_deadline(),
+                model.keys().next().map(|k| k.0),
+                "next deadline after {:?}",
+                op
+            );
+            // Every id's state now and then (and after the steps that touch
+            // many); the one a step touched, always.
+            let all = step % 16 == 0
+                || step + 1 == steps.len()
+                || matches!(
+                    op,
+                    Op::CancelInstance(_)
+                        | Op::Advance(_)
+                        | Op::AdvanceToNext
+                        | Op::AdvanceToLatest
+                );
+            for id in if all { &handed[..] } else { touched.as_slice() } {
+                let want = keys.get(id).map(|key| model[key].1);
+                prop_assert_eq!(t.get(*id), want, "get({}) after {:?}", id, op);
+            }
+            // Cancelled entries left in the heap are bounded: never more
+            // than 64 or the most timers ever pending at once.
+            peak = peak.max(t.len());
+            prop_assert!(
+                t.heap.len() >= t.len(),
+                "a pending timer is missing from the heap"
+            );
+            prop_assert!(
+                t.heap.len() - t.len() <= peak.max(64),
+                "heap of {} for {} timers (peak {})",
+                t.heap.len(),
+                t.len(),
+                peak
+            );
+        }
+        Ok(())
+    }
+
+    fn figure(key: &str, value: u64) {
+        let line = format!("{key}={value}");
+        println!("{line}");
+        if let Ok(path) = std::env::var("LOOPD_FIGURES") {
+            use std::io::Write;
+            if let Ok(mut f) = std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(path)
+            {
+                let _ = writeln!(f, "{line}");
+            }
+        }
+    }
+
+    #[test]
+    fn timers_match_a_reference_model() {
+        let soak = std::env::var("LOOPD_SOAK").is_ok_and(|v| v == "1");
+        let cases = std::env::var("PROPTEST_CASES")
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(if soak { 20_000 } else { 256 });
+        let mut runner = TestRunner::new(Config {
+            cases,
+            failure_persistence: None,
+            ..Config::default()
+        });
+        let base = Instant::now();
+        let ran = AtomicU64::new(0);
+        let result = runner.run(&prop::collection::vec(op(), 1..200), |ops| {
+            ran.fetch_add(1, Ordering::Relaxed);
+            check(&ops, base)
+        });
+        let divergences = u64::from(result.is_err());
+        figure("rel_timer.cases", u64::from(cases));
+        figure("rel_timer.divergences", divergences);
+        match result {
+            Ok(()) => {}
+            Err(TestError::Fail(why, ops)) => {
+                panic!("the timers diverge from the model: {why}\nminimal sequence: {ops:#?}")
+            }
+            Err(e) => panic!("{e}"),
+        }
+        assert!(
+            ran.load(Ordering::Relaxed) >= u64::from(cases),
+            "ran fewer cases than asked"
+        );
+        assert_eq!(divergences, 0);
     }
 }
