@@ -146,7 +146,13 @@ pub(crate) unsafe fn check_info(
         ));
     }
     let mut vtable = loopd_vtable::EMPTY;
+    // Whole hooks only: a size that ends inside a hook slot (a corrupt
+    // table) must not leave half of a function pointer in ours, to be
+    // called later. vsize >= the v1.0 size, which starts the first hook.
+    let first_hook = std::mem::offset_of!(loopd_vtable, create);
+    let slot = std::mem::size_of::<Option<abi::loopd_create_fn>>();
     let n = vsize.min(std::mem::size_of::<loopd_vtable>());
+    let n = first_hook + (n - first_hook) / slot * slot;
     // SAFETY: the plugin's table has `vsize >= n` readable bytes; ours has `n` writable ones.
     unsafe {
         std::ptr::copy_nonoverlapping(
@@ -268,6 +274,45 @@ mod tests {
         let (path, why) = resolve(&PluginRef::Path("/nonexistent/x.so".into()), None).unwrap_err();
         assert_eq!(path, PathBuf::from("/nonexistent/x.so"));
         assert_eq!(why, "file not found");
+    }
+
+    unsafe extern "C" fn hook(
+        _: *mut abi::loopd_ctx,
+        _: *mut std::ffi::c_void,
+        _: u64,
+        _: *const abi::loopd_listen_info,
+    ) {
+    }
+
+    /// Found by the plugin_info fuzz target: a vtable whose struct_size ends
+    /// inside a hook slot left half of that pointer (the rest zero) in the
+    /// copy, a non-NULL hook that would jump to a torn address.
+    #[test]
+    fn a_vtable_size_inside_a_hook_copies_whole_hooks_only() {
+        let mut theirs = loopd_vtable::EMPTY;
+        theirs.on_listen = Some(hook);
+        // SAFETY: only the bit pattern matters; this hook is never called.
+        theirs.on_oversize = unsafe {
+            std::mem::transmute::<usize, Option<abi::loopd_on_oversize_fn>>(0x1122_3344_5566_7788)
+        };
+        // Ends 4 bytes into on_oversize.
+        theirs.struct_size = (std::mem::offset_of!(loopd_vtable, on_oversize) + 4) as u32;
+        let info = loopd_plugin_info {
+            struct_size: std::mem::size_of::<loopd_plugin_info>() as u32,
+            abi_major: abi::LOOPD_ABI_MAJOR,
+            abi_minor: abi::LOOPD_ABI_MINOR,
+            min_host_minor: 0,
+            name: c"torn".as_ptr(),
+            version: c"1".as_ptr(),
+            default_framing: abi::LOOPD_FRAMING_DEFAULT,
+            reserved: 0,
+            vtable: &theirs,
+        };
+        // SAFETY: every pointer is valid for the call.
+        let p = unsafe { check_info(&info, None) }.unwrap();
+        assert!(p.vtable.on_listen.is_some(), "a whole hook was dropped");
+        assert!(p.vtable.on_oversize.is_none(), "a torn hook was copied");
+        assert!(p.vtable.on_partial.is_none());
     }
 
     #[test]
