@@ -103,11 +103,14 @@ impl OutQueue {
 
 /// The next frame in a buffer, per the connection's framing.
 #[derive(Debug, PartialEq, Eq)]
-pub(crate) enum Next {
+pub enum Next {
     /// Payload is `buf[start..end]`; the frame takes `consumed` bytes.
     Frame {
+        /// First byte of the payload.
         start: usize,
+        /// One past the last byte of the payload.
         end: usize,
+        /// Bytes the frame takes in `buf`, header and line ending included.
         consumed: usize,
     },
     /// Not a whole frame yet.
@@ -119,7 +122,7 @@ pub(crate) enum Next {
 
 /// How to get rid of an oversize frame that the handler chose to skip.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum Discard {
+pub enum Discard {
     /// The whole frame is in the buffer: drop its `n` bytes.
     Consume(usize),
     /// A line without its end yet: drop everything up to and including the next `\n`.
@@ -130,7 +133,7 @@ pub(crate) enum Discard {
 
 /// What is being discarded while an oversize frame is skipped.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum Skipping {
+pub enum Skipping {
     /// Input up to and including the next `\n`.
     Line,
     /// This many more bytes.
@@ -139,7 +142,7 @@ pub(crate) enum Skipping {
 
 /// Drops skipped input from the front of `buf`: returns how many bytes were
 /// dropped and what is still to skip afterwards.
-pub(crate) fn skip_input(skipping: Skipping, buf: &[u8]) -> (usize, Option<Skipping>) {
+pub fn skip_input(skipping: Skipping, buf: &[u8]) -> (usize, Option<Skipping>) {
     match skipping {
         Skipping::Line => match memchr::memchr(b'\n', buf) {
             Some(nl) => (nl + 1, None),
@@ -154,7 +157,7 @@ pub(crate) fn skip_input(skipping: Skipping, buf: &[u8]) -> (usize, Option<Skipp
 }
 
 /// Finds the first frame in `buf`.
-pub(crate) fn next_frame(framing: FramingKind, max_frame: usize, buf: &[u8]) -> Next {
+pub fn next_frame(framing: FramingKind, max_frame: usize, buf: &[u8]) -> Next {
     match framing {
         FramingKind::Raw => {
             if buf.is_empty() {

@@ -96,6 +96,8 @@ mod conn;
 mod dispatch;
 mod error;
 mod event_loop;
+#[doc(hidden)]
+pub mod fuzzing;
 mod host;
 mod listener;
 mod plugin;

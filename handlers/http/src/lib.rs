@@ -50,6 +50,8 @@ mod clock;
 mod cond;
 mod config;
 mod fs;
+#[doc(hidden)]
+pub mod fuzzing;
 mod mime;
 mod path;
 mod request;

@@ -10,7 +10,7 @@
 
 /// Why a request path cannot be served.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum PathError {
+pub enum PathError {
     /// Not an origin-form path, or a `%` not followed by two hex digits: 400.
     BadRequest,
     /// Climbs above the root, or holds a NUL, a backslash or a control

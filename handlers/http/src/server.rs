@@ -1174,7 +1174,7 @@ impl Server {
 
 /// Splits a request target into its path and query. Accepts origin-form
 /// (`/a?b`) and absolute-form (`http://host/a?b`); anything else is `None`.
-fn split_target(target: &str) -> Option<(&str, Option<&str>)> {
+pub(crate) fn split_target(target: &str) -> Option<(&str, Option<&str>)> {
     let target = target.split('#').next().unwrap_or(target);
     if !target.starts_with('/') {
         let lower = target.get(..8).unwrap_or(target).to_ascii_lowercase();
