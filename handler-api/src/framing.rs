@@ -206,8 +206,11 @@ impl LineDecoder {
     /// Holds `partial` (no `\n` in it) after what is already held.
     fn keep(&mut self, partial: &[u8]) -> Result<(), FrameError> {
         let len = self.buf.len() + partial.len();
-        // One byte of slack: the line may end in "\r" whose "\n" is in flight.
-        if len > self.max_line.saturating_add(1) {
+        // One byte of slack, for a "\r" whose "\n" may be in flight: any
+        // other byte past the limit makes the line too long already (and
+        // `take_rest` must never hand over more than `max_line`).
+        let last = partial.last().or(self.buf.last());
+        if len > self.max_line.saturating_add(1) || (len > self.max_line && last != Some(&b'\r')) {
             return Err(self.fail(len));
         }
         self.buf.extend_from_slice(partial);
@@ -392,6 +395,30 @@ mod tests {
         let r = LineDecoder::new(3).decode(b"ok\ntoo long\n", |l| seen.push(l.to_vec()));
         assert_eq!(r, Err(FrameError::TooLong { len: 8, limit: 3 }));
         assert_eq!(seen, [b"ok"]);
+    }
+
+    /// Found by the framing fuzz target: an incomplete line of exactly
+    /// `max_line + 1` bytes not ending in `\r` was held, and `take_rest`
+    /// handed it over at EOF, one byte over the limit.
+    #[test]
+    fn a_held_line_never_exceeds_the_limit() {
+        let mut d = LineDecoder::new(4);
+        assert_eq!(
+            d.decode(b"abcde", |_| panic!("no line")),
+            Err(FrameError::TooLong { len: 5, limit: 4 })
+        );
+        assert_eq!(d.take_rest(), None);
+        // Split across calls too.
+        let mut d = LineDecoder::new(4);
+        assert_eq!(d.decode(b"abcd", |_| {}), Ok(0));
+        assert_eq!(
+            d.decode(b"e", |_| {}),
+            Err(FrameError::TooLong { len: 5, limit: 4 })
+        );
+        // The one byte of slack is for a "\r" only.
+        let mut d = LineDecoder::new(4);
+        assert_eq!(d.decode(b"abcd\r", |_| {}), Ok(0));
+        assert_eq!(d.take_rest(), Some(b"abcd".to_vec()));
     }
 
     #[test]

@@ -188,8 +188,14 @@ pub fn next_frame(framing: FramingKind, max_frame: usize, buf: &[u8]) -> Next {
                     }
                 }
             }
-            // One extra byte of slack: the line may end in "\r" whose "\n" is still in flight.
-            None if buf.len() > max_frame + 1 => Next::TooBig(buf.len(), Discard::UntilNewline),
+            // Refused as soon as it is known to be too long. One byte of
+            // slack, for a "\r" whose "\n" is still in flight; any other
+            // byte past max_frame already makes the line too long.
+            None if buf.len() > max_frame + 1
+                || (buf.len() > max_frame && buf.last() != Some(&b'\r')) =>
+            {
+                Next::TooBig(buf.len(), Discard::UntilNewline)
+            }
             None => Next::Incomplete,
         },
         FramingKind::LengthPrefixed => {
@@ -347,6 +353,11 @@ mod tests {
             Next::TooBig(4, Discard::Consume(5))
         );
         assert_eq!(next_frame(FramingKind::Line, 3, b"abc\r"), Next::Incomplete);
+        // Known to be too long one byte past the limit, unless that is "\r".
+        assert_eq!(
+            next_frame(FramingKind::Line, 3, b"abcd"),
+            Next::TooBig(4, Discard::UntilNewline)
+        );
         assert_eq!(
             next_frame(FramingKind::Line, 3, b"abcde"),
             Next::TooBig(5, Discard::UntilNewline)
