@@ -67,8 +67,7 @@ fn check_config(c: &Config) {
     for h in &c.handlers {
         assert!(
             !h.name.is_empty()
-                && h
-                    .name
+                && h.name
                     .chars()
                     .all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c)),
             "bad name {:?} accepted",

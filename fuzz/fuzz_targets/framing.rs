@@ -147,7 +147,11 @@ impl Conn {
             return;
         }
         let mut buf = std::mem::take(&mut self.inbuf);
-        let used = if buf.is_empty() { 0 } else { self.deliver(&buf) };
+        let used = if buf.is_empty() {
+            0
+        } else {
+            self.deliver(&buf)
+        };
         if self.closed {
             return;
         }
@@ -187,12 +191,7 @@ impl Conn {
     }
 }
 
-fn run_loopd(
-    framing: FramingKind,
-    max: usize,
-    oversize: Oversize,
-    reads: &[&[u8]],
-) -> Outcome {
+fn run_loopd(framing: FramingKind, max: usize, oversize: Oversize, reads: &[&[u8]]) -> Outcome {
     let mut c = Conn {
         framing,
         max,
@@ -207,7 +206,11 @@ fn run_loopd(
     }
     c.process_input(true);
     for f in &c.out.frames {
-        assert!(f.len() <= max, "a frame of {} bytes, max_frame {max}", f.len());
+        assert!(
+            f.len() <= max,
+            "a frame of {} bytes, max_frame {max}",
+            f.len()
+        );
         if framing == FramingKind::Line {
             assert!(!f.contains(&b'\n'), "a line holds a newline");
         }
@@ -281,7 +284,11 @@ fn run_sdk(framing: FramingKind, max: usize, reads: &[&[u8]]) -> Outcome {
             let mut d = LineDecoder::new(max);
             for r in reads {
                 let res = d.decode(r, |l| out.frames.push(l.to_vec()));
-                assert!(d.buffered() <= max + 1, "LineDecoder holds {}", d.buffered());
+                assert!(
+                    d.buffered() <= max + 1,
+                    "LineDecoder holds {}",
+                    d.buffered()
+                );
                 if let Err(FrameError::TooLong { len, limit }) = res {
                     assert_eq!(limit, max);
                     assert!(len > max);
@@ -297,7 +304,11 @@ fn run_sdk(framing: FramingKind, max: usize, reads: &[&[u8]]) -> Outcome {
             let mut d = LengthPrefixedDecoder::new(max);
             for r in reads {
                 let res = d.decode(r, |f| out.frames.push(f.to_vec()));
-                assert!(d.buffered() <= max + 4, "LengthPrefixedDecoder holds {}", d.buffered());
+                assert!(
+                    d.buffered() <= max + 4,
+                    "LengthPrefixedDecoder holds {}",
+                    d.buffered()
+                );
                 if let Err(FrameError::TooLong { len, limit }) = res {
                     assert_eq!(limit, max);
                     assert!(len > max);
@@ -308,7 +319,11 @@ fn run_sdk(framing: FramingKind, max: usize, reads: &[&[u8]]) -> Outcome {
         }
     }
     for f in &out.frames {
-        assert!(f.len() <= max, "the SDK handed over {} bytes, max {max}", f.len());
+        assert!(
+            f.len() <= max,
+            "the SDK handed over {} bytes, max {max}",
+            f.len()
+        );
     }
     out
 }
@@ -339,13 +354,24 @@ fuzz_target!(|data: &[u8]| {
     let got = run_loopd(framing, max, oversize, &reads);
     match framing {
         FramingKind::Raw => {
-            assert_eq!(got.frames.concat(), stream, "raw frames lost or added bytes");
-            assert!(got.frames.iter().all(|f| !f.is_empty()), "an empty raw frame");
+            assert_eq!(
+                got.frames.concat(),
+                stream,
+                "raw frames lost or added bytes"
+            );
+            assert!(
+                got.frames.iter().all(|f| !f.is_empty()),
+                "an empty raw frame"
+            );
         }
         _ => {
             let want = model(framing, max, oversize, stream);
             assert_eq!(got.frames, want.frames, "frames differ from the model");
-            assert_eq!(got.refused.is_some(), want.refused.is_some(), "refusal differs");
+            assert_eq!(
+                got.refused.is_some(),
+                want.refused.is_some(),
+                "refusal differs"
+            );
             if framing == FramingKind::LengthPrefixed {
                 assert_eq!(got.refused, want.refused);
             }
@@ -381,7 +407,10 @@ fn round_trip(payload: &[u8], max: usize, rng: &mut Rng) {
     assert_eq!(got.frames, want, "length-prefixed round trip through loopd");
     assert_eq!(got.refused, None);
     let got = run_sdk(FramingKind::LengthPrefixed, max, &reads);
-    assert_eq!(got.frames, want, "length-prefixed round trip through the SDK");
+    assert_eq!(
+        got.frames, want,
+        "length-prefixed round trip through the SDK"
+    );
     // Lines: without "\n", and without a trailing "\r" (which framing strips).
     let lines: Vec<Vec<u8>> = frames
         .iter()

@@ -48,7 +48,8 @@ fn check(raw: &[u8], hidden: bool) {
         "{rel:?} has a leading or trailing slash"
     );
     assert!(
-        !rel.iter().any(|&b| b == 0 || b == b'\\' || b < 0x20 || b == 0x7f),
+        !rel.iter()
+            .any(|&b| b == 0 || b == b'\\' || b < 0x20 || b == 0x7f),
         "{rel:?} holds a forbidden byte"
     );
     if !rel.is_empty() {
@@ -73,7 +74,11 @@ fn check(raw: &[u8], hidden: bool) {
     let root = Path::new("/srv/root");
     let joined = root.join(OsStr::from_bytes(&rel));
     let mut depth = 0i64;
-    for c in joined.strip_prefix(root).expect("below the root").components() {
+    for c in joined
+        .strip_prefix(root)
+        .expect("below the root")
+        .components()
+    {
         match c {
             Component::ParentDir => depth -= 1,
             Component::Normal(_) => depth += 1,

@@ -256,7 +256,12 @@ fn root() -> &'static PathBuf {
 fn make(flags: u8) -> (Http, Ctx) {
     // SAFETY: HOST_API is a complete static table; the context pointer is
     // never dereferenced by this host.
-    let ctx = unsafe { Ctx::from_raw(&HOST_API, std::ptr::NonNull::<c_void>::dangling().as_ptr().cast()) };
+    let ctx = unsafe {
+        Ctx::from_raw(
+            &HOST_API,
+            std::ptr::NonNull::<c_void>::dangling().as_ptr().cast(),
+        )
+    };
     let config = serde_json::json!({
         "root": root(),
         "hidden_files": flags & 1 != 0,
@@ -312,7 +317,10 @@ fn drain(http: &mut Http, ctx: &Ctx) {
 
 fn check_timers() {
     let n = with(|h| h.timers.len());
-    assert!(n <= MAX_TIMERS, "the handler holds {n} timers for one connection");
+    assert!(
+        n <= MAX_TIMERS,
+        "the handler holds {n} timers for one connection"
+    );
 }
 
 fn closed() -> bool {
@@ -340,7 +348,8 @@ fuzz_target!(|data: &[u8]| {
         local: Some(SocketAddr::from(([127, 0, 0, 1], 8080))),
         endpoint: "tcp://127.0.0.1:8080",
     };
-    http.on_open(&ctx, id, &info).expect("a raw connection is accepted");
+    http.on_open(&ctx, id, &info)
+        .expect("a raw connection is accepted");
     check_timers();
 
     let mode = (flags >> 4) & 3;
@@ -387,7 +396,11 @@ fuzz_target!(|data: &[u8]| {
             None => break,
         }
     }
-    let reason = if closed() { CloseReason::Local } else { CloseReason::Peer };
+    let reason = if closed() {
+        CloseReason::Local
+    } else {
+        CloseReason::Peer
+    };
     with(|h| h.closed = true);
     http.on_close(&ctx, id, (), reason);
     let (left, out, sent_after_close, errors) = with(|h| {
@@ -430,8 +443,21 @@ fn check_responses(mut out: &[u8], hidden_ok: bool) {
         assert!(
             matches!(
                 status,
-                200 | 206 | 301 | 304 | 400 | 403 | 404 | 405 | 408 | 412 | 413 | 414 | 416
-                    | 417 | 431 | 505
+                200 | 206
+                    | 301
+                    | 304
+                    | 400
+                    | 403
+                    | 404
+                    | 405
+                    | 408
+                    | 412
+                    | 413
+                    | 414
+                    | 416
+                    | 417
+                    | 431
+                    | 505
             ),
             "unexpected status {status}"
         );
@@ -446,7 +472,11 @@ fn check_responses(mut out: &[u8], hidden_ok: bool) {
                     .expect("a numeric Content-Length")
             })
             .collect();
-        assert!(lengths.len() <= 1, "{} Content-Length fields", lengths.len());
+        assert!(
+            lengths.len() <= 1,
+            "{} Content-Length fields",
+            lengths.len()
+        );
         out = &out[len..];
         let body = match lengths.first() {
             None => {

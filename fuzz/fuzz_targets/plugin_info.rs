@@ -100,15 +100,39 @@ fuzz_target!(|data: &[u8]| {
     let mut info = Exact::new(size.max(4));
     let p = |v: *const u8| (v as usize).to_ne_bytes();
     info.put(0, &(size as u32).to_ne_bytes());
-    info.put(offset_of!(loopd_plugin_info, abi_major), &major.to_ne_bytes());
-    info.put(offset_of!(loopd_plugin_info, abi_minor), &minor.to_ne_bytes());
-    info.put(offset_of!(loopd_plugin_info, min_host_minor), &min_host.to_ne_bytes());
-    let name_ptr = if nulls & 1 != 0 { std::ptr::null() } else { name.as_ptr().cast() };
-    let version_ptr = if nulls & 2 != 0 { std::ptr::null() } else { version.as_ptr().cast() };
-    let vtable_ptr: *const u8 = if nulls & 4 != 0 { std::ptr::null() } else { vtable.ptr };
+    info.put(
+        offset_of!(loopd_plugin_info, abi_major),
+        &major.to_ne_bytes(),
+    );
+    info.put(
+        offset_of!(loopd_plugin_info, abi_minor),
+        &minor.to_ne_bytes(),
+    );
+    info.put(
+        offset_of!(loopd_plugin_info, min_host_minor),
+        &min_host.to_ne_bytes(),
+    );
+    let name_ptr = if nulls & 1 != 0 {
+        std::ptr::null()
+    } else {
+        name.as_ptr().cast()
+    };
+    let version_ptr = if nulls & 2 != 0 {
+        std::ptr::null()
+    } else {
+        version.as_ptr().cast()
+    };
+    let vtable_ptr: *const u8 = if nulls & 4 != 0 {
+        std::ptr::null()
+    } else {
+        vtable.ptr
+    };
     info.put(offset_of!(loopd_plugin_info, name), &p(name_ptr));
     info.put(offset_of!(loopd_plugin_info, version), &p(version_ptr));
-    info.put(offset_of!(loopd_plugin_info, default_framing), &framing.to_ne_bytes());
+    info.put(
+        offset_of!(loopd_plugin_info, default_framing),
+        &framing.to_ne_bytes(),
+    );
     info.put(offset_of!(loopd_plugin_info, vtable), &p(vtable_ptr));
 
     // SAFETY: `info` holds `size` (at least 4) readable bytes and says so;
@@ -116,7 +140,17 @@ fuzz_target!(|data: &[u8]| {
     // vtable above, which holds its own struct_size bytes; all outlive the call.
     let got = unsafe { check_plugin_info(info.ptr.cast()) };
 
-    let want = expect(size, major, min_host, vtable_ptr.is_null(), vsize, framing, &name, &version, nulls);
+    let want = expect(
+        size,
+        major,
+        min_host,
+        vtable_ptr.is_null(),
+        vsize,
+        framing,
+        &name,
+        &version,
+        nulls,
+    );
     match (&got, want) {
         (Ok(ok), Ok(framing)) => {
             assert_eq!(ok.default_framing, framing);
@@ -188,7 +222,10 @@ fn check_vtable(got: &loopd_vtable, theirs: &[u8], vsize: usize) {
     assert_eq!(got.struct_size as usize, size_of::<loopd_vtable>());
     // SAFETY: a loopd_vtable is plain data: read it as bytes.
     let ours: &[u8] = unsafe {
-        std::slice::from_raw_parts((got as *const loopd_vtable).cast(), size_of::<loopd_vtable>())
+        std::slice::from_raw_parts(
+            (got as *const loopd_vtable).cast(),
+            size_of::<loopd_vtable>(),
+        )
     };
     let first_hook = offset_of!(loopd_vtable, create);
     let slot = size_of::<usize>();

@@ -88,7 +88,10 @@ pub fn chunks<'a>(data: &'a [u8], mode: u8, rng: &mut Rng) -> Vec<&'a [u8]> {
             0 => rest.len(),
             1 => 1,
             2 => 1 + rng.below(64) as usize,
-            _ => rest.iter().position(|&b| b == b'\n').map_or(rest.len(), |i| i + 1),
+            _ => rest
+                .iter()
+                .position(|&b| b == b'\n')
+                .map_or(rest.len(), |i| i + 1),
         };
         let (head, tail) = rest.split_at(n.min(rest.len()));
         out.push(head);
