@@ -302,7 +302,7 @@ impl Server {
         c.peer_eof = true;
         // Keep writing only while a response is in progress; the rest (a
         // partial request, a lingering close) ends with the client.
-        !c.closing && !c.lingering && c.resp.is_some()
+        !c.closing && c.resp.is_some()
     }
 
     pub(crate) fn on_writable(&mut self, id: ConnId) {
@@ -477,7 +477,7 @@ impl Server {
                             DiscardError::TooLarge => "request body over max_discard_body",
                         };
                         self.ctx.debug(format_args!("{id}: {why}; closing"));
-                        self.close(id, CloseMode::Flush);
+                        self.stop_reading(id);
                         return input.len();
                     }
                 }
@@ -536,6 +536,25 @@ impl Server {
         }
     }
 
+    /// The client's input can no longer be followed (a body that cannot be
+    /// discarded): ignore the rest of it and close once the response in
+    /// progress is out, lingering so that closing with unread input does
+    /// not reset the connection and destroy that response before the client
+    /// has read it (the client is typically still sending its body).
+    fn stop_reading(&mut self, id: ConnId) {
+        let Some(c) = self.conns.get_mut(&id) else {
+            return;
+        };
+        c.discard = Discard::None;
+        c.inbuf = Vec::new();
+        c.close_after = true;
+        c.linger_after = true;
+        c.lingering = true;
+        if c.resp.is_none() {
+            self.linger(id);
+        }
+    }
+
     /// Closes a connection whose client has stopped sending, unless a
     /// response is still going out (then it closes once that is done).
     fn close_when_idle(&mut self, id: ConnId) {
@@ -576,6 +595,8 @@ impl Server {
             Some("Transfer-Encoding whose final coding is not chunked")
         } else if req.host_fields > 1 || (req.version == 1 && req.host_fields == 0) {
             Some("missing or repeated Host")
+        } else if req.bad_host {
+            Some("invalid Host")
         } else {
             None
         };
@@ -612,18 +633,16 @@ impl Server {
             req.conn_keep_alive && !req.conn_close
         };
         keep &= !self.shutting_down && self.cfg.keepalive_timeout.is_some();
-        if let Some(expect) = req.expect {
-            if !expect.trim_ascii().eq_ignore_ascii_case(b"100-continue") {
-                self.error(id, 417, start, line, true);
-                return;
-            }
-            if has_body {
-                // No "100 Continue": the answer is final, so the client
-                // may or may not send its body. Close (after lingering)
-                // rather than guess where the next request starts.
-                keep = false;
-                c.linger_after = true;
-            }
+        if req.expect_other {
+            self.error(id, 417, start, line, true);
+            return;
+        }
+        if req.expect_continue && has_body {
+            // No "100 Continue": the answer is final, so the client may or
+            // may not send its body. Close (after lingering) rather than
+            // guess where the next request starts.
+            keep = false;
+            c.linger_after = true;
         }
         let connection = if !keep {
             Connection::Close
