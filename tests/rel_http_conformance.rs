@@ -729,6 +729,14 @@ fn cases() -> Vec<Case> {
             &[200],
             Close,
         ),
+        case(
+            "Expect: 100-continue in HTTP/1.0 is ignored",
+            format!(
+                "GET /hello.txt HTTP/1.0\r\nConnection: keep-alive\r\nExpect: 100-continue\r\nContent-Length: {n}\r\n\r\n{s}"
+            ),
+            &[200],
+            Open,
+        ),
     ]
 }
 

@@ -637,7 +637,9 @@ impl Server {
             self.error(id, 417, start, line, true);
             return;
         }
-        if req.expect_continue && has_body {
+        // An HTTP/1.0 client does not wait for "100 Continue": the
+        // expectation is ignored (RFC 9110 10.1.1) and its body discarded.
+        if req.expect_continue && has_body && req.version == 1 {
             // No "100 Continue": the answer is final, so the client may or
             // may not send its body. Close (after lingering) rather than
             // guess where the next request starts.
