@@ -549,6 +549,30 @@ fn cases() -> Vec<Case> {
             Close,
         ),
         case(
+            "a request line in the trailer section",
+            format!(
+                "GET /hello.txt HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n{s}"
+            ),
+            &[200],
+            Close,
+        ),
+        case(
+            "bare CR in a trailer field",
+            format!(
+                "GET /hello.txt HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: chunked\r\n\r\n0\r\nX: a\r\r\n{s}"
+            ),
+            &[200],
+            Close,
+        ),
+        case(
+            "obs-fold in the trailer section",
+            format!(
+                "GET /hello.txt HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: chunked\r\n\r\n0\r\nX: a\r\n b\r\n\r\n"
+            ),
+            &[200],
+            Close,
+        ),
+        case(
             "chunked body over max_discard_body",
             format!(
                 "GET /hello.txt HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: chunked\r\n\r\n10000000\r\n{s}"

@@ -174,12 +174,33 @@ fn step(state: &mut Chunked, rest: &[u8]) -> Result<Step, DiscardError> {
                 let text = &rest[..n];
                 if text == b"\r\n" || text == b"\n" {
                     Ok(Step::Done(n))
-                } else {
+                } else if trailer_field(text) {
                     Ok(Step::Used(n))
+                } else {
+                    Err(DiscardError::Malformed)
                 }
             }
         },
     }
+}
+
+/// Whether a trailer line (with its line ending) is a well-formed field
+/// line, `name: value`, as in a head: a token name, no bare CR, no control
+/// characters, no obs-fold. Anything else (a request line hidden after the
+/// last chunk, say) could be read differently by another party.
+fn trailer_field(line: &[u8]) -> bool {
+    let line = line.strip_suffix(b"\n").unwrap_or(line);
+    let line = line.strip_suffix(b"\r").unwrap_or(line);
+    let Some(colon) = line.iter().position(|&b| b == b':') else {
+        return false;
+    };
+    let (name, value) = (&line[..colon], &line[colon + 1..]);
+    let tchar = |b: u8| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b);
+    !name.is_empty()
+        && name.iter().all(|&b| tchar(b))
+        && value
+            .iter()
+            .all(|&b| b == b'\t' || (b >= 0x20 && b != 0x7f))
 }
 
 #[cfg(test)]
@@ -227,6 +248,28 @@ mod tests {
             assert_eq!(
                 run(Discard::chunked(), bad, 100),
                 Err(DiscardError::Malformed)
+            );
+        }
+    }
+
+    #[test]
+    fn trailers_must_be_field_lines() {
+        let ok = b"0\r\nX-A: 1\r\nX-B:\tv\xe9\r\n\r\nNEXT";
+        let (n, d) = run(Discard::chunked(), ok, 100).unwrap();
+        assert_eq!((d, &ok[n..]), (Discard::None, &b"NEXT"[..]));
+        for bad in [
+            &b"0\r\nGET /x HTTP/1.1\r\n\r\n"[..],
+            b"0\r\nX: a\rb\r\n\r\n",
+            b"0\r\nX: a\r\n b\r\n\r\n",
+            b"0\r\nX y: a\r\n\r\n",
+            b"0\r\n: a\r\n\r\n",
+            b"0\r\nX: a\x00\r\n\r\n",
+        ] {
+            assert_eq!(
+                run(Discard::chunked(), bad, 100),
+                Err(DiscardError::Malformed),
+                "{:?}",
+                String::from_utf8_lossy(bad)
             );
         }
     }
