@@ -250,6 +250,51 @@ fn a_client_sending_a_large_body_to_a_4xx_reads_the_whole_response() {
 }
 
 #[test]
+fn a_slow_upload_to_a_4xx_is_read_to_its_end() {
+    // The body takes several lingering timeouts to arrive, with gaps
+    // shorter than one: the server keeps reading (each arrival extends the
+    // linger, within lingering_time_ms) instead of resetting the
+    // connection halfway through the upload.
+    let site = site();
+    let loopd = site.serve("lingering_timeout_ms = 400\nlingering_time_ms = 20000");
+    let addr = loopd.tcp("http");
+    let rounds = tier(2, 10);
+    let mut complete = 0;
+    for round in 0..rounds {
+        let mut s = tcp(addr);
+        let mut writer = s.try_clone().unwrap();
+        let parts = 16;
+        let part = 64 << 10;
+        let t = std::thread::spawn(move || -> io::Result<()> {
+            writer.write_all(
+                format!(
+                    "GET /hello.txt HTTP/1.1\r\nHost: t\r\nContent-Length: {}\r\n\r\n",
+                    parts * part
+                )
+                .as_bytes(),
+            )?;
+            for _ in 0..parts {
+                writer.write_all(&vec![b'u'; part])?;
+                // A gap well under lingering_timeout_ms; 16 of them add up
+                // to several timeouts.
+                std::thread::sleep(Duration::from_millis(100));
+            }
+            writer.shutdown(Shutdown::Write)
+        });
+        let (all, reset) = read_to_close(&mut s);
+        let sent = t.join().unwrap();
+        let resps = parse_all(&all);
+        assert_eq!(resps.len(), 1, "round {round}");
+        assert_eq!(resps[0].status, 413);
+        assert!(!reset, "round {round}: reset instead of a close");
+        assert!(sent.is_ok(), "round {round}: the upload was cut: {sent:?}");
+        complete += 1;
+    }
+    figure("rel_conn_edges.slow_uploads_to_4xx_complete", complete);
+    assert_eq!(complete, rounds);
+}
+
+#[test]
 fn clients_reset_mid_response_leave_loopd_serving() {
     let site = site();
     let loopd = site.serve("");

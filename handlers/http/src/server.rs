@@ -95,6 +95,9 @@ struct Conn {
     linger_after: bool,
     /// Discarding all input until the client closes or the deadline passes.
     lingering: bool,
+    /// When a lingering close ends however steadily the client keeps
+    /// sending (`Ctx::now_ms`; `lingering_time`).
+    linger_until: u64,
     /// The client shut down its sending side.
     peer_eof: bool,
     /// `close` was called; on_close follows.
@@ -260,6 +263,7 @@ impl Server {
                 close_after: false,
                 linger_after: false,
                 lingering: false,
+                linger_until: 0,
                 peer_eof: false,
                 closing: false,
                 req_start: None,
@@ -277,7 +281,18 @@ impl Server {
         let Some(c) = self.conns.get_mut(&id) else {
             return;
         };
-        if c.closing || c.lingering {
+        if c.closing {
+            return;
+        }
+        if c.lingering {
+            // The client is still sending: wait for it a little longer
+            // (the armed timer moves the close when it fires), within
+            // lingering_time.
+            if let Some((Wait::Linger, at)) = c.deadline {
+                let ms = self.cfg.lingering_timeout.as_millis() as u64;
+                let later = self.ctx.now_ms().saturating_add(ms).min(c.linger_until);
+                c.deadline = Some((Wait::Linger, at.max(later)));
+            }
             return;
         }
         if c.inbuf.is_empty() {
@@ -1111,6 +1126,8 @@ impl Server {
         c.lingering = true;
         c.inbuf = Vec::new();
         c.discard = Discard::None;
+        let total = u64::try_from(self.cfg.lingering_time.as_millis()).unwrap_or(u64::MAX / 2);
+        c.linger_until = self.ctx.now_ms().saturating_add(total);
         self.set_deadline(id, Wait::Linger);
     }
 
@@ -1159,11 +1176,15 @@ impl Server {
             Wait::Send => self.cfg.send_timeout,
             Wait::Linger => self.cfg.lingering_timeout,
         };
-        let ms = u64::try_from(after.as_millis()).unwrap_or(u64::MAX / 2);
-        let at = self.ctx.now_ms().saturating_add(ms);
+        let mut ms = u64::try_from(after.as_millis()).unwrap_or(u64::MAX / 2);
+        let now = self.ctx.now_ms();
         let Some(c) = self.conns.get_mut(&id) else {
             return;
         };
+        if wait == Wait::Linger {
+            ms = ms.min(c.linger_until.saturating_sub(now));
+        }
+        let at = now.saturating_add(ms);
         c.deadline = Some((wait, at));
         match c.armed {
             // The armed timer fires first; it re-arms for the rest.
