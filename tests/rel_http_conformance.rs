@@ -566,9 +566,7 @@ fn cases() -> Vec<Case> {
         ),
         case(
             "obs-fold in the trailer section",
-            format!(
-                "GET /hello.txt HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: chunked\r\n\r\n0\r\nX: a\r\n b\r\n\r\n"
-            ),
+            "GET /hello.txt HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: chunked\r\n\r\n0\r\nX: a\r\n b\r\n\r\n",
             &[200],
             Close,
         ),
