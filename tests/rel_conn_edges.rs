@@ -139,6 +139,48 @@ fn half_closed_clients_get_their_whole_response() {
     assert_eq!(ok, total, "{failures:#?}");
 }
 
+#[test]
+fn half_closed_echo_clients_get_every_byte_back() {
+    // The same through the runtime's own EOF path (the echo handler closes
+    // on EOF): what was sent before the half-close is echoed in full before
+    // loopd closes. Most payloads fit in the socket buffers; every 100th is
+    // 4 MiB, so loopd's output queue fills and it stops reading while the
+    // EOF is still behind unread data.
+    let loopd = Loopd::start(
+        r#"
+[[handler]]
+name = "echo"
+plugin = "echo"
+listen = ["tcp://127.0.0.1:0"]
+"#,
+    );
+    let addr = loopd.tcp("echo");
+    let total = 1000;
+    let (ok, failures) = parallel(8, total, |i| {
+        let len = if i % 100 == 0 { 4 << 20 } else { 64 << 10 };
+        let data = pattern(len, i as u8);
+        let mut s = tcp(addr);
+        let mut writer = s.try_clone().unwrap();
+        let to_send = data.clone();
+        let t = std::thread::spawn(move || {
+            writer.write_all(&to_send)?;
+            writer.shutdown(Shutdown::Write)
+        });
+        let (got, reset) = read_to_close(&mut s);
+        t.join().unwrap().map_err(|e| format!("sending: {e}"))?;
+        if reset {
+            return Err(format!("reset after {} of {len} bytes", got.len()));
+        }
+        if got != data {
+            return Err(format!("{} bytes back instead of {len}", got.len()));
+        }
+        Ok(())
+    });
+    figure("rel_conn_edges.echo_half_closes", total);
+    figure("rel_conn_edges.echo_half_closes_complete", ok);
+    assert_eq!(ok, total, "{failures:#?}");
+}
+
 /// A request head and a large body that the server refuses, sent by one
 /// thread while this one reads the response.
 struct Refused {
