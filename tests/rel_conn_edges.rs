@@ -293,18 +293,20 @@ fn a_client_sending_a_large_body_to_a_4xx_reads_the_whole_response() {
 
 #[test]
 fn a_slow_upload_to_a_4xx_is_read_to_its_end() {
-    // The body takes several lingering timeouts to arrive, with gaps
+    // The body takes longer than the lingering timeout to arrive, with gaps
     // shorter than one: the server keeps reading (each arrival extends the
     // linger, within lingering_time_ms) instead of resetting the
     // connection halfway through the upload.
     let site = site();
-    let loopd = site.serve("lingering_timeout_ms = 400\nlingering_time_ms = 20000");
+    let loopd = site.serve("lingering_timeout_ms = 1000\nlingering_time_ms = 20000");
     let addr = loopd.tcp("http");
     let rounds = tier(2, 10);
     let mut complete = 0;
     for round in 0..rounds {
         let mut s = tcp(addr);
         let mut writer = s.try_clone().unwrap();
+        // 16 parts 100 ms apart: 1.6 s in all, past the 1 s timeout a
+        // linger that did not wait for the client would cut it at.
         let parts = 16;
         let part = 64 << 10;
         let t = std::thread::spawn(move || -> io::Result<()> {
@@ -317,8 +319,7 @@ fn a_slow_upload_to_a_4xx_is_read_to_its_end() {
             )?;
             for _ in 0..parts {
                 writer.write_all(&vec![b'u'; part])?;
-                // A gap well under lingering_timeout_ms; 16 of them add up
-                // to several timeouts.
+                // A gap a tenth of lingering_timeout_ms.
                 std::thread::sleep(Duration::from_millis(100));
             }
             writer.shutdown(Shutdown::Write)
