@@ -122,7 +122,10 @@ pub unsafe fn entry(
 
 /// Copies the host table, reading no more than the host says it has, into
 /// memory that lives for the rest of the process: a [`Ctx`] a handler keeps
-/// must not dangle. One small copy per created instance.
+/// must not dangle. Copies are shared: an instance whose host table reads
+/// the same as an earlier one's gets that copy, so a program that creates
+/// and destroys instances (or whole runtimes) again and again does not grow,
+/// and the copies stay reachable (not leaked) until the process exits.
 ///
 /// # Safety
 /// `host` must point to a valid `loopd_host_api` of at least `struct_size` bytes.
@@ -140,7 +143,31 @@ unsafe fn copy_host(host: *const loopd_host_api) -> &'static loopd_host_api {
             n,
         )
     };
-    Box::leak(Box::new(out))
+    shared_copy(out)
+}
+
+/// The process-wide copy of a host table that reads as `table`.
+fn shared_copy(table: loopd_host_api) -> &'static loopd_host_api {
+    /// Distinct tables kept; more (a host that builds a table per instance)
+    /// are still copied, one each, never freed.
+    const MAX_SHARED: usize = 16;
+    static COPIES: std::sync::Mutex<Vec<&'static loopd_host_api>> =
+        std::sync::Mutex::new(Vec::new());
+    let bytes = |t: &loopd_host_api| -> [u8; std::mem::size_of::<loopd_host_api>()] {
+        // SAFETY: the struct is plain integers and pointers with no padding
+        // (checked against loopd.h by tests/abi_layout.rs), so every byte
+        // is initialised.
+        unsafe { std::mem::transmute_copy(t) }
+    };
+    let mut copies = COPIES.lock().unwrap_or_else(|e| e.into_inner());
+    if let Some(&copy) = copies.iter().find(|c| bytes(c) == bytes(&table)) {
+        return copy;
+    }
+    let copy: &'static loopd_host_api = Box::leak(Box::new(table));
+    if copies.len() < MAX_SHARED {
+        copies.push(copy);
+    }
+    copy
 }
 
 fn panic_message(payload: &(dyn Any + Send)) -> &str {
