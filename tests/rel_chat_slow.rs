@@ -199,8 +199,9 @@ fn one_member_stops_reading_while_the_others_chat() {
         assert!(!fleet.closed(i), "healthy member {i} was disconnected");
         assert_eq!(left[i], 1, "member {i}: `* silent left` notices");
     }
+    // Under valgrind (LOOPD_VALGRIND=1) loopd's RSS is mostly valgrind's.
     assert!(
-        growth_kib <= (MAX_PENDING + SLACK) >> 10,
+        valgrind() || growth_kib <= (MAX_PENDING + SLACK) >> 10,
         "loopd grew by {growth_kib} KiB (limit max_pending + 16 MiB)"
     );
 }
