@@ -121,12 +121,12 @@ fn one_member_stops_reading_while_the_others_chat() {
         if done {
             break;
         }
-        for s in 0..senders {
-            while sent[s] < lines_each && sent[s] < floor(&next, s) + window {
-                let mut l = line(s, sent[s]);
+        for (s, sent) in sent.iter_mut().enumerate() {
+            while *sent < lines_each && *sent < floor(&next, s) + window {
+                let mut l = line(s, *sent);
                 l.push(b'\n');
                 fleet.send(s, &l);
-                sent[s] += 1;
+                *sent += 1;
             }
         }
         fleet.poll(Duration::from_millis(100), |i, l| {
@@ -195,9 +195,9 @@ fn one_member_stops_reading_while_the_others_chat() {
         "the silent member was never cut off:\n{}",
         loopd.logs()
     );
-    for i in 0..members {
+    for (i, &notices) in left.iter().enumerate() {
         assert!(!fleet.closed(i), "healthy member {i} was disconnected");
-        assert_eq!(left[i], 1, "member {i}: `* silent left` notices");
+        assert_eq!(notices, 1, "member {i}: `* silent left` notices");
     }
     // Under valgrind (LOOPD_VALGRIND=1) loopd's RSS is mostly valgrind's.
     assert!(
