@@ -295,10 +295,14 @@ fn floods_from_one_source_and_from_many_spoofed_ones_stay_under_the_rate() {
         stats["overflowed"] > 0,
         "the source table never filled: {stats:?}"
     );
-    // Nothing dropped for any other reason.
-    assert_eq!(
-        stats["relayed"] + stats["rate"],
-        2 * COUNT as u64 + ends_sent,
+    // Nothing dropped for any other reason, and nothing relayed that was
+    // not sent. (Not `==`: on a busy machine the kernel may drop a few of
+    // the 20,000 in the relay's full receive buffer before loopd reads them.)
+    for reason in ["own", "oversize", "echo", "send_buffer_full", "send_failed"] {
+        assert_eq!(stats[reason], 0, "{reason}: {stats:?}");
+    }
+    assert!(
+        stats["relayed"] + stats["rate"] <= 2 * COUNT as u64 + ends_sent,
         "{stats:?}"
     );
 }
