@@ -327,3 +327,70 @@ listen = ["tcp://127.0.0.1:0"]
         "loopd exited {exit_after:?} after SIGTERM"
     );
 }
+
+/// Chat holds a slow client's output itself once loopd's queue is at its
+/// high watermark. At shutdown that held output, and the shutdown notice
+/// after it, must still reach the client.
+#[test]
+fn chat_output_held_back_at_shutdown_is_delivered() {
+    let config = format!(
+        r#"
+[runtime]
+shutdown_timeout_ms = {SHUTDOWN_TIMEOUT_MS}
+
+[[handler]]
+name = "chat"
+plugin = "chat"
+listen = ["tcp://127.0.0.1:0"]
+output_high_watermark = 65536
+output_low_watermark = 16384
+[handler.config]
+max_pending = 67108864
+"#
+    );
+    let mut loopd = Loopd::start_with(&config, "info", |_| {});
+    let chat = loopd.tcp("chat");
+    let mut slow = Chatter::join(chat);
+    small_receive_buffer(slow.stream(), 128 << 10);
+    let mut speaker = Chatter::join(chat);
+    // Far more than the kernel's socket buffers take (4 MiB at most):
+    // the rest waits in loopd's queue and in chat.
+    let lines = 40_000;
+    let pad = "y".repeat(180);
+    let mut said = String::new();
+    for i in 0..lines {
+        said.push_str(&format!("h{i:05} {pad}\n"));
+    }
+    let writer = {
+        let mut w = speaker.stream().try_clone().unwrap();
+        std::thread::spawn(move || w.write_all(said.as_bytes()))
+    };
+    writer.join().unwrap().expect("the speaker's lines");
+    speaker.send("/rooms");
+    loop {
+        let line = speaker.recv();
+        if line.starts_with("* rooms: ") {
+            break;
+        }
+    }
+    loopd.signal(libc::SIGTERM);
+    assert!(loopd.wait_for_log("shutting down", TIMEOUT), "{}", loopd.logs());
+    let (got, err) = slow.read_until_closed();
+    assert!(err.is_none(), "{err:?}");
+    let relayed: Vec<&String> = got
+        .iter()
+        .filter(|l| l.starts_with(&format!("{}: ", speaker.nick)))
+        .collect();
+    figure("rel_shutdown.held_lines_delivered", relayed.len());
+    assert_eq!(relayed.len(), lines, "lines lost at shutdown");
+    assert!(
+        relayed
+            .iter()
+            .enumerate()
+            .all(|(i, l)| **l == format!("{}: h{i:05} {pad}", speaker.nick)),
+        "lines out of order"
+    );
+    assert_eq!(got.last().map(String::as_str), Some("* server shutting down"));
+    let status = loopd.wait_exit(TIMEOUT);
+    assert_eq!(status.code(), Some(0), "{}", loopd.logs());
+}
