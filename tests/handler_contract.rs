@@ -28,9 +28,23 @@ fn stat(line: &str, key: &str) -> String {
         .to_string()
 }
 
+/// The harness itself: an error-level line the test did not declare with
+/// `expect_error` fails the test when loopd is dropped.
+#[test]
+#[should_panic(expected = "unexpected error line")]
+fn an_undeclared_error_line_fails_the_test() {
+    let loopd = Loopd::start(&probe_config(""));
+    let mut victim = LineClient::connect(loopd.tcp("probe"));
+    victim.send("panic");
+    assert_eq!(victim.read_to_eof(), "");
+    assert!(loopd.wait_for_log("panic in on_data", TIMEOUT));
+    drop(loopd);
+}
+
 #[test]
 fn a_panic_in_on_data_closes_only_that_connection() {
     let loopd = Loopd::start(&probe_config(""));
+    loopd.expect_error("panic in on_data: probe: panic on request");
     let mut bystander = LineClient::connect(loopd.tcp("probe"));
     assert_eq!(bystander.cmd("echo before"), "before");
 
@@ -260,6 +274,7 @@ fn on_listen_reports_every_listener_before_traffic() {
 #[test]
 fn log_to_uses_the_given_target() {
     let loopd = Loopd::start(&probe_config(""));
+    loopd.expect_error("panic in on_data: probe: panic on request");
     let mut c = LineClient::connect(loopd.tcp("probe"));
     assert_eq!(c.cmd("log-to loopd::access GET / 200"), "logged");
     assert!(

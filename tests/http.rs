@@ -852,6 +852,7 @@ framing = "line"
 root = "{root}"
 "#
     ));
+    loopd.expect_error("needs framing = \"raw\" (the default), not Line");
     let mut c = Client::connect(loopd.tcp("http"));
     c.send(b"GET / HTTP/1.1\r\nHost: t\r\n\r\n");
     assert!(c.closed());

@@ -163,6 +163,7 @@ fn broadcast_needs_the_broadcast_key_and_says_so_once() {
         r#""udp://127.0.0.1:0", "tcp://127.0.0.1:0""#,
         "",
     ));
+    loopd.expect_error("a broadcast address needs SO_BROADCAST");
     let mut c = LineClient::connect(loopd.tcp("udp-probe"));
     for _ in 0..3 {
         assert_eq!(c.cmd(&format!("udp {bcast} refused")), "udp -7");

@@ -231,6 +231,7 @@ fn without_the_broadcast_key_sends_fail_with_one_clear_error() {
         false,
         &format!("broadcast_to = [\"127.255.255.255:{port}\", \"127.0.0.1:{port}\"]"),
     ));
+    loopd.expect_error("a broadcast address needs SO_BROADCAST");
     let relay = relay_addr(&loopd);
     let got = collect(rx, b"END", Duration::from_millis(200));
     let tx = sender("127.0.0.1:0");

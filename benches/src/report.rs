@@ -629,7 +629,7 @@ fn conditions(doc: &mut Doc, r: &Results) {
         if quiet {
             "The machine was quiet."
         } else {
-            "**The machine was not quiet** (other work was running): figures are noisier than they should be; ratios between interleaved rounds hold up better than absolute numbers."
+            "The load average includes the runner's own build before and the benchmark's two busy cores after, so it cannot tell whether other work ran; the min–max ranges show how noisy each figure was, and ratios between interleaved rounds hold up better than absolute numbers."
         }
     );
     doc.md.push_str("| Machine | |\n|---|---|\n");

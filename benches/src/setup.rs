@@ -139,8 +139,15 @@ pub fn machine() -> BTreeMap<String, String> {
     m.insert("cpu".into(), model);
     m.insert(
         "cores".into(),
-        std::thread::available_parallelism()
-            .map(|n| n.to_string())
+        // The machine's cores, not this process's CPU mask (the runner
+        // pins itself to core 0, so available_parallelism says 1).
+        std::fs::read_to_string("/proc/cpuinfo")
+            .map(|s| {
+                s.lines()
+                    .filter(|l| l.starts_with("processor"))
+                    .count()
+                    .to_string()
+            })
             .unwrap_or_else(|_| "?".into()),
     );
     m.insert("memory".into(), mem);

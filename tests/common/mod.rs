@@ -282,7 +282,10 @@ impl Loopd {
     /// when the test ends, every other error-level line loopd logged fails
     /// it (the way nginx's test suite checks its error log).
     pub fn expect_error(&self, needle: &str) {
-        self.expected_errors.lock().unwrap().push(needle.to_string());
+        self.expected_errors
+            .lock()
+            .unwrap()
+            .push(needle.to_string());
     }
 
     /// The error-level lines logged so far that no [`Loopd::expect_error`]
