@@ -374,7 +374,11 @@ max_pending = 67108864
         }
     }
     loopd.signal(libc::SIGTERM);
-    assert!(loopd.wait_for_log("shutting down", TIMEOUT), "{}", loopd.logs());
+    assert!(
+        loopd.wait_for_log("shutting down", TIMEOUT),
+        "{}",
+        loopd.logs()
+    );
     let (got, err) = slow.read_until_closed();
     assert!(err.is_none(), "{err:?}");
     let relayed: Vec<&String> = got
@@ -390,7 +394,10 @@ max_pending = 67108864
             .all(|(i, l)| **l == format!("{}: h{i:05} {pad}", speaker.nick)),
         "lines out of order"
     );
-    assert_eq!(got.last().map(String::as_str), Some("* server shutting down"));
+    assert_eq!(
+        got.last().map(String::as_str),
+        Some("* server shutting down")
+    );
     let status = loopd.wait_exit(TIMEOUT);
     assert_eq!(status.code(), Some(0), "{}", loopd.logs());
 }
