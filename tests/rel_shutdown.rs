@@ -105,7 +105,7 @@ fn slow_download(addr: SocketAddr, path: &str, progress: &AtomicUsize) -> Downlo
     let out = hasher.wait_with_output().unwrap();
     let sha = String::from_utf8(out.stdout).unwrap()[..64].to_string();
     let mut rest = Vec::new();
-    let clean_eof = matches!(r.read_to_end(&mut rest), Ok(_)) && rest.is_empty();
+    let clean_eof = r.read_to_end(&mut rest).is_ok() && rest.is_empty();
     Download {
         status,
         content_length,
