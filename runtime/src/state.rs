@@ -714,9 +714,12 @@ impl Core {
         let c = self.owned_conn(instance, id)?;
         match c.phase {
             Phase::Open => {}
-            // Nothing can be written before the connect completes; its
-            // on_open comes first, then the handler may send.
-            Phase::Connecting => return Err(abi::LOOPD_ERR_AGAIN),
+            // Nothing can be written before the connect completes: on_open,
+            // then on_writable, follow it.
+            Phase::Connecting => {
+                c.want_writable = true;
+                return Err(abi::LOOPD_ERR_AGAIN);
+            }
             Phase::Closing | Phase::Closed => return Err(abi::LOOPD_ERR_CLOSED),
         }
         if len == 0 {
