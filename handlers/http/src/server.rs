@@ -99,6 +99,9 @@ struct Conn {
     linger_after: bool,
     /// Discarding all input until the client closes or the deadline passes.
     lingering: bool,
+    /// When a lingering close ends however steadily the client keeps
+    /// sending (`Ctx::now_ms`; `lingering_time`).
+    linger_until: u64,
     /// The client shut down its sending side.
     peer_eof: bool,
     /// `close` was called; on_close follows.
@@ -268,6 +271,7 @@ impl Server {
                 close_after: false,
                 linger_after: false,
                 lingering: false,
+                linger_until: 0,
                 peer_eof: false,
                 closing: false,
                 req_start: None,
@@ -285,7 +289,18 @@ impl Server {
         let Some(c) = self.conns.get_mut(&id) else {
             return;
         };
-        if c.closing || c.lingering {
+        if c.closing {
+            return;
+        }
+        if c.lingering {
+            // The client is still sending: wait for it a little longer
+            // (the armed timer moves the close when it fires), within
+            // lingering_time.
+            if let Some((Wait::Linger, at)) = c.deadline {
+                let ms = self.cfg.lingering_timeout.as_millis() as u64;
+                let later = self.ctx.now_ms().saturating_add(ms).min(c.linger_until);
+                c.deadline = Some((Wait::Linger, at.max(later)));
+            }
             return;
         }
         if c.inbuf.is_empty() {
@@ -310,7 +325,7 @@ impl Server {
         c.peer_eof = true;
         // Keep writing only while a response is in progress; the rest (a
         // partial request, a lingering close) ends with the client.
-        !c.closing && !c.lingering && c.resp.is_some()
+        !c.closing && c.resp.is_some()
     }
 
     pub(crate) fn on_writable(&mut self, id: ConnId) {
@@ -485,7 +500,7 @@ impl Server {
                             DiscardError::TooLarge => "request body over max_discard_body",
                         };
                         self.ctx.debug(format_args!("{id}: {why}; closing"));
-                        self.close(id, CloseMode::Flush);
+                        self.stop_reading(id);
                         return input.len();
                     }
                 }
@@ -544,6 +559,25 @@ impl Server {
         }
     }
 
+    /// The client's input can no longer be followed (a body that cannot be
+    /// discarded): ignore the rest of it and close once the response in
+    /// progress is out, lingering so that closing with unread input does
+    /// not reset the connection and destroy that response before the client
+    /// has read it (the client is typically still sending its body).
+    fn stop_reading(&mut self, id: ConnId) {
+        let Some(c) = self.conns.get_mut(&id) else {
+            return;
+        };
+        c.discard = Discard::None;
+        c.inbuf = Vec::new();
+        c.close_after = true;
+        c.linger_after = true;
+        c.lingering = true;
+        if c.resp.is_none() {
+            self.linger(id);
+        }
+    }
+
     /// Closes a connection whose client has stopped sending, unless a
     /// response is still going out (then it closes once that is done).
     fn close_when_idle(&mut self, id: ConnId) {
@@ -584,6 +618,8 @@ impl Server {
             Some("Transfer-Encoding whose final coding is not chunked")
         } else if req.host_fields > 1 || (req.version == 1 && req.host_fields == 0) {
             Some("missing or repeated Host")
+        } else if req.bad_host {
+            Some("invalid Host")
         } else {
             None
         };
@@ -620,18 +656,18 @@ impl Server {
             req.conn_keep_alive && !req.conn_close
         };
         keep &= !self.shutting_down && self.cfg.keepalive_timeout.is_some();
-        if let Some(expect) = req.expect {
-            if !expect.trim_ascii().eq_ignore_ascii_case(b"100-continue") {
-                self.error(id, 417, start, line, true);
-                return;
-            }
-            if has_body {
-                // No "100 Continue": the answer is final, so the client
-                // may or may not send its body. Close (after lingering)
-                // rather than guess where the next request starts.
-                keep = false;
-                c.linger_after = true;
-            }
+        if req.expect_other {
+            self.error(id, 417, start, line, true);
+            return;
+        }
+        // An HTTP/1.0 client does not wait for "100 Continue": the
+        // expectation is ignored (RFC 9110 10.1.1) and its body discarded.
+        if req.expect_continue && has_body && req.version == 1 {
+            // No "100 Continue": the answer is final, so the client may or
+            // may not send its body. Close (after lingering) rather than
+            // guess where the next request starts.
+            keep = false;
+            c.linger_after = true;
         }
         let connection = if !keep {
             Connection::Close
@@ -1157,6 +1193,8 @@ impl Server {
         c.lingering = true;
         c.inbuf = Vec::new();
         c.discard = Discard::None;
+        let total = u64::try_from(self.cfg.lingering_time.as_millis()).unwrap_or(u64::MAX / 2);
+        c.linger_until = self.ctx.now_ms().saturating_add(total);
         self.set_deadline(id, Wait::Linger);
     }
 
@@ -1205,11 +1243,15 @@ impl Server {
             Wait::Send => self.cfg.send_timeout,
             Wait::Linger => self.cfg.lingering_timeout,
         };
-        let ms = u64::try_from(after.as_millis()).unwrap_or(u64::MAX / 2);
-        let at = self.ctx.now_ms().saturating_add(ms);
+        let mut ms = u64::try_from(after.as_millis()).unwrap_or(u64::MAX / 2);
+        let now = self.ctx.now_ms();
         let Some(c) = self.conns.get_mut(&id) else {
             return;
         };
+        if wait == Wait::Linger {
+            ms = ms.min(c.linger_until.saturating_sub(now));
+        }
+        let at = now.saturating_add(ms);
         c.deadline = Some((wait, at));
         match c.armed {
             // The armed timer fires first; it re-arms for the rest.
