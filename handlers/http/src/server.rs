@@ -4,11 +4,15 @@
 //! One request at a time per connection: the next request is parsed only
 //! once the current response is entirely queued, so pipelined requests are
 //! answered in order and a client cannot make the server read ahead without
-//! bound. A file body is read in chunks as the connection drains
-//! (`on_writable`): a connection holds a file descriptor and a position, never
-//! the file. Chunks are read into one buffer shared by every connection (all
-//! hooks run on one thread), so a streaming connection costs no buffer of its
-//! own beyond what loopd queues for it (bounded by the output watermarks).
+//! bound. A file body larger than one chunk goes out with `send_file`
+//! (sendfile(2), ABI 1.2) as the connection drains (`on_writable`): the
+//! kernel copies it from the page cache, and neither this handler nor loopd
+//! holds any of it, so a client that reads slowly costs a file descriptor and
+//! a position, no buffer. Smaller bodies (and every body on an older host)
+//! are read in chunks into one buffer shared by every connection (all hooks
+//! run on one thread) and sent with the head; a streaming connection then
+//! costs no buffer of its own beyond what loopd queues for it (bounded by the
+//! output watermarks).
 
 use std::collections::HashMap;
 use std::fs::File;
@@ -181,6 +185,9 @@ pub(crate) struct Server {
     scratch: Vec<u8>,
     clock: Clock,
     shutting_down: bool,
+    /// Large bodies go out with `send_file` (until the host says it does
+    /// not support it: ABI 1.1).
+    sendfile: bool,
     inbuf_cap: usize,
     warned_framing: bool,
     /// (normalised path, trailing slash) -> the file it named, with
@@ -223,6 +230,7 @@ impl Server {
             scratch: vec![0; CHUNK],
             clock: Clock::default(),
             shutting_down: false,
+            sendfile: true,
             inbuf_cap,
             warned_framing: false,
             cache: HashMap::new(),
@@ -1014,6 +1022,58 @@ impl Server {
             let Some(r) = c.resp.as_mut() else {
                 return Pump::Done;
             };
+            if self.sendfile && r.end - r.pos > CHUNK as u64 {
+                // A large body goes out with sendfile: nothing of it is
+                // read into memory, and loopd queues none of it, so a slow
+                // reader costs no buffer at all.
+                if !r.head.is_empty() {
+                    match self.ctx.send(id, &r.head) {
+                        Ok(()) => {
+                            if let Some(l) = &mut r.log {
+                                l.bytes += r.head_body;
+                            }
+                            r.head = Vec::new();
+                        }
+                        Err(Error::Again) => return self.blocked(id),
+                        Err(_) => return Pump::Gone,
+                    }
+                }
+                let file = &r.file.as_ref().expect("a body range has a file").file;
+                let want = r.end - r.pos;
+                match self.ctx.send_file(id, file, r.pos, want) {
+                    Ok(n) => {
+                        r.pos += n;
+                        if let Some(l) = &mut r.log {
+                            l.bytes += n;
+                        }
+                        if r.pos == r.end {
+                            self.finish(id);
+                            return Pump::Done;
+                        }
+                        if n < want {
+                            // The socket is full: on_writable follows.
+                            return self.blocked(id);
+                        }
+                        continue;
+                    }
+                    Err(Error::Again) => return self.blocked(id),
+                    Err(Error::Unsupported) => {
+                        // A host older than ABI 1.2: read and send.
+                        self.sendfile = false;
+                        continue;
+                    }
+                    Err(Error::Io) => {
+                        self.ctx.warn(format_args!(
+                            "{id}: reading a file failed or it shrank while being sent \
+                             ({} of {} bytes); closing",
+                            r.pos, r.end
+                        ));
+                        self.close(id, CloseMode::Abort);
+                        return Pump::Gone;
+                    }
+                    Err(_) => return Pump::Gone,
+                }
+            }
             let want = usize::try_from(r.end - r.pos)
                 .unwrap_or(usize::MAX)
                 .min(CHUNK);
@@ -1062,10 +1122,7 @@ impl Server {
                 Err(Error::Again) => {
                     // The queue is full: loopd stops reading this client
                     // and calls on_writable once it drains.
-                    if c.deadline.map(|d| d.0) != Some(Wait::Send) {
-                        self.set_deadline(id, Wait::Send);
-                    }
-                    return Pump::Blocked;
+                    return self.blocked(id);
                 }
                 Err(_) => return Pump::Gone,
             }
@@ -1085,6 +1142,16 @@ impl Server {
                 Pump::Gone
             }
         }
+    }
+
+    /// The response waits for `on_writable`; the send timeout runs.
+    fn blocked(&mut self, id: ConnId) -> Pump {
+        if let Some(c) = self.conns.get(&id) {
+            if c.deadline.map(|d| d.0) != Some(Wait::Send) {
+                self.set_deadline(id, Wait::Send);
+            }
+        }
+        Pump::Blocked
     }
 
     /// The response is entirely queued: log it, then close or go on.
