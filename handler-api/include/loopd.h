@@ -68,8 +68,9 @@ extern "C" {
 /* A minor bump only appends fields, hooks and host functions.
  * 1.1 added: loopd_host_api.log_to, loopd_vtable.on_listen,
  *            loopd_vtable.on_oversize, loopd_vtable.on_partial,
- *            loopd_listen_info, LOOPD_TRANSPORT_UDP, LOOPD_OVERSIZE_*. */
-#define LOOPD_ABI_MINOR 1
+ *            loopd_listen_info, LOOPD_TRANSPORT_UDP, LOOPD_OVERSIZE_*.
+ * 1.2 added: loopd_host_api.send_file. */
+#define LOOPD_ABI_MINOR 2
 
 /* Sizes of the v1.0 structs on 64-bit targets: the smallest struct_size a
  * reader accepts. They never change; later minors only append (a 1.1 host
@@ -306,6 +307,24 @@ typedef struct loopd_host_api {
      * while the instance exists. */
     void (*log_to)(loopd_ctx *ctx, uint32_t level, const char *target,
                    const char *msg, size_t len);
+
+    /* --- 1.2 --- */
+
+    /* Write up to `len` bytes of the file `fd`, from `offset`, to a
+     * connection with sendfile(2): the kernel copies them from the page
+     * cache, and loopd keeps none of them in memory (a slow reader costs
+     * nothing). Never queued. fd is borrowed for the call only.
+     * LOOPD_OK: *sent_out bytes were written (at least 1); when fewer than
+     * `len`, on_writable follows once the socket can take more.
+     * LOOPD_ERR_AGAIN: nothing written, because the socket is full or output
+     * sent before is still queued (it goes first); on_writable follows.
+     * LOOPD_ERR_IO: reading the file failed, or it ends before `offset`;
+     * nothing was written and the connection is left as it was.
+     * LOOPD_ERR_CLOSED (closing, or the write failed and the connection is
+     * now closing), LOOPD_ERR_NO_SUCH_CONN, LOOPD_ERR_INVALID (sent_out
+     * NULL). sent_out may not be NULL. */
+    int32_t (*send_file)(loopd_ctx *ctx, uint64_t conn, int32_t fd,
+                         uint64_t offset, uint64_t len, uint64_t *sent_out);
 } loopd_host_api;
 
 /* Hooks the handler implements. Every pointer may be NULL ("not

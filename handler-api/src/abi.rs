@@ -14,7 +14,7 @@ use core::ffi::{c_char, c_void};
 /// Major version of the ABI. A major bump renames the entry symbol.
 pub const LOOPD_ABI_MAJOR: u32 = 1;
 /// Minor version of the ABI. A minor bump only appends fields and functions.
-pub const LOOPD_ABI_MINOR: u32 = 1;
+pub const LOOPD_ABI_MINOR: u32 = 2;
 /// The one symbol a plugin exports, NUL-terminated.
 pub const LOOPD_ENTRY_SYMBOL: &[u8] = b"loopd_plugin_entry_v1\0";
 
@@ -208,6 +208,9 @@ pub type loopd_status_str_fn = unsafe extern "C" fn(i32) -> *const c_char;
 /// `loopd_host_api.log_to` (since 1.1).
 pub type loopd_log_to_fn =
     unsafe extern "C" fn(*mut loopd_ctx, u32, *const c_char, *const c_char, usize);
+/// `loopd_host_api.send_file` (since 1.2).
+pub type loopd_send_file_fn =
+    unsafe extern "C" fn(*mut loopd_ctx, u64, i32, u64, u64, *mut u64) -> i32;
 
 /// Functions the host implements. See `loopd.h` for each contract.
 #[repr(C)]
@@ -247,6 +250,8 @@ pub struct loopd_host_api {
     pub status_str: Option<loopd_status_str_fn>,
     /// Log under an explicit target (since 1.1).
     pub log_to: Option<loopd_log_to_fn>,
+    /// Write part of a file to a connection with sendfile(2) (since 1.2).
+    pub send_file: Option<loopd_send_file_fn>,
 }
 
 // SAFETY: the host table is immutable static data (function pointers and a

@@ -225,6 +225,45 @@ impl Ctx {
         Ok(n)
     }
 
+    /// Writes up to `len` bytes of `file`, from `offset`, to `conn` with
+    /// sendfile(2) (ABI 1.2): the kernel copies them from the page cache and
+    /// loopd holds none of them, so a client that reads slowly costs no
+    /// memory. Never queued: returns how many bytes were written (at least
+    /// 1). When that is fewer than `len`, [`crate::Handler::on_writable`]
+    /// follows once the socket can take more.
+    ///
+    /// # Errors
+    /// [`Error::Again`] when nothing could be written (the socket is full,
+    /// or output sent earlier is still queued and goes first);
+    /// `on_writable` follows. [`Error::Io`] when reading the file failed or
+    /// it ends before `offset` (nothing written; the connection is left as
+    /// it was). [`Error::Closed`], [`Error::NoSuchConn`] as for
+    /// [`Ctx::send`]. [`Error::Unsupported`] on a host older than ABI 1.2:
+    /// read the file and [`Ctx::send`] it instead.
+    pub fn send_file(
+        &self,
+        conn: ConnId,
+        file: &impl std::os::fd::AsRawFd,
+        offset: u64,
+        len: u64,
+    ) -> Result<u64, Error> {
+        let f = self.host().send_file.ok_or(Error::Unsupported)?;
+        let mut sent = 0u64;
+        // SAFETY: the fd is open for the duration of the call (borrowed from
+        // `file`); `sent` is a valid out-pointer.
+        Error::check(unsafe {
+            f(
+                self.raw,
+                conn.raw(),
+                file.as_raw_fd(),
+                offset,
+                len,
+                &mut sent,
+            )
+        })?;
+        Ok(sent)
+    }
+
     /// Logs `msg` through loopd's logger, tagged with the instance name.
     pub fn log(&self, level: Level, msg: impl fmt::Display) {
         let Some(f) = self.host().log else { return };

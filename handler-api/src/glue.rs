@@ -3,6 +3,13 @@
 //! Each trampoline is thin: it converts pointers, then calls the handler
 //! inside `catch_unwind`, so a panic never crosses the boundary. A panic in a
 //! connection hook fails that connection; in `create`, that instance.
+//!
+//! `on_open` and `on_data` report a panic to the host by their return value
+//! (the host then aborts the connection with `LOOPD_REASON_HANDLER`). The
+//! hooks without a result (`on_writable`, `on_partial`) abort the connection
+//! themselves through the host's `close`, and the handler's `on_close` then
+//! gets [`CloseReason::Handler`] as well: a connection whose `on_writable`
+//! panicked would otherwise stay open with nothing left to resume it.
 
 use std::any::Any;
 use std::ffi::{c_char, c_void, CStr};
@@ -15,18 +22,45 @@ use crate::types::{
     ConnId, ConnInfo, EofAction, Framing, Level, ListenInfo, Origin, OversizeAction, SocketId,
     TimerId, Transport,
 };
-use crate::{CloseReason, Ctx, Handler};
+use crate::{CloseMode, CloseReason, Ctx, Handler};
 
 /// What `create` allocates: the host table (copied) and the handler.
 struct Instance<H> {
     host: &'static loopd_host_api,
     handler: H,
+    /// Connections aborted because a hook without a result panicked: their
+    /// `on_close` reports [`CloseReason::Handler`]. Each id leaves at its
+    /// `on_close`, so this never holds more than the open connections.
+    failed: Vec<u64>,
 }
 
 impl<H> Instance<H> {
     fn ctx(&self, raw: *mut loopd_ctx) -> Ctx {
         // SAFETY: `self.host` is 'static.
         unsafe { Ctx::from_raw(self.host, raw) }
+    }
+
+    /// After a panic in a connection hook that cannot report failure:
+    /// aborts the connection, as a failed `on_data` does.
+    fn fail_conn(&mut self, ctx: &Ctx, conn: u64) {
+        let id = ConnId::from_raw(conn);
+        if ctx.close(id, CloseMode::Abort).is_ok() && !self.failed.contains(&conn) {
+            ctx.log(
+                Level::Warn,
+                format_args!("closing connection {id} after the panic"),
+            );
+            self.failed.push(conn);
+        }
+    }
+
+    /// The reason to report for `conn`'s close: `Handler` if a panic
+    /// aborted it.
+    fn close_reason(&mut self, conn: u64, reason: i32) -> CloseReason {
+        if let Some(at) = self.failed.iter().position(|&c| c == conn) {
+            self.failed.swap_remove(at);
+            return CloseReason::Handler;
+        }
+        CloseReason::from_raw(reason)
     }
 }
 
@@ -88,7 +122,10 @@ pub unsafe fn entry(
 
 /// Copies the host table, reading no more than the host says it has, into
 /// memory that lives for the rest of the process: a [`Ctx`] a handler keeps
-/// must not dangle. One small copy per created instance.
+/// must not dangle. Copies are shared: an instance whose host table reads
+/// the same as an earlier one's gets that copy, so a program that creates
+/// and destroys instances (or whole runtimes) again and again does not grow,
+/// and the copies stay reachable (not leaked) until the process exits.
 ///
 /// # Safety
 /// `host` must point to a valid `loopd_host_api` of at least `struct_size` bytes.
@@ -106,7 +143,31 @@ unsafe fn copy_host(host: *const loopd_host_api) -> &'static loopd_host_api {
             n,
         )
     };
-    Box::leak(Box::new(out))
+    shared_copy(out)
+}
+
+/// The process-wide copy of a host table that reads as `table`.
+fn shared_copy(table: loopd_host_api) -> &'static loopd_host_api {
+    /// Distinct tables kept; more (a host that builds a table per instance)
+    /// are still copied, one each, never freed.
+    const MAX_SHARED: usize = 16;
+    static COPIES: std::sync::Mutex<Vec<&'static loopd_host_api>> =
+        std::sync::Mutex::new(Vec::new());
+    let bytes = |t: &loopd_host_api| -> [u8; std::mem::size_of::<loopd_host_api>()] {
+        // SAFETY: the struct is plain integers and pointers with no padding
+        // (checked against loopd.h by tests/abi_layout.rs), so every byte
+        // is initialised.
+        unsafe { std::mem::transmute_copy(t) }
+    };
+    let mut copies = COPIES.lock().unwrap_or_else(|e| e.into_inner());
+    if let Some(&copy) = copies.iter().find(|c| bytes(c) == bytes(&table)) {
+        return copy;
+    }
+    let copy: &'static loopd_host_api = Box::leak(Box::new(table));
+    if copies.len() < MAX_SHARED {
+        copies.push(copy);
+    }
+    copy
 }
 
 fn panic_message(payload: &(dyn Any + Send)) -> &str {
@@ -205,7 +266,11 @@ unsafe extern "C" fn create<H: Handler>(
     .unwrap_or_else(|payload| Err(format!("panicked in create: {}", panic_message(&*payload))));
     match result {
         Ok(handler) => {
-            let instance = Box::new(Instance { host, handler });
+            let instance = Box::new(Instance {
+                host,
+                handler,
+                failed: Vec::new(),
+            });
             // SAFETY: checked non-NULL; the host gives a writable out-pointer.
             unsafe { *instance_out = Box::into_raw(instance).cast() };
             abi::LOOPD_OK
@@ -368,9 +433,13 @@ unsafe extern "C" fn on_writable<H: Handler>(
     };
     let ctx = inst.ctx(raw);
     let handler = &mut inst.handler;
-    guard(&ctx, "on_writable", (), || {
-        handler.on_writable(&ctx, ConnId::from_raw(conn), state)
-    })
+    let ok = guard(&ctx, "on_writable", false, || {
+        handler.on_writable(&ctx, ConnId::from_raw(conn), state);
+        true
+    });
+    if !ok {
+        inst.fail_conn(&ctx, conn);
+    }
 }
 
 unsafe extern "C" fn on_close<H: Handler>(
@@ -392,14 +461,10 @@ unsafe extern "C" fn on_close<H: Handler>(
         return;
     };
     let ctx = inst.ctx(raw);
+    let reason = inst.close_reason(conn, reason);
     let handler = &mut inst.handler;
     guard(&ctx, "on_close", (), move || {
-        handler.on_close(
-            &ctx,
-            ConnId::from_raw(conn),
-            state,
-            CloseReason::from_raw(reason),
-        )
+        handler.on_close(&ctx, ConnId::from_raw(conn), state, reason)
     })
 }
 
@@ -539,7 +604,11 @@ unsafe extern "C" fn on_partial<H: Handler>(
     };
     let ctx = inst.ctx(raw);
     let handler = &mut inst.handler;
-    guard(&ctx, "on_partial", (), || {
-        handler.on_partial(&ctx, ConnId::from_raw(conn), state, bytes)
-    })
+    let ok = guard(&ctx, "on_partial", false, || {
+        handler.on_partial(&ctx, ConnId::from_raw(conn), state, bytes);
+        true
+    });
+    if !ok {
+        inst.fail_conn(&ctx, conn);
+    }
 }

@@ -139,10 +139,11 @@
 //! - **Ids** ([`ConnId`], [`SocketId`], [`TimerId`]) carry a generation: a
 //!   kept id that went stale is refused with [`Error::NoSuchConn`] (or
 //!   [`Error::NoSuchTimer`]); it never reaches whoever reuses the slot.
-//! - **Panics** are caught at the boundary. In `on_open` or `on_data` the
-//!   connection is closed ([`CloseReason::Handler`]); in `create` the
-//!   instance fails and loopd does not start; elsewhere the hook's effect is
-//!   lost and the panic logged. The handler value stays in use afterwards,
+//! - **Panics** are caught at the boundary. In `on_open`, `on_data`,
+//!   `on_writable` or `on_partial` the connection is aborted
+//!   ([`CloseReason::Handler`]); in `create` the instance fails and loopd
+//!   does not start; elsewhere (`on_timer`, `on_datagram`, ...) the hook's
+//!   effect is lost and the panic logged. The handler value stays in use afterwards,
 //!   so keep it consistent (or refuse further work) if a panic can leave it
 //!   half-updated. Never panic in `Drop`: a panic while unwinding aborts.
 //! - **Versions.** [`export_handler!`] builds against ABI 1.x; the plugin
@@ -268,7 +269,8 @@ pub trait Handler: Sized + 'static {
 
     /// A send on `conn` returned [`Error::Again`] and the output queue has
     /// since drained below the low watermark: send more. Only after an
-    /// `Again`; a handler that never gets one never sees this hook.
+    /// `Again`; a handler that never gets one never sees this hook. A panic
+    /// here aborts the connection ([`CloseReason::Handler`]).
     fn on_writable(&mut self, ctx: &Ctx, conn: ConnId, state: &mut Self::Conn) {
         let _ = (ctx, conn, state);
     }
@@ -326,7 +328,8 @@ pub trait Handler: Sized + 'static {
 
     /// Line framing: the peer closed after a last line without its `\n`.
     /// By default it is handled like any other line (passed to
-    /// [`Handler::on_data`]); override to ignore half-written lines.
+    /// [`Handler::on_data`]); override to ignore half-written lines. A
+    /// panic here aborts the connection ([`CloseReason::Handler`]).
     fn on_partial(&mut self, ctx: &Ctx, conn: ConnId, state: &mut Self::Conn, line: &[u8]) {
         self.on_data(ctx, conn, state, line)
     }

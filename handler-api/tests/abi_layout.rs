@@ -97,7 +97,7 @@ abi_structs! {
     loopd_host_api {
         struct_size, abi_major, abi_minor, reserved, version, log, send, sendv, close,
         send_datagram, timer_set, timer_cancel, connect, now_ms, output_queued, status_str,
-        log_to,
+        log_to, send_file,
     }
     loopd_vtable {
         struct_size, reserved, create, destroy, on_open, on_data, on_eof, on_writable,

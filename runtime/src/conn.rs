@@ -287,7 +287,10 @@ impl Conn {
             Phase::Connecting => (false, true),
             Phase::Open => (
                 !self.paused && !self.read_eof,
-                !self.outq.is_empty() && !self.deferred,
+                // An empty queue with `on_writable` owed: a `send_file`
+                // the kernel did not take all of waits for the socket.
+                (!self.outq.is_empty() && !self.deferred)
+                    || (self.outq.is_empty() && self.want_writable),
             ),
             Phase::Closing => (false, !self.outq.is_empty() && !self.deferred),
             Phase::Closed => (false, false),

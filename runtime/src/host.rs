@@ -299,6 +299,32 @@ unsafe extern "C" fn host_output_queued(ctx: *mut loopd_ctx, conn: u64, out: *mu
     }
 }
 
+unsafe extern "C" fn host_send_file(
+    ctx: *mut loopd_ctx,
+    conn: u64,
+    fd: i32,
+    offset: u64,
+    len: u64,
+    sent_out: *mut u64,
+) -> i32 {
+    if sent_out.is_null() {
+        return abi::LOOPD_ERR_INVALID;
+    }
+    // SAFETY: `ctx` comes from the runtime.
+    unsafe {
+        with_core(ctx, |core, inst| {
+            match core.send_file(inst, conn, fd, offset, len) {
+                Ok(n) => {
+                    // SAFETY: checked non-NULL; the caller gives a writable out-pointer.
+                    *sent_out = n;
+                    abi::LOOPD_OK
+                }
+                Err(status) => status,
+            }
+        })
+    }
+}
+
 unsafe extern "C" fn host_status_str(status: i32) -> *const c_char {
     // NUL-terminated copies of abi::status_str, so C can use them directly.
     let s: &'static CStr = match status {
@@ -348,6 +374,7 @@ static HOST_API: HostTable = HostTable(loopd_host_api {
     output_queued: Some(host_output_queued),
     status_str: Some(host_status_str),
     log_to: Some(host_log_to),
+    send_file: Some(host_send_file),
 });
 
 /// The host table every plugin receives. Static: valid for the whole process.

@@ -78,8 +78,10 @@
 //!
 //! A library user's process keeps its own signal dispositions: loopd
 //! installs SIGINT/SIGTERM handlers only with [`Builder::handle_signals`]
-//! (the `loopd` binary turns it on). Writes never raise SIGPIPE (loopd sends
-//! with `MSG_NOSIGNAL`), so an embedding program need not ignore it.
+//! (the `loopd` binary turns it on), which also catches and ignores SIGUSR1
+//! and SIGUSR2 (their default action would kill the process). Writes never
+//! raise SIGPIPE (loopd sends with `MSG_NOSIGNAL`), so an embedding program
+//! need not ignore it.
 //!
 //! `examples/embed.rs` in the repository is a complete program that drives
 //! loopd from its own `poll(2)` loop; `docs/embedding.md` walks through it.
@@ -185,6 +187,11 @@ pub struct Runtime {
     flags: Arc<Flags>,
     waker: Waker,
     signals: Vec<signal_hook::SigId>,
+    /// Set by SIGUSR1 or SIGUSR2 (with `handle_signals`): caught so they do
+    /// not kill the process, and otherwise ignored.
+    ignored_signal: Arc<AtomicBool>,
+    /// When an ignored signal was last logged (at most once a second).
+    ignored_logged: Option<Instant>,
     /// `run` returns at the end of the current pass.
     pub(crate) stopped: bool,
     /// Bound listener URLs, and the handler each belongs to.
@@ -295,7 +302,8 @@ impl Builder {
     }
 
     /// Handles SIGINT and SIGTERM: the first starts a graceful shutdown, a
-    /// second one closes everything at once. Off by default: an embedding
+    /// second one closes everything at once. SIGUSR1 and SIGUSR2 are caught
+    /// and ignored (logged at debug level), where they would kill the process. Off by default: an embedding
     /// program keeps its own signal dispositions. The `loopd` binary turns it on.
     ///
     /// Once turned on, the process's SIGINT and SIGTERM handlers stay
@@ -440,6 +448,8 @@ impl Builder {
             flags: Arc::new(Flags::default()),
             waker,
             signals: Vec::new(),
+            ignored_signal: Arc::new(AtomicBool::new(false)),
+            ignored_logged: None,
             stopped: false,
             listeners: Vec::new(),
             listener_handlers: Vec::new(),
@@ -768,6 +778,16 @@ impl Runtime {
         if self.flags.shutdown.swap(false, Ordering::SeqCst) {
             self.begin_shutdown();
         }
+        if self.ignored_signal.swap(false, Ordering::Relaxed) {
+            let now = Instant::now();
+            if self
+                .ignored_logged
+                .is_none_or(|t| now.duration_since(t) >= Duration::from_secs(1))
+            {
+                self.ignored_logged = Some(now);
+                log::debug!("SIGUSR1 or SIGUSR2 received: loopd does not use them; ignored");
+            }
+        }
     }
 }
 
@@ -778,6 +798,14 @@ impl Runtime {
         self.core.borrow_mut().add_signal_pipe(read)?;
         for sig in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
             let id = signal_hook::low_level::pipe::register(sig, write.try_clone()?)?;
+            self.signals.push(id);
+        }
+        // Their default action kills the process: a stray `kill -USR1`
+        // (log rotation scripts send it to every server) must not take
+        // loopd down. Caught by a handler, not ignored with SIG_IGN, so the
+        // loop sees them (and every system call they interrupt is retried).
+        for sig in [signal_hook::consts::SIGUSR1, signal_hook::consts::SIGUSR2] {
+            let id = signal_hook::flag::register(sig, self.ignored_signal.clone())?;
             self.signals.push(id);
         }
         Ok(())

@@ -699,6 +699,76 @@ impl Core {
         abi::LOOPD_OK
     }
 
+    /// `send_file`: writes what the socket takes of a file range now, with
+    /// sendfile(2); never queues. Owes `on_writable` when it wrote less
+    /// than asked (the connection then watches for writability even with an
+    /// empty queue).
+    pub(crate) fn send_file(
+        &mut self,
+        instance: usize,
+        id: u64,
+        file: std::os::fd::RawFd,
+        offset: u64,
+        len: u64,
+    ) -> Result<u64, i32> {
+        let c = self.owned_conn(instance, id)?;
+        match c.phase {
+            Phase::Open => {}
+            // Nothing can be written before the connect completes: on_open,
+            // then on_writable, follow it.
+            Phase::Connecting => {
+                c.want_writable = true;
+                return Err(abi::LOOPD_ERR_AGAIN);
+            }
+            Phase::Closing | Phase::Closed => return Err(abi::LOOPD_ERR_CLOSED),
+        }
+        if len == 0 {
+            return Ok(0);
+        }
+        if !c.outq.is_empty() {
+            // Queued bytes go first: on_writable once they have drained
+            // (below the low watermark), then the handler tries again.
+            c.want_writable = true;
+            self.update_interest(id);
+            return Err(abi::LOOPD_ERR_AGAIN);
+        }
+        let sock =
+            c.fd.as_ref()
+                .expect("open connection has an fd")
+                .as_raw_fd();
+        // At most 1 GiB per call (sendfile's own limit is about 2 GiB).
+        let want = len.min(1 << 30) as usize;
+        let result = loop {
+            match sys::sendfile(sock, file, offset, want) {
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                other => break other,
+            }
+        };
+        match result {
+            Ok(0) => Err(abi::LOOPD_ERR_IO),
+            Ok(n) => {
+                if (n as u64) < len {
+                    c.want_writable = true;
+                    self.update_interest(id);
+                }
+                Ok(n as u64)
+            }
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                c.want_writable = true;
+                self.update_interest(id);
+                Err(abi::LOOPD_ERR_AGAIN)
+            }
+            Err(e) if sys::is_socket_error(&e) => Err(self.write_failed(instance, id, &e)),
+            Err(e) => {
+                log::debug!(
+                    "{}: sendfile to connection {id}: {e}",
+                    self.instances[instance].name
+                );
+                Err(abi::LOOPD_ERR_IO)
+            }
+        }
+    }
+
     /// A write to `id` failed: close it and tell the sender.
     fn write_failed(&mut self, instance: usize, id: u64, e: &io::Error) -> i32 {
         log::debug!(

@@ -188,6 +188,63 @@ pub(crate) fn sendv(fd: RawFd, bufs: &[IoSlice<'_>]) -> io::Result<usize> {
     cvt_size(unsafe { libc::sendmsg(fd, &msg, libc::MSG_NOSIGNAL | libc::MSG_DONTWAIT) })
 }
 
+/// Writes what the kernel takes of `len` bytes of `file` from `offset` to
+/// the socket `sock` (sendfile(2): no copy through user memory). Returns 0
+/// only when the file ends at `offset`. Never raises SIGPIPE: sendfile has
+/// no MSG_NOSIGNAL, so SIGPIPE is blocked on this thread for the call and a
+/// SIGPIPE the call raised is taken back before it is unblocked.
+pub(crate) fn sendfile(sock: RawFd, file: RawFd, offset: u64, len: usize) -> io::Result<usize> {
+    let Ok(mut off) = libc::off_t::try_from(offset) else {
+        return Err(io::Error::from_raw_os_error(libc::EOVERFLOW));
+    };
+    // SAFETY: sigset_t is plain data, initialised by sigemptyset.
+    let mut pipe: libc::sigset_t = unsafe { std::mem::zeroed() };
+    // SAFETY: as above; filled in by pthread_sigmask.
+    let mut old: libc::sigset_t = unsafe { std::mem::zeroed() };
+    // SAFETY: valid sigset_t pointers for the calls.
+    let blocked = unsafe {
+        libc::sigemptyset(&mut pipe);
+        libc::sigaddset(&mut pipe, libc::SIGPIPE);
+        libc::pthread_sigmask(libc::SIG_BLOCK, &pipe, &mut old) == 0
+    };
+    // SAFETY: `off` is a valid in/out offset for the call; both fds are
+    // borrowed for its duration.
+    let result = cvt_size(unsafe { libc::sendfile(sock, file, &mut off, len) });
+    if blocked {
+        // SAFETY: `old` was filled in by pthread_sigmask above.
+        let was_blocked = unsafe { libc::sigismember(&old, libc::SIGPIPE) } == 1;
+        if !was_blocked {
+            if matches!(&result, Err(e) if e.raw_os_error() == Some(libc::EPIPE)) {
+                let zero = libc::timespec {
+                    tv_sec: 0,
+                    tv_nsec: 0,
+                };
+                // SAFETY: valid set and timeout; takes the pending SIGPIPE
+                // this call raised, if any (none when SIGPIPE is ignored).
+                unsafe { libc::sigtimedwait(&pipe, std::ptr::null_mut(), &zero) };
+            }
+            // SAFETY: restores the mask read above.
+            unsafe { libc::pthread_sigmask(libc::SIG_SETMASK, &old, std::ptr::null_mut()) };
+        }
+    }
+    result
+}
+
+/// Whether a sendfile error concerns the socket (the connection is dead)
+/// rather than the file.
+pub(crate) fn is_socket_error(e: &io::Error) -> bool {
+    matches!(
+        e.raw_os_error(),
+        Some(libc::EPIPE)
+            | Some(libc::ECONNRESET)
+            | Some(libc::ENOTCONN)
+            | Some(libc::ETIMEDOUT)
+            | Some(libc::ECONNABORTED)
+            | Some(libc::EHOSTUNREACH)
+            | Some(libc::ENETUNREACH)
+    )
+}
+
 /// Turns off Nagle's algorithm: loopd writes whole replies, latency matters.
 pub(crate) fn set_nodelay(fd: RawFd) {
     let one: libc::c_int = 1;

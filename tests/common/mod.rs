@@ -134,6 +134,8 @@ pub struct Loopd {
     pub dir: TempDir,
     /// Substrings of the error-level lines this test expects loopd to log.
     expected_errors: Mutex<Vec<String>>,
+    /// Under `LOOPD_VALGRIND=1`: valgrind's log file, checked when dropped.
+    valgrind_log: Option<PathBuf>,
 }
 
 impl Loopd {
@@ -150,7 +152,11 @@ impl Loopd {
         let config = config.replace("{dir}", dir.path().to_str().unwrap());
         let path = dir.join("loopd.toml");
         std::fs::write(&path, config).unwrap();
-        let mut cmd = Command::new(loopd_bin());
+        let valgrind_log = valgrind().then(|| dir.join("valgrind.log"));
+        let mut cmd = match &valgrind_log {
+            Some(log) => valgrind_command(log),
+            None => Command::new(loopd_bin()),
+        };
         cmd.arg(&path)
             .env("RUST_LOG", rust_log)
             .stdin(Stdio::null())
@@ -179,8 +185,15 @@ impl Loopd {
             listeners: HashMap::new(),
             dir,
             expected_errors: Mutex::new(Vec::new()),
+            valgrind_log,
         };
-        if !l.wait_for_log(" ready: ", TIMEOUT) {
+        // valgrind starts loopd 20 to 50 times slower.
+        let ready_timeout = if l.valgrind_log.is_some() {
+            4 * TIMEOUT
+        } else {
+            TIMEOUT
+        };
+        if !l.wait_for_log(" ready: ", ready_timeout) {
             panic!("loopd did not become ready:\n{}", l.logs());
         }
         for line in l.log.lines.lock().unwrap().iter() {
@@ -327,15 +340,79 @@ pub fn is_error_line(line: &str) -> bool {
 
 impl Drop for Loopd {
     fn drop(&mut self) {
+        if self.valgrind_log.is_some() {
+            self.stop_under_valgrind();
+        }
         let _ = self.child.kill();
         let _ = self.child.wait();
         if std::thread::panicking() {
             return;
         }
+        if let Some(log) = &self.valgrind_log {
+            check_valgrind_log(log);
+        }
         // Let the reader take what loopd wrote before it died, then check
         // its log: an error nobody expected fails the test that caused it.
         self.wait_for_log("<stderr closed>", Duration::from_secs(5));
         self.assert_no_unexpected_errors();
+    }
+}
+
+/// Whether loopd runs under valgrind (`LOOPD_VALGRIND=1`): then
+/// [`Loopd::start_with`] wraps it in [`valgrind_command`], and dropping the
+/// [`Loopd`] stops it gracefully and fails the test if valgrind reported
+/// any error (invalid reads or writes, uses of uninitialised memory,
+/// definite leaks).
+pub fn valgrind() -> bool {
+    std::env::var_os("LOOPD_VALGRIND").is_some_and(|v| v == "1")
+}
+
+/// `valgrind ... loopd`, logging to `log`.
+pub fn valgrind_command(log: &Path) -> Command {
+    let mut cmd = Command::new("valgrind");
+    cmd.args([
+        "--error-exitcode=99",
+        "--leak-check=full",
+        "--errors-for-leak-kinds=definite",
+        "--trace-children=no",
+    ])
+    .arg(format!("--log-file={}", log.display()))
+    .arg(loopd_bin());
+    cmd
+}
+
+impl Loopd {
+    /// Under valgrind: SIGTERM and a bounded wait, so the leak check runs
+    /// (a killed process is never checked for leaks).
+    fn stop_under_valgrind(&mut self) {
+        if self.child.try_wait().ok().flatten().is_some() {
+            return;
+        }
+        // SAFETY: kill with a pid we own and a valid signal number.
+        unsafe { libc::kill(self.pid(), libc::SIGTERM) };
+        let deadline = Instant::now() + 2 * TIMEOUT;
+        while Instant::now() < deadline {
+            if self.child.try_wait().ok().flatten().is_some() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+}
+
+/// Fails the test if valgrind's log reports an error.
+fn check_valgrind_log(log: &Path) {
+    let text = std::fs::read_to_string(log)
+        .unwrap_or_else(|e| panic!("reading valgrind's log {}: {e}", log.display()));
+    let errors = text
+        .lines()
+        .filter_map(|l| l.split_once("ERROR SUMMARY: "))
+        .filter_map(|(_, rest)| rest.split_whitespace().next()?.parse::<u64>().ok())
+        .max();
+    match errors {
+        Some(0) => {}
+        Some(n) => panic!("valgrind reported {n} error(s) in loopd:\n{text}"),
+        None => panic!("valgrind's log has no ERROR SUMMARY (did loopd exit?):\n{text}"),
     }
 }
 

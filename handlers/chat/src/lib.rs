@@ -48,7 +48,7 @@
 mod protocol;
 mod roster;
 
-use std::collections::VecDeque;
+use std::collections::{HashMap, VecDeque};
 use std::fmt;
 use std::io::Write as _;
 
@@ -164,6 +164,10 @@ pub struct Chat {
     refused_full: Refusals,
     /// Connections refused for a framing other than `line`.
     refused_framing: Refusals,
+    /// After shutdown: clients whose output chat still holds (loopd's queue
+    /// was at its high watermark). Their output goes out as it drains, and
+    /// they are closed once it has; no longer members of any room.
+    leaving: HashMap<ConnId, Outbox>,
 }
 
 /// Counts refused connections of one kind and says when to log about them:
@@ -567,6 +571,7 @@ impl Handler for Chat {
             noted_small_max_frame: false,
             refused_full: Refusals::default(),
             refused_framing: Refusals::default(),
+            leaving: HashMap::new(),
         })
     }
 
@@ -681,10 +686,17 @@ impl Handler for Chat {
     fn on_writable(&mut self, ctx: &Ctx, conn: ConnId, _state: &mut ChatConn) {
         if let Some(member) = self.roster.get_mut(conn) {
             pump(ctx, conn, &mut member.data, false);
+        } else if let Some(outbox) = self.leaving.get_mut(&conn) {
+            pump(ctx, conn, outbox, false);
+            if outbox.held.is_empty() {
+                self.leaving.remove(&conn);
+                let _ = ctx.close(conn, CloseMode::Flush);
+            }
         }
     }
 
     fn on_close(&mut self, ctx: &Ctx, conn: ConnId, _state: ChatConn, reason: CloseReason) {
+        self.leaving.remove(&conn);
         if self.roster.contains(conn) {
             self.leave(ctx, conn, format_args!("{reason}"));
             self.settle(ctx);
@@ -694,7 +706,9 @@ impl Handler for Chat {
     fn on_shutdown(&mut self, ctx: &Ctx) {
         // Everyone leaves at once: each client is told why and closed once
         // its output is sent. No `* nick left` notices: every recipient is
-        // leaving too.
+        // leaving too. Output chat holds back for a slow client is not
+        // dropped: it goes out as loopd's queue drains (`on_writable`),
+        // within loopd's shutdown_timeout_ms.
         let members = self.roster.keys();
         ctx.info(format_args!(
             "shutting down: closing {} chat client(s)",
@@ -702,12 +716,17 @@ impl Handler for Chat {
         ));
         compose(&mut self.out, format_args!("* server shutting down"));
         for conn in members {
-            if let Some(member) = self.roster.get_mut(conn) {
-                member.data.held.extend(&self.out);
-                pump(ctx, conn, &mut member.data, true);
+            let Some(member) = self.roster.remove(conn) else {
+                continue;
+            };
+            let mut outbox = member.data;
+            outbox.held.extend(&self.out);
+            pump(ctx, conn, &mut outbox, false);
+            if outbox.held.is_empty() {
+                let _ = ctx.close(conn, CloseMode::Flush);
+            } else {
+                self.leaving.insert(conn, outbox);
             }
-            let _ = ctx.close(conn, CloseMode::Flush);
-            self.roster.remove(conn);
         }
         self.slow.clear();
     }

@@ -88,6 +88,13 @@ impl Discard {
             if *total > limit {
                 return Err(DiscardError::TooLarge);
             }
+            // A chunk declared larger than what is left of the limit is
+            // refused at its size line, not after waiting for its data.
+            if let Discard::Chunked(Chunked::Data(left)) = self {
+                if total.saturating_add(*left) > limit {
+                    return Err(DiscardError::TooLarge);
+                }
+            }
             pos += used;
             if used == 0 {
                 return Ok(pos);
@@ -112,18 +119,34 @@ fn line(rest: &[u8]) -> Result<Option<usize>, DiscardError> {
 
 fn step(state: &mut Chunked, rest: &[u8]) -> Result<Step, DiscardError> {
     match *state {
-        Chunked::Size => match httparse::parse_chunk_size(rest) {
-            Ok(httparse::Status::Complete((n, 0))) => {
-                *state = Chunked::Trailers;
-                Ok(Step::Used(n))
+        Chunked::Size => {
+            let Some(n) = line(rest)? else {
+                return Ok(Step::Used(0));
+            };
+            // A bare LF ends a chunk-size line as it ends a header line
+            // (RFC 9112 2.2): httparse wants CRLF, so give it one. A bare
+            // CR anywhere in the line is still an error.
+            let size_line = &rest[..n];
+            let parsed = if size_line.ends_with(b"\r\n") {
+                httparse::parse_chunk_size(size_line)
+            } else {
+                let mut crlf = Vec::with_capacity(n + 1);
+                crlf.extend_from_slice(&size_line[..n - 1]);
+                crlf.extend_from_slice(b"\r\n");
+                httparse::parse_chunk_size(&crlf)
+            };
+            match parsed {
+                Ok(httparse::Status::Complete((_, 0))) => {
+                    *state = Chunked::Trailers;
+                    Ok(Step::Used(n))
+                }
+                Ok(httparse::Status::Complete((_, size))) => {
+                    *state = Chunked::Data(size);
+                    Ok(Step::Used(n))
+                }
+                _ => Err(DiscardError::Malformed),
             }
-            Ok(httparse::Status::Complete((n, size))) => {
-                *state = Chunked::Data(size);
-                Ok(Step::Used(n))
-            }
-            Ok(httparse::Status::Partial) if rest.len() < MAX_CHUNK_LINE => Ok(Step::Used(0)),
-            _ => Err(DiscardError::Malformed),
-        },
+        }
         Chunked::Data(left) => {
             let n = left.min(rest.len() as u64);
             *state = if n == left {
@@ -151,12 +174,33 @@ fn step(state: &mut Chunked, rest: &[u8]) -> Result<Step, DiscardError> {
                 let text = &rest[..n];
                 if text == b"\r\n" || text == b"\n" {
                     Ok(Step::Done(n))
-                } else {
+                } else if trailer_field(text) {
                     Ok(Step::Used(n))
+                } else {
+                    Err(DiscardError::Malformed)
                 }
             }
         },
     }
+}
+
+/// Whether a trailer line (with its line ending) is a well-formed field
+/// line, `name: value`, as in a head: a token name, no bare CR, no control
+/// characters, no obs-fold. Anything else (a request line hidden after the
+/// last chunk, say) could be read differently by another party.
+fn trailer_field(line: &[u8]) -> bool {
+    let line = line.strip_suffix(b"\n").unwrap_or(line);
+    let line = line.strip_suffix(b"\r").unwrap_or(line);
+    let Some(colon) = line.iter().position(|&b| b == b':') else {
+        return false;
+    };
+    let (name, value) = (&line[..colon], &line[colon + 1..]);
+    let tchar = |b: u8| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b);
+    !name.is_empty()
+        && name.iter().all(|&b| tchar(b))
+        && value
+            .iter()
+            .all(|&b| b == b'\t' || (b >= 0x20 && b != 0x7f))
 }
 
 #[cfg(test)]
@@ -191,6 +235,43 @@ mod tests {
         let (n, d) = run(Discard::chunked(), body, 100).unwrap();
         assert_eq!(d, Discard::None);
         assert_eq!(&body[n..], b"GET");
+    }
+
+    #[test]
+    fn chunked_with_bare_lf_line_endings() {
+        let body = b"4\nWiki\n5;ext=1\npedia\n0\n\nGET";
+        let (n, d) = run(Discard::chunked(), body, 100).unwrap();
+        assert_eq!(d, Discard::None);
+        assert_eq!(&body[n..], b"GET");
+        // A bare CR is not a line ending.
+        for bad in [&b"4\rWiki\r\n"[..], b"4;a\rb\r\nWiki\r\n", b"4\r\r\nWiki"] {
+            assert_eq!(
+                run(Discard::chunked(), bad, 100),
+                Err(DiscardError::Malformed)
+            );
+        }
+    }
+
+    #[test]
+    fn trailers_must_be_field_lines() {
+        let ok = b"0\r\nX-A: 1\r\nX-B:\tv\xe9\r\n\r\nNEXT";
+        let (n, d) = run(Discard::chunked(), ok, 100).unwrap();
+        assert_eq!((d, &ok[n..]), (Discard::None, &b"NEXT"[..]));
+        for bad in [
+            &b"0\r\nGET /x HTTP/1.1\r\n\r\n"[..],
+            b"0\r\nX: a\rb\r\n\r\n",
+            b"0\r\nX: a\r\n b\r\n\r\n",
+            b"0\r\nX y: a\r\n\r\n",
+            b"0\r\n: a\r\n\r\n",
+            b"0\r\nX: a\x00\r\n\r\n",
+        ] {
+            assert_eq!(
+                run(Discard::chunked(), bad, 100),
+                Err(DiscardError::Malformed),
+                "{:?}",
+                String::from_utf8_lossy(bad)
+            );
+        }
     }
 
     #[test]
@@ -234,6 +315,18 @@ mod tests {
             run(Discard::chunked(), &long, 1 << 20),
             Err(DiscardError::Malformed)
         );
+    }
+
+    #[test]
+    fn a_chunk_declared_over_the_limit_is_refused_at_its_size_line() {
+        // Only the size line has arrived: no need to wait for the data.
+        assert_eq!(
+            run(Discard::chunked(), b"10000000\r\nab", 1000),
+            Err(DiscardError::TooLarge)
+        );
+        // Within the limit, it waits for the rest.
+        let (n, d) = run(Discard::chunked(), b"10\r\nab", 1000).unwrap();
+        assert_eq!((n, d), (6, Discard::Chunked(Chunked::Data(14))));
     }
 
     #[test]

@@ -30,10 +30,15 @@ pub struct Config {
     /// How long a response may make no progress (the client not reading)
     /// before the connection is cut, in milliseconds.
     pub send_timeout_ms: u64,
-    /// After an error response that closes the connection, how long to keep
-    /// reading and discarding what the client still sends, in milliseconds,
-    /// so the response is not lost to a TCP reset.
+    /// After an error response that closes the connection, how long to wait
+    /// for more of what the client is still sending (read and discarded, so
+    /// the response is not lost to a TCP reset) before closing, in
+    /// milliseconds; each arrival starts the wait again, within
+    /// `lingering_time_ms`.
     pub lingering_timeout_ms: u64,
+    /// The most time a lingering close may take in all, however steadily
+    /// the client keeps sending, in milliseconds.
+    pub lingering_time_ms: u64,
     /// Longest request line in bytes (414 beyond).
     pub max_request_line: usize,
     /// Largest header section in bytes, request line excluded (431 beyond).
@@ -67,6 +72,7 @@ impl Default for Config {
             keepalive_timeout_ms: 60_000,
             send_timeout_ms: 60_000,
             lingering_timeout_ms: 2_000,
+            lingering_time_ms: 30_000,
             max_request_line: 8 * 1024,
             max_header_bytes: 16 * 1024,
             max_headers: 100,
@@ -93,6 +99,7 @@ pub(crate) struct Settings {
     pub(crate) keepalive_timeout: Option<Duration>,
     pub(crate) send_timeout: Duration,
     pub(crate) lingering_timeout: Duration,
+    pub(crate) lingering_time: Duration,
     pub(crate) max_request_line: usize,
     pub(crate) max_header_bytes: usize,
     pub(crate) max_headers: usize,
@@ -137,6 +144,13 @@ impl Config {
         let header_timeout = positive("header_timeout_ms", self.header_timeout_ms)?;
         let send_timeout = positive("send_timeout_ms", self.send_timeout_ms)?;
         let lingering_timeout = Duration::from_millis(self.lingering_timeout_ms);
+        let lingering_time = Duration::from_millis(self.lingering_time_ms);
+        if self.lingering_time_ms > 3_600_000 {
+            return Err(format!(
+                "`lingering_time_ms` must be at most 3600000 (an hour), got {}",
+                self.lingering_time_ms
+            ));
+        }
         let keepalive_timeout = (self.keepalive_timeout_ms > 0)
             .then(|| Duration::from_millis(self.keepalive_timeout_ms));
         let in_range = |key: &str, v: usize, lo: usize, hi: usize| -> Result<usize, String> {
@@ -168,6 +182,7 @@ impl Config {
             keepalive_timeout,
             send_timeout,
             lingering_timeout,
+            lingering_time,
             max_request_line,
             max_header_bytes,
             max_headers,
@@ -218,6 +233,8 @@ mod tests {
         assert_eq!(s.max_header_bytes, 16384);
         assert_eq!(s.max_headers, 100);
         assert!(s.access_log);
+        assert_eq!(s.lingering_timeout, Duration::from_secs(2));
+        assert_eq!(s.lingering_time, Duration::from_secs(30));
     }
 
     #[test]
@@ -241,6 +258,10 @@ mod tests {
                 "header_timeout_ms",
             ),
             (r#"{"root": "w", "send_timeout_ms": 0}"#, "send_timeout_ms"),
+            (
+                r#"{"root": "w", "lingering_time_ms": 3600001}"#,
+                "lingering_time_ms",
+            ),
             (r#"{"root": "w", "max_headers": 0}"#, "max_headers"),
             (r#"{"root": "w", "max_headers": 5000}"#, "max_headers"),
             (

@@ -48,6 +48,8 @@ pub(crate) struct Request<'a> {
     /// 0 for HTTP/1.0, 1 for HTTP/1.1.
     pub(crate) version: u8,
     pub(crate) host_fields: usize,
+    /// A `Host` field's value is not `host[:port]` (RFC 9112 3.2: 400).
+    pub(crate) bad_host: bool,
     /// `Content-Length`, all values agreeing.
     pub(crate) content_length: Option<u64>,
     /// The `Content-Length` fields disagree or are not numbers.
@@ -58,7 +60,11 @@ pub(crate) struct Request<'a> {
     pub(crate) chunked: bool,
     pub(crate) conn_close: bool,
     pub(crate) conn_keep_alive: bool,
-    pub(crate) expect: Option<&'a [u8]>,
+    /// An `Expect` field asks for `100-continue`.
+    pub(crate) expect_continue: bool,
+    /// An `Expect` field (any of them) holds another expectation, or is
+    /// empty: 417.
+    pub(crate) expect_other: bool,
     pub(crate) if_match: Option<&'a [u8]>,
     pub(crate) if_none_match: Option<&'a [u8]>,
     pub(crate) if_modified_since: Option<&'a [u8]>,
@@ -257,6 +263,7 @@ fn summarize<'a>(req: &httparse::Request<'_, 'a>, line: &'a [u8]) -> Result<Requ
         let is = |n: &str| name.eq_ignore_ascii_case(n.as_bytes());
         if is("host") {
             r.host_fields += 1;
+            r.bad_host |= !valid_host(value);
         } else if is("content-length") {
             for v in list(value).chain(value.trim_ascii().is_empty().then_some(&b""[..])) {
                 match parse_decimal(v) {
@@ -289,7 +296,18 @@ fn summarize<'a>(req: &httparse::Request<'_, 'a>, line: &'a [u8]) -> Result<Requ
                 }
             }
         } else if is("expect") {
-            r.expect.get_or_insert(value);
+            // Every member of every Expect field counts: a second field
+            // must not hide an expectation the server cannot meet.
+            let mut members = 0;
+            for member in list(value) {
+                members += 1;
+                if member.eq_ignore_ascii_case(b"100-continue") {
+                    r.expect_continue = true;
+                } else {
+                    r.expect_other = true;
+                }
+            }
+            r.expect_other |= members == 0;
         } else if is("if-match") {
             r.if_match.get_or_insert(value);
         } else if is("if-none-match") {
@@ -306,6 +324,62 @@ fn summarize<'a>(req: &httparse::Request<'_, 'a>, line: &'a [u8]) -> Result<Requ
     }
     r.chunked = chunked_seen == 1 && last_coding.eq_ignore_ascii_case(b"chunked");
     Ok(r)
+}
+
+/// Whether a `Host` value can be `uri-host [ ":" port ]` (RFC 3986): a
+/// reg-name, an IPv4 address or a bracketed IP literal, and an optional
+/// port. Empty is allowed (a request whose target has no authority).
+/// Anything else (spaces, `/`, `@`, `?`, quotes...) could make two parties
+/// disagree on which host is meant: 400.
+fn valid_host(value: &[u8]) -> bool {
+    let (host, port) = match value.strip_prefix(b"[") {
+        Some(literal) => {
+            let Some(end) = literal.iter().position(|&b| b == b']') else {
+                return false;
+            };
+            let inside = &literal[..end];
+            let ok = !inside.is_empty()
+                && inside
+                    .iter()
+                    .all(|&b| b.is_ascii_hexdigit() || matches!(b, b':' | b'.'))
+                || inside.first().is_some_and(|&b| b == b'v' || b == b'V');
+            if !ok {
+                return false;
+            }
+            (&b""[..], &literal[end + 1..])
+        }
+        None => match value.iter().position(|&b| b == b':') {
+            Some(colon) => (&value[..colon], &value[colon..]),
+            None => (value, &b""[..]),
+        },
+    };
+    let reg_name = host.iter().all(|&b| {
+        b.is_ascii_alphanumeric()
+            || matches!(
+                b,
+                b'-' | b'.'
+                    | b'_'
+                    | b'~'
+                    | b'%'
+                    | b'!'
+                    | b'$'
+                    | b'&'
+                    | b'\''
+                    | b'('
+                    | b')'
+                    | b'*'
+                    | b'+'
+                    | b','
+                    | b';'
+                    | b'='
+            )
+    });
+    let port_ok = match port {
+        [] => true,
+        [b':', digits @ ..] => digits.iter().all(u8::is_ascii_digit),
+        _ => false,
+    };
+    reg_name && port_ok
 }
 
 /// A non-empty run of ASCII digits that fits in u64.
@@ -437,6 +511,57 @@ mod tests {
             b"GET / HTTP/1.1\r\nTransfer-Encoding: chunked\r\nTransfer-Encoding: chunked\r\n\r\n",
         );
         assert!(r.transfer_encoding && !r.chunked);
+    }
+
+    #[test]
+    fn host_values() {
+        for good in [
+            "example.com",
+            "example.com:8080",
+            "127.0.0.1:80",
+            "[::1]",
+            "[::1]:8080",
+            "[v1.x]",
+            "",
+            "a-b_c~d%41",
+            "h:",
+        ] {
+            assert!(valid_host(good.as_bytes()), "{good:?}");
+        }
+        for bad in [
+            "a b",
+            "a/b",
+            "user@host",
+            "a?b",
+            "a#b",
+            "h:8x",
+            "h:1:2",
+            "[::1",
+            "[::1]x",
+            "[]",
+            "\"q\"",
+            "a\\b",
+        ] {
+            assert!(!valid_host(bad.as_bytes()), "{bad:?}");
+        }
+        let (_, r) = complete(b"GET / HTTP/1.1\r\nHost: a b\r\n\r\n");
+        assert!(r.bad_host);
+        let (_, r) = complete(b"GET / HTTP/1.1\r\nHost: a:1\r\n\r\n");
+        assert!(!r.bad_host);
+    }
+
+    #[test]
+    fn every_expectation_counts() {
+        let (_, r) = complete(b"GET / HTTP/1.1\r\nExpect: 100-Continue\r\n\r\n");
+        assert!(r.expect_continue && !r.expect_other);
+        let (_, r) = complete(b"GET / HTTP/1.1\r\nExpect: 100-continue\r\nExpect: x\r\n\r\n");
+        assert!(r.expect_continue && r.expect_other);
+        let (_, r) = complete(b"GET / HTTP/1.1\r\nExpect: 100-continue, x\r\n\r\n");
+        assert!(r.expect_other);
+        let (_, r) = complete(b"GET / HTTP/1.1\r\nExpect:\r\n\r\n");
+        assert!(r.expect_other);
+        let (_, r) = complete(b"GET / HTTP/1.1\r\n\r\n");
+        assert!(!r.expect_continue && !r.expect_other);
     }
 
     #[test]

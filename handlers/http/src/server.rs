@@ -4,11 +4,15 @@
 //! One request at a time per connection: the next request is parsed only
 //! once the current response is entirely queued, so pipelined requests are
 //! answered in order and a client cannot make the server read ahead without
-//! bound. A file body is read in chunks as the connection drains
-//! (`on_writable`): a connection holds a file descriptor and a position, never
-//! the file. Chunks are read into one buffer shared by every connection (all
-//! hooks run on one thread), so a streaming connection costs no buffer of its
-//! own beyond what loopd queues for it (bounded by the output watermarks).
+//! bound. A file body larger than one chunk goes out with `send_file`
+//! (sendfile(2), ABI 1.2) as the connection drains (`on_writable`): the
+//! kernel copies it from the page cache, and neither this handler nor loopd
+//! holds any of it, so a client that reads slowly costs a file descriptor and
+//! a position, no buffer. Smaller bodies (and every body on an older host)
+//! are read in chunks into one buffer shared by every connection (all hooks
+//! run on one thread) and sent with the head; a streaming connection then
+//! costs no buffer of its own beyond what loopd queues for it (bounded by the
+//! output watermarks).
 
 use std::collections::HashMap;
 use std::fs::File;
@@ -95,6 +99,9 @@ struct Conn {
     linger_after: bool,
     /// Discarding all input until the client closes or the deadline passes.
     lingering: bool,
+    /// When a lingering close ends however steadily the client keeps
+    /// sending (`Ctx::now_ms`; `lingering_time`).
+    linger_until: u64,
     /// The client shut down its sending side.
     peer_eof: bool,
     /// `close` was called; on_close follows.
@@ -178,6 +185,9 @@ pub(crate) struct Server {
     scratch: Vec<u8>,
     clock: Clock,
     shutting_down: bool,
+    /// Large bodies go out with `send_file` (until the host says it does
+    /// not support it: ABI 1.1).
+    sendfile: bool,
     inbuf_cap: usize,
     warned_framing: bool,
     /// (normalised path, trailing slash) -> the file it named, with
@@ -220,6 +230,7 @@ impl Server {
             scratch: vec![0; CHUNK],
             clock: Clock::default(),
             shutting_down: false,
+            sendfile: true,
             inbuf_cap,
             warned_framing: false,
             cache: HashMap::new(),
@@ -260,6 +271,7 @@ impl Server {
                 close_after: false,
                 linger_after: false,
                 lingering: false,
+                linger_until: 0,
                 peer_eof: false,
                 closing: false,
                 req_start: None,
@@ -277,7 +289,18 @@ impl Server {
         let Some(c) = self.conns.get_mut(&id) else {
             return;
         };
-        if c.closing || c.lingering {
+        if c.closing {
+            return;
+        }
+        if c.lingering {
+            // The client is still sending: wait for it a little longer
+            // (the armed timer moves the close when it fires), within
+            // lingering_time.
+            if let Some((Wait::Linger, at)) = c.deadline {
+                let ms = self.cfg.lingering_timeout.as_millis() as u64;
+                let later = self.ctx.now_ms().saturating_add(ms).min(c.linger_until);
+                c.deadline = Some((Wait::Linger, at.max(later)));
+            }
             return;
         }
         if c.inbuf.is_empty() {
@@ -302,7 +325,7 @@ impl Server {
         c.peer_eof = true;
         // Keep writing only while a response is in progress; the rest (a
         // partial request, a lingering close) ends with the client.
-        !c.closing && !c.lingering && c.resp.is_some()
+        !c.closing && c.resp.is_some()
     }
 
     pub(crate) fn on_writable(&mut self, id: ConnId) {
@@ -477,7 +500,7 @@ impl Server {
                             DiscardError::TooLarge => "request body over max_discard_body",
                         };
                         self.ctx.debug(format_args!("{id}: {why}; closing"));
-                        self.close(id, CloseMode::Flush);
+                        self.stop_reading(id);
                         return input.len();
                     }
                 }
@@ -536,6 +559,25 @@ impl Server {
         }
     }
 
+    /// The client's input can no longer be followed (a body that cannot be
+    /// discarded): ignore the rest of it and close once the response in
+    /// progress is out, lingering so that closing with unread input does
+    /// not reset the connection and destroy that response before the client
+    /// has read it (the client is typically still sending its body).
+    fn stop_reading(&mut self, id: ConnId) {
+        let Some(c) = self.conns.get_mut(&id) else {
+            return;
+        };
+        c.discard = Discard::None;
+        c.inbuf = Vec::new();
+        c.close_after = true;
+        c.linger_after = true;
+        c.lingering = true;
+        if c.resp.is_none() {
+            self.linger(id);
+        }
+    }
+
     /// Closes a connection whose client has stopped sending, unless a
     /// response is still going out (then it closes once that is done).
     fn close_when_idle(&mut self, id: ConnId) {
@@ -576,6 +618,8 @@ impl Server {
             Some("Transfer-Encoding whose final coding is not chunked")
         } else if req.host_fields > 1 || (req.version == 1 && req.host_fields == 0) {
             Some("missing or repeated Host")
+        } else if req.bad_host {
+            Some("invalid Host")
         } else {
             None
         };
@@ -612,18 +656,18 @@ impl Server {
             req.conn_keep_alive && !req.conn_close
         };
         keep &= !self.shutting_down && self.cfg.keepalive_timeout.is_some();
-        if let Some(expect) = req.expect {
-            if !expect.trim_ascii().eq_ignore_ascii_case(b"100-continue") {
-                self.error(id, 417, start, line, true);
-                return;
-            }
-            if has_body {
-                // No "100 Continue": the answer is final, so the client
-                // may or may not send its body. Close (after lingering)
-                // rather than guess where the next request starts.
-                keep = false;
-                c.linger_after = true;
-            }
+        if req.expect_other {
+            self.error(id, 417, start, line, true);
+            return;
+        }
+        // An HTTP/1.0 client does not wait for "100 Continue": the
+        // expectation is ignored (RFC 9110 10.1.1) and its body discarded.
+        if req.expect_continue && has_body && req.version == 1 {
+            // No "100 Continue": the answer is final, so the client may or
+            // may not send its body. Close (after lingering) rather than
+            // guess where the next request starts.
+            keep = false;
+            c.linger_after = true;
         }
         let connection = if !keep {
             Connection::Close
@@ -978,6 +1022,58 @@ impl Server {
             let Some(r) = c.resp.as_mut() else {
                 return Pump::Done;
             };
+            if self.sendfile && r.end - r.pos > CHUNK as u64 {
+                // A large body goes out with sendfile: nothing of it is
+                // read into memory, and loopd queues none of it, so a slow
+                // reader costs no buffer at all.
+                if !r.head.is_empty() {
+                    match self.ctx.send(id, &r.head) {
+                        Ok(()) => {
+                            if let Some(l) = &mut r.log {
+                                l.bytes += r.head_body;
+                            }
+                            r.head = Vec::new();
+                        }
+                        Err(Error::Again) => return self.blocked(id),
+                        Err(_) => return Pump::Gone,
+                    }
+                }
+                let file = &r.file.as_ref().expect("a body range has a file").file;
+                let want = r.end - r.pos;
+                match self.ctx.send_file(id, file, r.pos, want) {
+                    Ok(n) => {
+                        r.pos += n;
+                        if let Some(l) = &mut r.log {
+                            l.bytes += n;
+                        }
+                        if r.pos == r.end {
+                            self.finish(id);
+                            return Pump::Done;
+                        }
+                        if n < want {
+                            // The socket is full: on_writable follows.
+                            return self.blocked(id);
+                        }
+                        continue;
+                    }
+                    Err(Error::Again) => return self.blocked(id),
+                    Err(Error::Unsupported) => {
+                        // A host older than ABI 1.2: read and send.
+                        self.sendfile = false;
+                        continue;
+                    }
+                    Err(Error::Io) => {
+                        self.ctx.warn(format_args!(
+                            "{id}: reading a file failed or it shrank while being sent \
+                             ({} of {} bytes); closing",
+                            r.pos, r.end
+                        ));
+                        self.close(id, CloseMode::Abort);
+                        return Pump::Gone;
+                    }
+                    Err(_) => return Pump::Gone,
+                }
+            }
             let want = usize::try_from(r.end - r.pos)
                 .unwrap_or(usize::MAX)
                 .min(CHUNK);
@@ -1026,10 +1122,7 @@ impl Server {
                 Err(Error::Again) => {
                     // The queue is full: loopd stops reading this client
                     // and calls on_writable once it drains.
-                    if c.deadline.map(|d| d.0) != Some(Wait::Send) {
-                        self.set_deadline(id, Wait::Send);
-                    }
-                    return Pump::Blocked;
+                    return self.blocked(id);
                 }
                 Err(_) => return Pump::Gone,
             }
@@ -1049,6 +1142,16 @@ impl Server {
                 Pump::Gone
             }
         }
+    }
+
+    /// The response waits for `on_writable`; the send timeout runs.
+    fn blocked(&mut self, id: ConnId) -> Pump {
+        if let Some(c) = self.conns.get(&id) {
+            if c.deadline.map(|d| d.0) != Some(Wait::Send) {
+                self.set_deadline(id, Wait::Send);
+            }
+        }
+        Pump::Blocked
     }
 
     /// The response is entirely queued: log it, then close or go on.
@@ -1090,6 +1193,8 @@ impl Server {
         c.lingering = true;
         c.inbuf = Vec::new();
         c.discard = Discard::None;
+        let total = u64::try_from(self.cfg.lingering_time.as_millis()).unwrap_or(u64::MAX / 2);
+        c.linger_until = self.ctx.now_ms().saturating_add(total);
         self.set_deadline(id, Wait::Linger);
     }
 
@@ -1138,11 +1243,15 @@ impl Server {
             Wait::Send => self.cfg.send_timeout,
             Wait::Linger => self.cfg.lingering_timeout,
         };
-        let ms = u64::try_from(after.as_millis()).unwrap_or(u64::MAX / 2);
-        let at = self.ctx.now_ms().saturating_add(ms);
+        let mut ms = u64::try_from(after.as_millis()).unwrap_or(u64::MAX / 2);
+        let now = self.ctx.now_ms();
         let Some(c) = self.conns.get_mut(&id) else {
             return;
         };
+        if wait == Wait::Linger {
+            ms = ms.min(c.linger_until.saturating_sub(now));
+        }
+        let at = now.saturating_add(ms);
         c.deadline = Some((wait, at));
         match c.armed {
             // The armed timer fires first; it re-arms for the rest.
