@@ -1,7 +1,7 @@
 //! The http handler's whole request path, without sockets: arbitrary bytes
 //! arrive on one connection of a real `loopd_http::Http` instance, through
-//! a host table this target implements (send, close, timers, a clock it
-//! moves itself), over a real directory tree.
+//! a host table this target implements (send, sendfile, close, timers, a
+//! clock it moves itself), over a real directory tree.
 //!
 //! Input: one flags byte, then the bytes the client sends.
 //! - bit 0: `hidden_files`; bit 1: `open_file_cache_ms`; bit 2: no access
@@ -145,6 +145,52 @@ unsafe extern "C" fn sendv(
     with(|h| accept(h, conn, &parts))
 }
 
+/// sendfile(2) as loopd does it: at most 16 KiB a call (so responses also
+/// stream in partial writes, with `on_writable` owed), AGAIN when the
+/// "socket" is full, IO when the file ends before `offset`.
+unsafe extern "C" fn send_file(
+    _: *mut loopd_ctx,
+    conn: u64,
+    fd: i32,
+    offset: u64,
+    len: u64,
+    sent: *mut u64,
+) -> i32 {
+    use std::os::unix::fs::FileExt;
+    with(|h| {
+        if conn != CONN {
+            return abi::LOOPD_ERR_NO_SUCH_CONN;
+        }
+        if h.closed {
+            h.sent_after_close += 1;
+            return abi::LOOPD_ERR_CLOSED;
+        }
+        if h.queued >= h.limit || len == 0 {
+            h.want_writable = true;
+            return abi::LOOPD_ERR_AGAIN;
+        }
+        let n = len.min(16 << 10).min((h.limit - h.queued) as u64) as usize;
+        let mut buf = vec![0u8; n];
+        // SAFETY: the SDK lends an open descriptor for the call; ManuallyDrop
+        // keeps it open afterwards.
+        let file = std::mem::ManuallyDrop::new(unsafe {
+            <std::fs::File as std::os::fd::FromRawFd>::from_raw_fd(fd)
+        });
+        let got = match file.read_at(&mut buf, offset) {
+            Ok(0) | Err(_) => return abi::LOOPD_ERR_IO,
+            Ok(got) => got,
+        };
+        h.out.extend_from_slice(&buf[..got]);
+        h.queued += got;
+        if (got as u64) < len {
+            h.want_writable = true;
+        }
+        // SAFETY: the SDK passes a valid out-pointer.
+        unsafe { *sent = got as u64 };
+        abi::LOOPD_OK
+    })
+}
+
 unsafe extern "C" fn close(_: *mut loopd_ctx, conn: u64, mode: u32) -> i32 {
     if conn != CONN {
         return abi::LOOPD_ERR_NO_SUCH_CONN;
@@ -214,6 +260,7 @@ static HOST_API: loopd_host_api = loopd_host_api {
     output_queued: Some(output_queued),
     status_str: Some(status_str),
     log_to: Some(log_to),
+    send_file: Some(send_file),
 };
 
 /// The served tree, made once per process:
