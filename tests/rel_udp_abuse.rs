@@ -18,65 +18,13 @@
 mod common;
 mod udp_support;
 
-use std::collections::HashMap;
-use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4, UdpSocket};
+use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::time::{Duration, Instant};
 
 use common::*;
+use udp_support::relay_ns::*;
 use udp_support::*;
-
-/// The port relays broadcast to, and listeners listen on.
-const PORT: u16 = 7003;
-
-fn relay_config(listen_port: u16, extra: &str) -> String {
-    format!(
-        r#"
-[runtime]
-shutdown_timeout_ms = 1000
-
-[[handler]]
-name = "relay"
-plugin = "udp-broadcast"
-listen = ["udp://0.0.0.0:{listen_port}"]
-broadcast = true
-[handler.config]
-broadcast_to = ["198.18.0.255:{PORT}"]
-{extra}
-"#
-    )
-}
-
-/// Stops loopd gracefully and returns the relay's final counters.
-fn final_stats(loopd: &Loopd) -> HashMap<String, u64> {
-    loopd.signal(libc::SIGTERM);
-    assert!(
-        loopd.wait_for_log("relay: stopped: ", TIMEOUT),
-        "{}",
-        loopd.logs()
-    );
-    let logs = loopd.logs();
-    let line = logs
-        .lines()
-        .find(|l| l.contains("relay: stopped: "))
-        .unwrap();
-    line.split("stopped: ")
-        .nth(1)
-        .unwrap()
-        .split(' ')
-        .filter_map(|kv| kv.split_once('='))
-        .map(|(k, v)| (k.to_string(), v.parse().unwrap()))
-        .collect()
-}
-
-/// A listener on 0.0.0.0:PORT inside the namespace of `role`.
-fn listener(seg: &Segment, role: &str) -> UdpSocket {
-    in_ns(seg.ns(role), || receiver(&format!("0.0.0.0:{PORT}")))
-}
-
-fn sender(seg: &Segment, role: &str) -> UdpSocket {
-    in_ns(seg.ns(role), || UdpSocket::bind("0.0.0.0:0").unwrap())
-}
 
 /// A raw IPv4 socket (IP_HDRINCL) in the namespace of `role`: it sends
 /// datagrams with any source address.
@@ -161,39 +109,6 @@ fn ns_sysctl(ns: &str, key: &str, value: &str) {
         ],
     )
     .unwrap_or_else(|e| panic!("{e}"));
-}
-
-/// tcpdump counting broadcast frames to PORT on the bridge (under CI it
-/// must be installed; elsewhere the frame figures are skipped without it).
-fn capture(seg: &Segment) -> Option<Capture> {
-    if !have_tcpdump() {
-        assert!(
-            std::env::var_os("CI").is_none(),
-            "tcpdump is missing under CI"
-        );
-        eprintln!("\n!! tcpdump is not installed: frames on the bridge are not counted\n");
-        return None;
-    }
-    Some(Capture::start(
-        &seg.switch,
-        "br0",
-        &format!("udp and dst host 198.18.0.255 and dst port {PORT}"),
-    ))
-}
-
-/// Stops the capture; the broadcast frames it saw (`None` if it lost some).
-fn frames(cap: Option<Capture>) -> Option<usize> {
-    let (lines, dropped) = cap?.stop();
-    if dropped > 0 {
-        eprintln!("!! tcpdump lost {dropped} frames: its count is not used");
-        return None;
-    }
-    Some(
-        lines
-            .iter()
-            .filter(|l| l.contains(" > 198.18.0.255."))
-            .count(),
-    )
 }
 
 #[test]

@@ -314,11 +314,13 @@ typedef struct loopd_host_api {
      * connection with sendfile(2): the kernel copies them from the page
      * cache, and loopd keeps none of them in memory (a slow reader costs
      * nothing). Never queued. fd is borrowed for the call only.
-     * LOOPD_OK: *sent_out bytes were written (at least 1); when fewer than
-     * `len`, on_writable follows once the socket can take more.
-     * LOOPD_ERR_AGAIN: nothing written, because the socket is full or output
-     * sent before is still queued (it goes first); on_writable follows.
-     * LOOPD_ERR_IO: reading the file failed, or it ends before `offset`;
+     * LOOPD_OK: *sent_out bytes were written (at least 1 when len > 0; 0
+     * for len 0); when fewer than `len`, on_writable follows once the socket
+     * can take more.
+     * LOOPD_ERR_AGAIN: nothing written, because the socket is full, output
+     * sent before is still queued (it goes first), or an outbound connection
+     * is still connecting (on_open comes first); on_writable follows.
+     * LOOPD_ERR_IO: reading the file failed, or it ends at or before `offset`;
      * nothing was written and the connection is left as it was.
      * LOOPD_ERR_CLOSED (closing, or the write failed and the connection is
      * now closing), LOOPD_ERR_NO_SUCH_CONN, LOOPD_ERR_INVALID (sent_out

@@ -35,10 +35,12 @@ impl Ctx {
     /// Wraps a host table and the host's context pointer.
     ///
     /// # Safety
-    /// `host` must point to a complete `loopd_host_api` (at least the v1.0
-    /// size) that stays valid and unchanged while this `Ctx` or a copy of it
-    /// is used, and `raw` must be the context the host passed to the current
-    /// instance.
+    /// `host` must point to a `loopd_host_api` of this SDK's full size (a
+    /// table from an older host must be copied into one first, with every
+    /// field past the host's `struct_size` NULL, as the SDK's own glue does:
+    /// the newer host functions are then reported as unsupported) that stays
+    /// valid and unchanged while this `Ctx` or a copy of it is used, and
+    /// `raw` must be the context the host passed to the current instance.
     pub unsafe fn from_raw(host: *const loopd_host_api, raw: *mut loopd_ctx) -> Ctx {
         Ctx { host, raw }
     }
@@ -229,33 +231,35 @@ impl Ctx {
     /// sendfile(2) (ABI 1.2): the kernel copies them from the page cache and
     /// loopd holds none of them, so a client that reads slowly costs no
     /// memory. Never queued: returns how many bytes were written (at least
-    /// 1). When that is fewer than `len`, [`crate::Handler::on_writable`]
-    /// follows once the socket can take more.
+    /// 1, unless `len` is 0). When that is fewer than `len`,
+    /// [`crate::Handler::on_writable`] follows once the socket can take more.
     ///
     /// # Errors
     /// [`Error::Again`] when nothing could be written (the socket is full,
-    /// or output sent earlier is still queued and goes first);
-    /// `on_writable` follows. [`Error::Io`] when reading the file failed or
-    /// it ends before `offset` (nothing written; the connection is left as
+    /// output sent earlier is still queued and goes first, or an outbound
+    /// connection is still connecting); `on_writable` follows. [`Error::Io`]
+    /// when reading the file failed or it ends at or before `offset`
+    /// (nothing written; the connection is left as
     /// it was). [`Error::Closed`], [`Error::NoSuchConn`] as for
     /// [`Ctx::send`]. [`Error::Unsupported`] on a host older than ABI 1.2:
     /// read the file and [`Ctx::send`] it instead.
     pub fn send_file(
         &self,
         conn: ConnId,
-        file: &impl std::os::fd::AsRawFd,
+        file: &impl std::os::fd::AsFd,
         offset: u64,
         len: u64,
     ) -> Result<u64, Error> {
         let f = self.host().send_file.ok_or(Error::Unsupported)?;
         let mut sent = 0u64;
-        // SAFETY: the fd is open for the duration of the call (borrowed from
+        let fd = file.as_fd();
+        // SAFETY: `fd` is open for the duration of the call (borrowed from
         // `file`); `sent` is a valid out-pointer.
         Error::check(unsafe {
             f(
                 self.raw,
                 conn.raw(),
-                file.as_raw_fd(),
+                std::os::fd::AsRawFd::as_raw_fd(&fd),
                 offset,
                 len,
                 &mut sent,

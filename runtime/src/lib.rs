@@ -303,13 +303,14 @@ impl Builder {
 
     /// Handles SIGINT and SIGTERM: the first starts a graceful shutdown, a
     /// second one closes everything at once. SIGUSR1 and SIGUSR2 are caught
-    /// and ignored (logged at debug level), where they would kill the process. Off by default: an embedding
-    /// program keeps its own signal dispositions. The `loopd` binary turns it on.
+    /// and ignored (logged at debug level), where they would kill the
+    /// process. Off by default: an embedding program keeps its own signal
+    /// dispositions. The `loopd` binary turns it on.
     ///
-    /// Once turned on, the process's SIGINT and SIGTERM handlers stay
-    /// installed for the life of the process (`signal-hook` cannot restore
-    /// the previous disposition): after the runtime is dropped, those signals
-    /// are caught and ignored. A program that outlives its runtime, or that
+    /// Once turned on, the process's SIGINT, SIGTERM, SIGUSR1 and SIGUSR2
+    /// handlers stay installed for the life of the process (`signal-hook`
+    /// cannot restore the previous disposition): after the runtime is
+    /// dropped, those signals are caught and ignored. A program that outlives its runtime, or that
     /// handles signals itself, should leave this off and call
     /// [`Handle::shutdown`] from its own handling instead.
     pub fn handle_signals(mut self, on: bool) -> Builder {

@@ -207,27 +207,41 @@ pub(crate) fn sendfile(sock: RawFd, file: RawFd, offset: u64, len: usize) -> io:
         libc::sigaddset(&mut pipe, libc::SIGPIPE);
         libc::pthread_sigmask(libc::SIG_BLOCK, &pipe, &mut old) == 0
     };
+    // A SIGPIPE already pending (the embedding program blocks it and one
+    // came from elsewhere) is not this call's to take.
+    let pending_before = blocked && sigpipe_pending();
     // SAFETY: `off` is a valid in/out offset for the call; both fds are
     // borrowed for its duration.
     let result = cvt_size(unsafe { libc::sendfile(sock, file, &mut off, len) });
     if blocked {
+        if matches!(&result, Err(e) if e.raw_os_error() == Some(libc::EPIPE))
+            && !pending_before
+            && sigpipe_pending()
+        {
+            let zero = libc::timespec {
+                tv_sec: 0,
+                tv_nsec: 0,
+            };
+            // SAFETY: valid set and timeout; takes the SIGPIPE this call
+            // raised (none is raised when SIGPIPE is ignored).
+            unsafe { libc::sigtimedwait(&pipe, std::ptr::null_mut(), &zero) };
+        }
         // SAFETY: `old` was filled in by pthread_sigmask above.
         let was_blocked = unsafe { libc::sigismember(&old, libc::SIGPIPE) } == 1;
         if !was_blocked {
-            if matches!(&result, Err(e) if e.raw_os_error() == Some(libc::EPIPE)) {
-                let zero = libc::timespec {
-                    tv_sec: 0,
-                    tv_nsec: 0,
-                };
-                // SAFETY: valid set and timeout; takes the pending SIGPIPE
-                // this call raised, if any (none when SIGPIPE is ignored).
-                unsafe { libc::sigtimedwait(&pipe, std::ptr::null_mut(), &zero) };
-            }
             // SAFETY: restores the mask read above.
             unsafe { libc::pthread_sigmask(libc::SIG_SETMASK, &old, std::ptr::null_mut()) };
         }
     }
     result
+}
+
+/// Whether a SIGPIPE is pending for this thread or the process.
+fn sigpipe_pending() -> bool {
+    // SAFETY: sigset_t is plain data, filled in by sigpending.
+    let mut set: libc::sigset_t = unsafe { std::mem::zeroed() };
+    // SAFETY: a valid sigset_t pointer for both calls.
+    unsafe { libc::sigpending(&mut set) == 0 && libc::sigismember(&set, libc::SIGPIPE) == 1 }
 }
 
 /// Whether a sendfile error concerns the socket (the connection is dead)

@@ -8,6 +8,8 @@
 //! own network namespace is never touched.
 #![allow(dead_code)]
 
+pub mod relay_ns;
+
 use std::collections::HashMap;
 use std::fs::File;
 use std::io::{self, BufRead, BufReader};

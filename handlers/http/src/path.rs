@@ -64,8 +64,8 @@ impl ReqPath {
 
 const HEX: &[u8; 16] = b"0123456789ABCDEF";
 
-/// Characters left as they are in a path we write into a header.
-fn is_url_path_char(b: u8) -> bool {
+/// RFC 3986's `unreserved` and `sub-delims` characters.
+pub(crate) fn is_unreserved_or_sub_delim(b: u8) -> bool {
     b.is_ascii_alphanumeric()
         || matches!(
             b,
@@ -83,10 +83,12 @@ fn is_url_path_char(b: u8) -> bool {
                 | b','
                 | b';'
                 | b'='
-                | b':'
-                | b'@'
-                | b'/'
         )
+}
+
+/// Characters left as they are in a path we write into a header.
+fn is_url_path_char(b: u8) -> bool {
+    is_unreserved_or_sub_delim(b) || matches!(b, b':' | b'@' | b'/')
 }
 
 fn hex_value(b: u8) -> Option<u8> {

@@ -353,27 +353,10 @@ fn valid_host(value: &[u8]) -> bool {
             None => (value, &b""[..]),
         },
     };
-    let reg_name = host.iter().all(|&b| {
-        b.is_ascii_alphanumeric()
-            || matches!(
-                b,
-                b'-' | b'.'
-                    | b'_'
-                    | b'~'
-                    | b'%'
-                    | b'!'
-                    | b'$'
-                    | b'&'
-                    | b'\''
-                    | b'('
-                    | b')'
-                    | b'*'
-                    | b'+'
-                    | b','
-                    | b';'
-                    | b'='
-            )
-    });
+    // reg-name = *( unreserved / pct-encoded / sub-delims )
+    let reg_name = host
+        .iter()
+        .all(|&b| crate::path::is_unreserved_or_sub_delim(b) || b == b'%');
     let port_ok = match port {
         [] => true,
         [b':', digits @ ..] => digits.iter().all(u8::is_ascii_digit),
