@@ -299,6 +299,13 @@ fn two_relays_fed_spoofed_and_oversized_datagrams_send_two_frames_per_datagram()
     let got = collect(listener(&seg, "l1"), b"END", Duration::from_secs(2));
     let tx = sender(&seg, "inj");
     let spoofer = Spoofer::new(&seg, "inj");
+    let kernel_drops = || -> u64 {
+        ["a", "b", "l1"]
+            .iter()
+            .map(|role| udp_rcvbuf_errors(&seg, role))
+            .sum()
+    };
+    let drops_before = kernel_drops();
     let oversize = [1473usize, 9000, 65_507];
     for i in 0..EACH {
         // A normal datagram, one that claims to come from relay B (as if B
@@ -315,6 +322,8 @@ fn two_relays_fed_spoofed_and_oversized_datagrams_send_two_frames_per_datagram()
     let frames = frames(cap);
     let sa = final_stats(&relay_a);
     let sb = final_stats(&relay_b);
+    let drops = kernel_drops() - drops_before;
+    figure("rel_udp_abuse.two_relays_kernel_drops", drops);
     let relayable = 2 * EACH + 1;
     let count = |tag: &[u8]| got.iter().filter(|g| g.data.starts_with(tag)).count();
     let (plain, spoof, big) = (count(b"plain "), count(b"spoof "), count(b"big "));
@@ -327,7 +336,24 @@ fn two_relays_fed_spoofed_and_oversized_datagrams_send_two_frames_per_datagram()
     figure("rel_udp_abuse.oversize_relayed", big);
     if let Some(n) = frames {
         figure("rel_udp_abuse.two_relays_frames", n);
-        assert_eq!(n, 2 * relayable, "broadcast frames on the bridge");
+        assert!(n <= 2 * relayable, "broadcast frames on the bridge: {n}");
+        if drops == 0 {
+            assert_eq!(n, 2 * relayable, "broadcast frames on the bridge");
+        }
+    }
+    // Never relayed, whatever else happened.
+    assert_eq!(big, 0, "oversized datagrams were relayed");
+    assert!(sa["oversize"] <= EACH as u64, "{sa:?}");
+    if drops > 0 {
+        // On a loaded machine the kernel may drop datagrams in a full
+        // receive buffer (64 KiB datagrams fill one fast) before a relay or
+        // the listener reads them: the exact counts below then cannot hold,
+        // but nothing may be relayed that should not be.
+        eprintln!("!! the kernel dropped {drops} datagrams in full receive buffers");
+        assert!(sa["oversize"] + drops >= EACH as u64, "{sa:?}");
+        assert!(plain <= 2 * EACH && spoof <= 2 * EACH);
+        assert!(got.len() <= 2 * relayable);
+        return;
     }
     // A relays each, B relays A's copy, A drops B's copy as an echo.
     assert_eq!((plain, spoof, big), (2 * EACH, 2 * EACH, 0));

@@ -100,3 +100,22 @@ pub fn frames(cap: Option<Capture>) -> Option<usize> {
             .count(),
     )
 }
+
+/// UDP datagrams the kernel of `role`'s namespace dropped so far because a
+/// receive buffer was full (`RcvbufErrors` in its /proc/net/snmp).
+pub fn udp_rcvbuf_errors(seg: &Segment, role: &str) -> u64 {
+    in_ns(seg.ns(role), || {
+        // thread-self: /proc/self/net would be the main thread's namespace.
+        let snmp = std::fs::read_to_string("/proc/thread-self/net/snmp").unwrap();
+        let mut udp = snmp.lines().filter(|l| l.starts_with("Udp:"));
+        let (names, values) = (udp.next().unwrap(), udp.next().unwrap());
+        names
+            .split_whitespace()
+            .zip(values.split_whitespace())
+            .find(|(name, _)| *name == "RcvbufErrors")
+            .expect("RcvbufErrors in /proc/net/snmp")
+            .1
+            .parse()
+            .unwrap()
+    })
+}
