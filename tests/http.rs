@@ -862,3 +862,57 @@ root = "{root}"
         loopd.logs()
     );
 }
+
+/// A large file cut short while it is being sent (with sendfile, bodies
+/// over 64 KiB): loopd sends what there is, says so in a warning, closes
+/// that connection, and goes on serving.
+#[test]
+fn a_file_that_shrinks_while_being_sent_ends_that_response_only() {
+    let site = Site::new();
+    let big = pattern(8 << 20, 7);
+    std::fs::write(site.root.join("big.bin"), &big).unwrap();
+    let loopd = site.serve("");
+    let mut s = tcp(loopd.tcp("http"));
+    // A small receive buffer, so most of the file is still to send when it
+    // shrinks.
+    let size: libc::c_int = 16 * 1024;
+    // SAFETY: a valid socket and a correctly sized option value.
+    let r = unsafe {
+        libc::setsockopt(
+            std::os::fd::AsRawFd::as_raw_fd(&s),
+            libc::SOL_SOCKET,
+            libc::SO_RCVBUF,
+            &size as *const libc::c_int as *const libc::c_void,
+            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+        )
+    };
+    assert_eq!(r, 0);
+    s.write_all(b"GET /big.bin HTTP/1.1\r\nHost: t\r\n\r\n")
+        .unwrap();
+    let mut first = vec![0u8; 64 * 1024];
+    std::io::Read::read_exact(&mut s, &mut first).unwrap();
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(site.root.join("big.bin"))
+        .unwrap()
+        .set_len(1 << 20)
+        .unwrap();
+    let rest = read_until_closed(&mut s);
+    let got = first.len() + rest.len();
+    assert!(
+        got < big.len(),
+        "the response went on past the file's new end: {got} bytes"
+    );
+    assert!(
+        loopd.wait_for_log("file shrank while being sent", TIMEOUT),
+        "{}",
+        loopd.logs()
+    );
+    // Everyone else is served as before.
+    let r = exchange(
+        loopd.tcp("http"),
+        b"GET /hello.txt HTTP/1.1\r\nHost: t\r\n\r\n",
+    );
+    assert_eq!(r.status, 200);
+    assert_eq!(r.body, b"hello, world\n");
+}

@@ -78,6 +78,9 @@ struct Response {
     pos: u64,
     end: u64,
     log: Option<LogEntry>,
+    /// sendfile failed on this file (a file system it cannot read from):
+    /// the rest is read and sent.
+    no_sendfile: bool,
 }
 
 /// Per-connection state.
@@ -998,6 +1001,7 @@ impl Server {
         c.resp = Some(Response {
             head,
             head_body,
+            no_sendfile: false,
             file,
             pos,
             end,
@@ -1022,7 +1026,7 @@ impl Server {
             let Some(r) = c.resp.as_mut() else {
                 return Pump::Done;
             };
-            if self.sendfile && r.end - r.pos > CHUNK as u64 {
+            if self.sendfile && !r.no_sendfile && r.end - r.pos > CHUNK as u64 {
                 // A large body goes out with sendfile: nothing of it is
                 // read into memory, and loopd queues none of it, so a slow
                 // reader costs no buffer at all.
@@ -1063,13 +1067,12 @@ impl Server {
                         continue;
                     }
                     Err(Error::Io) => {
-                        self.ctx.warn(format_args!(
-                            "{id}: reading a file failed or it shrank while being sent \
-                             ({} of {} bytes); closing",
-                            r.pos, r.end
-                        ));
-                        self.close(id, CloseMode::Abort);
-                        return Pump::Gone;
+                        // Nothing was written and the connection is as it
+                        // was: read and send the rest instead, which finds
+                        // a file that shrank, or that cannot be read, and
+                        // says so.
+                        r.no_sendfile = true;
+                        continue;
                     }
                     Err(_) => return Pump::Gone,
                 }
