@@ -327,6 +327,23 @@ fn summarize<'a>(req: &httparse::Request<'_, 'a>, line: &'a [u8]) -> Result<Requ
 }
 
 /// Whether a `Host` value can be `uri-host [ ":" port ]` (RFC 3986): a
+/// RFC 3986's IPvFuture: `"v" 1*HEXDIG "." 1*( unreserved / sub-delims / ":" )`.
+fn is_ip_future(s: &[u8]) -> bool {
+    let Some(rest) = s.strip_prefix(b"v").or_else(|| s.strip_prefix(b"V")) else {
+        return false;
+    };
+    let Some(dot) = rest.iter().position(|&b| b == b'.') else {
+        return false;
+    };
+    let (version, tail) = (&rest[..dot], &rest[dot + 1..]);
+    !version.is_empty()
+        && version.iter().all(u8::is_ascii_hexdigit)
+        && !tail.is_empty()
+        && tail
+            .iter()
+            .all(|&b| crate::path::is_unreserved_or_sub_delim(b) || b == b':')
+}
+
 /// reg-name, an IPv4 address or a bracketed IP literal, and an optional
 /// port. Empty is allowed (a request whose target has no authority).
 /// Anything else (spaces, `/`, `@`, `?`, quotes...) could make two parties
@@ -342,7 +359,7 @@ fn valid_host(value: &[u8]) -> bool {
                 && inside
                     .iter()
                     .all(|&b| b.is_ascii_hexdigit() || matches!(b, b':' | b'.'))
-                || inside.first().is_some_and(|&b| b == b'v' || b == b'V');
+                || is_ip_future(inside);
             if !ok {
                 return false;
             }
@@ -508,6 +525,8 @@ mod tests {
             "",
             "a-b_c~d%41",
             "h:",
+            "[v1.fe80::a+en1]",
+            "[V7f.x:y]:80",
         ] {
             assert!(valid_host(good.as_bytes()), "{good:?}");
         }
@@ -524,6 +543,11 @@ mod tests {
             "[]",
             "\"q\"",
             "a\\b",
+            "[v a@b/]",
+            "[v1.]",
+            "[v.x]",
+            "[vg.x]",
+            "[v1.a b]",
         ] {
             assert!(!valid_host(bad.as_bytes()), "{bad:?}");
         }
