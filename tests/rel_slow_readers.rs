@@ -185,8 +185,11 @@ access_log = false
         "the readers were not slow: they read everything"
     );
     assert_eq!(loaded.errors, 0, "wrk saw errors with the slow readers on");
+    // Under valgrind (LOOPD_VALGRIND=1) loopd's RSS is mostly valgrind's
+    // own (about 100 MiB, growing with what it tracks): the figure says
+    // nothing about loopd there.
     assert!(
-        growth <= MAX_RSS_GROWTH_KIB,
+        valgrind() || growth <= MAX_RSS_GROWTH_KIB,
         "loopd's RSS grew by {growth} KiB (from {rss0} KiB) with {READERS} slow readers"
     );
     // The throughput ratio is the figure, but on a shared 2-core
