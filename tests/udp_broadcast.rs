@@ -6,7 +6,6 @@
 mod common;
 mod udp_support;
 
-use std::collections::HashMap;
 use std::net::{SocketAddr, UdpSocket};
 use std::time::{Duration, Instant};
 
@@ -40,28 +39,6 @@ fn relay_addr(loopd: &Loopd) -> SocketAddr {
         .unwrap()
         .parse()
         .unwrap()
-}
-
-/// Stops loopd gracefully and returns the relay's final counters.
-fn final_stats(loopd: &Loopd) -> HashMap<String, u64> {
-    loopd.signal(libc::SIGTERM);
-    assert!(
-        loopd.wait_for_log("relay: stopped: ", TIMEOUT),
-        "{}",
-        loopd.logs()
-    );
-    let logs = loopd.logs();
-    let line = logs
-        .lines()
-        .find(|l| l.contains("relay: stopped: "))
-        .unwrap();
-    line.split("stopped: ")
-        .nth(1)
-        .unwrap()
-        .split(' ')
-        .filter_map(|kv| kv.split_once('='))
-        .map(|(k, v)| (k.to_string(), v.parse().unwrap()))
-        .collect()
 }
 
 /// A receiver on 0.0.0.0 (so it gets broadcasts) on an ephemeral port.

@@ -23,6 +23,29 @@ use std::time::{Duration, Instant};
 
 use crate::common::{Loopd, TIMEOUT};
 
+/// Stops a loopd running a udp-broadcast instance named `relay` gracefully
+/// and returns the relay's final counters (its `stopped:` log line).
+pub fn final_stats(loopd: &Loopd) -> HashMap<String, u64> {
+    loopd.signal(libc::SIGTERM);
+    assert!(
+        loopd.wait_for_log("relay: stopped: ", TIMEOUT),
+        "{}",
+        loopd.logs()
+    );
+    let logs = loopd.logs();
+    let line = logs
+        .lines()
+        .find(|l| l.contains("relay: stopped: "))
+        .unwrap();
+    line.split("stopped: ")
+        .nth(1)
+        .unwrap()
+        .split(' ')
+        .filter_map(|kv| kv.split_once('='))
+        .map(|(k, v)| (k.to_string(), v.parse().unwrap()))
+        .collect()
+}
+
 /// Prefix of every namespace these tests create.
 const PREFIX: &str = "lpdt-";
 

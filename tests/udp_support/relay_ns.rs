@@ -1,13 +1,11 @@
-//! A udp-broadcast relay on a test segment: its config, its final counters,
-//! listeners and senders inside the segment's namespaces, and tcpdump
-//! counting the broadcast frames on the bridge. Shared by
-//! tests/udp_broadcast_netns.rs and tests/rel_udp_abuse.rs.
+//! A udp-broadcast relay on a test segment: its config, listeners and
+//! senders inside the segment's namespaces, and tcpdump counting the
+//! broadcast frames on the bridge. Shared by tests/udp_broadcast_netns.rs
+//! and tests/rel_udp_abuse.rs.
 
-use std::collections::HashMap;
 use std::net::UdpSocket;
 
 use super::{have_tcpdump, in_ns, receiver, Capture, Segment};
-use crate::common::{Loopd, TIMEOUT};
 
 /// The port relays broadcast to, and listeners listen on.
 pub const PORT: u16 = 7003;
@@ -31,28 +29,6 @@ broadcast_to = ["198.18.0.255:{PORT}"]
 {extra}
 "#
     )
-}
-
-/// Stops loopd gracefully and returns the relay's final counters.
-pub fn final_stats(loopd: &Loopd) -> HashMap<String, u64> {
-    loopd.signal(libc::SIGTERM);
-    assert!(
-        loopd.wait_for_log("relay: stopped: ", TIMEOUT),
-        "{}",
-        loopd.logs()
-    );
-    let logs = loopd.logs();
-    let line = logs
-        .lines()
-        .find(|l| l.contains("relay: stopped: "))
-        .unwrap();
-    line.split("stopped: ")
-        .nth(1)
-        .unwrap()
-        .split(' ')
-        .filter_map(|kv| kv.split_once('='))
-        .map(|(k, v)| (k.to_string(), v.parse().unwrap()))
-        .collect()
 }
 
 /// A listener on 0.0.0.0:PORT inside the namespace of `role`.
