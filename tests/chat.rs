@@ -224,7 +224,7 @@ fn leave_notices_go_out_exactly_once_for_every_way_of_leaving() {
 
     // A reset (RST instead of FIN).
     let r = newcomer(&mut w, "reset");
-    reset_on_close(r.stream());
+    reset_on_drop(r.stream());
     drop(r);
     w.expect("* reset left");
 
@@ -238,7 +238,7 @@ fn leave_notices_go_out_exactly_once_for_every_way_of_leaving() {
     other.expect_reply("/join elsewhere", "* you are now in elsewhere");
     m.expect("* other joined");
     w.expect("* other left");
-    reset_on_close(m.stream());
+    reset_on_drop(m.stream());
     drop(m);
     other.expect("* mover left");
 
@@ -281,7 +281,7 @@ fn half_written_lines_are_never_broadcast_under_the_default_line_framing() {
             }
             "reset" => {
                 h.send_raw(b"a half-writ");
-                reset_on_close(h.stream());
+                reset_on_drop(h.stream());
                 drop(h);
             }
             // The fragment was never ended: "/quit" arriving later is just

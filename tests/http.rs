@@ -875,18 +875,7 @@ fn a_file_that_shrinks_while_being_sent_ends_that_response_only() {
     let mut s = tcp(loopd.tcp("http"));
     // A small receive buffer, so most of the file is still to send when it
     // shrinks.
-    let size: libc::c_int = 16 * 1024;
-    // SAFETY: a valid socket and a correctly sized option value.
-    let r = unsafe {
-        libc::setsockopt(
-            std::os::fd::AsRawFd::as_raw_fd(&s),
-            libc::SOL_SOCKET,
-            libc::SO_RCVBUF,
-            &size as *const libc::c_int as *const libc::c_void,
-            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
-        )
-    };
-    assert_eq!(r, 0);
+    small_receive_buffer(&s, 16 * 1024);
     s.write_all(b"GET /big.bin HTTP/1.1\r\nHost: t\r\n\r\n")
         .unwrap();
     let mut first = vec![0u8; 64 * 1024];

@@ -7,7 +7,6 @@
 
 mod chat_support;
 mod common;
-mod rel_load_util;
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpStream};
@@ -18,7 +17,6 @@ use std::time::{Duration, Instant};
 
 use chat_support::Chatter;
 use common::*;
-use rel_load_util::*;
 
 const DOWNLOADS: usize = 50;
 const FILES: usize = 5;

@@ -4,7 +4,6 @@
 
 use std::io::{BufRead, BufReader, ErrorKind, Read, Write};
 use std::net::{SocketAddr, TcpStream};
-use std::os::fd::AsRawFd;
 use std::time::{Duration, Instant};
 
 use polling::{Event, Events, PollMode, Poller};
@@ -63,41 +62,6 @@ pub fn welcome_nick(line: &str) -> String {
     let (nick, room) = rest.split_once(" in ").expect("welcome names a room");
     assert_eq!(room, "lobby (/help lists the commands)", "{line:?}");
     nick.to_string()
-}
-
-/// Sets SO_LINGER {on, 0}: closing the socket then sends a RST, not a FIN.
-pub fn reset_on_close(fd: &impl AsRawFd) {
-    let linger = libc::linger {
-        l_onoff: 1,
-        l_linger: 0,
-    };
-    // SAFETY: a valid socket fd and a correctly sized option value.
-    let r = unsafe {
-        libc::setsockopt(
-            fd.as_raw_fd(),
-            libc::SOL_SOCKET,
-            libc::SO_LINGER,
-            (&linger as *const libc::linger).cast(),
-            std::mem::size_of::<libc::linger>() as libc::socklen_t,
-        )
-    };
-    assert_eq!(r, 0, "setsockopt(SO_LINGER)");
-}
-
-/// Shrinks a socket's receive buffer (which also turns off its autotuning),
-/// so a client that stops reading backs up into the server quickly.
-pub fn small_receive_buffer(fd: &impl AsRawFd, bytes: i32) {
-    // SAFETY: a valid socket fd and a correctly sized option value.
-    let r = unsafe {
-        libc::setsockopt(
-            fd.as_raw_fd(),
-            libc::SOL_SOCKET,
-            libc::SO_RCVBUF,
-            (&bytes as *const i32).cast(),
-            std::mem::size_of::<i32>() as libc::socklen_t,
-        )
-    };
-    assert_eq!(r, 0, "setsockopt(SO_RCVBUF)");
 }
 
 /// A field of /proc/<pid>/status, in KiB (VmRSS, VmHWM).

@@ -617,6 +617,22 @@ listen = ["tcp://127.0.0.1:0"]
     )
 }
 
+/// Shrinks a socket's receive buffer (which also turns off its autotuning),
+/// so a client that reads slowly or not at all backs up into the server.
+pub fn small_receive_buffer(fd: &impl std::os::fd::AsRawFd, bytes: i32) {
+    // SAFETY: a valid socket fd and a correctly sized option value.
+    let r = unsafe {
+        libc::setsockopt(
+            fd.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_RCVBUF,
+            (&bytes as *const i32).cast(),
+            std::mem::size_of::<i32>() as libc::socklen_t,
+        )
+    };
+    assert_eq!(r, 0, "setsockopt(SO_RCVBUF)");
+}
+
 /// Sets SO_LINGER {on, 0}: dropping the socket then sends a RST.
 pub fn reset_on_drop(s: &TcpStream) {
     let linger = libc::linger {

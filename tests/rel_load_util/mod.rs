@@ -3,7 +3,6 @@
 //! /proc, the fd limit, and wrk.
 #![allow(dead_code)]
 
-use std::os::fd::AsRawFd;
 use std::process::Command;
 use std::time::Duration;
 
@@ -56,22 +55,6 @@ pub fn open_fds(pid: i32) -> usize {
     std::fs::read_dir(format!("/proc/{pid}/fd"))
         .map(|d| d.count())
         .unwrap_or(0)
-}
-
-/// Shrinks a socket's receive buffer (which also turns off autotuning), so
-/// a client that reads slowly makes the server hold its output.
-pub fn small_receive_buffer(fd: &impl AsRawFd, bytes: i32) {
-    // SAFETY: a valid socket fd and a correctly sized option value.
-    let r = unsafe {
-        libc::setsockopt(
-            fd.as_raw_fd(),
-            libc::SOL_SOCKET,
-            libc::SO_RCVBUF,
-            (&bytes as *const i32).cast(),
-            std::mem::size_of::<i32>() as libc::socklen_t,
-        )
-    };
-    assert_eq!(r, 0, "setsockopt(SO_RCVBUF)");
 }
 
 /// Installs `tool` (a Debian package of the same name) if it is missing:
