@@ -146,12 +146,11 @@ fn an_idle_client_is_closed_at_the_shutdown_timeout_then_exit_0() {
     let status = loopd.wait_exit(TIMEOUT);
     let logs = final_logs(&loopd);
     assert_eq!(status.code(), Some(0), "{}", logs);
-    assert!(
-        logs.contains("shutdown timeout: closing 1 connections"),
-        "{}",
-        logs
-    );
-    assert!(!logs.contains("shutdown complete"), "{}", logs);
+    let timeout = logs
+        .find("shutdown timeout: closing 1 connections")
+        .unwrap_or_else(|| panic!("{logs}"));
+    // The shutdown still ends with its completion line, after the cut.
+    assert!(logs[timeout..].contains("shutdown complete"), "{}", logs);
 }
 
 #[test]

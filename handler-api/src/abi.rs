@@ -416,19 +416,26 @@ pub const LOOPD_CONN_INFO_V1_0_SIZE: usize =
 
 /// A static description of a status code, as `status_str` returns it.
 pub fn status_str(status: i32) -> &'static str {
+    // The text is ASCII, so this never fails.
+    status_cstr(status).to_str().unwrap_or("unknown status")
+}
+
+/// [`status_str`] as a NUL-terminated C string: what the host's
+/// `status_str` function returns.
+pub fn status_cstr(status: i32) -> &'static core::ffi::CStr {
     match status {
-        LOOPD_OK => "ok",
-        LOOPD_ERR_AGAIN => "output queue full, try again after on_writable",
-        LOOPD_ERR_NO_SUCH_CONN => "no such connection",
-        LOOPD_ERR_CLOSED => "connection is closing",
-        LOOPD_ERR_INVALID => "invalid argument",
-        LOOPD_ERR_UNSUPPORTED => "operation not supported",
-        LOOPD_ERR_LIMIT => "limit reached",
-        LOOPD_ERR_IO => "I/O error",
-        LOOPD_ERR_WRONG_THREAD => "host function called outside a hook or from another thread",
-        LOOPD_ERR_NO_SUCH_TIMER => "no such timer",
-        LOOPD_ERR_HANDLER => "handler failed",
-        _ => "unknown status",
+        LOOPD_OK => c"ok",
+        LOOPD_ERR_AGAIN => c"output queue full, try again after on_writable",
+        LOOPD_ERR_NO_SUCH_CONN => c"no such connection",
+        LOOPD_ERR_CLOSED => c"connection is closing",
+        LOOPD_ERR_INVALID => c"invalid argument",
+        LOOPD_ERR_UNSUPPORTED => c"operation not supported",
+        LOOPD_ERR_LIMIT => c"limit reached",
+        LOOPD_ERR_IO => c"I/O error",
+        LOOPD_ERR_WRONG_THREAD => c"host function called outside a hook or from another thread",
+        LOOPD_ERR_NO_SUCH_TIMER => c"no such timer",
+        LOOPD_ERR_HANDLER => c"handler failed",
+        _ => c"unknown status",
     }
 }
 

@@ -209,8 +209,8 @@ impl LineDecoder {
         // One byte of slack, for a "\r" whose "\n" may be in flight: any
         // other byte past the limit makes the line too long already (and
         // `take_rest` must never hand over more than `max_line`).
-        let last = partial.last().or(self.buf.last());
-        if len > self.max_line.saturating_add(1) || (len > self.max_line && last != Some(&b'\r')) {
+        let last = partial.last().or(self.buf.last()).copied();
+        if unfinished_line_too_long(len, last, self.max_line) {
             return Err(self.fail(len));
         }
         self.buf.extend_from_slice(partial);
@@ -329,6 +329,136 @@ impl LengthPrefixedDecoder {
 /// The payload length in the header at the start of `bytes` (at least 4 bytes).
 fn header_len(bytes: &[u8]) -> usize {
     u32::from_be_bytes([bytes[0], bytes[1], bytes[2], bytes[3]]) as usize
+}
+
+/// Whether a line of `len` bytes whose `\n` has not arrived, ending in
+/// `last`, is already known to be over `max_line`. One byte of slack, for a
+/// `\r` whose `\n` is still in flight: any other byte past the limit makes
+/// the line too long already.
+fn unfinished_line_too_long(len: usize, last: Option<u8>, max_line: usize) -> bool {
+    len > max_line.saturating_add(1) || (len > max_line && last != Some(b'\r'))
+}
+
+// ---------------------------------------------------------------------------
+// The framing core: one frame at a time, over a buffer the caller owns. The
+// loop cuts every connection's input with these (and the decoders above
+// follow the same rules), so a frame means the same thing to loopd's
+// `line`/`length-prefixed` framing and to a handler that decodes itself.
+// ---------------------------------------------------------------------------
+
+/// The first frame in a buffer, as the framing core sees it.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Next {
+    /// Payload is `buf[start..end]`; the frame takes `consumed` bytes.
+    Frame {
+        /// First byte of the payload.
+        start: usize,
+        /// One past the last byte of the payload.
+        end: usize,
+        /// Bytes the frame takes in `buf`, header and line ending included.
+        consumed: usize,
+    },
+    /// Not a whole frame yet.
+    Incomplete,
+    /// The frame being received is over the limit: its size as far as
+    /// known, and how to discard it if it is to be skipped.
+    TooBig(usize, Discard),
+}
+
+/// How to get rid of an oversize frame that is skipped.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Discard {
+    /// The whole frame is in the buffer: drop its `n` bytes.
+    Consume(usize),
+    /// A line without its end yet: drop everything up to and including the next `\n`.
+    UntilNewline,
+    /// Drop the 4-byte header, then this many payload bytes as they arrive.
+    Payload(u64),
+}
+
+/// What is being discarded while an oversize frame is skipped.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Skipping {
+    /// Input up to and including the next `\n`.
+    Line,
+    /// This many more bytes.
+    Bytes(u64),
+}
+
+/// Drops skipped input from the front of `buf`: returns how many bytes were
+/// dropped and what is still to skip afterwards.
+pub fn skip_input(skipping: Skipping, buf: &[u8]) -> (usize, Option<Skipping>) {
+    match skipping {
+        Skipping::Line => match memchr::memchr(b'\n', buf) {
+            Some(nl) => (nl + 1, None),
+            None => (buf.len(), Some(Skipping::Line)),
+        },
+        Skipping::Bytes(n) => {
+            let take = n.min(buf.len() as u64);
+            let left = n - take;
+            (take as usize, (left > 0).then_some(Skipping::Bytes(left)))
+        }
+    }
+}
+
+/// `raw` framing: whatever is there, at most `max_frame` bytes of it.
+pub fn next_raw(max_frame: usize, buf: &[u8]) -> Next {
+    if buf.is_empty() {
+        return Next::Incomplete;
+    }
+    let end = buf.len().min(max_frame);
+    Next::Frame {
+        start: 0,
+        end,
+        consumed: end,
+    }
+}
+
+/// `line` framing: the first `\n`-terminated line, without the `\n` and a
+/// `\r` before it; refused as soon as it is known to be over `max_line`.
+pub fn next_line(max_line: usize, buf: &[u8]) -> Next {
+    match memchr::memchr(b'\n', buf) {
+        Some(nl) => {
+            let end = if nl > 0 && buf[nl - 1] == b'\r' {
+                nl - 1
+            } else {
+                nl
+            };
+            if end > max_line {
+                Next::TooBig(end, Discard::Consume(nl + 1))
+            } else {
+                Next::Frame {
+                    start: 0,
+                    end,
+                    consumed: nl + 1,
+                }
+            }
+        }
+        None if unfinished_line_too_long(buf.len(), buf.last().copied(), max_line) => {
+            Next::TooBig(buf.len(), Discard::UntilNewline)
+        }
+        None => Next::Incomplete,
+    }
+}
+
+/// `length-prefixed` framing: a 4-byte big-endian length, then the payload;
+/// a header announcing more than `max_frame` is refused before its payload.
+pub fn next_length_prefixed(max_frame: usize, buf: &[u8]) -> Next {
+    if buf.len() < HEADER {
+        return Next::Incomplete;
+    }
+    let len = header_len(buf);
+    if len > max_frame {
+        Next::TooBig(len, Discard::Payload(len as u64))
+    } else if buf.len() < HEADER + len {
+        Next::Incomplete
+    } else {
+        Next::Frame {
+            start: HEADER,
+            end: HEADER + len,
+            consumed: HEADER + len,
+        }
+    }
 }
 
 #[cfg(test)]
@@ -481,5 +611,128 @@ mod tests {
             FrameError::TooLong { len: 11, limit: 10 }.to_string(),
             "frame of 11 bytes is over the limit of 10 bytes"
         );
+    }
+
+    #[test]
+    fn core_raw_frames_are_capped_chunks() {
+        assert_eq!(next_raw(4, b""), Next::Incomplete);
+        assert_eq!(
+            next_raw(4, b"abcdef"),
+            Next::Frame {
+                start: 0,
+                end: 4,
+                consumed: 4
+            }
+        );
+    }
+
+    #[test]
+    fn core_lines_strip_newline_and_carriage_return() {
+        assert_eq!(
+            next_line(10, b"hi\r\nrest"),
+            Next::Frame {
+                start: 0,
+                end: 2,
+                consumed: 4
+            }
+        );
+        assert_eq!(
+            next_line(10, b"\n"),
+            Next::Frame {
+                start: 0,
+                end: 0,
+                consumed: 1
+            }
+        );
+        assert_eq!(next_line(10, b"partial"), Next::Incomplete);
+        // exactly max_line is fine, one more is not
+        assert_eq!(
+            next_line(3, b"abc\n"),
+            Next::Frame {
+                start: 0,
+                end: 3,
+                consumed: 4
+            }
+        );
+        assert_eq!(
+            next_line(3, b"abcd\n"),
+            Next::TooBig(4, Discard::Consume(5))
+        );
+        assert_eq!(next_line(3, b"abc\r"), Next::Incomplete);
+        // Known to be too long one byte past the limit, unless that is "\r".
+        assert_eq!(
+            next_line(3, b"abcd"),
+            Next::TooBig(4, Discard::UntilNewline)
+        );
+        assert_eq!(
+            next_line(3, b"abcde"),
+            Next::TooBig(5, Discard::UntilNewline)
+        );
+    }
+
+    /// The core and the decoder are one rule: for every prefix of a stream
+    /// the decoder accepts, the core cuts the same first line or refuses it.
+    #[test]
+    fn core_and_line_decoder_agree() {
+        let inputs: [&[u8]; 6] = [
+            b"abc\r\n", b"abcd", b"abc\r", b"ab\rc\n", b"abcde\n", b"\r\r\n",
+        ];
+        for input in inputs {
+            for cut in 0..=input.len() {
+                let part = &input[..cut];
+                let mut d = LineDecoder::new(3);
+                let mut first = None;
+                let decoded = d.decode(part, |l| {
+                    first.get_or_insert_with(|| l.to_vec());
+                });
+                match next_line(3, part) {
+                    Next::Frame { start, end, .. } => {
+                        assert_eq!(first.as_deref(), Some(&part[start..end]), "{part:?}")
+                    }
+                    Next::Incomplete => assert_eq!(decoded, Ok(0), "{part:?}"),
+                    Next::TooBig(..) => assert!(decoded.is_err(), "{part:?}"),
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn core_length_prefixed_frames() {
+        assert_eq!(next_length_prefixed(10, b"\0\0"), Next::Incomplete);
+        assert_eq!(
+            next_length_prefixed(10, b"\0\0\0\0"),
+            Next::Frame {
+                start: 4,
+                end: 4,
+                consumed: 4
+            }
+        );
+        assert_eq!(
+            next_length_prefixed(10, b"\0\0\0\x02hiX"),
+            Next::Frame {
+                start: 4,
+                end: 6,
+                consumed: 6
+            }
+        );
+        assert_eq!(next_length_prefixed(10, b"\0\0\0\x05hi"), Next::Incomplete);
+        assert_eq!(
+            next_length_prefixed(10, b"\0\0\0\x0b"),
+            Next::TooBig(11, Discard::Payload(11))
+        );
+    }
+
+    #[test]
+    fn skipping_drops_exactly_the_oversize_frame() {
+        assert_eq!(
+            skip_input(Skipping::Line, b"xxxx"),
+            (4, Some(Skipping::Line))
+        );
+        assert_eq!(skip_input(Skipping::Line, b"xx\nnext"), (3, None));
+        assert_eq!(
+            skip_input(Skipping::Bytes(5), b"abc"),
+            (3, Some(Skipping::Bytes(2)))
+        );
+        assert_eq!(skip_input(Skipping::Bytes(2), b"abcdef"), (2, None));
     }
 }

@@ -15,12 +15,16 @@ use polling::{Event, Events, PollMode, Poller};
 /// Most events taken from the kernel per pass.
 const EVENTS_PER_WAIT: usize = 1024;
 
-/// One ready source.
+/// One ready source, with what the poller said about it.
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct Ready {
     pub(crate) key: u64,
     pub(crate) readable: bool,
     pub(crate) writable: bool,
+    /// Hung up (`EPOLLHUP`): reported whatever the interest.
+    pub(crate) hup: bool,
+    /// In error (`EPOLLERR`): reported whatever the interest.
+    pub(crate) err: bool,
 }
 
 /// The poller and its reusable event buffer.
@@ -97,6 +101,8 @@ impl EventLoop {
             key: ev.key as u64,
             readable: ev.readable,
             writable: ev.writable,
+            hup: ev.is_interrupt(),
+            err: ev.is_err().unwrap_or(false),
         }));
         Ok(())
     }

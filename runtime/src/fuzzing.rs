@@ -15,7 +15,8 @@
 use loopd_handler_api::abi::{loopd_plugin_info, loopd_vtable};
 
 pub use crate::config::FramingKind;
-pub use crate::conn::{next_frame, skip_input, Discard, Next, Skipping};
+pub use crate::source::stream::next_frame;
+pub use loopd_handler_api::framing::{skip_input, Discard, Next, Skipping};
 
 /// What the handshake keeps of a plugin's info once it passed the checks.
 #[derive(Debug, Clone)]

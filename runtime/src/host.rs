@@ -1,8 +1,9 @@
 //! The host side of the ABI: the `loopd_host_api` table and its functions.
 //!
 //! Each function is a thin trampoline: check the context and the thread,
-//! borrow the loop state, convert pointers, and call a safe method of
-//! [`Core`]. A host function never runs a hook; what it causes is queued.
+//! borrow the loop state, convert pointers, and call a safe method of the
+//! source it concerns (a connection, a datagram socket) or of the timers.
+//! A host function never runs a hook; what it causes is queued.
 //! Nothing here unwinds into the caller: a panic in loopd's own code becomes
 //! `LOOPD_ERR_IO` and is logged.
 
@@ -12,13 +13,20 @@ use std::panic::{catch_unwind, AssertUnwindSafe};
 
 use loopd_handler_api::abi::{self, loopd_addr, loopd_bytes, loopd_ctx, loopd_host_api};
 
-use crate::state::Core;
+use crate::core::{Core, Shared};
+use crate::instance::InstanceId;
+use crate::source::datagram;
+use crate::source::stream::{self, Conn};
+use crate::timer::{self, TimerKind};
+
+/// Most pending timers per runtime; `timer_set` refuses beyond.
+const MAX_TIMERS: usize = 1 << 20;
 
 /// What `loopd_ctx *` points to: one per handler instance, owned by the runtime.
 #[derive(Debug)]
 pub(crate) struct HostCtx {
     pub(crate) core: *const RefCell<Core>,
-    pub(crate) instance: usize,
+    pub(crate) instance: InstanceId,
     /// `loopd::handler::<name>`, the log target of this instance.
     pub(crate) log_target: String,
 }
@@ -55,7 +63,7 @@ impl Drop for ActiveGuard {
 ///
 /// # Safety
 /// `ctx` must be NULL or a context the runtime handed out that is still alive.
-unsafe fn with_core(ctx: *mut loopd_ctx, f: impl FnOnce(&mut Core, usize) -> i32) -> i32 {
+unsafe fn with_core(ctx: *mut loopd_ctx, f: impl FnOnce(&mut Core, InstanceId) -> i32) -> i32 {
     if ctx.is_null() {
         return abi::LOOPD_ERR_INVALID;
     }
@@ -77,6 +85,24 @@ unsafe fn with_core(ctx: *mut loopd_ctx, f: impl FnOnce(&mut Core, usize) -> i32
             );
             abi::LOOPD_ERR_IO
         }
+    }
+}
+
+/// Runs `f` on connection `id` of the instance behind `ctx`.
+///
+/// # Safety
+/// As [`with_core`].
+unsafe fn with_conn(
+    ctx: *mut loopd_ctx,
+    id: u64,
+    f: impl FnOnce(&mut Conn, &mut Shared) -> i32,
+) -> i32 {
+    // SAFETY: forwarded from the caller.
+    unsafe {
+        with_core(ctx, |core, inst| match core.owned_conn(inst, id) {
+            Ok((c, sh)) => f(c, sh),
+            Err(status) => status,
+        })
     }
 }
 
@@ -150,7 +176,7 @@ unsafe extern "C" fn host_send(ctx: *mut loopd_ctx, conn: u64, data: *const u8, 
         return abi::LOOPD_ERR_INVALID;
     };
     // SAFETY: `ctx` comes from the runtime.
-    unsafe { with_core(ctx, |core, inst| core.send(inst, conn, &[data])) }
+    unsafe { with_conn(ctx, conn, |c, sh| c.send(conn, sh, &[data])) }
 }
 
 unsafe extern "C" fn host_sendv(
@@ -161,7 +187,7 @@ unsafe extern "C" fn host_sendv(
 ) -> i32 {
     if count == 0 {
         // SAFETY: `ctx` comes from the runtime.
-        return unsafe { with_core(ctx, |core, inst| core.send(inst, conn, &[])) };
+        return unsafe { with_conn(ctx, conn, |c, sh| c.send(conn, sh, &[])) };
     }
     if parts.is_null() {
         return abi::LOOPD_ERR_INVALID;
@@ -189,12 +215,15 @@ unsafe extern "C" fn host_sendv(
         &heap
     };
     // SAFETY: `ctx` comes from the runtime.
-    unsafe { with_core(ctx, |core, inst| core.send(inst, conn, slices)) }
+    unsafe { with_conn(ctx, conn, |c, sh| c.send(conn, sh, slices)) }
 }
 
 unsafe extern "C" fn host_close(ctx: *mut loopd_ctx, conn: u64, mode: u32) -> i32 {
+    if mode != abi::LOOPD_CLOSE_FLUSH && mode != abi::LOOPD_CLOSE_ABORT {
+        return abi::LOOPD_ERR_INVALID;
+    }
     // SAFETY: `ctx` comes from the runtime.
-    unsafe { with_core(ctx, |core, inst| core.close(inst, conn, mode)) }
+    unsafe { with_conn(ctx, conn, |c, sh| c.close(conn, sh, mode)) }
 }
 
 unsafe extern "C" fn host_send_datagram(
@@ -213,7 +242,11 @@ unsafe extern "C" fn host_send_datagram(
         return abi::LOOPD_ERR_INVALID;
     };
     // SAFETY: `ctx` comes from the runtime.
-    unsafe { with_core(ctx, |core, inst| core.send_datagram(inst, socket, to, data)) }
+    unsafe {
+        with_core(ctx, |core, inst| {
+            datagram::send(core, inst, socket, to, data)
+        })
+    }
 }
 
 unsafe extern "C" fn host_timer_set(
@@ -228,7 +261,7 @@ unsafe extern "C" fn host_timer_set(
     // SAFETY: `ctx` comes from the runtime.
     unsafe {
         with_core(ctx, |core, inst| {
-            match core.timer_set(inst, delay_ms, user_data) {
+            match timer_set(core, inst, delay_ms, user_data) {
                 Ok(id) => {
                     // SAFETY: checked non-NULL; the caller gives a writable out-pointer.
                     *out = id;
@@ -242,7 +275,40 @@ unsafe extern "C" fn host_timer_set(
 
 unsafe extern "C" fn host_timer_cancel(ctx: *mut loopd_ctx, timer: u64) -> i32 {
     // SAFETY: `ctx` comes from the runtime.
-    unsafe { with_core(ctx, |core, inst| core.timer_cancel(inst, timer)) }
+    unsafe { with_core(ctx, |core, inst| timer_cancel(core, inst, timer)) }
+}
+
+fn timer_set(core: &mut Core, inst: InstanceId, delay_ms: u64, user_data: u64) -> Result<u64, i32> {
+    if core.shared.timers.len() >= MAX_TIMERS {
+        return Err(abi::LOOPD_ERR_LIMIT);
+    }
+    let id = core.shared.timers.set(
+        timer::deadline_after(std::time::Instant::now(), delay_ms),
+        TimerKind::Handler {
+            instance: inst,
+            user_data,
+        },
+    );
+    if let Some(i) = core.instances.get(inst) {
+        i.scope.counters.timers_set.add(1);
+        i.scope.counters.timers_active.add(1);
+    }
+    Ok(id)
+}
+
+fn timer_cancel(core: &mut Core, inst: InstanceId, id: u64) -> i32 {
+    match core.shared.timers.get(id) {
+        Some(TimerKind::Handler {
+            instance: owner, ..
+        }) if owner == inst => {
+            core.shared.timers.cancel(id);
+            if let Some(i) = core.instances.get(inst) {
+                i.scope.counters.timers_active.sub(1);
+            }
+            abi::LOOPD_OK
+        }
+        _ => abi::LOOPD_ERR_NO_SUCH_TIMER,
+    }
 }
 
 unsafe extern "C" fn host_connect(ctx: *mut loopd_ctx, url: *const c_char, out: *mut u64) -> i32 {
@@ -255,7 +321,7 @@ unsafe extern "C" fn host_connect(ctx: *mut loopd_ctx, url: *const c_char, out: 
     };
     // SAFETY: `ctx` comes from the runtime.
     unsafe {
-        with_core(ctx, |core, inst| match core.connect(inst, url) {
+        with_core(ctx, |core, inst| match stream::connect(core, inst, url) {
             Ok(id) => {
                 // SAFETY: checked non-NULL; the caller gives a writable out-pointer.
                 *out = id;
@@ -275,7 +341,7 @@ unsafe extern "C" fn host_now_ms(ctx: *mut loopd_ctx) -> u64 {
     if ACTIVE.with(|a| a.get()) == hc.core {
         // SAFETY: on the loop thread while the runtime is alive (checked above).
         if let Ok(core) = unsafe { &*hc.core }.try_borrow() {
-            return core.now_ms();
+            return core.shared.now_ms();
         }
     }
     // Off the loop thread: the same clock, read without touching loop state.
@@ -288,13 +354,10 @@ unsafe extern "C" fn host_output_queued(ctx: *mut loopd_ctx, conn: u64, out: *mu
     }
     // SAFETY: `ctx` comes from the runtime.
     unsafe {
-        with_core(ctx, |core, inst| match core.output_queued(inst, conn) {
-            Ok(n) => {
-                // SAFETY: checked non-NULL; the caller gives a writable out-pointer.
-                *out = n;
-                abi::LOOPD_OK
-            }
-            Err(status) => status,
+        with_conn(ctx, conn, |c, _| {
+            // SAFETY: checked non-NULL; the caller gives a writable out-pointer.
+            *out = c.output_queued();
+            abi::LOOPD_OK
         })
     }
 }
@@ -312,8 +375,8 @@ unsafe extern "C" fn host_send_file(
     }
     // SAFETY: `ctx` comes from the runtime.
     unsafe {
-        with_core(ctx, |core, inst| {
-            match core.send_file(inst, conn, fd, offset, len) {
+        with_conn(ctx, conn, |c, sh| {
+            match c.send_file(conn, sh, fd, offset, len) {
                 Ok(n) => {
                     // SAFETY: checked non-NULL; the caller gives a writable out-pointer.
                     *sent_out = n;
@@ -326,24 +389,7 @@ unsafe extern "C" fn host_send_file(
 }
 
 unsafe extern "C" fn host_status_str(status: i32) -> *const c_char {
-    // NUL-terminated copies of abi::status_str, so C can use them directly.
-    let s: &'static CStr = match status {
-        abi::LOOPD_OK => c"ok",
-        abi::LOOPD_ERR_AGAIN => c"output queue full, try again after on_writable",
-        abi::LOOPD_ERR_NO_SUCH_CONN => c"no such connection",
-        abi::LOOPD_ERR_CLOSED => c"connection is closing",
-        abi::LOOPD_ERR_INVALID => c"invalid argument",
-        abi::LOOPD_ERR_UNSUPPORTED => c"operation not supported",
-        abi::LOOPD_ERR_LIMIT => c"limit reached",
-        abi::LOOPD_ERR_IO => c"I/O error",
-        abi::LOOPD_ERR_WRONG_THREAD => {
-            c"host function called outside a hook or from another thread"
-        }
-        abi::LOOPD_ERR_NO_SUCH_TIMER => c"no such timer",
-        abi::LOOPD_ERR_HANDLER => c"handler failed",
-        _ => c"unknown status",
-    };
-    s.as_ptr()
+    abi::status_cstr(status).as_ptr()
 }
 
 static VERSION: &CStr =
@@ -387,20 +433,12 @@ mod tests {
     use super::*;
 
     #[test]
-    fn status_strings_match_the_sdk() {
-        for code in -12..2 {
-            // SAFETY: host_status_str returns a static NUL-terminated string.
-            let c = unsafe { CStr::from_ptr(host_status_str(code)) };
-            assert_eq!(c.to_str().unwrap(), abi::status_str(code), "code {code}");
-        }
-    }
-
-    #[test]
     fn calls_outside_a_hook_are_refused() {
         let core = RefCell::new(Core::new(Default::default()).unwrap());
+        let inst = crate::instance::test_instance(&mut core.borrow_mut(), "t", Default::default());
         let hc = HostCtx {
             core: &core,
-            instance: 0,
+            instance: inst,
             log_target: "loopd::handler::t".into(),
         };
         let mut id = 0;
@@ -408,16 +446,6 @@ mod tests {
         let status = unsafe { host_timer_set(hc.as_raw(), 1, 0, &mut id) };
         assert_eq!(status, abi::LOOPD_ERR_WRONG_THREAD);
         let _g = ActiveGuard::enter(&core);
-        core.borrow_mut()
-            .instances
-            .push(crate::state::InstanceInfo {
-                name: "t".into(),
-                framing: crate::config::FramingKind::Raw,
-                max_frame: 1,
-                high_watermark: 2,
-                low_watermark: 1,
-                broadcast: false,
-            });
         // SAFETY: as above, now active.
         let status = unsafe { host_timer_set(hc.as_raw(), 1, 0, &mut id) };
         assert_eq!(status, abi::LOOPD_OK);
@@ -432,5 +460,14 @@ mod tests {
             unsafe { host_send(hc.as_raw(), 12345, std::ptr::null(), 3) },
             abi::LOOPD_ERR_INVALID
         );
+        // SAFETY: as above; a bad mode is refused before the id is looked up.
+        assert_eq!(
+            unsafe { host_close(hc.as_raw(), 12345, 99) },
+            abi::LOOPD_ERR_INVALID
+        );
+        let core = core.borrow();
+        let counters = &core.instances.get(inst).unwrap().scope.counters;
+        assert_eq!(counters.timers_set.get(), 1);
+        assert_eq!(counters.timers_active.get(), 1);
     }
 }

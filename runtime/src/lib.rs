@@ -93,45 +93,49 @@
 )]
 #![doc(test(attr(deny(warnings))))]
 
+mod builder;
 pub mod config;
-mod conn;
+mod core;
 mod dispatch;
 mod error;
 mod event_loop;
 #[doc(hidden)]
 pub mod fuzzing;
+mod hooks;
 mod host;
-mod listener;
+mod instance;
 mod plugin;
 mod registry;
+mod source;
 mod spec;
-mod state;
+pub mod stats;
 mod sys;
 mod timer;
+mod transport;
 
 use std::cell::RefCell;
-use std::collections::HashMap;
-use std::ffi::{c_void, CString};
 use std::io;
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, RawFd};
 use std::os::unix::net::UnixStream;
-use std::path::Path;
+use std::rc::Rc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
 use loopd_handler_api::abi;
 
+pub use builder::Builder;
 pub use config::Config;
 pub use error::Error;
 pub use spec::HandlerSpec;
+pub use stats::Stats;
 
-use config::{FramingKind, ListenAddr, PluginRef, RuntimeConfig};
+use crate::core::Core;
 use event_loop::{Ready, Waker};
-use host::{ActiveGuard, HostCtx};
-use plugin::Plugin;
-use spec::Linked;
-use state::{Core, InstanceInfo};
+use host::ActiveGuard;
+use source::listener::{self, Bound};
+use source::Source;
+use stats::Scope;
 
 /// `docs/embedding.md`: its Rust blocks are doctests, so the guide cannot rot.
 #[cfg(doctest)]
@@ -149,18 +153,6 @@ const SCRATCH_SIZE: usize = 64 << 10;
 pub(crate) fn process_start() -> Instant {
     static START: OnceLock<Instant> = OnceLock::new();
     *START.get_or_init(Instant::now)
-}
-
-/// A created handler instance and the plugin it came from.
-#[derive(Debug)]
-pub(crate) struct Instance {
-    pub(crate) name: String,
-    pub(crate) plugin: Plugin,
-    /// What `create` stored (NULL if the plugin has no `create`).
-    pub(crate) ptr: *mut c_void,
-    /// The context handed to the plugin; boxed so its address is stable.
-    pub(crate) ctx: Box<HostCtx>,
-    pub(crate) destroyed: bool,
 }
 
 /// Requests from a [`Handle`], read by the loop at every pass.
@@ -181,7 +173,7 @@ struct Flags {
 pub struct Runtime {
     /// Boxed so the address host contexts point at never moves.
     pub(crate) core: Box<RefCell<Core>>,
-    pub(crate) instances: Vec<Instance>,
+    /// The one read buffer: frames and datagrams are delivered from it.
     pub(crate) scratch: Vec<u8>,
     ready: Vec<Ready>,
     flags: Arc<Flags>,
@@ -194,9 +186,10 @@ pub struct Runtime {
     ignored_logged: Option<Instant>,
     /// `run` returns at the end of the current pass.
     pub(crate) stopped: bool,
-    /// Bound listener URLs, and the handler each belongs to.
+    /// Bound listener URLs, in the order they were opened.
     listeners: Vec<String>,
-    listener_handlers: Vec<String>,
+    /// For each of them: the handler, the counters, the source id.
+    listener_records: Vec<(String, Rc<Scope>, u64)>,
 }
 
 /// Stops, shuts down or wakes a [`Runtime`] from any thread.
@@ -238,212 +231,17 @@ impl Handle {
     }
 }
 
-/// Configures and builds a [`Runtime`].
-///
-/// Handlers come from a config (parsed with [`Builder::config`] or read by
-/// [`Builder::build`] from [`Builder::config_file`]), from code
-/// ([`Builder::handler`]), or both: entries added in code follow the
-/// config's, and names must be unique across the two.
-#[derive(Debug, Default)]
-pub struct Builder {
-    config: Option<Config>,
-    config_path: Option<std::path::PathBuf>,
-    runtime: Option<RuntimeConfig>,
-    statics: HashMap<String, Linked>,
-    specs: Vec<HandlerSpec>,
-    extra_listeners: Vec<(String, String)>,
-    signals: bool,
-    listen: bool,
-}
-
-impl Builder {
-    /// Uses a parsed config (replacing any earlier [`Builder::config_file`]).
-    pub fn config(mut self, config: Config) -> Builder {
-        self.config = Some(config);
-        self.config_path = None;
-        self
+impl Runtime {
+    /// Starts configuring a runtime.
+    pub fn builder() -> Builder {
+        Builder::default()
     }
 
-    /// Reads the config from a file when [`Builder::build`] runs (replacing
-    /// any earlier [`Builder::config`]).
-    pub fn config_file(mut self, path: impl AsRef<Path>) -> Builder {
-        self.config_path = Some(path.as_ref().to_path_buf());
-        self.config = None;
-        self
-    }
-
-    /// Replaces the `[runtime]` settings (limits, timeouts, `plugin_dir`) of
-    /// the config, or the defaults when there is no config.
-    pub fn runtime(mut self, runtime: RuntimeConfig) -> Builder {
-        self.runtime = Some(runtime);
-        self
-    }
-
-    /// Adds a handler instance: a Rust type linked into the program or a
-    /// plugin from a shared library, with its listeners. See [`HandlerSpec`].
-    pub fn handler(mut self, spec: HandlerSpec) -> Builder {
-        self.specs.push(spec);
-        self
-    }
-
-    /// Adds a listener URL to the handler named `handler`, defined in the
-    /// config or with [`Builder::handler`].
-    pub fn listen(mut self, handler: &str, url: &str) -> Builder {
-        self.extra_listeners
-            .push((handler.to_string(), url.to_string()));
-        self
-    }
-
-    /// Makes `plugin = "<name>"` in the config mean the handler type `H`,
-    /// linked into this program, instead of a shared library.
-    pub fn static_handler<H: loopd_handler_api::Handler>(mut self, name: &str) -> Builder {
-        self.statics.insert(name.to_string(), Linked::of::<H>());
-        self
-    }
-
-    /// Handles SIGINT and SIGTERM: the first starts a graceful shutdown, a
-    /// second one closes everything at once. SIGUSR1 and SIGUSR2 are caught
-    /// and ignored (logged at debug level), where they would kill the
-    /// process. Off by default: an embedding program keeps its own signal
-    /// dispositions. The `loopd` binary turns it on.
-    ///
-    /// Once turned on, the process's SIGINT, SIGTERM, SIGUSR1 and SIGUSR2
-    /// handlers stay installed for the life of the process (`signal-hook`
-    /// cannot restore the previous disposition): after the runtime is
-    /// dropped, those signals are caught and ignored. A program that outlives its runtime, or that
-    /// handles signals itself, should leave this off and call
-    /// [`Handle::shutdown`] from its own handling instead.
-    pub fn handle_signals(mut self, on: bool) -> Builder {
-        self.signals = on;
-        self
-    }
-
-    /// Loads the plugins and creates the instances, opens the listeners and
-    /// returns the runtime, ready to run.
-    ///
-    /// # Errors
-    /// [`Error::Config`] for a bad config or handler spec, [`Error::Plugin`]
-    /// naming the library and the reason, [`Error::Listen`] naming the
-    /// listener and the handler, [`Error::System`] naming a step the
-    /// operating system refused. Nothing listens unless everything succeeded.
-    pub fn build(mut self) -> Result<Runtime, Error> {
-        self.listen = true;
-        self.build_inner()
-    }
-
-    /// Loads the plugins and creates (then destroys) the instances without
-    /// opening any listener: validates a config completely. Returns one line
-    /// per instance: its name, plugin, version and where it came from.
-    ///
-    /// # Errors
-    /// As [`Builder::build`], without listener errors.
-    pub fn check(mut self) -> Result<Vec<String>, Error> {
-        self.listen = false;
-        let rt = self.build_inner()?;
-        Ok(rt
-            .instances
-            .iter()
-            .map(|i| {
-                let from = match &i.plugin.path {
-                    Some(p) => p.display().to_string(),
-                    None => "linked in".to_string(),
-                };
-                let mut line = format!("{}: {}", i.name, i.plugin.name);
-                if !i.plugin.version.is_empty() {
-                    line.push(' ');
-                    line.push_str(&i.plugin.version);
-                }
-                line.push_str(&format!(" ({from})"));
-                line
-            })
-            .collect())
-    }
-
-    /// The config, with the runtime settings, handlers and listeners added
-    /// in code, and for each entry the linked type that serves it (if any).
-    fn assemble(&mut self) -> Result<(Config, Vec<Option<Linked>>), Error> {
-        let mut config = match (self.config.take(), &self.config_path) {
-            (Some(c), _) => c,
-            (None, Some(path)) => Config::from_file(path)?,
-            (None, None) => Config::parse("", None)?,
-        };
-        if let Some(rt) = self.runtime.take() {
-            check_runtime(&rt)?;
-            config.runtime = rt;
-            // The file's own watermarks were checked against its [runtime].
-            for h in &config.handlers {
-                let high = h
-                    .output_high_watermark
-                    .unwrap_or(config.runtime.output_high_watermark);
-                let low = h
-                    .output_low_watermark
-                    .unwrap_or(config.runtime.output_low_watermark);
-                if low >= high {
-                    return Err(Error::Config(format!(
-                        "Builder::runtime: handler `{}` would have an output low watermark ({low}) not below its high watermark ({high})",
-                        h.name
-                    )));
-                }
-            }
-        }
-        let mut linked: Vec<Option<Linked>> = config
-            .handlers
-            .iter()
-            .map(|h| match &h.plugin {
-                PluginRef::Name(n) => self.statics.get(n).copied(),
-                PluginRef::Path(_) => None,
-            })
-            .collect();
-        for spec in std::mem::take(&mut self.specs) {
-            let (entry, l) = spec.into_entry(&config.runtime)?;
-            if config.handlers.iter().any(|h| h.name == entry.name) {
-                return Err(Error::Config(format!(
-                    "handler `{}` (added in code): a handler with this name is already defined{}",
-                    entry.name,
-                    config
-                        .path
-                        .as_ref()
-                        .map(|p| format!(" in {}", p.display()))
-                        .unwrap_or_default()
-                )));
-            }
-            config.handlers.push(entry);
-            linked.push(l);
-        }
-        for (handler, url) in std::mem::take(&mut self.extra_listeners) {
-            let known: Vec<&str> = config.handlers.iter().map(|h| h.name.as_str()).collect();
-            let known = if known.is_empty() {
-                "there are no handlers".to_string()
-            } else {
-                format!("handlers: {}", known.join(", "))
-            };
-            let entry = config
-                .handlers
-                .iter_mut()
-                .find(|h| h.name == handler)
-                .ok_or_else(|| {
-                    Error::Config(format!(
-                        "Builder::listen(`{handler}`, `{url}`): no handler named `{handler}` ({known})"
-                    ))
-                })?;
-            let addr: ListenAddr = url
-                .parse()
-                .map_err(|e| Error::Config(format!("Builder::listen(`{handler}`, ...): {e}")))?;
-            entry.listen.push(addr);
-        }
-        Ok((config, linked))
-    }
-
-    fn build_inner(mut self) -> Result<Runtime, Error> {
-        let (config, linked) = self.assemble()?;
-        let core = Core::new(config.runtime.clone()).map_err(|source| Error::System {
-            what: "creating the poller (epoll)".to_string(),
-            source,
-        })?;
-        let waker = core.poll.waker();
-        let mut rt = Runtime {
+    /// A runtime around `core`, with nothing in it yet (see [`Builder`]).
+    pub(crate) fn new(core: Core) -> Runtime {
+        let waker = core.shared.poll.waker();
+        Runtime {
             core: Box::new(RefCell::new(core)),
-            instances: Vec::new(),
             scratch: vec![0; SCRATCH_SIZE],
             ready: Vec::with_capacity(1024),
             flags: Arc::new(Flags::default()),
@@ -453,185 +251,15 @@ impl Builder {
             ignored_logged: None,
             stopped: false,
             listeners: Vec::new(),
-            listener_handlers: Vec::new(),
-        };
-        let _active = ActiveGuard::enter(&rt.core);
-
-        for (h, linked) in config.handlers.iter().zip(&linked) {
-            let location = h.plugin_location.as_ref().map(|l| l.to_string());
-            let fail = |path: &Path, reason: String| Error::Plugin {
-                location: location.clone(),
-                handler: h.name.clone(),
-                path: path.to_path_buf(),
-                reason,
-            };
-            let plugin = match linked {
-                Some(l) => Plugin {
-                    path: None,
-                    name: match &h.plugin {
-                        PluginRef::Name(n) => n.clone(),
-                        PluginRef::Path(p) => p.display().to_string(),
-                    },
-                    version: String::new(),
-                    default_framing: l.framing,
-                    vtable: l.vtable,
-                },
-                None => {
-                    let path = plugin::resolve(&h.plugin, config.runtime.plugin_dir.as_deref())
-                        .map_err(|(path, why)| fail(&path, why))?;
-                    plugin::load(&path).map_err(|why| fail(&path, why))?
-                }
-            };
-            let framing = h
-                .framing
-                .or(plugin.default_framing)
-                .unwrap_or(FramingKind::Raw);
-            let index = rt.instances.len();
-            rt.core.borrow_mut().instances.push(InstanceInfo {
-                name: h.name.clone(),
-                framing,
-                max_frame: h.max_frame.unwrap_or(config.runtime.max_frame),
-                high_watermark: h
-                    .output_high_watermark
-                    .unwrap_or(config.runtime.output_high_watermark),
-                low_watermark: h
-                    .output_low_watermark
-                    .unwrap_or(config.runtime.output_low_watermark),
-                broadcast: h.broadcast,
-            });
-            let ctx = Box::new(HostCtx {
-                core: &*rt.core,
-                instance: index,
-                log_target: format!("loopd::handler::{}", h.name),
-            });
-            let mut ptr: *mut c_void = std::ptr::null_mut();
-            if let Some(create) = plugin.vtable.create {
-                let name = CString::new(h.name.as_str())
-                    .map_err(|_| Error::Config("handler name contains NUL".into()))?;
-                let json = CString::new(h.config_json.as_str()).map_err(|_| {
-                    Error::Config(format!("handler `{}`: config contains NUL", h.name))
-                })?;
-                let mut err = vec![0u8; 1024];
-                // SAFETY: the vtable comes from a checked plugin; every pointer
-                // passed is valid for the call, and err has err.len() bytes.
-                let status = unsafe {
-                    create(
-                        host::host_api(),
-                        ctx.as_raw(),
-                        name.as_ptr(),
-                        json.as_ptr(),
-                        &mut ptr,
-                        err.as_mut_ptr().cast(),
-                        err.len(),
-                    )
-                };
-                if status < 0 {
-                    let end = err.iter().position(|&b| b == 0).unwrap_or(err.len());
-                    let msg = String::from_utf8_lossy(&err[..end]).into_owned();
-                    let msg = if msg.is_empty() {
-                        format!(
-                            "status {status} ({}), and the handler gave no message",
-                            abi::status_str(status)
-                        )
-                    } else {
-                        msg
-                    };
-                    let shown = plugin.path.clone().unwrap_or_else(|| h.name.clone().into());
-                    return Err(fail(&shown, format!("create failed: {msg}")));
-                }
-            }
-            log::debug!(
-                "{}: created from plugin {} {} ({framing} framing)",
-                h.name,
-                plugin.name,
-                plugin.version
-            );
-            rt.instances.push(Instance {
-                name: h.name.clone(),
-                plugin,
-                ptr,
-                ctx,
-                destroyed: false,
-            });
-        }
-
-        if self.listen {
-            let mut bound = Vec::new();
-            for (index, h) in config.handlers.iter().enumerate() {
-                for addr in &h.listen {
-                    let b = rt
-                        .core
-                        .borrow_mut()
-                        .add_listener(addr, index)
-                        .map_err(|source| Error::Listen {
-                            handler: h.name.clone(),
-                            listener: addr.to_string(),
-                            source,
-                        })?;
-                    bound.push(b);
-                }
-            }
-            // Only once every listener is open: nothing is reported as
-            // listening by a loopd that is about to exit.
-            for b in &bound {
-                let name = rt.instances[b.instance].name.clone();
-                log::info!("{name} listening on {}", b.url);
-                rt.listeners.push(b.url.clone());
-                rt.listener_handlers.push(name);
-            }
-            for b in &bound {
-                rt.announce_listener(b);
-            }
-            rt.drain_pending();
-        }
-
-        if self.signals {
-            rt.install_signals().map_err(|source| Error::System {
-                what: "installing the SIGINT/SIGTERM handlers".to_string(),
-                source,
-            })?;
-        }
-        Ok(rt)
-    }
-}
-
-/// The checks the config file applies to `[runtime]`, for settings made in code.
-fn check_runtime(rt: &RuntimeConfig) -> Result<(), Error> {
-    let fail = |what: String| Error::Config(format!("Builder::runtime: {what}"));
-    for (value, key) in [
-        (rt.max_connections, "max_connections"),
-        (rt.output_high_watermark, "output_high_watermark"),
-        (rt.max_frame, "max_frame"),
-    ] {
-        if value == 0 {
-            return Err(fail(format!("{key} must be greater than 0")));
+            listener_records: Vec::new(),
         }
     }
-    if rt.shutdown_timeout.is_zero() || rt.close_timeout.is_zero() {
-        return Err(fail(
-            "shutdown_timeout and close_timeout must be greater than 0".to_string(),
-        ));
-    }
-    if rt.max_frame > 1 << 30 {
-        return Err(fail(format!(
-            "max_frame {} must be between 1 and {} bytes",
-            rt.max_frame,
-            1 << 30
-        )));
-    }
-    if rt.output_low_watermark >= rt.output_high_watermark {
-        return Err(fail(format!(
-            "output_low_watermark {} must be below output_high_watermark {}",
-            rt.output_low_watermark, rt.output_high_watermark
-        )));
-    }
-    Ok(())
-}
 
-impl Runtime {
-    /// Starts configuring a runtime.
-    pub fn builder() -> Builder {
-        Builder::default()
+    /// Records a listener that was opened for `handler`.
+    pub(crate) fn add_bound(&mut self, handler: &str, b: &Bound) {
+        self.listeners.push(b.url.clone());
+        self.listener_records
+            .push((handler.to_string(), b.scope.clone(), b.id));
     }
 
     /// A handle that can stop or wake this runtime from any thread.
@@ -653,19 +281,62 @@ impl Runtime {
     pub fn listeners_of<'a>(&'a self, handler: &'a str) -> impl Iterator<Item = &'a str> + 'a {
         self.listeners
             .iter()
-            .zip(&self.listener_handlers)
-            .filter(move |(_, h)| *h == handler)
+            .zip(&self.listener_records)
+            .filter(move |(_, (h, _, _))| h == handler)
             .map(|(url, _)| url.as_str())
     }
 
     /// Open connections.
     pub fn connections(&self) -> usize {
-        self.core.borrow().conns
+        self.core.borrow().shared.conns
+    }
+
+    /// A snapshot of every counter: the loop's (passes, events, time busy
+    /// and waiting), each handler instance's and each listener's
+    /// (connections accepted, open and closed by reason, bytes, frames,
+    /// datagrams, timers). Counting costs no system call and no allocation
+    /// per event; the snapshot itself allocates (names and vectors).
+    ///
+    /// ```
+    /// # use loopd::{HandlerSpec, Runtime};
+    /// # use loopd_handler_api::{Ctx, Handler, NoConfig};
+    /// # struct Quiet;
+    /// # impl Handler for Quiet {
+    /// #     type Config = NoConfig;
+    /// #     type Conn = ();
+    /// #     fn create(_: &Ctx, _: &str, _: NoConfig) -> Result<Self, String> { Ok(Quiet) }
+    /// # }
+    /// let rt = Runtime::builder()
+    ///     .handler(HandlerSpec::linked::<Quiet>("quiet").listen("tcp://127.0.0.1:0"))
+    ///     .build()?;
+    /// let stats = rt.stats();
+    /// let quiet = stats.handler("quiet").unwrap();
+    /// assert_eq!(quiet.counters.active, 0);
+    /// assert_eq!(stats.listeners.len(), 1);
+    /// # Ok::<(), loopd::Error>(())
+    /// ```
+    pub fn stats(&self) -> Stats {
+        let core = self.core.borrow();
+        Stats {
+            loop_stats: stats::loop_stats(&core.shared.counters),
+            handlers: core
+                .instances
+                .iter()
+                .map(|i| stats::handler_stats(&i.scope))
+                .collect(),
+            listeners: self
+                .listener_records
+                .iter()
+                .map(|(handler, scope, id)| {
+                    stats::listener_stats(scope, handler, core.sources.get(*id).is_some())
+                })
+                .collect(),
+        }
     }
 
     /// Whether a graceful shutdown has begun.
     pub fn is_shutting_down(&self) -> bool {
-        self.core.borrow().shutdown_deadline.is_some()
+        self.core.borrow().shared.shutdown_deadline.is_some()
     }
 
     /// Whether a graceful shutdown has finished: the listeners are closed
@@ -673,7 +344,7 @@ impl Runtime {
     /// [`Runtime::run_once`] stops here; [`Runtime::run`] returns at once.
     pub fn is_finished(&self) -> bool {
         let core = self.core.borrow();
-        core.shutdown_deadline.is_some() && core.conns == 0
+        core.shared.shutdown_deadline.is_some() && core.shared.conns == 0
     }
 
     /// Runs until [`Handle::stop`], or until a graceful shutdown (a signal,
@@ -706,9 +377,10 @@ impl Runtime {
     /// An I/O error from the poller.
     pub fn run_once(&mut self, timeout: Option<Duration>) -> io::Result<usize> {
         let _active = ActiveGuard::enter(&self.core);
+        let started = Instant::now();
         {
             let mut core = self.core.borrow_mut();
-            core.pass = core.pass.wrapping_add(1);
+            core.shared.pass = core.shared.pass.wrapping_add(1);
         }
         let finished_before = self.is_finished();
         // A stop request ends one `run`, not every later pass.
@@ -722,7 +394,9 @@ impl Runtime {
         };
         let mut ready = std::mem::take(&mut self.ready);
         ready.clear();
-        let waited = self.core.borrow_mut().poll.wait(timeout, &mut ready);
+        let wait_began = Instant::now();
+        let waited = self.core.borrow_mut().shared.poll.wait(timeout, &mut ready);
+        let wait_ended = Instant::now();
         let mut n = 0;
         if waited.is_ok() {
             for r in &ready {
@@ -741,6 +415,12 @@ impl Runtime {
         } else {
             self.check_shutdown();
         }
+        let ended = Instant::now();
+        let c = &mut self.core.borrow_mut().shared.counters;
+        c.passes += 1;
+        c.events += n as u64;
+        c.waiting += wait_ended - wait_began;
+        c.busy += (wait_began - started) + (ended - wait_ended);
         waited.map(|()| n)
     }
 
@@ -751,12 +431,13 @@ impl Runtime {
     /// timers do not make the descriptor readable.
     pub fn next_timeout(&self) -> Option<Duration> {
         let mut core = self.core.borrow_mut();
-        if !core.pending.is_empty() || !core.dirty.is_empty() {
+        let sh = &mut core.shared;
+        if !sh.pending.is_empty() || !sh.dirty.is_empty() {
             return Some(Duration::ZERO);
         }
         let now = Instant::now();
-        let mut next = core.timers.next_deadline();
-        if let Some(d) = core.shutdown_deadline.filter(|_| core.conns > 0) {
+        let mut next = sh.timers.next_deadline();
+        if let Some(d) = sh.shutdown_deadline.filter(|_| sh.conns > 0) {
             next = Some(next.map_or(d, |n| n.min(d)));
         }
         next.map(|d| d.saturating_duration_since(now))
@@ -796,7 +477,10 @@ impl Runtime {
     fn install_signals(&mut self) -> io::Result<()> {
         let (read, write) = UnixStream::pair()?;
         write.set_nonblocking(true)?;
-        self.core.borrow_mut().add_signal_pipe(read)?;
+        read.set_nonblocking(true)?;
+        self.core
+            .borrow_mut()
+            .register(Source::Signal(read), true, false)?;
         for sig in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
             let id = signal_hook::low_level::pipe::register(sig, write.try_clone()?)?;
             self.signals.push(id);
@@ -824,7 +508,7 @@ impl Runtime {
 /// with `run_once` each time, and never close it: the runtime owns it.
 impl AsRawFd for Runtime {
     fn as_raw_fd(&self) -> RawFd {
-        self.core.borrow().poll.as_raw_fd()
+        self.core.borrow().shared.poll.as_raw_fd()
     }
 }
 
@@ -840,12 +524,13 @@ impl Drop for Runtime {
     fn drop(&mut self) {
         let _active = ActiveGuard::enter(&self.core);
         self.close_everything(abi::LOOPD_REASON_SHUTDOWN);
-        self.core.borrow_mut().close_listeners();
+        listener::close_all(&mut self.core.borrow_mut());
         for id in self.signals.drain(..) {
             signal_hook::low_level::unregister(id);
         }
-        for index in (0..self.instances.len()).rev() {
-            self.destroy_instance(index);
+        let ids = self.core.borrow().instances.ids().to_vec();
+        for inst in ids.into_iter().rev() {
+            self.destroy_instance(inst);
         }
     }
 }

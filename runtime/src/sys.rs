@@ -432,20 +432,6 @@ pub(crate) fn connect_unix(path: &Path) -> io::Result<OwnedFd> {
     Ok(fd)
 }
 
-/// Whether the socket is hung up or in error (`POLLHUP`/`POLLERR`), checked
-/// without blocking. Used for events nobody asked for: epoll always reports
-/// these, so ignoring them would spin a level-triggered loop.
-pub(crate) fn hung_up(fd: RawFd) -> bool {
-    let mut pfd = libc::pollfd {
-        fd,
-        events: 0,
-        revents: 0,
-    };
-    // SAFETY: one valid pollfd, zero timeout.
-    let n = unsafe { libc::poll(&mut pfd, 1, 0) };
-    n > 0 && pfd.revents & (libc::POLLHUP | libc::POLLERR) != 0
-}
-
 /// Whether an accept error means "out of descriptors or memory": back off.
 pub(crate) fn is_resource_exhaustion(e: &io::Error) -> bool {
     matches!(

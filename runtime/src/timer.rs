@@ -32,7 +32,10 @@ pub(crate) fn deadline_after(now: Instant, delay_ms: u64) -> Instant {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum TimerKind {
     /// A handler's timer: `on_timer(id, user_data)` on that instance.
-    Handler { instance: usize, user_data: u64 },
+    Handler {
+        instance: crate::instance::InstanceId,
+        user_data: u64,
+    },
     /// A connection's flush-before-close took too long: abort it.
     CloseTimeout { conn: u64 },
     /// A listener paused after EMFILE/ENFILE may accept again.
@@ -227,14 +230,14 @@ mod model_check {
     enum Op {
         Set {
             when: When,
-            instance: usize,
+            instance: u64,
         },
         /// Set this many timers at once (enough to make the heap compact
         /// itself when they are cancelled).
         SetMany {
             count: usize,
             when: When,
-            instance: usize,
+            instance: u64,
         },
         /// Cancel the last `n` ids handed out.
         CancelRecent(usize),
@@ -245,7 +248,7 @@ mod model_check {
         /// Cancel an id that was never handed out.
         CancelUnknown(u64),
         /// Cancel every timer of one instance.
-        CancelInstance(usize),
+        CancelInstance(u64),
         /// Move the clock forward by this many ms, then fire what is due.
         Advance(u64),
         /// Move the clock to the next deadline, then fire what is due.
@@ -270,14 +273,14 @@ mod model_check {
 
     fn op() -> impl Strategy<Value = Op> {
         prop_oneof![
-            6 => (ms(), 0..3usize).prop_map(|(ms, instance)| Op::Set { when: When::AfterMs(ms), instance }),
-            1 => (0..100_000u64, 0..3usize).prop_map(|(ms, instance)| Op::Set { when: When::Past(ms), instance }),
-            1 => (0..3usize).prop_map(|instance| Op::Set { when: When::Latest, instance }),
-            1 => (1..120usize, ms(), 0..3usize).prop_map(|(count, ms, instance)| Op::SetMany { count, when: When::AfterMs(ms), instance }),
+            6 => (ms(), 0..3u64).prop_map(|(ms, instance)| Op::Set { when: When::AfterMs(ms), instance }),
+            1 => (0..100_000u64, 0..3u64).prop_map(|(ms, instance)| Op::Set { when: When::Past(ms), instance }),
+            1 => (0..3u64).prop_map(|instance| Op::Set { when: When::Latest, instance }),
+            1 => (1..120usize, ms(), 0..3u64).prop_map(|(count, ms, instance)| Op::SetMany { count, when: When::AfterMs(ms), instance }),
             5 => any::<usize>().prop_map(Op::Cancel),
             1 => (1..120usize).prop_map(Op::CancelRecent),
             1 => any::<u64>().prop_map(Op::CancelUnknown),
-            1 => (0..3usize).prop_map(Op::CancelInstance),
+            1 => (0..3u64).prop_map(Op::CancelInstance),
             2 => prop_oneof![Just(0u64), 0..20_000u64, Just(MAX_DELAY_MS), Just(u64::MAX)].prop_map(Op::Advance),
             1 => Just(Op::AdvanceToNext),
             1 => Just(Op::AdvanceToLatest),

@@ -1,0 +1,385 @@
+//! [`Builder`]: a runtime from a config file, settings and handlers added
+//! in code; plugins loaded, instances created, listeners opened.
+
+use std::cell::RefCell;
+use std::collections::HashMap;
+use std::ffi::CString;
+use std::path::Path;
+
+use crate::config::{FramingKind, HandlerConfig, ListenAddr, PluginRef, RuntimeConfig};
+use crate::core::Core;
+use crate::host::{ActiveGuard, HostCtx};
+use crate::instance::{Instance, InstanceId, Life, Settings};
+use crate::plugin::{self, Plugin};
+use crate::source::listener;
+use crate::spec::{HandlerSpec, Linked};
+use crate::stats::Scope;
+use crate::{Config, Error, Runtime};
+
+/// Configures and builds a [`Runtime`].
+///
+/// Handlers come from a config (parsed with [`Builder::config`] or read by
+/// [`Builder::build`] from [`Builder::config_file`]), from code
+/// ([`Builder::handler`]), or both: entries added in code follow the
+/// config's, and names must be unique across the two.
+#[derive(Debug, Default)]
+pub struct Builder {
+    config: Option<Config>,
+    config_path: Option<std::path::PathBuf>,
+    runtime: Option<RuntimeConfig>,
+    statics: HashMap<String, Linked>,
+    specs: Vec<HandlerSpec>,
+    extra_listeners: Vec<(String, String)>,
+    signals: bool,
+    listen: bool,
+}
+
+impl Builder {
+    /// Uses a parsed config (replacing any earlier [`Builder::config_file`]).
+    pub fn config(mut self, config: Config) -> Builder {
+        self.config = Some(config);
+        self.config_path = None;
+        self
+    }
+
+    /// Reads the config from a file when [`Builder::build`] runs (replacing
+    /// any earlier [`Builder::config`]).
+    pub fn config_file(mut self, path: impl AsRef<Path>) -> Builder {
+        self.config_path = Some(path.as_ref().to_path_buf());
+        self.config = None;
+        self
+    }
+
+    /// Replaces the `[runtime]` settings (limits, timeouts, `plugin_dir`) of
+    /// the config, or the defaults when there is no config.
+    pub fn runtime(mut self, runtime: RuntimeConfig) -> Builder {
+        self.runtime = Some(runtime);
+        self
+    }
+
+    /// Adds a handler instance: a Rust type linked into the program or a
+    /// plugin from a shared library, with its listeners. See [`HandlerSpec`].
+    pub fn handler(mut self, spec: HandlerSpec) -> Builder {
+        self.specs.push(spec);
+        self
+    }
+
+    /// Adds a listener URL to the handler named `handler`, defined in the
+    /// config or with [`Builder::handler`].
+    pub fn listen(mut self, handler: &str, url: &str) -> Builder {
+        self.extra_listeners
+            .push((handler.to_string(), url.to_string()));
+        self
+    }
+
+    /// Makes `plugin = "<name>"` in the config mean the handler type `H`,
+    /// linked into this program, instead of a shared library.
+    pub fn static_handler<H: loopd_handler_api::Handler>(mut self, name: &str) -> Builder {
+        self.statics.insert(name.to_string(), Linked::of::<H>());
+        self
+    }
+
+    /// Handles SIGINT and SIGTERM: the first starts a graceful shutdown, a
+    /// second one closes everything at once. SIGUSR1 and SIGUSR2 are caught
+    /// and ignored (logged at debug level), where they would kill the
+    /// process. Off by default: an embedding program keeps its own signal
+    /// dispositions. The `loopd` binary turns it on.
+    ///
+    /// Once turned on, the process's SIGINT, SIGTERM, SIGUSR1 and SIGUSR2
+    /// handlers stay installed for the life of the process (`signal-hook`
+    /// cannot restore the previous disposition): after the runtime is
+    /// dropped, those signals are caught and ignored. A program that outlives its runtime, or that
+    /// handles signals itself, should leave this off and call
+    /// [`Handle::shutdown`](crate::Handle::shutdown) from its own handling instead.
+    pub fn handle_signals(mut self, on: bool) -> Builder {
+        self.signals = on;
+        self
+    }
+
+    /// Loads the plugins and creates the instances, opens the listeners and
+    /// returns the runtime, ready to run.
+    ///
+    /// # Errors
+    /// [`Error::Config`] for a bad config or handler spec, [`Error::Plugin`]
+    /// naming the library and the reason, [`Error::Listen`] naming the
+    /// listener and the handler, [`Error::System`] naming a step the
+    /// operating system refused. Nothing listens unless everything succeeded.
+    pub fn build(mut self) -> Result<Runtime, Error> {
+        self.listen = true;
+        self.build_inner()
+    }
+
+    /// Loads the plugins and creates (then destroys) the instances without
+    /// opening any listener: validates a config completely. Returns one line
+    /// per instance: its name, plugin, version and where it came from.
+    ///
+    /// # Errors
+    /// As [`Builder::build`], without listener errors.
+    pub fn check(mut self) -> Result<Vec<String>, Error> {
+        self.listen = false;
+        let rt = self.build_inner()?;
+        let core = rt.core.borrow();
+        Ok(core
+            .instances
+            .iter()
+            .map(|i| {
+                let from = match &i.plugin.path {
+                    Some(p) => p.display().to_string(),
+                    None => "linked in".to_string(),
+                };
+                let mut line = format!("{}: {}", i.name(), i.plugin.name);
+                if !i.plugin.version.is_empty() {
+                    line.push(' ');
+                    line.push_str(&i.plugin.version);
+                }
+                line.push_str(&format!(" ({from})"));
+                line
+            })
+            .collect())
+    }
+
+    /// The config, with the runtime settings, handlers and listeners added
+    /// in code, and for each entry the linked type that serves it (if any).
+    fn assemble(&mut self) -> Result<(Config, Vec<Option<Linked>>), Error> {
+        let mut config = match (self.config.take(), &self.config_path) {
+            (Some(c), _) => c,
+            (None, Some(path)) => Config::from_file(path)?,
+            (None, None) => Config::parse("", None)?,
+        };
+        if let Some(rt) = self.runtime.take() {
+            check_runtime(&rt)?;
+            config.runtime = rt;
+            // The file's own watermarks were checked against its [runtime].
+            for h in &config.handlers {
+                let high = h
+                    .output_high_watermark
+                    .unwrap_or(config.runtime.output_high_watermark);
+                let low = h
+                    .output_low_watermark
+                    .unwrap_or(config.runtime.output_low_watermark);
+                if low >= high {
+                    return Err(Error::Config(format!(
+                        "Builder::runtime: handler `{}` would have an output low watermark ({low}) not below its high watermark ({high})",
+                        h.name
+                    )));
+                }
+            }
+        }
+        let mut linked: Vec<Option<Linked>> = config
+            .handlers
+            .iter()
+            .map(|h| match &h.plugin {
+                PluginRef::Name(n) => self.statics.get(n).copied(),
+                PluginRef::Path(_) => None,
+            })
+            .collect();
+        for spec in std::mem::take(&mut self.specs) {
+            let (entry, l) = spec.into_entry(&config.runtime)?;
+            if config.handlers.iter().any(|h| h.name == entry.name) {
+                return Err(Error::Config(format!(
+                    "handler `{}` (added in code): a handler with this name is already defined{}",
+                    entry.name,
+                    config
+                        .path
+                        .as_ref()
+                        .map(|p| format!(" in {}", p.display()))
+                        .unwrap_or_default()
+                )));
+            }
+            config.handlers.push(entry);
+            linked.push(l);
+        }
+        for (handler, url) in std::mem::take(&mut self.extra_listeners) {
+            let known: Vec<&str> = config.handlers.iter().map(|h| h.name.as_str()).collect();
+            let known = if known.is_empty() {
+                "there are no handlers".to_string()
+            } else {
+                format!("handlers: {}", known.join(", "))
+            };
+            let entry = config
+                .handlers
+                .iter_mut()
+                .find(|h| h.name == handler)
+                .ok_or_else(|| {
+                    Error::Config(format!(
+                        "Builder::listen(`{handler}`, `{url}`): no handler named `{handler}` ({known})"
+                    ))
+                })?;
+            let addr: ListenAddr = url
+                .parse()
+                .map_err(|e| Error::Config(format!("Builder::listen(`{handler}`, ...): {e}")))?;
+            entry.listen.push(addr);
+        }
+        Ok((config, linked))
+    }
+
+    fn build_inner(mut self) -> Result<Runtime, Error> {
+        let (config, linked) = self.assemble()?;
+        let core = Core::new(config.runtime.clone()).map_err(|source| Error::System {
+            what: "creating the poller (epoll)".to_string(),
+            source,
+        })?;
+        let mut rt = Runtime::new(core);
+        let _active = ActiveGuard::enter(&rt.core);
+
+        let mut instances = Vec::with_capacity(config.handlers.len());
+        for (h, linked) in config.handlers.iter().zip(&linked) {
+            instances.push(create_instance(&rt, &config, h, linked.as_ref())?);
+        }
+
+        if self.listen {
+            let mut bound = Vec::new();
+            for (h, &inst) in config.handlers.iter().zip(&instances) {
+                for addr in &h.listen {
+                    let b = listener::open(&mut rt.core.borrow_mut(), addr, inst).map_err(
+                        |source| Error::Listen {
+                            handler: h.name.clone(),
+                            listener: addr.to_string(),
+                            source,
+                        },
+                    )?;
+                    bound.push((h.name.clone(), b));
+                }
+            }
+            // Only once every listener is open: nothing is reported as
+            // listening by a loopd that is about to exit.
+            for (name, b) in &bound {
+                log::info!("{name} listening on {}", b.url);
+            }
+            for (name, b) in &bound {
+                rt.add_bound(name, b);
+            }
+            for (_, b) in &bound {
+                rt.announce_listener(b);
+            }
+            rt.drain_pending();
+        }
+
+        if self.signals {
+            rt.install_signals().map_err(|source| Error::System {
+                what: "installing the SIGINT/SIGTERM handlers".to_string(),
+                source,
+            })?;
+        }
+        Ok(rt)
+    }
+}
+
+/// Loads (or links) the plugin of entry `h`, adds its instance record and
+/// runs its `create`. On failure the record is gone again and the error
+/// names the handler, the library and the reason.
+fn create_instance(
+    rt: &Runtime,
+    config: &Config,
+    h: &HandlerConfig,
+    linked: Option<&Linked>,
+) -> Result<InstanceId, Error> {
+    let location = h.plugin_location.as_ref().map(|l| l.to_string());
+    let fail = |path: &Path, reason: String| Error::Plugin {
+        location: location.clone(),
+        handler: h.name.clone(),
+        path: path.to_path_buf(),
+        reason,
+    };
+    let plugin = match linked {
+        Some(l) => Plugin {
+            path: None,
+            name: match &h.plugin {
+                PluginRef::Name(n) => n.clone(),
+                PluginRef::Path(p) => p.display().to_string(),
+            },
+            version: String::new(),
+            default_framing: l.framing,
+            vtable: l.vtable,
+        },
+        None => {
+            let path = plugin::resolve(&h.plugin, config.runtime.plugin_dir.as_deref())
+                .map_err(|(path, why)| fail(&path, why))?;
+            plugin::load(&path).map_err(|why| fail(&path, why))?
+        }
+    };
+    let name = CString::new(h.name.as_str())
+        .map_err(|_| Error::Config("handler name contains NUL".into()))?;
+    let json = CString::new(h.config_json.as_str())
+        .map_err(|_| Error::Config(format!("handler `{}`: config contains NUL", h.name)))?;
+    let settings = Settings {
+        framing: h
+            .framing
+            .or(plugin.default_framing)
+            .unwrap_or(FramingKind::Raw),
+        max_frame: h.max_frame.unwrap_or(config.runtime.max_frame),
+        high_watermark: h
+            .output_high_watermark
+            .unwrap_or(config.runtime.output_high_watermark),
+        low_watermark: h
+            .output_low_watermark
+            .unwrap_or(config.runtime.output_low_watermark),
+        broadcast: h.broadcast,
+    };
+    let shown = plugin.path.clone().unwrap_or_else(|| h.name.clone().into());
+    let (plugin_name, plugin_version) = (plugin.name.clone(), plugin.version.clone());
+    let core_ptr: *const RefCell<Core> = &*rt.core;
+    let id = rt.core.borrow_mut().instances.insert_with(|id| Instance {
+        plugin,
+        ptr: std::ptr::null_mut(),
+        ctx: Box::new(HostCtx {
+            core: core_ptr,
+            instance: id,
+            log_target: format!("loopd::handler::{}", h.name),
+        }),
+        settings,
+        scope: Scope::new(h.name.as_str()),
+        life: Life::Creating,
+    });
+    match rt.hooks().create(id, &name, &json) {
+        Ok(ptr) => {
+            let mut core = rt.core.borrow_mut();
+            let i = core.instances.get_mut(id).expect("the instance just added");
+            i.ptr = ptr;
+            i.life = Life::Live;
+        }
+        Err(msg) => {
+            rt.core.borrow_mut().instances.remove(id);
+            return Err(fail(&shown, format!("create failed: {msg}")));
+        }
+    }
+    log::debug!(
+        "{}: created from plugin {plugin_name} {plugin_version} ({} framing)",
+        h.name,
+        settings.framing
+    );
+    Ok(id)
+}
+
+/// The checks the config file applies to `[runtime]`, for settings made in code.
+fn check_runtime(rt: &RuntimeConfig) -> Result<(), Error> {
+    let fail = |what: String| Error::Config(format!("Builder::runtime: {what}"));
+    for (value, key) in [
+        (rt.max_connections, "max_connections"),
+        (rt.output_high_watermark, "output_high_watermark"),
+        (rt.max_frame, "max_frame"),
+    ] {
+        if value == 0 {
+            return Err(fail(format!("{key} must be greater than 0")));
+        }
+    }
+    if rt.shutdown_timeout.is_zero() || rt.close_timeout.is_zero() {
+        return Err(fail(
+            "shutdown_timeout and close_timeout must be greater than 0".to_string(),
+        ));
+    }
+    if rt.max_frame > 1 << 30 {
+        return Err(fail(format!(
+            "max_frame {} must be between 1 and {} bytes",
+            rt.max_frame,
+            1 << 30
+        )));
+    }
+    if rt.output_low_watermark >= rt.output_high_watermark {
+        return Err(fail(format!(
+            "output_low_watermark {} must be below output_high_watermark {}",
+            rt.output_low_watermark, rt.output_high_watermark
+        )));
+    }
+    Ok(())
+}

@@ -1,0 +1,427 @@
+//! Bound UDP sockets: receiving datagrams (whole or not at all) and
+//! `send_datagram` (never queued: a full kernel buffer drops and counts).
+
+use std::io;
+use std::net::{SocketAddr, UdpSocket};
+use std::os::fd::AsRawFd;
+use std::rc::Rc;
+use std::time::Instant;
+
+use loopd_handler_api::abi;
+
+use crate::core::{Core, RateLimit};
+use crate::instance::InstanceId;
+use crate::source::listener::{same_port, Bound};
+use crate::source::Source;
+use crate::stats::{self, Counter, Counters, Scope};
+use crate::sys;
+
+/// A bound UDP socket.
+#[derive(Debug)]
+pub(crate) struct Datagram {
+    pub(crate) sock: UdpSocket,
+    pub(crate) instance: InstanceId,
+    /// The instance's name and counters.
+    scope: Rc<Scope>,
+    /// This socket's counters, named by the URL actually bound.
+    listener: Rc<Scope>,
+    /// Largest datagram delivered (the handler's `max_frame`, at most the
+    /// read buffer); larger ones are dropped.
+    pub(crate) max_datagram: usize,
+    /// `SO_BROADCAST` is set (`broadcast = true`).
+    broadcast: bool,
+    /// The "needs `broadcast = true`" error was logged (once per socket).
+    broadcast_warned: bool,
+    dropped_log: RateLimit,
+    oversize_log: RateLimit,
+    error_log: RateLimit,
+}
+
+/// The outcome of one receive.
+#[derive(Debug, Clone, Copy)]
+pub(crate) enum Recv {
+    /// A datagram of `len` bytes from `peer` is in the scratch buffer.
+    Datagram {
+        instance: InstanceId,
+        peer: abi::loopd_addr,
+        len: usize,
+    },
+    /// A datagram over `max_datagram` was dropped (and counted).
+    Dropped,
+    /// Interrupted: receive again.
+    Retry,
+    /// Nothing more to receive now.
+    Stop,
+}
+
+impl Datagram {
+    fn url(&self) -> &str {
+        &self.listener.name
+    }
+
+    fn count(&self, which: impl Fn(&Counters) -> &Counter) {
+        stats::count(&self.scope, Some(&self.listener), which, 1);
+    }
+
+    /// Receives one datagram into `scratch` (at most `max_datagram` of it).
+    /// A datagram over the limit is detected (`MSG_TRUNC` reports its real
+    /// size) and dropped, never delivered cut short.
+    pub(crate) fn recv(&mut self, id: u64, scratch: &mut [u8]) -> Recv {
+        let cap = self.max_datagram.min(scratch.len());
+        match sys::recv_from(self.sock.as_raw_fd(), &mut scratch[..cap]) {
+            Ok((n, peer)) if n > cap => {
+                self.too_big(n, &peer);
+                Recv::Dropped
+            }
+            Ok((len, peer)) => {
+                self.count(|c| &c.datagrams_in);
+                Recv::Datagram {
+                    instance: self.instance,
+                    peer,
+                    len,
+                }
+            }
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => Recv::Stop,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => Recv::Retry,
+            Err(e) => {
+                // E.g. a queued ICMP error: reading it clears it.
+                log::debug!(
+                    "{}: receiving a datagram on socket {id}: {e}",
+                    self.scope.name
+                );
+                Recv::Stop
+            }
+        }
+    }
+
+    /// A received datagram of `len` bytes did not fit in `max_datagram`:
+    /// count it and say so at debug level (at most once a second per socket).
+    fn too_big(&mut self, len: usize, peer: &abi::loopd_addr) {
+        self.count(|c| &c.datagrams_dropped_oversize);
+        if let Some(n) = self.oversize_log.allow(Instant::now()) {
+            let from = peer
+                .to_socket_addr()
+                .map_or_else(|| "an unknown sender".to_string(), |a| a.to_string());
+            log::debug!(
+                "{}: {}: dropped a datagram of {len} bytes from {from}: over max_frame ({} bytes); {} dropped so far ({n} similar messages suppressed)",
+                self.scope.name,
+                self.url(),
+                self.max_datagram,
+                self.listener.counters.datagrams_dropped_oversize.get()
+            );
+        }
+    }
+
+    /// `send_datagram` from this socket.
+    pub(crate) fn send(&mut self, to: &abi::loopd_addr, data: &[u8]) -> i32 {
+        let Some(to) = to.to_socket_addr() else {
+            return abi::LOOPD_ERR_INVALID;
+        };
+        loop {
+            return match self.sock.send_to(data, to) {
+                Ok(_) => {
+                    self.count(|c| &c.datagrams_out);
+                    abi::LOOPD_OK
+                }
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) if sys::is_send_buffer_full(&e) => {
+                    // Never queued: a datagram the kernel cannot take now is
+                    // dropped, counted, and the handler told (AGAIN).
+                    self.count(|c| &c.datagrams_dropped_send_full);
+                    if let Some(n) = self.dropped_log.allow(Instant::now()) {
+                        log::warn!(
+                            "{}: {}: kernel send buffer full ({e}): dropped a datagram to {to}; {} dropped so far ({n} similar warnings suppressed)",
+                            self.scope.name,
+                            self.url(),
+                            self.listener.counters.datagrams_dropped_send_full.get()
+                        );
+                    }
+                    abi::LOOPD_ERR_AGAIN
+                }
+                Err(e) if sys::is_broadcast_refused(&e) && !self.broadcast => {
+                    self.count(|c| &c.datagrams_dropped_send_error);
+                    if !self.broadcast_warned {
+                        self.broadcast_warned = true;
+                        let name = &self.scope.name;
+                        log::error!(
+                            "{name}: cannot send from {} to {to}: the kernel refused ({e}); \
+                             a broadcast address needs SO_BROADCAST: add `broadcast = true` \
+                             to the [[handler]] entry of `{name}` (logged once per socket)",
+                            self.url()
+                        );
+                    }
+                    abi::LOOPD_ERR_IO
+                }
+                Err(e) => {
+                    self.count(|c| &c.datagrams_dropped_send_error);
+                    if let Some(n) = self.error_log.allow(Instant::now()) {
+                        log::debug!(
+                            "{}: send_datagram from {} to {to}: {e} ({n} similar messages suppressed)",
+                            self.scope.name,
+                            self.url()
+                        );
+                    }
+                    abi::LOOPD_ERR_IO
+                }
+            };
+        }
+    }
+
+    /// Logs what the socket dropped over its life, when it closes.
+    pub(crate) fn log_drops(&self, name: &str) {
+        let c = &self.listener.counters;
+        let (full, oversize) = (
+            c.datagrams_dropped_send_full.get(),
+            c.datagrams_dropped_oversize.get(),
+        );
+        if full > 0 || oversize > 0 {
+            log::info!(
+                "{name}: closed {}: {full} datagrams dropped on send (kernel buffer full), {oversize} received over max_frame ({} bytes) dropped",
+                self.url(),
+                self.max_datagram
+            );
+        }
+    }
+}
+
+/// Binds a UDP socket for `instance` and registers it.
+pub(crate) fn open(core: &mut Core, sa: &SocketAddr, instance: InstanceId) -> io::Result<Bound> {
+    check_own_udp(core, sa)?;
+    let inst = core
+        .instances
+        .get(instance)
+        .ok_or_else(|| io::Error::new(io::ErrorKind::NotFound, "the handler instance is gone"))?;
+    let sock = UdpSocket::from(sys::bind_listener(sa, false, 0)?);
+    if inst.settings.broadcast {
+        sock.set_broadcast(true)?;
+    }
+    let local = sock.local_addr()?;
+    let url = format!("udp://{local}");
+    let listener = Scope::new(url.as_str());
+    let d = Datagram {
+        sock,
+        instance,
+        scope: inst.scope.clone(),
+        listener: listener.clone(),
+        max_datagram: inst.settings.max_frame.min(crate::SCRATCH_SIZE),
+        broadcast: inst.settings.broadcast,
+        broadcast_warned: false,
+        dropped_log: RateLimit::default(),
+        oversize_log: RateLimit::default(),
+        error_log: RateLimit::default(),
+    };
+    let id = core.register(Source::Datagram(d), true, false)?;
+    Ok(Bound {
+        id,
+        instance,
+        transport: abi::LOOPD_TRANSPORT_UDP,
+        local: abi::loopd_addr::from_socket_addr(local),
+        url,
+        scope: listener,
+    })
+}
+
+/// A UDP socket of this config already holds the port: say so, rather
+/// than blaming another process.
+fn check_own_udp(core: &Core, sa: &SocketAddr) -> io::Result<()> {
+    if sa.port() == 0 {
+        return Ok(());
+    }
+    for id in core.sources.ids() {
+        let Some(Source::Datagram(d)) = core.sources.get(id) else {
+            continue;
+        };
+        let Ok(bound) = d.sock.local_addr() else {
+            continue;
+        };
+        if same_port(&bound, sa) {
+            return Err(io::Error::new(
+                io::ErrorKind::AddrInUse,
+                format!(
+                    "it is the same port as {}, already opened by handler `{}` of this config",
+                    d.url(),
+                    core.instances.name(d.instance)
+                ),
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// The host's `send_datagram`.
+pub(crate) fn send(
+    core: &mut Core,
+    instance: InstanceId,
+    id: u64,
+    to: &abi::loopd_addr,
+    data: &[u8],
+) -> i32 {
+    match core.sources.get_mut(id) {
+        Some(Source::Datagram(d)) if d.instance == instance => d.send(to, data),
+        Some(Source::Stream(c)) if c.instance == instance => abi::LOOPD_ERR_UNSUPPORTED,
+        _ => abi::LOOPD_ERR_NO_SUCH_CONN,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::instance::{test_instance, Settings};
+    use std::time::Duration;
+
+    fn core_with(broadcast: bool, max_frame: usize) -> (Core, InstanceId) {
+        let mut core = Core::new(Default::default()).unwrap();
+        let settings = Settings {
+            max_frame,
+            broadcast,
+            ..Settings::default()
+        };
+        let inst = test_instance(&mut core, "u", settings);
+        (core, inst)
+    }
+
+    fn udp(core: &mut Core, inst: InstanceId, addr: &str) -> Bound {
+        open(core, &addr.parse().unwrap(), inst).unwrap()
+    }
+
+    fn datagram(core: &Core, id: u64) -> &Datagram {
+        match core.sources.get(id) {
+            Some(Source::Datagram(d)) => d,
+            _ => panic!("not a datagram socket"),
+        }
+    }
+
+    #[test]
+    fn udp_sockets_over_ipv4_and_ipv6() {
+        let (mut core, inst) = core_with(false, 1 << 20);
+        let v4 = udp(&mut core, inst, "127.0.0.1:0");
+        let v6 = udp(&mut core, inst, "[::1]:0");
+        assert_eq!(v4.transport, abi::LOOPD_TRANSPORT_UDP);
+        assert!(v4.url.starts_with("udp://127.0.0.1:") && !v4.url.ends_with(":0"));
+        assert!(v6.url.starts_with("udp://[::1]:"), "{}", v6.url);
+        assert_eq!(v6.local.family, abi::LOOPD_AF_INET6);
+        assert_eq!(&*v4.scope.name, v4.url, "counters are named by the URL");
+        // The read limit is the handler's max_frame, at most the read buffer.
+        assert_eq!(datagram(&core, v4.id).max_datagram, crate::SCRATCH_SIZE);
+        let (mut small, inst) = core_with(false, 100);
+        let b = udp(&mut small, inst, "127.0.0.1:0");
+        assert_eq!(datagram(&small, b.id).max_datagram, 100);
+    }
+
+    #[test]
+    fn the_same_udp_port_twice_in_one_config_is_named() {
+        let (mut core, inst) = core_with(false, 1 << 20);
+        let b = udp(&mut core, inst, "0.0.0.0:0");
+        let port = b.url.rsplit(':').next().unwrap();
+        let err = open(
+            &mut core,
+            &format!("127.0.0.1:{port}").parse().unwrap(),
+            inst,
+        )
+        .unwrap_err();
+        assert_eq!(err.kind(), io::ErrorKind::AddrInUse);
+        assert!(
+            err.to_string().contains("already opened by handler `u`"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn sending_to_a_broadcast_address_needs_the_broadcast_key() {
+        let rx = UdpSocket::bind("0.0.0.0:0").unwrap();
+        rx.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        let to: SocketAddr = format!("127.255.255.255:{}", rx.local_addr().unwrap().port())
+            .parse()
+            .unwrap();
+        let to = abi::loopd_addr::from_socket_addr(to);
+
+        let (mut core, inst) = core_with(false, 1 << 20);
+        let b = udp(&mut core, inst, "127.0.0.1:0");
+        assert!(!datagram(&core, b.id).sock.broadcast().unwrap());
+        assert_eq!(send(&mut core, inst, b.id, &to, b"x"), abi::LOOPD_ERR_IO);
+        assert!(
+            datagram(&core, b.id).broadcast_warned,
+            "the error was logged"
+        );
+        assert_eq!(send(&mut core, inst, b.id, &to, b"x"), abi::LOOPD_ERR_IO);
+        assert_eq!(
+            b.scope.counters.datagrams_dropped_send_error.get(),
+            2,
+            "counted on the socket"
+        );
+
+        let (mut core, inst) = core_with(true, 1 << 20);
+        let b = udp(&mut core, inst, "127.0.0.1:0");
+        assert!(
+            datagram(&core, b.id).sock.broadcast().unwrap(),
+            "SO_BROADCAST set"
+        );
+        assert_eq!(send(&mut core, inst, b.id, &to, b"hello"), abi::LOOPD_OK);
+        let mut buf = [0u8; 16];
+        let (n, from) = rx.recv_from(&mut buf).unwrap();
+        assert_eq!(&buf[..n], b"hello");
+        assert_eq!(from.to_string(), b.url.strip_prefix("udp://").unwrap());
+        assert_eq!(b.scope.counters.datagrams_out.get(), 1);
+    }
+
+    #[test]
+    fn send_datagram_checks_ids_and_addresses() {
+        let (mut core, inst) = core_with(false, 1 << 20);
+        let b = udp(&mut core, inst, "127.0.0.1:0");
+        let to = abi::loopd_addr::from_socket_addr("127.0.0.1:9".parse().unwrap());
+        assert_eq!(
+            send(&mut core, inst + 1, b.id, &to, b"x"),
+            abi::LOOPD_ERR_NO_SUCH_CONN,
+            "another instance's socket"
+        );
+        assert_eq!(
+            send(&mut core, inst, b.id + (1 << 32), &to, b"x"),
+            abi::LOOPD_ERR_NO_SUCH_CONN,
+            "stale id"
+        );
+        let unix = abi::loopd_addr::unix();
+        assert_eq!(
+            send(&mut core, inst, b.id, &unix, b"x"),
+            abi::LOOPD_ERR_INVALID
+        );
+        let huge = vec![0u8; 70_000];
+        assert_eq!(
+            send(&mut core, inst, b.id, &to, &huge),
+            abi::LOOPD_ERR_IO,
+            "EMSGSIZE"
+        );
+        assert_eq!(
+            b.scope.counters.datagrams_dropped_send_full.get(),
+            0,
+            "only a full buffer counts as dropped"
+        );
+    }
+
+    #[test]
+    fn oversized_datagrams_are_dropped_whole_and_counted() {
+        let (mut core, inst) = core_with(false, 100);
+        let b = udp(&mut core, inst, "127.0.0.1:0");
+        let tx = UdpSocket::bind("127.0.0.1:0").unwrap();
+        let to = b.url.strip_prefix("udp://").unwrap();
+        tx.send_to(&[7u8; 101], to).unwrap();
+        tx.send_to(&[7u8; 5000], to).unwrap();
+        tx.send_to(b"fits", to).unwrap();
+        let mut scratch = vec![0u8; crate::SCRATCH_SIZE];
+        let mut got = Vec::new();
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while got.len() < 3 && std::time::Instant::now() < deadline {
+            let Some(Source::Datagram(d)) = core.sources.get_mut(b.id) else {
+                panic!("socket gone");
+            };
+            match d.recv(b.id, &mut scratch) {
+                Recv::Datagram { len, .. } => got.push(Some(scratch[..len].to_vec())),
+                Recv::Dropped => got.push(None),
+                Recv::Retry => {}
+                Recv::Stop => std::thread::sleep(Duration::from_millis(5)),
+            }
+        }
+        assert_eq!(got, vec![None, None, Some(b"fits".to_vec())]);
+        assert_eq!(b.scope.counters.datagrams_dropped_oversize.get(), 2);
+        assert_eq!(b.scope.counters.datagrams_in.get(), 1);
+    }
+}

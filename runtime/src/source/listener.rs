@@ -1,0 +1,388 @@
+//! Listening sockets: TCP (IPv4 and IPv6, `SO_REUSEADDR`) and Unix-domain
+//! streams, opened non-blocking with a deep accept backlog; accepting from
+//! them, with a back-off when the process runs out of descriptors.
+
+use std::ffi::{CStr, CString};
+use std::io;
+use std::os::fd::{AsFd, AsRawFd, OwnedFd};
+use std::os::unix::fs::{FileTypeExt, MetadataExt};
+use std::os::unix::net::{UnixListener, UnixStream};
+use std::path::{Path, PathBuf};
+use std::rc::Rc;
+use std::time::{Duration, Instant};
+
+use loopd_handler_api::abi;
+
+use crate::config::ListenAddr;
+use crate::core::{Core, Deferred};
+use crate::instance::InstanceId;
+use crate::source::stream::{self, Conn};
+use crate::source::{datagram, Source};
+use crate::stats::Scope;
+use crate::sys;
+use crate::timer::TimerKind;
+use crate::transport::Transport;
+
+/// Accept backlog requested from the kernel (capped by `net.core.somaxconn`).
+const BACKLOG: i32 = 4096;
+/// How long a listener rests after EMFILE/ENFILE before accepting again.
+pub(crate) const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
+/// Most connections accepted per readiness event (fairness).
+const ACCEPTS_PER_EVENT: usize = 64;
+
+/// An open stream listener.
+#[derive(Debug)]
+pub(crate) struct Listener {
+    pub(crate) fd: OwnedFd,
+    /// The owning handler instance.
+    pub(crate) instance: InstanceId,
+    /// `LOOPD_TRANSPORT_*` of accepted connections.
+    pub(crate) transport: u32,
+    /// The URL actually bound (a port of 0 replaced by the real one).
+    pub(crate) url: Rc<CStr>,
+    /// The listener's counters (named by its URL).
+    pub(crate) scope: Rc<Scope>,
+    /// The socket file we created, removed again when the listener closes.
+    unix_path: Option<(PathBuf, u64, u64)>,
+    /// Not accepting for a moment after EMFILE/ENFILE.
+    paused: bool,
+}
+
+/// A listener that was opened, as `on_listen` reports it.
+#[derive(Debug, Clone)]
+pub(crate) struct Bound {
+    pub(crate) id: u64,
+    pub(crate) instance: InstanceId,
+    pub(crate) transport: u32,
+    pub(crate) local: abi::loopd_addr,
+    pub(crate) url: String,
+    pub(crate) scope: Rc<Scope>,
+}
+
+impl Listener {
+    /// Opens a stream listener for `addr`. UDP is not a stream listener.
+    pub(crate) fn open(addr: &ListenAddr, instance: InstanceId) -> io::Result<Listener> {
+        let (fd, transport, url, unix_path) = match addr {
+            ListenAddr::Tcp(sa) => {
+                let fd = sys::bind_listener(sa, true, BACKLOG)?;
+                let local = sys::local_addr(fd.as_raw_fd())
+                    .to_socket_addr()
+                    .unwrap_or(*sa);
+                (fd, abi::LOOPD_TRANSPORT_TCP, format!("tcp://{local}"), None)
+            }
+            ListenAddr::Unix(path) => {
+                clear_stale_socket(path)?;
+                let l = UnixListener::bind(path)?;
+                l.set_nonblocking(true)?;
+                let meta = std::fs::symlink_metadata(path)?;
+                let fd = OwnedFd::from(l);
+                sys::set_backlog(fd.as_raw_fd(), BACKLOG)?;
+                (
+                    fd,
+                    abi::LOOPD_TRANSPORT_UNIX,
+                    addr.to_string(),
+                    Some((path.clone(), meta.dev(), meta.ino())),
+                )
+            }
+            ListenAddr::Udp(_) => {
+                return Err(io::Error::new(
+                    io::ErrorKind::InvalidInput,
+                    "a udp address is not a stream listener",
+                ))
+            }
+        };
+        Ok(Listener {
+            fd,
+            instance,
+            transport,
+            scope: Scope::new(url.as_str()),
+            url: cstr(url),
+            unix_path,
+            paused: false,
+        })
+    }
+
+    /// The (device, inode) of the socket file this listener created.
+    pub(crate) fn unix_file(&self) -> Option<(u64, u64)> {
+        self.unix_path.as_ref().map(|(_, dev, ino)| (*dev, *ino))
+    }
+
+    pub(crate) fn url_str(&self) -> &str {
+        self.url.to_str().unwrap_or("?")
+    }
+}
+
+impl Drop for Listener {
+    fn drop(&mut self) {
+        // Remove the socket file, but only if it is still the one we bound:
+        // another process may have replaced it since.
+        if let Some((path, dev, ino)) = &self.unix_path {
+            if let Ok(meta) = std::fs::symlink_metadata(path) {
+                if meta.dev() == *dev && meta.ino() == *ino {
+                    let _ = std::fs::remove_file(path);
+                }
+            }
+        }
+    }
+}
+
+pub(crate) fn cstr(s: String) -> Rc<CStr> {
+    Rc::from(CString::new(s).unwrap_or_default().as_c_str())
+}
+
+/// Opens a listener (or UDP socket) for `instance` and registers it;
+/// returns what `on_listen` reports about it.
+pub(crate) fn open(core: &mut Core, addr: &ListenAddr, instance: InstanceId) -> io::Result<Bound> {
+    if let ListenAddr::Udp(sa) = addr {
+        return datagram::open(core, sa, instance);
+    }
+    check_own_listeners(core, addr)?;
+    let l = Listener::open(addr, instance)?;
+    let url = l.url_str().to_string();
+    let transport = l.transport;
+    let local = sys::local_addr(l.fd.as_raw_fd());
+    let scope = l.scope.clone();
+    let id = core.register(Source::Listener(l), true, false)?;
+    Ok(Bound {
+        id,
+        instance,
+        transport,
+        local,
+        url,
+        scope,
+    })
+}
+
+/// A listener of this very config already holds `addr` (the same socket
+/// file under another spelling, or the same port on another address): say
+/// so, rather than blaming another process.
+fn check_own_listeners(core: &Core, addr: &ListenAddr) -> io::Result<()> {
+    let own = |pred: &dyn Fn(&Listener) -> bool| {
+        core.sources
+            .ids()
+            .into_iter()
+            .find_map(|id| match core.sources.get(id) {
+                Some(Source::Listener(l)) if pred(l) => Some((
+                    l.url_str().to_string(),
+                    core.instances.name(l.instance).to_string(),
+                )),
+                _ => None,
+            })
+    };
+    let clash = match addr {
+        ListenAddr::Unix(path) => match std::fs::symlink_metadata(path) {
+            Ok(meta) => own(&|l| l.unix_file() == Some((meta.dev(), meta.ino()))),
+            Err(_) => None,
+        },
+        ListenAddr::Tcp(sa) if sa.port() != 0 => own(&|l| {
+            l.url_str()
+                .strip_prefix("tcp://")
+                .and_then(|u| u.parse::<std::net::SocketAddr>().ok())
+                .is_some_and(|bound| same_port(&bound, sa))
+        }),
+        _ => None,
+    };
+    match clash {
+        Some((url, handler)) => Err(io::Error::new(
+            io::ErrorKind::AddrInUse,
+            format!("it is the same socket as {url}, already opened by handler `{handler}` of this config"),
+        )),
+        None => Ok(()),
+    }
+}
+
+/// Whether two socket addresses would take the same port (the same
+/// address, or a wildcard on either side, in one address family).
+pub(crate) fn same_port(a: &std::net::SocketAddr, b: &std::net::SocketAddr) -> bool {
+    a.port() == b.port()
+        && a.is_ipv4() == b.is_ipv4()
+        && (a.ip() == b.ip() || a.ip().is_unspecified() || b.ip().is_unspecified())
+}
+
+/// Accepts what a listener has pending; queues `on_open` for each.
+pub(crate) fn accept(core: &mut Core, id: u64) {
+    for _ in 0..ACCEPTS_PER_EVENT {
+        let Some(Source::Listener(l)) = core.sources.get(id) else {
+            return;
+        };
+        if l.paused {
+            return;
+        }
+        let (instance, transport, url, scope) =
+            (l.instance, l.transport, l.url.clone(), l.scope.clone());
+        let (fd, peer) = match sys::accept(l.fd.as_raw_fd()) {
+            Ok(x) => x,
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
+            Err(e) if sys::is_transient_accept_error(&e) => continue,
+            Err(e) if sys::is_resource_exhaustion(&e) => {
+                if let Some(n) = core.shared.full_warning.allow(Instant::now()) {
+                    log::warn!(
+                        "{}: accept on {}: {e}; pausing this listener for {}ms ({n} similar warnings suppressed)",
+                        core.instances.name(instance),
+                        url.to_str().unwrap_or("?"),
+                        ACCEPT_BACKOFF.as_millis()
+                    );
+                }
+                pause(core, id);
+                return;
+            }
+            Err(e) => {
+                log::error!(
+                    "{}: accept on {}: {e}",
+                    core.instances.name(instance),
+                    url.to_str().unwrap_or("?")
+                );
+                pause(core, id);
+                return;
+            }
+        };
+        let max = core.shared.cfg.max_connections;
+        if core.shared.conns >= max {
+            if let Some(n) = core.shared.full_warning.allow(Instant::now()) {
+                log::warn!(
+                    "max_connections ({max}) reached: refusing a connection on {} ({n} similar warnings suppressed)",
+                    url.to_str().unwrap_or("?")
+                );
+            }
+            continue;
+        }
+        let Some(inst) = core.instances.get(instance) else {
+            continue;
+        };
+        if transport == abi::LOOPD_TRANSPORT_TCP {
+            sys::set_nodelay(fd.as_raw_fd());
+        }
+        let local = sys::local_addr(fd.as_raw_fd());
+        let conn = Conn::new(
+            instance,
+            inst,
+            Some(scope),
+            Some(Transport::Plain(fd)),
+            transport,
+            abi::LOOPD_ORIGIN_ACCEPTED,
+            peer,
+            local,
+            url,
+        );
+        match core.register(Source::Stream(conn), true, false) {
+            Ok(cid) => {
+                core.shared.conns += 1;
+                if let Some(c) = core.conn(cid) {
+                    stream::count_accepted(c);
+                }
+                core.shared.pending.push_back(Deferred::Open(cid));
+            }
+            Err(e) => log::warn!("registering an accepted connection: {e}"),
+        }
+    }
+}
+
+fn pause(core: &mut Core, id: u64) {
+    let Some(Source::Listener(l)) = core.sources.get_mut(id) else {
+        return;
+    };
+    l.paused = true;
+    if let Err(e) = core.shared.poll.modify(l.fd.as_fd(), id, false, false) {
+        log::warn!("pausing listener: {e}");
+    }
+    core.shared.timers.set(
+        Instant::now() + ACCEPT_BACKOFF,
+        TimerKind::ResumeListener { listener: id },
+    );
+}
+
+/// A listener paused after EMFILE/ENFILE may accept again.
+pub(crate) fn resume(core: &mut Core, id: u64) {
+    let Some(Source::Listener(l)) = core.sources.get_mut(id) else {
+        return;
+    };
+    l.paused = false;
+    if let Err(e) = core.shared.poll.modify(l.fd.as_fd(), id, true, false) {
+        log::warn!("resuming listener: {e}");
+    }
+}
+
+/// Closes every listener and datagram socket (shutdown: stop accepting).
+pub(crate) fn close_all(core: &mut Core) {
+    for id in core.sources.ids() {
+        if matches!(
+            core.sources.get(id),
+            Some(Source::Listener(_) | Source::Datagram(_))
+        ) {
+            if let Some(Source::Datagram(d)) = core.remove_source(id) {
+                d.log_drops(core.instances.name(d.instance));
+            }
+        }
+    }
+}
+
+/// A socket file left behind by a process that died is removed; one that a
+/// live process still listens on is an error, and so is any other file.
+fn clear_stale_socket(path: &Path) -> io::Result<()> {
+    let meta = match std::fs::symlink_metadata(path) {
+        Ok(m) => m,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
+        Err(e) => return Err(e),
+    };
+    if !meta.file_type().is_socket() {
+        return Err(io::Error::new(
+            io::ErrorKind::AlreadyExists,
+            format!(
+                "{} exists and is not a socket; not replacing it",
+                path.display()
+            ),
+        ));
+    }
+    match UnixStream::connect(path) {
+        Ok(_) => Err(io::Error::new(
+            io::ErrorKind::AddrInUse,
+            format!("another process is listening on {}", path.display()),
+        )),
+        Err(e) if e.kind() == io::ErrorKind::ConnectionRefused => {
+            log::info!("removing stale socket {}", path.display());
+            std::fs::remove_file(path)
+        }
+        Err(e) => Err(e),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn tmp(name: &str) -> PathBuf {
+        std::env::temp_dir().join(format!("loopd-listener-{}-{name}", std::process::id()))
+    }
+
+    #[test]
+    fn stale_socket_is_replaced_live_one_is_refused() {
+        let path = tmp("stale.sock");
+        let _ = std::fs::remove_file(&path);
+        // A listener that is dropped without cleanup leaves a stale file.
+        drop(UnixListener::bind(&path).unwrap());
+        assert!(path.exists());
+        let live = Listener::open(&ListenAddr::Unix(path.clone()), 1).expect("stale file replaced");
+        let err = Listener::open(&ListenAddr::Unix(path.clone()), 1).unwrap_err();
+        assert_eq!(err.kind(), io::ErrorKind::AddrInUse, "{err}");
+        drop(live);
+        assert!(!path.exists(), "socket file removed on close");
+    }
+
+    #[test]
+    fn a_regular_file_is_never_removed() {
+        let path = tmp("regular");
+        std::fs::write(&path, b"keep me").unwrap();
+        let err = Listener::open(&ListenAddr::Unix(path.clone()), 1).unwrap_err();
+        assert!(err.to_string().contains("not a socket"), "{err}");
+        assert_eq!(std::fs::read(&path).unwrap(), b"keep me");
+        std::fs::remove_file(&path).unwrap();
+    }
+
+    #[test]
+    fn tcp_port_zero_reports_the_real_port() {
+        let l = Listener::open(&ListenAddr::Tcp("127.0.0.1:0".parse().unwrap()), 1).unwrap();
+        assert!(l.url_str().starts_with("tcp://127.0.0.1:"));
+        assert!(!l.url_str().ends_with(":0"));
+        assert_eq!(&*l.scope.name, l.url_str(), "counters are named by the URL");
+    }
+}

@@ -1,0 +1,43 @@
+//! Event sources: everything registered with the poller.
+//!
+//! Each kind has its own module that takes a readiness event, does its own
+//! system calls and bookkeeping, and returns (or queues, in
+//! `Shared::pending`) what the dispatcher must deliver to the handler: a
+//! stream connection (`stream`, with its output queue in `queue`), a
+//! listener (`listener`), a datagram socket (`datagram`). None of them
+//! calls a hook; `dispatch.rs` does, through `hooks.rs`.
+
+pub(crate) mod datagram;
+pub(crate) mod listener;
+pub(crate) mod queue;
+pub(crate) mod stream;
+
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, RawFd};
+use std::os::unix::net::UnixStream;
+
+/// Something registered with the poller; its registry id is its poll key.
+#[derive(Debug)]
+pub(crate) enum Source {
+    Listener(listener::Listener),
+    Stream(stream::Conn),
+    Datagram(datagram::Datagram),
+    /// The read end of the signal self-pipe.
+    Signal(UnixStream),
+}
+
+impl Source {
+    /// The descriptor the poller watches (`None`: a connection whose socket
+    /// is already released, or whose connect failed at once).
+    pub(crate) fn fd(&self) -> Option<BorrowedFd<'_>> {
+        match self {
+            Source::Listener(l) => Some(l.fd.as_fd()),
+            Source::Stream(c) => c.io.as_ref().map(|t| t.fd()),
+            Source::Datagram(d) => Some(d.sock.as_fd()),
+            Source::Signal(s) => Some(s.as_fd()),
+        }
+    }
+
+    pub(crate) fn raw_fd(&self) -> Option<RawFd> {
+        self.fd().map(|fd| fd.as_raw_fd())
+    }
+}

@@ -1,0 +1,447 @@
+//! A stream connection, accepted or outbound: its record, its life
+//! (open, closing, released) and outbound connects. Reading and framing its
+//! input is in `input.rs`, writing its output (and `send_file`) in
+//! `output.rs`.
+//!
+//! Every operation is a method on [`Conn`] that takes the connection's id
+//! and the [`Shared`] loop state beside it; none calls a hook. What the
+//! handler must hear about is returned ([`Read`], [`Input`]) or queued in
+//! `Shared::pending`, and the dispatcher delivers it. All I/O goes through
+//! the connection's [`Transport`].
+
+pub(crate) mod input;
+mod output;
+
+use std::ffi::{c_void, CStr};
+use std::os::fd::OwnedFd;
+use std::rc::Rc;
+use std::time::Instant;
+
+use loopd_handler_api::abi::{self, loopd_addr, loopd_conn_info};
+use loopd_handler_api::framing::Skipping;
+
+use crate::config::{FramingKind, ListenAddr};
+use crate::core::{Core, Deferred, Shared};
+use crate::event_loop::Ready;
+use crate::instance::{Instance, InstanceId};
+use crate::source::queue::OutQueue;
+use crate::source::Source;
+use crate::stats::{self, Counter, Counters, Scope};
+use crate::sys;
+use crate::timer::TimerKind;
+use crate::transport::Transport;
+
+pub use input::next_frame;
+pub(crate) use input::{Input, Read};
+
+/// The `LOOPD_FRAMING_*` value of a framing.
+fn framing_raw(f: FramingKind) -> u32 {
+    match f {
+        FramingKind::Raw => abi::LOOPD_FRAMING_RAW,
+        FramingKind::Line => abi::LOOPD_FRAMING_LINE,
+        FramingKind::LengthPrefixed => abi::LOOPD_FRAMING_LENGTH_PREFIXED,
+    }
+}
+
+pub(crate) fn peer_text(a: &loopd_addr) -> String {
+    match a.to_socket_addr() {
+        Some(sa) => sa.to_string(),
+        None if a.family == abi::LOOPD_AF_UNIX => "unix peer".to_string(),
+        None => "unknown peer".to_string(),
+    }
+}
+
+/// Where a connection is in its life.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Phase {
+    /// Outbound, waiting for the connect to finish.
+    Connecting,
+    /// Reading and writing.
+    Open,
+    /// Closing: no more input; output drains (FLUSH) before `on_close`.
+    Closing,
+    /// `on_close` is being delivered; the id is about to be released.
+    Closed,
+}
+
+/// A connection whose `on_close` is due, released from its socket.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Released {
+    pub(crate) instance: InstanceId,
+    pub(crate) state: *mut c_void,
+    pub(crate) reason: i32,
+    /// The handler was given the id: it is owed `on_close`.
+    pub(crate) known: bool,
+}
+
+/// A stream connection, accepted or outbound.
+#[derive(Debug)]
+pub(crate) struct Conn {
+    /// `None` once released, or when an outbound connect failed at once.
+    pub(crate) io: Option<Transport>,
+    /// The owning handler instance.
+    pub(crate) instance: InstanceId,
+    /// The instance's name and counters.
+    scope: Rc<Scope>,
+    /// The accepting listener's counters (`None` for outbound connections).
+    listener: Option<Rc<Scope>>,
+    /// The handler's per-connection state.
+    pub(crate) state: *mut c_void,
+    framing: FramingKind,
+    max_frame: usize,
+    high_watermark: usize,
+    low_watermark: usize,
+    transport: u32,
+    origin: u32,
+    peer: loopd_addr,
+    local: loopd_addr,
+    /// Listener URL or connect target.
+    endpoint: Rc<CStr>,
+    phase: Phase,
+    /// The handler holds the id (from `on_open` or `connect`): `on_close` is owed.
+    known: bool,
+    /// `on_open` was delivered.
+    opened: bool,
+    /// Bytes of a partial frame (only while one is pending).
+    inbuf: Vec<u8>,
+    outq: OutQueue,
+    /// The peer sent EOF.
+    read_eof: bool,
+    /// `on_eof` (or the default close) was delivered.
+    eof_done: bool,
+    /// Input is paused because the output queue reached the high watermark.
+    paused: bool,
+    /// A send returned AGAIN: `on_writable` is owed once below the low watermark.
+    want_writable: bool,
+    /// The (readable, writable) interest registered with the poller.
+    pub(crate) interest: (bool, bool),
+    /// The reason `on_close` will carry.
+    close_reason: i32,
+    /// The flush-before-close deadline timer, if armed.
+    close_timer: Option<u64>,
+    /// An oversize frame the handler chose to skip is being discarded.
+    skipping: Option<Skipping>,
+    /// The pass of the last send written at once (see [`Conn::send`]).
+    sent_pass: u32,
+    /// Output is queued for the end-of-pass flush (no write interest needed).
+    deferred: bool,
+}
+
+impl Conn {
+    /// A connection of `inst` over `io`, not yet registered.
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) fn new(
+        instance: InstanceId,
+        inst: &Instance,
+        listener: Option<Rc<Scope>>,
+        io: Option<Transport>,
+        transport: u32,
+        origin: u32,
+        peer: loopd_addr,
+        local: loopd_addr,
+        endpoint: Rc<CStr>,
+    ) -> Conn {
+        let s = &inst.settings;
+        Conn {
+            io,
+            instance,
+            scope: inst.scope.clone(),
+            listener,
+            state: std::ptr::null_mut(),
+            framing: s.framing,
+            max_frame: s.max_frame,
+            high_watermark: s.high_watermark,
+            low_watermark: s.low_watermark,
+            transport,
+            origin,
+            peer,
+            local,
+            endpoint,
+            phase: Phase::Open,
+            known: false,
+            opened: false,
+            inbuf: Vec::new(),
+            outq: OutQueue::default(),
+            read_eof: false,
+            eof_done: false,
+            paused: false,
+            want_writable: false,
+            interest: (false, false),
+            close_reason: 0,
+            close_timer: None,
+            skipping: None,
+            sent_pass: 0,
+            deferred: false,
+        }
+    }
+
+    #[inline]
+    fn count(&self, which: impl Fn(&Counters) -> &Counter, n: u64) {
+        stats::count(&self.scope, self.listener.as_deref(), which, n);
+    }
+
+    /// The instance's name, for messages.
+    pub(crate) fn name(&self) -> &str {
+        &self.scope.name
+    }
+
+    pub(crate) fn peer(&self) -> &loopd_addr {
+        &self.peer
+    }
+
+    pub(crate) fn is_open(&self) -> bool {
+        self.phase == Phase::Open
+    }
+
+    pub(crate) fn output_queued(&self) -> usize {
+        self.outq.len()
+    }
+
+    /// Whether frames may be handed to the handler now.
+    fn can_deliver(&self) -> bool {
+        self.phase == Phase::Open && self.opened && !self.paused
+    }
+
+    /// The interest this connection needs now.
+    fn wanted_interest(&self) -> (bool, bool) {
+        match self.phase {
+            Phase::Connecting => (false, true),
+            Phase::Open => (
+                !self.paused && !self.read_eof,
+                // An empty queue with `on_writable` owed: a `send_file`
+                // the kernel did not take all of waits for the socket.
+                (!self.outq.is_empty() && !self.deferred)
+                    || (self.outq.is_empty() && self.want_writable),
+            ),
+            Phase::Closing => (false, !self.outq.is_empty() && !self.deferred),
+            Phase::Closed => (false, false),
+        }
+    }
+
+    /// Brings the poller's interest in line with the connection's state.
+    pub(crate) fn update_interest(&mut self, id: u64, sh: &mut Shared) {
+        let want = self.wanted_interest();
+        if want == self.interest {
+            return;
+        }
+        let Some(io) = &self.io else { return };
+        match sh.poll.modify(io.fd(), id, want.0, want.1) {
+            Ok(()) => self.interest = want,
+            Err(e) => {
+                log::warn!("poller refused connection {id}: {e}; closing it");
+                self.begin_close(id, sh, true, abi::LOOPD_REASON_ERROR);
+            }
+        }
+    }
+
+    /// A readable event on a connection not registered for reading is the
+    /// poller's unconditional HUP/ERR (or a stale event from earlier in
+    /// this pass): true if the socket really is dead, so it gets closed
+    /// instead of reported again and again.
+    pub(crate) fn hung_up_unasked(&self, ready: &Ready) -> bool {
+        self.phase == Phase::Open && !self.interest.0 && (ready.hup || ready.err)
+    }
+
+    // ---------------------------------------------------------------------
+    // Opening
+    // ---------------------------------------------------------------------
+
+    /// Marks `on_open` as delivered and returns what it reports (the
+    /// endpoint string is returned too, so it outlives the call). `None` if
+    /// the connection is not open or already opened.
+    pub(crate) fn open_info(&mut self) -> Option<(loopd_conn_info, Rc<CStr>)> {
+        if self.phase != Phase::Open || self.opened {
+            return None;
+        }
+        self.opened = true;
+        self.known = true;
+        let info = loopd_conn_info {
+            struct_size: std::mem::size_of::<loopd_conn_info>() as u32,
+            transport: self.transport,
+            origin: self.origin,
+            framing: framing_raw(self.framing),
+            peer: self.peer,
+            local: self.local,
+            endpoint: self.endpoint.as_ptr(),
+        };
+        Some((info, self.endpoint.clone()))
+    }
+}
+
+impl Conn {
+    // ---------------------------------------------------------------------
+    // Closing
+    // ---------------------------------------------------------------------
+
+    /// The host's `close`.
+    pub(crate) fn close(&mut self, id: u64, sh: &mut Shared, mode: u32) -> i32 {
+        let abort = match mode {
+            abi::LOOPD_CLOSE_FLUSH => false,
+            abi::LOOPD_CLOSE_ABORT => true,
+            _ => return abi::LOOPD_ERR_INVALID,
+        };
+        self.begin_close(id, sh, abort, abi::LOOPD_REASON_LOCAL);
+        abi::LOOPD_OK
+    }
+
+    /// Starts closing: no more input; with `abort` the queue is dropped,
+    /// otherwise it drains first (bounded by `close_timeout`). `on_close`
+    /// follows through `pending`. Closing twice keeps the first reason; an
+    /// abort overrides a flush in progress.
+    pub(crate) fn begin_close(&mut self, id: u64, sh: &mut Shared, abort: bool, reason: i32) {
+        match self.phase {
+            Phase::Closed => return,
+            Phase::Closing => {
+                if !abort || self.outq.is_empty() {
+                    return;
+                }
+                self.outq.clear();
+                sh.pending.push_back(Deferred::Close(id));
+            }
+            Phase::Open | Phase::Connecting => {
+                // Output queued before a connect finished has nowhere to go.
+                let unconnected = self.phase == Phase::Connecting;
+                self.phase = Phase::Closing;
+                self.close_reason = reason;
+                self.inbuf = Vec::new();
+                if abort || unconnected || self.outq.is_empty() || self.io.is_none() {
+                    self.outq.clear();
+                    sh.pending.push_back(Deferred::Close(id));
+                } else {
+                    self.close_timer = Some(sh.timers.set(
+                        Instant::now() + sh.cfg.close_timeout,
+                        TimerKind::CloseTimeout { conn: id },
+                    ));
+                }
+            }
+        }
+        self.update_interest(id, sh);
+    }
+
+    /// A flush-before-close ran out of time.
+    pub(crate) fn close_timed_out(&mut self, id: u64, sh: &mut Shared) {
+        if self.phase != Phase::Closing {
+            return;
+        }
+        log::debug!(
+            "{}: connection {id}: flush before close timed out with {} bytes unsent",
+            self.name(),
+            self.outq.len()
+        );
+        self.close_timer = None;
+        self.close_reason = abi::LOOPD_REASON_TIMEOUT;
+        self.outq.clear();
+        sh.pending.push_back(Deferred::Close(id));
+        self.update_interest(id, sh);
+    }
+
+    /// Releases the socket of a connection whose `on_close` is due. Returns
+    /// what the dispatcher needs to deliver it, or `None` if already done.
+    pub(crate) fn release(&mut self, sh: &mut Shared) -> Option<Released> {
+        if self.phase == Phase::Closed {
+            return None;
+        }
+        self.phase = Phase::Closed;
+        if let Some(io) = self.io.take() {
+            if let Err(e) = sh.poll.delete(io.fd()) {
+                log::debug!("deregistering a closed connection: {e}");
+            }
+        }
+        self.outq.clear();
+        self.inbuf = Vec::new();
+        if let Some(t) = self.close_timer.take() {
+            sh.timers.cancel(t);
+        }
+        sh.conns -= 1;
+        self.scope.counters.active.sub(1);
+        if let Some(l) = &self.listener {
+            l.counters.active.sub(1);
+        }
+        self.count(|c| c.closed(self.close_reason), 1);
+        Some(Released {
+            instance: self.instance,
+            state: self.state,
+            reason: self.close_reason,
+            known: self.known,
+        })
+    }
+}
+
+/// The host's `connect`: starts an outbound connection for `instance`; the
+/// result arrives as `on_open` or `on_close`.
+pub(crate) fn connect(core: &mut Core, instance: InstanceId, url: &str) -> Result<u64, i32> {
+    if core.shared.shutdown_deadline.is_some() {
+        return Err(abi::LOOPD_ERR_CLOSED);
+    }
+    let target: ListenAddr = url.parse().map_err(|_| abi::LOOPD_ERR_INVALID)?;
+    if core.shared.conns >= core.shared.cfg.max_connections {
+        return Err(abi::LOOPD_ERR_LIMIT);
+    }
+    let (result, transport, peer) = match &target {
+        ListenAddr::Tcp(sa) => (
+            sys::connect_tcp(sa),
+            abi::LOOPD_TRANSPORT_TCP,
+            abi::loopd_addr::from_socket_addr(*sa),
+        ),
+        ListenAddr::Unix(p) => (
+            sys::connect_unix(p),
+            abi::LOOPD_TRANSPORT_UNIX,
+            abi::loopd_addr::unix(),
+        ),
+        ListenAddr::Udp(_) => return Err(abi::LOOPD_ERR_INVALID),
+    };
+    let endpoint = crate::source::listener::cstr(target.to_string());
+    let inst = core.instances.get(instance).ok_or(abi::LOOPD_ERR_INVALID)?;
+    let name = inst.name().to_string();
+    let new = |fd: Option<OwnedFd>| {
+        let mut conn = Conn::new(
+            instance,
+            inst,
+            None,
+            fd.map(Transport::Plain),
+            transport,
+            abi::LOOPD_ORIGIN_CONNECTED,
+            peer,
+            Default::default(),
+            endpoint.clone(),
+        );
+        conn.known = true;
+        conn
+    };
+    let id = match result {
+        Ok(fd) => {
+            let mut conn = new(Some(fd));
+            conn.phase = Phase::Connecting;
+            core.register(Source::Stream(conn), false, true)
+                .map_err(|e| {
+                    log::warn!("{name}: connect to {url}: {e}");
+                    abi::LOOPD_ERR_IO
+                })?
+        }
+        Err(e) => {
+            // Failed at once (e.g. a unix socket nobody listens on): the
+            // id is still handed out and on_close reports the failure.
+            log::debug!("{name}: connect to {url}: {e}");
+            let mut conn = new(None);
+            conn.phase = Phase::Closing;
+            conn.close_reason = abi::LOOPD_REASON_CONNECT_FAILED;
+            let id = core
+                .register(Source::Stream(conn), false, false)
+                .map_err(|_| abi::LOOPD_ERR_IO)?;
+            core.shared.pending.push_back(Deferred::Close(id));
+            id
+        }
+    };
+    core.shared.conns += 1;
+    if let Some(c) = core.conn(id) {
+        c.scope.counters.connected.add(1);
+        c.scope.counters.active.add(1);
+    }
+    Ok(id)
+}
+
+/// Counts a connection that was just registered as open.
+pub(crate) fn count_accepted(c: &Conn) {
+    c.count(|c| &c.accepted, 1);
+    c.count(|c| &c.active, 1);
+}

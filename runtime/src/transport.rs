@@ -1,0 +1,62 @@
+//! What a stream connection reads from and writes to.
+//!
+//! Stream I/O goes through [`Transport`] and nothing else, so another kind
+//! of stream (TLS) can sit beside the plain socket without touching the
+//! connection logic in `source/stream.rs`, as Redis's `ConnectionType` does
+//! for TCP, TLS and Unix sockets. A transport is an enum, not a trait
+//! object: the loop's hot path stays a direct call.
+
+use std::io::{self, IoSlice};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd, RawFd};
+
+use crate::sys;
+
+/// A connected stream.
+#[derive(Debug)]
+pub(crate) enum Transport {
+    /// A TCP or Unix-domain socket, read and written directly.
+    Plain(OwnedFd),
+}
+
+impl Transport {
+    /// Reads what is available; `Ok(0)` is the end of the stream.
+    #[inline]
+    pub(crate) fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        match self {
+            Transport::Plain(fd) => sys::recv(fd.as_raw_fd(), buf),
+        }
+    }
+
+    /// Writes what the kernel takes of `buf`, without raising SIGPIPE.
+    #[inline]
+    pub(crate) fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        match self {
+            Transport::Plain(fd) => sys::send(fd.as_raw_fd(), buf),
+        }
+    }
+
+    /// Writes what the kernel takes of several buffers, in order.
+    #[inline]
+    pub(crate) fn writev(&mut self, bufs: &[IoSlice<'_>]) -> io::Result<usize> {
+        match self {
+            Transport::Plain(fd) => sys::sendv(fd.as_raw_fd(), bufs),
+        }
+    }
+
+    /// Writes up to `len` bytes of `file` from `offset` without copying them
+    /// through user memory, where the transport can. `ErrorKind::Unsupported`
+    /// means it cannot: the caller reads and writes instead
+    /// ([`crate::source::stream`] does, bounded).
+    pub(crate) fn sendfile(&mut self, file: RawFd, offset: u64, len: usize) -> io::Result<usize> {
+        match self {
+            Transport::Plain(fd) => sys::sendfile(fd.as_raw_fd(), file, offset, len),
+        }
+    }
+
+    /// The descriptor the poller watches.
+    pub(crate) fn fd(&self) -> BorrowedFd<'_> {
+        match self {
+            Transport::Plain(fd) => fd.as_fd(),
+        }
+    }
+}
