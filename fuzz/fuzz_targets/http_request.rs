@@ -261,6 +261,15 @@ static HOST_API: loopd_host_api = loopd_host_api {
     status_str: Some(status_str),
     log_to: Some(log_to),
     send_file: Some(send_file),
+    pause_read: None,
+    resume_read: None,
+    shutdown_write: None,
+    connect_with: None,
+    post: None,
+    watch_fd: None,
+    watch_modify: None,
+    watch_remove: None,
+    timer_repeat: None,
 };
 
 /// The served tree, made once per process:

@@ -1,5 +1,5 @@
 /*
- * loopd.h - the loopd handler ABI, version 1.1.
+ * loopd.h - the loopd handler ABI, version 1.3.
  *
  * This header is the single source of truth for the contract between the
  * loopd runtime ("the host") and a handler plugin ("the handler"). The Rust
@@ -38,8 +38,9 @@
  *   - Threading: hooks run on the loop thread, one at a time. Host functions
  *     may only be called from the loop thread while a hook of the same
  *     runtime is running; anywhere else they return LOOPD_ERR_WRONG_THREAD.
- *     Three exceptions: log (any thread, while the instance exists),
- *     now_ms and status_str (any time).
+ *     Four exceptions: log and log_to (any thread, while the instance
+ *     exists), post (any thread, while the instance exists), now_ms and
+ *     status_str (any time).
  *   - Hook results: for create, on_open and on_data, 0 or positive is
  *     success and negative is failure. on_eof: anything other than
  *     LOOPD_EOF_KEEP_OPEN means LOOPD_EOF_CLOSE.
@@ -69,8 +70,13 @@ extern "C" {
  * 1.1 added: loopd_host_api.log_to, loopd_vtable.on_listen,
  *            loopd_vtable.on_oversize, loopd_vtable.on_partial,
  *            loopd_listen_info, LOOPD_TRANSPORT_UDP, LOOPD_OVERSIZE_*.
- * 1.2 added: loopd_host_api.send_file. */
-#define LOOPD_ABI_MINOR 2
+ * 1.2 added: loopd_host_api.send_file.
+ * 1.3 added: loopd_host_api.pause_read, resume_read, shutdown_write,
+ *            connect_with, post, watch_fd, watch_modify, watch_remove,
+ *            timer_repeat; loopd_vtable.on_message, loopd_vtable.on_fd;
+ *            loopd_connect_options, LOOPD_FD_*, LOOPD_ERR_NO_SUCH_INSTANCE,
+ *            LOOPD_ERR_FULL. */
+#define LOOPD_ABI_MINOR 3
 
 /* Sizes of the v1.0 structs on 64-bit targets: the smallest struct_size a
  * reader accepts. They never change; later minors only append (a 1.1 host
@@ -120,6 +126,11 @@ extern "C" {
  * failed; the host closes the connection or fails the instance. Any other
  * negative value returned by a hook means the same thing. */
 #define LOOPD_ERR_HANDLER (-10)
+/* post: no handler instance of this runtime has that name (1.3). */
+#define LOOPD_ERR_NO_SUCH_INSTANCE (-11)
+/* post: the target's mailbox is full (its message or byte limit); nothing
+ * was posted. Back-pressure: try again later, or drop (1.3). */
+#define LOOPD_ERR_FULL (-12)
 
 /* ------------------------------------------------------------------------ */
 /* Other constants                                                           */
@@ -171,6 +182,13 @@ extern "C" {
 /* on_oversize return values (1.1). */
 #define LOOPD_OVERSIZE_CLOSE 0 /* close the connection (also a NULL hook) */
 #define LOOPD_OVERSIZE_SKIP 1  /* discard that frame, keep the connection */
+
+/* fd watches (1.3): the interest passed to watch_fd/watch_modify, and the
+ * events passed to on_fd. HUP (hung up or in error) is an event only; it is
+ * reported whatever the interest. */
+#define LOOPD_FD_READABLE 1u
+#define LOOPD_FD_WRITABLE 2u
+#define LOOPD_FD_HUP 4u
 
 /* Log levels for loopd_host_api.log. */
 #define LOOPD_LOG_ERROR 1
@@ -230,6 +248,19 @@ typedef struct loopd_listen_info {
      * NUL-terminated UTF-8. Never NULL. */
     const char *url;
 } loopd_listen_info;
+
+/* Options for an outbound connection (connect_with, 1.3). Extensible: set
+ * struct_size to sizeof(loopd_connect_options). A zero field means "what
+ * the instance has" (its framing, max_frame and watermarks, which is also
+ * what plain connect() gives an outbound connection). Borrowed for the
+ * call. */
+typedef struct loopd_connect_options {
+    uint32_t struct_size;
+    uint32_t framing;               /* LOOPD_FRAMING_*; DEFAULT = inherit */
+    uint64_t max_frame;             /* 0 = the instance's max_frame */
+    uint64_t output_high_watermark; /* 0 = the instance's */
+    uint64_t output_low_watermark;  /* 0 = the instance's; below high */
+} loopd_connect_options;
 
 /* Functions the host implements. The table is static in the host and valid
  * for the life of the process. Extensible: check struct_size (or
@@ -327,6 +358,79 @@ typedef struct loopd_host_api {
      * NULL). sent_out may not be NULL. */
     int32_t (*send_file)(loopd_ctx *ctx, uint64_t conn, int32_t fd,
                          uint64_t offset, uint64_t len, uint64_t *sent_out);
+
+    /* --- 1.3 --- */
+
+    /* Flow control: stop reading a connection. No on_data (or on_eof)
+     * follows until resume_read; bytes already read stay buffered, and the
+     * peer is slowed down by TCP once the kernel's buffer fills. Use it to
+     * stop a fast side while another connection is slow (a proxy pauses the
+     * client while the upstream's queue is at its high watermark).
+     * Independent of loopd's own pause at the high watermark: reading
+     * resumes only when neither holds. Pausing twice is LOOPD_OK.
+     * LOOPD_ERR_NO_SUCH_CONN; LOOPD_ERR_CLOSED when closing. */
+    int32_t (*pause_read)(loopd_ctx *ctx, uint64_t conn);
+
+    /* Read a connection paused with pause_read again: buffered frames are
+     * delivered after the current hook returns. LOOPD_OK when not paused. */
+    int32_t (*resume_read)(loopd_ctx *ctx, uint64_t conn);
+
+    /* Half-close: once the output queue is flushed, shut down the sending
+     * side (shutdown(SHUT_WR)): the peer reads EOF, and this connection keeps
+     * reading. Later sends return LOOPD_ERR_CLOSED; close() still closes.
+     * LOOPD_OK (also when already shut), LOOPD_ERR_NO_SUCH_CONN,
+     * LOOPD_ERR_CLOSED (closing). */
+    int32_t (*shutdown_write)(loopd_ctx *ctx, uint64_t conn);
+
+    /* connect() with options for this connection (opts may be NULL: the
+     * same as connect()). LOOPD_ERR_INVALID for a malformed URL or options
+     * (a low watermark not below the high one, max_frame over 1 GiB). */
+    int32_t (*connect_with)(loopd_ctx *ctx, const char *url,
+                            const loopd_connect_options *opts,
+                            uint64_t *conn_out);
+
+    /* Post a message to the handler instance named `instance`
+     * (NUL-terminated; NULL means this instance) of this runtime. The bytes
+     * are copied; on_message(msg) runs on the target's loop thread after
+     * the current hook returns (never inside this call), in the order
+     * posted. Any thread, while this instance exists. LOOPD_OK,
+     * LOOPD_ERR_FULL (the target's mailbox is at its limit; nothing was
+     * posted), LOOPD_ERR_NO_SUCH_INSTANCE, LOOPD_ERR_INVALID (msg NULL with
+     * len > 0, or a message larger than the mailbox), LOOPD_ERR_CLOSED (the
+     * runtime has stopped). */
+    int32_t (*post)(loopd_ctx *ctx, const char *instance, const uint8_t *msg,
+                    size_t len);
+
+    /* Watch a descriptor the handler owns (a pipe, an eventfd, inotify, a
+     * database client's socket) for LOOPD_FD_READABLE and/or
+     * LOOPD_FD_WRITABLE; on_fd(watch, user_data, events) runs when it is
+     * ready. *watch_out receives the watch id (generation-tagged like a
+     * connection id). The fd stays the handler's: loopd never reads,
+     * writes or closes it. Remove the watch BEFORE closing the fd (a fd
+     * closed under a watch is detected and the watch dropped, never spun
+     * on). After an on_fd with LOOPD_FD_HUP the watch is parked until
+     * watch_modify or watch_remove. LOOPD_ERR_INVALID (a negative fd, an
+     * unknown interest bit), LOOPD_ERR_IO (the poller refused it, e.g. a
+     * regular file or an fd watched already). */
+    int32_t (*watch_fd)(loopd_ctx *ctx, int32_t fd, uint32_t interest,
+                        uint64_t user_data, uint64_t *watch_out);
+
+    /* Change a watch's interest (0 parks it). LOOPD_ERR_NO_SUCH_CONN for a
+     * stale or foreign watch id. */
+    int32_t (*watch_modify)(loopd_ctx *ctx, uint64_t watch, uint32_t interest);
+
+    /* Stop watching; the id is stale afterwards. LOOPD_ERR_NO_SUCH_CONN for
+     * a stale or foreign watch id. */
+    int32_t (*watch_remove)(loopd_ctx *ctx, uint64_t watch);
+
+    /* Arm a repeating timer: on_timer(timer, user_data) after delay_ms, then
+     * every interval_ms (interval_ms >= 1), drift-free: each deadline is
+     * the previous one plus the interval, not the time on_timer ran; ticks
+     * missed while the loop was busy are skipped, not bunched. The id stays
+     * the same until timer_cancel. LOOPD_ERR_INVALID for interval_ms 0. */
+    int32_t (*timer_repeat)(loopd_ctx *ctx, uint64_t delay_ms,
+                            uint64_t interval_ms, uint64_t user_data,
+                            uint64_t *timer_out);
 } loopd_host_api;
 
 /* Hooks the handler implements. Every pointer may be NULL ("not
@@ -423,6 +527,21 @@ typedef struct loopd_vtable {
      * they are delivered by on_data, as in 1.0. Borrowed for the call. */
     void (*on_partial)(loopd_ctx *ctx, void *instance, uint64_t conn,
                        void *conn_state, const uint8_t *data, size_t len);
+
+    /* --- 1.3 --- */
+
+    /* A message posted to this instance (host post, or Handle::post from
+     * another thread of an embedding program). msg is borrowed for the
+     * call. Messages arrive in the order they were posted, one call each. */
+    void (*on_message)(loopd_ctx *ctx, void *instance, const uint8_t *msg,
+                       size_t len);
+
+    /* A descriptor watched with watch_fd is ready: events is a mask of
+     * LOOPD_FD_READABLE, LOOPD_FD_WRITABLE and LOOPD_FD_HUP. Read or write
+     * the fd here (non-blocking); the watch reports again while it stays
+     * ready. */
+    void (*on_fd)(loopd_ctx *ctx, void *instance, uint64_t watch,
+                  uint64_t user_data, uint32_t events);
 } loopd_vtable;
 
 /* What loopd_plugin_entry_v1 returns. Must stay valid for the life of the

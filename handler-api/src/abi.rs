@@ -14,7 +14,7 @@ use core::ffi::{c_char, c_void};
 /// Major version of the ABI. A major bump renames the entry symbol.
 pub const LOOPD_ABI_MAJOR: u32 = 1;
 /// Minor version of the ABI. A minor bump only appends fields and functions.
-pub const LOOPD_ABI_MINOR: u32 = 2;
+pub const LOOPD_ABI_MINOR: u32 = 3;
 /// The one symbol a plugin exports, NUL-terminated.
 pub const LOOPD_ENTRY_SYMBOL: &[u8] = b"loopd_plugin_entry_v1\0";
 
@@ -40,6 +40,10 @@ pub const LOOPD_ERR_WRONG_THREAD: i32 = -8;
 pub const LOOPD_ERR_NO_SUCH_TIMER: i32 = -9;
 /// A hook failed or panicked.
 pub const LOOPD_ERR_HANDLER: i32 = -10;
+/// `post`: no handler instance has that name (1.3).
+pub const LOOPD_ERR_NO_SUCH_INSTANCE: i32 = -11;
+/// `post`: the target's mailbox is full; nothing was posted (1.3).
+pub const LOOPD_ERR_FULL: i32 = -12;
 
 /// Address family: unknown.
 pub const LOOPD_AF_UNSPEC: u16 = 0;
@@ -102,6 +106,13 @@ pub const LOOPD_EOF_KEEP_OPEN: i32 = 1;
 pub const LOOPD_OVERSIZE_CLOSE: i32 = 0;
 /// `on_oversize` result: discard that frame and keep the connection (1.1).
 pub const LOOPD_OVERSIZE_SKIP: i32 = 1;
+
+/// fd watch interest and `on_fd` events: readable (1.3).
+pub const LOOPD_FD_READABLE: u32 = 1;
+/// fd watch interest and `on_fd` events: writable (1.3).
+pub const LOOPD_FD_WRITABLE: u32 = 2;
+/// `on_fd` events only: hung up or in error (1.3).
+pub const LOOPD_FD_HUP: u32 = 4;
 
 /// Log level: error.
 pub const LOOPD_LOG_ERROR: u32 = 1;
@@ -211,6 +222,44 @@ pub type loopd_log_to_fn =
 /// `loopd_host_api.send_file` (since 1.2).
 pub type loopd_send_file_fn =
     unsafe extern "C" fn(*mut loopd_ctx, u64, i32, u64, u64, *mut u64) -> i32;
+/// `loopd_host_api.pause_read`, `resume_read`, `shutdown_write` (since 1.3).
+pub type loopd_conn_op_fn = unsafe extern "C" fn(*mut loopd_ctx, u64) -> i32;
+/// `loopd_host_api.connect_with` (since 1.3).
+pub type loopd_connect_with_fn = unsafe extern "C" fn(
+    *mut loopd_ctx,
+    *const c_char,
+    *const loopd_connect_options,
+    *mut u64,
+) -> i32;
+/// `loopd_host_api.post` (since 1.3).
+pub type loopd_post_fn =
+    unsafe extern "C" fn(*mut loopd_ctx, *const c_char, *const u8, usize) -> i32;
+/// `loopd_host_api.watch_fd` (since 1.3).
+pub type loopd_watch_fd_fn = unsafe extern "C" fn(*mut loopd_ctx, i32, u32, u64, *mut u64) -> i32;
+/// `loopd_host_api.watch_modify` (since 1.3).
+pub type loopd_watch_modify_fn = unsafe extern "C" fn(*mut loopd_ctx, u64, u32) -> i32;
+/// `loopd_host_api.watch_remove` (since 1.3).
+pub type loopd_watch_remove_fn = unsafe extern "C" fn(*mut loopd_ctx, u64) -> i32;
+/// `loopd_host_api.timer_repeat` (since 1.3).
+pub type loopd_timer_repeat_fn =
+    unsafe extern "C" fn(*mut loopd_ctx, u64, u64, u64, *mut u64) -> i32;
+
+/// Options for `connect_with` (1.3). Extensible; a zero field means "what
+/// the instance has".
+#[repr(C)]
+#[derive(Debug, Clone, Copy, Default)]
+pub struct loopd_connect_options {
+    /// `size_of::<loopd_connect_options>()` as the caller knows it.
+    pub struct_size: u32,
+    /// `LOOPD_FRAMING_*`; `LOOPD_FRAMING_DEFAULT` = the instance's framing.
+    pub framing: u32,
+    /// Largest frame; 0 = the instance's `max_frame`.
+    pub max_frame: u64,
+    /// Output queue high watermark; 0 = the instance's.
+    pub output_high_watermark: u64,
+    /// Output queue low watermark; 0 = the instance's.
+    pub output_low_watermark: u64,
+}
 
 /// Functions the host implements. See `loopd.h` for each contract.
 #[repr(C)]
@@ -252,6 +301,24 @@ pub struct loopd_host_api {
     pub log_to: Option<loopd_log_to_fn>,
     /// Write part of a file to a connection with sendfile(2) (since 1.2).
     pub send_file: Option<loopd_send_file_fn>,
+    /// Stop reading a connection (since 1.3).
+    pub pause_read: Option<loopd_conn_op_fn>,
+    /// Read a paused connection again (since 1.3).
+    pub resume_read: Option<loopd_conn_op_fn>,
+    /// Half-close: shut down the sending side once the queue is flushed (since 1.3).
+    pub shutdown_write: Option<loopd_conn_op_fn>,
+    /// `connect` with per-connection options (since 1.3).
+    pub connect_with: Option<loopd_connect_with_fn>,
+    /// Post a message to a handler instance by name (since 1.3).
+    pub post: Option<loopd_post_fn>,
+    /// Watch a descriptor the handler owns for readiness (since 1.3).
+    pub watch_fd: Option<loopd_watch_fd_fn>,
+    /// Change what a watch waits for (since 1.3).
+    pub watch_modify: Option<loopd_watch_modify_fn>,
+    /// Stop watching a descriptor (since 1.3).
+    pub watch_remove: Option<loopd_watch_remove_fn>,
+    /// Arm a repeating timer (since 1.3).
+    pub timer_repeat: Option<loopd_timer_repeat_fn>,
 }
 
 // SAFETY: the host table is immutable static data (function pointers and a
@@ -307,6 +374,10 @@ pub type loopd_on_partial_fn =
 /// `loopd_vtable.on_listen` (since 1.1).
 pub type loopd_on_listen_fn =
     unsafe extern "C" fn(*mut loopd_ctx, *mut c_void, u64, *const loopd_listen_info);
+/// `loopd_vtable.on_message` (since 1.3).
+pub type loopd_on_message_fn = unsafe extern "C" fn(*mut loopd_ctx, *mut c_void, *const u8, usize);
+/// `loopd_vtable.on_fd` (since 1.3).
+pub type loopd_on_fd_fn = unsafe extern "C" fn(*mut loopd_ctx, *mut c_void, u64, u64, u32);
 
 /// Hooks the handler implements; `None` means "not interested".
 #[repr(C)]
@@ -342,6 +413,10 @@ pub struct loopd_vtable {
     pub on_oversize: Option<loopd_on_oversize_fn>,
     /// A last line without its `\n` at EOF (since 1.1).
     pub on_partial: Option<loopd_on_partial_fn>,
+    /// A message posted to the instance (since 1.3).
+    pub on_message: Option<loopd_on_message_fn>,
+    /// A watched descriptor is ready (since 1.3).
+    pub on_fd: Option<loopd_on_fd_fn>,
 }
 
 impl loopd_vtable {
@@ -362,6 +437,8 @@ impl loopd_vtable {
         on_listen: None,
         on_oversize: None,
         on_partial: None,
+        on_message: None,
+        on_fd: None,
     };
 }
 
@@ -435,6 +512,8 @@ pub fn status_cstr(status: i32) -> &'static core::ffi::CStr {
         LOOPD_ERR_WRONG_THREAD => c"host function called outside a hook or from another thread",
         LOOPD_ERR_NO_SUCH_TIMER => c"no such timer",
         LOOPD_ERR_HANDLER => c"handler failed",
+        LOOPD_ERR_NO_SUCH_INSTANCE => c"no such handler instance",
+        LOOPD_ERR_FULL => c"mailbox full, try again later",
         _ => c"unknown status",
     }
 }

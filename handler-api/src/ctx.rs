@@ -6,7 +6,9 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use crate::abi::{self, loopd_bytes, loopd_ctx, loopd_host_api};
-use crate::types::{CloseMode, ConnId, Error, Framing, Level, SocketId, TimerId};
+use crate::types::{
+    CloseMode, ConnId, ConnectOptions, Error, Framing, Interest, Level, SocketId, TimerId, WatchId,
+};
 
 /// The runtime's side of the contract: send, close, timers, connect, logging.
 ///
@@ -204,6 +206,157 @@ impl Ctx {
         // SAFETY: `url` is NUL-terminated and `id` a valid out-pointer for the call.
         Error::check(unsafe { f(self.raw, url.as_ptr(), &mut id) })?;
         Ok(ConnId::from_raw(id))
+    }
+
+    /// [`Ctx::connect`] with per-connection options (ABI 1.3): framing,
+    /// `max_frame` and watermarks of its own, e.g. raw bytes for the
+    /// upstream side of a proxy whose clients speak lines.
+    ///
+    /// # Errors
+    /// As [`Ctx::connect`]; [`Error::Invalid`] for options the host refuses
+    /// (a low watermark not below the high one, `max_frame` over 1 GiB);
+    /// [`Error::Unsupported`] on a host older than 1.3.
+    pub fn connect_with(&self, url: &str, options: &ConnectOptions) -> Result<ConnId, Error> {
+        let f = self.host().connect_with.ok_or(Error::Unsupported)?;
+        let url = CString::new(url).map_err(|_| Error::Invalid)?;
+        let opts = options.to_raw();
+        let mut id = 0u64;
+        // SAFETY: `url` is NUL-terminated, `opts` and `id` valid for the call.
+        Error::check(unsafe { f(self.raw, url.as_ptr(), &opts, &mut id) })?;
+        Ok(ConnId::from_raw(id))
+    }
+
+    /// Stops reading `conn` (ABI 1.3): no `on_data` until
+    /// [`Ctx::resume_read`]; the peer is slowed down by TCP. Independent of
+    /// loopd's own pause at the output high watermark.
+    ///
+    /// # Errors
+    /// [`Error::NoSuchConn`], [`Error::Closed`]; [`Error::Unsupported`] on a
+    /// host older than 1.3.
+    pub fn pause_read(&self, conn: ConnId) -> Result<(), Error> {
+        let f = self.host().pause_read.ok_or(Error::Unsupported)?;
+        // SAFETY: plain values only.
+        Error::check(unsafe { f(self.raw, conn.raw()) })
+    }
+
+    /// Reads `conn` again after [`Ctx::pause_read`]; frames already
+    /// buffered are delivered after the current hook returns.
+    ///
+    /// # Errors
+    /// As [`Ctx::pause_read`].
+    pub fn resume_read(&self, conn: ConnId) -> Result<(), Error> {
+        let f = self.host().resume_read.ok_or(Error::Unsupported)?;
+        // SAFETY: plain values only.
+        Error::check(unsafe { f(self.raw, conn.raw()) })
+    }
+
+    /// Half-closes `conn` (ABI 1.3): once its output queue is flushed, its
+    /// sending side is shut down (the peer reads EOF) while it keeps
+    /// reading. Later sends fail with [`Error::Closed`].
+    ///
+    /// # Errors
+    /// As [`Ctx::pause_read`].
+    pub fn shutdown_write(&self, conn: ConnId) -> Result<(), Error> {
+        let f = self.host().shutdown_write.ok_or(Error::Unsupported)?;
+        // SAFETY: plain values only.
+        Error::check(unsafe { f(self.raw, conn.raw()) })
+    }
+
+    /// Posts `msg` to the handler instance named `instance` of this runtime
+    /// (ABI 1.3); its [`crate::Handler::on_message`] gets a copy after the
+    /// current hook returns, in the order posted. Works from any thread
+    /// while this instance exists.
+    ///
+    /// # Errors
+    /// [`Error::Full`] when the target's mailbox is at its limit (nothing
+    /// was posted: back-pressure), [`Error::NoSuchInstance`],
+    /// [`Error::Invalid`] for a message larger than the mailbox,
+    /// [`Error::Closed`] once the runtime stopped; [`Error::Unsupported`] on
+    /// a host older than 1.3.
+    pub fn post(&self, instance: &str, msg: &[u8]) -> Result<(), Error> {
+        let f = self.host().post.ok_or(Error::Unsupported)?;
+        let name = CString::new(instance).map_err(|_| Error::Invalid)?;
+        // SAFETY: `name` is NUL-terminated, `msg` valid for its length, for the call.
+        Error::check(unsafe { f(self.raw, name.as_ptr(), msg.as_ptr(), msg.len()) })
+    }
+
+    /// Posts `msg` to this very instance: delivered by
+    /// [`crate::Handler::on_message`] on the loop thread, which makes it the
+    /// way for another thread (holding a copy of this `Ctx`) to hand work
+    /// to the handler.
+    ///
+    /// # Errors
+    /// As [`Ctx::post`].
+    pub fn post_self(&self, msg: &[u8]) -> Result<(), Error> {
+        let f = self.host().post.ok_or(Error::Unsupported)?;
+        // SAFETY: NULL names this instance; `msg` is valid for its length.
+        Error::check(unsafe { f(self.raw, std::ptr::null(), msg.as_ptr(), msg.len()) })
+    }
+
+    /// Watches `fd`, a descriptor the handler owns, for `interest` (ABI
+    /// 1.3): [`crate::Handler::on_fd`] gets `user_data` whenever it is
+    /// ready. loopd never reads, writes or closes it; remove the watch
+    /// before closing the fd.
+    ///
+    /// # Errors
+    /// [`Error::Io`] when the poller refuses it (a regular file, an fd
+    /// watched already), [`Error::Invalid`]; [`Error::Unsupported`] on a host
+    /// older than 1.3.
+    pub fn watch_fd(
+        &self,
+        fd: std::os::fd::BorrowedFd<'_>,
+        interest: Interest,
+        user_data: u64,
+    ) -> Result<WatchId, Error> {
+        let f = self.host().watch_fd.ok_or(Error::Unsupported)?;
+        let mut id = 0u64;
+        let raw = std::os::fd::AsRawFd::as_raw_fd(&fd);
+        // SAFETY: plain values and a valid out-pointer.
+        Error::check(unsafe { f(self.raw, raw, interest.to_raw(), user_data, &mut id) })?;
+        Ok(WatchId::from_raw(id))
+    }
+
+    /// Changes what `watch` waits for ([`Interest::NONE`] parks it).
+    ///
+    /// # Errors
+    /// [`Error::NoSuchConn`] for a stale or foreign watch.
+    pub fn modify_watch(&self, watch: WatchId, interest: Interest) -> Result<(), Error> {
+        let f = self.host().watch_modify.ok_or(Error::Unsupported)?;
+        // SAFETY: plain values only.
+        Error::check(unsafe { f(self.raw, watch.raw(), interest.to_raw()) })
+    }
+
+    /// Stops watching; `watch` is stale afterwards.
+    ///
+    /// # Errors
+    /// [`Error::NoSuchConn`] for a stale or foreign watch.
+    pub fn remove_watch(&self, watch: WatchId) -> Result<(), Error> {
+        let f = self.host().watch_remove.ok_or(Error::Unsupported)?;
+        // SAFETY: plain values only.
+        Error::check(unsafe { f(self.raw, watch.raw()) })
+    }
+
+    /// Arms a repeating timer (ABI 1.3): [`crate::Handler::on_timer`] gets
+    /// `user_data` after `delay`, then every `interval`, drift-free (each
+    /// deadline is the previous one plus `interval`; ticks missed while the
+    /// loop was busy are skipped, not bunched). The id stays the same until
+    /// [`Ctx::cancel_timer`].
+    ///
+    /// # Errors
+    /// [`Error::Invalid`] for an interval under a millisecond,
+    /// [`Error::Limit`]; [`Error::Unsupported`] on a host older than 1.3.
+    pub fn set_repeating_timer(
+        &self,
+        delay: Duration,
+        interval: Duration,
+        user_data: u64,
+    ) -> Result<TimerId, Error> {
+        let f = self.host().timer_repeat.ok_or(Error::Unsupported)?;
+        let ms = |d: Duration| u64::try_from(d.as_millis()).unwrap_or(u64::MAX);
+        let mut id = 0u64;
+        // SAFETY: `id` is a valid out-pointer for the duration of the call.
+        Error::check(unsafe { f(self.raw, ms(delay), ms(interval), user_data, &mut id) })?;
+        Ok(TimerId::from_raw(id))
     }
 
     /// Milliseconds on the host's monotonic clock.

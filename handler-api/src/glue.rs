@@ -19,8 +19,8 @@ use crate::abi::{
     self, loopd_conn_info, loopd_ctx, loopd_host_api, loopd_plugin_info, loopd_vtable,
 };
 use crate::types::{
-    ConnId, ConnInfo, EofAction, Framing, Level, ListenInfo, Origin, OversizeAction, SocketId,
-    TimerId, Transport,
+    ConnId, ConnInfo, EofAction, FdEvents, Framing, Level, ListenInfo, Origin, OversizeAction,
+    SocketId, TimerId, Transport, WatchId,
 };
 use crate::{CloseMode, CloseReason, Ctx, Handler};
 
@@ -82,6 +82,8 @@ pub const fn vtable<H: Handler>() -> loopd_vtable {
         on_listen: Some(on_listen::<H>),
         on_oversize: Some(on_oversize::<H>),
         on_partial: Some(on_partial::<H>),
+        on_message: Some(on_message::<H>),
+        on_fd: Some(on_fd::<H>),
     }
 }
 
@@ -168,6 +170,19 @@ fn shared_copy(table: loopd_host_api) -> &'static loopd_host_api {
         copies.push(copy);
     }
     copy
+}
+
+/// The bytes a host lends a hook.
+///
+/// # Safety
+/// `ptr` must be valid for reads of `len` bytes for `'a` (or `len` 0).
+unsafe fn bytes<'a>(ptr: *const u8, len: usize) -> &'a [u8] {
+    if len == 0 || ptr.is_null() {
+        &[]
+    } else {
+        // SAFETY: the caller's contract.
+        unsafe { std::slice::from_raw_parts(ptr, len) }
+    }
 }
 
 fn panic_message(payload: &(dyn Any + Send)) -> &str {
@@ -383,12 +398,8 @@ unsafe extern "C" fn on_data<H: Handler>(
     }) else {
         return abi::LOOPD_ERR_INVALID;
     };
-    let bytes: &[u8] = if len == 0 {
-        &[]
-    } else {
-        // SAFETY: the host lends `len` readable bytes at `data` for this call.
-        unsafe { std::slice::from_raw_parts(data, len) }
-    };
+    // SAFETY: the host lends `len` readable bytes at `data` for this call.
+    let bytes = unsafe { bytes(data, len) };
     let ctx = inst.ctx(raw);
     let handler = &mut inst.handler;
     guard(&ctx, "on_data", abi::LOOPD_ERR_HANDLER, || {
@@ -482,12 +493,8 @@ unsafe extern "C" fn on_datagram<H: Handler>(
     };
     // SAFETY: the host lends `peer` for this call.
     let peer = unsafe { peer.as_ref() }.and_then(|p| p.to_socket_addr());
-    let bytes: &[u8] = if len == 0 {
-        &[]
-    } else {
-        // SAFETY: the host lends `len` readable bytes at `data` for this call.
-        unsafe { std::slice::from_raw_parts(data, len) }
-    };
+    // SAFETY: the host lends `len` readable bytes at `data` for this call.
+    let bytes = unsafe { bytes(data, len) };
     let ctx = inst.ctx(raw);
     let handler = &mut inst.handler;
     guard(&ctx, "on_datagram", (), || {
@@ -509,6 +516,46 @@ unsafe extern "C" fn on_timer<H: Handler>(
     let handler = &mut inst.handler;
     guard(&ctx, "on_timer", (), || {
         handler.on_timer(&ctx, TimerId::from_raw(timer), user_data)
+    })
+}
+
+unsafe extern "C" fn on_message<H: Handler>(
+    raw: *mut loopd_ctx,
+    inst: *mut c_void,
+    msg: *const u8,
+    len: usize,
+) {
+    // SAFETY: the host passes the pointer create produced.
+    let Some(inst) = (unsafe { instance::<H>(inst) }) else {
+        return;
+    };
+    let ctx = inst.ctx(raw);
+    // SAFETY: the host lends `len` bytes at `msg` for this call.
+    let msg = unsafe { bytes(msg, len) };
+    let handler = &mut inst.handler;
+    guard(&ctx, "on_message", (), || handler.on_message(&ctx, msg))
+}
+
+unsafe extern "C" fn on_fd<H: Handler>(
+    raw: *mut loopd_ctx,
+    inst: *mut c_void,
+    watch: u64,
+    user_data: u64,
+    events: u32,
+) {
+    // SAFETY: the host passes the pointer create produced.
+    let Some(inst) = (unsafe { instance::<H>(inst) }) else {
+        return;
+    };
+    let ctx = inst.ctx(raw);
+    let handler = &mut inst.handler;
+    guard(&ctx, "on_fd", (), || {
+        handler.on_fd(
+            &ctx,
+            WatchId::from_raw(watch),
+            user_data,
+            FdEvents::from_raw(events),
+        )
     })
 }
 
@@ -596,12 +643,8 @@ unsafe extern "C" fn on_partial<H: Handler>(
     }) else {
         return;
     };
-    let bytes: &[u8] = if len == 0 {
-        &[]
-    } else {
-        // SAFETY: the host lends `len` readable bytes at `data` for this call.
-        unsafe { std::slice::from_raw_parts(data, len) }
-    };
+    // SAFETY: the host lends `len` readable bytes at `data` for this call.
+    let bytes = unsafe { bytes(data, len) };
     let ctx = inst.ctx(raw);
     let handler = &mut inst.handler;
     let ok = guard(&ctx, "on_partial", false, || {

@@ -180,8 +180,8 @@ mod types;
 
 pub use ctx::Ctx;
 pub use types::{
-    CloseMode, CloseReason, ConnId, ConnInfo, EofAction, Error, Framing, Level, ListenInfo, Origin,
-    OversizeAction, SocketId, TimerId, Transport,
+    CloseMode, CloseReason, ConnId, ConnInfo, ConnectOptions, EofAction, Error, FdEvents, Framing,
+    Interest, Level, ListenInfo, Origin, OversizeAction, SocketId, TimerId, Transport, WatchId,
 };
 
 use std::net::SocketAddr;
@@ -293,9 +293,10 @@ pub trait Handler: Sized + 'static {
         let _ = (ctx, socket, peer, data);
     }
 
-    /// A timer set with [`Ctx::set_timer`] fired (once: timers are
-    /// one-shot; set another for periodic work). `user_data` is the value
-    /// given to `set_timer`, e.g. the raw id of the connection it is for.
+    /// A timer set with [`Ctx::set_timer`] fired (once), or a repeating one
+    /// from [`Ctx::set_repeating_timer`] is due (every interval, same id).
+    /// `user_data` is the value it was set with, e.g. the raw id of the
+    /// connection it is for.
     fn on_timer(&mut self, ctx: &Ctx, timer: TimerId, user_data: u64) {
         let _ = (ctx, timer, user_data);
     }
@@ -339,6 +340,24 @@ pub trait Handler: Sized + 'static {
     /// [`Ctx::send_datagram`]. Not called by a host older than ABI 1.1.
     fn on_listen(&mut self, ctx: &Ctx, listener: SocketId, info: &ListenInfo<'_>) {
         let _ = (ctx, listener, info);
+    }
+
+    /// A message posted to this instance (ABI 1.3): by [`Ctx::post`] from
+    /// another instance, [`Ctx::post_self`], or `loopd::Handle::post` from
+    /// another thread of an embedding program. `msg` is borrowed for this
+    /// call; messages arrive one call each, in the order they were posted.
+    /// Not called by a host older than 1.3 (posting there fails with
+    /// [`Error::Unsupported`]).
+    fn on_message(&mut self, ctx: &Ctx, msg: &[u8]) {
+        let _ = (ctx, msg);
+    }
+
+    /// A descriptor watched with [`Ctx::watch_fd`] is ready (ABI 1.3).
+    /// Read or write it here, without blocking: the watch reports again
+    /// while it stays ready. After an event with [`FdEvents::hup`] the
+    /// watch is parked until [`Ctx::modify_watch`] or [`Ctx::remove_watch`].
+    fn on_fd(&mut self, ctx: &Ctx, watch: WatchId, user_data: u64, events: FdEvents) {
+        let _ = (ctx, watch, user_data, events);
     }
 }
 

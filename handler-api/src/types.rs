@@ -48,6 +48,10 @@ id_type!(
     /// A pending timer.
     TimerId
 );
+id_type!(
+    /// A watched file descriptor (ABI 1.3). Stale after [`crate::Ctx::remove_watch`].
+    WatchId
+);
 
 /// A host function's refusal. Mirrors the `LOOPD_ERR_*` codes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -71,6 +75,10 @@ pub enum Error {
     WrongThread,
     /// No such pending timer.
     NoSuchTimer,
+    /// `post`: no handler instance has that name (ABI 1.3).
+    NoSuchInstance,
+    /// `post`: the target's mailbox is full; nothing was posted (ABI 1.3).
+    Full,
     /// A code this version does not know.
     Other(i32),
 }
@@ -89,6 +97,8 @@ impl Error {
             abi::LOOPD_ERR_IO => Err(Error::Io),
             abi::LOOPD_ERR_WRONG_THREAD => Err(Error::WrongThread),
             abi::LOOPD_ERR_NO_SUCH_TIMER => Err(Error::NoSuchTimer),
+            abi::LOOPD_ERR_NO_SUCH_INSTANCE => Err(Error::NoSuchInstance),
+            abi::LOOPD_ERR_FULL => Err(Error::Full),
             other => Err(Error::Other(other)),
         }
     }
@@ -105,6 +115,8 @@ impl Error {
             Error::Io => abi::LOOPD_ERR_IO,
             Error::WrongThread => abi::LOOPD_ERR_WRONG_THREAD,
             Error::NoSuchTimer => abi::LOOPD_ERR_NO_SUCH_TIMER,
+            Error::NoSuchInstance => abi::LOOPD_ERR_NO_SUCH_INSTANCE,
+            Error::Full => abi::LOOPD_ERR_FULL,
             Error::Other(code) => code,
         }
     }
@@ -309,4 +321,125 @@ pub enum Level {
     Debug = 4,
     /// Everything.
     Trace = 5,
+}
+
+/// What a descriptor watch waits for ([`crate::Ctx::watch_fd`], ABI 1.3).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Interest {
+    /// Report when the descriptor is readable.
+    pub readable: bool,
+    /// Report when the descriptor is writable.
+    pub writable: bool,
+}
+
+impl Interest {
+    /// Readable only.
+    pub const READABLE: Interest = Interest {
+        readable: true,
+        writable: false,
+    };
+    /// Writable only.
+    pub const WRITABLE: Interest = Interest {
+        readable: false,
+        writable: true,
+    };
+    /// Readable and writable.
+    pub const BOTH: Interest = Interest {
+        readable: true,
+        writable: true,
+    };
+    /// Nothing: the watch is parked.
+    pub const NONE: Interest = Interest {
+        readable: false,
+        writable: false,
+    };
+
+    /// The `LOOPD_FD_*` mask.
+    pub const fn to_raw(self) -> u32 {
+        (if self.readable {
+            abi::LOOPD_FD_READABLE
+        } else {
+            0
+        }) | (if self.writable {
+            abi::LOOPD_FD_WRITABLE
+        } else {
+            0
+        })
+    }
+}
+
+/// What a watched descriptor is ready for ([`crate::Handler::on_fd`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct FdEvents {
+    /// It can be read without blocking.
+    pub readable: bool,
+    /// It can be written without blocking.
+    pub writable: bool,
+    /// It hung up or is in error; the watch is parked until
+    /// [`crate::Ctx::modify_watch`] or [`crate::Ctx::remove_watch`].
+    pub hup: bool,
+}
+
+impl FdEvents {
+    /// From a `LOOPD_FD_*` mask.
+    pub const fn from_raw(raw: u32) -> FdEvents {
+        FdEvents {
+            readable: raw & abi::LOOPD_FD_READABLE != 0,
+            writable: raw & abi::LOOPD_FD_WRITABLE != 0,
+            hup: raw & abi::LOOPD_FD_HUP != 0,
+        }
+    }
+}
+
+/// Per-connection options for [`crate::Ctx::connect_with`] (ABI 1.3). A
+/// `None` keeps what the instance has, which is what
+/// [`crate::Ctx::connect`] gives every outbound connection: the instance's
+/// framing, `max_frame` and output watermarks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[non_exhaustive]
+pub struct ConnectOptions {
+    /// How this connection's input is cut into frames.
+    pub framing: Option<Framing>,
+    /// Its largest frame.
+    pub max_frame: Option<usize>,
+    /// Its output queue's high and low watermarks (low below high).
+    pub watermarks: Option<(usize, usize)>,
+}
+
+impl ConnectOptions {
+    /// Options that keep everything the instance has.
+    pub fn new() -> ConnectOptions {
+        ConnectOptions::default()
+    }
+
+    /// Sets the framing (raw bytes for a proxy, say).
+    pub fn framing(mut self, framing: Framing) -> ConnectOptions {
+        self.framing = Some(framing);
+        self
+    }
+
+    /// Sets the largest frame.
+    pub fn max_frame(mut self, max_frame: usize) -> ConnectOptions {
+        self.max_frame = Some(max_frame);
+        self
+    }
+
+    /// Sets the output queue's high and low watermarks.
+    pub fn watermarks(mut self, high: usize, low: usize) -> ConnectOptions {
+        self.watermarks = Some((high, low));
+        self
+    }
+
+    /// The ABI struct.
+    pub fn to_raw(&self) -> abi::loopd_connect_options {
+        abi::loopd_connect_options {
+            struct_size: std::mem::size_of::<abi::loopd_connect_options>() as u32,
+            framing: self
+                .framing
+                .map_or(abi::LOOPD_FRAMING_DEFAULT, Framing::to_raw),
+            max_frame: self.max_frame.map_or(0, |m| m as u64),
+            output_high_watermark: self.watermarks.map_or(0, |(h, _)| h as u64),
+            output_low_watermark: self.watermarks.map_or(0, |(_, l)| l as u64),
+        }
+    }
 }

@@ -97,11 +97,16 @@ abi_structs! {
     loopd_host_api {
         struct_size, abi_major, abi_minor, reserved, version, log, send, sendv, close,
         send_datagram, timer_set, timer_cancel, connect, now_ms, output_queued, status_str,
-        log_to, send_file,
+        log_to, send_file, pause_read, resume_read, shutdown_write, connect_with, post,
+        watch_fd, watch_modify, watch_remove, timer_repeat,
     }
     loopd_vtable {
         struct_size, reserved, create, destroy, on_open, on_data, on_eof, on_writable,
         on_close, on_datagram, on_timer, on_shutdown, on_listen, on_oversize, on_partial,
+        on_message, on_fd,
+    }
+    loopd_connect_options {
+        struct_size, framing, max_frame, output_high_watermark, output_low_watermark,
     }
     loopd_plugin_info {
         struct_size, abi_major, abi_minor, min_host_minor, name, version, default_framing,
@@ -132,6 +137,11 @@ abi_consts! {
     LOOPD_ERR_WRONG_THREAD,
     LOOPD_ERR_NO_SUCH_TIMER,
     LOOPD_ERR_HANDLER,
+    LOOPD_ERR_NO_SUCH_INSTANCE,
+    LOOPD_ERR_FULL,
+    LOOPD_FD_READABLE,
+    LOOPD_FD_WRITABLE,
+    LOOPD_FD_HUP,
     LOOPD_AF_UNSPEC,
     LOOPD_AF_INET,
     LOOPD_AF_INET6,

@@ -315,6 +315,7 @@ fn create_instance(
             .output_low_watermark
             .unwrap_or(config.runtime.output_low_watermark),
         broadcast: h.broadcast,
+        ..Settings::default()
     };
     let shown = plugin.path.clone().unwrap_or_else(|| h.name.clone().into());
     let (plugin_name, plugin_version) = (plugin.name.clone(), plugin.version.clone());
@@ -326,11 +327,20 @@ fn create_instance(
             core: core_ptr,
             instance: id,
             log_target: format!("loopd::handler::{}", h.name),
+            name: h.name.clone(),
+            postbox: rt.postbox.clone(),
         }),
         settings,
         scope: Scope::new(h.name.as_str()),
         life: Life::Creating,
     });
+    // Before create: an instance may post to itself from create.
+    rt.postbox.open(
+        &h.name,
+        id,
+        settings.mailbox_messages,
+        settings.mailbox_bytes,
+    );
     match rt.hooks().create(id, &name, &json) {
         Ok(ptr) => {
             let mut core = rt.core.borrow_mut();

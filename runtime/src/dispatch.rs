@@ -21,7 +21,7 @@ use crate::instance::InstanceId;
 use crate::source::datagram::Recv;
 use crate::source::listener::{self, Bound};
 use crate::source::stream::{peer_text, Input, Read};
-use crate::source::Source;
+use crate::source::{watch, Source};
 use crate::sys;
 use crate::timer::TimerKind;
 use crate::Runtime;
@@ -30,6 +30,8 @@ use crate::Runtime;
 const READS_PER_EVENT: usize = 4;
 /// Most datagrams read from one socket per readiness event (fairness).
 const DATAGRAMS_PER_EVENT: usize = 64;
+/// Most posted messages delivered to one instance per pass (fairness).
+const MESSAGES_PER_PASS: usize = 256;
 
 impl Runtime {
     pub(crate) fn hooks(&self) -> Hooks<'_> {
@@ -55,12 +57,14 @@ impl Runtime {
             Stream,
             Datagram,
             Signal,
+            Watch,
         }
         let kind = match self.core.borrow().sources.get(r.key) {
             Some(Source::Listener(_)) => Kind::Listener,
             Some(Source::Stream(_)) => Kind::Stream,
             Some(Source::Datagram(_)) => Kind::Datagram,
             Some(Source::Signal(_)) => Kind::Signal,
+            Some(Source::Watch(_)) => Kind::Watch,
             // An event for a source removed earlier in this pass.
             None => return,
         };
@@ -90,6 +94,7 @@ impl Runtime {
             }
             Kind::Datagram => self.datagram_readable(r.key),
             Kind::Signal => self.signal_readable(r.key),
+            Kind::Watch => self.watch_ready(r.key, &r),
         }
     }
 
@@ -336,6 +341,36 @@ impl Runtime {
         }
     }
 
+    /// Delivers up to [`MESSAGES_PER_PASS`] posted messages per instance,
+    /// each with `on_message`; returns how many.
+    pub(crate) fn deliver_mail(&mut self) -> usize {
+        if !self.postbox.has_mail() {
+            return 0;
+        }
+        let mut mail = std::mem::take(&mut self.mail);
+        self.postbox.take(MESSAGES_PER_PASS, &mut mail);
+        let n = mail.len();
+        for (inst, msg) in mail.drain(..) {
+            self.hooks().on_message(inst, &msg);
+            self.drain_pending();
+        }
+        self.mail = mail;
+        n
+    }
+
+    /// A watched descriptor is ready: `on_fd`, then the watch is re-armed.
+    fn watch_ready(&self, id: u64, r: &Ready) {
+        let event = watch::ready(&mut self.core.borrow_mut(), id, r);
+        let events = match event {
+            Some(e) => {
+                self.hooks().on_fd(e.instance, id, e.user_data, e.events);
+                e.events
+            }
+            None => 0,
+        };
+        watch::after_event(&mut self.core.borrow_mut(), id, events);
+    }
+
     // ---------------------------------------------------------------------
     // Deferred work
     // ---------------------------------------------------------------------
@@ -454,10 +489,15 @@ impl Runtime {
                     instance,
                     user_data,
                 } => {
-                    if let Some(i) = self.core.borrow().instances.get(instance) {
+                    let core = self.core.borrow();
+                    let repeats = core.shared.timers.get(id).is_some();
+                    if let Some(i) = core.instances.get(instance) {
                         i.scope.counters.timers_fired.add(1);
-                        i.scope.counters.timers_active.sub(1);
+                        if !repeats {
+                            i.scope.counters.timers_active.sub(1);
+                        }
                     }
+                    drop(core);
                     self.hooks().on_timer(instance, id, user_data);
                 }
                 TimerKind::CloseTimeout { conn } => {
@@ -536,9 +576,13 @@ impl Runtime {
     /// Calls `destroy` for an instance whose connections are all closed,
     /// after cancelling its timers.
     pub(crate) fn destroy_instance(&self, inst: InstanceId) {
-        self.core.borrow_mut().shared.timers.cancel_where(
-            |k| matches!(k, TimerKind::Handler { instance, .. } if *instance == inst),
-        );
+        {
+            let mut core = self.core.borrow_mut();
+            core.shared.timers.cancel_where(
+                |k| matches!(k, TimerKind::Handler { instance, .. } if *instance == inst),
+            );
+            watch::remove_all(&mut core, inst);
+        }
         self.hooks().destroy(inst);
     }
 }

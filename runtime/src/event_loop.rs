@@ -81,6 +81,40 @@ impl EventLoop {
             .modify_with_mode(fd, interest(key, read, write), PollMode::Level)
     }
 
+    /// Registers `fd` under `key` in oneshot mode: after one event it
+    /// reports nothing until [`EventLoop::rearm`]. Used for descriptors a
+    /// handler owns (fd watches), so a descriptor closed under a watch can
+    /// never spin the loop.
+    ///
+    /// # Safety
+    /// `fd` must stay open until [`EventLoop::delete`] is called for it,
+    /// or be known closed (then the kernel has dropped it already).
+    pub(crate) unsafe fn add_oneshot(
+        &self,
+        fd: RawFd,
+        key: u64,
+        read: bool,
+        write: bool,
+    ) -> io::Result<()> {
+        // SAFETY: forwarded from the caller.
+        unsafe {
+            self.poller
+                .add_with_mode(fd, interest(key, read, write), PollMode::Oneshot)
+        }
+    }
+
+    /// Re-arms a oneshot registration.
+    pub(crate) fn rearm(
+        &self,
+        fd: BorrowedFd<'_>,
+        key: u64,
+        read: bool,
+        write: bool,
+    ) -> io::Result<()> {
+        self.poller
+            .modify_with_mode(fd, interest(key, read, write), PollMode::Oneshot)
+    }
+
     pub(crate) fn delete(&self, fd: BorrowedFd<'_>) -> io::Result<()> {
         self.poller.delete(fd)
     }

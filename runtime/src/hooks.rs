@@ -237,6 +237,22 @@ impl Hooks<'_> {
         }
     }
 
+    /// `on_message` (ABI 1.3): one posted message, borrowed for the call.
+    pub(crate) fn on_message(&self, inst: InstanceId, msg: &[u8]) {
+        if let Some((f, ctx, ptr)) = self.target(inst, |v| v.on_message) {
+            // SAFETY: a checked vtable; `msg` is borrowed for the call.
+            unsafe { f(ctx, ptr, msg.as_ptr(), msg.len()) }
+        }
+    }
+
+    /// `on_fd` (ABI 1.3): a watched descriptor is ready (`LOOPD_FD_*` bits).
+    pub(crate) fn on_fd(&self, inst: InstanceId, watch: u64, user_data: u64, events: u32) {
+        if let Some((f, ctx, ptr)) = self.target(inst, |v| v.on_fd) {
+            // SAFETY: a checked vtable; plain values.
+            unsafe { f(ctx, ptr, watch, user_data, events) }
+        }
+    }
+
     /// `on_shutdown`: a graceful shutdown began.
     pub(crate) fn on_shutdown(&self, inst: InstanceId) {
         if let Some((f, ctx, ptr)) = self.target(inst, |v| v.on_shutdown) {

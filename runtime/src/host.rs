@@ -15,8 +15,9 @@ use loopd_handler_api::abi::{self, loopd_addr, loopd_bytes, loopd_ctx, loopd_hos
 
 use crate::core::{Core, Shared};
 use crate::instance::InstanceId;
-use crate::source::datagram;
-use crate::source::stream::{self, Conn};
+use crate::mailbox::{PostError, Postbox};
+use crate::source::stream::{self, Conn, ConnOptions};
+use crate::source::{datagram, watch};
 use crate::timer::{self, TimerKind};
 
 /// Most pending timers per runtime; `timer_set` refuses beyond.
@@ -29,6 +30,10 @@ pub(crate) struct HostCtx {
     pub(crate) instance: InstanceId,
     /// `loopd::handler::<name>`, the log target of this instance.
     pub(crate) log_target: String,
+    /// The instance's name (the target of `post(NULL)`).
+    pub(crate) name: String,
+    /// The runtime's mailboxes: `post` works from any thread.
+    pub(crate) postbox: std::sync::Arc<Postbox>,
 }
 
 impl HostCtx {
@@ -261,7 +266,7 @@ unsafe extern "C" fn host_timer_set(
     // SAFETY: `ctx` comes from the runtime.
     unsafe {
         with_core(ctx, |core, inst| {
-            match timer_set(core, inst, delay_ms, user_data) {
+            match timer_set(core, inst, delay_ms, None, user_data) {
                 Ok(id) => {
                     // SAFETY: checked non-NULL; the caller gives a writable out-pointer.
                     *out = id;
@@ -278,17 +283,29 @@ unsafe extern "C" fn host_timer_cancel(ctx: *mut loopd_ctx, timer: u64) -> i32 {
     unsafe { with_core(ctx, |core, inst| timer_cancel(core, inst, timer)) }
 }
 
-fn timer_set(core: &mut Core, inst: InstanceId, delay_ms: u64, user_data: u64) -> Result<u64, i32> {
+fn timer_set(
+    core: &mut Core,
+    inst: InstanceId,
+    delay_ms: u64,
+    interval_ms: Option<u64>,
+    user_data: u64,
+) -> Result<u64, i32> {
     if core.shared.timers.len() >= MAX_TIMERS {
         return Err(abi::LOOPD_ERR_LIMIT);
     }
-    let id = core.shared.timers.set(
-        timer::deadline_after(std::time::Instant::now(), delay_ms),
-        TimerKind::Handler {
-            instance: inst,
-            user_data,
-        },
-    );
+    let deadline = timer::deadline_after(std::time::Instant::now(), delay_ms);
+    let kind = TimerKind::Handler {
+        instance: inst,
+        user_data,
+    };
+    let id = match interval_ms {
+        None => core.shared.timers.set(deadline, kind),
+        Some(ms) => core.shared.timers.set_repeating(
+            deadline,
+            std::time::Duration::from_millis(ms.min(timer::MAX_DELAY_MS)),
+            kind,
+        ),
+    };
     if let Some(i) = core.instances.get(inst) {
         i.scope.counters.timers_set.add(1);
         i.scope.counters.timers_active.add(1);
@@ -312,6 +329,34 @@ fn timer_cancel(core: &mut Core, inst: InstanceId, id: u64) -> i32 {
 }
 
 unsafe extern "C" fn host_connect(ctx: *mut loopd_ctx, url: *const c_char, out: *mut u64) -> i32 {
+    // SAFETY: forwarded: the caller's pointers are valid for the call.
+    unsafe { host_connect_with(ctx, url, std::ptr::null(), out) }
+}
+
+/// What a `loopd_connect_options` asks for, or `None` if it is malformed.
+fn connect_options(raw: &abi::loopd_connect_options) -> Option<ConnOptions> {
+    let nonzero = |v: u64| usize::try_from(v).ok().filter(|&v| v > 0);
+    let framing = match raw.framing {
+        abi::LOOPD_FRAMING_DEFAULT => None,
+        abi::LOOPD_FRAMING_RAW => Some(crate::config::FramingKind::Raw),
+        abi::LOOPD_FRAMING_LINE => Some(crate::config::FramingKind::Line),
+        abi::LOOPD_FRAMING_LENGTH_PREFIXED => Some(crate::config::FramingKind::LengthPrefixed),
+        _ => return None,
+    };
+    Some(ConnOptions {
+        framing,
+        max_frame: nonzero(raw.max_frame),
+        high_watermark: nonzero(raw.output_high_watermark),
+        low_watermark: nonzero(raw.output_low_watermark),
+    })
+}
+
+unsafe extern "C" fn host_connect_with(
+    ctx: *mut loopd_ctx,
+    url: *const c_char,
+    opts: *const abi::loopd_connect_options,
+    out: *mut u64,
+) -> i32 {
     if url.is_null() || out.is_null() {
         return abi::LOOPD_ERR_INVALID;
     }
@@ -319,15 +364,153 @@ unsafe extern "C" fn host_connect(ctx: *mut loopd_ctx, url: *const c_char, out: 
     let Ok(url) = unsafe { CStr::from_ptr(url) }.to_str() else {
         return abi::LOOPD_ERR_INVALID;
     };
+    let options = if opts.is_null() {
+        ConnOptions::default()
+    } else {
+        // SAFETY: the caller lends the options for the call; only the
+        // fields within its struct_size are read, the rest count as 0.
+        let raw = unsafe { read_sized(opts) };
+        match connect_options(&raw) {
+            Some(o) => o,
+            None => return abi::LOOPD_ERR_INVALID,
+        }
+    };
     // SAFETY: `ctx` comes from the runtime.
     unsafe {
-        with_core(ctx, |core, inst| match stream::connect(core, inst, url) {
-            Ok(id) => {
-                // SAFETY: checked non-NULL; the caller gives a writable out-pointer.
-                *out = id;
-                abi::LOOPD_OK
+        with_core(ctx, |core, inst| {
+            match stream::connect(core, inst, url, options) {
+                Ok(id) => {
+                    // SAFETY: checked non-NULL; the caller gives a writable out-pointer.
+                    *out = id;
+                    abi::LOOPD_OK
+                }
+                Err(status) => status,
             }
-            Err(status) => status,
+        })
+    }
+}
+
+/// Copies an extensible struct the caller lends, reading no more than its
+/// `struct_size` (its first field) says it has; the rest stays zero.
+///
+/// # Safety
+/// `p` must point to a readable struct whose first field is a `u32`
+/// `struct_size`, with at least that many readable bytes.
+unsafe fn read_sized<T: Copy + Default>(p: *const T) -> T {
+    let mut out = T::default();
+    // SAFETY: per the contract, the first 4 bytes are struct_size.
+    let size = unsafe { p.cast::<u32>().read_unaligned() } as usize;
+    let n = size.min(std::mem::size_of::<T>());
+    // SAFETY: `p` has at least `n` readable bytes, `out` `n` writable ones.
+    unsafe { std::ptr::copy_nonoverlapping(p.cast::<u8>(), (&mut out as *mut T).cast::<u8>(), n) };
+    out
+}
+
+unsafe extern "C" fn host_pause_read(ctx: *mut loopd_ctx, conn: u64) -> i32 {
+    // SAFETY: `ctx` comes from the runtime.
+    unsafe { with_conn(ctx, conn, |c, sh| c.pause_read(conn, sh)) }
+}
+
+unsafe extern "C" fn host_resume_read(ctx: *mut loopd_ctx, conn: u64) -> i32 {
+    // SAFETY: `ctx` comes from the runtime.
+    unsafe { with_conn(ctx, conn, |c, sh| c.resume_read(conn, sh)) }
+}
+
+unsafe extern "C" fn host_shutdown_write(ctx: *mut loopd_ctx, conn: u64) -> i32 {
+    // SAFETY: `ctx` comes from the runtime.
+    unsafe { with_conn(ctx, conn, |c, sh| c.shutdown_write(conn, sh)) }
+}
+
+unsafe extern "C" fn host_post(
+    ctx: *mut loopd_ctx,
+    instance: *const c_char,
+    msg: *const u8,
+    len: usize,
+) -> i32 {
+    if ctx.is_null() {
+        return abi::LOOPD_ERR_INVALID;
+    }
+    // SAFETY: a non-NULL ctx is a live HostCtx; its fields are immutable
+    // and the postbox is thread-safe, so any thread may post.
+    let hc = unsafe { &*ctx.cast::<HostCtx>() };
+    // SAFETY: the caller lends `len` bytes at `msg` for the call.
+    let Some(msg) = (unsafe { bytes(msg, len) }) else {
+        return abi::LOOPD_ERR_INVALID;
+    };
+    let target = if instance.is_null() {
+        hc.name.as_str()
+    } else {
+        // SAFETY: the caller lends a NUL-terminated string for the call.
+        match unsafe { CStr::from_ptr(instance) }.to_str() {
+            Ok(name) => name,
+            Err(_) => return abi::LOOPD_ERR_NO_SUCH_INSTANCE,
+        }
+    };
+    match hc.postbox.post(target, msg.to_vec()) {
+        Ok(()) => abi::LOOPD_OK,
+        Err(PostError::Full) => abi::LOOPD_ERR_FULL,
+        Err(PostError::TooLarge) => abi::LOOPD_ERR_INVALID,
+        Err(PostError::NoSuchInstance) => abi::LOOPD_ERR_NO_SUCH_INSTANCE,
+        Err(_) => abi::LOOPD_ERR_CLOSED,
+    }
+}
+
+unsafe extern "C" fn host_watch_fd(
+    ctx: *mut loopd_ctx,
+    fd: i32,
+    interest: u32,
+    user_data: u64,
+    out: *mut u64,
+) -> i32 {
+    if out.is_null() {
+        return abi::LOOPD_ERR_INVALID;
+    }
+    // SAFETY: `ctx` comes from the runtime.
+    unsafe {
+        with_core(ctx, |core, inst| {
+            match watch::add(core, inst, fd, interest, user_data) {
+                Ok(id) => {
+                    // SAFETY: checked non-NULL; the caller gives a writable out-pointer.
+                    *out = id;
+                    abi::LOOPD_OK
+                }
+                Err(status) => status,
+            }
+        })
+    }
+}
+
+unsafe extern "C" fn host_watch_modify(ctx: *mut loopd_ctx, id: u64, interest: u32) -> i32 {
+    // SAFETY: `ctx` comes from the runtime.
+    unsafe { with_core(ctx, |core, inst| watch::modify(core, inst, id, interest)) }
+}
+
+unsafe extern "C" fn host_watch_remove(ctx: *mut loopd_ctx, id: u64) -> i32 {
+    // SAFETY: `ctx` comes from the runtime.
+    unsafe { with_core(ctx, |core, inst| watch::remove(core, inst, id)) }
+}
+
+unsafe extern "C" fn host_timer_repeat(
+    ctx: *mut loopd_ctx,
+    delay_ms: u64,
+    interval_ms: u64,
+    user_data: u64,
+    out: *mut u64,
+) -> i32 {
+    if out.is_null() || interval_ms == 0 {
+        return abi::LOOPD_ERR_INVALID;
+    }
+    // SAFETY: `ctx` comes from the runtime.
+    unsafe {
+        with_core(ctx, |core, inst| {
+            match timer_set(core, inst, delay_ms, Some(interval_ms), user_data) {
+                Ok(id) => {
+                    // SAFETY: checked non-NULL; the caller gives a writable out-pointer.
+                    *out = id;
+                    abi::LOOPD_OK
+                }
+                Err(status) => status,
+            }
         })
     }
 }
@@ -421,6 +604,15 @@ static HOST_API: HostTable = HostTable(loopd_host_api {
     status_str: Some(host_status_str),
     log_to: Some(host_log_to),
     send_file: Some(host_send_file),
+    pause_read: Some(host_pause_read),
+    resume_read: Some(host_resume_read),
+    shutdown_write: Some(host_shutdown_write),
+    connect_with: Some(host_connect_with),
+    post: Some(host_post),
+    watch_fd: Some(host_watch_fd),
+    watch_modify: Some(host_watch_modify),
+    watch_remove: Some(host_watch_remove),
+    timer_repeat: Some(host_timer_repeat),
 });
 
 /// The host table every plugin receives. Static: valid for the whole process.
@@ -440,6 +632,8 @@ mod tests {
             core: &core,
             instance: inst,
             log_target: "loopd::handler::t".into(),
+            name: "t".into(),
+            postbox: Postbox::new(core.borrow().shared.poll.waker()),
         };
         let mut id = 0;
         // SAFETY: hc is alive; no runtime is active on this thread.

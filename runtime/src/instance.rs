@@ -27,6 +27,9 @@ pub(crate) struct Settings {
     pub(crate) low_watermark: usize,
     /// `broadcast = true`: `SO_BROADCAST` on the instance's UDP sockets.
     pub(crate) broadcast: bool,
+    /// The mailbox's bounds: messages, and bytes in all of them.
+    pub(crate) mailbox_messages: usize,
+    pub(crate) mailbox_bytes: usize,
 }
 
 /// Where an instance is in its life.
@@ -126,6 +129,8 @@ impl Default for Settings {
             high_watermark: rt.output_high_watermark,
             low_watermark: rt.output_low_watermark,
             broadcast: false,
+            mailbox_messages: 4096,
+            mailbox_bytes: 4 << 20,
         }
     }
 }
@@ -138,6 +143,7 @@ pub(crate) fn test_instance(
     settings: Settings,
 ) -> InstanceId {
     let core_ptr = std::ptr::null();
+    let waker = core.shared.poll.waker();
     core.instances.insert_with(|id| Instance {
         plugin: Plugin {
             path: None,
@@ -151,6 +157,8 @@ pub(crate) fn test_instance(
             core: core_ptr,
             instance: id,
             log_target: format!("loopd::handler::{name}"),
+            name: name.to_string(),
+            postbox: crate::mailbox::Postbox::new(waker.clone()),
         }),
         settings,
         scope: Scope::new(name),

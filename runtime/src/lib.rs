@@ -104,6 +104,7 @@ pub mod fuzzing;
 mod hooks;
 mod host;
 mod instance;
+mod mailbox;
 mod plugin;
 mod registry;
 mod source;
@@ -127,12 +128,14 @@ use loopd_handler_api::abi;
 pub use builder::Builder;
 pub use config::Config;
 pub use error::Error;
+pub use mailbox::PostError;
 pub use spec::HandlerSpec;
 pub use stats::Stats;
 
 use crate::core::Core;
 use event_loop::{Ready, Waker};
 use host::ActiveGuard;
+use mailbox::Postbox;
 use source::listener::{self, Bound};
 use source::Source;
 use stats::Scope;
@@ -190,6 +193,10 @@ pub struct Runtime {
     listeners: Vec<String>,
     /// For each of them: the handler, the counters, the source id.
     listener_records: Vec<(String, Rc<Scope>, u64)>,
+    /// The instances' mailboxes, shared with every [`Handle`].
+    pub(crate) postbox: Arc<Postbox>,
+    /// Messages taken from the mailboxes, being delivered (reused).
+    pub(crate) mail: Vec<(instance::InstanceId, Vec<u8>)>,
 }
 
 /// Stops, shuts down or wakes a [`Runtime`] from any thread.
@@ -202,6 +209,7 @@ pub struct Runtime {
 pub struct Handle {
     flags: Arc<Flags>,
     waker: Waker,
+    postbox: Arc<Postbox>,
 }
 
 impl Handle {
@@ -229,6 +237,51 @@ impl Handle {
     pub fn wake(&self) {
         self.waker.wake();
     }
+
+    /// Posts `msg` to the handler instance named `instance`: its
+    /// `on_message` gets it on the loop thread, after whatever hook is
+    /// running, in the order posts were made (from every thread together),
+    /// with the usual hook guarantees (a panic is contained, no
+    /// re-entrancy). The message is moved (or copied) into the instance's
+    /// bounded mailbox; only the first post since the loop last took mail
+    /// wakes it.
+    ///
+    /// ```
+    /// # use loopd::{HandlerSpec, Runtime};
+    /// # use loopd_handler_api::{Ctx, Handler, NoConfig};
+    /// # use std::time::Duration;
+    /// struct Inbox(Vec<Vec<u8>>);
+    /// impl Handler for Inbox {
+    ///     type Config = NoConfig;
+    ///     type Conn = ();
+    ///     fn create(_: &Ctx, _: &str, _: NoConfig) -> Result<Self, String> {
+    ///         Ok(Inbox(Vec::new()))
+    ///     }
+    ///     fn on_message(&mut self, ctx: &Ctx, msg: &[u8]) {
+    ///         ctx.info(format_args!("got {}", String::from_utf8_lossy(msg)));
+    ///     }
+    /// }
+    /// let mut rt = Runtime::builder()
+    ///     .handler(HandlerSpec::linked::<Inbox>("inbox"))
+    ///     .build()?;
+    /// let handle = rt.handle();
+    /// std::thread::spawn(move || handle.post("inbox", "hello").unwrap())
+    ///     .join()
+    ///     .unwrap();
+    /// assert_eq!(rt.run_once(Some(Duration::from_secs(1)))?, 1, "one message delivered");
+    /// assert_eq!(rt.handle().post("nobody", "x"), Err(loopd::PostError::NoSuchInstance));
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    ///
+    /// # Errors
+    /// [`PostError::Full`] when the mailbox is at its limit
+    /// (`mailbox_messages` or `mailbox_bytes`; nothing was posted: slow
+    /// down or drop), [`PostError::TooLarge`] for a message larger than the
+    /// whole mailbox, [`PostError::NoSuchInstance`], and
+    /// [`PostError::Stopped`] once the runtime was dropped.
+    pub fn post(&self, instance: &str, msg: impl Into<Vec<u8>>) -> Result<(), PostError> {
+        self.postbox.post(instance, msg.into())
+    }
 }
 
 impl Runtime {
@@ -240,6 +293,7 @@ impl Runtime {
     /// A runtime around `core`, with nothing in it yet (see [`Builder`]).
     pub(crate) fn new(core: Core) -> Runtime {
         let waker = core.shared.poll.waker();
+        let postbox = Postbox::new(waker.clone());
         Runtime {
             core: Box::new(RefCell::new(core)),
             scratch: vec![0; SCRATCH_SIZE],
@@ -252,6 +306,8 @@ impl Runtime {
             stopped: false,
             listeners: Vec::new(),
             listener_records: Vec::new(),
+            postbox,
+            mail: Vec::new(),
         }
     }
 
@@ -267,6 +323,7 @@ impl Runtime {
         Handle {
             flags: self.flags.clone(),
             waker: self.waker.clone(),
+            postbox: self.postbox.clone(),
         }
     }
 
@@ -406,6 +463,7 @@ impl Runtime {
             }
         }
         self.ready = ready;
+        n += self.deliver_mail();
         n += self.fire_timers();
         self.drain_pending();
         self.take_flags();
@@ -432,7 +490,7 @@ impl Runtime {
     pub fn next_timeout(&self) -> Option<Duration> {
         let mut core = self.core.borrow_mut();
         let sh = &mut core.shared;
-        if !sh.pending.is_empty() || !sh.dirty.is_empty() {
+        if !sh.pending.is_empty() || !sh.dirty.is_empty() || self.postbox.has_mail() {
             return Some(Duration::ZERO);
         }
         let now = Instant::now();
@@ -522,6 +580,7 @@ impl AsFd for Runtime {
 
 impl Drop for Runtime {
     fn drop(&mut self) {
+        self.postbox.stop();
         let _active = ActiveGuard::enter(&self.core);
         self.close_everything(abi::LOOPD_REASON_SHUTDOWN);
         listener::close_all(&mut self.core.borrow_mut());

@@ -432,6 +432,13 @@ pub(crate) fn connect_unix(path: &Path) -> io::Result<OwnedFd> {
     Ok(fd)
 }
 
+/// Shuts down the sending side of a connected stream socket (the peer
+/// reads EOF; reading goes on).
+pub(crate) fn shutdown_write(fd: RawFd) -> io::Result<()> {
+    // SAFETY: plain values only.
+    cvt(unsafe { libc::shutdown(fd, libc::SHUT_WR) }).map(drop)
+}
+
 /// Whether an accept error means "out of descriptors or memory": back off.
 pub(crate) fn is_resource_exhaustion(e: &io::Error) -> bool {
     matches!(

@@ -46,6 +46,8 @@ pub(crate) enum TimerKind {
 struct Entry {
     deadline: Instant,
     kind: TimerKind,
+    /// A repeating timer's interval (at least 1 ms).
+    interval: Option<Duration>,
 }
 
 /// Pending timers.
@@ -69,7 +71,28 @@ impl Timers {
     }
 
     pub(crate) fn set(&mut self, deadline: Instant, kind: TimerKind) -> u64 {
-        let id = self.entries.insert_with(|_| Entry { deadline, kind });
+        self.insert(deadline, kind, None)
+    }
+
+    /// A timer that fires at `deadline`, then every `interval` after it
+    /// (drift-free: each deadline is the previous one plus `interval`), with
+    /// the same id until cancelled. `interval` must be non-zero.
+    pub(crate) fn set_repeating(
+        &mut self,
+        deadline: Instant,
+        interval: Duration,
+        kind: TimerKind,
+    ) -> u64 {
+        debug_assert!(!interval.is_zero());
+        self.insert(deadline, kind, Some(interval))
+    }
+
+    fn insert(&mut self, deadline: Instant, kind: TimerKind, interval: Option<Duration>) -> u64 {
+        let id = self.entries.insert_with(|_| Entry {
+            deadline,
+            kind,
+            interval,
+        });
         self.heap.push(Reverse((deadline, id)));
         id
     }
@@ -105,14 +128,37 @@ impl Timers {
         None
     }
 
-    /// Removes and returns one timer due at or before `now`.
+    /// Removes and returns one timer due at or before `now`. A repeating
+    /// timer is not removed but moved to its next deadline after `now`
+    /// (ticks it missed are skipped, not bunched); [`Timers::get`] then
+    /// still finds it.
     pub(crate) fn pop_due(&mut self, now: Instant) -> Option<(u64, TimerKind)> {
         let deadline = self.next_deadline()?;
         if deadline > now {
             return None;
         }
         let Reverse((_, id)) = self.heap.pop()?;
-        self.entries.remove(id).map(|e| (id, e.kind))
+        let entry = self.entries.get_mut(id)?;
+        let Some(interval) = entry.interval else {
+            return self.entries.remove(id).map(|e| (id, e.kind));
+        };
+        let kind = entry.kind;
+        let behind = now.duration_since(deadline).as_nanos() / interval.as_nanos();
+        let steps = u32::try_from(behind + 1).unwrap_or(u32::MAX);
+        let next = interval
+            .checked_mul(steps)
+            .and_then(|d| deadline.checked_add(d));
+        match next {
+            Some(next) => {
+                entry.deadline = next;
+                self.heap.push(Reverse((next, id)));
+            }
+            // Past what the clock can hold: it has fired its last.
+            None => {
+                self.entries.remove(id);
+            }
+        }
+        Some((id, kind))
     }
 
     /// Cancels every timer matching `pred` (e.g. an instance's, at teardown).
@@ -152,6 +198,27 @@ mod tests {
             .map(|(_, k)| k)
             .collect();
         assert_eq!(due, vec![handler(2), handler(3)]);
+        assert_eq!(t.len(), 0);
+    }
+
+    #[test]
+    fn repeating_timers_keep_their_id_and_do_not_drift() {
+        let t0 = Instant::now();
+        let ms = Duration::from_millis;
+        let mut t = Timers::new();
+        let id = t.set_repeating(t0 + ms(10), ms(10), handler(7));
+        assert_eq!(t.pop_due(t0 + ms(9)), None);
+        // Late by 3 ms: the next deadline is still t0 + 20, not t0 + 23.
+        assert_eq!(t.pop_due(t0 + ms(13)), Some((id, handler(7))));
+        assert_eq!(t.pop_due(t0 + ms(13)), None, "once per deadline");
+        assert_eq!(t.next_deadline(), Some(t0 + ms(20)));
+        // Stuck for 55 ms: one tick, and the missed ones are skipped.
+        assert_eq!(t.pop_due(t0 + ms(75)), Some((id, handler(7))));
+        assert_eq!(t.pop_due(t0 + ms(75)), None);
+        assert_eq!(t.next_deadline(), Some(t0 + ms(80)));
+        assert_eq!(t.get(id), Some(handler(7)), "still pending");
+        assert!(t.cancel(id));
+        assert_eq!(t.pop_due(t0 + ms(1000)), None);
         assert_eq!(t.len(), 0);
     }
 

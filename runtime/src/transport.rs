@@ -53,6 +53,13 @@ impl Transport {
         }
     }
 
+    /// Shuts down the sending side (half-close); reading goes on.
+    pub(crate) fn shutdown_write(&mut self) -> io::Result<()> {
+        match self {
+            Transport::Plain(fd) => sys::shutdown_write(fd.as_raw_fd()),
+        }
+    }
+
     /// The descriptor the poller watches.
     pub(crate) fn fd(&self) -> BorrowedFd<'_> {
         match self {

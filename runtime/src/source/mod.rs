@@ -4,13 +4,15 @@
 //! system calls and bookkeeping, and returns (or queues, in
 //! `Shared::pending`) what the dispatcher must deliver to the handler: a
 //! stream connection (`stream`, with its output queue in `queue`), a
-//! listener (`listener`), a datagram socket (`datagram`). None of them
+//! listener (`listener`), a datagram socket (`datagram`), a descriptor a
+//! handler watches (`watch`). None of them
 //! calls a hook; `dispatch.rs` does, through `hooks.rs`.
 
 pub(crate) mod datagram;
 pub(crate) mod listener;
 pub(crate) mod queue;
 pub(crate) mod stream;
+pub(crate) mod watch;
 
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, RawFd};
 use std::os::unix::net::UnixStream;
@@ -23,6 +25,8 @@ pub(crate) enum Source {
     Datagram(datagram::Datagram),
     /// The read end of the signal self-pipe.
     Signal(UnixStream),
+    /// A descriptor a handler owns (ABI 1.3 `watch_fd`).
+    Watch(watch::Watch),
 }
 
 impl Source {
@@ -34,6 +38,9 @@ impl Source {
             Source::Stream(c) => c.io.as_ref().map(|t| t.fd()),
             Source::Datagram(d) => Some(d.sock.as_fd()),
             Source::Signal(s) => Some(s.as_fd()),
+            // Registered and removed by `watch.rs` itself, after checking
+            // the descriptor is still the handler's.
+            Source::Watch(_) => None,
         }
     }
 

@@ -64,6 +64,27 @@ pub(crate) enum Phase {
     Closed,
 }
 
+/// Where a half-close (`shutdown_write`) is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum ShutWrite {
+    /// Not asked for.
+    No,
+    /// Asked for: done once the output queue is flushed.
+    Pending,
+    /// The sending side is shut down.
+    Done,
+}
+
+/// What an outbound connection may set for itself (`connect_with`);
+/// `None` keeps the instance's.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub(crate) struct ConnOptions {
+    pub(crate) framing: Option<FramingKind>,
+    pub(crate) max_frame: Option<usize>,
+    pub(crate) high_watermark: Option<usize>,
+    pub(crate) low_watermark: Option<usize>,
+}
+
 /// A connection whose `on_close` is due, released from its socket.
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct Released {
@@ -111,6 +132,10 @@ pub(crate) struct Conn {
     eof_done: bool,
     /// Input is paused because the output queue reached the high watermark.
     paused: bool,
+    /// Input is paused by the handler (`pause_read`).
+    held: bool,
+    /// Half-close asked for (`shutdown_write`), and whether it is done.
+    shut_write: ShutWrite,
     /// A send returned AGAIN: `on_writable` is owed once below the low watermark.
     want_writable: bool,
     /// The (readable, writable) interest registered with the poller.
@@ -165,6 +190,8 @@ impl Conn {
             read_eof: false,
             eof_done: false,
             paused: false,
+            held: false,
+            shut_write: ShutWrite::No,
             want_writable: false,
             interest: (false, false),
             close_reason: 0,
@@ -199,7 +226,7 @@ impl Conn {
 
     /// Whether frames may be handed to the handler now.
     fn can_deliver(&self) -> bool {
-        self.phase == Phase::Open && self.opened && !self.paused
+        self.phase == Phase::Open && self.opened && !self.paused && !self.held
     }
 
     /// The interest this connection needs now.
@@ -207,7 +234,7 @@ impl Conn {
         match self.phase {
             Phase::Connecting => (false, true),
             Phase::Open => (
-                !self.paused && !self.read_eof,
+                !self.paused && !self.held && !self.read_eof,
                 // An empty queue with `on_writable` owed: a `send_file`
                 // the kernel did not take all of waits for the socket.
                 (!self.outq.is_empty() && !self.deferred)
@@ -265,6 +292,78 @@ impl Conn {
             endpoint: self.endpoint.as_ptr(),
         };
         Some((info, self.endpoint.clone()))
+    }
+}
+
+impl Conn {
+    // ---------------------------------------------------------------------
+    // Flow control (ABI 1.3)
+    // ---------------------------------------------------------------------
+
+    /// The host's `pause_read`: no more input until `resume_read`.
+    pub(crate) fn pause_read(&mut self, id: u64, sh: &mut Shared) -> i32 {
+        if matches!(self.phase, Phase::Closing | Phase::Closed) {
+            return abi::LOOPD_ERR_CLOSED;
+        }
+        self.held = true;
+        self.update_interest(id, sh);
+        abi::LOOPD_OK
+    }
+
+    /// The host's `resume_read`: frames already buffered are delivered
+    /// after the current hook, and reading goes on.
+    pub(crate) fn resume_read(&mut self, id: u64, sh: &mut Shared) -> i32 {
+        if matches!(self.phase, Phase::Closing | Phase::Closed) {
+            return abi::LOOPD_ERR_CLOSED;
+        }
+        if self.held {
+            self.held = false;
+            sh.pending.push_back(Deferred::Input(id));
+            self.update_interest(id, sh);
+        }
+        abi::LOOPD_OK
+    }
+
+    /// The host's `shutdown_write`: half-close once the queue is flushed.
+    pub(crate) fn shutdown_write(&mut self, id: u64, sh: &mut Shared) -> i32 {
+        if matches!(self.phase, Phase::Closing | Phase::Closed) {
+            return abi::LOOPD_ERR_CLOSED;
+        }
+        if self.shut_write == ShutWrite::No {
+            self.shut_write = ShutWrite::Pending;
+            self.finish_shutdown_write(id, sh);
+        }
+        abi::LOOPD_OK
+    }
+
+    /// Shuts the sending side down if a half-close is pending and nothing
+    /// is left to write.
+    pub(crate) fn finish_shutdown_write(&mut self, id: u64, sh: &mut Shared) {
+        if self.shut_write != ShutWrite::Pending
+            || self.phase != Phase::Open
+            || !self.outq.is_empty()
+        {
+            return;
+        }
+        let Some(io) = &mut self.io else { return };
+        match io.shutdown_write() {
+            Ok(()) => {
+                self.shut_write = ShutWrite::Done;
+                // Nothing more to write: an on_writable owed by an earlier
+                // AGAIN would only invite a send that fails.
+                self.want_writable = false;
+                self.update_interest(id, sh);
+            }
+            Err(e) => {
+                log::debug!("{}: shutdown(SHUT_WR) of connection {id}: {e}", self.name());
+                self.begin_close(id, sh, true, abi::LOOPD_REASON_ERROR);
+            }
+        }
+    }
+
+    /// Whether sends are refused because the sending side is (being) shut.
+    pub(crate) fn write_shut(&self) -> bool {
+        self.shut_write != ShutWrite::No
     }
 }
 
@@ -367,9 +466,15 @@ impl Conn {
     }
 }
 
-/// The host's `connect`: starts an outbound connection for `instance`; the
-/// result arrives as `on_open` or `on_close`.
-pub(crate) fn connect(core: &mut Core, instance: InstanceId, url: &str) -> Result<u64, i32> {
+/// The host's `connect` (and `connect_with`): starts an outbound
+/// connection for `instance`, with the instance's settings except what
+/// `options` sets; the result arrives as `on_open` or `on_close`.
+pub(crate) fn connect(
+    core: &mut Core,
+    instance: InstanceId,
+    url: &str,
+    options: ConnOptions,
+) -> Result<u64, i32> {
     if core.shared.shutdown_deadline.is_some() {
         return Err(abi::LOOPD_ERR_CLOSED);
     }
@@ -393,6 +498,12 @@ pub(crate) fn connect(core: &mut Core, instance: InstanceId, url: &str) -> Resul
     let endpoint = crate::source::listener::cstr(target.to_string());
     let inst = core.instances.get(instance).ok_or(abi::LOOPD_ERR_INVALID)?;
     let name = inst.name().to_string();
+    let s = &inst.settings;
+    let high = options.high_watermark.unwrap_or(s.high_watermark);
+    let low = options.low_watermark.unwrap_or(s.low_watermark);
+    if low >= high || options.max_frame.is_some_and(|m| m == 0 || m > 1 << 30) {
+        return Err(abi::LOOPD_ERR_INVALID);
+    }
     let new = |fd: Option<OwnedFd>| {
         let mut conn = Conn::new(
             instance,
@@ -406,6 +517,10 @@ pub(crate) fn connect(core: &mut Core, instance: InstanceId, url: &str) -> Resul
             endpoint.clone(),
         );
         conn.known = true;
+        conn.framing = options.framing.unwrap_or(conn.framing);
+        conn.max_frame = options.max_frame.unwrap_or(conn.max_frame);
+        conn.high_watermark = high;
+        conn.low_watermark = low;
         conn
     };
     let id = match result {

@@ -26,7 +26,7 @@ impl Conn {
 
     /// `send`/`sendv`: all of `parts` or nothing.
     pub(crate) fn send(&mut self, id: u64, sh: &mut Shared, parts: &[&[u8]]) -> i32 {
-        if matches!(self.phase, Phase::Closing | Phase::Closed) {
+        if matches!(self.phase, Phase::Closing | Phase::Closed) || self.write_shut() {
             return abi::LOOPD_ERR_CLOSED;
         }
         let total: usize = parts.iter().map(|p| p.len()).sum();
@@ -146,6 +146,9 @@ impl Conn {
             }
             Phase::Closing | Phase::Closed => return Err(abi::LOOPD_ERR_CLOSED),
         }
+        if self.write_shut() {
+            return Err(abi::LOOPD_ERR_CLOSED);
+        }
         if len == 0 {
             return Ok(0);
         }
@@ -253,6 +256,7 @@ impl Conn {
         if self.phase == Phase::Closing && self.outq.is_empty() {
             sh.pending.push_back(Deferred::Close(id));
         }
+        self.finish_shutdown_write(id, sh);
         self.update_interest(id, sh);
     }
 }
