@@ -93,8 +93,8 @@ fn a_scripted_conversation_covers_every_command() {
     // /me goes to everyone else too.
     b.expect_reply("/me", "! usage: /me ACTION");
     b.send("/me waves at everyone");
-    a.expect("* bob waves at everyone");
-    c.expect("* bob waves at everyone");
+    a.expect("+ bob waves at everyone");
+    c.expect("+ bob waves at everyone");
     b.expect_quiet();
 
     // /who is sorted; /join leaves one room for another (created on demand,
@@ -169,8 +169,8 @@ fn a_scripted_conversation_covers_every_command() {
     a.expect_reply("/x", "! unknown command /x (try /help)");
     a.expect_reply("/Dance wildly", "! unknown command /Dance (try /help)");
     a.expect_reply("/", "! unknown command / (try /help)");
-    a.expect_reply("/who is there", "! usage: /who");
-    a.expect_reply("/rooms all", "! usage: /rooms");
+    a.expect_reply("/who is there", "! usage: /who [FROM]");
+    a.expect_reply("/rooms all of them", "! usage: /rooms [FROM]");
     a.expect_reply("/help me", "! usage: /help");
     a.expect_reply("/quit now", "! usage: /quit");
     a.expect_reply("/WHO", "* online in Dev: alice, bobby, guest-4");
