@@ -32,6 +32,12 @@ listen = ["tcp://127.0.0.1:0"]
     )
 }
 
+/// `[handler.config]` keys that turn chat's per-sender rate limit off: for
+/// tests that flood from one client on purpose (to fill a slow consumer's
+/// queue, or to load the fan-out), which the limit would otherwise hold
+/// back to 10 lines a second. tests/rel_chat_flood.rs tests the limit.
+pub const UNLIMITED: &str = "rate_lines = 0\nrate_bytes = 0\n";
+
 /// The chat `[[handler]]` table of the shipped examples/loopd.toml, up to
 /// the next table of another handler, listening on an ephemeral port
 /// instead of 7001 (so tests can run side by side).
