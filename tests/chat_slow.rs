@@ -155,18 +155,6 @@ fn flood(
     }
 }
 
-/// CPU time (user + system) a process has used so far.
-fn cpu_time(pid: i32) -> Duration {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
-    // Fields after the command name (which may hold spaces) start at 3.
-    let rest = &stat[stat.rfind(')').unwrap() + 2..];
-    let fields: Vec<&str> = rest.split(' ').collect();
-    let ticks: u64 = fields[11].parse::<u64>().unwrap() + fields[12].parse::<u64>().unwrap();
-    // SAFETY: sysconf has no preconditions.
-    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as u64;
-    Duration::from_millis(ticks * 1000 / hz)
-}
-
 /// Whether loopd logged `needle` yet (no waiting).
 fn logged(loopd: &Loopd, needle: &str) -> bool {
     loopd.wait_for_log(needle, Duration::ZERO)
