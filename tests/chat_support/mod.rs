@@ -281,6 +281,17 @@ impl Fleet {
         self.clients[i].closed
     }
 
+    /// Closes client `i`'s connection (a FIN: the server sees EOF) and takes
+    /// it out of the poller; nothing more is read from it.
+    pub fn close(&mut self, i: usize) {
+        let c = &mut self.clients[i];
+        if !c.closed {
+            c.closed = true;
+            let _ = self.poller.delete(&c.stream);
+            let _ = c.stream.shutdown(std::net::Shutdown::Both);
+        }
+    }
+
     /// Bytes queued on client `i` that the kernel has not taken yet.
     pub fn unsent(&self, i: usize) -> usize {
         self.clients[i].outbuf.len()
