@@ -181,6 +181,12 @@ fn flood(
     flooder.expect_reply("/rooms", &format!("* rooms: lobby ({})", READERS + 1));
 
     let stop = Arc::new(AtomicBool::new(false));
+    // Kept open until every reader is done: one that finishes first must
+    // not make the others hear it leave.
+    let _kept: Vec<TcpStream> = readers
+        .iter()
+        .map(|(s, _)| s.try_clone().unwrap())
+        .collect();
     let threads: Vec<_> = readers
         .into_iter()
         .map(|(s, pending)| {
@@ -337,6 +343,12 @@ fn a_flooding_sender_is_held_to_the_rate_and_twenty_500_kbps_readers_keep_everyt
 fn without_the_rate_limit_the_same_flood_cuts_readers_off() {
     // The control: the same flood, the limit off. Readers fall behind and
     // are cut off as slow consumers; the flood stops at the first one.
+    if valgrind() {
+        // Under valgrind loopd relays too slowly to outrun a 500 kB/s
+        // reader: there is no pressure to show.
+        eprintln!("skipped under LOOPD_VALGRIND=1: loopd is too slow there to flood anyone");
+        return;
+    }
     let config = chat_config("max_frame = 4096", UNLIMITED);
     let duration = tier(Duration::from_secs(20), Duration::from_secs(20));
     let cut = |l: &Loopd| l.logs().contains("disconnecting slow consumer");
