@@ -329,8 +329,9 @@ fn a_flooding_sender_is_held_to_the_rate_and_twenty_500_kbps_readers_keep_everyt
     );
     assert!(accepted <= bound, "{accepted} accepted, over {bound}");
     assert!(o.notices >= 1);
-    // The flood was real: far more than was accepted.
-    assert!(o.sent > 100 * accepted, "sent only {}", o.sent);
+    // The flood was real: far more than was accepted (600 times in a
+    // debug build, 45 times under valgrind).
+    assert!(o.sent > 10 * accepted, "sent only {}", o.sent);
     let logs = o.loopd.logs();
     assert!(!logs.contains("slow consumer"), "{logs}");
     assert!(
