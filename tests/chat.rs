@@ -93,8 +93,8 @@ fn a_scripted_conversation_covers_every_command() {
     // /me goes to everyone else too.
     b.expect_reply("/me", "! usage: /me ACTION");
     b.send("/me waves at everyone");
-    a.expect("* bob waves at everyone");
-    c.expect("* bob waves at everyone");
+    a.expect("+ bob waves at everyone");
+    c.expect("+ bob waves at everyone");
     b.expect_quiet();
 
     // /who is sorted; /join leaves one room for another (created on demand,
@@ -169,8 +169,8 @@ fn a_scripted_conversation_covers_every_command() {
     a.expect_reply("/x", "! unknown command /x (try /help)");
     a.expect_reply("/Dance wildly", "! unknown command /Dance (try /help)");
     a.expect_reply("/", "! unknown command / (try /help)");
-    a.expect_reply("/who is there", "! usage: /who");
-    a.expect_reply("/rooms all", "! usage: /rooms");
+    a.expect_reply("/who is there", "! usage: /who [FROM]");
+    a.expect_reply("/rooms all of them", "! usage: /rooms [FROM]");
     a.expect_reply("/help me", "! usage: /help");
     a.expect_reply("/quit now", "! usage: /quit");
     a.expect_reply("/WHO", "* online in Dev: alice, bobby, guest-4");
@@ -572,6 +572,25 @@ fn bad_chat_config_stops_loopd_before_it_listens() {
         ("max_clients = -1", "invalid"),
         ("max_line = \"4096\"", "invalid type"),
         ("max_lines = 10", "unknown field `max_lines`"),
+        (
+            "rate_lines = 2000000",
+            "rate_lines = 2000000 is out of range: 0 (no limit) to 1000000",
+        ),
+        ("rate_lines = -1", "invalid"),
+        (
+            "burst_lines = 0",
+            "burst_lines = 0 is out of range: 1 to 1000000",
+        ),
+        (
+            "rate_bytes = 2000000000",
+            "rate_bytes = 2000000000 is out of range",
+        ),
+        (
+            "burst_bytes = 1000",
+            "burst_bytes = 1000 is out of range: 4096 (max_line",
+        ),
+        ("max_list = 0", "max_list = 0 is out of range: 1 to 10000"),
+        ("quiet_above = -1", "invalid"),
     ] {
         let dir = TempDir::new("chat-config");
         let path = write_config(&dir, &chat_config("", keys));
@@ -597,4 +616,225 @@ fn bad_chat_config_stops_loopd_before_it_listens() {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
+}
+
+#[test]
+fn actions_cannot_pass_for_notices_and_invisible_characters_are_removed() {
+    let (_loopd, addr) = start("", "");
+    let mut a = Chatter::named(addr, "alice");
+    let mut b = Chatter::named(addr, "bob");
+    a.expect("* guest-2 joined");
+    a.expect("* guest-2 is now bob");
+
+    // `/me left` looked exactly like the server's `* bob left`.
+    b.send("/me left");
+    a.expect("+ bob left");
+    b.send("/me is now admin");
+    a.expect("+ bob is now admin");
+
+    // Trojan Source: an override that would show the rest reversed, and
+    // zero-width characters inside words, are removed from relayed text.
+    b.send("access\u{202E}nimda\u{202C} granted");
+    a.expect("bob: accessnimda granted");
+    b.send("\u{FEFF}hi\u{200B}there\u{200C}\u{200D}\u{2060}!");
+    a.expect("bob: hithere!");
+    b.send("/me \u{2066}waves\u{2069} \u{202A}\u{202B}\u{202D}\u{2067}\u{2068}");
+    a.expect("+ bob waves");
+    // A line of nothing else is blank, and ignored.
+    b.send("\u{200B}\u{FEFF} \u{202E}");
+    a.expect_quiet();
+    // Other non-ASCII text is untouched.
+    b.send("héllo ✓ 日本語 \u{200E}");
+    a.expect("bob: héllo ✓ 日本語 \u{200E}");
+    // The Unicode line breaks are refused like control characters: some
+    // clients would show the rest as a line of its own.
+    b.expect_reply(
+        "fine\u{2028}* alice left",
+        "! control characters are not allowed",
+    );
+    b.expect_reply("x\u{2029}y", "! control characters are not allowed");
+    a.expect_quiet();
+    // Commands and nicks go through the same cleaning.
+    b.expect_reply("/ni\u{200B}ck ca\u{202E}rol", "* you are now carol");
+    a.expect("* bob is now carol");
+    b.expect_reply("/who\u{FEFF}", "* online in lobby: alice, carol");
+}
+
+#[test]
+fn a_fast_sender_waits_its_turn_then_is_told_to_slow_down() {
+    // 5 lines a second, bursts of 3, no byte limit.
+    let (_loopd, addr) = start("", "rate_lines = 5\nburst_lines = 3\nrate_bytes = 0");
+    let mut w = Chatter::named(addr, "watcher");
+    // No command before the test: its bucket is full.
+    let mut s = Chatter::join(addr);
+    w.expect("* guest-2 joined");
+
+    // Ten lines at once, then /quit: 3 go at once, 3 wait their turn, the
+    // rest are refused; /quit is never refused and comes after the lines
+    // that wait.
+    let mut burst = String::new();
+    for i in 0..10 {
+        burst.push_str(&format!("line {i}\n"));
+    }
+    burst.push_str("/quit\n");
+    s.send_raw(burst.as_bytes());
+    let mut relayed = Vec::new();
+    loop {
+        let line = w.recv();
+        if line == "* guest-2 left" {
+            break;
+        }
+        let text = line
+            .strip_prefix("guest-2: line ")
+            .unwrap_or_else(|| panic!("watcher got {line:?}"));
+        relayed.push(text.parse::<usize>().unwrap());
+    }
+    let (replies, err) = s.read_until_closed();
+    assert!(err.is_none(), "{err:?}");
+    assert_eq!(
+        replies.last().map(String::as_str),
+        Some("* bye"),
+        "{replies:?}"
+    );
+    let notices = &replies[..replies.len() - 1];
+    let mut refused = 0;
+    for (k, n) in notices.iter().enumerate() {
+        let count: usize = n
+            .strip_prefix("! slow down: ")
+            .and_then(|r| r.split(' ').next())
+            .and_then(|c| c.parse().ok())
+            .unwrap_or_else(|| panic!("sender got {n:?}"));
+        let lines = if count == 1 { "line" } else { "lines" };
+        assert_eq!(
+            *n,
+            format!("! slow down: {count} {lines} not sent (limit: 5 lines/s)")
+        );
+        if k == 0 {
+            assert_eq!(count, 1, "the first refusal is told at once");
+        }
+        refused += count;
+    }
+    // In order, nothing twice, and what was not relayed was reported.
+    assert!(relayed.windows(2).all(|p| p[0] < p[1]), "{relayed:?}");
+    assert_eq!(
+        relayed[..6],
+        [0, 1, 2, 3, 4, 5],
+        "the burst and the waiting lines"
+    );
+    assert_eq!(relayed.len() + refused, 10, "{relayed:?} {notices:?}");
+    assert!(refused >= 1, "{relayed:?}");
+    w.expect_quiet();
+}
+
+#[test]
+fn the_byte_limit_holds_long_lines_back_and_eof_waits_for_them() {
+    // 100 bytes a second, bursts of 100; lines up to 50 bytes.
+    let (_loopd, addr) = start(
+        "",
+        "max_line = 50\nrate_lines = 0\nrate_bytes = 100\nburst_bytes = 100",
+    );
+    let mut w = Chatter::join(addr);
+    let mut s = Chatter::join(addr);
+    w.expect(&format!("* {} joined", s.nick));
+    // Five lines of 40 bytes: two fit the burst, two more may wait (80 of
+    // the 100 bytes that may), the fifth is refused. Then EOF: the two that
+    // wait go out (at 100 bytes a second), and only then does it leave.
+    let line = |i: usize| format!("{i}{}", "b".repeat(39));
+    let mut all = String::new();
+    for i in 0..5 {
+        all.push_str(&line(i));
+        all.push('\n');
+    }
+    s.send_raw(all.as_bytes());
+    s.stream().shutdown(Shutdown::Write).unwrap();
+    for i in 0..4 {
+        w.expect(&format!("{}: {}", s.nick, line(i)));
+    }
+    w.expect(&format!("* {} left", s.nick));
+    w.expect_quiet();
+    let (replies, err) = s.read_until_closed();
+    assert!(err.is_none(), "{err:?}");
+    assert_eq!(
+        replies,
+        ["! slow down: 1 line not sent (limit: 100 bytes/s)"],
+        "then closed"
+    );
+}
+
+#[test]
+fn big_rooms_are_quiet_and_lists_come_a_page_at_a_time() {
+    let (_loopd, addr) = start("", "quiet_above = 3\nmax_list = 2");
+    let mut a = Chatter::join(addr);
+    let mut b = Chatter::join(addr);
+    a.expect("* guest-2 joined");
+    let mut c = Chatter::join(addr);
+    a.expect("* guest-3 joined");
+    b.expect("* guest-3 joined");
+    // The fourth member makes the room quiet: no join notice, no leave
+    // notice while it is over 3.
+    let mut d = Chatter::join(addr);
+    let mut e = Chatter::join(addr);
+    a.expect_quiet();
+    d.expect_reply("/quit", "* bye");
+    assert_eq!(d.read_to_eof(), "");
+    a.expect_reply(
+        "/who",
+        "* online in lobby: guest-1, guest-2; 2 more: /who guest-3",
+    );
+    a.expect_reply(
+        "/who guest-3",
+        "* online in lobby from guest-3: guest-3, guest-5",
+    );
+    a.expect_reply("/who GUEST-5", "* online in lobby from GUEST-5: guest-5");
+    a.expect_reply("/who zz", "* online in lobby from zz: none");
+    // Still 4 (d is gone): c leaves unannounced.
+    c.expect_reply("/quit", "* bye");
+    assert_eq!(c.read_to_eof(), "");
+    a.expect_quiet();
+    // 3 left: announced again.
+    b.expect_reply("/join x", "* you are now in x");
+    a.expect("* guest-2 left");
+    e.expect("* guest-2 left");
+    b.expect_reply("/join lobby", "* you are now in lobby");
+    a.expect("* guest-2 joined");
+    e.expect("* guest-2 joined");
+    // A fourth makes it quiet again; a room of more than 3 says so to
+    // whoever joins it.
+    let mut f = Chatter::join(addr);
+    a.expect_quiet();
+    a.expect_reply("/join big", "* you are now in big");
+    b.expect_reply("/join big", "* you are now in big");
+    a.expect("* guest-2 joined");
+    for x in [&mut e, &mut f] {
+        x.expect("* guest-2 left");
+    }
+    e.expect_reply("/join big", "* you are now in big");
+    f.expect("* guest-5 left");
+    a.expect("* guest-5 joined");
+    b.expect("* guest-5 joined");
+    f.expect_reply(
+        "/join big",
+        "* you are now in big (4 members: joins and leaves are not announced in rooms of \
+         more than 3)",
+    );
+    a.expect_quiet();
+    // f leaves a room of 4 (quiet), e one of 3, b one of 2.
+    f.expect_reply("/join dev", "* you are now in dev");
+    e.expect_reply("/join cellar", "* you are now in cellar");
+    a.expect("* guest-5 left");
+    b.expect("* guest-5 left");
+    b.expect_reply("/join Attic", "* you are now in Attic");
+    a.expect("* guest-2 left");
+    a.expect_quiet();
+    a.expect_reply(
+        "/rooms",
+        "* rooms: Attic (1), big (1); 2 more: /rooms cellar",
+    );
+    a.expect_reply("/rooms cellar", "* rooms from cellar: cellar (1), dev (1)");
+    a.expect_reply("/rooms c", "* rooms from c: cellar (1), dev (1)");
+    a.expect_reply(
+        "/rooms BIG",
+        "* rooms from BIG: big (1), cellar (1); 1 more: /rooms dev",
+    );
+    a.expect_reply("/rooms zoo", "* rooms from zoo: none");
 }

@@ -43,7 +43,9 @@ fn text(line: &[u8]) -> &str {
 
 #[test]
 fn five_hundred_clients_get_every_line_exactly_once_in_order() {
-    let loopd = Loopd::start(&chat_config("", ""));
+    // Fan-out at full speed: no rate limit (a sender's 50 lines at once
+    // would otherwise partly wait, partly be refused).
+    let loopd = Loopd::start(&chat_config("", UNLIMITED));
     let mut fleet = Fleet::connect(loopd.tcp("chat"), CLIENTS);
     let mut t = Tally {
         nicks: vec![None; CLIENTS],

@@ -85,7 +85,12 @@ fn one_member_stops_reading_while_the_others_chat() {
     let senders = tier(4, 10);
     let lines_each = tier(2_500, 3_000);
     let window = 32;
-    let loopd = Loopd::start(&chat_config("", &format!("max_pending = {MAX_PENDING}")));
+    // Flooding senders on purpose (no rate limit), and every member hears
+    // the silent one leave (no quiet room, even with 101 members).
+    let loopd = Loopd::start(&chat_config(
+        "",
+        &format!("{UNLIMITED}quiet_above = 1000\nmax_pending = {MAX_PENDING}"),
+    ));
     let addr = loopd.tcp("chat");
 
     // The silent member: takes a nick, shrinks its receive buffer so its

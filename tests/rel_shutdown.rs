@@ -161,6 +161,10 @@ root = "{}"
 name = "chat"
 plugin = "chat"
 listen = ["tcp://127.0.0.1:0"]
+[handler.config]
+# The speaker floods on purpose: no per-sender rate limit.
+rate_lines = 0
+rate_bytes = 0
 "#,
         root.display()
     );
@@ -346,6 +350,8 @@ output_high_watermark = 65536
 output_low_watermark = 16384
 [handler.config]
 max_pending = 67108864
+rate_lines = 0
+rate_bytes = 0
 "#
     );
     let mut loopd = Loopd::start_with(&config, "info", |_| {});

@@ -44,6 +44,11 @@ listen = ["tcp://127.0.0.1:0"]
 name = "chat"
 plugin = "chat"
 listen = ["tcp://127.0.0.1:0"]
+[handler.config]
+# Each session says 50 lines as fast as the round trips go: no
+# per-sender rate limit (it would make chat sessions wait, not fail).
+rate_lines = 0
+rate_bytes = 0
 
 [[handler]]
 name = "http"

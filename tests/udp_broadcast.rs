@@ -108,6 +108,83 @@ fn prefix_sender_tags_each_datagram_with_its_sender() {
     }
 }
 
+/// Issue 20, item 14: with `prefix_sender`, a 1472-byte datagram went out
+/// as 1490 bytes, over `max_datagram` (1472). The tag now counts: what would
+/// exceed `max_datagram` with it is dropped and counted
+/// (`oversize_prefixed`), never truncated, and nothing sent is larger.
+#[test]
+fn prefix_sender_never_sends_more_than_max_datagram() {
+    const MAX: usize = 1472;
+    let (rx, port) = broadcast_receiver();
+    let loopd = Loopd::start(&relay_config(
+        true,
+        &format!(
+            "broadcast_to = \"127.255.255.255:{port}\"\nprefix_sender = true\n\
+             max_datagram = {MAX}\nrate_per_source = 1000000\nburst = 1000000"
+        ),
+    ));
+    let relay = relay_addr(&loopd);
+    let tx = sender("127.0.0.1:0");
+    let tag = format!("[{}] ", tx.local_addr().unwrap());
+    let fit = MAX - tag.len();
+    // 40 sizes that fit with the tag, the 17 to 19 that only fit without
+    // it (the issue's 1472 among them), and one over max_datagram itself.
+    let sizes: Vec<usize> = (fit - 39..=MAX + 1).collect();
+    let (got, count) = collect_counting(rx, b"END", Duration::from_millis(200));
+    let received = || count.load(std::sync::atomic::Ordering::SeqCst);
+    // Paced by what arrived: only the ones that fit come back, so the
+    // window counts those.
+    for (i, &len) in sizes.iter().enumerate() {
+        tx.send_to(&numbered("p", i, len), relay).unwrap();
+        let fitting = sizes[..=i].iter().filter(|&&l| l <= fit).count();
+        let deadline = Instant::now() + TIMEOUT;
+        while received() + 16 < fitting {
+            assert!(Instant::now() < deadline, "relay stalled at datagram {i}");
+            std::thread::sleep(Duration::from_millis(1));
+        }
+    }
+    tx.send_to(b"END", relay).unwrap();
+    let got = got.join().unwrap();
+    let largest = got.iter().map(|g| g.data.len()).max().unwrap_or(0);
+    let relayed: Vec<&Got> = got.iter().filter(|g| !g.data.ends_with(b"END")).collect();
+    let stats = final_stats(&loopd);
+    let want_relayed = sizes.iter().filter(|&&l| l <= fit).count();
+    let want_prefixed = sizes.iter().filter(|&&l| l > fit && l <= MAX).count();
+    figure("udp_prefix.tag_bytes", tag.len());
+    figure("udp_prefix.largest_sent_bytes", largest);
+    figure("udp_prefix.max_datagram", MAX);
+    figure(
+        "udp_prefix.relayed",
+        format!("{}/{want_relayed}", relayed.len()),
+    );
+    figure("udp_prefix.oversize_prefixed", stats["oversize_prefixed"]);
+    figure("udp_prefix.oversize", stats["oversize"]);
+
+    assert!(
+        largest <= MAX,
+        "sent {largest} bytes, over max_datagram {MAX}"
+    );
+    assert_eq!(relayed.len(), want_relayed, "sizes that fit with the tag");
+    for (i, g) in relayed.iter().enumerate() {
+        let mut want = tag.clone().into_bytes();
+        want.extend_from_slice(&numbered("p", i, sizes[i]));
+        assert!(g.data == want, "datagram {i} ({} bytes) differs", sizes[i]);
+    }
+    assert_eq!(
+        stats["oversize_prefixed"], want_prefixed as u64,
+        "{stats:?}"
+    );
+    assert_eq!(stats["oversize"], 1, "{stats:?}");
+    assert_eq!(stats["relayed"], want_relayed as u64 + 1, "{stats:?}");
+    assert!(
+        loopd.logs().contains(&format!(
+            "over max_datagram ({MAX} bytes) with the sender's [ip:port] tag in front"
+        )),
+        "{}",
+        loopd.logs()
+    );
+}
+
 #[test]
 fn oversize_and_rate_limited_datagrams_are_dropped_counted_and_logged() {
     let (rx, port) = broadcast_receiver();

@@ -32,6 +32,12 @@ listen = ["tcp://127.0.0.1:0"]
     )
 }
 
+/// `[handler.config]` keys that turn chat's per-sender rate limit off: for
+/// tests that flood from one client on purpose (to fill a slow consumer's
+/// queue, or to load the fan-out), which the limit would otherwise hold
+/// back to 10 lines a second. tests/rel_chat_flood.rs tests the limit.
+pub const UNLIMITED: &str = "rate_lines = 0\nrate_bytes = 0\n";
+
 /// The chat `[[handler]]` table of the shipped examples/loopd.toml, up to
 /// the next table of another handler, listening on an ephemeral port
 /// instead of 7001 (so tests can run side by side).
@@ -72,6 +78,18 @@ pub fn status_kib(pid: i32, field: &str) -> usize {
         .find(|l| l.starts_with(&format!("{field}:")))
         .unwrap_or_else(|| panic!("no {field} in /proc/{pid}/status"));
     line.split_whitespace().nth(1).unwrap().parse().unwrap()
+}
+
+/// CPU time a process has used (user + system), from /proc/<pid>/stat.
+pub fn cpu_time(pid: i32) -> Duration {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
+    // Fields after the command name (which may hold spaces) start at 3.
+    let rest = &stat[stat.rfind(')').unwrap() + 2..];
+    let fields: Vec<&str> = rest.split(' ').collect();
+    let ticks: u64 = fields[11].parse::<u64>().unwrap() + fields[12].parse::<u64>().unwrap();
+    // SAFETY: sysconf has no preconditions.
+    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as u64;
+    Duration::from_millis(ticks * 1000 / hz)
 }
 
 /// One chat client over a blocking socket (every read has a timeout).
@@ -261,6 +279,17 @@ impl Fleet {
     /// Whether the server closed client `i`.
     pub fn closed(&self, i: usize) -> bool {
         self.clients[i].closed
+    }
+
+    /// Closes client `i`'s connection (a FIN: the server sees EOF) and takes
+    /// it out of the poller; nothing more is read from it.
+    pub fn close(&mut self, i: usize) {
+        let c = &mut self.clients[i];
+        if !c.closed {
+            c.closed = true;
+            let _ = self.poller.delete(&c.stream);
+            let _ = c.stream.shutdown(std::net::Shutdown::Both);
+        }
     }
 
     /// Bytes queued on client `i` that the kernel has not taken yet.

@@ -4,8 +4,9 @@
 //! Every client starts as `guest-N` in `lobby`. A plain line goes to everyone
 //! else in the room as `nick: text`; commands (`/nick`, `/join`, `/who`,
 //! `/rooms`, `/me`, `/quit`, `/help`) do the rest. Server lines start with
-//! `* ` (notices) or `! ` (errors); every line ends with `\n`. The protocol
-//! and the config keys are documented in `docs/handlers/chat.md`.
+//! `* ` (notices) or `! ` (errors), actions (`/me`) with `+ `; every line
+//! ends with `\n`. The protocol and the config keys are documented in
+//! `docs/handlers/chat.md`.
 //!
 //! ```
 //! use loopd_chat::Config;
@@ -13,6 +14,7 @@
 //! // The `[handler.config]` defaults, and the check `create` runs.
 //! let config = Config::default();
 //! assert_eq!((config.max_line, config.max_pending), (4096, 1 << 20));
+//! assert_eq!((config.rate_lines, config.burst_lines), (10, 20));
 //! assert!(config.validate().is_ok());
 //! let tiny = Config { max_pending: 100, ..Config::default() };
 //! assert!(tiny.validate().unwrap_err().contains("max_pending"));
@@ -30,6 +32,18 @@
 //!   `max_pending`, the recipient is disconnected with a warning naming it.
 //!   Memory per client is therefore at most `max_pending` plus one line,
 //!   whatever `output_high_watermark` is.
+//! - **Senders.** Each client's lines (commands too) pass two token
+//!   buckets, lines and bytes a second (`rate_lines`, `rate_bytes`, with
+//!   bursts `burst_lines`, `burst_bytes`). A line over the rate waits, in
+//!   order, until the buckets allow it (a timer releases it); once a burst's
+//!   worth is waiting, further lines are refused and the sender is told how
+//!   many (`! slow down: N lines not sent`), at most once a second. So one
+//!   client blasting lines costs its room at most the rate, and nobody
+//!   becomes a slow consumer because of it.
+//! - **Rooms.** In a room of more than `quiet_above` members, joins and
+//!   leaves are not announced (announcing them costs the room's size per
+//!   event: quadratic when thousands join at once); `/who` and `/rooms`
+//!   answer at most `max_list` entries at a time, with a cursor to the next.
 //! - **Input** is cut into lines by loopd (`framing = "line"`, chat's
 //!   default), which buffers at most the instance's `max_frame` bytes of an
 //!   unfinished line. A line over `max_frame` is answered from `on_oversize`
@@ -37,6 +51,9 @@
 //!   over `max_line` but within `max_frame` is answered from `on_data`. A
 //!   half-written last line at disconnect reaches `on_partial` and is
 //!   dropped. Any other framing is refused (see [`Chat`]).
+//!
+//! All of this is per member and local to the instance that holds the
+//! connection: nothing needs to be shared to apply it.
 #![warn(
     missing_docs,
     missing_debug_implementations,
@@ -45,19 +62,22 @@
 )]
 #![doc(test(attr(deny(warnings))))]
 
+mod limit;
 mod protocol;
 mod roster;
 
 use std::collections::{HashMap, VecDeque};
 use std::fmt;
 use std::io::Write as _;
+use std::time::Duration;
 
 use loopd_handler_api::{
     CloseMode, CloseReason, ConnId, ConnInfo, Ctx, EofAction, Error, Framing, Handler,
-    OversizeAction,
+    OversizeAction, TimerId,
 };
 use serde::Deserialize;
 
+use limit::{Limiter, Limits, Rate};
 use protocol::{BadLine, Input};
 use roster::{Member, Roster, Taken};
 
@@ -70,11 +90,29 @@ pub const DEFAULT_MAX_LINE: usize = 4096;
 pub const DEFAULT_MAX_PENDING: usize = 1 << 20;
 /// Default `max_clients`.
 pub const DEFAULT_MAX_CLIENTS: usize = 10_000;
+/// Default `rate_lines`: lines a second one client may send.
+pub const DEFAULT_RATE_LINES: u64 = 10;
+/// Default `burst_lines`.
+pub const DEFAULT_BURST_LINES: u64 = 20;
+/// Default `rate_bytes`: bytes a second one client may send.
+pub const DEFAULT_RATE_BYTES: u64 = 16 * 1024;
+/// Default `burst_bytes` (or `max_line`, if that is larger).
+pub const DEFAULT_BURST_BYTES: u64 = 64 * 1024;
+/// Default `quiet_above`: rooms larger than this announce no joins or leaves.
+pub const DEFAULT_QUIET_ABOVE: usize = 100;
+/// Default `max_list`: entries in one `/who` or `/rooms` answer.
+pub const DEFAULT_MAX_LIST: usize = 100;
 
 /// Largest `max_line` accepted (1 MiB, loopd's default `max_frame`).
 pub const MAX_LINE_LIMIT: usize = 1 << 20;
 /// Largest `max_pending` accepted (1 GiB).
 pub const MAX_PENDING_LIMIT: usize = 1 << 30;
+/// Largest `rate_lines` and `burst_lines` accepted.
+pub const MAX_LINES_LIMIT: u64 = 1_000_000;
+/// Largest `rate_bytes` and `burst_bytes` accepted (1 GiB).
+pub const MAX_BYTES_LIMIT: u64 = 1 << 30;
+/// Largest `max_list` accepted.
+pub const MAX_LIST_LIMIT: usize = 10_000;
 /// How much longer than `max_line` a relayed line can get: `* ` or `: `,
 /// a 32-byte nick, a space and `\n`, rounded up.
 const RELAY_OVERHEAD: usize = 64;
@@ -83,9 +121,13 @@ const RELAY_OVERHEAD: usize = 64;
 const PUMP_CHUNK: usize = 64 * 1024;
 /// Held-back output buffers larger than this are freed once empty.
 const KEEP_CAPACITY: usize = 64 * 1024;
-/// At most one "server full" (or "wrong framing") warning per this many
-/// milliseconds.
+/// Buffers of waiting input larger than this are freed once empty.
+const KEEP_WAITING_CAPACITY: usize = 4 * 1024;
+/// At most one "server full" (or "wrong framing", or "rate limit") warning
+/// per this many milliseconds.
 const REFUSAL_LOG_INTERVAL_MS: u64 = 10_000;
+/// At most one `! slow down` notice per client per this many milliseconds.
+const SLOW_DOWN_INTERVAL_MS: u64 = 1_000;
 
 /// The `[handler.config]` table of a chat instance. Unknown keys are errors.
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
@@ -102,6 +144,27 @@ pub struct Config {
     /// Most clients at once; the next one gets `! server full` and is closed.
     /// At least 1.
     pub max_clients: usize,
+    /// Lines a second one client may send, commands included (the refill of
+    /// its line bucket); 0: no limit on lines. At most [`MAX_LINES_LIMIT`].
+    pub rate_lines: u64,
+    /// Lines one client may send at once (the size of its line bucket), and
+    /// how many more may wait their turn before lines are refused. 1 to
+    /// [`MAX_LINES_LIMIT`].
+    pub burst_lines: u64,
+    /// Bytes a second one client may send (the refill of its byte bucket);
+    /// 0: no limit on bytes. At most [`MAX_BYTES_LIMIT`].
+    pub rate_bytes: u64,
+    /// Bytes one client may send at once, and how many more may wait. At
+    /// least `max_line` (so the longest line can pass), at most
+    /// [`MAX_BYTES_LIMIT`]. `None` (the key left out):
+    /// [`DEFAULT_BURST_BYTES`] or `max_line`, whichever is larger.
+    pub burst_bytes: Option<u64>,
+    /// In a room of more than this many members, joins and leaves are not
+    /// announced. 0: never announced.
+    pub quiet_above: usize,
+    /// Most entries in one `/who` or `/rooms` answer; the answer names where
+    /// the next page starts. 1 to [`MAX_LIST_LIMIT`].
+    pub max_list: usize,
 }
 
 impl Default for Config {
@@ -110,6 +173,12 @@ impl Default for Config {
             max_line: DEFAULT_MAX_LINE,
             max_pending: DEFAULT_MAX_PENDING,
             max_clients: DEFAULT_MAX_CLIENTS,
+            rate_lines: DEFAULT_RATE_LINES,
+            burst_lines: DEFAULT_BURST_LINES,
+            rate_bytes: DEFAULT_RATE_BYTES,
+            burst_bytes: None,
+            quiet_above: DEFAULT_QUIET_ABOVE,
+            max_list: DEFAULT_MAX_LIST,
         }
     }
 }
@@ -137,7 +206,71 @@ impl Config {
         if self.max_clients == 0 {
             return Err("max_clients = 0: at least 1 client must be allowed".to_string());
         }
+        if self.rate_lines > MAX_LINES_LIMIT {
+            return Err(format!(
+                "rate_lines = {} is out of range: 0 (no limit) to {MAX_LINES_LIMIT} lines a second",
+                self.rate_lines
+            ));
+        }
+        if !(1..=MAX_LINES_LIMIT).contains(&self.burst_lines) {
+            return Err(format!(
+                "burst_lines = {} is out of range: 1 to {MAX_LINES_LIMIT} lines",
+                self.burst_lines
+            ));
+        }
+        if self.rate_bytes > MAX_BYTES_LIMIT {
+            return Err(format!(
+                "rate_bytes = {} is out of range: 0 (no limit) to {MAX_BYTES_LIMIT} bytes a second",
+                self.rate_bytes
+            ));
+        }
+        let min_burst = self.max_line as u64;
+        if let Some(burst) = self.burst_bytes {
+            if !(min_burst..=MAX_BYTES_LIMIT).contains(&burst) {
+                return Err(format!(
+                    "burst_bytes = {burst} is out of range: {min_burst} (max_line, so the \
+                     longest line can pass) to {MAX_BYTES_LIMIT} bytes"
+                ));
+            }
+        }
+        if !(1..=MAX_LIST_LIMIT).contains(&self.max_list) {
+            return Err(format!(
+                "max_list = {} is out of range: 1 to {MAX_LIST_LIMIT} entries",
+                self.max_list
+            ));
+        }
         Ok(())
+    }
+
+    fn limits(&self) -> Limits {
+        Limits {
+            lines: Rate {
+                per_s: self.rate_lines,
+                burst: self.burst_lines,
+            },
+            bytes: Rate {
+                per_s: self.rate_bytes,
+                burst: self.burst_bytes(),
+            },
+        }
+    }
+
+    /// `burst_bytes`, or its default.
+    pub fn burst_bytes(&self) -> u64 {
+        self.burst_bytes
+            .unwrap_or_else(|| DEFAULT_BURST_BYTES.max(self.max_line as u64))
+    }
+
+    /// The rate limit in words, for `! slow down` and the log.
+    fn limit_text(&self) -> String {
+        let mut parts = Vec::new();
+        if self.rate_lines > 0 {
+            parts.push(format!("{} lines/s", self.rate_lines));
+        }
+        if self.rate_bytes > 0 {
+            parts.push(format!("{} bytes/s", self.rate_bytes));
+        }
+        parts.join(", ")
     }
 }
 
@@ -151,11 +284,16 @@ impl Config {
 #[derive(Debug)]
 pub struct Chat {
     config: Config,
-    roster: Roster<ConnId, Outbox>,
+    limits: Limits,
+    /// `Config::limit_text`, built once.
+    limit_text: String,
+    roster: Roster<ConnId, Client>,
     /// The last `guest-N` number handed out.
     last_guest: u64,
     /// The line being sent, built once per message and reused.
     out: Vec<u8>,
+    /// A waiting line being released, reused.
+    scratch: Vec<u8>,
     /// Members found over `max_pending` while delivering; cut off by `settle`.
     slow: Vec<ConnId>,
     /// Whether the warning about a `max_frame` below `max_line` was logged.
@@ -164,15 +302,17 @@ pub struct Chat {
     refused_full: Refusals,
     /// Connections refused for a framing other than `line`.
     refused_framing: Refusals,
+    /// Lines refused over the rate limit (any client).
+    refused_rate: Refusals,
     /// After shutdown: clients whose output chat still holds (loopd's queue
     /// was at its high watermark). Their output goes out as it drains, and
     /// they are closed once it has; no longer members of any room.
-    leaving: HashMap<ConnId, Outbox>,
+    leaving: HashMap<ConnId, VecDeque<u8>>,
 }
 
-/// Counts refused connections of one kind and says when to log about them:
-/// the first time at once, then at most once per
-/// [`REFUSAL_LOG_INTERVAL_MS`], with the number refused since the last time.
+/// Counts refusals of one kind and says when to log about them: the first
+/// time at once, then at most once per [`REFUSAL_LOG_INTERVAL_MS`], with
+/// the number refused since the last time.
 #[derive(Debug, Default)]
 struct Refusals {
     /// Refused since the last log line.
@@ -197,15 +337,88 @@ impl Refusals {
     }
 }
 
-/// Output for one member that loopd refused because that member's queue was
-/// at its high watermark; written out, in order, on `on_writable`.
-#[derive(Debug, Default)]
-struct Outbox {
-    held: VecDeque<u8>,
+/// What a member asked for while lines of its were waiting: done once they
+/// have all gone.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Then {
+    /// `/quit`: `* bye`, leave, close.
+    Quit,
+    /// The client closed its sending side: leave, close.
+    Eof,
+}
+
+/// What chat keeps for one member.
+#[derive(Debug)]
+struct Client {
+    /// Output loopd refused because the member's queue was at its high
+    /// watermark; written out, in order, on `on_writable`.
+    backlog: VecDeque<u8>,
     /// Already listed in `Chat::slow`.
     flagged: bool,
     /// The peer address, for log lines.
     peer: String,
+    /// The member's rate-limit buckets.
+    limiter: Limiter,
+    /// Lines waiting for the rate limit, in order, each followed by `\n`
+    /// (loopd cut the input at `\n`, so no line holds one).
+    waiting: VecDeque<u8>,
+    /// How many lines `waiting` holds, and their bytes without the `\n`s.
+    waiting_lines: u64,
+    waiting_bytes: u64,
+    /// Lines refused since the last `! slow down`.
+    refused: u64,
+    /// When the last `! slow down` went out.
+    slow_down_ms: Option<u64>,
+    /// The pending timer (releases waiting lines, sends `! slow down`) and
+    /// when it fires.
+    timer: Option<(TimerId, u64)>,
+    /// `/quit` or EOF that came while lines were waiting.
+    then: Option<Then>,
+}
+
+impl Client {
+    fn new(peer: String, limits: &Limits, now: u64) -> Client {
+        Client {
+            backlog: VecDeque::new(),
+            flagged: false,
+            peer,
+            limiter: Limiter::new(limits, now),
+            waiting: VecDeque::new(),
+            waiting_lines: 0,
+            waiting_bytes: 0,
+            refused: 0,
+            slow_down_ms: None,
+            timer: None,
+            then: None,
+        }
+    }
+
+    /// The length of the first waiting line.
+    fn first_waiting_len(&self) -> Option<usize> {
+        if self.waiting_lines == 0 {
+            return None;
+        }
+        self.waiting.iter().position(|&b| b == b'\n')
+    }
+
+    fn push_waiting(&mut self, line: &[u8]) {
+        self.waiting.extend(line);
+        self.waiting.push_back(b'\n');
+        self.waiting_lines += 1;
+        self.waiting_bytes += line.len() as u64;
+    }
+
+    /// Moves the first waiting line into `into` (replacing what was there).
+    fn pop_waiting(&mut self, len: usize, into: &mut Vec<u8>) {
+        into.clear();
+        into.extend(self.waiting.drain(..len));
+        self.waiting.pop_front();
+        self.waiting_lines -= 1;
+        self.waiting_bytes -= len as u64;
+        if self.waiting.is_empty() && self.waiting.capacity() > KEEP_WAITING_CAPACITY {
+            self.waiting = VecDeque::new();
+        }
+    }
 }
 
 /// Per-connection state. loopd cuts the lines (`framing = "line"`), so all
@@ -232,12 +445,12 @@ fn deliver(
     ctx: &Ctx,
     max_pending: usize,
     conn: ConnId,
-    member: &mut Member<Outbox>,
+    member: &mut Member<Client>,
     bytes: &[u8],
     slow: &mut Vec<ConnId>,
 ) {
-    let outbox = &mut member.data;
-    if outbox.held.is_empty() {
+    let client = &mut member.data;
+    if client.backlog.is_empty() {
         match ctx.send(conn, bytes) {
             Ok(()) => {}
             // loopd's queue is at the high watermark: keep the line, in
@@ -248,30 +461,30 @@ fn deliver(
                      queue drains",
                     member.nick
                 ));
-                outbox.held.extend(bytes);
+                client.backlog.extend(bytes);
             }
             // Closing already (an error, or being cut off): on_close
             // follows and takes it out of the roster.
             Err(_) => return,
         }
     } else {
-        outbox.held.extend(bytes);
+        client.backlog.extend(bytes);
     }
     let queued = ctx.output_queued(conn).unwrap_or(0);
-    if queued + outbox.held.len() > max_pending && !outbox.flagged {
-        outbox.flagged = true;
+    if queued + client.backlog.len() > max_pending && !client.flagged {
+        client.flagged = true;
         slow.push(conn);
     }
 }
 
 /// Hands held-back output to loopd while it takes it. With `all`, in one
 /// piece whatever the watermark (used right before closing with a flush).
-fn pump(ctx: &Ctx, conn: ConnId, outbox: &mut Outbox, all: bool) {
-    while !outbox.held.is_empty() {
+fn pump(ctx: &Ctx, conn: ConnId, backlog: &mut VecDeque<u8>, all: bool) {
+    while !backlog.is_empty() {
         let chunk = if all {
-            outbox.held.make_contiguous()
+            backlog.make_contiguous()
         } else {
-            outbox.held.as_slices().0
+            backlog.as_slices().0
         };
         let n = if all {
             chunk.len()
@@ -282,10 +495,10 @@ fn pump(ctx: &Ctx, conn: ConnId, outbox: &mut Outbox, all: bool) {
             // Again: on_writable follows. Closed: nothing more to do.
             break;
         }
-        outbox.held.drain(..n);
+        backlog.drain(..n);
     }
-    if outbox.held.is_empty() && outbox.held.capacity() > KEEP_CAPACITY {
-        outbox.held = VecDeque::new();
+    if backlog.is_empty() && backlog.capacity() > KEEP_CAPACITY {
+        *backlog = VecDeque::new();
     }
 }
 
@@ -345,19 +558,38 @@ impl Chat {
         });
     }
 
-    /// Takes a member out of the roster and tells its room `* nick left`.
-    /// Every way of leaving ends here, and only the first call per member
-    /// does anything: the notice goes out exactly once. `why` is for the log.
+    /// Whether joins and leaves are announced in a room of `members`.
+    fn announced(&self, members: usize) -> bool {
+        members <= self.config.quiet_above
+    }
+
+    /// Takes a member out of the roster and tells its room `* nick left`
+    /// (unless the room is over `quiet_above`). Every way of leaving ends
+    /// here, and only the first call per member does anything: the notice
+    /// goes out at most once. `why` is for the log.
     fn leave(&mut self, ctx: &Ctx, conn: ConnId, why: fmt::Arguments<'_>) {
         let Some(member) = self.roster.remove(conn) else {
             return;
         };
+        let client = &member.data;
+        if let Some((timer, _)) = client.timer {
+            let _ = ctx.cancel_timer(timer);
+        }
+        if client.waiting_lines > 0 {
+            ctx.debug(format_args!(
+                "{} (connection {conn}): {} line(s) still waiting for the rate limit are dropped",
+                member.nick, client.waiting_lines
+            ));
+        }
         ctx.debug(format_args!(
             "{} left (connection {conn}: {why})",
             member.nick
         ));
-        compose(&mut self.out, format_args!("* {} left", member.nick));
-        self.broadcast_out(ctx, &member.room, None);
+        // The room's size before this member left.
+        if self.announced(self.roster.room_len(&member.room) + 1) {
+            compose(&mut self.out, format_args!("* {} left", member.nick));
+            self.broadcast_out(ctx, &member.room, None);
+        }
     }
 
     /// Cuts off every member found over `max_pending`. A cut-off member's
@@ -367,7 +599,7 @@ impl Chat {
             let Some(member) = self.roster.get(conn) else {
                 continue;
             };
-            let pending = ctx.output_queued(conn).unwrap_or(0) + member.data.held.len();
+            let pending = ctx.output_queued(conn).unwrap_or(0) + member.data.backlog.len();
             ctx.warn(format_args!(
                 "disconnecting slow consumer {} (connection {conn}, {}): {pending} bytes of \
                  output pending, over max_pending ({} bytes)",
@@ -408,14 +640,201 @@ impl Chat {
         self.settle(ctx);
     }
 
-    /// One line from a member, within `max_frame` (loopd checked that).
+    /// One line from a member, within `max_frame` (loopd checked that):
+    /// run now if the rate limit allows it and no earlier line is waiting,
+    /// else queued behind them, else refused.
     fn on_line(&mut self, ctx: &Ctx, conn: ConnId, line: &[u8]) {
         if line.len() > self.config.max_line {
             // max_frame is larger than max_line: loopd delivered it whole.
             return self.too_long(ctx, conn, self.config.max_line);
         }
-        match protocol::parse(line) {
-            Ok(input) => self.command(ctx, conn, input),
+        let (blank, quit) = match protocol::clean(line) {
+            Ok(text) => {
+                let input = protocol::parse(&text);
+                (input == Input::Empty, input == Input::Quit)
+            }
+            Err(_) => (false, false),
+        };
+        // Ignored lines cost nothing.
+        if blank || !self.limits.enabled() {
+            return self.run(ctx, conn, line);
+        }
+        let limits = self.limits;
+        let hold_lines = match limits.lines.per_s {
+            0 => u64::MAX,
+            _ => limits.lines.burst,
+        };
+        let hold_bytes = match limits.bytes.per_s {
+            0 => u64::MAX,
+            _ => limits.bytes.burst,
+        };
+        let Some(member) = self.roster.get_mut(conn) else {
+            return;
+        };
+        let client = &mut member.data;
+        if client.then.is_some() {
+            // Only /quit gets here (EOF ends the input): nothing after it.
+            return;
+        }
+        if quit && client.waiting_lines > 0 {
+            // Never refused: it goes once the lines before it have.
+            client.then = Some(Then::Quit);
+            return;
+        }
+        let now = ctx.now_ms();
+        if quit || (client.waiting_lines == 0 && client.limiter.try_take(&limits, line.len(), now))
+        {
+            return self.run(ctx, conn, line);
+        }
+        if client.waiting_lines < hold_lines
+            && client.waiting_bytes + line.len() as u64 <= hold_bytes
+        {
+            client.push_waiting(line);
+            return self.arm(ctx, conn, now);
+        }
+        client.refused += 1;
+        let due = client
+            .slow_down_ms
+            .is_none_or(|t| now.saturating_sub(t) >= SLOW_DOWN_INTERVAL_MS);
+        if let Some(n) = self.refused_rate.count(now) {
+            ctx.info(format_args!(
+                "rate limit ({}): refused {n} line(s), the latest from {} (connection {conn}, {})",
+                self.limit_text, member.nick, client.peer
+            ));
+        }
+        if due {
+            self.slow_down(ctx, conn, now);
+            self.settle(ctx);
+        } else {
+            self.arm(ctx, conn, now);
+        }
+    }
+
+    /// Tells a member how many of its lines were refused since the last
+    /// time (if any were).
+    fn slow_down(&mut self, ctx: &Ctx, conn: ConnId, now: u64) {
+        let Some(member) = self.roster.get_mut(conn) else {
+            return;
+        };
+        let n = std::mem::take(&mut member.data.refused);
+        if n == 0 {
+            return;
+        }
+        member.data.slow_down_ms = Some(now);
+        let lines = if n == 1 { "line" } else { "lines" };
+        let limit = &self.limit_text;
+        compose(
+            &mut self.out,
+            format_args!("! slow down: {n} {lines} not sent (limit: {limit})"),
+        );
+        self.send_out(ctx, conn);
+    }
+
+    /// Sets the member's timer for the first thing due: its first waiting
+    /// line can go, or a `! slow down` can. A timer already set for earlier
+    /// stays.
+    fn arm(&mut self, ctx: &Ctx, conn: ConnId, now: u64) {
+        let limits = self.limits;
+        let Some(member) = self.roster.get_mut(conn) else {
+            return;
+        };
+        let client = &mut member.data;
+        let line_due = client
+            .first_waiting_len()
+            .map(|len| now.saturating_add(client.limiter.wait_ms(&limits, len, now)));
+        let notice_due = (client.refused > 0).then(|| {
+            client
+                .slow_down_ms
+                .map_or(now, |t| t.saturating_add(SLOW_DOWN_INTERVAL_MS))
+        });
+        let Some(due) = line_due.into_iter().chain(notice_due).min() else {
+            return;
+        };
+        if let Some((timer, at)) = client.timer {
+            if at <= due {
+                return;
+            }
+            let _ = ctx.cancel_timer(timer);
+            client.timer = None;
+        }
+        match ctx.set_timer(Duration::from_millis(due.saturating_sub(now)), conn.raw()) {
+            Ok(timer) => client.timer = Some((timer, due)),
+            Err(e) => {
+                // Without a timer nothing would release the lines: let
+                // them go now rather than lose them.
+                ctx.warn(format_args!(
+                    "cannot set a timer ({e}): {}'s waiting lines go now, past the rate limit",
+                    member.nick
+                ));
+                self.release(ctx, conn, true);
+            }
+        }
+    }
+
+    /// Runs the member's waiting lines the rate limit allows now (`force`:
+    /// all of them), then what it asked for after them (`/quit`, EOF) once
+    /// none is left, a `! slow down` if one is due, and sets the timer for
+    /// the rest.
+    fn release(&mut self, ctx: &Ctx, conn: ConnId, force: bool) {
+        let now = ctx.now_ms();
+        let limits = self.limits;
+        loop {
+            let Some(member) = self.roster.get_mut(conn) else {
+                // Cut off while its lines ran.
+                return self.settle(ctx);
+            };
+            let client = &mut member.data;
+            let Some(len) = client.first_waiting_len() else {
+                break;
+            };
+            if !client.limiter.try_take(&limits, len, now) && !force {
+                break;
+            }
+            let mut line = std::mem::take(&mut self.scratch);
+            client.pop_waiting(len, &mut line);
+            self.run(ctx, conn, &line);
+            self.scratch = line;
+        }
+        let Some(member) = self.roster.get_mut(conn) else {
+            return self.settle(ctx);
+        };
+        let client = &mut member.data;
+        if client.waiting_lines == 0 {
+            if let Some(then) = client.then.take() {
+                self.finish(ctx, conn, then);
+                return self.settle(ctx);
+            }
+        }
+        if client.refused > 0
+            && client
+                .slow_down_ms
+                .is_none_or(|t| now.saturating_sub(t) >= SLOW_DOWN_INTERVAL_MS)
+        {
+            self.slow_down(ctx, conn, now);
+        }
+        if !force {
+            self.arm(ctx, conn, now);
+        }
+        self.settle(ctx);
+    }
+
+    /// What a member asked for after its waiting lines, now that they went.
+    fn finish(&mut self, ctx: &Ctx, conn: ConnId, then: Then) {
+        match then {
+            Then::Quit => self.command(ctx, conn, Input::Quit),
+            Then::Eof => {
+                self.slow_down(ctx, conn, ctx.now_ms());
+                self.depart(ctx, conn, format_args!("EOF, after its waiting lines"));
+                // on_eof kept the connection open for them.
+                let _ = ctx.close(conn, CloseMode::Flush);
+            }
+        }
+    }
+
+    /// Runs one line: a command or text for the room, or an error reply.
+    fn run(&mut self, ctx: &Ctx, conn: ConnId, line: &[u8]) {
+        match protocol::clean(line) {
+            Ok(text) => self.command(ctx, conn, protocol::parse(&text)),
             Err(BadLine::NotUtf8) => self.reply(
                 ctx,
                 conn,
@@ -446,7 +865,8 @@ impl Chat {
                 self.tell_room_of(ctx, conn);
             }
             Input::Me(action) => {
-                compose(&mut self.out, format_args!("* {} {action}", member.nick));
+                // `+ `, never `* `: an action cannot pass for a notice.
+                compose(&mut self.out, format_args!("+ {} {action}", member.nick));
                 self.tell_room_of(ctx, conn);
             }
             Input::Nick(nick) => {
@@ -474,46 +894,91 @@ impl Chat {
                     let name = name.unwrap_or(room).to_string();
                     return self.reply(ctx, conn, format_args!("* you are already in {name}"));
                 };
-                compose(&mut self.out, format_args!("* {nick} left"));
-                self.broadcast_out(ctx, &old, None);
-                let name = self
-                    .roster
-                    .room_name(&member_room(&self.roster, conn))
-                    .unwrap_or(room)
-                    .to_string();
-                self.reply(ctx, conn, format_args!("* you are now in {name}"));
-                compose(&mut self.out, format_args!("* {nick} joined"));
-                self.tell_room_of(ctx, conn);
+                if self.announced(self.roster.room_len(&old) + 1) {
+                    compose(&mut self.out, format_args!("* {nick} left"));
+                    self.broadcast_out(ctx, &old, None);
+                }
+                let key = member_room(&self.roster, conn);
+                let name = self.roster.room_name(&key).unwrap_or(room).to_string();
+                let size = self.roster.room_len(&key);
+                if self.announced(size) {
+                    self.reply(ctx, conn, format_args!("* you are now in {name}"));
+                    compose(&mut self.out, format_args!("* {nick} joined"));
+                    self.tell_room_of(ctx, conn);
+                } else {
+                    let quiet_above = self.config.quiet_above;
+                    self.reply(
+                        ctx,
+                        conn,
+                        format_args!(
+                            "* you are now in {name} ({size} members: joins and leaves are not \
+                             announced in rooms of more than {quiet_above})"
+                        ),
+                    );
+                }
             }
-            Input::Who => {
+            Input::Who(from) => {
                 let room = member.room.clone();
-                let Chat { roster, out, .. } = self;
-                out.clear();
+                let Chat {
+                    roster,
+                    out,
+                    config,
+                    ..
+                } = self;
                 let name = roster.room_name(&room).unwrap_or(&room);
-                let _ = write!(out, "* online in {name}: ");
-                for (i, nick) in roster.who(&room).into_iter().enumerate() {
+                out.clear();
+                let _ = write!(out, "* online in {name}");
+                if !from.is_empty() {
+                    let _ = write!(out, " from {from}");
+                }
+                out.extend_from_slice(b": ");
+                let page = roster.who(&room, from, config.max_list);
+                if page.items.is_empty() {
+                    out.extend_from_slice(b"none");
+                }
+                for (i, nick) in page.items.iter().enumerate() {
                     if i > 0 {
                         out.extend_from_slice(b", ");
                     }
                     out.extend_from_slice(nick.as_bytes());
                 }
+                if let Some((next, left)) = page.next {
+                    let _ = write!(out, "; {left} more: /who {next}");
+                }
                 out.push(b'\n');
                 self.send_out(ctx, conn);
             }
-            Input::Rooms => {
-                let Chat { roster, out, .. } = self;
+            Input::Rooms(from) => {
+                let Chat {
+                    roster,
+                    out,
+                    config,
+                    ..
+                } = self;
                 out.clear();
-                out.extend_from_slice(b"* rooms: ");
-                for (i, (name, count)) in roster.rooms().enumerate() {
+                out.extend_from_slice(b"* rooms");
+                if !from.is_empty() {
+                    let _ = write!(out, " from {from}");
+                }
+                out.extend_from_slice(b": ");
+                let page = roster.rooms(from, config.max_list);
+                if page.items.is_empty() {
+                    out.extend_from_slice(b"none");
+                }
+                for (i, (name, count)) in page.items.iter().enumerate() {
                     if i > 0 {
                         out.extend_from_slice(b", ");
                     }
                     let _ = write!(out, "{name} ({count})");
                 }
+                if let Some(((next, _), left)) = page.next {
+                    let _ = write!(out, "; {left} more: /rooms {next}");
+                }
                 out.push(b'\n');
                 self.send_out(ctx, conn);
             }
             Input::Quit => {
+                self.slow_down(ctx, conn, ctx.now_ms());
                 self.reply(ctx, conn, format_args!("* bye"));
                 self.depart(ctx, conn, format_args!("/quit"));
                 let _ = ctx.close(conn, CloseMode::Flush);
@@ -537,14 +1002,14 @@ impl Chat {
     /// told now.
     fn depart(&mut self, ctx: &Ctx, conn: ConnId, why: fmt::Arguments<'_>) {
         if let Some(member) = self.roster.get_mut(conn) {
-            pump(ctx, conn, &mut member.data, true);
+            pump(ctx, conn, &mut member.data.backlog, true);
         }
         self.leave(ctx, conn, why);
     }
 }
 
 /// The room key of a member ("" if it is not one).
-fn member_room(roster: &Roster<ConnId, Outbox>, conn: ConnId) -> String {
+fn member_room(roster: &Roster<ConnId, Client>, conn: ConnId) -> String {
     roster.get(conn).map(|m| m.room.clone()).unwrap_or_default()
 }
 
@@ -558,19 +1023,36 @@ impl Handler for Chat {
 
     fn create(ctx: &Ctx, _instance: &str, config: Config) -> Result<Self, String> {
         config.validate()?;
+        let limit_text = config.limit_text();
         ctx.debug(format_args!(
-            "chat: max_line {} bytes, max_pending {} bytes, max_clients {}",
-            config.max_line, config.max_pending, config.max_clients
+            "chat: max_line {} bytes, max_pending {} bytes, max_clients {}, rate limit {} \
+             (bursts of {} lines, {} bytes), quiet_above {}, max_list {}",
+            config.max_line,
+            config.max_pending,
+            config.max_clients,
+            if limit_text.is_empty() {
+                "off"
+            } else {
+                &limit_text
+            },
+            config.burst_lines,
+            config.burst_bytes(),
+            config.quiet_above,
+            config.max_list
         ));
         Ok(Chat {
+            limits: config.limits(),
+            limit_text,
             config,
             roster: Roster::new(),
             last_guest: 0,
             out: Vec::new(),
+            scratch: Vec::new(),
             slow: Vec::new(),
             noted_small_max_frame: false,
             refused_full: Refusals::default(),
             refused_framing: Refusals::default(),
+            refused_rate: Refusals::default(),
             leaving: HashMap::new(),
         })
     }
@@ -603,13 +1085,10 @@ impl Handler for Chat {
             return Ok(state);
         }
         let nick = self.guest_nick();
-        let outbox = Outbox {
-            peer,
-            ..Outbox::default()
-        };
-        if self.roster.insert(conn, &nick, LOBBY, outbox).is_err() {
+        let client = Client::new(peer, &self.limits, ctx.now_ms());
+        let Ok(room) = self.roster.insert(conn, &nick, LOBBY, client) else {
             return Err(format!("nick {nick} is taken"));
-        }
+        };
         ctx.debug(format_args!("{nick} joined (connection {conn})"));
         self.reply(
             ctx,
@@ -618,8 +1097,10 @@ impl Handler for Chat {
                 "* welcome to loopd chat, you are {nick} in {LOBBY} (/help lists the commands)"
             ),
         );
-        compose(&mut self.out, format_args!("* {nick} joined"));
-        self.tell_room_of(ctx, conn);
+        if self.announced(self.roster.room_len(&room)) {
+            compose(&mut self.out, format_args!("* {nick} joined"));
+            self.tell_room_of(ctx, conn);
+        }
         self.settle(ctx);
         Ok(state)
     }
@@ -667,32 +1148,53 @@ impl Handler for Chat {
     }
 
     fn on_eof(&mut self, ctx: &Ctx, conn: ConnId, state: &mut ChatConn) -> EofAction {
-        if self.roster.contains(conn) {
-            if let Some(len) = state.dropped_partial {
-                self.depart(
-                    ctx,
-                    conn,
-                    format_args!("EOF; a half-written line dropped ({len} bytes)"),
-                );
-            } else {
-                self.depart(ctx, conn, format_args!("EOF"));
-            }
-            self.settle(ctx);
+        let Some(member) = self.roster.get_mut(conn) else {
+            // loopd closes the connection once its output is sent.
+            return EofAction::Close;
+        };
+        if let Some(len) = state.dropped_partial {
+            ctx.debug(format_args!(
+                "{} (connection {conn}): EOF; a half-written line dropped ({len} bytes)",
+                member.nick
+            ));
         }
-        // loopd closes the connection once its output is sent.
+        let client = &mut member.data;
+        if client.waiting_lines > 0 {
+            // Its last lines wait for the rate limit: it leaves once they
+            // have gone (`release`), and is closed then.
+            if client.then.is_none() {
+                client.then = Some(Then::Eof);
+            }
+            return EofAction::KeepOpen;
+        }
+        self.slow_down(ctx, conn, ctx.now_ms());
+        self.depart(ctx, conn, format_args!("EOF"));
+        self.settle(ctx);
         EofAction::Close
     }
 
     fn on_writable(&mut self, ctx: &Ctx, conn: ConnId, _state: &mut ChatConn) {
         if let Some(member) = self.roster.get_mut(conn) {
-            pump(ctx, conn, &mut member.data, false);
-        } else if let Some(outbox) = self.leaving.get_mut(&conn) {
-            pump(ctx, conn, outbox, false);
-            if outbox.held.is_empty() {
+            pump(ctx, conn, &mut member.data.backlog, false);
+        } else if let Some(backlog) = self.leaving.get_mut(&conn) {
+            pump(ctx, conn, backlog, false);
+            if backlog.is_empty() {
                 self.leaving.remove(&conn);
                 let _ = ctx.close(conn, CloseMode::Flush);
             }
         }
+    }
+
+    fn on_timer(&mut self, ctx: &Ctx, timer: TimerId, user_data: u64) {
+        let conn = ConnId::from_raw(user_data);
+        let Some(member) = self.roster.get_mut(conn) else {
+            return;
+        };
+        if member.data.timer.map(|(t, _)| t) != Some(timer) {
+            return;
+        }
+        member.data.timer = None;
+        self.release(ctx, conn, false);
     }
 
     fn on_close(&mut self, ctx: &Ctx, conn: ConnId, _state: ChatConn, reason: CloseReason) {
@@ -708,7 +1210,8 @@ impl Handler for Chat {
         // its output is sent. No `* nick left` notices: every recipient is
         // leaving too. Output chat holds back for a slow client is not
         // dropped: it goes out as loopd's queue drains (`on_writable`),
-        // within loopd's shutdown_timeout_ms.
+        // within loopd's shutdown_timeout_ms. Lines still waiting for the
+        // rate limit are dropped (logged at debug level).
         let members = self.roster.keys();
         ctx.info(format_args!(
             "shutting down: closing {} chat client(s)",
@@ -719,13 +1222,23 @@ impl Handler for Chat {
             let Some(member) = self.roster.remove(conn) else {
                 continue;
             };
-            let mut outbox = member.data;
-            outbox.held.extend(&self.out);
-            pump(ctx, conn, &mut outbox, false);
-            if outbox.held.is_empty() {
+            let mut client = member.data;
+            if let Some((timer, _)) = client.timer {
+                let _ = ctx.cancel_timer(timer);
+            }
+            if client.waiting_lines > 0 {
+                ctx.debug(format_args!(
+                    "{} (connection {conn}): {} line(s) waiting for the rate limit dropped at \
+                     shutdown",
+                    member.nick, client.waiting_lines
+                ));
+            }
+            client.backlog.extend(&self.out);
+            pump(ctx, conn, &mut client.backlog, false);
+            if client.backlog.is_empty() {
                 let _ = ctx.close(conn, CloseMode::Flush);
             } else {
-                self.leaving.insert(conn, outbox);
+                self.leaving.insert(conn, client.backlog);
             }
         }
         self.slow.clear();
@@ -750,7 +1263,18 @@ mod tests {
         assert_eq!(config.max_line, 4096);
         assert_eq!(config.max_pending, 1_048_576);
         assert_eq!(config.max_clients, 10_000);
+        assert_eq!((config.rate_lines, config.burst_lines), (10, 20));
+        assert_eq!((config.rate_bytes, config.burst_bytes()), (16_384, 65_536));
+        let long = parse(r#"{"max_line": 100000}"#).unwrap();
+        assert_eq!(long.burst_bytes(), 100_000, "room for the longest line");
+        assert_eq!(long.validate(), Ok(()));
+        assert_eq!((config.quiet_above, config.max_list), (100, 100));
         assert_eq!(config.validate(), Ok(()));
+        assert_eq!(config.limit_text(), "10 lines/s, 16384 bytes/s");
+        assert!(config.limits().enabled());
+        let off = parse(r#"{"rate_lines": 0, "rate_bytes": 0}"#).unwrap();
+        assert_eq!(off.validate(), Ok(()));
+        assert!(!off.limits().enabled());
     }
 
     #[test]
@@ -793,13 +1317,69 @@ mod tests {
             ..d.clone()
         })
         .starts_with("max_clients = 0"));
+        for (c, want) in [
+            (
+                Config {
+                    rate_lines: MAX_LINES_LIMIT + 1,
+                    ..d.clone()
+                },
+                "rate_lines = 1000001 is out of range: 0 (no limit)",
+            ),
+            (
+                Config {
+                    burst_lines: 0,
+                    ..d.clone()
+                },
+                "burst_lines = 0 is out of range: 1",
+            ),
+            (
+                Config {
+                    rate_bytes: MAX_BYTES_LIMIT + 1,
+                    ..d.clone()
+                },
+                "rate_bytes = 1073741825",
+            ),
+            (
+                Config {
+                    burst_bytes: Some(4095),
+                    ..d.clone()
+                },
+                "burst_bytes = 4095 is out of range: 4096 (max_line",
+            ),
+            (
+                Config {
+                    max_list: 0,
+                    ..d.clone()
+                },
+                "max_list = 0 is out of range: 1 to 10000",
+            ),
+        ] {
+            let e = bad(c);
+            assert!(e.starts_with(want), "{e}");
+        }
         // The edges are accepted.
         let edge = Config {
             max_line: 1,
             max_pending: 1 + RELAY_OVERHEAD,
             max_clients: 1,
+            rate_lines: 0,
+            burst_lines: 1,
+            rate_bytes: 0,
+            burst_bytes: Some(1),
+            quiet_above: 0,
+            max_list: 1,
         };
         assert_eq!(edge.validate(), Ok(()));
+        let top = Config {
+            rate_lines: MAX_LINES_LIMIT,
+            burst_lines: MAX_LINES_LIMIT,
+            rate_bytes: MAX_BYTES_LIMIT,
+            burst_bytes: Some(MAX_BYTES_LIMIT),
+            quiet_above: usize::MAX,
+            max_list: MAX_LIST_LIMIT,
+            ..d.clone()
+        };
+        assert_eq!(top.validate(), Ok(()));
     }
 
     #[test]
@@ -815,11 +1395,31 @@ mod tests {
     }
 
     #[test]
+    fn waiting_lines_come_out_whole_and_in_order() {
+        let limits = Config::default().limits();
+        let mut c = Client::new(String::new(), &limits, 0);
+        assert_eq!(c.first_waiting_len(), None);
+        for line in [&b"one"[..], b"", b"three 3"] {
+            c.push_waiting(line);
+        }
+        assert_eq!((c.waiting_lines, c.waiting_bytes), (3, 10));
+        let mut out = Vec::new();
+        for want in [&b"one"[..], b"", b"three 3"] {
+            let len = c.first_waiting_len().unwrap();
+            c.pop_waiting(len, &mut out);
+            assert_eq!(out, want);
+        }
+        assert_eq!((c.waiting_lines, c.waiting_bytes), (0, 0));
+        assert!(c.waiting.is_empty());
+        assert_eq!(c.first_waiting_len(), None);
+    }
+
+    #[test]
     fn the_longest_relayed_line_fits_in_the_smallest_max_pending() {
         let nick = "n".repeat(protocol::MAX_NAME);
         let text = "t".repeat(100);
         let said = format!("{nick}: {text}\n");
-        let acted = format!("* {nick} {text}\n");
+        let acted = format!("+ {nick} {text}\n");
         assert!(said.len().max(acted.len()) <= 100 + RELAY_OVERHEAD);
     }
 }

@@ -1,5 +1,8 @@
-//! The chat protocol's pure parts: what a line from a client means, and which
-//! names are valid. No I/O here, so every rule is unit-tested directly.
+//! The chat protocol's pure parts: which lines are text, what a line from a
+//! client means, and which names are valid. No I/O here, so every rule is
+//! unit-tested directly.
+
+use std::borrow::Cow;
 
 /// Longest nick or room name, in bytes (= characters: names are ASCII).
 pub(crate) const MAX_NAME: usize = 32;
@@ -24,10 +27,10 @@ pub(crate) enum Input<'a> {
     Nick(&'a str),
     /// `/join ROOM` (ROOM not validated yet).
     Join(&'a str),
-    /// `/who`.
-    Who,
-    /// `/rooms`.
-    Rooms,
+    /// `/who [FROM]`: FROM is "" for the start of the list.
+    Who(&'a str),
+    /// `/rooms [FROM]`: FROM is "" for the start of the list.
+    Rooms(&'a str),
     /// `/me ACTION`.
     Me(&'a str),
     /// `/quit`.
@@ -46,8 +49,47 @@ pub(crate) enum BadLine {
     /// The bytes are not UTF-8.
     NotUtf8,
     /// The line holds a control character other than tab (an escape
-    /// sequence would reach everyone else's terminal).
+    /// sequence would reach everyone else's terminal), or a line or
+    /// paragraph separator (U+2028, U+2029: a line break to some clients).
     Control,
+}
+
+/// Characters removed from every line before it means anything: they are
+/// invisible, and can make text look other than it is ("Trojan Source",
+/// CVE-2021-42574). Bidirectional embeddings and overrides (U+202A to
+/// U+202E) and isolates (U+2066 to U+2069) reorder what follows them on
+/// screen; zero-width spaces, (non-)joiners and the word joiner (U+200B to
+/// U+200D, U+2060) and the byte order mark / zero-width no-break space
+/// (U+FEFF) hide inside words. Nicks and room names cannot hold them (they
+/// are ASCII).
+pub(crate) fn is_invisible(c: char) -> bool {
+    matches!(
+        c,
+        '\u{200B}'..='\u{200D}'
+            | '\u{2060}'
+            | '\u{FEFF}'
+            | '\u{202A}'..='\u{202E}'
+            | '\u{2066}'..='\u{2069}'
+    )
+}
+
+/// Checks that a line is text and removes the invisible characters
+/// ([`is_invisible`]); borrows when there are none.
+pub(crate) fn clean(line: &[u8]) -> Result<Cow<'_, str>, BadLine> {
+    let line = std::str::from_utf8(line).map_err(|_| BadLine::NotUtf8)?;
+    if line
+        .chars()
+        .any(|c| (c.is_control() && c != '\t') || c == '\u{2028}' || c == '\u{2029}')
+    {
+        return Err(BadLine::Control);
+    }
+    if line.chars().any(is_invisible) {
+        Ok(Cow::Owned(
+            line.chars().filter(|&c| !is_invisible(c)).collect(),
+        ))
+    } else {
+        Ok(Cow::Borrowed(line))
+    }
 }
 
 /// Space or tab: what separates a command from its argument.
@@ -55,23 +97,18 @@ fn is_blank(c: char) -> bool {
     c == ' ' || c == '\t'
 }
 
-/// Parses one line (without its `\n` and `\r`).
-///
-/// A line starting with `/` is a command; commands are case-insensitive.
-/// `//text` says `/text` literally. Anything else is text for the room.
-pub(crate) fn parse(line: &[u8]) -> Result<Input<'_>, BadLine> {
-    let line = std::str::from_utf8(line).map_err(|_| BadLine::NotUtf8)?;
-    if line.chars().any(|c| c.is_control() && c != '\t') {
-        return Err(BadLine::Control);
-    }
+/// What a line (without its `\n` and `\r`) means, once [`clean`]: a line
+/// starting with `/` is a command; commands are case-insensitive. `//text`
+/// says `/text` literally. Anything else is text for the room.
+pub(crate) fn parse(line: &str) -> Input<'_> {
     if line.trim_matches(is_blank).is_empty() {
-        return Ok(Input::Empty);
+        return Input::Empty;
     }
     let Some(command) = line.strip_prefix('/') else {
-        return Ok(Input::Say(line));
+        return Input::Say(line);
     };
     if command.starts_with('/') {
-        return Ok(Input::Say(command));
+        return Input::Say(command);
     }
     let (word, arg) = match command.find(is_blank) {
         Some(at) => (&command[..at], command[at..].trim_matches(is_blank)),
@@ -85,28 +122,31 @@ pub(crate) fn parse(line: &[u8]) -> Result<Input<'_>, BadLine> {
         }
     };
     let (missing, extra) = (arg.is_empty(), !arg.is_empty());
-    Ok(match word.to_ascii_lowercase().as_str() {
+    // One word at most: FROM is a name (or where one would sort).
+    let two_words = arg.contains(is_blank);
+    match word.to_ascii_lowercase().as_str() {
         "nick" => usage_if(missing, Input::Nick(arg), "/nick NAME"),
         "join" => usage_if(missing, Input::Join(arg), "/join ROOM"),
         "me" => usage_if(missing, Input::Me(arg), "/me ACTION"),
-        "who" => usage_if(extra, Input::Who, "/who"),
-        "rooms" => usage_if(extra, Input::Rooms, "/rooms"),
+        "who" => usage_if(two_words, Input::Who(arg), "/who [FROM]"),
+        "rooms" => usage_if(two_words, Input::Rooms(arg), "/rooms [FROM]"),
         "quit" => usage_if(extra, Input::Quit, "/quit"),
         "help" => usage_if(extra, Input::Help, "/help"),
         _ => Input::Unknown(&line[..1 + word.len()]),
-    })
+    }
 }
 
 /// The `/help` text, one `* `-prefixed line each, `\n`-terminated.
 pub(crate) const HELP: &str = "\
 * commands:
-*   /nick NAME   change your nick (1-32 characters from A-Z a-z 0-9 _ -)
-*   /join ROOM   leave this room and join ROOM (same characters; created if needed)
-*   /who         list who is in this room
-*   /rooms       list the rooms and how many are in each
-*   /me ACTION   tell the room what you are doing
-*   /quit        leave
-*   /help        this list
+*   /nick NAME     change your nick (1-32 characters from A-Z a-z 0-9 _ -)
+*   /join ROOM     leave this room and join ROOM (same characters; created if needed)
+*   /who [FROM]    list who is in this room (a page at a time; FROM: where the page starts)
+*   /rooms [FROM]  list the rooms and how many are in each (a page at a time, the same way)
+*   /me ACTION     tell the room what you are doing (shown as + nick ACTION)
+*   /quit          leave
+*   /help          this list
+* lines sent faster than the rate limit wait their turn; past a burst waiting, they are not sent (! slow down)
 * any other line goes to everyone else in the room; start it with // to say a line that begins with /
 ";
 
@@ -115,7 +155,8 @@ mod tests {
     use super::*;
 
     fn p(line: &str) -> Input<'_> {
-        parse(line.as_bytes()).expect("a valid line")
+        assert!(matches!(clean(line.as_bytes()), Ok(Cow::Borrowed(_))));
+        parse(line)
     }
 
     #[test]
@@ -184,14 +225,14 @@ mod tests {
     #[test]
     fn commands_are_case_insensitive() {
         assert_eq!(p("/NICK Bob"), Input::Nick("Bob"));
-        assert_eq!(p("/Who"), Input::Who);
+        assert_eq!(p("/Who"), Input::Who(""));
         assert_eq!(p("/QUIT"), Input::Quit);
     }
 
     #[test]
     fn commands_without_arguments() {
-        assert_eq!(p("/who"), Input::Who);
-        assert_eq!(p("/rooms"), Input::Rooms);
+        assert_eq!(p("/who"), Input::Who(""));
+        assert_eq!(p("/rooms"), Input::Rooms(""));
         assert_eq!(p("/quit"), Input::Quit);
         assert_eq!(p("/help"), Input::Help);
         assert_eq!(p("/help  "), Input::Help);
@@ -203,10 +244,17 @@ mod tests {
         assert_eq!(p("/nick   "), Input::Usage("/nick NAME"));
         assert_eq!(p("/join"), Input::Usage("/join ROOM"));
         assert_eq!(p("/me"), Input::Usage("/me ACTION"));
-        assert_eq!(p("/who lobby"), Input::Usage("/who"));
-        assert_eq!(p("/rooms x"), Input::Usage("/rooms"));
+        assert_eq!(p("/who a b"), Input::Usage("/who [FROM]"));
+        assert_eq!(p("/rooms x\ty"), Input::Usage("/rooms [FROM]"));
         assert_eq!(p("/quit now"), Input::Usage("/quit"));
         assert_eq!(p("/help me"), Input::Usage("/help"));
+    }
+
+    #[test]
+    fn who_and_rooms_take_where_the_page_starts() {
+        assert_eq!(p("/who guest-5"), Input::Who("guest-5"));
+        assert_eq!(p("/rooms  dev "), Input::Rooms("dev"));
+        assert_eq!(p("/ROOMS m"), Input::Rooms("m"));
     }
 
     #[test]
@@ -221,15 +269,44 @@ mod tests {
 
     #[test]
     fn invalid_utf8_and_control_characters_are_refused() {
-        assert_eq!(parse(b"caf\xe9"), Err(BadLine::NotUtf8));
-        assert_eq!(parse(b"\xff/nick x"), Err(BadLine::NotUtf8));
-        assert_eq!(parse(b"red \x1b[31m text"), Err(BadLine::Control));
-        assert_eq!(parse(b"bell\x07"), Err(BadLine::Control));
-        assert_eq!(parse(b"nul\0"), Err(BadLine::Control));
-        assert_eq!(parse(b"del\x7f"), Err(BadLine::Control));
-        assert_eq!(parse(b"a\rb"), Err(BadLine::Control));
-        // C1 controls (U+0080..U+009F) too.
-        assert_eq!(parse("c1\u{9b}31m".as_bytes()), Err(BadLine::Control));
+        let bad = |b: &[u8]| clean(b).unwrap_err();
+        assert_eq!(bad(b"caf\xe9"), BadLine::NotUtf8);
+        assert_eq!(bad(b"\xff/nick x"), BadLine::NotUtf8);
+        assert_eq!(bad(b"red \x1b[31m text"), BadLine::Control);
+        assert_eq!(bad(b"bell\x07"), BadLine::Control);
+        assert_eq!(bad(b"nul\0"), BadLine::Control);
+        assert_eq!(bad(b"del\x7f"), BadLine::Control);
+        assert_eq!(bad(b"a\rb"), BadLine::Control);
+        // C1 controls (U+0080..U+009F) too, and the Unicode line breaks.
+        assert_eq!(bad("c1\u{9b}31m".as_bytes()), BadLine::Control);
+        assert_eq!(bad("one\u{2028}* alice left".as_bytes()), BadLine::Control);
+        assert_eq!(bad("one\u{2029}two".as_bytes()), BadLine::Control);
+    }
+
+    #[test]
+    fn bidi_controls_and_zero_width_characters_are_removed() {
+        let c = |s: &str| clean(s.as_bytes()).unwrap().into_owned();
+        // The Trojan Source override: shown reversed without the removal.
+        assert_eq!(
+            c("access\u{202E}nimda\u{202C} granted"),
+            "accessnimda granted"
+        );
+        for ch in [
+            '\u{202A}', '\u{202B}', '\u{202C}', '\u{202D}', '\u{202E}', '\u{2066}', '\u{2067}',
+            '\u{2068}', '\u{2069}', '\u{200B}', '\u{200C}', '\u{200D}', '\u{2060}', '\u{FEFF}',
+        ] {
+            assert_eq!(c(&format!("{ch}a{ch}b{ch}")), "ab", "U+{:04X}", ch as u32);
+        }
+        // Neighbours stay: LRM/RLM (U+200E/F), a non-breaking space, text.
+        assert_eq!(
+            c("a\u{200E}\u{200F}\u{a0}é✓日本"),
+            "a\u{200E}\u{200F}\u{a0}é✓日本"
+        );
+        // A line of nothing but invisible characters is blank.
+        assert_eq!(parse(&c("\u{200B}\u{FEFF} \u{202E}")), Input::Empty);
+        // A BOM in front of a command does not hide it.
+        assert_eq!(parse(&c("\u{FEFF}/who")), Input::Who(""));
+        assert!(!valid_name("a\u{202E}b"));
     }
 
     #[test]

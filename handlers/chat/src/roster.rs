@@ -47,6 +47,24 @@ fn cmp_folded(a: &str, b: &str) -> std::cmp::Ordering {
         .then_with(|| a.cmp(b))
 }
 
+/// Whether `name` sorts at or after `from`, case-insensitively.
+fn at_or_after(name: &str, from: &str) -> bool {
+    name.bytes()
+        .map(|b| b.to_ascii_lowercase())
+        .cmp(from.bytes().map(|b| b.to_ascii_lowercase()))
+        .is_ge()
+}
+
+/// One page of a sorted list.
+#[derive(Debug, PartialEq, Eq)]
+pub(crate) struct Page<T> {
+    /// At most the page size, in order.
+    pub(crate) items: Vec<T>,
+    /// The first entry after the page and how many there are from it on
+    /// (itself included); `None` if the page reaches the end.
+    pub(crate) next: Option<(T, usize)>,
+}
+
 /// One member.
 #[derive(Debug)]
 pub(crate) struct Member<T> {
@@ -192,25 +210,47 @@ impl<K: Copy + Eq + Hash, T> Roster<K, T> {
         self.rooms.get(key).map(|r| r.name.as_str())
     }
 
-    /// The nicks in a room, sorted case-insensitively.
-    pub(crate) fn who(&self, key: &str) -> Vec<&str> {
+    /// How many members a room has (0 for a room that does not exist).
+    pub(crate) fn room_len(&self, key: &str) -> usize {
+        self.rooms.get(key).map_or(0, |r| r.members.len())
+    }
+
+    /// Up to `max` nicks of a room from `from` on (`""`: from the start),
+    /// sorted case-insensitively. Costs one pass over the room, without
+    /// sorting more than the page.
+    pub(crate) fn who(&self, key: &str, from: &str, max: usize) -> Page<&str> {
         let Some(room) = self.rooms.get(key) else {
-            return Vec::new();
+            return Page {
+                items: Vec::new(),
+                next: None,
+            };
         };
         let mut nicks: Vec<&str> = room
             .members
             .iter()
             .filter_map(|k| self.members.get(k).map(|m| m.nick.as_str()))
+            .filter(|nick| at_or_after(nick, from))
             .collect();
+        let mut next = None;
+        if nicks.len() > max {
+            nicks.select_nth_unstable_by(max, |a, b| cmp_folded(a, b));
+            next = Some((nicks[max], nicks.len() - max));
+            nicks.truncate(max);
+        }
         nicks.sort_unstable_by(|a, b| cmp_folded(a, b));
-        nicks
+        Page { items: nicks, next }
     }
 
-    /// Every room's name and member count, sorted case-insensitively.
-    pub(crate) fn rooms(&self) -> impl Iterator<Item = (&str, usize)> {
-        self.rooms
-            .values()
-            .map(|r| (r.name.as_str(), r.members.len()))
+    /// Up to `max` rooms (name, member count) from `from` on (`""`: from
+    /// the start), sorted case-insensitively.
+    pub(crate) fn rooms(&self, from: &str, max: usize) -> Page<(&str, usize)> {
+        fn entry<K>(r: &Room<K>) -> (&str, usize) {
+            (r.name.as_str(), r.members.len())
+        }
+        let mut rest = self.rooms.range(fold(from)..).map(|(_, r)| r);
+        let items = rest.by_ref().take(max).map(entry).collect();
+        let next = rest.next().map(|r| (entry(r), 1 + rest.count()));
+        Page { items, next }
     }
 
     /// Calls `f` for every member of a room but `except`, with mutable access
@@ -341,10 +381,66 @@ mod tests {
         ] {
             r.insert(k, nick, room, ()).unwrap();
         }
-        assert_eq!(r.who("lobby"), ["alice", "Bob", "carol"]);
-        assert_eq!(r.who("nowhere"), Vec::<&str>::new());
-        let rooms: Vec<_> = r.rooms().collect();
-        assert_eq!(rooms, [("Attic", 2), ("lobby", 3), ("zoo", 1)]);
+        let who = r.who("lobby", "", 10);
+        assert_eq!(who.items, ["alice", "Bob", "carol"]);
+        assert_eq!(who.next, None);
+        assert!(r.who("nowhere", "", 10).items.is_empty());
+        let rooms = r.rooms("", 10);
+        assert_eq!(rooms.items, [("Attic", 2), ("lobby", 3), ("zoo", 1)]);
+        assert_eq!(rooms.next, None);
+    }
+
+    #[test]
+    fn who_and_rooms_come_a_page_at_a_time_and_every_entry_once() {
+        let mut r = roster();
+        for k in 0..250u32 {
+            let room = format!("Room-{:03}", (k * 7) % 125);
+            r.insert(k, &format!("N{:03}", (k * 13) % 250), &room, ())
+                .unwrap();
+        }
+        assert_eq!(r.room_len("room-000"), 2);
+        assert_eq!(r.room_len("nowhere"), 0);
+        // Walk the rooms 40 at a time with the cursor each page names.
+        let (mut from, mut seen, mut pages) = (String::new(), Vec::new(), 0);
+        loop {
+            let page = r.rooms(&from, 40);
+            assert!(page.items.len() <= 40);
+            seen.extend(page.items.iter().map(|(n, c)| (n.to_string(), *c)));
+            pages += 1;
+            match page.next {
+                Some(((name, _), left)) => {
+                    assert_eq!(left, 125 - seen.len(), "what is left after {from:?}");
+                    from = name.to_ascii_lowercase();
+                }
+                None => break,
+            }
+        }
+        assert_eq!(pages, 4);
+        let want: Vec<(String, usize)> = (0..125).map(|i| (format!("Room-{i:03}"), 2)).collect();
+        assert_eq!(seen, want);
+        // The same for a room's members, from any spelling of the cursor.
+        r.insert(1000, "zed", "big", ()).unwrap();
+        for k in 0..250 {
+            r.move_to(k, "big");
+        }
+        let page = r.who("big", "", 100);
+        assert_eq!(page.items.len(), 100);
+        assert_eq!(page.items[0], "N000");
+        assert_eq!(page.items[99], "N099");
+        assert_eq!(page.next, Some(("N100", 151)));
+        let page = r.who("big", "n2", 100);
+        assert_eq!(page.items.len(), 51);
+        assert_eq!(page.items[0], "N200");
+        assert_eq!(*page.items.last().unwrap(), "zed");
+        assert_eq!(page.next, None);
+        assert!(r.who("big", "zz", 100).items.is_empty());
+        assert_eq!(
+            r.rooms("zzz", 5),
+            Page {
+                items: vec![],
+                next: None
+            }
+        );
     }
 
     #[test]

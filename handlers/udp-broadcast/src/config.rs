@@ -19,7 +19,9 @@ pub struct RelayConfig {
     /// Where every datagram is re-sent: one `ADDR:PORT` or a list of them.
     #[serde(deserialize_with = "one_or_many")]
     pub broadcast_to: Vec<String>,
-    /// Prefix each relayed datagram with `[ip:port] ` of its sender.
+    /// Prefix each relayed datagram with `[ip:port] ` of its sender. The
+    /// tag counts against `max_datagram`: a datagram that would exceed it
+    /// with the tag is dropped (`oversize_prefixed`), never truncated.
     #[serde(default)]
     pub prefix_sender: bool,
     /// Datagrams per second relayed from one source address (token refill).

@@ -9,7 +9,10 @@
 //!    own broadcast, looped back by the kernel) is dropped. For a socket
 //!    bound on a wildcard address, "own" means one of our ports on any of
 //!    this host's interface addresses (read with `getifaddrs`).
-//! 2. **Size.** A datagram over `max_datagram` bytes (default 1472) is dropped.
+//! 2. **Size.** A datagram over `max_datagram` bytes (default 1472) is dropped;
+//!    with `prefix_sender`, so is one that the `[ip:port] ` tag would take
+//!    over it (never truncated: a cut datagram would reach receivers looking
+//!    whole).
 //! 3. **Echoes.** A datagram the relay relayed moments ago for another sender,
 //!    coming back from a second relay, is dropped (`echo_window_ms`).
 //! 4. **Rate.** A token bucket per source address (`rate_per_source` per
@@ -64,15 +67,18 @@ const TIMER_STARTED: u64 = 3;
 enum Reason {
     Own,
     Oversize,
+    /// Within `max_datagram`, but not once `[ip:port] ` is put in front.
+    OversizePrefixed,
     Echo,
     Rate,
     SendBufferFull,
     SendFailed,
 }
 
-const REASONS: [Reason; 6] = [
+const REASONS: [Reason; 7] = [
     Reason::Own,
     Reason::Oversize,
+    Reason::OversizePrefixed,
     Reason::Echo,
     Reason::Rate,
     Reason::SendBufferFull,
@@ -84,6 +90,7 @@ impl Reason {
         match self {
             Reason::Own => "own",
             Reason::Oversize => "oversize",
+            Reason::OversizePrefixed => "oversize_prefixed",
             Reason::Echo => "echo",
             Reason::Rate => "rate",
             Reason::SendBufferFull => "send_buffer_full",
@@ -95,6 +102,11 @@ impl Reason {
         match self {
             Reason::Own => "our own output came back".into(),
             Reason::Oversize => format!("over max_datagram ({} bytes)", settings.max_datagram),
+            Reason::OversizePrefixed => format!(
+                "over max_datagram ({} bytes) with the sender's [ip:port] tag in front \
+                 (prefix_sender)",
+                settings.max_datagram
+            ),
             Reason::Echo => format!(
                 "copies of datagrams relayed in the last {} ms (echo_window_ms)",
                 settings.echo_window_ms
@@ -243,6 +255,17 @@ impl Relay {
             Err(Error::Again) => self.drop_one(ctx, Reason::SendBufferFull, target, now),
             Err(_) => self.drop_one(ctx, Reason::SendFailed, target, now),
         }
+    }
+
+    /// Puts `[from] ` into `self.out` (replacing what was there); returns
+    /// its length: 12 to 24 bytes for IPv4, up to 61 for IPv6 with a scope.
+    fn tag(&mut self, from: SocketAddr) -> usize {
+        use std::io::Write;
+        self.out.clear();
+        self.out.push(b'[');
+        let _ = write!(self.out, "{from}");
+        self.out.extend_from_slice(b"] ");
+        self.out.len()
     }
 
     fn beacon(&mut self, ctx: &Ctx, now: u64) {
@@ -435,6 +458,16 @@ impl Handler for Relay {
         if data.len() > self.settings.max_datagram {
             return self.drop_one(ctx, Reason::Oversize, from, now);
         }
+        // max_datagram bounds what the relay sends, too: with the tag in
+        // front, the datagram must still fit. Dropped, not truncated.
+        let tag_len = if self.settings.prefix_sender {
+            self.tag(from)
+        } else {
+            0
+        };
+        if tag_len + data.len() > self.settings.max_datagram {
+            return self.drop_one(ctx, Reason::OversizePrefixed, from, now);
+        }
         let key = self.echoes.key(data);
         if self.echoes.is_echo_key(key, from, now) {
             return self.drop_one(ctx, Reason::Echo, from, now);
@@ -445,12 +478,8 @@ impl Handler for Relay {
         self.echoes.record_key(key, from, now);
         self.relayed += 1;
         if self.settings.prefix_sender {
+            // self.out holds the tag (see above).
             let mut out = std::mem::take(&mut self.out);
-            out.clear();
-            out.push(b'[');
-            use std::io::Write;
-            let _ = write!(out, "{from}");
-            out.extend_from_slice(b"] ");
             out.extend_from_slice(data);
             self.send_all(ctx, Some(socket), &out, now);
             self.out = out;
