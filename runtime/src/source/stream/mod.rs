@@ -482,6 +482,15 @@ pub(crate) fn connect(
     if core.shared.conns >= core.shared.cfg.max_connections {
         return Err(abi::LOOPD_ERR_LIMIT);
     }
+    // Everything is checked before the socket exists: a refused call must
+    // not have opened (and dropped) a connection to the target.
+    let inst = core.instances.get(instance).ok_or(abi::LOOPD_ERR_INVALID)?;
+    let s = &inst.settings;
+    let high = options.high_watermark.unwrap_or(s.high_watermark);
+    let low = options.low_watermark.unwrap_or(s.low_watermark);
+    if low >= high || options.max_frame.is_some_and(|m| m == 0 || m > 1 << 30) {
+        return Err(abi::LOOPD_ERR_INVALID);
+    }
     let (result, transport, peer) = match &target {
         ListenAddr::Tcp(sa) => (
             sys::connect_tcp(sa),
@@ -496,14 +505,7 @@ pub(crate) fn connect(
         ListenAddr::Udp(_) => return Err(abi::LOOPD_ERR_INVALID),
     };
     let endpoint = crate::source::listener::cstr(target.to_string());
-    let inst = core.instances.get(instance).ok_or(abi::LOOPD_ERR_INVALID)?;
     let name = inst.name().to_string();
-    let s = &inst.settings;
-    let high = options.high_watermark.unwrap_or(s.high_watermark);
-    let low = options.low_watermark.unwrap_or(s.low_watermark);
-    if low >= high || options.max_frame.is_some_and(|m| m == 0 || m > 1 << 30) {
-        return Err(abi::LOOPD_ERR_INVALID);
-    }
     let new = |fd: Option<OwnedFd>| {
         let mut conn = Conn::new(
             instance,
