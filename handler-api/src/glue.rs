@@ -256,6 +256,39 @@ fn cstr<'a>(p: *const c_char) -> Result<&'a str, String> {
         .map_err(|_| "string is not UTF-8".to_string())
 }
 
+/// Creates an instance of `H` with `make` instead of [`Handler::create`]:
+/// the runtime calls this for a linked handler built from a value or a
+/// closure (`loopd::HandlerSpec::with`), then uses the vtable of `H` for
+/// every other hook, as for any instance. A panic in `make` is an error.
+///
+/// # Safety
+/// `host` must point to a valid `loopd_host_api` of at least its
+/// `struct_size` bytes, and `raw` must be the context the host gives this
+/// instance; the pointer returned must be passed to the hooks of
+/// [`vtable::<H>`](vtable) only.
+pub unsafe fn adopt<H: Handler>(
+    host: *const loopd_host_api,
+    raw: *mut loopd_ctx,
+    make: impl FnOnce(&Ctx) -> Result<H, String>,
+) -> Result<*mut c_void, String> {
+    if host.is_null() {
+        return Err("host passed a NULL pointer to create".to_string());
+    }
+    // SAFETY: checked non-NULL; the host's table is valid for the process.
+    let host = unsafe { copy_host(host) };
+    // SAFETY: `host` is 'static; `raw` is the context the host gave this instance.
+    let ctx = unsafe { Ctx::from_raw(host, raw) };
+    let handler = catch_unwind(AssertUnwindSafe(|| make(&ctx))).unwrap_or_else(|payload| {
+        Err(format!("panicked in create: {}", panic_message(&*payload)))
+    })?;
+    let instance = Box::new(Instance {
+        host,
+        handler,
+        failed: Vec::new(),
+    });
+    Ok(Box::into_raw(instance).cast())
+}
+
 unsafe extern "C" fn create<H: Handler>(
     host: *const loopd_host_api,
     raw: *mut loopd_ctx,

@@ -384,7 +384,7 @@ pub const fn vtable<H: Handler>() -> abi::loopd_vtable {
 
 #[doc(hidden)]
 pub mod __private {
-    pub use crate::glue::{entry, plugin_info, vtable};
+    pub use crate::glue::{adopt, entry, plugin_info, vtable};
 }
 
 /// Exports a [`Handler`] type as a loadable loopd plugin.

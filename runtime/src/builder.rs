@@ -169,7 +169,7 @@ impl Builder {
             .handlers
             .iter()
             .map(|h| match &h.plugin {
-                PluginRef::Name(n) => self.statics.get(n).copied(),
+                PluginRef::Name(n) => self.statics.get(n).cloned(),
                 PluginRef::Path(_) => None,
             })
             .collect();
@@ -341,7 +341,8 @@ fn create_instance(
         settings.mailbox_messages,
         settings.mailbox_bytes,
     );
-    match rt.hooks().create(id, &name, &json) {
+    let make = linked.and_then(|l| l.make.as_ref());
+    match rt.hooks().create(id, &name, &json, make) {
         Ok(ptr) => {
             let mut core = rt.core.borrow_mut();
             let i = core.instances.get_mut(id).expect("the instance just added");

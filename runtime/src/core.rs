@@ -73,6 +73,10 @@ pub(crate) struct Shared {
     pub(crate) cfg: RuntimeConfig,
     /// The graceful shutdown deadline, once shutdown has begun.
     pub(crate) shutdown_deadline: Option<Instant>,
+    /// This pass stopped at a fairness cap (reads per connection, accepts,
+    /// datagrams, events per wait) with work possibly left: see
+    /// `Runtime::has_pending`.
+    pub(crate) capped: bool,
     pub(crate) counters: LoopCounters,
     /// "max_connections reached" and accept failures, rate limited.
     pub(crate) full_warning: RateLimit,
@@ -113,6 +117,7 @@ impl Core {
                 conns: 0,
                 cfg,
                 shutdown_deadline: None,
+                capped: false,
                 counters: LoopCounters::default(),
                 full_warning: RateLimit::default(),
                 file_buf: Vec::new(),

@@ -135,6 +135,8 @@ impl Runtime {
                 return;
             }
         }
+        // Every read filled the buffer: more may be waiting.
+        self.core.borrow_mut().shared.capped = true;
     }
 
     /// Hands frames in `data` to the handler while the connection can take
@@ -317,6 +319,7 @@ impl Runtime {
                 Recv::Stop => return,
             }
         }
+        self.core.borrow_mut().shared.capped = true;
     }
 
     fn signal_readable(&mut self, id: u64) {

@@ -13,7 +13,7 @@ use std::time::Duration;
 use polling::{Event, Events, PollMode, Poller};
 
 /// Most events taken from the kernel per pass.
-const EVENTS_PER_WAIT: usize = 1024;
+pub(crate) const EVENTS_PER_WAIT: usize = 1024;
 
 /// One ready source, with what the poller said about it.
 #[derive(Debug, Clone, Copy)]

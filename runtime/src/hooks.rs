@@ -21,6 +21,7 @@ use loopd_handler_api::abi::{self, loopd_addr, loopd_conn_info, loopd_ctx, loopd
 
 use crate::core::Core;
 use crate::instance::{InstanceId, Life};
+use crate::spec::Maker;
 
 /// The hooks of a runtime's instances.
 #[derive(Clone, Copy)]
@@ -50,7 +51,8 @@ impl Hooks<'_> {
         Some((pick(&i.plugin.vtable)?, i.ctx.as_raw(), i.ptr))
     }
 
-    /// `create`: makes the handler's instance from its name and JSON config.
+    /// `create`: makes the handler's instance from its name and JSON config
+    /// (or with `make`, for a linked handler the program builds itself).
     /// `Ok(pointer)` (NULL without a `create` hook); `Err(message)` with the
     /// handler's own message, or the status when it gave none.
     pub(crate) fn create(
@@ -58,15 +60,23 @@ impl Hooks<'_> {
         inst: InstanceId,
         name: &CStr,
         config_json: &CStr,
+        make: Option<&Maker>,
     ) -> Result<*mut c_void, String> {
-        let target = {
+        let (target, ctx) = {
             let core = self.0.borrow();
             let Some(i) = core.instances.get(inst) else {
                 return Err("the instance is gone".to_string());
             };
             debug_assert_eq!(i.life, Life::Creating);
-            i.plugin.vtable.create.map(|f| (f, i.ctx.as_raw()))
+            (
+                i.plugin.vtable.create.map(|f| (f, i.ctx.as_raw())),
+                i.ctx.as_raw(),
+            )
         };
+        if let Some(make) = make {
+            // A linked handler the program builds itself (`HandlerSpec::with`).
+            return make(crate::host::host_api(), ctx);
+        }
         let Some((create, ctx)) = target else {
             return Ok(std::ptr::null_mut());
         };

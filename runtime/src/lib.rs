@@ -452,7 +452,13 @@ impl Runtime {
         let mut ready = std::mem::take(&mut self.ready);
         ready.clear();
         let wait_began = Instant::now();
-        let waited = self.core.borrow_mut().shared.poll.wait(timeout, &mut ready);
+        let waited = {
+            let mut core = self.core.borrow_mut();
+            let waited = core.shared.poll.wait(timeout, &mut ready);
+            // A full event buffer may have left events in the kernel.
+            core.shared.capped = ready.len() >= event_loop::EVENTS_PER_WAIT;
+            waited
+        };
         let wait_ended = Instant::now();
         let mut n = 0;
         if waited.is_ok() {
@@ -480,6 +486,20 @@ impl Runtime {
         c.waiting += wait_ended - wait_began;
         c.busy += (wait_began - started) + (ended - wait_ended);
         waited.map(|()| n)
+    }
+
+    /// Whether the last pass left work behind: it stopped at a fairness
+    /// cap (4 reads of 64 KiB per connection and event, 64 accepts per
+    /// listener, 64 datagrams per socket, 1024 events per wait, 256 messages
+    /// per instance), or messages, due timers or queued deliveries are
+    /// waiting. loopd's sockets are level-triggered, so its own poller
+    /// reports leftover readiness again at once; an outer event loop that
+    /// watches [`Runtime::as_raw_fd`] edge-triggered (tokio's `AsyncFd`,
+    /// an `EPOLLET` registration) is not told again, and must call
+    /// `run_once(Some(Duration::ZERO))` while this is true before it
+    /// waits. `docs/embedding.md` shows the loop.
+    pub fn has_pending(&self) -> bool {
+        self.core.borrow().shared.capped || self.next_timeout() == Some(Duration::ZERO)
     }
 
     /// How long the loop may sleep before a timer or the shutdown deadline

@@ -1,7 +1,9 @@
 //! Handlers added in code: [`HandlerSpec`], what a `[[handler]]` entry says,
 //! checked as strictly as the config file is.
 
+use std::ffi::c_void;
 use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
 
 use loopd_handler_api::abi;
 
@@ -68,13 +70,35 @@ pub(crate) enum Source {
     Plugin(PluginRef),
 }
 
+/// Makes a linked handler's instance from a value or closure the program
+/// gave (`HandlerSpec::with`, `HandlerSpec::instance`) instead of its
+/// `create`: given the host table and the instance's context, returns the
+/// instance pointer for the type's vtable.
+pub(crate) type Maker = Arc<
+    dyn Fn(*const abi::loopd_host_api, *mut abi::loopd_ctx) -> Result<*mut c_void, String>
+        + Send
+        + Sync,
+>;
+
 /// A handler type linked into the program: its vtable and what it declares.
-#[derive(Debug, Clone, Copy)]
+#[derive(Clone)]
 pub(crate) struct Linked {
     pub(crate) vtable: abi::loopd_vtable,
     pub(crate) framing: Option<FramingKind>,
     /// For `loopd check`-style listings and logs, e.g. `loopd_echo::Echo`.
     pub(crate) type_name: &'static str,
+    /// How to make the instance, when not by the type's `create`.
+    pub(crate) make: Option<Maker>,
+}
+
+impl std::fmt::Debug for Linked {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Linked")
+            .field("type_name", &self.type_name)
+            .field("framing", &self.framing)
+            .field("made_by_the_program", &self.make.is_some())
+            .finish()
+    }
 }
 
 impl Linked {
@@ -91,6 +115,7 @@ impl Linked {
             vtable: loopd_handler_api::vtable::<H>(),
             framing,
             type_name: std::any::type_name::<H>(),
+            make: None,
         }
     }
 }
@@ -114,6 +139,79 @@ impl HandlerSpec {
     /// handler crates are libraries too, e.g. `HandlerSpec::linked::<loopd_echo::Echo>("echo")`.
     pub fn linked<H: loopd_handler_api::Handler>(name: impl Into<String>) -> HandlerSpec {
         HandlerSpec::new(name, Source::Linked(Linked::of::<H>()))
+    }
+
+    /// An instance named `name` of the linked type `H`, made by `make`
+    /// instead of [`Handler::create`](loopd_handler_api::Handler::create):
+    /// the way to hand a linked handler what JSON config cannot carry (a
+    /// channel, shared state, a database pool). `make` gets the instance's
+    /// [`Ctx`](loopd_handler_api::Ctx) (so it may set timers or post) and
+    /// runs when the runtime is built, once per runtime built from this
+    /// spec; an `Err` fails the build, as a failing `create` does. The
+    /// `[handler.config]` table is not read.
+    ///
+    /// ```
+    /// use std::sync::mpsc;
+    /// use loopd::{HandlerSpec, Runtime};
+    /// use loopd_handler_api::{Ctx, Handler, NoConfig};
+    ///
+    /// struct Reporter(mpsc::Sender<String>);
+    /// impl Handler for Reporter {
+    ///     type Config = NoConfig;
+    ///     type Conn = ();
+    ///     fn create(_: &Ctx, _: &str, _: NoConfig) -> Result<Self, String> {
+    ///         Err("built by the program".into())
+    ///     }
+    ///     fn on_message(&mut self, _: &Ctx, msg: &[u8]) {
+    ///         let _ = self.0.send(String::from_utf8_lossy(msg).into_owned());
+    ///     }
+    /// }
+    ///
+    /// let (tx, rx) = mpsc::channel();
+    /// let mut rt = Runtime::builder()
+    ///     .handler(HandlerSpec::with("reporter", move |_ctx: &Ctx| Ok(Reporter(tx.clone()))))
+    ///     .build()?;
+    /// rt.handle().post("reporter", "hi").unwrap();
+    /// rt.run_once(Some(std::time::Duration::from_secs(1)))?;
+    /// assert_eq!(rx.recv().unwrap(), "hi");
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    pub fn with<H, F>(name: impl Into<String>, make: F) -> HandlerSpec
+    where
+        H: loopd_handler_api::Handler,
+        F: Fn(&loopd_handler_api::Ctx) -> Result<H, String> + Send + Sync + 'static,
+    {
+        let mut linked = Linked::of::<H>();
+        linked.make = Some(Arc::new(move |host, raw| {
+            // SAFETY: the runtime passes its host table and this
+            // instance's context, and uses the pointer with H's vtable.
+            unsafe { loopd_handler_api::__private::adopt::<H>(host, raw, &make) }
+        }));
+        HandlerSpec::new(name, Source::Linked(linked))
+    }
+
+    /// An instance named `name` of the linked type `H`: this very value
+    /// (see [`HandlerSpec::with`]). A value can serve one runtime only:
+    /// building a second runtime from the same spec fails with an error
+    /// that says so (use [`HandlerSpec::with`] to make one per runtime).
+    pub fn instance<H>(name: impl Into<String>, handler: H) -> HandlerSpec
+    where
+        H: loopd_handler_api::Handler + Send,
+    {
+        let slot = Mutex::new(Some(handler));
+        let name = name.into();
+        let shown = name.clone();
+        HandlerSpec::with(name, move |_| {
+            slot.lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .take()
+                .ok_or_else(|| {
+                    format!(
+                        "HandlerSpec::instance(`{shown}`): the value was used by another runtime already; \
+                         use HandlerSpec::with to make one per runtime"
+                    )
+                })
+        })
     }
 
     /// An instance named `name` of the plugin in the shared library at

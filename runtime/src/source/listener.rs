@@ -275,6 +275,7 @@ pub(crate) fn accept(core: &mut Core, id: u64) {
             Err(e) => log::warn!("registering an accepted connection: {e}"),
         }
     }
+    core.shared.capped = true;
 }
 
 fn pause(core: &mut Core, id: u64) {
