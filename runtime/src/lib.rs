@@ -250,12 +250,12 @@ impl Handle {
     /// # use loopd::{HandlerSpec, Runtime};
     /// # use loopd_handler_api::{Ctx, Handler, NoConfig};
     /// # use std::time::Duration;
-    /// struct Inbox(Vec<Vec<u8>>);
+    /// struct Inbox;
     /// impl Handler for Inbox {
     ///     type Config = NoConfig;
     ///     type Conn = ();
     ///     fn create(_: &Ctx, _: &str, _: NoConfig) -> Result<Self, String> {
-    ///         Ok(Inbox(Vec::new()))
+    ///         Ok(Inbox)
     ///     }
     ///     fn on_message(&mut self, ctx: &Ctx, msg: &[u8]) {
     ///         ctx.info(format_args!("got {}", String::from_utf8_lossy(msg)));
