@@ -16,16 +16,17 @@ use loopd_handler_api::abi;
 
 use crate::error::Error;
 
-/// The largest config file loopd reads (16 MiB); a larger one, or anything
+/// The largest config file loopd reads (4 MiB); a larger one, or anything
 /// that is not a regular file (`/dev/zero`, a FIFO, a directory), is refused
 /// before it is read.
 ///
-/// The shipped config is 2 KiB, and one with ten thousand `[[handler]]`
-/// entries of ten listeners each is about 4 MiB, so no real config comes
-/// near the limit; but parsing is in memory, and the parsed document takes
-/// several times the file's size, so the limit keeps a mistaken path from
-/// costing more than a few hundred MiB.
-pub const MAX_CONFIG_BYTES: u64 = 16 << 20;
+/// Parsing is in memory, and the parsed document takes up to about 60
+/// times the file's size (a file of short keys with arrays of small
+/// integers, the worst case measured: 16 MiB of it took 950 MiB), so the
+/// limit bounds what a mistaken path can cost to about 250 MiB. Real
+/// configs are far below it: the shipped one is 2 KiB, and one with 10,000
+/// `[[handler]]` entries of ten listeners each is 3.2 MB (parsed in 57 MiB).
+pub const MAX_CONFIG_BYTES: u64 = 4 << 20;
 
 /// The limits a handler instance runs with, as the config file's
 /// `max_frame`, `output_high_watermark` and `output_low_watermark` keys
@@ -394,21 +395,83 @@ pub struct HandlerConfig {
     /// (empty for an entry built in code), so that an error the handler
     /// reports about its config can point at the key:
     /// [`HandlerConfig::locate_config_error`].
-    pub config_keys: Vec<ConfigKey>,
+    pub config_keys: ConfigKeys,
 }
 
-/// Where one key of a `[handler.config]` table (or the table itself) is
-/// written in the config file.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ConfigKey {
-    /// The key as a handler names it, relative to the table: `root`,
-    /// `types.html`, `broadcast_to[1]`; empty for the table itself.
-    pub path: String,
-    /// The whole dotted key, as config errors name keys:
-    /// `handler[2].config.types.html`.
-    pub key: String,
-    /// Where the key (or an array element's value) starts.
-    pub location: Location,
+/// Where the keys of one `[handler.config]` table (and the table itself)
+/// are written in the config file.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ConfigKeys {
+    /// The file, if any.
+    file: Option<PathBuf>,
+    /// The table as config errors name it: `handler[2].config`.
+    table: String,
+    /// Line and column of the table's `config` key (`[handler.config]`).
+    at: (u32, u32),
+    /// Each key relative to the table (`root`, `types.html`,
+    /// `broadcast_to[1]`), with the line and column where it (or an array
+    /// element's value) starts.
+    keys: Vec<(Box<str>, u32, u32)>,
+}
+
+impl ConfigKeys {
+    /// Whether there is no table.
+    pub fn is_empty(&self) -> bool {
+        self.table.is_empty()
+    }
+
+    fn location(&self, (line, column): (u32, u32)) -> Location {
+        Location {
+            file: self.file.clone(),
+            line: line as usize,
+            column: column as usize,
+        }
+    }
+
+    /// The dotted key (`handler[2].config.root`) and location of the key
+    /// an error message from the handler is about: see
+    /// [`HandlerConfig::locate_config_error`].
+    pub fn locate(&self, message: &str) -> Option<(String, Location)> {
+        if self.is_empty() {
+            return None;
+        }
+        let message = message.strip_prefix("invalid config: ").unwrap_or(message);
+        let lead = message
+            .split(|c: char| c.is_whitespace() || c == ':' || c == '=' || c == ',')
+            .next()
+            .unwrap_or("")
+            .trim_matches('`');
+        let names: Vec<&str> = std::iter::once(lead)
+            .chain(message.split('`').skip(1).step_by(2))
+            .filter(|n| !n.is_empty())
+            .collect();
+        let found = |k: &(Box<str>, u32, u32)| {
+            Some((format!("{}.{}", self.table, k.0), self.location((k.1, k.2))))
+        };
+        if let Some(k) = names
+            .iter()
+            .find_map(|n| self.keys.iter().find(|k| &*k.0 == *n))
+        {
+            return found(k);
+        }
+        // A nested struct's serde error names the field only, not its table.
+        let leaf = |path: &str| -> String {
+            let last = path.rsplit('.').next().unwrap_or(path);
+            last.split('[').next().unwrap_or(last).to_string()
+        };
+        if let Some(k) = names
+            .iter()
+            .filter(|n| !n.contains('.') && !n.contains('['))
+            .find_map(|n| self.keys.iter().find(|k| leaf(&k.0) == *n))
+        {
+            return found(k);
+        }
+        // A key that should be there and is not: the table.
+        if message.contains("missing field") || message.contains(" is required") {
+            return Some((self.table.clone(), self.location(self.at)));
+        }
+        None
+    }
 }
 
 impl HandlerConfig {
@@ -425,7 +488,7 @@ impl HandlerConfig {
             broadcast: false,
             config_json: "{}".to_string(),
             plugin_location: None,
-            config_keys: Vec::new(),
+            config_keys: ConfigKeys::default(),
         }
     }
 
@@ -443,50 +506,16 @@ impl HandlerConfig {
     }
 
     /// The key of `[handler.config]` that an error message from the
-    /// handler's `create` is about, as far as the message tells: a key it
-    /// names in backticks (`` unknown field `rot` ``, `` `root` is empty ``)
-    /// or at its start (`max_line = 0 is out of range`, `broadcast_to[1]:
-    /// ...`); a field written nowhere in the table (`` missing field `root` ``)
-    /// points at the table. `None` when the message names no key of the
-    /// table, or the entry was built in code.
-    pub fn locate_config_error(&self, message: &str) -> Option<&ConfigKey> {
-        if self.config_keys.is_empty() {
-            return None;
-        }
-        let message = message.strip_prefix("invalid config: ").unwrap_or(message);
-        let mut names: Vec<&str> = Vec::new();
-        let lead = message
-            .split(|c: char| c.is_whitespace() || c == ':' || c == '=' || c == ',')
-            .next()
-            .unwrap_or("");
-        names.push(lead.trim_matches('`'));
-        names.extend(message.split('`').skip(1).step_by(2));
-        let names: Vec<&str> = names.into_iter().filter(|n| !n.is_empty()).collect();
-        let keys = self.config_keys.iter().filter(|k| !k.path.is_empty());
-        let exact = names.iter().find_map(|n| {
-            self.config_keys
-                .iter()
-                .find(|k| !k.path.is_empty() && k.path == *n)
-        });
-        if exact.is_some() {
-            return exact;
-        }
-        // A nested struct's serde error names the field only, not its table.
-        let leaf = |path: &str| -> String {
-            let last = path.rsplit('.').next().unwrap_or(path);
-            last.split('[').next().unwrap_or(last).to_string()
-        };
-        let nested = names
-            .iter()
-            .filter(|n| !n.contains('.') && !n.contains('['))
-            .find_map(|n| keys.clone().find(|k| leaf(&k.path) == *n));
-        if nested.is_some() {
-            return nested;
-        }
-        if message.contains("missing field") {
-            return self.config_keys.iter().find(|k| k.path.is_empty());
-        }
-        None
+    /// handler's `create` is about, as far as the message tells: its dotted
+    /// name (`handler[2].config.root`) and where it is written. Found from a
+    /// key the message names in backticks (`` unknown field `rot` ``,
+    /// `` `root` is empty ``) or at its start (`max_line = 0 is out of
+    /// range`, `broadcast_to[1]: ...`); a key that is missing (`` missing
+    /// field `root` ``, `` `root` is required ``) points at the table.
+    /// `None` when the message names no key of the table, or the entry has
+    /// no table or was built in code.
+    pub fn locate_config_error(&self, message: &str) -> Option<(String, Location)> {
+        self.config_keys.locate(message)
     }
 }
 
@@ -530,18 +559,35 @@ struct RawHandler {
 struct Source<'a> {
     file: Option<&'a Path>,
     text: &'a str,
+    /// Byte offset of the start of each line after the first, built on the
+    /// first lookup: a location is then a binary search, not a scan of the
+    /// text (configs with thousands of keys stay linear).
+    line_starts: std::cell::OnceCell<Vec<usize>>,
 }
 
-impl Source<'_> {
+impl<'a> Source<'a> {
+    fn new(text: &'a str, file: Option<&'a Path>) -> Source<'a> {
+        Source {
+            file,
+            text,
+            line_starts: std::cell::OnceCell::new(),
+        }
+    }
+
     fn location(&self, span: &Range<usize>) -> Location {
         let start = span.start.min(self.text.len());
-        let before = &self.text[..start];
-        let line = before.matches('\n').count() + 1;
-        let column = before.rfind('\n').map_or(start, |nl| start - nl - 1) + 1;
+        let starts = self.line_starts.get_or_init(|| {
+            memchr::memchr_iter(b'\n', self.text.as_bytes())
+                .map(|nl| nl + 1)
+                .collect()
+        });
+        // Lines before the one holding `start`.
+        let before = starts.partition_point(|&s| s <= start);
+        let line_start = if before == 0 { 0 } else { starts[before - 1] };
         Location {
             file: self.file.map(Path::to_path_buf),
-            line,
-            column,
+            line: before + 1,
+            column: start - line_start + 1,
         }
     }
 
@@ -646,14 +692,15 @@ impl Config {
     /// # Errors
     /// [`Error::Config`] naming the line and key of the first problem.
     pub fn parse(text: &str, file: Option<&Path>) -> Result<Config, Error> {
-        let src = Source { file, text };
+        let src = Source::new(text, file);
         let toml_error = |e: toml::de::Error| {
             let key = e.span().map(|sp| src.key_at(sp.start)).unwrap_or_default();
             src.error(e.span(), &key, e.message())
         };
         let doc = DeTable::parse(text).map_err(toml_error)?;
-        // Kept for the spans of the keys in each [handler.config].
-        let tree = doc.get_ref().clone();
+        // The spans of the keys in each [handler.config], which
+        // deserializing into a table forgets.
+        let mut config_keys = all_config_keys(&src, doc.get_ref()).into_iter();
         let raw = RawConfig::deserialize(toml::de::Deserializer::from(doc)).map_err(toml_error)?;
 
         let mut runtime = RuntimeConfig::default();
@@ -808,7 +855,7 @@ impl Config {
             entry.broadcast = broadcast;
             entry.config_json = config_json;
             entry.plugin_location = Some(src.location(&h.plugin.span()));
-            entry.config_keys = config_keys(&src, &tree, i);
+            entry.config_keys = config_keys.next().unwrap_or_default();
             handlers.push(entry);
         }
 
@@ -892,62 +939,69 @@ fn read_config_file(path: &Path, limit: u64) -> Result<String, String> {
     })
 }
 
-/// Where each key of handler `index`'s `config` table is written, the
-/// table itself first.
-fn config_keys(src: &Source<'_>, tree: &DeTable<'_>, index: usize) -> Vec<ConfigKey> {
-    let Some(DeValue::Array(handlers)) = tree.get("handler").map(Spanned::get_ref) else {
+/// Where the keys of each handler's `config` table are written, by
+/// handler index.
+fn all_config_keys(src: &Source<'_>, doc: &DeTable<'_>) -> Vec<ConfigKeys> {
+    let Some(DeValue::Array(handlers)) = doc.get("handler").map(Spanned::get_ref) else {
         return Vec::new();
     };
-    let Some(DeValue::Table(handler)) = handlers.get(index).map(Spanned::get_ref) else {
-        return Vec::new();
+    let at = |span: Range<usize>| {
+        let l = src.location(&span);
+        (to_u32(l.line), to_u32(l.column))
     };
-    let Some((key, value)) = handler.get_key_value("config") else {
-        return Vec::new();
-    };
-    let base = format!("handler[{index}].config");
-    let mut out = vec![ConfigKey {
-        path: String::new(),
-        key: base.clone(),
-        location: src.location(&key.span()),
-    }];
-    fn walk(
-        src: &Source<'_>,
-        value: &DeValue<'_>,
-        path: &str,
-        base: &str,
-        out: &mut Vec<ConfigKey>,
-    ) {
-        let push = |out: &mut Vec<ConfigKey>, path: String, span: Range<usize>| {
-            out.push(ConfigKey {
-                key: format!("{base}.{path}"),
-                path,
-                location: src.location(&span),
-            });
+    let mut all = Vec::with_capacity(handlers.len());
+    for (index, handler) in handlers.iter().enumerate() {
+        let found = match handler.get_ref() {
+            DeValue::Table(t) => t.get_key_value("config"),
+            _ => None,
         };
-        match value {
-            DeValue::Table(t) => {
-                for (k, v) in t.iter() {
-                    let p = if path.is_empty() {
-                        k.get_ref().to_string()
-                    } else {
-                        format!("{path}.{}", k.get_ref())
-                    };
-                    push(out, p.clone(), k.span());
-                    walk(src, v.get_ref(), &p, base, out);
+        let Some((key, value)) = found else {
+            all.push(ConfigKeys::default());
+            continue;
+        };
+        let mut keys = ConfigKeys {
+            file: src.file.map(Path::to_path_buf),
+            table: format!("handler[{index}].config"),
+            at: at(key.span()),
+            keys: Vec::new(),
+        };
+        let mut stack: Vec<(String, &DeValue<'_>)> = vec![(String::new(), value.get_ref())];
+        while let Some((path, value)) = stack.pop() {
+            let children: Vec<(String, Range<usize>, &DeValue<'_>)> = match value {
+                DeValue::Table(t) => t
+                    .iter()
+                    .map(|(k, v)| {
+                        let p = if path.is_empty() {
+                            k.get_ref().to_string()
+                        } else {
+                            format!("{path}.{}", k.get_ref())
+                        };
+                        (p, k.span(), v.get_ref())
+                    })
+                    .collect(),
+                DeValue::Array(a) => a
+                    .iter()
+                    .enumerate()
+                    .map(|(j, v)| (format!("{path}[{j}]"), v.span(), v.get_ref()))
+                    .collect(),
+                _ => Vec::new(),
+            };
+            for (p, span, v) in children.into_iter().rev() {
+                let (line, column) = at(span);
+                keys.keys.push((p.clone().into_boxed_str(), line, column));
+                if matches!(v, DeValue::Table(_) | DeValue::Array(_)) {
+                    stack.push((p, v));
                 }
             }
-            DeValue::Array(a) => {
-                for (j, v) in a.iter().enumerate() {
-                    let p = format!("{path}[{j}]");
-                    push(out, p.clone(), v.span());
-                    walk(src, v.get_ref(), &p, base, out);
-                }
-            }
-            _ => {}
         }
+        keys.keys.shrink_to_fit();
+        all.push(keys);
     }
-    walk(src, value.get_ref(), "", &base, &mut out);
-    out
+    all
+}
+
+fn to_u32(n: usize) -> u32 {
+    u32::try_from(n).unwrap_or(u32::MAX)
 }
 
 /// What two listener URLs that name the same socket have in common: a unix
@@ -1313,9 +1367,10 @@ inner_key = 5
         let c = Config::parse(WITH_TABLE, Some(Path::new("t.toml"))).unwrap();
         assert!(c.handlers[0].config_keys.is_empty());
         assert!(c.handlers[0].locate_config_error(message).is_none());
-        c.handlers[1]
-            .locate_config_error(message)
-            .map(|k| (k.key.clone(), k.location.line, k.location.column))
+        c.handlers[1].locate_config_error(message).map(|(key, at)| {
+            assert_eq!(at.file.as_deref(), Some(Path::new("t.toml")));
+            (key, at.line, at.column)
+        })
     }
 
     #[test]
@@ -1365,11 +1420,11 @@ inner_key = 5
             None,
         )
         .unwrap();
-        let k = c.handlers[0]
+        let (key, at) = c.handlers[0]
             .locate_config_error("unknown field `max`")
             .unwrap();
-        assert_eq!((k.location.line, k.location.column), (4, 24));
-        assert_eq!(k.key, "handler[0].config.max");
+        assert_eq!((at.line, at.column), (4, 24));
+        assert_eq!(key, "handler[0].config.max");
     }
 
     fn read_err(path: &Path) -> String {
@@ -1429,7 +1484,7 @@ inner_key = 5
         drop(f);
         let e = read_err(&path);
         assert!(
-            e.ends_with("cannot read config: it is 16777217 bytes, more than the 16777216 bytes (16 MiB) a config file may have"),
+            e.ends_with("cannot read config: it is 4194305 bytes, more than the 4194304 bytes (4 MiB) a config file may have"),
             "{e}"
         );
         // The read itself stops at limit + 1, whatever fstat said.
