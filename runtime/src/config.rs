@@ -986,7 +986,7 @@ fn all_config_keys(src: &Source<'_>, doc: &DeTable<'_>) -> Vec<ConfigKeys> {
                     .collect(),
                 _ => Vec::new(),
             };
-            for (p, span, v) in children.into_iter().rev() {
+            for (p, span, v) in children {
                 let (line, column) = at(span);
                 keys.keys.push((p.clone().into_boxed_str(), line, column));
                 if matches!(v, DeValue::Table(_) | DeValue::Array(_)) {
@@ -994,6 +994,9 @@ fn all_config_keys(src: &Source<'_>, doc: &DeTable<'_>) -> Vec<ConfigKeys> {
                 }
             }
         }
+        // In the file's order (a table's keys come sorted by name): the
+        // first key a message could mean is the first one written.
+        keys.keys.sort_by_key(|k| (k.1, k.2));
         keys.keys.shrink_to_fit();
         all.push(keys);
     }
@@ -1361,6 +1364,7 @@ broadcast_to = ["127.0.0.1:1", "127.0.0.1:2"]
 html = "text/html"
 [handler.config.nested]
 inner_key = 5
+html = 1
 "#;
 
     fn locate(message: &str) -> Option<(String, usize, usize)> {
@@ -1400,6 +1404,11 @@ inner_key = 5
         assert_eq!(
             locate("invalid config: unknown field `inner_key`, expected `x`"),
             at("handler[1].config.nested.inner_key", 15, 1)
+        );
+        // The first one written, when two nested tables have the field.
+        assert_eq!(
+            locate("invalid config: unknown field `html`"),
+            at("handler[1].config.types.html", 13, 1)
         );
         // A field that is not in the table: the table.
         assert_eq!(
