@@ -601,3 +601,91 @@ fn stale_unix_socket_is_replaced() {
     let got = echo_roundtrip(unix(Path::new(&path)), &data);
     assert!(got == data, "echo over the replaced socket differs");
 }
+
+// ---------------------------------------------------------------------------
+// Config files that are not regular files, or too large (issue 20, item 12)
+// ---------------------------------------------------------------------------
+
+/// `loopd check PATH` and `loopd PATH` both refuse `path` with `reason`,
+/// and exit by themselves (run_loopd fails the test after TIMEOUT: a read
+/// of /dev/zero would grow without end, a FIFO with no writer would block).
+#[track_caller]
+fn refused_file(path: &Path, reason: &str) {
+    let p = path.to_str().unwrap();
+    let expected = format!("{p}: cannot read config: {reason}");
+    for args in [vec!["check", p], vec![p]] {
+        let stderr = failed(&run_loopd(&args));
+        assert!(
+            stderr.contains(&expected),
+            "{args:?}: expected\n  {expected}\nin\n{stderr}"
+        );
+        assert!(!stderr.contains(" ready: "), "{stderr}");
+    }
+}
+
+#[test]
+fn a_config_that_is_not_a_regular_file_is_refused_unread() {
+    refused_file(
+        Path::new("/dev/zero"),
+        "it is a character device, not a regular file",
+    );
+    let dir = TempDir::new("config-not-a-file");
+    let fifo = dir.join("fifo.toml");
+    let c = std::ffi::CString::new(fifo.to_str().unwrap()).unwrap();
+    // SAFETY: a valid NUL-terminated path.
+    assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o600) }, 0);
+    refused_file(&fifo, "it is a FIFO (named pipe), not a regular file");
+    refused_file(dir.path(), "it is a directory, not a regular file");
+    let sock = dir.join("sock.toml");
+    let _listener = UnixListener::bind(&sock).unwrap();
+    refused_file(&sock, "it is a socket, not a regular file");
+}
+
+#[test]
+fn a_config_over_4_mib_is_refused_and_one_of_4_mib_is_read() {
+    const LIMIT: usize = 4 << 20;
+    let dir = TempDir::new("config-size");
+    let body = "[[handler]]\nname = \"echo\"\nplugin = \"echo\"\n";
+    // Exactly the limit: the handler, then comment lines as padding.
+    let mut text = String::from(body);
+    let line = format!("# {}\n", "x".repeat(97));
+    while text.len() + line.len() <= LIMIT {
+        text.push_str(&line);
+    }
+    text.push_str(&"#".repeat(LIMIT - text.len() - 1));
+    text.push('\n');
+    assert_eq!(text.len(), LIMIT);
+    let config = dir.join("limit.toml");
+    std::fs::write(&config, &text).unwrap();
+    let out = run_loopd(&["check", config.to_str().unwrap()]);
+    assert!(
+        out.status.success(),
+        "a config of exactly 4 MiB is refused:\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // One byte more.
+    text.push('\n');
+    std::fs::write(&config, &text).unwrap();
+    refused_file(
+        &config,
+        "it is 4194305 bytes, more than the 4194304 bytes (4 MiB) a config file may have",
+    );
+    // A sparse file of 1 GiB: refused from its size, without reading it.
+    let sparse = dir.join("sparse.toml");
+    std::fs::File::create(&sparse)
+        .unwrap()
+        .set_len(1 << 30)
+        .unwrap();
+    refused_file(
+        &sparse,
+        "it is 1073741824 bytes, more than the 4194304 bytes (4 MiB) a config file may have",
+    );
+}
+
+#[test]
+fn a_config_that_is_not_utf8_is_refused() {
+    let dir = TempDir::new("config-utf8");
+    let config = dir.join("latin1.toml");
+    std::fs::write(&config, b"# caf\xe9\n[runtime]\n").unwrap();
+    refused_file(&config, "not UTF-8 text (an invalid byte at offset 5)");
+}

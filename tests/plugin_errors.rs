@@ -568,3 +568,128 @@ const loopd_plugin_info *loopd_plugin_entry_v1(const loopd_host_api *host)
     let got = echo_roundtrip(tcp(loopd.tcp("old")), b"still works");
     assert_eq!(got, b"still works");
 }
+
+// ---------------------------------------------------------------------------
+// Errors about [handler.config] point at the key (issue 20, item 18)
+// ---------------------------------------------------------------------------
+
+/// The refusal of the handler `broken` (plugin `plugin`, with `table` as
+/// its `[handler.config]`), which must be located at the first `needle` in
+/// the config and name the dotted `key`. Returns the reason after the
+/// plugin path.
+fn refused_at_key(plugin: &str, table: &str, needle: &str, key: &str) -> String {
+    let dir = TempDir::new("plugin-config-key");
+    let text = broken_config(plugin, &format!("[handler.config]\n{table}"));
+    let config = write_config(&dir, &text);
+    let (line, col) = locate(&text, needle);
+    let msg = refused(&config);
+    let path = plugin_dir().join(format!("libloopd_{plugin}.so"));
+    let prefix = format!(
+        "{}:{line}:{col}: {key}: handler `broken`: plugin {}: create failed: ",
+        config.display(),
+        path.display()
+    );
+    assert!(
+        msg.starts_with(&prefix),
+        "expected the error to start with\n  {prefix}\ngot\n  {msg}"
+    );
+    msg[prefix.len()..].to_string()
+}
+
+#[test]
+#[ignore = "needs lib.rs to locate create errors with HandlerConfig::locate_config_error"]
+fn an_unknown_config_key_is_reported_at_the_key() {
+    let why = refused_at_key(
+        "probe",
+        "greeting = \"hi\"\nbogus = 1\n",
+        "bogus = 1",
+        "handler[1].config.bogus",
+    );
+    assert!(
+        why.starts_with("invalid config: unknown field `bogus`"),
+        "{why}"
+    );
+}
+
+#[test]
+#[ignore = "needs lib.rs to locate create errors with HandlerConfig::locate_config_error"]
+fn a_key_the_handler_names_in_its_message_is_the_location() {
+    // The handler's own words: probe refuses with the text it is given.
+    let why = refused_at_key(
+        "probe",
+        "greeting = \"hello\"\nfail_create = \"`greeting` is too long\"\n",
+        "greeting = ",
+        "handler[1].config.greeting",
+    );
+    assert_eq!(why, "`greeting` is too long");
+    // The http handler checks its ranges after serde: `max_headers` = 0.
+    let dir = TempDir::new("plugin-config-root");
+    let root = dir.path().display().to_string();
+    let why = refused_at_key(
+        "http",
+        &format!("root = \"{root}\"\nmax_headers = 0\n"),
+        "max_headers = 0",
+        "handler[1].config.max_headers",
+    );
+    assert!(
+        why.starts_with("`max_headers` must be between 1 and "),
+        "{why}"
+    );
+}
+
+#[test]
+#[ignore = "needs lib.rs to locate create errors with HandlerConfig::locate_config_error"]
+fn a_missing_config_key_is_reported_at_the_table() {
+    let why = refused_at_key(
+        "http",
+        "index = \"index.html\"\n",
+        "config]",
+        "handler[1].config",
+    );
+    assert!(why.starts_with("`root` is required"), "{why}");
+}
+
+#[test]
+fn a_create_error_that_names_no_key_stays_at_the_plugin_key() {
+    // Nothing in "nope" names a key of the table: the plugin line it is.
+    let dir = TempDir::new("plugin-config-nokey");
+    let text = broken_config("probe", "[handler.config]\nfail_create = \"nope\"\n");
+    let config = write_config(&dir, &text);
+    let (line, col) = locate(&text, "\"probe\"");
+    let msg = refused(&config);
+    assert!(
+        msg.starts_with(&format!(
+            "{}:{line}:{col}: handler `broken`: plugin ",
+            config.display()
+        )) && msg.ends_with("create failed: nope"),
+        "{msg}"
+    );
+}
+
+#[test]
+fn a_missing_relative_plugin_path_names_the_directory_it_was_resolved_against() {
+    let dir = TempDir::new("plugin-relative");
+    // The config is in `conf/`; loopd runs in `dir`. A relative path is
+    // resolved against the working directory, and the error says so.
+    std::fs::create_dir(dir.join("conf")).unwrap();
+    let text = broken_config("plugins/libnope.so", "");
+    let config = dir.join("conf/loopd.toml");
+    std::fs::write(&config, &text).unwrap();
+    let cfg = config.to_str().unwrap();
+    let cwd = std::fs::canonicalize(dir.path()).unwrap();
+    for args in [vec!["check", cfg], vec![cfg]] {
+        let out = run_loopd_in(Some(&cwd), &args, Some("info"));
+        assert_eq!(out.status.code(), Some(1), "{args:?}");
+        let msg = single_error(&String::from_utf8_lossy(&out.stderr));
+        let (line, col) = locate(&text, "\"plugins/libnope.so\"");
+        assert_eq!(
+            msg,
+            format!(
+                "{cfg}:{line}:{col}: handler `broken`: plugin plugins/libnope.so: file not found; a relative path is resolved against the working directory, {}, not the config file's directory (looked for {})",
+                cwd.display(),
+                cwd.join("plugins/libnope.so").display()
+            ),
+            "{args:?}"
+        );
+    }
+}

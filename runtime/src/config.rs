@@ -9,12 +9,130 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use serde::Deserialize;
+use toml::de::{DeTable, DeValue};
 use toml::Spanned;
+
+use loopd_handler_api::abi;
 
 use crate::error::Error;
 
-/// Largest frame a config may allow (1 GiB).
-const MAX_FRAME_LIMIT: u64 = 1 << 30;
+/// The largest config file loopd reads (4 MiB); a larger one, or anything
+/// that is not a regular file (`/dev/zero`, a FIFO, a directory), is refused
+/// before it is read.
+///
+/// Parsing is in memory, and the parsed document takes up to about 60
+/// times the file's size (a file of short keys with arrays of small
+/// integers, the worst case measured: 16 MiB of it took 950 MiB), so the
+/// limit bounds what a mistaken path can cost to about 250 MiB. Real
+/// configs are far below it: the shipped one is 2 KiB, and one with 10,000
+/// `[[handler]]` entries of ten listeners each is 3.2 MB (parsed in 56 MiB).
+pub const MAX_CONFIG_BYTES: u64 = 4 << 20;
+
+/// The limits a handler instance runs with, as the config file's
+/// `max_frame`, `output_high_watermark` and `output_low_watermark` keys
+/// (in `[runtime]` as defaults, in `[[handler]]` for one instance) and
+/// [`HandlerSpec`](crate::HandlerSpec) set them. [`Limits::validate`] is the
+/// one place their rules are written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Limits {
+    /// Largest frame, in bytes (1 to [`Limits::MAX_FRAME`]).
+    pub max_frame: usize,
+    /// Output queue size at which `send` refuses with AGAIN and input pauses.
+    pub output_high_watermark: usize,
+    /// Output queue size below which `on_writable` fires and input resumes;
+    /// below `output_high_watermark`.
+    pub output_low_watermark: usize,
+}
+
+impl Limits {
+    /// The largest `max_frame` (1 GiB).
+    pub const MAX_FRAME: usize = 1 << 30;
+
+    /// Checks the rules: `max_frame` between 1 and [`Limits::MAX_FRAME`],
+    /// `output_low_watermark` below `output_high_watermark` (which is then
+    /// at least 1).
+    ///
+    /// # Errors
+    /// The first rule broken, naming its key.
+    pub fn validate(&self) -> Result<(), LimitError> {
+        if self.max_frame == 0 || self.max_frame > Limits::MAX_FRAME {
+            return Err(LimitError::MaxFrame(self.max_frame));
+        }
+        if self.output_low_watermark >= self.output_high_watermark {
+            return Err(LimitError::Watermarks {
+                high: self.output_high_watermark,
+                low: self.output_low_watermark,
+            });
+        }
+        Ok(())
+    }
+}
+
+/// A rule of [`Limits`] that a value breaks.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum LimitError {
+    /// `max_frame` (the value) is 0 or above [`Limits::MAX_FRAME`].
+    MaxFrame(usize),
+    /// `output_low_watermark` is not below `output_high_watermark`.
+    Watermarks {
+        /// The high watermark.
+        high: usize,
+        /// The low watermark.
+        low: usize,
+    },
+}
+
+impl LimitError {
+    /// The key the error is about: `max_frame` or `output_low_watermark`.
+    pub fn key(&self) -> &'static str {
+        match self {
+            LimitError::MaxFrame(_) => "max_frame",
+            LimitError::Watermarks { .. } => "output_low_watermark",
+        }
+    }
+
+    /// What is wrong, without the key: e.g. `must be between 1 and
+    /// 1073741824 bytes, not 0`.
+    pub fn reason(&self) -> String {
+        match self {
+            LimitError::MaxFrame(n) => {
+                format!("must be between 1 and {} bytes, not {n}", Limits::MAX_FRAME)
+            }
+            LimitError::Watermarks { high, low } => {
+                format!("must be below output_high_watermark ({low} >= {high})")
+            }
+        }
+    }
+}
+
+impl fmt::Display for LimitError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}: {}", self.key(), self.reason())
+    }
+}
+
+impl std::error::Error for LimitError {}
+
+/// The rule for instance names (the config's `name` key and
+/// [`HandlerSpec`](crate::HandlerSpec) names): letters, digits, `-`, `_`
+/// and `.`, not empty. They appear in log targets and metrics.
+///
+/// # Errors
+/// A message that quotes the name and says what is allowed.
+pub fn check_name(name: &str) -> Result<(), String> {
+    let ok = !name.is_empty()
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c));
+    if ok {
+        Ok(())
+    } else {
+        Err(format!(
+            "`{name}` is not a valid name (use letters, digits, `-`, `_`, `.`)"
+        ))
+    }
+}
 
 /// A parsed, validated config.
 #[derive(Debug, Clone)]
@@ -60,13 +178,41 @@ impl Default for RuntimeConfig {
     }
 }
 
+impl RuntimeConfig {
+    /// The default limits of handler instances.
+    pub fn limits(&self) -> Limits {
+        Limits {
+            max_frame: self.max_frame,
+            output_high_watermark: self.output_high_watermark,
+            output_low_watermark: self.output_low_watermark,
+        }
+    }
+}
+
 /// Which library a handler comes from.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum PluginRef {
-    /// A bare name such as `echo`: `libloopd_echo.so` next to the executable.
+    /// A bare name such as `echo`: `libloopd_echo.so` (`libloopd_echo.dylib`
+    /// on macOS) in `plugin_dir` or next to the executable.
     Name(String),
     /// A path to a shared library.
     Path(PathBuf),
+}
+
+impl PluginRef {
+    /// Reads `text` as the config's `plugin` key does: anything containing
+    /// `/` or ending in `.so` (or the platform's library suffix, e.g.
+    /// `.dylib`) is a path, anything else a name.
+    pub fn parse(text: &str) -> PluginRef {
+        if text.contains('/')
+            || text.ends_with(".so")
+            || text.ends_with(std::env::consts::DLL_SUFFIX)
+        {
+            PluginRef::Path(PathBuf::from(text))
+        } else {
+            PluginRef::Name(text.to_string())
+        }
+    }
 }
 
 impl fmt::Display for PluginRef {
@@ -122,9 +268,10 @@ impl std::str::FromStr for ListenAddr {
                 if rest.is_empty() {
                     return Err(format!("`{s}`: the unix socket path is empty"));
                 }
-                if rest.len() >= 108 {
+                if rest.len() >= crate::sys::UNIX_PATH_MAX {
                     return Err(format!(
-                        "`{s}`: a unix socket path must be shorter than 108 bytes"
+                        "`{s}`: a unix socket path must be shorter than {} bytes (this system's sun_path)",
+                        crate::sys::UNIX_PATH_MAX
                     ));
                 }
                 if rest.contains('\0') {
@@ -148,6 +295,33 @@ pub enum FramingKind {
     Line,
     /// 4-byte big-endian length, then payload.
     LengthPrefixed,
+}
+
+impl From<FramingKind> for u32 {
+    /// The ABI's `LOOPD_FRAMING_*` value.
+    fn from(f: FramingKind) -> u32 {
+        match f {
+            FramingKind::Raw => abi::LOOPD_FRAMING_RAW,
+            FramingKind::Line => abi::LOOPD_FRAMING_LINE,
+            FramingKind::LengthPrefixed => abi::LOOPD_FRAMING_LENGTH_PREFIXED,
+        }
+    }
+}
+
+impl TryFrom<u32> for FramingKind {
+    /// The value, when it is no framing (`LOOPD_FRAMING_DEFAULT`, or unknown).
+    type Error = u32;
+
+    /// From the ABI's `LOOPD_FRAMING_*` value; `LOOPD_FRAMING_DEFAULT` (no
+    /// preference) is not a framing and is refused like an unknown value.
+    fn try_from(raw: u32) -> Result<FramingKind, u32> {
+        match raw {
+            abi::LOOPD_FRAMING_RAW => Ok(FramingKind::Raw),
+            abi::LOOPD_FRAMING_LINE => Ok(FramingKind::Line),
+            abi::LOOPD_FRAMING_LENGTH_PREFIXED => Ok(FramingKind::LengthPrefixed),
+            other => Err(other),
+        }
+    }
 }
 
 impl FramingKind {
@@ -217,6 +391,87 @@ pub struct HandlerConfig {
     pub config_json: String,
     /// Where the entry's `plugin` key is, for errors about loading it.
     pub plugin_location: Option<Location>,
+    /// Where the `[handler.config]` table and each key in it are written
+    /// (empty for an entry built in code), so that an error the handler
+    /// reports about its config can point at the key:
+    /// [`HandlerConfig::locate_config_error`].
+    pub config_keys: ConfigKeys,
+}
+
+/// Where the keys of one `[handler.config]` table (and the table itself)
+/// are written in the config file.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ConfigKeys {
+    /// The file, if any.
+    file: Option<PathBuf>,
+    /// The table as config errors name it: `handler[2].config`.
+    table: String,
+    /// Line and column of the table's `config` key (`[handler.config]`).
+    at: (u32, u32),
+    /// Each key relative to the table (`root`, `types.html`,
+    /// `broadcast_to[1]`), with the line and column where it (or an array
+    /// element's value) starts.
+    keys: Vec<(Box<str>, u32, u32)>,
+}
+
+impl ConfigKeys {
+    /// Whether there is no table.
+    pub fn is_empty(&self) -> bool {
+        self.table.is_empty()
+    }
+
+    fn location(&self, (line, column): (u32, u32)) -> Location {
+        Location {
+            file: self.file.clone(),
+            line: line as usize,
+            column: column as usize,
+        }
+    }
+
+    /// The dotted key (`handler[2].config.root`) and location of the key
+    /// an error message from the handler is about: see
+    /// [`HandlerConfig::locate_config_error`].
+    pub fn locate(&self, message: &str) -> Option<(String, Location)> {
+        if self.is_empty() {
+            return None;
+        }
+        let message = message.strip_prefix("invalid config: ").unwrap_or(message);
+        let lead = message
+            .split(|c: char| c.is_whitespace() || c == ':' || c == '=' || c == ',')
+            .next()
+            .unwrap_or("")
+            .trim_matches('`');
+        let names: Vec<&str> = std::iter::once(lead)
+            .chain(message.split('`').skip(1).step_by(2))
+            .filter(|n| !n.is_empty())
+            .collect();
+        let found = |k: &(Box<str>, u32, u32)| {
+            Some((format!("{}.{}", self.table, k.0), self.location((k.1, k.2))))
+        };
+        if let Some(k) = names
+            .iter()
+            .find_map(|n| self.keys.iter().find(|k| &*k.0 == *n))
+        {
+            return found(k);
+        }
+        // A nested struct's serde error names the field only, not its table.
+        let leaf = |path: &str| -> String {
+            let last = path.rsplit('.').next().unwrap_or(path);
+            last.split('[').next().unwrap_or(last).to_string()
+        };
+        if let Some(k) = names
+            .iter()
+            .filter(|n| !n.contains('.') && !n.contains('['))
+            .find_map(|n| self.keys.iter().find(|k| leaf(&k.0) == *n))
+        {
+            return found(k);
+        }
+        // A key that should be there and is not: the table.
+        if message.contains("missing field") || message.contains(" is required") {
+            return Some((self.table.clone(), self.location(self.at)));
+        }
+        None
+    }
 }
 
 impl HandlerConfig {
@@ -233,7 +488,34 @@ impl HandlerConfig {
             broadcast: false,
             config_json: "{}".to_string(),
             plugin_location: None,
+            config_keys: ConfigKeys::default(),
         }
+    }
+
+    /// This instance's limits: its own where set, else the runtime's.
+    pub fn limits(&self, runtime: &RuntimeConfig) -> Limits {
+        Limits {
+            max_frame: self.max_frame.unwrap_or(runtime.max_frame),
+            output_high_watermark: self
+                .output_high_watermark
+                .unwrap_or(runtime.output_high_watermark),
+            output_low_watermark: self
+                .output_low_watermark
+                .unwrap_or(runtime.output_low_watermark),
+        }
+    }
+
+    /// The key of `[handler.config]` that an error message from the
+    /// handler's `create` is about, as far as the message tells: its dotted
+    /// name (`handler[2].config.root`) and where it is written. Found from a
+    /// key the message names in backticks (`` unknown field `rot` ``,
+    /// `` `root` is empty ``) or at its start (`max_line = 0 is out of
+    /// range`, `broadcast_to[1]: ...`); a key that is missing (`` missing
+    /// field `root` ``, `` `root` is required ``) points at the table.
+    /// `None` when the message names no key of the table, or the entry has
+    /// no table or was built in code.
+    pub fn locate_config_error(&self, message: &str) -> Option<(String, Location)> {
+        self.config_keys.locate(message)
     }
 }
 
@@ -277,18 +559,35 @@ struct RawHandler {
 struct Source<'a> {
     file: Option<&'a Path>,
     text: &'a str,
+    /// Byte offset of the start of each line after the first, built on the
+    /// first lookup: a location is then a binary search, not a scan of the
+    /// text (configs with thousands of keys stay linear).
+    line_starts: std::cell::OnceCell<Vec<usize>>,
 }
 
-impl Source<'_> {
+impl<'a> Source<'a> {
+    fn new(text: &'a str, file: Option<&'a Path>) -> Source<'a> {
+        Source {
+            file,
+            text,
+            line_starts: std::cell::OnceCell::new(),
+        }
+    }
+
     fn location(&self, span: &Range<usize>) -> Location {
         let start = span.start.min(self.text.len());
-        let before = &self.text[..start];
-        let line = before.matches('\n').count() + 1;
-        let column = before.rfind('\n').map_or(start, |nl| start - nl - 1) + 1;
+        let starts = self.line_starts.get_or_init(|| {
+            memchr::memchr_iter(b'\n', self.text.as_bytes())
+                .map(|nl| nl + 1)
+                .collect()
+        });
+        // Lines before the one holding `start`.
+        let before = starts.partition_point(|&s| s <= start);
+        let line_start = if before == 0 { 0 } else { starts[before - 1] };
         Location {
             file: self.file.map(Path::to_path_buf),
-            line,
-            column,
+            line: before + 1,
+            column: start - line_start + 1,
         }
     }
 
@@ -372,12 +671,18 @@ impl Source<'_> {
 impl Config {
     /// Reads and validates a config file.
     ///
+    /// The file must be a regular file of at most [`MAX_CONFIG_BYTES`]:
+    /// `/dev/zero`, a FIFO or a directory is refused without reading (or
+    /// blocking on) it. The checks are made on the opened file, so the path
+    /// cannot be swapped for something else between check and read.
+    ///
     /// # Errors
     /// [`Error::Config`] naming the file, line and key for anything malformed,
-    /// or for a file that cannot be read.
+    /// or naming the file for one that cannot be read or is not a regular
+    /// file of at most [`MAX_CONFIG_BYTES`].
     pub fn from_file(path: impl AsRef<Path>) -> Result<Config, Error> {
         let path = path.as_ref();
-        let text = std::fs::read_to_string(path)
+        let text = read_config_file(path, MAX_CONFIG_BYTES)
             .map_err(|e| Error::Config(format!("{}: cannot read config: {e}", path.display())))?;
         Config::parse(&text, Some(path))
     }
@@ -387,11 +692,16 @@ impl Config {
     /// # Errors
     /// [`Error::Config`] naming the line and key of the first problem.
     pub fn parse(text: &str, file: Option<&Path>) -> Result<Config, Error> {
-        let src = Source { file, text };
-        let raw: RawConfig = toml::from_str(text).map_err(|e| {
+        let src = Source::new(text, file);
+        let toml_error = |e: toml::de::Error| {
             let key = e.span().map(|sp| src.key_at(sp.start)).unwrap_or_default();
             src.error(e.span(), &key, e.message())
-        })?;
+        };
+        let doc = DeTable::parse(text).map_err(toml_error)?;
+        // The spans of the keys in each [handler.config], which
+        // deserializing into a table forgets.
+        let mut config_keys = all_config_keys(&src, doc.get_ref()).into_iter();
+        let raw = RawConfig::deserialize(toml::de::Deserializer::from(doc)).map_err(toml_error)?;
 
         let mut runtime = RuntimeConfig::default();
         if let Some(rt) = raw.runtime {
@@ -408,7 +718,7 @@ impl Config {
                 }
             };
             if let Some(v) = positive(&rt.max_connections, "max_connections")? {
-                runtime.max_connections = usize::try_from(v).unwrap_or(usize::MAX);
+                runtime.max_connections = to_usize(v);
             }
             if let Some(v) = positive(&rt.shutdown_timeout_ms, "shutdown_timeout_ms")? {
                 runtime.shutdown_timeout = Duration::from_millis(v);
@@ -416,26 +726,26 @@ impl Config {
             if let Some(v) = positive(&rt.close_timeout_ms, "close_timeout_ms")? {
                 runtime.close_timeout = Duration::from_millis(v);
             }
-            if let Some(s) = &rt.max_frame {
-                runtime.max_frame = check_frame(&src, s, "runtime.max_frame")?;
+            if let Some(v) = &rt.max_frame {
+                runtime.max_frame = to_usize(*v.get_ref());
             }
             if let Some(v) = positive(&rt.output_high_watermark, "output_high_watermark")? {
-                runtime.output_high_watermark = usize::try_from(v).unwrap_or(usize::MAX);
+                runtime.output_high_watermark = to_usize(v);
             }
             if let Some(v) = &rt.output_low_watermark {
-                runtime.output_low_watermark = usize::try_from(*v.get_ref()).unwrap_or(usize::MAX);
+                runtime.output_low_watermark = to_usize(*v.get_ref());
             }
-            if runtime.output_low_watermark >= runtime.output_high_watermark {
-                return Err(watermark_error(
-                    &src,
-                    "runtime.",
-                    rt.output_high_watermark.as_ref(),
-                    rt.output_low_watermark.as_ref(),
-                    runtime.output_high_watermark,
-                    runtime.output_low_watermark,
-                    None,
-                ));
-            }
+            let keys = LimitKeys {
+                prefix: "runtime.",
+                max_frame: rt.max_frame.as_ref(),
+                high: rt.output_high_watermark.as_ref(),
+                low: rt.output_low_watermark.as_ref(),
+                fallback: None,
+            };
+            runtime
+                .limits()
+                .validate()
+                .map_err(|e| limit_error(&src, &keys, &e))?;
             if let Some(dir) = rt.plugin_dir {
                 runtime.plugin_dir = Some(PathBuf::from(dir.into_inner()));
             }
@@ -449,17 +759,7 @@ impl Config {
             let key = |k: &str| format!("handler[{i}].{k}");
 
             let name = h.name.get_ref().clone();
-            if name.is_empty()
-                || !name
-                    .chars()
-                    .all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c))
-            {
-                return Err(src.error(
-                    Some(h.name.span()),
-                    &key("name"),
-                    format!("`{name}` is not a valid name (use letters, digits, `-`, `_`, `.`)"),
-                ));
-            }
+            check_name(&name).map_err(|e| src.error(Some(h.name.span()), &key("name"), e))?;
             if !names.insert(name.clone()) {
                 return Err(src.error(
                     Some(h.name.span()),
@@ -472,11 +772,7 @@ impl Config {
             if plugin_text.is_empty() {
                 return Err(src.error(Some(h.plugin.span()), &key("plugin"), "is empty"));
             }
-            let plugin = if plugin_text.contains('/') || plugin_text.ends_with(".so") {
-                PluginRef::Path(PathBuf::from(plugin_text))
-            } else {
-                PluginRef::Name(plugin_text.clone())
-            };
+            let plugin = PluginRef::parse(plugin_text);
 
             let mut listen = Vec::with_capacity(h.listen.len());
             for (j, l) in h.listen.iter().enumerate() {
@@ -510,37 +806,41 @@ impl Config {
                 })?),
                 None => None,
             };
-            let max_frame = match &h.max_frame {
-                Some(s) => Some(check_frame(&src, s, &key("max_frame"))?),
-                None => None,
+
+            let config_json = match &h.config {
+                Some(table) => serde_json::to_string(table)
+                    .map_err(|e| src.error(Some(h.name.span()), &key("config"), e))?,
+                None => "{}".to_string(),
             };
-            let high = h
+
+            let mut entry = HandlerConfig::new(name, plugin);
+            entry.listen = listen;
+            entry.framing = framing;
+            entry.max_frame = h.max_frame.as_ref().map(|s| to_usize(*s.get_ref()));
+            entry.output_high_watermark = h
                 .output_high_watermark
                 .as_ref()
-                .map(|s| *s.get_ref() as usize);
-            let low = h
+                .map(|s| to_usize(*s.get_ref()));
+            entry.output_low_watermark = h
                 .output_low_watermark
                 .as_ref()
-                .map(|s| *s.get_ref() as usize);
-            let (eff_high, eff_low) = (
-                high.unwrap_or(runtime.output_high_watermark),
-                low.unwrap_or(runtime.output_low_watermark),
-            );
-            if eff_low >= eff_high {
-                return Err(watermark_error(
-                    &src,
-                    &format!("handler[{i}]."),
-                    h.output_high_watermark.as_ref(),
-                    h.output_low_watermark.as_ref(),
-                    eff_high,
-                    eff_low,
-                    Some(h.name.span()),
-                ));
-            }
-
+                .map(|s| to_usize(*s.get_ref()));
+            let prefix = format!("handler[{i}].");
+            let keys = LimitKeys {
+                prefix: &prefix,
+                max_frame: h.max_frame.as_ref(),
+                high: h.output_high_watermark.as_ref(),
+                low: h.output_low_watermark.as_ref(),
+                fallback: Some(h.name.span()),
+            };
+            entry
+                .limits(&runtime)
+                .validate()
+                .map_err(|e| limit_error(&src, &keys, &e))?;
             let broadcast = match &h.broadcast {
                 Some(b)
-                    if *b.get_ref() && !listen.iter().any(|a| matches!(a, ListenAddr::Udp(_))) =>
+                    if *b.get_ref()
+                        && !entry.listen.iter().any(|a| matches!(a, ListenAddr::Udp(_))) =>
                 {
                     return Err(src.error(
                         Some(b.span()),
@@ -552,24 +852,11 @@ impl Config {
                 None => false,
             };
 
-            let config_json = match &h.config {
-                Some(table) => serde_json::to_string(table)
-                    .map_err(|e| src.error(Some(h.name.span()), &key("config"), e))?,
-                None => "{}".to_string(),
-            };
-
-            handlers.push(HandlerConfig {
-                name,
-                plugin,
-                listen,
-                framing,
-                max_frame,
-                output_high_watermark: high,
-                output_low_watermark: low,
-                broadcast,
-                config_json,
-                plugin_location: Some(src.location(&h.plugin.span())),
-            });
+            entry.broadcast = broadcast;
+            entry.config_json = config_json;
+            entry.plugin_location = Some(src.location(&h.plugin.span()));
+            entry.config_keys = config_keys.next().unwrap_or_default();
+            handlers.push(entry);
         }
 
         Ok(Config {
@@ -578,6 +865,146 @@ impl Config {
             handlers,
         })
     }
+}
+
+/// A config value as a `usize` (saturating where `usize` is 32 bits: the
+/// limit checks then refuse it as too large).
+fn to_usize(v: u64) -> usize {
+    usize::try_from(v).unwrap_or(usize::MAX)
+}
+
+/// Reads a config file: a regular file of at most `limit` bytes, checked on
+/// the opened descriptor (fstat), and read no further than `limit + 1`
+/// bytes in case it grows meanwhile. Opened non-blocking, so a FIFO with no
+/// writer is refused instead of waited for (and no terminal becomes
+/// loopd's controlling terminal).
+fn read_config_file(path: &Path, limit: u64) -> Result<String, String> {
+    use std::io::Read;
+    use std::os::unix::fs::{FileTypeExt, OpenOptionsExt};
+    let kind = |t: std::fs::FileType| {
+        if t.is_dir() {
+            "a directory"
+        } else if t.is_fifo() {
+            "a FIFO (named pipe)"
+        } else if t.is_char_device() {
+            "a character device"
+        } else if t.is_block_device() {
+            "a block device"
+        } else if t.is_socket() {
+            "a socket"
+        } else {
+            "not a regular file"
+        }
+    };
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NONBLOCK | libc::O_NOCTTY)
+        .open(path)
+        .map_err(|e| {
+            // A socket cannot be opened (ENXIO): say what it is. The stat
+            // only words the message; nothing is read on its say-so.
+            match std::fs::metadata(path) {
+                Ok(m) if m.file_type().is_socket() => {
+                    "it is a socket, not a regular file".to_string()
+                }
+                _ => e.to_string(),
+            }
+        })?;
+    let meta = file.metadata().map_err(|e| e.to_string())?;
+    if !meta.is_file() {
+        return Err(format!(
+            "it is {}, not a regular file",
+            kind(meta.file_type())
+        ));
+    }
+    let too_big = |len: u64| {
+        format!(
+            "it is {len} bytes, more than the {limit} bytes ({} MiB) a config file may have",
+            limit >> 20
+        )
+    };
+    if meta.len() > limit {
+        return Err(too_big(meta.len()));
+    }
+    let mut bytes = Vec::with_capacity(meta.len() as usize);
+    file.take(limit + 1)
+        .read_to_end(&mut bytes)
+        .map_err(|e| e.to_string())?;
+    if bytes.len() as u64 > limit {
+        return Err(too_big(bytes.len() as u64));
+    }
+    String::from_utf8(bytes).map_err(|e| {
+        let at = e.utf8_error().valid_up_to();
+        format!("not UTF-8 text (an invalid byte at offset {at})")
+    })
+}
+
+/// Where the keys of each handler's `config` table are written, by
+/// handler index.
+fn all_config_keys(src: &Source<'_>, doc: &DeTable<'_>) -> Vec<ConfigKeys> {
+    let Some(DeValue::Array(handlers)) = doc.get("handler").map(Spanned::get_ref) else {
+        return Vec::new();
+    };
+    let at = |span: Range<usize>| {
+        let l = src.location(&span);
+        (to_u32(l.line), to_u32(l.column))
+    };
+    let mut all = Vec::with_capacity(handlers.len());
+    for (index, handler) in handlers.iter().enumerate() {
+        let found = match handler.get_ref() {
+            DeValue::Table(t) => t.get_key_value("config"),
+            _ => None,
+        };
+        let Some((key, value)) = found else {
+            all.push(ConfigKeys::default());
+            continue;
+        };
+        let mut keys = ConfigKeys {
+            file: src.file.map(Path::to_path_buf),
+            table: format!("handler[{index}].config"),
+            at: at(key.span()),
+            keys: Vec::new(),
+        };
+        let mut stack: Vec<(String, &DeValue<'_>)> = vec![(String::new(), value.get_ref())];
+        while let Some((path, value)) = stack.pop() {
+            let children: Vec<(String, Range<usize>, &DeValue<'_>)> = match value {
+                DeValue::Table(t) => t
+                    .iter()
+                    .map(|(k, v)| {
+                        let p = if path.is_empty() {
+                            k.get_ref().to_string()
+                        } else {
+                            format!("{path}.{}", k.get_ref())
+                        };
+                        (p, k.span(), v.get_ref())
+                    })
+                    .collect(),
+                DeValue::Array(a) => a
+                    .iter()
+                    .enumerate()
+                    .map(|(j, v)| (format!("{path}[{j}]"), v.span(), v.get_ref()))
+                    .collect(),
+                _ => Vec::new(),
+            };
+            for (p, span, v) in children {
+                let (line, column) = at(span);
+                keys.keys.push((p.clone().into_boxed_str(), line, column));
+                if matches!(v, DeValue::Table(_) | DeValue::Array(_)) {
+                    stack.push((p, v));
+                }
+            }
+        }
+        // In the file's order (a table's keys come sorted by name): the
+        // first key a message could mean is the first one written.
+        keys.keys.sort_by_key(|k| (k.1, k.2));
+        keys.keys.shrink_to_fit();
+        all.push(keys);
+    }
+    all
+}
+
+fn to_u32(n: usize) -> u32 {
+    u32::try_from(n).unwrap_or(u32::MAX)
 }
 
 /// What two listener URLs that name the same socket have in common: a unix
@@ -608,48 +1035,55 @@ fn same_socket_key(addr: &ListenAddr) -> ListenAddr {
     }
 }
 
-/// The low watermark must be below the high one. The message names the key
-/// that is in the file and says which value is a default.
-fn watermark_error(
-    src: &Source<'_>,
-    prefix: &str,
-    high_key: Option<&Spanned<u64>>,
-    low_key: Option<&Spanned<u64>>,
-    high: usize,
-    low: usize,
+/// The keys of one table (`[runtime]` or a `[[handler]]`) that set limits,
+/// for pointing at the one a [`LimitError`] is about.
+struct LimitKeys<'a> {
+    /// `runtime.` or `handler[N].`.
+    prefix: &'a str,
+    max_frame: Option<&'a Spanned<u64>>,
+    high: Option<&'a Spanned<u64>>,
+    low: Option<&'a Spanned<u64>>,
+    /// Where to point when none of the keys is in the table.
     fallback: Option<Range<usize>>,
-) -> Error {
-    let default = |set: bool| if set { "" } else { ", the default" };
-    match (high_key, low_key) {
-        (Some(h), None) => src.error(
-            Some(h.span()),
-            &format!("{prefix}output_high_watermark"),
-            format!(
-                "must be above output_low_watermark ({high} <= {low}{})",
-                default(false)
-            ),
-        ),
-        (h, l) => src.error(
-            l.or(h).map(|s| s.span()).or(fallback),
-            &format!("{prefix}output_low_watermark"),
-            format!(
-                "must be below output_high_watermark ({low} >= {high}{})",
-                default(h.is_some())
-            ),
-        ),
-    }
 }
 
-fn check_frame(src: &Source<'_>, v: &Spanned<u64>, key: &str) -> Result<usize, Error> {
-    let n = *v.get_ref();
-    if n == 0 || n > MAX_FRAME_LIMIT {
-        return Err(src.error(
-            Some(v.span()),
-            key,
-            format!("must be between 1 and {MAX_FRAME_LIMIT} bytes"),
-        ));
+/// A [`LimitError`] at the key that is in the file. For the watermarks,
+/// that is the low one unless only the high one is written, and the
+/// message says which of the two values is a default.
+fn limit_error(src: &Source<'_>, keys: &LimitKeys<'_>, e: &LimitError) -> Error {
+    let prefix = keys.prefix;
+    match e {
+        LimitError::Watermarks { high, low } => {
+            let default = |set: bool| if set { "" } else { ", the default" };
+            match (keys.high, keys.low) {
+                (Some(h), None) => src.error(
+                    Some(h.span()),
+                    &format!("{prefix}output_high_watermark"),
+                    format!(
+                        "must be above output_low_watermark ({high} <= {low}{})",
+                        default(false)
+                    ),
+                ),
+                (h, l) => {
+                    let reason = e.reason();
+                    let reason = match reason.strip_suffix(')') {
+                        Some(r) => format!("{r}{})", default(h.is_some())),
+                        None => reason,
+                    };
+                    src.error(
+                        l.or(h).map(|s| s.span()).or(keys.fallback.clone()),
+                        &format!("{prefix}{}", e.key()),
+                        reason,
+                    )
+                }
+            }
+        }
+        _ => src.error(
+            keys.max_frame.map(|s| s.span()).or(keys.fallback.clone()),
+            &format!("{prefix}{}", e.key()),
+            e.reason(),
+        ),
     }
-    Ok(n as usize)
 }
 
 #[cfg(test)]
@@ -788,6 +1222,297 @@ root = "examples/www"
             e.contains("handler[0].output_low_watermark: must be below output_high_watermark (300000 >= 262144, the default)"),
             "{e}"
         );
+    }
+
+    #[test]
+    fn limits_have_one_rule_each() {
+        let ok = RuntimeConfig::default().limits();
+        assert_eq!(ok.validate(), Ok(()));
+        let max = Limits {
+            max_frame: Limits::MAX_FRAME,
+            ..ok
+        };
+        assert_eq!(max.validate(), Ok(()));
+        for n in [0, Limits::MAX_FRAME + 1] {
+            let e = Limits { max_frame: n, ..ok }.validate().unwrap_err();
+            assert_eq!(e, LimitError::MaxFrame(n));
+            assert_eq!(e.key(), "max_frame");
+            assert_eq!(
+                e.to_string(),
+                format!("max_frame: must be between 1 and 1073741824 bytes, not {n}")
+            );
+        }
+        for (high, low) in [(10, 10), (10, 11), (0, 0)] {
+            let e = Limits {
+                output_high_watermark: high,
+                output_low_watermark: low,
+                ..ok
+            }
+            .validate()
+            .unwrap_err();
+            assert_eq!(e.key(), "output_low_watermark");
+            assert_eq!(
+                e.to_string(),
+                format!(
+                    "output_low_watermark: must be below output_high_watermark ({low} >= {high})"
+                )
+            );
+        }
+        let one = Limits {
+            output_high_watermark: 1,
+            output_low_watermark: 0,
+            ..ok
+        };
+        assert_eq!(one.validate(), Ok(()));
+    }
+
+    #[test]
+    fn a_handler_inherits_the_runtime_limits_it_does_not_set() {
+        let c = Config::parse(
+            "[runtime]\nmax_frame = 100\noutput_high_watermark = 1000\noutput_low_watermark = 100\n[[handler]]\nname = \"a\"\nplugin = \"echo\"\noutput_low_watermark = 10\n",
+            None,
+        )
+        .unwrap();
+        assert_eq!(
+            c.handlers[0].limits(&c.runtime),
+            Limits {
+                max_frame: 100,
+                output_high_watermark: 1000,
+                output_low_watermark: 10
+            }
+        );
+    }
+
+    #[test]
+    fn framing_kinds_and_their_abi_values() {
+        for f in [
+            FramingKind::Raw,
+            FramingKind::Line,
+            FramingKind::LengthPrefixed,
+        ] {
+            assert_eq!(FramingKind::try_from(u32::from(f)), Ok(f));
+        }
+        assert_eq!(u32::from(FramingKind::Line), abi::LOOPD_FRAMING_LINE);
+        assert_eq!(
+            FramingKind::try_from(abi::LOOPD_FRAMING_DEFAULT),
+            Err(abi::LOOPD_FRAMING_DEFAULT)
+        );
+        assert_eq!(FramingKind::try_from(77), Err(77));
+    }
+
+    #[test]
+    fn plugin_names_and_paths() {
+        assert_eq!(PluginRef::parse("echo"), PluginRef::Name("echo".into()));
+        assert_eq!(
+            PluginRef::parse("udp-broadcast"),
+            PluginRef::Name("udp-broadcast".into())
+        );
+        for path in ["./echo", "libx.so", "/opt/x", "a/b"] {
+            assert_eq!(PluginRef::parse(path), PluginRef::Path(path.into()));
+        }
+        let native = format!("libx{}", std::env::consts::DLL_SUFFIX);
+        assert_eq!(PluginRef::parse(&native), PluginRef::Path(native.into()));
+    }
+
+    #[test]
+    fn the_name_rule() {
+        for ok in ["echo", "a-b_c.d", "X9"] {
+            assert_eq!(check_name(ok), Ok(()));
+        }
+        for bad in ["", "a b", "a/b", "é", "a\0"] {
+            let e = check_name(bad).unwrap_err();
+            assert!(e.contains("is not a valid name"), "{e}");
+        }
+    }
+
+    #[test]
+    fn unix_paths_are_limited_by_the_platform_sun_path() {
+        #[cfg(target_os = "linux")]
+        assert_eq!(crate::sys::UNIX_PATH_MAX, 108);
+        #[cfg(any(
+            target_vendor = "apple",
+            target_os = "freebsd",
+            target_os = "openbsd",
+            target_os = "netbsd",
+            target_os = "dragonfly"
+        ))]
+        assert_eq!(crate::sys::UNIX_PATH_MAX, 104);
+        let max = crate::sys::UNIX_PATH_MAX;
+        let fits = format!("unix:///{}", "x".repeat(max - 2));
+        assert!(fits.parse::<ListenAddr>().is_ok(), "{max}");
+        let long = format!("unix:///{}", "x".repeat(max - 1));
+        let e = long.parse::<ListenAddr>().unwrap_err();
+        assert!(
+            e.contains(&format!("must be shorter than {max} bytes")),
+            "{e}"
+        );
+    }
+
+    /// A config whose handler has a `[handler.config]` table.
+    const WITH_TABLE: &str = r#"[[handler]]
+name = "a"
+plugin = "echo"
+
+[[handler]]
+name = "web"
+plugin = "http"
+[handler.config]
+root = "www"
+rot = "typo"
+broadcast_to = ["127.0.0.1:1", "127.0.0.1:2"]
+[handler.config.types]
+html = "text/html"
+[handler.config.nested]
+inner_key = 5
+html = 1
+"#;
+
+    fn locate(message: &str) -> Option<(String, usize, usize)> {
+        let c = Config::parse(WITH_TABLE, Some(Path::new("t.toml"))).unwrap();
+        assert!(c.handlers[0].config_keys.is_empty());
+        assert!(c.handlers[0].locate_config_error(message).is_none());
+        c.handlers[1].locate_config_error(message).map(|(key, at)| {
+            assert_eq!(at.file.as_deref(), Some(Path::new("t.toml")));
+            (key, at.line, at.column)
+        })
+    }
+
+    #[test]
+    fn handler_config_errors_point_at_the_key() {
+        let at = |key: &str, line, column| Some((key.to_string(), line, column));
+        assert_eq!(
+            locate("invalid config: unknown field `rot`, expected one of `root`, `index`"),
+            at("handler[1].config.rot", 10, 1)
+        );
+        assert_eq!(
+            locate("`root` is empty"),
+            at("handler[1].config.root", 9, 1)
+        );
+        assert_eq!(
+            locate("root www: No such file or directory"),
+            at("handler[1].config.root", 9, 1)
+        );
+        assert_eq!(
+            locate("broadcast_to[1]: `127.0.0.1:2` is listed twice"),
+            at("handler[1].config.broadcast_to[1]", 11, 32)
+        );
+        assert_eq!(
+            locate("`types.html`: \"x\" is not a content type"),
+            at("handler[1].config.types.html", 13, 1)
+        );
+        // serde names a nested struct's field without its table.
+        assert_eq!(
+            locate("invalid config: unknown field `inner_key`, expected `x`"),
+            at("handler[1].config.nested.inner_key", 15, 1)
+        );
+        // The first one written, when two nested tables have the field.
+        assert_eq!(
+            locate("invalid config: unknown field `html`"),
+            at("handler[1].config.types.html", 13, 1)
+        );
+        // A field that is not in the table: the table.
+        assert_eq!(
+            locate("invalid config: missing field `index`"),
+            at("handler[1].config", 8, 10)
+        );
+        assert_eq!(locate("the plugin's own trouble"), None);
+        assert_eq!(
+            locate("invalid config: invalid type: string \"x\", expected u64"),
+            None
+        );
+    }
+
+    #[test]
+    fn an_inline_config_table_has_its_keys_too() {
+        let c = Config::parse(
+            "[[handler]]\nname = \"a\"\nplugin = \"x\"\nconfig = { root = \"w\", max = 3 }\n",
+            None,
+        )
+        .unwrap();
+        let (key, at) = c.handlers[0]
+            .locate_config_error("unknown field `max`")
+            .unwrap();
+        assert_eq!((at.line, at.column), (4, 24));
+        assert_eq!(key, "handler[0].config.max");
+    }
+
+    fn read_err(path: &Path) -> String {
+        match Config::from_file(path) {
+            Ok(_) => panic!("{} was read", path.display()),
+            Err(e) => e.to_string(),
+        }
+    }
+
+    #[test]
+    fn config_files_that_are_not_regular_files_are_refused_unread() {
+        let e = read_err(Path::new("/dev/zero"));
+        assert_eq!(
+            e,
+            "/dev/zero: cannot read config: it is a character device, not a regular file"
+        );
+        let dir = std::env::temp_dir().join(format!("loopd-config-kinds-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir(&dir).unwrap();
+        let e = read_err(&dir);
+        assert!(
+            e.ends_with("cannot read config: it is a directory, not a regular file"),
+            "{e}"
+        );
+        // A FIFO without a writer: opening it for reading would block.
+        let fifo = dir.join("fifo");
+        let c = std::ffi::CString::new(fifo.to_str().unwrap()).unwrap();
+        // SAFETY: a valid NUL-terminated path.
+        assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o600) }, 0);
+        let e = read_err(&fifo);
+        assert!(
+            e.ends_with("it is a FIFO (named pipe), not a regular file"),
+            "{e}"
+        );
+        let sock = dir.join("sock");
+        let _l = std::os::unix::net::UnixListener::bind(&sock).unwrap();
+        let e = read_err(&sock);
+        assert!(e.ends_with("it is a socket, not a regular file"), "{e}");
+        // A symlink to a regular file is read.
+        let real = dir.join("real.toml");
+        std::fs::write(&real, "[runtime]\nmax_connections = 7\n").unwrap();
+        let link = dir.join("link.toml");
+        std::os::unix::fs::symlink(&real, &link).unwrap();
+        assert_eq!(Config::from_file(&link).unwrap().runtime.max_connections, 7);
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn config_files_over_the_limit_are_refused() {
+        let dir = std::env::temp_dir().join(format!("loopd-config-size-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir(&dir).unwrap();
+        let path = dir.join("big.toml");
+        let f = std::fs::File::create(&path).unwrap();
+        // Sparse: no disk space used.
+        f.set_len(MAX_CONFIG_BYTES + 1).unwrap();
+        drop(f);
+        let e = read_err(&path);
+        assert!(
+            e.ends_with("cannot read config: it is 4194305 bytes, more than the 4194304 bytes (4 MiB) a config file may have"),
+            "{e}"
+        );
+        // The read itself stops at limit + 1, whatever fstat said.
+        std::fs::write(&path, "# comment\n".repeat(20)).unwrap();
+        let e = read_config_file(&path, 100).unwrap_err();
+        assert!(
+            e.starts_with("it is 200 bytes, more than the 100 bytes"),
+            "{e}"
+        );
+        let e = read_config_file(&path, 199).unwrap_err();
+        assert!(e.starts_with("it is 200 bytes"), "{e}");
+        assert_eq!(read_config_file(&path, 200).unwrap().len(), 200);
+        std::fs::write(&path, b"a = \"\xff\"\n").unwrap();
+        let e = read_err(&path);
+        assert!(
+            e.ends_with("not UTF-8 text (an invalid byte at offset 5)"),
+            "{e}"
+        );
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 
     #[test]

@@ -28,9 +28,21 @@ pub(crate) struct Plugin {
     pub(crate) vtable: loopd_vtable,
 }
 
-/// File name of a plugin given by name: `echo` → `libloopd_echo.so`.
-fn file_name(name: &str) -> String {
-    format!("libloopd_{}.so", name.replace('-', "_"))
+/// File name of a plugin given by name: `echo` → `libloopd_echo.so` (the
+/// platform's library prefix and suffix: `libloopd_echo.dylib` on macOS).
+fn file_name(name: &str) -> PathBuf {
+    PathBuf::from(libloading::library_filename(format!(
+        "loopd_{}",
+        name.replace('-', "_")
+    )))
+}
+
+/// The working directory, for messages about relative paths.
+fn working_dir() -> String {
+    match std::env::current_dir() {
+        Ok(d) => d.display().to_string(),
+        Err(e) => format!("(unknown: {e})"),
+    }
 }
 
 /// Where a plugin given by name may be: `plugin_dir` (if set), then the
@@ -55,13 +67,18 @@ pub(crate) fn resolve(
     plugin_dir: Option<&Path>,
 ) -> Result<PathBuf, (PathBuf, String)> {
     match plugin {
-        PluginRef::Path(p) => {
-            if p.exists() {
-                Ok(p.clone())
-            } else {
-                Err((p.clone(), "file not found".to_string()))
-            }
+        PluginRef::Path(p) if p.exists() => Ok(p.clone()),
+        PluginRef::Path(p) if p.is_relative() => {
+            let cwd = working_dir();
+            Err((
+                p.clone(),
+                format!(
+                    "file not found; a relative path is resolved against the working directory, {cwd}, not the config file's directory (looked for {})",
+                    Path::new(&cwd).join(p).display()
+                ),
+            ))
         }
+        PluginRef::Path(p) => Err((p.clone(), "file not found".to_string())),
         PluginRef::Name(n) => {
             let tried = candidates(n, plugin_dir);
             match tried.iter().find(|p| p.exists()) {
@@ -69,6 +86,12 @@ pub(crate) fn resolve(
                 None => {
                     let list: Vec<String> = tried.iter().map(|p| p.display().to_string()).collect();
                     let mut why = format!("not found; looked for {}", list.join(", "));
+                    if tried.iter().any(|p| p.is_relative()) {
+                        why.push_str(&format!(
+                            " (a relative plugin_dir is resolved against the working directory, {})",
+                            working_dir()
+                        ));
+                    }
                     // `cargo run` builds only the loopd binary; the handler
                     // plugins are separate workspace members.
                     if tried
@@ -164,14 +187,10 @@ pub(crate) unsafe fn check_info(
     vtable.struct_size = std::mem::size_of::<loopd_vtable>() as u32;
     let default_framing = match info.default_framing {
         abi::LOOPD_FRAMING_DEFAULT => None,
-        abi::LOOPD_FRAMING_RAW => Some(FramingKind::Raw),
-        abi::LOOPD_FRAMING_LINE => Some(FramingKind::Line),
-        abi::LOOPD_FRAMING_LENGTH_PREFIXED => Some(FramingKind::LengthPrefixed),
-        other => {
-            return Err(format!(
-                "plugin info has an unknown default_framing {other}"
-            ))
-        }
+        raw => Some(
+            FramingKind::try_from(raw)
+                .map_err(|other| format!("plugin info has an unknown default_framing {other}"))?,
+        ),
     };
     Ok(Plugin {
         path: path.map(Path::to_path_buf),
@@ -244,7 +263,11 @@ fn dl_reason(e: &libloading::Error) -> String {
         None => e.to_string(),
     };
     match text.split_once(": ") {
-        Some((head, rest)) if head.ends_with(".so") || head.contains('/') => rest.to_string(),
+        Some((head, rest))
+            if head.ends_with(std::env::consts::DLL_SUFFIX) || head.contains('/') =>
+        {
+            rest.to_string()
+        }
         _ => text,
     }
 }
@@ -255,10 +278,21 @@ mod tests {
 
     #[test]
     fn names_map_to_library_files() {
-        assert_eq!(file_name("echo"), "libloopd_echo.so");
-        assert_eq!(file_name("udp-broadcast"), "libloopd_udp_broadcast.so");
+        use std::env::consts::{DLL_PREFIX, DLL_SUFFIX};
+        assert_eq!(
+            file_name("echo"),
+            PathBuf::from(format!("{DLL_PREFIX}loopd_echo{DLL_SUFFIX}"))
+        );
+        assert_eq!(
+            file_name("udp-broadcast"),
+            PathBuf::from(format!("{DLL_PREFIX}loopd_udp_broadcast{DLL_SUFFIX}"))
+        );
+        #[cfg(target_os = "linux")]
+        assert_eq!(file_name("echo"), PathBuf::from("libloopd_echo.so"));
+        #[cfg(target_vendor = "apple")]
+        assert_eq!(file_name("echo"), PathBuf::from("libloopd_echo.dylib"));
         let c = candidates("echo", Some(Path::new("/opt/loopd")));
-        assert_eq!(c[0], PathBuf::from("/opt/loopd/libloopd_echo.so"));
+        assert_eq!(c[0], Path::new("/opt/loopd").join(file_name("echo")));
         assert_eq!(c.len(), 2);
     }
 
@@ -270,10 +304,39 @@ mod tests {
         )
         .unwrap_err();
         assert_eq!(path, PathBuf::from("nope"));
-        assert!(why.contains("/nonexistent/libloopd_nope.so"), "{why}");
+        let wanted = Path::new("/nonexistent").join(file_name("nope"));
+        assert!(why.contains(&wanted.display().to_string()), "{why}");
+        assert!(!why.contains("relative"), "{why}");
         let (path, why) = resolve(&PluginRef::Path("/nonexistent/x.so".into()), None).unwrap_err();
         assert_eq!(path, PathBuf::from("/nonexistent/x.so"));
         assert_eq!(why, "file not found");
+    }
+
+    #[test]
+    fn a_missing_relative_path_names_the_directory_it_was_resolved_against() {
+        let cwd = std::env::current_dir().unwrap();
+        let (path, why) = resolve(&PluginRef::Path("no/such/x.so".into()), None).unwrap_err();
+        assert_eq!(path, PathBuf::from("no/such/x.so"));
+        assert!(
+            why.contains(&format!(
+                "resolved against the working directory, {}",
+                cwd.display()
+            )),
+            "{why}"
+        );
+        assert!(
+            why.contains(&cwd.join("no/such/x.so").display().to_string()),
+            "{why}"
+        );
+        let (_, why) =
+            resolve(&PluginRef::Name("nope".into()), Some(Path::new("rel/dir"))).unwrap_err();
+        assert!(
+            why.contains(&format!(
+                "a relative plugin_dir is resolved against the working directory, {}",
+                cwd.display()
+            )),
+            "{why}"
+        );
     }
 
     unsafe extern "C" fn hook(

@@ -249,7 +249,13 @@ fn files(req: &Request) -> Result<(Vec<(PathBuf, String)>, String), ScaffoldErro
                 ("api_note", api_note.as_str()),
                 ("port", port.as_str()),
             ];
-            let plugin = format!("target/release/libloopd_{lib}.so");
+            // What cargo names a cdylib here: libloopd_NAME.so on Linux and
+            // the BSDs, libloopd_NAME.dylib on macOS.
+            let plugin = format!(
+                "target/release/{}loopd_{lib}{}",
+                std::env::consts::DLL_PREFIX,
+                std::env::consts::DLL_SUFFIX
+            );
             let config = render(
                 CONFIG,
                 &[
@@ -287,6 +293,8 @@ fn files(req: &Request) -> Result<(Vec<(PathBuf, String)>, String), ScaffoldErro
                 ("upper", upper.as_str()),
                 ("port", port.as_str()),
             ];
+            // The Makefile names the library libloopd_NAME.so on every
+            // system (dlopen does not care about the suffix).
             let plugin = format!("./libloopd_{lib}.so");
             let config = render(
                 CONFIG,

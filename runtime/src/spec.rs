@@ -7,11 +7,8 @@ use std::sync::{Arc, Mutex};
 
 use loopd_handler_api::abi;
 
-use crate::config::{FramingKind, HandlerConfig, ListenAddr, PluginRef, RuntimeConfig};
+use crate::config::{check_name, FramingKind, HandlerConfig, ListenAddr, PluginRef, RuntimeConfig};
 use crate::error::Error;
-
-/// Largest frame a handler may allow (1 GiB), as in the config file.
-const MAX_FRAME_LIMIT: usize = 1 << 30;
 
 /// One handler instance added in code with [`Builder::handler`]: the same
 /// facts a `[[handler]]` entry of the config file gives.
@@ -104,13 +101,8 @@ impl std::fmt::Debug for Linked {
 impl Linked {
     /// The vtable and declared framing of `H`.
     pub(crate) fn of<H: loopd_handler_api::Handler>() -> Linked {
-        use loopd_handler_api::Framing;
-        let framing = match H::FRAMING {
-            Framing::Raw => Some(FramingKind::Raw),
-            Framing::Line => Some(FramingKind::Line),
-            Framing::LengthPrefixed => Some(FramingKind::LengthPrefixed),
-            _ => None,
-        };
+        // LOOPD_FRAMING_DEFAULT (no preference) is no framing.
+        let framing = FramingKind::try_from(H::FRAMING.to_raw()).ok();
         Linked {
             vtable: loopd_handler_api::vtable::<H>(),
             framing,
@@ -221,16 +213,12 @@ impl HandlerSpec {
     }
 
     /// An instance named `name` of `plugin`, read exactly as the config's
-    /// `plugin` key: a bare name such as `echo` is `libloopd_echo.so` in
-    /// `plugin_dir` or next to the running executable; anything containing
-    /// `/` or ending in `.so` is a path.
+    /// `plugin` key ([`PluginRef::parse`]): a bare name such as `echo` is
+    /// `libloopd_echo.so` (`.dylib` on macOS) in `plugin_dir` or next to the
+    /// running executable; anything containing `/` or ending in `.so` (or
+    /// the platform's library suffix) is a path.
     pub fn plugin(name: impl Into<String>, plugin: &str) -> HandlerSpec {
-        let plugin = if plugin.contains('/') || plugin.ends_with(".so") {
-            PluginRef::Path(PathBuf::from(plugin))
-        } else {
-            PluginRef::Name(plugin.to_string())
-        };
-        HandlerSpec::new(name, Source::Plugin(plugin))
+        HandlerSpec::new(name, Source::Plugin(PluginRef::parse(plugin)))
     }
 
     /// Adds a listener: `tcp://IP:PORT`, `unix:///path` or `udp://IP:PORT`
@@ -289,36 +277,16 @@ impl HandlerSpec {
         let name = self.name;
         let fail =
             |what: String| Error::Config(format!("handler `{name}` (added in code): {what}"));
-        if !valid_name(&name) {
-            return Err(fail(
-                "not a valid name (use letters, digits, `-`, `_`, `.`)".to_string(),
-            ));
-        }
+        check_name(&name).map_err(|e| fail(format!("name: {e}")))?;
         let mut listen = Vec::with_capacity(self.listen.len());
         for (i, url) in self.listen.iter().enumerate() {
             let addr: ListenAddr = url.parse().map_err(|e| fail(format!("listen[{i}]: {e}")))?;
             listen.push(addr);
         }
-        if let Some(n) = self.max_frame {
-            if n == 0 || n > MAX_FRAME_LIMIT {
-                return Err(fail(format!(
-                    "max_frame {n} must be between 1 and {MAX_FRAME_LIMIT} bytes"
-                )));
-            }
-        }
         let (high, low) = match self.watermarks {
             Some((high, low)) => (Some(high), Some(low)),
             None => (None, None),
         };
-        let (eff_high, eff_low) = (
-            high.unwrap_or(runtime.output_high_watermark),
-            low.unwrap_or(runtime.output_low_watermark),
-        );
-        if eff_low >= eff_high {
-            return Err(fail(format!(
-                "output low watermark {eff_low} must be below the high watermark {eff_high}"
-            )));
-        }
         let json = self
             .config_json
             .map_err(|e| fail(format!("config cannot be serialized: {e}")))?;
@@ -342,16 +310,12 @@ impl HandlerSpec {
         entry.output_high_watermark = high;
         entry.output_low_watermark = low;
         entry.config_json = json;
+        entry
+            .limits(runtime)
+            .validate()
+            .map_err(|e| fail(e.to_string()))?;
         Ok((entry, linked))
     }
-}
-
-/// The rule the config file applies to `name`.
-pub(crate) fn valid_name(name: &str) -> bool {
-    !name.is_empty()
-        && name
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c))
 }
 
 #[cfg(test)]
@@ -374,16 +338,28 @@ mod tests {
         );
         let e = err(HandlerSpec::plugin("bad name", "echo"));
         assert!(
-            e.contains("`bad name` (added in code): not a valid name"),
+            e.contains("`bad name` (added in code): name: `bad name` is not a valid name"),
             "{e}"
         );
         let e = err(HandlerSpec::plugin("a", "echo").max_frame(0));
-        assert!(e.contains("max_frame 0 must be between 1 and"), "{e}");
-        let e = err(HandlerSpec::plugin("a", "echo").output_watermarks(10, 10));
         assert!(
-            e.contains("low watermark 10 must be below the high watermark 10"),
+            e.contains("(added in code): max_frame: must be between 1 and 1073741824 bytes, not 0"),
             "{e}"
         );
+        let e = err(HandlerSpec::plugin("a", "echo").max_frame((1 << 30) + 1));
+        assert!(e.contains("not 1073741825"), "{e}");
+        let e = err(HandlerSpec::plugin("a", "echo").output_watermarks(10, 10));
+        assert!(
+            e.contains(
+                "(added in code): output_low_watermark: must be below output_high_watermark (10 >= 10)"
+            ),
+            "{e}"
+        );
+        // Two rules broken: the first is reported.
+        let e = err(HandlerSpec::plugin("a", "echo")
+            .max_frame(0)
+            .output_watermarks(1, 1));
+        assert!(e.contains("max_frame: "), "max_frame is checked first: {e}");
         let e = err(HandlerSpec::plugin("a", "echo").config_json("[1]"));
         assert!(
             e.contains("config must be a JSON object (a table), not `[1]`"),

@@ -1,19 +1,43 @@
 //! Thin, safe wrappers over the few socket syscalls std does not expose the
-//! way a readiness loop needs them: `accept4` with `SOCK_NONBLOCK`, `send`
-//! and `sendmsg` with `MSG_NOSIGNAL` (a peer that went away must never raise
-//! SIGPIPE, even in an embedding program that did not ignore it),
-//! non-blocking `connect`, `SO_ERROR`, and `recvfrom` with `MSG_TRUNC` (to
-//! tell a datagram that did not fit from one that did).
+//! way a readiness loop needs them: accept non-blocking and close-on-exec,
+//! `send` and `sendmsg` that never raise SIGPIPE (a peer that went away
+//! must not kill the process, even in an embedding program that did not
+//! ignore it), non-blocking `connect`, `SO_ERROR`, `sendfile`, and
+//! `recvfrom` that tells a datagram that did not fit from one that did.
+//!
+//! This file is the interface and what every Unix shares. Two files do what
+//! differs: `linux.rs` (accept4, `SOCK_NONBLOCK` on socket(), `MSG_NOSIGNAL`,
+//! Linux's sendfile) and `posix.rs` (accept + fcntl, socket + fcntl,
+//! `SO_NOSIGPIPE` where `MSG_NOSIGNAL` is missing, sendfile as bounded
+//! pread + send), which macOS and the BSDs take. The `portable` feature
+//! makes Linux take `posix.rs` too, so CI runs that path on every change.
 
-use std::io::{self, IoSlice};
+use std::io;
 use std::mem::{size_of, MaybeUninit};
 use std::net::SocketAddr;
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsRawFd, OwnedFd, RawFd};
 use std::path::Path;
 
 use loopd_handler_api::abi::loopd_addr;
 
-fn cvt(r: libc::c_int) -> io::Result<libc::c_int> {
+#[cfg(all(target_os = "linux", not(feature = "portable")))]
+mod linux;
+#[cfg(all(target_os = "linux", not(feature = "portable")))]
+use linux as imp;
+#[cfg(not(all(target_os = "linux", not(feature = "portable"))))]
+mod posix;
+#[cfg(not(all(target_os = "linux", not(feature = "portable"))))]
+use posix as imp;
+
+pub(crate) use imp::{accept, recv_from, send, sendfile, sendv};
+
+/// The longest Unix socket path plus one (its NUL): the size of this
+/// platform's `sockaddr_un::sun_path`, 108 bytes on Linux and 104 on macOS
+/// and the BSDs.
+pub(crate) const UNIX_PATH_MAX: usize =
+    size_of::<libc::sockaddr_un>() - std::mem::offset_of!(libc::sockaddr_un, sun_path);
+
+pub(super) fn cvt(r: libc::c_int) -> io::Result<libc::c_int> {
     if r < 0 {
         Err(io::Error::last_os_error())
     } else {
@@ -21,7 +45,7 @@ fn cvt(r: libc::c_int) -> io::Result<libc::c_int> {
     }
 }
 
-fn cvt_size(r: libc::ssize_t) -> io::Result<usize> {
+pub(super) fn cvt_size(r: libc::ssize_t) -> io::Result<usize> {
     if r < 0 {
         Err(io::Error::last_os_error())
     } else {
@@ -30,7 +54,10 @@ fn cvt_size(r: libc::ssize_t) -> io::Result<usize> {
 }
 
 /// Converts what the kernel wrote into a `sockaddr_storage` into the ABI form.
-fn addr_from_storage(storage: &libc::sockaddr_storage, len: libc::socklen_t) -> loopd_addr {
+pub(super) fn addr_from_storage(
+    storage: &libc::sockaddr_storage,
+    len: libc::socklen_t,
+) -> loopd_addr {
     let len = len as usize;
     match storage.ss_family as libc::c_int {
         libc::AF_INET if len >= size_of::<libc::sockaddr_in>() => {
@@ -90,26 +117,6 @@ fn storage_from_addr(addr: &SocketAddr) -> (libc::sockaddr_storage, libc::sockle
     (storage, len as libc::socklen_t)
 }
 
-/// Accepts one connection, non-blocking and close-on-exec, with the peer's address.
-pub(crate) fn accept(listener: RawFd) -> io::Result<(OwnedFd, loopd_addr)> {
-    let mut storage = MaybeUninit::<libc::sockaddr_storage>::zeroed();
-    let mut len = size_of::<libc::sockaddr_storage>() as libc::socklen_t;
-    // SAFETY: `storage` and `len` are valid out-parameters sized for any address.
-    let fd = cvt(unsafe {
-        libc::accept4(
-            listener,
-            storage.as_mut_ptr().cast(),
-            &mut len,
-            libc::SOCK_NONBLOCK | libc::SOCK_CLOEXEC,
-        )
-    })?;
-    // SAFETY: accept4 returned a new descriptor that nothing else owns.
-    let fd = unsafe { OwnedFd::from_raw_fd(fd) };
-    // SAFETY: zero-initialised, and the kernel filled at most `len` bytes of it.
-    let storage = unsafe { storage.assume_init() };
-    Ok((fd, addr_from_storage(&storage, len)))
-}
-
 /// The socket's local address.
 pub(crate) fn local_addr(fd: RawFd) -> loopd_addr {
     let mut storage = MaybeUninit::<libc::sockaddr_storage>::zeroed();
@@ -129,29 +136,6 @@ pub(crate) fn recv(fd: RawFd, buf: &mut [u8]) -> io::Result<usize> {
     cvt_size(unsafe { libc::recv(fd, buf.as_mut_ptr().cast(), buf.len(), libc::MSG_DONTWAIT) })
 }
 
-/// Receives one datagram into `buf`, with the sender's address. Returns the
-/// datagram's *real* length (`MSG_TRUNC`): a value above `buf.len()` means it
-/// did not fit and only its first `buf.len()` bytes were kept.
-pub(crate) fn recv_from(fd: RawFd, buf: &mut [u8]) -> io::Result<(usize, loopd_addr)> {
-    let mut storage = MaybeUninit::<libc::sockaddr_storage>::zeroed();
-    let mut len = size_of::<libc::sockaddr_storage>() as libc::socklen_t;
-    // SAFETY: `buf` is valid for writes of `buf.len()` bytes; `storage` and
-    // `len` are valid out-parameters sized for any address.
-    let n = cvt_size(unsafe {
-        libc::recvfrom(
-            fd,
-            buf.as_mut_ptr().cast(),
-            buf.len(),
-            libc::MSG_TRUNC | libc::MSG_DONTWAIT,
-            storage.as_mut_ptr().cast(),
-            &mut len,
-        )
-    })?;
-    // SAFETY: zero-initialised, and the kernel filled at most `len` bytes of it.
-    let storage = unsafe { storage.assume_init() };
-    Ok((n, addr_from_storage(&storage, len)))
-}
-
 /// Whether a `sendto` error means "the kernel has no room right now": the
 /// datagram is dropped, never queued.
 pub(crate) fn is_send_buffer_full(e: &io::Error) -> bool {
@@ -159,89 +143,9 @@ pub(crate) fn is_send_buffer_full(e: &io::Error) -> bool {
 }
 
 /// Whether a `sendto` error is the kernel refusing a broadcast destination to
-/// a socket without `SO_BROADCAST` (Linux answers `EACCES`).
+/// a socket without `SO_BROADCAST` (Linux and the BSDs answer `EACCES`).
 pub(crate) fn is_broadcast_refused(e: &io::Error) -> bool {
     e.raw_os_error() == Some(libc::EACCES)
-}
-
-/// Writes what the kernel takes of `buf`, without raising SIGPIPE.
-pub(crate) fn send(fd: RawFd, buf: &[u8]) -> io::Result<usize> {
-    // SAFETY: `buf` is valid for reads of `buf.len()` bytes.
-    cvt_size(unsafe {
-        libc::send(
-            fd,
-            buf.as_ptr().cast(),
-            buf.len(),
-            libc::MSG_NOSIGNAL | libc::MSG_DONTWAIT,
-        )
-    })
-}
-
-/// Writes what the kernel takes of several buffers, without raising SIGPIPE.
-pub(crate) fn sendv(fd: RawFd, bufs: &[IoSlice<'_>]) -> io::Result<usize> {
-    // SAFETY: all-zero is a valid msghdr (no name, no control data).
-    let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
-    // IoSlice is guaranteed ABI-compatible with iovec on Unix.
-    msg.msg_iov = bufs.as_ptr() as *mut libc::iovec;
-    msg.msg_iovlen = bufs.len().min(libc::UIO_MAXIOV as usize) as _;
-    // SAFETY: `msg` points at `bufs`, which outlives the call; no control data.
-    cvt_size(unsafe { libc::sendmsg(fd, &msg, libc::MSG_NOSIGNAL | libc::MSG_DONTWAIT) })
-}
-
-/// Writes what the kernel takes of `len` bytes of `file` from `offset` to
-/// the socket `sock` (sendfile(2): no copy through user memory). Returns 0
-/// only when the file ends at `offset`. Never raises SIGPIPE: sendfile has
-/// no MSG_NOSIGNAL, so SIGPIPE is blocked on this thread for the call and a
-/// SIGPIPE the call raised is taken back before it is unblocked.
-pub(crate) fn sendfile(sock: RawFd, file: RawFd, offset: u64, len: usize) -> io::Result<usize> {
-    let Ok(mut off) = libc::off_t::try_from(offset) else {
-        return Err(io::Error::from_raw_os_error(libc::EOVERFLOW));
-    };
-    // SAFETY: sigset_t is plain data, initialised by sigemptyset.
-    let mut pipe: libc::sigset_t = unsafe { std::mem::zeroed() };
-    // SAFETY: as above; filled in by pthread_sigmask.
-    let mut old: libc::sigset_t = unsafe { std::mem::zeroed() };
-    // SAFETY: valid sigset_t pointers for the calls.
-    let blocked = unsafe {
-        libc::sigemptyset(&mut pipe);
-        libc::sigaddset(&mut pipe, libc::SIGPIPE);
-        libc::pthread_sigmask(libc::SIG_BLOCK, &pipe, &mut old) == 0
-    };
-    // A SIGPIPE already pending (the embedding program blocks it and one
-    // came from elsewhere) is not this call's to take.
-    let pending_before = blocked && sigpipe_pending();
-    // SAFETY: `off` is a valid in/out offset for the call; both fds are
-    // borrowed for its duration.
-    let result = cvt_size(unsafe { libc::sendfile(sock, file, &mut off, len) });
-    if blocked {
-        if matches!(&result, Err(e) if e.raw_os_error() == Some(libc::EPIPE))
-            && !pending_before
-            && sigpipe_pending()
-        {
-            let zero = libc::timespec {
-                tv_sec: 0,
-                tv_nsec: 0,
-            };
-            // SAFETY: valid set and timeout; takes the SIGPIPE this call
-            // raised (none is raised when SIGPIPE is ignored).
-            unsafe { libc::sigtimedwait(&pipe, std::ptr::null_mut(), &zero) };
-        }
-        // SAFETY: `old` was filled in by pthread_sigmask above.
-        let was_blocked = unsafe { libc::sigismember(&old, libc::SIGPIPE) } == 1;
-        if !was_blocked {
-            // SAFETY: restores the mask read above.
-            unsafe { libc::pthread_sigmask(libc::SIG_SETMASK, &old, std::ptr::null_mut()) };
-        }
-    }
-    result
-}
-
-/// Whether a SIGPIPE is pending for this thread or the process.
-fn sigpipe_pending() -> bool {
-    // SAFETY: sigset_t is plain data, filled in by sigpending.
-    let mut set: libc::sigset_t = unsafe { std::mem::zeroed() };
-    // SAFETY: a valid sigset_t pointer for both calls.
-    unsafe { libc::sigpending(&mut set) == 0 && libc::sigismember(&set, libc::SIGPIPE) == 1 }
 }
 
 /// Whether a sendfile error concerns the socket (the connection is dead)
@@ -275,7 +179,8 @@ pub(crate) fn set_nodelay(fd: RawFd) {
     };
 }
 
-/// Re-issues `listen` with a larger backlog (Linux allows it on a listening socket).
+/// Re-issues `listen` with a larger backlog (Linux and the BSDs allow it on
+/// a listening socket).
 pub(crate) fn set_backlog(fd: RawFd, backlog: i32) -> io::Result<()> {
     // SAFETY: plain values only.
     cvt(unsafe { libc::listen(fd, backlog) }).map(drop)
@@ -298,20 +203,7 @@ pub(crate) fn take_error(fd: RawFd) -> io::Result<Option<io::Error>> {
     Ok((err != 0).then(|| io::Error::from_raw_os_error(err)))
 }
 
-fn new_socket(domain: libc::c_int) -> io::Result<OwnedFd> {
-    // SAFETY: plain values only.
-    let fd = cvt(unsafe {
-        libc::socket(
-            domain,
-            libc::SOCK_STREAM | libc::SOCK_NONBLOCK | libc::SOCK_CLOEXEC,
-            0,
-        )
-    })?;
-    // SAFETY: socket returned a new descriptor that nothing else owns.
-    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
-}
-
-fn set_int_opt(
+pub(super) fn set_int_opt(
     fd: RawFd,
     level: libc::c_int,
     name: libc::c_int,
@@ -345,11 +237,7 @@ pub(crate) fn bind_listener(addr: &SocketAddr, tcp: bool, backlog: i32) -> io::R
     } else {
         libc::SOCK_DGRAM
     };
-    // SAFETY: plain values only.
-    let fd =
-        cvt(unsafe { libc::socket(domain, kind | libc::SOCK_NONBLOCK | libc::SOCK_CLOEXEC, 0) })?;
-    // SAFETY: socket returned a new descriptor that nothing else owns.
-    let fd = unsafe { OwnedFd::from_raw_fd(fd) };
+    let fd = imp::socket(domain, kind)?;
     set_int_opt(fd.as_raw_fd(), libc::SOL_SOCKET, libc::SO_REUSEADDR, 1)?;
     if addr.is_ipv6() {
         set_int_opt(fd.as_raw_fd(), libc::IPPROTO_IPV6, libc::IPV6_V6ONLY, 1)?;
@@ -377,7 +265,7 @@ pub(crate) fn connect_tcp(addr: &SocketAddr) -> io::Result<OwnedFd> {
     } else {
         libc::AF_INET6
     };
-    let fd = new_socket(domain)?;
+    let fd = imp::socket(domain, libc::SOCK_STREAM)?;
     let (storage, len) = storage_from_addr(addr);
     // SAFETY: `storage` holds a valid address of `len` bytes.
     let r = unsafe {
@@ -413,8 +301,10 @@ pub(crate) fn connect_unix(path: &Path) -> io::Result<OwnedFd> {
     for (dst, src) in sun.sun_path.iter_mut().zip(bytes) {
         *dst = *src as libc::c_char;
     }
-    let len = (size_of::<libc::sa_family_t>() + bytes.len() + 1) as libc::socklen_t;
-    let fd = new_socket(libc::AF_UNIX)?;
+    // sun_path starts after sun_family (and sun_len on the BSDs).
+    let len =
+        (std::mem::offset_of!(libc::sockaddr_un, sun_path) + bytes.len() + 1) as libc::socklen_t;
+    let fd = imp::socket(libc::AF_UNIX, libc::SOCK_STREAM)?;
     // SAFETY: `sun` holds a valid, NUL-terminated address of `len` bytes.
     let r = unsafe {
         libc::connect(

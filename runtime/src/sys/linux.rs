@@ -1,0 +1,148 @@
+//! The Linux path: one syscall where POSIX needs two or three. `accept4`
+//! and `socket` take `SOCK_NONBLOCK | SOCK_CLOEXEC` (no window in which a
+//! descriptor could leak into a child), `send`/`sendmsg` take
+//! `MSG_NOSIGNAL`, `recvfrom` with `MSG_TRUNC` reports a datagram's real
+//! length, and `sendfile(2)` copies a file to a socket in the kernel.
+//!
+//! The `portable` feature replaces this file with `posix.rs` on Linux too.
+
+use std::io::{self, IoSlice};
+use std::mem::{size_of, MaybeUninit};
+use std::os::fd::{FromRawFd, OwnedFd, RawFd};
+
+use loopd_handler_api::abi::loopd_addr;
+
+use super::{addr_from_storage, cvt, cvt_size};
+
+/// A new socket of `domain` and `kind` (`SOCK_STREAM`, `SOCK_DGRAM`),
+/// non-blocking and close-on-exec.
+pub(super) fn socket(domain: libc::c_int, kind: libc::c_int) -> io::Result<OwnedFd> {
+    // SAFETY: plain values only.
+    let fd =
+        cvt(unsafe { libc::socket(domain, kind | libc::SOCK_NONBLOCK | libc::SOCK_CLOEXEC, 0) })?;
+    // SAFETY: socket returned a new descriptor that nothing else owns.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+}
+
+/// Accepts one connection, non-blocking and close-on-exec, with the peer's address.
+pub(crate) fn accept(listener: RawFd) -> io::Result<(OwnedFd, loopd_addr)> {
+    let mut storage = MaybeUninit::<libc::sockaddr_storage>::zeroed();
+    let mut len = size_of::<libc::sockaddr_storage>() as libc::socklen_t;
+    // SAFETY: `storage` and `len` are valid out-parameters sized for any address.
+    let fd = cvt(unsafe {
+        libc::accept4(
+            listener,
+            storage.as_mut_ptr().cast(),
+            &mut len,
+            libc::SOCK_NONBLOCK | libc::SOCK_CLOEXEC,
+        )
+    })?;
+    // SAFETY: accept4 returned a new descriptor that nothing else owns.
+    let fd = unsafe { OwnedFd::from_raw_fd(fd) };
+    // SAFETY: zero-initialised, and the kernel filled at most `len` bytes of it.
+    let storage = unsafe { storage.assume_init() };
+    Ok((fd, addr_from_storage(&storage, len)))
+}
+
+/// Receives one datagram into `buf`, with the sender's address. Returns the
+/// datagram's *real* length (`MSG_TRUNC`): a value above `buf.len()` means it
+/// did not fit and only its first `buf.len()` bytes were kept.
+pub(crate) fn recv_from(fd: RawFd, buf: &mut [u8]) -> io::Result<(usize, loopd_addr)> {
+    let mut storage = MaybeUninit::<libc::sockaddr_storage>::zeroed();
+    let mut len = size_of::<libc::sockaddr_storage>() as libc::socklen_t;
+    // SAFETY: `buf` is valid for writes of `buf.len()` bytes; `storage` and
+    // `len` are valid out-parameters sized for any address.
+    let n = cvt_size(unsafe {
+        libc::recvfrom(
+            fd,
+            buf.as_mut_ptr().cast(),
+            buf.len(),
+            libc::MSG_TRUNC | libc::MSG_DONTWAIT,
+            storage.as_mut_ptr().cast(),
+            &mut len,
+        )
+    })?;
+    // SAFETY: zero-initialised, and the kernel filled at most `len` bytes of it.
+    let storage = unsafe { storage.assume_init() };
+    Ok((n, addr_from_storage(&storage, len)))
+}
+
+/// Writes what the kernel takes of `buf`, without raising SIGPIPE.
+pub(crate) fn send(fd: RawFd, buf: &[u8]) -> io::Result<usize> {
+    // SAFETY: `buf` is valid for reads of `buf.len()` bytes.
+    cvt_size(unsafe {
+        libc::send(
+            fd,
+            buf.as_ptr().cast(),
+            buf.len(),
+            libc::MSG_NOSIGNAL | libc::MSG_DONTWAIT,
+        )
+    })
+}
+
+/// Writes what the kernel takes of several buffers, without raising SIGPIPE.
+pub(crate) fn sendv(fd: RawFd, bufs: &[IoSlice<'_>]) -> io::Result<usize> {
+    // SAFETY: all-zero is a valid msghdr (no name, no control data).
+    let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
+    // IoSlice is guaranteed ABI-compatible with iovec on Unix.
+    msg.msg_iov = bufs.as_ptr() as *mut libc::iovec;
+    msg.msg_iovlen = bufs.len().min(libc::UIO_MAXIOV as usize) as _;
+    // SAFETY: `msg` points at `bufs`, which outlives the call; no control data.
+    cvt_size(unsafe { libc::sendmsg(fd, &msg, libc::MSG_NOSIGNAL | libc::MSG_DONTWAIT) })
+}
+
+/// Writes what the kernel takes of `len` bytes of `file` from `offset` to
+/// the socket `sock` (sendfile(2): no copy through user memory). Returns 0
+/// only when the file ends at `offset`. Never raises SIGPIPE: sendfile has
+/// no MSG_NOSIGNAL, so SIGPIPE is blocked on this thread for the call and a
+/// SIGPIPE the call raised is taken back before it is unblocked.
+pub(crate) fn sendfile(sock: RawFd, file: RawFd, offset: u64, len: usize) -> io::Result<usize> {
+    let Ok(mut off) = libc::off_t::try_from(offset) else {
+        return Err(io::Error::from_raw_os_error(libc::EOVERFLOW));
+    };
+    // SAFETY: sigset_t is plain data, initialised by sigemptyset.
+    let mut pipe: libc::sigset_t = unsafe { std::mem::zeroed() };
+    // SAFETY: as above; filled in by pthread_sigmask.
+    let mut old: libc::sigset_t = unsafe { std::mem::zeroed() };
+    // SAFETY: valid sigset_t pointers for the calls.
+    let blocked = unsafe {
+        libc::sigemptyset(&mut pipe);
+        libc::sigaddset(&mut pipe, libc::SIGPIPE);
+        libc::pthread_sigmask(libc::SIG_BLOCK, &pipe, &mut old) == 0
+    };
+    // A SIGPIPE already pending (the embedding program blocks it and one
+    // came from elsewhere) is not this call's to take.
+    let pending_before = blocked && sigpipe_pending();
+    // SAFETY: `off` is a valid in/out offset for the call; both fds are
+    // borrowed for its duration.
+    let result = cvt_size(unsafe { libc::sendfile(sock, file, &mut off, len) });
+    if blocked {
+        if matches!(&result, Err(e) if e.raw_os_error() == Some(libc::EPIPE))
+            && !pending_before
+            && sigpipe_pending()
+        {
+            let zero = libc::timespec {
+                tv_sec: 0,
+                tv_nsec: 0,
+            };
+            // SAFETY: valid set and timeout; takes the SIGPIPE this call
+            // raised (none is raised when SIGPIPE is ignored).
+            unsafe { libc::sigtimedwait(&pipe, std::ptr::null_mut(), &zero) };
+        }
+        // SAFETY: `old` was filled in by pthread_sigmask above.
+        let was_blocked = unsafe { libc::sigismember(&old, libc::SIGPIPE) } == 1;
+        if !was_blocked {
+            // SAFETY: restores the mask read above.
+            unsafe { libc::pthread_sigmask(libc::SIG_SETMASK, &old, std::ptr::null_mut()) };
+        }
+    }
+    result
+}
+
+/// Whether a SIGPIPE is pending for this thread or the process.
+fn sigpipe_pending() -> bool {
+    // SAFETY: sigset_t is plain data, filled in by sigpending.
+    let mut set: libc::sigset_t = unsafe { std::mem::zeroed() };
+    // SAFETY: a valid sigset_t pointer for both calls.
+    unsafe { libc::sigpending(&mut set) == 0 && libc::sigismember(&set, libc::SIGPIPE) == 1 }
+}
