@@ -273,7 +273,7 @@ fn build_errors_name_what_failed() {
         .runtime(runtime));
     assert_eq!(
         e.to_string(),
-        "Builder::runtime: handler `a` would have an output low watermark (1000) not below its high watermark (1000)"
+        "Builder::runtime: handler `a` would have output_low_watermark: must be below output_high_watermark (1000 >= 1000)"
     );
 
     // A port someone else holds: Error::Listen, with the OS error as source.

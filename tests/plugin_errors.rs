@@ -597,7 +597,6 @@ fn refused_at_key(plugin: &str, table: &str, needle: &str, key: &str) -> String 
 }
 
 #[test]
-#[ignore = "needs lib.rs to locate create errors with HandlerConfig::locate_config_error"]
 fn an_unknown_config_key_is_reported_at_the_key() {
     let why = refused_at_key(
         "probe",
@@ -612,7 +611,6 @@ fn an_unknown_config_key_is_reported_at_the_key() {
 }
 
 #[test]
-#[ignore = "needs lib.rs to locate create errors with HandlerConfig::locate_config_error"]
 fn a_key_the_handler_names_in_its_message_is_the_location() {
     // The handler's own words: probe refuses with the text it is given.
     let why = refused_at_key(
@@ -638,7 +636,6 @@ fn a_key_the_handler_names_in_its_message_is_the_location() {
 }
 
 #[test]
-#[ignore = "needs lib.rs to locate create errors with HandlerConfig::locate_config_error"]
 fn a_missing_config_key_is_reported_at_the_table() {
     let why = refused_at_key(
         "http",

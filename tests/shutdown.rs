@@ -12,7 +12,13 @@ use std::time::Duration;
 
 use common::*;
 
+/// Echo on TCP and Unix, with its own idle close at shutdown pushed past
+/// every test's waits: these tests are about the runtime's drain.
 fn echo_config(runtime: &str) -> String {
+    echo_config_idle(runtime, 3_600_000)
+}
+
+fn echo_config_idle(runtime: &str, idle_ms: u64) -> String {
     format!(
         r#"
 [runtime]
@@ -22,6 +28,8 @@ fn echo_config(runtime: &str) -> String {
 name = "echo"
 plugin = "echo"
 listen = ["tcp://127.0.0.1:0", "unix://{{dir}}/echo.sock"]
+[handler.config]
+shutdown_idle_ms = {idle_ms}
 "#
     )
 }
@@ -174,7 +182,59 @@ fn a_second_sigterm_during_the_wait_exits_0_at_once() {
         "{}",
         logs
     );
+    assert!(
+        logs.contains("shutdown complete (1 connections cut by a second signal)"),
+        "{}",
+        logs
+    );
     assert_eq!(read_until_closed(&mut idle), b"");
+}
+
+/// The echo handler closes a client that stays quiet for its
+/// `shutdown_idle_ms` during a shutdown: an idle client does not hold the
+/// shutdown for `shutdown_timeout_ms`, and one that keeps sending is not cut.
+#[test]
+fn echo_closes_idle_clients_at_shutdown_and_lets_busy_ones_finish() {
+    let mut loopd = Loopd::start(&echo_config_idle("shutdown_timeout_ms = 600000", 1000));
+    let mut idle = open_client(&loopd);
+    let mut busy = open_client(&loopd);
+    loopd.signal(libc::SIGTERM);
+    assert!(
+        loopd.wait_for_log("shutting down", TIMEOUT),
+        "{}",
+        loopd.logs()
+    );
+    // The busy one talks (a message every 20 ms, fifty times inside the
+    // 1000 ms) until the idle one was closed, and keeps its echo meanwhile.
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let talking = {
+        let stop = stop.clone();
+        std::thread::spawn(move || {
+            let mut echoed = 0u32;
+            while !stop.load(std::sync::atomic::Ordering::SeqCst) && echoed < 1500 {
+                let msg = [(echoed % 251) as u8; 10];
+                busy.write_all(&msg).unwrap();
+                let mut back = [0u8; 10];
+                busy.read_exact(&mut back).expect("the busy client was cut");
+                assert_eq!(back, msg);
+                echoed += 1;
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            // Quiet now: closed within two checks.
+            (echoed, read_until_closed(&mut busy))
+        })
+    };
+    assert_eq!(read_until_closed(&mut idle), b"");
+    stop.store(true, std::sync::atomic::Ordering::SeqCst);
+    let (echoed, rest) = talking.join().unwrap();
+    assert_eq!(rest, b"");
+    figure("echo_busy_client_echoes_during_shutdown", echoed);
+    assert!(echoed > 0);
+    let status = loopd.wait_exit(TIMEOUT);
+    let logs = final_logs(&loopd);
+    assert_eq!(status.code(), Some(0), "{}", logs);
+    assert!(logs.contains("shutdown complete"), "{}", logs);
+    assert!(!logs.contains("shutdown timeout"), "{}", logs);
 }
 
 /// Writes `stream` full (nobody reads the echo) until a write makes no

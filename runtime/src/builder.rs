@@ -149,20 +149,14 @@ impl Builder {
         if let Some(rt) = self.runtime.take() {
             check_runtime(&rt)?;
             config.runtime = rt;
-            // The file's own watermarks were checked against its [runtime].
+            // The file's own limits were checked against its [runtime].
             for h in &config.handlers {
-                let high = h
-                    .output_high_watermark
-                    .unwrap_or(config.runtime.output_high_watermark);
-                let low = h
-                    .output_low_watermark
-                    .unwrap_or(config.runtime.output_low_watermark);
-                if low >= high {
-                    return Err(Error::Config(format!(
-                        "Builder::runtime: handler `{}` would have an output low watermark ({low}) not below its high watermark ({high})",
+                h.limits(&config.runtime).validate().map_err(|e| {
+                    Error::Config(format!(
+                        "Builder::runtime: handler `{}` would have {e}",
                         h.name
-                    )));
-                }
+                    ))
+                })?;
             }
         }
         let mut linked: Vec<Option<Linked>> = config
@@ -302,18 +296,15 @@ fn create_instance(
         .map_err(|_| Error::Config("handler name contains NUL".into()))?;
     let json = CString::new(h.config_json.as_str())
         .map_err(|_| Error::Config(format!("handler `{}`: config contains NUL", h.name)))?;
+    let limits = h.limits(&config.runtime);
     let settings = Settings {
         framing: h
             .framing
             .or(plugin.default_framing)
             .unwrap_or(FramingKind::Raw),
-        max_frame: h.max_frame.unwrap_or(config.runtime.max_frame),
-        high_watermark: h
-            .output_high_watermark
-            .unwrap_or(config.runtime.output_high_watermark),
-        low_watermark: h
-            .output_low_watermark
-            .unwrap_or(config.runtime.output_low_watermark),
+        max_frame: limits.max_frame,
+        high_watermark: limits.output_high_watermark,
+        low_watermark: limits.output_low_watermark,
         broadcast: h.broadcast,
         ..Settings::default()
     };
@@ -351,7 +342,14 @@ fn create_instance(
         }
         Err(msg) => {
             rt.core.borrow_mut().instances.remove(id);
-            return Err(fail(&shown, format!("create failed: {msg}")));
+            let mut err = fail(&shown, format!("create failed: {msg}"));
+            // A message about a key of [handler.config] points at that key.
+            if let (Error::Plugin { location, .. }, Some((key, at))) =
+                (&mut err, h.locate_config_error(&msg))
+            {
+                *location = Some(format!("{at}: {key}"));
+            }
+            return Err(err);
         }
     }
     log::debug!(
@@ -379,18 +377,5 @@ fn check_runtime(rt: &RuntimeConfig) -> Result<(), Error> {
             "shutdown_timeout and close_timeout must be greater than 0".to_string(),
         ));
     }
-    if rt.max_frame > 1 << 30 {
-        return Err(fail(format!(
-            "max_frame {} must be between 1 and {} bytes",
-            rt.max_frame,
-            1 << 30
-        )));
-    }
-    if rt.output_low_watermark >= rt.output_high_watermark {
-        return Err(fail(format!(
-            "output_low_watermark {} must be below output_high_watermark {}",
-            rt.output_low_watermark, rt.output_high_watermark
-        )));
-    }
-    Ok(())
+    rt.limits().validate().map_err(|e| fail(e.to_string()))
 }

@@ -338,6 +338,7 @@ impl Runtime {
                 let open = self.core.borrow().shared.conns;
                 log::warn!("second signal: closing {open} connections now");
                 self.close_everything(abi::LOOPD_REASON_SHUTDOWN);
+                log::info!("shutdown complete ({open} connections cut by a second signal)");
                 self.stopped = true;
                 return;
             }

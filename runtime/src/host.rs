@@ -338,10 +338,7 @@ fn connect_options(raw: &abi::loopd_connect_options) -> Option<ConnOptions> {
     let nonzero = |v: u64| usize::try_from(v).ok().filter(|&v| v > 0);
     let framing = match raw.framing {
         abi::LOOPD_FRAMING_DEFAULT => None,
-        abi::LOOPD_FRAMING_RAW => Some(crate::config::FramingKind::Raw),
-        abi::LOOPD_FRAMING_LINE => Some(crate::config::FramingKind::Line),
-        abi::LOOPD_FRAMING_LENGTH_PREFIXED => Some(crate::config::FramingKind::LengthPrefixed),
-        _ => return None,
+        other => Some(crate::config::FramingKind::try_from(other).ok()?),
     };
     Some(ConnOptions {
         framing,

@@ -20,7 +20,7 @@ use std::time::Instant;
 use loopd_handler_api::abi::{self, loopd_addr, loopd_conn_info};
 use loopd_handler_api::framing::Skipping;
 
-use crate::config::{FramingKind, ListenAddr};
+use crate::config::{FramingKind, Limits, ListenAddr};
 use crate::core::{Core, Deferred, Shared};
 use crate::event_loop::Ready;
 use crate::instance::{Instance, InstanceId};
@@ -33,15 +33,6 @@ use crate::transport::Transport;
 
 pub use input::next_frame;
 pub(crate) use input::{Input, Read};
-
-/// The `LOOPD_FRAMING_*` value of a framing.
-fn framing_raw(f: FramingKind) -> u32 {
-    match f {
-        FramingKind::Raw => abi::LOOPD_FRAMING_RAW,
-        FramingKind::Line => abi::LOOPD_FRAMING_LINE,
-        FramingKind::LengthPrefixed => abi::LOOPD_FRAMING_LENGTH_PREFIXED,
-    }
-}
 
 pub(crate) fn peer_text(a: &loopd_addr) -> String {
     match a.to_socket_addr() {
@@ -286,7 +277,7 @@ impl Conn {
             struct_size: std::mem::size_of::<loopd_conn_info>() as u32,
             transport: self.transport,
             origin: self.origin,
-            framing: framing_raw(self.framing),
+            framing: self.framing.into(),
             peer: self.peer,
             local: self.local,
             endpoint: self.endpoint.as_ptr(),
@@ -486,11 +477,15 @@ pub(crate) fn connect(
     // not have opened (and dropped) a connection to the target.
     let inst = core.instances.get(instance).ok_or(abi::LOOPD_ERR_INVALID)?;
     let s = &inst.settings;
-    let high = options.high_watermark.unwrap_or(s.high_watermark);
-    let low = options.low_watermark.unwrap_or(s.low_watermark);
-    if low >= high || options.max_frame.is_some_and(|m| m == 0 || m > 1 << 30) {
+    let limits = Limits {
+        max_frame: options.max_frame.unwrap_or(s.max_frame),
+        output_high_watermark: options.high_watermark.unwrap_or(s.high_watermark),
+        output_low_watermark: options.low_watermark.unwrap_or(s.low_watermark),
+    };
+    if limits.validate().is_err() {
         return Err(abi::LOOPD_ERR_INVALID);
     }
+    let (high, low) = (limits.output_high_watermark, limits.output_low_watermark);
     let (result, transport, peer) = match &target {
         ListenAddr::Tcp(sa) => (
             sys::connect_tcp(sa),
