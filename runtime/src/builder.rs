@@ -30,6 +30,7 @@ pub struct Builder {
     statics: HashMap<String, Linked>,
     specs: Vec<HandlerSpec>,
     extra_listeners: Vec<(String, String)>,
+    #[cfg(feature = "signals")]
     signals: bool,
     listen: bool,
 }
@@ -91,6 +92,7 @@ impl Builder {
     /// dropped, those signals are caught and ignored. A program that outlives its runtime, or that
     /// handles signals itself, should leave this off and call
     /// [`Handle::shutdown`](crate::Handle::shutdown) from its own handling instead.
+    #[cfg(feature = "signals")]
     pub fn handle_signals(mut self, on: bool) -> Builder {
         self.signals = on;
         self
@@ -143,8 +145,16 @@ impl Builder {
     fn assemble(&mut self) -> Result<(Config, Vec<Option<Linked>>), Error> {
         let mut config = match (self.config.take(), &self.config_path) {
             (Some(c), _) => c,
+            #[cfg(feature = "config-file")]
             (None, Some(path)) => Config::from_file(path)?,
-            (None, None) => Config::parse("", None)?,
+            #[cfg(not(feature = "config-file"))]
+            (None, Some(path)) => {
+                return Err(Error::Config(format!(
+                    "{}: reading config files needs loopd's `config-file` feature",
+                    path.display()
+                )))
+            }
+            (None, None) => Config::empty(),
         };
         if let Some(rt) = self.runtime.take() {
             check_runtime(&rt)?;
@@ -249,6 +259,7 @@ impl Builder {
             rt.drain_pending();
         }
 
+        #[cfg(feature = "signals")]
         if self.signals {
             rt.install_signals().map_err(|source| Error::System {
                 what: "installing the SIGINT/SIGTERM handlers".to_string(),

@@ -117,7 +117,6 @@ mod transport;
 use std::cell::RefCell;
 use std::io;
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, RawFd};
-use std::os::unix::net::UnixStream;
 use std::rc::Rc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, OnceLock};
@@ -137,7 +136,6 @@ use event_loop::{Ready, Waker};
 use host::ActiveGuard;
 use mailbox::Postbox;
 use source::listener::{self, Bound};
-use source::Source;
 use stats::Scope;
 
 /// `docs/embedding.md`: its Rust blocks are doctests, so the guide cannot rot.
@@ -181,6 +179,7 @@ pub struct Runtime {
     ready: Vec<Ready>,
     flags: Arc<Flags>,
     waker: Waker,
+    #[cfg(feature = "signals")]
     signals: Vec<signal_hook::SigId>,
     /// Set by SIGUSR1 or SIGUSR2 (with `handle_signals`): caught so they do
     /// not kill the process, and otherwise ignored.
@@ -300,6 +299,7 @@ impl Runtime {
             ready: Vec::with_capacity(1024),
             flags: Arc::new(Flags::default()),
             waker,
+            #[cfg(feature = "signals")]
             signals: Vec::new(),
             ignored_signal: Arc::new(AtomicBool::new(false)),
             ignored_logged: None,
@@ -552,7 +552,10 @@ impl Runtime {
 }
 
 impl Runtime {
-    fn install_signals(&mut self) -> io::Result<()> {
+    #[cfg(feature = "signals")]
+    pub(crate) fn install_signals(&mut self) -> io::Result<()> {
+        use source::Source;
+        use std::os::unix::net::UnixStream;
         let (read, write) = UnixStream::pair()?;
         write.set_nonblocking(true)?;
         read.set_nonblocking(true)?;
@@ -604,6 +607,7 @@ impl Drop for Runtime {
         let _active = ActiveGuard::enter(&self.core);
         self.close_everything(abi::LOOPD_REASON_SHUTDOWN);
         listener::close_all(&mut self.core.borrow_mut());
+        #[cfg(feature = "signals")]
         for id in self.signals.drain(..) {
             signal_hook::low_level::unregister(id);
         }

@@ -24,6 +24,7 @@ pub(crate) enum Source {
     Stream(stream::Conn),
     Datagram(datagram::Datagram),
     /// The read end of the signal self-pipe.
+    #[cfg_attr(not(feature = "signals"), allow(dead_code))]
     Signal(UnixStream),
     /// A descriptor a handler owns (ABI 1.3 `watch_fd`).
     Watch(watch::Watch),

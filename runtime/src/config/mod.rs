@@ -1,0 +1,531 @@
+//! The config: typed [`Config`], [`RuntimeConfig`] and [`HandlerConfig`]
+//! with their one set of rules ([`Limits`], [`check_name`],
+//! [`PluginRef::parse`], [`ListenAddr`]); reading a TOML file into them,
+//! with errors that name the file, the line and the key, is `file.rs`
+//! (the `config-file` feature, on by default).
+
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use loopd_handler_api::abi;
+
+#[cfg(feature = "config-file")]
+mod file;
+
+/// The largest config file loopd reads (4 MiB); a larger one, or anything
+/// that is not a regular file (`/dev/zero`, a FIFO, a directory), is refused
+/// before it is read.
+///
+/// Parsing is in memory, and the parsed document takes up to about 60
+/// times the file's size (a file of short keys with arrays of small
+/// integers, the worst case measured: 16 MiB of it took 950 MiB), so the
+/// limit bounds what a mistaken path can cost to about 250 MiB. Real
+/// configs are far below it: the shipped one is 2 KiB, and one with 10,000
+/// `[[handler]]` entries of ten listeners each is 3.2 MB (parsed in 56 MiB).
+pub const MAX_CONFIG_BYTES: u64 = 4 << 20;
+
+/// The limits a handler instance runs with, as the config file's
+/// `max_frame`, `output_high_watermark` and `output_low_watermark` keys
+/// (in `[runtime]` as defaults, in `[[handler]]` for one instance) and
+/// [`HandlerSpec`](crate::HandlerSpec) set them. [`Limits::validate`] is the
+/// one place their rules are written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Limits {
+    /// Largest frame, in bytes (1 to [`Limits::MAX_FRAME`]).
+    pub max_frame: usize,
+    /// Output queue size at which `send` refuses with AGAIN and input pauses.
+    pub output_high_watermark: usize,
+    /// Output queue size below which `on_writable` fires and input resumes;
+    /// below `output_high_watermark`.
+    pub output_low_watermark: usize,
+}
+
+impl Limits {
+    /// The largest `max_frame` (1 GiB).
+    pub const MAX_FRAME: usize = 1 << 30;
+
+    /// Checks the rules: `max_frame` between 1 and [`Limits::MAX_FRAME`],
+    /// `output_low_watermark` below `output_high_watermark` (which is then
+    /// at least 1).
+    ///
+    /// # Errors
+    /// The first rule broken, naming its key.
+    pub fn validate(&self) -> Result<(), LimitError> {
+        if self.max_frame == 0 || self.max_frame > Limits::MAX_FRAME {
+            return Err(LimitError::MaxFrame(self.max_frame));
+        }
+        if self.output_low_watermark >= self.output_high_watermark {
+            return Err(LimitError::Watermarks {
+                high: self.output_high_watermark,
+                low: self.output_low_watermark,
+            });
+        }
+        Ok(())
+    }
+}
+
+/// A rule of [`Limits`] that a value breaks.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum LimitError {
+    /// `max_frame` (the value) is 0 or above [`Limits::MAX_FRAME`].
+    MaxFrame(usize),
+    /// `output_low_watermark` is not below `output_high_watermark`.
+    Watermarks {
+        /// The high watermark.
+        high: usize,
+        /// The low watermark.
+        low: usize,
+    },
+}
+
+impl LimitError {
+    /// The key the error is about: `max_frame` or `output_low_watermark`.
+    pub fn key(&self) -> &'static str {
+        match self {
+            LimitError::MaxFrame(_) => "max_frame",
+            LimitError::Watermarks { .. } => "output_low_watermark",
+        }
+    }
+
+    /// What is wrong, without the key: e.g. `must be between 1 and
+    /// 1073741824 bytes, not 0`.
+    pub fn reason(&self) -> String {
+        match self {
+            LimitError::MaxFrame(n) => {
+                format!("must be between 1 and {} bytes, not {n}", Limits::MAX_FRAME)
+            }
+            LimitError::Watermarks { high, low } => {
+                format!("must be below output_high_watermark ({low} >= {high})")
+            }
+        }
+    }
+}
+
+impl fmt::Display for LimitError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}: {}", self.key(), self.reason())
+    }
+}
+
+impl std::error::Error for LimitError {}
+
+/// The rule for instance names (the config's `name` key and
+/// [`HandlerSpec`](crate::HandlerSpec) names): letters, digits, `-`, `_`
+/// and `.`, not empty. They appear in log targets and metrics.
+///
+/// # Errors
+/// A message that quotes the name and says what is allowed.
+pub fn check_name(name: &str) -> Result<(), String> {
+    let ok = !name.is_empty()
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c));
+    if ok {
+        Ok(())
+    } else {
+        Err(format!(
+            "`{name}` is not a valid name (use letters, digits, `-`, `_`, `.`)"
+        ))
+    }
+}
+
+/// A parsed, validated config.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// Where it was read from (`None` when built in code or from a string).
+    pub path: Option<PathBuf>,
+    /// The `[runtime]` table.
+    pub runtime: RuntimeConfig,
+    /// The `[[handler]]` entries, in file order.
+    pub handlers: Vec<HandlerConfig>,
+}
+
+impl Config {
+    /// A config with the default `[runtime]` and no handlers (what an empty
+    /// file gives); add handlers in code.
+    pub fn empty() -> Config {
+        Config {
+            path: None,
+            runtime: RuntimeConfig::default(),
+            handlers: Vec::new(),
+        }
+    }
+}
+
+/// The `[runtime]` table.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RuntimeConfig {
+    /// Most connections open at once (accepted and outbound); more are refused.
+    pub max_connections: usize,
+    /// How long a graceful shutdown may take before connections are cut.
+    pub shutdown_timeout: Duration,
+    /// How long `close(FLUSH)` or an EOF may wait for queued output to drain.
+    pub close_timeout: Duration,
+    /// Default largest frame (see [`HandlerConfig::max_frame`]).
+    pub max_frame: usize,
+    /// Default output queue size at which `send` refuses with AGAIN and input pauses.
+    pub output_high_watermark: usize,
+    /// Default output queue size below which `on_writable` fires and input resumes.
+    pub output_low_watermark: usize,
+    /// Where plugins given by name are looked up first (default: next to the executable).
+    pub plugin_dir: Option<PathBuf>,
+}
+
+impl Default for RuntimeConfig {
+    fn default() -> Self {
+        RuntimeConfig {
+            max_connections: 10_000,
+            shutdown_timeout: Duration::from_millis(5_000),
+            close_timeout: Duration::from_millis(5_000),
+            max_frame: 1 << 20,
+            output_high_watermark: 256 << 10,
+            output_low_watermark: 64 << 10,
+            plugin_dir: None,
+        }
+    }
+}
+
+impl RuntimeConfig {
+    /// The default limits of handler instances.
+    pub fn limits(&self) -> Limits {
+        Limits {
+            max_frame: self.max_frame,
+            output_high_watermark: self.output_high_watermark,
+            output_low_watermark: self.output_low_watermark,
+        }
+    }
+}
+
+/// Which library a handler comes from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PluginRef {
+    /// A bare name such as `echo`: `libloopd_echo.so` (`libloopd_echo.dylib`
+    /// on macOS) in `plugin_dir` or next to the executable.
+    Name(String),
+    /// A path to a shared library.
+    Path(PathBuf),
+}
+
+impl PluginRef {
+    /// Reads `text` as the config's `plugin` key does: anything containing
+    /// `/` or ending in `.so` (or the platform's library suffix, e.g.
+    /// `.dylib`) is a path, anything else a name.
+    pub fn parse(text: &str) -> PluginRef {
+        if text.contains('/')
+            || text.ends_with(".so")
+            || text.ends_with(std::env::consts::DLL_SUFFIX)
+        {
+            PluginRef::Path(PathBuf::from(text))
+        } else {
+            PluginRef::Name(text.to_string())
+        }
+    }
+}
+
+impl fmt::Display for PluginRef {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            PluginRef::Name(n) => f.write_str(n),
+            PluginRef::Path(p) => write!(f, "{}", p.display()),
+        }
+    }
+}
+
+/// A listener address, written as a URL in the config.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum ListenAddr {
+    /// `tcp://127.0.0.1:7000`, `tcp://[::1]:7000`.
+    Tcp(SocketAddr),
+    /// `unix:///tmp/loopd.sock`.
+    Unix(PathBuf),
+    /// `udp://127.0.0.1:7002`.
+    Udp(SocketAddr),
+}
+
+impl fmt::Display for ListenAddr {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            ListenAddr::Tcp(a) => write!(f, "tcp://{a}"),
+            ListenAddr::Unix(p) => write!(f, "unix://{}", p.display()),
+            ListenAddr::Udp(a) => write!(f, "udp://{a}"),
+        }
+    }
+}
+
+impl std::str::FromStr for ListenAddr {
+    type Err = String;
+
+    /// Parses `tcp://IP:PORT`, `udp://IP:PORT` or `unix:///absolute/or/relative/path`.
+    /// Addresses must be numeric: a running loop never blocks on a resolver.
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let (scheme, rest) = s.split_once("://").ok_or_else(|| {
+            format!("`{s}` is not a URL like tcp://127.0.0.1:7000 or unix:///tmp/x.sock")
+        })?;
+        let ip = |rest: &str| -> Result<SocketAddr, String> {
+            rest.parse::<SocketAddr>().map_err(|_| {
+                format!(
+                    "`{s}`: `{rest}` is not a numeric IP:PORT (e.g. 127.0.0.1:7000 or [::1]:7000)"
+                )
+            })
+        };
+        match scheme {
+            "tcp" => ip(rest).map(ListenAddr::Tcp),
+            "udp" => ip(rest).map(ListenAddr::Udp),
+            "unix" => {
+                if rest.is_empty() {
+                    return Err(format!("`{s}`: the unix socket path is empty"));
+                }
+                if rest.len() >= crate::sys::UNIX_PATH_MAX {
+                    return Err(format!(
+                        "`{s}`: a unix socket path must be shorter than {} bytes (this system's sun_path)",
+                        crate::sys::UNIX_PATH_MAX
+                    ));
+                }
+                if rest.contains('\0') {
+                    return Err(format!("`{s}`: the unix socket path contains NUL"));
+                }
+                Ok(ListenAddr::Unix(PathBuf::from(rest)))
+            }
+            other => Err(format!(
+                "`{s}`: unknown scheme `{other}` (use tcp, unix or udp)"
+            )),
+        }
+    }
+}
+
+/// How a handler's input is cut into frames.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FramingKind {
+    /// Bytes as they arrive.
+    Raw,
+    /// `\n`-terminated lines.
+    Line,
+    /// 4-byte big-endian length, then payload.
+    LengthPrefixed,
+}
+
+impl From<FramingKind> for u32 {
+    /// The ABI's `LOOPD_FRAMING_*` value.
+    fn from(f: FramingKind) -> u32 {
+        match f {
+            FramingKind::Raw => abi::LOOPD_FRAMING_RAW,
+            FramingKind::Line => abi::LOOPD_FRAMING_LINE,
+            FramingKind::LengthPrefixed => abi::LOOPD_FRAMING_LENGTH_PREFIXED,
+        }
+    }
+}
+
+impl TryFrom<u32> for FramingKind {
+    /// The value, when it is no framing (`LOOPD_FRAMING_DEFAULT`, or unknown).
+    type Error = u32;
+
+    /// From the ABI's `LOOPD_FRAMING_*` value; `LOOPD_FRAMING_DEFAULT` (no
+    /// preference) is not a framing and is refused like an unknown value.
+    fn try_from(raw: u32) -> Result<FramingKind, u32> {
+        match raw {
+            abi::LOOPD_FRAMING_RAW => Ok(FramingKind::Raw),
+            abi::LOOPD_FRAMING_LINE => Ok(FramingKind::Line),
+            abi::LOOPD_FRAMING_LENGTH_PREFIXED => Ok(FramingKind::LengthPrefixed),
+            other => Err(other),
+        }
+    }
+}
+
+impl FramingKind {
+    #[cfg(feature = "config-file")]
+    fn parse(s: &str) -> Option<FramingKind> {
+        match s {
+            "raw" => Some(FramingKind::Raw),
+            "line" => Some(FramingKind::Line),
+            "length-prefixed" => Some(FramingKind::LengthPrefixed),
+            _ => None,
+        }
+    }
+}
+
+impl fmt::Display for FramingKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            FramingKind::Raw => "raw",
+            FramingKind::Line => "line",
+            FramingKind::LengthPrefixed => "length-prefixed",
+        })
+    }
+}
+
+/// Where something was written: for error messages.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Location {
+    /// The config file, if any.
+    pub file: Option<PathBuf>,
+    /// 1-based line.
+    pub line: usize,
+    /// 1-based column.
+    pub column: usize,
+}
+
+impl fmt::Display for Location {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match &self.file {
+            Some(p) => write!(f, "{}:{}:{}", p.display(), self.line, self.column),
+            None => write!(f, "<config>:{}:{}", self.line, self.column),
+        }
+    }
+}
+
+/// One `[[handler]]` entry.
+#[derive(Debug, Clone)]
+pub struct HandlerConfig {
+    /// The instance name, unique in the config.
+    pub name: String,
+    /// The library.
+    pub plugin: PluginRef,
+    /// Listener addresses.
+    pub listen: Vec<ListenAddr>,
+    /// Framing; `None` means the plugin's default (raw if it has none).
+    pub framing: Option<FramingKind>,
+    /// Largest frame: for `line` and `length-prefixed`, a longer frame
+    /// disconnects the peer; for `raw`, the most bytes one `on_data` gets.
+    pub max_frame: Option<usize>,
+    /// Output queue high watermark (overrides the runtime's).
+    pub output_high_watermark: Option<usize>,
+    /// Output queue low watermark (overrides the runtime's).
+    pub output_low_watermark: Option<usize>,
+    /// Set `SO_BROADCAST` on the handler's UDP sockets, so it may send to
+    /// broadcast addresses (`broadcast = true`; only valid with a `udp://`
+    /// listener).
+    pub broadcast: bool,
+    /// The `[handler.config]` table as JSON (`{}` when absent).
+    pub config_json: String,
+    /// Where the entry's `plugin` key is, for errors about loading it.
+    pub plugin_location: Option<Location>,
+    /// Where the `[handler.config]` table and each key in it are written
+    /// (empty for an entry built in code), so that an error the handler
+    /// reports about its config can point at the key:
+    /// [`HandlerConfig::locate_config_error`].
+    pub config_keys: ConfigKeys,
+}
+
+/// Where the keys of one `[handler.config]` table (and the table itself)
+/// are written in the config file.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ConfigKeys {
+    /// The file, if any.
+    file: Option<PathBuf>,
+    /// The table as config errors name it: `handler[2].config`.
+    table: String,
+    /// Line and column of the table's `config` key (`[handler.config]`).
+    at: (u32, u32),
+    /// Each key relative to the table (`root`, `types.html`,
+    /// `broadcast_to[1]`), with the line and column where it (or an array
+    /// element's value) starts.
+    keys: Vec<(Box<str>, u32, u32)>,
+}
+
+impl ConfigKeys {
+    /// Whether there is no table.
+    pub fn is_empty(&self) -> bool {
+        self.table.is_empty()
+    }
+
+    fn location(&self, (line, column): (u32, u32)) -> Location {
+        Location {
+            file: self.file.clone(),
+            line: line as usize,
+            column: column as usize,
+        }
+    }
+
+    /// The dotted key (`handler[2].config.root`) and location of the key
+    /// an error message from the handler is about: see
+    /// [`HandlerConfig::locate_config_error`].
+    pub fn locate(&self, message: &str) -> Option<(String, Location)> {
+        if self.is_empty() {
+            return None;
+        }
+        let message = message.strip_prefix("invalid config: ").unwrap_or(message);
+        let lead = message
+            .split(|c: char| c.is_whitespace() || c == ':' || c == '=' || c == ',')
+            .next()
+            .unwrap_or("")
+            .trim_matches('`');
+        let names: Vec<&str> = std::iter::once(lead)
+            .chain(message.split('`').skip(1).step_by(2))
+            .filter(|n| !n.is_empty())
+            .collect();
+        let found = |k: &(Box<str>, u32, u32)| {
+            Some((format!("{}.{}", self.table, k.0), self.location((k.1, k.2))))
+        };
+        if let Some(k) = names
+            .iter()
+            .find_map(|n| self.keys.iter().find(|k| &*k.0 == *n))
+        {
+            return found(k);
+        }
+        // A nested struct's serde error names the field only, not its table.
+        let leaf = |path: &str| -> String {
+            let last = path.rsplit('.').next().unwrap_or(path);
+            last.split('[').next().unwrap_or(last).to_string()
+        };
+        if let Some(k) = names
+            .iter()
+            .filter(|n| !n.contains('.') && !n.contains('['))
+            .find_map(|n| self.keys.iter().find(|k| leaf(&k.0) == *n))
+        {
+            return found(k);
+        }
+        // A key that should be there and is not: the table.
+        if message.contains("missing field") || message.contains(" is required") {
+            return Some((self.table.clone(), self.location(self.at)));
+        }
+        None
+    }
+}
+
+impl HandlerConfig {
+    /// A handler entry with defaults, for building configs in code.
+    pub fn new(name: impl Into<String>, plugin: PluginRef) -> HandlerConfig {
+        HandlerConfig {
+            name: name.into(),
+            plugin,
+            listen: Vec::new(),
+            framing: None,
+            max_frame: None,
+            output_high_watermark: None,
+            output_low_watermark: None,
+            broadcast: false,
+            config_json: "{}".to_string(),
+            plugin_location: None,
+            config_keys: ConfigKeys::default(),
+        }
+    }
+
+    /// This instance's limits: its own where set, else the runtime's.
+    pub fn limits(&self, runtime: &RuntimeConfig) -> Limits {
+        Limits {
+            max_frame: self.max_frame.unwrap_or(runtime.max_frame),
+            output_high_watermark: self
+                .output_high_watermark
+                .unwrap_or(runtime.output_high_watermark),
+            output_low_watermark: self
+                .output_low_watermark
+                .unwrap_or(runtime.output_low_watermark),
+        }
+    }
+
+    /// The key of `[handler.config]` that an error message from the
+    /// handler's `create` is about, as far as the message tells: its dotted
+    /// name (`handler[2].config.root`) and where it is written. Found from a
+    /// key the message names in backticks (`` unknown field `rot` ``,
+    /// `` `root` is empty ``) or at its start (`max_line = 0 is out of
+    /// range`, `broadcast_to[1]: ...`); a key that is missing (`` missing
+    /// field `root` ``, `` `root` is required ``) points at the table.
+    /// `None` when the message names no key of the table, or the entry has
+    /// no table or was built in code.
+    pub fn locate_config_error(&self, message: &str) -> Option<(String, Location)> {
+        self.config_keys.locate(message)
+    }
+}
