@@ -46,6 +46,7 @@
 #![doc(test(attr(deny(warnings))))]
 
 mod body;
+mod cache;
 mod clock;
 mod cond;
 mod config;

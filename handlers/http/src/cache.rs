@@ -1,0 +1,241 @@
+//! The open-file cache: what a request path resolved to (an open descriptor
+//! or, for a small file, its bytes; its size, validators and content type),
+//! kept between requests so that a request for a cached path costs no
+//! open, fstat, read or close.
+//!
+//! Freshness is checked cheaply: each time an entry is used (or, with
+//! `open_file_cache_ms`, at most once per that period), one `fstatat` of its
+//! path compares what the path names now with what was opened: device,
+//! inode, size, mtime and ctime, with nanoseconds. A file replaced (renamed
+//! over, as editors and deploy tools do), deleted, rewritten in place,
+//! truncated, or made unreadable (chmod changes the ctime) fails the
+//! comparison, and the path is opened again, through every check of a first
+//! open (the root, the hidden-file rule). With the default period of 0 a
+//! change that stat(2) can see is therefore never missed; only a rewrite
+//! that keeps the size and puts the same mtime and ctime back (not possible
+//! without changing the clock) or a change inside the file system's
+//! timestamp granularity could be.
+//!
+//! Entries are bounded in number (`open_file_cache_max`), small bodies in
+//! total bytes ([`MEM_BUDGET`]); an entry unused for [`INACTIVE_MS`] is
+//! dropped by a sweep, so a deleted file's descriptor does not keep its disk
+//! space for long.
+
+use std::collections::HashMap;
+use std::ffi::CString;
+use std::fs::File;
+use std::rc::Rc;
+use std::time::Duration;
+
+use loopd_handler_api::TimerId;
+
+use crate::cond::Validators;
+use crate::fs::{Root, Stamp};
+
+/// The `user_data` of the sweep timer (connection timers carry a
+/// connection id, never 0).
+pub(crate) const SWEEP_TIMER: u64 = 0;
+/// Files up to this size are held in memory by the cache (their
+/// descriptor is closed at once).
+pub(crate) const MEM_BODY_MAX: u64 = 16 * 1024;
+/// The most bytes of file bodies the cache holds in memory.
+pub(crate) const MEM_BUDGET: usize = 4 << 20;
+/// An entry unused for this long is dropped.
+pub(crate) const INACTIVE_MS: u64 = 60_000;
+/// How often unused entries are looked for.
+pub(crate) const SWEEP_EVERY: Duration = Duration::from_secs(30);
+
+/// What a response's body is read from.
+#[derive(Debug)]
+pub(crate) enum Content {
+    /// An open descriptor, read (or sent with sendfile) as the response goes.
+    File(File),
+    /// The whole file, read once and checked to be one version of it.
+    Bytes(Box<[u8]>),
+}
+
+/// An opened file and what its responses say about it: shared by the
+/// responses that send it, and kept in the cache.
+#[derive(Debug)]
+pub(crate) struct Opened {
+    pub(crate) content: Content,
+    /// What fstat said when it was opened: what its responses announce.
+    pub(crate) stamp: Stamp,
+    pub(crate) validators: Validators,
+    pub(crate) last_modified: String,
+    pub(crate) content_type: String,
+    /// Its path below the root (the index file's, for a directory URL),
+    /// for the freshness check.
+    pub(crate) rel: CString,
+}
+
+impl Opened {
+    /// The size its responses announce.
+    pub(crate) fn len(&self) -> u64 {
+        self.stamp.size
+    }
+
+    /// Whether the open file still has the size and mtime its response
+    /// announced (one fstat). `Err` holds what it has now.
+    pub(crate) fn unchanged(&self, file: &File) -> Result<(), Option<Stamp>> {
+        match Stamp::of(file) {
+            Ok(now) if now.size == self.stamp.size && now.mtime == self.stamp.mtime => Ok(()),
+            Ok(now) => Err(Some(now)),
+            Err(_) => Err(None),
+        }
+    }
+}
+
+#[derive(Debug)]
+struct Entry {
+    opened: Rc<Opened>,
+    /// When its path was last compared with it (`Ctx::now_ms`).
+    checked_ms: u64,
+    /// When a request last used it.
+    used_ms: u64,
+}
+
+/// The cache of one handler instance.
+#[derive(Debug)]
+pub(crate) struct OpenCache {
+    /// Normalised request path (plus `/` for a directory URL) → entry.
+    map: HashMap<Vec<u8>, Entry>,
+    max: usize,
+    valid_ms: u64,
+    /// Bytes of `Content::Bytes` bodies held.
+    body_bytes: usize,
+    /// The sweep timer, while there are entries.
+    pub(crate) sweep: Option<TimerId>,
+}
+
+impl OpenCache {
+    /// A cache of at most `max` entries (0: none) whose paths are checked
+    /// at most every `valid_ms` (0: at every use).
+    pub(crate) fn new(max: usize, valid_ms: u64) -> OpenCache {
+        OpenCache {
+            map: HashMap::new(),
+            max,
+            valid_ms,
+            body_bytes: 0,
+            sweep: None,
+        }
+    }
+
+    pub(crate) fn enabled(&self) -> bool {
+        self.max > 0
+    }
+
+    pub(crate) fn len(&self) -> usize {
+        self.map.len()
+    }
+
+    /// Whether a body of `len` bytes may be held in memory.
+    pub(crate) fn may_hold(&self, len: u64) -> bool {
+        self.enabled() && len <= MEM_BODY_MAX && self.body_bytes + len as usize <= MEM_BUDGET
+    }
+
+    /// The entry for `key` if what its path names is still what was opened.
+    pub(crate) fn get(&mut self, key: &[u8], root: &Root, now: u64) -> Option<Rc<Opened>> {
+        let e = self.map.get_mut(key)?;
+        if self.valid_ms == 0 || now.saturating_sub(e.checked_ms) >= self.valid_ms {
+            match root.stamp_at(&e.opened.rel) {
+                Ok(st) if st == e.opened.stamp => e.checked_ms = now,
+                _ => {
+                    self.remove(key);
+                    return None;
+                }
+            }
+        }
+        e.used_ms = now;
+        Some(e.opened.clone())
+    }
+
+    /// Keeps `opened` for `key`, making room first if the cache is full.
+    pub(crate) fn insert(&mut self, key: Vec<u8>, opened: Rc<Opened>, now: u64) {
+        if !self.enabled() {
+            return;
+        }
+        self.remove(&key);
+        if self.map.len() >= self.max {
+            self.evict();
+        }
+        if let Content::Bytes(b) = &opened.content {
+            self.body_bytes += b.len();
+        }
+        self.map.insert(
+            key,
+            Entry {
+                opened,
+                checked_ms: now,
+                used_ms: now,
+            },
+        );
+    }
+
+    /// Drops every entry for `opened` (it was seen to change).
+    pub(crate) fn forget(&mut self, opened: &Rc<Opened>) {
+        let mut freed = 0;
+        self.map.retain(|_, e| {
+            let keep = !Rc::ptr_eq(&e.opened, opened);
+            if !keep {
+                freed += body_len(&e.opened);
+            }
+            keep
+        });
+        self.body_bytes -= freed;
+    }
+
+    /// Drops the entries unused for [`INACTIVE_MS`]; returns whether any
+    /// are left.
+    pub(crate) fn sweep(&mut self, now: u64) -> bool {
+        let mut freed = 0;
+        self.map.retain(|_, e| {
+            let keep = now.saturating_sub(e.used_ms) < INACTIVE_MS;
+            if !keep {
+                freed += body_len(&e.opened);
+            }
+            keep
+        });
+        self.body_bytes -= freed;
+        !self.map.is_empty()
+    }
+
+    /// Drops everything (descriptors are short, or the server stops).
+    pub(crate) fn clear(&mut self) {
+        self.map.clear();
+        self.body_bytes = 0;
+    }
+
+    fn remove(&mut self, key: &[u8]) {
+        if let Some(e) = self.map.remove(key) {
+            self.body_bytes -= body_len(&e.opened);
+        }
+    }
+
+    /// Drops the least recently used eighth of the entries (at least one).
+    fn evict(&mut self) {
+        let mut used: Vec<u64> = self.map.values().map(|e| e.used_ms).collect();
+        if used.is_empty() {
+            return;
+        }
+        let n = (self.max / 8).clamp(1, used.len());
+        let (_, cut, _) = used.select_nth_unstable(n - 1);
+        let cut = *cut;
+        let mut freed = 0;
+        self.map.retain(|_, e| {
+            let keep = e.used_ms > cut;
+            if !keep {
+                freed += body_len(&e.opened);
+            }
+            keep
+        });
+        self.body_bytes -= freed;
+    }
+}
+
+fn body_len(o: &Opened) -> usize {
+    match &o.content {
+        Content::Bytes(b) => b.len(),
+        Content::File(_) => 0,
+    }
+}
