@@ -3,18 +3,25 @@
 //! kept between requests so that a request for a cached path costs no
 //! open, fstat, read or close.
 //!
-//! Freshness is checked cheaply: each time an entry is used (or, with
-//! `open_file_cache_ms`, at most once per that period), one `fstatat` of its
-//! path compares what the path names now with what was opened: device,
-//! inode, size, mtime and ctime, with nanoseconds. A file replaced (renamed
-//! over, as editors and deploy tools do), deleted, rewritten in place,
-//! truncated, or made unreadable (chmod changes the ctime) fails the
-//! comparison, and the path is opened again, through every check of a first
-//! open (the root, the hidden-file rule). With the default period of 0 a
-//! change that stat(2) can see is therefore never missed; only a rewrite
-//! that keeps the size and puts the same mtime and ctime back (not possible
-//! without changing the clock) or a change inside the file system's
-//! timestamp granularity could be.
+//! Freshness is checked cheaply: when an entry is used and its path was
+//! last looked at `open_file_cache_ms` or more ago (1 ms by default; 0: at
+//! every use), one `fstatat` of the path compares what the path names now
+//! with what was opened: device, inode, size, mtime and ctime, with
+//! nanoseconds. A file replaced (renamed over, as editors and deploy tools
+//! do), deleted, rewritten in place, truncated, or made unreadable (chmod
+//! changes the ctime) fails the comparison, and the path is opened again,
+//! through every check of a first open (the root, the hidden-file rule).
+//! Under load that is one stat per path per period, not per request; a
+//! change is seen by every request that arrives more than the period (plus
+//! the clock's millisecond) after it.
+//!
+//! Whatever the period, a response is one whole version of its file: a
+//! body held in memory was read in one piece and checked (same size and
+//! mtime before and after, nothing past its end), and a body read from the
+//! descriptor is checked as it goes (`server.rs`). Only a rewrite that
+//! keeps the size and the mtime to the nanosecond (and the ctime, for the
+//! path check) could go unseen, which needs the clock to be set back, or a
+//! change inside the file system's timestamp granularity.
 //!
 //! Entries are bounded in number (`open_file_cache_max`), small bodies in
 //! total bytes ([`MEM_BUDGET`]); an entry unused for [`INACTIVE_MS`] is
