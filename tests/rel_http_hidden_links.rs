@@ -74,9 +74,7 @@ fn symlinks_to_hidden_names_are_not_served() {
     let site = tree();
     let loopd = site.serve("");
     let addr = loopd.tcp("http");
-    if let Some(backend) = expected_backend() {
-        assert!(loopd.wait_for_log(backend, TIMEOUT), "{}", loopd.logs());
-    }
+    assert_backend(&loopd);
     let mut leaked = 0;
     let mut failures = Vec::new();
     // Twice each: the second time through the open-file cache, if anything

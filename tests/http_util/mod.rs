@@ -24,6 +24,22 @@ pub fn expected_backend() -> Option<&'static str> {
     PORTABLE.then_some("files opened with openat O_NOFOLLOW, name by name")
 }
 
+/// Checks that the handler opens files as this suite was built to test
+/// (with `--features loopd-http/portable`: the POSIX walk), and reports it.
+pub fn assert_backend(loopd: &Loopd) {
+    assert!(
+        loopd.wait_for_log("files opened with", TIMEOUT),
+        "{}",
+        loopd.logs()
+    );
+    if let Some(backend) = expected_backend() {
+        assert!(loopd.logs().contains(backend), "{}", loopd.logs());
+    }
+    let logs = loopd.logs();
+    let walk = logs.contains("files opened with openat O_NOFOLLOW");
+    common::figure("backend", if walk { "posix-walk" } else { "openat2" });
+}
+
 /// Builds the plugins (`common::build_plugins`), then the http plugin again
 /// with the features this suite was built with: the nested `cargo build`
 /// of `build_plugins` knows nothing of `--features loopd-http/portable`.

@@ -246,3 +246,132 @@ fn body_len(o: &Opened) -> usize {
         Content::File(_) => 0,
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::path::PathBuf;
+
+    struct Tmp(PathBuf);
+    impl Drop for Tmp {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_dir_all(&self.0);
+        }
+    }
+
+    fn root() -> (Tmp, Root) {
+        static N: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+        let dir = std::env::temp_dir().join(format!(
+            "loopd-http-cache-{}-{}",
+            std::process::id(),
+            N.fetch_add(1, std::sync::atomic::Ordering::SeqCst)
+        ));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let root = Root::open(&dir, false).unwrap();
+        (Tmp(dir), root)
+    }
+
+    /// An entry for `name` (written with `body` first), held in memory
+    /// when `bytes`.
+    fn opened(tmp: &Tmp, root: &Root, name: &str, body: &[u8], bytes: bool) -> Rc<Opened> {
+        std::fs::write(tmp.0.join(name), body).unwrap();
+        let file = root.open_file(name.as_bytes()).unwrap();
+        let stamp = Stamp::of(&file).unwrap();
+        Rc::new(Opened {
+            content: if bytes {
+                Content::Bytes(body.into())
+            } else {
+                Content::File(file)
+            },
+            stamp,
+            validators: Validators::new(stamp.ino, stamp.modified(), stamp.size),
+            last_modified: String::new(),
+            content_type: String::new(),
+            rel: CString::new(name).unwrap(),
+        })
+    }
+
+    #[test]
+    fn an_entry_is_served_while_its_path_names_the_same_file() {
+        let (tmp, root) = root();
+        for valid_ms in [0, 1, 1000] {
+            let mut c = OpenCache::new(8, valid_ms);
+            let o = opened(&tmp, &root, "a", b"one", true);
+            c.insert(b"a".to_vec(), o.clone(), 100);
+            assert!(Rc::ptr_eq(&c.get(b"a", &root, 100).unwrap(), &o));
+            assert!(c.get(b"b", &root, 100).is_none());
+            // Replaced: seen at the next check.
+            std::fs::write(tmp.0.join("a.new"), b"two").unwrap();
+            std::fs::rename(tmp.0.join("a.new"), tmp.0.join("a")).unwrap();
+            if valid_ms > 1 {
+                // Within the period it is not looked at.
+                assert!(c.get(b"a", &root, 100 + valid_ms - 1).is_some());
+            }
+            assert!(c.get(b"a", &root, 100 + valid_ms).is_none(), "{valid_ms}");
+            assert_eq!(c.len(), 0);
+            assert_eq!(c.body_bytes, 0);
+        }
+    }
+
+    #[test]
+    fn bodies_are_bounded_and_accounted() {
+        let (tmp, root) = root();
+        let mut c = OpenCache::new(1000, 0);
+        assert!(c.may_hold(MEM_BODY_MAX));
+        assert!(!c.may_hold(MEM_BODY_MAX + 1));
+        let body = vec![7u8; MEM_BODY_MAX as usize];
+        let mut n = 0;
+        while c.may_hold(MEM_BODY_MAX) {
+            let name = format!("f{n}");
+            let o = opened(&tmp, &root, &name, &body, true);
+            c.insert(name.into_bytes(), o, 1);
+            n += 1;
+        }
+        assert_eq!(n, MEM_BUDGET / MEM_BODY_MAX as usize);
+        assert!(c.body_bytes <= MEM_BUDGET);
+        let first = c.get(b"f0", &root, 1).unwrap();
+        c.forget(&first);
+        assert_eq!(c.body_bytes, MEM_BUDGET - MEM_BODY_MAX as usize);
+        assert!(c.may_hold(MEM_BODY_MAX));
+        c.clear();
+        assert_eq!((c.len(), c.body_bytes), (0, 0));
+        // Off: holds nothing.
+        let off = OpenCache::new(0, 0);
+        assert!(!off.enabled() && !off.may_hold(1));
+    }
+
+    #[test]
+    fn a_full_cache_drops_the_least_recently_used() {
+        let (tmp, root) = root();
+        let mut c = OpenCache::new(16, 0);
+        for i in 0..16u64 {
+            let name = format!("f{i}");
+            let o = opened(&tmp, &root, &name, b"x", false);
+            c.insert(name.into_bytes(), o, i);
+        }
+        // f0 is used again: the oldest are now f1 and f2.
+        assert!(c.get(b"f0", &root, 100).is_some());
+        let o = opened(&tmp, &root, "new", b"x", false);
+        c.insert(b"new".to_vec(), o, 101);
+        assert!(c.len() <= 16);
+        assert!(c.get(b"f1", &root, 102).is_none());
+        assert!(c.get(b"f0", &root, 102).is_some());
+        assert!(c.get(b"new", &root, 102).is_some());
+        assert!(c.get(b"f15", &root, 102).is_some());
+    }
+
+    #[test]
+    fn the_sweep_drops_unused_entries() {
+        let (tmp, root) = root();
+        let mut c = OpenCache::new(16, 0);
+        c.insert(b"a".to_vec(), opened(&tmp, &root, "a", b"a", true), 0);
+        c.insert(b"b".to_vec(), opened(&tmp, &root, "b", b"b", false), 0);
+        assert!(c.get(b"b", &root, INACTIVE_MS - 1).is_some());
+        assert!(c.sweep(INACTIVE_MS));
+        assert_eq!(c.len(), 1);
+        assert_eq!(c.body_bytes, 0);
+        assert!(!c.sweep(2 * INACTIVE_MS));
+        assert_eq!(c.len(), 0);
+    }
+}

@@ -210,6 +210,25 @@ mod tests {
         }
     }
 
+    #[test]
+    fn etags_tell_inodes_and_nanoseconds_apart() {
+        let t = UNIX_EPOCH + Duration::new(1_700_000_000, 5);
+        let a = Validators::new(7, t, 100);
+        assert_eq!(
+            a.etag,
+            format!("\"7-{:x}-64\"", 1_700_000_000_000_000_005u128)
+        );
+        // Same size and mtime, another inode (a replacement that kept the
+        // mtime): another tag.
+        assert_ne!(Validators::new(8, t, 100).etag, a.etag);
+        // Same inode and size, a nanosecond later: another tag, same
+        // Last-Modified.
+        let b = Validators::new(7, t + Duration::from_nanos(1), 100);
+        assert_ne!(b.etag, a.etag);
+        assert_eq!(b.last_modified(), a.last_modified());
+        assert_ne!(Validators::new(7, t, 101).etag, a.etag);
+    }
+
     fn date(secs: u64) -> String {
         httpdate::fmt_http_date(UNIX_EPOCH + Duration::from_secs(secs))
     }

@@ -419,6 +419,105 @@ mod tests {
     }
 
     #[test]
+    fn the_open_file_cache_is_on_and_checked_every_millisecond_by_default() {
+        let s = parse(r#"{"root": "w"}"#).unwrap();
+        assert_eq!(
+            (s.open_file_cache_max, s.open_file_cache_valid_ms),
+            (256, 1)
+        );
+        let s =
+            parse(r#"{"root": "w", "open_file_cache_max": 0, "open_file_cache_ms": 0}"#).unwrap();
+        assert_eq!((s.open_file_cache_max, s.open_file_cache_valid_ms), (0, 0));
+        for (json, key) in [
+            (
+                r#"{"root": "w", "open_file_cache_max": 100001}"#,
+                "open_file_cache_max",
+            ),
+            (
+                r#"{"root": "w", "open_file_cache_ms": 86400001}"#,
+                "open_file_cache_ms",
+            ),
+        ] {
+            assert!(parse(json).unwrap_err().contains(key), "{json}");
+        }
+    }
+
+    #[test]
+    fn nosniff_by_default_and_configured_fields_rendered_once() {
+        let s = parse(r#"{"root": "w"}"#).unwrap();
+        assert_eq!(s.extra_fields, "X-Content-Type-Options: nosniff\r\n");
+        assert_eq!(s.server_header, None);
+        let s = parse(
+            r#"{"root": "w", "server_header": "",
+                "headers": {"X-Frame-Options": "DENY", "Referrer-Policy": "no-referrer"}}"#,
+        )
+        .unwrap();
+        assert_eq!(
+            s.extra_fields,
+            "X-Content-Type-Options: nosniff\r\nReferrer-Policy: no-referrer\r\n\
+             X-Frame-Options: DENY\r\n"
+        );
+        assert_eq!(s.server_header.as_deref(), Some(""));
+        let s = parse(r#"{"root": "w", "headers": {"x-content-type-options": ""}}"#).unwrap();
+        assert_eq!(s.extra_fields, "");
+        let s =
+            parse(r#"{"root": "w", "headers": {"X-Content-Type-Options": "nosniff"}}"#).unwrap();
+        assert_eq!(s.extra_fields, "X-Content-Type-Options: nosniff\r\n");
+    }
+
+    #[test]
+    fn fields_that_could_split_a_response_are_refused() {
+        for (json, key) in [
+            (
+                r#"{"root": "w", "headers": {"X-A": "a\r\nB: c"}}"#,
+                "`headers.X-A`: the value holds a line break",
+            ),
+            (
+                r#"{"root": "w", "headers": {"X-A": "a\u0000"}}"#,
+                "`headers.X-A`: the value holds",
+            ),
+            (
+                r#"{"root": "w", "headers": {"X-A": "a\u007f"}}"#,
+                "`headers.X-A`: the value holds",
+            ),
+            (
+                r#"{"root": "w", "headers": {"X-A": "tab\tok but trailing "}}"#,
+                "whitespace",
+            ),
+            (
+                r#"{"root": "w", "headers": {"X A": "b"}}"#,
+                "is not a header field name",
+            ),
+            (
+                r#"{"root": "w", "headers": {"X-A\r\nB": "b"}}"#,
+                "is not a header field name",
+            ),
+            (
+                r#"{"root": "w", "headers": {"Content-Type": "x/y"}}"#,
+                "`headers.Content-Type`",
+            ),
+            (
+                r#"{"root": "w", "headers": {"server": "x"}}"#,
+                "`server_header`",
+            ),
+            (r#"{"root": "w", "headers": {"X-A": ""}}"#, "empty value"),
+            (
+                r#"{"root": "w", "headers": {"X-A": "1", "x-a": "2"}}"#,
+                "given twice",
+            ),
+            (
+                r#"{"root": "w", "server_header": "a\nb"}"#,
+                "`server_header`",
+            ),
+        ] {
+            let err = parse(json).unwrap_err();
+            assert!(err.contains(key), "{json}: {err}");
+        }
+        // Tabs inside a value are fine.
+        assert!(parse(r#"{"root": "w", "headers": {"X-A": "a\tb"}}"#).is_ok());
+    }
+
+    #[test]
     fn keepalive_zero_disables_keep_alive() {
         let s = parse(r#"{"root": "w", "keepalive_timeout_ms": 0}"#).unwrap();
         assert_eq!(s.keepalive_timeout, None);

@@ -149,6 +149,18 @@ mod tests {
     }
 
     #[test]
+    fn no_server_field_when_there_is_none() {
+        let mut h = HeadBuf::new(200, None, "Thu, 01 Jan 1970 00:00:00 GMT");
+        h.raw("X-Content-Type-Options: nosniff\r\n");
+        let text = String::from_utf8(h.finish(Connection::Default, b"")).unwrap();
+        assert_eq!(
+            text,
+            "HTTP/1.1 200 OK\r\nDate: Thu, 01 Jan 1970 00:00:00 GMT\r\n\
+             X-Content-Type-Options: nosniff\r\n\r\n"
+        );
+    }
+
+    #[test]
     fn error_pages_escape_links() {
         let page = error_page(301, Some("/a<b>/"));
         assert!(page.contains("301 Moved Permanently"));
