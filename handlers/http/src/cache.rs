@@ -25,23 +25,19 @@
 //!
 //! Entries are bounded in number (`open_file_cache_max`), small bodies in
 //! total bytes ([`MEM_BUDGET`]); an entry unused for [`INACTIVE_MS`] is
-//! dropped by a sweep, so a deleted file's descriptor does not keep its disk
-//! space for long.
+//! dropped by a sweep that the next lookup makes once [`SWEEP_EVERY_MS`]
+//! have passed (as nginx expires its cached files: on use, with no timer),
+//! so a deleted file's descriptor does not keep its disk space for long
+//! while requests come; an idle server keeps its entries until the next.
 
 use std::collections::HashMap;
 use std::ffi::CString;
 use std::fs::File;
 use std::rc::Rc;
-use std::time::Duration;
-
-use loopd_handler_api::TimerId;
 
 use crate::cond::Validators;
 use crate::fs::{Root, Stamp};
 
-/// The `user_data` of the sweep timer (connection timers carry a
-/// connection id, never 0).
-pub(crate) const SWEEP_TIMER: u64 = 0;
 /// Files up to this size are held in memory by the cache (their
 /// descriptor is closed at once).
 pub(crate) const MEM_BODY_MAX: u64 = 16 * 1024;
@@ -49,8 +45,8 @@ pub(crate) const MEM_BODY_MAX: u64 = 16 * 1024;
 pub(crate) const MEM_BUDGET: usize = 4 << 20;
 /// An entry unused for this long is dropped.
 pub(crate) const INACTIVE_MS: u64 = 60_000;
-/// How often unused entries are looked for.
-pub(crate) const SWEEP_EVERY: Duration = Duration::from_secs(30);
+/// How often a lookup looks for unused entries.
+pub(crate) const SWEEP_EVERY_MS: u64 = 10_000;
 
 /// What a response's body is read from.
 #[derive(Debug)]
@@ -111,8 +107,8 @@ pub(crate) struct OpenCache {
     valid_ms: u64,
     /// Bytes of `Content::Bytes` bodies held.
     body_bytes: usize,
-    /// The sweep timer, while there are entries.
-    pub(crate) sweep: Option<TimerId>,
+    /// When unused entries were last looked for.
+    swept_ms: u64,
 }
 
 impl OpenCache {
@@ -124,7 +120,7 @@ impl OpenCache {
             max,
             valid_ms,
             body_bytes: 0,
-            sweep: None,
+            swept_ms: 0,
         }
     }
 
@@ -143,6 +139,10 @@ impl OpenCache {
 
     /// The entry for `key` if what its path names is still what was opened.
     pub(crate) fn get(&mut self, key: &[u8], root: &Root, now: u64) -> Option<Rc<Opened>> {
+        if now.saturating_sub(self.swept_ms) >= SWEEP_EVERY_MS {
+            self.swept_ms = now;
+            self.sweep(now);
+        }
         let e = self.map.get_mut(key)?;
         if self.valid_ms == 0 || now.saturating_sub(e.checked_ms) >= self.valid_ms {
             match root.stamp_at(&e.opened.rel) {
@@ -373,5 +373,14 @@ mod tests {
         assert_eq!(c.body_bytes, 0);
         assert!(!c.sweep(2 * INACTIVE_MS));
         assert_eq!(c.len(), 0);
+        // Lookups sweep by themselves, every SWEEP_EVERY_MS.
+        let t = 3 * INACTIVE_MS;
+        c.insert(b"a".to_vec(), opened(&tmp, &root, "a", b"a", true), t);
+        c.insert(b"b".to_vec(), opened(&tmp, &root, "b", b"b", true), t);
+        assert!(c.get(b"b", &root, t + INACTIVE_MS / 2).is_some());
+        assert_eq!(c.len(), 2);
+        assert!(c.get(b"b", &root, t + INACTIVE_MS + 1).is_some());
+        assert_eq!(c.len(), 1, "a, unused for INACTIVE_MS, is gone");
+        assert_eq!(c.body_bytes, 1);
     }
 }

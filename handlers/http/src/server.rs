@@ -33,7 +33,7 @@ use loopd_handler_api::{
 };
 
 use crate::body::{Discard, DiscardError};
-use crate::cache::{Content, OpenCache, Opened, SWEEP_TIMER};
+use crate::cache::{Content, OpenCache, Opened};
 use crate::clock::Clock;
 use crate::cond::{self, Precondition, RangeAnswer, Validators};
 use crate::config::Settings;
@@ -345,15 +345,6 @@ impl Server {
 
     pub(crate) fn on_timer(&mut self, timer: TimerId, user_data: u64) {
         let now = self.ctx.now_ms();
-        if user_data == SWEEP_TIMER {
-            if self.cache.sweep == Some(timer) {
-                self.cache.sweep = None;
-                if self.cache.sweep(now) {
-                    self.arm_sweep();
-                }
-            }
-            return;
-        }
         let id = ConnId::from_raw(user_data);
         let Some(c) = self.conns.get_mut(&id) else {
             return;
@@ -428,9 +419,6 @@ impl Server {
 
     pub(crate) fn on_shutdown(&mut self) {
         self.shutting_down = true;
-        if let Some(t) = self.cache.sweep.take() {
-            let _ = self.ctx.cancel_timer(t);
-        }
         self.cache.clear();
         let idle: Vec<ConnId> = self
             .conns
@@ -843,26 +831,8 @@ impl Server {
                 key.push(b'/');
             }
             self.cache.insert(key, opened.clone(), now);
-            if self.cache.sweep.is_none() {
-                self.arm_sweep();
-            }
         }
         Ok(Some(opened))
-    }
-
-    /// Arms the timer that drops cache entries nobody uses.
-    fn arm_sweep(&mut self) {
-        match self.ctx.set_timer(crate::cache::SWEEP_EVERY, SWEEP_TIMER) {
-            Ok(t) => self.cache.sweep = Some(t),
-            Err(e) => {
-                // Without the sweep, unused entries stay until evicted or
-                // replaced: keep none rather than hold them.
-                self.ctx.warn(format_args!(
-                    "cannot set the open-file cache's timer ({e}); emptying the cache"
-                ));
-                self.cache.clear();
-            }
-        }
     }
 
     /// An opened file with its validators and content type; with
