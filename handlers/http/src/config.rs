@@ -89,7 +89,7 @@ impl Default for Config {
             access_log: true,
             types: BTreeMap::new(),
             default_type: "application/octet-stream".into(),
-            open_file_cache_max: 256,
+            open_file_cache_max: DEFAULT_OPEN_FILE_CACHE_MAX,
             open_file_cache_ms: 1,
             server_header: None,
             headers: BTreeMap::new(),
@@ -126,6 +126,9 @@ pub(crate) struct Settings {
     /// Extra fields, each `Name: value\r\n`, rendered once.
     pub(crate) extra_fields: String,
 }
+
+/// `open_file_cache_max` when the config does not set it.
+pub(crate) const DEFAULT_OPEN_FILE_CACHE_MAX: usize = 256;
 
 /// The most files `open_file_cache_max` may allow.
 pub(crate) const OPEN_FILE_CACHE_LIMIT: usize = 100_000;

@@ -1397,11 +1397,20 @@ fn cache_entries(ctx: &Ctx, configured: usize) -> usize {
     }
     let quarter = usize::try_from(lim.rlim_cur / 4).unwrap_or(usize::MAX);
     if configured > quarter {
-        ctx.warn(format_args!(
-            "open_file_cache_max = {configured} is more than a quarter of the descriptor \
-             limit ({}); holding at most {quarter} files",
-            lim.rlim_cur
-        ));
+        // Said louder when the value was chosen than for the default.
+        let level = if configured == crate::config::DEFAULT_OPEN_FILE_CACHE_MAX {
+            Level::Info
+        } else {
+            Level::Warn
+        };
+        ctx.log(
+            level,
+            format_args!(
+                "open_file_cache_max = {configured} is more than a quarter of the descriptor \
+                 limit ({}); holding at most {quarter} files",
+                lim.rlim_cur
+            ),
+        );
         return quarter;
     }
     configured
