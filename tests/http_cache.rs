@@ -205,7 +205,7 @@ fn the_cache_holds_at_most_open_file_cache_max_descriptors() {
             }
         }
         let grown = open_fds(loopd.pid()) - base;
-        figure(&format!("cache_max_{max}_fds_held"), grown);
+        figure(&format!("http_cache.cache_max_{max}_fds_held"), grown);
         held.push((max, grown));
     }
     let (small, big) = (held[0].1, held[1].1);

@@ -128,10 +128,16 @@ fn same_size_and_mtime_still_get_a_new_etag() {
     );
     let distinct_nanoseconds = third.header("ETag").unwrap() != etag2;
 
-    figure("etag_distinct_after_replace", distinct_replaced);
-    figure("etag_distinct_by_nanoseconds", distinct_nanoseconds);
-    figure("stale_304", stale_304);
-    figure("if_range_splices", if_range_splices);
+    figure(
+        "rel_http_file_versions.etag_distinct_after_replace",
+        distinct_replaced,
+    );
+    figure(
+        "rel_http_file_versions.etag_distinct_by_nanoseconds",
+        distinct_nanoseconds,
+    );
+    figure("rel_http_file_versions.stale_304", stale_304);
+    figure("rel_http_file_versions.if_range_splices", if_range_splices);
     assert!(distinct_replaced && distinct_nanoseconds);
     assert_eq!((stale_304, if_range_splices), (0, 0));
     loopd.assert_no_unexpected_errors();
@@ -236,10 +242,22 @@ fn a_file_changed_during_its_download_aborts_the_download() {
     let (status, body) = download(addr, &file, None);
     let fresh_after_change = status == 200 && body == pattern(BIG, 9);
 
-    figure("complete_unchanged", complete_unchanged);
-    figure("aborted_on_change", format!("{aborted}/{total}"));
-    figure("complete_after_change", complete_mixed);
-    figure("fresh_after_change", fresh_after_change);
+    figure(
+        "rel_http_file_versions.complete_unchanged",
+        complete_unchanged,
+    );
+    figure(
+        "rel_http_file_versions.aborted_on_change",
+        format!("{aborted}/{total}"),
+    );
+    figure(
+        "rel_http_file_versions.complete_after_change",
+        complete_mixed,
+    );
+    figure(
+        "rel_http_file_versions.fresh_after_change",
+        fresh_after_change,
+    );
     assert!(complete_unchanged && fresh_after_change);
     assert_eq!((aborted, complete_mixed), (total, 0));
     assert!(

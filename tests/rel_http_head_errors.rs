@@ -136,8 +136,11 @@ fn error_responses_to_head_have_no_body() {
             failures.push("GET timeout: no page".into());
         }
     }
-    figure("head_errors_checked", checked);
-    figure("body_bytes_after_head", body_bytes_after_head);
+    figure("rel_http_head_errors.head_errors_checked", checked);
+    figure(
+        "rel_http_head_errors.body_bytes_after_head",
+        body_bytes_after_head,
+    );
     assert!(failures.is_empty(), "{}", failures.join("\n"));
     assert_eq!(checked, 10);
     loopd.assert_no_unexpected_errors();

@@ -74,7 +74,7 @@ fn symlinks_to_hidden_names_are_not_served() {
     let site = tree();
     let loopd = site.serve("");
     let addr = loopd.tcp("http");
-    assert_backend(&loopd);
+    assert_backend(&loopd, "rel_http_hidden_links");
     let mut leaked = 0;
     let mut failures = Vec::new();
     // Twice each: the second time through the open-file cache, if anything
@@ -129,9 +129,12 @@ fn symlinks_to_hidden_names_are_not_served() {
     assert_eq!(resps.len(), THROUGH_LINKS.len() + 1);
     assert!(resps[..THROUGH_LINKS.len()].iter().all(|r| r.status == 404));
 
-    figure("links", THROUGH_LINKS.len());
-    figure("requests", 2 * THROUGH_LINKS.len() + 1 + resps.len());
-    figure("hidden_responses", leaked);
+    figure("rel_http_hidden_links.links", THROUGH_LINKS.len());
+    figure(
+        "rel_http_hidden_links.requests",
+        2 * THROUGH_LINKS.len() + 1 + resps.len(),
+    );
+    figure("rel_http_hidden_links.hidden_responses", leaked);
     assert!(failures.is_empty(), "{}", failures.join("\n"));
     assert_eq!(leaked, 0);
     loopd.assert_no_unexpected_errors();

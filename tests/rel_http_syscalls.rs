@@ -114,7 +114,7 @@ const FILE_CALLS: &[&str] = &[
 fn a_cached_keep_alive_request_makes_no_file_syscalls() {
     if valgrind() {
         // Under valgrind the process's syscalls are valgrind's too.
-        figure("skipped_under_valgrind", 1);
+        figure("rel_http_syscalls.skipped_under_valgrind", 1);
         return;
     }
     let site = Site::new();
@@ -138,15 +138,15 @@ fn a_cached_keep_alive_request_makes_no_file_syscalls() {
             let stat = per_request(&calls, &["newfstatat", "fstatat64"]);
             eprintln!("{label} {size}: {calls:?}");
             figure(
-                &format!("{label}_{size}_syscalls_per_request"),
+                &format!("rel_http_syscalls.{label}_{size}_syscalls_per_request"),
                 format!("{all:.2}"),
             );
             figure(
-                &format!("{label}_{size}_file_syscalls_per_request"),
+                &format!("rel_http_syscalls.{label}_{size}_file_syscalls_per_request"),
                 format!("{file:.3}"),
             );
             figure(
-                &format!("{label}_{size}_path_stats_per_request"),
+                &format!("rel_http_syscalls.{label}_{size}_path_stats_per_request"),
                 format!("{stat:.3}"),
             );
             per.insert((label, size), (all, file, stat));

@@ -25,8 +25,9 @@ pub fn expected_backend() -> Option<&'static str> {
 }
 
 /// Checks that the handler opens files as this suite was built to test
-/// (with `--features loopd-http/portable`: the POSIX walk), and reports it.
-pub fn assert_backend(loopd: &Loopd) {
+/// (with `--features loopd-http/portable`: the POSIX walk), and reports it
+/// as the figure `<test>.backend`.
+pub fn assert_backend(loopd: &Loopd, test: &str) {
     assert!(
         loopd.wait_for_log("files opened with", TIMEOUT),
         "{}",
@@ -37,7 +38,10 @@ pub fn assert_backend(loopd: &Loopd) {
     }
     let logs = loopd.logs();
     let walk = logs.contains("files opened with openat O_NOFOLLOW");
-    common::figure("backend", if walk { "posix-walk" } else { "openat2" });
+    common::figure(
+        &format!("{test}.backend"),
+        if walk { "posix-walk" } else { "openat2" },
+    );
 }
 
 /// Builds the plugins (`common::build_plugins`), then the http plugin again
