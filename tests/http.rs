@@ -426,6 +426,8 @@ fn a_changed_file_gets_a_new_etag() {
     let addr = loopd.tcp("http");
     let before = Client::connect(addr).get("/hello.txt");
     std::fs::write(site.root.join("hello.txt"), "changed!").unwrap();
+    // Past the open-file cache's period (1 ms): the change is seen.
+    pause(10);
     let after = Client::connect(addr).get("/hello.txt");
     assert_eq!(after.body, b"changed!");
     assert_ne!(before.header("ETag"), after.header("ETag"));

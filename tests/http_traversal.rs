@@ -149,6 +149,7 @@ fn no_payload_reaches_the_sentinel() {
         SENTINEL
     );
     let loopd = site.serve("");
+    assert_backend(&loopd, "http_traversal");
     let addr = loopd.tcp("http");
     // The setup can serve: a control file and symlinks that stay inside.
     for (target, body) in [

@@ -342,8 +342,9 @@ fn clients_reset_mid_response_leave_loopd_serving() {
     let site = site();
     let loopd = site.serve("");
     let addr = loopd.tcp("http");
-    // The baseline: one connection served and gone.
-    assert_eq!(Client::connect(addr).get("/hello.txt").status, 200);
+    // The baseline: one connection served and gone, and big.bin in the
+    // http handler's open-file cache (which holds its descriptor).
+    assert_eq!(Client::connect(addr).get("/big.bin").status, 200);
     let baseline = fd_count(loopd.pid());
     let total = 1000;
     let (ok, failures) = parallel(8, total, |_| {

@@ -296,6 +296,7 @@ fn wordlists_encodings_and_symlinks_never_reach_the_sentinel() {
     let targets: Vec<String> = wfuzz.iter().chain(own.iter()).cloned().collect();
 
     let loopd = site.serve("lingering_timeout_ms = 300");
+    assert_backend(&loopd, "rel_http_traversal_scale");
     let addr = loopd.tcp("http");
     // The control: the server does serve files (a broken setup that
     // answered 404 to everything would pass the rest).

@@ -6,9 +6,74 @@
 use std::io::{self, BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
 use crate::common::{self, Loopd, TempDir, TIMEOUT};
+
+/// Whether the http handler under test opens files the POSIX way (a walk
+/// with openat(O_NOFOLLOW)): the suite was built with `--features
+/// loopd-http/portable`, or the platform is not Linux.
+pub const PORTABLE: bool = loopd_http::PORTABLE;
+
+/// What the handler's start-up line says about how it opens files, with
+/// the features this suite was built with (`None`: openat2, or the POSIX
+/// walk where the kernel refuses openat2).
+pub fn expected_backend() -> Option<&'static str> {
+    PORTABLE.then_some("files opened with openat O_NOFOLLOW, name by name")
+}
+
+/// Checks that the handler opens files as this suite was built to test
+/// (with `--features loopd-http/portable`: the POSIX walk), and reports it
+/// as the figure `<test>.backend`.
+pub fn assert_backend(loopd: &Loopd, test: &str) {
+    assert!(
+        loopd.wait_for_log("files opened with", TIMEOUT),
+        "{}",
+        loopd.logs()
+    );
+    if let Some(backend) = expected_backend() {
+        assert!(loopd.logs().contains(backend), "{}", loopd.logs());
+    }
+    let logs = loopd.logs();
+    let walk = logs.contains("files opened with openat O_NOFOLLOW");
+    common::figure(
+        &format!("{test}.backend"),
+        if walk { "posix-walk" } else { "openat2" },
+    );
+}
+
+/// Builds the plugins (`common::build_plugins`), then the http plugin again
+/// with the features this suite was built with: the nested `cargo build`
+/// of `build_plugins` knows nothing of `--features loopd-http/portable`.
+pub fn http_plugin() {
+    common::build_plugins();
+    static BUILT: OnceLock<()> = OnceLock::new();
+    BUILT.get_or_init(|| {
+        if !loopd_http::PORTABLE_FEATURE {
+            return;
+        }
+        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+        let mut cmd = Command::new(cargo);
+        cmd.current_dir(common::root()).args([
+            "build",
+            "--quiet",
+            "-p",
+            "loopd-http",
+            "--lib",
+            "--features",
+            "portable",
+        ]);
+        if common::plugin_dir().ends_with("release") {
+            cmd.arg("--release");
+        }
+        let status = cmd
+            .status()
+            .expect("running cargo build for the http plugin");
+        assert!(status.success(), "building the portable http plugin failed");
+    });
+}
 
 /// What the sentinel file outside the root holds; it must never appear in
 /// a response.
@@ -23,6 +88,7 @@ pub struct Site {
 
 impl Site {
     pub fn new() -> Site {
+        http_plugin();
         let dir = TempDir::new("http-site");
         let root = dir.join("root");
         copy_dir(&common::root().join("examples/www"), &root);
@@ -56,6 +122,7 @@ impl Site {
 
 /// A config with one http instance on an ephemeral port.
 pub fn config(root: &Path, extra: &str) -> String {
+    http_plugin();
     format!(
         r#"
 [runtime]

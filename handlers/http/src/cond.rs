@@ -8,18 +8,24 @@ use crate::request::{list, parse_decimal, Request};
 /// A file's validators.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) struct Validators {
-    /// A strong entity tag, quotes included: `"<mtime ns hex>-<size hex>"`.
+    /// A strong entity tag, quotes included:
+    /// `"<inode hex>-<mtime in ns, hex>-<size hex>"`.
     pub(crate) etag: String,
     /// Modification time, whole seconds since the epoch.
     pub(crate) mtime: u64,
 }
 
 impl Validators {
-    /// From a file's modification time and size.
-    pub(crate) fn new(modified: SystemTime, size: u64) -> Validators {
+    /// From a file's inode, modification time and size. Two versions of a
+    /// path differ in at least one of them unless the file was rewritten in
+    /// place to the same size with its mtime put back to the nanosecond:
+    /// a replacement (a rename over it, as editors, rsync and deploy tools
+    /// do) is a new inode even when it keeps the size and the mtime
+    /// (`cp -p`, `rsync -t`).
+    pub(crate) fn new(ino: u64, modified: SystemTime, size: u64) -> Validators {
         let since = modified.duration_since(UNIX_EPOCH).unwrap_or_default();
         Validators {
-            etag: format!("\"{:x}-{:x}\"", since.as_nanos(), size),
+            etag: format!("\"{ino:x}-{:x}-{size:x}\"", since.as_nanos()),
             mtime: since.as_secs(),
         }
     }
@@ -202,6 +208,25 @@ mod tests {
             etag: "\"abc-10\"".into(),
             mtime: 1_000_000,
         }
+    }
+
+    #[test]
+    fn etags_tell_inodes_and_nanoseconds_apart() {
+        let t = UNIX_EPOCH + Duration::new(1_700_000_000, 5);
+        let a = Validators::new(7, t, 100);
+        assert_eq!(
+            a.etag,
+            format!("\"7-{:x}-64\"", 1_700_000_000_000_000_005u128)
+        );
+        // Same size and mtime, another inode (a replacement that kept the
+        // mtime): another tag.
+        assert_ne!(Validators::new(8, t, 100).etag, a.etag);
+        // Same inode and size, a nanosecond later: another tag, same
+        // Last-Modified.
+        let b = Validators::new(7, t + Duration::from_nanos(1), 100);
+        assert_ne!(b.etag, a.etag);
+        assert_eq!(b.last_modified(), a.last_modified());
+        assert_ne!(Validators::new(7, t, 101).etag, a.etag);
     }
 
     fn date(secs: u64) -> String {

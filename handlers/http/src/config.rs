@@ -54,12 +54,21 @@ pub struct Config {
     pub types: BTreeMap<String, String>,
     /// The content type of files with an unknown extension.
     pub default_type: String,
-    /// How long an opened file (descriptor, size, validators, content
-    /// type) is reused for requests of the same path before it is opened
-    /// and checked again, in milliseconds; `0` (the default) opens the file
-    /// for every request. Like nginx's `open_file_cache_valid`: within that
-    /// time a replaced or deleted file may still be served as it was.
+    /// Most files kept open (small ones in memory) between requests;
+    /// `0` opens the file for every request.
+    pub open_file_cache_max: usize,
+    /// How long a cached file is used without looking at its path again,
+    /// in milliseconds: at most one stat of each cached path per period.
+    /// The default, 1, sees a change within about 2 ms (the clock counts
+    /// whole milliseconds); `0` stats the path at every use. Like nginx's
+    /// `open_file_cache_valid`: a change may go unseen that long.
     pub open_file_cache_ms: u64,
+    /// The `Server` field (`""`: none); `loopd/<version>` when unset.
+    pub server_header: Option<String>,
+    /// Fields added to every response, e.g. `Content-Security-Policy`.
+    /// `X-Content-Type-Options` (sent as `nosniff` by default) may be
+    /// changed, or set to `""` to send none.
+    pub headers: BTreeMap<String, String>,
 }
 
 impl Default for Config {
@@ -80,7 +89,10 @@ impl Default for Config {
             access_log: true,
             types: BTreeMap::new(),
             default_type: "application/octet-stream".into(),
-            open_file_cache_ms: 0,
+            open_file_cache_max: DEFAULT_OPEN_FILE_CACHE_MAX,
+            open_file_cache_ms: 1,
+            server_header: None,
+            headers: BTreeMap::new(),
         }
     }
 }
@@ -107,8 +119,42 @@ pub(crate) struct Settings {
     pub(crate) access_log: bool,
     pub(crate) types: BTreeMap<String, String>,
     pub(crate) default_type: String,
-    pub(crate) open_file_cache: Option<Duration>,
+    pub(crate) open_file_cache_max: usize,
+    pub(crate) open_file_cache_valid_ms: u64,
+    /// `None`: the default (`loopd/<version>`); `""`: no `Server` field.
+    pub(crate) server_header: Option<String>,
+    /// Extra fields, each `Name: value\r\n`, rendered once.
+    pub(crate) extra_fields: String,
 }
+
+/// `open_file_cache_max` when the config does not set it.
+pub(crate) const DEFAULT_OPEN_FILE_CACHE_MAX: usize = 256;
+
+/// The most files `open_file_cache_max` may allow.
+pub(crate) const OPEN_FILE_CACHE_LIMIT: usize = 100_000;
+
+/// Fields the server writes itself: configuring them would contradict
+/// (or break the framing of) its responses.
+const RESERVED_FIELDS: &[&str] = &[
+    "accept-ranges",
+    "allow",
+    "connection",
+    "content-encoding",
+    "content-length",
+    "content-range",
+    "content-type",
+    "date",
+    "etag",
+    "keep-alive",
+    "last-modified",
+    "location",
+    "proxy-connection",
+    "server",
+    "te",
+    "trailer",
+    "transfer-encoding",
+    "upgrade",
+];
 
 impl Config {
     /// Checks every key and returns the settings the handler runs with.
@@ -174,6 +220,22 @@ impl Config {
             types.insert(ext.to_ascii_lowercase(), ty);
         }
         check_content_type("default_type", &self.default_type)?;
+        if self.open_file_cache_max > OPEN_FILE_CACHE_LIMIT {
+            return Err(format!(
+                "`open_file_cache_max` must be at most {OPEN_FILE_CACHE_LIMIT}, got {}",
+                self.open_file_cache_max
+            ));
+        }
+        if self.open_file_cache_ms > 86_400_000 {
+            return Err(format!(
+                "`open_file_cache_ms` must be at most 86400000 (a day), got {}",
+                self.open_file_cache_ms
+            ));
+        }
+        if let Some(server) = &self.server_header {
+            check_field_value("server_header", server)?;
+        }
+        let extra_fields = render_fields(&self.headers)?;
         Ok(Settings {
             root,
             index,
@@ -190,17 +252,92 @@ impl Config {
             access_log: self.access_log,
             types,
             default_type: self.default_type,
-            open_file_cache: match self.open_file_cache_ms {
-                0 => None,
-                ms if ms <= 86_400_000 => Some(Duration::from_millis(ms)),
-                ms => {
-                    return Err(format!(
-                        "`open_file_cache_ms` must be at most 86400000 (a day), got {ms}"
-                    ))
-                }
-            },
+            open_file_cache_max: self.open_file_cache_max,
+            open_file_cache_valid_ms: self.open_file_cache_ms,
+            server_header: self.server_header,
+            extra_fields,
         })
     }
+}
+
+/// The `headers` table as header lines, `X-Content-Type-Options: nosniff`
+/// first unless the table sets that field.
+fn render_fields(headers: &BTreeMap<String, String>) -> Result<String, String> {
+    let mut out = String::new();
+    let mut seen: Vec<String> = Vec::new();
+    for (name, value) in headers {
+        if !is_token(name) {
+            return Err(format!(
+                "`headers`: {name:?} is not a header field name (letters, digits and \
+                 !#$%&'*+-.^_`|~ only, no spaces or colons)"
+            ));
+        }
+        let lower = name.to_ascii_lowercase();
+        if lower == "server" {
+            return Err(format!(
+                "`headers.{name}`: set the Server field with `server_header`"
+            ));
+        }
+        if RESERVED_FIELDS.contains(&lower.as_str()) {
+            return Err(format!(
+                "`headers.{name}`: the server sets this field itself; it cannot be configured"
+            ));
+        }
+        if seen.contains(&lower) {
+            return Err(format!(
+                "`headers.{name}`: the field is given twice (names are case-insensitive)"
+            ));
+        }
+        seen.push(lower.clone());
+        let key = format!("headers.{name}");
+        if value.is_empty() {
+            if lower == "x-content-type-options" {
+                continue;
+            }
+            return Err(format!(
+                "`{key}`: empty value (only X-Content-Type-Options may be \"\", to send none)"
+            ));
+        }
+        check_field_value(&key, value)?;
+        out.push_str(name);
+        out.push_str(": ");
+        out.push_str(value);
+        out.push_str("\r\n");
+    }
+    if !seen.iter().any(|n| n == "x-content-type-options") {
+        out.insert_str(0, "X-Content-Type-Options: nosniff\r\n");
+    }
+    Ok(out)
+}
+
+/// RFC 9110 5.6.2 `token`: what a field name is made of.
+fn is_token(s: &str) -> bool {
+    !s.is_empty()
+        && s.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b))
+}
+
+/// A field value goes into a response head as is: one line of printable
+/// ASCII (spaces and tabs inside), nothing a client could read as the end
+/// of the field or of the head.
+fn check_field_value(key: &str, value: &str) -> Result<(), String> {
+    if value.bytes().any(|b| b == b'\r' || b == b'\n') {
+        return Err(format!(
+            "`{key}`: the value holds a line break (CR or LF); a field value is one line"
+        ));
+    }
+    if let Some(c) = value
+        .chars()
+        .find(|&c| !(c == ' ' || c == '\t' || c.is_ascii_graphic()))
+    {
+        return Err(format!(
+            "`{key}`: the value holds {c:?}; only printable ASCII, spaces and tabs are allowed"
+        ));
+    }
+    if value.starts_with([' ', '\t']) || value.ends_with([' ', '\t']) {
+        return Err(format!("`{key}`: the value starts or ends with whitespace"));
+    }
+    Ok(())
 }
 
 /// A content type goes into a response header as is: printable ASCII only.
@@ -282,6 +419,105 @@ mod tests {
             let err = parse(json).unwrap_err();
             assert!(err.contains(key), "{json}: {err}");
         }
+    }
+
+    #[test]
+    fn the_open_file_cache_is_on_and_checked_every_millisecond_by_default() {
+        let s = parse(r#"{"root": "w"}"#).unwrap();
+        assert_eq!(
+            (s.open_file_cache_max, s.open_file_cache_valid_ms),
+            (256, 1)
+        );
+        let s =
+            parse(r#"{"root": "w", "open_file_cache_max": 0, "open_file_cache_ms": 0}"#).unwrap();
+        assert_eq!((s.open_file_cache_max, s.open_file_cache_valid_ms), (0, 0));
+        for (json, key) in [
+            (
+                r#"{"root": "w", "open_file_cache_max": 100001}"#,
+                "open_file_cache_max",
+            ),
+            (
+                r#"{"root": "w", "open_file_cache_ms": 86400001}"#,
+                "open_file_cache_ms",
+            ),
+        ] {
+            assert!(parse(json).unwrap_err().contains(key), "{json}");
+        }
+    }
+
+    #[test]
+    fn nosniff_by_default_and_configured_fields_rendered_once() {
+        let s = parse(r#"{"root": "w"}"#).unwrap();
+        assert_eq!(s.extra_fields, "X-Content-Type-Options: nosniff\r\n");
+        assert_eq!(s.server_header, None);
+        let s = parse(
+            r#"{"root": "w", "server_header": "",
+                "headers": {"X-Frame-Options": "DENY", "Referrer-Policy": "no-referrer"}}"#,
+        )
+        .unwrap();
+        assert_eq!(
+            s.extra_fields,
+            "X-Content-Type-Options: nosniff\r\nReferrer-Policy: no-referrer\r\n\
+             X-Frame-Options: DENY\r\n"
+        );
+        assert_eq!(s.server_header.as_deref(), Some(""));
+        let s = parse(r#"{"root": "w", "headers": {"x-content-type-options": ""}}"#).unwrap();
+        assert_eq!(s.extra_fields, "");
+        let s =
+            parse(r#"{"root": "w", "headers": {"X-Content-Type-Options": "nosniff"}}"#).unwrap();
+        assert_eq!(s.extra_fields, "X-Content-Type-Options: nosniff\r\n");
+    }
+
+    #[test]
+    fn fields_that_could_split_a_response_are_refused() {
+        for (json, key) in [
+            (
+                r#"{"root": "w", "headers": {"X-A": "a\r\nB: c"}}"#,
+                "`headers.X-A`: the value holds a line break",
+            ),
+            (
+                r#"{"root": "w", "headers": {"X-A": "a\u0000"}}"#,
+                "`headers.X-A`: the value holds",
+            ),
+            (
+                r#"{"root": "w", "headers": {"X-A": "a\u007f"}}"#,
+                "`headers.X-A`: the value holds",
+            ),
+            (
+                r#"{"root": "w", "headers": {"X-A": "tab\tok but trailing "}}"#,
+                "whitespace",
+            ),
+            (
+                r#"{"root": "w", "headers": {"X A": "b"}}"#,
+                "is not a header field name",
+            ),
+            (
+                r#"{"root": "w", "headers": {"X-A\r\nB": "b"}}"#,
+                "is not a header field name",
+            ),
+            (
+                r#"{"root": "w", "headers": {"Content-Type": "x/y"}}"#,
+                "`headers.Content-Type`",
+            ),
+            (
+                r#"{"root": "w", "headers": {"server": "x"}}"#,
+                "`server_header`",
+            ),
+            (r#"{"root": "w", "headers": {"X-A": ""}}"#, "empty value"),
+            (
+                r#"{"root": "w", "headers": {"X-A": "1", "x-a": "2"}}"#,
+                "given twice",
+            ),
+            (
+                r#"{"root": "w", "server_header": "a\nb"}"#,
+                "`server_header`",
+            ),
+        ] {
+            let err = parse(json).unwrap_err();
+            assert!(err.contains(key), "{json}: {err}");
+        }
+        // Tabs inside a value are fine.
+        assert!(parse(r#"{"root": "w", "headers": {"X-A": "a\tb"}}"#).is_ok());
     }
 
     #[test]

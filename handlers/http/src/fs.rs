@@ -1,59 +1,142 @@
 //! Opening files beneath the root, and nothing else.
 //!
-//! On Linux 5.6+ every open is one `openat2(root_fd, rel, RESOLVE_BENEATH |
-//! RESOLVE_NO_MAGICLINKS)`: the kernel resolves the path, symlinks included,
-//! and fails with `EXDEV` if any step would leave the root. That is free of
-//! check-then-use races. A symlink inside the root that leads elsewhere
-//! inside the root is followed; an absolute one (refused by
-//! `RESOLVE_BENEATH`) is resolved with `realpath`, checked to stay inside the
-//! root, and the resolved path is then opened with `RESOLVE_NO_SYMLINKS`, so
-//! a symlink swapped in after the check fails the open instead of escaping.
+//! Every open first tries the path as it is, **following no symlink at all**:
+//! on Linux 5.6+ that is one `openat2(root_fd, rel, RESOLVE_BENEATH |
+//! RESOLVE_NO_SYMLINKS | RESOLVE_NO_MAGICLINKS)` (`linux.rs`); elsewhere, or
+//! with the `portable` feature, or where `openat2` is refused, a walk from
+//! the root descriptor, one `openat(dir, name, O_NOFOLLOW)` per name
+//! (`posix.rs`). The names were normalised before (no `.`, no `..`, hidden
+//! names refused by `path.rs`), so what opens is exactly what was checked,
+//! free of check-then-use races.
 //!
-//! Where `openat2` is missing (an older kernel, or a seccomp filter that
-//! refuses it), the fallback is `realpath` + prefix check + `open` with
-//! `O_NOFOLLOW` on the resolved path: only a directory swapped for a symlink
-//! between the check and the open could escape, which needs write access to
-//! the served tree.
+//! A path with a symlink in it fails that first open (`ELOOP`). It is then
+//! resolved with `realpath`, which must land inside the root, and every name
+//! of the resolved path (below the root) must pass the hidden-file rule: a
+//! `visible -> .secret` or `pubgit -> .git` link is as hidden as its target.
+//! The resolved path is then opened again following no symlink, so a link
+//! swapped in after the check fails the open instead of escaping.
 //!
 //! Every file is opened `O_NONBLOCK` (opening a FIFO must not block the loop)
 //! and `O_NOCTTY`; only regular files are served.
 
+use std::cell::Cell;
 use std::ffi::{CString, OsStr};
 use std::fs::File;
 use std::io;
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 
-/// The served directory: an `O_PATH` descriptor and its canonical path.
+#[cfg(all(target_os = "linux", not(feature = "portable")))]
+mod linux;
+mod posix;
+
+/// How files are opened.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Backend {
+    /// `openat2` with `RESOLVE_BENEATH | RESOLVE_NO_SYMLINKS`: one system
+    /// call per open (Linux 5.6+).
+    #[cfg(all(target_os = "linux", not(feature = "portable")))]
+    Openat2,
+    /// A walk from the root, `openat(O_NOFOLLOW)` per name: POSIX.
+    Walk,
+}
+
+impl Backend {
+    /// How the start-up log line names it.
+    pub(crate) fn describe(self) -> &'static str {
+        match self {
+            #[cfg(all(target_os = "linux", not(feature = "portable")))]
+            Backend::Openat2 => "openat2 RESOLVE_BENEATH",
+            Backend::Walk => "openat O_NOFOLLOW, name by name",
+        }
+    }
+}
+
+/// Flags of every file open.
+const OPEN_FLAGS: libc::c_int =
+    libc::O_RDONLY | libc::O_CLOEXEC | libc::O_NOCTTY | libc::O_NONBLOCK;
+
+/// The served directory: a descriptor and its canonical path.
 #[derive(Debug)]
 pub(crate) struct Root {
     fd: OwnedFd,
     path: PathBuf,
-    /// `openat2` works here (checked on the first open).
-    openat2: std::cell::Cell<bool>,
+    hidden_files: bool,
+    backend: Cell<Backend>,
 }
 
-const OPEN_FLAGS: libc::c_int =
-    libc::O_RDONLY | libc::O_CLOEXEC | libc::O_NOCTTY | libc::O_NONBLOCK;
+/// What a file's metadata says about which file it is and whether it
+/// changed: the device and inode, the size, the modification and change
+/// times (with nanoseconds).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Stamp {
+    pub(crate) dev: u64,
+    pub(crate) ino: u64,
+    pub(crate) size: u64,
+    pub(crate) mtime: (i64, i64),
+    pub(crate) ctime: (i64, i64),
+    /// `S_IFMT` bits of the mode.
+    pub(crate) kind: libc::mode_t,
+}
+
+impl Stamp {
+    fn from_stat(st: &libc::stat) -> Stamp {
+        #[allow(clippy::unnecessary_cast)] // the field types differ by platform
+        Stamp {
+            dev: st.st_dev as u64,
+            ino: st.st_ino as u64,
+            size: st.st_size as u64,
+            mtime: (st.st_mtime as i64, st.st_mtime_nsec as i64),
+            ctime: (st.st_ctime as i64, st.st_ctime_nsec as i64),
+            kind: st.st_mode & libc::S_IFMT,
+        }
+    }
+
+    /// The metadata of an open file (fstat(2)).
+    pub(crate) fn of(file: &File) -> io::Result<Stamp> {
+        let mut st = std::mem::MaybeUninit::<libc::stat>::uninit();
+        // SAFETY: the descriptor is open for the call and `st` is a valid
+        // out-pointer; fstat fills it when it returns 0.
+        if unsafe { libc::fstat(file.as_raw_fd(), st.as_mut_ptr()) } < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        // SAFETY: fstat returned 0: `st` is initialised.
+        Ok(Stamp::from_stat(unsafe { &st.assume_init() }))
+    }
+
+    pub(crate) fn is_file(&self) -> bool {
+        self.kind == libc::S_IFREG
+    }
+
+    pub(crate) fn is_dir(&self) -> bool {
+        self.kind == libc::S_IFDIR
+    }
+
+    /// The modification time as a `SystemTime`.
+    pub(crate) fn modified(&self) -> std::time::SystemTime {
+        let (s, ns) = self.mtime;
+        let ns = ns.clamp(0, 999_999_999) as u32;
+        if s >= 0 {
+            std::time::UNIX_EPOCH + std::time::Duration::new(s as u64, ns)
+        } else {
+            std::time::UNIX_EPOCH
+        }
+    }
+}
 
 impl Root {
     /// Opens the root directory.
     ///
     /// # Errors
     /// A message naming the path: missing, not a directory, unreadable.
-    pub(crate) fn open(path: &Path) -> Result<Root, String> {
+    pub(crate) fn open(path: &Path, hidden_files: bool) -> Result<Root, String> {
         let canonical =
             std::fs::canonicalize(path).map_err(|e| format!("root {}: {e}", path.display()))?;
         let c = cstring(canonical.as_os_str().as_bytes())
             .ok_or_else(|| format!("root {}: contains a NUL byte", path.display()))?;
         // SAFETY: `c` is NUL-terminated; open returns a new descriptor or -1.
-        let fd = unsafe {
-            libc::open(
-                c.as_ptr(),
-                libc::O_PATH | libc::O_DIRECTORY | libc::O_CLOEXEC,
-            )
-        };
+        let fd = unsafe { libc::open(c.as_ptr(), ROOT_FLAGS) };
         if fd < 0 {
             let e = io::Error::last_os_error();
             return Err(format!("root {}: {e}", path.display()));
@@ -63,21 +146,25 @@ impl Root {
         let root = Root {
             fd,
             path: canonical,
-            openat2: std::cell::Cell::new(true),
+            hidden_files,
+            backend: Cell::new(Backend::Walk),
         };
-        // Probe once: openat2 on the root itself. ENOSYS (Linux < 5.6) or
-        // EPERM (a seccomp filter) means it is not there.
-        if let Err(e) = root.openat2(b".", libc::RESOLVE_BENEATH) {
-            if matches!(e.raw_os_error(), Some(libc::ENOSYS | libc::EPERM)) {
-                root.openat2.set(false);
-            }
+        #[cfg(all(target_os = "linux", not(feature = "portable")))]
+        if linux::available(root.fd.as_fd()) {
+            root.backend.set(Backend::Openat2);
         }
         Ok(root)
     }
 
-    /// Whether opens go through `openat2` (else the `realpath` fallback).
-    pub(crate) fn uses_openat2(&self) -> bool {
-        self.openat2.get()
+    /// How opens are made.
+    pub(crate) fn backend(&self) -> Backend {
+        self.backend.get()
+    }
+
+    /// Forces the POSIX walk (the unit tests cover both on Linux).
+    #[cfg(test)]
+    pub(crate) fn force_walk(&self) {
+        self.backend.set(Backend::Walk);
     }
 
     /// The canonical path of the root.
@@ -85,105 +172,107 @@ impl Root {
         &self.path
     }
 
-    /// Opens `rel` (names joined with `/`, no `.` or `..`, no NUL; empty for
-    /// the root itself) for reading, never outside the root.
+    /// Opens `rel` (names joined with `/`, no `.` or `..`, no NUL, each name
+    /// already checked against the hidden-file rule; empty for the root
+    /// itself) for reading, never outside the root and never through a
+    /// symlink to a hidden name.
     ///
     /// # Errors
-    /// `NotFound` (also for a path through a non-directory), `PermissionDenied`
-    /// (unreadable, or it would leave the root), or another I/O error.
+    /// `NotFound` (also for a path through a non-directory, and for a
+    /// symlink to a hidden name), `PermissionDenied` (unreadable, or it
+    /// would leave the root), or another I/O error.
     pub(crate) fn open_file(&self, rel: &[u8]) -> io::Result<File> {
         let rel = if rel.is_empty() { &b"."[..] } else { rel };
-        if self.openat2.get() {
-            match self.openat2(rel, libc::RESOLVE_BENEATH | libc::RESOLVE_NO_MAGICLINKS) {
-                Err(e) if e.raw_os_error() == Some(libc::ENOSYS) => {
-                    // openat2 went away (a seccomp filter installed later).
-                    self.openat2.set(false);
-                }
-                // EXDEV: some step would leave the root, or an absolute
-                // symlink (which RESOLVE_BENEATH never follows).
-                Err(e) if e.raw_os_error() == Some(libc::EXDEV) => {
-                    return self.open_resolved(rel, true);
-                }
-                other => return other.map_err(classify),
-            }
+        match self.open_no_symlinks(rel) {
+            Err(e) if e.raw_os_error() == Some(libc::ELOOP) => self.open_through_symlinks(rel),
+            other => other.map_err(classify),
         }
-        self.open_resolved(rel, false)
     }
 
-    /// `realpath`, check it is inside the root, open what it resolved to
+    /// The metadata of what `rel` names now, following symlinks (one
+    /// fstatat(2)): only compared with the stamp of a file opened safely
+    /// before, never used to open anything.
+    pub(crate) fn stamp_at(&self, rel: &CString) -> io::Result<Stamp> {
+        let mut st = std::mem::MaybeUninit::<libc::stat>::uninit();
+        // SAFETY: the root descriptor is open, `rel` is NUL-terminated and
+        // `st` a valid out-pointer; fstatat fills it when it returns 0.
+        let r = unsafe { libc::fstatat(self.fd.as_raw_fd(), rel.as_ptr(), st.as_mut_ptr(), 0) };
+        if r < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        // SAFETY: fstatat returned 0: `st` is initialised.
+        Ok(Stamp::from_stat(unsafe { &st.assume_init() }))
+    }
+
+    /// Opens `rel` beneath the root following no symlink: `ELOOP` if one
+    /// is on the way.
+    fn open_no_symlinks(&self, rel: &[u8]) -> io::Result<File> {
+        let root = self.fd.as_fd();
+        match self.backend.get() {
+            #[cfg(all(target_os = "linux", not(feature = "portable")))]
+            Backend::Openat2 => match linux::open_no_symlinks(root, rel) {
+                Err(e) if e.raw_os_error() == Some(libc::ENOSYS) => {
+                    // openat2 went away (a seccomp filter installed later):
+                    // walk from now on.
+                    self.backend.set(Backend::Walk);
+                    posix::open_no_symlinks(root, rel, OPEN_FLAGS)
+                }
+                other => other,
+            },
+            Backend::Walk => posix::open_no_symlinks(root, rel, OPEN_FLAGS),
+        }
+    }
+
+    /// A path with a symlink on the way: `realpath`, check that it stays
+    /// inside the root and names nothing hidden, open what it resolved to
     /// without following symlinks.
-    fn open_resolved(&self, rel: &[u8], with_openat2: bool) -> io::Result<File> {
+    fn open_through_symlinks(&self, rel: &[u8]) -> io::Result<File> {
         let full = self.path.join(OsStr::from_bytes(rel));
         let resolved = std::fs::canonicalize(&full).map_err(classify)?;
         let inside = resolved
             .strip_prefix(&self.path)
             .map_err(|_| io::Error::from(io::ErrorKind::PermissionDenied))?;
-        if with_openat2 {
-            let inside = inside.as_os_str().as_bytes();
-            let inside = if inside.is_empty() { &b"."[..] } else { inside };
-            self.openat2(inside, libc::RESOLVE_BENEATH | libc::RESOLVE_NO_SYMLINKS)
-                .map_err(classify)
-        } else {
-            let c = cstring(resolved.as_os_str().as_bytes())
-                .ok_or_else(|| io::Error::from(io::ErrorKind::InvalidInput))?;
-            // SAFETY: `c` is NUL-terminated; open returns a new descriptor or -1.
-            let fd = unsafe { libc::open(c.as_ptr(), OPEN_FLAGS | libc::O_NOFOLLOW) };
-            if fd < 0 {
-                return Err(classify(io::Error::last_os_error()));
-            }
-            // SAFETY: `fd` is a descriptor we just opened and own.
-            Ok(File::from(unsafe { OwnedFd::from_raw_fd(fd) }))
+        if !self.hidden_files
+            && inside
+                .iter()
+                .any(|name| crate::path::is_hidden(name.as_bytes()))
+        {
+            return Err(io::Error::new(
+                io::ErrorKind::NotFound,
+                "a symlink to a hidden name",
+            ));
         }
-    }
-
-    fn openat2(&self, rel: &[u8], resolve: u64) -> io::Result<File> {
-        let c = cstring(rel).ok_or_else(|| io::Error::from(io::ErrorKind::InvalidInput))?;
-        let how = OpenHow {
-            flags: OPEN_FLAGS as u64,
-            mode: 0,
-            resolve,
-        };
-        // A concurrent rename anywhere on the system can make a
-        // RESOLVE_BENEATH lookup fail with EAGAIN; it is safe to retry.
-        for _ in 0..4 {
-            // SAFETY: the root fd is open, `c` is NUL-terminated, `how` is a
-            // valid open_how and its size is passed; the syscall returns a new
-            // descriptor or -1.
-            let fd = unsafe {
-                libc::syscall(
-                    libc::SYS_openat2,
-                    self.fd.as_raw_fd(),
-                    c.as_ptr(),
-                    &how as *const OpenHow,
-                    std::mem::size_of::<OpenHow>(),
-                )
-            };
-            if fd >= 0 {
-                // SAFETY: the kernel returned a new descriptor that we own.
-                return Ok(File::from(unsafe {
-                    OwnedFd::from_raw_fd(fd as libc::c_int)
-                }));
+        let inside = inside.as_os_str().as_bytes();
+        let inside = if inside.is_empty() { &b"."[..] } else { inside };
+        self.open_no_symlinks(inside).map_err(|e| {
+            if e.raw_os_error() == Some(libc::ELOOP) {
+                // A symlink appeared on the checked path since realpath.
+                io::Error::new(io::ErrorKind::PermissionDenied, e)
+            } else {
+                classify(e)
             }
-            let e = io::Error::last_os_error();
-            if !matches!(e.raw_os_error(), Some(libc::EAGAIN | libc::EINTR)) {
-                return Err(e);
-            }
-        }
-        Err(io::Error::from_raw_os_error(libc::EAGAIN))
+        })
     }
 }
 
-/// `struct open_how` of openat2(2): three u64s, a fixed kernel ABI (libc's
-/// copy is `#[non_exhaustive]` and cannot be built with a literal).
-#[repr(C)]
-struct OpenHow {
-    flags: u64,
-    mode: u64,
-    resolve: u64,
-}
+/// The root descriptor: `O_PATH` where openat2 may use it (no read
+/// permission needed on the root), a plain read-only directory elsewhere.
+#[cfg(all(target_os = "linux", not(feature = "portable")))]
+const ROOT_FLAGS: libc::c_int = libc::O_PATH | libc::O_DIRECTORY | libc::O_CLOEXEC;
+#[cfg(not(all(target_os = "linux", not(feature = "portable"))))]
+const ROOT_FLAGS: libc::c_int = libc::O_RDONLY | libc::O_DIRECTORY | libc::O_CLOEXEC;
 
 fn cstring(bytes: &[u8]) -> Option<CString> {
     CString::new(bytes).ok()
+}
+
+/// A new descriptor returned by a system call, owned.
+///
+/// # Safety
+/// `fd` must be a descriptor the caller owns and nothing else closes.
+unsafe fn owned_file(fd: libc::c_int) -> File {
+    // SAFETY: the caller promises `fd` is ours.
+    File::from(unsafe { OwnedFd::from_raw_fd(fd) })
 }
 
 /// Maps the errors a lookup can give to what the client is told:
@@ -213,7 +302,7 @@ mod tests {
         }
     }
 
-    fn tree() -> (Tmp, Root) {
+    fn tree(hidden_files: bool) -> (Tmp, Root) {
         static N: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
         let base = std::env::temp_dir().join(format!(
             "loopd-http-fs-{}-{}",
@@ -223,16 +312,25 @@ mod tests {
         let _ = std::fs::remove_dir_all(&base);
         let root = base.join("root");
         std::fs::create_dir_all(root.join("sub")).unwrap();
+        std::fs::create_dir_all(root.join(".git")).unwrap();
+        std::fs::create_dir_all(root.join(".well-known")).unwrap();
         std::fs::write(base.join("secret.txt"), "SECRET").unwrap();
         std::fs::write(root.join("a.txt"), "A").unwrap();
         std::fs::write(root.join("sub/b.txt"), "B").unwrap();
+        std::fs::write(root.join(".secret"), "HIDDEN").unwrap();
+        std::fs::write(root.join(".git/config"), "GIT").unwrap();
+        std::fs::write(root.join(".well-known/w.txt"), "W").unwrap();
         symlink("../secret.txt", root.join("rel-out")).unwrap();
         symlink(base.join("secret.txt"), root.join("abs-out")).unwrap();
         symlink("a.txt", root.join("rel-in")).unwrap();
         symlink(root.join("sub/b.txt"), root.join("abs-in")).unwrap();
         symlink("..", root.join("sub/up")).unwrap();
         symlink(&base, root.join("dir-out")).unwrap();
-        let r = Root::open(&root).unwrap();
+        symlink(".secret", root.join("visible-link")).unwrap();
+        symlink(".git", root.join("pubgit")).unwrap();
+        symlink("../.git/config", root.join("sub/cfg")).unwrap();
+        symlink(".well-known", root.join("wk")).unwrap();
+        let r = Root::open(&root, hidden_files).unwrap();
         (Tmp(base), r)
     }
 
@@ -248,6 +346,8 @@ mod tests {
         assert_eq!(read(root, "rel-in").unwrap(), "A");
         assert_eq!(read(root, "abs-in").unwrap(), "B");
         assert_eq!(read(root, "sub/up/a.txt").unwrap(), "A");
+        assert_eq!(read(root, "dir-out/root/a.txt").unwrap(), "A");
+        assert_eq!(read(root, "wk/w.txt").unwrap(), "W");
         for escape in ["rel-out", "abs-out", "dir-out/secret.txt", "sub/up/rel-out"] {
             let e = read(root, escape).expect_err(escape);
             assert_eq!(e.kind(), io::ErrorKind::PermissionDenied, "{escape}: {e}");
@@ -256,25 +356,94 @@ mod tests {
         assert_eq!(e.kind(), io::ErrorKind::NotFound);
         let e = read(root, "a.txt/x").unwrap_err();
         assert_eq!(e.kind(), io::ErrorKind::NotFound);
+        let e = read(root, "sub/missing/x").unwrap_err();
+        assert_eq!(e.kind(), io::ErrorKind::NotFound);
         assert!(root.open_file(b"").unwrap().metadata().unwrap().is_dir());
+        assert!(root.open_file(b"sub").unwrap().metadata().unwrap().is_dir());
+    }
+
+    fn check_hidden_targets(root: &Root, hidden_files: bool) {
+        for (link, body) in [
+            ("visible-link", "HIDDEN"),
+            ("pubgit/config", "GIT"),
+            ("sub/cfg", "GIT"),
+        ] {
+            match read(root, link) {
+                Ok(s) => {
+                    assert!(hidden_files, "{link} served with hidden_files = false");
+                    assert_eq!(s, body);
+                }
+                Err(e) => {
+                    assert!(!hidden_files, "{link}: {e}");
+                    assert_eq!(e.kind(), io::ErrorKind::NotFound, "{link}: {e}");
+                }
+            }
+        }
+        let dir = root.open_file(b"pubgit");
+        assert_eq!(dir.is_ok(), hidden_files);
     }
 
     #[test]
     fn opens_inside_and_refuses_escapes() {
-        let (_tmp, root) = tree();
-        let with_openat2 = root.uses_openat2();
-        if !with_openat2 {
-            eprintln!("openat2 is not available here: this test covers the fallback only");
-        }
+        let (_tmp, root) = tree(false);
+        let backend = root.backend();
+        eprintln!("backend: {}", backend.describe());
         check_tree(&root);
-        // No escape attempt switched openat2 off.
-        assert_eq!(root.uses_openat2(), with_openat2);
+        check_hidden_targets(&root, false);
+        // No escape attempt switched the backend.
+        assert_eq!(root.backend(), backend);
     }
 
     #[test]
-    fn the_fallback_without_openat2_refuses_escapes_too() {
-        let (_tmp, root) = tree();
-        root.openat2.set(false);
+    fn the_posix_walk_refuses_escapes_too() {
+        let (_tmp, root) = tree(false);
+        root.force_walk();
         check_tree(&root);
+        check_hidden_targets(&root, false);
+        assert_eq!(root.backend(), Backend::Walk);
+    }
+
+    #[test]
+    fn symlinks_to_hidden_names_are_served_when_hidden_files_are() {
+        for walk in [false, true] {
+            let (_tmp, root) = tree(true);
+            if walk {
+                root.force_walk();
+            }
+            check_tree(&root);
+            check_hidden_targets(&root, true);
+        }
+    }
+
+    #[test]
+    fn a_fifo_neither_blocks_nor_counts_as_a_file() {
+        let (tmp, root) = tree(false);
+        let fifo = CString::new(tmp.0.join("root/fifo").as_os_str().as_bytes()).unwrap();
+        // SAFETY: `fifo` is NUL-terminated.
+        assert_eq!(unsafe { libc::mkfifo(fifo.as_ptr(), 0o644) }, 0);
+        for walk in [false, true] {
+            if walk {
+                root.force_walk();
+            }
+            // O_NONBLOCK: opening a FIFO with no writer returns at once.
+            let f = root.open_file(b"fifo").unwrap();
+            let stamp = Stamp::of(&f).unwrap();
+            assert!(!stamp.is_file() && !stamp.is_dir());
+        }
+    }
+
+    #[test]
+    fn stamps_tell_files_apart_and_see_changes() {
+        let (tmp, root) = tree(false);
+        let f = root.open_file(b"a.txt").unwrap();
+        let s = Stamp::of(&f).unwrap();
+        assert!(s.is_file());
+        assert_eq!(s.size, 1);
+        let at = root.stamp_at(&CString::new("a.txt").unwrap()).unwrap();
+        assert_eq!(at, s);
+        let other = root.stamp_at(&CString::new("sub/b.txt").unwrap()).unwrap();
+        assert_ne!(other.ino, s.ino);
+        std::fs::write(tmp.0.join("root/a.txt"), "AA").unwrap();
+        assert_ne!(Stamp::of(&f).unwrap(), s);
     }
 }

@@ -46,6 +46,7 @@
 #![doc(test(attr(deny(warnings))))]
 
 mod body;
+mod cache;
 mod clock;
 mod cond;
 mod config;
@@ -115,6 +116,17 @@ impl Handler for Http {
         self.server.on_shutdown();
     }
 }
+
+/// Whether this build opens files with the POSIX walk (the `portable`
+/// feature, or a platform other than Linux) rather than `openat2`. For the
+/// integration tests; not a stable API.
+#[doc(hidden)]
+pub const PORTABLE: bool = cfg!(any(feature = "portable", not(target_os = "linux")));
+
+/// Whether this build has the `portable` feature. For the integration
+/// tests, which build the plugin with the same features; not a stable API.
+#[doc(hidden)]
+pub const PORTABLE_FEATURE: bool = cfg!(feature = "portable");
 
 #[cfg(feature = "plugin")]
 loopd_handler_api::export_handler!(Http, name = "http");

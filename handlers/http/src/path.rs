@@ -125,6 +125,12 @@ pub(crate) fn percent_decode(raw: &[u8]) -> Result<Vec<u8>, PathError> {
     Ok(out)
 }
 
+/// Whether a name is hidden: it starts with `.` and is not `.well-known`
+/// (RFC 8615), which is always served.
+pub(crate) fn is_hidden(name: &[u8]) -> bool {
+    name.first() == Some(&b'.') && name != b".well-known"
+}
+
 /// Decodes and normalises the path part of a request target (no query).
 ///
 /// # Errors
@@ -161,11 +167,7 @@ pub(crate) fn normalize(raw: &[u8], hidden_files: bool) -> Result<ReqPath, PathE
     if decoded.last() == Some(&b'/') {
         trailing_slash = true;
     }
-    if !hidden_files
-        && names
-            .iter()
-            .any(|n| n.first() == Some(&b'.') && *n != b".well-known")
-    {
+    if !hidden_files && names.iter().any(|n| is_hidden(n)) {
         return Err(PathError::Hidden);
     }
     Ok(ReqPath {

@@ -33,15 +33,22 @@ pub(crate) struct HeadBuf {
 }
 
 impl HeadBuf {
-    /// The status line plus `Server` and `Date`.
-    pub(crate) fn new(status: u16, server: &str, date: &str) -> HeadBuf {
+    /// The status line plus `Server` (unless `None`) and `Date`.
+    pub(crate) fn new(status: u16, server: Option<&str>, date: &str) -> HeadBuf {
         let mut buf = String::with_capacity(320);
-        let _ = write!(
-            buf,
-            "HTTP/1.1 {status} {}\r\nServer: {server}\r\nDate: {date}\r\n",
-            reason(status)
-        );
+        let _ = write!(buf, "HTTP/1.1 {status} {}\r\n", reason(status));
+        if let Some(server) = server {
+            let _ = write!(buf, "Server: {server}\r\n");
+        }
+        let _ = write!(buf, "Date: {date}\r\n");
         HeadBuf { buf }
+    }
+
+    /// Header lines rendered before (each `Name: value\r\n`, checked when
+    /// the config was read).
+    pub(crate) fn raw(&mut self, lines: &str) -> &mut Self {
+        self.buf.push_str(lines);
+        self
     }
 
     /// One header field. Values come from this server (never raw request
@@ -130,7 +137,7 @@ mod tests {
 
     #[test]
     fn heads_end_with_a_blank_line() {
-        let mut h = HeadBuf::new(404, "loopd/0.1.0", "Thu, 01 Jan 1970 00:00:00 GMT");
+        let mut h = HeadBuf::new(404, Some("loopd/0.1.0"), "Thu, 01 Jan 1970 00:00:00 GMT");
         h.field("Content-Length", 3);
         let bytes = h.finish(Connection::Close, b"abc");
         assert_eq!(
@@ -138,6 +145,18 @@ mod tests {
             "HTTP/1.1 404 Not Found\r\nServer: loopd/0.1.0\r\n\
              Date: Thu, 01 Jan 1970 00:00:00 GMT\r\nContent-Length: 3\r\n\
              Connection: close\r\n\r\nabc"
+        );
+    }
+
+    #[test]
+    fn no_server_field_when_there_is_none() {
+        let mut h = HeadBuf::new(200, None, "Thu, 01 Jan 1970 00:00:00 GMT");
+        h.raw("X-Content-Type-Options: nosniff\r\n");
+        let text = String::from_utf8(h.finish(Connection::Default, b"")).unwrap();
+        assert_eq!(
+            text,
+            "HTTP/1.1 200 OK\r\nDate: Thu, 01 Jan 1970 00:00:00 GMT\r\n\
+             X-Content-Type-Options: nosniff\r\n\r\n"
         );
     }
 

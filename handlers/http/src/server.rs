@@ -12,7 +12,14 @@
 //! are read in chunks into one buffer shared by every connection (all hooks
 //! run on one thread) and sent with the head; a streaming connection then
 //! costs no buffer of its own beyond what loopd queues for it (bounded by the
-//! output watermarks).
+//! output watermarks). Small files in the open-file cache (`cache.rs`) are
+//! held in memory and sent from there.
+//!
+//! A file that changes while it is being sent is caught: each chunk read
+//! (or sent with sendfile) is followed by an fstat, and a change of size or
+//! mtime aborts the connection before the response is complete (the last
+//! byte of a sendfile body is read and checked before it goes), so a client
+//! never receives a whole response that mixes two versions of a file.
 
 use std::collections::HashMap;
 use std::fs::File;
@@ -26,10 +33,11 @@ use loopd_handler_api::{
 };
 
 use crate::body::{Discard, DiscardError};
+use crate::cache::{Content, OpenCache, Opened};
 use crate::clock::Clock;
 use crate::cond::{self, Precondition, RangeAnswer, Validators};
 use crate::config::Settings;
-use crate::fs::Root;
+use crate::fs::{Root, Stamp};
 use crate::mime;
 use crate::path::{self, PathError, ReqPath};
 use crate::request::{Head, Limits, Request, Scanner};
@@ -37,6 +45,8 @@ use crate::response::{self, Connection, HeadBuf};
 
 /// Bytes of a file read per send.
 const CHUNK: usize = 64 * 1024;
+/// Bodies (or what is left of them) larger than this go out with sendfile.
+const SENDFILE_MIN: u64 = CHUNK as u64;
 /// Chunks sent per hook call before yielding to other connections (a client
 /// that reads as fast as we send would otherwise hold the loop for a whole
 /// file).
@@ -147,33 +157,12 @@ enum Body {
     None,
     /// A small HTML page, sent with the head.
     Page(String),
-    /// Bytes `start..end` of a file, streamed.
+    /// Bytes `start..end` of a file.
     File {
         file: Rc<Opened>,
         start: u64,
         end: u64,
     },
-}
-
-/// An opened file and what its responses say about it: shared by the
-/// responses that stream it, and kept in the open-file cache.
-#[derive(Debug)]
-struct Opened {
-    file: File,
-    len: u64,
-    validators: Validators,
-    last_modified: String,
-    content_type: String,
-}
-
-/// Most entries in the open-file cache; a full cache is emptied.
-const OPEN_FILE_CACHE_MAX: usize = 1024;
-
-/// An open-file cache entry: what a path resolved to, until when.
-#[derive(Debug)]
-struct CacheEntry {
-    opened: Rc<Opened>,
-    until_ms: u64,
 }
 
 /// The handler instance.
@@ -183,7 +172,10 @@ pub(crate) struct Server {
     cfg: Settings,
     limits: Limits,
     root: Root,
-    server: String,
+    /// The `Server` field's value (`None`: no such field).
+    server: Option<String>,
+    /// Configured fields (and `X-Content-Type-Options`), rendered once.
+    extra_fields: String,
     conns: HashMap<ConnId, Conn>,
     scratch: Vec<u8>,
     clock: Clock,
@@ -193,14 +185,13 @@ pub(crate) struct Server {
     sendfile: bool,
     inbuf_cap: usize,
     warned_framing: bool,
-    /// (normalised path, trailing slash) -> the file it named, with
-    /// `open_file_cache_ms`.
-    cache: HashMap<(Vec<u8>, bool), CacheEntry>,
+    /// Opened files kept between requests (`open_file_cache_*`).
+    cache: OpenCache,
 }
 
 impl Server {
     pub(crate) fn new(ctx: &Ctx, cfg: Settings) -> Result<Server, String> {
-        let root = Root::open(&cfg.root)?;
+        let root = Root::open(&cfg.root, cfg.hidden_files)?;
         let (version, _) = ctx.host_version();
         let version = if version.is_empty() {
             env!("CARGO_PKG_VERSION")
@@ -213,22 +204,31 @@ impl Server {
             max_headers: cfg.max_headers,
         };
         let inbuf_cap = 2 * (cfg.max_request_line + cfg.max_header_bytes) + 64 * 1024;
+        let max = cache_entries(ctx, cfg.open_file_cache_max);
+        let cache = OpenCache::new(max, cfg.open_file_cache_valid_ms);
         ctx.info(format_args!(
-            "serving {} (index {:?}; files opened with {})",
+            "serving {} (index {:?}; files opened with {}; open-file cache: {})",
             root.path().display(),
             cfg.index.as_deref().unwrap_or(""),
-            if root.uses_openat2() {
-                "openat2 RESOLVE_BENEATH"
-            } else {
-                "realpath + O_NOFOLLOW: openat2 is not available"
+            root.backend().describe(),
+            match (max, cfg.open_file_cache_valid_ms) {
+                (0, _) => "off".to_string(),
+                (n, 0) => format!("{n} files, checked at every use"),
+                (n, ms) => format!("{n} files, checked every {ms} ms"),
             }
         ));
+        let server = match &cfg.server_header {
+            None => Some(format!("loopd/{version}")),
+            Some(s) if s.is_empty() => None,
+            Some(s) => Some(s.clone()),
+        };
         Ok(Server {
             ctx: *ctx,
+            extra_fields: cfg.extra_fields.clone(),
             cfg,
             limits,
             root,
-            server: format!("loopd/{version}"),
+            server,
             conns: HashMap::new(),
             scratch: vec![0; CHUNK],
             clock: Clock::default(),
@@ -236,7 +236,7 @@ impl Server {
             sendfile: true,
             inbuf_cap,
             warned_framing: false,
-            cache: HashMap::new(),
+            cache,
         })
     }
 
@@ -344,8 +344,8 @@ impl Server {
     }
 
     pub(crate) fn on_timer(&mut self, timer: TimerId, user_data: u64) {
-        let id = ConnId::from_raw(user_data);
         let now = self.ctx.now_ms();
+        let id = ConnId::from_raw(user_data);
         let Some(c) = self.conns.get_mut(&id) else {
             return;
         };
@@ -378,10 +378,11 @@ impl Server {
                 // Whatever was half-sent is dropped; the client gets a 408.
                 // One caught mid-request may still be sending: linger.
                 let midway = c.req_start.is_some() || c.discard.active() || !c.inbuf.is_empty();
+                let head = is_head_request(&c.inbuf);
                 c.discard = Discard::None;
                 c.inbuf = Vec::new();
                 let start = c.req_start.take().unwrap_or_else(Instant::now);
-                self.error(id, 408, start, "-".into(), midway);
+                self.error(id, 408, start, "-".into(), midway, head);
             }
             Wait::Idle => self.close(id, CloseMode::Flush),
             Wait::Send => {
@@ -418,6 +419,7 @@ impl Server {
 
     pub(crate) fn on_shutdown(&mut self) {
         self.shutting_down = true;
+        self.cache.clear();
         let idle: Vec<ConnId> = self
             .conns
             .iter()
@@ -549,7 +551,8 @@ impl Server {
                     let start = c.req_start.take().unwrap_or_else(Instant::now);
                     // The head was not read to its end: the client may
                     // still be sending it.
-                    self.error(id, reject.status, start, "-".into(), true);
+                    let head = is_head_request(rest);
+                    self.error(id, reject.status, start, "-".into(), true, head);
                     return input.len();
                 }
                 Ok(Head::Complete { len, req }) => {
@@ -628,7 +631,7 @@ impl Server {
         };
         if let Some(why) = framing_error {
             self.ctx.debug(format_args!("{id}: 400 ({why})"));
-            self.error(id, 400, start, line, true);
+            self.error(id, 400, start, line, true, req.method == "HEAD");
             return;
         }
         if let Some(len) = req.content_length {
@@ -637,7 +640,7 @@ impl Server {
                     "{id}: 413 (a {len}-byte body on {})",
                     req.method
                 ));
-                self.error(id, 413, start, line, true);
+                self.error(id, 413, start, line, true, req.method == "HEAD");
                 return;
             }
         }
@@ -660,7 +663,7 @@ impl Server {
         };
         keep &= !self.shutting_down && self.cfg.keepalive_timeout.is_some();
         if req.expect_other {
-            self.error(id, 417, start, line, true);
+            self.error(id, 417, start, line, true, req.method == "HEAD");
             return;
         }
         // An HTTP/1.0 client does not wait for "100 Continue": the
@@ -716,13 +719,13 @@ impl Server {
         let Some((raw_path, query)) = split_target(req.target) else {
             return self.page(400, Vec::new(), None, head_only, log);
         };
-        let rp = match path::normalize(raw_path.as_bytes(), self.cfg.hidden_files) {
+        let mut rp = match path::normalize(raw_path.as_bytes(), self.cfg.hidden_files) {
             Ok(rp) => rp,
             Err(PathError::BadRequest) => return self.page(400, Vec::new(), None, head_only, log),
             Err(PathError::Forbidden) => return self.page(403, Vec::new(), None, head_only, log),
             Err(PathError::Hidden) => return self.page(404, Vec::new(), None, head_only, log),
         };
-        let opened = match self.open_cached(&rp) {
+        let opened = match self.open_cached(&mut rp) {
             Ok(Some(opened)) => opened,
             Ok(None) => {
                 let mut location = rp.directory_url();
@@ -741,7 +744,7 @@ impl Server {
             }
             Err(status) => return self.page(status, Vec::new(), None, head_only, log),
         };
-        let len = opened.len;
+        let len = opened.len();
         let v = &opened.validators;
         match cond::preconditions(req, v) {
             Precondition::Proceed => {}
@@ -793,42 +796,52 @@ impl Server {
         }
     }
 
-    /// [`Server::open`] through the open-file cache (when configured), with
+    /// [`Server::open`] through the open-file cache (when it is on), with
     /// what responses need to know about the file worked out once.
-    fn open_cached(&mut self, rp: &ReqPath) -> Result<Option<Rc<Opened>>, u16> {
-        let Some(valid) = self.cfg.open_file_cache else {
-            return Ok(self.open(rp)?.map(|(f, m, rel)| self.opened(f, &m, &rel)));
-        };
-        let now = self.ctx.now_ms();
-        let key = (rp.rel.clone(), rp.trailing_slash);
-        if let Some(e) = self.cache.get(&key) {
-            if now < e.until_ms {
-                return Ok(Some(e.opened.clone()));
-            }
+    fn open_cached(&mut self, rp: &mut ReqPath) -> Result<Option<Rc<Opened>>, u16> {
+        if !self.cache.enabled() || self.shutting_down {
+            return Ok(self
+                .open(rp)?
+                .map(|(f, st, rel)| self.opened(f, st, rel, false)));
         }
-        self.cache.remove(&key);
-        let Some((file, meta, rel)) = self.open(rp)? else {
+        let now = self.ctx.now_ms();
+        // The key: the normalised path, plus '/' for a directory URL (a
+        // name never ends with one). Built in place: no allocation.
+        let slash = rp.trailing_slash;
+        if slash {
+            rp.rel.push(b'/');
+        }
+        let hit = self.cache.get(&rp.rel, &self.root, now);
+        if slash {
+            rp.rel.pop();
+        }
+        if let Some(opened) = hit {
+            return Ok(Some(opened));
+        }
+        let Some((file, stamp, rel)) = self.open(rp)? else {
             return Ok(None);
         };
-        let opened = self.opened(file, &meta, &rel);
-        if self.cache.len() >= OPEN_FILE_CACHE_MAX {
-            self.cache.clear();
+        let opened = self.opened(file, stamp, rel, true);
+        // A small file seen changing while it was read into memory is
+        // served (and checked as it goes) but not kept.
+        let torn = matches!(opened.content, Content::File(_)) && self.cache.may_hold(opened.len());
+        if !torn {
+            let mut key = rp.rel.clone();
+            if slash {
+                key.push(b'/');
+            }
+            self.cache.insert(key, opened.clone(), now);
         }
-        self.cache.insert(
-            key,
-            CacheEntry {
-                opened: opened.clone(),
-                until_ms: now + valid.as_millis() as u64,
-            },
-        );
         Ok(Some(opened))
     }
 
-    /// An opened file with its validators and content type.
-    fn opened(&self, file: File, meta: &std::fs::Metadata, rel: &[u8]) -> Rc<Opened> {
-        let len = meta.len();
-        let validators = Validators::new(meta.modified().unwrap_or(std::time::UNIX_EPOCH), len);
-        let content_type = ReqPath::extension(rel)
+    /// An opened file with its validators and content type; with
+    /// `in_memory`, a small file is read whole (and checked to be one
+    /// version of itself) and its descriptor closed.
+    fn opened(&self, file: File, stamp: Stamp, rel: Vec<u8>, in_memory: bool) -> Rc<Opened> {
+        let len = stamp.size;
+        let validators = Validators::new(stamp.ino, stamp.modified(), len);
+        let content_type = ReqPath::extension(&rel)
             .and_then(|ext| {
                 if self.cfg.types.is_empty() {
                     return mime::lookup(ext);
@@ -842,21 +855,28 @@ impl Server {
             })
             .unwrap_or(&self.cfg.default_type)
             .to_string();
+        let content = if in_memory && self.cache.may_hold(len) {
+            read_whole(file, stamp)
+        } else {
+            Content::File(file)
+        };
         Rc::new(Opened {
-            file,
-            len,
+            content,
             last_modified: validators.last_modified(),
             validators,
             content_type,
+            stamp,
+            // `rel` holds no NUL (path.rs refuses them).
+            rel: std::ffi::CString::new(rel).unwrap_or_default(),
         })
     }
 
     /// Opens what a normalised path names: a file or a directory's index
     /// (with its metadata and path), or `None` for a directory named
     /// without its slash (a redirect).
-    fn open(&self, rp: &ReqPath) -> Result<Option<(File, std::fs::Metadata, Vec<u8>)>, u16> {
-        let (file, meta) = self.open_one(&rp.rel)?;
-        if meta.is_dir() {
+    fn open(&mut self, rp: &ReqPath) -> Result<Option<(File, Stamp, Vec<u8>)>, u16> {
+        let (file, stamp) = self.open_one(&rp.rel)?;
+        if stamp.is_dir() {
             if !rp.trailing_slash {
                 return Ok(None);
             }
@@ -868,33 +888,45 @@ impl Server {
                 rel.push(b'/');
             }
             rel.extend_from_slice(index.as_bytes());
-            let (file, meta) = match self.open_one(&rel) {
+            let (file, stamp) = match self.open_one(&rel) {
                 // A directory without an index is not listed.
                 Err(404) => return Err(403),
                 other => other?,
             };
-            if !meta.is_file() {
+            if !stamp.is_file() {
                 return Err(403);
             }
-            return Ok(Some((file, meta, rel)));
+            return Ok(Some((file, stamp, rel)));
         }
-        if !meta.is_file() {
+        if !stamp.is_file() {
             return Err(403);
         }
         if rp.trailing_slash {
             // "/file.txt/" names a directory that is not there.
             return Err(404);
         }
-        Ok(Some((file, meta, rp.rel.clone())))
+        Ok(Some((file, stamp, rp.rel.clone())))
     }
 
-    fn open_one(&self, rel: &[u8]) -> Result<(File, std::fs::Metadata), u16> {
-        let file = self
-            .root
-            .open_file(rel)
-            .map_err(|e| self.fs_status(rel, &e))?;
-        let meta = file.metadata().map_err(|e| self.fs_status(rel, &e))?;
-        Ok((file, meta))
+    fn open_one(&mut self, rel: &[u8]) -> Result<(File, Stamp), u16> {
+        let file = match self.root.open_file(rel) {
+            Err(e)
+                if matches!(e.raw_os_error(), Some(libc::EMFILE | libc::ENFILE))
+                    && self.cache.len() > 0 =>
+            {
+                // Out of descriptors: the cache gives its back, once.
+                self.ctx.warn(format_args!(
+                    "out of file descriptors ({e}): emptying the open-file cache ({} files)",
+                    self.cache.len()
+                ));
+                self.cache.clear();
+                self.root.open_file(rel)
+            }
+            other => other,
+        }
+        .map_err(|e| self.fs_status(rel, &e))?;
+        let stamp = Stamp::of(&file).map_err(|e| self.fs_status(rel, &e))?;
+        Ok((file, stamp))
     }
 
     fn fs_status(&self, rel: &[u8], e: &io::Error) -> u16 {
@@ -929,9 +961,10 @@ impl Server {
         }
     }
 
-    /// Answers with an error page; with `maybe_more` the client may still
-    /// be sending (the request was not read to its end), so the close
-    /// lingers. 400, 408, 413, 414, 417, 431 and 505 always close.
+    /// Answers with an error page (its head only, to a `HEAD` request);
+    /// with `maybe_more` the client may still be sending (the request was
+    /// not read to its end), so the close lingers. 400, 408, 413, 414, 417,
+    /// 431 and 505 always close.
     fn error(
         &mut self,
         id: ConnId,
@@ -939,6 +972,7 @@ impl Server {
         start: Instant,
         request: String,
         maybe_more: bool,
+        head_only: bool,
     ) {
         let Some(c) = self.conns.get_mut(&id) else {
             return;
@@ -951,13 +985,13 @@ impl Server {
             start,
             bytes: 0,
         });
-        let reply = self.page(status, Vec::new(), None, false, log);
+        let reply = self.page(status, Vec::new(), None, head_only, log);
         self.send_reply(id, reply, Connection::Close);
     }
 
     /// Builds the head and starts sending.
     fn send_reply(&mut self, id: ConnId, reply: Reply, connection: Connection) {
-        let mut head = HeadBuf::new(reply.status, &self.server, self.clock.http_date());
+        let mut head = HeadBuf::new(reply.status, self.server.as_deref(), self.clock.http_date());
         let (file, pos, end, page) = match reply.body {
             Body::None => (None, 0, 0, None),
             Body::Page(page) => {
@@ -974,9 +1008,7 @@ impl Server {
         for (name, value) in &reply.fields {
             head.field(name, value);
         }
-        if reply.status == 200 || reply.status == 206 {
-            head.field("X-Content-Type-Options", "nosniff");
-        }
+        head.raw(&self.extra_fields);
         let body: &[u8] = match &page {
             Some(p) if !reply.head_only => p.as_bytes(),
             _ => b"",
@@ -1026,7 +1058,44 @@ impl Server {
             let Some(r) = c.resp.as_mut() else {
                 return Pump::Done;
             };
-            if self.sendfile && !r.no_sendfile && r.end - r.pos > CHUNK as u64 {
+            let opened = r.file.clone();
+            let file = match opened.as_deref().map(|o| &o.content) {
+                Some(Content::File(f)) if r.pos < r.end => Some(f),
+                _ => None,
+            };
+            let Some(file) = file else {
+                // Nothing to read: the head, with a page or the bytes the
+                // cache holds, in one send.
+                let body: &[u8] = match opened.as_deref().map(|o| &o.content) {
+                    Some(Content::Bytes(b)) => &b[r.pos as usize..r.end as usize],
+                    _ => &[],
+                };
+                let sent = match (r.head.is_empty(), body.is_empty()) {
+                    (true, true) => Ok(()),
+                    (false, true) => self.ctx.send(id, &r.head),
+                    (true, false) => self.ctx.send(id, body),
+                    (false, false) => self.ctx.send_parts(id, &[&r.head, body]),
+                };
+                match sent {
+                    Ok(()) => {
+                        if let Some(l) = &mut r.log {
+                            if !r.head.is_empty() {
+                                l.bytes += r.head_body;
+                            }
+                            l.bytes += body.len() as u64;
+                        }
+                        r.head = Vec::new();
+                        r.pos = r.end;
+                        self.finish(id);
+                        return Pump::Done;
+                    }
+                    Err(Error::Again) => return self.blocked(id),
+                    Err(_) => return Pump::Gone,
+                }
+            };
+            let opened = opened.as_ref().expect("a file body has its file");
+            let remaining = r.end - r.pos;
+            if self.sendfile && !r.no_sendfile && remaining > SENDFILE_MIN {
                 // A large body goes out with sendfile: nothing of it is
                 // read into memory, and loopd queues none of it, so a slow
                 // reader costs no buffer at all.
@@ -1042,17 +1111,19 @@ impl Server {
                         Err(_) => return Pump::Gone,
                     }
                 }
-                let file = &r.file.as_ref().expect("a body range has a file").file;
-                let want = r.end - r.pos;
+                // The last byte is left to the read below, which checks the
+                // file after reading it: a change during the transfer is
+                // then caught before the response is complete.
+                let want = remaining - 1;
                 match self.ctx.send_file(id, file, r.pos, want) {
                     Ok(n) => {
                         r.pos += n;
                         if let Some(l) = &mut r.log {
                             l.bytes += n;
                         }
-                        if r.pos == r.end {
-                            self.finish(id);
-                            return Pump::Done;
+                        if let Err(now) = opened.unchanged(file) {
+                            let (pos, opened) = (r.pos, opened.clone());
+                            return self.changed(id, &opened, pos, now);
                         }
                         if n < want {
                             // The socket is full: on_writable follows.
@@ -1077,31 +1148,28 @@ impl Server {
                     Err(_) => return Pump::Gone,
                 }
             }
-            let want = usize::try_from(r.end - r.pos)
-                .unwrap_or(usize::MAX)
-                .min(CHUNK);
-            let mut n = 0;
-            if want > 0 {
-                let file = &r.file.as_ref().expect("a body range has a file").file;
-                match read_at(file, &mut self.scratch[..want], r.pos) {
-                    Ok(0) => {
-                        self.ctx.warn(format_args!(
-                            "{id}: file shrank while being sent ({} of {} bytes); closing",
-                            r.pos, r.end
-                        ));
-                        self.close(id, CloseMode::Abort);
-                        return Pump::Gone;
-                    }
-                    Ok(k) => n = k,
-                    Err(e) => {
-                        self.ctx
-                            .warn(format_args!("{id}: reading a file: {e}; closing"));
-                        self.close(id, CloseMode::Abort);
-                        return Pump::Gone;
-                    }
+            let want = usize::try_from(remaining).unwrap_or(usize::MAX).min(CHUNK);
+            match read_full_at(file, &mut self.scratch[..want], r.pos) {
+                Ok(n) if n == want => {}
+                Ok(_) => {
+                    let (pos, opened) = (r.pos, opened.clone());
+                    let now = Stamp::of(file).ok();
+                    return self.changed(id, &opened, pos, now);
+                }
+                Err(e) => {
+                    self.ctx
+                        .warn(format_args!("{id}: reading a file: {e}; closing"));
+                    self.close(id, CloseMode::Abort);
+                    return Pump::Gone;
                 }
             }
-            let chunk = &self.scratch[..n];
+            // Checked after the read: what goes out was read before a
+            // check that found the file as its response announced it.
+            if let Err(now) = opened.unchanged(file) {
+                let (pos, opened) = (r.pos, opened.clone());
+                return self.changed(id, &opened, pos, now);
+            }
+            let chunk = &self.scratch[..want];
             let sent = if r.head.is_empty() {
                 self.ctx.send(id, chunk)
             } else {
@@ -1113,10 +1181,10 @@ impl Server {
                         if !r.head.is_empty() {
                             l.bytes += r.head_body;
                         }
-                        l.bytes += n as u64;
+                        l.bytes += want as u64;
                     }
                     r.head = Vec::new();
-                    r.pos += n as u64;
+                    r.pos += want as u64;
                     if r.pos == r.end {
                         self.finish(id);
                         return Pump::Done;
@@ -1145,6 +1213,38 @@ impl Server {
                 Pump::Gone
             }
         }
+    }
+
+    /// The file of the response in progress is no longer what its head
+    /// announced (`now`: what fstat says, if it could): the response must
+    /// not complete. The connection is cut and the cache forgets the file.
+    fn changed(&mut self, id: ConnId, opened: &Rc<Opened>, pos: u64, now: Option<Stamp>) -> Pump {
+        let path = String::from_utf8_lossy(opened.rel.as_bytes()).into_owned();
+        let len = opened.len();
+        match now {
+            Some(st) if st.size < len => self.ctx.warn(format_args!(
+                "{id}: file shrank while being sent ({path}: {} bytes, {len} announced, \
+                 {pos} sent); closing",
+                st.size
+            )),
+            Some(st) => self.ctx.warn(format_args!(
+                "{id}: file changed while being sent ({path}: {} bytes, {len} announced, \
+                 mtime {}; {pos} bytes sent); closing",
+                st.size,
+                if st.mtime == opened.stamp.mtime {
+                    "unchanged"
+                } else {
+                    "changed"
+                }
+            )),
+            None => self.ctx.warn(format_args!(
+                "{id}: file shrank while being sent ({path}: {len} bytes announced, \
+                 {pos} sent); closing"
+            )),
+        }
+        self.cache.forget(opened);
+        self.close(id, CloseMode::Abort);
+        Pump::Gone
     }
 
     /// The response waits for `on_writable`; the send timeout runs.
@@ -1284,6 +1384,48 @@ impl Server {
     }
 }
 
+/// The open-file cache's size: `configured`, but at most a quarter of the
+/// process's descriptor limit (cached large files keep a descriptor open).
+fn cache_entries(ctx: &Ctx, configured: usize) -> usize {
+    let mut lim = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: `lim` is a valid out-pointer for the call.
+    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) } != 0 {
+        return configured;
+    }
+    let quarter = usize::try_from(lim.rlim_cur / 4).unwrap_or(usize::MAX);
+    if configured > quarter {
+        // Said louder when the value was chosen than for the default.
+        let level = if configured == crate::config::DEFAULT_OPEN_FILE_CACHE_MAX {
+            Level::Info
+        } else {
+            Level::Warn
+        };
+        ctx.log(
+            level,
+            format_args!(
+                "open_file_cache_max = {configured} is more than a quarter of the descriptor \
+                 limit ({}); holding at most {quarter} files",
+                lim.rlim_cur
+            ),
+        );
+        return quarter;
+    }
+    configured
+}
+
+/// Whether the input, a request head (possibly partial or refused), is a
+/// `HEAD` request: its answer, even an error, then carries no body.
+fn is_head_request(input: &[u8]) -> bool {
+    let lead = input
+        .iter()
+        .take_while(|&&b| b == b'\r' || b == b'\n')
+        .count();
+    input[lead..].starts_with(b"HEAD ")
+}
+
 /// Splits a request target into its path and query. Accepts origin-form
 /// (`/a?b`) and absolute-form (`http://host/a?b`); anything else is `None`.
 pub(crate) fn split_target(target: &str) -> Option<(&str, Option<&str>)> {
@@ -1311,13 +1453,33 @@ pub(crate) fn split_target(target: &str) -> Option<(&str, Option<&str>)> {
     })
 }
 
-fn read_at(file: &File, buf: &mut [u8], pos: u64) -> io::Result<usize> {
-    loop {
-        match file.read_at(buf, pos) {
+/// A small file read whole, if it stays one version while it is read
+/// (the same size and mtime before and after, and no byte past its end);
+/// otherwise it is left open, to be read and checked as it is sent.
+fn read_whole(file: File, stamp: Stamp) -> Content {
+    let len = stamp.size as usize;
+    let mut buf = vec![0u8; len + 1];
+    match read_full_at(&file, &mut buf, 0) {
+        Ok(n) if n == len && Stamp::of(&file).is_ok_and(|now| now == stamp) => {
+            buf.truncate(len);
+            Content::Bytes(buf.into_boxed_slice())
+        }
+        _ => Content::File(file),
+    }
+}
+
+/// Reads `buf.len()` bytes at `pos`, fewer only at the end of the file.
+fn read_full_at(file: &File, buf: &mut [u8], pos: u64) -> io::Result<usize> {
+    let mut n = 0;
+    while n < buf.len() {
+        match file.read_at(&mut buf[n..], pos + n as u64) {
+            Ok(0) => break,
+            Ok(k) => n += k,
             Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-            other => return other,
+            Err(e) => return Err(e),
         }
     }
+    Ok(n)
 }
 
 #[cfg(test)]
