@@ -75,7 +75,7 @@ extern "C" {
  *            connect_with, post, watch_fd, watch_modify, watch_remove,
  *            timer_repeat; loopd_vtable.on_message, loopd_vtable.on_fd;
  *            loopd_connect_options, LOOPD_FD_*, LOOPD_ERR_NO_SUCH_INSTANCE,
- *            LOOPD_ERR_FULL. */
+ *            LOOPD_ERR_FULL, LOOPD_REASON_IDLE, LOOPD_REASON_LIMIT. */
 #define LOOPD_ABI_MINOR 3
 
 /* Sizes of the v1.0 structs on 64-bit targets: the smallest struct_size a
@@ -174,6 +174,9 @@ extern "C" {
 #define LOOPD_REASON_SHUTDOWN 6       /* loopd shut down */
 #define LOOPD_REASON_CONNECT_FAILED 7 /* an outbound connect() failed */
 #define LOOPD_REASON_TIMEOUT 8        /* a flush before close timed out */
+#define LOOPD_REASON_IDLE 9           /* no traffic for idle_timeout_ms (1.3) */
+#define LOOPD_REASON_LIMIT 10         /* over a loopd limit, e.g. the
+                                         process's max_buffered_input (1.3) */
 
 /* on_eof return values. */
 #define LOOPD_EOF_CLOSE 0     /* close once the output queue is flushed */

@@ -96,6 +96,11 @@ pub const LOOPD_REASON_SHUTDOWN: i32 = 6;
 pub const LOOPD_REASON_CONNECT_FAILED: i32 = 7;
 /// Close reason: a flush before close timed out.
 pub const LOOPD_REASON_TIMEOUT: i32 = 8;
+/// Close reason: no traffic for the handler's `idle_timeout_ms` (1.3).
+pub const LOOPD_REASON_IDLE: i32 = 9;
+/// Close reason: a loopd limit was reached, e.g. the process's budget for
+/// buffered input (`max_buffered_input`) (1.3).
+pub const LOOPD_REASON_LIMIT: i32 = 10;
 
 /// `on_eof` result: close once the output queue is flushed.
 pub const LOOPD_EOF_CLOSE: i32 = 0;
@@ -529,6 +534,8 @@ pub fn reason_str(reason: i32) -> &'static str {
         LOOPD_REASON_SHUTDOWN => "shutdown",
         LOOPD_REASON_CONNECT_FAILED => "connect failed",
         LOOPD_REASON_TIMEOUT => "flush timed out",
+        LOOPD_REASON_IDLE => "idle timeout",
+        LOOPD_REASON_LIMIT => "over a loopd limit",
         _ => "unknown reason",
     }
 }

@@ -196,6 +196,11 @@ pub enum CloseReason {
     ConnectFailed,
     /// The flush before a close timed out.
     Timeout,
+    /// No traffic for the handler's `idle_timeout_ms` (ABI 1.3).
+    Idle,
+    /// A loopd limit was reached, e.g. the process's budget for buffered
+    /// input (ABI 1.3).
+    Limit,
     /// A reason this version does not know.
     Other(i32),
 }
@@ -212,6 +217,8 @@ impl CloseReason {
             abi::LOOPD_REASON_SHUTDOWN => CloseReason::Shutdown,
             abi::LOOPD_REASON_CONNECT_FAILED => CloseReason::ConnectFailed,
             abi::LOOPD_REASON_TIMEOUT => CloseReason::Timeout,
+            abi::LOOPD_REASON_IDLE => CloseReason::Idle,
+            abi::LOOPD_REASON_LIMIT => CloseReason::Limit,
             other => CloseReason::Other(other),
         }
     }
@@ -228,6 +235,8 @@ impl fmt::Display for CloseReason {
             CloseReason::Shutdown => abi::LOOPD_REASON_SHUTDOWN,
             CloseReason::ConnectFailed => abi::LOOPD_REASON_CONNECT_FAILED,
             CloseReason::Timeout => abi::LOOPD_REASON_TIMEOUT,
+            CloseReason::Idle => abi::LOOPD_REASON_IDLE,
+            CloseReason::Limit => abi::LOOPD_REASON_LIMIT,
             CloseReason::Other(raw) => raw,
         };
         f.write_str(abi::reason_str(raw))

@@ -14,7 +14,9 @@ use crate::plugin::{self, Plugin};
 use crate::source::listener;
 use crate::spec::{HandlerSpec, Linked};
 use crate::stats::Scope;
+use crate::timer::TimerKind;
 use crate::{Config, Error, Runtime};
+use std::time::{Duration, Instant};
 
 /// Configures and builds a [`Runtime`].
 ///
@@ -230,6 +232,17 @@ impl Builder {
         for (h, linked) in config.handlers.iter().zip(&linked) {
             instances.push(create_instance(&rt, &config, h, linked.as_ref())?);
         }
+        // Idle timeouts are enforced by one sweep of the connections, an
+        // eighth of the shortest timeout apart (10 ms to 1 s): a connection
+        // is closed at most that much after its timeout.
+        if let Some(shortest) = config.handlers.iter().filter_map(|h| h.idle_timeout).min() {
+            let every = (shortest / 8).clamp(Duration::from_millis(10), Duration::from_secs(1));
+            rt.core.borrow_mut().shared.timers.set_repeating(
+                Instant::now() + every,
+                every,
+                TimerKind::IdleSweep,
+            );
+        }
 
         if self.listen {
             let mut bound = Vec::new();
@@ -317,7 +330,18 @@ fn create_instance(
         high_watermark: limits.output_high_watermark,
         low_watermark: limits.output_low_watermark,
         broadcast: h.broadcast,
+        max_connections: h.max_connections,
+        max_per_peer: h
+            .max_connections_per_peer
+            .unwrap_or(config.runtime.max_connections_per_peer),
+        idle_timeout: h.idle_timeout,
+        reuse_address: h.reuse_address,
         ..Settings::default()
+    };
+    let settings = Settings {
+        mailbox_messages: h.mailbox_messages.unwrap_or(settings.mailbox_messages),
+        mailbox_bytes: h.mailbox_bytes.unwrap_or(settings.mailbox_bytes),
+        ..settings
     };
     let shown = plugin.path.clone().unwrap_or_else(|| h.name.clone().into());
     let (plugin_name, plugin_version) = (plugin.name.clone(), plugin.version.clone());

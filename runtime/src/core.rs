@@ -6,8 +6,9 @@
 //! (`host.rs`) borrow it for the length of a call, and what a handler must
 //! hear about is queued in [`Shared::pending`] for the dispatcher.
 
-use std::collections::VecDeque;
+use std::collections::{HashMap, VecDeque};
 use std::io;
+use std::net::IpAddr;
 use std::time::{Duration, Instant};
 
 use crate::config::RuntimeConfig;
@@ -80,9 +81,20 @@ pub(crate) struct Shared {
     pub(crate) counters: LoopCounters,
     /// "max_connections reached" and accept failures, rate limited.
     pub(crate) full_warning: RateLimit,
+    /// Connections closed for the input budget, rate limited.
+    pub(crate) budget_warning: RateLimit,
     /// Bounce buffer for `send_file` on a transport without sendfile
     /// (allocated on first use).
     pub(crate) file_buf: Vec<u8>,
+    /// When the current pass began: connections stamp their activity with
+    /// it (idle timeouts), at no clock read per event.
+    pub(crate) now: Instant,
+    /// Open connections per (instance, peer address), for
+    /// `max_connections_per_peer`; entries leave at 0.
+    pub(crate) peers: HashMap<(InstanceId, IpAddr), u32>,
+    /// Bytes of unfinished frames held by all connections (their input
+    /// buffers' capacity), against `max_buffered_input`.
+    pub(crate) buffered_input: usize,
     start: Instant,
 }
 
@@ -120,7 +132,11 @@ impl Core {
                 capped: false,
                 counters: LoopCounters::default(),
                 full_warning: RateLimit::default(),
+                budget_warning: RateLimit::default(),
                 file_buf: Vec::new(),
+                now: Instant::now(),
+                peers: HashMap::new(),
+                buffered_input: 0,
                 start: crate::process_start(),
             },
         })

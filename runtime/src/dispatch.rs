@@ -20,7 +20,7 @@ use crate::hooks::Hooks;
 use crate::instance::InstanceId;
 use crate::source::datagram::Recv;
 use crate::source::listener::{self, Bound};
-use crate::source::stream::{peer_text, Input, Read};
+use crate::source::stream::{self, peer_text, Input, Read};
 use crate::source::{watch, Source};
 use crate::sys;
 use crate::timer::TimerKind;
@@ -114,14 +114,16 @@ impl Runtime {
                     let data = &self.scratch[..n];
                     let used = self.deliver_frames(id, data);
                     if used < n {
-                        if let Some(c) = self.core.borrow_mut().conn_mut(id) {
-                            c.keep_unconsumed(&data[used..]);
+                        if let Some((c, sh)) = self.core.borrow_mut().conn_and_shared(id) {
+                            c.keep_unconsumed(&data[used..], sh);
                         }
                     }
+                    self.check_input_budget();
                     full
                 }
                 Read::Buffered { full } => {
                     self.process_input(id);
+                    self.check_input_budget();
                     full
                 }
                 Read::Eof => {
@@ -240,8 +242,10 @@ impl Runtime {
         };
         let (eof, inst, state) = {
             let mut core = self.core.borrow_mut();
-            let Some(c) = core.conn_mut(id) else { return };
-            let Some(eof) = c.put_back_input(buf, used) else {
+            let Some((c, sh)) = core.conn_and_shared(id) else {
+                return;
+            };
+            let Some(eof) = c.put_back_input(buf, used, sh) else {
                 return;
             };
             (eof, c.instance, c.state)
@@ -279,6 +283,15 @@ impl Runtime {
             if let Some((c, sh)) = core.conn_and_shared(id) {
                 c.begin_close(id, sh, false, abi::LOOPD_REASON_PEER);
             }
+        }
+    }
+
+    /// Over the budget for buffered input: the connections holding the
+    /// most are closed (see `stream::enforce_input_budget`).
+    fn check_input_budget(&self) {
+        let mut core = self.core.borrow_mut();
+        if core.shared.buffered_input > core.shared.cfg.max_buffered_input {
+            stream::enforce_input_budget(&mut core);
         }
     }
 
@@ -512,6 +525,7 @@ impl Runtime {
                 TimerKind::ResumeListener { listener } => {
                     listener::resume(&mut self.core.borrow_mut(), listener)
                 }
+                TimerKind::IdleSweep => stream::close_idle(&mut self.core.borrow_mut()),
             }
             self.drain_pending();
         }

@@ -30,6 +30,14 @@ pub(crate) struct Settings {
     /// The mailbox's bounds: messages, and bytes in all of them.
     pub(crate) mailbox_messages: usize,
     pub(crate) mailbox_bytes: usize,
+    /// Most open connections of the instance (`None`: only the runtime's).
+    pub(crate) max_connections: Option<usize>,
+    /// Most open connections per peer address (0: no limit).
+    pub(crate) max_per_peer: usize,
+    /// Close connections with no traffic for this long.
+    pub(crate) idle_timeout: Option<std::time::Duration>,
+    /// `SO_REUSEADDR` on the instance's UDP sockets.
+    pub(crate) reuse_address: bool,
 }
 
 /// Where an instance is in its life.
@@ -131,6 +139,10 @@ impl Default for Settings {
             broadcast: false,
             mailbox_messages: 4096,
             mailbox_bytes: 4 << 20,
+            max_connections: None,
+            max_per_peer: 0,
+            idle_timeout: None,
+            reuse_address: false,
         }
     }
 }

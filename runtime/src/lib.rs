@@ -438,6 +438,7 @@ impl Runtime {
         {
             let mut core = self.core.borrow_mut();
             core.shared.pass = core.shared.pass.wrapping_add(1);
+            core.shared.now = started;
         }
         let finished_before = self.is_finished();
         // A stop request ends one `run`, not every later pass.

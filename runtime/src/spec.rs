@@ -56,6 +56,11 @@ pub struct HandlerSpec {
     watermarks: Option<(usize, usize)>,
     /// The `[handler.config]` table as JSON, or why it could not be made.
     config_json: Result<String, String>,
+    max_connections: Option<usize>,
+    max_connections_per_peer: Option<usize>,
+    idle_timeout: Option<std::time::Duration>,
+    reuse_address: bool,
+    mailbox: Option<(usize, usize)>,
 }
 
 /// Where a handler's hooks come from.
@@ -122,6 +127,11 @@ impl HandlerSpec {
             max_frame: None,
             watermarks: None,
             config_json: Ok("{}".to_string()),
+            max_connections: None,
+            max_connections_per_peer: None,
+            idle_timeout: None,
+            reuse_address: false,
+            mailbox: None,
         }
     }
 
@@ -249,6 +259,41 @@ impl HandlerSpec {
         self
     }
 
+    /// Most connections of this instance open at once, accepted and
+    /// outbound (default: only the runtime's `max_connections`).
+    pub fn max_connections(mut self, n: usize) -> HandlerSpec {
+        self.max_connections = Some(n);
+        self
+    }
+
+    /// Most connections one peer address may have open to this instance
+    /// (0: no limit; default: the runtime's `max_connections_per_peer`).
+    pub fn max_connections_per_peer(mut self, n: usize) -> HandlerSpec {
+        self.max_connections_per_peer = Some(n);
+        self
+    }
+
+    /// Closes a connection that has neither received nor sent anything for
+    /// `timeout` (default: never).
+    pub fn idle_timeout(mut self, timeout: std::time::Duration) -> HandlerSpec {
+        self.idle_timeout = Some(timeout);
+        self
+    }
+
+    /// Sets `SO_REUSEADDR` on the instance's UDP sockets (default off: any
+    /// local user could then bind the address and take its datagrams).
+    pub fn reuse_address(mut self, on: bool) -> HandlerSpec {
+        self.reuse_address = on;
+        self
+    }
+
+    /// Bounds the instance's mailbox for posted messages: at most
+    /// `messages` waiting, `bytes` in all (default 4096 and 4 MiB).
+    pub fn mailbox(mut self, messages: usize, bytes: usize) -> HandlerSpec {
+        self.mailbox = Some((messages, bytes));
+        self
+    }
+
     /// The handler's own configuration (the `[handler.config]` table), as
     /// any value that serializes to a JSON object, e.g. a `serde_json::Value`
     /// or the handler's own config struct.
@@ -310,6 +355,30 @@ impl HandlerSpec {
         entry.output_high_watermark = high;
         entry.output_low_watermark = low;
         entry.config_json = json;
+        for (value, key) in [
+            (self.max_connections, "max_connections"),
+            (self.mailbox.map(|m| m.0), "mailbox messages"),
+            (self.mailbox.map(|m| m.1), "mailbox bytes"),
+        ] {
+            if value == Some(0) {
+                return Err(fail(format!("{key} must be greater than 0")));
+            }
+        }
+        if self.idle_timeout.is_some_and(|d| d.is_zero()) {
+            return Err(fail("idle_timeout must be greater than 0".to_string()));
+        }
+        if self.reuse_address && !entry.listen.iter().any(|a| matches!(a, ListenAddr::Udp(_))) {
+            return Err(fail(
+                "reuse_address only applies to udp:// listeners, and this handler has none"
+                    .to_string(),
+            ));
+        }
+        entry.max_connections = self.max_connections;
+        entry.max_connections_per_peer = self.max_connections_per_peer;
+        entry.idle_timeout = self.idle_timeout;
+        entry.reuse_address = self.reuse_address;
+        entry.mailbox_messages = self.mailbox.map(|m| m.0);
+        entry.mailbox_bytes = self.mailbox.map(|m| m.1);
         entry
             .limits(runtime)
             .validate()

@@ -33,9 +33,9 @@ impl Counter {
     }
 }
 
-/// Close reasons in counter order (`LOOPD_REASON_*` 1 to 8); anything else
-/// counts as the last slot, "other".
-const REASONS: usize = 9;
+/// Close reasons in counter order (`LOOPD_REASON_*` 1 to 10); anything
+/// else counts as the last slot, "other".
+const REASONS: usize = 11;
 
 /// The counters of one handler instance or one listener.
 #[derive(Debug, Default)]
@@ -61,7 +61,7 @@ pub(crate) struct Counters {
 impl Counters {
     pub(crate) fn closed(&self, reason: i32) -> &Counter {
         let slot = match reason {
-            1..=8 => (reason - 1) as usize,
+            1..=10 => (reason - 1) as usize,
             _ => REASONS - 1,
         };
         &self.closed[slot]
@@ -82,6 +82,8 @@ impl Counters {
                 shutdown: closed(abi::LOOPD_REASON_SHUTDOWN),
                 connect_failed: closed(abi::LOOPD_REASON_CONNECT_FAILED),
                 timeout: closed(abi::LOOPD_REASON_TIMEOUT),
+                idle: closed(abi::LOOPD_REASON_IDLE),
+                limit: closed(abi::LOOPD_REASON_LIMIT),
                 other: self.closed[REASONS - 1].get(),
             },
             bytes_in: self.bytes_in.get(),
@@ -254,6 +256,8 @@ impl CounterSnapshot {
             + c.shutdown
             + c.connect_failed
             + c.timeout
+            + c.idle
+            + c.limit
             + c.other
     }
 }
@@ -278,6 +282,10 @@ pub struct ClosedByReason {
     pub connect_failed: u64,
     /// A flush before close timed out.
     pub timeout: u64,
+    /// No traffic for the handler's `idle_timeout_ms`.
+    pub idle: u64,
+    /// Over a loopd limit (the budget for buffered input).
+    pub limit: u64,
     /// Any other reason.
     pub other: u64,
 }

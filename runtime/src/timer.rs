@@ -40,6 +40,9 @@ pub(crate) enum TimerKind {
     CloseTimeout { conn: u64 },
     /// A listener paused after EMFILE/ENFILE may accept again.
     ResumeListener { listener: u64 },
+    /// Close connections idle past their instance's `idle_timeout_ms`
+    /// (repeating, while any instance has one).
+    IdleSweep,
 }
 
 #[derive(Debug)]

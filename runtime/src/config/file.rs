@@ -33,6 +33,8 @@ struct RawRuntime {
     output_high_watermark: Option<Spanned<u64>>,
     output_low_watermark: Option<Spanned<u64>>,
     plugin_dir: Option<Spanned<String>>,
+    max_buffered_input: Option<Spanned<u64>>,
+    max_connections_per_peer: Option<Spanned<u64>>,
 }
 
 #[derive(Deserialize)]
@@ -47,6 +49,12 @@ struct RawHandler {
     output_high_watermark: Option<Spanned<u64>>,
     output_low_watermark: Option<Spanned<u64>>,
     broadcast: Option<Spanned<bool>>,
+    max_connections: Option<Spanned<u64>>,
+    max_connections_per_peer: Option<Spanned<u64>>,
+    idle_timeout_ms: Option<Spanned<u64>>,
+    reuse_address: Option<Spanned<bool>>,
+    mailbox_messages: Option<Spanned<u64>>,
+    mailbox_bytes: Option<Spanned<u64>>,
     config: Option<toml::Table>,
 }
 
@@ -244,6 +252,12 @@ impl Config {
             if let Some(dir) = rt.plugin_dir {
                 runtime.plugin_dir = Some(PathBuf::from(dir.into_inner()));
             }
+            if let Some(v) = positive(&rt.max_buffered_input, "max_buffered_input")? {
+                runtime.max_buffered_input = to_usize(v);
+            }
+            if let Some(v) = &rt.max_connections_per_peer {
+                runtime.max_connections_per_peer = to_usize(*v.get_ref());
+            }
         }
 
         let mut handlers = Vec::with_capacity(raw.handler.len());
@@ -348,6 +362,38 @@ impl Config {
             };
 
             entry.broadcast = broadcast;
+            let positive = |v: &Option<Spanned<u64>>, k: &str| -> Result<Option<usize>, Error> {
+                match v {
+                    Some(s) if *s.get_ref() == 0 => {
+                        Err(src.error(Some(s.span()), &key(k), "must be greater than 0"))
+                    }
+                    Some(s) => Ok(Some(to_usize(*s.get_ref()))),
+                    None => Ok(None),
+                }
+            };
+            entry.max_connections = positive(&h.max_connections, "max_connections")?;
+            entry.max_connections_per_peer = h
+                .max_connections_per_peer
+                .as_ref()
+                .map(|s| to_usize(*s.get_ref()));
+            entry.idle_timeout = positive(&h.idle_timeout_ms, "idle_timeout_ms")?
+                .map(|ms| Duration::from_millis(ms as u64));
+            entry.reuse_address = match &h.reuse_address {
+                Some(b)
+                    if *b.get_ref()
+                        && !entry.listen.iter().any(|a| matches!(a, ListenAddr::Udp(_))) =>
+                {
+                    return Err(src.error(
+                        Some(b.span()),
+                        &key("reuse_address"),
+                        "only applies to udp:// listeners, and this handler has none",
+                    ));
+                }
+                Some(b) => *b.get_ref(),
+                None => false,
+            };
+            entry.mailbox_messages = positive(&h.mailbox_messages, "mailbox_messages")?;
+            entry.mailbox_bytes = positive(&h.mailbox_bytes, "mailbox_bytes")?;
             entry.config_json = config_json;
             entry.plugin_location = Some(src.location(&h.plugin.span()));
             entry.config_keys = config_keys.next().unwrap_or_default();

@@ -172,6 +172,13 @@ pub struct RuntimeConfig {
     pub output_low_watermark: usize,
     /// Where plugins given by name are looked up first (default: next to the executable).
     pub plugin_dir: Option<PathBuf>,
+    /// Most bytes of unfinished frames all connections together may hold
+    /// (`max_buffered_input`). Past it, the connections holding the most
+    /// are closed (with a warning) until the total is below it again.
+    pub max_buffered_input: usize,
+    /// Default most connections one peer address may have open to one
+    /// handler instance (`max_connections_per_peer`; 0: no limit).
+    pub max_connections_per_peer: usize,
 }
 
 impl Default for RuntimeConfig {
@@ -184,6 +191,8 @@ impl Default for RuntimeConfig {
             output_high_watermark: 256 << 10,
             output_low_watermark: 64 << 10,
             plugin_dir: None,
+            max_buffered_input: 128 << 20,
+            max_connections_per_peer: 0,
         }
     }
 }
@@ -398,6 +407,26 @@ pub struct HandlerConfig {
     /// broadcast addresses (`broadcast = true`; only valid with a `udp://`
     /// listener).
     pub broadcast: bool,
+    /// Most connections of this instance open at once, accepted and
+    /// outbound (`max_connections`; `None`: only the runtime's limit).
+    pub max_connections: Option<usize>,
+    /// Most connections one peer address may have open to this instance
+    /// (`max_connections_per_peer`; `None`: the runtime's default; 0: no
+    /// limit).
+    pub max_connections_per_peer: Option<usize>,
+    /// Close a connection that has neither received nor sent anything for
+    /// this long (`idle_timeout_ms`; `None`: never).
+    pub idle_timeout: Option<Duration>,
+    /// Set `SO_REUSEADDR` on the handler's UDP sockets (`reuse_address =
+    /// true`), letting other sockets bind the same address and share its
+    /// datagrams. Off by default: anyone on the machine could then bind
+    /// the address and take datagrams meant for loopd.
+    pub reuse_address: bool,
+    /// The mailbox's bounds for posted messages (`mailbox_messages`,
+    /// `mailbox_bytes`; `None`: 4096 messages, 4 MiB).
+    pub mailbox_messages: Option<usize>,
+    /// See [`HandlerConfig::mailbox_messages`].
+    pub mailbox_bytes: Option<usize>,
     /// The `[handler.config]` table as JSON (`{}` when absent).
     pub config_json: String,
     /// Where the entry's `plugin` key is, for errors about loading it.
@@ -497,6 +526,12 @@ impl HandlerConfig {
             output_high_watermark: None,
             output_low_watermark: None,
             broadcast: false,
+            max_connections: None,
+            max_connections_per_peer: None,
+            idle_timeout: None,
+            reuse_address: false,
+            mailbox_messages: None,
+            mailbox_bytes: None,
             config_json: "{}".to_string(),
             plugin_location: None,
             config_keys: ConfigKeys::default(),

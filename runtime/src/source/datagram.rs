@@ -191,7 +191,12 @@ pub(crate) fn open(core: &mut Core, sa: &SocketAddr, instance: InstanceId) -> io
         .instances
         .get(instance)
         .ok_or_else(|| io::Error::new(io::ErrorKind::NotFound, "the handler instance is gone"))?;
-    let sock = UdpSocket::from(sys::bind_listener(sa, false, 0)?);
+    let sock = UdpSocket::from(sys::bind_listener(
+        sa,
+        false,
+        0,
+        inst.settings.reuse_address,
+    )?);
     if inst.settings.broadcast {
         sock.set_broadcast(true)?;
     }

@@ -64,7 +64,7 @@ impl Listener {
     pub(crate) fn open(addr: &ListenAddr, instance: InstanceId) -> io::Result<Listener> {
         let (fd, transport, url, unix_path) = match addr {
             ListenAddr::Tcp(sa) => {
-                let fd = sys::bind_listener(sa, true, BACKLOG)?;
+                let fd = sys::bind_listener(sa, true, BACKLOG, false)?;
                 let local = sys::local_addr(fd.as_raw_fd())
                     .to_socket_addr()
                     .unwrap_or(*sa);
@@ -249,6 +249,36 @@ pub(crate) fn accept(core: &mut Core, id: u64) {
         let Some(inst) = core.instances.get(instance) else {
             continue;
         };
+        // The instance's own limit, and its limit per peer address: one
+        // handler (or one peer) cannot take every connection of the process.
+        if let Some(limit) = inst.settings.max_connections {
+            if inst.scope.counters.active.get() >= limit as u64 {
+                if let Some(n) = core.shared.full_warning.allow(Instant::now()) {
+                    log::warn!(
+                        "{}: max_connections ({limit}) of this handler reached: refusing a connection from {} on {} ({n} similar warnings suppressed)",
+                        inst.name(),
+                        stream::peer_text(&peer),
+                        url.to_str().unwrap_or("?")
+                    );
+                }
+                continue;
+            }
+        }
+        let peer_ip = peer.to_socket_addr().map(|a| a.ip().to_canonical());
+        let per_peer = inst.settings.max_per_peer;
+        if let Some(ip) = peer_ip.filter(|_| per_peer > 0) {
+            let open = core.shared.peers.get(&(instance, ip)).copied().unwrap_or(0);
+            if open as usize >= per_peer {
+                if let Some(n) = core.shared.full_warning.allow(Instant::now()) {
+                    log::warn!(
+                        "{}: max_connections_per_peer ({per_peer}) reached for {ip}: refusing a connection on {} ({n} similar warnings suppressed)",
+                        inst.name(),
+                        url.to_str().unwrap_or("?")
+                    );
+                }
+                continue;
+            }
+        }
         if transport == abi::LOOPD_TRANSPORT_TCP {
             sys::set_nodelay(fd.as_raw_fd());
         }
@@ -267,8 +297,11 @@ pub(crate) fn accept(core: &mut Core, id: u64) {
         match core.register(Source::Stream(conn), true, false) {
             Ok(cid) => {
                 core.shared.conns += 1;
-                if let Some(c) = core.conn(cid) {
+                if let Some((c, sh)) = core.conn_and_shared(cid) {
                     stream::count_accepted(c);
+                    if let Some(ip) = peer_ip.filter(|_| per_peer > 0) {
+                        c.count_peer(ip, sh);
+                    }
                 }
                 core.shared.pending.push_back(Deferred::Open(cid));
             }

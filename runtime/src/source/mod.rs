@@ -18,7 +18,11 @@ use std::os::fd::{AsFd, AsRawFd, BorrowedFd, RawFd};
 use std::os::unix::net::UnixStream;
 
 /// Something registered with the poller; its registry id is its poll key.
+///
+/// Not boxed: nearly every source is a connection, which would then pay an
+/// allocation and an indirection for the sake of the few listeners.
 #[derive(Debug)]
+#[allow(clippy::large_enum_variant)]
 pub(crate) enum Source {
     Listener(listener::Listener),
     Stream(stream::Conn),

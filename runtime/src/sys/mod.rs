@@ -223,10 +223,19 @@ pub(super) fn set_int_opt(
 }
 
 /// A bound, non-blocking, close-on-exec socket for a listener: TCP (then
-/// listening with `backlog`) or UDP. `SO_REUSEADDR` is set, and an IPv6
-/// socket is IPv6-only, so `[::]:P` and `0.0.0.0:P` can both be listened on
-/// (nginx's default), instead of the first one taking both.
-pub(crate) fn bind_listener(addr: &SocketAddr, tcp: bool, backlog: i32) -> io::Result<OwnedFd> {
+/// listening with `backlog`) or UDP. TCP sockets get `SO_REUSEADDR` (a
+/// restart may bind while old connections sit in TIME_WAIT; on TCP it lets
+/// no one else take a listening port), UDP ones only when `reuse_udp` says
+/// so: on UDP it would let any local user bind the same address and take
+/// datagrams. An IPv6 socket is IPv6-only, so `[::]:P` and `0.0.0.0:P` can
+/// both be listened on (nginx's default), instead of the first one taking
+/// both.
+pub(crate) fn bind_listener(
+    addr: &SocketAddr,
+    tcp: bool,
+    backlog: i32,
+    reuse_udp: bool,
+) -> io::Result<OwnedFd> {
     let domain = if addr.is_ipv4() {
         libc::AF_INET
     } else {
@@ -238,7 +247,9 @@ pub(crate) fn bind_listener(addr: &SocketAddr, tcp: bool, backlog: i32) -> io::R
         libc::SOCK_DGRAM
     };
     let fd = imp::socket(domain, kind)?;
-    set_int_opt(fd.as_raw_fd(), libc::SOL_SOCKET, libc::SO_REUSEADDR, 1)?;
+    if tcp || reuse_udp {
+        set_int_opt(fd.as_raw_fd(), libc::SOL_SOCKET, libc::SO_REUSEADDR, 1)?;
+    }
     if addr.is_ipv6() {
         set_int_opt(fd.as_raw_fd(), libc::IPPROTO_IPV6, libc::IPV6_V6ONLY, 1)?;
     }

@@ -99,11 +99,13 @@ impl Conn {
             }
             Ok(n) => {
                 self.count(|c| &c.bytes_in, n as u64);
+                self.touch(sh);
                 let full = n == cap;
                 if self.framing == FramingKind::Raw || self.inbuf.is_empty() {
                     Read::Direct { n, full }
                 } else {
                     self.inbuf.extend_from_slice(&scratch[..n]);
+                    self.account_input(sh);
                     Read::Buffered { full }
                 }
             }
@@ -177,9 +179,10 @@ impl Conn {
 
     /// Keeps the unconsumed tail of frames read straight from the scratch
     /// buffer (the start of a partial frame).
-    pub(crate) fn keep_unconsumed(&mut self, rest: &[u8]) {
+    pub(crate) fn keep_unconsumed(&mut self, rest: &[u8], sh: &mut Shared) {
         if self.phase == Phase::Open {
             self.inbuf.extend_from_slice(rest);
+            self.account_input(sh);
         }
     }
 
@@ -191,12 +194,17 @@ impl Conn {
 
     /// Puts back what frames did not consume of `buf`. Returns the peer's
     /// EOF if it is due now (once: `on_eof` follows).
-    pub(crate) fn put_back_input(&mut self, mut buf: Vec<u8>, used: usize) -> Option<EofInput> {
+    pub(crate) fn put_back_input(
+        &mut self,
+        mut buf: Vec<u8>,
+        used: usize,
+        sh: &mut Shared,
+    ) -> Option<EofInput> {
         if self.phase != Phase::Open {
             return None;
         }
         buf.drain(..used);
-        if self.read_eof && !self.eof_done && self.can_deliver() {
+        let eof = if self.read_eof && !self.eof_done && self.can_deliver() {
             self.eof_done = true;
             Some(EofInput {
                 rest: buf,
@@ -206,7 +214,9 @@ impl Conn {
         } else {
             self.inbuf = keep_partial(buf);
             None
-        }
+        };
+        self.account_input(sh);
+        eof
     }
 }
 

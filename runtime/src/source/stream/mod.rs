@@ -135,6 +135,14 @@ pub(crate) struct Conn {
     close_reason: i32,
     /// The flush-before-close deadline timer, if armed.
     close_timer: Option<u64>,
+    /// The input buffer's capacity as counted in `Shared::buffered_input`.
+    inbuf_held: usize,
+    /// The peer address counted against `max_connections_per_peer`.
+    peer_key: Option<std::net::IpAddr>,
+    /// Close after this long without traffic (the instance's setting).
+    idle_timeout: Option<std::time::Duration>,
+    /// The pass in which it last read or wrote anything.
+    last_active: Instant,
     /// An oversize frame the handler chose to skip is being discarded.
     skipping: Option<Skipping>,
     /// The pass of the last send written at once (see [`Conn::send`]).
@@ -187,6 +195,10 @@ impl Conn {
             interest: (false, false),
             close_reason: 0,
             close_timer: None,
+            inbuf_held: 0,
+            peer_key: None,
+            idle_timeout: s.idle_timeout,
+            last_active: Instant::now(),
             skipping: None,
             sent_pass: 0,
             deferred: false,
@@ -394,6 +406,7 @@ impl Conn {
                 self.phase = Phase::Closing;
                 self.close_reason = reason;
                 self.inbuf = Vec::new();
+                self.account_input(sh);
                 if abort || unconnected || self.outq.is_empty() || self.io.is_none() {
                     self.outq.clear();
                     sh.pending.push_back(Deferred::Close(id));
@@ -439,8 +452,18 @@ impl Conn {
         }
         self.outq.clear();
         self.inbuf = Vec::new();
+        self.account_input(sh);
         if let Some(t) = self.close_timer.take() {
             sh.timers.cancel(t);
+        }
+        if let Some(ip) = self.peer_key.take() {
+            let key = (self.instance, ip);
+            if let Some(n) = sh.peers.get_mut(&key) {
+                *n -= 1;
+                if *n == 0 {
+                    sh.peers.remove(&key);
+                }
+            }
         }
         sh.conns -= 1;
         self.scope.counters.active.sub(1);
@@ -477,6 +500,11 @@ pub(crate) fn connect(
     // not have opened (and dropped) a connection to the target.
     let inst = core.instances.get(instance).ok_or(abi::LOOPD_ERR_INVALID)?;
     let s = &inst.settings;
+    if s.max_connections
+        .is_some_and(|limit| inst.scope.counters.active.get() >= limit as u64)
+    {
+        return Err(abi::LOOPD_ERR_LIMIT);
+    }
     let limits = Limits {
         max_frame: options.max_frame.unwrap_or(s.max_frame),
         output_high_watermark: options.high_watermark.unwrap_or(s.high_watermark),
@@ -556,4 +584,83 @@ pub(crate) fn connect(
 pub(crate) fn count_accepted(c: &Conn) {
     c.count(|c| &c.accepted, 1);
     c.count(|c| &c.active, 1);
+}
+
+impl Conn {
+    /// Brings `Shared::buffered_input` in line with this connection's
+    /// input buffer (call after every change to it).
+    pub(crate) fn account_input(&mut self, sh: &mut Shared) {
+        let now = self.inbuf.capacity();
+        sh.buffered_input = sh.buffered_input - self.inbuf_held + now;
+        self.inbuf_held = now;
+    }
+
+    /// Counts the connection against `max_connections_per_peer`.
+    pub(crate) fn count_peer(&mut self, ip: std::net::IpAddr, sh: &mut Shared) {
+        *sh.peers.entry((self.instance, ip)).or_insert(0) += 1;
+        self.peer_key = Some(ip);
+    }
+
+    /// Marks the connection active in this pass (idle timeouts).
+    #[inline]
+    pub(crate) fn touch(&mut self, sh: &Shared) {
+        self.last_active = sh.now;
+    }
+}
+
+/// Closes the connections holding the most unfinished input while all of
+/// them together hold more than `max_buffered_input`, each with a
+/// (rate-limited) warning: a peer that announces big frames and sends
+/// them slowly, or never finishes them, cannot make the process grow, and
+/// every other connection keeps being served.
+pub(crate) fn enforce_input_budget(core: &mut Core) {
+    let max = core.shared.cfg.max_buffered_input;
+    while core.shared.buffered_input > max {
+        let victim = core
+            .sources
+            .ids()
+            .into_iter()
+            .filter_map(|id| core.conn(id).map(|c| (c.inbuf_held, id)))
+            .max();
+        let Some((held, id)) = victim.filter(|(held, _)| *held > 0) else {
+            return;
+        };
+        let Some((c, sh)) = core.conn_and_shared(id) else {
+            return;
+        };
+        if let Some(n) = sh.budget_warning.allow(sh.now) {
+            log::warn!(
+                "{}: closing connection {id} from {}: it holds {held} bytes of unfinished input, \
+                 and all connections together hold {} (max_buffered_input = {max}) \
+                 ({n} similar warnings suppressed)",
+                c.name(),
+                peer_text(c.peer()),
+                sh.buffered_input
+            );
+        }
+        c.begin_close(id, sh, true, abi::LOOPD_REASON_LIMIT);
+    }
+}
+
+/// Closes every connection of an instance with an idle timeout that has
+/// had no traffic for that long (run by the loop's idle sweep timer).
+pub(crate) fn close_idle(core: &mut Core) {
+    let now = core.shared.now;
+    for id in core.sources.ids() {
+        let Some((c, sh)) = core.conn_and_shared(id) else {
+            continue;
+        };
+        let Some(limit) = c.idle_timeout else {
+            continue;
+        };
+        if c.phase == Phase::Open && now.saturating_duration_since(c.last_active) >= limit {
+            log::debug!(
+                "{}: connection {id} from {}: no traffic for {} ms (idle_timeout_ms); closing it",
+                c.name(),
+                peer_text(c.peer()),
+                limit.as_millis()
+            );
+            c.begin_close(id, sh, false, abi::LOOPD_REASON_IDLE);
+        }
+    }
 }

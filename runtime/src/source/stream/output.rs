@@ -54,7 +54,7 @@ impl Conn {
             self.deferred = false;
             let io = self.io.as_mut().expect("open connection has a transport");
             let (written, result) = self.outq.flush(io);
-            self.count(|c| &c.bytes_out, written as u64);
+            self.wrote(written, sh);
             match result {
                 Ok(()) => immediate = self.outq.is_empty(),
                 Err(e) => {
@@ -83,7 +83,7 @@ impl Conn {
             match result {
                 Ok(n) => {
                     written = n;
-                    self.count(|c| &c.bytes_out, n as u64);
+                    self.wrote(n, sh);
                 }
                 Err(e)
                     if matches!(
@@ -174,7 +174,7 @@ impl Conn {
         match result {
             Ok(0) => Err(abi::LOOPD_ERR_IO),
             Ok(n) => {
-                self.count(|c| &c.bytes_out, n as u64);
+                self.wrote(n, sh);
                 if (n as u64) < len {
                     self.want_writable = true;
                     self.update_interest(id, sh);
@@ -191,6 +191,15 @@ impl Conn {
                 log::debug!("{}: sendfile to connection {id}: {e}", self.name());
                 Err(abi::LOOPD_ERR_IO)
             }
+        }
+    }
+
+    /// Counts bytes written; writing anything is activity (idle timeouts).
+    #[inline]
+    fn wrote(&mut self, n: usize, sh: &Shared) {
+        if n > 0 {
+            self.count(|c| &c.bytes_out, n as u64);
+            self.touch(sh);
         }
     }
 
@@ -237,7 +246,7 @@ impl Conn {
         self.deferred = false;
         let Some(io) = &mut self.io else { return };
         let (written, result) = self.outq.flush(io);
-        self.count(|c| &c.bytes_out, written as u64);
+        self.wrote(written, sh);
         if let Err(e) = result {
             log::debug!("{}: write to connection {id}: {e}", self.name());
             self.outq.clear();
