@@ -2,6 +2,8 @@
 
 use std::io;
 use std::os::unix::io::{AsFd, AsRawFd, BorrowedFd, RawFd};
+#[cfg(not(target_os = "redox"))]
+use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 #[cfg(not(target_os = "redox"))]
@@ -34,7 +36,24 @@ pub struct Poller {
     /// Redox does not support timerfd.
     #[cfg(not(target_os = "redox"))]
     timer_fd: Option<OwnedFd>,
+
+    /// The deadline `timer_fd` is armed for, while its one-shot registration
+    /// has not been delivered (`None`: not armed, or it may have fired).
+    ///
+    /// loopd patch (smol-rs/polling#224): a `wait` whose deadline is within
+    /// [`TIMER_SLACK`] before the armed one leaves the timerfd alone.
+    #[cfg(not(target_os = "redox"))]
+    timer_armed: Mutex<Option<Instant>>,
 }
+
+/// How much later than asked the armed timerfd may fire and still be kept
+/// for a `wait` (loopd patch): Linux's default timer slack for a normal
+/// thread, which the kernel itself allows a poll or epoll timeout. A caller
+/// that passes a timeout computed from one fixed deadline yields deadlines
+/// that differ by the few hundred nanoseconds between its clock read and
+/// ours; within this slack they all reuse one armed timer.
+#[cfg(not(target_os = "redox"))]
+const TIMER_SLACK: Duration = Duration::from_micros(50);
 
 impl Poller {
     /// Creates a new poller.
@@ -58,6 +77,8 @@ impl Poller {
             notifier,
             #[cfg(not(target_os = "redox"))]
             timer_fd,
+            #[cfg(not(target_os = "redox"))]
+            timer_armed: Mutex::new(None),
         };
 
         unsafe {
@@ -176,35 +197,43 @@ impl Poller {
 
         let timeout = deadline.map(|deadline| deadline.saturating_duration_since(Instant::now()));
 
+        // loopd patch (smol-rs/polling#224, upstream PR #250): the timerfd
+        // is only needed for a non-zero timeout, and only re-armed when the
+        // deadline it is armed for is not this one (see `TIMER_SLACK`).
         #[cfg(not(target_os = "redox"))]
-        if let Some(ref timer_fd) = self.timer_fd {
-            // Configure the timeout using timerfd.
-            let new_val = Itimerspec {
-                it_interval: TS_ZERO,
-                it_value: match timeout {
-                    None => TS_ZERO,
-                    Some(t) => {
-                        let mut ts = TS_ZERO;
-                        ts.tv_sec = t.as_secs() as _;
-                        ts.tv_nsec = t.subsec_nanos() as _;
-                        ts
-                    }
-                },
-                ..unsafe { std::mem::zeroed() }
-            };
+        let timer_fd = match (&self.timer_fd, deadline, timeout) {
+            (Some(timer_fd), Some(deadline), Some(t)) if !t.is_zero() => {
+                let mut armed = self.timer_armed.lock().unwrap_or_else(|e| e.into_inner());
+                let keep = armed.is_some_and(|at| at >= deadline && at - deadline <= TIMER_SLACK);
+                if !keep {
+                    *armed = None;
 
-            timerfd_settime(timer_fd, TimerfdTimerFlags::empty(), &new_val)?;
+                    // Configure the timeout using timerfd.
+                    let new_val = Itimerspec {
+                        it_interval: TS_ZERO,
+                        it_value: {
+                            let mut ts = TS_ZERO;
+                            ts.tv_sec = t.as_secs() as _;
+                            ts.tv_nsec = t.subsec_nanos() as _;
+                            ts
+                        },
+                        ..unsafe { std::mem::zeroed() }
+                    };
 
-            // Set interest in timerfd.
-            self.modify(
-                timer_fd.as_fd(),
-                Event::readable(crate::NOTIFY_KEY),
-                PollMode::Oneshot,
-            )?;
-        }
+                    timerfd_settime(timer_fd, TimerfdTimerFlags::empty(), &new_val)?;
 
-        #[cfg(not(target_os = "redox"))]
-        let timer_fd = &self.timer_fd;
+                    // Set interest in timerfd.
+                    self.modify(
+                        timer_fd.as_fd(),
+                        Event::readable(crate::NOTIFY_KEY),
+                        PollMode::Oneshot,
+                    )?;
+                    *armed = Some(deadline);
+                }
+                Some(timer_fd)
+            }
+            _ => None,
+        };
         #[cfg(target_os = "redox")]
         let timer_fd: Option<core::convert::Infallible> = None;
 
@@ -216,6 +245,7 @@ impl Poller {
         };
 
         // Wait for I/O events.
+        let before = events.list.len();
         epoll::wait(
             &self.epoll_fd,
             spare_capacity(&mut events.list),
@@ -228,13 +258,26 @@ impl Poller {
             "new events",
         );
 
-        // Clear the notification (if received) and re-register interest in it.
-        self.notifier.clear();
-        self.modify(
-            self.notifier.as_fd(),
-            Event::readable(crate::NOTIFY_KEY),
-            PollMode::Oneshot,
-        )?;
+        // loopd patch: the notifier and the timerfd are one-shot and share
+        // `NOTIFY_KEY`. Until one of them is delivered, both stay armed and
+        // there is nothing to clear; once one is, clear the notification (if
+        // received), re-register interest in it, and re-arm the timer on the
+        // next `wait` that needs it.
+        if events.list[before..]
+            .iter()
+            .any(|ev| ev.data.u64() == crate::NOTIFY_KEY as u64)
+        {
+            #[cfg(not(target_os = "redox"))]
+            {
+                *self.timer_armed.lock().unwrap_or_else(|e| e.into_inner()) = None;
+            }
+            self.notifier.clear();
+            self.modify(
+                self.notifier.as_fd(),
+                Event::readable(crate::NOTIFY_KEY),
+                PollMode::Oneshot,
+            )?;
+        }
         Ok(())
     }
 
