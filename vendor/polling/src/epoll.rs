@@ -37,21 +37,29 @@ pub struct Poller {
     #[cfg(not(target_os = "redox"))]
     timer_fd: Option<OwnedFd>,
 
-    /// The deadline `timer_fd` is armed for, while its one-shot registration
-    /// has not been delivered (`None`: not armed, or it may have fired).
-    ///
-    /// loopd patch (smol-rs/polling#224): a `wait` whose deadline is within
-    /// [`TIMER_SLACK`] before the armed one leaves the timerfd alone.
+    /// What `timer_fd` is set to (loopd patch, smol-rs/polling#224).
     #[cfg(not(target_os = "redox"))]
-    timer_armed: Mutex<Option<Instant>>,
+    timer: Mutex<TimerState>,
 }
 
-/// How much later than asked the armed timerfd may fire and still be kept
-/// for a `wait` (loopd patch): Linux's default timer slack for a normal
-/// thread, which the kernel itself allows a poll or epoll timeout. A caller
-/// that passes a timeout computed from one fixed deadline yields deadlines
-/// that differ by the few hundred nanoseconds between its clock read and
-/// ours; within this slack they all reuse one armed timer.
+/// What the timerfd is set to, so that a `wait` makes only the syscalls its
+/// timeout needs (loopd patch).
+#[cfg(not(target_os = "redox"))]
+#[derive(Debug, Default)]
+struct TimerState {
+    /// The deadline it was last set to fire at; `None`: disarmed.
+    set: Option<Instant>,
+    /// Its one-shot registration is armed. Cleared by any `NOTIFY_KEY`
+    /// event, which may have been the timer's.
+    registered: bool,
+}
+
+/// How much later than asked a timerfd that is already set may fire and
+/// still be kept for a `wait` (loopd patch): Linux's default timer slack for
+/// a normal thread, the lateness the kernel itself allows poll and epoll
+/// timeouts. A caller that passes timeouts computed from one fixed deadline
+/// yields deadlines that differ by the time between its clock reads and
+/// ours (nanoseconds to microseconds); they all reuse one setting.
 #[cfg(not(target_os = "redox"))]
 const TIMER_SLACK: Duration = Duration::from_micros(50);
 
@@ -78,7 +86,7 @@ impl Poller {
             #[cfg(not(target_os = "redox"))]
             timer_fd,
             #[cfg(not(target_os = "redox"))]
-            timer_armed: Mutex::new(None),
+            timer: Mutex::default(),
         };
 
         unsafe {
@@ -197,40 +205,42 @@ impl Poller {
 
         let timeout = deadline.map(|deadline| deadline.saturating_duration_since(Instant::now()));
 
-        // loopd patch (smol-rs/polling#224, upstream PR #250): the timerfd
-        // is only needed for a non-zero timeout, and only re-armed when the
-        // deadline it is armed for is not this one (see `TIMER_SLACK`).
+        // loopd patch (smol-rs/polling#224; upstream's PR #250 is the first
+        // part): the timerfd is set only for a non-zero timeout, and kept
+        // while the deadline it is set for is this one (within
+        // `TIMER_SLACK`, never earlier); a wait without a timeout disarms it
+        // once, so that it cannot end that wait.
         #[cfg(not(target_os = "redox"))]
-        let timer_fd = match (&self.timer_fd, deadline, timeout) {
-            (Some(timer_fd), Some(deadline), Some(t)) if !t.is_zero() => {
-                let mut armed = self.timer_armed.lock().unwrap_or_else(|e| e.into_inner());
-                let keep = armed.is_some_and(|at| at >= deadline && at - deadline <= TIMER_SLACK);
-                if !keep {
-                    *armed = None;
-
+        let timer_fd = match (&self.timer_fd, deadline.zip(timeout)) {
+            (Some(timer_fd), Some((deadline, t))) if !t.is_zero() => {
+                let mut timer = self.timer.lock().unwrap_or_else(|e| e.into_inner());
+                let kept = timer.registered
+                    && timer
+                        .set
+                        .is_some_and(|at| at >= deadline && at - deadline <= TIMER_SLACK);
+                if !kept {
                     // Configure the timeout using timerfd.
-                    let new_val = Itimerspec {
-                        it_interval: TS_ZERO,
-                        it_value: {
-                            let mut ts = TS_ZERO;
-                            ts.tv_sec = t.as_secs() as _;
-                            ts.tv_nsec = t.subsec_nanos() as _;
-                            ts
-                        },
-                        ..unsafe { std::mem::zeroed() }
-                    };
-
-                    timerfd_settime(timer_fd, TimerfdTimerFlags::empty(), &new_val)?;
-
+                    set_timerfd(timer_fd, t)?;
+                    timer.set = Some(deadline);
+                }
+                if !timer.registered {
                     // Set interest in timerfd.
                     self.modify(
                         timer_fd.as_fd(),
                         Event::readable(crate::NOTIFY_KEY),
                         PollMode::Oneshot,
                     )?;
-                    *armed = Some(deadline);
+                    timer.registered = true;
                 }
                 Some(timer_fd)
+            }
+            (Some(timer_fd), None) => {
+                let mut timer = self.timer.lock().unwrap_or_else(|e| e.into_inner());
+                if timer.set.is_some() {
+                    set_timerfd(timer_fd, Duration::ZERO)?;
+                    timer.set = None;
+                }
+                None
             }
             _ => None,
         };
@@ -259,17 +269,20 @@ impl Poller {
         );
 
         // loopd patch: the notifier and the timerfd are one-shot and share
-        // `NOTIFY_KEY`. Until one of them is delivered, both stay armed and
-        // there is nothing to clear; once one is, clear the notification (if
-        // received), re-register interest in it, and re-arm the timer on the
-        // next `wait` that needs it.
+        // `NOTIFY_KEY`. Until an event with that key is delivered, both stay
+        // armed and there is nothing to clear. Once one is, clear the
+        // notification (if received), re-register interest in it, and
+        // re-register the timerfd on the next wait that needs it.
         if events.list[before..]
             .iter()
             .any(|ev| ev.data.u64() == crate::NOTIFY_KEY as u64)
         {
             #[cfg(not(target_os = "redox"))]
             {
-                *self.timer_armed.lock().unwrap_or_else(|e| e.into_inner()) = None;
+                self.timer
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .registered = false;
             }
             self.notifier.clear();
             self.modify(
@@ -331,6 +344,25 @@ impl Drop for Poller {
 /// `timespec` value that equals zero.
 #[cfg(not(target_os = "redox"))]
 const TS_ZERO: Timespec = unsafe { std::mem::transmute([0u8; std::mem::size_of::<Timespec>()]) };
+
+/// Sets the timerfd to fire once after `t`; zero disarms it (loopd patch:
+/// the release's code, moved here from `wait_deadline`).
+#[cfg(not(target_os = "redox"))]
+#[allow(clippy::needless_update)]
+fn set_timerfd(timer_fd: &OwnedFd, t: Duration) -> io::Result<()> {
+    let new_val = Itimerspec {
+        it_interval: TS_ZERO,
+        it_value: {
+            let mut ts = TS_ZERO;
+            ts.tv_sec = t.as_secs() as _;
+            ts.tv_nsec = t.subsec_nanos() as _;
+            ts
+        },
+        ..unsafe { std::mem::zeroed() }
+    };
+    timerfd_settime(timer_fd, TimerfdTimerFlags::empty(), &new_val)?;
+    Ok(())
+}
 
 /// Get the EPOLL flags for the interest.
 fn epoll_flags(interest: &Event, mode: PollMode) -> epoll::EventFlags {

@@ -186,6 +186,27 @@ fn a_timer_that_expired_unseen_does_not_end_a_later_wait() -> io::Result<()> {
 }
 
 #[test]
+fn a_wait_without_a_timeout_is_not_ended_by_an_earlier_timer() -> io::Result<()> {
+    let mut rig = Rig::new()?;
+    rig.arm(Instant::now() + Duration::from_millis(10));
+    // Only this write, well after the timer's deadline, may end the wait.
+    let mut tx = rig.tx.try_clone()?;
+    let writer = thread::spawn(move || {
+        thread::sleep(Duration::from_millis(100));
+        tx.write_all(&[1]).unwrap();
+    });
+    rig.events.clear();
+    let n = rig.poller.wait(&mut rig.events, None)?;
+    assert_eq!(
+        n, 1,
+        "the earlier wait's timer ended a wait without a timeout"
+    );
+    assert!(!rig.watchdog_fired.load(Ordering::SeqCst));
+    writer.join().unwrap();
+    Ok(())
+}
+
+#[test]
 fn a_timeout_still_fires_after_a_notification() -> io::Result<()> {
     let mut rig = Rig::new()?;
     let deadline = Instant::now() + Duration::from_millis(40);
