@@ -152,28 +152,47 @@ pub fn handler_built(ctx: &Ctx, name: &str) -> Option<String> {
     }
 }
 
-/// loopd running the http handler on `root`, access log off and files kept
-/// open for 60 s, as nginx is configured (`access_log off`,
+/// loopd running the http handler on `root` with its shipped defaults
+/// (`Tuning::Defaults`: only the access log is off, as nginx's is), or
+/// tuned as nginx is (`Tuning::Tuned`: files kept open for 60 s, as
 /// `open_file_cache_valid 60s`).
-pub fn start_loopd_http(ctx: &Ctx, root: &Path) -> Result<(Server, SocketAddr)> {
-    start_loopd_http_from(ctx, &ctx.bin, "loopd-http", root, true)
+pub fn start_loopd_http(ctx: &Ctx, root: &Path, tuning: Tuning) -> Result<(Server, SocketAddr)> {
+    let name = match tuning {
+        Tuning::Defaults => "loopd-http",
+        Tuning::Tuned => "loopd-http-tuned",
+    };
+    start_loopd_http_from(ctx, &ctx.bin, name, root, tuning)
 }
 
-/// [`start_loopd_http`] from the build in `bin`; `cache` sets
-/// `open_file_cache_ms` (a build without that key refuses it).
+/// How loopd's http handler is configured.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Tuning {
+    /// `root` and `access_log = false` only: every tuning key at its
+    /// shipped default (the benchmark's `loopd` row).
+    Defaults,
+    /// Also `open_file_cache_ms = 60000`, as nginx's `open_file_cache`
+    /// (the `loopd-tuned` row).
+    Tuned,
+}
+
+/// [`start_loopd_http`] from the build in `bin` (a build without
+/// `open_file_cache_ms` refuses `Tuning::Tuned`).
 pub fn start_loopd_http_from(
     ctx: &Ctx,
     bin: &Path,
     name: &str,
     root: &Path,
-    cache: bool,
+    tuning: Tuning,
 ) -> Result<(Server, SocketAddr)> {
     let port = free_port()?;
     let config = format!(
         "{}[[handler]]\nname = \"http\"\nplugin = \"http\"\nlisten = [\"tcp://127.0.0.1:{port}\"]\n[handler.config]\nroot = \"{}\"\naccess_log = false\n{}",
         peers::RUNTIME_TABLE,
         root.display(),
-        if cache { "open_file_cache_ms = 60000\n" } else { "" }
+        match tuning {
+            Tuning::Defaults => "",
+            Tuning::Tuned => "open_file_cache_ms = 60000\n",
+        }
     );
     let mut s = peers::loopd_from(ctx, bin, name, &config, &[])?;
     let addr = SocketAddr::from(([127, 0, 0, 1], port));
@@ -255,6 +274,29 @@ pub fn get_pipelined(addr: SocketAddr, paths: &[&str]) -> Result<Vec<Response>> 
         .iter()
         .map(|_| read_response(&mut s, &mut buf))
         .collect()
+}
+
+/// `n` GETs of `path`, one at a time over one keep-alive connection, each
+/// response checked byte-exact against `want`. Returns the connection's
+/// stream once done (the caller closes it when its count is taken).
+pub fn get_keepalive(addr: SocketAddr, path: &str, want: &[u8], n: u64) -> Result<TcpStream> {
+    let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(5))?;
+    s.set_read_timeout(Some(Duration::from_secs(10)))?;
+    s.set_nodelay(true)?;
+    let req = format!("GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n");
+    let mut buf = Vec::new();
+    for i in 0..n {
+        s.write_all(req.as_bytes())?;
+        let r = read_response(&mut s, &mut buf).with_context(|| format!("request {i}"))?;
+        if r.status != 200 || r.body != want {
+            bail!(
+                "GET {path} (request {i} on one connection): status {}, {} body bytes",
+                r.status,
+                r.body.len()
+            );
+        }
+    }
+    Ok(s)
 }
 
 /// Checks that a server returns both files byte-exact, one by one and
@@ -405,10 +447,13 @@ pub fn bench(ctx: &Ctx) -> Result<Bench> {
     // and the harness stays exercised.
     bench.skipped = handler_built(ctx, "http");
     if bench.skipped.is_none() {
-        let (s, a) = start_loopd_http(ctx, &root)?;
+        let (s, a) = start_loopd_http(ctx, &root, Tuning::Defaults)?;
         servers.push(("loopd".to_string(), s, a));
+        let (s, a) = start_loopd_http(ctx, &root, Tuning::Tuned)?;
+        servers.push(("loopd-tuned".to_string(), s, a));
         if let Some(dir) = peers::before_dir() {
-            let (s, a) = start_loopd_http_from(ctx, &dir, "loopd-before-http", &root, false)?;
+            let (s, a) =
+                start_loopd_http_from(ctx, &dir, "loopd-before-http", &root, Tuning::Defaults)?;
             servers.push(("loopd-before".to_string(), s, a));
         }
     }

@@ -6,7 +6,7 @@
 //! ```text
 //! cargo run --release -p loopd-bench -- all      # everything; regenerates docs/benchmarks.md
 //! cargo run -p loopd-bench -- smoke              # every path, tiny loads, correctness only
-//! cargo run --release -p loopd-bench -- echo     # one benchmark (echo|http|chat|idle|udp|startup)
+//! cargo run --release -p loopd-bench -- echo     # one benchmark (echo|http|chat|idle|udp|startup|syscalls)
 //! cargo run -p loopd-bench -- report             # regenerate the docs from the results file
 //! ```
 #![warn(
@@ -29,6 +29,7 @@ pub mod setup;
 pub mod startup;
 pub mod stats;
 pub mod svg;
+pub mod syscalls;
 pub mod udp;
 
 use std::path::{Path, PathBuf};
@@ -62,14 +63,15 @@ pub struct Ctx {
 }
 
 /// The benchmarks, in run order.
-pub const BENCHES: &[&str] = &["echo", "http", "chat", "idle", "udp", "startup"];
+pub const BENCHES: &[&str] = &["echo", "http", "chat", "idle", "udp", "startup", "syscalls"];
 
-const USAGE: &str = "usage: loopd-bench <all|smoke|report|echo|http|chat|idle|udp|startup> [--rounds N] [--secs S] [--out FILE]
+const USAGE: &str = "usage: loopd-bench <all|smoke|report|echo|http|chat|idle|udp|startup|syscalls> [--rounds N] [--secs S] [--out FILE]
 
   all      every benchmark; writes benches/results/results.json and regenerates
            docs/benchmarks.md (run it with --release on a quiet machine)
-  smoke    every benchmark path with tiny loads: correctness only; results and
-           a rendered page go to target/bench-smoke/
+  smoke    every benchmark path with tiny loads: correctness only (and one
+           count: loopd's echo must stay under 3.5 syscalls per round trip);
+           results and a rendered page go to target/bench-smoke/
   report   regenerate docs/benchmarks.md from benches/results/results.json
   NAME     one benchmark; results to target/bench-NAME.json
   load-chat --target ADDR [--conns N] [--secs S] [--redis 1]
@@ -183,6 +185,8 @@ pub fn run_cli() -> Result<()> {
         ("nginx", "nginx-light"),
         ("redis-server", "redis-server"),
         ("wrk", "wrk"),
+        ("strace", "strace"),
+        ("valgrind", "valgrind"),
     ])?;
     setup::build_workspace(&root, release)?;
     setup::build_c_peers(&root, &ctx.peers)?;
@@ -335,6 +339,7 @@ fn run_bench(ctx: &Ctx, name: &str) -> Result<Bench> {
         "idle" => idle::bench(ctx),
         "udp" => udp::bench(ctx),
         "startup" => startup::bench(ctx),
+        "syscalls" => syscalls::bench(ctx),
         other => bail!("no benchmark named {other}"),
     }
 }

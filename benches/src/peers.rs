@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result};
 
-use crate::server::{free_port, Server};
+use crate::server::{free_port, free_udp_port, Server};
 use crate::Ctx;
 
 fn addr(port: u16) -> SocketAddr {
@@ -34,6 +34,83 @@ pub fn echo_config(port: u16) -> String {
         "[[handler]]\nname = \"echo\"\nplugin = \"echo\"\nlisten = [\"tcp://127.0.0.1:{port}\"]\nframing = \"raw\"\n"
     );
     c
+}
+
+/// `examples/loopd.toml`, the config loopd ships, made to run beside
+/// anything else: every `127.0.0.1` listener on a free port, the Unix
+/// socket in the scratch directory (its name prefixed with `tag`), a
+/// relative `root` made absolute. Returns it with the address of the
+/// listener that ships as `tcp://127.0.0.1:7000` (the echo handler).
+pub fn shipped_config(ctx: &Ctx, tag: &str) -> Result<(String, SocketAddr)> {
+    let path = ctx.root.join("examples/loopd.toml");
+    let text =
+        std::fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))?;
+    let mut echo = None;
+    let mut out = String::new();
+    for line in text.lines() {
+        let t = line.trim_start();
+        if t.starts_with("listen") {
+            // Every quoted URL in the list, rewritten.
+            let mut rest = line;
+            while let Some(i) = rest.find('"') {
+                out.push_str(&rest[..=i]);
+                let after = &rest[i + 1..];
+                let end = after
+                    .find('"')
+                    .with_context(|| format!("{}: unterminated string: {line}", path.display()))?;
+                let url = &after[..end];
+                let new = if let Some(port) = url.strip_prefix("tcp://127.0.0.1:") {
+                    let new = free_port()?;
+                    if port == "7000" {
+                        echo = Some(addr(new));
+                    }
+                    format!("tcp://127.0.0.1:{new}")
+                } else if url.starts_with("udp://127.0.0.1:") {
+                    format!("udp://127.0.0.1:{}", free_udp_port()?)
+                } else if let Some(sock) = url.strip_prefix("unix://") {
+                    let name = Path::new(sock)
+                        .file_name()
+                        .context("a unix:// URL without a name")?
+                        .to_string_lossy();
+                    format!(
+                        "unix://{}",
+                        ctx.work.join(format!("{tag}-{name}")).display()
+                    )
+                } else {
+                    anyhow::bail!("{}: listener {url} cannot be moved aside", path.display());
+                };
+                out.push_str(&new);
+                out.push('"');
+                rest = &after[end + 1..];
+            }
+            out.push_str(rest);
+        } else if let Some(value) = t
+            .strip_prefix("root = \"")
+            .and_then(|v| v.split('"').next())
+        {
+            let root = ctx.root.join(value);
+            let _ = write!(out, "root = \"{}\"", root.display());
+        } else {
+            out.push_str(line);
+        }
+        out.push('\n');
+    }
+    let echo =
+        echo.with_context(|| format!("{} has no tcp://127.0.0.1:7000 listener", path.display()))?;
+    Ok((out, echo))
+}
+
+/// loopd on its shipped config ([`shipped_config`]), from the build in
+/// `bin`; returns the echo handler's address.
+pub fn loopd_shipped_from(
+    ctx: &Ctx,
+    bin: &Path,
+    name: &str,
+) -> Result<(String, Server, SocketAddr)> {
+    let (config, echo) = shipped_config(ctx, name)?;
+    let mut s = loopd_from(ctx, bin, name, &config, &[])?;
+    s.wait_tcp(echo)?;
+    Ok((name.to_string(), s, echo))
 }
 
 /// Starts the `loopd` binary on `config` (plugins found next to it).

@@ -322,46 +322,26 @@ fn echo_section(doc: &mut Doc, b: &Bench) {
         doc,
         b,
         "loopd",
-        &[("tokio", Some(1.0)), ("c-epoll", Some(0.9))],
+        &[("tokio", Some(1.0)), ("c-epoll", Some(0.95))],
         true,
     );
-    // .so against static: within 2% either way.
+    // .so against static, in time: for information. The 2% target is
+    // judged on instructions per round trip (section 7), which the noise
+    // here cannot move.
     let _ = writeln!(
         doc.md,
-        "\n`.so` against linked statically (target: within 2%):\n\n| Case | static ÷ .so throughput | .so ÷ static CPU per round trip | |\n|---|---:|---:|---|"
+        "\n`.so` against linked statically, in time (for information: a 2% difference is within this machine's noise, so the target is judged on instructions per round trip, in [section 7](#7-system-calls-and-instructions-per-operation)):\n\n| Case | static ÷ .so throughput | .so ÷ static CPU per round trip |\n|---|---:|---:|"
     );
     for c in &b.cases {
         let thr = ratio(c, "loopd-static", "loopd", "ops_per_s", false);
         let cpu = ratio(c, "loopd", "loopd-static", "cpu_us_per_op", false);
-        let ok = match (thr, cpu) {
-            (Some(t), Some(u)) => {
-                Some((t.median - 1.0).abs() <= 0.02 && (u.median - 1.0).abs() <= 0.02)
-            }
-            _ => None,
-        };
         let _ = writeln!(
             doc.md,
-            "| {} | {} | {} | {} |",
+            "| {} | {} | {} |",
             c.label,
             fmt_ratio(thr),
             fmt_ratio(cpu),
-            mark(ok)
         );
-        // Show whichever of the two is further from 1.
-        let (figure, value) = match (thr, cpu) {
-            (Some(t), Some(u)) if (t.median - 1.0).abs() > (u.median - 1.0).abs() => {
-                ("throughput", Some(t))
-            }
-            _ => ("CPU per op", cpu),
-        };
-        doc.targets.push(Target {
-            bench: "echo".into(),
-            what: format!("{}: static ÷ .so", c.label),
-            goal: "within 2%".into(),
-            figure: figure.into(),
-            value,
-            met: ok,
-        });
     }
     let series = peers_of(b);
     doc.plot(
@@ -388,7 +368,7 @@ fn echo_section(doc: &mut Doc, b: &Bench) {
 
 fn http_section(doc: &mut Doc, b: &Bench) {
     doc.md.push_str(
-        "\n## 2. HTTP\n\nloopd's http handler against nginx (Debian `nginx-light`, `worker_processes 1`, `access_log off`, `sendfile on`, `open_file_cache`, `keepalive_requests 100000000`) serving the same two files: a 612-byte page and 16 KiB of random bytes. loopd's access log is off too (`access_log = false`). Load: `wrk -t1` pinned to core 0; the pipelined runs send 16 requests per write (`benches/peers/pipeline.lua`). Every response is checked byte-exact (single and pipelined) before timing, and a run with any non-2xx response fails. Latencies are wrk's (it reports no p99 for some pipelined runs: shown as –). nginx also has `tcp_nopush on` (Debian's default): in the pipelined runs at 64 connections it idles at about 20% busy with ~24 ms per batch, its responses held back by the cork, so there the throughput ratio says little and the CPU-per-request ratio is the figure that counts.\n\n",
+        "\n## 2. HTTP\n\nloopd's http handler against nginx (Debian `nginx-light`, `worker_processes 1`, `access_log off`, `sendfile on`, `open_file_cache`, `keepalive_requests 100000000`) serving the same two files: a 612-byte page and 16 KiB of random bytes. `loopd` runs the handler with its shipped defaults: no tuning key is set, only the access log is off as nginx's is (`root` and `access_log = false`); the targets are judged on it. `loopd-tuned` adds `open_file_cache_ms = 60000`, nginx's `open_file_cache_valid 60s`, and is shown for comparison. Load: `wrk -t1` pinned to core 0; the pipelined runs send 16 requests per write (`benches/peers/pipeline.lua`). Every response is checked byte-exact (single and pipelined) before timing, and a run with any non-2xx response fails. Latencies are wrk's (it reports no p99 for some pipelined runs: shown as –). nginx also has `tcp_nopush on` (Debian's default): in the pipelined runs at 64 connections it idles at about 20% busy with ~24 ms per batch, its responses held back by the cork, so there the throughput ratio says little and the CPU-per-request ratio is the figure that counts.\n\n",
     );
     skipped_note(doc, b);
     figures_table(doc, b, "request", &[("p50_us", "p50"), ("p99_us", "p99")]);
@@ -402,6 +382,13 @@ fn http_section(doc: &mut Doc, b: &Bench) {
         .retain(|c| c.params.get("pipelined") != Some(&1.0));
     ratio_table(doc, &plain, "loopd", &[("nginx", Some(1.0))], false);
     ratio_table(doc, &piped, "loopd", &[("nginx", Some(1.2))], false);
+    if b.cases.iter().any(|c| c.peer("loopd-tuned").is_some()) {
+        let _ = writeln!(
+            doc.md,
+            "\n`loopd-tuned` (`open_file_cache_ms = 60000`) against nginx, for comparison:"
+        );
+        ratio_table(doc, b, "loopd-tuned", &[("nginx", None)], false);
+    }
     let series = peers_of(b);
     doc.plot(
         "http-throughput",
@@ -606,6 +593,89 @@ fn startup_section(doc: &mut Doc, b: &Bench) {
     }
 }
 
+fn syscalls_section(doc: &mut Doc, b: &Bench) {
+    doc.md.push_str(
+        "\n## 7. System calls and instructions per operation\n\nCounts, not times: they hold still on a busy machine. **System calls**: each server is started and checked, then `strace -c -f -p PID` attaches to it (all its threads; nginx's master and worker), a bounded number of operations runs, and strace detaches and prints its table; the figure is every call the server made in that window divided by the operations. Echo: round trips of 64 bytes on 1 and on 50 connections (`loopd-bench load-echo`); loopd runs its shipped config, `examples/loopd.toml` (all four handlers, their timers pending; ports moved aside), `loopd-static` the echo alone. HTTP: GETs of the 612-byte page, one at a time on one keep-alive connection; `loopd` with the handler's defaults, `loopd-tuned` with `open_file_cache_ms = 60000`. UDP: datagrams of 64 bytes relayed one at a time. The last column says how many operations were counted (a full run: 20,000 round trips, 5,000 GETs, 5,000 datagrams). strace stops the server at every call, which slows it down enough that a client's next request is often already there when a server that reads until `EAGAIN` reads again (the C echo then skips its `epoll_wait` and its failed `recv`), and under concurrent load one `epoll_wait` returns more events than it would unobserved. So each row first runs once under `perf stat -e raw_syscalls:sys_enter` (a kernel tracepoint: counted without stopping the server), and that total per operation is the *unobserved* column; the breakdown is strace's. By hand: start loopd with `target/release/loopd examples/loopd.toml`, then `strace -c -f -p $(pgrep -n loopd) & target/release/loopd-bench load-echo --target 127.0.0.1:7000 --conns 1 --ops 20000; kill -INT %1`. The benchmark smoke fails if loopd's echo at 1 connection needs more than 3.5 (`benches/src/syscalls.rs` says why 3.5).\n\n| Case | Server | syscalls per op (strace) | per op, by call (strace) | unobserved (perf) | ops counted |\n|---|---|---:|---|---:|---:|\n",
+    );
+    skipped_note(doc, b);
+    for c in b.cases.iter().filter(|c| c.params.contains_key("syscalls")) {
+        for p in &c.peers {
+            let Some(run) = p.runs.first() else { continue };
+            let _ = writeln!(
+                doc.md,
+                "| {} | {} | {:.2} | {} | {} | {} |",
+                c.label,
+                p.peer,
+                run.get("syscalls_per_op").copied().unwrap_or(f64::NAN),
+                crate::syscalls::breakdown(run),
+                run.get("perf_syscalls_per_op")
+                    .map_or("–".into(), |v| format!("{v:.2}")),
+                run.get("ops").map_or("–".into(), |v| svg::short(*v))
+            );
+        }
+    }
+    if let Some(c) = b
+        .cases
+        .iter()
+        .find(|c| c.params.contains_key("syscalls") && c.params.get("conns") == Some(&1.0))
+    {
+        let v = metric(c, "loopd", "syscalls_per_op");
+        let goal = crate::syscalls::ECHO_TARGET;
+        let ok = met(v, |x| x <= goal);
+        let _ = writeln!(
+            doc.md,
+            "\nloopd's echo at 1 connection: {} syscalls per round trip, target ≤ {goal} (tokio's figure when the target was set) {}",
+            v.map_or("–".into(), |s| format!("{:.2}", s.median)),
+            mark(ok)
+        );
+        doc.targets.push(Target {
+            bench: "syscalls".into(),
+            what: format!("{}: loopd", c.label),
+            goal: format!("≤ {goal} syscalls"),
+            figure: "strace -c, per round trip".into(),
+            value: v,
+            met: ok,
+        });
+    }
+    let ins: Vec<&Case> = b
+        .cases
+        .iter()
+        .filter(|c| c.params.contains_key("instructions"))
+        .collect();
+    if ins.is_empty() {
+        return;
+    }
+    doc.md.push_str(
+        "\n**Instructions**: loopd's echo loaded as a plugin (`loopd`, `libloopd_echo.so`) and linked statically (`loopd-static`), each on the echo-only config, run under `valgrind --tool=callgrind` twice: for N and for 3N round trips of 64 bytes (N = 2,000 in a full run); the difference of the two instruction totals over the 2N extra round trips is the figure (start-up and shutdown cancel out). User-space instructions only; hardware counters (`perf stat -e instructions`) are not available on this machine.\n\n| Case | loopd (.so) | loopd-static | .so ÷ static | target | |\n|---|---:|---:|---:|---|---|\n",
+    );
+    for c in ins {
+        let so = metric(c, "loopd", "instructions_per_op");
+        let st = metric(c, "loopd-static", "instructions_per_op");
+        let r = ratio(c, "loopd", "loopd-static", "instructions_per_op", false);
+        let ok = met(r, |v| (v - 1.0).abs() <= 0.02);
+        let _ = writeln!(
+            doc.md,
+            "| {} | {} | {} | {} | within 2% | {} |",
+            c.label,
+            so.map_or("–".into(), |s| format!("{:.0}", s.median)),
+            st.map_or("–".into(), |s| format!("{:.0}", s.median)),
+            r.map_or("–".into(), |s| format!("{:.3}×", s.median)),
+            mark(ok)
+        );
+        doc.targets.push(Target {
+            bench: "echo".into(),
+            what: format!(
+                "{}: .so ÷ static",
+                c.label.replace("echo instructions, ", "")
+            ),
+            goal: "within 2%".into(),
+            figure: "instructions per round trip".into(),
+            value: r,
+            met: ok,
+        });
+    }
+}
+
 fn conditions(doc: &mut Doc, r: &Results) {
     let m = &r.meta;
     let quiet = m.load_before[0] < 0.5 && m.load_after[0] < 1.5;
@@ -690,7 +760,7 @@ fn before_after_same_run(doc: &mut Doc, r: &Results) {
     let any = r
         .benches
         .iter()
-        .any(|b| b.cases.iter().any(|c| c.peer("loopd-before").is_some()));
+        .any(|b| b.id != "syscalls" && b.cases.iter().any(|c| c.peer("loopd-before").is_some()));
     if !any {
         return;
     }
@@ -705,6 +775,8 @@ fn before_after_same_run(doc: &mut Doc, r: &Results) {
     );
     let mut ordered: Vec<&Bench> = r.benches.iter().collect();
     ordered.sort_by_key(|b| crate::BENCHES.iter().position(|id| *id == b.id));
+    // The syscall counts show loopd-before in their own table.
+    ordered.retain(|b| b.id != "syscalls");
     for b in ordered {
         for c in &b.cases {
             if c.peer("loopd-before").is_none() || c.peer("loopd").is_none() {
@@ -749,13 +821,14 @@ pub fn write(
             "idle" => idle_section(&mut doc, b),
             "udp" => udp_section(&mut doc, b),
             "startup" => startup_section(&mut doc, b),
+            "syscalls" => syscalls_section(&mut doc, b),
             _ => {}
         }
     }
     let body = std::mem::take(&mut doc.md);
     let mut md = String::new();
     md.push_str(
-        "# Benchmarks\n\n<!-- Generated by `cargo run --release -p loopd-bench -- all` (or `-- report`) from benches/results/results.json; edit benches/src/report.rs or benches/gaps.md, not this file. -->\n\nloopd side by side with what people would otherwise pick: tokio, a hand-written C epoll loop, nginx, redis. Every figure is the median of the rounds, with the min–max range in parentheses.\n\n## Running them\n\nOne command, on a Debian/Ubuntu machine with Rust, as root (it installs packages):\n\n```sh\ncargo run --release -p loopd-bench -- all\n```\n\nIt installs `nginx-light`, `redis-server` and `wrk` with apt-get if they are missing, builds loopd, every handler plugin and the tokio peers in release, builds the C peers with gcc, then for each benchmark: starts every server pinned to core 1 (`taskset -c 1`), checks each one's responses for correctness, warms each up, and runs the load interleaved server by server (A, B, C, A, B, C, …) for 5 rounds of 2 s, with the load generator pinned to core 0. It reads each server's CPU time from `/proc/PID/stat` around every run. It writes `benches/results/results.json` and regenerates this page and its plots (`docs/benchmarks/*.svg`). Every server is stopped when the runner ends, fails or is interrupted.\n\nOther commands: `-- echo` (or `http`, `chat`, `idle`, `udp`, `startup`) runs one benchmark into `target/bench-NAME.json`; `-- report` regenerates this page from the results file; `--rounds N` and `--secs S` change the rounds and the run length; `LOOPD_BENCH_BEFORE=DIR` (a directory holding an older build's `loopd` and plugins, and optionally a `COMMIT` file naming it) adds that build as one more peer, `loopd-before`, to the echo, HTTP, chat (up to N = 1000) and UDP benchmarks, to compare two builds side by side in one run. `cargo run -p loopd-bench -- smoke` runs every benchmark path with tiny loads and checks correctness only (CI runs it; it times nothing that matters).\n\n**Reading the ratios.** Ratios are loopd against the peer, taken round by round and then summarised (median, min–max); above 1 is better for loopd. *Throughput ratio* = loopd ops/s ÷ peer ops/s. *CPU-per-op ratio* = peer CPU per op ÷ loopd CPU per op. The load generator runs on one core like the server, so it often saturates first; a throughput ratio therefore only counts where both servers kept their core at least 95% busy, and otherwise the CPU-per-op ratio is the one that counts.\n",
+        "# Benchmarks\n\n<!-- Generated by `cargo run --release -p loopd-bench -- all` (or `-- report`) from benches/results/results.json; edit benches/src/report.rs or benches/gaps.md, not this file. -->\n\nloopd side by side with what people would otherwise pick: tokio, a hand-written C epoll loop, nginx, redis. Every figure is the median of the rounds, with the min–max range in parentheses.\n\n## Running them\n\nOne command, on a Debian/Ubuntu machine with Rust, as root (it installs packages):\n\n```sh\ncargo run --release -p loopd-bench -- all\n```\n\nIt installs `nginx-light`, `redis-server`, `wrk`, `strace` and `valgrind` with apt-get if they are missing, builds loopd, every handler plugin and the tokio peers in release, builds the C peers with gcc, then for each benchmark: starts every server pinned to core 1 (`taskset -c 1`), checks each one's responses for correctness, warms each up, and runs the load interleaved server by server (A, B, C, A, B, C, …) for 5 rounds of 2 s, with the load generator pinned to core 0. It reads each server's CPU time from `/proc/PID/stat` around every run. It writes `benches/results/results.json` and regenerates this page and its plots (`docs/benchmarks/*.svg`). Every server is stopped when the runner ends, fails or is interrupted.\n\nOther commands: `-- echo` (or `http`, `chat`, `idle`, `udp`, `startup`, `syscalls`) runs one benchmark into `target/bench-NAME.json`; `-- report` regenerates this page from the results file; `--rounds N` and `--secs S` change the rounds and the run length; `LOOPD_BENCH_BEFORE=DIR` (a directory holding an older build's `loopd` and plugins, and optionally a `COMMIT` file naming it) adds that build as one more peer, `loopd-before`, to the echo, HTTP, chat (up to N = 1000), UDP and syscalls benchmarks, to compare two builds side by side in one run. `cargo run -p loopd-bench -- smoke` runs every benchmark path with tiny loads and checks correctness only (CI runs it; it times nothing that matters), plus one count: it fails if loopd's echo needs more than 3.5 system calls per round trip.\n\n**Reading the ratios.** Ratios are loopd against the peer, taken round by round and then summarised (median, min–max); above 1 is better for loopd. *Throughput ratio* = loopd ops/s ÷ peer ops/s. *CPU-per-op ratio* = peer CPU per op ÷ loopd CPU per op. The load generator runs on one core like the server, so it often saturates first; a throughput ratio therefore only counts where both servers kept their core at least 95% busy, and otherwise the CPU-per-op ratio is the one that counts.\n",
     );
     md.push_str("\n## Targets\n\n| Benchmark | What | Target | Figure that counts | Median (min–max) | |\n|---|---|---|---|---:|---|\n");
     for t in &doc.targets {
@@ -763,6 +836,7 @@ pub fn write(
             Some(s) if t.goal.contains('B') => {
                 format!("{:.0} B ({:.0}–{:.0})", s.median, s.min, s.max)
             }
+            Some(s) if t.goal.contains("syscalls") => format!("{:.2} syscalls", s.median),
             v => fmt_ratio(v),
         };
         let _ = writeln!(

@@ -172,26 +172,34 @@ impl Server {
 
     /// Stops the server: SIGTERM, then SIGKILL after 3 s.
     pub fn stop(&mut self) {
+        self.stop_within(Duration::from_secs(3));
+    }
+
+    /// Stops the server: SIGTERM, then SIGKILL after `grace` (a server under
+    /// valgrind needs longer to exit and write its profile). Returns whether
+    /// it exited by itself.
+    pub fn stop_within(&mut self, grace: Duration) -> bool {
         let Some(mut child) = self.child.take() else {
-            return;
+            return true;
         };
         let pid = child.id() as libc::pid_t;
         // SAFETY: plain syscall on our own child.
         unsafe { libc::kill(pid, libc::SIGTERM) };
-        let deadline = Instant::now() + Duration::from_secs(3);
+        let deadline = Instant::now() + grace;
         while Instant::now() < deadline {
             if let Ok(Some(_)) = child.try_wait() {
-                return;
+                return true;
             }
             std::thread::sleep(Duration::from_millis(5));
         }
-        eprintln!("{} ignored SIGTERM for 3 s; killing it", self.name);
+        eprintln!("{} ignored SIGTERM for {grace:?}; killing it", self.name);
         let _ = child.kill();
         let _ = child.wait();
         for pid in self.cpu_pids.iter().skip(1) {
             // SAFETY: plain syscall; the worker of a server we started.
             unsafe { libc::kill(*pid as libc::pid_t, libc::SIGKILL) };
         }
+        false
     }
 }
 

@@ -69,6 +69,44 @@ impl Client {
         Ok(())
     }
 
+    /// `n` datagrams of `size` bytes, one in flight at a time, each copy
+    /// checked; returns (relayed, lost). For counting what one relayed
+    /// datagram costs the relay.
+    pub fn relay_each(&self, size: usize, n: u64) -> Result<(u64, u64)> {
+        let mut msg = vec![0u8; size.max(8)];
+        let mut back = vec![0u8; 65536];
+        let (mut relayed, mut lost) = (0u64, 0u64);
+        for seq in 0..n {
+            fill(&mut msg, seq);
+            self.tx.send(&msg)?;
+            loop {
+                match self.rx.recv_from(&mut back) {
+                    Ok((len, _)) => {
+                        if len >= 8 && back[..8] == seq.to_be_bytes() {
+                            if back[..len] != msg[..] {
+                                bail!("udp: datagram {seq} came back different");
+                            }
+                            relayed += 1;
+                            break;
+                        }
+                        // A late copy of an earlier datagram counted as lost.
+                    }
+                    Err(e)
+                        if matches!(
+                            e.kind(),
+                            std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                        ) =>
+                    {
+                        lost += 1;
+                        break;
+                    }
+                    Err(e) => return Err(e).context("receiving"),
+                }
+            }
+        }
+        Ok((relayed, lost))
+    }
+
     /// Closed loop for `duration`; returns (relayed, lost, elapsed).
     pub fn run(
         &self,

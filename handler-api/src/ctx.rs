@@ -171,11 +171,16 @@ impl Ctx {
 
     /// Arms a one-shot timer; [`crate::Handler::on_timer`] gets `user_data` after `delay`.
     ///
+    /// The host counts delays in whole milliseconds (`timer_set`'s
+    /// `delay_ms`): a `delay` that is not one is rounded up, so `on_timer`
+    /// never comes before `delay` has passed (1 µs waits 1 ms; zero fires on
+    /// the next pass).
+    ///
     /// # Errors
     /// [`Error::Limit`] if the runtime's timer limit is reached.
     pub fn set_timer(&self, delay: Duration, user_data: u64) -> Result<TimerId, Error> {
         let f = self.host().timer_set.ok_or(Error::Unsupported)?;
-        let ms = u64::try_from(delay.as_millis()).unwrap_or(u64::MAX);
+        let ms = delay_ms(delay);
         let mut id = 0u64;
         // SAFETY: `id` is a valid out-pointer for the duration of the call.
         Error::check(unsafe { f(self.raw, ms, user_data, &mut id) })?;
@@ -343,7 +348,8 @@ impl Ctx {
     /// [`Ctx::cancel_timer`].
     ///
     /// # Errors
-    /// [`Error::Invalid`] for an interval under a millisecond,
+    /// [`Error::Invalid`] for a zero interval (both `delay` and `interval`
+    /// are whole milliseconds, rounded up),
     /// [`Error::Limit`]; [`Error::Unsupported`] on a host older than 1.3.
     pub fn set_repeating_timer(
         &self,
@@ -352,7 +358,8 @@ impl Ctx {
         user_data: u64,
     ) -> Result<TimerId, Error> {
         let f = self.host().timer_repeat.ok_or(Error::Unsupported)?;
-        let ms = |d: Duration| u64::try_from(d.as_millis()).unwrap_or(u64::MAX);
+        // Whole milliseconds, rounded up (as set_timer): never early.
+        let ms = delay_ms;
         let mut id = 0u64;
         // SAFETY: `id` is a valid out-pointer for the duration of the call.
         Error::check(unsafe { f(self.raw, ms(delay), ms(interval), user_data, &mut id) })?;
@@ -470,5 +477,29 @@ impl Ctx {
     /// Logs at [`Level::Debug`].
     pub fn debug(&self, msg: impl fmt::Display) {
         self.log(Level::Debug, msg)
+    }
+}
+
+/// `delay` in whole milliseconds, rounded up (a delay is a lower bound:
+/// truncating it would fire a timer early), saturating at `u64::MAX`.
+fn delay_ms(delay: Duration) -> u64 {
+    u64::try_from(delay.as_nanos().div_ceil(1_000_000)).unwrap_or(u64::MAX)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::delay_ms;
+    use std::time::Duration;
+
+    #[test]
+    fn delays_round_up_to_whole_milliseconds() {
+        assert_eq!(delay_ms(Duration::ZERO), 0);
+        assert_eq!(delay_ms(Duration::from_nanos(1)), 1);
+        assert_eq!(delay_ms(Duration::from_micros(999)), 1);
+        assert_eq!(delay_ms(Duration::from_millis(1)), 1);
+        assert_eq!(delay_ms(Duration::from_micros(1001)), 2);
+        assert_eq!(delay_ms(Duration::from_micros(1500)), 2);
+        assert_eq!(delay_ms(Duration::from_secs(3600)), 3_600_000);
+        assert_eq!(delay_ms(Duration::MAX), u64::MAX);
     }
 }

@@ -120,6 +120,12 @@ impl EventLoop {
     }
 
     /// Waits up to `timeout` (forever if `None`) and appends what is ready to `out`.
+    ///
+    /// `timeout` goes to `polling` unrounded: it sets its timerfd to the
+    /// nanosecond (and keeps it while the deadline stays the same), or,
+    /// without one, rounds `epoll_wait`'s milliseconds up. Either way a wait
+    /// for the next timer never ends before that timer is due
+    /// (`tests/timers_never_early.rs`).
     pub(crate) fn wait(
         &mut self,
         timeout: Option<Duration>,
