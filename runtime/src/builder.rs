@@ -14,9 +14,7 @@ use crate::plugin::{self, Plugin};
 use crate::source::listener;
 use crate::spec::{HandlerSpec, Linked};
 use crate::stats::Scope;
-use crate::timer::TimerKind;
 use crate::{Config, Error, Runtime};
-use std::time::{Duration, Instant};
 
 /// Configures and builds a [`Runtime`].
 ///
@@ -144,7 +142,7 @@ impl Builder {
 
     /// The config, with the runtime settings, handlers and listeners added
     /// in code, and for each entry the linked type that serves it (if any).
-    fn assemble(&mut self) -> Result<(Config, Vec<Option<Linked>>), Error> {
+    fn assemble(&mut self) -> Result<Assembled, Error> {
         let mut config = match (self.config.take(), &self.config_path) {
             (Some(c), _) => c,
             #[cfg(feature = "config-file")]
@@ -179,6 +177,7 @@ impl Builder {
                 PluginRef::Path(_) => None,
             })
             .collect();
+        let file_entries = config.handlers.len();
         for spec in std::mem::take(&mut self.specs) {
             let (entry, l) = spec.into_entry(&config.runtime)?;
             if config.handlers.iter().any(|h| h.name == entry.name) {
@@ -195,6 +194,7 @@ impl Builder {
             config.handlers.push(entry);
             linked.push(l);
         }
+        let mut extra = Vec::new();
         for (handler, url) in std::mem::take(&mut self.extra_listeners) {
             let known: Vec<&str> = config.handlers.iter().map(|h| h.name.as_str()).collect();
             let known = if known.is_empty() {
@@ -214,13 +214,24 @@ impl Builder {
             let addr: ListenAddr = url
                 .parse()
                 .map_err(|e| Error::Config(format!("Builder::listen(`{handler}`, ...): {e}")))?;
-            entry.listen.push(addr);
+            entry.listen.push(addr.clone());
+            extra.push((handler, addr));
         }
-        Ok((config, linked))
+        Ok(Assembled {
+            config,
+            linked,
+            file_entries,
+            extra,
+        })
     }
 
     fn build_inner(mut self) -> Result<Runtime, Error> {
-        let (config, linked) = self.assemble()?;
+        let Assembled {
+            config,
+            linked,
+            file_entries,
+            extra,
+        } = self.assemble()?;
         let core = Core::new(config.runtime.clone()).map_err(|source| Error::System {
             what: "creating the poller (epoll)".to_string(),
             source,
@@ -232,21 +243,22 @@ impl Builder {
         for (h, linked) in config.handlers.iter().zip(&linked) {
             instances.push(create_instance(&rt, &config, h, linked.as_ref())?);
         }
-        // Idle timeouts are enforced by one sweep of the connections, an
-        // eighth of the shortest timeout apart (10 ms to 1 s): a connection
-        // is closed at most that much after its timeout.
-        if let Some(shortest) = config.handlers.iter().filter_map(|h| h.idle_timeout).min() {
-            let every = (shortest / 8).clamp(Duration::from_millis(10), Duration::from_secs(1));
-            rt.core.borrow_mut().shared.timers.set_repeating(
-                Instant::now() + every,
-                every,
-                TimerKind::IdleSweep,
-            );
-        }
+        rt.reload = crate::reload::State {
+            config_path: self.config_path.clone().or_else(|| config.path.clone()),
+            statics: std::mem::take(&mut self.statics),
+            entries: config.handlers[..file_entries]
+                .iter()
+                .cloned()
+                .zip(instances.iter().copied())
+                .collect(),
+            extra,
+            sweep: None,
+        };
+        rt.arm_idle_sweep();
 
         if self.listen {
             let mut bound = Vec::new();
-            for (h, &inst) in config.handlers.iter().zip(&instances) {
+            for (i, (h, &inst)) in config.handlers.iter().zip(&instances).enumerate() {
                 for addr in &h.listen {
                     let b = listener::open(&mut rt.core.borrow_mut(), addr, inst).map_err(
                         |source| Error::Listen {
@@ -255,18 +267,18 @@ impl Builder {
                             source,
                         },
                     )?;
-                    bound.push((h.name.clone(), b));
+                    bound.push((h.name.clone(), b, addr.clone(), i < file_entries));
                 }
             }
             // Only once every listener is open: nothing is reported as
             // listening by a loopd that is about to exit.
-            for (name, b) in &bound {
+            for (name, b, _, _) in &bound {
                 log::info!("{name} listening on {}", b.url);
             }
-            for (name, b) in &bound {
-                rt.add_bound(name, b);
+            for (name, b, addr, from_file) in &bound {
+                rt.add_bound(name, b, addr, *from_file);
             }
-            for (_, b) in &bound {
+            for (_, b, _, _) in &bound {
                 rt.announce_listener(b);
             }
             rt.drain_pending();
@@ -283,10 +295,21 @@ impl Builder {
     }
 }
 
+/// What a builder's config, specs and listeners come to.
+struct Assembled {
+    config: Config,
+    /// For each entry, the linked type that serves it (if any).
+    linked: Vec<Option<Linked>>,
+    /// How many of the entries come from the config (the rest from code).
+    file_entries: usize,
+    /// Listeners added in code to the config's handlers.
+    extra: Vec<(String, ListenAddr)>,
+}
+
 /// Loads (or links) the plugin of entry `h`, adds its instance record and
 /// runs its `create`. On failure the record is gone again and the error
 /// names the handler, the library and the reason.
-fn create_instance(
+pub(crate) fn create_instance(
     rt: &Runtime,
     config: &Config,
     h: &HandlerConfig,
@@ -309,11 +332,12 @@ fn create_instance(
             version: String::new(),
             default_framing: l.framing,
             vtable: l.vtable,
+            stamp: None,
         },
         None => {
             let path = plugin::resolve(&h.plugin, config.runtime.plugin_dir.as_deref())
                 .map_err(|(path, why)| fail(&path, why))?;
-            plugin::load(&path).map_err(|why| fail(&path, why))?
+            plugin::load_current(&path).map_err(|why| fail(&path, why))?
         }
     };
     let name = CString::new(h.name.as_str())

@@ -21,7 +21,7 @@ use crate::instance::InstanceId;
 use crate::source::datagram::Recv;
 use crate::source::listener::{self, Bound};
 use crate::source::stream::{self, peer_text, Input, Read};
-use crate::source::{watch, Source};
+use crate::source::{watch, SignalAction, Source};
 use crate::sys;
 use crate::timer::TimerKind;
 use crate::Runtime;
@@ -63,7 +63,7 @@ impl Runtime {
             Some(Source::Listener(_)) => Kind::Listener,
             Some(Source::Stream(_)) => Kind::Stream,
             Some(Source::Datagram(_)) => Kind::Datagram,
-            Some(Source::Signal(_)) => Kind::Signal,
+            Some(Source::Signal(..)) => Kind::Signal,
             Some(Source::Watch(_)) => Kind::Watch,
             // An event for a source removed earlier in this pass.
             None => return,
@@ -337,13 +337,23 @@ impl Runtime {
 
     fn signal_readable(&mut self, id: u64) {
         let mut buf = [0u8; 16];
-        let n = {
+        let (n, action) = {
             let core = self.core.borrow();
-            let Some(Source::Signal(s)) = core.sources.get(id) else {
+            let Some(Source::Signal(s, action)) = core.sources.get(id) else {
                 return;
             };
-            sys::recv(std::os::fd::AsRawFd::as_raw_fd(s), &mut buf).unwrap_or(0)
+            (
+                sys::recv(std::os::fd::AsRawFd::as_raw_fd(s), &mut buf).unwrap_or(0),
+                *action,
+            )
         };
+        if action == SignalAction::Reload {
+            // However many SIGHUPs came: one reload of the file as it is now.
+            if n > 0 {
+                self.reload_requested();
+            }
+            return;
+        }
         for _ in 0..n {
             if self.core.borrow().shared.shutdown_deadline.is_none() {
                 self.begin_shutdown();
@@ -491,6 +501,8 @@ impl Runtime {
                 .on_close(released.instance, id, released.state, released.reason);
         }
         self.core.borrow_mut().sources.remove(id);
+        // The last connection of an instance a reload replaced.
+        self.destroy_if_drained(released.instance);
     }
 
     /// Fires every timer that is due; returns how many.
@@ -526,6 +538,7 @@ impl Runtime {
                     listener::resume(&mut self.core.borrow_mut(), listener)
                 }
                 TimerKind::IdleSweep => stream::close_idle(&mut self.core.borrow_mut()),
+                TimerKind::DrainTimeout { instance } => self.drain_timed_out(instance),
             }
             self.drain_pending();
         }

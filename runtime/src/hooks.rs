@@ -118,7 +118,7 @@ impl Hooks<'_> {
             let Some(i) = core.instances.get_mut(inst) else {
                 return;
             };
-            if i.life != Life::Live {
+            if !matches!(i.life, Life::Live | Life::Draining) {
                 return;
             }
             i.life = Life::Destroyed;

@@ -47,6 +47,9 @@ pub(crate) enum Life {
     Creating,
     /// Serving.
     Live,
+    /// Replaced or removed by a reload: its connections are served until
+    /// they close (or the drain timeout), then it is destroyed.
+    Draining,
     /// `destroy` was called: no hook runs again.
     Destroyed,
 }
@@ -163,6 +166,7 @@ pub(crate) fn test_instance(
             version: String::new(),
             default_framing: None,
             vtable: loopd_handler_api::abi::loopd_vtable::EMPTY,
+            stamp: None,
         },
         ptr: std::ptr::null_mut(),
         ctx: Box::new(HostCtx {

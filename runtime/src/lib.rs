@@ -107,6 +107,7 @@ mod instance;
 mod mailbox;
 mod plugin;
 mod registry;
+mod reload;
 mod source;
 mod spec;
 pub mod stats;
@@ -128,10 +129,12 @@ pub use builder::Builder;
 pub use config::Config;
 pub use error::Error;
 pub use mailbox::PostError;
+pub use reload::ReloadReport;
 pub use spec::HandlerSpec;
 pub use stats::Stats;
 
 use crate::core::Core;
+use config::ListenAddr;
 use event_loop::{Ready, Waker};
 use host::ActiveGuard;
 use mailbox::Postbox;
@@ -161,6 +164,8 @@ pub(crate) fn process_start() -> Instant {
 struct Flags {
     stop: AtomicBool,
     shutdown: AtomicBool,
+    /// Re-read the config file (a `Handle::reload`, or SIGHUP).
+    reload: Arc<AtomicBool>,
 }
 
 /// A running loopd: listeners, connections, timers and handler instances.
@@ -188,14 +193,34 @@ pub struct Runtime {
     ignored_logged: Option<Instant>,
     /// `run` returns at the end of the current pass.
     pub(crate) stopped: bool,
-    /// Bound listener URLs, in the order they were opened.
+    /// Open listener URLs, in the order they were opened.
     listeners: Vec<String>,
-    /// For each of them: the handler, the counters, the source id.
-    listener_records: Vec<(String, Rc<Scope>, u64)>,
+    /// Every listener ever opened (a closed one keeps its counters).
+    pub(crate) listener_records: Vec<ListenerRecord>,
+    /// What a reload compares against and rebuilds from.
+    pub(crate) reload: reload::State,
     /// The instances' mailboxes, shared with every [`Handle`].
     pub(crate) postbox: Arc<Postbox>,
     /// Messages taken from the mailboxes, being delivered (reused).
     pub(crate) mail: Vec<(instance::InstanceId, Vec<u8>)>,
+}
+
+/// A listener the runtime opened.
+#[derive(Debug, Clone)]
+pub(crate) struct ListenerRecord {
+    /// The URL actually bound.
+    pub(crate) url: String,
+    /// The handler it serves.
+    pub(crate) handler: String,
+    pub(crate) scope: Rc<Scope>,
+    /// Its source id.
+    pub(crate) id: u64,
+    /// The address as written (a port of 0 stays 0): what a reload matches.
+    pub(crate) addr: ListenAddr,
+    /// Opened for an entry of the config file (a reload may close it).
+    pub(crate) from_file: bool,
+    /// Still open.
+    pub(crate) open: bool,
 }
 
 /// Stops, shuts down or wakes a [`Runtime`] from any thread.
@@ -227,6 +252,14 @@ impl Handle {
     /// [`Runtime::is_finished`] becomes true.
     pub fn shutdown(&self) {
         self.flags.shutdown.store(true, Ordering::SeqCst);
+        self.waker.wake();
+    }
+
+    /// Asks the loop to re-read its config file and apply it at its next
+    /// pass ([`Runtime::reload_file`]), as SIGHUP does for the binary; the
+    /// outcome is logged (a config that fails leaves the old one running).
+    pub fn reload(&self) {
+        self.flags.reload.store(true, Ordering::SeqCst);
         self.waker.wake();
     }
 
@@ -306,16 +339,41 @@ impl Runtime {
             stopped: false,
             listeners: Vec::new(),
             listener_records: Vec::new(),
+            reload: reload::State::default(),
             postbox,
             mail: Vec::new(),
         }
     }
 
-    /// Records a listener that was opened for `handler`.
-    pub(crate) fn add_bound(&mut self, handler: &str, b: &Bound) {
+    /// Records a listener that was opened for `handler`, from `addr` as
+    /// the config (or code) wrote it.
+    pub(crate) fn add_bound(
+        &mut self,
+        handler: &str,
+        b: &Bound,
+        addr: &ListenAddr,
+        from_file: bool,
+    ) {
         self.listeners.push(b.url.clone());
-        self.listener_records
-            .push((handler.to_string(), b.scope.clone(), b.id));
+        self.listener_records.push(ListenerRecord {
+            url: b.url.clone(),
+            handler: handler.to_string(),
+            scope: b.scope.clone(),
+            id: b.id,
+            addr: addr.clone(),
+            from_file,
+            open: true,
+        });
+    }
+
+    /// Rebuilds the list of open listener URLs from the records.
+    pub(crate) fn refresh_listeners(&mut self) {
+        self.listeners = self
+            .listener_records
+            .iter()
+            .filter(|r| r.open)
+            .map(|r| r.url.clone())
+            .collect();
     }
 
     /// A handle that can stop or wake this runtime from any thread.
@@ -336,11 +394,10 @@ impl Runtime {
 
     /// The bound URLs of the handler instance named `handler`, in order.
     pub fn listeners_of<'a>(&'a self, handler: &'a str) -> impl Iterator<Item = &'a str> + 'a {
-        self.listeners
+        self.listener_records
             .iter()
-            .zip(&self.listener_records)
-            .filter(move |(_, (h, _, _))| h == handler)
-            .map(|(url, _)| url.as_str())
+            .filter(move |r| r.open && r.handler == handler)
+            .map(|r| r.url.as_str())
     }
 
     /// Open connections.
@@ -379,13 +436,14 @@ impl Runtime {
             handlers: core
                 .instances
                 .iter()
-                .map(|i| stats::handler_stats(&i.scope))
+                .filter(|i| i.callable())
+                .map(|i| stats::handler_stats(&i.scope, i.life == instance::Life::Draining))
                 .collect(),
             listeners: self
                 .listener_records
                 .iter()
-                .map(|(handler, scope, id)| {
-                    stats::listener_stats(scope, handler, core.sources.get(*id).is_some())
+                .map(|r| {
+                    stats::listener_stats(&r.scope, &r.handler, core.sources.get(r.id).is_some())
                 })
                 .collect(),
         }
@@ -539,6 +597,9 @@ impl Runtime {
         if self.flags.shutdown.swap(false, Ordering::SeqCst) {
             self.begin_shutdown();
         }
+        if self.flags.reload.swap(false, Ordering::SeqCst) {
+            self.reload_requested();
+        }
         if self.ignored_signal.swap(false, Ordering::Relaxed) {
             let now = Instant::now();
             if self
@@ -555,18 +616,27 @@ impl Runtime {
 impl Runtime {
     #[cfg(feature = "signals")]
     pub(crate) fn install_signals(&mut self) -> io::Result<()> {
+        use source::SignalAction;
         use source::Source;
         use std::os::unix::net::UnixStream;
-        let (read, write) = UnixStream::pair()?;
-        write.set_nonblocking(true)?;
-        read.set_nonblocking(true)?;
-        self.core
-            .borrow_mut()
-            .register(Source::Signal(read), true, false)?;
+        let pipe = |action| -> io::Result<UnixStream> {
+            let (read, write) = UnixStream::pair()?;
+            write.set_nonblocking(true)?;
+            read.set_nonblocking(true)?;
+            self.core
+                .borrow_mut()
+                .register(Source::Signal(read, action), true, false)?;
+            Ok(write)
+        };
+        let shutdown = pipe(SignalAction::Shutdown)?;
+        let reload = pipe(SignalAction::Reload)?;
         for sig in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
-            let id = signal_hook::low_level::pipe::register(sig, write.try_clone()?)?;
+            let id = signal_hook::low_level::pipe::register(sig, shutdown.try_clone()?)?;
             self.signals.push(id);
         }
+        // SIGHUP: re-read the config file (live reload).
+        let id = signal_hook::low_level::pipe::register(signal_hook::consts::SIGHUP, reload)?;
+        self.signals.push(id);
         // Their default action kills the process: a stray `kill -USR1`
         // (log rotation scripts send it to every server) must not take
         // loopd down. Caught by a handler, not ignored with SIG_IGN, so the

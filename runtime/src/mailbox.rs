@@ -100,6 +100,9 @@ impl Mailbox {
 #[derive(Debug)]
 pub(crate) struct Postbox {
     boxes: Mutex<HashMap<Box<str>, Arc<Mailbox>>>,
+    /// Mailboxes of instances a reload replaced, emptied to them by
+    /// [`Postbox::take`] and dropped once empty.
+    retired: Mutex<Vec<Arc<Mailbox>>>,
     /// A post arrived since the loop last took mail.
     mail: AtomicBool,
     stopped: AtomicBool,
@@ -110,6 +113,7 @@ impl Postbox {
     pub(crate) fn new(waker: Waker) -> Arc<Postbox> {
         Arc::new(Postbox {
             boxes: Mutex::new(HashMap::new()),
+            retired: Mutex::new(Vec::new()),
             mail: AtomicBool::new(false),
             stopped: AtomicBool::new(false),
             waker,
@@ -132,6 +136,41 @@ impl Postbox {
             max_bytes,
         });
         lock(&self.boxes).insert(name.into(), mailbox);
+    }
+
+    /// The mailbox posts to `name` go to now.
+    pub(crate) fn get(&self, name: &str) -> Option<Arc<Mailbox>> {
+        lock(&self.boxes).get(name).cloned()
+    }
+
+    /// Puts `mailbox` back as the one for `name` (or none), as it was.
+    pub(crate) fn restore(&self, name: &str, mailbox: Option<Arc<Mailbox>>) {
+        let mut boxes = lock(&self.boxes);
+        match mailbox {
+            Some(m) => boxes.insert(name.into(), m),
+            None => boxes.remove(name),
+        };
+    }
+
+    /// A replaced instance's mailbox: what it holds is still delivered to
+    /// that instance; nothing new reaches it.
+    pub(crate) fn retire(&self, mailbox: Arc<Mailbox>) {
+        if !lock(&mailbox.queue).messages.is_empty() {
+            lock(&self.retired).push(mailbox);
+            self.mail.store(true, Ordering::Release);
+        }
+    }
+
+    /// Forgets the mailbox of a removed instance named `name` (if it is
+    /// still that instance's), retiring it.
+    pub(crate) fn close(&self, name: &str, instance: InstanceId) {
+        let mut boxes = lock(&self.boxes);
+        if boxes.get(name).is_some_and(|m| m.instance == instance) {
+            if let Some(m) = boxes.remove(name) {
+                drop(boxes);
+                self.retire(m);
+            }
+        }
     }
 
     /// Posts `msg` to the instance named `name`; wakes the loop if it has
@@ -164,7 +203,12 @@ impl Postbox {
         if !self.mail.swap(false, Ordering::AcqRel) {
             return;
         }
-        let boxes: Vec<Arc<Mailbox>> = lock(&self.boxes).values().cloned().collect();
+        let mut boxes: Vec<Arc<Mailbox>> = lock(&self.boxes).values().cloned().collect();
+        {
+            let mut retired = lock(&self.retired);
+            retired.retain(|m| !lock(&m.queue).messages.is_empty());
+            boxes.extend(retired.iter().cloned());
+        }
         let mut left = false;
         let mut batch = Vec::new();
         for b in boxes {

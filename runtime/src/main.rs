@@ -30,6 +30,16 @@ enum Command {
         /// The config file.
         config: PathBuf,
     },
+    /// Tell a running loopd to re-read its config file and apply it (live
+    /// reload: SIGHUP). The process is the one whose id `--pid` gives, or
+    /// the one written to the config's `[runtime] pid_file`.
+    Reload {
+        /// The config file whose `pid_file` names the process.
+        config: Option<PathBuf>,
+        /// The process id instead.
+        #[arg(long)]
+        pid: Option<i32>,
+    },
     /// Validate a config: parse it, load every plugin and create every
     /// handler instance, without listening. Exits non-zero with the error.
     Check {
@@ -116,6 +126,18 @@ fn main() -> ExitCode {
             };
         }
         Some(Command::Check { config }) => check(config),
+        Some(Command::Reload { config, pid }) => {
+            return match reload(config, pid) {
+                Ok(pid) => {
+                    println!("asked loopd (process {pid}) to reload its config");
+                    ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    eprintln!("loopd reload: error: {e}");
+                    ExitCode::FAILURE
+                }
+            };
+        }
         Some(Command::Run { config }) => run(config),
         None => match cli.config {
             Some(config) => run(config),
@@ -144,11 +166,11 @@ fn main() -> ExitCode {
 fn mistyped_command() -> Option<String> {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let first = args.first()?;
-    let known = ["check", "run", "new-handler", "help"].contains(&first.as_str());
+    let known = ["check", "run", "reload", "new-handler", "help"].contains(&first.as_str());
     if known || args.len() < 2 || first.starts_with('-') || std::path::Path::new(first).exists() {
         return None;
     }
-    let close = ["check", "run", "new-handler"]
+    let close = ["check", "run", "reload", "new-handler"]
         .into_iter()
         .find(|cmd| edit_distance(first, cmd) <= 2)?;
     Some(format!(
@@ -178,6 +200,10 @@ fn run(config: PathBuf) -> Result<(), loopd::Error> {
         .config_file(&config)
         .handle_signals(true)
         .build()?;
+    let _pid_file = match &loopd::Config::from_file(&config)?.runtime.pid_file {
+        Some(path) => Some(PidFile::write(path)?),
+        None => None,
+    };
     log::info!(
         "loopd {} ready: {} listeners from {}",
         loopd::VERSION,
@@ -186,6 +212,73 @@ fn run(config: PathBuf) -> Result<(), loopd::Error> {
     );
     rt.run()?;
     Ok(())
+}
+
+/// The `pid_file` while loopd runs: written once listening, removed at exit
+/// (if it still holds this process's id).
+struct PidFile(PathBuf);
+
+impl PidFile {
+    fn write(path: &std::path::Path) -> Result<PidFile, loopd::Error> {
+        std::fs::write(path, format!("{}\n", std::process::id())).map_err(|source| {
+            loopd::Error::System {
+                what: format!("writing the pid_file {}", path.display()),
+                source,
+            }
+        })?;
+        Ok(PidFile(path.to_path_buf()))
+    }
+}
+
+impl Drop for PidFile {
+    fn drop(&mut self) {
+        let ours = std::fs::read_to_string(&self.0)
+            .is_ok_and(|s| s.trim() == std::process::id().to_string());
+        if ours {
+            let _ = std::fs::remove_file(&self.0);
+        }
+    }
+}
+
+/// `loopd reload`: SIGHUP to the process `--pid` or the config's pid_file names.
+fn reload(config: Option<PathBuf>, pid: Option<i32>) -> Result<i32, String> {
+    let pid = match (pid, config) {
+        (Some(pid), _) => pid,
+        (None, Some(config)) => {
+            let c = loopd::Config::from_file(&config).map_err(|e| e.to_string())?;
+            let path = c.runtime.pid_file.ok_or_else(|| {
+                format!(
+                    "{} sets no [runtime] pid_file: give the process with --pid",
+                    config.display()
+                )
+            })?;
+            let text = std::fs::read_to_string(&path).map_err(|e| {
+                format!(
+                    "cannot read the pid_file {}: {e} (is loopd running?)",
+                    path.display()
+                )
+            })?;
+            text.trim().parse().map_err(|_| {
+                format!(
+                    "the pid_file {} holds {:?}, not a process id",
+                    path.display(),
+                    text.trim()
+                )
+            })?
+        }
+        (None, None) => return Err("give the config file (with a pid_file) or --pid".to_string()),
+    };
+    if pid <= 0 {
+        return Err(format!("{pid} is not a process id"));
+    }
+    // SAFETY: kill(2) with a positive pid and a signal number; no memory involved.
+    if unsafe { libc::kill(pid, libc::SIGHUP) } != 0 {
+        return Err(format!(
+            "cannot signal process {pid}: {}",
+            std::io::Error::last_os_error()
+        ));
+    }
+    Ok(pid)
 }
 
 fn check(config: PathBuf) -> Result<(), loopd::Error> {

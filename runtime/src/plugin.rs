@@ -26,6 +26,91 @@ pub(crate) struct Plugin {
     pub(crate) default_framing: Option<FramingKind>,
     /// The plugin's vtable, copied and zero-extended to the size we know.
     pub(crate) vtable: loopd_vtable,
+    /// The library file as it was when loaded (`None` for a linked handler):
+    /// a reload compares it to see whether the file was replaced.
+    pub(crate) stamp: Option<Stamp>,
+}
+
+/// What identifies one version of a library file: device, inode, size and
+/// modification time (nanoseconds).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Stamp(u64, u64, u64, i64, i64);
+
+impl Stamp {
+    /// The stamp of the file at `path` now.
+    pub(crate) fn of(path: &Path) -> std::io::Result<Stamp> {
+        use std::os::unix::fs::MetadataExt;
+        let m = std::fs::metadata(path)?;
+        Ok(Stamp(m.dev(), m.ino(), m.size(), m.mtime(), m.mtime_nsec()))
+    }
+}
+
+/// Which file each library path was last loaded from, and its stamp: the
+/// dynamic loader returns the library it already has for a path it has
+/// seen, so a file replaced at that path (a new build of a plugin, for a
+/// reload) is loaded from a private copy instead.
+static LOADED: std::sync::Mutex<Vec<(PathBuf, Stamp, PathBuf)>> = std::sync::Mutex::new(Vec::new());
+
+/// Loads the library at `path` as it is now: the same version as before
+/// reuses what was loaded, a replaced file is copied to a private file
+/// (in the system's temporary directory, removed again once loaded) and
+/// loaded from there, so its new code runs beside the old one's.
+pub(crate) fn load_current(path: &Path) -> Result<Plugin, String> {
+    let stamp = Stamp::of(path).map_err(|e| format!("cannot read it: {e}"))?;
+    let mut loaded = LOADED
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    let known = loaded.iter().position(|(p, _, _)| p == path);
+    let from = match known {
+        Some(i) if loaded[i].1 == stamp => loaded[i].2.clone(),
+        Some(_) => private_copy(path)?,
+        None => path.to_path_buf(),
+    };
+    let mut plugin = load(&from);
+    if from != path {
+        // Mapped now (or refused): the copy is no longer needed.
+        let _ = std::fs::remove_file(&from);
+        if let Ok(p) = &mut plugin {
+            p.path = Some(path.to_path_buf());
+        }
+    }
+    let mut plugin = plugin?;
+    plugin.stamp = Some(stamp);
+    match known {
+        Some(i) => loaded[i] = (path.to_path_buf(), stamp, from),
+        None => loaded.push((path.to_path_buf(), stamp, from)),
+    }
+    Ok(plugin)
+}
+
+/// Copies the library at `path` to a fresh private file.
+fn private_copy(path: &Path) -> Result<PathBuf, String> {
+    use std::os::unix::fs::OpenOptionsExt;
+    static N: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let n = N.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let name = path
+        .file_name()
+        .map_or_else(|| "plugin".into(), |f| f.to_string_lossy().into_owned());
+    let to = std::env::temp_dir().join(format!("loopd-{}-{n}-{name}", std::process::id()));
+    let mut src = std::fs::File::open(path).map_err(|e| format!("cannot read it: {e}"))?;
+    let mut dst = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o700)
+        .open(&to)
+        .map_err(|e| {
+            format!(
+                "cannot copy it to {} to load the new version: {e}",
+                to.display()
+            )
+        })?;
+    std::io::copy(&mut src, &mut dst).map_err(|e| {
+        format!(
+            "cannot copy it to {} to load the new version: {e}",
+            to.display()
+        )
+    })?;
+    Ok(to)
 }
 
 /// File name of a plugin given by name: `echo` → `libloopd_echo.so` (the
@@ -198,6 +283,7 @@ pub(crate) unsafe fn check_info(
         version: read_str(info.version, "version")?,
         default_framing,
         vtable,
+        stamp: None,
     })
 }
 

@@ -159,9 +159,9 @@ pub struct Stats {
 }
 
 impl Stats {
-    /// The instance named `name`, if there is one.
+    /// The (serving, not draining) instance named `name`, if there is one.
     pub fn handler(&self, name: &str) -> Option<&HandlerStats> {
-        self.handlers.iter().find(|h| h.name == name)
+        self.handlers.iter().find(|h| h.name == name && !h.draining)
     }
 
     /// The listener whose bound URL is `url`, if there is one.
@@ -190,6 +190,9 @@ pub struct LoopStats {
 pub struct HandlerStats {
     /// The instance name.
     pub name: String,
+    /// An old instance a reload replaced (or removed), serving its last
+    /// connections: the new instance of the same name is listed too.
+    pub draining: bool,
     /// Its counters: every connection, socket and timer of the instance.
     pub counters: CounterSnapshot,
 }
@@ -303,9 +306,10 @@ pub struct DatagramDrops {
 }
 
 /// Snapshots of scopes, for [`crate::Runtime::stats`].
-pub(crate) fn handler_stats(scope: &Scope) -> HandlerStats {
+pub(crate) fn handler_stats(scope: &Scope, draining: bool) -> HandlerStats {
     HandlerStats {
         name: scope.name.to_string(),
+        draining,
         counters: scope.counters.snapshot(),
     }
 }
@@ -338,7 +342,7 @@ mod tests {
         s.counters.closed(abi::LOOPD_REASON_PEER).add(2);
         s.counters.closed(abi::LOOPD_REASON_TIMEOUT).add(1);
         s.counters.closed(99).add(1);
-        let snap = handler_stats(&s).counters;
+        let snap = handler_stats(&s, false).counters;
         assert_eq!(snap.closed.peer, 2);
         assert_eq!(snap.closed.timeout, 1);
         assert_eq!(snap.closed.other, 1);

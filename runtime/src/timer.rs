@@ -43,6 +43,10 @@ pub(crate) enum TimerKind {
     /// Close connections idle past their instance's `idle_timeout_ms`
     /// (repeating, while any instance has one).
     IdleSweep,
+    /// An instance a reload replaced ran out of `drain_timeout_ms`.
+    DrainTimeout {
+        instance: crate::instance::InstanceId,
+    },
 }
 
 #[derive(Debug)]

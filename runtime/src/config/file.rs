@@ -35,6 +35,8 @@ struct RawRuntime {
     plugin_dir: Option<Spanned<String>>,
     max_buffered_input: Option<Spanned<u64>>,
     max_connections_per_peer: Option<Spanned<u64>>,
+    drain_timeout_ms: Option<Spanned<u64>>,
+    pid_file: Option<Spanned<String>>,
 }
 
 #[derive(Deserialize)]
@@ -257,6 +259,15 @@ impl Config {
             }
             if let Some(v) = &rt.max_connections_per_peer {
                 runtime.max_connections_per_peer = to_usize(*v.get_ref());
+            }
+            if let Some(v) = positive(&rt.drain_timeout_ms, "drain_timeout_ms")? {
+                runtime.drain_timeout = Duration::from_millis(v);
+            }
+            if let Some(p) = rt.pid_file {
+                if p.get_ref().is_empty() {
+                    return Err(src.error(Some(p.span()), "runtime.pid_file", "is empty"));
+                }
+                runtime.pid_file = Some(PathBuf::from(p.into_inner()));
             }
         }
 

@@ -179,6 +179,13 @@ pub struct RuntimeConfig {
     /// Default most connections one peer address may have open to one
     /// handler instance (`max_connections_per_peer`; 0: no limit).
     pub max_connections_per_peer: usize,
+    /// After a reload replaced or removed a handler, how long its old
+    /// instance may keep serving its connections before they are closed
+    /// (`drain_timeout_ms`).
+    pub drain_timeout: Duration,
+    /// Where the `loopd` binary writes its process id while it runs
+    /// (`pid_file`), for `loopd reload` and service managers.
+    pub pid_file: Option<PathBuf>,
 }
 
 impl Default for RuntimeConfig {
@@ -193,6 +200,8 @@ impl Default for RuntimeConfig {
             plugin_dir: None,
             max_buffered_input: 128 << 20,
             max_connections_per_peer: 0,
+            drain_timeout: Duration::from_secs(300),
+            pid_file: None,
         }
     }
 }

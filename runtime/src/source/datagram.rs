@@ -167,6 +167,12 @@ impl Datagram {
         }
     }
 
+    /// Serves `instance` from now on (a reload replaced the old one).
+    pub(crate) fn serve(&mut self, instance: InstanceId, scope: Rc<Scope>) {
+        self.instance = instance;
+        self.scope = scope;
+    }
+
     /// Logs what the socket dropped over its life, when it closes.
     pub(crate) fn log_drops(&self, name: &str) {
         let c = &self.listener.counters;
