@@ -32,6 +32,8 @@ pub struct Builder {
     extra_listeners: Vec<(String, String)>,
     #[cfg(feature = "signals")]
     signals: bool,
+    inherit: bool,
+    service: bool,
     listen: bool,
 }
 
@@ -81,12 +83,14 @@ impl Builder {
     }
 
     /// Handles SIGINT and SIGTERM: the first starts a graceful shutdown, a
-    /// second one closes everything at once. SIGUSR1 and SIGUSR2 are caught
-    /// and ignored (logged at debug level), where they would kill the
-    /// process. Off by default: an embedding program keeps its own signal
-    /// dispositions. The `loopd` binary turns it on.
+    /// second one closes everything at once. SIGHUP reloads the config file
+    /// ([`Runtime::reload_file`](crate::Runtime::reload_file)), SIGUSR2
+    /// starts a binary upgrade ([`Runtime::upgrade`](crate::Runtime::upgrade));
+    /// SIGUSR1 is caught and ignored (logged at debug level), where it
+    /// would kill the process. Off by default: an embedding program keeps
+    /// its own signal dispositions. The `loopd` binary turns it on.
     ///
-    /// Once turned on, the process's SIGINT, SIGTERM, SIGUSR1 and SIGUSR2
+    /// Once turned on, the process's SIGINT, SIGTERM, SIGHUP, SIGUSR1 and SIGUSR2
     /// handlers stay installed for the life of the process (`signal-hook`
     /// cannot restore the previous disposition): after the runtime is
     /// dropped, those signals are caught and ignored. A program that outlives its runtime, or that
@@ -95,6 +99,26 @@ impl Builder {
     #[cfg(feature = "signals")]
     pub fn handle_signals(mut self, on: bool) -> Builder {
         self.signals = on;
+        self
+    }
+
+    /// Adopts listening sockets the parent process handed over, instead of
+    /// binding their addresses: systemd socket activation (`LISTEN_FDS`,
+    /// `LISTEN_PID`; matched to listeners by the address they are bound
+    /// to) and a loopd binary upgrade (`Runtime::upgrade`). Off by default;
+    /// the `loopd` binary turns it on. Inherited sockets no listener asks
+    /// for are closed with a warning.
+    pub fn inherit_listeners(mut self, on: bool) -> Builder {
+        self.inherit = on;
+        self
+    }
+
+    /// Tells a service manager (systemd `Type=notify`, through
+    /// `NOTIFY_SOCKET`) `READY=1` once the listeners are open,
+    /// `RELOADING=1` and `READY=1` around a reload, and `STOPPING=1` when a
+    /// shutdown begins. Off by default; the `loopd` binary turns it on.
+    pub fn notify_service_manager(mut self, on: bool) -> Builder {
+        self.service = on;
         self
     }
 
@@ -237,6 +261,13 @@ impl Builder {
             source,
         })?;
         let mut rt = Runtime::new(core);
+        rt.service = self.service;
+        if self.service {
+            crate::notify::init();
+        }
+        if self.inherit && self.listen {
+            rt.core.borrow_mut().shared.inherited = crate::inherit::Inherited::from_env();
+        }
         let _active = ActiveGuard::enter(&rt.core);
 
         let mut instances = Vec::with_capacity(config.handlers.len());
@@ -278,6 +309,7 @@ impl Builder {
             for (name, b, addr, from_file) in &bound {
                 rt.add_bound(name, b, addr, *from_file);
             }
+            rt.core.borrow_mut().shared.inherited.close_unused();
             for (_, b, _, _) in &bound {
                 rt.announce_listener(b);
             }
@@ -290,6 +322,9 @@ impl Builder {
                 what: "installing the SIGINT/SIGTERM handlers".to_string(),
                 source,
             })?;
+        }
+        if self.service && self.listen {
+            crate::notify::send(&format!("READY=1\nMAINPID={}", std::process::id()));
         }
         Ok(rt)
     }

@@ -95,6 +95,8 @@ pub(crate) struct Shared {
     /// Bytes of unfinished frames held by all connections (their input
     /// buffers' capacity), against `max_buffered_input`.
     pub(crate) buffered_input: usize,
+    /// Listening sockets handed over by the parent process, until adopted.
+    pub(crate) inherited: crate::inherit::Inherited,
     start: Instant,
 }
 
@@ -137,6 +139,7 @@ impl Core {
                 now: Instant::now(),
                 peers: HashMap::new(),
                 buffered_input: 0,
+                inherited: Default::default(),
                 start: crate::process_start(),
             },
         })

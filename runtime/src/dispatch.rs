@@ -354,6 +354,14 @@ impl Runtime {
             }
             return;
         }
+        if action == SignalAction::Upgrade {
+            if n > 0 {
+                if let Err(e) = self.upgrade() {
+                    log::error!("{e}");
+                }
+            }
+            return;
+        }
         for _ in 0..n {
             if self.core.borrow().shared.shutdown_deadline.is_none() {
                 self.begin_shutdown();
@@ -557,6 +565,13 @@ impl Runtime {
             }
             let timeout = core.shared.cfg.shutdown_timeout;
             core.shared.shutdown_deadline = Some(Instant::now() + timeout);
+            if self.service {
+                crate::notify::send("STOPPING=1");
+            }
+            if self.successor.is_some() {
+                // The new process has these sockets: their files stay.
+                listener::keep_socket_files(&mut core);
+            }
             listener::close_all(&mut core);
             log::info!(
                 "shutting down: listeners closed; waiting up to {} ms for {} open connections",

@@ -78,8 +78,10 @@
 //!
 //! A library user's process keeps its own signal dispositions: loopd
 //! installs SIGINT/SIGTERM handlers only with [`Builder::handle_signals`]
-//! (the `loopd` binary turns it on), which also catches and ignores SIGUSR1
-//! and SIGUSR2 (their default action would kill the process). Writes never
+//! (the `loopd` binary turns it on), which also makes SIGHUP a live reload
+//! ([`Runtime::reload_file`]), SIGUSR2 a binary upgrade
+//! ([`Runtime::upgrade`]) and catches and ignores SIGUSR1 (whose default
+//! action would kill the process). Writes never
 //! raise SIGPIPE (loopd sends with `MSG_NOSIGNAL`), so an embedding program
 //! need not ignore it.
 //!
@@ -103,8 +105,10 @@ mod event_loop;
 pub mod fuzzing;
 mod hooks;
 mod host;
+mod inherit;
 mod instance;
 mod mailbox;
+mod notify;
 mod plugin;
 mod registry;
 mod reload;
@@ -114,6 +118,7 @@ pub mod stats;
 mod sys;
 mod timer;
 mod transport;
+mod upgrade;
 
 use std::cell::RefCell;
 use std::io;
@@ -186,7 +191,7 @@ pub struct Runtime {
     waker: Waker,
     #[cfg(feature = "signals")]
     signals: Vec<signal_hook::SigId>,
-    /// Set by SIGUSR1 or SIGUSR2 (with `handle_signals`): caught so they do
+    /// Set by SIGUSR1 (with `handle_signals`): caught so it does
     /// not kill the process, and otherwise ignored.
     ignored_signal: Arc<AtomicBool>,
     /// When an ignored signal was last logged (at most once a second).
@@ -199,6 +204,10 @@ pub struct Runtime {
     pub(crate) listener_records: Vec<ListenerRecord>,
     /// What a reload compares against and rebuilds from.
     pub(crate) reload: reload::State,
+    /// Tell the service manager about readiness, reloads and stopping.
+    pub(crate) service: bool,
+    /// A new loopd started by `upgrade`, until it takes over.
+    pub(crate) successor: Option<std::process::Child>,
     /// The instances' mailboxes, shared with every [`Handle`].
     pub(crate) postbox: Arc<Postbox>,
     /// Messages taken from the mailboxes, being delivered (reused).
@@ -340,6 +349,8 @@ impl Runtime {
             listeners: Vec::new(),
             listener_records: Vec::new(),
             reload: reload::State::default(),
+            service: false,
+            successor: None,
             postbox,
             mail: Vec::new(),
         }
@@ -600,6 +611,7 @@ impl Runtime {
         if self.flags.reload.swap(false, Ordering::SeqCst) {
             self.reload_requested();
         }
+        self.check_successor();
         if self.ignored_signal.swap(false, Ordering::Relaxed) {
             let now = Instant::now();
             if self
@@ -607,7 +619,7 @@ impl Runtime {
                 .is_none_or(|t| now.duration_since(t) >= Duration::from_secs(1))
             {
                 self.ignored_logged = Some(now);
-                log::debug!("SIGUSR1 or SIGUSR2 received: loopd does not use them; ignored");
+                log::debug!("SIGUSR1 received: loopd does not use it; ignored");
             }
         }
     }
@@ -630,6 +642,7 @@ impl Runtime {
         };
         let shutdown = pipe(SignalAction::Shutdown)?;
         let reload = pipe(SignalAction::Reload)?;
+        let upgrade = pipe(SignalAction::Upgrade)?;
         for sig in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
             let id = signal_hook::low_level::pipe::register(sig, shutdown.try_clone()?)?;
             self.signals.push(id);
@@ -641,10 +654,12 @@ impl Runtime {
         // (log rotation scripts send it to every server) must not take
         // loopd down. Caught by a handler, not ignored with SIG_IGN, so the
         // loop sees them (and every system call they interrupt is retried).
-        for sig in [signal_hook::consts::SIGUSR1, signal_hook::consts::SIGUSR2] {
-            let id = signal_hook::flag::register(sig, self.ignored_signal.clone())?;
-            self.signals.push(id);
-        }
+        let id =
+            signal_hook::flag::register(signal_hook::consts::SIGUSR1, self.ignored_signal.clone())?;
+        self.signals.push(id);
+        // SIGUSR2: binary upgrade (nginx's convention).
+        let id = signal_hook::low_level::pipe::register(signal_hook::consts::SIGUSR2, upgrade)?;
+        self.signals.push(id);
         Ok(())
     }
 }

@@ -40,6 +40,17 @@ enum Command {
         #[arg(long)]
         pid: Option<i32>,
     },
+    /// Start a new loopd binary in place of a running one, with its
+    /// listening sockets (SIGUSR2): no connection is refused; the old one
+    /// finishes its connections and exits. The process is found as for
+    /// `reload`.
+    Upgrade {
+        /// The config file whose `pid_file` names the process.
+        config: Option<PathBuf>,
+        /// The process id instead.
+        #[arg(long)]
+        pid: Option<i32>,
+    },
     /// Validate a config: parse it, load every plugin and create every
     /// handler instance, without listening. Exits non-zero with the error.
     Check {
@@ -127,13 +138,25 @@ fn main() -> ExitCode {
         }
         Some(Command::Check { config }) => check(config),
         Some(Command::Reload { config, pid }) => {
-            return match reload(config, pid) {
+            return match signal_running(config, pid, libc::SIGHUP) {
                 Ok(pid) => {
                     println!("asked loopd (process {pid}) to reload its config");
                     ExitCode::SUCCESS
                 }
                 Err(e) => {
                     eprintln!("loopd reload: error: {e}");
+                    ExitCode::FAILURE
+                }
+            };
+        }
+        Some(Command::Upgrade { config, pid }) => {
+            return match signal_running(config, pid, libc::SIGUSR2) {
+                Ok(pid) => {
+                    println!("asked loopd (process {pid}) to start the new binary and hand over");
+                    ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    eprintln!("loopd upgrade: error: {e}");
                     ExitCode::FAILURE
                 }
             };
@@ -166,11 +189,12 @@ fn main() -> ExitCode {
 fn mistyped_command() -> Option<String> {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let first = args.first()?;
-    let known = ["check", "run", "reload", "new-handler", "help"].contains(&first.as_str());
+    let known =
+        ["check", "run", "reload", "upgrade", "new-handler", "help"].contains(&first.as_str());
     if known || args.len() < 2 || first.starts_with('-') || std::path::Path::new(first).exists() {
         return None;
     }
-    let close = ["check", "run", "reload", "new-handler"]
+    let close = ["check", "run", "reload", "upgrade", "new-handler"]
         .into_iter()
         .find(|cmd| edit_distance(first, cmd) <= 2)?;
     Some(format!(
@@ -199,6 +223,8 @@ fn run(config: PathBuf) -> Result<(), loopd::Error> {
     let mut rt = Runtime::builder()
         .config_file(&config)
         .handle_signals(true)
+        .inherit_listeners(true)
+        .notify_service_manager(true)
         .build()?;
     let _pid_file = match &loopd::Config::from_file(&config)?.runtime.pid_file {
         Some(path) => Some(PidFile::write(path)?),
@@ -210,6 +236,20 @@ fn run(config: PathBuf) -> Result<(), loopd::Error> {
         rt.listeners().len(),
         config.display()
     );
+    // A binary upgrade: this process has the old one's sockets and is
+    // ready; the old one may now stop accepting and drain.
+    if let Some(old) = std::env::var_os("LOOPD_UPGRADE_FROM") {
+        std::env::remove_var("LOOPD_UPGRADE_FROM");
+        if let Some(pid) = old
+            .to_str()
+            .and_then(|s| s.parse::<i32>().ok())
+            .filter(|&p| p > 0)
+        {
+            log::info!("upgrade: taking over from process {pid}");
+            // SAFETY: kill(2) with a positive pid; no memory involved.
+            unsafe { libc::kill(pid, libc::SIGTERM) };
+        }
+    }
     rt.run()?;
     Ok(())
 }
@@ -240,8 +280,9 @@ impl Drop for PidFile {
     }
 }
 
-/// `loopd reload`: SIGHUP to the process `--pid` or the config's pid_file names.
-fn reload(config: Option<PathBuf>, pid: Option<i32>) -> Result<i32, String> {
+/// `loopd reload` / `loopd upgrade`: `signal` to the process `--pid` or the
+/// config's pid_file names.
+fn signal_running(config: Option<PathBuf>, pid: Option<i32>, signal: i32) -> Result<i32, String> {
     let pid = match (pid, config) {
         (Some(pid), _) => pid,
         (None, Some(config)) => {
@@ -272,7 +313,7 @@ fn reload(config: Option<PathBuf>, pid: Option<i32>) -> Result<i32, String> {
         return Err(format!("{pid} is not a process id"));
     }
     // SAFETY: kill(2) with a positive pid and a signal number; no memory involved.
-    if unsafe { libc::kill(pid, libc::SIGHUP) } != 0 {
+    if unsafe { libc::kill(pid, signal) } != 0 {
         return Err(format!(
             "cannot signal process {pid}: {}",
             std::io::Error::last_os_error()

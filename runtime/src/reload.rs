@@ -120,9 +120,15 @@ impl Runtime {
     /// A reload asked for by a `Handle` or SIGHUP: applied, and its outcome
     /// logged (an error leaves the old config running).
     pub(crate) fn reload_requested(&mut self) {
+        if self.service {
+            crate::notify::reloading();
+        }
         #[cfg(feature = "config-file")]
         if let Err(e) = self.reload_file() {
             log::error!("reload failed; the running config is unchanged: {e}");
+        }
+        if self.service {
+            crate::notify::send("READY=1");
         }
         #[cfg(not(feature = "config-file"))]
         log::error!("reload: this loopd was built without its config-file feature");

@@ -286,6 +286,21 @@ impl Loopd {
         }
     }
 
+    /// Waits for the process to exit, without waiting for its stderr to
+    /// close (a process it started may hold it, as after a binary upgrade).
+    pub fn wait_exit_status(&mut self, timeout: Duration) -> ExitStatus {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                return status;
+            }
+            if Instant::now() >= deadline {
+                panic!("loopd did not exit within {timeout:?}:\n{}", self.logs());
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
     /// Whether the process is still running.
     pub fn is_running(&mut self) -> bool {
         self.child.try_wait().unwrap().is_none()

@@ -193,16 +193,23 @@ impl Datagram {
 /// Binds a UDP socket for `instance` and registers it.
 pub(crate) fn open(core: &mut Core, sa: &SocketAddr, instance: InstanceId) -> io::Result<Bound> {
     check_own_udp(core, sa)?;
+    let inherited = core
+        .shared
+        .inherited
+        .take(&crate::config::ListenAddr::Udp(*sa));
     let inst = core
         .instances
         .get(instance)
         .ok_or_else(|| io::Error::new(io::ErrorKind::NotFound, "the handler instance is gone"))?;
-    let sock = UdpSocket::from(sys::bind_listener(
-        sa,
-        false,
-        0,
-        inst.settings.reuse_address,
-    )?);
+    let sock = match inherited {
+        Some(fd) => UdpSocket::from(fd),
+        None => UdpSocket::from(sys::bind_listener(
+            sa,
+            false,
+            0,
+            inst.settings.reuse_address,
+        )?),
+    };
     if inst.settings.broadcast {
         sock.set_broadcast(true)?;
     }

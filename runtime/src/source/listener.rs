@@ -61,22 +61,35 @@ pub(crate) struct Bound {
 
 impl Listener {
     /// Opens a stream listener for `addr`. UDP is not a stream listener.
-    pub(crate) fn open(addr: &ListenAddr, instance: InstanceId) -> io::Result<Listener> {
+    pub(crate) fn open(
+        addr: &ListenAddr,
+        instance: InstanceId,
+        inherited: Option<OwnedFd>,
+    ) -> io::Result<Listener> {
         let (fd, transport, url, unix_path) = match addr {
             ListenAddr::Tcp(sa) => {
-                let fd = sys::bind_listener(sa, true, BACKLOG, false)?;
+                let fd = match inherited {
+                    Some(fd) => fd,
+                    None => sys::bind_listener(sa, true, BACKLOG, false)?,
+                };
                 let local = sys::local_addr(fd.as_raw_fd())
                     .to_socket_addr()
                     .unwrap_or(*sa);
                 (fd, abi::LOOPD_TRANSPORT_TCP, format!("tcp://{local}"), None)
             }
             ListenAddr::Unix(path) => {
-                clear_stale_socket(path)?;
-                let l = UnixListener::bind(path)?;
-                l.set_nonblocking(true)?;
+                let fd = match inherited {
+                    Some(fd) => fd,
+                    None => {
+                        clear_stale_socket(path)?;
+                        let l = UnixListener::bind(path)?;
+                        l.set_nonblocking(true)?;
+                        let fd = OwnedFd::from(l);
+                        sys::set_backlog(fd.as_raw_fd(), BACKLOG)?;
+                        fd
+                    }
+                };
                 let meta = std::fs::symlink_metadata(path)?;
-                let fd = OwnedFd::from(l);
-                sys::set_backlog(fd.as_raw_fd(), BACKLOG)?;
                 (
                     fd,
                     abi::LOOPD_TRANSPORT_UNIX,
@@ -137,7 +150,8 @@ pub(crate) fn open(core: &mut Core, addr: &ListenAddr, instance: InstanceId) -> 
         return datagram::open(core, sa, instance);
     }
     check_own_listeners(core, addr)?;
-    let l = Listener::open(addr, instance)?;
+    let inherited = core.shared.inherited.take(addr);
+    let l = Listener::open(addr, instance, inherited)?;
     let url = l.url_str().to_string();
     let transport = l.transport;
     let local = sys::local_addr(l.fd.as_raw_fd());
@@ -336,6 +350,16 @@ pub(crate) fn resume(core: &mut Core, id: u64) {
     }
 }
 
+/// Forgets the socket files of the Unix listeners, so closing them leaves
+/// the files (a new process serves the same sockets after an upgrade).
+pub(crate) fn keep_socket_files(core: &mut Core) {
+    for id in core.sources.ids() {
+        if let Some(Source::Listener(l)) = core.sources.get_mut(id) {
+            l.unix_path = None;
+        }
+    }
+}
+
 /// Closes every listener and datagram socket (shutdown: stop accepting).
 pub(crate) fn close_all(core: &mut Core) {
     for id in core.sources.ids() {
@@ -395,8 +419,9 @@ mod tests {
         // A listener that is dropped without cleanup leaves a stale file.
         drop(UnixListener::bind(&path).unwrap());
         assert!(path.exists());
-        let live = Listener::open(&ListenAddr::Unix(path.clone()), 1).expect("stale file replaced");
-        let err = Listener::open(&ListenAddr::Unix(path.clone()), 1).unwrap_err();
+        let live =
+            Listener::open(&ListenAddr::Unix(path.clone()), 1, None).expect("stale file replaced");
+        let err = Listener::open(&ListenAddr::Unix(path.clone()), 1, None).unwrap_err();
         assert_eq!(err.kind(), io::ErrorKind::AddrInUse, "{err}");
         drop(live);
         assert!(!path.exists(), "socket file removed on close");
@@ -406,7 +431,7 @@ mod tests {
     fn a_regular_file_is_never_removed() {
         let path = tmp("regular");
         std::fs::write(&path, b"keep me").unwrap();
-        let err = Listener::open(&ListenAddr::Unix(path.clone()), 1).unwrap_err();
+        let err = Listener::open(&ListenAddr::Unix(path.clone()), 1, None).unwrap_err();
         assert!(err.to_string().contains("not a socket"), "{err}");
         assert_eq!(std::fs::read(&path).unwrap(), b"keep me");
         std::fs::remove_file(&path).unwrap();
@@ -414,7 +439,7 @@ mod tests {
 
     #[test]
     fn tcp_port_zero_reports_the_real_port() {
-        let l = Listener::open(&ListenAddr::Tcp("127.0.0.1:0".parse().unwrap()), 1).unwrap();
+        let l = Listener::open(&ListenAddr::Tcp("127.0.0.1:0".parse().unwrap()), 1, None).unwrap();
         assert!(l.url_str().starts_with("tcp://127.0.0.1:"));
         assert!(!l.url_str().ends_with(":0"));
         assert_eq!(&*l.scope.name, l.url_str(), "counters are named by the URL");

@@ -25,6 +25,8 @@ pub(crate) enum SignalAction {
     Shutdown,
     /// SIGHUP: re-read the config file.
     Reload,
+    /// SIGUSR2: start the new binary with the listening sockets.
+    Upgrade,
 }
 
 /// Something registered with the poller; its registry id is its poll key.

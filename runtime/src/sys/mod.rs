@@ -356,6 +356,89 @@ pub(crate) fn is_transient_accept_error(e: &io::Error) -> bool {
     )
 }
 
+/// What a socket inherited from a parent process (systemd socket
+/// activation, a binary upgrade) is bound to, to match it with a listener.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum SocketName {
+    /// A TCP (`stream`) or UDP socket bound to this address.
+    Inet { addr: SocketAddr, stream: bool },
+    /// A Unix-domain stream socket bound to this path.
+    Unix(std::path::PathBuf),
+}
+
+/// The name of the socket `fd` is, if it is a bound TCP, UDP or Unix
+/// stream socket (`None` for anything else: not a socket, another family,
+/// an unnamed one).
+pub(crate) fn socket_name(fd: RawFd) -> Option<SocketName> {
+    let mut kind: libc::c_int = 0;
+    let mut len = size_of::<libc::c_int>() as libc::socklen_t;
+    // SAFETY: `kind` and `len` are valid out-parameters for an int option.
+    let r = unsafe {
+        libc::getsockopt(
+            fd,
+            libc::SOL_SOCKET,
+            libc::SO_TYPE,
+            (&mut kind as *mut libc::c_int).cast(),
+            &mut len,
+        )
+    };
+    if r < 0 {
+        return None;
+    }
+    let mut storage = MaybeUninit::<libc::sockaddr_storage>::zeroed();
+    let mut len = size_of::<libc::sockaddr_storage>() as libc::socklen_t;
+    // SAFETY: `storage` and `len` are valid out-parameters sized for any address.
+    if unsafe { libc::getsockname(fd, storage.as_mut_ptr().cast(), &mut len) } < 0 {
+        return None;
+    }
+    // SAFETY: zero-initialised, and the kernel filled at most `len` bytes of it.
+    let storage = unsafe { storage.assume_init() };
+    match storage.ss_family as libc::c_int {
+        libc::AF_INET | libc::AF_INET6 => Some(SocketName::Inet {
+            addr: addr_from_storage(&storage, len).to_socket_addr()?,
+            stream: kind == libc::SOCK_STREAM,
+        }),
+        libc::AF_UNIX if kind == libc::SOCK_STREAM => {
+            use std::os::unix::ffi::OsStrExt;
+            // SAFETY: the family says the storage holds a sockaddr_un.
+            let sun = unsafe {
+                &*(&storage as *const libc::sockaddr_storage).cast::<libc::sockaddr_un>()
+            };
+            let path_len = (len as usize).checked_sub(size_of::<libc::sa_family_t>())?;
+            let bytes: Vec<u8> = sun.sun_path[..path_len.min(sun.sun_path.len())]
+                .iter()
+                .map(|&c| c as u8)
+                .take_while(|&b| b != 0)
+                .collect();
+            if bytes.is_empty() {
+                return None;
+            }
+            Some(SocketName::Unix(std::ffi::OsStr::from_bytes(&bytes).into()))
+        }
+        _ => None,
+    }
+}
+
+/// Sets or clears `FD_CLOEXEC` on `fd`, and makes it non-blocking when
+/// `cloexec` is set (adopting an inherited socket).
+pub(crate) fn set_cloexec(fd: RawFd, cloexec: bool) -> io::Result<()> {
+    // SAFETY: plain fcntl calls on a descriptor the caller owns.
+    unsafe {
+        let flags = cvt(libc::fcntl(fd, libc::F_GETFD))?;
+        let flags = if cloexec {
+            flags | libc::FD_CLOEXEC
+        } else {
+            flags & !libc::FD_CLOEXEC
+        };
+        cvt(libc::fcntl(fd, libc::F_SETFD, flags))?;
+        if cloexec {
+            let fl = cvt(libc::fcntl(fd, libc::F_GETFL))?;
+            cvt(libc::fcntl(fd, libc::F_SETFL, fl | libc::O_NONBLOCK))?;
+        }
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -1,0 +1,221 @@
+//! loopd as a system service: sd_notify messages (`Type=notify`), systemd
+//! socket activation (`LISTEN_FDS`), and a binary upgrade (SIGUSR2) under
+//! load with no connection refused.
+
+mod common;
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::os::fd::AsRawFd;
+use std::os::unix::net::UnixDatagram;
+use std::os::unix::process::CommandExt;
+use std::process::{Command, Stdio};
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use common::*;
+
+const ECHO: &str = r#"
+[[handler]]
+name = "echo"
+plugin = "echo"
+listen = ["tcp://127.0.0.1:0", "unix://{dir}/echo.sock"]
+"#;
+
+fn recv(sock: &UnixDatagram) -> String {
+    let mut buf = [0u8; 512];
+    let n = sock.recv(&mut buf).expect("a notification");
+    String::from_utf8_lossy(&buf[..n]).into_owned()
+}
+
+#[test]
+fn the_service_manager_hears_ready_reloading_and_stopping() {
+    let dir = TempDir::new("notify");
+    let path = dir.join("notify.sock");
+    let sock = UnixDatagram::bind(&path).unwrap();
+    sock.set_read_timeout(Some(TIMEOUT)).unwrap();
+    let mut loopd = Loopd::start_with(ECHO, "info", |cmd| {
+        cmd.env("NOTIFY_SOCKET", &path);
+    });
+    let ready = recv(&sock);
+    assert_eq!(ready, format!("READY=1\nMAINPID={}", loopd.pid()));
+    loopd.signal(libc::SIGHUP);
+    let reloading = recv(&sock);
+    assert!(
+        reloading.starts_with("RELOADING=1\nMONOTONIC_USEC="),
+        "{reloading}"
+    );
+    assert_eq!(recv(&sock), "READY=1");
+    loopd.signal(libc::SIGTERM);
+    assert_eq!(recv(&sock), "STOPPING=1");
+    assert_eq!(loopd.wait_exit(TIMEOUT).code(), Some(0));
+    figure("service.notifications", 4);
+}
+
+#[test]
+fn a_socket_handed_over_by_systemd_is_adopted_not_bound() {
+    build_plugins();
+    let dir = TempDir::new("activation");
+    // The "systemd" side: a listening socket bound before loopd starts.
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    let config = dir.join("loopd.toml");
+    std::fs::write(
+        &config,
+        format!("[[handler]]\nname = \"echo\"\nplugin = \"echo\"\nlisten = [\"tcp://{addr}\"]\n"),
+    )
+    .unwrap();
+    let fd = listener.as_raw_fd();
+    let mut cmd = Command::new("sh");
+    // LISTEN_PID must be loopd's own pid: the shell's, which exec keeps.
+    cmd.args(["-c", "LISTEN_PID=$$ exec \"$0\" \"$@\""])
+        .arg(loopd_bin())
+        .arg(&config)
+        .env("LISTEN_FDS", "1")
+        .env("LISTEN_FDNAMES", "echo-tcp")
+        .env("RUST_LOG", "info")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped());
+    // SAFETY: only dup2 and fcntl between fork and exec (async-signal-safe).
+    unsafe {
+        cmd.pre_exec(move || {
+            if libc::dup2(fd, 3) < 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            let flags = libc::fcntl(3, libc::F_GETFD);
+            libc::fcntl(3, libc::F_SETFD, flags & !libc::FD_CLOEXEC);
+            Ok(())
+        });
+    }
+    let mut child = cmd.spawn().unwrap();
+    let mut logs = BufReader::new(child.stderr.take().unwrap());
+    let mut seen = String::new();
+    let deadline = Instant::now() + TIMEOUT;
+    while !seen.contains(" ready: ") {
+        assert!(Instant::now() < deadline);
+        let mut line = String::new();
+        if logs.read_line(&mut line).unwrap() == 0 {
+            panic!("loopd exited:\n{seen}");
+        }
+        seen.push_str(&line);
+    }
+    assert!(
+        seen.contains("using echo-tcp, handed over by the parent process"),
+        "{seen}"
+    );
+    drop(listener); // loopd holds its own copy now
+    let mut s = tcp(addr);
+    s.write_all(b"activated").unwrap();
+    let mut back = [0u8; 9];
+    s.read_exact(&mut back).unwrap();
+    assert_eq!(&back, b"activated");
+    // SAFETY: signalling our own child.
+    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+    assert!(child.wait().unwrap().success());
+}
+
+/// The pid in the pid file, once it names a process other than `not`.
+fn pid_other_than(path: &std::path::Path, not: i32) -> i32 {
+    let deadline = Instant::now() + TIMEOUT;
+    loop {
+        if let Some(pid) = std::fs::read_to_string(path)
+            .ok()
+            .and_then(|s| s.trim().parse::<i32>().ok())
+            .filter(|&p| p != not)
+        {
+            return pid;
+        }
+        assert!(Instant::now() < deadline, "the pid file never changed");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+fn alive(pid: i32) -> bool {
+    // SAFETY: signal 0 only checks that the process exists.
+    let exists = unsafe { libc::kill(pid, 0) } == 0;
+    exists
+        && !std::fs::read_to_string(format!("/proc/{pid}/stat"))
+            .unwrap_or_default()
+            .contains(") Z ")
+}
+
+#[test]
+fn a_binary_upgrade_under_load_refuses_no_connection() {
+    let config = format!("[runtime]\npid_file = \"{{dir}}/loopd.pid\"\n{ECHO}");
+    let mut old = Loopd::start_with(&config, "info", |_| {});
+    let addr: SocketAddr = old.tcp("echo");
+    let sock = old.unix("echo");
+    let pid_file = old.dir.join("loopd.pid");
+    let stop = Arc::new(AtomicBool::new(false));
+    let (done, failed) = (Arc::new(AtomicU32::new(0)), Arc::new(AtomicU32::new(0)));
+    let clients: Vec<_> = (0..3)
+        .map(|i| {
+            let (stop, done, failed) = (stop.clone(), done.clone(), failed.clone());
+            std::thread::spawn(move || {
+                let mut n = 0u32;
+                while !stop.load(Ordering::SeqCst) && n < 200_000 {
+                    let msg = format!("c{i} {n}");
+                    let ok = TcpStream::connect(addr)
+                        .and_then(|mut s| {
+                            s.set_read_timeout(Some(TIMEOUT))?;
+                            s.write_all(msg.as_bytes())?;
+                            let mut back = vec![0u8; msg.len()];
+                            s.read_exact(&mut back)?;
+                            Ok(back == msg.as_bytes())
+                        })
+                        .unwrap_or(false);
+                    if !ok {
+                        failed.fetch_add(1, Ordering::SeqCst);
+                    }
+                    done.fetch_add(1, Ordering::SeqCst);
+                    n += 1;
+                }
+            })
+        })
+        .collect();
+    std::thread::sleep(Duration::from_millis(200));
+    old.signal(libc::SIGUSR2);
+    let new = pid_other_than(&pid_file, old.pid());
+    // The old one drains and exits by itself, 0.
+    assert_eq!(
+        old.wait_exit_status(TIMEOUT).code(),
+        Some(0),
+        "{}",
+        old.logs()
+    );
+    let before = done.load(Ordering::SeqCst);
+    // The new one serves: the load goes on against it.
+    let deadline = Instant::now() + TIMEOUT;
+    while done.load(Ordering::SeqCst) < before + 200 {
+        assert!(
+            Instant::now() < deadline,
+            "no request completed after the handover"
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    stop.store(true, Ordering::SeqCst);
+    for c in clients {
+        c.join().unwrap();
+    }
+    let (total, bad) = (done.load(Ordering::SeqCst), failed.load(Ordering::SeqCst));
+    figure("service.upgrade_requests", total);
+    figure("service.upgrade_failed", bad);
+    // The Unix socket survived the old process's exit.
+    assert_eq!(echo_roundtrip(unix(&sock), b"still here"), b"still here");
+    assert!(alive(new));
+    // SAFETY: signalling the new loopd, started by the old one.
+    unsafe { libc::kill(new, libc::SIGTERM) };
+    let deadline = Instant::now() + TIMEOUT;
+    while alive(new) {
+        assert!(Instant::now() < deadline, "the new loopd did not stop");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    assert!(!sock.exists(), "the last loopd removed its socket file");
+    assert_eq!(
+        bad, 0,
+        "{bad} of {total} connections failed across the upgrade"
+    );
+    assert!(old.logs().contains("upgrade: started"), "{}", old.logs());
+}
