@@ -1,5 +1,5 @@
 /*
- * loopd.h - the loopd handler ABI, version 1.3.
+ * loopd.h - the loopd handler ABI, version 1.4.
  *
  * This header is the single source of truth for the contract between the
  * loopd runtime ("the host") and a handler plugin ("the handler"). The Rust
@@ -75,8 +75,9 @@ extern "C" {
  *            connect_with, post, watch_fd, watch_modify, watch_remove,
  *            timer_repeat; loopd_vtable.on_message, loopd_vtable.on_fd;
  *            loopd_connect_options, LOOPD_FD_*, LOOPD_ERR_NO_SUCH_INSTANCE,
- *            LOOPD_ERR_FULL, LOOPD_REASON_IDLE, LOOPD_REASON_LIMIT. */
-#define LOOPD_ABI_MINOR 3
+ *            LOOPD_ERR_FULL, LOOPD_REASON_IDLE, LOOPD_REASON_LIMIT.
+ * 1.4 added: loopd_host_api.post_siblings, worker_info. */
+#define LOOPD_ABI_MINOR 4
 
 /* Sizes of the v1.0 structs on 64-bit targets: the smallest struct_size a
  * reader accepts. They never change; later minors only append (a 1.1 host
@@ -434,6 +435,25 @@ typedef struct loopd_host_api {
     int32_t (*timer_repeat)(loopd_ctx *ctx, uint64_t delay_ms,
                             uint64_t interval_ms, uint64_t user_data,
                             uint64_t *timer_out);
+
+    /* --- 1.4 --- */
+
+    /* Post a message to this instance's siblings: the instance of the same
+     * name on every other worker of this process ([runtime] workers). Each
+     * gets a copy through on_message, as with post. *delivered_out (may be
+     * NULL) receives how many took it. LOOPD_OK when every sibling took it
+     * (also when there are none: a single worker), LOOPD_ERR_FULL when at
+     * least one sibling's mailbox was at its limit (it got nothing; the
+     * others did), LOOPD_ERR_INVALID (msg NULL with len > 0). Any thread,
+     * while this instance exists. */
+    int32_t (*post_siblings)(loopd_ctx *ctx, const uint8_t *msg, size_t len,
+                             uint32_t *delivered_out);
+
+    /* This runtime's worker index (0-based) and the number of workers: 0
+     * and 1 for a process with one loop. Either pointer may be NULL. Any
+     * thread. */
+    int32_t (*worker_info)(loopd_ctx *ctx, uint32_t *index_out,
+                           uint32_t *count_out);
 } loopd_host_api;
 
 /* Hooks the handler implements. Every pointer may be NULL ("not

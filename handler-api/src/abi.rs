@@ -14,7 +14,7 @@ use core::ffi::{c_char, c_void};
 /// Major version of the ABI. A major bump renames the entry symbol.
 pub const LOOPD_ABI_MAJOR: u32 = 1;
 /// Minor version of the ABI. A minor bump only appends fields and functions.
-pub const LOOPD_ABI_MINOR: u32 = 3;
+pub const LOOPD_ABI_MINOR: u32 = 4;
 /// The one symbol a plugin exports, NUL-terminated.
 pub const LOOPD_ENTRY_SYMBOL: &[u8] = b"loopd_plugin_entry_v1\0";
 
@@ -248,6 +248,11 @@ pub type loopd_watch_remove_fn = unsafe extern "C" fn(*mut loopd_ctx, u64) -> i3
 /// `loopd_host_api.timer_repeat` (since 1.3).
 pub type loopd_timer_repeat_fn =
     unsafe extern "C" fn(*mut loopd_ctx, u64, u64, u64, *mut u64) -> i32;
+/// `loopd_host_api.post_siblings` (since 1.4).
+pub type loopd_post_siblings_fn =
+    unsafe extern "C" fn(*mut loopd_ctx, *const u8, usize, *mut u32) -> i32;
+/// `loopd_host_api.worker_info` (since 1.4).
+pub type loopd_worker_info_fn = unsafe extern "C" fn(*mut loopd_ctx, *mut u32, *mut u32) -> i32;
 
 /// Options for `connect_with` (1.3). Extensible; a zero field means "what
 /// the instance has".
@@ -324,6 +329,10 @@ pub struct loopd_host_api {
     pub watch_remove: Option<loopd_watch_remove_fn>,
     /// Arm a repeating timer (since 1.3).
     pub timer_repeat: Option<loopd_timer_repeat_fn>,
+    /// Post to this instance's siblings on the other workers (since 1.4).
+    pub post_siblings: Option<loopd_post_siblings_fn>,
+    /// This runtime's worker index and the number of workers (since 1.4).
+    pub worker_info: Option<loopd_worker_info_fn>,
 }
 
 // SAFETY: the host table is immutable static data (function pointers and a

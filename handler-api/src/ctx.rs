@@ -298,6 +298,37 @@ impl Ctx {
         Error::check(unsafe { f(self.raw, std::ptr::null(), msg.as_ptr(), msg.len()) })
     }
 
+    /// Posts `msg` to this instance's siblings (ABI 1.4): the instance of
+    /// the same name on every other worker of the process (`[runtime]
+    /// workers`), each through its [`crate::Handler::on_message`]. Returns
+    /// how many took it: 0 with a single worker. Works from any thread.
+    ///
+    /// # Errors
+    /// [`Error::Full`] when at least one sibling's mailbox was at its limit
+    /// (that one got nothing, the others did); [`Error::Unsupported`] on a
+    /// host older than 1.4.
+    pub fn post_siblings(&self, msg: &[u8]) -> Result<u32, Error> {
+        let f = self.host().post_siblings.ok_or(Error::Unsupported)?;
+        let mut delivered = 0u32;
+        // SAFETY: `msg` is valid for its length for the call; a valid out-pointer.
+        Error::check(unsafe { f(self.raw, msg.as_ptr(), msg.len(), &mut delivered) })?;
+        Ok(delivered)
+    }
+
+    /// This runtime's worker index and the number of workers (ABI 1.4):
+    /// `(0, 1)` for a process with one loop, and on a host older than 1.4.
+    pub fn worker(&self) -> (u32, u32) {
+        let Some(f) = self.host().worker_info else {
+            return (0, 1);
+        };
+        let (mut index, mut count) = (0u32, 1u32);
+        // SAFETY: valid out-pointers for the call.
+        if unsafe { f(self.raw, &mut index, &mut count) } != abi::LOOPD_OK {
+            return (0, 1);
+        }
+        (index, count)
+    }
+
     /// Watches `fd`, a descriptor the handler owns, for `interest` (ABI
     /// 1.3): [`crate::Handler::on_fd`] gets `user_data` whenever it is
     /// ready. loopd never reads, writes or closes it; remove the watch

@@ -22,19 +22,21 @@ use crate::{Config, Error, Runtime};
 /// [`Builder::build`] from [`Builder::config_file`]), from code
 /// ([`Builder::handler`]), or both: entries added in code follow the
 /// config's, and names must be unique across the two.
-#[derive(Debug, Default)]
+#[derive(Debug, Default, Clone)]
 pub struct Builder {
-    config: Option<Config>,
-    config_path: Option<std::path::PathBuf>,
-    runtime: Option<RuntimeConfig>,
+    pub(crate) config: Option<Config>,
+    pub(crate) config_path: Option<std::path::PathBuf>,
+    pub(crate) runtime: Option<RuntimeConfig>,
     statics: HashMap<String, Linked>,
     specs: Vec<HandlerSpec>,
     extra_listeners: Vec<(String, String)>,
     #[cfg(feature = "signals")]
     signals: bool,
-    inherit: bool,
-    service: bool,
+    pub(crate) inherit: bool,
+    pub(crate) service: bool,
     listen: bool,
+    /// Set by `build_workers` for each worker it builds.
+    pub(crate) worker: Option<crate::workers::WorkerSlot>,
 }
 
 impl Builder {
@@ -251,22 +253,42 @@ impl Builder {
 
     fn build_inner(mut self) -> Result<Runtime, Error> {
         let Assembled {
-            config,
+            mut config,
             linked,
             file_entries,
             extra,
         } = self.assemble()?;
+        if let Some(slot) = &self.worker {
+            slot.adjust(&mut config);
+        } else if config.runtime.workers > 1 && self.listen {
+            return Err(Error::Config(format!(
+                "{}workers = {}: build with Builder::build_workers (the loopd binary does)",
+                config
+                    .path
+                    .as_ref()
+                    .map(|p| format!("{}: ", p.display()))
+                    .unwrap_or_default(),
+                config.runtime.workers
+            )));
+        }
         let core = Core::new(config.runtime.clone()).map_err(|source| Error::System {
             what: "creating the poller (epoll)".to_string(),
             source,
         })?;
         let mut rt = Runtime::new(core);
         rt.service = self.service;
+        if let Some(slot) = &self.worker {
+            rt.worker = Some(slot.clone());
+            slot.siblings.join(slot.index, rt.postbox.clone());
+        }
         if self.service {
             crate::notify::init();
         }
         if self.inherit && self.listen {
-            rt.core.borrow_mut().shared.inherited = crate::inherit::Inherited::from_env();
+            rt.core.borrow_mut().shared.inherited = match &self.worker {
+                Some(slot) => slot.take_inherited(),
+                None => crate::inherit::Inherited::from_env(),
+            };
         }
         let _active = ActiveGuard::enter(&rt.core);
 
@@ -323,7 +345,8 @@ impl Builder {
                 source,
             })?;
         }
-        if self.service && self.listen {
+        // Workers: build_workers says it once every worker is up.
+        if self.service && self.listen && self.worker.is_none() {
             crate::notify::send(&format!("READY=1\nMAINPID={}", std::process::id()));
         }
         Ok(rt)
@@ -414,6 +437,7 @@ pub(crate) fn create_instance(
             log_target: format!("loopd::handler::{}", h.name),
             name: h.name.clone(),
             postbox: rt.postbox.clone(),
+            worker: rt.worker.clone(),
         }),
         settings,
         scope: Scope::new(h.name.as_str()),

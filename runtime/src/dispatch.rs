@@ -355,6 +355,15 @@ impl Runtime {
             return;
         }
         if action == SignalAction::Upgrade {
+            let (index, count) = self.worker();
+            if count > 1 {
+                if n > 0 && index == 0 {
+                    log::error!(
+                        "SIGUSR2: a binary upgrade needs workers = 1 (this loopd runs {count}); use a reload, or restart"
+                    );
+                }
+                return;
+            }
             if n > 0 {
                 if let Err(e) = self.upgrade() {
                     log::error!("{e}");

@@ -34,6 +34,8 @@ pub(crate) struct HostCtx {
     pub(crate) name: String,
     /// The runtime's mailboxes: `post` works from any thread.
     pub(crate) postbox: std::sync::Arc<Postbox>,
+    /// Which worker this instance lives on, when there are several.
+    pub(crate) worker: Option<crate::workers::WorkerSlot>,
 }
 
 impl HostCtx {
@@ -452,6 +454,59 @@ unsafe extern "C" fn host_post(
     }
 }
 
+unsafe extern "C" fn host_post_siblings(
+    ctx: *mut loopd_ctx,
+    msg: *const u8,
+    len: usize,
+    delivered_out: *mut u32,
+) -> i32 {
+    if ctx.is_null() {
+        return abi::LOOPD_ERR_INVALID;
+    }
+    // SAFETY: a non-NULL ctx is a live HostCtx; its fields are immutable
+    // and the sibling mailboxes are thread-safe, so any thread may post.
+    let hc = unsafe { &*ctx.cast::<HostCtx>() };
+    // SAFETY: the caller lends `len` bytes at `msg` for the call.
+    let Some(msg) = (unsafe { bytes(msg, len) }) else {
+        return abi::LOOPD_ERR_INVALID;
+    };
+    let (delivered, full) = match &hc.worker {
+        Some(w) => w.siblings.post(w.index, &hc.name, msg),
+        None => (0, false),
+    };
+    if !delivered_out.is_null() {
+        // SAFETY: checked non-NULL; the caller gives a writable out-pointer.
+        unsafe { *delivered_out = delivered };
+    }
+    if full {
+        abi::LOOPD_ERR_FULL
+    } else {
+        abi::LOOPD_OK
+    }
+}
+
+unsafe extern "C" fn host_worker_info(
+    ctx: *mut loopd_ctx,
+    index_out: *mut u32,
+    count_out: *mut u32,
+) -> i32 {
+    if ctx.is_null() {
+        return abi::LOOPD_ERR_INVALID;
+    }
+    // SAFETY: a non-NULL ctx is a live HostCtx; `worker` is immutable.
+    let hc = unsafe { &*ctx.cast::<HostCtx>() };
+    let (index, count) = hc.worker.as_ref().map_or((0, 1), |w| (w.index, w.count));
+    if !index_out.is_null() {
+        // SAFETY: checked non-NULL; the caller gives a writable out-pointer.
+        unsafe { *index_out = index as u32 };
+    }
+    if !count_out.is_null() {
+        // SAFETY: checked non-NULL; the caller gives a writable out-pointer.
+        unsafe { *count_out = count as u32 };
+    }
+    abi::LOOPD_OK
+}
+
 unsafe extern "C" fn host_watch_fd(
     ctx: *mut loopd_ctx,
     fd: i32,
@@ -610,6 +665,8 @@ static HOST_API: HostTable = HostTable(loopd_host_api {
     watch_modify: Some(host_watch_modify),
     watch_remove: Some(host_watch_remove),
     timer_repeat: Some(host_timer_repeat),
+    post_siblings: Some(host_post_siblings),
+    worker_info: Some(host_worker_info),
 });
 
 /// The host table every plugin receives. Static: valid for the whole process.
@@ -631,6 +688,7 @@ mod tests {
             log_target: "loopd::handler::t".into(),
             name: "t".into(),
             postbox: Postbox::new(core.borrow().shared.poll.waker()),
+            worker: None,
         };
         let mut id = 0;
         // SAFETY: hc is alive; no runtime is active on this thread.

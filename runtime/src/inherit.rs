@@ -21,6 +21,9 @@ const LISTEN_FDS_START: RawFd = 3;
 #[derive(Debug, Default)]
 pub(crate) struct Inherited {
     sockets: Vec<(OwnedFd, SocketName, String)>,
+    /// A worker's copy: unused sockets are closed without a word (worker
+    /// 0's set says it once).
+    copy: bool,
 }
 
 impl Inherited {
@@ -81,7 +84,23 @@ impl Inherited {
             log::debug!("inherited {name} (fd {fd}): {sockname:?}");
             sockets.push((owned, sockname, name));
         }
-        Inherited { sockets }
+        Inherited {
+            sockets,
+            copy: false,
+        }
+    }
+
+    /// Another worker's set: the same sockets, duplicated, so that every
+    /// worker accepts from them (the kernel hands each connection to one).
+    pub(crate) fn duplicate(&self) -> std::io::Result<Inherited> {
+        let mut sockets = Vec::with_capacity(self.sockets.len());
+        for (fd, sockname, name) in &self.sockets {
+            sockets.push((fd.try_clone()?, sockname.clone(), name.clone()));
+        }
+        Ok(Inherited {
+            sockets,
+            copy: true,
+        })
     }
 
     /// The inherited socket bound to `addr`, if there is one.
@@ -98,6 +117,9 @@ impl Inherited {
     /// Closes what no listener asked for, saying so.
     pub(crate) fn close_unused(&mut self) {
         for (_, sockname, name) in self.sockets.drain(..) {
+            if self.copy {
+                continue;
+            }
             log::warn!("{name} ({sockname:?}) matches no listener of the config; closed");
         }
     }

@@ -175,6 +175,7 @@ pub(crate) fn test_instance(
             log_target: format!("loopd::handler::{name}"),
             name: name.to_string(),
             postbox: crate::mailbox::Postbox::new(waker.clone()),
+            worker: None,
         }),
         settings,
         scope: Scope::new(name),

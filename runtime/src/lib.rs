@@ -119,6 +119,7 @@ mod sys;
 mod timer;
 mod transport;
 mod upgrade;
+mod workers;
 
 use std::cell::RefCell;
 use std::io;
@@ -137,6 +138,7 @@ pub use mailbox::PostError;
 pub use reload::ReloadReport;
 pub use spec::HandlerSpec;
 pub use stats::Stats;
+pub use workers::{WorkerStats, Workers};
 
 use crate::core::Core;
 use config::ListenAddr;
@@ -171,6 +173,10 @@ struct Flags {
     shutdown: AtomicBool,
     /// Re-read the config file (a `Handle::reload`, or SIGHUP).
     reload: Arc<AtomicBool>,
+    /// A `Handle::stats` waits for a snapshot.
+    stats_wanted: AtomicBool,
+    stats: std::sync::Mutex<Option<Stats>>,
+    stats_ready: std::sync::Condvar,
 }
 
 /// A running loopd: listeners, connections, timers and handler instances.
@@ -208,6 +214,8 @@ pub struct Runtime {
     pub(crate) service: bool,
     /// A new loopd started by `upgrade`, until it takes over.
     pub(crate) successor: Option<std::process::Child>,
+    /// Which worker this runtime is, when there are several.
+    pub(crate) worker: Option<workers::WorkerSlot>,
     /// The instances' mailboxes, shared with every [`Handle`].
     pub(crate) postbox: Arc<Postbox>,
     /// Messages taken from the mailboxes, being delivered (reused).
@@ -262,6 +270,27 @@ impl Handle {
     pub fn shutdown(&self) {
         self.flags.shutdown.store(true, Ordering::SeqCst);
         self.waker.wake();
+    }
+
+    /// A snapshot of the runtime's counters ([`Runtime::stats`]) taken on
+    /// its loop thread at its next pass, from any thread; `None` when the
+    /// loop does not get to it within `timeout` (it is not running, or
+    /// busy).
+    pub fn stats(&self, timeout: Duration) -> Option<Stats> {
+        let mut slot = self
+            .flags
+            .stats
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        *slot = None;
+        self.flags.stats_wanted.store(true, Ordering::SeqCst);
+        self.waker.wake();
+        let (mut slot, _) = self
+            .flags
+            .stats_ready
+            .wait_timeout_while(slot, timeout, |s| s.is_none())
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        slot.take()
     }
 
     /// Asks the loop to re-read its config file and apply it at its next
@@ -351,6 +380,7 @@ impl Runtime {
             reload: reload::State::default(),
             service: false,
             successor: None,
+            worker: None,
             postbox,
             mail: Vec::new(),
         }
@@ -610,6 +640,15 @@ impl Runtime {
         }
         if self.flags.reload.swap(false, Ordering::SeqCst) {
             self.reload_requested();
+        }
+        if self.flags.stats_wanted.swap(false, Ordering::SeqCst) {
+            let snapshot = self.stats();
+            *self
+                .flags
+                .stats
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner) = Some(snapshot);
+            self.flags.stats_ready.notify_all();
         }
         self.check_successor();
         if self.ignored_signal.swap(false, Ordering::Relaxed) {

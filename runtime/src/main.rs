@@ -220,21 +220,35 @@ fn edit_distance(a: &str, b: &str) -> usize {
 }
 
 fn run(config: PathBuf) -> Result<(), loopd::Error> {
-    let mut rt = Runtime::builder()
-        .config_file(&config)
+    let parsed = loopd::Config::from_file(&config)?;
+    let builder = Runtime::builder()
+        .config(parsed.clone())
         .handle_signals(true)
         .inherit_listeners(true)
-        .notify_service_manager(true)
-        .build()?;
-    let _pid_file = match &loopd::Config::from_file(&config)?.runtime.pid_file {
+        .notify_service_manager(true);
+    let workers = parsed.runtime.workers;
+    let (served, listeners) = if workers > 1 {
+        let w = builder.build_workers()?;
+        let n = w.listeners().len();
+        (Served::Workers(w), n)
+    } else {
+        let rt = builder.build()?;
+        let n = rt.listeners().len();
+        (Served::One(Box::new(rt)), n)
+    };
+    let _pid_file = match &parsed.runtime.pid_file {
         Some(path) => Some(PidFile::write(path)?),
         None => None,
     };
     log::info!(
-        "loopd {} ready: {} listeners from {}",
+        "loopd {} ready: {listeners} listeners from {}{}",
         loopd::VERSION,
-        rt.listeners().len(),
-        config.display()
+        config.display(),
+        if workers > 1 {
+            format!(", {workers} workers")
+        } else {
+            String::new()
+        }
     );
     // A binary upgrade: this process has the old one's sockets and is
     // ready; the old one may now stop accepting and drain.
@@ -250,8 +264,17 @@ fn run(config: PathBuf) -> Result<(), loopd::Error> {
             unsafe { libc::kill(pid, libc::SIGTERM) };
         }
     }
-    rt.run()?;
+    match served {
+        Served::One(mut rt) => rt.run()?,
+        Served::Workers(w) => w.run()?,
+    }
     Ok(())
+}
+
+/// One loop on the main thread, or `[runtime] workers` of them.
+enum Served {
+    One(Box<Runtime>),
+    Workers(loopd::Workers),
 }
 
 /// The `pid_file` while loopd runs: written once listening, removed at exit

@@ -195,6 +195,20 @@ impl Runtime {
         if self.is_shutting_down() {
             return Err(Error::Config("reload: a shutdown is under way".to_string()));
         }
+        let running_workers = self.core.borrow().shared.cfg.workers;
+        if config.runtime.workers != running_workers {
+            if self.worker().0 == 0 {
+                log::warn!(
+                    "reload: workers = {} takes a restart; {running_workers} keep running",
+                    config.runtime.workers
+                );
+            }
+            config.runtime.workers = running_workers;
+        }
+        // A worker's share of the limits, its listeners (as at build).
+        if let Some(slot) = &self.worker {
+            slot.adjust(&mut config);
+        }
         let old_config = Config {
             path: self.reload.config_path.clone(),
             runtime: self.core.borrow().shared.cfg.clone(),

@@ -164,6 +164,39 @@ impl Stats {
         self.handlers.iter().find(|h| h.name == name && !h.draining)
     }
 
+    /// Several snapshots (of workers) added up: loop counters summed,
+    /// handlers matched by name and draining flag, listeners by URL.
+    pub fn sum(parts: &[Stats]) -> Stats {
+        let mut total = Stats::default();
+        for s in parts {
+            let l = &mut total.loop_stats;
+            l.passes += s.loop_stats.passes;
+            l.events += s.loop_stats.events;
+            l.busy += s.loop_stats.busy;
+            l.waiting += s.loop_stats.waiting;
+            for h in &s.handlers {
+                match total
+                    .handlers
+                    .iter_mut()
+                    .find(|t| t.name == h.name && t.draining == h.draining)
+                {
+                    Some(t) => t.counters.add(&h.counters),
+                    None => total.handlers.push(h.clone()),
+                }
+            }
+            for ls in &s.listeners {
+                match total.listeners.iter_mut().find(|t| t.url == ls.url) {
+                    Some(t) => {
+                        t.counters.add(&ls.counters);
+                        t.open |= ls.open;
+                    }
+                    None => total.listeners.push(ls.clone()),
+                }
+            }
+        }
+        total
+    }
+
     /// The listener whose bound URL is `url`, if there is one.
     pub fn listener(&self, url: &str) -> Option<&ListenerStats> {
         self.listeners.iter().find(|l| l.url == url)
@@ -248,6 +281,37 @@ pub struct CounterSnapshot {
 }
 
 impl CounterSnapshot {
+    fn add(&mut self, o: &CounterSnapshot) {
+        self.accepted += o.accepted;
+        self.connected += o.connected;
+        self.active += o.active;
+        let (c, d) = (&mut self.closed, &o.closed);
+        c.peer += d.peer;
+        c.local += d.local;
+        c.error += d.error;
+        c.frame_too_big += d.frame_too_big;
+        c.handler += d.handler;
+        c.shutdown += d.shutdown;
+        c.connect_failed += d.connect_failed;
+        c.timeout += d.timeout;
+        c.idle += d.idle;
+        c.limit += d.limit;
+        c.other += d.other;
+        self.bytes_in += o.bytes_in;
+        self.bytes_out += o.bytes_out;
+        self.frames_in += o.frames_in;
+        self.oversize_frames += o.oversize_frames;
+        self.datagrams_in += o.datagrams_in;
+        self.datagrams_out += o.datagrams_out;
+        let (a, b) = (&mut self.datagrams_dropped, &o.datagrams_dropped);
+        a.send_buffer_full += b.send_buffer_full;
+        a.oversize += b.oversize;
+        a.send_error += b.send_error;
+        self.timers_set += o.timers_set;
+        self.timers_fired += o.timers_fired;
+        self.timers_active += o.timers_active;
+    }
+
     /// Connections closed, whatever the reason.
     pub fn closed_total(&self) -> u64 {
         let c = &self.closed;

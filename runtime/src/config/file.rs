@@ -37,6 +37,7 @@ struct RawRuntime {
     max_connections_per_peer: Option<Spanned<u64>>,
     drain_timeout_ms: Option<Spanned<u64>>,
     pid_file: Option<Spanned<String>>,
+    workers: Option<Spanned<toml::Value>>,
 }
 
 #[derive(Deserialize)]
@@ -262,6 +263,19 @@ impl Config {
             }
             if let Some(v) = positive(&rt.drain_timeout_ms, "drain_timeout_ms")? {
                 runtime.drain_timeout = Duration::from_millis(v);
+            }
+            if let Some(w) = &rt.workers {
+                runtime.workers = match w.get_ref() {
+                    toml::Value::Integer(n) if (1..=1024).contains(n) => *n as usize,
+                    toml::Value::String(s) if s == "auto" => crate::config::available_cpus(),
+                    other => {
+                        return Err(src.error(
+                            Some(w.span()),
+                            "runtime.workers",
+                            format!("must be a number from 1 to 1024 or \"auto\", not {other:?}"),
+                        ))
+                    }
+                };
             }
             if let Some(p) = rt.pid_file {
                 if p.get_ref().is_empty() {

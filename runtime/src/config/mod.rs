@@ -143,6 +143,12 @@ pub struct Config {
     pub handlers: Vec<HandlerConfig>,
 }
 
+/// How many CPUs this process may run on (its affinity mask), for
+/// `workers = "auto"`.
+pub fn available_cpus() -> usize {
+    std::thread::available_parallelism().map_or(1, |n| n.get())
+}
+
 impl Config {
     /// A config with the default `[runtime]` and no handlers (what an empty
     /// file gives); add handlers in code.
@@ -186,6 +192,9 @@ pub struct RuntimeConfig {
     /// Where the `loopd` binary writes its process id while it runs
     /// (`pid_file`), for `loopd reload` and service managers.
     pub pid_file: Option<PathBuf>,
+    /// How many worker threads run a loop each (`workers`: a number, or
+    /// `"auto"` for one per CPU the process may run on; default 1).
+    pub workers: usize,
 }
 
 impl Default for RuntimeConfig {
@@ -202,6 +211,7 @@ impl Default for RuntimeConfig {
             max_connections_per_peer: 0,
             drain_timeout: Duration::from_secs(300),
             pid_file: None,
+            workers: 1,
         }
     }
 }

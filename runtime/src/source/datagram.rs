@@ -208,6 +208,7 @@ pub(crate) fn open(core: &mut Core, sa: &SocketAddr, instance: InstanceId) -> io
             false,
             0,
             inst.settings.reuse_address,
+            core.shared.cfg.workers > 1,
         )?),
     };
     if inst.settings.broadcast {

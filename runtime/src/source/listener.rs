@@ -65,12 +65,13 @@ impl Listener {
         addr: &ListenAddr,
         instance: InstanceId,
         inherited: Option<OwnedFd>,
+        reuse_port: bool,
     ) -> io::Result<Listener> {
         let (fd, transport, url, unix_path) = match addr {
             ListenAddr::Tcp(sa) => {
                 let fd = match inherited {
                     Some(fd) => fd,
-                    None => sys::bind_listener(sa, true, BACKLOG, false)?,
+                    None => sys::bind_listener(sa, true, BACKLOG, false, reuse_port)?,
                 };
                 let local = sys::local_addr(fd.as_raw_fd())
                     .to_socket_addr()
@@ -151,7 +152,7 @@ pub(crate) fn open(core: &mut Core, addr: &ListenAddr, instance: InstanceId) -> 
     }
     check_own_listeners(core, addr)?;
     let inherited = core.shared.inherited.take(addr);
-    let l = Listener::open(addr, instance, inherited)?;
+    let l = Listener::open(addr, instance, inherited, core.shared.cfg.workers > 1)?;
     let url = l.url_str().to_string();
     let transport = l.transport;
     let local = sys::local_addr(l.fd.as_raw_fd());
@@ -419,9 +420,9 @@ mod tests {
         // A listener that is dropped without cleanup leaves a stale file.
         drop(UnixListener::bind(&path).unwrap());
         assert!(path.exists());
-        let live =
-            Listener::open(&ListenAddr::Unix(path.clone()), 1, None).expect("stale file replaced");
-        let err = Listener::open(&ListenAddr::Unix(path.clone()), 1, None).unwrap_err();
+        let live = Listener::open(&ListenAddr::Unix(path.clone()), 1, None, false)
+            .expect("stale file replaced");
+        let err = Listener::open(&ListenAddr::Unix(path.clone()), 1, None, false).unwrap_err();
         assert_eq!(err.kind(), io::ErrorKind::AddrInUse, "{err}");
         drop(live);
         assert!(!path.exists(), "socket file removed on close");
@@ -431,7 +432,7 @@ mod tests {
     fn a_regular_file_is_never_removed() {
         let path = tmp("regular");
         std::fs::write(&path, b"keep me").unwrap();
-        let err = Listener::open(&ListenAddr::Unix(path.clone()), 1, None).unwrap_err();
+        let err = Listener::open(&ListenAddr::Unix(path.clone()), 1, None, false).unwrap_err();
         assert!(err.to_string().contains("not a socket"), "{err}");
         assert_eq!(std::fs::read(&path).unwrap(), b"keep me");
         std::fs::remove_file(&path).unwrap();
@@ -439,7 +440,13 @@ mod tests {
 
     #[test]
     fn tcp_port_zero_reports_the_real_port() {
-        let l = Listener::open(&ListenAddr::Tcp("127.0.0.1:0".parse().unwrap()), 1, None).unwrap();
+        let l = Listener::open(
+            &ListenAddr::Tcp("127.0.0.1:0".parse().unwrap()),
+            1,
+            None,
+            false,
+        )
+        .unwrap();
         assert!(l.url_str().starts_with("tcp://127.0.0.1:"));
         assert!(!l.url_str().ends_with(":0"));
         assert_eq!(&*l.scope.name, l.url_str(), "counters are named by the URL");

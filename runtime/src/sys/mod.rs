@@ -230,11 +230,16 @@ pub(super) fn set_int_opt(
 /// datagrams. An IPv6 socket is IPv6-only, so `[::]:P` and `0.0.0.0:P` can
 /// both be listened on (nginx's default), instead of the first one taking
 /// both.
+///
+/// `reuse_port` sets `SO_REUSEPORT` (workers: one socket per worker on the
+/// same address, the kernel spreading connections and datagrams; Linux
+/// lets only the same user's sockets share a port this way).
 pub(crate) fn bind_listener(
     addr: &SocketAddr,
     tcp: bool,
     backlog: i32,
     reuse_udp: bool,
+    reuse_port: bool,
 ) -> io::Result<OwnedFd> {
     let domain = if addr.is_ipv4() {
         libc::AF_INET
@@ -249,6 +254,9 @@ pub(crate) fn bind_listener(
     let fd = imp::socket(domain, kind)?;
     if tcp || reuse_udp {
         set_int_opt(fd.as_raw_fd(), libc::SOL_SOCKET, libc::SO_REUSEADDR, 1)?;
+    }
+    if reuse_port {
+        set_int_opt(fd.as_raw_fd(), libc::SOL_SOCKET, libc::SO_REUSEPORT, 1)?;
     }
     if addr.is_ipv6() {
         set_int_opt(fd.as_raw_fd(), libc::IPPROTO_IPV6, libc::IPV6_V6ONLY, 1)?;

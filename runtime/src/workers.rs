@@ -1,0 +1,396 @@
+//! Workers: N threads `loopd-worker-K`, each a whole loop with its own
+//! handler instances, shared-nothing as nginx's worker processes are.
+//!
+//! Every worker builds the same config for itself: `create` runs once per
+//! worker, and an instance only ever sees its own worker's connections.
+//! TCP and UDP listeners are one `SO_REUSEPORT` socket per worker on the
+//! same address (the kernel spreads connections and datagrams); a port of 0
+//! is resolved by worker 0 and the others bind the port it got. A Unix
+//! listener is one socket, served by worker 0. Process-wide limits are
+//! split evenly: each worker gets `ceil(limit / workers)` of
+//! `max_connections`, a handler's `max_connections` and
+//! `max_connections_per_peer`, and `max_buffered_input / workers`.
+//! Siblings (the same handler on the other workers) talk through posts
+//! (`Ctx::post_siblings`). Signals reach every worker: each shuts down or
+//! reloads itself.
+
+use std::sync::mpsc;
+use std::sync::{Arc, Mutex, PoisonError};
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+use crate::config::{Config, ListenAddr};
+use crate::inherit::Inherited;
+use crate::mailbox::{PostError, Postbox};
+use crate::stats::Stats;
+use crate::{Builder, Error, Handle, Runtime};
+
+/// The mailboxes of every worker, by index, for sibling posts.
+#[derive(Debug, Default)]
+pub(crate) struct Siblings {
+    postboxes: Mutex<Vec<Option<Arc<Postbox>>>>,
+}
+
+impl Siblings {
+    /// Worker `index` is up: its mailboxes can take sibling posts.
+    pub(crate) fn join(&self, index: usize, postbox: Arc<Postbox>) {
+        let mut p = self
+            .postboxes
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        if p.len() <= index {
+            p.resize(index + 1, None);
+        }
+        p[index] = Some(postbox);
+    }
+
+    /// Posts `msg` to the instance named `name` on every worker but
+    /// `from`: how many took it, and whether any mailbox was full.
+    pub(crate) fn post(&self, from: usize, name: &str, msg: &[u8]) -> (u32, bool) {
+        let targets: Vec<Arc<Postbox>> = {
+            let p = self
+                .postboxes
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner);
+            p.iter()
+                .enumerate()
+                .filter(|(i, _)| *i != from)
+                .filter_map(|(_, b)| b.clone())
+                .collect()
+        };
+        let (mut delivered, mut full) = (0, false);
+        for b in targets {
+            match b.post(name, msg.to_vec()) {
+                Ok(()) => delivered += 1,
+                Err(PostError::Full | PostError::TooLarge) => full = true,
+                // A worker without that instance, or stopping: not a sibling.
+                Err(_) => {}
+            }
+        }
+        (delivered, full)
+    }
+}
+
+/// Which worker a runtime is, and what it shares with the others.
+#[derive(Debug, Clone)]
+pub(crate) struct WorkerSlot {
+    pub(crate) index: usize,
+    pub(crate) count: usize,
+    pub(crate) siblings: Arc<Siblings>,
+    /// Port-0 listeners (handler, address as written) and the address
+    /// worker 0 bound for each.
+    pub(crate) ports: Vec<(String, ListenAddr, ListenAddr)>,
+    /// Each worker's copy of the inherited listening sockets (socket
+    /// activation, an upgrade): all workers accept from the same sockets.
+    inherited: Arc<Mutex<Vec<Option<Inherited>>>>,
+}
+
+/// `ceil(n / parts)`.
+fn share(n: usize, parts: usize) -> usize {
+    n.div_ceil(parts).max(1)
+}
+
+impl WorkerSlot {
+    /// This worker's inherited sockets (none when there are none).
+    pub(crate) fn take_inherited(&self) -> Inherited {
+        let mut all = self
+            .inherited
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        all.get_mut(self.index)
+            .and_then(Option::take)
+            .unwrap_or_default()
+    }
+
+    /// This worker's part of `config`: limits split, port-0 addresses
+    /// pinned to worker 0's ports, Unix listeners on worker 0 only.
+    pub(crate) fn adjust(&self, config: &mut Config) {
+        let n = self.count;
+        let rt = &mut config.runtime;
+        rt.max_connections = share(rt.max_connections, n);
+        if rt.max_connections_per_peer > 0 {
+            rt.max_connections_per_peer = share(rt.max_connections_per_peer, n);
+        }
+        rt.max_buffered_input = (rt.max_buffered_input / n).max(1);
+        for h in &mut config.handlers {
+            h.max_connections = h.max_connections.map(|m| share(m, n));
+            h.max_connections_per_peer =
+                h.max_connections_per_peer
+                    .map(|m| if m == 0 { 0 } else { share(m, n) });
+            if self.index > 0 {
+                h.listen.retain(|a| !matches!(a, ListenAddr::Unix(_)));
+                for a in &mut h.listen {
+                    let pinned = self
+                        .ports
+                        .iter()
+                        .find(|(name, asked, _)| *name == h.name && asked == a);
+                    if let Some((_, _, actual)) = pinned {
+                        *a = actual.clone();
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Every worker's counters, and their sum.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct WorkerStats {
+    /// All workers together: counters summed, handlers and listeners
+    /// matched by name and URL.
+    pub total: Stats,
+    /// Each worker's own, by index (`None`: it did not answer in time).
+    pub workers: Vec<Option<Stats>>,
+}
+
+/// Several loops, one per thread, each serving the whole config with its
+/// own handler instances: [`Builder::build_workers`].
+#[derive(Debug)]
+pub struct Workers {
+    threads: Vec<JoinHandle<std::io::Result<()>>>,
+    handles: Vec<Handle>,
+    listeners: Vec<String>,
+}
+
+impl Builder {
+    /// Builds the config's `[runtime] workers` loops (or `workers` in
+    /// [`Builder::runtime`]), each on a thread named `loopd-worker-K`, and
+    /// starts them. Every worker creates its own instance of every handler
+    /// (`create` runs once per worker); TCP and UDP listeners are one
+    /// `SO_REUSEPORT` socket per worker, Unix listeners are served by
+    /// worker 0; limits are split evenly (module docs). With `workers = 1`
+    /// this is one thread running what [`Builder::build`] would build.
+    ///
+    /// ```
+    /// use loopd::{config::RuntimeConfig, HandlerSpec, Runtime};
+    ///
+    /// let workers = Runtime::builder()
+    ///     .runtime(RuntimeConfig { workers: 2, ..Default::default() })
+    ///     .handler(HandlerSpec::linked::<loopd_echo::Echo>("echo").listen("tcp://127.0.0.1:0"))
+    ///     .build_workers()?;
+    /// assert_eq!(workers.len(), 2);
+    /// let url = workers.listeners()[0].clone(); // both workers serve it
+    /// # let _ = url;
+    /// workers.shutdown();
+    /// workers.run()?;
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    ///
+    /// # Errors
+    /// As [`Builder::build`], from the first worker that failed (the
+    /// others are stopped).
+    pub fn build_workers(mut self) -> Result<Workers, Error> {
+        // One parse for every worker (and the count it gives).
+        let config = match self.config.take() {
+            Some(c) => c,
+            #[cfg(feature = "config-file")]
+            None => match &self.config_path {
+                Some(p) => Config::from_file(p)?,
+                None => Config::empty(),
+            },
+            #[cfg(not(feature = "config-file"))]
+            None => Config::empty(),
+        };
+        let count = self
+            .runtime
+            .as_ref()
+            .map_or(config.runtime.workers, |r| r.workers)
+            .max(1);
+        self = self.config(config);
+        let siblings = Arc::new(Siblings::default());
+        let mut inherited = Vec::new();
+        if self.inherit {
+            let first = Inherited::from_env();
+            for _ in 1..count {
+                let copy = first.duplicate().map_err(|source| Error::System {
+                    what: "duplicating the inherited listening sockets".to_string(),
+                    source,
+                })?;
+                inherited.push(Some(copy));
+            }
+            inherited.insert(0, Some(first));
+        }
+        let inherited = Arc::new(Mutex::new(inherited));
+        let mut workers = Workers {
+            threads: Vec::new(),
+            handles: Vec::new(),
+            listeners: Vec::new(),
+        };
+        let mut ports = Vec::new();
+        for index in 0..count {
+            let mut b = self.clone();
+            b.worker = Some(WorkerSlot {
+                index,
+                count,
+                siblings: siblings.clone(),
+                ports: ports.clone(),
+                inherited: inherited.clone(),
+            });
+            // One voice towards the service manager: worker 0's.
+            b.service = self.service && index == 0;
+            let (tx, rx) = mpsc::channel();
+            let thread = std::thread::Builder::new()
+                .name(format!("loopd-worker-{index}"))
+                .spawn(move || {
+                    let mut rt = match b.build() {
+                        Ok(rt) => rt,
+                        Err(e) => {
+                            let _ = tx.send(Err(e));
+                            return Ok(());
+                        }
+                    };
+                    let bound: Vec<(String, ListenAddr, String)> = rt
+                        .listener_records
+                        .iter()
+                        .filter(|r| r.open)
+                        .map(|r| (r.handler.clone(), r.addr.clone(), r.url.clone()))
+                        .collect();
+                    let _ = tx.send(Ok((rt.handle(), bound)));
+                    rt.run()
+                })
+                .map_err(|source| Error::System {
+                    what: format!("starting thread loopd-worker-{index}"),
+                    source,
+                })?;
+            match rx.recv() {
+                Ok(Ok((handle, bound))) => {
+                    if index == 0 {
+                        for (handler, asked, url) in bound {
+                            if has_port_zero(&asked) {
+                                if let Some(actual) = actual_addr(&asked, &url) {
+                                    ports.push((handler, asked, actual));
+                                }
+                            }
+                            workers.listeners.push(url);
+                        }
+                    }
+                    workers.handles.push(handle);
+                    workers.threads.push(thread);
+                }
+                Ok(Err(e)) => {
+                    let _ = thread.join();
+                    workers.stop_all();
+                    return Err(e);
+                }
+                Err(_) => {
+                    let _ = thread.join();
+                    workers.stop_all();
+                    return Err(Error::Config(format!(
+                        "loopd-worker-{index} stopped while it was built"
+                    )));
+                }
+            }
+        }
+        log::info!("{count} workers running");
+        if self.service {
+            crate::notify::send(&format!("READY=1\nMAINPID={}", std::process::id()));
+        }
+        Ok(workers)
+    }
+}
+
+fn has_port_zero(a: &ListenAddr) -> bool {
+    matches!(a, ListenAddr::Tcp(s) | ListenAddr::Udp(s) if s.port() == 0)
+}
+
+/// The address a listener bound, from its URL (`tcp://127.0.0.1:40123`).
+fn actual_addr(asked: &ListenAddr, url: &str) -> Option<ListenAddr> {
+    let rest = url.split_once("://")?.1;
+    match asked {
+        ListenAddr::Tcp(_) => rest.parse().ok().map(ListenAddr::Tcp),
+        ListenAddr::Udp(_) => rest.parse().ok().map(ListenAddr::Udp),
+        ListenAddr::Unix(_) => None,
+    }
+}
+
+impl Workers {
+    /// How many workers there are.
+    pub fn len(&self) -> usize {
+        self.handles.len()
+    }
+
+    /// Whether there are none (never: a build makes at least one).
+    pub fn is_empty(&self) -> bool {
+        self.handles.is_empty()
+    }
+
+    /// Each worker's handle (stop, shutdown, wake, post, reload).
+    pub fn handles(&self) -> &[Handle] {
+        &self.handles
+    }
+
+    /// The URLs worker 0 bound (the others serve the same addresses).
+    pub fn listeners(&self) -> &[String] {
+        &self.listeners
+    }
+
+    /// Starts a graceful shutdown on every worker.
+    pub fn shutdown(&self) {
+        for h in &self.handles {
+            h.shutdown();
+        }
+    }
+
+    /// Asks every worker to re-read the config file and apply it.
+    pub fn reload(&self) {
+        for h in &self.handles {
+            h.reload();
+        }
+    }
+
+    /// Posts `msg` to the instance named `instance` on every worker;
+    /// returns how many took it.
+    pub fn post_all(&self, instance: &str, msg: &[u8]) -> usize {
+        self.handles
+            .iter()
+            .filter(|h| h.post(instance, msg.to_vec()).is_ok())
+            .count()
+    }
+
+    /// A snapshot of every worker's counters (each answers at its next
+    /// pass; one that does not within `timeout` is `None`) and their sum.
+    pub fn stats(&self, timeout: Duration) -> WorkerStats {
+        let workers: Vec<Option<Stats>> = self.handles.iter().map(|h| h.stats(timeout)).collect();
+        let present: Vec<Stats> = workers.iter().flatten().cloned().collect();
+        WorkerStats {
+            total: Stats::sum(&present),
+            workers,
+        }
+    }
+
+    fn stop_all(&mut self) {
+        for h in &self.handles {
+            h.stop();
+        }
+        for t in self.threads.drain(..) {
+            let _ = t.join();
+        }
+    }
+
+    /// Waits until every worker's loop has returned (a finished graceful
+    /// shutdown, or a stop).
+    ///
+    /// # Errors
+    /// The first I/O error a worker's loop failed with.
+    pub fn run(self) -> std::io::Result<()> {
+        let mut first = Ok(());
+        for t in self.threads {
+            let result = t
+                .join()
+                .unwrap_or_else(|_| Err(std::io::Error::other("a worker thread panicked")));
+            if first.is_ok() {
+                first = result;
+            }
+        }
+        first
+    }
+}
+
+impl Runtime {
+    /// This runtime's worker index and the number of workers: `(0, 1)` for
+    /// a runtime built with [`Builder::build`].
+    pub fn worker(&self) -> (usize, usize) {
+        self.worker.as_ref().map_or((0, 1), |w| (w.index, w.count))
+    }
+}
