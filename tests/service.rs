@@ -55,6 +55,16 @@ fn the_service_manager_hears_ready_reloading_and_stopping() {
 
 #[test]
 fn a_socket_handed_over_by_systemd_is_adopted_not_bound() {
+    activation(1);
+}
+
+/// With workers, every worker accepts from the one socket systemd passed.
+#[test]
+fn workers_share_a_socket_handed_over_by_systemd() {
+    activation(2);
+}
+
+fn activation(workers: usize) {
     build_plugins();
     let dir = TempDir::new("activation");
     // The "systemd" side: a listening socket bound before loopd starts.
@@ -63,7 +73,7 @@ fn a_socket_handed_over_by_systemd_is_adopted_not_bound() {
     let config = dir.join("loopd.toml");
     std::fs::write(
         &config,
-        format!("[[handler]]\nname = \"echo\"\nplugin = \"echo\"\nlisten = [\"tcp://{addr}\"]\n"),
+        format!("[runtime]\nworkers = {workers}\n[[handler]]\nname = \"echo\"\nplugin = \"echo\"\nlisten = [\"tcp://{addr}\"]\n"),
     )
     .unwrap();
     let fd = listener.as_raw_fd();
@@ -105,12 +115,18 @@ fn a_socket_handed_over_by_systemd_is_adopted_not_bound() {
         seen.contains("using echo-tcp, handed over by the parent process"),
         "{seen}"
     );
+    assert!(
+        !seen.contains("already in use") && !seen.contains("matches no listener"),
+        "{seen}"
+    );
     drop(listener); // loopd holds its own copy now
-    let mut s = tcp(addr);
-    s.write_all(b"activated").unwrap();
-    let mut back = [0u8; 9];
-    s.read_exact(&mut back).unwrap();
-    assert_eq!(&back, b"activated");
+    for _ in 0..20 {
+        let mut s = tcp(addr);
+        s.write_all(b"activated").unwrap();
+        let mut back = [0u8; 9];
+        s.read_exact(&mut back).unwrap();
+        assert_eq!(&back, b"activated");
+    }
     // SAFETY: signalling our own child.
     unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
     assert!(child.wait().unwrap().success());

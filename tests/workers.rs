@@ -92,6 +92,44 @@ fn every_worker_takes_connections_and_echoes_exactly() {
     workers.run().unwrap();
 }
 
+#[test]
+fn a_unix_listener_is_one_socket_every_worker_accepts_from() {
+    let dir = TempDir::new("workers-unix");
+    let path = dir.join("echo.sock");
+    let url = format!("unix://{}", path.display());
+    let workers = Runtime::builder()
+        .runtime(two_workers())
+        .handler(HandlerSpec::linked::<loopd_echo::Echo>("echo").listen(&url))
+        .build_workers()
+        .unwrap();
+    let threads: Vec<_> = (0..CLIENTS)
+        .map(|i| {
+            let path = path.clone();
+            std::thread::spawn(move || {
+                let data = pattern(8192, i as u8);
+                echo_roundtrip(unix(&path), &data) == data
+            })
+        })
+        .collect();
+    let exact = threads.into_iter().map(|t| t.join().unwrap());
+    assert_eq!(exact.filter(|ok| *ok).count(), CLIENTS);
+    let stats = workers.stats(TIMEOUT);
+    for (k, w) in stats.workers.iter().enumerate() {
+        let w = w.as_ref().expect("every worker answers");
+        let l = w.listeners.iter().find(|l| l.url == url);
+        assert!(
+            l.is_some_and(|l| l.open),
+            "worker {k} does not serve {url}: {:?}",
+            w.listeners
+        );
+    }
+    let total = stats.total.handler("echo").unwrap().counters.accepted;
+    assert_eq!(total, CLIENTS as u64);
+    workers.shutdown();
+    workers.run().unwrap();
+    assert!(!path.exists(), "the socket file is removed at exit");
+}
+
 /// What a sibling handler saw: (worker index, worker count, message,
 /// siblings that took the relay).
 type Seen = (u32, u32, String, Option<u32>);
@@ -239,6 +277,25 @@ fn thread_names(pid: i32) -> Vec<String> {
     names
 }
 
+/// Nanoseconds each `loopd-worker-K` thread has run (schedstat), by K;
+/// `None` on a kernel without schedstat.
+fn worker_cpu_ns(pid: i32) -> Option<Vec<(String, u64)>> {
+    let mut out = Vec::new();
+    for t in std::fs::read_dir(format!("/proc/{pid}/task")).unwrap() {
+        let t = t.unwrap().path();
+        let name = std::fs::read_to_string(t.join("comm")).unwrap_or_default();
+        let name = name.trim();
+        if !name.starts_with("loopd-worker-") {
+            continue;
+        }
+        let sched = std::fs::read_to_string(t.join("schedstat")).ok()?;
+        let ns = sched.split_whitespace().next()?.parse().ok()?;
+        out.push((name.to_string(), ns));
+    }
+    out.sort();
+    Some(out)
+}
+
 fn http_status(addr: SocketAddr) -> String {
     let mut s = TcpStream::connect(addr).unwrap();
     s.set_read_timeout(Some(TIMEOUT)).unwrap();
@@ -282,7 +339,26 @@ root = "{}"
         "{names:?}"
     );
 
+    // Both threads run for the load: an idle worker (no connection, no
+    // timer) is never woken, so its CPU time would not move.
+    let before = worker_cpu_ns(loopd.pid());
     assert_eq!(echo_clients(loopd.tcp("echo"), 16 * 1024), CLIENTS);
+    let after = worker_cpu_ns(loopd.pid());
+    match (before, after) {
+        (Some(before), Some(after)) => {
+            assert_eq!(before.len(), 2, "{before:?}");
+            let ran: Vec<u64> = before
+                .iter()
+                .zip(&after)
+                .map(|((_, a), (_, b))| b - a)
+                .collect();
+            figure("workers_cpu_ns_during_echo", format!("{ran:?}"));
+            assert!(ran.iter().all(|&ns| ns > 0), "{before:?} -> {after:?}");
+        }
+        _ => eprintln!(
+            "NOTE: no /proc/PID/task/TID/schedstat on this kernel; per-thread CPU not checked"
+        ),
+    }
     // The Unix listener: one socket, served by worker 0.
     let data = pattern(4096, 7);
     assert_eq!(echo_roundtrip(unix(&loopd.unix("echo")), &data), data);

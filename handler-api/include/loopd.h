@@ -470,7 +470,13 @@ typedef struct loopd_vtable {
      * instance in *instance_out. On failure return a negative status and
      * write a NUL-terminated reason into err: err is never NULL and has
      * err_cap >= 1 bytes, the NUL included. loopd then exits before
-     * listening. */
+     * listening.
+     * With [runtime] workers = N, create runs once per worker, each on
+     * that worker's thread: N instances of one entry, each seeing only
+     * its own worker's connections, datagrams and timers, and never
+     * called from another worker's thread. State that must span them (a
+     * chat's members) goes through post_siblings; process-global state in
+     * a plugin (statics) is shared by all N and needs locking. */
     int32_t (*create)(const loopd_host_api *host, loopd_ctx *ctx,
                       const char *instance_name, const char *config_json,
                       void **instance_out, char *err, size_t err_cap);

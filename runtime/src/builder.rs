@@ -284,11 +284,12 @@ impl Builder {
         if self.service {
             crate::notify::init();
         }
-        if self.inherit && self.listen {
-            rt.core.borrow_mut().shared.inherited = match &self.worker {
-                Some(slot) => slot.take_inherited(),
-                None => crate::inherit::Inherited::from_env(),
-            };
+        if self.listen {
+            if let Some(slot) = &self.worker {
+                rt.core.borrow_mut().shared.inherited = slot.take_inherited();
+            } else if self.inherit {
+                rt.core.borrow_mut().shared.inherited = crate::inherit::Inherited::from_env();
+            }
         }
         let _active = ActiveGuard::enter(&rt.core);
 

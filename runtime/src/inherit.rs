@@ -10,6 +10,7 @@
 //! used in messages.
 
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::path::PathBuf;
 
 use crate::config::ListenAddr;
 use crate::sys::{self, SocketName};
@@ -103,6 +104,12 @@ impl Inherited {
         })
     }
 
+    /// Adds worker 0's socket for a Unix listener to another worker's set.
+    pub(crate) fn add_unix(&mut self, path: PathBuf, fd: OwnedFd) {
+        let name = format!("worker 0's socket {}", path.display());
+        self.sockets.push((fd, SocketName::Unix(path), name));
+    }
+
     /// The inherited socket bound to `addr`, if there is one.
     pub(crate) fn take(&mut self, addr: &ListenAddr) -> Option<OwnedFd> {
         let at = self
@@ -110,7 +117,11 @@ impl Inherited {
             .iter()
             .position(|(_, name, _)| matches(name, addr))?;
         let (fd, _, name) = self.sockets.swap_remove(at);
-        log::info!("{addr}: using {name}, handed over by the parent process");
+        if self.copy {
+            log::debug!("{addr}: using {name}");
+        } else {
+            log::info!("{addr}: using {name}, handed over by the parent process");
+        }
         Some(fd)
     }
 

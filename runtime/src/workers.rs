@@ -80,6 +80,9 @@ pub(crate) struct WorkerSlot {
     /// Port-0 listeners (handler, address as written) and the address
     /// worker 0 bound for each.
     pub(crate) ports: Vec<(String, ListenAddr, ListenAddr)>,
+    /// The Unix listeners worker 0 shares (the others accept from its
+    /// sockets); one a reload adds later is worker 0's alone.
+    shared_unix: Vec<std::path::PathBuf>,
     /// Each worker's copy of the inherited listening sockets (socket
     /// activation, an upgrade): all workers accept from the same sockets.
     inherited: Arc<Mutex<Vec<Option<Inherited>>>>,
@@ -118,7 +121,10 @@ impl WorkerSlot {
                 h.max_connections_per_peer
                     .map(|m| if m == 0 { 0 } else { share(m, n) });
             if self.index > 0 {
-                h.listen.retain(|a| !matches!(a, ListenAddr::Unix(_)));
+                h.listen.retain(|a| match a {
+                    ListenAddr::Unix(p) => self.shared_unix.contains(p),
+                    _ => true,
+                });
                 for a in &mut h.listen {
                     let pinned = self
                         .ports
@@ -199,18 +205,20 @@ impl Builder {
             .max(1);
         self = self.config(config);
         let siblings = Arc::new(Siblings::default());
-        let mut inherited = Vec::new();
-        if self.inherit {
-            let first = Inherited::from_env();
-            for _ in 1..count {
-                let copy = first.duplicate().map_err(|source| Error::System {
-                    what: "duplicating the inherited listening sockets".to_string(),
-                    source,
-                })?;
-                inherited.push(Some(copy));
-            }
-            inherited.insert(0, Some(first));
+        let first = if self.inherit {
+            Inherited::from_env()
+        } else {
+            Inherited::default()
+        };
+        let mut inherited = Vec::with_capacity(count);
+        for _ in 1..count {
+            let copy = first.duplicate().map_err(|source| Error::System {
+                what: "duplicating the inherited listening sockets".to_string(),
+                source,
+            })?;
+            inherited.push(Some(copy));
         }
+        inherited.insert(0, Some(first));
         let inherited = Arc::new(Mutex::new(inherited));
         let mut workers = Workers {
             threads: Vec::new(),
@@ -218,6 +226,7 @@ impl Builder {
             listeners: Vec::new(),
         };
         let mut ports = Vec::new();
+        let mut shared_unix = Vec::new();
         for index in 0..count {
             let mut b = self.clone();
             b.worker = Some(WorkerSlot {
@@ -225,6 +234,7 @@ impl Builder {
                 count,
                 siblings: siblings.clone(),
                 ports: ports.clone(),
+                shared_unix: shared_unix.clone(),
                 inherited: inherited.clone(),
             });
             // One voice towards the service manager: worker 0's.
@@ -246,7 +256,13 @@ impl Builder {
                         .filter(|r| r.open)
                         .map(|r| (r.handler.clone(), r.addr.clone(), r.url.clone()))
                         .collect();
-                    let _ = tx.send(Ok((rt.handle(), bound)));
+                    // Worker 0's Unix sockets, for the others to accept from.
+                    let unix = if index == 0 && count > 1 {
+                        crate::source::listener::unix_sockets(&rt.core.borrow())
+                    } else {
+                        Vec::new()
+                    };
+                    let _ = tx.send(Ok((rt.handle(), bound, unix)));
                     rt.run()
                 })
                 .map_err(|source| Error::System {
@@ -254,8 +270,23 @@ impl Builder {
                     source,
                 })?;
             match rx.recv() {
-                Ok(Ok((handle, bound))) => {
+                Ok(Ok((handle, bound, unix))) => {
                     if index == 0 {
+                        let mut sets = inherited.lock().unwrap_or_else(PoisonError::into_inner);
+                        for set in sets.iter_mut().skip(1).flatten() {
+                            for (path, fd) in &unix {
+                                if !shared_unix.contains(path) {
+                                    shared_unix.push(path.clone());
+                                }
+                                match fd.try_clone() {
+                                    Ok(copy) => set.add_unix(path.clone(), copy),
+                                    Err(e) => log::warn!(
+                                        "unix://{}: cannot share with the other workers: {e}",
+                                        path.display()
+                                    ),
+                                }
+                            }
+                        }
                         for (handler, asked, url) in bound {
                             if has_port_zero(&asked) {
                                 if let Some(actual) = actual_addr(&asked, &url) {

@@ -361,6 +361,25 @@ pub(crate) fn keep_socket_files(core: &mut Core) {
     }
 }
 
+/// Copies of the Unix listeners' sockets, with their paths: the other
+/// workers accept from the same socket.
+pub(crate) fn unix_sockets(core: &Core) -> Vec<(PathBuf, OwnedFd)> {
+    let mut out = Vec::new();
+    for id in core.sources.ids() {
+        if let Some(Source::Listener(l)) = core.sources.get(id) {
+            if let Some((path, _, _)) = &l.unix_path {
+                match l.fd.try_clone() {
+                    Ok(fd) => out.push((path.clone(), fd)),
+                    Err(e) => {
+                        log::warn!("{}: cannot share with the other workers: {e}", l.url_str())
+                    }
+                }
+            }
+        }
+    }
+    out
+}
+
 /// Closes every listener and datagram socket (shutdown: stop accepting).
 pub(crate) fn close_all(core: &mut Core) {
     for id in core.sources.ids() {
