@@ -18,7 +18,7 @@ use crate::core::Deferred;
 use crate::event_loop::Ready;
 use crate::hooks::Hooks;
 use crate::instance::InstanceId;
-use crate::source::datagram::Recv;
+use crate::source::datagram::{Batch, DROPPED};
 use crate::source::listener::{self, Bound};
 use crate::source::stream::{self, peer_text, Input, Read};
 use crate::source::{watch, SignalAction, Source};
@@ -30,6 +30,10 @@ use crate::Runtime;
 const READS_PER_EVENT: usize = 4;
 /// Most datagrams read from one socket per readiness event (fairness).
 const DATAGRAMS_PER_EVENT: usize = 64;
+/// The datagram batch buffer: `sys::BATCH` slots of the largest datagram
+/// (64 KiB). Zeroed memory is mapped lazily, so only the pages datagrams
+/// land in are ever resident (one per slot for small ones).
+const DATAGRAM_BUFFER: usize = sys::BATCH * crate::SCRATCH_SIZE;
 /// Most posted messages delivered to one instance per pass (fairness).
 const MESSAGES_PER_PASS: usize = 256;
 
@@ -307,32 +311,75 @@ impl Runtime {
         }
     }
 
-    /// Receives up to [`DATAGRAMS_PER_EVENT`] datagrams and hands each to
-    /// `on_datagram` with its sender.
+    /// Receives up to [`DATAGRAMS_PER_EVENT`] datagrams, in batches (one
+    /// `recvmmsg` each on Linux), and hands each to `on_datagram` with its
+    /// sender.
     fn datagram_readable(&mut self, id: u64) {
-        for _ in 0..DATAGRAMS_PER_EVENT {
-            let recv = {
+        if self.datagrams.is_empty() {
+            self.datagrams = vec![0; DATAGRAM_BUFFER];
+            self.received = vec![Default::default(); sys::BATCH];
+        }
+        let (mut buf, mut got) = (
+            std::mem::take(&mut self.datagrams),
+            std::mem::take(&mut self.received),
+        );
+        let capped = self.datagram_batches(id, &mut buf, &mut got);
+        (self.datagrams, self.received) = (buf, got);
+        if capped {
+            self.core.borrow_mut().shared.capped = true;
+        }
+    }
+
+    /// [`Runtime::datagram_readable`]'s loop; true if it stopped at the
+    /// per-event budget with datagrams perhaps still waiting.
+    fn datagram_batches(
+        &mut self,
+        id: u64,
+        buf: &mut [u8],
+        got: &mut [(usize, loopd_handler_api::abi::loopd_addr)],
+    ) -> bool {
+        let mut left = DATAGRAMS_PER_EVENT;
+        while left > 0 {
+            let batch = {
                 let mut core = self.core.borrow_mut();
                 let Some(Source::Datagram(d)) = core.sources.get_mut(id) else {
-                    return;
+                    return false;
                 };
-                d.recv(id, &mut self.scratch)
+                let want = left.min(got.len());
+                d.recv_batch(id, buf, &mut got[..want])
             };
-            match recv {
-                Recv::Datagram {
+            let (instance, count, slot, drained) = match batch {
+                Batch::Got {
                     instance,
-                    peer,
-                    len,
-                } => {
-                    self.hooks()
-                        .on_datagram(instance, id, &peer, &self.scratch[..len]);
-                    self.drain_pending();
+                    count,
+                    slot,
+                    drained,
+                } => (instance, count, slot, drained),
+                Batch::Retry => continue,
+                Batch::Stop => return false,
+            };
+            for (i, (len, peer)) in got[..count].iter().enumerate() {
+                if *len == DROPPED {
+                    continue;
                 }
-                Recv::Dropped | Recv::Retry => continue,
-                Recv::Stop => return,
+                // A hook may have closed the socket: the rest of the batch
+                // has no one to go to.
+                if !matches!(
+                    self.core.borrow().sources.get(id),
+                    Some(Source::Datagram(_))
+                ) {
+                    return false;
+                }
+                let data = &buf[i * slot..i * slot + len];
+                self.hooks().on_datagram(instance, id, peer, data);
+                self.drain_pending();
+            }
+            left -= count.min(left);
+            if drained {
+                return false;
             }
         }
-        self.core.borrow_mut().shared.capped = true;
+        true
     }
 
     fn signal_readable(&mut self, id: u64) {

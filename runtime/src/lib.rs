@@ -190,8 +190,13 @@ struct Flags {
 pub struct Runtime {
     /// Boxed so the address host contexts point at never moves.
     pub(crate) core: Box<RefCell<Core>>,
-    /// The one read buffer: frames and datagrams are delivered from it.
+    /// The one read buffer: frames are delivered from it.
     pub(crate) scratch: Vec<u8>,
+    /// Datagram batches land here (allocated with the first UDP socket's
+    /// first read): one slot of `max_datagram` per datagram.
+    pub(crate) datagrams: Vec<u8>,
+    /// Each slot's real length and sender.
+    pub(crate) received: Vec<(usize, loopd_handler_api::abi::loopd_addr)>,
     ready: Vec<Ready>,
     flags: Arc<Flags>,
     waker: Waker,
@@ -367,6 +372,8 @@ impl Runtime {
         Runtime {
             core: Box::new(RefCell::new(core)),
             scratch: vec![0; SCRATCH_SIZE],
+            datagrams: Vec::new(),
+            received: Vec::new(),
             ready: Vec::with_capacity(1024),
             flags: Arc::new(Flags::default()),
             waker,

@@ -37,61 +37,73 @@ pub(crate) struct Datagram {
     error_log: RateLimit,
 }
 
-/// The outcome of one receive.
-#[derive(Debug, Clone, Copy)]
-pub(crate) enum Recv {
-    /// A datagram of `len` bytes from `peer` is in the scratch buffer.
-    Datagram {
+/// What one batch receive gave.
+pub(crate) enum Batch {
+    /// `count` datagrams arrived, each in its `slot`-sized part of the
+    /// buffer; those over `max_datagram` have length [`DROPPED`] (counted
+    /// and dropped). `drained`: the socket had no more.
+    Got {
         instance: InstanceId,
-        peer: abi::loopd_addr,
-        len: usize,
+        count: usize,
+        slot: usize,
+        drained: bool,
     },
-    /// A datagram over `max_datagram` was dropped (and counted).
-    Dropped,
     /// Interrupted: receive again.
     Retry,
     /// Nothing more to receive now.
     Stop,
 }
 
+/// The length of a datagram of a batch that was dropped as too big.
+pub(crate) const DROPPED: usize = usize::MAX;
+
 impl Datagram {
+    /// Receives up to `out.len()` datagrams at once (one `recvmmsg` on
+    /// Linux): datagram `i` in `buf[i * slot..]`, its length and sender in
+    /// `out[i]`. A datagram over the limit is dropped whole and counted.
+    pub(crate) fn recv_batch(
+        &mut self,
+        id: u64,
+        buf: &mut [u8],
+        out: &mut [(usize, abi::loopd_addr)],
+    ) -> Batch {
+        let slot = self.max_datagram.max(1);
+        let want = out.len().min(buf.len() / slot).max(1);
+        match sys::recv_batch(self.sock.as_raw_fd(), buf, slot, &mut out[..want]) {
+            Ok(count) => {
+                for (len, peer) in &mut out[..count] {
+                    if *len > slot {
+                        self.too_big(*len, peer);
+                        *len = DROPPED;
+                    } else {
+                        self.count(|c| &c.datagrams_in);
+                    }
+                }
+                Batch::Got {
+                    instance: self.instance,
+                    count,
+                    slot,
+                    drained: count < want,
+                }
+            }
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => Batch::Stop,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => Batch::Retry,
+            Err(e) => {
+                log::debug!(
+                    "{}: receiving datagrams on socket {id}: {e}",
+                    self.scope.name
+                );
+                Batch::Stop
+            }
+        }
+    }
+
     fn url(&self) -> &str {
         &self.listener.name
     }
 
     fn count(&self, which: impl Fn(&Counters) -> &Counter) {
         stats::count(&self.scope, Some(&self.listener), which, 1);
-    }
-
-    /// Receives one datagram into `scratch` (at most `max_datagram` of it).
-    /// A datagram over the limit is detected (`MSG_TRUNC` reports its real
-    /// size) and dropped, never delivered cut short.
-    pub(crate) fn recv(&mut self, id: u64, scratch: &mut [u8]) -> Recv {
-        let cap = self.max_datagram.min(scratch.len());
-        match sys::recv_from(self.sock.as_raw_fd(), &mut scratch[..cap]) {
-            Ok((n, peer)) if n > cap => {
-                self.too_big(n, &peer);
-                Recv::Dropped
-            }
-            Ok((len, peer)) => {
-                self.count(|c| &c.datagrams_in);
-                Recv::Datagram {
-                    instance: self.instance,
-                    peer,
-                    len,
-                }
-            }
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => Recv::Stop,
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => Recv::Retry,
-            Err(e) => {
-                // E.g. a queued ICMP error: reading it clears it.
-                log::debug!(
-                    "{}: receiving a datagram on socket {id}: {e}",
-                    self.scope.name
-                );
-                Recv::Stop
-            }
-        }
     }
 
     /// A received datagram of `len` bytes did not fit in `max_datagram`:
@@ -425,18 +437,23 @@ mod tests {
         tx.send_to(&[7u8; 101], to).unwrap();
         tx.send_to(&[7u8; 5000], to).unwrap();
         tx.send_to(b"fits", to).unwrap();
-        let mut scratch = vec![0u8; crate::SCRATCH_SIZE];
+        let mut buf = vec![0u8; 4 * crate::SCRATCH_SIZE];
+        let mut out = vec![Default::default(); 4];
         let mut got = Vec::new();
         let deadline = std::time::Instant::now() + Duration::from_secs(10);
         while got.len() < 3 && std::time::Instant::now() < deadline {
             let Some(Source::Datagram(d)) = core.sources.get_mut(b.id) else {
                 panic!("socket gone");
             };
-            match d.recv(b.id, &mut scratch) {
-                Recv::Datagram { len, .. } => got.push(Some(scratch[..len].to_vec())),
-                Recv::Dropped => got.push(None),
-                Recv::Retry => {}
-                Recv::Stop => std::thread::sleep(Duration::from_millis(5)),
+            match d.recv_batch(b.id, &mut buf, &mut out) {
+                Batch::Got { count, slot, .. } => {
+                    assert_eq!(slot, 100);
+                    for (i, (len, _)) in out[..count].iter().enumerate() {
+                        got.push((*len != DROPPED).then(|| buf[i * slot..][..*len].to_vec()));
+                    }
+                }
+                Batch::Retry => {}
+                Batch::Stop => std::thread::sleep(Duration::from_millis(5)),
             }
         }
         assert_eq!(got, vec![None, None, Some(b"fits".to_vec())]);

@@ -47,6 +47,8 @@ pub(crate) fn accept(listener: RawFd) -> io::Result<(OwnedFd, loopd_addr)> {
 /// Receives one datagram into `buf`, with the sender's address. Returns the
 /// datagram's *real* length (`MSG_TRUNC`): a value above `buf.len()` means it
 /// did not fit and only its first `buf.len()` bytes were kept.
+/// (The loop receives in batches; the tests check the single form.)
+#[cfg(test)]
 pub(crate) fn recv_from(fd: RawFd, buf: &mut [u8]) -> io::Result<(usize, loopd_addr)> {
     let mut storage = MaybeUninit::<libc::sockaddr_storage>::zeroed();
     let mut len = size_of::<libc::sockaddr_storage>() as libc::socklen_t;
@@ -65,6 +67,66 @@ pub(crate) fn recv_from(fd: RawFd, buf: &mut [u8]) -> io::Result<(usize, loopd_a
     // SAFETY: zero-initialised, and the kernel filled at most `len` bytes of it.
     let storage = unsafe { storage.assume_init() };
     Ok((n, addr_from_storage(&storage, len)))
+}
+
+/// Most datagrams one [`recv_batch`] call takes.
+pub(crate) const BATCH: usize = 32;
+
+/// Receives up to `out.len()` datagrams with one `recvmmsg(2)`: datagram
+/// `i` into `buf[i * slot..][..slot]`, its real length (`MSG_TRUNC`: above
+/// `slot` means it did not fit) and sender into `out[i]`. Returns how many
+/// arrived; fewer than asked means the socket is drained. `WouldBlock` when
+/// none was waiting.
+pub(crate) fn recv_batch(
+    fd: RawFd,
+    buf: &mut [u8],
+    slot: usize,
+    out: &mut [(usize, loopd_addr)],
+) -> io::Result<usize> {
+    let n = out.len().min(BATCH).min(buf.len() / slot.max(1));
+    if n == 0 {
+        return Ok(0);
+    }
+    let mut names = [MaybeUninit::<libc::sockaddr_storage>::zeroed(); BATCH];
+    let mut iovs = [libc::iovec {
+        iov_base: std::ptr::null_mut(),
+        iov_len: 0,
+    }; BATCH];
+    // SAFETY: all-zero is a valid mmsghdr (no name, no buffers, no control data).
+    let mut msgs: [libc::mmsghdr; BATCH] = unsafe { std::mem::zeroed() };
+    for i in 0..n {
+        iovs[i] = libc::iovec {
+            iov_base: buf[i * slot..].as_mut_ptr().cast(),
+            iov_len: slot,
+        };
+        let h = &mut msgs[i].msg_hdr;
+        h.msg_name = names[i].as_mut_ptr().cast();
+        h.msg_namelen = size_of::<libc::sockaddr_storage>() as libc::socklen_t;
+        h.msg_iov = &mut iovs[i];
+        h.msg_iovlen = 1;
+    }
+    // SAFETY: each of the first `n` headers points at its own name storage
+    // and iovec, each iovec at a disjoint `slot`-sized part of `buf`; all
+    // outlive the call.
+    let got = cvt(unsafe {
+        libc::recvmmsg(
+            fd,
+            msgs.as_mut_ptr(),
+            n as libc::c_uint,
+            libc::MSG_TRUNC | libc::MSG_DONTWAIT,
+            std::ptr::null_mut(),
+        )
+    })? as usize;
+    for i in 0..got {
+        let m = &msgs[i];
+        // SAFETY: zero-initialised, and the kernel filled at most `msg_namelen` bytes of it.
+        let storage = unsafe { names[i].assume_init() };
+        out[i] = (
+            m.msg_len as usize,
+            addr_from_storage(&storage, m.msg_hdr.msg_namelen),
+        );
+    }
+    Ok(got)
 }
 
 /// Writes what the kernel takes of `buf`, without raising SIGPIPE.

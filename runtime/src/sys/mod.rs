@@ -29,7 +29,9 @@ mod posix;
 #[cfg(not(all(target_os = "linux", not(feature = "portable"))))]
 use posix as imp;
 
-pub(crate) use imp::{accept, recv_from, send, sendfile, sendv};
+#[cfg(test)]
+pub(crate) use imp::recv_from;
+pub(crate) use imp::{accept, recv_batch, send, sendfile, sendv, BATCH};
 
 /// The longest Unix socket path plus one (its NUL): the size of this
 /// platform's `sockaddr_un::sun_path`, 108 bytes on Linux and 104 on macOS
@@ -505,6 +507,56 @@ mod tests {
             );
 
             let err = recv_from(rx.as_raw_fd(), &mut buf).unwrap_err();
+            assert_eq!(err.kind(), io::ErrorKind::WouldBlock, "{bind}");
+        }
+    }
+
+    #[test]
+    fn recv_batch_takes_many_datagrams_at_once_with_lengths_and_senders() {
+        for bind in ["127.0.0.1:0", "[::1]:0"] {
+            let (rx, tx) = pair(bind);
+            let to = rx.local_addr().unwrap();
+            // 40 datagrams queued: sizes 0..39, the 10th one too big for a slot.
+            const SLOT: usize = 16;
+            for i in 0..40u8 {
+                let len = if i == 10 { 100 } else { usize::from(i) % SLOT };
+                tx.send_to(&vec![i; len], to).unwrap();
+            }
+            let mut buf = vec![0u8; BATCH * SLOT];
+            let mut out = vec![(0, loopd_addr::default()); BATCH];
+            let mut seen = Vec::new();
+            let mut calls = Vec::new();
+            for _ in 0..1000 {
+                match recv_batch(rx.as_raw_fd(), &mut buf, SLOT, &mut out) {
+                    Ok(n) => {
+                        calls.push(n);
+                        for (i, (len, from)) in out[..n].iter().enumerate() {
+                            assert_eq!(from.to_socket_addr(), Some(tx.local_addr().unwrap()));
+                            let kept = (*len).min(SLOT);
+                            seen.push((*len, buf[i * SLOT..][..kept].to_vec()));
+                        }
+                        if seen.len() == 40 {
+                            break;
+                        }
+                    }
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                        std::thread::sleep(std::time::Duration::from_millis(5))
+                    }
+                    Err(e) => panic!("recv_batch: {e}"),
+                }
+            }
+            assert_eq!(seen.len(), 40, "{bind}: {calls:?}");
+            assert!(calls.iter().all(|&n| n <= BATCH), "{calls:?}");
+            for (i, (len, data)) in seen.iter().enumerate() {
+                if i == 10 {
+                    assert_eq!(*len, 100, "the real length of one that did not fit");
+                    assert_eq!(data, &vec![10u8; SLOT]);
+                } else {
+                    assert_eq!(*len, i % SLOT);
+                    assert_eq!(data, &vec![i as u8; i % SLOT], "{bind}: datagram {i}");
+                }
+            }
+            let err = recv_batch(rx.as_raw_fd(), &mut buf, SLOT, &mut out).unwrap_err();
             assert_eq!(err.kind(), io::ErrorKind::WouldBlock, "{bind}");
         }
     }

@@ -136,6 +136,32 @@ pub(crate) fn recv_from(fd: RawFd, buf: &mut [u8]) -> io::Result<(usize, loopd_a
     Ok((n, addr_from_storage(&storage, msg.msg_namelen)))
 }
 
+/// Most datagrams one [`recv_batch`] call takes.
+pub(crate) const BATCH: usize = 32;
+
+/// Receives up to `out.len()` datagrams, one `recvmsg` each (POSIX has no
+/// `recvmmsg`): datagram `i` into `buf[i * slot..][..slot]`, its length as
+/// [`recv_from`] reports it and sender into `out[i]`. Returns how many
+/// arrived; fewer than asked means the socket is drained. `WouldBlock` when
+/// none was waiting.
+pub(crate) fn recv_batch(
+    fd: RawFd,
+    buf: &mut [u8],
+    slot: usize,
+    out: &mut [(usize, loopd_addr)],
+) -> io::Result<usize> {
+    let n = out.len().min(BATCH).min(buf.len() / slot.max(1));
+    for i in 0..n {
+        match recv_from(fd, &mut buf[i * slot..(i + 1) * slot]) {
+            Ok(got) => out[i] = got,
+            Err(e) if i > 0 && e.kind() == io::ErrorKind::WouldBlock => return Ok(i),
+            Err(e) if i > 0 && e.kind() == io::ErrorKind::Interrupted => return Ok(i),
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(n)
+}
+
 /// Writes what the kernel takes of `buf`, without raising SIGPIPE.
 pub(crate) fn send(fd: RawFd, buf: &[u8]) -> io::Result<usize> {
     // SAFETY: `buf` is valid for reads of `buf.len()` bytes.
