@@ -272,7 +272,7 @@ impl Builder {
             )));
         }
         let core = Core::new(config.runtime.clone()).map_err(|source| Error::System {
-            what: "creating the poller (epoll)".to_string(),
+            what: "creating the poller (epoll or kqueue)".to_string(),
             source,
         })?;
         let mut rt = Runtime::new(core);

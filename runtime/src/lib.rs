@@ -82,8 +82,9 @@
 //! ([`Runtime::reload_file`]), SIGUSR2 a binary upgrade
 //! ([`Runtime::upgrade`]) and catches and ignores SIGUSR1 (whose default
 //! action would kill the process). Writes never
-//! raise SIGPIPE (loopd sends with `MSG_NOSIGNAL`), so an embedding program
-//! need not ignore it.
+//! raise SIGPIPE (loopd sends with `MSG_NOSIGNAL`, or sets `SO_NOSIGPIPE`
+//! where the platform has no such flag), so an embedding program need not
+//! ignore it.
 //!
 //! `examples/embed.rs` in the repository is a complete program that drives
 //! loopd from its own `poll(2)` loop; `docs/embedding.md` walks through it.
@@ -710,7 +711,8 @@ impl Runtime {
     }
 }
 
-/// The poller's descriptor (epoll), for a program with its own event loop.
+/// The poller's descriptor (epoll on Linux, kqueue on macOS and the BSDs),
+/// for a program with its own event loop.
 ///
 /// It polls readable when [`Runtime::run_once`] has I/O to handle or a
 /// [`Handle`] woke the loop; watch it for reading, call
