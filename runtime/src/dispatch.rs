@@ -22,7 +22,6 @@ use crate::source::datagram::Recv;
 use crate::source::listener::{self, Bound};
 use crate::source::stream::{peer_text, Input, Read};
 use crate::source::{watch, Source};
-use crate::sys;
 use crate::timer::TimerKind;
 use crate::Runtime;
 
@@ -323,26 +322,17 @@ impl Runtime {
     }
 
     fn signal_readable(&mut self, id: u64) {
-        let mut buf = [0u8; 16];
-        let n = {
+        let fd = {
             let core = self.core.borrow();
             let Some(Source::Signal(s)) = core.sources.get(id) else {
                 return;
             };
-            sys::recv(std::os::fd::AsRawFd::as_raw_fd(s), &mut buf).unwrap_or(0)
+            std::os::fd::AsRawFd::as_raw_fd(s)
         };
-        for _ in 0..n {
-            if self.core.borrow().shared.shutdown_deadline.is_none() {
-                self.begin_shutdown();
-            } else {
-                let open = self.core.borrow().shared.conns;
-                log::warn!("second signal: closing {open} connections now");
-                self.close_everything(abi::LOOPD_REASON_SHUTDOWN);
-                log::info!("shutdown complete ({open} connections cut by a second signal)");
-                self.stopped = true;
-                return;
-            }
-        }
+        #[cfg(feature = "signals")]
+        self.signals_readable(fd);
+        #[cfg(not(feature = "signals"))]
+        let _ = fd;
     }
 
     /// Delivers up to [`MESSAGES_PER_PASS`] posted messages per instance,

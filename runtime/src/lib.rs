@@ -107,6 +107,8 @@ mod instance;
 mod mailbox;
 mod plugin;
 mod registry;
+#[cfg(feature = "signals")]
+mod signals;
 mod source;
 mod spec;
 pub mod stats;
@@ -179,13 +181,9 @@ pub struct Runtime {
     ready: Vec<Ready>,
     flags: Arc<Flags>,
     waker: Waker,
+    /// The signal handlers (with `handle_signals`).
     #[cfg(feature = "signals")]
-    signals: Vec<signal_hook::SigId>,
-    /// Set by SIGUSR1 or SIGUSR2 (with `handle_signals`): caught so they do
-    /// not kill the process, and otherwise ignored.
-    ignored_signal: Arc<AtomicBool>,
-    /// When an ignored signal was last logged (at most once a second).
-    ignored_logged: Option<Instant>,
+    signals: signals::Signals,
     /// `run` returns at the end of the current pass.
     pub(crate) stopped: bool,
     /// Bound listener URLs, in the order they were opened.
@@ -300,9 +298,7 @@ impl Runtime {
             flags: Arc::new(Flags::default()),
             waker,
             #[cfg(feature = "signals")]
-            signals: Vec::new(),
-            ignored_signal: Arc::new(AtomicBool::new(false)),
-            ignored_logged: None,
+            signals: signals::Signals::default(),
             stopped: false,
             listeners: Vec::new(),
             listener_records: Vec::new(),
@@ -538,20 +534,12 @@ impl Runtime {
         if self.flags.shutdown.swap(false, Ordering::SeqCst) {
             self.begin_shutdown();
         }
-        if self.ignored_signal.swap(false, Ordering::Relaxed) {
-            let now = Instant::now();
-            if self
-                .ignored_logged
-                .is_none_or(|t| now.duration_since(t) >= Duration::from_secs(1))
-            {
-                self.ignored_logged = Some(now);
-                log::debug!("SIGUSR1 or SIGUSR2 received: loopd does not use them; ignored");
-            }
-        }
     }
 }
 
 impl Runtime {
+    /// Catches the signals of `signals.rs`'s table: each writes its number
+    /// to a self-pipe the loop watches.
     #[cfg(feature = "signals")]
     pub(crate) fn install_signals(&mut self) -> io::Result<()> {
         use source::Source;
@@ -562,19 +550,7 @@ impl Runtime {
         self.core
             .borrow_mut()
             .register(Source::Signal(read), true, false)?;
-        for sig in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
-            let id = signal_hook::low_level::pipe::register(sig, write.try_clone()?)?;
-            self.signals.push(id);
-        }
-        // Their default action kills the process: a stray `kill -USR1`
-        // (log rotation scripts send it to every server) must not take
-        // loopd down. Caught by a handler, not ignored with SIG_IGN, so the
-        // loop sees them (and every system call they interrupt is retried).
-        for sig in [signal_hook::consts::SIGUSR1, signal_hook::consts::SIGUSR2] {
-            let id = signal_hook::flag::register(sig, self.ignored_signal.clone())?;
-            self.signals.push(id);
-        }
-        Ok(())
+        self.signals.install(&write)
     }
 }
 
@@ -608,9 +584,7 @@ impl Drop for Runtime {
         self.close_everything(abi::LOOPD_REASON_SHUTDOWN);
         listener::close_all(&mut self.core.borrow_mut());
         #[cfg(feature = "signals")]
-        for id in self.signals.drain(..) {
-            signal_hook::low_level::unregister(id);
-        }
+        self.signals.uninstall();
         let ids = self.core.borrow().instances.ids().to_vec();
         for inst in ids.into_iter().rev() {
             self.destroy_instance(inst);

@@ -6,7 +6,7 @@ use std::ffi::{CStr, CString};
 use std::io;
 use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 use std::os::unix::fs::{FileTypeExt, MetadataExt};
-use std::os::unix::net::{UnixListener, UnixStream};
+use std::os::unix::net::UnixListener;
 use std::path::{Path, PathBuf};
 use std::rc::Rc;
 use std::time::{Duration, Instant};
@@ -317,8 +317,53 @@ pub(crate) fn close_all(core: &mut Core) {
     }
 }
 
+/// How long probing an existing socket file may take: a process that
+/// holds it but does not accept (stopped, or its backlog full) must not
+/// keep loopd from starting, or from saying why it cannot.
+const PROBE_TIMEOUT: Duration = Duration::from_secs(1);
+
+/// What a connect to an existing socket file found.
+#[derive(Debug, PartialEq, Eq)]
+enum Probe {
+    /// A process accepted the connection.
+    Listening,
+    /// A process holds the socket but did not take the connection within
+    /// [`PROBE_TIMEOUT`] (its backlog is full: stopped, or overloaded).
+    NotAccepting,
+    /// Nobody listens: the file was left behind.
+    Stale,
+    /// The file went away meanwhile.
+    Gone,
+}
+
+/// Connects to `path` without blocking (at most [`PROBE_TIMEOUT`]).
+fn probe(path: &Path) -> io::Result<Probe> {
+    let refused = |e: &io::Error| e.raw_os_error() == Some(libc::ECONNREFUSED);
+    match sys::connect_unix(path) {
+        // Linux connects a Unix socket at once or not at all; other systems
+        // may report it in progress: writability then tells.
+        Ok(fd) => {
+            if !sys::wait_writable(fd.as_raw_fd(), PROBE_TIMEOUT)? {
+                return Ok(Probe::NotAccepting);
+            }
+            match sys::take_error(fd.as_raw_fd())? {
+                None => Ok(Probe::Listening),
+                Some(e) if refused(&e) => Ok(Probe::Stale),
+                Some(e) => Err(e),
+            }
+        }
+        Err(e) if refused(&e) => Ok(Probe::Stale),
+        // A full backlog refuses a non-blocking connect with EAGAIN.
+        Err(e) if e.kind() == io::ErrorKind::WouldBlock => Ok(Probe::NotAccepting),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(Probe::Gone),
+        Err(e) => Err(e),
+    }
+}
+
 /// A socket file left behind by a process that died is removed; one that a
-/// live process still listens on is an error, and so is any other file.
+/// live process still listens on is an error, and so is one whose process
+/// accepts nothing within a second (stopped, or its backlog full: the
+/// socket is still that process's), and any other file.
 fn clear_stale_socket(path: &Path) -> io::Result<()> {
     let meta = match std::fs::symlink_metadata(path) {
         Ok(m) => m,
@@ -334,16 +379,27 @@ fn clear_stale_socket(path: &Path) -> io::Result<()> {
             ),
         ));
     }
-    match UnixStream::connect(path) {
-        Ok(_) => Err(io::Error::new(
+    match probe(path)? {
+        Probe::Listening => Err(io::Error::new(
             io::ErrorKind::AddrInUse,
             format!("another process is listening on {}", path.display()),
         )),
-        Err(e) if e.kind() == io::ErrorKind::ConnectionRefused => {
+        Probe::NotAccepting => Err(io::Error::new(
+            io::ErrorKind::AddrInUse,
+            format!(
+                "another process holds {} but accepts no connections (its backlog is full: \
+                 stopped or overloaded?); not replacing it",
+                path.display()
+            ),
+        )),
+        Probe::Stale => {
             log::info!("removing stale socket {}", path.display());
-            std::fs::remove_file(path)
+            match std::fs::remove_file(path) {
+                Err(e) if e.kind() != io::ErrorKind::NotFound => Err(e),
+                _ => Ok(()),
+            }
         }
-        Err(e) => Err(e),
+        Probe::Gone => Ok(()),
     }
 }
 
@@ -367,6 +423,32 @@ mod tests {
         assert_eq!(err.kind(), io::ErrorKind::AddrInUse, "{err}");
         drop(live);
         assert!(!path.exists(), "socket file removed on close");
+    }
+
+    #[test]
+    fn a_socket_whose_backlog_is_full_is_refused_without_blocking() {
+        let path = tmp("full.sock");
+        let _ = std::fs::remove_file(&path);
+        let holder = UnixListener::bind(&path).unwrap();
+        sys::set_backlog(holder.as_raw_fd(), 0).unwrap();
+        // Fill the backlog: non-blocking connects until the kernel refuses.
+        let mut queued = Vec::new();
+        loop {
+            match sys::connect_unix(&path) {
+                Ok(fd) => queued.push(fd),
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                Err(e) => panic!("filling the backlog: {e}"),
+            }
+            assert!(queued.len() < 1000, "the backlog never filled");
+        }
+        assert_eq!(probe(&path).unwrap(), Probe::NotAccepting);
+        let err = Listener::open(&ListenAddr::Unix(path.clone()), 1).unwrap_err();
+        assert_eq!(err.kind(), io::ErrorKind::AddrInUse, "{err}");
+        assert!(err.to_string().contains("accepts no connections"), "{err}");
+        assert!(path.exists(), "the holder's socket file was kept");
+        drop(queued);
+        drop(holder);
+        let _ = std::fs::remove_file(&path);
     }
 
     #[test]
