@@ -11,6 +11,7 @@ use crate::core::Core;
 use crate::host::{ActiveGuard, HostCtx};
 use crate::instance::{Instance, InstanceId, Life, Settings};
 use crate::plugin::{self, Plugin};
+use crate::privileges;
 use crate::source::listener;
 use crate::spec::{HandlerSpec, Linked};
 use crate::stats::Scope;
@@ -219,6 +220,7 @@ impl Builder {
 
     fn build_inner(mut self) -> Result<Runtime, Error> {
         let (config, linked) = self.assemble()?;
+        let (switch, access) = accounts(&config, self.listen)?;
         let core = Core::new(config.runtime.clone()).map_err(|source| Error::System {
             what: "creating the poller (epoll)".to_string(),
             source,
@@ -233,9 +235,9 @@ impl Builder {
 
         if self.listen {
             let mut bound = Vec::new();
-            for (h, &inst) in config.handlers.iter().zip(&instances) {
+            for ((h, &inst), access) in config.handlers.iter().zip(&instances).zip(&access) {
                 for addr in &h.listen {
-                    let b = listener::open(&mut rt.core.borrow_mut(), addr, inst).map_err(
+                    let b = listener::open(&mut rt.core.borrow_mut(), addr, inst, access).map_err(
                         |source| Error::Listen {
                             handler: h.name.clone(),
                             listener: addr.to_string(),
@@ -244,6 +246,9 @@ impl Builder {
                     )?;
                     bound.push((h.name.clone(), b));
                 }
+            }
+            if let Some((user, gid, shown)) = &switch {
+                switch_user(&config, user, *gid, shown)?;
             }
             // Only once every listener is open: nothing is reported as
             // listening by a loopd that is about to exit.
@@ -268,6 +273,118 @@ impl Builder {
         }
         Ok(rt)
     }
+}
+
+/// The user to switch to once the listeners are open (with its group and
+/// how to name them in the log), and each handler's Unix socket access,
+/// with the names in the config looked up; warns when loopd runs as root
+/// and will stay root. `listen`: a real start, where a user switch that
+/// cannot happen (loopd is not root) is an error; `loopd check` warns.
+#[allow(clippy::type_complexity)]
+fn accounts(
+    config: &Config,
+    listen: bool,
+) -> Result<
+    (
+        Option<(privileges::User, libc::gid_t, String)>,
+        Vec<listener::UnixAccess>,
+    ),
+    Error,
+> {
+    let rt = &config.runtime;
+    let mut switch = None;
+    if let Some(u) = &rt.user {
+        let user = privileges::user(u, "runtime.user")?;
+        let gid = match &rt.group {
+            Some(g) => privileges::group(g, "runtime.group")?,
+            None => user.gid,
+        };
+        let shown = format!(
+            "user {} (uid {}), group {}",
+            u.name,
+            user.uid,
+            rt.group
+                .as_ref()
+                .map_or(format!("gid {gid}"), |g| format!("{} (gid {gid})", g.name))
+        );
+        // SAFETY: these getters cannot fail.
+        let already = unsafe { (libc::geteuid(), libc::getegid()) } == (user.uid, gid);
+        if !already && !privileges::is_root() {
+            let why = format!(
+                "loopd runs as uid {}, not as root, so it cannot switch to {shown}; start it as root, or remove the key",
+                privileges::euid()
+            );
+            let at = u
+                .location
+                .as_ref()
+                .map(|l| format!("{l}: "))
+                .unwrap_or_default();
+            if listen {
+                return Err(Error::Config(format!("{at}runtime.user: {why}")));
+            }
+            log::warn!("{at}runtime.user: {why} (a check need not be root)");
+        }
+        if !already {
+            switch = Some((user, gid, shown));
+        }
+    } else if privileges::is_root() {
+        log::warn!(
+            "loopd runs as root: every handler can do anything root can; set [runtime] user (and group) to switch to an unprivileged user once the listeners are open"
+        );
+    }
+    let mut access = Vec::with_capacity(config.handlers.len());
+    for (i, h) in config.handlers.iter().enumerate() {
+        access.push(listener::UnixAccess {
+            mode: h.unix_mode,
+            uid: h
+                .unix_owner
+                .as_ref()
+                .map(|a| privileges::user(a, &format!("handler[{i}].unix_owner")))
+                .transpose()?
+                .map(|u| u.uid),
+            gid: h
+                .unix_group
+                .as_ref()
+                .map(|a| privileges::group(a, &format!("handler[{i}].unix_group")))
+                .transpose()?,
+        });
+    }
+    Ok((switch, access))
+}
+
+/// Switches to `[runtime] user`/`group` once every listener is open, and
+/// warns about socket files the new user will not be able to remove.
+fn switch_user(
+    config: &Config,
+    user: &privileges::User,
+    gid: libc::gid_t,
+    shown: &str,
+) -> Result<(), Error> {
+    privileges::switch_to(user, gid).map_err(|source| Error::System {
+        what: format!("switching to {shown}"),
+        source,
+    })?;
+    log::info!("listeners open; now running as {shown}");
+    for h in &config.handlers {
+        for addr in &h.listen {
+            let ListenAddr::Unix(path) = addr else {
+                continue;
+            };
+            let dir = match path.parent() {
+                Some(d) if !d.as_os_str().is_empty() => d,
+                _ => Path::new("."),
+            };
+            if !privileges::can_write_dir(dir) {
+                log::warn!(
+                    "{}: {} is not writable by the new user, so {} cannot be removed when loopd stops (the next start replaces it)",
+                    h.name,
+                    dir.display(),
+                    path.display()
+                );
+            }
+        }
+    }
+    Ok(())
 }
 
 /// Loads (or links) the plugin of entry `h`, adds its instance record and
@@ -300,6 +417,9 @@ fn create_instance(
         None => {
             let path = plugin::resolve(&h.plugin, config.runtime.plugin_dir.as_deref())
                 .map_err(|(path, why)| fail(&path, why))?;
+            for warning in privileges::plugin_warnings(&path) {
+                log::warn!("handler `{}`: {warning}", h.name);
+            }
             plugin::load(&path).map_err(|why| fail(&path, why))?
         }
     };

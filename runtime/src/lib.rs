@@ -106,6 +106,7 @@ mod host;
 mod instance;
 mod mailbox;
 mod plugin;
+mod privileges;
 mod registry;
 #[cfg(feature = "signals")]
 mod signals;

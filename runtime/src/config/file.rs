@@ -21,6 +21,17 @@ struct RawConfig {
     runtime: Option<Spanned<RawRuntime>>,
     #[serde(default)]
     handler: Vec<Spanned<RawHandler>>,
+    #[serde(default)]
+    log: Option<Spanned<RawLog>>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawLog {
+    max_queued: Option<Spanned<u64>>,
+    access_log: Option<Spanned<String>>,
+    access_log_buffer: Option<Spanned<u64>>,
+    access_log_flush_ms: Option<Spanned<u64>>,
 }
 
 #[derive(Deserialize, Default)]
@@ -33,6 +44,8 @@ struct RawRuntime {
     output_high_watermark: Option<Spanned<u64>>,
     output_low_watermark: Option<Spanned<u64>>,
     plugin_dir: Option<Spanned<String>>,
+    user: Option<Spanned<String>>,
+    group: Option<Spanned<String>>,
 }
 
 #[derive(Deserialize)]
@@ -47,6 +60,9 @@ struct RawHandler {
     output_high_watermark: Option<Spanned<u64>>,
     output_low_watermark: Option<Spanned<u64>>,
     broadcast: Option<Spanned<bool>>,
+    unix_mode: Option<Spanned<String>>,
+    unix_owner: Option<Spanned<String>>,
+    unix_group: Option<Spanned<String>>,
     config: Option<toml::Table>,
 }
 
@@ -244,6 +260,15 @@ impl Config {
             if let Some(dir) = rt.plugin_dir {
                 runtime.plugin_dir = Some(PathBuf::from(dir.into_inner()));
             }
+            runtime.user = account(&src, rt.user.as_ref(), "runtime.user")?;
+            runtime.group = account(&src, rt.group.as_ref(), "runtime.group")?;
+            if let (Some(g), None) = (&rt.group, &rt.user) {
+                return Err(src.error(
+                    Some(g.span()),
+                    "runtime.group",
+                    "needs runtime.user: loopd switches group only together with the user",
+                ));
+            }
         }
 
         let mut handlers = Vec::with_capacity(raw.handler.len());
@@ -348,18 +373,128 @@ impl Config {
             };
 
             entry.broadcast = broadcast;
+            let has_unix = entry
+                .listen
+                .iter()
+                .any(|a| matches!(a, ListenAddr::Unix(_)));
+            for (k, set) in [
+                ("unix_mode", h.unix_mode.as_ref()),
+                ("unix_owner", h.unix_owner.as_ref()),
+                ("unix_group", h.unix_group.as_ref()),
+            ] {
+                if let (Some(v), false) = (set, has_unix) {
+                    return Err(src.error(
+                        Some(v.span()),
+                        &key(k),
+                        "only applies to unix:// listeners, and this handler has none",
+                    ));
+                }
+            }
+            if let Some(m) = &h.unix_mode {
+                entry.unix_mode = Some(
+                    parse_unix_mode(m.get_ref())
+                        .map_err(|e| src.error(Some(m.span()), &key("unix_mode"), e))?,
+                );
+            }
+            entry.unix_owner = account(&src, h.unix_owner.as_ref(), &key("unix_owner"))?;
+            entry.unix_group = account(&src, h.unix_group.as_ref(), &key("unix_group"))?;
             entry.config_json = config_json;
             entry.plugin_location = Some(src.location(&h.plugin.span()));
             entry.config_keys = config_keys.next().unwrap_or_default();
             handlers.push(entry);
         }
 
+        let log = match raw.log {
+            Some(l) => log_config(&src, l.into_inner())?,
+            None => LogConfig::default(),
+        };
+
         Ok(Config {
             path: file.map(Path::to_path_buf),
             runtime,
             handlers,
+            log,
         })
     }
+}
+
+/// A user or group key: not empty, no NUL; looked up when the runtime is built.
+fn account(
+    src: &Source<'_>,
+    value: Option<&Spanned<String>>,
+    key: &str,
+) -> Result<Option<Account>, Error> {
+    let Some(v) = value else { return Ok(None) };
+    let name = v.get_ref();
+    if name.is_empty() || name.contains('\0') {
+        return Err(src.error(
+            Some(v.span()),
+            key,
+            "must be a user or group name, or a numeric id",
+        ));
+    }
+    Ok(Some(Account {
+        name: name.clone(),
+        location: Some(src.location(&v.span())),
+    }))
+}
+
+/// The `[log]` table, checked.
+fn log_config(src: &Source<'_>, raw: RawLog) -> Result<LogConfig, Error> {
+    let mut log = LogConfig::default();
+    if let Some(v) = &raw.max_queued {
+        if *v.get_ref() == 0 {
+            return Err(src.error(Some(v.span()), "log.max_queued", "must be greater than 0"));
+        }
+        log.max_queued = to_usize(*v.get_ref());
+    }
+    if let Some(p) = &raw.access_log {
+        if p.get_ref().is_empty() {
+            return Err(src.error(Some(p.span()), "log.access_log", "is empty"));
+        }
+        log.access_log = Some(PathBuf::from(p.get_ref()));
+    } else {
+        let stray = [
+            ("log.access_log_buffer", raw.access_log_buffer.as_ref()),
+            ("log.access_log_flush_ms", raw.access_log_flush_ms.as_ref()),
+        ];
+        if let Some((k, Some(v))) = stray.into_iter().find(|(_, v)| v.is_some()) {
+            return Err(src.error(
+                Some(v.span()),
+                k,
+                "only applies with log.access_log (the access log file), which is not set",
+            ));
+        }
+    }
+    if let Some(v) = &raw.access_log_buffer {
+        log.access_log_buffer = to_usize(*v.get_ref());
+    }
+    if let Some(v) = &raw.access_log_flush_ms {
+        if *v.get_ref() == 0 {
+            return Err(src.error(
+                Some(v.span()),
+                "log.access_log_flush_ms",
+                "must be greater than 0",
+            ));
+        }
+        log.access_log_flush = Duration::from_millis(*v.get_ref());
+    }
+    if log.access_log_buffer > log.max_queued {
+        let (span, key) = match (&raw.access_log_buffer, &raw.max_queued) {
+            (Some(b), _) => (b.span(), "log.access_log_buffer"),
+            (None, Some(q)) => (q.span(), "log.max_queued"),
+            (None, None) => unreachable!("the defaults are consistent"),
+        };
+        return Err(src.error(
+            Some(span),
+            key,
+            format!(
+                "access_log_buffer ({}) must not exceed max_queued ({}): a buffer that cannot fill is never written",
+                log.access_log_buffer, log.max_queued
+            ),
+        ));
+    }
+    Ok(log)
 }
 
 /// A config value as a `usize` (saturating where `usize` is 32 bits: the

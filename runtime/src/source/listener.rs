@@ -6,7 +6,6 @@ use std::ffi::{CStr, CString};
 use std::io;
 use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 use std::os::unix::fs::{FileTypeExt, MetadataExt};
-use std::os::unix::net::UnixListener;
 use std::path::{Path, PathBuf};
 use std::rc::Rc;
 use std::time::{Duration, Instant};
@@ -29,6 +28,19 @@ const BACKLOG: i32 = 4096;
 pub(crate) const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
 /// Most connections accepted per readiness event (fairness).
 const ACCEPTS_PER_EVENT: usize = 64;
+
+/// How a Unix listener's socket file is made: its mode (`None`: 0660
+/// without the bits the umask clears) and owner.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub(crate) struct UnixAccess {
+    pub(crate) mode: Option<u32>,
+    pub(crate) uid: Option<u32>,
+    pub(crate) gid: Option<u32>,
+}
+
+/// The default mode of a Unix socket file before the umask: owner and
+/// group may connect, others may not (as php-fpm's `listen.mode`).
+const DEFAULT_UNIX_MODE: u32 = 0o660;
 
 /// An open stream listener.
 #[derive(Debug)]
@@ -61,7 +73,11 @@ pub(crate) struct Bound {
 
 impl Listener {
     /// Opens a stream listener for `addr`. UDP is not a stream listener.
-    pub(crate) fn open(addr: &ListenAddr, instance: InstanceId) -> io::Result<Listener> {
+    pub(crate) fn open(
+        addr: &ListenAddr,
+        instance: InstanceId,
+        access: &UnixAccess,
+    ) -> io::Result<Listener> {
         let (fd, transport, url, unix_path) = match addr {
             ListenAddr::Tcp(sa) => {
                 let fd = sys::bind_listener(sa, true, BACKLOG)?;
@@ -72,11 +88,7 @@ impl Listener {
             }
             ListenAddr::Unix(path) => {
                 clear_stale_socket(path)?;
-                let l = UnixListener::bind(path)?;
-                l.set_nonblocking(true)?;
-                let meta = std::fs::symlink_metadata(path)?;
-                let fd = OwnedFd::from(l);
-                sys::set_backlog(fd.as_raw_fd(), BACKLOG)?;
+                let (fd, meta) = bind_unix(path, access)?;
                 (
                     fd,
                     abi::LOOPD_TRANSPORT_UNIX,
@@ -119,9 +131,60 @@ impl Drop for Listener {
         if let Some((path, dev, ino)) = &self.unix_path {
             if let Ok(meta) = std::fs::symlink_metadata(path) {
                 if meta.dev() == *dev && meta.ino() == *ino {
-                    let _ = std::fs::remove_file(path);
+                    // After a switch to `[runtime] user`, the directory may
+                    // not let loopd remove it: say so (the next start
+                    // replaces a stale file).
+                    if let Err(e) = std::fs::remove_file(path) {
+                        log::warn!("cannot remove the socket file {}: {e}", path.display());
+                    }
                 }
             }
+        }
+    }
+}
+
+/// Binds a Unix socket file with `access`'s mode and owner, then listens:
+/// until then a connect to the file is refused, so no one can connect
+/// before it is as configured. On an error after the bind, the new file is
+/// removed again.
+fn bind_unix(path: &Path, access: &UnixAccess) -> io::Result<(OwnedFd, std::fs::Metadata)> {
+    let fd = sys::bind_unix(path)?;
+    let setup = || -> io::Result<std::fs::Metadata> {
+        // bind created it with 0777 less the umask.
+        let created = std::fs::symlink_metadata(path)?.mode() & 0o7777;
+        let mode = access.mode.unwrap_or(DEFAULT_UNIX_MODE & created);
+        if mode != created {
+            sys::chmod_nofollow(path, mode).map_err(|e| {
+                io::Error::new(
+                    e.kind(),
+                    format!("setting the mode of {} to {mode:04o}: {e}", path.display()),
+                )
+            })?;
+        }
+        if access.uid.is_some() || access.gid.is_some() {
+            // lchown: the socket file itself, never what a symlink put in
+            // its place would point to.
+            std::os::unix::fs::lchown(path, access.uid, access.gid).map_err(|e| {
+                io::Error::new(
+                    e.kind(),
+                    format!(
+                        "setting the owner of {} to {}:{}: {e}",
+                        path.display(),
+                        access.uid.map_or("-".to_string(), |u| u.to_string()),
+                        access.gid.map_or("-".to_string(), |g| g.to_string())
+                    ),
+                )
+            })?;
+        }
+        let meta = std::fs::symlink_metadata(path)?;
+        sys::set_backlog(fd.as_raw_fd(), BACKLOG)?;
+        Ok(meta)
+    };
+    match setup() {
+        Ok(meta) => Ok((fd, meta)),
+        Err(e) => {
+            let _ = std::fs::remove_file(path);
+            Err(e)
         }
     }
 }
@@ -132,12 +195,17 @@ pub(crate) fn cstr(s: String) -> Rc<CStr> {
 
 /// Opens a listener (or UDP socket) for `instance` and registers it;
 /// returns what `on_listen` reports about it.
-pub(crate) fn open(core: &mut Core, addr: &ListenAddr, instance: InstanceId) -> io::Result<Bound> {
+pub(crate) fn open(
+    core: &mut Core,
+    addr: &ListenAddr,
+    instance: InstanceId,
+    access: &UnixAccess,
+) -> io::Result<Bound> {
     if let ListenAddr::Udp(sa) = addr {
         return datagram::open(core, sa, instance);
     }
     check_own_listeners(core, addr)?;
-    let l = Listener::open(addr, instance)?;
+    let l = Listener::open(addr, instance, access)?;
     let url = l.url_str().to_string();
     let transport = l.transport;
     let local = sys::local_addr(l.fd.as_raw_fd());
@@ -406,6 +474,7 @@ fn clear_stale_socket(path: &Path) -> io::Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::os::unix::net::UnixListener;
 
     fn tmp(name: &str) -> PathBuf {
         std::env::temp_dir().join(format!("loopd-listener-{}-{name}", std::process::id()))
@@ -418,8 +487,10 @@ mod tests {
         // A listener that is dropped without cleanup leaves a stale file.
         drop(UnixListener::bind(&path).unwrap());
         assert!(path.exists());
-        let live = Listener::open(&ListenAddr::Unix(path.clone()), 1).expect("stale file replaced");
-        let err = Listener::open(&ListenAddr::Unix(path.clone()), 1).unwrap_err();
+        let live = Listener::open(&ListenAddr::Unix(path.clone()), 1, &UnixAccess::default())
+            .expect("stale file replaced");
+        let err =
+            Listener::open(&ListenAddr::Unix(path.clone()), 1, &UnixAccess::default()).unwrap_err();
         assert_eq!(err.kind(), io::ErrorKind::AddrInUse, "{err}");
         drop(live);
         assert!(!path.exists(), "socket file removed on close");
@@ -442,7 +513,8 @@ mod tests {
             assert!(queued.len() < 1000, "the backlog never filled");
         }
         assert_eq!(probe(&path).unwrap(), Probe::NotAccepting);
-        let err = Listener::open(&ListenAddr::Unix(path.clone()), 1).unwrap_err();
+        let err =
+            Listener::open(&ListenAddr::Unix(path.clone()), 1, &UnixAccess::default()).unwrap_err();
         assert_eq!(err.kind(), io::ErrorKind::AddrInUse, "{err}");
         assert!(err.to_string().contains("accepts no connections"), "{err}");
         assert!(path.exists(), "the holder's socket file was kept");
@@ -455,7 +527,8 @@ mod tests {
     fn a_regular_file_is_never_removed() {
         let path = tmp("regular");
         std::fs::write(&path, b"keep me").unwrap();
-        let err = Listener::open(&ListenAddr::Unix(path.clone()), 1).unwrap_err();
+        let err =
+            Listener::open(&ListenAddr::Unix(path.clone()), 1, &UnixAccess::default()).unwrap_err();
         assert!(err.to_string().contains("not a socket"), "{err}");
         assert_eq!(std::fs::read(&path).unwrap(), b"keep me");
         std::fs::remove_file(&path).unwrap();
@@ -463,7 +536,12 @@ mod tests {
 
     #[test]
     fn tcp_port_zero_reports_the_real_port() {
-        let l = Listener::open(&ListenAddr::Tcp("127.0.0.1:0".parse().unwrap()), 1).unwrap();
+        let l = Listener::open(
+            &ListenAddr::Tcp("127.0.0.1:0".parse().unwrap()),
+            1,
+            &UnixAccess::default(),
+        )
+        .unwrap();
         assert!(l.url_str().starts_with("tcp://127.0.0.1:"));
         assert!(!l.url_str().ends_with(":0"));
         assert_eq!(&*l.scope.name, l.url_str(), "counters are named by the URL");

@@ -346,6 +346,40 @@ pub(crate) fn bind_unix(path: &Path) -> io::Result<OwnedFd> {
     Ok(fd)
 }
 
+/// Sets the mode of `path` without following a symlink there: a symlink
+/// swapped in for the file is refused (`fchmodat` with
+/// `AT_SYMLINK_NOFOLLOW`). Where the C library cannot do that for any file
+/// (`EOPNOTSUPP`: glibc before 2.32), `chmod` after checking the path is
+/// not a symlink.
+pub(crate) fn chmod_nofollow(path: &Path, mode: u32) -> io::Result<()> {
+    use std::os::unix::ffi::OsStrExt;
+    let c = std::ffi::CString::new(path.as_os_str().as_bytes())
+        .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "the path contains NUL"))?;
+    // SAFETY: a NUL-terminated path and plain values.
+    let r = unsafe {
+        libc::fchmodat(
+            libc::AT_FDCWD,
+            c.as_ptr(),
+            mode as libc::mode_t,
+            libc::AT_SYMLINK_NOFOLLOW,
+        )
+    };
+    if r == 0 {
+        return Ok(());
+    }
+    let e = io::Error::last_os_error();
+    // Two names for one value on Linux, two values on macOS.
+    let unsupported = |n: i32| n == libc::EOPNOTSUPP || n == libc::ENOTSUP;
+    if !e.raw_os_error().is_some_and(unsupported) {
+        return Err(e);
+    }
+    if std::fs::symlink_metadata(path)?.file_type().is_symlink() {
+        return Err(e);
+    }
+    // SAFETY: a NUL-terminated path and a plain mode.
+    cvt(unsafe { libc::chmod(c.as_ptr(), mode as libc::mode_t) }).map(drop)
+}
+
 /// Waits up to `timeout` for `fd` to become writable (a non-blocking
 /// connect to finish); `Ok(false)` when the time ran out.
 pub(crate) fn wait_writable(fd: RawFd, timeout: std::time::Duration) -> io::Result<bool> {
