@@ -1,5 +1,6 @@
 //! The `loopd` command: run a config, check one, or start a handler project.
 
+mod logsink;
 mod scaffold;
 
 use std::path::PathBuf;
@@ -78,10 +79,14 @@ fn main() -> ExitCode {
         return ExitCode::from(2);
     }
     let cli = Cli::parse_from_cmd(version());
-    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info"))
-        .format_timestamp_millis()
-        .init();
+    logsink::install();
+    let code = run_command(cli);
+    // Everything logged reaches stderr and the access log before exit.
+    logsink::finish();
+    code
+}
 
+fn run_command(cli: Cli) -> ExitCode {
     let result = match cli.command {
         Some(Command::NewHandler {
             name,
@@ -174,8 +179,10 @@ fn edit_distance(a: &str, b: &str) -> usize {
 }
 
 fn run(config: PathBuf) -> Result<(), loopd::Error> {
+    let parsed = loopd::Config::from_file(&config)?;
+    logsink::configure(&parsed)?;
     let mut rt = Runtime::builder()
-        .config_file(&config)
+        .config(parsed)
         .handle_signals(true)
         .build()?;
     log::info!(
@@ -189,7 +196,9 @@ fn run(config: PathBuf) -> Result<(), loopd::Error> {
 }
 
 fn check(config: PathBuf) -> Result<(), loopd::Error> {
-    let handlers = Runtime::builder().config_file(&config).check()?;
+    let parsed = loopd::Config::from_file(&config)?;
+    logsink::check(&parsed)?;
+    let handlers = Runtime::builder().config(parsed).check()?;
     println!("{}: ok", config.display());
     for h in handlers {
         println!("  {h}");
