@@ -122,14 +122,16 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         match ticks {
             Some(n) => {
                 // A probe per 50 ms until enough clients are there.
-                while wait_for > 0 {
-                    if !post("* waiting".into()) {
-                        return;
+                if wait_for > 0 {
+                    loop {
+                        if !post("* waiting".into()) {
+                            return;
+                        }
+                        if reached.recv().unwrap_or(0) >= wait_for {
+                            break;
+                        }
+                        std::thread::sleep(Duration::from_millis(50));
                     }
-                    if reached.recv().unwrap_or(0) >= wait_for {
-                        break;
-                    }
-                    std::thread::sleep(Duration::from_millis(50));
                 }
                 for i in 1..=n {
                     if !post(format!("tick {i}")) {

@@ -81,15 +81,19 @@ impl Builder {
         self
     }
 
-    /// Handles SIGINT and SIGTERM: the first starts a graceful shutdown, a
-    /// second one closes everything at once. SIGUSR1 and SIGUSR2 are caught
-    /// and ignored (logged at debug level), where they would kill the
-    /// process. Off by default: an embedding program keeps its own signal
-    /// dispositions. The `loopd` binary turns it on.
+    /// Handles signals: SIGINT, SIGTERM, SIGPWR and SIGXCPU start a
+    /// graceful shutdown (a second one closes everything at once), SIGQUIT
+    /// closes everything at once; SIGHUP, SIGUSR1, SIGUSR2, SIGXFSZ,
+    /// SIGALRM, SIGVTALRM, SIGPROF, SIGIO, SIGSTKFLT and the real-time
+    /// signals are caught, logged (at most once a second each; SIGUSR1 and
+    /// SIGUSR2 at debug level) and ignored, where they would kill the
+    /// process. Faults (SIGSEGV, SIGBUS, ...) keep their default. Off by
+    /// default: an embedding program keeps its own signal dispositions. The
+    /// `loopd` binary turns it on.
     ///
-    /// Once turned on, the process's SIGINT, SIGTERM, SIGUSR1 and SIGUSR2
-    /// handlers stay installed for the life of the process (`signal-hook`
-    /// cannot restore the previous disposition): after the runtime is
+    /// Once turned on, the handlers stay installed for the life of the
+    /// process (`signal-hook` cannot restore the previous disposition; it
+    /// does chain to a handler installed before): after the runtime is
     /// dropped, those signals are caught and ignored. A program that outlives its runtime, or that
     /// handles signals itself, should leave this off and call
     /// [`Handle::shutdown`](crate::Handle::shutdown) from its own handling instead.
@@ -267,7 +271,7 @@ impl Builder {
         #[cfg(feature = "signals")]
         if self.signals {
             rt.install_signals().map_err(|source| Error::System {
-                what: "installing the SIGINT/SIGTERM handlers".to_string(),
+                what: "installing the signal handlers".to_string(),
                 source,
             })?;
         }

@@ -77,9 +77,12 @@
 //! # Signals
 //!
 //! A library user's process keeps its own signal dispositions: loopd
-//! installs SIGINT/SIGTERM handlers only with [`Builder::handle_signals`]
-//! (the `loopd` binary turns it on), which also catches and ignores SIGUSR1
-//! and SIGUSR2 (their default action would kill the process). Writes never
+//! installs signal handlers only with [`Builder::handle_signals`] (the
+//! `loopd` binary turns it on): SIGINT, SIGTERM, SIGPWR and SIGXCPU start a
+//! graceful shutdown, SIGQUIT a fast one, and the other signals whose
+//! default action would kill the process (SIGHUP, SIGUSR1, SIGUSR2,
+//! SIGXFSZ, SIGALRM, the real-time signals, ...) are logged and ignored;
+//! faults such as SIGSEGV keep their default. Writes never
 //! raise SIGPIPE (loopd sends with `MSG_NOSIGNAL`), so an embedding program
 //! need not ignore it.
 //!

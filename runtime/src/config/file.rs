@@ -1169,6 +1169,114 @@ html = 1
     }
 
     #[test]
+    fn unix_socket_keys() {
+        let unix = "[[handler]]\nname = \"a\"\nplugin = \"x\"\nlisten = [\"unix:///tmp/a.sock\"]\n";
+        let c = Config::parse(
+            &format!("{unix}unix_mode = \"0600\"\nunix_owner = \"www\"\nunix_group = \"33\"\n"),
+            None,
+        )
+        .unwrap();
+        let h = &c.handlers[0];
+        assert_eq!(h.unix_mode, Some(0o600));
+        assert_eq!(h.unix_owner.as_ref().unwrap().name, "www");
+        assert_eq!(
+            h.unix_owner
+                .as_ref()
+                .unwrap()
+                .location
+                .as_ref()
+                .unwrap()
+                .line,
+            6
+        );
+        assert_eq!(h.unix_group.as_ref().unwrap().name, "33");
+        let c = Config::parse(unix, None).unwrap();
+        assert_eq!(
+            (c.handlers[0].unix_mode, &c.handlers[0].unix_owner),
+            (None, &None)
+        );
+        for bad in ["\"660x\"", "\"01777\"", "\"\"", "\"9\""] {
+            let e = err(&format!("{unix}unix_mode = {bad}\n"));
+            assert!(
+                e.contains("t.toml:5:13: handler[0].unix_mode: `"),
+                "{bad}: {e}"
+            );
+            assert!(e.contains("is not a file mode"), "{e}");
+        }
+        let e = err(&format!("{unix}unix_mode = 420\n"));
+        assert!(
+            e.contains("handler[0].unix_mode: invalid type: integer"),
+            "{e}"
+        );
+        let e = err("[[handler]]\nname = \"a\"\nplugin = \"x\"\nlisten = [\"tcp://127.0.0.1:0\"]\nunix_group = \"g\"\n");
+        assert!(
+            e.contains("t.toml:5:14: handler[0].unix_group: only applies to unix:// listeners"),
+            "{e}"
+        );
+        let e = err(&format!("{unix}unix_owner = \"\"\n"));
+        assert!(
+            e.contains("handler[0].unix_owner: must be a user or group name"),
+            "{e}"
+        );
+        assert_eq!(parse_unix_mode("0o644"), Ok(0o644));
+        assert_eq!(parse_unix_mode("777"), Ok(0o777));
+    }
+
+    #[test]
+    fn user_and_group_keys() {
+        let c = Config::parse("[runtime]\nuser = \"nobody\"\ngroup = \"nogroup\"\n", None).unwrap();
+        assert_eq!(c.runtime.user.unwrap().name, "nobody");
+        assert_eq!(c.runtime.group.unwrap().name, "nogroup");
+        let e = err("[runtime]\ngroup = \"nogroup\"\n");
+        assert!(
+            e.contains("t.toml:2:9: runtime.group: needs runtime.user"),
+            "{e}"
+        );
+        let e = err("[runtime]\nuser = \"\"\n");
+        assert!(
+            e.contains("runtime.user: must be a user or group name"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn log_table() {
+        let c = Config::parse("", None).unwrap();
+        assert_eq!(c.log, LogConfig::default());
+        let c = Config::parse(
+            "[log]\nmax_queued = 4096\naccess_log = \"/tmp/a.log\"\naccess_log_buffer = 0\naccess_log_flush_ms = 50\n",
+            None,
+        )
+        .unwrap();
+        assert_eq!(c.log.max_queued, 4096);
+        assert_eq!(c.log.access_log.as_deref(), Some(Path::new("/tmp/a.log")));
+        assert_eq!(c.log.access_log_buffer, 0);
+        assert_eq!(c.log.access_log_flush, Duration::from_millis(50));
+        let e = err("[log]\nmax_queued = 0\n");
+        assert!(
+            e.contains("t.toml:2:14: log.max_queued: must be greater than 0"),
+            "{e}"
+        );
+        let e = err("[log]\naccess_log_buffer = 10\n");
+        assert!(
+            e.contains("log.access_log_buffer: only applies with log.access_log"),
+            "{e}"
+        );
+        let e = err("[log]\naccess_log = \"a\"\nmax_queued = 1000\n");
+        assert!(
+            e.contains("t.toml:3:14: log.max_queued: access_log_buffer (65536) must not exceed max_queued (1000)"),
+            "{e}"
+        );
+        let e = err("[log]\naccess_log = \"a\"\naccess_log_flush_ms = 0\n");
+        assert!(
+            e.contains("log.access_log_flush_ms: must be greater than 0"),
+            "{e}"
+        );
+        let e = err("[log]\naccess = \"a\"\n");
+        assert!(e.contains("log.access: unknown field `access`"), "{e}");
+    }
+
+    #[test]
     fn type_errors_and_syntax_errors_have_lines() {
         let e = err("[runtime]\nmax_connections = \"many\"\n");
         assert!(e.starts_with("t.toml:2:"), "{e}");
