@@ -554,7 +554,7 @@ impl Runtime {
         self.core
             .borrow_mut()
             .register(Source::Signal(read), true, false)?;
-        self.signals.install(&write)
+        self.signals.install(write)
     }
 }
 

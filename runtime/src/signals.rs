@@ -14,6 +14,7 @@
 use std::io;
 use std::os::fd::{AsRawFd, OwnedFd};
 use std::os::unix::net::UnixStream;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use loopd_handler_api::abi;
@@ -117,9 +118,12 @@ pub(crate) struct Signals {
 impl Signals {
     /// Installs a handler for every signal of [`table`] that writes the
     /// signal's number to `write`.
-    pub(crate) fn install(&mut self, write: &UnixStream) -> io::Result<()> {
+    pub(crate) fn install(&mut self, write: UnixStream) -> io::Result<()> {
+        // One descriptor for every handler: it is closed when the last
+        // action is unregistered (never in a signal handler).
+        let fd: Arc<OwnedFd> = Arc::new(write.into());
         for (sig, _, _) in table() {
-            let fd: OwnedFd = write.try_clone()?.into();
+            let fd = fd.clone();
             let byte = u8::try_from(sig).expect("signal numbers are below 256");
             let action = move || {
                 // SAFETY: send(2) is async-signal-safe; one byte from a
