@@ -13,8 +13,9 @@
 //! `access_log path buffer=64k flush=1s`.
 //!
 //! At exit [`finish`] waits (at most [`FINISH_TIMEOUT`]) for both queues
-//! to be written. Writes that bypass the logger (a plugin's panic message,
-//! a C handler's `fprintf(stderr, ...)`) still go straight to stderr.
+//! to be written. Writes that bypass the logger (a C handler's
+//! `fprintf(stderr, ...)`, `eprintln!`) still go straight to stderr; the
+//! SDK logs a panic in a hook through the host.
 
 use std::collections::VecDeque;
 use std::fs::File;
