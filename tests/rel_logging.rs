@@ -93,16 +93,25 @@ fn stderr_that_nobody_reads_never_stops_the_loop() {
     drop((web, e));
 
     // Read again: the queued lines, then the drop count, where the gap is.
-    // SAFETY: kill with a pid we own and a valid signal number.
-    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+    let (seen, notice) = std::sync::mpsc::channel();
     let reader = std::thread::spawn(move || {
         let mut rest = Vec::new();
         for line in stderr.lines() {
             let Ok(line) = line else { break };
+            if line.contains("log lines dropped") {
+                let _ = seen.send(());
+            }
             rest.push(line);
         }
         rest
     });
+    // The queue has drained once the count is out: the shutdown's lines
+    // then fit (logged while it was still full, they would be counted too).
+    notice
+        .recv_timeout(TIMEOUT)
+        .expect("the drop count was not logged");
+    // SAFETY: kill with a pid we own and a valid signal number.
+    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
     let deadline = Instant::now() + TIMEOUT;
     let status = loop {
         if let Some(s) = child.try_wait().unwrap() {
