@@ -117,7 +117,10 @@ pub unsafe fn entry(
     // SAFETY: the caller guarantees `host` is NULL or valid; every version of
     // the table starts with struct_size and abi_major.
     match unsafe { host.as_ref() } {
-        Some(h) if h.abi_major == abi::LOOPD_ABI_MAJOR => info,
+        Some(h) if h.abi_major == abi::LOOPD_ABI_MAJOR => {
+            install_panic_hook();
+            info
+        }
         _ => std::ptr::null(),
     }
 }
@@ -195,15 +198,83 @@ fn panic_message(payload: &(dyn Any + Send)) -> &str {
     }
 }
 
+thread_local! {
+    /// Inside a hook this SDK guards: a panic there is caught and reported
+    /// through loopd's log, so the plugin's panic hook stays quiet.
+    static GUARDED: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+    /// Where the last guarded panic happened (`file:line:column`), and its
+    /// backtrace when `RUST_BACKTRACE` asks for one.
+    static PANIC_AT: std::cell::RefCell<Option<Panicked>> = const { std::cell::RefCell::new(None) };
+}
+
+/// In a plugin (called from its entry point, so never for a handler linked
+/// into a program, whose panic hook is the program's): a panic the SDK
+/// catches is not printed by the plugin's Rust runtime straight to stderr,
+/// where it would bypass loopd's log (which never blocks the loop, and
+/// keeps lines whole) and could block the loop on a stderr nobody reads;
+/// its location (and backtrace, with `RUST_BACKTRACE=1`) goes into the
+/// log line instead. Any other panic (in a thread of the handler's own)
+/// goes to the hook that was there before.
+fn install_panic_hook() {
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    ONCE.call_once(|| {
+        let previous = std::panic::take_hook();
+        std::panic::set_hook(Box::new(move |info| {
+            if !GUARDED.with(|g| g.get()) {
+                return previous(info);
+            }
+            let trace = std::backtrace::Backtrace::capture();
+            let panicked = Panicked {
+                at: info
+                    .location()
+                    .map(|l| format!("{}:{}:{}", l.file(), l.line(), l.column())),
+                trace: (trace.status() == std::backtrace::BacktraceStatus::Captured)
+                    .then(|| trace.to_string()),
+            };
+            PANIC_AT.with(|p| *p.borrow_mut() = Some(panicked));
+        }));
+    });
+}
+
+/// What the panic hook recorded about a guarded panic.
+#[derive(Debug, Default)]
+struct Panicked {
+    /// `file:line:column`.
+    at: Option<String>,
+    trace: Option<String>,
+}
+
+impl std::fmt::Display for Panicked {
+    /// ` (at FILE:LINE:COL)`, then the backtrace on lines of its own.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        if let Some(at) = &self.at {
+            write!(f, " (at {at})")?;
+        }
+        if let Some(trace) = &self.trace {
+            write!(f, "\nstack backtrace:\n{}", trace.trim_end())?;
+        }
+        Ok(())
+    }
+}
+
+/// Runs `f` under `catch_unwind`, as a guarded hook; a panic becomes its
+/// message, and where it happened when the panic hook recorded it.
+fn catch<R>(f: impl FnOnce() -> R) -> Result<R, (String, Panicked)> {
+    let was = GUARDED.with(|g| g.replace(true));
+    let result = catch_unwind(AssertUnwindSafe(f));
+    GUARDED.with(|g| g.set(was));
+    result.map_err(|payload| {
+        let at = PANIC_AT.with(|p| p.borrow_mut().take()).unwrap_or_default();
+        (panic_message(&*payload).to_string(), at)
+    })
+}
+
 /// Runs `f`, turning a panic into `fallback` and a log line through `ctx`.
 fn guard<R>(ctx: &Ctx, hook: &str, fallback: R, f: impl FnOnce() -> R) -> R {
-    match catch_unwind(AssertUnwindSafe(f)) {
+    match catch(f) {
         Ok(r) => r,
-        Err(payload) => {
-            ctx.log(
-                Level::Error,
-                format_args!("panic in {hook}: {}", panic_message(&*payload)),
-            );
+        Err((msg, at)) => {
+            ctx.log(Level::Error, format_args!("panic in {hook}: {msg}{at}"));
             fallback
         }
     }
@@ -278,9 +349,8 @@ pub unsafe fn adopt<H: Handler>(
     let host = unsafe { copy_host(host) };
     // SAFETY: `host` is 'static; `raw` is the context the host gave this instance.
     let ctx = unsafe { Ctx::from_raw(host, raw) };
-    let handler = catch_unwind(AssertUnwindSafe(|| make(&ctx))).unwrap_or_else(|payload| {
-        Err(format!("panicked in create: {}", panic_message(&*payload)))
-    })?;
+    let handler = catch(|| make(&ctx))
+        .unwrap_or_else(|(msg, _)| Err(format!("panicked in create: {msg}")))?;
     let instance = Box::new(Instance {
         host,
         handler,
@@ -306,12 +376,12 @@ unsafe extern "C" fn create<H: Handler>(
     let host = unsafe { copy_host(host) };
     // SAFETY: `host` is 'static; `raw` is the context the host gave this instance.
     let ctx = unsafe { Ctx::from_raw(host, raw) };
-    let result = catch_unwind(AssertUnwindSafe(|| {
+    let result = catch(|| {
         let name = cstr(name)?;
         let json = cstr(config_json)?;
         create_safe::<H>(&ctx, name, json)
-    }))
-    .unwrap_or_else(|payload| Err(format!("panicked in create: {}", panic_message(&*payload))));
+    })
+    .unwrap_or_else(|(msg, _)| Err(format!("panicked in create: {msg}")));
     match result {
         Ok(handler) => {
             let instance = Box::new(Instance {

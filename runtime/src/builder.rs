@@ -11,6 +11,7 @@ use crate::core::Core;
 use crate::host::{ActiveGuard, HostCtx};
 use crate::instance::{Instance, InstanceId, Life, Settings};
 use crate::plugin::{self, Plugin};
+use crate::privileges;
 use crate::source::listener;
 use crate::spec::{HandlerSpec, Linked};
 use crate::stats::Scope;
@@ -84,17 +85,21 @@ impl Builder {
         self
     }
 
-    /// Handles SIGINT and SIGTERM: the first starts a graceful shutdown, a
-    /// second one closes everything at once. SIGHUP reloads the config file
+    /// Handles signals: SIGINT, SIGTERM, SIGPWR and SIGXCPU start a
+    /// graceful shutdown (a second one closes everything at once), SIGQUIT
+    /// closes everything at once; SIGHUP reloads the config file
     /// ([`Runtime::reload_file`](crate::Runtime::reload_file)), SIGUSR2
     /// starts a binary upgrade ([`Runtime::upgrade`](crate::Runtime::upgrade));
-    /// SIGUSR1 is caught and ignored (logged at debug level), where it
-    /// would kill the process. Off by default: an embedding program keeps
-    /// its own signal dispositions. The `loopd` binary turns it on.
+    /// SIGUSR1, SIGXFSZ, SIGALRM, SIGVTALRM, SIGPROF, SIGIO, SIGSTKFLT and
+    /// the real-time signals are caught, logged (at most once a second
+    /// each; SIGUSR1 at debug level) and ignored, where they would kill the
+    /// process. Faults (SIGSEGV, SIGBUS, ...) keep their default. Off by
+    /// default: an embedding program keeps its own signal dispositions. The
+    /// `loopd` binary turns it on.
     ///
-    /// Once turned on, the process's SIGINT, SIGTERM, SIGHUP, SIGUSR1 and SIGUSR2
-    /// handlers stay installed for the life of the process (`signal-hook`
-    /// cannot restore the previous disposition): after the runtime is
+    /// Once turned on, the handlers stay installed for the life of the
+    /// process (`signal-hook` cannot restore the previous disposition; it
+    /// does chain to a handler installed before): after the runtime is
     /// dropped, those signals are caught and ignored. A program that outlives its runtime, or that
     /// handles signals itself, should leave this off and call
     /// [`Handle::shutdown`](crate::Handle::shutdown) from its own handling instead.
@@ -271,6 +276,10 @@ impl Builder {
                 config.runtime.workers
             )));
         }
+        // Workers switch user once every worker has bound (build_workers).
+        let first = self.worker.as_ref().is_none_or(|w| w.index == 0);
+        let (switch, access) = accounts(&config, self.listen, first)?;
+        let switch = if self.worker.is_some() { None } else { switch };
         let core = Core::new(config.runtime.clone()).map_err(|source| Error::System {
             what: "creating the poller (epoll or kqueue)".to_string(),
             source,
@@ -312,9 +321,15 @@ impl Builder {
 
         if self.listen {
             let mut bound = Vec::new();
-            for (i, (h, &inst)) in config.handlers.iter().zip(&instances).enumerate() {
+            for (i, ((h, &inst), access)) in config
+                .handlers
+                .iter()
+                .zip(&instances)
+                .zip(&access)
+                .enumerate()
+            {
                 for addr in &h.listen {
-                    let b = listener::open(&mut rt.core.borrow_mut(), addr, inst).map_err(
+                    let b = listener::open(&mut rt.core.borrow_mut(), addr, inst, access).map_err(
                         |source| Error::Listen {
                             handler: h.name.clone(),
                             listener: addr.to_string(),
@@ -323,6 +338,9 @@ impl Builder {
                     )?;
                     bound.push((h.name.clone(), b, addr.clone(), i < file_entries));
                 }
+            }
+            if let Some((user, gid, shown)) = &switch {
+                switch_user(&config, user, *gid, shown)?;
             }
             // Only once every listener is open: nothing is reported as
             // listening by a loopd that is about to exit.
@@ -342,7 +360,7 @@ impl Builder {
         #[cfg(feature = "signals")]
         if self.signals {
             rt.install_signals().map_err(|source| Error::System {
-                what: "installing the SIGINT/SIGTERM handlers".to_string(),
+                what: "installing the signal handlers".to_string(),
                 source,
             })?;
         }
@@ -363,6 +381,125 @@ struct Assembled {
     file_entries: usize,
     /// Listeners added in code to the config's handlers.
     extra: Vec<(String, ListenAddr)>,
+}
+
+/// The user to switch to once the listeners are open (with its group and
+/// how to name them in the log), and each handler's Unix socket access,
+/// with the names in the config looked up; warns when loopd runs as root
+/// and will stay root (when `warn`: once per process, not per worker).
+/// `listen`: a real start, where a user switch that cannot happen (loopd
+/// is not root) is an error; `loopd check` warns.
+#[allow(clippy::type_complexity)]
+pub(crate) fn accounts(
+    config: &Config,
+    listen: bool,
+    warn: bool,
+) -> Result<
+    (
+        Option<(privileges::User, libc::gid_t, String)>,
+        Vec<listener::UnixAccess>,
+    ),
+    Error,
+> {
+    let rt = &config.runtime;
+    let mut switch = None;
+    if let Some(u) = &rt.user {
+        let user = privileges::user(u, "runtime.user")?;
+        let gid = match &rt.group {
+            Some(g) => privileges::group(g, "runtime.group")?,
+            None => user.gid,
+        };
+        let shown = format!(
+            "user {} (uid {}), group {}",
+            u.name,
+            user.uid,
+            rt.group
+                .as_ref()
+                .map_or(format!("gid {gid}"), |g| format!("{} (gid {gid})", g.name))
+        );
+        // SAFETY: these getters cannot fail.
+        let already = unsafe { (libc::geteuid(), libc::getegid()) } == (user.uid, gid);
+        if !already && !privileges::is_root() {
+            let why = format!(
+                "loopd runs as uid {}, not as root, so it cannot switch to {shown}; start it as root, or remove the key",
+                privileges::euid()
+            );
+            let at = u
+                .location
+                .as_ref()
+                .map(|l| format!("{l}: "))
+                .unwrap_or_default();
+            if listen {
+                return Err(Error::Config(format!("{at}runtime.user: {why}")));
+            }
+            log::warn!("{at}runtime.user: {why} (a check need not be root)");
+        }
+        if !already {
+            switch = Some((user, gid, shown));
+        }
+    } else if warn && privileges::is_root() {
+        log::warn!(
+            "loopd runs as root: every handler can do anything root can; set [runtime] user (and group) to switch to an unprivileged user once the listeners are open"
+        );
+    }
+    let mut access = Vec::with_capacity(config.handlers.len());
+    for (i, h) in config.handlers.iter().enumerate() {
+        access.push(unix_access(h, i)?);
+    }
+    Ok((switch, access))
+}
+
+/// Entry `i`'s Unix socket mode and owner, with the names looked up.
+pub(crate) fn unix_access(h: &HandlerConfig, i: usize) -> Result<listener::UnixAccess, Error> {
+    Ok(listener::UnixAccess {
+        mode: h.unix_mode,
+        uid: h
+            .unix_owner
+            .as_ref()
+            .map(|a| privileges::user(a, &format!("handler[{i}].unix_owner")))
+            .transpose()?
+            .map(|u| u.uid),
+        gid: h
+            .unix_group
+            .as_ref()
+            .map(|a| privileges::group(a, &format!("handler[{i}].unix_group")))
+            .transpose()?,
+    })
+}
+
+/// Switches to `[runtime] user`/`group` once every listener is open, and
+/// warns about socket files the new user will not be able to remove.
+pub(crate) fn switch_user(
+    config: &Config,
+    user: &privileges::User,
+    gid: libc::gid_t,
+    shown: &str,
+) -> Result<(), Error> {
+    privileges::switch_to(user, gid).map_err(|source| Error::System {
+        what: format!("switching to {shown}"),
+        source,
+    })?;
+    log::info!("listeners open; now running as {shown}");
+    for h in &config.handlers {
+        for addr in &h.listen {
+            let ListenAddr::Unix(path) = addr else {
+                continue;
+            };
+            let dir = match path.parent() {
+                Some(d) if !d.as_os_str().is_empty() => d,
+                _ => Path::new("."),
+            };
+            if !privileges::can_write_dir(dir) {
+                log::warn!(
+                    "{}: {} is not writable by the new user, so {} cannot be removed when loopd stops (the next start replaces it)",
+                    h.name,
+                    dir.display(),
+                    path.display()
+                );
+            }
+        }
+    }
+    Ok(())
 }
 
 /// Loads (or links) the plugin of entry `h`, adds its instance record and
@@ -396,6 +533,14 @@ pub(crate) fn create_instance(
         None => {
             let path = plugin::resolve(&h.plugin, config.runtime.plugin_dir.as_deref())
                 .map_err(|(path, why)| fail(&path, why))?;
+            // Once per process: worker 0 says it for every worker.
+            let warnings = match &rt.worker {
+                Some(w) if w.index > 0 => Vec::new(),
+                _ => privileges::plugin_warnings(&path),
+            };
+            for warning in warnings {
+                log::warn!("handler `{}`: {warning}", h.name);
+            }
             plugin::load_current(&path).map_err(|why| fail(&path, why))?
         }
     };

@@ -21,7 +21,7 @@ use crate::instance::InstanceId;
 use crate::source::datagram::{Batch, DROPPED};
 use crate::source::listener::{self, Bound};
 use crate::source::stream::{self, peer_text, Input, Read};
-use crate::source::{watch, SignalAction, Source};
+use crate::source::{watch, Source};
 use crate::sys;
 use crate::timer::TimerKind;
 use crate::Runtime;
@@ -383,53 +383,17 @@ impl Runtime {
     }
 
     fn signal_readable(&mut self, id: u64) {
-        let mut buf = [0u8; 16];
-        let (n, action) = {
+        let fd = {
             let core = self.core.borrow();
-            let Some(Source::Signal(s, action)) = core.sources.get(id) else {
+            let Some(Source::Signal(s)) = core.sources.get(id) else {
                 return;
             };
-            (
-                sys::recv(std::os::fd::AsRawFd::as_raw_fd(s), &mut buf).unwrap_or(0),
-                *action,
-            )
+            std::os::fd::AsRawFd::as_raw_fd(s)
         };
-        if action == SignalAction::Reload {
-            // However many SIGHUPs came: one reload of the file as it is now.
-            if n > 0 {
-                self.reload_requested();
-            }
-            return;
-        }
-        if action == SignalAction::Upgrade {
-            let (index, count) = self.worker();
-            if count > 1 {
-                if n > 0 && index == 0 {
-                    log::error!(
-                        "SIGUSR2: a binary upgrade needs workers = 1 (this loopd runs {count}); use a reload, or restart"
-                    );
-                }
-                return;
-            }
-            if n > 0 {
-                if let Err(e) = self.upgrade() {
-                    log::error!("{e}");
-                }
-            }
-            return;
-        }
-        for _ in 0..n {
-            if self.core.borrow().shared.shutdown_deadline.is_none() {
-                self.begin_shutdown();
-            } else {
-                let open = self.core.borrow().shared.conns;
-                log::warn!("second signal: closing {open} connections now");
-                self.close_everything(abi::LOOPD_REASON_SHUTDOWN);
-                log::info!("shutdown complete ({open} connections cut by a second signal)");
-                self.stopped = true;
-                return;
-            }
-        }
+        #[cfg(feature = "signals")]
+        self.signals_readable(fd);
+        #[cfg(not(feature = "signals"))]
+        let _ = fd;
     }
 
     /// Delivers up to [`MESSAGES_PER_PASS`] posted messages per instance,

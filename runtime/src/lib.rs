@@ -77,14 +77,16 @@
 //! # Signals
 //!
 //! A library user's process keeps its own signal dispositions: loopd
-//! installs SIGINT/SIGTERM handlers only with [`Builder::handle_signals`]
-//! (the `loopd` binary turns it on), which also makes SIGHUP a live reload
+//! installs signal handlers only with [`Builder::handle_signals`] (the
+//! `loopd` binary turns it on): SIGINT, SIGTERM, SIGPWR and SIGXCPU start a
+//! graceful shutdown, SIGQUIT a fast one, SIGHUP a live reload
 //! ([`Runtime::reload_file`]), SIGUSR2 a binary upgrade
-//! ([`Runtime::upgrade`]) and catches and ignores SIGUSR1 (whose default
-//! action would kill the process). Writes never
-//! raise SIGPIPE (loopd sends with `MSG_NOSIGNAL`, or sets `SO_NOSIGPIPE`
-//! where the platform has no such flag), so an embedding program need not
-//! ignore it.
+//! ([`Runtime::upgrade`]), and the other signals whose default action would
+//! kill the process (SIGUSR1, SIGXFSZ, SIGALRM, the real-time signals, ...)
+//! are logged and ignored; faults such as SIGSEGV keep their default.
+//! Writes never raise SIGPIPE (loopd sends with `MSG_NOSIGNAL`, or sets
+//! `SO_NOSIGPIPE` where the platform has no such flag), so an embedding
+//! program need not ignore it.
 //!
 //! `examples/embed.rs` in the repository is a complete program that drives
 //! loopd from its own `poll(2)` loop; `docs/embedding.md` walks through it.
@@ -111,8 +113,11 @@ mod instance;
 mod mailbox;
 mod notify;
 mod plugin;
+mod privileges;
 mod registry;
 mod reload;
+#[cfg(feature = "signals")]
+mod signals;
 mod source;
 mod spec;
 pub mod stats;
@@ -201,13 +206,9 @@ pub struct Runtime {
     ready: Vec<Ready>,
     flags: Arc<Flags>,
     waker: Waker,
+    /// The signal handlers (with `handle_signals`).
     #[cfg(feature = "signals")]
-    signals: Vec<signal_hook::SigId>,
-    /// Set by SIGUSR1 (with `handle_signals`): caught so it does
-    /// not kill the process, and otherwise ignored.
-    ignored_signal: Arc<AtomicBool>,
-    /// When an ignored signal was last logged (at most once a second).
-    ignored_logged: Option<Instant>,
+    signals: signals::Signals,
     /// `run` returns at the end of the current pass.
     pub(crate) stopped: bool,
     /// Open listener URLs, in the order they were opened.
@@ -379,9 +380,7 @@ impl Runtime {
             flags: Arc::new(Flags::default()),
             waker,
             #[cfg(feature = "signals")]
-            signals: Vec::new(),
-            ignored_signal: Arc::new(AtomicBool::new(false)),
-            ignored_logged: None,
+            signals: signals::Signals::default(),
             stopped: false,
             listeners: Vec::new(),
             listener_records: Vec::new(),
@@ -659,55 +658,23 @@ impl Runtime {
             self.flags.stats_ready.notify_all();
         }
         self.check_successor();
-        if self.ignored_signal.swap(false, Ordering::Relaxed) {
-            let now = Instant::now();
-            if self
-                .ignored_logged
-                .is_none_or(|t| now.duration_since(t) >= Duration::from_secs(1))
-            {
-                self.ignored_logged = Some(now);
-                log::debug!("SIGUSR1 received: loopd does not use it; ignored");
-            }
-        }
     }
 }
 
 impl Runtime {
+    /// Catches the signals of `signals.rs`'s table: each writes its number
+    /// to a self-pipe the loop watches.
     #[cfg(feature = "signals")]
     pub(crate) fn install_signals(&mut self) -> io::Result<()> {
-        use source::SignalAction;
         use source::Source;
         use std::os::unix::net::UnixStream;
-        let pipe = |action| -> io::Result<UnixStream> {
-            let (read, write) = UnixStream::pair()?;
-            write.set_nonblocking(true)?;
-            read.set_nonblocking(true)?;
-            self.core
-                .borrow_mut()
-                .register(Source::Signal(read, action), true, false)?;
-            Ok(write)
-        };
-        let shutdown = pipe(SignalAction::Shutdown)?;
-        let reload = pipe(SignalAction::Reload)?;
-        let upgrade = pipe(SignalAction::Upgrade)?;
-        for sig in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
-            let id = signal_hook::low_level::pipe::register(sig, shutdown.try_clone()?)?;
-            self.signals.push(id);
-        }
-        // SIGHUP: re-read the config file (live reload).
-        let id = signal_hook::low_level::pipe::register(signal_hook::consts::SIGHUP, reload)?;
-        self.signals.push(id);
-        // Their default action kills the process: a stray `kill -USR1`
-        // (log rotation scripts send it to every server) must not take
-        // loopd down. Caught by a handler, not ignored with SIG_IGN, so the
-        // loop sees them (and every system call they interrupt is retried).
-        let id =
-            signal_hook::flag::register(signal_hook::consts::SIGUSR1, self.ignored_signal.clone())?;
-        self.signals.push(id);
-        // SIGUSR2: binary upgrade (nginx's convention).
-        let id = signal_hook::low_level::pipe::register(signal_hook::consts::SIGUSR2, upgrade)?;
-        self.signals.push(id);
-        Ok(())
+        let (read, write) = UnixStream::pair()?;
+        write.set_nonblocking(true)?;
+        read.set_nonblocking(true)?;
+        self.core
+            .borrow_mut()
+            .register(Source::Signal(read), true, false)?;
+        self.signals.install(write)
     }
 }
 
@@ -742,9 +709,7 @@ impl Drop for Runtime {
         self.close_everything(abi::LOOPD_REASON_SHUTDOWN);
         listener::close_all(&mut self.core.borrow_mut());
         #[cfg(feature = "signals")]
-        for id in self.signals.drain(..) {
-            signal_hook::low_level::unregister(id);
-        }
+        self.signals.uninstall();
         let ids = self.core.borrow().instances.ids().to_vec();
         for inst in ids.into_iter().rev() {
             self.destroy_instance(inst);

@@ -1,5 +1,6 @@
 //! The `loopd` command: run a config, check one, or start a handler project.
 
+mod logsink;
 mod scaffold;
 
 use std::path::PathBuf;
@@ -99,10 +100,14 @@ fn main() -> ExitCode {
         return ExitCode::from(2);
     }
     let cli = Cli::parse_from_cmd(version());
-    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info"))
-        .format_timestamp_millis()
-        .init();
+    logsink::install();
+    let code = run_command(cli);
+    // Everything logged reaches stderr and the access log before exit.
+    logsink::finish();
+    code
+}
 
+fn run_command(cli: Cli) -> ExitCode {
     let result = match cli.command {
         Some(Command::NewHandler {
             name,
@@ -221,6 +226,7 @@ fn edit_distance(a: &str, b: &str) -> usize {
 
 fn run(config: PathBuf) -> Result<(), loopd::Error> {
     let parsed = loopd::Config::from_file(&config)?;
+    logsink::configure(&parsed)?;
     let builder = Runtime::builder()
         .config(parsed.clone())
         .handle_signals(true)
@@ -346,7 +352,9 @@ fn signal_running(config: Option<PathBuf>, pid: Option<i32>, signal: i32) -> Res
 }
 
 fn check(config: PathBuf) -> Result<(), loopd::Error> {
-    let handlers = Runtime::builder().config_file(&config).check()?;
+    let parsed = loopd::Config::from_file(&config)?;
+    logsink::check(&parsed)?;
+    let handlers = Runtime::builder().config(parsed).check()?;
     println!("{}: ok", config.display());
     for h in handlers {
         println!("  {h}");

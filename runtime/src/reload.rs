@@ -213,6 +213,8 @@ impl Runtime {
             path: self.reload.config_path.clone(),
             runtime: self.core.borrow().shared.cfg.clone(),
             handlers: self.reload.entries.iter().map(|(h, _)| h.clone()).collect(),
+            // The binary's log sinks are set up once, at start.
+            log: config.log.clone(),
         };
         // Listeners added in code stay with their handlers.
         for (name, addr) in &self.reload.extra {
@@ -298,7 +300,7 @@ impl Runtime {
         // Listeners: keep those still wanted, bind the new ones.
         let mut claimed = vec![false; self.listener_records.len()];
         let mut kept: Vec<(usize, InstanceId, String)> = Vec::new();
-        let mut to_bind: Vec<(ListenAddr, InstanceId, String)> = Vec::new();
+        let mut to_bind: Vec<(ListenAddr, InstanceId, String, usize)> = Vec::new();
         for (i, h) in config.handlers.iter().enumerate() {
             let inst = target(i, &steps, &created);
             for addr in &h.listen {
@@ -312,25 +314,29 @@ impl Runtime {
                         claimed[j] = true;
                         kept.push((j, inst, h.name.clone()));
                     }
-                    None => to_bind.push((addr.clone(), inst, h.name.clone())),
+                    None => to_bind.push((addr.clone(), inst, h.name.clone(), i)),
                 }
             }
         }
         let mut bound: Vec<(Bound, ListenAddr, String)> = Vec::new();
-        for (addr, inst, name) in to_bind {
-            let opened = listener::open(&mut self.core.borrow_mut(), &addr, inst);
+        for (addr, inst, name, i) in to_bind {
+            let opened = crate::builder::unix_access(&config.handlers[i], i).and_then(|access| {
+                listener::open(&mut self.core.borrow_mut(), &addr, inst, &access).map_err(
+                    |source| Error::Listen {
+                        handler: name.clone(),
+                        listener: addr.to_string(),
+                        source,
+                    },
+                )
+            });
             match opened {
                 Ok(b) => bound.push((b, addr, name)),
-                Err(source) => {
+                Err(e) => {
                     for (b, _, _) in bound {
                         self.core.borrow_mut().remove_source(b.id);
                     }
                     self.undo_created(&config, created);
-                    return Err(Error::Listen {
-                        handler: name,
-                        listener: addr.to_string(),
-                        source,
-                    });
+                    return Err(e);
                 }
             }
         }

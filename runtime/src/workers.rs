@@ -313,6 +313,23 @@ impl Builder {
                 }
             }
         }
+        // The user switch, once every worker has bound its sockets (one
+        // switch for the whole process: every thread changes with it).
+        if let Some(config) = &self.config {
+            let switched =
+                crate::builder::accounts(config, true, false).and_then(
+                    |(switch, _)| match switch {
+                        Some((user, gid, shown)) => {
+                            crate::builder::switch_user(config, &user, gid, &shown)
+                        }
+                        None => Ok(()),
+                    },
+                );
+            if let Err(e) = switched {
+                workers.stop_all();
+                return Err(e);
+            }
+        }
         log::info!("{count} workers running");
         if self.service {
             crate::notify::send(&format!("READY=1\nMAINPID={}", std::process::id()));

@@ -21,6 +21,17 @@ struct RawConfig {
     runtime: Option<Spanned<RawRuntime>>,
     #[serde(default)]
     handler: Vec<Spanned<RawHandler>>,
+    #[serde(default)]
+    log: Option<Spanned<RawLog>>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawLog {
+    max_queued: Option<Spanned<u64>>,
+    access_log: Option<Spanned<String>>,
+    access_log_buffer: Option<Spanned<u64>>,
+    access_log_flush_ms: Option<Spanned<u64>>,
 }
 
 #[derive(Deserialize, Default)]
@@ -38,6 +49,8 @@ struct RawRuntime {
     drain_timeout_ms: Option<Spanned<u64>>,
     pid_file: Option<Spanned<String>>,
     workers: Option<Spanned<toml::Value>>,
+    user: Option<Spanned<String>>,
+    group: Option<Spanned<String>>,
 }
 
 #[derive(Deserialize)]
@@ -58,6 +71,9 @@ struct RawHandler {
     reuse_address: Option<Spanned<bool>>,
     mailbox_messages: Option<Spanned<u64>>,
     mailbox_bytes: Option<Spanned<u64>>,
+    unix_mode: Option<Spanned<String>>,
+    unix_owner: Option<Spanned<String>>,
+    unix_group: Option<Spanned<String>>,
     config: Option<toml::Table>,
 }
 
@@ -283,6 +299,15 @@ impl Config {
                 }
                 runtime.pid_file = Some(PathBuf::from(p.into_inner()));
             }
+            runtime.user = account(&src, rt.user.as_ref(), "runtime.user")?;
+            runtime.group = account(&src, rt.group.as_ref(), "runtime.group")?;
+            if let (Some(g), None) = (&rt.group, &rt.user) {
+                return Err(src.error(
+                    Some(g.span()),
+                    "runtime.group",
+                    "needs runtime.user: loopd switches group only together with the user",
+                ));
+            }
         }
 
         let mut handlers = Vec::with_capacity(raw.handler.len());
@@ -419,18 +444,128 @@ impl Config {
             };
             entry.mailbox_messages = positive(&h.mailbox_messages, "mailbox_messages")?;
             entry.mailbox_bytes = positive(&h.mailbox_bytes, "mailbox_bytes")?;
+            let has_unix = entry
+                .listen
+                .iter()
+                .any(|a| matches!(a, ListenAddr::Unix(_)));
+            for (k, set) in [
+                ("unix_mode", h.unix_mode.as_ref()),
+                ("unix_owner", h.unix_owner.as_ref()),
+                ("unix_group", h.unix_group.as_ref()),
+            ] {
+                if let (Some(v), false) = (set, has_unix) {
+                    return Err(src.error(
+                        Some(v.span()),
+                        &key(k),
+                        "only applies to unix:// listeners, and this handler has none",
+                    ));
+                }
+            }
+            if let Some(m) = &h.unix_mode {
+                entry.unix_mode = Some(
+                    parse_unix_mode(m.get_ref())
+                        .map_err(|e| src.error(Some(m.span()), &key("unix_mode"), e))?,
+                );
+            }
+            entry.unix_owner = account(&src, h.unix_owner.as_ref(), &key("unix_owner"))?;
+            entry.unix_group = account(&src, h.unix_group.as_ref(), &key("unix_group"))?;
             entry.config_json = config_json;
             entry.plugin_location = Some(src.location(&h.plugin.span()));
             entry.config_keys = config_keys.next().unwrap_or_default();
             handlers.push(entry);
         }
 
+        let log = match raw.log {
+            Some(l) => log_config(&src, l.into_inner())?,
+            None => LogConfig::default(),
+        };
+
         Ok(Config {
             path: file.map(Path::to_path_buf),
             runtime,
             handlers,
+            log,
         })
     }
+}
+
+/// A user or group key: not empty, no NUL; looked up when the runtime is built.
+fn account(
+    src: &Source<'_>,
+    value: Option<&Spanned<String>>,
+    key: &str,
+) -> Result<Option<Account>, Error> {
+    let Some(v) = value else { return Ok(None) };
+    let name = v.get_ref();
+    if name.is_empty() || name.contains('\0') {
+        return Err(src.error(
+            Some(v.span()),
+            key,
+            "must be a user or group name, or a numeric id",
+        ));
+    }
+    Ok(Some(Account {
+        name: name.clone(),
+        location: Some(src.location(&v.span())),
+    }))
+}
+
+/// The `[log]` table, checked.
+fn log_config(src: &Source<'_>, raw: RawLog) -> Result<LogConfig, Error> {
+    let mut log = LogConfig::default();
+    if let Some(v) = &raw.max_queued {
+        if *v.get_ref() == 0 {
+            return Err(src.error(Some(v.span()), "log.max_queued", "must be greater than 0"));
+        }
+        log.max_queued = to_usize(*v.get_ref());
+    }
+    if let Some(p) = &raw.access_log {
+        if p.get_ref().is_empty() {
+            return Err(src.error(Some(p.span()), "log.access_log", "is empty"));
+        }
+        log.access_log = Some(PathBuf::from(p.get_ref()));
+    } else {
+        let stray = [
+            ("log.access_log_buffer", raw.access_log_buffer.as_ref()),
+            ("log.access_log_flush_ms", raw.access_log_flush_ms.as_ref()),
+        ];
+        if let Some((k, Some(v))) = stray.into_iter().find(|(_, v)| v.is_some()) {
+            return Err(src.error(
+                Some(v.span()),
+                k,
+                "only applies with log.access_log (the access log file), which is not set",
+            ));
+        }
+    }
+    if let Some(v) = &raw.access_log_buffer {
+        log.access_log_buffer = to_usize(*v.get_ref());
+    }
+    if let Some(v) = &raw.access_log_flush_ms {
+        if *v.get_ref() == 0 {
+            return Err(src.error(
+                Some(v.span()),
+                "log.access_log_flush_ms",
+                "must be greater than 0",
+            ));
+        }
+        log.access_log_flush = Duration::from_millis(*v.get_ref());
+    }
+    if log.access_log_buffer > log.max_queued {
+        let (span, key) = match (&raw.access_log_buffer, &raw.max_queued) {
+            (Some(b), _) => (b.span(), "log.access_log_buffer"),
+            (None, Some(q)) => (q.span(), "log.max_queued"),
+            (None, None) => unreachable!("the defaults are consistent"),
+        };
+        return Err(src.error(
+            Some(span),
+            key,
+            format!(
+                "access_log_buffer ({}) must not exceed max_queued ({}): a buffer that cannot fill is never written",
+                log.access_log_buffer, log.max_queued
+            ),
+        ));
+    }
+    Ok(log)
 }
 
 /// A config value as a `usize` (saturating where `usize` is 32 bits: the
@@ -1102,6 +1237,114 @@ html = 1
         );
         let e = err("[[handler]]\nname = \"a\"\nplugin = \"x\"\nlisten = [\"udp://127.0.0.1:0\"]\nbroadcast = \"yes\"\n");
         assert!(e.contains("handler[0].broadcast: invalid type"), "{e}");
+    }
+
+    #[test]
+    fn unix_socket_keys() {
+        let unix = "[[handler]]\nname = \"a\"\nplugin = \"x\"\nlisten = [\"unix:///tmp/a.sock\"]\n";
+        let c = Config::parse(
+            &format!("{unix}unix_mode = \"0600\"\nunix_owner = \"www\"\nunix_group = \"33\"\n"),
+            None,
+        )
+        .unwrap();
+        let h = &c.handlers[0];
+        assert_eq!(h.unix_mode, Some(0o600));
+        assert_eq!(h.unix_owner.as_ref().unwrap().name, "www");
+        assert_eq!(
+            h.unix_owner
+                .as_ref()
+                .unwrap()
+                .location
+                .as_ref()
+                .unwrap()
+                .line,
+            6
+        );
+        assert_eq!(h.unix_group.as_ref().unwrap().name, "33");
+        let c = Config::parse(unix, None).unwrap();
+        assert_eq!(
+            (c.handlers[0].unix_mode, &c.handlers[0].unix_owner),
+            (None, &None)
+        );
+        for bad in ["\"660x\"", "\"01777\"", "\"\"", "\"9\""] {
+            let e = err(&format!("{unix}unix_mode = {bad}\n"));
+            assert!(
+                e.contains("t.toml:5:13: handler[0].unix_mode: `"),
+                "{bad}: {e}"
+            );
+            assert!(e.contains("is not a file mode"), "{e}");
+        }
+        let e = err(&format!("{unix}unix_mode = 420\n"));
+        assert!(
+            e.contains("handler[0].unix_mode: invalid type: integer"),
+            "{e}"
+        );
+        let e = err("[[handler]]\nname = \"a\"\nplugin = \"x\"\nlisten = [\"tcp://127.0.0.1:0\"]\nunix_group = \"g\"\n");
+        assert!(
+            e.contains("t.toml:5:14: handler[0].unix_group: only applies to unix:// listeners"),
+            "{e}"
+        );
+        let e = err(&format!("{unix}unix_owner = \"\"\n"));
+        assert!(
+            e.contains("handler[0].unix_owner: must be a user or group name"),
+            "{e}"
+        );
+        assert_eq!(parse_unix_mode("0o644"), Ok(0o644));
+        assert_eq!(parse_unix_mode("777"), Ok(0o777));
+    }
+
+    #[test]
+    fn user_and_group_keys() {
+        let c = Config::parse("[runtime]\nuser = \"nobody\"\ngroup = \"nogroup\"\n", None).unwrap();
+        assert_eq!(c.runtime.user.unwrap().name, "nobody");
+        assert_eq!(c.runtime.group.unwrap().name, "nogroup");
+        let e = err("[runtime]\ngroup = \"nogroup\"\n");
+        assert!(
+            e.contains("t.toml:2:9: runtime.group: needs runtime.user"),
+            "{e}"
+        );
+        let e = err("[runtime]\nuser = \"\"\n");
+        assert!(
+            e.contains("runtime.user: must be a user or group name"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn log_table() {
+        let c = Config::parse("", None).unwrap();
+        assert_eq!(c.log, LogConfig::default());
+        let c = Config::parse(
+            "[log]\nmax_queued = 4096\naccess_log = \"/tmp/a.log\"\naccess_log_buffer = 0\naccess_log_flush_ms = 50\n",
+            None,
+        )
+        .unwrap();
+        assert_eq!(c.log.max_queued, 4096);
+        assert_eq!(c.log.access_log.as_deref(), Some(Path::new("/tmp/a.log")));
+        assert_eq!(c.log.access_log_buffer, 0);
+        assert_eq!(c.log.access_log_flush, Duration::from_millis(50));
+        let e = err("[log]\nmax_queued = 0\n");
+        assert!(
+            e.contains("t.toml:2:14: log.max_queued: must be greater than 0"),
+            "{e}"
+        );
+        let e = err("[log]\naccess_log_buffer = 10\n");
+        assert!(
+            e.contains("log.access_log_buffer: only applies with log.access_log"),
+            "{e}"
+        );
+        let e = err("[log]\naccess_log = \"a\"\nmax_queued = 1000\n");
+        assert!(
+            e.contains("t.toml:3:14: log.max_queued: access_log_buffer (65536) must not exceed max_queued (1000)"),
+            "{e}"
+        );
+        let e = err("[log]\naccess_log = \"a\"\naccess_log_flush_ms = 0\n");
+        assert!(
+            e.contains("log.access_log_flush_ms: must be greater than 0"),
+            "{e}"
+        );
+        let e = err("[log]\naccess = \"a\"\n");
+        assert!(e.contains("log.access: unknown field `access`"), "{e}");
     }
 
     #[test]

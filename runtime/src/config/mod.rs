@@ -141,6 +141,10 @@ pub struct Config {
     pub runtime: RuntimeConfig,
     /// The `[[handler]]` entries, in file order.
     pub handlers: Vec<HandlerConfig>,
+    /// The `[log]` table: where the `loopd` binary writes its log. The
+    /// runtime itself only logs through the `log` crate; a program
+    /// embedding loopd installs its own logger and may read this table.
+    pub log: LogConfig,
 }
 
 /// How many CPUs this process may run on (its affinity mask), for
@@ -157,6 +161,7 @@ impl Config {
             path: None,
             runtime: RuntimeConfig::default(),
             handlers: Vec::new(),
+            log: LogConfig::default(),
         }
     }
 }
@@ -195,6 +200,12 @@ pub struct RuntimeConfig {
     /// How many worker threads run a loop each (`workers`: a number, or
     /// `"auto"` for one per CPU the process may run on; default 1).
     pub workers: usize,
+    /// The user to run as once every listener is open (`user`; loopd must
+    /// start as root): its uid, its primary group unless
+    /// [`RuntimeConfig::group`] says otherwise, and its supplementary groups.
+    pub user: Option<Account>,
+    /// The group to run as, with [`RuntimeConfig::user`] (`group`).
+    pub group: Option<Account>,
 }
 
 impl Default for RuntimeConfig {
@@ -212,6 +223,8 @@ impl Default for RuntimeConfig {
             drain_timeout: Duration::from_secs(300),
             pid_file: None,
             workers: 1,
+            user: None,
+            group: None,
         }
     }
 }
@@ -225,6 +238,75 @@ impl RuntimeConfig {
             output_low_watermark: self.output_low_watermark,
         }
     }
+}
+
+/// A user or group the config names: a name (`www-data`) or a numeric id
+/// (`33`), looked up when the runtime is built.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Account {
+    /// The name or number, as written.
+    pub name: String,
+    /// Where it is written, for errors (`None` when set in code).
+    pub location: Option<Location>,
+}
+
+impl Account {
+    /// An account named in code.
+    pub fn new(name: impl Into<String>) -> Account {
+        Account {
+            name: name.into(),
+            location: None,
+        }
+    }
+}
+
+/// The `[log]` table (read by the `loopd` binary).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LogConfig {
+    /// Most bytes of log text waiting to be written, for stderr and for the
+    /// access log file each (`max_queued`); lines past it are dropped and
+    /// counted, and the count is logged once there is room again.
+    pub max_queued: usize,
+    /// The access log file (`access_log`): lines of target
+    /// `loopd::access` are appended to it instead of going to stderr.
+    pub access_log: Option<PathBuf>,
+    /// Bytes of access log collected before a write (`access_log_buffer`;
+    /// 0: every line is written at once).
+    pub access_log_buffer: usize,
+    /// The longest an access log line waits in the buffer
+    /// (`access_log_flush_ms`).
+    pub access_log_flush: Duration,
+}
+
+impl Default for LogConfig {
+    fn default() -> Self {
+        LogConfig {
+            max_queued: 1 << 20,
+            access_log: None,
+            access_log_buffer: 64 << 10,
+            access_log_flush: Duration::from_secs(1),
+        }
+    }
+}
+
+/// The largest `unix_mode`: permission bits only (no setuid, setgid or
+/// sticky bit).
+pub const MAX_UNIX_MODE: u32 = 0o777;
+
+/// Reads a `unix_mode` value: octal digits (`"0660"`, `"660"`), at most
+/// [`MAX_UNIX_MODE`].
+///
+/// # Errors
+/// A message saying what a mode looks like.
+pub fn parse_unix_mode(text: &str) -> Result<u32, String> {
+    let digits = text.strip_prefix("0o").unwrap_or(text);
+    let mode = (!digits.is_empty() && digits.len() <= 4)
+        .then(|| u32::from_str_radix(digits, 8).ok())
+        .flatten()
+        .filter(|m| *m <= MAX_UNIX_MODE);
+    mode.ok_or_else(|| {
+        format!("`{text}` is not a file mode: write permission bits in octal, e.g. \"0660\"")
+    })
 }
 
 /// Which library a handler comes from.
@@ -448,6 +530,13 @@ pub struct HandlerConfig {
     pub mailbox_bytes: Option<usize>,
     /// The `[handler.config]` table as JSON (`{}` when absent).
     pub config_json: String,
+    /// The mode of the handler's Unix socket files (`unix_mode`; default:
+    /// 0660 without the bits the umask clears: never world-accessible).
+    pub unix_mode: Option<u32>,
+    /// The owner given to the handler's Unix socket files (`unix_owner`).
+    pub unix_owner: Option<Account>,
+    /// The group given to the handler's Unix socket files (`unix_group`).
+    pub unix_group: Option<Account>,
     /// Where the entry's `plugin` key is, for errors about loading it.
     pub plugin_location: Option<Location>,
     /// Where the `[handler.config]` table and each key in it are written
@@ -551,6 +640,9 @@ impl HandlerConfig {
             reuse_address: false,
             mailbox_messages: None,
             mailbox_bytes: None,
+            unix_mode: None,
+            unix_owner: None,
+            unix_group: None,
             config_json: "{}".to_string(),
             plugin_location: None,
             config_keys: ConfigKeys::default(),

@@ -6,7 +6,6 @@ use std::ffi::{CStr, CString};
 use std::io;
 use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 use std::os::unix::fs::{FileTypeExt, MetadataExt};
-use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
 use std::rc::Rc;
 use std::time::{Duration, Instant};
@@ -29,6 +28,19 @@ const BACKLOG: i32 = 4096;
 pub(crate) const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
 /// Most connections accepted per readiness event (fairness).
 const ACCEPTS_PER_EVENT: usize = 64;
+
+/// How a Unix listener's socket file is made: its mode (`None`: 0660
+/// without the bits the umask clears) and owner.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub(crate) struct UnixAccess {
+    pub(crate) mode: Option<u32>,
+    pub(crate) uid: Option<u32>,
+    pub(crate) gid: Option<u32>,
+}
+
+/// The default mode of a Unix socket file before the umask: owner and
+/// group may connect, others may not (as php-fpm's `listen.mode`).
+const DEFAULT_UNIX_MODE: u32 = 0o660;
 
 /// An open stream listener.
 #[derive(Debug)]
@@ -66,6 +78,7 @@ impl Listener {
         instance: InstanceId,
         inherited: Option<OwnedFd>,
         reuse_port: bool,
+        access: &UnixAccess,
     ) -> io::Result<Listener> {
         let (fd, transport, url, unix_path) = match addr {
             ListenAddr::Tcp(sa) => {
@@ -83,11 +96,7 @@ impl Listener {
                     Some(fd) => fd,
                     None => {
                         clear_stale_socket(path)?;
-                        let l = UnixListener::bind(path)?;
-                        l.set_nonblocking(true)?;
-                        let fd = OwnedFd::from(l);
-                        sys::set_backlog(fd.as_raw_fd(), BACKLOG)?;
-                        fd
+                        bind_unix(path, access)?.0
                     }
                 };
                 let meta = std::fs::symlink_metadata(path)?;
@@ -133,9 +142,60 @@ impl Drop for Listener {
         if let Some((path, dev, ino)) = &self.unix_path {
             if let Ok(meta) = std::fs::symlink_metadata(path) {
                 if meta.dev() == *dev && meta.ino() == *ino {
-                    let _ = std::fs::remove_file(path);
+                    // After a switch to `[runtime] user`, the directory may
+                    // not let loopd remove it: say so (the next start
+                    // replaces a stale file).
+                    if let Err(e) = std::fs::remove_file(path) {
+                        log::warn!("cannot remove the socket file {}: {e}", path.display());
+                    }
                 }
             }
+        }
+    }
+}
+
+/// Binds a Unix socket file with `access`'s mode and owner, then listens:
+/// until then a connect to the file is refused, so no one can connect
+/// before it is as configured. On an error after the bind, the new file is
+/// removed again.
+fn bind_unix(path: &Path, access: &UnixAccess) -> io::Result<(OwnedFd, std::fs::Metadata)> {
+    let fd = sys::bind_unix(path)?;
+    let setup = || -> io::Result<std::fs::Metadata> {
+        // bind created it with 0777 less the umask.
+        let created = std::fs::symlink_metadata(path)?.mode() & 0o7777;
+        let mode = access.mode.unwrap_or(DEFAULT_UNIX_MODE & created);
+        if mode != created {
+            sys::chmod_nofollow(path, mode).map_err(|e| {
+                io::Error::new(
+                    e.kind(),
+                    format!("setting the mode of {} to {mode:04o}: {e}", path.display()),
+                )
+            })?;
+        }
+        if access.uid.is_some() || access.gid.is_some() {
+            // lchown: the socket file itself, never what a symlink put in
+            // its place would point to.
+            std::os::unix::fs::lchown(path, access.uid, access.gid).map_err(|e| {
+                io::Error::new(
+                    e.kind(),
+                    format!(
+                        "setting the owner of {} to {}:{}: {e}",
+                        path.display(),
+                        access.uid.map_or("-".to_string(), |u| u.to_string()),
+                        access.gid.map_or("-".to_string(), |g| g.to_string())
+                    ),
+                )
+            })?;
+        }
+        let meta = std::fs::symlink_metadata(path)?;
+        sys::set_backlog(fd.as_raw_fd(), BACKLOG)?;
+        Ok(meta)
+    };
+    match setup() {
+        Ok(meta) => Ok((fd, meta)),
+        Err(e) => {
+            let _ = std::fs::remove_file(path);
+            Err(e)
         }
     }
 }
@@ -146,13 +206,24 @@ pub(crate) fn cstr(s: String) -> Rc<CStr> {
 
 /// Opens a listener (or UDP socket) for `instance` and registers it;
 /// returns what `on_listen` reports about it.
-pub(crate) fn open(core: &mut Core, addr: &ListenAddr, instance: InstanceId) -> io::Result<Bound> {
+pub(crate) fn open(
+    core: &mut Core,
+    addr: &ListenAddr,
+    instance: InstanceId,
+    access: &UnixAccess,
+) -> io::Result<Bound> {
     if let ListenAddr::Udp(sa) = addr {
         return datagram::open(core, sa, instance);
     }
     check_own_listeners(core, addr)?;
     let inherited = core.shared.inherited.take(addr);
-    let l = Listener::open(addr, instance, inherited, core.shared.cfg.workers > 1)?;
+    let l = Listener::open(
+        addr,
+        instance,
+        inherited,
+        core.shared.cfg.workers > 1,
+        access,
+    )?;
     let url = l.url_str().to_string();
     let transport = l.transport;
     let local = sys::local_addr(l.fd.as_raw_fd());
@@ -394,8 +465,53 @@ pub(crate) fn close_all(core: &mut Core) {
     }
 }
 
+/// How long probing an existing socket file may take: a process that
+/// holds it but does not accept (stopped, or its backlog full) must not
+/// keep loopd from starting, or from saying why it cannot.
+const PROBE_TIMEOUT: Duration = Duration::from_secs(1);
+
+/// What a connect to an existing socket file found.
+#[derive(Debug, PartialEq, Eq)]
+enum Probe {
+    /// A process accepted the connection.
+    Listening,
+    /// A process holds the socket but did not take the connection within
+    /// [`PROBE_TIMEOUT`] (its backlog is full: stopped, or overloaded).
+    NotAccepting,
+    /// Nobody listens: the file was left behind.
+    Stale,
+    /// The file went away meanwhile.
+    Gone,
+}
+
+/// Connects to `path` without blocking (at most [`PROBE_TIMEOUT`]).
+fn probe(path: &Path) -> io::Result<Probe> {
+    let refused = |e: &io::Error| e.raw_os_error() == Some(libc::ECONNREFUSED);
+    match sys::connect_unix(path) {
+        // Linux connects a Unix socket at once or not at all; other systems
+        // may report it in progress: writability then tells.
+        Ok(fd) => {
+            if !sys::wait_writable(fd.as_raw_fd(), PROBE_TIMEOUT)? {
+                return Ok(Probe::NotAccepting);
+            }
+            match sys::take_error(fd.as_raw_fd())? {
+                None => Ok(Probe::Listening),
+                Some(e) if refused(&e) => Ok(Probe::Stale),
+                Some(e) => Err(e),
+            }
+        }
+        Err(e) if refused(&e) => Ok(Probe::Stale),
+        // A full backlog refuses a non-blocking connect with EAGAIN.
+        Err(e) if e.kind() == io::ErrorKind::WouldBlock => Ok(Probe::NotAccepting),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(Probe::Gone),
+        Err(e) => Err(e),
+    }
+}
+
 /// A socket file left behind by a process that died is removed; one that a
-/// live process still listens on is an error, and so is any other file.
+/// live process still listens on is an error, and so is one whose process
+/// accepts nothing within a second (stopped, or its backlog full: the
+/// socket is still that process's), and any other file.
 fn clear_stale_socket(path: &Path) -> io::Result<()> {
     let meta = match std::fs::symlink_metadata(path) {
         Ok(m) => m,
@@ -411,22 +527,34 @@ fn clear_stale_socket(path: &Path) -> io::Result<()> {
             ),
         ));
     }
-    match UnixStream::connect(path) {
-        Ok(_) => Err(io::Error::new(
+    match probe(path)? {
+        Probe::Listening => Err(io::Error::new(
             io::ErrorKind::AddrInUse,
             format!("another process is listening on {}", path.display()),
         )),
-        Err(e) if e.kind() == io::ErrorKind::ConnectionRefused => {
+        Probe::NotAccepting => Err(io::Error::new(
+            io::ErrorKind::AddrInUse,
+            format!(
+                "another process holds {} but accepts no connections (its backlog is full: \
+                 stopped or overloaded?); not replacing it",
+                path.display()
+            ),
+        )),
+        Probe::Stale => {
             log::info!("removing stale socket {}", path.display());
-            std::fs::remove_file(path)
+            match std::fs::remove_file(path) {
+                Err(e) if e.kind() != io::ErrorKind::NotFound => Err(e),
+                _ => Ok(()),
+            }
         }
-        Err(e) => Err(e),
+        Probe::Gone => Ok(()),
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::os::unix::net::UnixListener;
 
     fn tmp(name: &str) -> PathBuf {
         std::env::temp_dir().join(format!("loopd-listener-{}-{name}", std::process::id()))
@@ -439,19 +567,67 @@ mod tests {
         // A listener that is dropped without cleanup leaves a stale file.
         drop(UnixListener::bind(&path).unwrap());
         assert!(path.exists());
-        let live = Listener::open(&ListenAddr::Unix(path.clone()), 1, None, false)
-            .expect("stale file replaced");
-        let err = Listener::open(&ListenAddr::Unix(path.clone()), 1, None, false).unwrap_err();
+        let open = |p: &std::path::PathBuf| {
+            Listener::open(
+                &ListenAddr::Unix(p.clone()),
+                1,
+                None,
+                false,
+                &UnixAccess::default(),
+            )
+        };
+        let live = open(&path).expect("stale file replaced");
+        let err = open(&path).unwrap_err();
         assert_eq!(err.kind(), io::ErrorKind::AddrInUse, "{err}");
         drop(live);
         assert!(!path.exists(), "socket file removed on close");
     }
 
     #[test]
+    fn a_socket_whose_backlog_is_full_is_refused_without_blocking() {
+        let path = tmp("full.sock");
+        let _ = std::fs::remove_file(&path);
+        let holder = UnixListener::bind(&path).unwrap();
+        sys::set_backlog(holder.as_raw_fd(), 0).unwrap();
+        // Fill the backlog: non-blocking connects until the kernel refuses.
+        let mut queued = Vec::new();
+        loop {
+            match sys::connect_unix(&path) {
+                Ok(fd) => queued.push(fd),
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                Err(e) => panic!("filling the backlog: {e}"),
+            }
+            assert!(queued.len() < 1000, "the backlog never filled");
+        }
+        assert_eq!(probe(&path).unwrap(), Probe::NotAccepting);
+        let err = Listener::open(
+            &ListenAddr::Unix(path.clone()),
+            1,
+            None,
+            false,
+            &UnixAccess::default(),
+        )
+        .unwrap_err();
+        assert_eq!(err.kind(), io::ErrorKind::AddrInUse, "{err}");
+        assert!(err.to_string().contains("accepts no connections"), "{err}");
+        assert!(path.exists(), "the holder's socket file was kept");
+        drop(queued);
+        drop(holder);
+        let _ = std::fs::remove_file(&path);
+    }
+
+    #[test]
     fn a_regular_file_is_never_removed() {
         let path = tmp("regular");
         std::fs::write(&path, b"keep me").unwrap();
-        let err = Listener::open(&ListenAddr::Unix(path.clone()), 1, None, false).unwrap_err();
+        let err = Listener::open(
+            &ListenAddr::Unix(path.clone()),
+            1,
+            None,
+            false,
+            &UnixAccess::default(),
+        )
+        .unwrap_err();
         assert!(err.to_string().contains("not a socket"), "{err}");
         assert_eq!(std::fs::read(&path).unwrap(), b"keep me");
         std::fs::remove_file(&path).unwrap();
@@ -464,6 +640,7 @@ mod tests {
             1,
             None,
             false,
+            &UnixAccess::default(),
         )
         .unwrap();
         assert!(l.url_str().starts_with("tcp://127.0.0.1:"));

@@ -17,18 +17,6 @@ pub(crate) mod watch;
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, RawFd};
 use std::os::unix::net::UnixStream;
 
-/// What the signals written to one self-pipe ask the loop to do.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-#[cfg_attr(not(feature = "signals"), allow(dead_code))]
-pub(crate) enum SignalAction {
-    /// SIGINT, SIGTERM: a graceful shutdown (a second one: at once).
-    Shutdown,
-    /// SIGHUP: re-read the config file.
-    Reload,
-    /// SIGUSR2: start the new binary with the listening sockets.
-    Upgrade,
-}
-
 /// Something registered with the poller; its registry id is its poll key.
 ///
 /// Not boxed: nearly every source is a connection, which would then pay an
@@ -39,9 +27,9 @@ pub(crate) enum Source {
     Listener(listener::Listener),
     Stream(stream::Conn),
     Datagram(datagram::Datagram),
-    /// The read end of a signal self-pipe, and what its signals ask for.
+    /// The read end of the signal self-pipe (each byte a signal number).
     #[cfg_attr(not(feature = "signals"), allow(dead_code))]
-    Signal(UnixStream, SignalAction),
+    Signal(UnixStream),
     /// A descriptor a handler owns (ABI 1.3 `watch_fd`).
     Watch(watch::Watch),
 }
@@ -54,7 +42,7 @@ impl Source {
             Source::Listener(l) => Some(l.fd.as_fd()),
             Source::Stream(c) => c.io.as_ref().map(|t| t.fd()),
             Source::Datagram(d) => Some(d.sock.as_fd()),
-            Source::Signal(s, _) => Some(s.as_fd()),
+            Source::Signal(s) => Some(s.as_fd()),
             // Registered and removed by `watch.rs` itself, after checking
             // the descriptor is still the handler's.
             Source::Watch(_) => None,

@@ -306,8 +306,8 @@ pub(crate) fn connect_tcp(addr: &SocketAddr) -> io::Result<OwnedFd> {
     Ok(fd)
 }
 
-/// Starts a non-blocking Unix-domain stream connect.
-pub(crate) fn connect_unix(path: &Path) -> io::Result<OwnedFd> {
+/// `path` as a `sockaddr_un` and its length.
+fn unix_addr(path: &Path) -> io::Result<(libc::sockaddr_un, libc::socklen_t)> {
     use std::os::unix::ffi::OsStrExt;
     let bytes = path.as_os_str().as_bytes();
     // SAFETY: all-zero is a valid sockaddr_un.
@@ -325,6 +325,12 @@ pub(crate) fn connect_unix(path: &Path) -> io::Result<OwnedFd> {
     // sun_path starts after sun_family (and sun_len on the BSDs).
     let len =
         (std::mem::offset_of!(libc::sockaddr_un, sun_path) + bytes.len() + 1) as libc::socklen_t;
+    Ok((sun, len))
+}
+
+/// Starts a non-blocking Unix-domain stream connect.
+pub(crate) fn connect_unix(path: &Path) -> io::Result<OwnedFd> {
+    let (sun, len) = unix_addr(path)?;
     let fd = imp::socket(libc::AF_UNIX, libc::SOCK_STREAM)?;
     // SAFETY: `sun` holds a valid, NUL-terminated address of `len` bytes.
     let r = unsafe {
@@ -341,6 +347,80 @@ pub(crate) fn connect_unix(path: &Path) -> io::Result<OwnedFd> {
         }
     }
     Ok(fd)
+}
+
+/// A non-blocking, close-on-exec Unix-domain stream socket bound to `path`
+/// and not yet listening: until [`set_backlog`] makes it listen, a connect
+/// to the new socket file is refused, so its mode and owner can be set
+/// before anyone can use it.
+pub(crate) fn bind_unix(path: &Path) -> io::Result<OwnedFd> {
+    let (sun, len) = unix_addr(path)?;
+    let fd = imp::socket(libc::AF_UNIX, libc::SOCK_STREAM)?;
+    // SAFETY: `sun` holds a valid, NUL-terminated address of `len` bytes.
+    cvt(unsafe {
+        libc::bind(
+            fd.as_raw_fd(),
+            (&sun as *const libc::sockaddr_un).cast(),
+            len,
+        )
+    })?;
+    Ok(fd)
+}
+
+/// Sets the mode of `path` without following a symlink there: a symlink
+/// swapped in for the file is refused (`fchmodat` with
+/// `AT_SYMLINK_NOFOLLOW`). Where the C library cannot do that for any file
+/// (`EOPNOTSUPP`: glibc before 2.32), `chmod` after checking the path is
+/// not a symlink.
+pub(crate) fn chmod_nofollow(path: &Path, mode: u32) -> io::Result<()> {
+    use std::os::unix::ffi::OsStrExt;
+    let c = std::ffi::CString::new(path.as_os_str().as_bytes())
+        .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "the path contains NUL"))?;
+    // SAFETY: a NUL-terminated path and plain values.
+    let r = unsafe {
+        libc::fchmodat(
+            libc::AT_FDCWD,
+            c.as_ptr(),
+            mode as libc::mode_t,
+            libc::AT_SYMLINK_NOFOLLOW,
+        )
+    };
+    if r == 0 {
+        return Ok(());
+    }
+    let e = io::Error::last_os_error();
+    // Two names for one value on Linux, two values on macOS.
+    let unsupported = |n: i32| n == libc::EOPNOTSUPP || n == libc::ENOTSUP;
+    if !e.raw_os_error().is_some_and(unsupported) {
+        return Err(e);
+    }
+    if std::fs::symlink_metadata(path)?.file_type().is_symlink() {
+        return Err(e);
+    }
+    // SAFETY: a NUL-terminated path and a plain mode.
+    cvt(unsafe { libc::chmod(c.as_ptr(), mode as libc::mode_t) }).map(drop)
+}
+
+/// Waits up to `timeout` for `fd` to become writable (a non-blocking
+/// connect to finish); `Ok(false)` when the time ran out.
+pub(crate) fn wait_writable(fd: RawFd, timeout: std::time::Duration) -> io::Result<bool> {
+    let deadline = std::time::Instant::now() + timeout;
+    loop {
+        let left = deadline.saturating_duration_since(std::time::Instant::now());
+        let ms = libc::c_int::try_from(left.as_millis()).unwrap_or(libc::c_int::MAX);
+        let mut pfd = libc::pollfd {
+            fd,
+            events: libc::POLLOUT,
+            revents: 0,
+        };
+        // SAFETY: one valid pollfd, for the duration of the call.
+        match cvt(unsafe { libc::poll(&mut pfd, 1, ms) }) {
+            Ok(0) => return Ok(false),
+            Ok(_) => return Ok(true),
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(e),
+        }
+    }
 }
 
 /// Shuts down the sending side of a connected stream socket (the peer

@@ -1,0 +1,310 @@
+//! Signals, with [`Builder::handle_signals`](crate::Builder::handle_signals):
+//! which ones loopd catches and what each does. No signal whose default
+//! action would kill the process takes loopd down by surprise: each either
+//! shuts it down cleanly (listeners closed, Unix socket files removed,
+//! connections drained or closed, handlers destroyed, logs flushed by the
+//! binary) or is logged and ignored. Faults (SIGSEGV, SIGBUS, SIGILL,
+//! SIGFPE, SIGABRT, SIGSYS, SIGTRAP) keep their default action: after one,
+//! nothing in the process can be trusted to clean up.
+//!
+//! Every caught signal writes its number, one byte, to a self-pipe the
+//! loop watches (a `send` from the handler: async-signal-safe), so the
+//! loop acts on it in its next pass, on its own thread.
+
+use std::io;
+use std::os::fd::{AsRawFd, OwnedFd};
+use std::os::unix::net::UnixStream;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use loopd_handler_api::abi;
+
+use crate::Runtime;
+
+/// What a signal makes loopd do.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Action {
+    /// A graceful shutdown (a second shutdown signal: [`Action::Quit`]).
+    Shutdown,
+    /// Close every connection now, then shut down.
+    Quit,
+    /// Re-read the config file and apply it (live reload).
+    Reload,
+    /// Start the new binary with the listening sockets (binary upgrade).
+    Upgrade,
+    /// Logged (at most once a second) and otherwise ignored.
+    Ignore,
+}
+
+/// The signals loopd catches, with their action and why: the one table
+/// `docs/operations.md` documents.
+pub(crate) fn table() -> Vec<(i32, Action, &'static str)> {
+    use Action::*;
+    let mut t = vec![
+        (libc::SIGTERM, Shutdown, "graceful shutdown"),
+        (libc::SIGINT, Shutdown, "graceful shutdown"),
+        (
+            libc::SIGXCPU,
+            Shutdown,
+            "the CPU time limit (RLIMIT_CPU) is reached: graceful shutdown",
+        ),
+        (libc::SIGQUIT, Quit, "closing every connection now"),
+        (libc::SIGHUP, Reload, "reloading the config file"),
+        (libc::SIGUSR1, Ignore, "ignored by the loop"),
+        (libc::SIGUSR2, Upgrade, "binary upgrade"),
+        (
+            libc::SIGXFSZ,
+            Ignore,
+            "ignored: a write reached the file size limit (RLIMIT_FSIZE) and failed with EFBIG",
+        ),
+        (libc::SIGALRM, Ignore, "ignored (loopd sets no alarm)"),
+        (libc::SIGVTALRM, Ignore, "ignored (loopd sets no timer)"),
+        (
+            libc::SIGPROF,
+            Ignore,
+            "ignored (loopd sets no profiling timer)",
+        ),
+        (
+            libc::SIGIO,
+            Ignore,
+            "ignored (loopd uses no signal-driven I/O)",
+        ),
+    ];
+    #[cfg(any(target_os = "linux", target_os = "android"))]
+    {
+        t.push((
+            libc::SIGPWR,
+            Shutdown,
+            "power failure reported: graceful shutdown",
+        ));
+        t.push((libc::SIGSTKFLT, Ignore, "ignored"));
+        for sig in libc::SIGRTMIN()..=libc::SIGRTMAX() {
+            t.push((sig, Ignore, "ignored (loopd uses no real-time signals)"));
+        }
+    }
+    t
+}
+
+/// `SIGTERM`, `SIGRTMIN+3`, ...
+pub(crate) fn name(sig: i32) -> String {
+    #[cfg(any(target_os = "linux", target_os = "android"))]
+    if (libc::SIGRTMIN()..=libc::SIGRTMAX()).contains(&sig) {
+        return match sig - libc::SIGRTMIN() {
+            0 => "SIGRTMIN".to_string(),
+            n => format!("SIGRTMIN+{n}"),
+        };
+    }
+    #[cfg(any(target_os = "linux", target_os = "android"))]
+    match sig {
+        libc::SIGPWR => return "SIGPWR".to_string(),
+        libc::SIGSTKFLT => return "SIGSTKFLT".to_string(),
+        _ => {}
+    }
+    match signal_hook::low_level::signal_name(sig) {
+        Some(n) => n.to_string(),
+        None => format!("signal {sig}"),
+    }
+}
+
+/// The installed handlers, and when each ignored signal was last logged.
+#[derive(Debug, Default)]
+pub(crate) struct Signals {
+    ids: Vec<signal_hook::SigId>,
+    /// Per signal (at most one entry per row of [`table`]): when it was
+    /// last logged, and how many of it were not logged since.
+    logged: Vec<(i32, Instant, u64)>,
+}
+
+impl Signals {
+    /// Installs a handler for every signal of [`table`] that writes the
+    /// signal's number to `write`.
+    pub(crate) fn install(&mut self, write: UnixStream) -> io::Result<()> {
+        // One descriptor for every handler: it is closed when the last
+        // action is unregistered (never in a signal handler).
+        let fd: Arc<OwnedFd> = Arc::new(write.into());
+        for (sig, _, _) in table() {
+            let fd = fd.clone();
+            let byte = u8::try_from(sig).expect("signal numbers are below 256");
+            let action = move || {
+                // SAFETY: send(2) is async-signal-safe; one byte from a
+                // local, on a descriptor the closure owns. A full pipe
+                // drops the byte: the loop is already due to wake.
+                unsafe {
+                    libc::send(
+                        fd.as_raw_fd(),
+                        (&byte as *const u8).cast(),
+                        1,
+                        libc::MSG_DONTWAIT | libc::MSG_NOSIGNAL,
+                    )
+                };
+            };
+            // SAFETY: the action only calls send(2) (async-signal-safe),
+            // allocates nothing and takes no lock.
+            let id = unsafe { signal_hook::low_level::register(sig, action) }?;
+            self.ids.push(id);
+        }
+        Ok(())
+    }
+
+    /// Removes the actions (the process keeps signal-hook's handler, which
+    /// then does nothing: the signals stay caught and ignored).
+    pub(crate) fn uninstall(&mut self) {
+        for id in self.ids.drain(..) {
+            signal_hook::low_level::unregister(id);
+        }
+    }
+}
+
+/// What `sig` makes loopd do, and why.
+fn action_of(sig: i32) -> (Action, &'static str) {
+    table()
+        .into_iter()
+        .find(|(s, _, _)| *s == sig)
+        .map_or((Action::Ignore, "ignored"), |(_, a, w)| (a, w))
+}
+
+/// The most signals one readiness of the pipe handles (the rest stay in the
+/// pipe for the next pass).
+const PER_PASS: usize = 64;
+
+impl Runtime {
+    /// The signal pipe is readable: acts on each signal in it.
+    pub(crate) fn signals_readable(&mut self, fd: std::os::fd::RawFd) {
+        let mut buf = [0u8; PER_PASS];
+        let n = crate::sys::recv(fd, &mut buf).unwrap_or(0);
+        let (mut reload, mut upgrade) = (false, false);
+        for &sig in &buf[..n] {
+            let sig = i32::from(sig);
+            // However many came: one reload of the file as it is now, one
+            // upgrade, after the shutdown signals of this batch.
+            match action_of(sig).0 {
+                Action::Reload => reload = true,
+                Action::Upgrade => upgrade = true,
+                _ => {
+                    if self.on_signal(sig) {
+                        return;
+                    }
+                }
+            }
+        }
+        if reload {
+            if self.worker().0 == 0 {
+                log::info!("SIGHUP received: reloading the config file");
+            }
+            self.reload_requested();
+        }
+        if upgrade {
+            self.upgrade_requested();
+        }
+    }
+
+    /// SIGUSR2: a binary upgrade, when this loopd can hand its sockets over.
+    fn upgrade_requested(&mut self) {
+        let (index, count) = self.worker();
+        if count > 1 {
+            if index == 0 {
+                log::error!(
+                    "SIGUSR2: a binary upgrade needs workers = 1 (this loopd runs {count}); reload, or restart"
+                );
+            }
+            return;
+        }
+        log::info!("SIGUSR2 received: binary upgrade");
+        if let Err(e) = self.upgrade() {
+            log::error!("{e}");
+        }
+    }
+
+    /// Acts on one signal; true when the loop stops at once.
+    fn on_signal(&mut self, sig: i32) -> bool {
+        let (action, why) = action_of(sig);
+        let shutting_down = self.core.borrow().shared.shutdown_deadline.is_some();
+        match action {
+            Action::Shutdown if !shutting_down => {
+                log::info!("{} received: {why}", name(sig));
+                self.begin_shutdown();
+                false
+            }
+            Action::Shutdown | Action::Quit => {
+                let open = self.core.borrow().shared.conns;
+                if shutting_down {
+                    log::warn!(
+                        "second signal ({}): closing {open} connections now",
+                        name(sig)
+                    );
+                } else {
+                    log::warn!("{} received: {why} ({open} open)", name(sig));
+                    self.begin_shutdown();
+                }
+                // Every connection is released here; the end of this pass
+                // logs "shutdown complete" and `run` returns.
+                self.close_everything(abi::LOOPD_REASON_SHUTDOWN);
+                self.stopped = true;
+                true
+            }
+            Action::Ignore | Action::Reload | Action::Upgrade => {
+                self.log_ignored(sig, why);
+                false
+            }
+        }
+    }
+
+    /// Logs an ignored signal, at most once a second per signal (SIGUSR1
+    /// and SIGUSR2, which log rotation scripts send to every process, at
+    /// debug level).
+    fn log_ignored(&mut self, sig: i32, why: &str) {
+        let now = Instant::now();
+        let logged = &mut self.signals.logged;
+        let unlogged = match logged.iter_mut().find(|(s, _, _)| *s == sig) {
+            Some((_, at, n)) if now.duration_since(*at) < Duration::from_secs(1) => {
+                *n += 1;
+                return;
+            }
+            Some((_, at, n)) => {
+                *at = now;
+                std::mem::take(n)
+            }
+            None => {
+                logged.push((sig, now, 0));
+                0
+            }
+        };
+        let more = match unlogged {
+            0 => String::new(),
+            n => format!(" ({n} more since the last one logged)"),
+        };
+        let level = if sig == libc::SIGUSR1 || sig == libc::SIGUSR2 {
+            log::Level::Debug
+        } else {
+            log::Level::Warn
+        };
+        log::log!(level, "{} received: {why}{more}", name(sig));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_signal_is_listed_once_and_named() {
+        let t = table();
+        let mut seen = std::collections::HashSet::new();
+        for (sig, _, why) in &t {
+            assert!(seen.insert(*sig), "{} listed twice", name(*sig));
+            assert!(!why.is_empty());
+            assert!(name(*sig).starts_with("SIG"), "{sig}: {}", name(*sig));
+            assert!(
+                !signal_hook::consts::FORBIDDEN.contains(sig),
+                "{} cannot be caught",
+                name(*sig)
+            );
+        }
+        for fault in [libc::SIGSEGV, libc::SIGBUS, libc::SIGILL, libc::SIGFPE] {
+            assert!(!seen.contains(&fault), "{} keeps its default", name(fault));
+        }
+        assert_eq!(name(libc::SIGTERM), "SIGTERM");
+        #[cfg(target_os = "linux")]
+        assert_eq!(name(libc::SIGRTMIN() + 2), "SIGRTMIN+2");
+    }
+}
