@@ -57,6 +57,9 @@ enum Command {
         /// version, even when a checkout is at hand.
         #[arg(long)]
         registry: bool,
+        /// The port the generated loopd.toml listens on (127.0.0.1:PORT).
+        #[arg(long, value_name = "PORT", default_value_t = scaffold::DEFAULT_PORT)]
+        port: u16,
     },
 }
 
@@ -89,6 +92,7 @@ fn main() -> ExitCode {
             dir,
             loopd_src,
             registry,
+            port,
         }) => {
             let request = scaffold::Request {
                 name,
@@ -100,6 +104,7 @@ fn main() -> ExitCode {
                 dir,
                 loopd_src,
                 registry,
+                port,
             };
             return match scaffold::new_handler(&request) {
                 Ok((_, report)) => {
