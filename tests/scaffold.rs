@@ -80,6 +80,33 @@ fn a_rust_handler_is_generated_built_tested_and_served() {
         "{manifest}"
     );
     assert!(manifest.contains("crate-type = [\"cdylib\", \"rlib\"]"));
+    // The library as this platform names it, not always `.so`.
+    let dylib = format!(
+        "{}loopd_greeter{}",
+        std::env::consts::DLL_PREFIX,
+        std::env::consts::DLL_SUFFIX
+    );
+    assert!(
+        manifest.contains(&format!("target/release/{dylib}")),
+        "{manifest}"
+    );
+    let readme = std::fs::read_to_string(project.join("README.md")).unwrap();
+    for wanted in [
+        "# greeter: a loopd handler in Rust".to_string(),
+        "`greeter` starts out as a".to_string(),
+        format!("target/release/{dylib}"),
+        "`tests/greeter.rs` runs greeter in-process".to_string(),
+        "`HandlerSpec::linked::<Greeter>`".to_string(),
+        "the handler, `Greeter`".to_string(),
+        "runs greeter alone on 127.0.0.1:7200".to_string(),
+    ] {
+        assert!(
+            readme.contains(&wanted),
+            "README lacks {wanted:?}:\n{readme}"
+        );
+    }
+    let test = std::fs::read_to_string(project.join("tests/greeter.rs")).unwrap();
+    assert!(test.starts_with("//! Runs greeter in-process"), "{test}");
 
     // The generated code is what `cargo fmt` would write.
     build(
@@ -153,19 +180,73 @@ fn a_c_handler_is_generated_built_and_served() {
         "{stdout}"
     );
     let project = tmp.join("shout-c");
+    for file in [
+        "shout-c.c",
+        "shout-c_test.c",
+        "loopd.h",
+        "Makefile",
+        "README.md",
+        "loopd.toml",
+    ] {
+        assert!(
+            stdout.contains(&format!("  shout-c/{file}\n")),
+            "{file}: {stdout}"
+        );
+    }
+    assert!(stdout.contains("  make test "), "{stdout}");
     assert_eq!(
         std::fs::read_to_string(project.join("loopd.h")).unwrap(),
         std::fs::read_to_string(root().join("handler-api/include/loopd.h")).unwrap(),
         "the copied header is this loopd's"
     );
+    let readme = std::fs::read_to_string(project.join("README.md")).unwrap();
+    for wanted in [
+        "# shout-c: a loopd handler in C",
+        "`shout-c` starts out as a",
+        "runs shout-c alone",
+        "`shout_c_logf`",
+        "`shout_c_config_next`",
+        "`shout-c_test.c`",
+        "nc 127.0.0.1 7200",
+    ] {
+        assert!(
+            readme.contains(wanted),
+            "README lacks {wanted:?}:\n{readme}"
+        );
+    }
+
+    // Its own tests (the config reader on malformed JSON, the log helper,
+    // the hooks against a mock host), as the README says; then again under
+    // AddressSanitizer and UBSan, which fail on any out-of-bounds access.
+    let tested = build(make(&project).arg("test"), "make test");
+    assert!(
+        text(&tested.stdout).contains("shout-c_test: all ")
+            && text(&tested.stdout).contains(" checks passed"),
+        "{}",
+        text(&tested.stdout)
+    );
+    if sanitizers_work(tmp.path()) {
+        let tested = build(
+            make(&project).args([
+                "clean",
+                "test",
+                "CFLAGS=-std=c99 -Wall -Wextra -Werror -pedantic -g -O1 \
+                 -fsanitize=address,undefined -fno-sanitize-recover=all",
+            ]),
+            "make test under the sanitizers",
+        );
+        assert!(
+            text(&tested.stdout).contains(" checks passed"),
+            "{}",
+            text(&tested.stdout)
+        );
+        build(make(&project).arg("clean"), "make clean");
+    } else {
+        eprintln!("scaffold: gcc cannot build with -fsanitize=address,undefined here; ran `make test` without the sanitizers");
+    }
 
     let made = build(
-        Command::new("make")
-            .current_dir(&project)
-            .env_remove("CFLAGS")
-            .env_remove("CC")
-            .env_remove("LDFLAGS")
-            .env_remove("MAKEFLAGS"),
+        &mut make(&project),
         "make in the generated project (needs make and gcc)",
     );
     let compile = text(&made.stdout);
@@ -196,12 +277,134 @@ fn a_c_handler_is_generated_built_and_served() {
         "loopd.toml: ok\n  shout-c: shout-c 0.1.0 (./libloopd_shout_c.so)\n"
     );
 
-    let loopd = Loopd::start(&runnable_config(&project, "./libloopd_shout_c.so"));
+    let config = runnable_config(&project, "./libloopd_shout_c.so");
+    assert!(
+        config.contains("[handler.config]\ngreeting = \"hello\"\n"),
+        "{config}"
+    );
+    let loopd = Loopd::start(&config);
+    // The printf-style log helper, from create.
+    assert!(loopd.wait_for_log("shout-c: greets with \"hello\"", TIMEOUT));
     let mut a = LineClient::connect(loopd.tcp("shout-c"));
     let mut b = LineClient::connect(loopd.tcp("shout-c"));
     assert_eq!(a.cmd("world"), "hello, world! (line 1)");
     assert_eq!(a.cmd("again"), "hello, again! (line 2)");
     assert_eq!(b.cmd("b"), "hello, b! (line 1)", "state is per connection");
+    drop(loopd);
+
+    // The greeting comes from [handler.config], through the config reader.
+    let loopd = Loopd::start(&config.replace(
+        "greeting = \"hello\"",
+        "greeting = \"ahoy \\\"\\u00e9\\\"\"",
+    ));
+    let mut a = LineClient::connect(loopd.tcp("shout-c"));
+    assert_eq!(a.cmd("you"), "ahoy \"\u{e9}\", you! (line 1)");
+    drop(loopd);
+
+    // What create refuses, as `loopd check` reports it.
+    for (table, reason) in [
+        ("greting = \"hi\"", "invalid config: unknown key `greting` (known: greeting)"),
+        ("greeting = \"\"", "greeting must not be empty"),
+        ("greeting = 3", "invalid config: `greeting` must be a string"),
+        ("greeting = 1.5", "invalid config: `greeting`: a number with a fraction or exponent (only integers) (at byte 13)"),
+        ("greeting = [\"a\"]", "invalid config: `greeting`: a table or array"),
+        ("greeting = \"x\"\nextra = { a = 1 }", "invalid config: `extra`: a table or array"),
+    ] {
+        let bad = config.replace("greeting = \"hello\"", table);
+        let dir = TempDir::new("scaffold-c-config");
+        let path = write_config(&dir, &bad);
+        let out = run_loopd(&["check", path.to_str().unwrap()]);
+        let stderr = text(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "{table}: {stderr}");
+        assert!(
+            stderr.contains(&format!("create failed: {reason}")),
+            "{table}: {stderr}"
+        );
+    }
+}
+
+/// `make` in `dir` with the Makefile's own defaults, not the environment's.
+fn make(dir: &Path) -> Command {
+    let mut cmd = Command::new("make");
+    cmd.current_dir(dir)
+        .env_remove("CFLAGS")
+        .env_remove("CC")
+        .env_remove("LDFLAGS")
+        .env_remove("MAKEFLAGS");
+    cmd
+}
+
+/// Whether gcc here can build and run a program with ASan and UBSan.
+fn sanitizers_work(tmp: &Path) -> bool {
+    let src = tmp.join("sanitizers.c");
+    std::fs::write(&src, "int main(void) { return 0; }\n").unwrap();
+    let exe = tmp.join("sanitizers");
+    Command::new("gcc")
+        .args(["-fsanitize=address,undefined", "-o"])
+        .arg(&exe)
+        .arg(&src)
+        .status()
+        .is_ok_and(|s| s.success())
+        && Command::new(&exe).status().is_ok_and(|s| s.success())
+}
+
+#[test]
+fn port_sets_the_generated_config_and_readme() {
+    let tmp = TempDir::new("scaffold-port");
+    for (name, c) in [("ported", false), ("ported-c", true)] {
+        let mut args = vec!["new-handler", name, "--port", "7301"];
+        if c {
+            args.push("--c");
+        }
+        let out = loopd_in(tmp.path(), &args);
+        let stdout = text(&out.stdout);
+        assert!(out.status.success(), "{stdout}{}", text(&out.stderr));
+        assert!(
+            stdout.contains("  nc 127.0.0.1 7301    (in another terminal"),
+            "{stdout}"
+        );
+        let project = tmp.join(name);
+        let config = std::fs::read_to_string(project.join("loopd.toml")).unwrap();
+        assert!(
+            config.contains("listen = [\"tcp://127.0.0.1:7301\"]")
+                && config.contains("`nc 127.0.0.1 7301`"),
+            "{config}"
+        );
+        assert!(!config.contains("7200"), "{config}");
+        let readme = std::fs::read_to_string(project.join("README.md")).unwrap();
+        assert!(readme.contains("nc 127.0.0.1 7301"), "{readme}");
+        // Prose may wrap: compare it with single spaces.
+        let readme = readme.split_whitespace().collect::<Vec<_>>().join(" ");
+        assert!(
+            readme.contains(&format!("runs {name} alone on 127.0.0.1:7301")),
+            "{readme}"
+        );
+        assert!(!readme.contains("7200"), "{readme}");
+        // A config that passes `loopd check` as generated (for Rust only
+        // once built, so check the C one).
+        if c {
+            build(&mut make(&project), "make");
+            let out = loopd_in(&project, &["check", "loopd.toml"]);
+            assert!(out.status.success(), "{}", text(&out.stderr));
+        }
+    }
+    // Port 0 (a different port every run) and out-of-range ports are
+    // refused, and nothing is written.
+    for port in ["0", "65536", "http"] {
+        let out = loopd_in(tmp.path(), &["new-handler", "zero", "--port", port]);
+        assert_eq!(
+            out.status.code(),
+            Some(2),
+            "--port {port}: {}",
+            text(&out.stderr)
+        );
+        assert!(
+            text(&out.stderr).contains("--port"),
+            "{}",
+            text(&out.stderr)
+        );
+    }
+    assert!(!tmp.join("zero").exists());
 }
 
 #[test]

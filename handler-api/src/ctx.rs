@@ -6,6 +6,7 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use crate::abi::{self, loopd_bytes, loopd_ctx, loopd_host_api};
+use crate::timer_payload::TimerPayloads;
 use crate::types::{
     CloseMode, ConnId, ConnectOptions, Error, Framing, Interest, Level, SocketId, TimerId, WatchId,
 };
@@ -22,6 +23,9 @@ use crate::types::{
 pub struct Ctx {
     host: *const loopd_host_api,
     raw: *mut loopd_ctx,
+    /// The instance's timer payloads (NULL for a `Ctx` made by
+    /// [`Ctx::from_raw`]: typed payloads are then unsupported).
+    payloads: *const TimerPayloads,
 }
 
 impl fmt::Debug for Ctx {
@@ -44,7 +48,35 @@ impl Ctx {
     /// valid and unchanged while this `Ctx` or a copy of it is used, and
     /// `raw` must be the context the host passed to the current instance.
     pub unsafe fn from_raw(host: *const loopd_host_api, raw: *mut loopd_ctx) -> Ctx {
-        Ctx { host, raw }
+        Ctx {
+            host,
+            raw,
+            payloads: std::ptr::null(),
+        }
+    }
+
+    /// [`Ctx::from_raw`] with the instance's payload table, for the glue.
+    ///
+    /// # Safety
+    /// As [`Ctx::from_raw`]; and `payloads` must stay valid while this
+    /// `Ctx` or a copy of it is used (the glue keeps it for the life of
+    /// the instance, and drops it after the handler).
+    pub(crate) unsafe fn with_payloads(
+        host: *const loopd_host_api,
+        raw: *mut loopd_ctx,
+        payloads: *const TimerPayloads,
+    ) -> Ctx {
+        Ctx {
+            host,
+            raw,
+            payloads,
+        }
+    }
+
+    fn payloads(&self) -> Option<&TimerPayloads> {
+        // SAFETY: `with_payloads`' contract: NULL, or valid while this Ctx
+        // is used.
+        unsafe { self.payloads.as_ref() }
     }
 
     /// The host's context pointer, for calling the raw ABI directly.
@@ -187,14 +219,119 @@ impl Ctx {
         Ok(TimerId::from_raw(id))
     }
 
-    /// Cancels a pending timer.
+    /// Cancels a pending timer. A payload it carries
+    /// ([`Ctx::set_timer_with`]) is dropped here, also when the timer had
+    /// already fired (inside its own `on_timer`).
     ///
     /// # Errors
     /// [`Error::NoSuchTimer`] if it already fired or was cancelled.
     pub fn cancel_timer(&self, timer: TimerId) -> Result<(), Error> {
         let f = self.host().timer_cancel.ok_or(Error::Unsupported)?;
         // SAFETY: plain values only.
-        Error::check(unsafe { f(self.raw, timer.raw()) })
+        let result = Error::check(unsafe { f(self.raw, timer.raw()) });
+        if matches!(result, Ok(()) | Err(Error::NoSuchTimer)) {
+            if let Some(payloads) = self.payloads() {
+                payloads.cancel(timer.raw());
+            }
+        }
+        result
+    }
+
+    /// Arms a one-shot timer carrying `payload`, a value of any type:
+    /// [`crate::Handler::on_timer`] runs after `delay` (with `user_data` 0)
+    /// and gets it back with [`Ctx::take_timer_payload`]. The SDK keeps the
+    /// payload in a per-instance table keyed by the timer's id; it is
+    /// dropped when `on_timer` returns without taking it, when the timer
+    /// is cancelled ([`Ctx::cancel_timer`]), or when the instance is
+    /// destroyed. Delays round up to whole milliseconds, as for
+    /// [`Ctx::set_timer`].
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use loopd_handler_api::{ConnId, Ctx, Handler, NoConfig, TimerId};
+    ///
+    /// /// What a timer is for, handed back typed in `on_timer`.
+    /// struct Reminder {
+    ///     conn: ConnId,
+    ///     text: String,
+    /// }
+    ///
+    /// struct Later;
+    ///
+    /// impl Handler for Later {
+    ///     type Config = NoConfig;
+    ///     type Conn = ();
+    ///     fn create(_: &Ctx, _: &str, _: NoConfig) -> Result<Self, String> {
+    ///         Ok(Later)
+    ///     }
+    ///     fn on_data(&mut self, ctx: &Ctx, conn: ConnId, _: &mut (), line: &[u8]) {
+    ///         let text = String::from_utf8_lossy(line).into_owned();
+    ///         let _ = ctx.set_timer_with(Duration::from_secs(1), Reminder { conn, text });
+    ///     }
+    ///     fn on_timer(&mut self, ctx: &Ctx, timer: TimerId, _: u64) {
+    ///         if let Some(r) = ctx.take_timer_payload::<Reminder>(timer) {
+    ///             let _ = ctx.send(r.conn, r.text.as_bytes());
+    ///         }
+    ///     }
+    /// }
+    ///
+    /// loopd_handler_api::export_handler!(Later, name = "later");
+    /// ```
+    ///
+    /// # Errors
+    /// As [`Ctx::set_timer`] (the payload is dropped); [`Error::Unsupported`]
+    /// for a `Ctx` made with [`Ctx::from_raw`] rather than by the SDK's glue.
+    pub fn set_timer_with<T: 'static>(
+        &self,
+        delay: Duration,
+        payload: T,
+    ) -> Result<TimerId, Error> {
+        let payloads = self.payloads().ok_or(Error::Unsupported)?;
+        let timer = self.set_timer(delay, 0)?;
+        payloads.insert(timer.raw(), Box::new(payload), false);
+        Ok(timer)
+    }
+
+    /// [`Ctx::set_repeating_timer`] carrying `payload`: it stays with the
+    /// timer across ticks (reach it in `on_timer` with
+    /// [`Ctx::with_timer_payload`]) until [`Ctx::cancel_timer`] or the
+    /// instance's end drops it, or [`Ctx::take_timer_payload`] takes it.
+    ///
+    /// # Errors
+    /// As [`Ctx::set_repeating_timer`] (the payload is dropped);
+    /// [`Error::Unsupported`] as for [`Ctx::set_timer_with`].
+    pub fn set_repeating_timer_with<T: 'static>(
+        &self,
+        delay: Duration,
+        interval: Duration,
+        payload: T,
+    ) -> Result<TimerId, Error> {
+        let payloads = self.payloads().ok_or(Error::Unsupported)?;
+        let timer = self.set_repeating_timer(delay, interval, 0)?;
+        payloads.insert(timer.raw(), Box::new(payload), true);
+        Ok(timer)
+    }
+
+    /// Takes the payload of `timer` if it carries a `T`: in `on_timer`,
+    /// the value given to [`Ctx::set_timer_with`]. `None` if it carries
+    /// none, one of another type (which stays where it is), or it was
+    /// taken already. Works on a pending timer too (it then fires without
+    /// a payload).
+    pub fn take_timer_payload<T: 'static>(&self, timer: TimerId) -> Option<T> {
+        self.payloads()?.take::<T>(timer.raw())
+    }
+
+    /// Runs `f` on the payload of `timer` if it carries a `T`, leaving it
+    /// with the timer: the way a repeating timer's `on_timer` updates its
+    /// state. `None` if there is no such payload, or when called from
+    /// inside another `f` (payloads are lent one at a time). Cancelling the
+    /// timer inside `f` drops the payload once `f` returns.
+    pub fn with_timer_payload<T: 'static, R>(
+        &self,
+        timer: TimerId,
+        f: impl FnOnce(&mut T) -> R,
+    ) -> Option<R> {
+        self.payloads()?.with::<T, R>(timer.raw(), f)
     }
 
     /// Starts an outbound connection to a numeric URL such as

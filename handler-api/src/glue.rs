@@ -14,17 +14,20 @@
 use std::any::Any;
 use std::ffi::{c_char, c_void, CStr};
 use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::rc::Rc;
 
 use crate::abi::{
     self, loopd_conn_info, loopd_ctx, loopd_host_api, loopd_plugin_info, loopd_vtable,
 };
+use crate::timer_payload::TimerPayloads;
 use crate::types::{
     ConnId, ConnInfo, EofAction, FdEvents, Framing, Level, ListenInfo, Origin, OversizeAction,
     SocketId, TimerId, Transport, WatchId,
 };
 use crate::{CloseMode, CloseReason, Ctx, Handler};
 
-/// What `create` allocates: the host table (copied) and the handler.
+/// What `create` allocates: the host table (copied), the handler and its
+/// timer payloads.
 struct Instance<H> {
     host: &'static loopd_host_api,
     handler: H,
@@ -32,12 +35,16 @@ struct Instance<H> {
     /// `on_close` reports [`CloseReason::Handler`]. Each id leaves at its
     /// `on_close`, so this never holds more than the open connections.
     failed: Vec<u64>,
+    /// The payloads of [`Ctx::set_timer_with`]. Made before the handler
+    /// (the `Ctx` that `create` gets, and may keep, points to it) and
+    /// emptied after it is dropped. An `Rc` so that the pointer each `Ctx`
+    /// holds stays valid while the instance is moved into its `Box`.
+    payloads: Rc<TimerPayloads>,
 }
 
 impl<H> Instance<H> {
     fn ctx(&self, raw: *mut loopd_ctx) -> Ctx {
-        // SAFETY: `self.host` is 'static.
-        unsafe { Ctx::from_raw(self.host, raw) }
+        ctx_for(self.host, raw, &self.payloads)
     }
 
     /// After a panic in a connection hook that cannot report failure:
@@ -173,6 +180,32 @@ fn shared_copy(table: loopd_host_api) -> &'static loopd_host_api {
         copies.push(copy);
     }
     copy
+}
+
+/// The `Ctx` of an instance.
+fn ctx_for(
+    host: &'static loopd_host_api,
+    raw: *mut loopd_ctx,
+    payloads: &Rc<TimerPayloads>,
+) -> Ctx {
+    // SAFETY: `host` is 'static; the payloads live in the instance, which
+    // drops them only after its handler (and every hook) is done.
+    unsafe { Ctx::with_payloads(host, raw, Rc::as_ptr(payloads)) }
+}
+
+/// Drops the handler, then every timer payload still held: payloads
+/// outlive the handler so that its `Drop` may still cancel timers.
+fn destroy_instance<H>(instance: Instance<H>) {
+    let Instance {
+        handler, payloads, ..
+    } = instance;
+    // Even when the handler's Drop panics, the payloads go before the
+    // table does (a payload's Drop may call back into the Ctx).
+    let dropped = catch_unwind(AssertUnwindSafe(move || drop(handler)));
+    payloads.close();
+    if let Err(panic) = dropped {
+        std::panic::resume_unwind(panic);
+    }
 }
 
 /// The bytes a host lends a hook.
@@ -347,14 +380,23 @@ pub unsafe fn adopt<H: Handler>(
     }
     // SAFETY: checked non-NULL; the host's table is valid for the process.
     let host = unsafe { copy_host(host) };
-    // SAFETY: `host` is 'static; `raw` is the context the host gave this instance.
-    let ctx = unsafe { Ctx::from_raw(host, raw) };
-    let handler = catch(|| make(&ctx))
-        .unwrap_or_else(|(msg, _)| Err(format!("panicked in create: {msg}")))?;
+    let payloads = Rc::new(TimerPayloads::default());
+    let ctx = ctx_for(host, raw, &payloads);
+    let made =
+        catch(|| make(&ctx)).unwrap_or_else(|(msg, _)| Err(format!("panicked in create: {msg}")));
+    let handler = match made {
+        Ok(handler) => handler,
+        Err(e) => {
+            // Payloads of timers armed before the failure go with it.
+            close_payloads(&ctx, &payloads);
+            return Err(e);
+        }
+    };
     let instance = Box::new(Instance {
         host,
         handler,
         failed: Vec::new(),
+        payloads,
     });
     Ok(Box::into_raw(instance).cast())
 }
@@ -374,8 +416,8 @@ unsafe extern "C" fn create<H: Handler>(
     }
     // SAFETY: checked non-NULL; the host's table is valid for the process.
     let host = unsafe { copy_host(host) };
-    // SAFETY: `host` is 'static; `raw` is the context the host gave this instance.
-    let ctx = unsafe { Ctx::from_raw(host, raw) };
+    let payloads = Rc::new(TimerPayloads::default());
+    let ctx = ctx_for(host, raw, &payloads);
     let result = catch(|| {
         let name = cstr(name)?;
         let json = cstr(config_json)?;
@@ -388,16 +430,23 @@ unsafe extern "C" fn create<H: Handler>(
                 host,
                 handler,
                 failed: Vec::new(),
+                payloads,
             });
             // SAFETY: checked non-NULL; the host gives a writable out-pointer.
             unsafe { *instance_out = Box::into_raw(instance).cast() };
             abi::LOOPD_OK
         }
         Err(msg) => {
+            close_payloads(&ctx, &payloads);
             write_err(err, err_cap, &msg);
             abi::LOOPD_ERR_HANDLER
         }
     }
+}
+
+/// Drops the payloads of a failed `create`, containing a panicking `Drop`.
+fn close_payloads(ctx: &Ctx, payloads: &TimerPayloads) {
+    guard(ctx, "create", (), || payloads.close());
 }
 
 /// # Safety
@@ -414,7 +463,7 @@ unsafe extern "C" fn destroy<H: Handler>(raw: *mut loopd_ctx, inst: *mut c_void)
     // SAFETY: the host calls destroy once, last, with the pointer create produced.
     let boxed = unsafe { Box::from_raw(inst.cast::<Instance<H>>()) };
     let ctx = boxed.ctx(raw);
-    guard(&ctx, "destroy", (), move || drop(boxed));
+    guard(&ctx, "destroy", (), move || destroy_instance(*boxed));
 }
 
 fn conn_info(info: &loopd_conn_info) -> ConnInfo<'_> {
@@ -617,9 +666,14 @@ unsafe extern "C" fn on_timer<H: Handler>(
     };
     let ctx = inst.ctx(raw);
     let handler = &mut inst.handler;
+    // The timer's payload, if any, waits aside for the hook to take; a
+    // one-shot timer's is dropped after it (a repeating one's kept).
+    inst.payloads.begin_fire(timer);
     guard(&ctx, "on_timer", (), || {
         handler.on_timer(&ctx, TimerId::from_raw(timer), user_data)
-    })
+    });
+    let left = inst.payloads.end_fire();
+    guard(&ctx, "on_timer", (), move || drop(left));
 }
 
 unsafe extern "C" fn on_message<H: Handler>(
@@ -756,5 +810,406 @@ unsafe extern "C" fn on_partial<H: Handler>(
     });
     if !ok {
         inst.fail_conn(&ctx, conn);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    //! Typed timer payloads through the real trampolines, on a mock host
+    //! whose timers are a list of pending ids: every payload is dropped
+    //! exactly once, when its timer's `on_timer` returns, when it is
+    //! cancelled, or when the instance goes.
+
+    use super::*;
+    use crate::{Error, NoConfig};
+    use std::cell::{Cell, RefCell};
+    use std::ptr;
+    use std::sync::OnceLock;
+    use std::time::Duration;
+
+    thread_local! {
+        /// Ids the mock host has pending, and the next one.
+        static PENDING: RefCell<Vec<u64>> = const { RefCell::new(Vec::new()) };
+        static NEXT: Cell<u64> = const { Cell::new(1) };
+        /// Whether timer_set refuses (LOOPD_ERR_LIMIT).
+        static FULL: Cell<bool> = const { Cell::new(false) };
+        /// Payload drops, by tag.
+        static DROPS: RefCell<Vec<&'static str>> = const { RefCell::new(Vec::new()) };
+        /// What the handler runs in on_message (timer None) and on_timer.
+        static HOOK: RefCell<Option<Hook>> =
+            const { RefCell::new(None) };
+    }
+
+    /// What the handler runs in on_message (timer None) and on_timer.
+    type Hook = Box<dyn FnMut(&Ctx, Option<TimerId>)>;
+
+    unsafe extern "C" fn timer_set(_: *mut loopd_ctx, _: u64, _: u64, out: *mut u64) -> i32 {
+        if FULL.with(Cell::get) {
+            return abi::LOOPD_ERR_LIMIT;
+        }
+        let id = NEXT.with(|n| n.replace(n.get() + 1)) | (7 << 32);
+        PENDING.with(|p| p.borrow_mut().push(id));
+        // SAFETY: the SDK passes a valid out-pointer.
+        unsafe { *out = id };
+        abi::LOOPD_OK
+    }
+
+    unsafe extern "C" fn timer_repeat(
+        ctx: *mut loopd_ctx,
+        delay: u64,
+        _: u64,
+        data: u64,
+        out: *mut u64,
+    ) -> i32 {
+        // SAFETY: forwarded.
+        unsafe { timer_set(ctx, delay, data, out) }
+    }
+
+    unsafe extern "C" fn timer_cancel(_: *mut loopd_ctx, id: u64) -> i32 {
+        PENDING.with(|p| {
+            let mut p = p.borrow_mut();
+            match p.iter().position(|&t| t == id) {
+                Some(at) => {
+                    p.remove(at);
+                    abi::LOOPD_OK
+                }
+                None => abi::LOOPD_ERR_NO_SUCH_TIMER,
+            }
+        })
+    }
+
+    unsafe extern "C" fn log(_: *mut loopd_ctx, _: u32, _: *const c_char, _: usize) {}
+
+    fn host() -> &'static loopd_host_api {
+        static HOST: OnceLock<loopd_host_api> = OnceLock::new();
+        HOST.get_or_init(|| {
+            // SAFETY: all-zero is a valid table: integers, NULL, `None`s.
+            let mut h: loopd_host_api = unsafe { std::mem::zeroed() };
+            h.struct_size = std::mem::size_of::<loopd_host_api>() as u32;
+            h.abi_major = abi::LOOPD_ABI_MAJOR;
+            h.abi_minor = abi::LOOPD_ABI_MINOR;
+            h.log = Some(log);
+            h.timer_set = Some(timer_set);
+            h.timer_repeat = Some(timer_repeat);
+            h.timer_cancel = Some(timer_cancel);
+            h
+        })
+    }
+
+    /// A payload that records its drop.
+    struct Tagged(&'static str);
+
+    impl Drop for Tagged {
+        fn drop(&mut self) {
+            DROPS.with(|d| d.borrow_mut().push(self.0));
+        }
+    }
+
+    fn drops() -> Vec<&'static str> {
+        DROPS.with(|d| d.borrow().clone())
+    }
+
+    struct Probe;
+
+    impl Handler for Probe {
+        type Config = NoConfig;
+        type Conn = ();
+        fn create(ctx: &Ctx, name: &str, _: NoConfig) -> Result<Self, String> {
+            if name == "fails" {
+                ctx.set_timer_with(Duration::from_secs(1), Tagged("from failed create"))
+                    .unwrap();
+                return Err("refused".into());
+            }
+            Ok(Probe)
+        }
+        fn on_message(&mut self, ctx: &Ctx, _: &[u8]) {
+            run_hook(ctx, None);
+        }
+        fn on_timer(&mut self, ctx: &Ctx, timer: TimerId, _: u64) {
+            run_hook(ctx, Some(timer));
+        }
+    }
+
+    fn run_hook(ctx: &Ctx, timer: Option<TimerId>) {
+        let mut hook = HOOK.with(|h| h.borrow_mut().take()).expect("a hook");
+        hook(ctx, timer);
+        HOOK.with(|h| *h.borrow_mut() = Some(hook));
+    }
+
+    /// A live instance of Probe, destroyed when dropped.
+    struct Inst(*mut c_void);
+
+    impl Inst {
+        fn new(name: &str) -> Result<Inst, String> {
+            PENDING.with(|p| p.borrow_mut().clear());
+            DROPS.with(|d| d.borrow_mut().clear());
+            FULL.with(|f| f.set(false));
+            let name = std::ffi::CString::new(name).unwrap();
+            let mut out = ptr::null_mut();
+            let mut err = [0 as c_char; 128];
+            // SAFETY: a valid host table, NUL-terminated strings, out-pointers.
+            let rc = unsafe {
+                create::<Probe>(
+                    host(),
+                    ptr::null_mut(),
+                    name.as_ptr(),
+                    c"{}".as_ptr(),
+                    &mut out,
+                    err.as_mut_ptr(),
+                    err.len(),
+                )
+            };
+            if rc == abi::LOOPD_OK {
+                Ok(Inst(out))
+            } else {
+                // SAFETY: create wrote a NUL-terminated message.
+                Err(unsafe { CStr::from_ptr(err.as_ptr()) }
+                    .to_string_lossy()
+                    .into_owned())
+            }
+        }
+
+        /// Runs `f` inside a hook (on_message), with the instance's Ctx.
+        fn with<R: 'static>(&self, f: impl FnOnce(&Ctx) -> R + 'static) -> R {
+            let out = std::rc::Rc::new(RefCell::new(None));
+            let slot = out.clone();
+            let mut f = Some(f);
+            HOOK.with(|h| {
+                *h.borrow_mut() = Some(Box::new(move |ctx: &Ctx, _| {
+                    *slot.borrow_mut() = Some((f.take().unwrap())(ctx));
+                }))
+            });
+            // SAFETY: our live instance; no message bytes.
+            unsafe { on_message::<Probe>(ptr::null_mut(), self.0, ptr::null(), 0) };
+            let r = out.borrow_mut().take().expect("the hook ran");
+            r
+        }
+
+        /// Fires `timer` as the host would, running `f` as on_timer.
+        fn fire(&self, timer: TimerId, mut f: impl FnMut(&Ctx, TimerId) + 'static) {
+            HOOK.with(|h| {
+                *h.borrow_mut() = Some(Box::new(move |ctx: &Ctx, t: Option<TimerId>| {
+                    f(ctx, t.unwrap())
+                }))
+            });
+            // SAFETY: our live instance.
+            unsafe { on_timer::<Probe>(ptr::null_mut(), self.0, timer.raw(), 0) };
+        }
+
+        fn held(&self) -> usize {
+            // SAFETY: our live instance.
+            unsafe { instance::<Probe>(self.0) }.unwrap().payloads.len()
+        }
+    }
+
+    impl Drop for Inst {
+        fn drop(&mut self) {
+            // SAFETY: create produced it; destroyed once.
+            unsafe { destroy::<Probe>(ptr::null_mut(), self.0) };
+        }
+    }
+
+    const MS: Duration = Duration::from_millis(5);
+
+    #[test]
+    fn a_one_shot_payload_comes_back_typed_and_exactly_once() {
+        let inst = Inst::new("p").unwrap();
+        let timer = inst.with(|ctx| {
+            ctx.set_timer_with(MS, (ConnId::from_raw(42), String::from("hello")))
+                .unwrap()
+        });
+        assert_eq!(inst.held(), 1);
+        let got = std::rc::Rc::new(RefCell::new(Vec::new()));
+        let seen = got.clone();
+        inst.fire(timer, move |ctx, t| {
+            // Another type finds nothing and leaves it.
+            seen.borrow_mut()
+                .push(format!("{:?}", ctx.take_timer_payload::<u64>(t)));
+            let p = ctx.take_timer_payload::<(ConnId, String)>(t);
+            seen.borrow_mut().push(format!("{p:?}"));
+            // Taken: gone.
+            let again = ctx.take_timer_payload::<(ConnId, String)>(t);
+            seen.borrow_mut().push(format!("{again:?}"));
+        });
+        assert_eq!(
+            *got.borrow(),
+            ["None", "Some((ConnId(42:0), \"hello\"))", "None"]
+        );
+        assert_eq!(inst.held(), 0);
+    }
+
+    #[test]
+    fn an_untaken_payload_is_dropped_when_on_timer_returns() {
+        let inst = Inst::new("p").unwrap();
+        let timer = inst.with(|ctx| ctx.set_timer_with(MS, Tagged("untaken")).unwrap());
+        inst.fire(timer, |ctx, t| {
+            // Still held during the hook.
+            assert!(ctx.with_timer_payload::<Tagged, _>(t, |p| p.0).is_some());
+            assert!(drops().is_empty());
+        });
+        assert_eq!(drops(), ["untaken"]);
+        assert_eq!(inst.held(), 0);
+        // A late fire of the same id finds nothing to drop twice.
+        inst.fire(timer, |ctx, t| {
+            assert!(ctx.take_timer_payload::<Tagged>(t).is_none())
+        });
+        assert_eq!(drops(), ["untaken"]);
+    }
+
+    #[test]
+    fn cancel_drops_the_payload_at_once() {
+        let inst = Inst::new("p").unwrap();
+        let (a, b) = inst.with(|ctx| {
+            let a = ctx.set_timer_with(MS, Tagged("a")).unwrap();
+            let b = ctx.set_timer_with(MS, Tagged("b")).unwrap();
+            ctx.cancel_timer(a).unwrap();
+            assert_eq!(drops(), ["a"]);
+            // Cancelled twice: NoSuchTimer, nothing more dropped.
+            assert_eq!(ctx.cancel_timer(a), Err(Error::NoSuchTimer));
+            (a, b)
+        });
+        assert_eq!(drops(), ["a"]);
+        assert_eq!(inst.held(), 1);
+        // Cancelling inside its own on_timer (already fired: NoSuchTimer)
+        // drops it there, not after.
+        PENDING.with(|p| p.borrow_mut().retain(|&t| t != b.raw()));
+        inst.fire(b, |ctx, t| {
+            assert_eq!(ctx.cancel_timer(t), Err(Error::NoSuchTimer));
+            assert_eq!(drops(), ["a", "b"]);
+        });
+        assert_eq!(drops(), ["a", "b"]);
+        let _ = a;
+    }
+
+    #[test]
+    fn a_repeating_payload_stays_across_ticks_until_cancelled() {
+        let inst = Inst::new("p").unwrap();
+        let timer = inst.with(|ctx| {
+            ctx.set_repeating_timer_with(MS, MS, (0u32, Tagged("ticker")))
+                .unwrap()
+        });
+        for tick in 1..=3u32 {
+            inst.fire(timer, move |ctx, t| {
+                let n = ctx
+                    .with_timer_payload::<(u32, Tagged), _>(t, |(n, _)| {
+                        *n += 1;
+                        *n
+                    })
+                    .unwrap();
+                assert_eq!(n, tick);
+            });
+            assert_eq!(inst.held(), 1, "kept after tick {tick}");
+        }
+        assert!(drops().is_empty());
+        // A panic inside the closure is contained by the hook's guard; the
+        // payload goes back all the same.
+        inst.fire(timer, |ctx, t| {
+            ctx.with_timer_payload::<(u32, Tagged), _>(t, |_| panic!("in the closure"));
+        });
+        assert_eq!(inst.held(), 1);
+        assert!(drops().is_empty());
+        // Cancelled from inside the closure: dropped once it returns.
+        inst.fire(timer, |ctx, t| {
+            let r = ctx.with_timer_payload::<(u32, Tagged), _>(t, |(n, _)| {
+                assert!(ctx.take_timer_payload::<(u32, Tagged)>(t).is_none());
+                assert!(ctx
+                    .with_timer_payload::<(u32, Tagged), _>(t, |_| ())
+                    .is_none());
+                ctx.cancel_timer(t).unwrap();
+                assert!(drops().is_empty(), "dropped while lent");
+                *n
+            });
+            assert_eq!(r, Some(3));
+            assert_eq!(drops(), ["ticker"]);
+        });
+        assert_eq!(inst.held(), 0);
+        // Taking a repeating timer's payload ends it too.
+        let timer = inst.with(|ctx| {
+            ctx.set_repeating_timer_with(MS, MS, Tagged("taken"))
+                .unwrap()
+        });
+        inst.fire(timer, |ctx, t| {
+            let p = ctx.take_timer_payload::<Tagged>(t);
+            assert_eq!(p.as_ref().map(|p| p.0), Some("taken"));
+        });
+        assert_eq!(drops(), ["ticker", "taken"]);
+        assert_eq!(inst.held(), 0);
+    }
+
+    #[test]
+    fn destroy_and_a_failed_create_drop_what_is_pending() {
+        let inst = Inst::new("p").unwrap();
+        inst.with(|ctx| {
+            ctx.set_timer_with(MS, Tagged("one-shot")).unwrap();
+            ctx.set_repeating_timer_with(MS, MS, Tagged("repeating"))
+                .unwrap();
+        });
+        assert_eq!(inst.held(), 2);
+        assert!(drops().is_empty());
+        drop(inst);
+        let mut d = drops();
+        d.sort();
+        assert_eq!(d, ["one-shot", "repeating"]);
+
+        let err = Inst::new("fails").err().unwrap();
+        assert_eq!(err, "refused");
+        assert_eq!(drops(), ["from failed create"]);
+    }
+
+    #[test]
+    fn a_refused_timer_drops_its_payload_and_a_raw_ctx_has_none() {
+        let inst = Inst::new("p").unwrap();
+        FULL.with(|f| f.set(true));
+        let r = inst.with(|ctx| ctx.set_timer_with(MS, Tagged("refused")).map(|_| ()));
+        assert_eq!(r, Err(Error::Limit));
+        assert_eq!(drops(), ["refused"]);
+        assert_eq!(inst.held(), 0);
+        FULL.with(|f| f.set(false));
+
+        // A Ctx made by hand has no table: Unsupported, and no timer armed.
+        // SAFETY: a complete static table; the mock ignores the context.
+        let ctx = unsafe { Ctx::from_raw(host(), ptr::null_mut()) };
+        let before = PENDING.with(|p| p.borrow().len());
+        assert_eq!(
+            ctx.set_timer_with(MS, Tagged("raw")).map(|_| ()),
+            Err(Error::Unsupported)
+        );
+        assert_eq!(PENDING.with(|p| p.borrow().len()), before);
+        assert_eq!(
+            ctx.take_timer_payload::<Tagged>(TimerId::from_raw(1))
+                .map(|_| ()),
+            None
+        );
+        // Plain timers keep working.
+        assert!(ctx.set_timer(MS, 9).is_ok());
+    }
+
+    /// A payload whose Drop calls back into the Ctx (cancels a timer, arms
+    /// another with a payload) while the instance is being destroyed.
+    struct Reentrant {
+        ctx: Ctx,
+        other: TimerId,
+    }
+
+    impl Drop for Reentrant {
+        fn drop(&mut self) {
+            let _ = self.ctx.cancel_timer(self.other);
+            let _ = self.ctx.set_timer_with(MS, Tagged("armed in drop"));
+            DROPS.with(|d| d.borrow_mut().push("reentrant"));
+        }
+    }
+
+    #[test]
+    fn a_payload_drop_may_call_back_into_the_ctx() {
+        let inst = Inst::new("p").unwrap();
+        inst.with(|ctx| {
+            let other = ctx.set_timer_with(MS, Tagged("other")).unwrap();
+            ctx.set_timer_with(MS, Reentrant { ctx: *ctx, other })
+                .unwrap();
+        });
+        drop(inst);
+        let mut d = drops();
+        d.sort();
+        assert_eq!(d, ["armed in drop", "other", "reentrant"]);
     }
 }

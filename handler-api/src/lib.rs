@@ -176,6 +176,7 @@ pub mod abi;
 mod ctx;
 pub mod framing;
 mod glue;
+mod timer_payload;
 mod types;
 
 pub use ctx::Ctx;
@@ -296,7 +297,11 @@ pub trait Handler: Sized + 'static {
     /// A timer set with [`Ctx::set_timer`] fired (once), or a repeating one
     /// from [`Ctx::set_repeating_timer`] is due (every interval, same id).
     /// `user_data` is the value it was set with, e.g. the raw id of the
-    /// connection it is for.
+    /// connection it is for. A timer armed with [`Ctx::set_timer_with`] or
+    /// [`Ctx::set_repeating_timer_with`] carries a typed payload instead
+    /// (`user_data` 0): take it with [`Ctx::take_timer_payload`], or update a
+    /// repeating timer's with [`Ctx::with_timer_payload`]. A one-shot
+    /// timer's payload not taken here is dropped when this hook returns.
     fn on_timer(&mut self, ctx: &Ctx, timer: TimerId, user_data: u64) {
         let _ = (ctx, timer, user_data);
     }

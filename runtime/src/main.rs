@@ -79,6 +79,9 @@ enum Command {
         /// version, even when a checkout is at hand.
         #[arg(long)]
         registry: bool,
+        /// The port the generated loopd.toml listens on (127.0.0.1:PORT).
+        #[arg(long, value_name = "PORT", default_value_t = scaffold::DEFAULT_PORT)]
+        port: u16,
     },
 }
 
@@ -115,6 +118,7 @@ fn run_command(cli: Cli) -> ExitCode {
             dir,
             loopd_src,
             registry,
+            port,
         }) => {
             let request = scaffold::Request {
                 name,
@@ -126,6 +130,7 @@ fn run_command(cli: Cli) -> ExitCode {
                 dir,
                 loopd_src,
                 registry,
+                port,
             };
             return match scaffold::new_handler(&request) {
                 Ok((_, report)) => {

@@ -12,8 +12,8 @@ use std::fs;
 use std::io;
 use std::path::{Path, PathBuf};
 
-/// The port the generated config listens on.
-const PORT: u16 = 7200;
+/// The port the generated config listens on unless `--port` says otherwise.
+pub(crate) const DEFAULT_PORT: u16 = 7200;
 /// Longest handler name accepted.
 const MAX_NAME: usize = 48;
 
@@ -22,6 +22,7 @@ const RUST_LIB: &str = include_str!("../templates/rust/lib.rs.tmpl");
 const RUST_TEST: &str = include_str!("../templates/rust/test.rs.tmpl");
 const RUST_README: &str = include_str!("../templates/rust/README.md.tmpl");
 const C_SOURCE: &str = include_str!("../templates/c/handler.c.tmpl");
+const C_TEST: &str = include_str!("../templates/c/test.c.tmpl");
 const C_MAKEFILE: &str = include_str!("../templates/c/Makefile.tmpl");
 const C_README: &str = include_str!("../templates/c/README.md.tmpl");
 const CONFIG: &str = include_str!("../templates/loopd.toml.tmpl");
@@ -53,6 +54,8 @@ pub(crate) struct Request {
     pub(crate) loopd_src: Option<PathBuf>,
     /// `--registry`.
     pub(crate) registry: bool,
+    /// `--port`: what the generated config listens on (1 to 65535).
+    pub(crate) port: u16,
 }
 
 /// Why nothing was created.
@@ -73,7 +76,8 @@ impl fmt::Display for ScaffoldError {
 }
 
 /// Checks a handler name: it becomes the plugin name, the crate
-/// `loopd-NAME`, the library `libloopd_NAME.so` and C identifiers.
+/// `loopd-NAME`, the library `libloopd_NAME.so` (`.dylib` on macOS) and C
+/// identifiers.
 pub(crate) fn check_name(name: &str) -> Result<(), String> {
     let rule = "use a lower-case letter, then lower-case letters, digits, `-` or `_`, e.g. `greeter` or `my-proto`";
     if name.is_empty() {
@@ -186,7 +190,12 @@ fn render(template: &str, vars: &[(&str, &str)]) -> String {
 fn files(req: &Request) -> Result<(Vec<(PathBuf, String)>, String), ScaffoldError> {
     let name = req.name.as_str();
     let lib = name.replace('-', "_");
-    let port = PORT.to_string();
+    if req.port == 0 {
+        return Err(ScaffoldError::Usage(
+            "--port 0 would listen on a different port every run; pick one from 1 to 65535".into(),
+        ));
+    }
+    let port = req.port.to_string();
     match req.language {
         Language::Rust => {
             let source = match (&req.loopd_src, req.registry) {
@@ -240,6 +249,13 @@ fn files(req: &Request) -> Result<(Vec<(PathBuf, String)>, String), ScaffoldErro
                 ),
             };
             let ty = type_name(name);
+            // What cargo names a cdylib here: libloopd_NAME.so on Linux and
+            // the BSDs, libloopd_NAME.dylib on macOS.
+            let dylib = format!(
+                "{}loopd_{lib}{}",
+                std::env::consts::DLL_PREFIX,
+                std::env::consts::DLL_SUFFIX
+            );
             let vars = [
                 ("name", name),
                 ("lib", lib.as_str()),
@@ -248,14 +264,9 @@ fn files(req: &Request) -> Result<(Vec<(PathBuf, String)>, String), ScaffoldErro
                 ("loopd_dep", loopd_dep.as_str()),
                 ("api_note", api_note.as_str()),
                 ("port", port.as_str()),
+                ("dylib", dylib.as_str()),
             ];
-            // What cargo names a cdylib here: libloopd_NAME.so on Linux and
-            // the BSDs, libloopd_NAME.dylib on macOS.
-            let plugin = format!(
-                "target/release/{}loopd_{lib}{}",
-                std::env::consts::DLL_PREFIX,
-                std::env::consts::DLL_SUFFIX
-            );
+            let plugin = format!("target/release/{dylib}");
             let config = render(
                 CONFIG,
                 &[
@@ -303,17 +314,18 @@ fn files(req: &Request) -> Result<(Vec<(PathBuf, String)>, String), ScaffoldErro
                     ("build", "make"),
                     ("plugin_path", &plugin),
                     ("port", &port),
-                    ("config_table", ""),
+                    ("config_table", "\n[handler.config]\ngreeting = \"hello\"\n"),
                 ],
             );
             Ok((
                 vec![
                     (format!("{name}.c").into(), render(C_SOURCE, &vars)),
+                    (format!("{name}_test.c").into(), render(C_TEST, &vars)),
                     ("loopd.h".into(), loopd_handler_api::C_HEADER.to_string()),
                     ("Makefile".into(), render(C_MAKEFILE, &vars)),
                     ("README.md".into(), render(C_README, &vars)),
                     ("loopd.toml".into(), config),
-                    (".gitignore".into(), "*.so\n*.o\n".to_string()),
+                    (".gitignore".into(), format!("*.so\n*.o\n/{lib}_test\n")),
                 ],
                 "a copy of this loopd's loopd.h".to_string(),
             ))
@@ -373,11 +385,13 @@ pub(crate) fn new_handler(req: &Request) -> Result<(PathBuf, String), ScaffoldEr
         Language::C => "make",
     };
     out.push_str(&format!(
-        "\nnext:\n  cd {}\n  {build}\n  {loopd} loopd.toml\n  nc 127.0.0.1 {PORT}    (in another terminal; type a line)\n",
-        dir.display()
+        "\nnext:\n  cd {}\n  {build}\n  {loopd} loopd.toml\n  nc 127.0.0.1 {}    (in another terminal; type a line)\n",
+        dir.display(),
+        req.port
     ));
-    if req.language == Language::Rust {
-        out.push_str("  cargo test              (runs the handler in-process)\n");
+    match req.language {
+        Language::Rust => out.push_str("  cargo test              (runs the handler in-process)\n"),
+        Language::C => out.push_str("  make test               (tests it without loopd)\n"),
     }
     Ok((dir, out))
 }
@@ -422,6 +436,35 @@ mod tests {
     }
 
     #[test]
+    fn the_port_reaches_config_readme_and_c_test() {
+        for language in [Language::Rust, Language::C] {
+            let req = Request {
+                name: "p".into(),
+                language,
+                dir: None,
+                loopd_src: None,
+                registry: language == Language::Rust,
+                port: 9,
+            };
+            let (generated, _) = files(&req).unwrap();
+            let get = |name: &str| {
+                generated
+                    .iter()
+                    .find(|(p, _)| p == Path::new(name))
+                    .map(|(_, t)| t.as_str())
+                    .unwrap_or_else(|| panic!("no {name}"))
+            };
+            assert!(get("loopd.toml").contains("listen = [\"tcp://127.0.0.1:9\"]"));
+            assert!(get("README.md").contains("nc 127.0.0.1 9 "));
+            if language == Language::C {
+                assert!(get("p_test.c").contains("\"tcp://127.0.0.1:9\""));
+            }
+            let zero = Request { port: 0, ..req };
+            assert!(matches!(files(&zero), Err(ScaffoldError::Usage(_))));
+        }
+    }
+
+    #[test]
     fn every_placeholder_is_filled() {
         for language in [Language::Rust, Language::C] {
             for registry in [false, true] {
@@ -431,6 +474,7 @@ mod tests {
                     dir: None,
                     loopd_src: None,
                     registry: registry && language == Language::Rust,
+                    port: DEFAULT_PORT,
                 };
                 let (files, _) = files(&req).unwrap();
                 for (path, text) in files {
