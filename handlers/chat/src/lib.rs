@@ -34,12 +34,12 @@
 //!   whatever `output_high_watermark` is.
 //! - **Senders.** Each client's lines (commands too) pass two token
 //!   buckets, lines and bytes a second (`rate_lines`, `rate_bytes`, with
-//!   bursts `burst_lines`, `burst_bytes`). A line over the rate waits, in
-//!   order, until the buckets allow it (a timer releases it); once a burst's
-//!   worth is waiting, further lines are refused and the sender is told how
-//!   many (`! slow down: N lines not sent`), at most once a second. So one
-//!   client blasting lines costs its room at most the rate, and nobody
-//!   becomes a slow consumer because of it.
+//!   bursts `burst_lines`, `burst_bytes`). A line over the rate waits, and
+//!   chat stops reading that client (`Ctx::pause_read`) until a timer
+//!   releases it: the client is slowed down by TCP itself, as by a server
+//!   that reads slowly, and nothing it sends is refused. So one client
+//!   blasting lines costs its room at most the rate, and nobody becomes a
+//!   slow consumer because of it.
 //! - **Rooms.** In a room of more than `quiet_above` members, joins and
 //!   leaves are not announced (announcing them costs the room's size per
 //!   event: quadratic when thousands join at once); `/who` and `/rooms`
@@ -126,8 +126,6 @@ const KEEP_WAITING_CAPACITY: usize = 4 * 1024;
 /// At most one "server full" (or "wrong framing", or "rate limit") warning
 /// per this many milliseconds.
 const REFUSAL_LOG_INTERVAL_MS: u64 = 10_000;
-/// At most one `! slow down` notice per client per this many milliseconds.
-const SLOW_DOWN_INTERVAL_MS: u64 = 1_000;
 
 /// The `[handler.config]` table of a chat instance. Unknown keys are errors.
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
@@ -147,14 +145,13 @@ pub struct Config {
     /// Lines a second one client may send, commands included (the refill of
     /// its line bucket); 0: no limit on lines. At most [`MAX_LINES_LIMIT`].
     pub rate_lines: u64,
-    /// Lines one client may send at once (the size of its line bucket), and
-    /// how many more may wait their turn before lines are refused. 1 to
-    /// [`MAX_LINES_LIMIT`].
+    /// Lines one client may send at once (the size of its line bucket). 1
+    /// to [`MAX_LINES_LIMIT`].
     pub burst_lines: u64,
     /// Bytes a second one client may send (the refill of its byte bucket);
     /// 0: no limit on bytes. At most [`MAX_BYTES_LIMIT`].
     pub rate_bytes: u64,
-    /// Bytes one client may send at once, and how many more may wait. At
+    /// Bytes one client may send at once (the size of its byte bucket).
     /// least `max_line` (so the longest line can pass), at most
     /// [`MAX_BYTES_LIMIT`]. `None` (the key left out):
     /// [`DEFAULT_BURST_BYTES`] or `max_line`, whichever is larger.
@@ -261,7 +258,7 @@ impl Config {
             .unwrap_or_else(|| DEFAULT_BURST_BYTES.max(self.max_line as u64))
     }
 
-    /// The rate limit in words, for `! slow down` and the log.
+    /// The rate limit in words, for the log.
     fn limit_text(&self) -> String {
         let mut parts = Vec::new();
         if self.rate_lines > 0 {
@@ -302,8 +299,8 @@ pub struct Chat {
     refused_full: Refusals,
     /// Connections refused for a framing other than `line`.
     refused_framing: Refusals,
-    /// Lines refused over the rate limit (any client).
-    refused_rate: Refusals,
+    /// Times a client's reading was paused for the rate limit (any client).
+    paused_rate: Refusals,
     /// After shutdown: clients whose output chat still holds (loopd's queue
     /// was at its high watermark). Their output goes out as it drains, and
     /// they are closed once it has; no longer members of any room.
@@ -337,16 +334,6 @@ impl Refusals {
     }
 }
 
-/// What a member asked for while lines of its were waiting: done once they
-/// have all gone.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Then {
-    /// `/quit`: `* bye`, leave, close.
-    Quit,
-    /// The client closed its sending side: leave, close.
-    Eof,
-}
-
 /// What chat keeps for one member.
 #[derive(Debug)]
 struct Client {
@@ -360,20 +347,17 @@ struct Client {
     /// The member's rate-limit buckets.
     limiter: Limiter,
     /// Lines waiting for the rate limit, in order, each followed by `\n`
-    /// (loopd cut the input at `\n`, so no line holds one).
+    /// (loopd cut the input at `\n`, so no line holds one). Reading is
+    /// paused while any waits, so this is the line that found the bucket
+    /// empty (and, at most, the few loopd had cut in the same pass).
     waiting: VecDeque<u8>,
     /// How many lines `waiting` holds, and their bytes without the `\n`s.
     waiting_lines: u64,
     waiting_bytes: u64,
-    /// Lines refused since the last `! slow down`.
-    refused: u64,
-    /// When the last `! slow down` went out.
-    slow_down_ms: Option<u64>,
-    /// The pending timer (releases waiting lines, sends `! slow down`) and
-    /// when it fires.
+    /// Reading is paused (`Ctx::pause_read`) until `waiting` is empty.
+    paused: bool,
+    /// The pending timer (releases waiting lines) and when it fires.
     timer: Option<(TimerId, u64)>,
-    /// `/quit` or EOF that came while lines were waiting.
-    then: Option<Then>,
 }
 
 impl Client {
@@ -386,10 +370,8 @@ impl Client {
             waiting: VecDeque::new(),
             waiting_lines: 0,
             waiting_bytes: 0,
-            refused: 0,
-            slow_down_ms: None,
+            paused: false,
             timer: None,
-            then: None,
         }
     }
 
@@ -408,17 +390,33 @@ impl Client {
         self.waiting_bytes += line.len() as u64;
     }
 
-    /// Moves the first waiting line into `into` (replacing what was there).
-    fn pop_waiting(&mut self, len: usize, into: &mut Vec<u8>) {
+    /// Copies the first waiting line, of `len` bytes, into `into`
+    /// (replacing what was there).
+    fn peek_waiting(&self, len: usize, into: &mut Vec<u8>) {
         into.clear();
-        into.extend(self.waiting.drain(..len));
-        self.waiting.pop_front();
+        into.extend(self.waiting.range(..len));
+    }
+
+    /// Drops the first waiting line, of `len` bytes.
+    fn pop_waiting(&mut self, len: usize) {
+        self.waiting.drain(..=len);
         self.waiting_lines -= 1;
         self.waiting_bytes -= len as u64;
         if self.waiting.is_empty() && self.waiting.capacity() > KEEP_WAITING_CAPACITY {
             self.waiting = VecDeque::new();
         }
     }
+}
+
+/// Whether a line is blank once cleaned (ignored, so not rate-limited).
+fn is_blank(line: &[u8]) -> bool {
+    matches!(protocol::clean(line), Ok(text) if protocol::parse(&text) == Input::Empty)
+}
+
+/// Whether a line is `/quit`: never held to the rate (only behind the lines
+/// that wait before it).
+fn is_quit(line: &[u8]) -> bool {
+    matches!(protocol::clean(line), Ok(text) if protocol::parse(&text) == Input::Quit)
 }
 
 /// Per-connection state. loopd cuts the lines (`framing = "line"`), so all
@@ -642,114 +640,59 @@ impl Chat {
 
     /// One line from a member, within `max_frame` (loopd checked that):
     /// run now if the rate limit allows it and no earlier line is waiting,
-    /// else queued behind them, else refused.
+    /// else queued behind them with the member's reading paused.
     fn on_line(&mut self, ctx: &Ctx, conn: ConnId, line: &[u8]) {
         if line.len() > self.config.max_line {
             // max_frame is larger than max_line: loopd delivered it whole.
             return self.too_long(ctx, conn, self.config.max_line);
         }
-        let (blank, quit) = match protocol::clean(line) {
-            Ok(text) => {
-                let input = protocol::parse(&text);
-                (input == Input::Empty, input == Input::Quit)
-            }
-            Err(_) => (false, false),
-        };
         // Ignored lines cost nothing.
-        if blank || !self.limits.enabled() {
+        if !self.limits.enabled() || is_blank(line) {
             return self.run(ctx, conn, line);
         }
         let limits = self.limits;
-        let hold_lines = match limits.lines.per_s {
-            0 => u64::MAX,
-            _ => limits.lines.burst,
-        };
-        let hold_bytes = match limits.bytes.per_s {
-            0 => u64::MAX,
-            _ => limits.bytes.burst,
-        };
         let Some(member) = self.roster.get_mut(conn) else {
             return;
         };
         let client = &mut member.data;
-        if client.then.is_some() {
-            // Only /quit gets here (EOF ends the input): nothing after it.
-            return;
-        }
-        if quit && client.waiting_lines > 0 {
-            // Never refused: it goes once the lines before it have.
-            client.then = Some(Then::Quit);
-            return;
-        }
         let now = ctx.now_ms();
-        if quit || (client.waiting_lines == 0 && client.limiter.try_take(&limits, line.len(), now))
+        if client.waiting_lines == 0
+            && (is_quit(line) || client.limiter.try_take(&limits, line.len(), now))
         {
             return self.run(ctx, conn, line);
         }
-        if client.waiting_lines < hold_lines
-            && client.waiting_bytes + line.len() as u64 <= hold_bytes
-        {
-            client.push_waiting(line);
-            return self.arm(ctx, conn, now);
+        // Over the rate: the line waits, and so does the rest of the input
+        // (in loopd's buffer, then the kernel's, then the client's).
+        client.push_waiting(line);
+        if !client.paused {
+            client.paused = true;
+            if let Err(e) = ctx.pause_read(conn) {
+                // Closing already: no more input comes anyway.
+                ctx.debug(format_args!("connection {conn}: pause_read: {e}"));
+            }
+            if let Some(n) = self.paused_rate.count(now) {
+                ctx.info(format_args!(
+                    "rate limit ({}): paused reading {n} time(s), the latest {} (connection \
+                     {conn}, {})",
+                    self.limit_text, member.nick, client.peer
+                ));
+            }
         }
-        client.refused += 1;
-        let due = client
-            .slow_down_ms
-            .is_none_or(|t| now.saturating_sub(t) >= SLOW_DOWN_INTERVAL_MS);
-        if let Some(n) = self.refused_rate.count(now) {
-            ctx.info(format_args!(
-                "rate limit ({}): refused {n} line(s), the latest from {} (connection {conn}, {})",
-                self.limit_text, member.nick, client.peer
-            ));
-        }
-        if due {
-            self.slow_down(ctx, conn, now);
-            self.settle(ctx);
-        } else {
-            self.arm(ctx, conn, now);
-        }
+        self.arm(ctx, conn, now);
     }
 
-    /// Tells a member how many of its lines were refused since the last
-    /// time (if any were).
-    fn slow_down(&mut self, ctx: &Ctx, conn: ConnId, now: u64) {
-        let Some(member) = self.roster.get_mut(conn) else {
-            return;
-        };
-        let n = std::mem::take(&mut member.data.refused);
-        if n == 0 {
-            return;
-        }
-        member.data.slow_down_ms = Some(now);
-        let lines = if n == 1 { "line" } else { "lines" };
-        let limit = &self.limit_text;
-        compose(
-            &mut self.out,
-            format_args!("! slow down: {n} {lines} not sent (limit: {limit})"),
-        );
-        self.send_out(ctx, conn);
-    }
-
-    /// Sets the member's timer for the first thing due: its first waiting
-    /// line can go, or a `! slow down` can. A timer already set for earlier
-    /// stays.
+    /// Sets the member's timer for when its first waiting line can go. A
+    /// timer already set for earlier stays.
     fn arm(&mut self, ctx: &Ctx, conn: ConnId, now: u64) {
         let limits = self.limits;
         let Some(member) = self.roster.get_mut(conn) else {
             return;
         };
         let client = &mut member.data;
-        let line_due = client
-            .first_waiting_len()
-            .map(|len| now.saturating_add(client.limiter.wait_ms(&limits, len, now)));
-        let notice_due = (client.refused > 0).then(|| {
-            client
-                .slow_down_ms
-                .map_or(now, |t| t.saturating_add(SLOW_DOWN_INTERVAL_MS))
-        });
-        let Some(due) = line_due.into_iter().chain(notice_due).min() else {
+        let Some(len) = client.first_waiting_len() else {
             return;
         };
+        let due = now.saturating_add(client.limiter.wait_ms(&limits, len, now));
         if let Some((timer, at)) = client.timer {
             if at <= due {
                 return;
@@ -761,7 +704,7 @@ impl Chat {
             Ok(timer) => client.timer = Some((timer, due)),
             Err(e) => {
                 // Without a timer nothing would release the lines: let
-                // them go now rather than lose them.
+                // them go now rather than keep the client paused forever.
                 ctx.warn(format_args!(
                     "cannot set a timer ({e}): {}'s waiting lines go now, past the rate limit",
                     member.nick
@@ -772,26 +715,27 @@ impl Chat {
     }
 
     /// Runs the member's waiting lines the rate limit allows now (`force`:
-    /// all of them), then what it asked for after them (`/quit`, EOF) once
-    /// none is left, a `! slow down` if one is due, and sets the timer for
-    /// the rest.
+    /// all of them); resumes reading once none is left, else sets the timer
+    /// for the next.
     fn release(&mut self, ctx: &Ctx, conn: ConnId, force: bool) {
         let now = ctx.now_ms();
         let limits = self.limits;
         loop {
             let Some(member) = self.roster.get_mut(conn) else {
-                // Cut off while its lines ran.
+                // Cut off, or gone with /quit, while its lines ran.
                 return self.settle(ctx);
             };
             let client = &mut member.data;
             let Some(len) = client.first_waiting_len() else {
                 break;
             };
-            if !client.limiter.try_take(&limits, len, now) && !force {
+            let mut line = std::mem::take(&mut self.scratch);
+            client.peek_waiting(len, &mut line);
+            if !force && !is_quit(&line) && !client.limiter.try_take(&limits, len, now) {
+                self.scratch = line;
                 break;
             }
-            let mut line = std::mem::take(&mut self.scratch);
-            client.pop_waiting(len, &mut line);
+            client.pop_waiting(len);
             self.run(ctx, conn, &line);
             self.scratch = line;
         }
@@ -800,35 +744,15 @@ impl Chat {
         };
         let client = &mut member.data;
         if client.waiting_lines == 0 {
-            if let Some(then) = client.then.take() {
-                self.finish(ctx, conn, then);
-                return self.settle(ctx);
+            if client.paused {
+                client.paused = false;
+                // loopd delivers what it holds after this hook returns.
+                let _ = ctx.resume_read(conn);
             }
-        }
-        if client.refused > 0
-            && client
-                .slow_down_ms
-                .is_none_or(|t| now.saturating_sub(t) >= SLOW_DOWN_INTERVAL_MS)
-        {
-            self.slow_down(ctx, conn, now);
-        }
-        if !force {
+        } else if !force {
             self.arm(ctx, conn, now);
         }
         self.settle(ctx);
-    }
-
-    /// What a member asked for after its waiting lines, now that they went.
-    fn finish(&mut self, ctx: &Ctx, conn: ConnId, then: Then) {
-        match then {
-            Then::Quit => self.command(ctx, conn, Input::Quit),
-            Then::Eof => {
-                self.slow_down(ctx, conn, ctx.now_ms());
-                self.depart(ctx, conn, format_args!("EOF, after its waiting lines"));
-                // on_eof kept the connection open for them.
-                let _ = ctx.close(conn, CloseMode::Flush);
-            }
-        }
     }
 
     /// Runs one line: a command or text for the room, or an error reply.
@@ -978,7 +902,6 @@ impl Chat {
                 self.send_out(ctx, conn);
             }
             Input::Quit => {
-                self.slow_down(ctx, conn, ctx.now_ms());
                 self.reply(ctx, conn, format_args!("* bye"));
                 self.depart(ctx, conn, format_args!("/quit"));
                 let _ = ctx.close(conn, CloseMode::Flush);
@@ -1017,9 +940,11 @@ impl Handler for Chat {
     type Config = Config;
     type Conn = ChatConn;
     const FRAMING: Framing = Framing::Line;
-    // on_oversize and on_partial: without them (a 1.0 host) an over-long
-    // line would disconnect its sender and a half-written one be broadcast.
-    const MIN_HOST_MINOR: u32 = 1;
+    // 1.1's on_oversize and on_partial (without them an over-long line
+    // would disconnect its sender and a half-written one be broadcast);
+    // 1.3's pause_read (the rate limit), connect_with and repeating timers
+    // (the bridge).
+    const MIN_HOST_MINOR: u32 = 3;
 
     fn create(ctx: &Ctx, _instance: &str, config: Config) -> Result<Self, String> {
         config.validate()?;
@@ -1052,7 +977,7 @@ impl Handler for Chat {
             noted_small_max_frame: false,
             refused_full: Refusals::default(),
             refused_framing: Refusals::default(),
-            refused_rate: Refusals::default(),
+            paused_rate: Refusals::default(),
             leaving: HashMap::new(),
         })
     }
@@ -1158,16 +1083,9 @@ impl Handler for Chat {
                 member.nick
             ));
         }
-        let client = &mut member.data;
-        if client.waiting_lines > 0 {
-            // Its last lines wait for the rate limit: it leaves once they
-            // have gone (`release`), and is closed then.
-            if client.then.is_none() {
-                client.then = Some(Then::Eof);
-            }
-            return EofAction::KeepOpen;
-        }
-        self.slow_down(ctx, conn, ctx.now_ms());
+        // Never while lines wait: loopd holds the EOF back while reading is
+        // paused, and delivers it after the lines that came before it.
+        debug_assert_eq!(member.data.waiting_lines, 0);
         self.depart(ctx, conn, format_args!("EOF"));
         self.settle(ctx);
         EofAction::Close
@@ -1406,7 +1324,8 @@ mod tests {
         let mut out = Vec::new();
         for want in [&b"one"[..], b"", b"three 3"] {
             let len = c.first_waiting_len().unwrap();
-            c.pop_waiting(len, &mut out);
+            c.peek_waiting(len, &mut out);
+            c.pop_waiting(len);
             assert_eq!(out, want);
         }
         assert_eq!((c.waiting_lines, c.waiting_bytes), (0, 0));
