@@ -64,6 +64,7 @@
 
 mod limit;
 mod protocol;
+pub mod resp;
 mod roster;
 
 use std::collections::{HashMap, VecDeque};
