@@ -62,12 +62,13 @@
 )]
 #![doc(test(attr(deny(warnings))))]
 
+mod bridge;
 mod limit;
 mod protocol;
 pub mod resp;
 mod roster;
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::fmt;
 use std::io::Write as _;
 use std::time::Duration;
@@ -76,11 +77,14 @@ use loopd_handler_api::{
     CloseMode, CloseReason, ConnId, ConnInfo, Ctx, EofAction, Error, Framing, Handler,
     OversizeAction, TimerId,
 };
+
+use bridge::{Bridge, Event, Op};
+use resp::Value;
 use serde::Deserialize;
 
 use limit::{Limiter, Limits, Rate};
 use protocol::{BadLine, Input};
-use roster::{Member, Roster, Taken};
+use roster::{fold, Member, Page, Roster, Taken};
 
 /// The room every client starts in.
 pub const LOBBY: &str = "lobby";
@@ -114,6 +118,12 @@ pub const MAX_LINES_LIMIT: u64 = 1_000_000;
 pub const MAX_BYTES_LIMIT: u64 = 1 << 30;
 /// Largest `max_list` accepted.
 pub const MAX_LIST_LIMIT: usize = 10_000;
+/// Default `bridge_prefix`.
+pub const DEFAULT_BRIDGE_PREFIX: &str = bridge::DEFAULT_PREFIX;
+/// Default `bridge_ttl_ms`.
+pub const DEFAULT_BRIDGE_TTL_MS: u64 = bridge::DEFAULT_TTL_MS;
+/// Default `bridge_retry_max_ms`.
+pub const DEFAULT_BRIDGE_RETRY_MAX_MS: u64 = bridge::DEFAULT_RETRY_MAX_MS;
 /// How much longer than `max_line` a relayed line can get: `* ` or `: `,
 /// a 32-byte nick, a space and `\n`, rounded up.
 const RELAY_OVERHEAD: usize = 64;
@@ -163,6 +173,19 @@ pub struct Config {
     /// Most entries in one `/who` or `/rooms` answer; the answer names where
     /// the next page starts. 1 to [`MAX_LIST_LIMIT`].
     pub max_list: usize,
+    /// `redis://[[USER]:PASSWORD@]HOST[:PORT][/DB]`: bridge rooms with the
+    /// other chat instances that use the same Redis and prefix. `None`: this
+    /// instance alone.
+    pub bridge: Option<String>,
+    /// What every Redis key and channel of the bridge starts with.
+    pub bridge_prefix: String,
+    /// Presence in Redis expires this long after the last heartbeat (one
+    /// every third of it): how long the members of a crashed instance stay
+    /// in `/who`. 1000 to 3600000.
+    pub bridge_ttl_ms: u64,
+    /// The longest wait between two attempts to reach Redis (the wait
+    /// doubles from 100 ms up to this). 100 to 600000.
+    pub bridge_retry_max_ms: u64,
 }
 
 impl Default for Config {
@@ -177,6 +200,10 @@ impl Default for Config {
             burst_bytes: None,
             quiet_above: DEFAULT_QUIET_ABOVE,
             max_list: DEFAULT_MAX_LIST,
+            bridge: None,
+            bridge_prefix: DEFAULT_BRIDGE_PREFIX.to_string(),
+            bridge_ttl_ms: DEFAULT_BRIDGE_TTL_MS,
+            bridge_retry_max_ms: DEFAULT_BRIDGE_RETRY_MAX_MS,
         }
     }
 }
@@ -237,7 +264,45 @@ impl Config {
                 self.max_list
             ));
         }
+        let prefix = &self.bridge_prefix;
+        if prefix.is_empty()
+            || prefix.len() > 200
+            || !prefix.bytes().all(|b| b.is_ascii_graphic())
+        {
+            return Err(format!(
+                "bridge_prefix = {prefix:?}: 1 to 200 printable ASCII characters, no spaces"
+            ));
+        }
+        if !(1_000..=3_600_000).contains(&self.bridge_ttl_ms) {
+            return Err(format!(
+                "bridge_ttl_ms = {} is out of range: 1000 to 3600000 ms",
+                self.bridge_ttl_ms
+            ));
+        }
+        if !(100..=600_000).contains(&self.bridge_retry_max_ms) {
+            return Err(format!(
+                "bridge_retry_max_ms = {} is out of range: 100 to 600000 ms",
+                self.bridge_retry_max_ms
+            ));
+        }
         Ok(())
+    }
+
+    /// The bridge's settings (the URL parsed and its host resolved), if
+    /// one is configured.
+    ///
+    /// # Errors
+    /// A message naming what is wrong with `bridge`.
+    fn bridge_settings(&self) -> Result<Option<bridge::Settings>, String> {
+        let Some(url) = &self.bridge else {
+            return Ok(None);
+        };
+        Ok(Some(bridge::Settings {
+            target: bridge::parse_target(url)?,
+            prefix: self.bridge_prefix.clone(),
+            ttl_ms: self.bridge_ttl_ms,
+            retry_max_ms: self.bridge_retry_max_ms,
+        }))
     }
 
     fn limits(&self) -> Limits {
@@ -306,6 +371,14 @@ pub struct Chat {
     /// was at its high watermark). Their output goes out as it drains, and
     /// they are closed once it has; no longer members of any room.
     leaving: HashMap<ConnId, VecDeque<u8>>,
+    /// The Redis bridge, if configured.
+    bridge: Option<Bridge>,
+    /// Clients waiting for the bridge to hand them a `guest-N` nick (read
+    /// paused): not members yet, so they hear nothing before the welcome.
+    joining: HashMap<ConnId, Client>,
+    /// Folded nicks a member is claiming through the bridge right now: a
+    /// second member of this instance asking for one is told it is taken.
+    claiming: HashSet<String>,
 }
 
 /// Counts refusals of one kind and says when to log about them: the first
@@ -355,8 +428,12 @@ struct Client {
     /// How many lines `waiting` holds, and their bytes without the `\n`s.
     waiting_lines: u64,
     waiting_bytes: u64,
-    /// Reading is paused (`Ctx::pause_read`) until `waiting` is empty.
+    /// Reading is paused (`Ctx::pause_read`) until `waiting` is empty and
+    /// no bridge reply is awaited.
     paused: bool,
+    /// A command of the member's waits for a reply from the bridge (its
+    /// later lines wait behind it, so replies keep their order).
+    busy: bool,
     /// The pending timer (releases waiting lines) and when it fires.
     timer: Option<(TimerId, u64)>,
 }
@@ -372,6 +449,7 @@ impl Client {
             waiting_lines: 0,
             waiting_bytes: 0,
             paused: false,
+            busy: false,
             timer: None,
         }
     }
@@ -406,6 +484,28 @@ impl Client {
         if self.waiting.is_empty() && self.waiting.capacity() > KEEP_WAITING_CAPACITY {
             self.waiting = VecDeque::new();
         }
+    }
+}
+
+/// Pauses reading a client (once); returns whether it was not paused yet.
+fn pause(ctx: &Ctx, conn: ConnId, client: &mut Client) -> bool {
+    if client.paused {
+        return false;
+    }
+    client.paused = true;
+    if let Err(e) = ctx.pause_read(conn) {
+        // Closing already: no more input comes anyway.
+        ctx.debug(format_args!("connection {conn}: pause_read: {e}"));
+    }
+    true
+}
+
+/// Reads a paused client again; loopd delivers what it holds after the
+/// current hook returns.
+fn unpause(ctx: &Ctx, conn: ConnId, client: &mut Client) {
+    if client.paused {
+        client.paused = false;
+        let _ = ctx.resume_read(conn);
     }
 }
 
@@ -585,9 +685,16 @@ impl Chat {
             member.nick
         ));
         // The room's size before this member left.
+        compose(&mut self.out, format_args!("* {} left", member.nick));
         if self.announced(self.roster.room_len(&member.room) + 1) {
-            compose(&mut self.out, format_args!("* {} left", member.nick));
             self.broadcast_out(ctx, &member.room, None);
+        }
+        self.publish_out(ctx, &member.room, KIND_JOIN);
+        if let Some(b) = self.bridge.as_mut() {
+            b.del_member(ctx, &fold(&member.nick));
+            if self.roster.room_len(&member.room) == 0 {
+                b.unsubscribe(ctx, &member.room);
+            }
         }
     }
 
@@ -607,6 +714,282 @@ impl Chat {
             let _ = ctx.close(conn, CloseMode::Abort);
             self.leave(ctx, conn, format_args!("slow consumer"));
         }
+    }
+
+    /// Handles what the bridge reported.
+    fn bridge_events(&mut self, ctx: &Ctx) {
+        while let Some(ev) = self.bridge.as_mut().and_then(Bridge::pop_event) {
+            match ev {
+                Event::Up { again } => self.bridge_up(ctx, again),
+                Event::Down => {
+                    compose(&mut self.out, format_args!("{BRIDGE_DOWN}"));
+                    for conn in self.roster.keys() {
+                        self.send_out(ctx, conn);
+                    }
+                }
+                Event::Message { room, kind, line } => self.remote_line(ctx, &room, kind, &line),
+                Event::Reply { op, value } => self.bridge_reply(ctx, op, value),
+            }
+            self.settle(ctx);
+        }
+    }
+
+    /// The bridge is up: this instance's members are registered (a nick
+    /// another instance took meanwhile is renamed), its rooms subscribed.
+    fn bridge_up(&mut self, ctx: &Ctx, again: bool) {
+        let members: Vec<(String, String)> = self
+            .roster
+            .keys()
+            .into_iter()
+            .filter_map(|k| self.roster.get(k))
+            .map(|m| (fold(&m.nick), presence(&m.nick, &m.room, &self.roster)))
+            .collect();
+        let rooms: Vec<String> = self.roster.rooms("", usize::MAX).items.iter().map(|(n, _)| fold(n)).collect();
+        let Some(b) = self.bridge.as_mut() else {
+            return;
+        };
+        b.rejoin(ctx, &members);
+        for room in rooms {
+            b.subscribe(ctx, &room);
+        }
+        if again {
+            compose(&mut self.out, format_args!("{BRIDGE_BACK}"));
+            for conn in self.roster.keys() {
+                self.send_out(ctx, conn);
+            }
+        }
+    }
+
+    /// A line another instance published to one of our rooms.
+    fn remote_line(&mut self, ctx: &Ctx, room: &str, kind: u8, line: &[u8]) {
+        let size = self.roster.room_len(room);
+        if size == 0 || (kind == KIND_JOIN && !self.announced(size)) {
+            return;
+        }
+        // What another instance relays was cleaned there; anything else
+        // (another publisher on the channel) is not passed on.
+        let clean = line.len() <= MAX_LINE_LIMIT + RELAY_OVERHEAD
+            && matches!(protocol::clean(line), Ok(std::borrow::Cow::Borrowed(_)));
+        if !clean || !matches!(kind, KIND_LINE | KIND_JOIN) {
+            ctx.debug(format_args!(
+                "bridge: dropped a message for room {room} that no chat instance sent"
+            ));
+            return;
+        }
+        self.out.clear();
+        self.out.extend_from_slice(line);
+        self.out.push(b'\n');
+        self.broadcast_out(ctx, room, None);
+    }
+
+    /// A reply from the bridge (`None`: it went down first; the member
+    /// gets what this instance alone can tell).
+    fn bridge_reply(&mut self, ctx: &Ctx, op: Op, value: Option<Value>) {
+        if let Some(Value::Error(e)) = &value {
+            ctx.warn(format_args!(
+                "bridge: Redis answered an error: {}",
+                String::from_utf8_lossy(e)
+            ));
+        }
+        let value = value.filter(|v| !matches!(v, Value::Error(_)));
+        match op {
+            Op::Guest(conn) => {
+                let nick = value
+                    .as_ref()
+                    .and_then(Value::as_bytes)
+                    .and_then(|b| std::str::from_utf8(b).ok())
+                    .map(str::to_string);
+                let Some(client) = self.joining.remove(&conn) else {
+                    // It left while waiting: the nick goes back.
+                    if let (Some(nick), Some(b)) = (nick, self.bridge.as_mut()) {
+                        b.del_member(ctx, &fold(&nick));
+                    }
+                    return;
+                };
+                let nick = match nick {
+                    Some(n) if protocol::valid_name(&n) && self.roster.holder(&n).is_none() => n,
+                    _ => self.guest_nick(),
+                };
+                self.admit(ctx, conn, nick, client);
+            }
+            Op::Nick { conn, nick } => {
+                let key = fold(&nick);
+                self.claiming.remove(&key);
+                if !self.roster.contains(conn) {
+                    if value == Some(Value::Integer(1)) {
+                        if let Some(b) = self.bridge.as_mut() {
+                            b.del_member(ctx, &key);
+                        }
+                    }
+                    return;
+                }
+                match value {
+                    Some(Value::Integer(0)) => {
+                        self.reply(ctx, conn, format_args!("! nick {nick} is taken"))
+                    }
+                    // Granted, or no answer: then it is only checked here.
+                    _ => self.rename(ctx, conn, &nick),
+                }
+                self.end_op(ctx, conn);
+            }
+            Op::Who { conn, from } => {
+                if !self.roster.contains(conn) {
+                    return;
+                }
+                let nicks = value.as_ref().and_then(Value::as_items).map(|items| {
+                    items
+                        .iter()
+                        .filter_map(|v| v.as_bytes())
+                        .filter_map(|b| std::str::from_utf8(b).ok())
+                        .map(str::to_string)
+                        .collect::<Vec<_>>()
+                });
+                let max = self.config.max_list;
+                let (page, local) = match nicks {
+                    Some(n) => (roster::page_nicks(n, max), false),
+                    None => {
+                        let room = member_room(&self.roster, conn);
+                        let p = self.roster.who(&room, &from, max);
+                        let page = Page {
+                            items: p.items.into_iter().map(str::to_string).collect(),
+                            next: p.next.map(|(n, left)| (n.to_string(), left)),
+                        };
+                        (page, true)
+                    }
+                };
+                self.answer_who(ctx, conn, &from, page, local);
+                self.end_op(ctx, conn);
+            }
+            Op::Rooms { conn, from } => {
+                if !self.roster.contains(conn) {
+                    return;
+                }
+                let rooms = value.as_ref().and_then(Value::as_items).map(|items| {
+                    items
+                        .chunks_exact(3)
+                        .filter_map(|c| {
+                            let key = std::str::from_utf8(c[0].as_bytes()?).ok()?;
+                            let name = std::str::from_utf8(c[1].as_bytes()?).ok()?;
+                            let Value::Integer(n) = c[2] else { return None };
+                            Some((key.to_string(), name.to_string(), n.max(0) as usize))
+                        })
+                        .collect::<Vec<_>>()
+                });
+                let max = self.config.max_list;
+                let (page, local) = match rooms {
+                    Some(r) => (roster::page_rooms(r, max), false),
+                    None => {
+                        let p = self.roster.rooms(&from, max);
+                        let page = Page {
+                            items: p.items.into_iter().map(|(n, c)| (n.to_string(), c)).collect(),
+                            next: p.next.map(|((n, c), left)| ((n.to_string(), c), left)),
+                        };
+                        (page, true)
+                    }
+                };
+                self.answer_rooms(ctx, conn, &from, page, local);
+                self.end_op(ctx, conn);
+            }
+            Op::Rejoin => {
+                let taken: Vec<String> = value
+                    .as_ref()
+                    .and_then(Value::as_items)
+                    .unwrap_or(&[])
+                    .iter()
+                    .filter_map(|v| v.as_bytes())
+                    .filter_map(|b| std::str::from_utf8(b).ok())
+                    .map(str::to_string)
+                    .collect();
+                for key in taken {
+                    let Some(conn) = self.roster.holder(&key) else {
+                        continue;
+                    };
+                    let Some(member) = self.roster.get(conn) else {
+                        continue;
+                    };
+                    let old = member.nick.clone();
+                    let room = member.room.clone();
+                    let name = self.roster.room_name(&room).unwrap_or(&room).to_string();
+                    let op = Op::Rename {
+                        conn,
+                        old: old.clone(),
+                    };
+                    let sent = self
+                        .bridge
+                        .as_mut()
+                        .is_some_and(|b| b.guest(ctx, &room, &name, "", op));
+                    if sent {
+                        ctx.info(format_args!(
+                            "bridge: {old} (connection {conn}) took its nick while the bridge \
+                             was down, and another server holds it: renaming"
+                        ));
+                        self.start_op(ctx, conn);
+                    }
+                }
+            }
+            Op::Rename { conn, old } => {
+                if !self.roster.contains(conn) {
+                    return;
+                }
+                let nick = value
+                    .as_ref()
+                    .and_then(Value::as_bytes)
+                    .and_then(|b| std::str::from_utf8(b).ok())
+                    .filter(|n| protocol::valid_name(n))
+                    .map(str::to_string);
+                if let Some(nick) = nick {
+                    if self.roster.rename(conn, &nick).is_ok() {
+                        self.reply(
+                            ctx,
+                            conn,
+                            format_args!(
+                                "* your nick {old} is taken on another server: you are now {nick}"
+                            ),
+                        );
+                        let room = member_room(&self.roster, conn);
+                        compose(&mut self.out, format_args!("* {old} is now {nick}"));
+                        self.tell_room_of(ctx, conn);
+                        self.publish_out(ctx, &room, KIND_LINE);
+                    }
+                }
+                self.end_op(ctx, conn);
+            }
+            Op::Hello | Op::Auth | Op::Select | Op::Plain => {}
+        }
+    }
+
+    /// A new client becomes a member named `nick`: welcomed, announced.
+    fn admit(&mut self, ctx: &Ctx, conn: ConnId, nick: String, mut client: Client) {
+        let was_paused = std::mem::take(&mut client.paused);
+        let Ok(room) = self.roster.insert(conn, &nick, LOBBY, client) else {
+            let _ = ctx.close(conn, CloseMode::Abort);
+            return;
+        };
+        if was_paused {
+            let _ = ctx.resume_read(conn);
+        }
+        ctx.debug(format_args!("{nick} joined (connection {conn})"));
+        self.reply(
+            ctx,
+            conn,
+            format_args!(
+                "* welcome to loopd chat, you are {nick} in {LOBBY} (/help lists the commands)"
+            ),
+        );
+        compose(&mut self.out, format_args!("* {nick} joined"));
+        if self.announced(self.roster.room_len(&room)) {
+            self.tell_room_of(ctx, conn);
+        }
+        self.publish_out(ctx, &room, KIND_JOIN);
+        if let Some(b) = self.bridge.as_mut() {
+            b.subscribe(ctx, &room);
+            if b.is_up() {
+                // Recorded by the guest script already when it gave the
+                // nick; set here for a nick given locally.
+                b.set_member(ctx, &fold(&nick), &presence(&nick, &room, &self.roster));
+            }
+        }
+        self.settle(ctx);
     }
 
     /// The next free `guest-N`.
@@ -640,16 +1023,13 @@ impl Chat {
     }
 
     /// One line from a member, within `max_frame` (loopd checked that):
-    /// run now if the rate limit allows it and no earlier line is waiting,
-    /// else queued behind them with the member's reading paused.
+    /// run now if the rate limit allows it and nothing of the member's is
+    /// waiting (lines, or a bridge reply), else queued behind it with the
+    /// member's reading paused.
     fn on_line(&mut self, ctx: &Ctx, conn: ConnId, line: &[u8]) {
         if line.len() > self.config.max_line {
             // max_frame is larger than max_line: loopd delivered it whole.
             return self.too_long(ctx, conn, self.config.max_line);
-        }
-        // Ignored lines cost nothing.
-        if !self.limits.enabled() || is_blank(line) {
-            return self.run(ctx, conn, line);
         }
         let limits = self.limits;
         let Some(member) = self.roster.get_mut(conn) else {
@@ -657,20 +1037,21 @@ impl Chat {
         };
         let client = &mut member.data;
         let now = ctx.now_ms();
-        if client.waiting_lines == 0
-            && (is_quit(line) || client.limiter.try_take(&limits, line.len(), now))
+        let queued = client.busy || client.waiting_lines > 0;
+        // Ignored lines cost nothing; /quit is never held to the rate.
+        if !queued
+            && (!limits.enabled()
+                || is_blank(line)
+                || is_quit(line)
+                || client.limiter.try_take(&limits, line.len(), now))
         {
             return self.run(ctx, conn, line);
         }
-        // Over the rate: the line waits, and so does the rest of the input
-        // (in loopd's buffer, then the kernel's, then the client's).
+        // The line waits, and so does the rest of the input (in loopd's
+        // buffer, then the kernel's, then the client's).
         client.push_waiting(line);
-        if !client.paused {
-            client.paused = true;
-            if let Err(e) = ctx.pause_read(conn) {
-                // Closing already: no more input comes anyway.
-                ctx.debug(format_args!("connection {conn}: pause_read: {e}"));
-            }
+        let for_rate = !client.busy;
+        if pause(ctx, conn, client) && for_rate {
             if let Some(n) = self.paused_rate.count(now) {
                 ctx.info(format_args!(
                     "rate limit ({}): paused reading {n} time(s), the latest {} (connection \
@@ -679,7 +1060,9 @@ impl Chat {
                 ));
             }
         }
-        self.arm(ctx, conn, now);
+        if for_rate {
+            self.arm(ctx, conn, now);
+        }
     }
 
     /// Sets the member's timer for when its first waiting line can go. A
@@ -716,8 +1099,8 @@ impl Chat {
     }
 
     /// Runs the member's waiting lines the rate limit allows now (`force`:
-    /// all of them); resumes reading once none is left, else sets the timer
-    /// for the next.
+    /// all of them), up to one that waits for a bridge reply; resumes
+    /// reading once nothing waits, else sets the timer for the next line.
     fn release(&mut self, ctx: &Ctx, conn: ConnId, force: bool) {
         let now = ctx.now_ms();
         let limits = self.limits;
@@ -727,12 +1110,20 @@ impl Chat {
                 return self.settle(ctx);
             };
             let client = &mut member.data;
+            if client.busy {
+                break;
+            }
             let Some(len) = client.first_waiting_len() else {
                 break;
             };
             let mut line = std::mem::take(&mut self.scratch);
             client.peek_waiting(len, &mut line);
-            if !force && !is_quit(&line) && !client.limiter.try_take(&limits, len, now) {
+            let go = force
+                || !limits.enabled()
+                || is_blank(&line)
+                || is_quit(&line)
+                || client.limiter.try_take(&limits, len, now);
+            if !go {
                 self.scratch = line;
                 break;
             }
@@ -744,16 +1135,30 @@ impl Chat {
             return self.settle(ctx);
         };
         let client = &mut member.data;
-        if client.waiting_lines == 0 {
-            if client.paused {
-                client.paused = false;
-                // loopd delivers what it holds after this hook returns.
-                let _ = ctx.resume_read(conn);
-            }
+        if client.busy {
+            // The reply releases the rest.
+        } else if client.waiting_lines == 0 {
+            unpause(ctx, conn, client);
         } else if !force {
             self.arm(ctx, conn, now);
         }
         self.settle(ctx);
+    }
+
+    /// The member now waits for a bridge reply: its reading pauses.
+    fn start_op(&mut self, ctx: &Ctx, conn: ConnId) {
+        if let Some(member) = self.roster.get_mut(conn) {
+            member.data.busy = true;
+            pause(ctx, conn, &mut member.data);
+        }
+    }
+
+    /// The reply came (or the bridge went down): run what waited behind it.
+    fn end_op(&mut self, ctx: &Ctx, conn: ConnId) {
+        if let Some(member) = self.roster.get_mut(conn) {
+            member.data.busy = false;
+            self.release(ctx, conn, false);
+        }
     }
 
     /// Runs one line: a command or text for the room, or an error reply.
@@ -782,32 +1187,48 @@ impl Chat {
             Input::Empty => {}
             Input::Say(text) => {
                 // The hot path: the line is built once, without allocating.
+                let room = member.room.clone();
                 self.out.clear();
                 self.out.extend_from_slice(member.nick.as_bytes());
                 self.out.extend_from_slice(b": ");
                 self.out.extend_from_slice(text.as_bytes());
                 self.out.push(b'\n');
                 self.tell_room_of(ctx, conn);
+                self.publish_out(ctx, &room, KIND_LINE);
             }
             Input::Me(action) => {
                 // `+ `, never `* `: an action cannot pass for a notice.
+                let room = member.room.clone();
                 compose(&mut self.out, format_args!("+ {} {action}", member.nick));
                 self.tell_room_of(ctx, conn);
+                self.publish_out(ctx, &room, KIND_LINE);
             }
             Input::Nick(nick) => {
                 if !protocol::valid_name(nick) {
                     return self.reply(ctx, conn, format_args!("! invalid nick"));
                 }
-                match self.roster.rename(conn, nick) {
-                    Err(Taken) => self.reply(ctx, conn, format_args!("! nick {nick} is taken")),
-                    Ok(old) => {
-                        self.reply(ctx, conn, format_args!("* you are now {nick}"));
-                        if old != nick {
-                            compose(&mut self.out, format_args!("* {old} is now {nick}"));
-                            self.tell_room_of(ctx, conn);
+                let key = fold(nick);
+                let holder = self.roster.holder(nick);
+                if holder.is_some_and(|h| h != conn) || self.claiming.contains(&key) {
+                    return self.reply(ctx, conn, format_args!("! nick {nick} is taken"));
+                }
+                if holder.is_none() {
+                    // A nick nobody here holds: it must be free on every
+                    // other instance too (a claim in Redis, atomically).
+                    let value = presence(nick, &member.room, &self.roster);
+                    let old = fold(&member.nick);
+                    let op = Op::Nick {
+                        conn,
+                        nick: nick.to_string(),
+                    };
+                    if let Some(b) = self.bridge.as_mut().filter(|b| b.is_up()) {
+                        if b.claim(ctx, &key, &value, &old, op) {
+                            self.claiming.insert(key);
+                            return self.start_op(ctx, conn);
                         }
                     }
                 }
+                self.rename(ctx, conn, nick);
             }
             Input::Join(room) => {
                 if !protocol::valid_name(room) {
@@ -819,13 +1240,21 @@ impl Chat {
                     let name = name.unwrap_or(room).to_string();
                     return self.reply(ctx, conn, format_args!("* you are already in {name}"));
                 };
+                compose(&mut self.out, format_args!("* {nick} left"));
                 if self.announced(self.roster.room_len(&old) + 1) {
-                    compose(&mut self.out, format_args!("* {nick} left"));
                     self.broadcast_out(ctx, &old, None);
                 }
+                self.publish_out(ctx, &old, KIND_JOIN);
                 let key = member_room(&self.roster, conn);
                 let name = self.roster.room_name(&key).unwrap_or(room).to_string();
                 let size = self.roster.room_len(&key);
+                if let Some(b) = self.bridge.as_mut() {
+                    if self.roster.room_len(&old) == 0 {
+                        b.unsubscribe(ctx, &old);
+                    }
+                    b.subscribe(ctx, &key);
+                    b.set_member(ctx, &fold(&nick), &presence(&nick, &key, &self.roster));
+                }
                 if self.announced(size) {
                     self.reply(ctx, conn, format_args!("* you are now in {name}"));
                     compose(&mut self.out, format_args!("* {nick} joined"));
@@ -840,67 +1269,48 @@ impl Chat {
                              announced in rooms of more than {quiet_above})"
                         ),
                     );
+                    compose(&mut self.out, format_args!("* {nick} joined"));
                 }
+                self.publish_out(ctx, &key, KIND_JOIN);
             }
             Input::Who(from) => {
                 let room = member.room.clone();
-                let Chat {
-                    roster,
-                    out,
-                    config,
-                    ..
-                } = self;
-                let name = roster.room_name(&room).unwrap_or(&room);
-                out.clear();
-                let _ = write!(out, "* online in {name}");
-                if !from.is_empty() {
-                    let _ = write!(out, " from {from}");
-                }
-                out.extend_from_slice(b": ");
-                let page = roster.who(&room, from, config.max_list);
-                if page.items.is_empty() {
-                    out.extend_from_slice(b"none");
-                }
-                for (i, nick) in page.items.iter().enumerate() {
-                    if i > 0 {
-                        out.extend_from_slice(b", ");
+                let op = Op::Who {
+                    conn,
+                    from: from.to_string(),
+                };
+                if let Some(b) = self.bridge.as_mut().filter(|b| b.is_up()) {
+                    if b.who(ctx, &room, from, op) {
+                        return self.start_op(ctx, conn);
                     }
-                    out.extend_from_slice(nick.as_bytes());
                 }
-                if let Some((next, left)) = page.next {
-                    let _ = write!(out, "; {left} more: /who {next}");
-                }
-                out.push(b'\n');
-                self.send_out(ctx, conn);
+                let page = self.roster.who(&room, from, self.config.max_list);
+                let page = Page {
+                    items: page.items.into_iter().map(str::to_string).collect(),
+                    next: page.next.map(|(n, left)| (n.to_string(), left)),
+                };
+                self.answer_who(ctx, conn, from, page, self.bridge.is_some());
             }
             Input::Rooms(from) => {
-                let Chat {
-                    roster,
-                    out,
-                    config,
-                    ..
-                } = self;
-                out.clear();
-                out.extend_from_slice(b"* rooms");
-                if !from.is_empty() {
-                    let _ = write!(out, " from {from}");
-                }
-                out.extend_from_slice(b": ");
-                let page = roster.rooms(from, config.max_list);
-                if page.items.is_empty() {
-                    out.extend_from_slice(b"none");
-                }
-                for (i, (name, count)) in page.items.iter().enumerate() {
-                    if i > 0 {
-                        out.extend_from_slice(b", ");
+                let op = Op::Rooms {
+                    conn,
+                    from: from.to_string(),
+                };
+                if let Some(b) = self.bridge.as_mut().filter(|b| b.is_up()) {
+                    if b.rooms(ctx, from, op) {
+                        return self.start_op(ctx, conn);
                     }
-                    let _ = write!(out, "{name} ({count})");
                 }
-                if let Some(((next, _), left)) = page.next {
-                    let _ = write!(out, "; {left} more: /rooms {next}");
-                }
-                out.push(b'\n');
-                self.send_out(ctx, conn);
+                let page = self.roster.rooms(from, self.config.max_list);
+                let page = Page {
+                    items: page
+                        .items
+                        .into_iter()
+                        .map(|(n, c)| (n.to_string(), c))
+                        .collect(),
+                    next: page.next.map(|((n, c), left)| ((n.to_string(), c), left)),
+                };
+                self.answer_rooms(ctx, conn, from, page, self.bridge.is_some());
             }
             Input::Quit => {
                 self.reply(ctx, conn, format_args!("* bye"));
@@ -921,6 +1331,105 @@ impl Chat {
         }
     }
 
+    /// Renames a member here (the bridge, if any, granted the nick); tells
+    /// it, and its room (here and on the other instances).
+    fn rename(&mut self, ctx: &Ctx, conn: ConnId, nick: &str) {
+        match self.roster.rename(conn, nick) {
+            Err(Taken) => self.reply(ctx, conn, format_args!("! nick {nick} is taken")),
+            Ok(old) => {
+                self.reply(ctx, conn, format_args!("* you are now {nick}"));
+                if old != nick {
+                    let room = member_room(&self.roster, conn);
+                    compose(&mut self.out, format_args!("* {old} is now {nick}"));
+                    self.tell_room_of(ctx, conn);
+                    self.publish_out(ctx, &room, KIND_LINE);
+                    // Down, or a change of case: the claim did not record it.
+                    let value = presence(nick, &room, &self.roster);
+                    if let Some(b) = self.bridge.as_mut() {
+                        if fold(&old) != fold(nick) {
+                            b.del_member(ctx, &fold(&old));
+                        }
+                        b.set_member(ctx, &fold(nick), &value);
+                    }
+                }
+            }
+        }
+    }
+
+    /// Formats a `/who` answer and sends it. `local`: the bridge is
+    /// configured but this answer is only this instance's.
+    fn answer_who(&mut self, ctx: &Ctx, conn: ConnId, from: &str, page: Page<String>, local: bool) {
+        let room = member_room(&self.roster, conn);
+        let Chat { roster, out, .. } = self;
+        let name = roster.room_name(&room).unwrap_or(&room);
+        out.clear();
+        let _ = write!(out, "* online in {name}");
+        if !from.is_empty() {
+            let _ = write!(out, " from {from}");
+        }
+        out.extend_from_slice(b": ");
+        if page.items.is_empty() {
+            out.extend_from_slice(b"none");
+        }
+        for (i, nick) in page.items.iter().enumerate() {
+            if i > 0 {
+                out.extend_from_slice(b", ");
+            }
+            out.extend_from_slice(nick.as_bytes());
+        }
+        if let Some((next, left)) = page.next {
+            let _ = write!(out, "; {left} more: /who {next}");
+        }
+        if local {
+            out.extend_from_slice(LOCAL_ONLY.as_bytes());
+        }
+        out.push(b'\n');
+        self.send_out(ctx, conn);
+    }
+
+    /// Formats a `/rooms` answer and sends it.
+    fn answer_rooms(
+        &mut self,
+        ctx: &Ctx,
+        conn: ConnId,
+        from: &str,
+        page: Page<(String, usize)>,
+        local: bool,
+    ) {
+        let out = &mut self.out;
+        out.clear();
+        out.extend_from_slice(b"* rooms");
+        if !from.is_empty() {
+            let _ = write!(out, " from {from}");
+        }
+        out.extend_from_slice(b": ");
+        if page.items.is_empty() {
+            out.extend_from_slice(b"none");
+        }
+        for (i, (name, count)) in page.items.iter().enumerate() {
+            if i > 0 {
+                out.extend_from_slice(b", ");
+            }
+            let _ = write!(out, "{name} ({count})");
+        }
+        if let Some(((next, _), left)) = page.next {
+            let _ = write!(out, "; {left} more: /rooms {next}");
+        }
+        if local {
+            out.extend_from_slice(LOCAL_ONLY.as_bytes());
+        }
+        out.push(b'\n');
+        self.send_out(ctx, conn);
+    }
+
+    /// Publishes `self.out` (without its `\n`) to a room's channel.
+    fn publish_out(&mut self, ctx: &Ctx, room: &str, kind: u8) {
+        if let Some(b) = self.bridge.as_mut() {
+            let line = self.out.strip_suffix(b"\n").unwrap_or(&self.out);
+            b.publish(ctx, room, kind, line);
+        }
+    }
+
     /// A member leaves on its own (`/quit`, EOF): what chat holds back for
     /// it goes to loopd, so the connection's flush sends it; the room is
     /// told now.
@@ -931,6 +1440,24 @@ impl Chat {
         self.leave(ctx, conn, why);
     }
 }
+
+/// What a member's entry in Redis holds: nick, room key, room name.
+fn presence(nick: &str, room_key: &str, roster: &Roster<ConnId, Client>) -> String {
+    let name = roster.room_name(room_key).unwrap_or(room_key);
+    format!("{nick}\n{room_key}\n{name}")
+}
+
+/// A published line for everyone in the room.
+const KIND_LINE: u8 = b'L';
+/// A published join or leave notice: each instance shows it to its members
+/// if the room is not over `quiet_above` there.
+const KIND_JOIN: u8 = b'J';
+/// The end of a `/who` or `/rooms` answer while the bridge is down.
+const LOCAL_ONLY: &str = " (this server only: the bridge to the others is down)";
+/// What members are told when the bridge goes down, and comes back.
+const BRIDGE_DOWN: &str =
+    "* the bridge to the other servers is down: until it is back, only this server's members hear you";
+const BRIDGE_BACK: &str = "* the bridge to the other servers is back";
 
 /// The room key of a member ("" if it is not one).
 fn member_room(roster: &Roster<ConnId, Client>, conn: ConnId) -> String {
@@ -966,6 +1493,19 @@ impl Handler for Chat {
             config.quiet_above,
             config.max_list
         ));
+        let bridge = match config.bridge_settings()? {
+            Some(settings) => {
+                let mut b = Bridge::new(settings, ctx);
+                b.start(ctx)?;
+                let s = b.settings();
+                ctx.info(format_args!(
+                    "bridge to {} (prefix \"{}\", presence expires after {} ms), instance id {}",
+                    s.target, s.prefix, s.ttl_ms, b.id
+                ));
+                Some(b)
+            }
+            None => None,
+        };
         Ok(Chat {
             limits: config.limits(),
             limit_text,
@@ -980,6 +1520,9 @@ impl Handler for Chat {
             refused_framing: Refusals::default(),
             paused_rate: Refusals::default(),
             leaving: HashMap::new(),
+            bridge,
+            joining: HashMap::new(),
+            claiming: HashSet::new(),
         })
     }
 
@@ -989,6 +1532,11 @@ impl Handler for Chat {
         conn: ConnId,
         info: &ConnInfo<'_>,
     ) -> Result<ChatConn, String> {
+        if let Some(b) = self.bridge.as_mut().filter(|b| b.is_link(conn)) {
+            b.on_open(ctx, conn);
+            self.bridge_events(ctx);
+            return Ok(ChatConn::default());
+        }
         let peer = peer_text(info);
         if info.framing != Framing::Line {
             let name = match info.framing {
@@ -1006,34 +1554,31 @@ impl Handler for Chat {
             return Err(format!("unsupported framing \"{name}\""));
         }
         let state = ChatConn::default();
-        if self.roster.len() >= self.config.max_clients {
+        if self.roster.len() + self.joining.len() >= self.config.max_clients {
             self.refuse_full(ctx, conn, &peer);
             return Ok(state);
         }
-        let nick = self.guest_nick();
-        let client = Client::new(peer, &self.limits, ctx.now_ms());
-        let Ok(room) = self.roster.insert(conn, &nick, LOBBY, client) else {
-            return Err(format!("nick {nick} is taken"));
-        };
-        ctx.debug(format_args!("{nick} joined (connection {conn})"));
-        self.reply(
-            ctx,
-            conn,
-            format_args!(
-                "* welcome to loopd chat, you are {nick} in {LOBBY} (/help lists the commands)"
-            ),
-        );
-        if self.announced(self.roster.room_len(&room)) {
-            compose(&mut self.out, format_args!("* {nick} joined"));
-            self.tell_room_of(ctx, conn);
+        let mut client = Client::new(peer, &self.limits, ctx.now_ms());
+        if let Some(b) = self.bridge.as_mut().filter(|b| b.is_up()) {
+            // A guest-N free on every instance: the welcome waits for it,
+            // and so does the client's input.
+            if b.guest(ctx, LOBBY, LOBBY, "", Op::Guest(conn)) {
+                pause(ctx, conn, &mut client);
+                self.joining.insert(conn, client);
+                return Ok(state);
+            }
         }
-        self.settle(ctx);
+        let nick = self.guest_nick();
+        self.admit(ctx, conn, nick, client);
         Ok(state)
     }
 
     fn on_data(&mut self, ctx: &Ctx, conn: ConnId, _state: &mut ChatConn, line: &[u8]) {
         if self.roster.contains(conn) {
             self.on_line(ctx, conn, line);
+        } else if let Some(b) = self.bridge.as_mut().filter(|b| b.is_link(conn)) {
+            b.on_data(ctx, conn, line);
+            self.bridge_events(ctx);
         }
     }
 
@@ -1105,6 +1650,11 @@ impl Handler for Chat {
     }
 
     fn on_timer(&mut self, ctx: &Ctx, timer: TimerId, user_data: u64) {
+        if let Some(b) = self.bridge.as_mut() {
+            if b.on_timer(ctx, timer) {
+                return self.bridge_events(ctx);
+            }
+        }
         let conn = ConnId::from_raw(user_data);
         let Some(member) = self.roster.get_mut(conn) else {
             return;
@@ -1117,7 +1667,13 @@ impl Handler for Chat {
     }
 
     fn on_close(&mut self, ctx: &Ctx, conn: ConnId, _state: ChatConn, reason: CloseReason) {
+        if let Some(b) = self.bridge.as_mut().filter(|b| b.is_link(conn)) {
+            b.on_close(ctx, conn);
+            return self.bridge_events(ctx);
+        }
         self.leaving.remove(&conn);
+        // Gone while waiting for its nick: the reply finds it gone.
+        self.joining.remove(&conn);
         if self.roster.contains(conn) {
             self.leave(ctx, conn, format_args!("{reason}"));
             self.settle(ctx);
@@ -1131,6 +1687,14 @@ impl Handler for Chat {
         // dropped: it goes out as loopd's queue drains (`on_writable`),
         // within loopd's shutdown_timeout_ms. Lines still waiting for the
         // rate limit are dropped (logged at debug level).
+        // Its presence leaves Redis first, while the links are up.
+        if let Some(b) = self.bridge.as_mut() {
+            b.shutdown(ctx);
+        }
+        for (conn, _) in self.joining.drain() {
+            let _ = ctx.send(conn, b"* server shutting down\n");
+            let _ = ctx.close(conn, CloseMode::Flush);
+        }
         let members = self.roster.keys();
         ctx.info(format_args!(
             "shutting down: closing {} chat client(s)",
@@ -1287,8 +1851,54 @@ mod tests {
             burst_bytes: Some(1),
             quiet_above: 0,
             max_list: 1,
+            bridge_ttl_ms: 1_000,
+            bridge_retry_max_ms: 100,
+            ..d.clone()
         };
         assert_eq!(edge.validate(), Ok(()));
+        for (c, want) in [
+            (
+                Config {
+                    bridge_prefix: String::new(),
+                    ..d.clone()
+                },
+                "bridge_prefix = \"\": 1 to 200",
+            ),
+            (
+                Config {
+                    bridge_prefix: "a b".into(),
+                    ..d.clone()
+                },
+                "bridge_prefix = \"a b\"",
+            ),
+            (
+                Config {
+                    bridge_ttl_ms: 999,
+                    ..d.clone()
+                },
+                "bridge_ttl_ms = 999 is out of range: 1000 to 3600000",
+            ),
+            (
+                Config {
+                    bridge_retry_max_ms: 600_001,
+                    ..d.clone()
+                },
+                "bridge_retry_max_ms = 600001 is out of range: 100 to 600000",
+            ),
+        ] {
+            let e = bad(c);
+            assert!(e.starts_with(want), "{e}");
+        }
+        let bridged = parse(r#"{"bridge": "rediss://127.0.0.1"}"#).unwrap();
+        assert!(bridged
+            .bridge_settings()
+            .unwrap_err()
+            .contains("rediss:// (Redis over TLS) is not supported yet"));
+        let bridged = parse(r#"{"bridge": "redis://127.0.0.1:7000/2"}"#).unwrap();
+        let s = bridged.bridge_settings().unwrap().unwrap();
+        assert_eq!((s.target.addr.port(), s.target.db), (7000, 2));
+        assert_eq!((s.prefix.as_str(), s.ttl_ms), ("loopd:chat:", 15_000));
+        assert_eq!(Config::default().bridge_settings().unwrap().is_none(), true);
         let top = Config {
             rate_lines: MAX_LINES_LIMIT,
             burst_lines: MAX_LINES_LIMIT,
