@@ -128,7 +128,7 @@ pub(crate) fn parse_target(url: &str) -> Result<Target, String> {
     let (user, password) = match auth {
         None => (None, None),
         Some(a) => {
-            let (u, p) = a.split_once(':').unwrap_or(("", a));
+            let (u, p) = a.split_once(':').unwrap_or((a, ""));
             let u = decode_percent(u).map_err(|e| format!("bridge: the username: {e}"))?;
             let p = decode_percent(p).map_err(|e| format!("bridge: the password: {e}"))?;
             ((!u.is_empty()).then_some(u), (!p.is_empty()).then_some(p))
