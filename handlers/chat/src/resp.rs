@@ -510,7 +510,8 @@ fn close(open: Open) -> Option<Value> {
 
 /// The line before the first `\r\n` of `data`, if it is there.
 fn find_line(data: &[u8], max: usize) -> Result<Option<&[u8]>, ProtocolError> {
-    let window = &data[..data.len().min(max + 2)];
+    // A line of at most `max` bytes has its CR at index `max` at the latest.
+    let window = &data[..data.len().min(max + 1)];
     match window.iter().position(|&b| b == b'\r' || b == b'\n') {
         Some(at) if data[at] == b'\n' => fail("a bare LF in a line"),
         Some(at) => match data.get(at + 1) {
@@ -785,9 +786,13 @@ mod tests {
         assert_eq!(e(b"*9999999\r\n").unwrap(), "an aggregate of 9999999 elements, over 4");
         assert_eq!(err(b"*99999999999999999999\r\n"), "a length that is not one");
         assert_eq!(e(b"*1\r\n*1\r\n*1\r\n").unwrap(), "aggregates nested over 2 deep");
-        // A line without its end: refused once it is over max_line.
+        // A line without its end: refused once it is over max_line; with
+        // its end as well (found by the fuzzer: a line of max_line + 1
+        // passed when its CRLF came in the same read).
         assert_eq!(e(b"+12345678"), None);
+        assert_eq!(e(b"+12345678\r\n"), None);
         assert_eq!(e(b"+123456789").unwrap(), "a line over 8 bytes");
+        assert_eq!(e(b"+123456789\r\n").unwrap(), "a line over 8 bytes");
         // Within each limit, but too many bytes for one value.
         assert_eq!(
             e(b"*4\r\n$10\r\n0123456789\r\n$10\r\n0123456789\r\n$10\r\n0123456789\r\n")
