@@ -33,10 +33,7 @@ use common::*;
 /// Starts a chat instance bridged to `redis`, and waits until the bridge is
 /// up.
 fn bridged(redis: &Redis, chat_keys: &str) -> Loopd {
-    let config = chat_config(
-        "",
-        &format!("bridge = \"{}\"\n{chat_keys}", redis.url()),
-    );
+    let config = chat_config("", &format!("bridge = \"{}\"\n{chat_keys}", redis.url()));
     let loopd = Loopd::start(&config);
     assert!(
         loopd.wait_for_log("bridge: connected to", TIMEOUT),
@@ -205,9 +202,7 @@ fn two_instances_share_rooms_nicks_and_lists() {
 /// sender's lines once, in order.
 fn lines_across(instances: usize, senders: usize, lines: usize) {
     let redis = Redis::start();
-    let servers: Vec<Loopd> = (0..instances)
-        .map(|_| bridged(&redis, UNLIMITED))
-        .collect();
+    let servers: Vec<Loopd> = (0..instances).map(|_| bridged(&redis, UNLIMITED)).collect();
     let addrs: Vec<SocketAddr> = servers.iter().map(|s| s.tcp("chat")).collect();
     // Members: the senders round-robin, plus one listener per instance.
     let mut members: Vec<Chatter> = Vec::new();
@@ -396,7 +391,11 @@ fn redis_killed_and_restarted_local_chat_goes_on_and_bridging_resumes() {
     a2.expect_reply("/nick ann", "* you are now ann");
     a2.nick = "ann".into();
     a.expect("* anna is now ann");
-    assert!(a_srv.wait_for_log("cannot connect to", TIMEOUT), "{}", a_srv.logs());
+    assert!(
+        a_srv.wait_for_log("cannot connect to", TIMEOUT),
+        "{}",
+        a_srv.logs()
+    );
 
     redis.restart();
     let back = "* the bridge to the other servers is back";
@@ -444,7 +443,10 @@ fn a_killed_instance_s_members_expire_and_a_stopped_one_s_go_at_once() {
     a_srv.wait_exit(TIMEOUT);
     let started = Instant::now();
     let asked = wait_for_who(&mut b, "* online in lobby: bob, carol", TIMEOUT);
-    figure("chat_bridge.killed_expired_ms", started.elapsed().as_millis());
+    figure(
+        "chat_bridge.killed_expired_ms",
+        started.elapsed().as_millis(),
+    );
     figure("chat_bridge.killed_who_asked", asked);
     // Its nick is free again.
     b.expect_reply("/nick alice", "* you are now alice");
@@ -464,7 +466,10 @@ fn a_killed_instance_s_members_expire_and_a_stopped_one_s_go_at_once() {
     c_srv.signal(libc::SIGTERM);
     assert!(c_srv.wait_exit(TIMEOUT).success());
     assert_eq!(redis.command(&["EXISTS", &key]), ":0", "{}", c_srv.logs());
-    assert_eq!(redis.command(&["SISMEMBER", "loopd:chat:instances", &id]), ":0");
+    assert_eq!(
+        redis.command(&["SISMEMBER", "loopd:chat:instances", &id]),
+        ":0"
+    );
     b.expect_reply("/who", "* online in lobby: bob");
     b_srv.assert_no_unexpected_errors();
 }
@@ -527,13 +532,19 @@ fn a_remote_slow_consumer_is_cut_off_by_its_own_instance_only() {
     // The sender's instance never saw a slow consumer: slow is not its.
     let a_logs = a_srv.logs();
     figure("chat_bridge.slow_lines", n);
-    figure("chat_bridge.slow_fast_readers_got", format!("{got_a}+{got_b}"));
+    figure(
+        "chat_bridge.slow_fast_readers_got",
+        format!("{got_a}+{got_b}"),
+    );
     figure(
         "chat_bridge.slow_cut_on_sender_instance",
         a_logs.matches("slow consumer").count(),
     );
     assert!(!a_logs.contains("slow consumer"), "{a_logs}");
-    assert_eq!(b_srv.logs().matches("disconnecting slow consumer").count(), 1);
+    assert_eq!(
+        b_srv.logs().matches("disconnecting slow consumer").count(),
+        1
+    );
     // The sender was never disturbed: it hears slow leave, like anyone.
     sender.expect("* slow left");
     sender.expect_quiet();

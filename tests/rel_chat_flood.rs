@@ -321,7 +321,10 @@ fn a_flooding_sender_is_read_at_the_rate_and_twenty_500_kbps_readers_keep_everyt
         assert!(s.still_connected, "reader {i}: {s:?}");
         // Nothing refused, nothing lost, nothing twice: 0, 1, 2, ...
         let want: Vec<u64> = (0..s.flood.len() as u64).collect();
-        assert!(s.flood == want, "reader {i}: a gap, a repeat or out of order");
+        assert!(
+            s.flood == want,
+            "reader {i}: a gap, a repeat or out of order"
+        );
     }
     assert_eq!(complete, READERS);
     assert!(relayed >= 20, "less than a burst: {relayed}");

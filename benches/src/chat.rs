@@ -792,7 +792,15 @@ pub fn bench_bridge(ctx: &Ctx) -> Result<Bench> {
             .run(ctx.run, &mut |s| probe.mark(s))
             .context("one instance")?;
         let (cpu, wall) = probe.result(ctx.tck);
-        push_row(&mut case, "loopd (1 instance)", &out, cpu, wall, round, ctx.rounds);
+        push_row(
+            &mut case,
+            "loopd (1 instance)",
+            &out,
+            cpu,
+            wall,
+            round,
+            ctx.rounds,
+        );
         // Two bridged instances and Redis: the three probes bracket the
         // same window.
         let (mut p0, mut p1, mut pr) = (
@@ -830,7 +838,15 @@ pub fn bench_bridge(ctx: &Ctx) -> Result<Bench> {
 }
 
 /// Adds one run's figures to `case` and prints them.
-fn push_row(case: &mut Case, name: &str, out: &Outcome, cpu: f64, wall: f64, round: usize, rounds: usize) {
+fn push_row(
+    case: &mut Case,
+    name: &str,
+    out: &Outcome,
+    cpu: f64,
+    wall: f64,
+    round: usize,
+    rounds: usize,
+) {
     let mut m = BTreeMap::new();
     let secs = out.elapsed.as_secs_f64();
     m.insert("ops_per_s".into(), out.deliveries as f64 / secs);

@@ -37,7 +37,14 @@ impl Redis {
         assert!(self.child.is_none(), "redis-server is running already");
         let child = Command::new("redis-server")
             .args(["--bind", "127.0.0.1", "--port", &self.port.to_string()])
-            .args(["--save", "", "--appendonly", "no", "--protected-mode", "yes"])
+            .args([
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+                "--protected-mode",
+                "yes",
+            ])
             .arg("--dir")
             .arg(self.dir.path())
             .stdin(Stdio::null())
@@ -53,7 +60,10 @@ impl Redis {
         self.child = Some(child);
         let deadline = Instant::now() + TIMEOUT;
         while self.try_command(&["PING"]).as_deref() != Some("+PONG") {
-            assert!(Instant::now() < deadline, "redis-server did not answer PING");
+            assert!(
+                Instant::now() < deadline,
+                "redis-server did not answer PING"
+            );
             std::thread::sleep(Duration::from_millis(20));
         }
     }
@@ -86,7 +96,8 @@ impl Redis {
     }
 
     pub fn command(&self, args: &[&str]) -> String {
-        self.try_command(args).expect("redis-server is not answering")
+        self.try_command(args)
+            .expect("redis-server is not answering")
     }
 }
 

@@ -150,9 +150,8 @@ pub(crate) fn parse_target(url: &str) -> Result<Target, String> {
             }
         },
     };
-    let (host, port) = split_host_port(hostport).map_err(|e| {
-        format!("bridge = \"{}\": {e}", redact(url))
-    })?;
+    let (host, port) =
+        split_host_port(hostport).map_err(|e| format!("bridge = \"{}\": {e}", redact(url)))?;
     let addr = (host.as_str(), port)
         .to_socket_addrs()
         .map_err(|e| format!("bridge: cannot resolve {host}: {e}"))?
@@ -261,14 +260,26 @@ pub(crate) enum Op {
     /// A `guest-N` nick for a connection that is joining.
     Guest(ConnId),
     /// A `/nick` claim.
-    Nick { conn: ConnId, nick: String },
+    Nick {
+        conn: ConnId,
+        nick: String,
+    },
     /// `/who` and `/rooms` answers.
-    Who { conn: ConnId, from: String },
-    Rooms { conn: ConnId, from: String },
+    Who {
+        conn: ConnId,
+        from: String,
+    },
+    Rooms {
+        conn: ConnId,
+        from: String,
+    },
     /// The members re-registered after (re)connecting.
     Rejoin,
     /// A member renamed because its nick was taken elsewhere meanwhile.
-    Rename { conn: ConnId, old: String },
+    Rename {
+        conn: ConnId,
+        old: String,
+    },
 }
 
 /// What the chat instance must act on.
@@ -280,7 +291,11 @@ pub(crate) enum Event {
     /// The bridge went down (it had been up).
     Down,
     /// Another instance published `line` (of `kind`) to room `room`.
-    Message { room: String, kind: u8, line: Vec<u8> },
+    Message {
+        room: String,
+        kind: u8,
+        line: Vec<u8>,
+    },
     /// The reply to `op`; `None` if the link went down first.
     Reply { op: Op, value: Option<Value> },
 }
@@ -718,7 +733,11 @@ impl Bridge {
         if self.stopping || self.retry.is_some() {
             return;
         }
-        let delay = backoff(self.attempts, self.settings.retry_max_ms, self.next_random());
+        let delay = backoff(
+            self.attempts,
+            self.settings.retry_max_ms,
+            self.next_random(),
+        );
         self.attempts = self.attempts.saturating_add(1);
         match ctx.set_timer(Duration::from_millis(delay), 0) {
             Ok(t) => self.retry = Some(t),
@@ -762,7 +781,11 @@ impl Bridge {
         let ttl = self.settings.ttl_ms.to_string();
         let set = format!("{}instances", self.settings.prefix);
         let id = self.id.clone();
-        self.send_cmd(ctx, &[b"PEXPIRE", key.as_bytes(), ttl.as_bytes()], Op::Plain);
+        self.send_cmd(
+            ctx,
+            &[b"PEXPIRE", key.as_bytes(), ttl.as_bytes()],
+            Op::Plain,
+        );
         self.send_cmd(ctx, &[b"SADD", set.as_bytes(), id.as_bytes()], Op::Plain);
         if let Some(conn) = self.sub.as_ref().map(|l| l.conn) {
             self.command(ctx, conn, &[b"PING"], Op::Plain);
@@ -886,7 +909,11 @@ impl Bridge {
             &[b"HSET", key.as_bytes(), fold.as_bytes(), value.as_bytes()],
             Op::Plain,
         ) {
-            self.send_cmd(ctx, &[b"PEXPIRE", key.as_bytes(), ttl.as_bytes()], Op::Plain);
+            self.send_cmd(
+                ctx,
+                &[b"PEXPIRE", key.as_bytes(), ttl.as_bytes()],
+                Op::Plain,
+            );
         }
     }
 
@@ -910,7 +937,14 @@ impl Bridge {
     /// Allocates a `guest-N` nick free everywhere and records it with
     /// `room`; the reply is the nick. `old` (a folded nick or "") is
     /// removed in the same step.
-    pub(crate) fn guest(&mut self, ctx: &Ctx, room_key: &str, room_name: &str, old: &str, op: Op) -> bool {
+    pub(crate) fn guest(
+        &mut self,
+        ctx: &Ctx,
+        room_key: &str,
+        room_name: &str,
+        old: &str,
+        op: Op,
+    ) -> bool {
         self.script(
             ctx,
             SCRIPT_GUEST,
@@ -954,7 +988,10 @@ impl Bridge {
         self.send_cmd(ctx, &[b"DEL", key.as_bytes()], Op::Plain);
         self.send_cmd(ctx, &[b"SREM", set.as_bytes(), id.as_bytes()], Op::Plain);
         self.stopping = true;
-        for timer in [self.retry.take(), self.heartbeat.take()].into_iter().flatten() {
+        for timer in [self.retry.take(), self.heartbeat.take()]
+            .into_iter()
+            .flatten()
+        {
             let _ = ctx.cancel_timer(timer);
         }
         for link in [self.cmd.as_ref(), self.sub.as_ref()].into_iter().flatten() {
@@ -983,8 +1020,15 @@ fn unknown_command(error: &[u8]) -> bool {
 
 /// A message from the subscriber link, if it is another instance's line
 /// for one of our rooms.
-pub(crate) fn decode_message(prefix: &str, me: &str, channel: &[u8], payload: &[u8]) -> Option<Event> {
-    let room = channel.strip_prefix(prefix.as_bytes())?.strip_prefix(b"room:")?;
+pub(crate) fn decode_message(
+    prefix: &str,
+    me: &str,
+    channel: &[u8],
+    payload: &[u8],
+) -> Option<Event> {
+    let room = channel
+        .strip_prefix(prefix.as_bytes())?
+        .strip_prefix(b"room:")?;
     let room = std::str::from_utf8(room).ok()?.to_string();
     let mut parts = payload.splitn(3, |&b| b == SEP);
     let from = parts.next()?;
@@ -1144,7 +1188,10 @@ mod tests {
         let t = parse_target("redis://127.0.0.1:7777/3").unwrap();
         assert_eq!((t.addr.port(), t.db), (7777, 3));
         let t = parse_target("redis://:s%40cret@127.0.0.1:1/").unwrap();
-        assert_eq!((t.user, t.password.as_deref(), t.db), (None, Some("s@cret"), 0));
+        assert_eq!(
+            (t.user, t.password.as_deref(), t.db),
+            (None, Some("s@cret"), 0)
+        );
         let t = parse_target("redis://bob:pw:with:colons@[::1]:6380/15").unwrap();
         assert_eq!(t.user.as_deref(), Some("bob"));
         assert_eq!(t.password.as_deref(), Some("pw:with:colons"));
@@ -1162,7 +1209,10 @@ mod tests {
     #[test]
     fn bad_urls_say_what_is_wrong_and_never_show_the_password() {
         for (url, want) in [
-            ("rediss://127.0.0.1", "rediss:// (Redis over TLS) is not supported yet"),
+            (
+                "rediss://127.0.0.1",
+                "rediss:// (Redis over TLS) is not supported yet",
+            ),
             ("http://127.0.0.1", "expected redis://"),
             ("redis://127.0.0.1:0", "the port \"0\" is not 1 to 65535"),
             ("redis://127.0.0.1:99999", "the port \"99999\""),
@@ -1185,7 +1235,14 @@ mod tests {
 
     #[test]
     fn the_backoff_doubles_to_its_cap_with_jitter_in_the_upper_half() {
-        for (attempts, full) in [(0, 100), (1, 200), (2, 400), (5, 3_200), (6, 5_000), (40, 5_000)] {
+        for (attempts, full) in [
+            (0, 100),
+            (1, 200),
+            (2, 400),
+            (5, 3_200),
+            (6, 5_000),
+            (40, 5_000),
+        ] {
             let lo = backoff(attempts, 5_000, 0);
             let hi = backoff(attempts, 5_000, u64::MAX - 1);
             assert_eq!(lo, full / 2, "attempt {attempts}");
@@ -1217,9 +1274,15 @@ mod tests {
 
     #[test]
     fn hello_errors_that_mean_an_old_server_are_told_apart() {
-        assert!(unknown_command(b"ERR unknown command 'HELLO', with args beginning with: '3'"));
+        assert!(unknown_command(
+            b"ERR unknown command 'HELLO', with args beginning with: '3'"
+        ));
         assert!(unknown_command(b"NOPROTO unsupported protocol version"));
-        assert!(!unknown_command(b"WRONGPASS invalid username-password pair"));
-        assert!(!unknown_command(b"NOAUTH HELLO must be called with the client already authenticated"));
+        assert!(!unknown_command(
+            b"WRONGPASS invalid username-password pair"
+        ));
+        assert!(!unknown_command(
+            b"NOAUTH HELLO must be called with the client already authenticated"
+        ));
     }
 }

@@ -265,9 +265,7 @@ impl Config {
             ));
         }
         let prefix = &self.bridge_prefix;
-        if prefix.is_empty()
-            || prefix.len() > 200
-            || !prefix.bytes().all(|b| b.is_ascii_graphic())
+        if prefix.is_empty() || prefix.len() > 200 || !prefix.bytes().all(|b| b.is_ascii_graphic())
         {
             return Err(format!(
                 "bridge_prefix = {prefix:?}: 1 to 200 printable ASCII characters, no spaces"
@@ -744,7 +742,13 @@ impl Chat {
             .filter_map(|k| self.roster.get(k))
             .map(|m| (fold(&m.nick), presence(&m.nick, &m.room, &self.roster)))
             .collect();
-        let rooms: Vec<String> = self.roster.rooms("", usize::MAX).items.iter().map(|(n, _)| fold(n)).collect();
+        let rooms: Vec<String> = self
+            .roster
+            .rooms("", usize::MAX)
+            .items
+            .iter()
+            .map(|(n, _)| fold(n))
+            .collect();
         let Some(b) = self.bridge.as_mut() else {
             return;
         };
@@ -881,7 +885,11 @@ impl Chat {
                     None => {
                         let p = self.roster.rooms(&from, max);
                         let page = Page {
-                            items: p.items.into_iter().map(|(n, c)| (n.to_string(), c)).collect(),
+                            items: p
+                                .items
+                                .into_iter()
+                                .map(|(n, c)| (n.to_string(), c))
+                                .collect(),
                             next: p.next.map(|((n, c), left)| ((n.to_string(), c), left)),
                         };
                         (page, true)

@@ -317,10 +317,7 @@ impl Parser {
         loop {
             let Some((value, used)) = self.element()? else {
                 if self.buffered() > self.limits.max_value.saturating_sub(self.value_bytes) {
-                    return fail(format!(
-                        "a value over {} bytes",
-                        self.limits.max_value
-                    ));
+                    return fail(format!("a value over {} bytes", self.limits.max_value));
                 }
                 return Ok(None);
             };
@@ -608,10 +605,18 @@ mod tests {
     fn commands_are_arrays_of_bulk_strings() {
         let mut out = Vec::new();
         encode_command(&mut out, &[b"SET", b"k", b"a\r\nb", b""]);
-        assert_eq!(out, b"*4\r\n$3\r\nSET\r\n$1\r\nk\r\n$4\r\na\r\nb\r\n$0\r\n\r\n");
+        assert_eq!(
+            out,
+            b"*4\r\n$3\r\nSET\r\n$1\r\nk\r\n$4\r\na\r\nb\r\n$0\r\n\r\n"
+        );
         // And they parse back.
         let v = one(&out);
-        let items: Vec<&[u8]> = v.as_items().unwrap().iter().map(|i| i.as_bytes().unwrap()).collect();
+        let items: Vec<&[u8]> = v
+            .as_items()
+            .unwrap()
+            .iter()
+            .map(|i| i.as_bytes().unwrap())
+            .collect();
         assert_eq!(items, [&b"SET"[..], b"k", b"a\r\nb", b""]);
     }
 
@@ -642,14 +647,20 @@ mod tests {
         assert_eq!(one(b"#f\r\n"), Value::Boolean(false));
         assert_eq!(one(b",1.5e3\r\n"), Value::Double(b"1.5e3".to_vec()));
         assert_eq!(one(b",-inf\r\n"), Value::Double(b"-inf".to_vec()));
-        assert_eq!(one(b"(-12345678901234567890123\r\n"), Value::BigNumber(b"-12345678901234567890123".to_vec()));
+        assert_eq!(
+            one(b"(-12345678901234567890123\r\n"),
+            Value::BigNumber(b"-12345678901234567890123".to_vec())
+        );
         assert_eq!(one(b"!5\r\nERR x\r\n"), Value::Error(b"ERR x".to_vec()));
         assert_eq!(one(b"=8\r\ntxt:some\r\n"), Value::Bulk(b"some".to_vec()));
         assert_eq!(
             one(b"%2\r\n+a\r\n:1\r\n$1\r\nb\r\n~1\r\n#t\r\n"),
             Value::Map(vec![
                 (Value::Simple(b"a".to_vec()), Value::Integer(1)),
-                (Value::Bulk(b"b".to_vec()), Value::Set(vec![Value::Boolean(true)])),
+                (
+                    Value::Bulk(b"b".to_vec()),
+                    Value::Set(vec![Value::Boolean(true)])
+                ),
             ])
         );
         let push = one(b">3\r\n$7\r\nmessage\r\n$4\r\nroom\r\n$5\r\nhello\r\n");
@@ -666,7 +677,10 @@ mod tests {
         let v = all(b"|1\r\n+ttl\r\n:3\r\n:7\r\n*2\r\n|1\r\n+a\r\n+b\r\n:1\r\n:2\r\n").unwrap();
         assert_eq!(
             v,
-            [Value::Integer(7), Value::Array(vec![Value::Integer(1), Value::Integer(2)])]
+            [
+                Value::Integer(7),
+                Value::Array(vec![Value::Integer(1), Value::Integer(2)])
+            ]
         );
         assert_eq!(one(b"%0\r\n"), Value::Map(Vec::new()));
         assert_eq!(all(b"|0\r\n:5\r\n").unwrap(), [Value::Integer(5)]);
@@ -714,7 +728,10 @@ mod tests {
             Value::Boolean(false),
             Value::Double(b"nan".to_vec()),
             Value::BigNumber(b"1".to_vec()),
-            Value::Array(vec![Value::Set(vec![]), Value::Push(vec![Value::Integer(1)])]),
+            Value::Array(vec![
+                Value::Set(vec![]),
+                Value::Push(vec![Value::Integer(1)]),
+            ]),
             Value::Map(vec![(Value::Null, Value::Map(vec![]))]),
         ];
         for v in values {
@@ -749,7 +766,11 @@ mod tests {
             (b"=2\r\nab\r\n", "a verbatim string without its format"),
         ] {
             let e = err(bytes);
-            assert!(e.starts_with(want), "{:?}: {e}", String::from_utf8_lossy(bytes));
+            assert!(
+                e.starts_with(want),
+                "{:?}: {e}",
+                String::from_utf8_lossy(bytes)
+            );
         }
         let mut p = Parser::default();
         p.feed(b"+OK\r\n!x\r\n");
@@ -783,9 +804,18 @@ mod tests {
         assert_eq!(e(b"$11\r\n").unwrap(), "a string of 11 bytes, over 10");
         assert_eq!(e(b"*5\r\n").unwrap(), "an aggregate of 5 elements, over 4");
         assert_eq!(e(b"%3\r\n").unwrap(), "an aggregate of 3 elements, over 4");
-        assert_eq!(e(b"*9999999\r\n").unwrap(), "an aggregate of 9999999 elements, over 4");
-        assert_eq!(err(b"*99999999999999999999\r\n"), "a length that is not one");
-        assert_eq!(e(b"*1\r\n*1\r\n*1\r\n").unwrap(), "aggregates nested over 2 deep");
+        assert_eq!(
+            e(b"*9999999\r\n").unwrap(),
+            "an aggregate of 9999999 elements, over 4"
+        );
+        assert_eq!(
+            err(b"*99999999999999999999\r\n"),
+            "a length that is not one"
+        );
+        assert_eq!(
+            e(b"*1\r\n*1\r\n*1\r\n").unwrap(),
+            "aggregates nested over 2 deep"
+        );
         // A line without its end: refused once it is over max_line; with
         // its end as well (found by the fuzzer: a line of max_line + 1
         // passed when its CRLF came in the same read).
@@ -795,12 +825,14 @@ mod tests {
         assert_eq!(e(b"+123456789\r\n").unwrap(), "a line over 8 bytes");
         // Within each limit, but too many bytes for one value.
         assert_eq!(
-            e(b"*4\r\n$10\r\n0123456789\r\n$10\r\n0123456789\r\n$10\r\n0123456789\r\n")
-                .unwrap(),
+            e(b"*4\r\n$10\r\n0123456789\r\n$10\r\n0123456789\r\n$10\r\n0123456789\r\n").unwrap(),
             "a value over 40 bytes"
         );
         // The edges pass.
-        assert_eq!(e(b"$10\r\n0123456789\r\n*4\r\n:1\r\n:2\r\n:3\r\n:4\r\n"), None);
+        assert_eq!(
+            e(b"$10\r\n0123456789\r\n*4\r\n:1\r\n:2\r\n:3\r\n:4\r\n"),
+            None
+        );
         // A huge announced array holds no more than what arrived.
         let mut p = Parser::default();
         p.feed(b"*1000000\r\n:1\r\n");

@@ -80,7 +80,10 @@ pub(crate) fn page_nicks(mut nicks: Vec<String>, max: usize) -> Page<String> {
 
 /// A page of at most `max` rooms (key, name, members) gathered elsewhere,
 /// sorted by key as [`Roster::rooms`] sorts.
-pub(crate) fn page_rooms(mut rooms: Vec<(String, String, usize)>, max: usize) -> Page<(String, usize)> {
+pub(crate) fn page_rooms(
+    mut rooms: Vec<(String, String, usize)>,
+    max: usize,
+) -> Page<(String, usize)> {
     rooms.sort_unstable_by(|a, b| a.0.cmp(&b.0));
     let mut it = rooms.into_iter().map(|(_, name, n)| (name, n));
     let items = it.by_ref().take(max).collect();
