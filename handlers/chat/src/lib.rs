@@ -1906,7 +1906,7 @@ mod tests {
         let s = bridged.bridge_settings().unwrap().unwrap();
         assert_eq!((s.target.addr.port(), s.target.db), (7000, 2));
         assert_eq!((s.prefix.as_str(), s.ttl_ms), ("loopd:chat:", 15_000));
-        assert_eq!(Config::default().bridge_settings().unwrap().is_none(), true);
+        assert!(Config::default().bridge_settings().unwrap().is_none());
         let top = Config {
             rate_lines: MAX_LINES_LIMIT,
             burst_lines: MAX_LINES_LIMIT,
