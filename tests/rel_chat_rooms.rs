@@ -12,9 +12,9 @@
 //!   100, then one leave notice each for the next;
 //! - `/rooms` answers at most 100 rooms (under 5 kB), with a cursor; walking
 //!   the cursor lists each of the 5,001 rooms exactly once, in order;
-//! - 10,000 `/rooms` sent at once get at most a burst, a burst waiting and
-//!   10 a second answered; the rest are reported in `! slow down`, and every
-//!   one of the 10,000 is accounted for.
+//! - 10,000 `/rooms` sent at once get a burst and then 10 a second
+//!   answered, and nothing else (nothing refused): chat stops reading the
+//!   client while its commands wait.
 //!
 //! The figures are counts and bytes; loopd's CPU time is reported, not
 //! asserted.
@@ -270,66 +270,50 @@ fn join_storms_room_lists_and_command_floods_stay_bounded() {
     );
     assert!(who.len() < MAX_LIST * 34 + 64, "{} bytes", who.len());
 
-    // 3. A command flood: 10,000 /rooms at once, then /quit.
+    // 3. A command flood: 10,000 /rooms at once, then /quit. chat runs
+    // them at the rate limit, not reading the rest meanwhile; after the
+    // window the client hangs up (loopd notices when the next answer
+    // bounces) and the rest are never run.
     let commands = 10_000;
     let mut blast = "/rooms\n".repeat(commands);
     blast.push_str("/quit\n");
+    let window = tier(Duration::from_secs(3), Duration::from_secs(10));
     let started = Instant::now();
     fleet.send(0, blast.as_bytes());
     #[derive(Default)]
     struct Flood {
         answers: usize,
         answer_bytes: usize,
-        refused: usize,
-        notices: usize,
-        bye: bool,
         unexpected: Vec<String>,
     }
     let mut f = Flood::default();
-    fleet.run_until(
-        &mut f,
-        "the command flood's answers and the goodbye",
-        |f, i, line| {
+    while started.elapsed() < window {
+        fleet.poll(Duration::from_millis(100), |i, line| {
             assert_eq!(i, 0, "client {i} got {:?}", text(line));
             let line = text(line);
             if line.starts_with("* rooms: ") {
                 f.answers += 1;
                 f.answer_bytes += line.len() + 1;
-            } else if let Some(rest) = line.strip_prefix("! slow down: ") {
-                f.refused += rest
-                    .split(' ')
-                    .next()
-                    .and_then(|n| n.parse::<usize>().ok())
-                    .unwrap_or_else(|| panic!("{line:?}"));
-                f.notices += 1;
-            } else if line == "* bye" {
-                f.bye = true;
             } else {
                 f.unexpected.push(line.to_string());
             }
-        },
-        |f| f.bye,
-    );
+        });
+    }
     let elapsed = started.elapsed();
-    let bound = 20 + 20 + (10.0 * (elapsed.as_secs_f64() + 1.0)) as usize;
+    fleet.close(0);
+    let bound = 20 + (10.0 * (elapsed.as_secs_f64() + 1.0)) as usize;
     figure("rel_chat_rooms.command_flood_sent", commands);
     figure("rel_chat_rooms.command_flood_answered", f.answers);
     figure("rel_chat_rooms.command_flood_answered_bound", bound);
-    figure("rel_chat_rooms.command_flood_refused_reported", f.refused);
-    figure("rel_chat_rooms.command_flood_notices", f.notices);
     figure("rel_chat_rooms.command_flood_answer_bytes", f.answer_bytes);
     figure(
         "rel_chat_rooms.command_flood_unpaged_unlimited_bytes",
         commands * unpaged_bytes,
     );
+    // Only answers: nothing refused.
     assert!(f.unexpected.is_empty(), "{:?}", f.unexpected);
-    assert_eq!(
-        f.answers + f.refused,
-        commands,
-        "every command accounted for"
-    );
     assert!(
-        f.answers >= 40 && f.answers <= bound,
+        f.answers >= 20 && f.answers <= bound,
         "{} answered",
         f.answers
     );

@@ -223,6 +223,10 @@ pub struct Rig {
     latencies: Vec<u64>,
     /// PUBLISH replies that named another receiver count.
     bad_replies: u64,
+    /// Receivers are spread over several bridged servers: a sync message
+    /// may miss one whose server has not subscribed yet, so a sync round
+    /// that is not complete soon is tried again.
+    retry_sync: bool,
 }
 
 impl std::fmt::Debug for Rig {
@@ -248,9 +252,20 @@ impl Rig {
     /// Connects `n` receivers and the publishers, and waits until every
     /// receiver is subscribed (a first message reached all of them).
     pub fn connect(addr: SocketAddr, proto: Proto, n: usize) -> Result<Rig> {
+        Rig::connect_split(&[addr], proto, n)
+    }
+
+    /// [`Rig::connect`] with receiver `r` on `addrs[r % len]` and
+    /// publisher `p` on `addrs[p % len]`: chat instances bridged by Redis.
+    pub fn connect_split(addrs: &[SocketAddr], proto: Proto, n: usize) -> Result<Rig> {
         let poller = Poller::new()?;
         let mut conns = Vec::with_capacity(n + PUBLISHERS);
-        for (i, stream) in connect_many(addr, n + PUBLISHERS)?.into_iter().enumerate() {
+        let mut streams = Vec::with_capacity(n + PUBLISHERS);
+        for i in 0..n + PUBLISHERS {
+            let k = if i < n { i } else { i - n };
+            streams.extend(connect_many(addrs[k % addrs.len()], 1)?);
+        }
+        for (i, stream) in streams.into_iter().enumerate() {
             stream.set_nonblocking(true)?;
             // SAFETY: every stream is deleted from the poller in Drop before
             // it is closed.
@@ -278,6 +293,7 @@ impl Rig {
             completed: 0,
             latencies: Vec::new(),
             bad_replies: 0,
+            retry_sync: addrs.len() > 1,
         };
         if proto == Proto::Redis {
             let sub = format!(
@@ -315,10 +331,14 @@ impl Rig {
         self.conns[p0].stream.write_all(&bytes)?;
         let mut events = Events::new();
         let mut reply: Option<i64> = None;
+        let round_start = Instant::now();
         loop {
             let all = self.syncs.iter().all(|&s| s == self.sync_round);
             if all && (self.proto == Proto::Line || reply.is_some()) {
                 return Ok(true);
+            }
+            if self.retry_sync && round_start.elapsed() > Duration::from_millis(500) {
+                return Ok(false);
             }
             if let Some(count) = reply {
                 if count < self.n as i64 && self.proto == Proto::Redis {
@@ -728,6 +748,124 @@ pub fn bench(ctx: &Ctx) -> Result<Bench> {
         server.stop();
     }
     Ok(bench)
+}
+
+/// Receivers in the bridge benchmark.
+const BRIDGE_N: usize = 1000;
+
+/// The chat bridge (`loopd-bench chat-bridge`): deliveries per second for
+/// N = 1000 receivers split over two loopd chat instances bridged through
+/// redis-server, against the same N on one instance. The publishers are
+/// split too, so half of every message crosses Redis. CPU is loopd's (both
+/// instances) plus, for the bridged row, redis-server's.
+pub fn bench_bridge(ctx: &Ctx) -> Result<Bench> {
+    let mut bench = Bench {
+        id: "chat-bridge".into(),
+        ..Bench::default()
+    };
+    bench.skipped = handler_built(ctx, "chat");
+    if bench.skipped.is_some() {
+        return Ok(bench);
+    }
+    let n = if ctx.smoke { 20 } else { BRIDGE_N };
+    let (mut redis, redis_addr) = start_redis(ctx)?;
+    let (mut single, single_addr) = start_loopd_chat(ctx)?;
+    let bridged_config = format!("{NO_RATE_LIMIT}bridge = \"redis://{redis_addr}\"\n");
+    let (mut b0, a0) = start_loopd_chat_from(ctx, &ctx.bin, "loopd-bridge-0", &bridged_config)?;
+    let (mut b1, a1) = start_loopd_chat_from(ctx, &ctx.bin, "loopd-bridge-1", &bridged_config)?;
+    let t = Instant::now();
+    let mut one = Rig::connect(single_addr, Proto::Line, n).context("one instance")?;
+    let mut two = Rig::connect_split(&[a0, a1], Proto::Line, n).context("two bridged instances")?;
+    println!(
+        "chat-bridge: {n} receivers on one instance, and on two bridged ones, connected and checked in {:.1} s",
+        t.elapsed().as_secs_f64()
+    );
+    let mut case = Case {
+        label: format!("N = {n}"),
+        params: [("receivers".into(), n as f64)].into(),
+        peers: Vec::new(),
+    };
+    for round in 0..ctx.rounds.max(1) {
+        // One instance.
+        let mut probe = CpuProbe::new(&mut single);
+        let out = one
+            .run(ctx.run, &mut |s| probe.mark(s))
+            .context("one instance")?;
+        let (cpu, wall) = probe.result(ctx.tck);
+        push_row(
+            &mut case,
+            "loopd (1 instance)",
+            &out,
+            cpu,
+            wall,
+            round,
+            ctx.rounds,
+        );
+        // Two bridged instances and Redis: the three probes bracket the
+        // same window.
+        let (mut p0, mut p1, mut pr) = (
+            CpuProbe::new(&mut b0),
+            CpuProbe::new(&mut b1),
+            CpuProbe::new(&mut redis),
+        );
+        let out = two
+            .run(ctx.run, &mut |s| {
+                p0.mark(s)?;
+                p1.mark(s)?;
+                pr.mark(s)
+            })
+            .context("two bridged instances")?;
+        let (c0, wall) = p0.result(ctx.tck);
+        let (c1, _) = p1.result(ctx.tck);
+        let (cr, _) = pr.result(ctx.tck);
+        push_row(
+            &mut case,
+            "loopd x2 + redis (bridged)",
+            &out,
+            c0 + c1 + cr,
+            wall,
+            round,
+            ctx.rounds,
+        );
+    }
+    bench.cases.push(case);
+    drop((one, two));
+    for s in [&mut single, &mut b0, &mut b1, &mut redis] {
+        s.check_alive()?;
+        s.stop();
+    }
+    Ok(bench)
+}
+
+/// Adds one run's figures to `case` and prints them.
+fn push_row(
+    case: &mut Case,
+    name: &str,
+    out: &Outcome,
+    cpu: f64,
+    wall: f64,
+    round: usize,
+    rounds: usize,
+) {
+    let mut m = BTreeMap::new();
+    let secs = out.elapsed.as_secs_f64();
+    m.insert("ops_per_s".into(), out.deliveries as f64 / secs);
+    m.insert("msgs_per_s".into(), out.messages as f64 / secs);
+    m.insert("cpu_us_per_op".into(), cpu * 1e6 / out.deliveries as f64);
+    m.insert("busy".into(), cpu / wall);
+    m.insert("loss".into(), 0.0);
+    for (key, p) in [("p50_us", 50.0), ("p95_us", 95.0), ("p99_us", 99.0)] {
+        m.insert(key.into(), percentile(&out.latencies, p) as f64 / 1e3);
+    }
+    println!(
+        "chat-bridge round {}/{rounds} {name:>27}: {:>10.0} deliveries/s  {:>6.3} µs cpu/delivery  last-receiver p50 {:.0} µs p99 {:.0} µs",
+        round + 1,
+        m["ops_per_s"],
+        m["cpu_us_per_op"],
+        m["p50_us"],
+        m["p99_us"]
+    );
+    case.push(name, m);
 }
 
 #[cfg(test)]

@@ -65,7 +65,7 @@ pub struct Ctx {
 /// The benchmarks, in run order.
 pub const BENCHES: &[&str] = &["echo", "http", "chat", "idle", "udp", "startup", "syscalls"];
 
-const USAGE: &str = "usage: loopd-bench <all|smoke|report|echo|http|chat|idle|udp|startup|syscalls> [--rounds N] [--secs S] [--out FILE]
+const USAGE: &str = "usage: loopd-bench <all|smoke|report|echo|http|chat|chat-bridge|idle|udp|startup|syscalls> [--rounds N] [--secs S] [--out FILE]
 
   all      every benchmark; writes benches/results/results.json and regenerates
            docs/benchmarks.md (run it with --release on a quiet machine)
@@ -151,6 +151,8 @@ pub fn run_cli() -> Result<()> {
         }
         "all" | "smoke" => {}
         name if BENCHES.contains(&name) => {}
+        // Not in `all`: run on its own.
+        "chat-bridge" => {}
         other => bail!("unknown command `{other}`\n\n{USAGE}"),
     }
     let smoke = args.command == "smoke";
@@ -336,6 +338,7 @@ fn run_bench(ctx: &Ctx, name: &str) -> Result<Bench> {
         "echo" => echo::bench(ctx),
         "http" => http::bench(ctx),
         "chat" => chat::bench(ctx),
+        "chat-bridge" => chat::bench_bridge(ctx),
         "idle" => idle::bench(ctx),
         "udp" => udp::bench(ctx),
         "startup" => startup::bench(ctx),

@@ -10,6 +10,8 @@ use polling::{Event, Events, PollMode, Poller};
 
 use crate::common::{tcp, TIMEOUT};
 
+pub mod redis;
+
 /// A config with one chat instance on an ephemeral port. `handler_keys` go
 /// into the `[[handler]]` table (no `framing`: chat's own default, line,
 /// unless given; no `max_frame`: loopd's default, 1 MiB, unless given),

@@ -34,12 +34,12 @@
 //!   whatever `output_high_watermark` is.
 //! - **Senders.** Each client's lines (commands too) pass two token
 //!   buckets, lines and bytes a second (`rate_lines`, `rate_bytes`, with
-//!   bursts `burst_lines`, `burst_bytes`). A line over the rate waits, in
-//!   order, until the buckets allow it (a timer releases it); once a burst's
-//!   worth is waiting, further lines are refused and the sender is told how
-//!   many (`! slow down: N lines not sent`), at most once a second. So one
-//!   client blasting lines costs its room at most the rate, and nobody
-//!   becomes a slow consumer because of it.
+//!   bursts `burst_lines`, `burst_bytes`). A line over the rate waits, and
+//!   chat stops reading that client (`Ctx::pause_read`) until a timer
+//!   releases it: the client is slowed down by TCP itself, as by a server
+//!   that reads slowly, and nothing it sends is refused. So one client
+//!   blasting lines costs its room at most the rate, and nobody becomes a
+//!   slow consumer because of it.
 //! - **Rooms.** In a room of more than `quiet_above` members, joins and
 //!   leaves are not announced (announcing them costs the room's size per
 //!   event: quadratic when thousands join at once); `/who` and `/rooms`
@@ -62,11 +62,13 @@
 )]
 #![doc(test(attr(deny(warnings))))]
 
+mod bridge;
 mod limit;
 mod protocol;
+pub mod resp;
 mod roster;
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::fmt;
 use std::io::Write as _;
 use std::time::Duration;
@@ -75,11 +77,14 @@ use loopd_handler_api::{
     CloseMode, CloseReason, ConnId, ConnInfo, Ctx, EofAction, Error, Framing, Handler,
     OversizeAction, TimerId,
 };
+
+use bridge::{Bridge, Event, Op};
+use resp::Value;
 use serde::Deserialize;
 
 use limit::{Limiter, Limits, Rate};
 use protocol::{BadLine, Input};
-use roster::{Member, Roster, Taken};
+use roster::{fold, Member, Page, Roster, Taken};
 
 /// The room every client starts in.
 pub const LOBBY: &str = "lobby";
@@ -113,6 +118,12 @@ pub const MAX_LINES_LIMIT: u64 = 1_000_000;
 pub const MAX_BYTES_LIMIT: u64 = 1 << 30;
 /// Largest `max_list` accepted.
 pub const MAX_LIST_LIMIT: usize = 10_000;
+/// Default `bridge_prefix`.
+pub const DEFAULT_BRIDGE_PREFIX: &str = bridge::DEFAULT_PREFIX;
+/// Default `bridge_ttl_ms`.
+pub const DEFAULT_BRIDGE_TTL_MS: u64 = bridge::DEFAULT_TTL_MS;
+/// Default `bridge_retry_max_ms`.
+pub const DEFAULT_BRIDGE_RETRY_MAX_MS: u64 = bridge::DEFAULT_RETRY_MAX_MS;
 /// How much longer than `max_line` a relayed line can get: `* ` or `: `,
 /// a 32-byte nick, a space and `\n`, rounded up.
 const RELAY_OVERHEAD: usize = 64;
@@ -126,8 +137,6 @@ const KEEP_WAITING_CAPACITY: usize = 4 * 1024;
 /// At most one "server full" (or "wrong framing", or "rate limit") warning
 /// per this many milliseconds.
 const REFUSAL_LOG_INTERVAL_MS: u64 = 10_000;
-/// At most one `! slow down` notice per client per this many milliseconds.
-const SLOW_DOWN_INTERVAL_MS: u64 = 1_000;
 
 /// The `[handler.config]` table of a chat instance. Unknown keys are errors.
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
@@ -147,14 +156,13 @@ pub struct Config {
     /// Lines a second one client may send, commands included (the refill of
     /// its line bucket); 0: no limit on lines. At most [`MAX_LINES_LIMIT`].
     pub rate_lines: u64,
-    /// Lines one client may send at once (the size of its line bucket), and
-    /// how many more may wait their turn before lines are refused. 1 to
-    /// [`MAX_LINES_LIMIT`].
+    /// Lines one client may send at once (the size of its line bucket). 1
+    /// to [`MAX_LINES_LIMIT`].
     pub burst_lines: u64,
     /// Bytes a second one client may send (the refill of its byte bucket);
     /// 0: no limit on bytes. At most [`MAX_BYTES_LIMIT`].
     pub rate_bytes: u64,
-    /// Bytes one client may send at once, and how many more may wait. At
+    /// Bytes one client may send at once (the size of its byte bucket).
     /// least `max_line` (so the longest line can pass), at most
     /// [`MAX_BYTES_LIMIT`]. `None` (the key left out):
     /// [`DEFAULT_BURST_BYTES`] or `max_line`, whichever is larger.
@@ -165,6 +173,19 @@ pub struct Config {
     /// Most entries in one `/who` or `/rooms` answer; the answer names where
     /// the next page starts. 1 to [`MAX_LIST_LIMIT`].
     pub max_list: usize,
+    /// `redis://[[USER]:PASSWORD@]HOST[:PORT][/DB]`: bridge rooms with the
+    /// other chat instances that use the same Redis and prefix. `None`: this
+    /// instance alone.
+    pub bridge: Option<String>,
+    /// What every Redis key and channel of the bridge starts with.
+    pub bridge_prefix: String,
+    /// Presence in Redis expires this long after the last heartbeat (one
+    /// every third of it): how long the members of a crashed instance stay
+    /// in `/who`. 1000 to 3600000.
+    pub bridge_ttl_ms: u64,
+    /// The longest wait between two attempts to reach Redis (the wait
+    /// doubles from 100 ms up to this). 100 to 600000.
+    pub bridge_retry_max_ms: u64,
 }
 
 impl Default for Config {
@@ -179,6 +200,10 @@ impl Default for Config {
             burst_bytes: None,
             quiet_above: DEFAULT_QUIET_ABOVE,
             max_list: DEFAULT_MAX_LIST,
+            bridge: None,
+            bridge_prefix: DEFAULT_BRIDGE_PREFIX.to_string(),
+            bridge_ttl_ms: DEFAULT_BRIDGE_TTL_MS,
+            bridge_retry_max_ms: DEFAULT_BRIDGE_RETRY_MAX_MS,
         }
     }
 }
@@ -239,7 +264,43 @@ impl Config {
                 self.max_list
             ));
         }
+        let prefix = &self.bridge_prefix;
+        if prefix.is_empty() || prefix.len() > 200 || !prefix.bytes().all(|b| b.is_ascii_graphic())
+        {
+            return Err(format!(
+                "bridge_prefix = {prefix:?}: 1 to 200 printable ASCII characters, no spaces"
+            ));
+        }
+        if !(1_000..=3_600_000).contains(&self.bridge_ttl_ms) {
+            return Err(format!(
+                "bridge_ttl_ms = {} is out of range: 1000 to 3600000 ms",
+                self.bridge_ttl_ms
+            ));
+        }
+        if !(100..=600_000).contains(&self.bridge_retry_max_ms) {
+            return Err(format!(
+                "bridge_retry_max_ms = {} is out of range: 100 to 600000 ms",
+                self.bridge_retry_max_ms
+            ));
+        }
         Ok(())
+    }
+
+    /// The bridge's settings (the URL parsed and its host resolved), if
+    /// one is configured.
+    ///
+    /// # Errors
+    /// A message naming what is wrong with `bridge`.
+    fn bridge_settings(&self) -> Result<Option<bridge::Settings>, String> {
+        let Some(url) = &self.bridge else {
+            return Ok(None);
+        };
+        Ok(Some(bridge::Settings {
+            target: bridge::parse_target(url)?,
+            prefix: self.bridge_prefix.clone(),
+            ttl_ms: self.bridge_ttl_ms,
+            retry_max_ms: self.bridge_retry_max_ms,
+        }))
     }
 
     fn limits(&self) -> Limits {
@@ -261,7 +322,7 @@ impl Config {
             .unwrap_or_else(|| DEFAULT_BURST_BYTES.max(self.max_line as u64))
     }
 
-    /// The rate limit in words, for `! slow down` and the log.
+    /// The rate limit in words, for the log.
     fn limit_text(&self) -> String {
         let mut parts = Vec::new();
         if self.rate_lines > 0 {
@@ -302,12 +363,20 @@ pub struct Chat {
     refused_full: Refusals,
     /// Connections refused for a framing other than `line`.
     refused_framing: Refusals,
-    /// Lines refused over the rate limit (any client).
-    refused_rate: Refusals,
+    /// Times a client's reading was paused for the rate limit (any client).
+    paused_rate: Refusals,
     /// After shutdown: clients whose output chat still holds (loopd's queue
     /// was at its high watermark). Their output goes out as it drains, and
     /// they are closed once it has; no longer members of any room.
     leaving: HashMap<ConnId, VecDeque<u8>>,
+    /// The Redis bridge, if configured.
+    bridge: Option<Bridge>,
+    /// Clients waiting for the bridge to hand them a `guest-N` nick (read
+    /// paused): not members yet, so they hear nothing before the welcome.
+    joining: HashMap<ConnId, Client>,
+    /// Folded nicks a member is claiming through the bridge right now: a
+    /// second member of this instance asking for one is told it is taken.
+    claiming: HashSet<String>,
 }
 
 /// Counts refusals of one kind and says when to log about them: the first
@@ -337,16 +406,6 @@ impl Refusals {
     }
 }
 
-/// What a member asked for while lines of its were waiting: done once they
-/// have all gone.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Then {
-    /// `/quit`: `* bye`, leave, close.
-    Quit,
-    /// The client closed its sending side: leave, close.
-    Eof,
-}
-
 /// What chat keeps for one member.
 #[derive(Debug)]
 struct Client {
@@ -360,20 +419,21 @@ struct Client {
     /// The member's rate-limit buckets.
     limiter: Limiter,
     /// Lines waiting for the rate limit, in order, each followed by `\n`
-    /// (loopd cut the input at `\n`, so no line holds one).
+    /// (loopd cut the input at `\n`, so no line holds one). Reading is
+    /// paused while any waits, so this is the line that found the bucket
+    /// empty (and, at most, the few loopd had cut in the same pass).
     waiting: VecDeque<u8>,
     /// How many lines `waiting` holds, and their bytes without the `\n`s.
     waiting_lines: u64,
     waiting_bytes: u64,
-    /// Lines refused since the last `! slow down`.
-    refused: u64,
-    /// When the last `! slow down` went out.
-    slow_down_ms: Option<u64>,
-    /// The pending timer (releases waiting lines, sends `! slow down`) and
-    /// when it fires.
+    /// Reading is paused (`Ctx::pause_read`) until `waiting` is empty and
+    /// no bridge reply is awaited.
+    paused: bool,
+    /// A command of the member's waits for a reply from the bridge (its
+    /// later lines wait behind it, so replies keep their order).
+    busy: bool,
+    /// The pending timer (releases waiting lines) and when it fires.
     timer: Option<(TimerId, u64)>,
-    /// `/quit` or EOF that came while lines were waiting.
-    then: Option<Then>,
 }
 
 impl Client {
@@ -386,10 +446,9 @@ impl Client {
             waiting: VecDeque::new(),
             waiting_lines: 0,
             waiting_bytes: 0,
-            refused: 0,
-            slow_down_ms: None,
+            paused: false,
+            busy: false,
             timer: None,
-            then: None,
         }
     }
 
@@ -408,17 +467,55 @@ impl Client {
         self.waiting_bytes += line.len() as u64;
     }
 
-    /// Moves the first waiting line into `into` (replacing what was there).
-    fn pop_waiting(&mut self, len: usize, into: &mut Vec<u8>) {
+    /// Copies the first waiting line, of `len` bytes, into `into`
+    /// (replacing what was there).
+    fn peek_waiting(&self, len: usize, into: &mut Vec<u8>) {
         into.clear();
-        into.extend(self.waiting.drain(..len));
-        self.waiting.pop_front();
+        into.extend(self.waiting.range(..len));
+    }
+
+    /// Drops the first waiting line, of `len` bytes.
+    fn pop_waiting(&mut self, len: usize) {
+        self.waiting.drain(..=len);
         self.waiting_lines -= 1;
         self.waiting_bytes -= len as u64;
         if self.waiting.is_empty() && self.waiting.capacity() > KEEP_WAITING_CAPACITY {
             self.waiting = VecDeque::new();
         }
     }
+}
+
+/// Pauses reading a client (once); returns whether it was not paused yet.
+fn pause(ctx: &Ctx, conn: ConnId, client: &mut Client) -> bool {
+    if client.paused {
+        return false;
+    }
+    client.paused = true;
+    if let Err(e) = ctx.pause_read(conn) {
+        // Closing already: no more input comes anyway.
+        ctx.debug(format_args!("connection {conn}: pause_read: {e}"));
+    }
+    true
+}
+
+/// Reads a paused client again; loopd delivers what it holds after the
+/// current hook returns.
+fn unpause(ctx: &Ctx, conn: ConnId, client: &mut Client) {
+    if client.paused {
+        client.paused = false;
+        let _ = ctx.resume_read(conn);
+    }
+}
+
+/// Whether a line is blank once cleaned (ignored, so not rate-limited).
+fn is_blank(line: &[u8]) -> bool {
+    matches!(protocol::clean(line), Ok(text) if protocol::parse(&text) == Input::Empty)
+}
+
+/// Whether a line is `/quit`: never held to the rate (only behind the lines
+/// that wait before it).
+fn is_quit(line: &[u8]) -> bool {
+    matches!(protocol::clean(line), Ok(text) if protocol::parse(&text) == Input::Quit)
 }
 
 /// Per-connection state. loopd cuts the lines (`framing = "line"`), so all
@@ -586,9 +683,16 @@ impl Chat {
             member.nick
         ));
         // The room's size before this member left.
+        compose(&mut self.out, format_args!("* {} left", member.nick));
         if self.announced(self.roster.room_len(&member.room) + 1) {
-            compose(&mut self.out, format_args!("* {} left", member.nick));
             self.broadcast_out(ctx, &member.room, None);
+        }
+        self.publish_out(ctx, &member.room, KIND_JOIN);
+        if let Some(b) = self.bridge.as_mut() {
+            b.del_member(ctx, &fold(&member.nick));
+            if self.roster.room_len(&member.room) == 0 {
+                b.unsubscribe(ctx, &member.room);
+            }
         }
     }
 
@@ -608,6 +712,292 @@ impl Chat {
             let _ = ctx.close(conn, CloseMode::Abort);
             self.leave(ctx, conn, format_args!("slow consumer"));
         }
+    }
+
+    /// Handles what the bridge reported.
+    fn bridge_events(&mut self, ctx: &Ctx) {
+        while let Some(ev) = self.bridge.as_mut().and_then(Bridge::pop_event) {
+            match ev {
+                Event::Up { again } => self.bridge_up(ctx, again),
+                Event::Down => {
+                    compose(&mut self.out, format_args!("{BRIDGE_DOWN}"));
+                    for conn in self.roster.keys() {
+                        self.send_out(ctx, conn);
+                    }
+                }
+                Event::Message { room, kind, line } => self.remote_line(ctx, &room, kind, &line),
+                Event::Reply { op, value } => self.bridge_reply(ctx, op, value),
+            }
+            self.settle(ctx);
+        }
+    }
+
+    /// The bridge is up: this instance's members are registered (a nick
+    /// another instance took meanwhile is renamed), its rooms subscribed.
+    fn bridge_up(&mut self, ctx: &Ctx, again: bool) {
+        let members: Vec<(String, String)> = self
+            .roster
+            .keys()
+            .into_iter()
+            .filter_map(|k| self.roster.get(k))
+            .map(|m| (fold(&m.nick), presence(&m.nick, &m.room, &self.roster)))
+            .collect();
+        let rooms: Vec<String> = self
+            .roster
+            .rooms("", usize::MAX)
+            .items
+            .iter()
+            .map(|(n, _)| fold(n))
+            .collect();
+        let Some(b) = self.bridge.as_mut() else {
+            return;
+        };
+        b.rejoin(ctx, &members);
+        for room in rooms {
+            b.subscribe(ctx, &room);
+        }
+        if again {
+            compose(&mut self.out, format_args!("{BRIDGE_BACK}"));
+            for conn in self.roster.keys() {
+                self.send_out(ctx, conn);
+            }
+        }
+    }
+
+    /// A line another instance published to one of our rooms.
+    fn remote_line(&mut self, ctx: &Ctx, room: &str, kind: u8, line: &[u8]) {
+        let size = self.roster.room_len(room);
+        if size == 0 || (kind == KIND_JOIN && !self.announced(size)) {
+            return;
+        }
+        // What another instance relays was cleaned there; anything else
+        // (another publisher on the channel) is not passed on.
+        let clean = line.len() <= MAX_LINE_LIMIT + RELAY_OVERHEAD
+            && matches!(protocol::clean(line), Ok(std::borrow::Cow::Borrowed(_)));
+        if !clean || !matches!(kind, KIND_LINE | KIND_JOIN) {
+            ctx.debug(format_args!(
+                "bridge: dropped a message for room {room} that no chat instance sent"
+            ));
+            return;
+        }
+        self.out.clear();
+        self.out.extend_from_slice(line);
+        self.out.push(b'\n');
+        self.broadcast_out(ctx, room, None);
+    }
+
+    /// A reply from the bridge (`None`: it went down first; the member
+    /// gets what this instance alone can tell).
+    fn bridge_reply(&mut self, ctx: &Ctx, op: Op, value: Option<Value>) {
+        if let Some(Value::Error(e)) = &value {
+            ctx.warn(format_args!(
+                "bridge: Redis answered an error: {}",
+                String::from_utf8_lossy(e)
+            ));
+        }
+        let value = value.filter(|v| !matches!(v, Value::Error(_)));
+        match op {
+            Op::Guest(conn) => {
+                let nick = value
+                    .as_ref()
+                    .and_then(Value::as_bytes)
+                    .and_then(|b| std::str::from_utf8(b).ok())
+                    .map(str::to_string);
+                let Some(client) = self.joining.remove(&conn) else {
+                    // It left while waiting: the nick goes back.
+                    if let (Some(nick), Some(b)) = (nick, self.bridge.as_mut()) {
+                        b.del_member(ctx, &fold(&nick));
+                    }
+                    return;
+                };
+                let nick = match nick {
+                    Some(n) if protocol::valid_name(&n) && self.roster.holder(&n).is_none() => n,
+                    _ => self.guest_nick(),
+                };
+                self.admit(ctx, conn, nick, client);
+            }
+            Op::Nick { conn, nick } => {
+                let key = fold(&nick);
+                self.claiming.remove(&key);
+                if !self.roster.contains(conn) {
+                    if value == Some(Value::Integer(1)) {
+                        if let Some(b) = self.bridge.as_mut() {
+                            b.del_member(ctx, &key);
+                        }
+                    }
+                    return;
+                }
+                match value {
+                    Some(Value::Integer(0)) => {
+                        self.reply(ctx, conn, format_args!("! nick {nick} is taken"))
+                    }
+                    // Granted, or no answer: then it is only checked here.
+                    _ => self.rename(ctx, conn, &nick),
+                }
+                self.end_op(ctx, conn);
+            }
+            Op::Who { conn, from } => {
+                if !self.roster.contains(conn) {
+                    return;
+                }
+                let nicks = value.as_ref().and_then(Value::as_items).map(|items| {
+                    items
+                        .iter()
+                        .filter_map(|v| v.as_bytes())
+                        .filter_map(|b| std::str::from_utf8(b).ok())
+                        .map(str::to_string)
+                        .collect::<Vec<_>>()
+                });
+                let max = self.config.max_list;
+                let (page, local) = match nicks {
+                    Some(n) => (roster::page_nicks(n, max), false),
+                    None => {
+                        let room = member_room(&self.roster, conn);
+                        let p = self.roster.who(&room, &from, max);
+                        let page = Page {
+                            items: p.items.into_iter().map(str::to_string).collect(),
+                            next: p.next.map(|(n, left)| (n.to_string(), left)),
+                        };
+                        (page, true)
+                    }
+                };
+                self.answer_who(ctx, conn, &from, page, local);
+                self.end_op(ctx, conn);
+            }
+            Op::Rooms { conn, from } => {
+                if !self.roster.contains(conn) {
+                    return;
+                }
+                let rooms = value.as_ref().and_then(Value::as_items).map(|items| {
+                    items
+                        .chunks_exact(3)
+                        .filter_map(|c| {
+                            let key = std::str::from_utf8(c[0].as_bytes()?).ok()?;
+                            let name = std::str::from_utf8(c[1].as_bytes()?).ok()?;
+                            let Value::Integer(n) = c[2] else { return None };
+                            Some((key.to_string(), name.to_string(), n.max(0) as usize))
+                        })
+                        .collect::<Vec<_>>()
+                });
+                let max = self.config.max_list;
+                let (page, local) = match rooms {
+                    Some(r) => (roster::page_rooms(r, max), false),
+                    None => {
+                        let p = self.roster.rooms(&from, max);
+                        let page = Page {
+                            items: p
+                                .items
+                                .into_iter()
+                                .map(|(n, c)| (n.to_string(), c))
+                                .collect(),
+                            next: p.next.map(|((n, c), left)| ((n.to_string(), c), left)),
+                        };
+                        (page, true)
+                    }
+                };
+                self.answer_rooms(ctx, conn, &from, page, local);
+                self.end_op(ctx, conn);
+            }
+            Op::Rejoin => {
+                let taken: Vec<String> = value
+                    .as_ref()
+                    .and_then(Value::as_items)
+                    .unwrap_or(&[])
+                    .iter()
+                    .filter_map(|v| v.as_bytes())
+                    .filter_map(|b| std::str::from_utf8(b).ok())
+                    .map(str::to_string)
+                    .collect();
+                for key in taken {
+                    let Some(conn) = self.roster.holder(&key) else {
+                        continue;
+                    };
+                    let Some(member) = self.roster.get(conn) else {
+                        continue;
+                    };
+                    let old = member.nick.clone();
+                    let room = member.room.clone();
+                    let name = self.roster.room_name(&room).unwrap_or(&room).to_string();
+                    let op = Op::Rename {
+                        conn,
+                        old: old.clone(),
+                    };
+                    let sent = self
+                        .bridge
+                        .as_mut()
+                        .is_some_and(|b| b.guest(ctx, &room, &name, "", op));
+                    if sent {
+                        ctx.info(format_args!(
+                            "bridge: {old} (connection {conn}) took its nick while the bridge \
+                             was down, and another server holds it: renaming"
+                        ));
+                        self.start_op(ctx, conn);
+                    }
+                }
+            }
+            Op::Rename { conn, old } => {
+                if !self.roster.contains(conn) {
+                    return;
+                }
+                let nick = value
+                    .as_ref()
+                    .and_then(Value::as_bytes)
+                    .and_then(|b| std::str::from_utf8(b).ok())
+                    .filter(|n| protocol::valid_name(n))
+                    .map(str::to_string);
+                if let Some(nick) = nick {
+                    if self.roster.rename(conn, &nick).is_ok() {
+                        self.reply(
+                            ctx,
+                            conn,
+                            format_args!(
+                                "* your nick {old} is taken on another server: you are now {nick}"
+                            ),
+                        );
+                        let room = member_room(&self.roster, conn);
+                        compose(&mut self.out, format_args!("* {old} is now {nick}"));
+                        self.tell_room_of(ctx, conn);
+                        self.publish_out(ctx, &room, KIND_LINE);
+                    }
+                }
+                self.end_op(ctx, conn);
+            }
+            Op::Hello | Op::Auth | Op::Select | Op::Plain => {}
+        }
+    }
+
+    /// A new client becomes a member named `nick`: welcomed, announced.
+    fn admit(&mut self, ctx: &Ctx, conn: ConnId, nick: String, mut client: Client) {
+        let was_paused = std::mem::take(&mut client.paused);
+        let Ok(room) = self.roster.insert(conn, &nick, LOBBY, client) else {
+            let _ = ctx.close(conn, CloseMode::Abort);
+            return;
+        };
+        if was_paused {
+            let _ = ctx.resume_read(conn);
+        }
+        ctx.debug(format_args!("{nick} joined (connection {conn})"));
+        self.reply(
+            ctx,
+            conn,
+            format_args!(
+                "* welcome to loopd chat, you are {nick} in {LOBBY} (/help lists the commands)"
+            ),
+        );
+        compose(&mut self.out, format_args!("* {nick} joined"));
+        if self.announced(self.roster.room_len(&room)) {
+            self.tell_room_of(ctx, conn);
+        }
+        self.publish_out(ctx, &room, KIND_JOIN);
+        if let Some(b) = self.bridge.as_mut() {
+            b.subscribe(ctx, &room);
+            if b.is_up() {
+                // Recorded by the guest script already when it gave the
+                // nick; set here for a nick given locally.
+                b.set_member(ctx, &fold(&nick), &presence(&nick, &room, &self.roster));
+            }
+        }
+        self.settle(ctx);
     }
 
     /// The next free `guest-N`.
@@ -641,115 +1031,60 @@ impl Chat {
     }
 
     /// One line from a member, within `max_frame` (loopd checked that):
-    /// run now if the rate limit allows it and no earlier line is waiting,
-    /// else queued behind them, else refused.
+    /// run now if the rate limit allows it and nothing of the member's is
+    /// waiting (lines, or a bridge reply), else queued behind it with the
+    /// member's reading paused.
     fn on_line(&mut self, ctx: &Ctx, conn: ConnId, line: &[u8]) {
         if line.len() > self.config.max_line {
             // max_frame is larger than max_line: loopd delivered it whole.
             return self.too_long(ctx, conn, self.config.max_line);
         }
-        let (blank, quit) = match protocol::clean(line) {
-            Ok(text) => {
-                let input = protocol::parse(&text);
-                (input == Input::Empty, input == Input::Quit)
-            }
-            Err(_) => (false, false),
-        };
-        // Ignored lines cost nothing.
-        if blank || !self.limits.enabled() {
-            return self.run(ctx, conn, line);
-        }
         let limits = self.limits;
-        let hold_lines = match limits.lines.per_s {
-            0 => u64::MAX,
-            _ => limits.lines.burst,
-        };
-        let hold_bytes = match limits.bytes.per_s {
-            0 => u64::MAX,
-            _ => limits.bytes.burst,
-        };
         let Some(member) = self.roster.get_mut(conn) else {
             return;
         };
         let client = &mut member.data;
-        if client.then.is_some() {
-            // Only /quit gets here (EOF ends the input): nothing after it.
-            return;
-        }
-        if quit && client.waiting_lines > 0 {
-            // Never refused: it goes once the lines before it have.
-            client.then = Some(Then::Quit);
-            return;
-        }
         let now = ctx.now_ms();
-        if quit || (client.waiting_lines == 0 && client.limiter.try_take(&limits, line.len(), now))
+        let queued = client.busy || client.waiting_lines > 0;
+        // Ignored lines cost nothing; /quit is never held to the rate.
+        if !queued
+            && (!limits.enabled()
+                || is_blank(line)
+                || is_quit(line)
+                || client.limiter.try_take(&limits, line.len(), now))
         {
             return self.run(ctx, conn, line);
         }
-        if client.waiting_lines < hold_lines
-            && client.waiting_bytes + line.len() as u64 <= hold_bytes
-        {
-            client.push_waiting(line);
-            return self.arm(ctx, conn, now);
+        // The line waits, and so does the rest of the input (in loopd's
+        // buffer, then the kernel's, then the client's).
+        client.push_waiting(line);
+        let for_rate = !client.busy;
+        if pause(ctx, conn, client) && for_rate {
+            if let Some(n) = self.paused_rate.count(now) {
+                ctx.info(format_args!(
+                    "rate limit ({}): paused reading {n} time(s), the latest {} (connection \
+                     {conn}, {})",
+                    self.limit_text, member.nick, client.peer
+                ));
+            }
         }
-        client.refused += 1;
-        let due = client
-            .slow_down_ms
-            .is_none_or(|t| now.saturating_sub(t) >= SLOW_DOWN_INTERVAL_MS);
-        if let Some(n) = self.refused_rate.count(now) {
-            ctx.info(format_args!(
-                "rate limit ({}): refused {n} line(s), the latest from {} (connection {conn}, {})",
-                self.limit_text, member.nick, client.peer
-            ));
-        }
-        if due {
-            self.slow_down(ctx, conn, now);
-            self.settle(ctx);
-        } else {
+        if for_rate {
             self.arm(ctx, conn, now);
         }
     }
 
-    /// Tells a member how many of its lines were refused since the last
-    /// time (if any were).
-    fn slow_down(&mut self, ctx: &Ctx, conn: ConnId, now: u64) {
-        let Some(member) = self.roster.get_mut(conn) else {
-            return;
-        };
-        let n = std::mem::take(&mut member.data.refused);
-        if n == 0 {
-            return;
-        }
-        member.data.slow_down_ms = Some(now);
-        let lines = if n == 1 { "line" } else { "lines" };
-        let limit = &self.limit_text;
-        compose(
-            &mut self.out,
-            format_args!("! slow down: {n} {lines} not sent (limit: {limit})"),
-        );
-        self.send_out(ctx, conn);
-    }
-
-    /// Sets the member's timer for the first thing due: its first waiting
-    /// line can go, or a `! slow down` can. A timer already set for earlier
-    /// stays.
+    /// Sets the member's timer for when its first waiting line can go. A
+    /// timer already set for earlier stays.
     fn arm(&mut self, ctx: &Ctx, conn: ConnId, now: u64) {
         let limits = self.limits;
         let Some(member) = self.roster.get_mut(conn) else {
             return;
         };
         let client = &mut member.data;
-        let line_due = client
-            .first_waiting_len()
-            .map(|len| now.saturating_add(client.limiter.wait_ms(&limits, len, now)));
-        let notice_due = (client.refused > 0).then(|| {
-            client
-                .slow_down_ms
-                .map_or(now, |t| t.saturating_add(SLOW_DOWN_INTERVAL_MS))
-        });
-        let Some(due) = line_due.into_iter().chain(notice_due).min() else {
+        let Some(len) = client.first_waiting_len() else {
             return;
         };
+        let due = now.saturating_add(client.limiter.wait_ms(&limits, len, now));
         if let Some((timer, at)) = client.timer {
             if at <= due {
                 return;
@@ -761,7 +1096,7 @@ impl Chat {
             Ok(timer) => client.timer = Some((timer, due)),
             Err(e) => {
                 // Without a timer nothing would release the lines: let
-                // them go now rather than lose them.
+                // them go now rather than keep the client paused forever.
                 ctx.warn(format_args!(
                     "cannot set a timer ({e}): {}'s waiting lines go now, past the rate limit",
                     member.nick
@@ -772,26 +1107,35 @@ impl Chat {
     }
 
     /// Runs the member's waiting lines the rate limit allows now (`force`:
-    /// all of them), then what it asked for after them (`/quit`, EOF) once
-    /// none is left, a `! slow down` if one is due, and sets the timer for
-    /// the rest.
+    /// all of them), up to one that waits for a bridge reply; resumes
+    /// reading once nothing waits, else sets the timer for the next line.
     fn release(&mut self, ctx: &Ctx, conn: ConnId, force: bool) {
         let now = ctx.now_ms();
         let limits = self.limits;
         loop {
             let Some(member) = self.roster.get_mut(conn) else {
-                // Cut off while its lines ran.
+                // Cut off, or gone with /quit, while its lines ran.
                 return self.settle(ctx);
             };
             let client = &mut member.data;
+            if client.busy {
+                break;
+            }
             let Some(len) = client.first_waiting_len() else {
                 break;
             };
-            if !client.limiter.try_take(&limits, len, now) && !force {
+            let mut line = std::mem::take(&mut self.scratch);
+            client.peek_waiting(len, &mut line);
+            let go = force
+                || !limits.enabled()
+                || is_blank(&line)
+                || is_quit(&line)
+                || client.limiter.try_take(&limits, len, now);
+            if !go {
+                self.scratch = line;
                 break;
             }
-            let mut line = std::mem::take(&mut self.scratch);
-            client.pop_waiting(len, &mut line);
+            client.pop_waiting(len);
             self.run(ctx, conn, &line);
             self.scratch = line;
         }
@@ -799,35 +1143,29 @@ impl Chat {
             return self.settle(ctx);
         };
         let client = &mut member.data;
-        if client.waiting_lines == 0 {
-            if let Some(then) = client.then.take() {
-                self.finish(ctx, conn, then);
-                return self.settle(ctx);
-            }
-        }
-        if client.refused > 0
-            && client
-                .slow_down_ms
-                .is_none_or(|t| now.saturating_sub(t) >= SLOW_DOWN_INTERVAL_MS)
-        {
-            self.slow_down(ctx, conn, now);
-        }
-        if !force {
+        if client.busy {
+            // The reply releases the rest.
+        } else if client.waiting_lines == 0 {
+            unpause(ctx, conn, client);
+        } else if !force {
             self.arm(ctx, conn, now);
         }
         self.settle(ctx);
     }
 
-    /// What a member asked for after its waiting lines, now that they went.
-    fn finish(&mut self, ctx: &Ctx, conn: ConnId, then: Then) {
-        match then {
-            Then::Quit => self.command(ctx, conn, Input::Quit),
-            Then::Eof => {
-                self.slow_down(ctx, conn, ctx.now_ms());
-                self.depart(ctx, conn, format_args!("EOF, after its waiting lines"));
-                // on_eof kept the connection open for them.
-                let _ = ctx.close(conn, CloseMode::Flush);
-            }
+    /// The member now waits for a bridge reply: its reading pauses.
+    fn start_op(&mut self, ctx: &Ctx, conn: ConnId) {
+        if let Some(member) = self.roster.get_mut(conn) {
+            member.data.busy = true;
+            pause(ctx, conn, &mut member.data);
+        }
+    }
+
+    /// The reply came (or the bridge went down): run what waited behind it.
+    fn end_op(&mut self, ctx: &Ctx, conn: ConnId) {
+        if let Some(member) = self.roster.get_mut(conn) {
+            member.data.busy = false;
+            self.release(ctx, conn, false);
         }
     }
 
@@ -857,32 +1195,48 @@ impl Chat {
             Input::Empty => {}
             Input::Say(text) => {
                 // The hot path: the line is built once, without allocating.
+                let room = member.room.clone();
                 self.out.clear();
                 self.out.extend_from_slice(member.nick.as_bytes());
                 self.out.extend_from_slice(b": ");
                 self.out.extend_from_slice(text.as_bytes());
                 self.out.push(b'\n');
                 self.tell_room_of(ctx, conn);
+                self.publish_out(ctx, &room, KIND_LINE);
             }
             Input::Me(action) => {
                 // `+ `, never `* `: an action cannot pass for a notice.
+                let room = member.room.clone();
                 compose(&mut self.out, format_args!("+ {} {action}", member.nick));
                 self.tell_room_of(ctx, conn);
+                self.publish_out(ctx, &room, KIND_LINE);
             }
             Input::Nick(nick) => {
                 if !protocol::valid_name(nick) {
                     return self.reply(ctx, conn, format_args!("! invalid nick"));
                 }
-                match self.roster.rename(conn, nick) {
-                    Err(Taken) => self.reply(ctx, conn, format_args!("! nick {nick} is taken")),
-                    Ok(old) => {
-                        self.reply(ctx, conn, format_args!("* you are now {nick}"));
-                        if old != nick {
-                            compose(&mut self.out, format_args!("* {old} is now {nick}"));
-                            self.tell_room_of(ctx, conn);
+                let key = fold(nick);
+                let holder = self.roster.holder(nick);
+                if holder.is_some_and(|h| h != conn) || self.claiming.contains(&key) {
+                    return self.reply(ctx, conn, format_args!("! nick {nick} is taken"));
+                }
+                if holder.is_none() {
+                    // A nick nobody here holds: it must be free on every
+                    // other instance too (a claim in Redis, atomically).
+                    let value = presence(nick, &member.room, &self.roster);
+                    let old = fold(&member.nick);
+                    let op = Op::Nick {
+                        conn,
+                        nick: nick.to_string(),
+                    };
+                    if let Some(b) = self.bridge.as_mut().filter(|b| b.is_up()) {
+                        if b.claim(ctx, &key, &value, &old, op) {
+                            self.claiming.insert(key);
+                            return self.start_op(ctx, conn);
                         }
                     }
                 }
+                self.rename(ctx, conn, nick);
             }
             Input::Join(room) => {
                 if !protocol::valid_name(room) {
@@ -894,13 +1248,21 @@ impl Chat {
                     let name = name.unwrap_or(room).to_string();
                     return self.reply(ctx, conn, format_args!("* you are already in {name}"));
                 };
+                compose(&mut self.out, format_args!("* {nick} left"));
                 if self.announced(self.roster.room_len(&old) + 1) {
-                    compose(&mut self.out, format_args!("* {nick} left"));
                     self.broadcast_out(ctx, &old, None);
                 }
+                self.publish_out(ctx, &old, KIND_JOIN);
                 let key = member_room(&self.roster, conn);
                 let name = self.roster.room_name(&key).unwrap_or(room).to_string();
                 let size = self.roster.room_len(&key);
+                if let Some(b) = self.bridge.as_mut() {
+                    if self.roster.room_len(&old) == 0 {
+                        b.unsubscribe(ctx, &old);
+                    }
+                    b.subscribe(ctx, &key);
+                    b.set_member(ctx, &fold(&nick), &presence(&nick, &key, &self.roster));
+                }
                 if self.announced(size) {
                     self.reply(ctx, conn, format_args!("* you are now in {name}"));
                     compose(&mut self.out, format_args!("* {nick} joined"));
@@ -915,70 +1277,50 @@ impl Chat {
                              announced in rooms of more than {quiet_above})"
                         ),
                     );
+                    compose(&mut self.out, format_args!("* {nick} joined"));
                 }
+                self.publish_out(ctx, &key, KIND_JOIN);
             }
             Input::Who(from) => {
                 let room = member.room.clone();
-                let Chat {
-                    roster,
-                    out,
-                    config,
-                    ..
-                } = self;
-                let name = roster.room_name(&room).unwrap_or(&room);
-                out.clear();
-                let _ = write!(out, "* online in {name}");
-                if !from.is_empty() {
-                    let _ = write!(out, " from {from}");
-                }
-                out.extend_from_slice(b": ");
-                let page = roster.who(&room, from, config.max_list);
-                if page.items.is_empty() {
-                    out.extend_from_slice(b"none");
-                }
-                for (i, nick) in page.items.iter().enumerate() {
-                    if i > 0 {
-                        out.extend_from_slice(b", ");
+                let op = Op::Who {
+                    conn,
+                    from: from.to_string(),
+                };
+                if let Some(b) = self.bridge.as_mut().filter(|b| b.is_up()) {
+                    if b.who(ctx, &room, from, op) {
+                        return self.start_op(ctx, conn);
                     }
-                    out.extend_from_slice(nick.as_bytes());
                 }
-                if let Some((next, left)) = page.next {
-                    let _ = write!(out, "; {left} more: /who {next}");
-                }
-                out.push(b'\n');
-                self.send_out(ctx, conn);
+                let page = self.roster.who(&room, from, self.config.max_list);
+                let page = Page {
+                    items: page.items.into_iter().map(str::to_string).collect(),
+                    next: page.next.map(|(n, left)| (n.to_string(), left)),
+                };
+                self.answer_who(ctx, conn, from, page, self.bridge.is_some());
             }
             Input::Rooms(from) => {
-                let Chat {
-                    roster,
-                    out,
-                    config,
-                    ..
-                } = self;
-                out.clear();
-                out.extend_from_slice(b"* rooms");
-                if !from.is_empty() {
-                    let _ = write!(out, " from {from}");
-                }
-                out.extend_from_slice(b": ");
-                let page = roster.rooms(from, config.max_list);
-                if page.items.is_empty() {
-                    out.extend_from_slice(b"none");
-                }
-                for (i, (name, count)) in page.items.iter().enumerate() {
-                    if i > 0 {
-                        out.extend_from_slice(b", ");
+                let op = Op::Rooms {
+                    conn,
+                    from: from.to_string(),
+                };
+                if let Some(b) = self.bridge.as_mut().filter(|b| b.is_up()) {
+                    if b.rooms(ctx, from, op) {
+                        return self.start_op(ctx, conn);
                     }
-                    let _ = write!(out, "{name} ({count})");
                 }
-                if let Some(((next, _), left)) = page.next {
-                    let _ = write!(out, "; {left} more: /rooms {next}");
-                }
-                out.push(b'\n');
-                self.send_out(ctx, conn);
+                let page = self.roster.rooms(from, self.config.max_list);
+                let page = Page {
+                    items: page
+                        .items
+                        .into_iter()
+                        .map(|(n, c)| (n.to_string(), c))
+                        .collect(),
+                    next: page.next.map(|((n, c), left)| ((n.to_string(), c), left)),
+                };
+                self.answer_rooms(ctx, conn, from, page, self.bridge.is_some());
             }
             Input::Quit => {
-                self.slow_down(ctx, conn, ctx.now_ms());
                 self.reply(ctx, conn, format_args!("* bye"));
                 self.depart(ctx, conn, format_args!("/quit"));
                 let _ = ctx.close(conn, CloseMode::Flush);
@@ -997,6 +1339,105 @@ impl Chat {
         }
     }
 
+    /// Renames a member here (the bridge, if any, granted the nick); tells
+    /// it, and its room (here and on the other instances).
+    fn rename(&mut self, ctx: &Ctx, conn: ConnId, nick: &str) {
+        match self.roster.rename(conn, nick) {
+            Err(Taken) => self.reply(ctx, conn, format_args!("! nick {nick} is taken")),
+            Ok(old) => {
+                self.reply(ctx, conn, format_args!("* you are now {nick}"));
+                if old != nick {
+                    let room = member_room(&self.roster, conn);
+                    compose(&mut self.out, format_args!("* {old} is now {nick}"));
+                    self.tell_room_of(ctx, conn);
+                    self.publish_out(ctx, &room, KIND_LINE);
+                    // Down, or a change of case: the claim did not record it.
+                    let value = presence(nick, &room, &self.roster);
+                    if let Some(b) = self.bridge.as_mut() {
+                        if fold(&old) != fold(nick) {
+                            b.del_member(ctx, &fold(&old));
+                        }
+                        b.set_member(ctx, &fold(nick), &value);
+                    }
+                }
+            }
+        }
+    }
+
+    /// Formats a `/who` answer and sends it. `local`: the bridge is
+    /// configured but this answer is only this instance's.
+    fn answer_who(&mut self, ctx: &Ctx, conn: ConnId, from: &str, page: Page<String>, local: bool) {
+        let room = member_room(&self.roster, conn);
+        let Chat { roster, out, .. } = self;
+        let name = roster.room_name(&room).unwrap_or(&room);
+        out.clear();
+        let _ = write!(out, "* online in {name}");
+        if !from.is_empty() {
+            let _ = write!(out, " from {from}");
+        }
+        out.extend_from_slice(b": ");
+        if page.items.is_empty() {
+            out.extend_from_slice(b"none");
+        }
+        for (i, nick) in page.items.iter().enumerate() {
+            if i > 0 {
+                out.extend_from_slice(b", ");
+            }
+            out.extend_from_slice(nick.as_bytes());
+        }
+        if let Some((next, left)) = page.next {
+            let _ = write!(out, "; {left} more: /who {next}");
+        }
+        if local {
+            out.extend_from_slice(LOCAL_ONLY.as_bytes());
+        }
+        out.push(b'\n');
+        self.send_out(ctx, conn);
+    }
+
+    /// Formats a `/rooms` answer and sends it.
+    fn answer_rooms(
+        &mut self,
+        ctx: &Ctx,
+        conn: ConnId,
+        from: &str,
+        page: Page<(String, usize)>,
+        local: bool,
+    ) {
+        let out = &mut self.out;
+        out.clear();
+        out.extend_from_slice(b"* rooms");
+        if !from.is_empty() {
+            let _ = write!(out, " from {from}");
+        }
+        out.extend_from_slice(b": ");
+        if page.items.is_empty() {
+            out.extend_from_slice(b"none");
+        }
+        for (i, (name, count)) in page.items.iter().enumerate() {
+            if i > 0 {
+                out.extend_from_slice(b", ");
+            }
+            let _ = write!(out, "{name} ({count})");
+        }
+        if let Some(((next, _), left)) = page.next {
+            let _ = write!(out, "; {left} more: /rooms {next}");
+        }
+        if local {
+            out.extend_from_slice(LOCAL_ONLY.as_bytes());
+        }
+        out.push(b'\n');
+        self.send_out(ctx, conn);
+    }
+
+    /// Publishes `self.out` (without its `\n`) to a room's channel.
+    fn publish_out(&mut self, ctx: &Ctx, room: &str, kind: u8) {
+        if let Some(b) = self.bridge.as_mut() {
+            let line = self.out.strip_suffix(b"\n").unwrap_or(&self.out);
+            b.publish(ctx, room, kind, line);
+        }
+    }
+
     /// A member leaves on its own (`/quit`, EOF): what chat holds back for
     /// it goes to loopd, so the connection's flush sends it; the room is
     /// told now.
@@ -1008,6 +1449,24 @@ impl Chat {
     }
 }
 
+/// What a member's entry in Redis holds: nick, room key, room name.
+fn presence(nick: &str, room_key: &str, roster: &Roster<ConnId, Client>) -> String {
+    let name = roster.room_name(room_key).unwrap_or(room_key);
+    format!("{nick}\n{room_key}\n{name}")
+}
+
+/// A published line for everyone in the room.
+const KIND_LINE: u8 = b'L';
+/// A published join or leave notice: each instance shows it to its members
+/// if the room is not over `quiet_above` there.
+const KIND_JOIN: u8 = b'J';
+/// The end of a `/who` or `/rooms` answer while the bridge is down.
+const LOCAL_ONLY: &str = " (this server only: the bridge to the others is down)";
+/// What members are told when the bridge goes down, and comes back.
+const BRIDGE_DOWN: &str =
+    "* the bridge to the other servers is down: until it is back, only this server's members hear you";
+const BRIDGE_BACK: &str = "* the bridge to the other servers is back";
+
 /// The room key of a member ("" if it is not one).
 fn member_room(roster: &Roster<ConnId, Client>, conn: ConnId) -> String {
     roster.get(conn).map(|m| m.room.clone()).unwrap_or_default()
@@ -1017,9 +1476,11 @@ impl Handler for Chat {
     type Config = Config;
     type Conn = ChatConn;
     const FRAMING: Framing = Framing::Line;
-    // on_oversize and on_partial: without them (a 1.0 host) an over-long
-    // line would disconnect its sender and a half-written one be broadcast.
-    const MIN_HOST_MINOR: u32 = 1;
+    // 1.1's on_oversize and on_partial (without them an over-long line
+    // would disconnect its sender and a half-written one be broadcast);
+    // 1.3's pause_read (the rate limit), connect_with and repeating timers
+    // (the bridge).
+    const MIN_HOST_MINOR: u32 = 3;
 
     fn create(ctx: &Ctx, _instance: &str, config: Config) -> Result<Self, String> {
         config.validate()?;
@@ -1040,6 +1501,19 @@ impl Handler for Chat {
             config.quiet_above,
             config.max_list
         ));
+        let bridge = match config.bridge_settings()? {
+            Some(settings) => {
+                let mut b = Bridge::new(settings, ctx);
+                b.start(ctx)?;
+                let s = b.settings();
+                ctx.info(format_args!(
+                    "bridge to {} (prefix \"{}\", presence expires after {} ms), instance id {}",
+                    s.target, s.prefix, s.ttl_ms, b.id
+                ));
+                Some(b)
+            }
+            None => None,
+        };
         Ok(Chat {
             limits: config.limits(),
             limit_text,
@@ -1052,8 +1526,11 @@ impl Handler for Chat {
             noted_small_max_frame: false,
             refused_full: Refusals::default(),
             refused_framing: Refusals::default(),
-            refused_rate: Refusals::default(),
+            paused_rate: Refusals::default(),
             leaving: HashMap::new(),
+            bridge,
+            joining: HashMap::new(),
+            claiming: HashSet::new(),
         })
     }
 
@@ -1063,6 +1540,11 @@ impl Handler for Chat {
         conn: ConnId,
         info: &ConnInfo<'_>,
     ) -> Result<ChatConn, String> {
+        if let Some(b) = self.bridge.as_mut().filter(|b| b.is_link(conn)) {
+            b.on_open(ctx, conn);
+            self.bridge_events(ctx);
+            return Ok(ChatConn::default());
+        }
         let peer = peer_text(info);
         if info.framing != Framing::Line {
             let name = match info.framing {
@@ -1080,34 +1562,31 @@ impl Handler for Chat {
             return Err(format!("unsupported framing \"{name}\""));
         }
         let state = ChatConn::default();
-        if self.roster.len() >= self.config.max_clients {
+        if self.roster.len() + self.joining.len() >= self.config.max_clients {
             self.refuse_full(ctx, conn, &peer);
             return Ok(state);
         }
-        let nick = self.guest_nick();
-        let client = Client::new(peer, &self.limits, ctx.now_ms());
-        let Ok(room) = self.roster.insert(conn, &nick, LOBBY, client) else {
-            return Err(format!("nick {nick} is taken"));
-        };
-        ctx.debug(format_args!("{nick} joined (connection {conn})"));
-        self.reply(
-            ctx,
-            conn,
-            format_args!(
-                "* welcome to loopd chat, you are {nick} in {LOBBY} (/help lists the commands)"
-            ),
-        );
-        if self.announced(self.roster.room_len(&room)) {
-            compose(&mut self.out, format_args!("* {nick} joined"));
-            self.tell_room_of(ctx, conn);
+        let mut client = Client::new(peer, &self.limits, ctx.now_ms());
+        if let Some(b) = self.bridge.as_mut().filter(|b| b.is_up()) {
+            // A guest-N free on every instance: the welcome waits for it,
+            // and so does the client's input.
+            if b.guest(ctx, LOBBY, LOBBY, "", Op::Guest(conn)) {
+                pause(ctx, conn, &mut client);
+                self.joining.insert(conn, client);
+                return Ok(state);
+            }
         }
-        self.settle(ctx);
+        let nick = self.guest_nick();
+        self.admit(ctx, conn, nick, client);
         Ok(state)
     }
 
     fn on_data(&mut self, ctx: &Ctx, conn: ConnId, _state: &mut ChatConn, line: &[u8]) {
         if self.roster.contains(conn) {
             self.on_line(ctx, conn, line);
+        } else if let Some(b) = self.bridge.as_mut().filter(|b| b.is_link(conn)) {
+            b.on_data(ctx, conn, line);
+            self.bridge_events(ctx);
         }
     }
 
@@ -1158,16 +1637,9 @@ impl Handler for Chat {
                 member.nick
             ));
         }
-        let client = &mut member.data;
-        if client.waiting_lines > 0 {
-            // Its last lines wait for the rate limit: it leaves once they
-            // have gone (`release`), and is closed then.
-            if client.then.is_none() {
-                client.then = Some(Then::Eof);
-            }
-            return EofAction::KeepOpen;
-        }
-        self.slow_down(ctx, conn, ctx.now_ms());
+        // Never while lines wait: loopd holds the EOF back while reading is
+        // paused, and delivers it after the lines that came before it.
+        debug_assert_eq!(member.data.waiting_lines, 0);
         self.depart(ctx, conn, format_args!("EOF"));
         self.settle(ctx);
         EofAction::Close
@@ -1186,6 +1658,11 @@ impl Handler for Chat {
     }
 
     fn on_timer(&mut self, ctx: &Ctx, timer: TimerId, user_data: u64) {
+        if let Some(b) = self.bridge.as_mut() {
+            if b.on_timer(ctx, timer) {
+                return self.bridge_events(ctx);
+            }
+        }
         let conn = ConnId::from_raw(user_data);
         let Some(member) = self.roster.get_mut(conn) else {
             return;
@@ -1198,7 +1675,13 @@ impl Handler for Chat {
     }
 
     fn on_close(&mut self, ctx: &Ctx, conn: ConnId, _state: ChatConn, reason: CloseReason) {
+        if let Some(b) = self.bridge.as_mut().filter(|b| b.is_link(conn)) {
+            b.on_close(ctx, conn);
+            return self.bridge_events(ctx);
+        }
         self.leaving.remove(&conn);
+        // Gone while waiting for its nick: the reply finds it gone.
+        self.joining.remove(&conn);
         if self.roster.contains(conn) {
             self.leave(ctx, conn, format_args!("{reason}"));
             self.settle(ctx);
@@ -1212,6 +1695,14 @@ impl Handler for Chat {
         // dropped: it goes out as loopd's queue drains (`on_writable`),
         // within loopd's shutdown_timeout_ms. Lines still waiting for the
         // rate limit are dropped (logged at debug level).
+        // Its presence leaves Redis first, while the links are up.
+        if let Some(b) = self.bridge.as_mut() {
+            b.shutdown(ctx);
+        }
+        for (conn, _) in self.joining.drain() {
+            let _ = ctx.send(conn, b"* server shutting down\n");
+            let _ = ctx.close(conn, CloseMode::Flush);
+        }
         let members = self.roster.keys();
         ctx.info(format_args!(
             "shutting down: closing {} chat client(s)",
@@ -1368,8 +1859,54 @@ mod tests {
             burst_bytes: Some(1),
             quiet_above: 0,
             max_list: 1,
+            bridge_ttl_ms: 1_000,
+            bridge_retry_max_ms: 100,
+            ..d.clone()
         };
         assert_eq!(edge.validate(), Ok(()));
+        for (c, want) in [
+            (
+                Config {
+                    bridge_prefix: String::new(),
+                    ..d.clone()
+                },
+                "bridge_prefix = \"\": 1 to 200",
+            ),
+            (
+                Config {
+                    bridge_prefix: "a b".into(),
+                    ..d.clone()
+                },
+                "bridge_prefix = \"a b\"",
+            ),
+            (
+                Config {
+                    bridge_ttl_ms: 999,
+                    ..d.clone()
+                },
+                "bridge_ttl_ms = 999 is out of range: 1000 to 3600000",
+            ),
+            (
+                Config {
+                    bridge_retry_max_ms: 600_001,
+                    ..d.clone()
+                },
+                "bridge_retry_max_ms = 600001 is out of range: 100 to 600000",
+            ),
+        ] {
+            let e = bad(c);
+            assert!(e.starts_with(want), "{e}");
+        }
+        let bridged = parse(r#"{"bridge": "rediss://127.0.0.1"}"#).unwrap();
+        assert!(bridged
+            .bridge_settings()
+            .unwrap_err()
+            .contains("rediss:// (Redis over TLS) is not supported yet"));
+        let bridged = parse(r#"{"bridge": "redis://127.0.0.1:7000/2"}"#).unwrap();
+        let s = bridged.bridge_settings().unwrap().unwrap();
+        assert_eq!((s.target.addr.port(), s.target.db), (7000, 2));
+        assert_eq!((s.prefix.as_str(), s.ttl_ms), ("loopd:chat:", 15_000));
+        assert!(Config::default().bridge_settings().unwrap().is_none());
         let top = Config {
             rate_lines: MAX_LINES_LIMIT,
             burst_lines: MAX_LINES_LIMIT,
@@ -1406,7 +1943,8 @@ mod tests {
         let mut out = Vec::new();
         for want in [&b"one"[..], b"", b"three 3"] {
             let len = c.first_waiting_len().unwrap();
-            c.pop_waiting(len, &mut out);
+            c.peek_waiting(len, &mut out);
+            c.pop_waiting(len);
             assert_eq!(out, want);
         }
         assert_eq!((c.waiting_lines, c.waiting_bytes), (0, 0));

@@ -146,7 +146,7 @@ pub(crate) const HELP: &str = "\
 *   /me ACTION     tell the room what you are doing (shown as + nick ACTION)
 *   /quit          leave
 *   /help          this list
-* lines sent faster than the rate limit wait their turn; past a burst waiting, they are not sent (! slow down)
+* lines sent faster than the rate limit wait their turn: the server reads them more slowly, none is lost
 * any other line goes to everyone else in the room; start it with // to say a line that begins with /
 ";
 

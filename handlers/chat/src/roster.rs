@@ -35,12 +35,12 @@ impl Hasher for IdHasher {
 type IdBuild = BuildHasherDefault<IdHasher>;
 
 /// The case-insensitive key of a nick or room name (names are ASCII).
-fn fold(name: &str) -> String {
+pub(crate) fn fold(name: &str) -> String {
     name.to_ascii_lowercase()
 }
 
 /// Case-insensitive order of two names, without allocating.
-fn cmp_folded(a: &str, b: &str) -> std::cmp::Ordering {
+pub(crate) fn cmp_folded(a: &str, b: &str) -> std::cmp::Ordering {
     a.bytes()
         .map(|b| b.to_ascii_lowercase())
         .cmp(b.bytes().map(|b| b.to_ascii_lowercase()))
@@ -63,6 +63,32 @@ pub(crate) struct Page<T> {
     /// The first entry after the page and how many there are from it on
     /// (itself included); `None` if the page reaches the end.
     pub(crate) next: Option<(T, usize)>,
+}
+
+/// A page of at most `max` nicks from a list gathered elsewhere (every
+/// instance of a bridge), sorted as [`Roster::who`] sorts.
+pub(crate) fn page_nicks(mut nicks: Vec<String>, max: usize) -> Page<String> {
+    nicks.sort_unstable_by(|a, b| cmp_folded(a, b));
+    nicks.dedup();
+    let mut next = None;
+    if nicks.len() > max {
+        let rest = nicks.split_off(max);
+        next = Some((rest[0].clone(), rest.len()));
+    }
+    Page { items: nicks, next }
+}
+
+/// A page of at most `max` rooms (key, name, members) gathered elsewhere,
+/// sorted by key as [`Roster::rooms`] sorts.
+pub(crate) fn page_rooms(
+    mut rooms: Vec<(String, String, usize)>,
+    max: usize,
+) -> Page<(String, usize)> {
+    rooms.sort_unstable_by(|a, b| a.0.cmp(&b.0));
+    let mut it = rooms.into_iter().map(|(_, name, n)| (name, n));
+    let items = it.by_ref().take(max).collect();
+    let next = it.next().map(|first| (first, 1 + it.count()));
+    Page { items, next }
 }
 
 /// One member.
@@ -441,6 +467,25 @@ mod tests {
                 next: None
             }
         );
+    }
+
+    #[test]
+    fn lists_from_elsewhere_page_like_the_roster() {
+        let names = |v: &[&str]| v.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+        let p = page_nicks(names(&["bob", "Alice", "carol", "alice", "bob"]), 2);
+        assert_eq!(p.items, ["Alice", "alice"]);
+        assert_eq!(p.next, Some(("bob".to_string(), 2)));
+        let p = page_nicks(names(&["b", "a"]), 2);
+        assert_eq!((p.items, p.next), (names(&["a", "b"]), None));
+        let rooms = vec![
+            ("dev".to_string(), "Dev".to_string(), 2),
+            ("a".to_string(), "a".to_string(), 1),
+            ("lobby".to_string(), "lobby".to_string(), 5),
+        ];
+        let p = page_rooms(rooms.clone(), 2);
+        assert_eq!(p.items, [("a".to_string(), 1), ("Dev".to_string(), 2)]);
+        assert_eq!(p.next, Some((("lobby".to_string(), 5), 1)));
+        assert_eq!(page_rooms(rooms, 3).next, None);
     }
 
     #[test]
