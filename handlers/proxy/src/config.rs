@@ -11,6 +11,12 @@ use serde::Deserialize;
 pub const DEFAULT_CONNECT_TIMEOUT_MS: u64 = 5_000;
 /// Default `shutdown_idle_ms`.
 pub const DEFAULT_SHUTDOWN_IDLE_MS: u64 = 1_000;
+/// Default `upstream_high_watermark` (loopd's default output high watermark).
+pub const DEFAULT_UPSTREAM_HIGH: usize = 256 << 10;
+/// Default `upstream_low_watermark` (loopd's default output low watermark).
+pub const DEFAULT_UPSTREAM_LOW: usize = 64 << 10;
+/// Largest `upstream_high_watermark` accepted (1 GiB).
+pub const MAX_WATERMARK: usize = 1 << 30;
 /// Largest value any `*_ms` key accepts: about 24.8 days (what fits a
 /// signed 32-bit millisecond count, as in nginx and HAProxy).
 pub const MAX_MS: u64 = i32::MAX as u64;
@@ -37,6 +43,22 @@ pub struct Config {
     /// `shutdown_timeout_ms`). Up to [`MAX_MS`].
     #[serde(default = "default_shutdown_idle")]
     pub shutdown_idle_ms: u64,
+    /// Bytes queued for the upstream at which the proxy stops reading the
+    /// client. 1 to [`MAX_WATERMARK`].
+    #[serde(default = "default_upstream_high")]
+    pub upstream_high_watermark: usize,
+    /// Queued bytes below which reading the client resumes; below
+    /// `upstream_high_watermark`.
+    #[serde(default = "default_upstream_low")]
+    pub upstream_low_watermark: usize,
+}
+
+fn default_upstream_high() -> usize {
+    DEFAULT_UPSTREAM_HIGH
+}
+
+fn default_upstream_low() -> usize {
+    DEFAULT_UPSTREAM_LOW
 }
 
 fn default_connect_timeout() -> u64 {
@@ -58,6 +80,9 @@ pub struct Settings {
     pub idle_timeout: Option<Duration>,
     /// Idle time after which a pair is closed during shutdown, if any.
     pub shutdown_idle: Option<Duration>,
+    /// The upstream queue's bounds: the client is paused at `.0`, resumed
+    /// below `.1`.
+    pub upstream_watermarks: (usize, usize),
 }
 
 impl Config {
@@ -78,12 +103,24 @@ impl Config {
             }
             Ok((v > 0).then(|| Duration::from_millis(v)))
         };
+        let (high, low) = (self.upstream_high_watermark, self.upstream_low_watermark);
+        if !(1..=MAX_WATERMARK).contains(&high) {
+            return Err(format!(
+                "upstream_high_watermark = {high} is out of range: 1 to {MAX_WATERMARK} bytes"
+            ));
+        }
+        if low >= high {
+            return Err(format!(
+                "upstream_low_watermark = {low} must be below upstream_high_watermark ({high})"
+            ));
+        }
         Ok(Settings {
             upstream,
             connect_timeout: ms("connect_timeout_ms", self.connect_timeout_ms, false)?
                 .expect("checked above 0"),
             idle_timeout: ms("idle_timeout_ms", self.idle_timeout_ms, true)?,
             shutdown_idle: ms("shutdown_idle_ms", self.shutdown_idle_ms, true)?,
+            upstream_watermarks: (high, low),
         })
     }
 }
@@ -174,13 +211,15 @@ mod tests {
         assert_eq!(s.connect_timeout, Duration::from_millis(5000));
         assert_eq!(s.idle_timeout, None);
         assert_eq!(s.shutdown_idle, Some(Duration::from_millis(1000)));
+        assert_eq!(s.upstream_watermarks, (256 << 10, 64 << 10));
     }
 
     #[test]
     fn every_key() {
         let s = config(
             r#"{"upstream": "unix:///run/app.sock", "connect_timeout_ms": 250,
-                "idle_timeout_ms": 60000, "shutdown_idle_ms": 0}"#,
+                "idle_timeout_ms": 60000, "shutdown_idle_ms": 0,
+                "upstream_high_watermark": 1048576, "upstream_low_watermark": 0}"#,
         )
         .unwrap();
         assert_eq!(s.upstream, Upstream::Unix("/run/app.sock".into()));
@@ -188,6 +227,7 @@ mod tests {
         assert_eq!(s.connect_timeout, Duration::from_millis(250));
         assert_eq!(s.idle_timeout, Some(Duration::from_secs(60)));
         assert_eq!(s.shutdown_idle, None);
+        assert_eq!(s.upstream_watermarks, (1 << 20, 0));
     }
 
     #[test]
@@ -227,6 +267,14 @@ mod tests {
             (
                 r#"{"upstream": "tcp://127.0.0.1:1", "idle_timeout_ms": 99999999999}"#,
                 "idle_timeout_ms = 99999999999 is too large",
+            ),
+            (
+                r#"{"upstream": "tcp://127.0.0.1:1", "upstream_high_watermark": 0}"#,
+                "upstream_high_watermark = 0 is out of range",
+            ),
+            (
+                r#"{"upstream": "tcp://127.0.0.1:1", "upstream_low_watermark": 262144}"#,
+                "upstream_low_watermark = 262144 must be below upstream_high_watermark (262144)",
             ),
         ];
         for (json, want) in cases {

@@ -18,13 +18,27 @@
 //!   not answer within `connect_timeout_ms` closes the client, with a
 //!   warning naming the upstream (the first at once, then at most one every
 //!   10 seconds, with the count).
-//! - **Back-pressure both ways.** When a side's output queue reaches its
-//!   high watermark, `send` refuses with `AGAIN`; the proxy keeps that one
-//!   chunk, stops reading the other side (`pause_read`) and resumes it in
-//!   the slow side's `on_writable`. A pair therefore holds at most, per
-//!   direction, one output queue (high watermark plus one chunk) and one
-//!   chunk: a slow reader on either side costs a bounded amount of memory,
-//!   whatever the other side sends.
+//! - **Back-pressure both ways, each direction on its own.** Toward the
+//!   client, `send` refuses with `AGAIN` at the client connection's high
+//!   watermark: the proxy keeps that one chunk, stops reading the upstream
+//!   (`pause_read`) and resumes it in the client's `on_writable`. Toward
+//!   the upstream, the proxy stops reading the client once
+//!   `upstream_high_watermark` bytes are queued and resumes below
+//!   `upstream_low_watermark`. A pair therefore holds at most, per
+//!   direction, one output queue (its high watermark plus one chunk) and
+//!   one chunk: a slow reader on either side costs a bounded amount of
+//!   memory, whatever the other side sends.
+//!
+//!   The upstream connection is opened with a loopd high watermark far
+//!   above `upstream_high_watermark`, so loopd's own rule (a connection
+//!   whose output queue is at its high watermark is not read) never stops
+//!   the proxy from reading the upstream: a full queue toward the upstream
+//!   must not stop the replies coming back, or an upstream that stops
+//!   reading while it cannot write (loopd's own echo, any blocking server)
+//!   would never drain it. Without a hook for "this queue drained" short of
+//!   an `AGAIN` (which comes only once loopd has stopped reading that
+//!   connection), the proxy checks the queue with a timer while the client
+//!   is paused: after 1 ms, then backing off to every 25 ms.
 //! - **Half-close both ways.** A side's EOF is forwarded as a
 //!   `shutdown(SHUT_WR)` of the other side once every byte before it has
 //!   been forwarded (`on_eof` keeps the connection open; `shutdown_write`
@@ -47,7 +61,8 @@
 mod config;
 
 pub use config::{
-    Config, Settings, Upstream, DEFAULT_CONNECT_TIMEOUT_MS, DEFAULT_SHUTDOWN_IDLE_MS, MAX_MS,
+    Config, Settings, Upstream, DEFAULT_CONNECT_TIMEOUT_MS, DEFAULT_SHUTDOWN_IDLE_MS,
+    DEFAULT_UPSTREAM_HIGH, DEFAULT_UPSTREAM_LOW, MAX_MS, MAX_WATERMARK,
 };
 
 use std::collections::HashMap;
@@ -67,6 +82,15 @@ const LOG_INTERVAL_MS: u64 = 10_000;
 const SWEEP_INTERVAL_MS: u64 = 100;
 /// `user_data` of the shutdown sweep timer (pair keys start at 1).
 const SWEEP: u64 = 0;
+/// The first check of a full upstream queue, in milliseconds after the
+/// client was paused; each later one waits twice as long, up to
+/// [`POLL_MAX_MS`].
+const POLL_FIRST_MS: u64 = 1;
+/// The longest wait between two checks of a full upstream queue.
+const POLL_MAX_MS: u64 = 25;
+/// How far above `upstream_high_watermark` loopd's own high watermark for
+/// the upstream connection is set: the proxy stops sending long before.
+const UPSTREAM_SLACK: usize = 16 << 20;
 
 /// A proxy instance: its upstream, and every client/upstream pair.
 #[derive(Debug)]
@@ -74,7 +98,8 @@ pub struct Proxy {
     settings: Settings,
     /// The upstream as `connect_with` takes it.
     url: String,
-    /// Raw framing for the upstream side, whatever the instance has.
+    /// Raw framing for the upstream side, whatever the instance has, and
+    /// watermarks loopd never reaches (see the crate docs).
     options: ConnectOptions,
     pairs: HashMap<u64, Pair>,
     /// Upstream connections not opened yet, to their pair.
@@ -136,6 +161,10 @@ struct Pair {
     closing: bool,
     connect_timer: Option<TimerId>,
     idle_timer: Option<TimerId>,
+    /// Checks the upstream's queue while the client is paused for it.
+    poll_timer: Option<TimerId>,
+    /// The delay of the next check.
+    poll_ms: u64,
     /// When a byte last went through (`Ctx::now_ms`).
     last_active_ms: u64,
     /// Bytes queued on both sides at the last idle check.
@@ -148,6 +177,8 @@ struct Flow {
     /// A chunk the destination refused with `AGAIN`; the source is paused
     /// until the destination's `on_writable` sends it.
     held: Vec<u8>,
+    /// The proxy paused the source for this direction.
+    paused: bool,
     /// The source sent EOF.
     eof: bool,
     /// The destination's sending side is shut (or will be, once its queue
@@ -274,57 +305,116 @@ impl Proxy {
         })
     }
 
-    /// Bytes from `from` go to the other side. When that side's queue is
-    /// full, the chunk is held and `from` stops being read until the other
-    /// side's `on_writable`.
-    fn forward(ctx: &Ctx, pair: &mut Pair, from: Side, data: &[u8]) {
+    /// Bytes from `from` go to the other side. When that side cannot take
+    /// more (an `AGAIN` from the client, or `upstream_high_watermark`
+    /// queued for the upstream), `from` stops being read until it can.
+    fn forward(cfg: &Settings, ctx: &Ctx, key: u64, pair: &mut Pair, from: Side, data: &[u8]) {
         let (src, dst) = (pair.conn(from), pair.conn(from.other()));
         let flow = pair.from(from);
         if !flow.held.is_empty() {
             // Input that was buffered when the source was resumed: it goes
             // after the held chunk, in order.
             flow.held.extend_from_slice(data);
+            flow.paused = true;
             let _ = ctx.pause_read(src);
             return;
         }
-        match ctx.send(dst, data) {
-            Ok(()) => flow.bytes += data.len() as u64,
+        let full = match ctx.send(dst, data) {
+            Ok(()) => {
+                flow.bytes += data.len() as u64;
+                from == Side::Client && Proxy::upstream_full(cfg, ctx, dst)
+            }
             Err(Error::Again) => {
                 flow.held.extend_from_slice(data);
-                let _ = ctx.pause_read(src);
+                true
             }
             // The destination is closing: its on_close ends the pair, and
             // nothing can carry these bytes any more. Stop reading them.
-            Err(_) => {
-                let _ = ctx.pause_read(src);
+            Err(_) => true,
+        };
+        if full {
+            flow.paused = true;
+            let _ = ctx.pause_read(src);
+            if from == Side::Client {
+                Proxy::poll_upstream(ctx, key, pair, true);
             }
+        }
+    }
+
+    /// Whether the upstream's queue is at `upstream_high_watermark`.
+    fn upstream_full(cfg: &Settings, ctx: &Ctx, upstream: ConnId) -> bool {
+        ctx.output_queued(upstream)
+            .is_ok_and(|n| n >= cfg.upstream_watermarks.0)
+    }
+
+    /// Arms (`first`: restarts) the check of the upstream's queue.
+    fn poll_upstream(ctx: &Ctx, key: u64, pair: &mut Pair, first: bool) {
+        if first {
+            pair.poll_ms = POLL_FIRST_MS;
+        } else {
+            pair.poll_ms = (pair.poll_ms * 2).min(POLL_MAX_MS);
+        }
+        if pair.poll_timer.is_none() {
+            pair.poll_timer = ctx
+                .set_timer(Duration::from_millis(pair.poll_ms), key)
+                .ok();
+        }
+    }
+
+    /// The check of a full upstream queue is due: resume the client once
+    /// the queue is below `upstream_low_watermark`, else check again later.
+    fn upstream_poll_due(&mut self, ctx: &Ctx, key: u64) {
+        let cfg = &self.settings;
+        let Some(pair) = self.pairs.get_mut(&key) else {
+            return;
+        };
+        pair.poll_timer = None;
+        let drained = match ctx.output_queued(pair.upstream) {
+            Ok(n) => n <= cfg.upstream_watermarks.1,
+            // Gone: its on_close ends the pair.
+            Err(_) => return,
+        };
+        if !pair.up.paused {
+            return;
+        }
+        if drained {
+            Proxy::drain(cfg, ctx, key, pair, Side::Client);
+        }
+        if pair.up.paused {
+            Proxy::poll_upstream(ctx, key, pair, false);
         }
     }
 
     /// The destination of the direction from `from` can take more: send
     /// the held chunk, then resume the source (or end the direction if the
     /// source has sent EOF meanwhile).
-    fn drain(ctx: &Ctx, pair: &mut Pair, from: Side) {
+    fn drain(cfg: &Settings, ctx: &Ctx, key: u64, pair: &mut Pair, from: Side) {
         let (src, dst) = (pair.conn(from), pair.conn(from.other()));
         let flow = pair.from(from);
-        if flow.held.is_empty() {
-            return;
-        }
-        match ctx.send(dst, &flow.held) {
-            Ok(()) => {
-                flow.bytes += flow.held.len() as u64;
-                // Freed rather than kept: a pair that was slow once should
-                // not hold a chunk's worth of memory while idle.
-                flow.held = Vec::new();
-                if flow.eof {
-                    Proxy::end_direction(ctx, pair, from);
-                } else {
-                    let _ = ctx.resume_read(src);
+        if !flow.held.is_empty() {
+            match ctx.send(dst, &flow.held) {
+                Ok(()) => {
+                    flow.bytes += flow.held.len() as u64;
+                    // Freed rather than kept: a pair that was slow once
+                    // should not hold a chunk's worth of memory while idle.
+                    flow.held = Vec::new();
                 }
+                // Still full (another send got in first): on_writable (or
+                // the next check) follows.
+                Err(Error::Again) => return,
+                Err(_) => return,
             }
-            // Still full (another send got in first): on_writable follows again.
-            Err(Error::Again) => {}
-            Err(_) => {}
+        }
+        if from == Side::Client && Proxy::upstream_full(cfg, ctx, dst) {
+            return Proxy::poll_upstream(ctx, key, pair, true);
+        }
+        let flow = pair.from(from);
+        if flow.paused {
+            flow.paused = false;
+            let _ = ctx.resume_read(src);
+        }
+        if flow.eof && !flow.ended {
+            Proxy::end_direction(ctx, pair, from);
         }
     }
 
@@ -438,15 +528,22 @@ impl Handler for Proxy {
         let settings = config.validate()?;
         let url = settings.upstream.to_string();
         ctx.debug(format_args!(
-            "upstream {url}, connect_timeout_ms {}, idle_timeout_ms {}, shutdown_idle_ms {}",
+            "upstream {url}, connect_timeout_ms {}, idle_timeout_ms {}, shutdown_idle_ms {}, \
+             upstream watermarks {}/{}",
             ms(settings.connect_timeout),
             settings.idle_timeout.map_or(0, ms),
             settings.shutdown_idle.map_or(0, ms),
+            settings.upstream_watermarks.0,
+            settings.upstream_watermarks.1,
         ));
+        let (high, low) = settings.upstream_watermarks;
+        let options = ConnectOptions::new()
+            .framing(Framing::Raw)
+            .watermarks(high + UPSTREAM_SLACK, low);
         Ok(Proxy {
             settings,
             url,
-            options: ConnectOptions::new().framing(Framing::Raw),
+            options,
             pairs: HashMap::new(),
             connecting: HashMap::new(),
             next_key: 1,
@@ -521,6 +618,8 @@ impl Handler for Proxy {
                 closing: false,
                 connect_timer: Some(timer),
                 idle_timer: None,
+                poll_timer: None,
+                poll_ms: POLL_FIRST_MS,
                 last_active_ms: ctx.now_ms(),
                 queued_seen: 0,
             },
@@ -534,7 +633,7 @@ impl Handler for Proxy {
     fn on_data(&mut self, ctx: &Ctx, _conn: ConnId, state: &mut ProxyConn, data: &[u8]) {
         if let Some(pair) = self.pairs.get_mut(&state.pair) {
             pair.last_active_ms = ctx.now_ms();
-            Proxy::forward(ctx, pair, state.side, data);
+            Proxy::forward(&self.settings, ctx, state.pair, pair, state.side, data);
         }
     }
 
@@ -553,7 +652,7 @@ impl Handler for Proxy {
 
     fn on_writable(&mut self, ctx: &Ctx, _conn: ConnId, state: &mut ProxyConn) {
         if let Some(pair) = self.pairs.get_mut(&state.pair) {
-            Proxy::drain(ctx, pair, state.side.other());
+            Proxy::drain(&self.settings, ctx, state.pair, pair, state.side.other());
         }
     }
 
@@ -592,7 +691,10 @@ impl Handler for Proxy {
             return;
         }
         let pair = self.pairs.remove(&key).expect("looked up above");
-        for t in [pair.connect_timer, pair.idle_timer].into_iter().flatten() {
+        for t in [pair.connect_timer, pair.idle_timer, pair.poll_timer]
+            .into_iter()
+            .flatten()
+        {
             let _ = ctx.cancel_timer(t);
         }
         ctx.debug(format_args!(
@@ -615,7 +717,9 @@ impl Handler for Proxy {
         let Some(pair) = self.pairs.get(&key) else {
             return;
         };
-        if pair.connect_timer == Some(timer) {
+        if pair.poll_timer == Some(timer) {
+            self.upstream_poll_due(ctx, key);
+        } else if pair.connect_timer == Some(timer) {
             self.connect_timed_out(ctx, key);
         } else if pair.idle_timer == Some(timer) {
             self.idle_check(ctx, key);
