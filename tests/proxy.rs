@@ -271,6 +271,36 @@ listen = ["unix://{dir}/echo.sock"]
 }
 
 #[test]
+fn a_full_queue_toward_an_echo_upstream_never_stops_its_replies() {
+    // loopd's echo stops reading a connection while its output to it is
+    // full, as any blocking server does. If the proxy stopped reading the
+    // upstream because its queue toward the upstream was full, neither
+    // would ever drain: the round trip would hang. Unix sockets (small
+    // kernel buffers) and both directions at full speed make it likely.
+    let echo = r#"
+[[handler]]
+name = "echo"
+plugin = "echo"
+listen = ["unix://{dir}/echo.sock"]
+"#;
+    let config = proxy_config("unix://{dir}/echo.sock", "", echo).replace(
+        r#"listen = ["tcp://127.0.0.1:0"]"#,
+        r#"listen = ["unix://{dir}/proxy.sock"]"#,
+    );
+    let loopd = Loopd::start_with(&config, "info", |_| {});
+    let runs = 6;
+    let mut complete = 0;
+    for i in 0..runs {
+        let data = Bytes::take(20 + i, 16 << 20);
+        if echo_roundtrip(unix(&loopd.unix("proxy")), &data) == data {
+            complete += 1;
+        }
+    }
+    figure("proxy.echo_round_trips_16mib", format!("{complete}/{runs}"));
+    assert_eq!(complete, runs);
+}
+
+#[test]
 fn a_listener_with_line_framing_is_refused_with_a_warning() {
     let (server, _rx) = exchanging_server(0);
     let config = proxy_config(&server.url(), "", "")
