@@ -50,7 +50,9 @@ fn fifty_mib_each_way_arrive_byte_exact_through_both_half_closes() {
     let mut r = &client;
     let got_down = recv_stream(&mut r, 0, 1, || {});
     let sent_up = sender.join().unwrap();
-    let got_up = from_client.recv_timeout(TIMEOUT).expect("the upstream's report");
+    let got_up = from_client
+        .recv_timeout(TIMEOUT)
+        .expect("the upstream's report");
     figure("proxy.bytes_up", got_up.len);
     figure("proxy.bytes_down", got_down.len);
     figure("proxy.sha256_up_match", got_up == sent_up);
@@ -59,7 +61,11 @@ fn fifty_mib_each_way_arrive_byte_exact_through_both_half_closes() {
     assert_eq!(got_down, expected(2, len), "upstream to client");
     // Both EOFs went through (each side read to its end), and the pair is
     // gone from loopd: the client reads EOF, not a hang.
-    assert!(loopd.wait_for_log("bytes to the upstream", TIMEOUT), "{}", loopd.logs());
+    assert!(
+        loopd.wait_for_log("bytes to the upstream", TIMEOUT),
+        "{}",
+        loopd.logs()
+    );
 }
 
 #[test]
@@ -101,7 +107,10 @@ fn a_reply_sent_after_the_clients_eof_always_arrives() {
             eprintln!("run {i}: {} bytes instead of {}", reply.len(), want.len());
         }
     }
-    figure("proxy.replies_after_eof_complete", format!("{complete}/{runs}"));
+    figure(
+        "proxy.replies_after_eof_complete",
+        format!("{complete}/{runs}"),
+    );
     assert_eq!(complete, runs);
 }
 
@@ -121,15 +130,15 @@ fn a_refused_upstream_closes_the_client_with_one_warning_naming_it() {
     }
     let needle = format!("upstream {url} refused or is unreachable");
     assert!(loopd.wait_for_log(&needle, TIMEOUT), "{}", loopd.logs());
-    let lines = loopd
-        .logs()
-        .lines()
-        .filter(|l| l.contains(&needle))
-        .count();
+    let lines = loopd.logs().lines().filter(|l| l.contains(&needle)).count();
     figure("proxy.refused_clients_closed", clients);
     figure("proxy.refused_warnings", lines);
     // One warning at once, then at most one per 10 s with the count.
-    assert!((1..=2).contains(&lines), "{lines} warnings:\n{}", loopd.logs());
+    assert!(
+        (1..=2).contains(&lines),
+        "{lines} warnings:\n{}",
+        loopd.logs()
+    );
     assert!(loopd.logs().contains(" WARN "), "{}", loopd.logs());
 }
 
@@ -160,12 +169,19 @@ fn unanswering_listener() -> (std::os::fd::OwnedFd, Vec<TcpStream>, u16) {
         sa.sin_family = libc::AF_INET as libc::sa_family_t;
         sa.sin_addr.s_addr = u32::from_ne_bytes([127, 0, 0, 1]);
         let len = std::mem::size_of::<libc::sockaddr_in>() as libc::socklen_t;
-        assert_eq!(libc::bind(fd, (&sa as *const libc::sockaddr_in).cast(), len), 0);
+        assert_eq!(
+            libc::bind(fd, (&sa as *const libc::sockaddr_in).cast(), len),
+            0
+        );
         assert_eq!(libc::listen(fd, 0), 0);
         let mut out: libc::sockaddr_in = std::mem::zeroed();
         let mut out_len = len;
         assert_eq!(
-            libc::getsockname(fd, (&mut out as *mut libc::sockaddr_in).cast(), &mut out_len),
+            libc::getsockname(
+                fd,
+                (&mut out as *mut libc::sockaddr_in).cast(),
+                &mut out_len
+            ),
             0
         );
         let port = u16::from_be(out.sin_port);
@@ -190,7 +206,10 @@ fn an_upstream_that_never_answers_is_given_up_at_connect_timeout_ms() {
     let mut c = connect(loopd.tcp("proxy"));
     let started = Instant::now();
     let got = read_until_closed(&mut c);
-    figure("proxy.connect_timeout_close_ms", started.elapsed().as_millis());
+    figure(
+        "proxy.connect_timeout_close_ms",
+        started.elapsed().as_millis(),
+    );
     assert!(got.is_empty());
     let needle = format!("upstream {url} did not answer within connect_timeout_ms (300 ms)");
     assert!(loopd.wait_for_log(&needle, TIMEOUT), "{}", loopd.logs());
@@ -236,7 +255,10 @@ listen = ["tcp://127.0.0.1:{port}"]
     figure("proxy.pairs_byte_exact", format!("{exact}/{pairs}"));
     figure("proxy.loopd_fds_for_pairs", fds_open);
     assert_eq!(exact, pairs);
-    assert!(fds_open >= 3 * pairs, "{fds_open} descriptors for {pairs} pairs");
+    assert!(
+        fds_open >= 3 * pairs,
+        "{fds_open} descriptors for {pairs} pairs"
+    );
     // Half-close every client: each gets EOF back through the pair.
     for c in &clients {
         half_close(c);
@@ -254,13 +276,18 @@ name = "echo"
 plugin = "echo"
 listen = ["unix://{dir}/echo.sock"]
 "#;
-    let config = proxy_config("unix://{dir}/echo.sock", "", echo)
-        .replace(r#"listen = ["tcp://127.0.0.1:0"]"#, r#"listen = ["unix://{dir}/proxy.sock"]"#);
+    let config = proxy_config("unix://{dir}/echo.sock", "", echo).replace(
+        r#"listen = ["tcp://127.0.0.1:0"]"#,
+        r#"listen = ["unix://{dir}/proxy.sock"]"#,
+    );
     let loopd = Loopd::start(&config);
     let data = Bytes::take(9, 8 << 20);
     let got = echo_roundtrip(unix(&loopd.unix("proxy")), &data);
     figure("proxy.unix_bytes_round_trip", got.len());
-    assert!(got == data, "8 MiB through a unix client and a unix upstream");
+    assert!(
+        got == data,
+        "8 MiB through a unix client and a unix upstream"
+    );
     // And a half-close over unix sockets comes back as EOF.
     let mut s: UnixStream = unix(&loopd.unix("proxy"));
     s.write_all(b"last words").unwrap();
@@ -303,14 +330,19 @@ listen = ["unix://{dir}/echo.sock"]
 #[test]
 fn a_listener_with_line_framing_is_refused_with_a_warning() {
     let (server, _rx) = exchanging_server(0);
-    let config = proxy_config(&server.url(), "", "")
-        .replace("plugin = \"proxy\"\n", "plugin = \"proxy\"\nframing = \"line\"\n");
+    let config = proxy_config(&server.url(), "", "").replace(
+        "plugin = \"proxy\"\n",
+        "plugin = \"proxy\"\nframing = \"line\"\n",
+    );
     let loopd = Loopd::start(&config);
     let mut c = connect(loopd.tcp("proxy"));
     let _ = c.write_all(b"x\n");
     assert!(read_until_closed(&mut c).is_empty());
     assert!(
-        loopd.wait_for_log("needs framing = \"raw\" (its default), not \"line\"", TIMEOUT),
+        loopd.wait_for_log(
+            "needs framing = \"raw\" (its default), not \"line\"",
+            TIMEOUT
+        ),
         "{}",
         loopd.logs()
     );
@@ -383,5 +415,9 @@ fn at_shutdown_idle_pairs_close_and_a_download_in_progress_finishes() {
     figure("proxy.shutdown_exit_ok", status.success());
     assert_eq!(got, expected(3, len), "the download finished intact");
     assert!(status.success(), "{}", loopd.logs());
-    assert!(!loopd.logs().contains("shutdown timeout"), "{}", loopd.logs());
+    assert!(
+        !loopd.logs().contains("shutdown timeout"),
+        "{}",
+        loopd.logs()
+    );
 }

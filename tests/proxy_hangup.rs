@@ -153,5 +153,9 @@ fn a_paused_half_closed_connection_keeps_what_its_peer_sent_before_hanging_up() 
         len,
     );
     figure("hangup.unix_bytes_delivered", unix.0);
-    assert_eq!(unix, (len as u64, true, Some(CloseReason::Peer)), "over a Unix socket");
+    assert_eq!(
+        unix,
+        (len as u64, true, Some(CloseReason::Peer)),
+        "over a Unix socket"
+    );
 }

@@ -102,7 +102,10 @@ fn tiny_proxy_so() -> PathBuf {
             if plugin_dir().ends_with("release") {
                 cmd.arg("--release");
             }
-            assert!(cmd.status().unwrap().success(), "building the tiny-proxy example");
+            assert!(
+                cmd.status().unwrap().success(),
+                "building the tiny-proxy example"
+            );
             let so = plugin_dir().join("examples/libtiny_proxy.so");
             assert!(so.exists(), "{} was not built", so.display());
             so
@@ -150,7 +153,10 @@ fn in_front_of_echo_it_answers_nc_and_round_trips_without_hanging() {
     // reading while it cannot write (step 7).
     for seed in 0..3 {
         let data = Bytes::take(40 + seed, 8 << 20);
-        assert!(echo_roundtrip(connect(addr), &data) == data, "round trip {seed}");
+        assert!(
+            echo_roundtrip(connect(addr), &data) == data,
+            "round trip {seed}"
+        );
     }
 }
 
@@ -183,7 +189,11 @@ fn it_carries_8_mib_each_way_through_both_half_closes() {
     let mut r = &c;
     let down = recv_stream(&mut r, 0, 1, || {});
     let up_sent = sender.join().unwrap();
-    assert_eq!(rx.recv_timeout(TIMEOUT).unwrap(), up_sent, "client to upstream");
+    assert_eq!(
+        rx.recv_timeout(TIMEOUT).unwrap(),
+        up_sent,
+        "client to upstream"
+    );
     assert_eq!(down, expected(12, len), "upstream to client");
 }
 

@@ -188,12 +188,7 @@ pub fn send_stream(w: &mut impl Write, len: u64, seed: u64, rate: Option<u64>) -
 /// Reads to EOF: the first `slow` bytes at `rate` bytes/s, the rest as
 /// fast as they come. A reset counts as the end (the length then shows
 /// what is missing). `sample` runs every 100 ms while reading slowly.
-pub fn recv_stream(
-    r: &mut impl Read,
-    slow: u64,
-    rate: u64,
-    mut sample: impl FnMut(),
-) -> Digested {
+pub fn recv_stream(r: &mut impl Read, slow: u64, rate: u64, mut sample: impl FnMut()) -> Digested {
     let mut hash = Sha256::new();
     let mut buf = vec![0u8; 64 << 10];
     let pace = Pace::new(rate);

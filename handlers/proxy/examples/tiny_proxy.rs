@@ -302,7 +302,9 @@ impl Handler for TinyProxy {
     fn create(_ctx: &Ctx, _name: &str, config: Config) -> Result<Self, String> {
         let url = config.upstream;
         if !url.starts_with("tcp://") && !url.starts_with("unix://") {
-            return Err(format!("upstream `{url}`: use tcp://IP:PORT or unix://PATH"));
+            return Err(format!(
+                "upstream `{url}`: use tcp://IP:PORT or unix://PATH"
+            ));
         }
         Ok(TinyProxy {
             upstream: url,

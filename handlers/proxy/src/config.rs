@@ -258,8 +258,14 @@ mod tests {
                 r#"{"upstream": "tcp://0.0.0.0:80"}"#,
                 "0.0.0.0 is not an address to connect to",
             ),
-            (r#"{"upstream": "udp://127.0.0.1:53"}"#, "unknown scheme `udp`"),
-            (r#"{"upstream": "unix://"}"#, "the unix socket path is empty"),
+            (
+                r#"{"upstream": "udp://127.0.0.1:53"}"#,
+                "unknown scheme `udp`",
+            ),
+            (
+                r#"{"upstream": "unix://"}"#,
+                "the unix socket path is empty",
+            ),
             (
                 r#"{"upstream": "tcp://127.0.0.1:1", "connect_timeout_ms": 0}"#,
                 "connect_timeout_ms = 0: must be 1 to",
@@ -282,6 +288,8 @@ mod tests {
             assert!(err.contains(want), "{json}: {err:?} lacks {want:?}");
         }
         let long = format!(r#"{{"upstream": "unix:///{}"}}"#, "x".repeat(120));
-        assert!(config(&long).unwrap_err().contains("shorter than 108 bytes"));
+        assert!(config(&long)
+            .unwrap_err()
+            .contains("shorter than 108 bytes"));
     }
 }

@@ -355,9 +355,7 @@ impl Proxy {
             pair.poll_ms = (pair.poll_ms * 2).min(POLL_MAX_MS);
         }
         if pair.poll_timer.is_none() {
-            pair.poll_timer = ctx
-                .set_timer(Duration::from_millis(pair.poll_ms), key)
-                .ok();
+            pair.poll_timer = ctx.set_timer(Duration::from_millis(pair.poll_ms), key).ok();
         }
     }
 
@@ -681,7 +679,11 @@ impl Handler for Proxy {
             let _ = ctx.close(pair.conn(other), CloseMode::Abort);
             if side == Side::Upstream && reason == CloseReason::ConnectFailed {
                 let peer = pair.peer;
-                self.report_down(ctx, peer, format_args!("refused or is unreachable ({reason})"));
+                self.report_down(
+                    ctx,
+                    peer,
+                    format_args!("refused or is unreachable ({reason})"),
+                );
             }
         }
         let Some(pair) = self.pairs.get(&key) else {
@@ -702,11 +704,7 @@ impl Handler for Proxy {
             Peer(pair.peer),
             pair.up.bytes,
             pair.down.bytes,
-            if pair.finished {
-                ""
-            } else {
-                " (cut short)"
-            }
+            if pair.finished { "" } else { " (cut short)" }
         ));
     }
 
@@ -739,7 +737,9 @@ impl Handler for Proxy {
             self.sweep(ctx);
             let every = Duration::from_millis(ms(idle).clamp(1, SWEEP_INTERVAL_MS));
             if ctx.set_repeating_timer(every, every, SWEEP).is_err() {
-                ctx.warn("cannot arm the shutdown timer: idle pairs stay until shutdown_timeout_ms");
+                ctx.warn(
+                    "cannot arm the shutdown timer: idle pairs stay until shutdown_timeout_ms",
+                );
             }
         }
     }
