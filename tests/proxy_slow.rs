@@ -1,8 +1,8 @@
 //! The proxy with a slow reader on either side: a 50 MiB download read at
 //! 2 MB/s by the client, and a 50 MiB upload read at 2 MB/s by the
 //! upstream. loopd's RSS must stay within the pair's bound (two output
-//! queues at their high watermark plus a chunk each, and one held chunk
-//! per direction) plus a few MiB, however fast the other side sends; and
+//! queues at their high watermark plus a chunk each, and one chunk held
+//! back toward the client) plus a few MiB, however fast the other side sends; and
 //! every byte must arrive, through the half-close each side makes first.
 //!
 //! The CI tier reads the first 16 MiB slowly (8 s) and the rest at full
@@ -31,10 +31,12 @@ const CHUNK: u64 = 64 << 10;
 /// "A few MiB": the allocator's slack and loopd's own buffers.
 const SLACK_KIB: u64 = 4 << 10;
 
-/// The most one pair may hold: per direction an output queue at its high
-/// watermark plus one chunk, and one held chunk.
+/// The most one pair may hold (docs/handlers/proxy.md): toward the client
+/// an output queue at its high watermark plus one chunk, and one chunk
+/// held back; toward the upstream a queue at `upstream_high_watermark`
+/// plus one chunk.
 fn pair_bound_kib() -> u64 {
-    2 * (HIGH + CHUNK + CHUNK) / 1024
+    ((HIGH + CHUNK + CHUNK) + (HIGH + CHUNK)) / 1024
 }
 
 fn slow_bytes() -> u64 {
