@@ -86,8 +86,10 @@ impl Runtime {
                         return;
                     };
                     if c.hung_up_unasked(&r) {
-                        log::debug!("{}: connection {}: peer hung up", c.name(), r.key);
-                        c.begin_close(r.key, sh, true, abi::LOOPD_REASON_ERROR);
+                        if !c.park_hangup(r.key, sh, &r) {
+                            log::debug!("{}: connection {}: peer hung up", c.name(), r.key);
+                            c.begin_close(r.key, sh, true, abi::LOOPD_REASON_ERROR);
+                        }
                     } else {
                         drop(core);
                         let prev = self.set_current(r.key);

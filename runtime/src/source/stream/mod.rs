@@ -131,6 +131,9 @@ pub(crate) struct Conn {
     want_writable: bool,
     /// The (readable, writable) interest registered with the poller.
     pub(crate) interest: (bool, bool),
+    /// The peer hung up while the handler held reading paused: the socket
+    /// is registered oneshot with no interest (see [`Conn::park_hangup`]).
+    parked: bool,
     /// The reason `on_close` will carry.
     close_reason: i32,
     /// The flush-before-close deadline timer, if armed.
@@ -193,6 +196,7 @@ impl Conn {
             shut_write: ShutWrite::No,
             want_writable: false,
             interest: (false, false),
+            parked: false,
             close_reason: 0,
             close_timer: None,
             inbuf_held: 0,
@@ -251,12 +255,22 @@ impl Conn {
     /// Brings the poller's interest in line with the connection's state.
     pub(crate) fn update_interest(&mut self, id: u64, sh: &mut Shared) {
         let want = self.wanted_interest();
-        if want == self.interest {
+        if self.parked {
+            // Parked after a hang-up: unwatched until there is something
+            // to do (a level-triggered registration would report the
+            // hang-up again and again).
+            if want == (false, false) {
+                return;
+            }
+        } else if want == self.interest {
             return;
         }
         let Some(io) = &self.io else { return };
         match sh.poll.modify(io.fd(), id, want.0, want.1) {
-            Ok(()) => self.interest = want,
+            Ok(()) => {
+                self.interest = want;
+                self.parked = false;
+            }
             Err(e) => {
                 log::warn!("poller refused connection {id}: {e}; closing it");
                 self.begin_close(id, sh, true, abi::LOOPD_REASON_ERROR);
@@ -270,6 +284,34 @@ impl Conn {
     /// instead of reported again and again.
     pub(crate) fn hung_up_unasked(&self, ready: &Ready) -> bool {
         self.phase == Phase::Open && !self.interest.0 && (ready.hup || ready.err)
+    }
+
+    /// A hang-up without an error on a connection whose reading the
+    /// handler holds paused (`pause_read`), before its EOF was read: the
+    /// peer has shut down its side and this side's sending is shut too (or,
+    /// for a Unix socket, the peer closed), but what the peer sent before is
+    /// still in the kernel's buffer, to be read once reading resumes. The
+    /// socket is kept, registered oneshot with no interest, so the
+    /// hang-up, which a poller reports whatever the interest, wakes the
+    /// loop at most once more; `update_interest` watches it again when
+    /// reading resumes. Returns false when the connection must be closed
+    /// instead (an error, nothing left to read, output still queued).
+    pub(crate) fn park_hangup(&mut self, id: u64, sh: &mut Shared, ready: &Ready) -> bool {
+        if ready.err || self.read_eof || !self.held || !self.outq.is_empty() {
+            return false;
+        }
+        if self.parked {
+            return true;
+        }
+        let Some(io) = &self.io else { return false };
+        match sh.poll.rearm(io.fd(), id, false, false) {
+            Ok(()) => {
+                self.parked = true;
+                self.interest = (false, false);
+                true
+            }
+            Err(_) => false,
+        }
     }
 
     // ---------------------------------------------------------------------
