@@ -386,6 +386,39 @@ root = "{}"
     );
     assert_eq!(echo_clients(loopd.tcp("echo"), 1024), CLIENTS);
 
+    // A changed echo entry: every worker swaps its own echo instance, and
+    // a connection open before keeps being served by the old one.
+    let mut old = tcp(loopd.tcp("echo"));
+    assert_eq!(
+        echo_roundtrip(old.try_clone().unwrap(), b"before"),
+        b"before"
+    );
+    let changed = config.replace(
+        r#"listen = ["tcp://127.0.0.1:0", "unix://{dir}/echo.sock"]"#,
+        "listen = [\"tcp://127.0.0.1:0\", \"unix://{dir}/echo.sock\"]\n[handler.config]\nshutdown_idle_ms = 500",
+    );
+    assert_ne!(changed, config);
+    std::fs::write(
+        loopd.dir.join("loopd.toml"),
+        changed.replace("{dir}", loopd.dir.path().to_str().unwrap()),
+    )
+    .unwrap();
+    loopd.signal(libc::SIGHUP);
+    assert!(
+        loopd.wait_for_logs("reloaded: ", 4, TIMEOUT),
+        "{}",
+        loopd.logs()
+    );
+    let swapped = loopd
+        .logs()
+        .lines()
+        .filter(|l| l.contains("reloaded: ") && l.contains("replaced echo;"))
+        .count();
+    assert_eq!(swapped, 2, "{}", loopd.logs());
+    assert_eq!(echo_roundtrip(old.try_clone().unwrap(), b"after"), b"after");
+    assert_eq!(echo_clients(loopd.tcp("echo"), 1024), CLIENTS);
+    drop(old);
+
     // SIGTERM: every worker drains and the process exits cleanly.
     loopd.signal(libc::SIGTERM);
     let status = loopd.wait_exit_status(TIMEOUT);
