@@ -388,7 +388,7 @@ root = "{}"
 
     // A changed echo entry: every worker swaps its own echo instance, and
     // a connection open before keeps being served by the old one.
-    let mut old = tcp(loopd.tcp("echo"));
+    let old = tcp(loopd.tcp("echo"));
     assert_eq!(
         echo_roundtrip(old.try_clone().unwrap(), b"before"),
         b"before"
