@@ -117,7 +117,11 @@ pub(crate) struct Signals {
 
 impl Signals {
     /// Installs a handler for every signal of [`table`] that writes the
-    /// signal's number to `write`.
+    /// signal's number to `write`. One of the signals operators send
+    /// (SIGTERM, SIGINT, SIGQUIT, SIGHUP, SIGUSR2) that cannot be caught is
+    /// an error naming it; any other (a real-time signal that a sandbox or
+    /// a tool such as valgrind keeps for itself, say) is skipped with a
+    /// debug line and keeps its default action.
     pub(crate) fn install(&mut self, write: UnixStream) -> io::Result<()> {
         // One descriptor for every handler: it is closed when the last
         // action is unregistered (never in a signal handler).
@@ -140,8 +144,15 @@ impl Signals {
             };
             // SAFETY: the action only calls send(2) (async-signal-safe),
             // allocates nothing and takes no lock.
-            let id = unsafe { signal_hook::low_level::register(sig, action) }?;
-            self.ids.push(id);
+            match unsafe { signal_hook::low_level::register(sig, action) } {
+                Ok(id) => self.ids.push(id),
+                Err(e) if !OPERATOR_SIGNALS.contains(&sig) => {
+                    log::debug!("{} keeps its default action: catching it: {e}", name(sig));
+                }
+                Err(e) => {
+                    return Err(io::Error::new(e.kind(), format!("{}: {e}", name(sig))));
+                }
+            }
         }
         Ok(())
     }
@@ -154,6 +165,16 @@ impl Signals {
         }
     }
 }
+
+/// The signals operators and service managers send: loopd does not start
+/// without them.
+const OPERATOR_SIGNALS: [i32; 5] = [
+    libc::SIGTERM,
+    libc::SIGINT,
+    libc::SIGQUIT,
+    libc::SIGHUP,
+    libc::SIGUSR2,
+];
 
 /// What `sig` makes loopd do, and why.
 fn action_of(sig: i32) -> (Action, &'static str) {
