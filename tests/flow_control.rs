@@ -270,3 +270,130 @@ fn connect_with_gives_an_outbound_connection_its_own_framing() {
     // its newline is never delivered.
     assert_eq!(dial(false), ["bad options: Some(Invalid)", "open Line"]);
 }
+
+/// Fills its outbound connection's output queue on open (the upstream
+/// reads nothing yet), then logs what arrives and whether it may send.
+struct Filler {
+    target: String,
+    keep_reading: bool,
+}
+
+#[derive(serde::Deserialize)]
+struct FillerConfig {
+    target: String,
+    keep_reading: bool,
+}
+
+impl Handler for Filler {
+    type Config = FillerConfig;
+    type Conn = ();
+    fn create(_: &Ctx, _: &str, c: FillerConfig) -> Result<Self, String> {
+        Ok(Filler {
+            target: c.target,
+            keep_reading: c.keep_reading,
+        })
+    }
+    fn on_message(&mut self, ctx: &Ctx, _: &[u8]) {
+        let opts = ConnectOptions::new()
+            .watermarks(256 << 10, 64 << 10)
+            .keep_reading(self.keep_reading);
+        ctx.connect_with(&self.target, &opts).unwrap();
+    }
+    fn on_open(&mut self, ctx: &Ctx, conn: ConnId, _: &ConnInfo<'_>) -> Result<(), String> {
+        let chunk = vec![b'x'; 64 << 10];
+        // The kernel's buffers take a few MiB, the queue 256 KiB more.
+        for _ in 0..4096 {
+            match ctx.send(conn, &chunk) {
+                Ok(()) => {}
+                Err(e) => {
+                    log(format!("full: {e:?}"));
+                    return Ok(());
+                }
+            }
+        }
+        Err("the output queue never filled".to_string())
+    }
+    fn on_data(&mut self, ctx: &Ctx, conn: ConnId, _: &mut (), data: &[u8]) {
+        log(format!(
+            "data {} (send: {:?})",
+            String::from_utf8_lossy(data),
+            ctx.send(conn, b"y").err()
+        ));
+    }
+    fn on_writable(&mut self, _: &Ctx, _: ConnId, _: &mut ()) {
+        log("writable");
+    }
+}
+
+/// Runs a Filler against an upstream that sends "hello" at once and reads
+/// only when told to; returns what the handler logged before the upstream
+/// read (after `before` has seen enough) and at the end.
+fn fill(keep_reading: bool, before: impl Fn(&[String]) -> bool) -> (Vec<String>, Vec<String>) {
+    LOG.with(|l| l.borrow_mut().clear());
+    let upstream = TcpListener::bind("127.0.0.1:0").unwrap();
+    let target = format!("tcp://{}", upstream.local_addr().unwrap());
+    let (go, drain) = std::sync::mpsc::channel::<()>();
+    let server = std::thread::spawn(move || {
+        let (mut s, _) = upstream.accept().unwrap();
+        s.write_all(b"hello").unwrap();
+        drain.recv().unwrap();
+        let mut sink = [0u8; 1 << 16];
+        s.set_read_timeout(Some(Duration::from_millis(500)))
+            .unwrap();
+        while let Ok(n) = s.read(&mut sink) {
+            if n == 0 {
+                break;
+            }
+        }
+    });
+    let config = loopd::Config::parse(
+        &format!(
+            "[[handler]]\nname = \"filler\"\nplugin = \"filler\"\n[handler.config]\ntarget = \"{target}\"\nkeep_reading = {keep_reading}\n"
+        ),
+        None,
+    )
+    .unwrap();
+    let mut rt = Runtime::builder()
+        .config(config)
+        .static_handler::<Filler>("filler")
+        .build()
+        .unwrap();
+    rt.handle().post("filler", "go").unwrap();
+    run_until(&mut rt, |_| logged().iter().any(|l| l.starts_with("full")));
+    // 50 passes of up to 10 ms: "hello" has long arrived on loopback.
+    for _ in 0..50 {
+        if before(&logged()) {
+            break;
+        }
+        rt.run_once(Some(Duration::from_millis(10))).unwrap();
+    }
+    let first = logged();
+    go.send(()).unwrap();
+    run_until(&mut rt, |_| {
+        let l = logged();
+        l.iter().any(|l| l == "writable") && l.iter().any(|l| l.starts_with("data"))
+    });
+    drop(rt);
+    server.join().unwrap();
+    (first, logged())
+}
+
+#[test]
+fn keep_reading_delivers_input_while_the_output_queue_is_full() {
+    let (first, all) = fill(true, |l| l.iter().any(|l| l.starts_with("data")));
+    assert_eq!(
+        first,
+        ["full: Again", "data hello (send: Some(Again))"],
+        "read on while send still refuses"
+    );
+    assert_eq!(all.last().map(String::as_str), Some("writable"), "{all:?}");
+
+    // Without it the full queue pauses reading: "hello" waits for the
+    // upstream to read, and comes after the queue drained.
+    let (first, all) = fill(false, |_| false);
+    assert_eq!(first, ["full: Again"]);
+    assert!(
+        all.iter().any(|l| l == "data hello (send: None)") && all.contains(&"writable".to_string()),
+        "{all:?}"
+    );
+}

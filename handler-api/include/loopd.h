@@ -76,7 +76,8 @@ extern "C" {
  *            timer_repeat; loopd_vtable.on_message, loopd_vtable.on_fd;
  *            loopd_connect_options, LOOPD_FD_*, LOOPD_ERR_NO_SUCH_INSTANCE,
  *            LOOPD_ERR_FULL, LOOPD_REASON_IDLE, LOOPD_REASON_LIMIT.
- * 1.4 added: loopd_host_api.post_siblings, worker_info. */
+ * 1.4 added: loopd_host_api.post_siblings, worker_info;
+ *            loopd_connect_options.flags, LOOPD_CONNECT_KEEP_READING. */
 #define LOOPD_ABI_MINOR 4
 
 /* Sizes of the v1.0 structs on 64-bit targets: the smallest struct_size a
@@ -264,7 +265,20 @@ typedef struct loopd_connect_options {
     uint64_t max_frame;             /* 0 = the instance's max_frame */
     uint64_t output_high_watermark; /* 0 = the instance's */
     uint64_t output_low_watermark;  /* 0 = the instance's; below high */
+    /* --- 1.4 --- */
+    uint32_t flags;                 /* LOOPD_CONNECT_*; 0 = none */
+    uint32_t reserved;              /* 0 */
 } loopd_connect_options;
+
+/* connect_with flags (1.4). KEEP_READING: loopd keeps reading this
+ * connection while its own output queue is at its high watermark (send
+ * still refuses with LOOPD_ERR_AGAIN there, and on_writable follows once
+ * the queue is below the low watermark). Without it a connection whose
+ * queue is full is not read until it drains, which is right for a server
+ * answering its client, and wrong for a proxy's upstream: a full queue
+ * toward the upstream must not stop its replies being read. A host older
+ * than 1.4 ignores flags: a plugin that needs one sets min_host_minor 4. */
+#define LOOPD_CONNECT_KEEP_READING 1u
 
 /* Functions the host implements. The table is static in the host and valid
  * for the life of the process. Extensible: check struct_size (or

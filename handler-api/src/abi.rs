@@ -269,7 +269,15 @@ pub struct loopd_connect_options {
     pub output_high_watermark: u64,
     /// Output queue low watermark; 0 = the instance's.
     pub output_low_watermark: u64,
+    /// `LOOPD_CONNECT_*` (since 1.4); 0 = none.
+    pub flags: u32,
+    /// Always 0.
+    pub reserved: u32,
 }
+
+/// `loopd_connect_options.flags` (1.4): keep reading the connection while
+/// its own output queue is at its high watermark.
+pub const LOOPD_CONNECT_KEEP_READING: u32 = 1;
 
 /// Functions the host implements. See `loopd.h` for each contract.
 #[repr(C)]

@@ -413,6 +413,8 @@ pub struct ConnectOptions {
     pub max_frame: Option<usize>,
     /// Its output queue's high and low watermarks (low below high).
     pub watermarks: Option<(usize, usize)>,
+    /// Keep reading it while its own output queue is full (ABI 1.4).
+    pub keep_reading: bool,
 }
 
 impl ConnectOptions {
@@ -439,6 +441,18 @@ impl ConnectOptions {
         self
     }
 
+    /// Keeps reading the connection while its own output queue is at its
+    /// high watermark (ABI 1.4; `LOOPD_CONNECT_KEEP_READING`): `send`
+    /// still refuses with [`Error::Again`] there and `on_writable` follows
+    /// once it drains, but what the peer sends keeps being delivered. A
+    /// proxy's upstream needs it: a full queue toward the upstream must not
+    /// stop its replies. A host older than 1.4 ignores it (set
+    /// `MIN_HOST_MINOR = 4`).
+    pub fn keep_reading(mut self, on: bool) -> ConnectOptions {
+        self.keep_reading = on;
+        self
+    }
+
     /// The ABI struct.
     pub fn to_raw(&self) -> abi::loopd_connect_options {
         abi::loopd_connect_options {
@@ -449,6 +463,12 @@ impl ConnectOptions {
             max_frame: self.max_frame.map_or(0, |m| m as u64),
             output_high_watermark: self.watermarks.map_or(0, |(h, _)| h as u64),
             output_low_watermark: self.watermarks.map_or(0, |(_, l)| l as u64),
+            flags: if self.keep_reading {
+                abi::LOOPD_CONNECT_KEEP_READING
+            } else {
+                0
+            },
+            reserved: 0,
         }
     }
 }

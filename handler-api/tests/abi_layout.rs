@@ -106,7 +106,8 @@ abi_structs! {
         on_message, on_fd,
     }
     loopd_connect_options {
-        struct_size, framing, max_frame, output_high_watermark, output_low_watermark,
+        struct_size, framing, max_frame, output_high_watermark, output_low_watermark, flags,
+        reserved,
     }
     loopd_plugin_info {
         struct_size, abi_major, abi_minor, min_host_minor, name, version, default_framing,
@@ -142,6 +143,7 @@ abi_consts! {
     LOOPD_FD_READABLE,
     LOOPD_FD_WRITABLE,
     LOOPD_FD_HUP,
+    LOOPD_CONNECT_KEEP_READING,
     LOOPD_AF_UNSPEC,
     LOOPD_AF_INET,
     LOOPD_AF_INET6,

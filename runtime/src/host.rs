@@ -342,11 +342,15 @@ fn connect_options(raw: &abi::loopd_connect_options) -> Option<ConnOptions> {
         abi::LOOPD_FRAMING_DEFAULT => None,
         other => Some(crate::config::FramingKind::try_from(other).ok()?),
     };
+    if raw.flags & !abi::LOOPD_CONNECT_KEEP_READING != 0 || raw.reserved != 0 {
+        return None;
+    }
     Some(ConnOptions {
         framing,
         max_frame: nonzero(raw.max_frame),
         high_watermark: nonzero(raw.output_high_watermark),
         low_watermark: nonzero(raw.output_low_watermark),
+        keep_reading: raw.flags & abi::LOOPD_CONNECT_KEEP_READING != 0,
     })
 }
 

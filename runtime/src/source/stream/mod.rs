@@ -74,6 +74,8 @@ pub(crate) struct ConnOptions {
     pub(crate) max_frame: Option<usize>,
     pub(crate) high_watermark: Option<usize>,
     pub(crate) low_watermark: Option<usize>,
+    /// Read on while the output queue is full (`LOOPD_CONNECT_KEEP_READING`).
+    pub(crate) keep_reading: bool,
 }
 
 /// A connection whose `on_close` is due, released from its socket.
@@ -103,6 +105,8 @@ pub(crate) struct Conn {
     max_frame: usize,
     high_watermark: usize,
     low_watermark: usize,
+    /// Not paused by its own full output queue (`LOOPD_CONNECT_KEEP_READING`).
+    keep_reading: bool,
     transport: u32,
     origin: u32,
     peer: loopd_addr,
@@ -178,6 +182,7 @@ impl Conn {
             framing: s.framing,
             max_frame: s.max_frame,
             high_watermark: s.high_watermark,
+            keep_reading: false,
             low_watermark: s.low_watermark,
             transport,
             origin,
@@ -588,6 +593,7 @@ pub(crate) fn connect(
         conn.max_frame = options.max_frame.unwrap_or(conn.max_frame);
         conn.high_watermark = high;
         conn.low_watermark = low;
+        conn.keep_reading = options.keep_reading;
         conn
     };
     let id = match result {

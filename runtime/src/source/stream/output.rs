@@ -104,7 +104,7 @@ impl Conn {
                 skip = 0;
             }
             let was_paused = self.paused;
-            if self.outq.len() >= self.high_watermark {
+            if self.outq.len() >= self.high_watermark && !self.keep_reading {
                 self.paused = true;
             }
             // Not written because of the pass (not because the kernel was
