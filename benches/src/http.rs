@@ -20,8 +20,10 @@ use crate::Ctx;
 pub const SMALL: &str = "/index.html";
 /// The 16 KiB file.
 pub const LARGE: &str = "/16k.bin";
-const SMALL_SIZE: usize = 612;
-const LARGE_SIZE: usize = 16 * 1024;
+/// The small file's size in bytes.
+pub const SMALL_SIZE: usize = 612;
+/// The large file's size in bytes.
+pub const LARGE_SIZE: usize = 16 * 1024;
 /// Requests per write in the pipelined runs.
 pub const PIPELINE_DEPTH: usize = 16;
 
@@ -50,12 +52,21 @@ pub fn make_site(dir: &Path) -> Result<BTreeMap<&'static str, Vec<u8>>> {
     Ok([(SMALL, page.into_bytes()), (LARGE, large)].into())
 }
 
-/// An nginx config for one worker serving `root`, tuned as the issue says.
+/// An nginx config for one worker serving `root`, tuned as a fast static
+/// file server.
 pub fn nginx_config(dir: &Path, root: &Path, port: u16) -> String {
+    nginx_config_workers(dir, root, port, 1)
+}
+
+/// [`nginx_config`] with `workers` worker processes; with more than one,
+/// each gets its own SO_REUSEPORT listening socket (`listen ...
+/// reuseport`), as loopd's workers do.
+pub fn nginx_config_workers(dir: &Path, root: &Path, port: u16, workers: usize) -> String {
     let d = dir.display();
+    let reuseport = if workers > 1 { " reuseport" } else { "" };
     format!(
-        "# nginx as a fast static file server: one worker, no access log.
-worker_processes 1;
+        "# nginx as a fast static file server: {workers} worker(s), no access log.
+worker_processes {workers};
 daemon off;
 master_process on;
 pid {d}/nginx.pid;
@@ -84,7 +95,7 @@ http {{
     uwsgi_temp_path {d}/uwsgi;
     scgi_temp_path {d}/scgi;
     server {{
-        listen 127.0.0.1:{port} backlog=4096;
+        listen 127.0.0.1:{port} backlog=4096{reuseport};
         root {root};
         location / {{ }}
     }}

@@ -6,7 +6,7 @@
 //! ```text
 //! cargo run --release -p loopd-bench -- all      # everything; regenerates docs/benchmarks.md
 //! cargo run -p loopd-bench -- smoke              # every path, tiny loads, correctness only
-//! cargo run --release -p loopd-bench -- echo     # one benchmark (echo|http|chat|idle|udp|startup|syscalls)
+//! cargo run --release -p loopd-bench -- echo     # one benchmark (echo|http|chat|idle|udp|startup|syscalls|workers)
 //! cargo run -p loopd-bench -- report             # regenerate the docs from the results file
 //! ```
 #![warn(
@@ -31,6 +31,7 @@ pub mod stats;
 pub mod svg;
 pub mod syscalls;
 pub mod udp;
+pub mod workers;
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -63,9 +64,11 @@ pub struct Ctx {
 }
 
 /// The benchmarks, in run order.
-pub const BENCHES: &[&str] = &["echo", "http", "chat", "idle", "udp", "startup", "syscalls"];
+pub const BENCHES: &[&str] = &[
+    "echo", "http", "chat", "idle", "udp", "startup", "syscalls", "workers",
+];
 
-const USAGE: &str = "usage: loopd-bench <all|smoke|report|echo|http|chat|chat-bridge|idle|udp|startup|syscalls> [--rounds N] [--secs S] [--out FILE]
+const USAGE: &str = "usage: loopd-bench <all|smoke|report|echo|http|chat|chat-bridge|idle|udp|startup|syscalls|workers> [--rounds N] [--secs S] [--out FILE]
 
   all      every benchmark; writes benches/results/results.json and regenerates
            docs/benchmarks.md (run it with --release on a quiet machine)
@@ -343,6 +346,7 @@ fn run_bench(ctx: &Ctx, name: &str) -> Result<Bench> {
         "udp" => udp::bench(ctx),
         "startup" => startup::bench(ctx),
         "syscalls" => syscalls::bench(ctx),
+        "workers" => workers::bench(ctx),
         other => bail!("no benchmark named {other}"),
     }
 }

@@ -576,6 +576,33 @@ fn udp_section(doc: &mut Doc, b: &Bench) {
     );
 }
 
+fn workers_section(doc: &mut Doc, b: &Bench) {
+    doc.md.push_str(
+        "\n## 8. Workers\n\nloopd with `[runtime] workers = 1` (`loopd-w1`) and `workers = 2` (`loopd-w2`, one SO_REUSEPORT listening socket per worker), every other setting at its default: the echo plugin (64-byte round trips, the echo benchmark's load generator), the http handler (wrk, one thread, keep-alive) against nginx with `worker_processes 1` and `2` (`nginx-w2` with `listen ... reuseport`, as loopd's workers), and chat with N = 1000 receivers (the chat benchmark's rig: every receiver must get every line, which holds only if rooms span the workers). **This machine has two cores, and the load generator needs one**: one-worker servers run pinned to core 1 as everywhere else on this page; two-worker servers run on both cores, so their second worker shares core 0 with the load generator, and a two-worker row can show a server using more than one core (busy above 100%) while the load generator, not the server, sets the throughput. What these rows show is what a second loop costs per operation and whether it takes load at all; how far workers scale needs a machine with cores to spare for the load generator (4 or more, the generator pinned apart), which this one is not. The notes give each worker's share of loopd's CPU time in the last round.\n\n",
+    );
+    skipped_note(doc, b);
+    figures_table(doc, b, "op", &[]);
+    ratio_table(
+        doc,
+        b,
+        "loopd-w2",
+        &[("loopd-w1", None), ("nginx-w2", None)],
+        false,
+    );
+    ratio_table(doc, b, "loopd-w1", &[("nginx-w1", None)], false);
+    let series = peers_of(b);
+    doc.plot(
+        "workers-throughput",
+        "Operations per second with one and two workers",
+        svg::bars(
+            "Workers: operations per second (median, min–max)",
+            "ops / s",
+            &series,
+            &bar_groups(b, &series, "ops_per_s", 1.0),
+        ),
+    );
+}
+
 fn startup_section(doc: &mut Doc, b: &Bench) {
     doc.md.push_str(
         "\n## 6. Start-up\n\nTime from `exec` of `loopd` to every listener accepting (a TCP connect succeeds; a datagram sent to the UDP relay arrives at its target), with the echo, chat, http and udp-broadcast plugins loaded, one listener each. The runner polls every 50 µs.\n\n",
@@ -822,6 +849,7 @@ pub fn write(
             "udp" => udp_section(&mut doc, b),
             "startup" => startup_section(&mut doc, b),
             "syscalls" => syscalls_section(&mut doc, b),
+            "workers" => workers_section(&mut doc, b),
             _ => {}
         }
     }

@@ -60,11 +60,24 @@ impl Server {
         env: &[(&str, &str)],
         log: &Path,
     ) -> Result<Server> {
+        Server::spawn_on(&SERVER_CORE.to_string(), name, program, args, env, log)
+    }
+
+    /// [`Server::spawn_env`] pinned to `cores` (a `taskset -c` list such as
+    /// `0,1`) instead of the server core.
+    pub fn spawn_on(
+        cores: &str,
+        name: &str,
+        program: &Path,
+        args: &[String],
+        env: &[(&str, &str)],
+        log: &Path,
+    ) -> Result<Server> {
         let out = File::create(log).with_context(|| format!("creating {}", log.display()))?;
         let err = out.try_clone()?;
         let mut cmd = Command::new("taskset");
         cmd.arg("-c")
-            .arg(SERVER_CORE.to_string())
+            .arg(cores)
             .arg(program)
             .args(args)
             .envs(env.iter().copied())
