@@ -270,6 +270,8 @@ static HOST_API: loopd_host_api = loopd_host_api {
     watch_modify: None,
     watch_remove: None,
     timer_repeat: None,
+    post_siblings: None,
+    worker_info: None,
 };
 
 /// The served tree, made once per process:
