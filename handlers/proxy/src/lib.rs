@@ -625,10 +625,7 @@ impl Handler for Proxy {
             return;
         }
         let pair = self.pairs.remove(&key).expect("looked up above");
-        for t in [pair.connect_timer, pair.idle_timer]
-            .into_iter()
-            .flatten()
-        {
+        for t in [pair.connect_timer, pair.idle_timer].into_iter().flatten() {
             let _ = ctx.cancel_timer(t);
         }
         ctx.debug(format_args!(
