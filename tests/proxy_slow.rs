@@ -1,12 +1,14 @@
 //! The proxy with a slow reader on either side: a 50 MiB download read at
-//! 2 MB/s by the client, and a 50 MiB upload read at 2 MB/s by the
-//! upstream. loopd's RSS must stay within the pair's bound (two output
-//! queues at their high watermark plus a chunk each, and one chunk held
-//! back toward the client) plus a few MiB, however fast the other side sends; and
-//! every byte must arrive, through the half-close each side makes first.
+//! 2 MB/s by the client, a 50 MiB upload read at 2 MB/s by the upstream,
+//! and both at once: an upstream echoing what it reads at 2 MB/s (it reads
+//! nothing while it cannot write) to a client reading at 1 MB/s while it
+//! sends as fast as it can. loopd's RSS must stay within the pair's bound
+//! (per direction, an output queue at its high watermark plus a chunk, and
+//! one chunk held back) plus a few MiB, however fast the other side sends;
+//! and every byte must arrive, through the half-close each side makes first.
 //!
-//! The CI tier reads the first 16 MiB slowly (8 s) and the rest at full
-//! speed; the soak tier reads all 50 MiB slowly.
+//! The CI tier reads the first 16 MiB slowly (8 s; the echo, 6 MiB) and
+//! the rest at full speed; the soak tier reads all 50 MiB slowly.
 
 mod common;
 mod proxy_support;
@@ -31,12 +33,11 @@ const CHUNK: u64 = 64 << 10;
 /// "A few MiB": the allocator's slack and loopd's own buffers.
 const SLACK_KIB: u64 = 4 << 10;
 
-/// The most one pair may hold (docs/handlers/proxy.md): toward the client
-/// an output queue at its high watermark plus one chunk, and one chunk
-/// held back; toward the upstream a queue at `upstream_high_watermark`
-/// plus one chunk.
+/// The most one pair may hold (docs/handlers/proxy.md): each way an
+/// output queue at its high watermark (the client connection's, and
+/// `upstream_high_watermark`) plus one chunk, and one chunk held back.
 fn pair_bound_kib() -> u64 {
-    ((HIGH + CHUNK + CHUNK) + (HIGH + CHUNK)) / 1024
+    2 * (HIGH + CHUNK + CHUNK) / 1024
 }
 
 fn slow_bytes() -> u64 {
@@ -161,4 +162,64 @@ fn an_upstream_reading_an_upload_at_2_mb_s_costs_loopd_only_the_pair_bound() {
     assert_eq!(got, sent, "the upload arrived whole");
     let max = *max.lock().unwrap();
     check_rss("upload", base, max);
+}
+
+#[test]
+fn a_slow_echo_upstream_and_a_slower_client_get_every_byte_at_the_pair_bound() {
+    // The upstream echoes what it reads, reading the first `slow` bytes at
+    // 2 MB/s and writing each piece back before it reads more; the client
+    // sends as fast as it can and reads at 1 MB/s. Both directions are
+    // then full at once: the client's queue (it reads slowly), so the
+    // proxy stops reading the upstream, whose writes block, so it stops
+    // reading too and the queue toward it fills, so the proxy stops
+    // reading the client. Nothing may stall, and the pair holds no more
+    // than its bound.
+    const ECHO_RATE: u64 = 2_000_000;
+    const CLIENT_RATE: u64 = 1_000_000;
+    let len = tier(16 * MIB, LEN);
+    let slow = tier(6 * MIB, LEN);
+    let server = Server::start(move |mut s| {
+        let pace = Pace::new(ECHO_RATE);
+        let mut buf = vec![0u8; 16 << 10];
+        let mut echoed = 0u64;
+        loop {
+            let n = match s.read(&mut buf) {
+                Ok(0) => break,
+                Ok(n) => n,
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+                Err(e) => panic!("the echo upstream reading after {echoed} bytes: {e}"),
+            };
+            s.write_all(&buf[..n]).expect("the echo upstream writing");
+            echoed += n as u64;
+            if echoed < slow {
+                pace.wait(echoed);
+            }
+        }
+        half_close(&s);
+    });
+    let (loopd, base) = start(&server, |l| {
+        let mut c = connect(l.tcp("proxy"));
+        c.write_all(b"warm-up").unwrap();
+        half_close(&c);
+        assert_eq!(read_until_closed(&mut c), b"warm-up");
+    });
+    let (max, sample) = sampler(loopd.pid());
+    let mut c = connect(loopd.tcp("proxy"));
+    let writer = {
+        let c = c.try_clone().unwrap();
+        std::thread::spawn(move || {
+            let mut w = &c;
+            let sent = send_stream(&mut w, len, 7, None);
+            half_close(&c);
+            sent
+        })
+    };
+    let got = recv_stream(&mut c, slow, CLIENT_RATE, sample);
+    let sent = writer.join().expect("the client's writer");
+    figure("proxy_slow.echo.bytes", got.len);
+    figure("proxy_slow.echo.sha256_match", got == sent);
+    assert_eq!(sent.len, len);
+    assert_eq!(got, sent, "every byte came back, in order");
+    let max = *max.lock().unwrap();
+    check_rss("echo", base, max);
 }

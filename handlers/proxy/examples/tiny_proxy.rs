@@ -4,11 +4,10 @@
 //! it, builds it and runs traffic through it).
 
 use std::collections::HashMap;
-use std::time::Duration;
 
 use loopd_handler_api::{
     export_handler, CloseMode, CloseReason, ConnId, ConnInfo, ConnectOptions, Ctx, EofAction,
-    Error, Framing, Handler, Origin, TimerId,
+    Error, Framing, Handler, Origin,
 };
 use serde::Deserialize;
 
@@ -79,8 +78,6 @@ struct Pair {
     done: bool,
     /// One end went away mid-stream; the other is being aborted.
     broken: bool,
-    /// Checks the upstream's queue while the client is paused for it.
-    poll: Option<TimerId>,
 }
 
 impl Pair {
@@ -127,7 +124,6 @@ impl TinyProxy {
                 open: 2,
                 done: false,
                 broken: false,
-                poll: None,
             },
         );
         Ok(End {
@@ -157,24 +153,15 @@ impl TinyProxy {
         };
         let (src, dst) = (pair.conn(end.side), pair.conn(end.side.other()));
         let flow = pair.flow(end.side);
-        let full = match ctx.send(dst, data) {
-            // Sent; toward the upstream the proxy keeps its own bound (step 7).
-            Ok(()) => end.side == Side::Client && upstream_full(ctx, dst),
+        match ctx.send(dst, data) {
+            Ok(()) => return,
             // Nothing was queued: keep the chunk for on_writable.
-            Err(Error::Again) => {
-                flow.held.extend_from_slice(data);
-                true
-            }
+            Err(Error::Again) => flow.held = data.to_vec(),
             // dst is closing: its on_close ends the pair.
-            Err(_) => true,
-        };
-        if full {
-            flow.paused = true;
-            let _ = ctx.pause_read(src);
-            if end.side == Side::Client && pair.poll.is_none() {
-                pair.poll = ctx.set_timer(POLL, end.pair).ok();
-            }
+            Err(_) => {}
         }
+        flow.paused = true;
+        let _ = ctx.pause_read(src);
     }
 
     /// The destination of the direction from `from` can take more: send
@@ -240,9 +227,6 @@ impl TinyProxy {
         };
         pair.open -= 1;
         if pair.open == 0 {
-            if let Some(timer) = pair.poll {
-                let _ = ctx.cancel_timer(timer);
-            }
             self.pairs.remove(&key);
         } else if !pair.done && !pair.broken {
             pair.broken = true;
@@ -256,48 +240,27 @@ impl TinyProxy {
     }
 }
 
-/// The proxy's bound on the upstream's queue: the client is paused at
-/// UP_HIGH bytes queued and read again at UP_LOW.
+/// The upstream connection's watermarks: `send` refuses with AGAIN at
+/// UP_HIGH bytes queued, and on_writable follows below UP_LOW.
 const UP_HIGH: usize = 256 << 10;
 const UP_LOW: usize = 64 << 10;
-/// How often the queue is checked while the client is paused for it.
-const POLL: Duration = Duration::from_millis(5);
 
-/// Raw bytes whatever the instance's framing, and a loopd high watermark
-/// the proxy never lets the queue reach: loopd stops reading a connection
-/// whose own output queue is at its high watermark, and the upstream's
-/// replies must keep flowing while the queue toward it is full.
+/// Raw bytes whatever the instance's framing, and read on while the queue
+/// toward the upstream is full: its replies must keep flowing meanwhile.
 fn upstream_options() -> ConnectOptions {
     ConnectOptions::new()
         .framing(Framing::Raw)
-        .watermarks(UP_HIGH + (16 << 20), UP_LOW)
-}
-
-fn upstream_full(ctx: &Ctx, upstream: ConnId) -> bool {
-    ctx.output_queued(upstream).is_ok_and(|n| n >= UP_HIGH)
-}
-
-impl TinyProxy {
-    /// The timer of a pair whose client is paused for its upstream.
-    fn check_upstream(&mut self, ctx: &Ctx, key: u64) {
-        let Some(pair) = self.pairs.get_mut(&key) else {
-            return;
-        };
-        pair.poll = None;
-        match ctx.output_queued(pair.upstream) {
-            Ok(n) if n <= UP_LOW => self.drain(ctx, key, Side::Client),
-            Ok(_) => pair.poll = ctx.set_timer(POLL, key).ok(),
-            Err(_) => {}
-        }
-    }
+        .watermarks(UP_HIGH, UP_LOW)
+        .keep_reading(true)
 }
 
 impl Handler for TinyProxy {
     type Config = Config;
     type Conn = End;
     const FRAMING: Framing = Framing::Raw;
-    // pause_read, resume_read, shutdown_write and connect_with.
-    const MIN_HOST_MINOR: u32 = 3;
+    // pause_read, resume_read, shutdown_write, connect_with (1.3) and
+    // keep_reading (1.4).
+    const MIN_HOST_MINOR: u32 = 4;
 
     fn create(_ctx: &Ctx, _name: &str, config: Config) -> Result<Self, String> {
         let url = config.upstream;
@@ -332,10 +295,6 @@ impl Handler for TinyProxy {
     fn on_eof(&mut self, ctx: &Ctx, _conn: ConnId, end: &mut End) -> EofAction {
         self.eof(ctx, end);
         EofAction::KeepOpen
-    }
-
-    fn on_timer(&mut self, ctx: &Ctx, _timer: TimerId, key: u64) {
-        self.check_upstream(ctx, key);
     }
 
     fn on_close(&mut self, ctx: &Ctx, conn: ConnId, end: End, _reason: CloseReason) {

@@ -43,11 +43,13 @@ pub struct Config {
     /// `shutdown_timeout_ms`). Up to [`MAX_MS`].
     #[serde(default = "default_shutdown_idle")]
     pub shutdown_idle_ms: u64,
-    /// Bytes queued for the upstream at which the proxy stops reading the
-    /// client. 1 to [`MAX_WATERMARK`].
+    /// The upstream connection's output high watermark: at this many bytes
+    /// queued for the upstream, `send` refuses and the proxy stops reading
+    /// the client. 1 to [`MAX_WATERMARK`].
     #[serde(default = "default_upstream_high")]
     pub upstream_high_watermark: usize,
-    /// Queued bytes below which reading the client resumes; below
+    /// Its low watermark: queued bytes below which the upstream's
+    /// `on_writable` resumes reading the client; below
     /// `upstream_high_watermark`.
     #[serde(default = "default_upstream_low")]
     pub upstream_low_watermark: usize,

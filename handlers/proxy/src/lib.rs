@@ -20,25 +20,21 @@
 //!   10 seconds, with the count).
 //! - **Back-pressure both ways, each direction on its own.** Toward the
 //!   client, `send` refuses with `AGAIN` at the client connection's high
-//!   watermark: the proxy keeps that one chunk, stops reading the upstream
-//!   (`pause_read`) and resumes it in the client's `on_writable`. Toward
-//!   the upstream, the proxy stops reading the client once
-//!   `upstream_high_watermark` bytes are queued and resumes below
-//!   `upstream_low_watermark`. A pair therefore holds at most, per
+//!   watermark; toward the upstream, at `upstream_high_watermark`. The
+//!   proxy keeps that one chunk, stops reading the source (`pause_read`),
+//!   and the destination's `on_writable` (below its low watermark) sends
+//!   the chunk and resumes the source. A pair therefore holds at most, per
 //!   direction, one output queue (its high watermark plus one chunk) and
 //!   one chunk: a slow reader on either side costs a bounded amount of
 //!   memory, whatever the other side sends.
 //!
-//!   The upstream connection is opened with a loopd high watermark far
-//!   above `upstream_high_watermark`, so loopd's own rule (a connection
-//!   whose output queue is at its high watermark is not read) never stops
-//!   the proxy from reading the upstream: a full queue toward the upstream
-//!   must not stop the replies coming back, or an upstream that stops
-//!   reading while it cannot write (loopd's own echo, any blocking server)
-//!   would never drain it. Without a hook for "this queue drained" short of
-//!   an `AGAIN` (which comes only once loopd has stopped reading that
-//!   connection), the proxy checks the queue with a timer while the client
-//!   is paused: after 1 ms, then backing off to every 25 ms.
+//!   The upstream connection is opened with `keep_reading` (ABI 1.4):
+//!   loopd's own rule (a connection whose output queue is at its high
+//!   watermark is not read) would otherwise stop the upstream's replies
+//!   while the queue toward it is full, and an upstream that stops reading
+//!   while it cannot write (loopd's own echo, any blocking server) would
+//!   never drain it. Each direction is paused by the proxy alone, for its
+//!   own destination.
 //! - **Half-close both ways.** A side's EOF is forwarded as a
 //!   `shutdown(SHUT_WR)` of the other side once every byte before it has
 //!   been forwarded (`on_eof` keeps the connection open; `shutdown_write`
@@ -82,15 +78,6 @@ const LOG_INTERVAL_MS: u64 = 10_000;
 const SWEEP_INTERVAL_MS: u64 = 100;
 /// `user_data` of the shutdown sweep timer (pair keys start at 1).
 const SWEEP: u64 = 0;
-/// The first check of a full upstream queue, in milliseconds after the
-/// client was paused; each later one waits twice as long, up to
-/// [`POLL_MAX_MS`].
-const POLL_FIRST_MS: u64 = 1;
-/// The longest wait between two checks of a full upstream queue.
-const POLL_MAX_MS: u64 = 25;
-/// How far above `upstream_high_watermark` loopd's own high watermark for
-/// the upstream connection is set: the proxy stops sending long before.
-const UPSTREAM_SLACK: usize = 16 << 20;
 
 /// A proxy instance: its upstream, and every client/upstream pair.
 #[derive(Debug)]
@@ -98,8 +85,9 @@ pub struct Proxy {
     settings: Settings,
     /// The upstream as `connect_with` takes it.
     url: String,
-    /// Raw framing for the upstream side, whatever the instance has, and
-    /// watermarks loopd never reaches (see the crate docs).
+    /// Raw framing for the upstream side, whatever the instance has,
+    /// `upstream_high_watermark`/`upstream_low_watermark`, and reading on
+    /// while its queue is full (see the crate docs).
     options: ConnectOptions,
     pairs: HashMap<u64, Pair>,
     /// Upstream connections not opened yet, to their pair.
@@ -161,10 +149,6 @@ struct Pair {
     closing: bool,
     connect_timer: Option<TimerId>,
     idle_timer: Option<TimerId>,
-    /// Checks the upstream's queue while the client is paused for it.
-    poll_timer: Option<TimerId>,
-    /// The delay of the next check.
-    poll_ms: u64,
     /// When a byte last went through (`Ctx::now_ms`).
     last_active_ms: u64,
     /// Bytes queued on both sides at the last idle check.
@@ -306,87 +290,40 @@ impl Proxy {
     }
 
     /// Bytes from `from` go to the other side. When that side cannot take
-    /// more (an `AGAIN` from the client, or `upstream_high_watermark`
-    /// queued for the upstream), `from` stops being read until it can.
-    fn forward(cfg: &Settings, ctx: &Ctx, key: u64, pair: &mut Pair, from: Side, data: &[u8]) {
+    /// more (`AGAIN` at its high watermark), the chunk is held and `from`
+    /// stops being read until the other side's `on_writable`.
+    fn forward(ctx: &Ctx, pair: &mut Pair, from: Side, data: &[u8]) {
         let (src, dst) = (pair.conn(from), pair.conn(from.other()));
         let flow = pair.from(from);
         if !flow.held.is_empty() {
-            // Input that was buffered when the source was resumed: it goes
-            // after the held chunk, in order.
+            // A paused source gets no `on_data`, and `drain` sends the held
+            // chunk before it resumes the source: this does not happen. If
+            // it did, these bytes must still go after the held ones.
             flow.held.extend_from_slice(data);
-            flow.paused = true;
             let _ = ctx.pause_read(src);
             return;
         }
-        let full = match ctx.send(dst, data) {
-            Ok(()) => {
-                flow.bytes += data.len() as u64;
-                from == Side::Client && Proxy::upstream_full(cfg, ctx, dst)
-            }
+        match ctx.send(dst, data) {
+            Ok(()) => flow.bytes += data.len() as u64,
+            // Nothing was queued: keep the chunk for on_writable.
             Err(Error::Again) => {
                 flow.held.extend_from_slice(data);
-                true
+                flow.paused = true;
+                let _ = ctx.pause_read(src);
             }
             // The destination is closing: its on_close ends the pair, and
             // nothing can carry these bytes any more. Stop reading them.
-            Err(_) => true,
-        };
-        if full {
-            flow.paused = true;
-            let _ = ctx.pause_read(src);
-            if from == Side::Client {
-                Proxy::poll_upstream(ctx, key, pair, true);
+            Err(_) => {
+                flow.paused = true;
+                let _ = ctx.pause_read(src);
             }
         }
     }
 
-    /// Whether the upstream's queue is at `upstream_high_watermark`.
-    fn upstream_full(cfg: &Settings, ctx: &Ctx, upstream: ConnId) -> bool {
-        ctx.output_queued(upstream)
-            .is_ok_and(|n| n >= cfg.upstream_watermarks.0)
-    }
-
-    /// Arms (`first`: restarts) the check of the upstream's queue.
-    fn poll_upstream(ctx: &Ctx, key: u64, pair: &mut Pair, first: bool) {
-        if first {
-            pair.poll_ms = POLL_FIRST_MS;
-        } else {
-            pair.poll_ms = (pair.poll_ms * 2).min(POLL_MAX_MS);
-        }
-        if pair.poll_timer.is_none() {
-            pair.poll_timer = ctx.set_timer(Duration::from_millis(pair.poll_ms), key).ok();
-        }
-    }
-
-    /// The check of a full upstream queue is due: resume the client once
-    /// the queue is below `upstream_low_watermark`, else check again later.
-    fn upstream_poll_due(&mut self, ctx: &Ctx, key: u64) {
-        let cfg = &self.settings;
-        let Some(pair) = self.pairs.get_mut(&key) else {
-            return;
-        };
-        pair.poll_timer = None;
-        let drained = match ctx.output_queued(pair.upstream) {
-            Ok(n) => n <= cfg.upstream_watermarks.1,
-            // Gone: its on_close ends the pair.
-            Err(_) => return,
-        };
-        if !pair.up.paused {
-            return;
-        }
-        if drained {
-            Proxy::drain(cfg, ctx, key, pair, Side::Client);
-        }
-        if pair.up.paused {
-            Proxy::poll_upstream(ctx, key, pair, false);
-        }
-    }
-
-    /// The destination of the direction from `from` can take more: send
-    /// the held chunk, then resume the source (or end the direction if the
-    /// source has sent EOF meanwhile).
-    fn drain(cfg: &Settings, ctx: &Ctx, key: u64, pair: &mut Pair, from: Side) {
+    /// The destination of the direction from `from` can take more (its
+    /// `on_writable`): send the held chunk, then resume the source (or end
+    /// the direction if the source has sent EOF meanwhile).
+    fn drain(ctx: &Ctx, pair: &mut Pair, from: Side) {
         let (src, dst) = (pair.conn(from), pair.conn(from.other()));
         let flow = pair.from(from);
         if !flow.held.is_empty() {
@@ -397,16 +334,11 @@ impl Proxy {
                     // should not hold a chunk's worth of memory while idle.
                     flow.held = Vec::new();
                 }
-                // Still full (another send got in first): on_writable (or
-                // the next check) follows.
-                Err(Error::Again) => return,
+                // Full again (another send got in first): on_writable
+                // comes again. Closed: its on_close ends the pair.
                 Err(_) => return,
             }
         }
-        if from == Side::Client && Proxy::upstream_full(cfg, ctx, dst) {
-            return Proxy::poll_upstream(ctx, key, pair, true);
-        }
-        let flow = pair.from(from);
         if flow.paused {
             flow.paused = false;
             let _ = ctx.resume_read(src);
@@ -519,8 +451,9 @@ impl Handler for Proxy {
     type Config = Config;
     type Conn = ProxyConn;
     const FRAMING: Framing = Framing::Raw;
-    // pause_read, resume_read, shutdown_write and connect_with (ABI 1.3).
-    const MIN_HOST_MINOR: u32 = 3;
+    // pause_read, resume_read, shutdown_write and connect_with (ABI 1.3),
+    // and keep_reading for the upstream connection (ABI 1.4).
+    const MIN_HOST_MINOR: u32 = 4;
 
     fn create(ctx: &Ctx, _instance: &str, config: Config) -> Result<Self, String> {
         let settings = config.validate()?;
@@ -537,7 +470,8 @@ impl Handler for Proxy {
         let (high, low) = settings.upstream_watermarks;
         let options = ConnectOptions::new()
             .framing(Framing::Raw)
-            .watermarks(high + UPSTREAM_SLACK, low);
+            .watermarks(high, low)
+            .keep_reading(true);
         Ok(Proxy {
             settings,
             url,
@@ -616,8 +550,6 @@ impl Handler for Proxy {
                 closing: false,
                 connect_timer: Some(timer),
                 idle_timer: None,
-                poll_timer: None,
-                poll_ms: POLL_FIRST_MS,
                 last_active_ms: ctx.now_ms(),
                 queued_seen: 0,
             },
@@ -631,7 +563,7 @@ impl Handler for Proxy {
     fn on_data(&mut self, ctx: &Ctx, _conn: ConnId, state: &mut ProxyConn, data: &[u8]) {
         if let Some(pair) = self.pairs.get_mut(&state.pair) {
             pair.last_active_ms = ctx.now_ms();
-            Proxy::forward(&self.settings, ctx, state.pair, pair, state.side, data);
+            Proxy::forward(ctx, pair, state.side, data);
         }
     }
 
@@ -650,7 +582,7 @@ impl Handler for Proxy {
 
     fn on_writable(&mut self, ctx: &Ctx, _conn: ConnId, state: &mut ProxyConn) {
         if let Some(pair) = self.pairs.get_mut(&state.pair) {
-            Proxy::drain(&self.settings, ctx, state.pair, pair, state.side.other());
+            Proxy::drain(ctx, pair, state.side.other());
         }
     }
 
@@ -693,10 +625,7 @@ impl Handler for Proxy {
             return;
         }
         let pair = self.pairs.remove(&key).expect("looked up above");
-        for t in [pair.connect_timer, pair.idle_timer, pair.poll_timer]
-            .into_iter()
-            .flatten()
-        {
+        for t in [pair.connect_timer, pair.idle_timer].into_iter().flatten() {
             let _ = ctx.cancel_timer(t);
         }
         ctx.debug(format_args!(
@@ -715,9 +644,7 @@ impl Handler for Proxy {
         let Some(pair) = self.pairs.get(&key) else {
             return;
         };
-        if pair.poll_timer == Some(timer) {
-            self.upstream_poll_due(ctx, key);
-        } else if pair.connect_timer == Some(timer) {
+        if pair.connect_timer == Some(timer) {
             self.connect_timed_out(ctx, key);
         } else if pair.idle_timer == Some(timer) {
             self.idle_check(ctx, key);
