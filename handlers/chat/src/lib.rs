@@ -986,7 +986,13 @@ impl Chat {
         if was_paused {
             let _ = ctx.resume_read(conn);
         }
-        ctx.debug(format_args!("{nick} joined (connection {conn})"));
+        match &self.sib {
+            Some(s) => ctx.debug(format_args!(
+                "{nick} joined (connection {conn}, worker {})",
+                s.index
+            )),
+            None => ctx.debug(format_args!("{nick} joined (connection {conn})")),
+        }
         self.reply(
             ctx,
             conn,
