@@ -303,7 +303,9 @@ impl Siblings {
                             self.queued_bytes
                         ));
                     }
-                    self.timer = None;
+                    if let Some(t) = self.timer.take() {
+                        let _ = ctx.cancel_timer(t);
+                    }
                     return self.arm(ctx, RETRY_MS);
                 }
                 Err(e) => {
