@@ -158,8 +158,11 @@ fn thirty_members_on_both_workers_hear_every_line_in_order() {
     }
     // A line in dev reaches the member of the other worker who joins it.
     joined(&mut members[i1].0, "dev");
-    let deadline = Instant::now() + TIMEOUT;
-    while who(&mut members[i0].0, "dev").len() < 2 && Instant::now() < deadline {}
+    let mut dev = who_until(&mut members[i0].0, "dev", 2);
+    dev.sort();
+    let mut want = vec![members[i0].0.nick.clone(), members[i1].0.nick.clone()];
+    want.sort();
+    assert_eq!(dev, want, "/who in dev on worker 0");
     members[i0].0.send("over here");
     let from = members[i0].0.nick.clone();
     members[i1].0.expect(&format!("{from}: over here"));
