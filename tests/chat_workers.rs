@@ -1,7 +1,8 @@
 //! Chat with `[runtime] workers = 2`, without Redis: members whose
 //! connections land on both workers share rooms (every line, complete and
 //! in order per sender), nicks (one taken on the other worker is refused),
-//! `/who` and `/rooms`; a slow consumer is cut off while the others go on.
+//! `/who` and `/rooms`; a slow consumer is cut off while the others go on;
+//! posts that find a sibling's mailbox full are retried, nothing lost.
 
 mod chat_support;
 mod common;
@@ -283,5 +284,46 @@ fn a_slow_consumer_is_cut_off_while_the_others_go_on() {
     assert_eq!(left.len(), n - 1, "{left:?}");
     assert!(!left.contains(&slow_nick), "{left:?}");
     members[sender].0.expect_quiet();
+    loopd.assert_no_unexpected_errors();
+}
+
+#[test]
+fn a_full_mailbox_delays_lines_but_loses_none() {
+    // A mailbox of one message: most posts find it full, and are posted
+    // again until the sibling takes them.
+    const MEMBERS: usize = 12;
+    const LINES: usize = 100;
+    let (loopd, addr) = start(
+        "mailbox_messages = 1",
+        &format!("{UNLIMITED}quiet_above = 0"),
+    );
+    let mut members = join(&loopd, addr, MEMBERS);
+    who_until(&mut members[0].0, "lobby", MEMBERS);
+    for (c, _) in members.iter_mut() {
+        for j in 0..LINES {
+            c.send(&format!("{j} from {}", c.nick));
+        }
+    }
+    for (c, w) in members.iter_mut() {
+        let mut next: HashMap<String, usize> = HashMap::new();
+        for _ in 0..(MEMBERS - 1) * LINES {
+            let line = c.recv();
+            let (sender, text) = line.split_once(": ").expect("a relayed line");
+            let j = next.entry(sender.to_string()).or_default();
+            assert_eq!(
+                text,
+                format!("{j} from {sender}"),
+                "{} (worker {w})",
+                c.nick
+            );
+            *j += 1;
+        }
+        assert!(next.values().all(|&n| n == LINES), "{}: {next:?}", c.nick);
+        c.expect_quiet();
+    }
+    assert!(
+        loopd.logs().contains("post(s) of chat retried so far"),
+        "no post ever found the mailbox full"
+    );
     loopd.assert_no_unexpected_errors();
 }
