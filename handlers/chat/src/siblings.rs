@@ -33,6 +33,12 @@ const MAGIC: &[u8] = b"loopd-chat-1";
 /// How long a batch that did not reach every sibling waits before it is
 /// posted again.
 pub(crate) const RETRY_MS: u64 = 5;
+/// A batch is sealed once it holds this many bytes (the next record starts
+/// another), so one fits a mailbox of the default 4 MiB many times over.
+pub(crate) const MAX_BATCH: usize = 64 << 10;
+/// Retries of one batch after which it is logged as a warning: a sibling
+/// that is stuck, or a `mailbox_bytes` too small for one batch.
+const STUCK_RETRIES: u32 = 1000;
 /// Most bytes of batches waiting to be posted again; records past it are
 /// dropped, counted and logged.
 pub(crate) const MAX_BACKLOG: usize = 64 << 20;
@@ -208,6 +214,8 @@ pub(crate) struct Siblings {
     dropped: u64,
     /// Times a post did not reach every sibling, not logged yet.
     retried: u64,
+    /// Retries of the oldest batch.
+    stuck: u32,
 }
 
 impl Siblings {
@@ -224,6 +232,7 @@ impl Siblings {
             directory: HashMap::new(),
             dropped: 0,
             retried: 0,
+            stuck: 0,
         }
     }
 
@@ -245,6 +254,9 @@ impl Siblings {
                 ));
             }
             return;
+        }
+        if self.pending.len() >= MAX_BATCH {
+            self.seal();
         }
         if self.pending.is_empty() {
             self.pending.extend_from_slice(MAGIC);
@@ -269,6 +281,15 @@ impl Siblings {
         }
     }
 
+    /// Moves the records of this pass into the queue, as one batch.
+    fn seal(&mut self) {
+        if !self.pending.is_empty() {
+            let batch = std::mem::take(&mut self.pending);
+            self.queued_bytes += batch.len();
+            self.queue.push_back(batch);
+        }
+    }
+
     /// The flush timer fired.
     pub(crate) fn on_timer(&mut self, ctx: &Ctx) {
         self.timer = None;
@@ -279,21 +300,28 @@ impl Siblings {
     /// order, until a batch does not reach every sibling; that one is
     /// posted again after [`RETRY_MS`].
     pub(crate) fn flush(&mut self, ctx: &Ctx) {
-        if !self.pending.is_empty() {
-            let batch = std::mem::take(&mut self.pending);
-            self.queued_bytes += batch.len();
-            self.queue.push_back(batch);
-        }
+        self.seal();
         let want = self.count - 1;
         while let Some(batch) = self.queue.front() {
             match ctx.post_siblings(batch) {
                 Ok(n) if n >= want => {
                     self.queued_bytes -= batch.len();
                     self.queue.pop_front();
+                    self.stuck = 0;
                 }
                 // A mailbox full, or a sibling not up yet: again, whole.
                 Ok(_) | Err(Error::Full) => {
                     self.retried += 1;
+                    self.stuck += 1;
+                    if self.stuck % STUCK_RETRIES == 0 {
+                        ctx.warn(format_args!(
+                            "workers: a batch of chat ({} bytes) has not reached every other \
+                             worker in {} tries: a worker is stuck, or its mailbox_bytes is \
+                             smaller than the batch",
+                            batch.len(),
+                            self.stuck
+                        ));
+                    }
                     if self.retried == 1 || self.retried % 1000 == 0 {
                         ctx.info(format_args!(
                             "workers: a sibling's mailbox is full or not up: {} post(s) of chat \
