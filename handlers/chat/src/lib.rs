@@ -54,6 +54,12 @@
 //!
 //! All of this is per member and local to the instance that holds the
 //! connection: nothing needs to be shared to apply it.
+//!
+//! Rooms span instances two ways: the workers of one process
+//! (`[runtime] workers`) through sibling posts, worker 0 granting the
+//! nicks; processes and machines through the Redis bridge (then each
+//! worker is one bridge instance). Both keep one model: lines relayed per
+//! room with a kind, and a directory of the other instances' members.
 #![warn(
     missing_docs,
     missing_debug_implementations,
