@@ -15,7 +15,8 @@
 //!
 //! Records are batched: everything an instance has for its siblings in one
 //! loop pass goes out as one post, when a zero-delay timer fires. Every
-//! batch carries the sender's worker index and a sequence number; a batch
+//! batch carries the sender's worker index, its instance's epoch and a
+//! sequence number; a batch
 //! that did not reach every sibling (a mailbox was full, or a sibling not
 //! up yet) is posted again, whole, and the siblings that had it already
 //! drop the copy by its number. Later batches wait behind it, so each
@@ -203,8 +204,12 @@ pub(crate) struct Siblings {
     queued_bytes: usize,
     /// The next batch's sequence number.
     next_seq: u64,
-    /// The last sequence number seen from each worker.
-    seen: Vec<u64>,
+    /// This instance's epoch: a reload that replaces chat makes new
+    /// instances beside the old (which drain), so a worker's batches are
+    /// numbered per instance.
+    epoch: u64,
+    /// The last sequence number seen from each (worker, epoch).
+    seen: HashMap<(u32, u64), u64>,
     /// The flush timer, while one is set.
     pub(crate) timer: Option<TimerId>,
     /// Folded nick -> the member of another worker holding it (on worker 0,
@@ -227,7 +232,10 @@ impl Siblings {
             queue: VecDeque::new(),
             queued_bytes: 0,
             next_seq: 1,
-            seen: vec![0; count as usize],
+            epoch: std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_nanos() as u64),
+            seen: HashMap::new(),
             timer: None,
             directory: HashMap::new(),
             dropped: 0,
@@ -262,7 +270,14 @@ impl Siblings {
             self.pending.extend_from_slice(MAGIC);
             self.pending.push(SEP);
             self.pending.extend_from_slice(
-                format!("{}{}{}\n", self.index, SEP as char, self.next_seq).as_bytes(),
+                format!(
+                    "{}{sep}{}{sep}{}\n",
+                    self.index,
+                    self.epoch,
+                    self.next_seq,
+                    sep = SEP as char
+                )
+                .as_bytes(),
             );
             self.next_seq += 1;
         }
@@ -357,10 +372,14 @@ impl Siblings {
         let head = lines.next()?;
         let head = head.strip_prefix(MAGIC)?.strip_prefix(&[SEP])?;
         let head = std::str::from_utf8(head).ok()?;
-        let (from, seq) = head.split_once(SEP as char)?;
-        let from: u32 = from.parse().ok()?;
-        let seq: u64 = seq.parse().ok()?;
-        let seen = self.seen.get_mut(from as usize)?;
+        let mut fields = head.split(SEP as char);
+        let from: u32 = fields.next()?.parse().ok()?;
+        let epoch: u64 = fields.next()?.parse().ok()?;
+        let seq: u64 = fields.next()?.parse().ok()?;
+        if from >= self.count || from == self.index {
+            return None;
+        }
+        let seen = self.seen.entry((from, epoch)).or_default();
         if seq <= *seen {
             return None;
         }
@@ -432,7 +451,7 @@ mod tests {
         let mut s = Siblings::new(1, 2);
         let mut batch = MAGIC.to_vec();
         batch.push(SEP);
-        batch.extend_from_slice(format!("0{}1\n", SEP as char).as_bytes());
+        batch.extend_from_slice(format!("0{s}7{s}1\n", s = SEP as char).as_bytes());
         for r in &recs {
             r.encode(&mut batch);
         }
@@ -445,8 +464,14 @@ mod tests {
         assert!(s.receive(b"hello").is_none());
         let mut other = MAGIC.to_vec();
         other.push(SEP);
-        other.extend_from_slice(format!("9{}1\n", SEP as char).as_bytes());
+        other.extend_from_slice(format!("9{s}7{s}1\n", s = SEP as char).as_bytes());
         assert!(s.receive(&other).is_none());
+        // The same worker after a reload (another epoch) numbers afresh.
+        let mut again = MAGIC.to_vec();
+        again.push(SEP);
+        again.extend_from_slice(format!("0{s}8{s}1\n", s = SEP as char).as_bytes());
+        Record::Gone { key: "x" }.encode(&mut again);
+        assert_eq!(s.receive(&again).unwrap().1, [Record::Gone { key: "x" }]);
     }
 
     #[test]
