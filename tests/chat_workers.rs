@@ -2,7 +2,9 @@
 //! connections land on both workers share rooms (every line, complete and
 //! in order per sender), nicks (one taken on the other worker is refused),
 //! `/who` and `/rooms`; a slow consumer is cut off while the others go on;
-//! posts that find a sibling's mailbox full are retried, nothing lost.
+//! posts that find a sibling's mailbox full are retried, nothing lost; with
+//! a Redis bridge as well, the workers are bridge instances and no line
+//! comes twice.
 
 mod chat_support;
 mod common;
@@ -325,5 +327,101 @@ fn a_full_mailbox_delays_lines_but_loses_none() {
         loopd.logs().contains("post(s) of chat retried so far"),
         "no post ever found the mailbox full"
     );
+    loopd.assert_no_unexpected_errors();
+}
+
+/// Has `from` say `sync` until `to` hears one, then `sync end`: once `to`
+/// has that, the path from `from`'s worker to `to`'s is up (a Redis
+/// subscription takes effect a moment after the join).
+fn converge(from: &Chatter, to: &mut Chatter) {
+    use std::io::Write as _;
+    use std::sync::atomic::{AtomicBool, Ordering};
+    let stop = std::sync::Arc::new(AtomicBool::new(false));
+    let mut w = from.stream().try_clone().unwrap();
+    let sender = {
+        let stop = stop.clone();
+        std::thread::spawn(move || {
+            let started = Instant::now();
+            while !stop.load(Ordering::SeqCst) && started.elapsed() < TIMEOUT {
+                w.write_all(b"sync\n").unwrap();
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            w.write_all(b"sync end\n").unwrap();
+        })
+    };
+    let sync = format!("{}: sync", from.nick);
+    while to.recv() != sync {}
+    stop.store(true, Ordering::SeqCst);
+    sender.join().unwrap();
+}
+
+/// Reads until `line`, past sync lines only.
+fn skip_to(c: &mut Chatter, line: &str) {
+    loop {
+        let got = c.recv();
+        if got == line {
+            return;
+        }
+        assert!(got.ends_with(": sync"), "{}: {got:?}", c.nick);
+    }
+}
+
+#[test]
+fn with_a_bridge_each_worker_is_a_bridge_instance_and_no_line_comes_twice() {
+    const MEMBERS: usize = 10;
+    const LINES: usize = 10;
+    let redis = chat_support::redis::Redis::start();
+    let (loopd, addr) = start(
+        "",
+        &format!("bridge = \"{}\"\n{UNLIMITED}quiet_above = 0", redis.url()),
+    );
+    assert!(
+        loopd.wait_for_logs("bridge: connected to", 2, TIMEOUT),
+        "{}",
+        loopd.logs()
+    );
+    let mut members = join(&loopd, addr, MEMBERS);
+    let a = members.iter().position(|m| m.1 == 0).unwrap();
+    let b = members.iter().position(|m| m.1 == 1).unwrap();
+    // Both directions proven, and every member past the sync lines.
+    let (lo, hi) = members.split_at_mut(a.max(b));
+    let (ma, mb) = if a < b {
+        (&mut lo[a], &mut hi[0])
+    } else {
+        (&mut hi[0], &mut lo[b])
+    };
+    converge(&ma.0, &mut mb.0);
+    converge(&mb.0, &mut ma.0);
+    let ends = [a, b].map(|i| format!("{}: sync end", members[i].0.nick));
+    for (i, (c, _)) in members.iter_mut().enumerate() {
+        if i != a {
+            skip_to(c, &ends[0]);
+        }
+        if i != b {
+            skip_to(c, &ends[1]);
+        }
+    }
+    for (c, _) in members.iter_mut() {
+        for j in 0..LINES {
+            c.send(&format!("{j} from {}", c.nick));
+        }
+    }
+    for (c, w) in members.iter_mut() {
+        let mut next: HashMap<String, usize> = HashMap::new();
+        for _ in 0..(MEMBERS - 1) * LINES {
+            let line = c.recv();
+            let (sender, text) = line.split_once(": ").expect("a relayed line");
+            let j = next.entry(sender.to_string()).or_default();
+            assert_eq!(
+                text,
+                format!("{j} from {sender}"),
+                "{} (worker {w})",
+                c.nick
+            );
+            *j += 1;
+        }
+        assert!(next.values().all(|&n| n == LINES), "{}: {next:?}", c.nick);
+        c.expect_quiet();
+    }
     loopd.assert_no_unexpected_errors();
 }

@@ -388,6 +388,8 @@ pub struct Chat {
     /// The other workers of this process (`[runtime] workers`), when there
     /// are some and no bridge spans them (see [`siblings`]).
     sib: Option<Siblings>,
+    /// This worker's index and the number of workers (`Ctx::worker`).
+    worker: (u32, u32),
 }
 
 /// Counts refusals of one kind and says when to log about them: the first
@@ -992,12 +994,11 @@ impl Chat {
         if was_paused {
             let _ = ctx.resume_read(conn);
         }
-        match &self.sib {
-            Some(s) => ctx.debug(format_args!(
-                "{nick} joined (connection {conn}, worker {})",
-                s.index
+        match self.worker {
+            (_, 1) => ctx.debug(format_args!("{nick} joined (connection {conn})")),
+            (w, _) => ctx.debug(format_args!(
+                "{nick} joined (connection {conn}, worker {w})"
             )),
-            None => ctx.debug(format_args!("{nick} joined (connection {conn})")),
         }
         self.reply(
             ctx,
@@ -1763,6 +1764,7 @@ impl Handler for Chat {
             joining: HashMap::new(),
             claiming: HashSet::new(),
             sib,
+            worker: (index, count),
         })
     }
 
