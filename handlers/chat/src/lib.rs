@@ -54,6 +54,12 @@
 //!
 //! All of this is per member and local to the instance that holds the
 //! connection: nothing needs to be shared to apply it.
+//!
+//! Rooms span instances two ways: the workers of one process
+//! (`[runtime] workers`) through sibling posts, worker 0 granting the
+//! nicks; processes and machines through the Redis bridge (then each
+//! worker is one bridge instance). Both keep one model: lines relayed per
+//! room with a kind, and a directory of the other instances' members.
 #![warn(
     missing_docs,
     missing_debug_implementations,
@@ -67,6 +73,7 @@ mod limit;
 mod protocol;
 pub mod resp;
 mod roster;
+mod siblings;
 
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::fmt;
@@ -85,6 +92,7 @@ use serde::Deserialize;
 use limit::{Limiter, Limits, Rate};
 use protocol::{BadLine, Input};
 use roster::{fold, Member, Page, Roster, Taken};
+use siblings::{Record, Siblings};
 
 /// The room every client starts in.
 pub const LOBBY: &str = "lobby";
@@ -377,6 +385,11 @@ pub struct Chat {
     /// Folded nicks a member is claiming through the bridge right now: a
     /// second member of this instance asking for one is told it is taken.
     claiming: HashSet<String>,
+    /// The other workers of this process (`[runtime] workers`), when there
+    /// are some and no bridge spans them (see [`siblings`]).
+    sib: Option<Siblings>,
+    /// This worker's index and the number of workers (`Ctx::worker`).
+    worker: (u32, u32),
 }
 
 /// Counts refusals of one kind and says when to log about them: the first
@@ -688,6 +701,7 @@ impl Chat {
             self.broadcast_out(ctx, &member.room, None);
         }
         self.publish_out(ctx, &member.room, KIND_JOIN);
+        self.sib_gone(ctx, &fold(&member.nick));
         if let Some(b) = self.bridge.as_mut() {
             b.del_member(ctx, &fold(&member.nick));
             if self.roster.room_len(&member.room) == 0 {
@@ -805,8 +819,11 @@ impl Chat {
                     .map(str::to_string);
                 let Some(client) = self.joining.remove(&conn) else {
                     // It left while waiting: the nick goes back.
-                    if let (Some(nick), Some(b)) = (nick, self.bridge.as_mut()) {
-                        b.del_member(ctx, &fold(&nick));
+                    if let Some(nick) = nick {
+                        self.sib_gone(ctx, &fold(&nick));
+                        if let Some(b) = self.bridge.as_mut() {
+                            b.del_member(ctx, &fold(&nick));
+                        }
                     }
                     return;
                 };
@@ -821,6 +838,7 @@ impl Chat {
                 self.claiming.remove(&key);
                 if !self.roster.contains(conn) {
                     if value == Some(Value::Integer(1)) {
+                        self.sib_gone(ctx, &key);
                         if let Some(b) = self.bridge.as_mut() {
                             b.del_member(ctx, &key);
                         }
@@ -976,7 +994,12 @@ impl Chat {
         if was_paused {
             let _ = ctx.resume_read(conn);
         }
-        ctx.debug(format_args!("{nick} joined (connection {conn})"));
+        match self.worker {
+            (_, 1) => ctx.debug(format_args!("{nick} joined (connection {conn})")),
+            (w, _) => ctx.debug(format_args!(
+                "{nick} joined (connection {conn}, worker {w})"
+            )),
+        }
         self.reply(
             ctx,
             conn,
@@ -989,6 +1012,7 @@ impl Chat {
             self.tell_room_of(ctx, conn);
         }
         self.publish_out(ctx, &room, KIND_JOIN);
+        self.sib_presence(ctx, conn);
         if let Some(b) = self.bridge.as_mut() {
             b.subscribe(ctx, &room);
             if b.is_up() {
@@ -1005,7 +1029,9 @@ impl Chat {
         loop {
             self.last_guest += 1;
             let nick = format!("guest-{}", self.last_guest);
-            if self.roster.holder(&nick).is_none() {
+            if self.roster.holder(&nick).is_none()
+                && !self.sib.as_ref().is_some_and(|s| s.held(&nick))
+            {
                 return nick;
             }
         }
@@ -1220,6 +1246,29 @@ impl Chat {
                 if holder.is_some_and(|h| h != conn) || self.claiming.contains(&key) {
                     return self.reply(ctx, conn, format_args!("! nick {nick} is taken"));
                 }
+                if let (None, Some(s)) = (holder, self.sib.as_mut()) {
+                    // A nick nobody on this worker holds: worker 0 knows
+                    // whether another worker's member does.
+                    if s.is_authority() {
+                        if s.held(nick) {
+                            return self.reply(ctx, conn, format_args!("! nick {nick} is taken"));
+                        }
+                    } else {
+                        let room = member.room.clone();
+                        let name = self.roster.room_name(&room).unwrap_or(&room).to_string();
+                        s.push(
+                            ctx,
+                            Record::Claim {
+                                conn: conn.raw(),
+                                nick,
+                                room: &room,
+                                name: &name,
+                            },
+                        );
+                        self.claiming.insert(key);
+                        return self.start_op(ctx, conn);
+                    }
+                }
                 if holder.is_none() {
                     // A nick nobody here holds: it must be free on every
                     // other instance too (a claim in Redis, atomically).
@@ -1256,6 +1305,7 @@ impl Chat {
                 let key = member_room(&self.roster, conn);
                 let name = self.roster.room_name(&key).unwrap_or(room).to_string();
                 let size = self.roster.room_len(&key);
+                self.sib_presence(ctx, conn);
                 if let Some(b) = self.bridge.as_mut() {
                     if self.roster.room_len(&old) == 0 {
                         b.unsubscribe(ctx, &old);
@@ -1292,6 +1342,10 @@ impl Chat {
                         return self.start_op(ctx, conn);
                     }
                 }
+                if self.sib.is_some() {
+                    let page = self.who_all(&room, from);
+                    return self.answer_who(ctx, conn, from, page, false);
+                }
                 let page = self.roster.who(&room, from, self.config.max_list);
                 let page = Page {
                     items: page.items.into_iter().map(str::to_string).collect(),
@@ -1308,6 +1362,10 @@ impl Chat {
                     if b.rooms(ctx, from, op) {
                         return self.start_op(ctx, conn);
                     }
+                }
+                if self.sib.is_some() {
+                    let page = self.rooms_all(from);
+                    return self.answer_rooms(ctx, conn, from, page, false);
                 }
                 let page = self.roster.rooms(from, self.config.max_list);
                 let page = Page {
@@ -1351,6 +1409,10 @@ impl Chat {
                     compose(&mut self.out, format_args!("* {old} is now {nick}"));
                     self.tell_room_of(ctx, conn);
                     self.publish_out(ctx, &room, KIND_LINE);
+                    if fold(&old) != fold(nick) {
+                        self.sib_gone(ctx, &fold(&old));
+                    }
+                    self.sib_presence(ctx, conn);
                     // Down, or a change of case: the claim did not record it.
                     let value = presence(nick, &room, &self.roster);
                     if let Some(b) = self.bridge.as_mut() {
@@ -1432,9 +1494,12 @@ impl Chat {
 
     /// Publishes `self.out` (without its `\n`) to a room's channel.
     fn publish_out(&mut self, ctx: &Ctx, room: &str, kind: u8) {
+        let line = self.out.strip_suffix(b"\n").unwrap_or(&self.out);
         if let Some(b) = self.bridge.as_mut() {
-            let line = self.out.strip_suffix(b"\n").unwrap_or(&self.out);
             b.publish(ctx, room, kind, line);
+        }
+        if let Some(s) = self.sib.as_mut() {
+            s.push(ctx, Record::Line { room, kind, line });
         }
     }
 
@@ -1446,6 +1511,158 @@ impl Chat {
             pump(ctx, conn, &mut member.data.backlog, true);
         }
         self.leave(ctx, conn, why);
+    }
+}
+
+impl Chat {
+    /// Tells the other workers where a member is (its nick and room).
+    fn sib_presence(&mut self, ctx: &Ctx, conn: ConnId) {
+        let (Some(s), Some(m)) = (self.sib.as_mut(), self.roster.get(conn)) else {
+            return;
+        };
+        let name = self.roster.room_name(&m.room).unwrap_or(&m.room);
+        s.push(
+            ctx,
+            Record::Presence {
+                nick: &m.nick,
+                room: &m.room,
+                name,
+            },
+        );
+    }
+
+    /// Tells the other workers a member's nick (folded) is free again.
+    fn sib_gone(&mut self, ctx: &Ctx, key: &str) {
+        if let Some(s) = self.sib.as_mut() {
+            s.push(ctx, Record::Gone { key });
+        }
+    }
+
+    /// A `/who` page of a room over every worker: this one's roster and the
+    /// directory of the others.
+    fn who_all(&self, room: &str, from: &str) -> Page<String> {
+        let mut nicks: Vec<String> = self
+            .roster
+            .who(room, from, usize::MAX)
+            .items
+            .into_iter()
+            .map(str::to_string)
+            .collect();
+        if let Some(s) = &self.sib {
+            nicks.extend(
+                s.directory
+                    .values()
+                    .filter(|r| r.room == room && roster::at_or_after(&r.nick, from))
+                    .map(|r| r.nick.clone()),
+            );
+        }
+        roster::page_nicks(nicks, self.config.max_list)
+    }
+
+    /// A `/rooms` page over every worker.
+    fn rooms_all(&self, from: &str) -> Page<(String, usize)> {
+        let mut rooms: HashMap<String, (String, usize)> = HashMap::new();
+        for (name, n) in self.roster.rooms("", usize::MAX).items {
+            rooms.insert(fold(name), (name.to_string(), n));
+        }
+        if let Some(s) = &self.sib {
+            for r in s.directory.values() {
+                rooms
+                    .entry(r.room.clone())
+                    .or_insert_with(|| (r.name.clone(), 0))
+                    .1 += 1;
+            }
+        }
+        let from = fold(from);
+        let rooms = rooms
+            .into_iter()
+            .filter(|(key, _)| *key >= from)
+            .map(|(key, (name, n))| (key, name, n))
+            .collect();
+        roster::page_rooms(rooms, self.config.max_list)
+    }
+
+    /// A batch of records from another worker.
+    fn sibling_batch(&mut self, ctx: &Ctx, msg: &[u8]) {
+        let Some(mut s) = self.sib.take() else {
+            return;
+        };
+        let Some((from, records)) = s.receive(msg) else {
+            self.sib = Some(s);
+            return;
+        };
+        let me = s.index;
+        self.sib = Some(s);
+        for rec in records {
+            match rec {
+                Record::Line { room, kind, line } => self.remote_line(ctx, room, kind, line),
+                Record::Presence { nick, room, name } => {
+                    if let Some(s) = self.sib.as_mut() {
+                        s.set(from, nick, room, name);
+                    }
+                }
+                Record::Gone { key } => {
+                    if let Some(s) = self.sib.as_mut() {
+                        s.unset(from, key);
+                    }
+                }
+                Record::Claim {
+                    conn,
+                    nick,
+                    room,
+                    name,
+                } if me == 0 => self.grant(ctx, from, conn, nick, room, name),
+                Record::Answer { to, conn, ok, nick } if to == me => {
+                    let conn = ConnId::from_raw(conn);
+                    if self.joining.contains_key(&conn) {
+                        let value = ok.then(|| Value::Bulk(nick.as_bytes().to_vec()));
+                        self.bridge_reply(ctx, Op::Guest(conn), value);
+                    } else {
+                        // A nick claim (or a guest nick for a client gone
+                        // meanwhile): a nick granted to nobody goes back.
+                        let op = Op::Nick {
+                            conn,
+                            nick: nick.to_string(),
+                        };
+                        self.bridge_reply(ctx, op, Some(Value::Integer(i64::from(ok))));
+                    }
+                }
+                Record::Claim { .. } | Record::Answer { .. } => {}
+            }
+            self.settle(ctx);
+        }
+    }
+
+    /// On worker 0: `worker`'s member `conn` asks for `nick` (`""`: a guest
+    /// nick). Granted when no member of any worker holds it, recorded at
+    /// once (so no second claim gets it before the holder's presence
+    /// arrives), and answered.
+    fn grant(&mut self, ctx: &Ctx, worker: u32, conn: u64, nick: &str, room: &str, name: &str) {
+        let (ok, nick) = if nick.is_empty() {
+            (true, self.guest_nick())
+        } else {
+            let taken = self.roster.holder(nick).is_some()
+                || self.sib.as_ref().is_some_and(|s| {
+                    s.directory
+                        .get(&fold(nick))
+                        .is_some_and(|r| r.worker != worker)
+                });
+            (!taken, nick.to_string())
+        };
+        if let Some(s) = self.sib.as_mut() {
+            if ok {
+                s.set(worker, &nick, room, name);
+            }
+            s.push(
+                ctx,
+                Record::Answer {
+                    to: worker,
+                    conn,
+                    ok,
+                    nick: &nick,
+                },
+            );
+        }
     }
 }
 
@@ -1514,6 +1731,21 @@ impl Handler for Chat {
             }
             None => None,
         };
+        let (index, count) = ctx.worker();
+        let sib = if count < 2 {
+            None
+        } else if bridge.is_some() {
+            ctx.debug(format_args!(
+                "worker {index} of {count}: rooms span the workers through the bridge"
+            ));
+            None
+        } else {
+            ctx.debug(format_args!(
+                "worker {index} of {count}: rooms span the workers through sibling posts; \
+                 worker 0 grants the nicks"
+            ));
+            Some(Siblings::new(index, count))
+        };
         Ok(Chat {
             limits: config.limits(),
             limit_text,
@@ -1531,6 +1763,8 @@ impl Handler for Chat {
             bridge,
             joining: HashMap::new(),
             claiming: HashSet::new(),
+            sib,
+            worker: (index, count),
         })
     }
 
@@ -1575,6 +1809,21 @@ impl Handler for Chat {
                 self.joining.insert(conn, client);
                 return Ok(state);
             }
+        }
+        if let Some(s) = self.sib.as_mut().filter(|s| !s.is_authority()) {
+            // Worker 0 hands out the guest-N nicks: the welcome waits for it.
+            s.push(
+                ctx,
+                Record::Claim {
+                    conn: conn.raw(),
+                    nick: "",
+                    room: LOBBY,
+                    name: LOBBY,
+                },
+            );
+            pause(ctx, conn, &mut client);
+            self.joining.insert(conn, client);
+            return Ok(state);
         }
         let nick = self.guest_nick();
         self.admit(ctx, conn, nick, client);
@@ -1658,6 +1907,9 @@ impl Handler for Chat {
     }
 
     fn on_timer(&mut self, ctx: &Ctx, timer: TimerId, user_data: u64) {
+        if let Some(s) = self.sib.as_mut().filter(|s| s.timer == Some(timer)) {
+            return s.on_timer(ctx);
+        }
         if let Some(b) = self.bridge.as_mut() {
             if b.on_timer(ctx, timer) {
                 return self.bridge_events(ctx);
@@ -1733,6 +1985,13 @@ impl Handler for Chat {
             }
         }
         self.slow.clear();
+        if let Some(s) = self.sib.as_mut() {
+            s.flush(ctx);
+        }
+    }
+
+    fn on_message(&mut self, ctx: &Ctx, msg: &[u8]) {
+        self.sibling_batch(ctx, msg);
     }
 }
 

@@ -48,7 +48,7 @@ pub(crate) fn cmp_folded(a: &str, b: &str) -> std::cmp::Ordering {
 }
 
 /// Whether `name` sorts at or after `from`, case-insensitively.
-fn at_or_after(name: &str, from: &str) -> bool {
+pub(crate) fn at_or_after(name: &str, from: &str) -> bool {
     name.bytes()
         .map(|b| b.to_ascii_lowercase())
         .cmp(from.bytes().map(|b| b.to_ascii_lowercase()))
