@@ -425,3 +425,45 @@ fn with_a_bridge_each_worker_is_a_bridge_instance_and_no_line_comes_twice() {
     }
     loopd.assert_no_unexpected_errors();
 }
+
+#[test]
+fn max_clients_is_the_processs_split_between_the_workers() {
+    // 4 for the process: 2 per worker.
+    let (loopd, addr) = start("", "max_clients = 4");
+    let mut welcomed = Vec::new();
+    let mut refused = 0;
+    for _ in 0..16 {
+        let mut c = LineClient::connect(addr);
+        let first = c.recv();
+        if first == "! server full" {
+            assert_eq!(c.read_to_eof(), "", "closed right after");
+            refused += 1;
+        } else {
+            welcomed.push(c);
+        }
+    }
+    figure(
+        "chat_workers_max_clients_4",
+        format!("welcomed={} refused={refused}", welcomed.len()),
+    );
+    assert!(
+        (1..=4).contains(&welcomed.len()),
+        "{} welcomed with max_clients = 4",
+        welcomed.len()
+    );
+    assert_eq!(welcomed.len() + refused, 16);
+    assert!(loopd.wait_for_log("its share of 2 workers'", TIMEOUT));
+    let logs = loopd.logs();
+    let joined = [0, 1].map(|w| {
+        logs.lines()
+            .filter(|l| {
+                l.contains(" joined (connection ") && l.ends_with(&format!(", worker {w})"))
+            })
+            .count()
+    });
+    assert_eq!(joined.iter().sum::<usize>(), welcomed.len(), "{logs}");
+    assert!(
+        joined.iter().all(|&j| j <= 2),
+        "{joined:?} of max_clients = 4:\n{logs}"
+    );
+}

@@ -1043,8 +1043,12 @@ impl Chat {
         let _ = ctx.close(conn, CloseMode::Flush);
         if let Some(n) = self.refused_full.count(ctx.now_ms()) {
             ctx.warn(format_args!(
-                "server full (max_clients = {}): refused {n} connection(s), the latest from {peer}",
-                self.config.max_clients
+                "server full (max_clients = {}{}): refused {n} connection(s), the latest from {peer}",
+                self.config.max_clients,
+                match ctx.worker().1 {
+                    1 => String::new(),
+                    n => format!(" on this worker, its share of {n} workers'"),
+                }
             ));
         }
     }
@@ -1699,8 +1703,12 @@ impl Handler for Chat {
     // (the bridge).
     const MIN_HOST_MINOR: u32 = 3;
 
-    fn create(ctx: &Ctx, _instance: &str, config: Config) -> Result<Self, String> {
+    fn create(ctx: &Ctx, _instance: &str, mut config: Config) -> Result<Self, String> {
         config.validate()?;
+        // max_clients is the process's: with several workers each instance
+        // takes its share, rounded up (as loopd splits max_connections).
+        let (_, workers) = ctx.worker();
+        config.max_clients = config.max_clients.div_ceil(workers.max(1) as usize);
         let limit_text = config.limit_text();
         ctx.debug(format_args!(
             "chat: max_line {} bytes, max_pending {} bytes, max_clients {}, rate limit {} \
