@@ -77,7 +77,8 @@ extern "C" {
  *            loopd_connect_options, LOOPD_FD_*, LOOPD_ERR_NO_SUCH_INSTANCE,
  *            LOOPD_ERR_FULL, LOOPD_REASON_IDLE, LOOPD_REASON_LIMIT.
  * 1.4 added: loopd_host_api.post_siblings, worker_info;
- *            loopd_connect_options.flags, LOOPD_CONNECT_KEEP_READING. */
+ *            loopd_connect_options.flags, LOOPD_CONNECT_KEEP_READING;
+ *            loopd_host_api.stats_json. */
 #define LOOPD_ABI_MINOR 4
 
 /* Sizes of the v1.0 structs on 64-bit targets: the smallest struct_size a
@@ -468,6 +469,18 @@ typedef struct loopd_host_api {
      * thread. */
     int32_t (*worker_info)(loopd_ctx *ctx, uint32_t *index_out,
                            uint32_t *count_out);
+
+    /* A snapshot of the whole process's counters as JSON text (UTF-8, no
+     * NUL): every worker's, summed ("total") and one by one
+     * ("per_worker"); docs/handlers/status.md lists the fields. Each
+     * worker refreshes its part at most every 100 ms while it is busy.
+     * *len_out receives the length of the text. LOOPD_OK when it fit in
+     * buf (cap bytes; buf may be NULL when cap is 0) and was copied;
+     * LOOPD_ERR_FULL when it did not (nothing copied: call again with
+     * *len_out bytes); LOOPD_ERR_INVALID (len_out NULL, or buf NULL with
+     * cap > 0). Any thread, while this instance exists. */
+    int32_t (*stats_json)(loopd_ctx *ctx, uint8_t *buf, size_t cap,
+                          size_t *len_out);
 } loopd_host_api;
 
 /* Hooks the handler implements. Every pointer may be NULL ("not

@@ -253,6 +253,9 @@ pub type loopd_post_siblings_fn =
     unsafe extern "C" fn(*mut loopd_ctx, *const u8, usize, *mut u32) -> i32;
 /// `loopd_host_api.worker_info` (since 1.4).
 pub type loopd_worker_info_fn = unsafe extern "C" fn(*mut loopd_ctx, *mut u32, *mut u32) -> i32;
+/// `loopd_host_api.stats_json` (since 1.4).
+pub type loopd_stats_json_fn =
+    unsafe extern "C" fn(*mut loopd_ctx, *mut u8, usize, *mut usize) -> i32;
 
 /// Options for `connect_with` (1.3). Extensible; a zero field means "what
 /// the instance has".
@@ -341,6 +344,8 @@ pub struct loopd_host_api {
     pub post_siblings: Option<loopd_post_siblings_fn>,
     /// This runtime's worker index and the number of workers (since 1.4).
     pub worker_info: Option<loopd_worker_info_fn>,
+    /// The process's counters as JSON text (since 1.4).
+    pub stats_json: Option<loopd_stats_json_fn>,
 }
 
 // SAFETY: the host table is immutable static data (function pointers and a

@@ -466,6 +466,32 @@ impl Ctx {
         (index, count)
     }
 
+    /// A snapshot of the whole process's counters, every worker's, as JSON
+    /// text (ABI 1.4): `docs/handlers/status.md` lists the fields. Works
+    /// from any thread.
+    ///
+    /// # Errors
+    /// [`Error::Unsupported`] on a host older than 1.4.
+    pub fn stats_json(&self) -> Result<String, Error> {
+        let f = self.host().stats_json.ok_or(Error::Unsupported)?;
+        let mut buf: Vec<u8> = Vec::new();
+        // The text may grow between the two calls: a few tries.
+        for _ in 0..4 {
+            let mut len = 0usize;
+            // SAFETY: `buf` has `buf.len()` writable bytes; a valid out-pointer.
+            let status = unsafe { f(self.raw, buf.as_mut_ptr(), buf.len(), &mut len) };
+            if status == abi::LOOPD_OK {
+                buf.truncate(len);
+                return String::from_utf8(buf).map_err(|_| Error::Invalid);
+            }
+            if status != abi::LOOPD_ERR_FULL {
+                Error::check(status)?;
+            }
+            buf.resize(len + len / 4 + 64, 0);
+        }
+        Err(Error::Full)
+    }
+
     /// Watches `fd`, a descriptor the handler owns, for `interest` (ABI
     /// 1.3): [`crate::Handler::on_fd`] gets `user_data` whenever it is
     /// ready. loopd never reads, writes or closes it; remove the watch

@@ -99,6 +99,7 @@ abi_structs! {
         send_datagram, timer_set, timer_cancel, connect, now_ms, output_queued, status_str,
         log_to, send_file, pause_read, resume_read, shutdown_write, connect_with, post,
         watch_fd, watch_modify, watch_remove, timer_repeat, post_siblings, worker_info,
+        stats_json,
     }
     loopd_vtable {
         struct_size, reserved, create, destroy, on_open, on_data, on_eof, on_writable,

@@ -36,6 +36,8 @@ pub(crate) struct HostCtx {
     pub(crate) postbox: std::sync::Arc<Postbox>,
     /// Which worker this instance lives on, when there are several.
     pub(crate) worker: Option<crate::workers::WorkerSlot>,
+    /// Every worker's stats snapshots, for `stats_json`.
+    pub(crate) stats_board: std::sync::Arc<crate::stats::StatsBoard>,
 }
 
 impl HostCtx {
@@ -511,6 +513,34 @@ unsafe extern "C" fn host_worker_info(
     abi::LOOPD_OK
 }
 
+unsafe extern "C" fn host_stats_json(
+    ctx: *mut loopd_ctx,
+    buf: *mut u8,
+    cap: usize,
+    len_out: *mut usize,
+) -> i32 {
+    if ctx.is_null() || len_out.is_null() || (buf.is_null() && cap > 0) {
+        return abi::LOOPD_ERR_INVALID;
+    }
+    // SAFETY: a non-NULL ctx is a live HostCtx; its fields are immutable
+    // and the board is thread-safe, so any thread may read it.
+    let hc = unsafe { &*ctx.cast::<HostCtx>() };
+    let Ok(text) = catch_unwind(AssertUnwindSafe(|| hc.stats_board.json())) else {
+        return abi::LOOPD_ERR_IO;
+    };
+    // SAFETY: checked non-NULL; the caller gives a writable out-pointer.
+    unsafe { *len_out = text.len() };
+    if text.len() > cap {
+        return abi::LOOPD_ERR_FULL;
+    }
+    if !text.is_empty() {
+        // SAFETY: `buf` is non-NULL (cap >= len > 0) with `cap` writable
+        // bytes, lent for the call; `text` is ours, so they do not overlap.
+        unsafe { std::ptr::copy_nonoverlapping(text.as_ptr(), buf, text.len()) };
+    }
+    abi::LOOPD_OK
+}
+
 unsafe extern "C" fn host_watch_fd(
     ctx: *mut loopd_ctx,
     fd: i32,
@@ -671,6 +701,7 @@ static HOST_API: HostTable = HostTable(loopd_host_api {
     timer_repeat: Some(host_timer_repeat),
     post_siblings: Some(host_post_siblings),
     worker_info: Some(host_worker_info),
+    stats_json: Some(host_stats_json),
 });
 
 /// The host table every plugin receives. Static: valid for the whole process.
@@ -693,6 +724,7 @@ mod tests {
             name: "t".into(),
             postbox: Postbox::new(core.borrow().shared.poll.waker()),
             worker: None,
+            stats_board: Default::default(),
         };
         let mut id = 0;
         // SAFETY: hc is alive; no runtime is active on this thread.

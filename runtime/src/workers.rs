@@ -29,6 +29,8 @@ use crate::{Builder, Error, Handle, Runtime};
 #[derive(Debug, Default)]
 pub(crate) struct Siblings {
     postboxes: Mutex<Vec<Option<Arc<Postbox>>>>,
+    /// Every worker's latest stats snapshot (`stats_json`).
+    pub(crate) stats_board: Arc<crate::stats::StatsBoard>,
 }
 
 impl Siblings {

@@ -224,6 +224,11 @@ impl Conn {
         &self.scope.name
     }
 
+    /// The URL of the listener that accepted it (`None`: outbound).
+    pub(crate) fn listener_name(&self) -> Option<&str> {
+        self.listener.as_deref().map(|l| &*l.name)
+    }
+
     pub(crate) fn peer(&self) -> &loopd_addr {
         &self.peer
     }
