@@ -124,6 +124,9 @@ const CLOSE_REASONS: [&str; 11] = [
 
 const DROP_REASONS: [&str; 3] = ["send_buffer_full", "oversize", "send_error"];
 
+/// A per-handler metric: name, type, help, and how to read it from a handler.
+type Row<'a> = (&'a str, &'a str, &'a str, &'a dyn Fn(&Value) -> u64);
+
 /// Renders a `stats_json` snapshot and the process's numbers.
 pub fn render(stats: &Value, process: &Process) -> String {
     let mut out = String::with_capacity(8 << 10);
@@ -148,7 +151,7 @@ pub fn render(stats: &Value, process: &Process) -> String {
     let hs = handlers(total);
     let sum =
         |list: &Vec<&Value>, f: &dyn Fn(&Value) -> u64| list.iter().map(|h| f(h)).sum::<u64>();
-    let per_handler: [(&str, &str, &str, &dyn Fn(&Value) -> u64); 11] = [
+    let per_handler: [Row<'_>; 11] = [
         (
             "loopd_connections_active",
             "gauge",
