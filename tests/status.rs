@@ -289,3 +289,37 @@ fn chromium_renders_the_live_page_with_the_numbers() {
     assert!(dom.contains("loop passes/s"), "{dom}");
     assert!(dom.contains("<svg"), "{dom}");
 }
+
+#[test]
+fn loopd_status_prints_a_summary() {
+    let loopd = Loopd::start(CONFIG);
+    let (bytes, lines, _open) = traffic(loopd.tcp("echo"));
+    let status = loopd.tcp("status");
+    metrics_until(status, |t| {
+        sample(t, "loopd_sent_bytes_total{handler=\"echo\"}") == Some(bytes as f64)
+    });
+    let out = Command::new(loopd_bin())
+        .args(["status", &format!("http://{status}")])
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{text}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(text.starts_with("loopd "), "{text}");
+    let row = text.lines().find(|l| l.starts_with("echo ")).expect(&text);
+    let cols: Vec<&str> = row.split_whitespace().collect();
+    let (b, l) = (bytes.to_string(), lines.to_string());
+    assert_eq!(cols, ["echo", "1", "3", "2", &b, &b, &l, "0"], "{text}");
+
+    // Not a status listener: a clear error, exit 1.
+    let out = Command::new(loopd_bin())
+        .args(["status", &format!("http://{}", loopd.tcp("echo"))])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.starts_with("loopd status: error: "), "{err}");
+}
