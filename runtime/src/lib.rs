@@ -111,6 +111,7 @@ mod host;
 mod inherit;
 mod instance;
 mod mailbox;
+pub mod metrics;
 mod notify;
 mod plugin;
 mod privileges;

@@ -111,6 +111,8 @@ impl Counters {
 pub(crate) struct Scope {
     pub(crate) name: Box<str>,
     pub(crate) counters: Counters,
+    /// Metrics the handler declared (an instance's scope only).
+    pub(crate) metrics: std::cell::RefCell<crate::metrics::Metrics>,
 }
 
 impl Scope {
@@ -118,6 +120,7 @@ impl Scope {
         Rc::new(Scope {
             name: name.into(),
             counters: Counters::default(),
+            metrics: Default::default(),
         })
     }
 }
@@ -179,7 +182,7 @@ impl LoopCounters {
 }
 
 /// A copy of every counter, from [`crate::Runtime::stats`].
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq)]
 #[non_exhaustive]
 pub struct Stats {
     /// The loop itself.
@@ -218,7 +221,10 @@ impl Stats {
                     .iter_mut()
                     .find(|t| t.name == h.name && t.draining == h.draining)
                 {
-                    Some(t) => t.counters.add(&h.counters),
+                    Some(t) => {
+                        t.counters.add(&h.counters);
+                        crate::metrics::merge(&mut t.metrics, &h.metrics);
+                    }
                     None => total.handlers.push(h.clone()),
                 }
             }
@@ -264,7 +270,7 @@ pub struct LoopStats {
 }
 
 /// One handler instance's counters.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq)]
 #[non_exhaustive]
 pub struct HandlerStats {
     /// The instance name.
@@ -274,6 +280,8 @@ pub struct HandlerStats {
     pub draining: bool,
     /// Its counters: every connection, socket and timer of the instance.
     pub counters: CounterSnapshot,
+    /// The metrics it declared (ABI 1.4 `metric_declare`).
+    pub metrics: Vec<crate::metrics::MetricSnapshot>,
 }
 
 /// One listener's counters.
@@ -424,6 +432,7 @@ pub(crate) fn handler_stats(scope: &Scope, draining: bool) -> HandlerStats {
         name: scope.name.to_string(),
         draining,
         counters: scope.counters.snapshot(),
+        metrics: scope.metrics.borrow().snapshot(),
     }
 }
 
@@ -536,6 +545,18 @@ impl Stats {
                 let mut v = h.counters.to_json();
                 v["name"] = h.name.as_str().into();
                 v["draining"] = h.draining.into();
+                v["metrics"] = h.metrics.iter().map(|m| serde_json::json!({
+                    "name": m.name,
+                    "help": m.help,
+                    "kind": m.kind.as_str(),
+                    "labels": m.labels,
+                    "buckets": m.buckets,
+                    "series": m.series.iter().map(|s| serde_json::json!({
+                        "labels": s.labels,
+                        "value": s.value,
+                        "counts": s.counts,
+                    })).collect::<Vec<_>>(),
+                })).collect::<Vec<_>>().into();
                 v
             }).collect::<Vec<_>>(),
             "listeners": self.listeners.iter().map(|ls| {

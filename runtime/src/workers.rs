@@ -142,7 +142,7 @@ impl WorkerSlot {
 }
 
 /// Every worker's counters, and their sum.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq)]
 #[non_exhaustive]
 pub struct WorkerStats {
     /// All workers together: counters summed, handlers and listeners

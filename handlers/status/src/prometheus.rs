@@ -81,6 +81,7 @@ impl Family<'_> {
 }
 
 fn family<'a>(out: &'a mut String, name: &str, kind: &str, help: &str) -> Family<'a> {
+    let help = help.replace('\\', "\\\\").replace('\n', "\\n");
     let _ = writeln!(out, "# HELP {name} {help}");
     let _ = writeln!(out, "# TYPE {name} {kind}");
     Family { out }
@@ -346,6 +347,8 @@ pub fn render(stats: &Value, process: &Process) -> String {
         fam.sample(&format!("{name}_count"), &[("worker", w)], u(l, "passes"));
     }
 
+    handler_metrics(&mut out, &hs);
+
     if let Some(v) = process.resident_bytes {
         family(
             &mut out,
@@ -383,6 +386,128 @@ pub fn render(stats: &Value, process: &Process) -> String {
         .sample("process_start_time_seconds", &[], v);
     }
     out
+}
+
+/// Whether a handler's metric name could clash with one loopd writes.
+fn builtin(name: &str) -> bool {
+    name.starts_with("process_")
+        || (name.starts_with("loopd_") && BUILTIN.iter().any(|b| name.starts_with(b)))
+}
+
+/// Families the status handler writes itself (and their prefixes, for a
+/// histogram's `_bucket`, `_sum` and `_count`).
+const BUILTIN: [&str; 24] = [
+    "loopd_build_info",
+    "loopd_workers",
+    "loopd_connections_active",
+    "loopd_connections_connected_total",
+    "loopd_received_bytes_total",
+    "loopd_sent_bytes_total",
+    "loopd_frames_total",
+    "loopd_oversize_frames_total",
+    "loopd_output_queued_bytes",
+    "loopd_datagrams_received_total",
+    "loopd_datagrams_sent_total",
+    "loopd_timers_active",
+    "loopd_timers_fired_total",
+    "loopd_connections_accepted_total",
+    "loopd_connections_closed_total",
+    "loopd_datagrams_dropped_total",
+    "loopd_loop_passes_total",
+    "loopd_loop_events_total",
+    "loopd_reloads_total",
+    "loopd_reload_failures_total",
+    "loopd_loop_pass_busy_seconds",
+    "loopd_loop_",
+    "loopd_connections_",
+    "loopd_datagrams_",
+];
+
+/// The metrics handlers declared, one family per name: a name declared
+/// with different kinds by two handlers keeps the first kind; one that
+/// clashes with loopd's own is left out.
+fn handler_metrics(out: &mut String, hs: &BTreeMap<String, Vec<&Value>>) {
+    // name -> (kind, help, [(handler, metric)])
+    let mut families: BTreeMap<&str, (&str, &str, Vec<(&str, &Value)>)> = BTreeMap::new();
+    for (h, list) in hs {
+        for inst in list {
+            for m in inst["metrics"].as_array().into_iter().flatten() {
+                let (Some(name), Some(kind)) = (m["name"].as_str(), m["kind"].as_str()) else {
+                    continue;
+                };
+                if builtin(name) {
+                    continue;
+                }
+                let help = m["help"].as_str().unwrap_or("");
+                let f = families.entry(name).or_insert((kind, help, Vec::new()));
+                if f.0 == kind {
+                    f.2.push((h.as_str(), m));
+                }
+            }
+        }
+    }
+    for (name, (kind, help, members)) in families {
+        // Series of the same labels from several instances (draining) add up.
+        let mut series: BTreeMap<Vec<(String, String)>, (f64, Vec<u64>, Vec<f64>)> =
+            BTreeMap::new();
+        for (h, m) in members {
+            let names: Vec<&str> = m["labels"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .filter_map(Value::as_str)
+                .collect();
+            let bounds: Vec<f64> = m["buckets"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .filter_map(Value::as_f64)
+                .collect();
+            for s in m["series"].as_array().into_iter().flatten() {
+                let mut labels = vec![("handler".to_string(), h.to_string())];
+                for (k, v) in names
+                    .iter()
+                    .zip(s["labels"].as_array().into_iter().flatten())
+                {
+                    labels.push((k.to_string(), v.as_str().unwrap_or("").to_string()));
+                }
+                let counts: Vec<u64> = s["counts"]
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .filter_map(Value::as_u64)
+                    .collect();
+                let e = series
+                    .entry(labels)
+                    .or_insert_with(|| (0.0, vec![0; counts.len()], bounds.clone()));
+                e.0 += s["value"].as_f64().unwrap_or(0.0);
+                for (a, b) in e.1.iter_mut().zip(&counts) {
+                    *a += b;
+                }
+            }
+        }
+        let mut fam = family(out, name, kind, help);
+        for (labels, (value, counts, bounds)) in &series {
+            let l: Vec<(&str, &str)> = labels
+                .iter()
+                .map(|(k, v)| (k.as_str(), v.as_str()))
+                .collect();
+            if kind == "histogram" {
+                let mut cumulative = 0u64;
+                for (i, c) in counts.iter().enumerate() {
+                    cumulative += c;
+                    let le = bounds.get(i).map_or("+Inf".to_string(), |b| format!("{b}"));
+                    let mut with_le = l.clone();
+                    with_le.push(("le", &le));
+                    fam.sample(&format!("{name}_bucket"), &with_le, cumulative);
+                }
+                fam.sample(&format!("{name}_sum"), &l, value);
+                fam.sample(&format!("{name}_count"), &l, cumulative);
+            } else {
+                fam.sample(name, &l, value);
+            }
+        }
+    }
 }
 
 #[cfg(test)]
@@ -427,6 +552,38 @@ mod tests {
         assert!(text.contains("loopd_loop_pass_busy_seconds_bucket{worker=\"0\",le=\"+Inf\"} 4\n"));
         assert!(text.contains("loopd_loop_pass_busy_seconds_count{worker=\"0\"} 4\n"));
         assert!(text.contains("loopd_build_info{version=\"0.1.0\",abi=\"1.4\"} 1\n"));
+    }
+
+    #[test]
+    fn handler_metrics_are_labelled_with_their_handler() {
+        let v: Value = serde_json::json!({
+            "total": {"handlers": [
+                {"name": "web", "metrics": [
+                    {"name": "req_total", "help": "Requests.", "kind": "counter",
+                     "labels": ["code"], "buckets": [],
+                     "series": [{"labels": ["200"], "value": 3.0, "counts": []}]},
+                    {"name": "lat_seconds", "help": "", "kind": "histogram",
+                     "labels": [], "buckets": [0.1, 1.0],
+                     "series": [{"labels": [], "value": 2.5, "counts": [1, 0, 1]}]},
+                    {"name": "loopd_connections_active", "help": "", "kind": "gauge",
+                     "labels": [], "buckets": [], "series": [{"labels": [], "value": 9.0}]}
+                ]}
+            ]}
+        });
+        let text = render(&v, &Process::default());
+        assert!(text.contains("# TYPE req_total counter\n"), "{text}");
+        assert!(
+            text.contains("req_total{handler=\"web\",code=\"200\"} 3\n"),
+            "{text}"
+        );
+        assert!(text.contains("lat_seconds_bucket{handler=\"web\",le=\"0.1\"} 1\n"));
+        assert!(text.contains("lat_seconds_bucket{handler=\"web\",le=\"1\"} 1\n"));
+        assert!(text.contains("lat_seconds_bucket{handler=\"web\",le=\"+Inf\"} 2\n"));
+        assert!(text.contains("lat_seconds_count{handler=\"web\"} 2\n"));
+        assert!(
+            !text.contains(" 9\n"),
+            "a clash with loopd's own is left out: {text}"
+        );
     }
 
     #[test]
