@@ -323,3 +323,124 @@ fn loopd_status_prints_a_summary() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.starts_with("loopd status: error: "), "{err}");
 }
+
+/// The shipped handlers' own metrics (ABI 1.4) reach `/metrics`.
+#[test]
+fn handler_metrics_of_http_and_chat_appear() {
+    let www = root().join("examples/www");
+    let config = format!(
+        r#"
+[[handler]]
+name = "web"
+plugin = "http"
+listen = ["tcp://127.0.0.1:0"]
+[handler.config]
+root = "{}"
+
+[[handler]]
+name = "chat"
+plugin = "chat"
+listen = ["tcp://127.0.0.1:0"]
+
+[[handler]]
+name = "status"
+plugin = "status"
+listen = ["tcp://127.0.0.1:0"]
+"#,
+        www.display()
+    );
+    let loopd = Loopd::start(&config);
+    let web = loopd.tcp("web");
+    for path in ["/", "/", "/no-such-page"] {
+        let req = format!("GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n");
+        exchange(web, req.as_bytes());
+    }
+    let (code, _, _) = exchange(
+        web,
+        b"HEAD / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+    );
+    assert_eq!(code, 200);
+
+    let mut alice = tcp(loopd.tcp("chat"));
+    let mut bob = tcp(loopd.tcp("chat"));
+    let mut bob_lines = BufReader::new(bob.try_clone().unwrap());
+    alice.write_all(b"hello room\n").unwrap();
+    alice.write_all(b"/me waves\n").unwrap();
+    // Bob sees both lines before we look at the counters.
+    let mut seen = 0;
+    let mut line = String::new();
+    while seen < 2 {
+        line.clear();
+        assert!(bob_lines.read_line(&mut line).unwrap() > 0, "chat closed");
+        if line.contains("hello room") || line.contains("waves") {
+            seen += 1;
+        }
+    }
+    bob.flush().unwrap();
+
+    let status = loopd.tcp("status");
+    let want = [
+        (
+            "loopd_http_requests_total{handler=\"web\",code=\"200\",method=\"GET\"}",
+            2.0,
+        ),
+        (
+            "loopd_http_requests_total{handler=\"web\",code=\"404\",method=\"GET\"}",
+            1.0,
+        ),
+        (
+            "loopd_http_requests_total{handler=\"web\",code=\"200\",method=\"HEAD\"}",
+            1.0,
+        ),
+        ("loopd_http_response_seconds_count{handler=\"web\"}", 4.0),
+        (
+            "loopd_chat_messages_total{handler=\"chat\",kind=\"say\"}",
+            1.0,
+        ),
+        (
+            "loopd_chat_messages_total{handler=\"chat\",kind=\"me\"}",
+            1.0,
+        ),
+        ("loopd_chat_members{handler=\"chat\"}", 2.0),
+        ("loopd_chat_rooms{handler=\"chat\"}", 1.0),
+    ];
+    let text = metrics_until(status, |t| {
+        want.iter().all(|(series, v)| sample(t, series) == Some(*v))
+    });
+    for (series, v) in want {
+        assert_eq!(sample(&text, series), Some(v), "{series} in\n{text}");
+    }
+    assert!(text.contains("# TYPE loopd_http_response_seconds histogram\n"));
+
+    drop(alice);
+    let text = metrics_until(status, |t| {
+        sample(t, "loopd_chat_members{handler=\"chat\"}") == Some(1.0)
+    });
+    assert_eq!(
+        sample(&text, "loopd_chat_members{handler=\"chat\"}"),
+        Some(1.0),
+        "{text}"
+    );
+
+    // promtool accepts the handlers' families too.
+    let mut child = Command::new("promtool")
+        .args(["check", "metrics"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("promtool is needed for this test: apt-get install -y prometheus");
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(text.as_bytes())
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "promtool refused:\n{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
