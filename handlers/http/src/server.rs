@@ -438,7 +438,7 @@ impl Server {
                 c.discard = Discard::None;
                 c.inbuf = Vec::new();
                 let start = c.req_start.take().unwrap_or_else(Instant::now);
-                self.error(id, 408, start, "-".into(), "unknown", midway, head);
+                self.error(id, 408, start, ("-".into(), "unknown"), midway, head);
             }
             Wait::Idle => self.close(id, CloseMode::Flush),
             Wait::Send => {
@@ -608,7 +608,14 @@ impl Server {
                     // The head was not read to its end: the client may
                     // still be sending it.
                     let head = is_head_request(rest);
-                    self.error(id, reject.status, start, "-".into(), "unknown", true, head);
+                    self.error(
+                        id,
+                        reject.status,
+                        start,
+                        ("-".into(), "unknown"),
+                        true,
+                        head,
+                    );
                     return input.len();
                 }
                 Ok(Head::Complete { len, req }) => {
@@ -691,8 +698,7 @@ impl Server {
                 id,
                 400,
                 start,
-                line,
-                method_label(req.method),
+                (line, method_label(req.method)),
                 true,
                 req.method == "HEAD",
             );
@@ -708,8 +714,7 @@ impl Server {
                     id,
                     413,
                     start,
-                    line,
-                    method_label(req.method),
+                    (line, method_label(req.method)),
                     true,
                     req.method == "HEAD",
                 );
@@ -739,8 +744,7 @@ impl Server {
                 id,
                 417,
                 start,
-                line,
-                method_label(req.method),
+                (line, method_label(req.method)),
                 true,
                 req.method == "HEAD",
             );
@@ -1051,8 +1055,7 @@ impl Server {
         id: ConnId,
         status: u16,
         start: Instant,
-        request: String,
-        method: &'static str,
+        (request, method): (String, &'static str),
         maybe_more: bool,
         head_only: bool,
     ) {

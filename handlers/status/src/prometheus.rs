@@ -423,12 +423,19 @@ const BUILTIN: [&str; 24] = [
     "loopd_datagrams_",
 ];
 
+/// A handler-defined family: kind, help, and each (handler, metric).
+type Declared<'a> = (&'a str, &'a str, Vec<(&'a str, &'a Value)>);
+/// A series' labels, `handler` first.
+type Labels = Vec<(String, String)>;
+/// A series added up: value (a histogram's sum), bucket counts, bounds.
+type SeriesSum = (f64, Vec<u64>, Vec<f64>);
+
 /// The metrics handlers declared, one family per name: a name declared
 /// with different kinds by two handlers keeps the first kind; one that
 /// clashes with loopd's own is left out.
 fn handler_metrics(out: &mut String, hs: &BTreeMap<String, Vec<&Value>>) {
     // name -> (kind, help, [(handler, metric)])
-    let mut families: BTreeMap<&str, (&str, &str, Vec<(&str, &Value)>)> = BTreeMap::new();
+    let mut families: BTreeMap<&str, Declared<'_>> = BTreeMap::new();
     for (h, list) in hs {
         for inst in list {
             for m in inst["metrics"].as_array().into_iter().flatten() {
@@ -448,8 +455,7 @@ fn handler_metrics(out: &mut String, hs: &BTreeMap<String, Vec<&Value>>) {
     }
     for (name, (kind, help, members)) in families {
         // Series of the same labels from several instances (draining) add up.
-        let mut series: BTreeMap<Vec<(String, String)>, (f64, Vec<u64>, Vec<f64>)> =
-            BTreeMap::new();
+        let mut series: BTreeMap<Labels, SeriesSum> = BTreeMap::new();
         for (h, m) in members {
             let names: Vec<&str> = m["labels"]
                 .as_array()
