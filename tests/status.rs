@@ -444,3 +444,98 @@ listen = ["tcp://127.0.0.1:0"]
         String::from_utf8_lossy(&out.stderr)
     );
 }
+
+/// tests/fixtures/c/metrics.c, compiled with the strict flags.
+fn c_metrics_plugin(dir: &TempDir) -> std::path::PathBuf {
+    let so = dir.join("libloopd_c_metrics.so");
+    compile_c_plugin(&root().join("tests/fixtures/c/metrics.c"), &so);
+    so
+}
+
+#[test]
+fn a_c_handler_declares_and_updates_metrics() {
+    let dir = TempDir::new("status-c");
+    let so = c_metrics_plugin(&dir);
+    let loopd = Loopd::start(&format!(
+        r#"
+[[handler]]
+name = "cm"
+plugin = "{}"
+listen = ["tcp://127.0.0.1:0"]
+
+[[handler]]
+name = "status"
+plugin = "status"
+listen = ["tcp://127.0.0.1:0"]
+"#,
+        so.display()
+    ));
+    let mut s = tcp(loopd.tcp("cm"));
+    let mut r = BufReader::new(s.try_clone().unwrap());
+    let mut answers = Vec::new();
+    for line in ["hi", "a much longer line", "late"] {
+        s.write_all(format!("{line}\n").as_bytes()).unwrap();
+        let mut back = String::new();
+        r.read_line(&mut back).unwrap();
+        answers.push(back);
+    }
+    // Outside create a declaration is refused (LOOPD_ERR_INVALID).
+    assert_eq!(answers, ["ok\n", "ok\n", "late -4\n"]);
+    let want = [
+        ("c_lines_total{handler=\"cm\",kind=\"short\"}", 1.0),
+        ("c_lines_total{handler=\"cm\",kind=\"long\"}", 1.0),
+        ("c_line_bytes_bucket{handler=\"cm\",le=\"4\"}", 1.0),
+        ("c_line_bytes_bucket{handler=\"cm\",le=\"16\"}", 1.0),
+        ("c_line_bytes_bucket{handler=\"cm\",le=\"64\"}", 2.0),
+        ("c_line_bytes_bucket{handler=\"cm\",le=\"+Inf\"}", 2.0),
+        ("c_line_bytes_sum{handler=\"cm\"}", 20.0),
+        ("c_line_bytes_count{handler=\"cm\"}", 2.0),
+        ("c_open{handler=\"cm\"}", 1.0),
+    ];
+    let status = loopd.tcp("status");
+    let text = metrics_until(status, |t| {
+        want.iter().all(|(series, v)| sample(t, series) == Some(*v))
+    });
+    for (series, v) in want {
+        assert_eq!(sample(&text, series), Some(v), "{series} in\n{text}");
+    }
+    assert!(text.contains("# HELP c_lines_total Lines received, by length.\n"));
+    drop((s, r));
+    let text = metrics_until(status, |t| sample(t, "c_open{handler=\"cm\"}") == Some(0.0));
+    assert_eq!(sample(&text, "c_open{handler=\"cm\"}"), Some(0.0), "{text}");
+}
+
+#[test]
+fn bad_metric_declarations_are_refused_at_create() {
+    let dir = TempDir::new("status-c-bad");
+    let so = c_metrics_plugin(&dir);
+    for (bad, says) in [
+        (
+            "name",
+            "metric name `bad-name` is not a valid Prometheus name",
+        ),
+        ("dup", "metric `c_open` is declared twice"),
+        ("labels", "metric `c_many` has 9 labels; at most 8"),
+        ("kind", "unknown kind refused: status -4"),
+    ] {
+        let config = dir.join(&format!("{bad}.toml"));
+        std::fs::write(
+            &config,
+            format!(
+                "[[handler]]\nname = \"cm\"\nplugin = \"{}\"\nlisten = [\"tcp://127.0.0.1:0\"]\n\
+                 [handler.config]\nbad = \"{bad}\"\n",
+                so.display()
+            ),
+        )
+        .unwrap();
+        let out = Command::new(loopd_bin())
+            .arg("check")
+            .arg(&config)
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "{bad}: loopd check passed\n{err}");
+        assert!(err.contains(says), "{bad}: no {says:?} in\n{err}");
+        assert!(err.contains("cm"), "{bad}: the handler is not named\n{err}");
+    }
+}
