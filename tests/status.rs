@@ -539,3 +539,43 @@ fn bad_metric_declarations_are_refused_at_create() {
         assert!(err.contains("cm"), "{bad}: the handler is not named\n{err}");
     }
 }
+
+/// With two workers the status handler reports the whole process:
+/// connections spread over both loops add up, and each loop has its own
+/// `worker` series.
+#[test]
+fn two_workers_add_up() {
+    let loopd = Loopd::start(&format!("[runtime]\nworkers = 2\n{CONFIG}"));
+    let echo = loopd.tcp("echo");
+    let mut bytes = 0u64;
+    for i in 0..12 {
+        let mut s = tcp(echo);
+        let mut r = BufReader::new(s.try_clone().unwrap());
+        let line = format!("worker test {i}\n");
+        s.write_all(line.as_bytes()).unwrap();
+        let mut back = String::new();
+        r.read_line(&mut back).unwrap();
+        assert_eq!(back, line);
+        bytes += line.len() as u64;
+    }
+    let status = loopd.tcp("status");
+    let closed = "loopd_connections_closed_total{handler=\"echo\",reason=\"peer\"}";
+    let want = |t: &str| {
+        sample(t, closed) == Some(12.0)
+            && sample(t, "loopd_sent_bytes_total{handler=\"echo\"}") == Some(bytes as f64)
+    };
+    // Each status request lands on either worker: both must see it all.
+    for _ in 0..4 {
+        let text = metrics_until(status, want);
+        assert!(want(&text), "{text}");
+        assert_eq!(sample(&text, "loopd_workers"), Some(2.0), "{text}");
+        for w in ["0", "1"] {
+            let passes = format!("loopd_loop_passes_total{{worker=\"{w}\"}}");
+            assert!(sample(&text, &passes).unwrap() > 0.0, "{text}");
+        }
+        assert_eq!(
+            sample(&text, "loopd_frames_total{handler=\"echo\"}"),
+            Some(12.0)
+        );
+    }
+}
