@@ -194,7 +194,7 @@ fn run_command(cli: Cli) -> ExitCode {
         None => match cli.config {
             Some(config) => run(config),
             None => {
-                eprintln!("loopd: no config file given\n\nUsage: loopd <CONFIG>\n       loopd check <CONFIG>\n       loopd reload [CONFIG] [--pid PID]\n       loopd upgrade [CONFIG] [--pid PID]\n       loopd new-handler <NAME> [--c] [--port N]\n\nTry `loopd --help`, or `loopd examples/loopd.toml`.");
+                eprintln!("loopd: no config file given\n\nUsage: loopd <CONFIG>\n       loopd check <CONFIG>\n       loopd reload [CONFIG] [--pid PID]\n       loopd upgrade [CONFIG] [--pid PID]\n       loopd status <URL>\n       loopd new-handler <NAME> [--c] [--port N]\n\nTry `loopd --help`, or `loopd examples/loopd.toml`.");
                 return ExitCode::from(2);
             }
         },
