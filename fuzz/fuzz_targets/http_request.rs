@@ -270,6 +270,12 @@ static HOST_API: loopd_host_api = loopd_host_api {
     watch_modify: None,
     watch_remove: None,
     timer_repeat: None,
+    post_siblings: None,
+    worker_info: None,
+    stats_json: None,
+    metric_declare: None,
+    metric_series: None,
+    metric_update: None,
 };
 
 /// The served tree, made once per process:
