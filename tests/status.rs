@@ -579,3 +579,60 @@ fn two_workers_add_up() {
         );
     }
 }
+
+/// udp-broadcast's relayed and dropped datagrams, by reason.
+#[test]
+fn udp_broadcast_metrics_count_relayed_and_dropped() {
+    let rx = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    rx.set_read_timeout(Some(TIMEOUT)).unwrap();
+    let port = rx.local_addr().unwrap().port();
+    let loopd = Loopd::start(&format!(
+        r#"
+[[handler]]
+name = "relay"
+plugin = "udp-broadcast"
+listen = ["udp://127.0.0.1:0"]
+[handler.config]
+broadcast_to = "127.0.0.1:{port}"
+max_datagram = 100
+
+[[handler]]
+name = "status"
+plugin = "status"
+listen = ["tcp://127.0.0.1:0"]
+"#
+    ));
+    let relay: SocketAddr = loopd.listeners["relay"][0]
+        .strip_prefix("udp://")
+        .unwrap()
+        .parse()
+        .unwrap();
+    let tx = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    for i in 0..3 {
+        tx.send_to(format!("hello {i}").as_bytes(), relay).unwrap();
+        let mut buf = [0u8; 200];
+        let n = rx.recv(&mut buf).unwrap();
+        assert_eq!(&buf[..n], format!("hello {i}").as_bytes());
+    }
+    tx.send_to(&[b'x'; 150], relay).unwrap();
+    let want = [
+        ("loopd_udp_broadcast_relayed_total{handler=\"relay\"}", 3.0),
+        (
+            "loopd_udp_broadcast_dropped_total{handler=\"relay\",reason=\"oversize\"}",
+            1.0,
+        ),
+        (
+            "loopd_udp_broadcast_dropped_total{handler=\"relay\",reason=\"rate\"}",
+            0.0,
+        ),
+        // The relay's own max_datagram drops it: loopd handed it over.
+        ("loopd_datagrams_received_total{handler=\"relay\"}", 4.0),
+        ("loopd_datagrams_sent_total{handler=\"relay\"}", 3.0),
+    ];
+    let text = metrics_until(loopd.tcp("status"), |t| {
+        want.iter().all(|(series, v)| sample(t, series) == Some(*v))
+    });
+    for (series, v) in want {
+        assert_eq!(sample(&text, series), Some(v), "{series} in\n{text}");
+    }
+}
