@@ -261,3 +261,46 @@ fn handler_metrics_are_in_the_stats() {
     assert_eq!(m[1].series[0].value, 19.0);
     assert_eq!(m[1].series[0].count(), 3);
 }
+
+/// Sends until the output queue is full, to a client that never reads.
+struct Flood;
+
+impl Handler for Flood {
+    type Config = NoConfig;
+    type Conn = ();
+    fn create(_: &Ctx, _: &str, _: NoConfig) -> Result<Self, String> {
+        Ok(Flood)
+    }
+    fn on_data(&mut self, ctx: &Ctx, conn: ConnId, _: &mut (), _: &[u8]) {
+        let chunk = vec![b'x'; 64 << 10];
+        // Bounded: the kernel's buffers and the high watermark end it.
+        for _ in 0..100_000 {
+            if ctx.send(conn, &chunk).is_err() {
+                break;
+            }
+        }
+    }
+}
+
+#[test]
+fn queued_output_is_summed_per_handler_and_listener() {
+    let mut rt = Runtime::builder()
+        .handler(
+            HandlerSpec::linked::<Flood>("flood")
+                .listen("tcp://127.0.0.1:0")
+                .framing(FramingKind::Line),
+        )
+        .build()
+        .unwrap();
+    let url = rt.listeners_of("flood").next().unwrap().to_string();
+    let mut s = TcpStream::connect(&url["tcp://".len()..]).unwrap();
+    s.write_all(b"go\n").unwrap();
+    run_until(&mut rt, |rt| {
+        rt.stats().handler("flood").unwrap().counters.frames_in == 1
+    });
+    let stats = rt.stats();
+    let queued = stats.handler("flood").unwrap().counters.output_queued;
+    assert!(queued > 0, "{stats:#?}");
+    assert_eq!(stats.listener(&url).unwrap().counters.output_queued, queued);
+    drop(s);
+}

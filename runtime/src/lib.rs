@@ -507,20 +507,31 @@ impl Runtime {
                 .collect(),
         };
         // Queued output is a sum over the open connections, taken here
-        // rather than kept up to date at every send.
+        // rather than kept up to date at every send. Scopes are matched by
+        // address: a draining instance shares its name with its successor.
+        let scopes: Vec<*const Scope> = core
+            .instances
+            .iter()
+            .filter(|i| i.callable())
+            .map(|i| Rc::as_ptr(&i.scope))
+            .collect();
+        let listeners: Vec<*const Scope> = self
+            .listener_records
+            .iter()
+            .map(|r| Rc::as_ptr(&r.scope))
+            .collect();
         for s in core.sources.values() {
             if let source::Source::Stream(c) = s {
                 let queued = c.output_queued() as u64;
                 if queued == 0 {
                     continue;
                 }
-                if let Some(h) = stats.handlers.iter_mut().find(|h| h.name == c.name()) {
-                    h.counters.output_queued += queued;
+                let (inst, listener) = c.scopes();
+                if let Some(i) = scopes.iter().position(|&p| p == inst) {
+                    stats.handlers[i].counters.output_queued += queued;
                 }
-                if let Some(l) = c.listener_name() {
-                    if let Some(ls) = stats.listeners.iter_mut().find(|ls| ls.url == l) {
-                        ls.counters.output_queued += queued;
-                    }
+                if let Some(i) = listener.and_then(|l| listeners.iter().position(|&p| p == l)) {
+                    stats.listeners[i].counters.output_queued += queued;
                 }
             }
         }

@@ -224,9 +224,13 @@ impl Conn {
         &self.scope.name
     }
 
-    /// The URL of the listener that accepted it (`None`: outbound).
-    pub(crate) fn listener_name(&self) -> Option<&str> {
-        self.listener.as_deref().map(|l| &*l.name)
+    /// Its instance's counters and, if a listener accepted it, the
+    /// listener's (by address, for `Runtime::stats`).
+    pub(crate) fn scopes(&self) -> (*const Scope, Option<*const Scope>) {
+        (
+            Rc::as_ptr(&self.scope),
+            self.listener.as_ref().map(Rc::as_ptr),
+        )
     }
 
     pub(crate) fn peer(&self) -> &loopd_addr {
