@@ -636,3 +636,20 @@ listen = ["tcp://127.0.0.1:0"]
         assert_eq!(sample(&text, series), Some(v), "{series} in\n{text}");
     }
 }
+
+/// A reload (SIGHUP) counts, on every worker.
+#[test]
+fn reloads_are_counted() {
+    let loopd = Loopd::start(CONFIG);
+    let status = loopd.tcp("status");
+    let series = "loopd_reloads_total{worker=\"0\"}";
+    assert_eq!(sample(&metrics(status), series), Some(0.0));
+    // SAFETY: a signal to the loopd this test started.
+    assert_eq!(unsafe { libc::kill(loopd.pid(), libc::SIGHUP) }, 0);
+    let text = metrics_until(status, |t| sample(t, series) == Some(1.0));
+    assert_eq!(sample(&text, series), Some(1.0), "{text}");
+    assert_eq!(
+        sample(&text, "loopd_reload_failures_total{worker=\"0\"}"),
+        Some(0.0)
+    );
+}
