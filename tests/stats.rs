@@ -184,3 +184,123 @@ fn a_closed_listener_keeps_its_totals() {
     assert_eq!(l.counters.accepted, 1);
     assert_eq!(l.counters.bytes_in, 1);
 }
+
+/// Counts lines by length in metrics it declares (ABI 1.4), and gauges
+/// its open connections.
+struct Measured {
+    short: loopd_handler_api::Series,
+    long: loopd_handler_api::Series,
+    sizes: loopd_handler_api::Series,
+}
+
+impl Handler for Measured {
+    type Config = NoConfig;
+    type Conn = ();
+    fn create(ctx: &Ctx, _: &str, _: NoConfig) -> Result<Self, String> {
+        let e = |e: loopd_handler_api::Error| e.to_string();
+        let lines = ctx
+            .counter("lines_total", "Lines, by length.", &["len"])
+            .map_err(e)?;
+        let sizes = ctx
+            .histogram("line_bytes", "Line sizes.", &[], &[2.0, 8.0])
+            .map_err(e)?;
+        Ok(Measured {
+            short: ctx.series(lines, &["short"]).map_err(e)?,
+            long: ctx.series(lines, &["long"]).map_err(e)?,
+            sizes: ctx.series(sizes, &[]).map_err(e)?,
+        })
+    }
+    fn on_data(&mut self, ctx: &Ctx, conn: ConnId, _: &mut (), line: &[u8]) {
+        let s = if line.len() < 4 {
+            self.short
+        } else {
+            self.long
+        };
+        ctx.metric_add(s, 1.0);
+        ctx.metric_observe(self.sizes, line.len() as f64);
+        let _ = ctx.send(conn, b"ok\n");
+    }
+}
+
+#[test]
+fn handler_metrics_are_in_the_stats() {
+    let mut rt = Runtime::builder()
+        .handler(
+            HandlerSpec::linked::<Measured>("measured")
+                .listen("tcp://127.0.0.1:0")
+                .framing(FramingKind::Line),
+        )
+        .build()
+        .unwrap();
+    let addr = rt.listeners_of("measured").next().unwrap()["tcp://".len()..].to_string();
+    let client = std::thread::spawn(move || {
+        let mut s = TcpStream::connect(addr).unwrap();
+        s.set_read_timeout(Some(TIMEOUT)).unwrap();
+        s.write_all(b"a\nabcdef\nabcdefghijkl\n").unwrap();
+        let mut got = [0u8; 9];
+        s.read_exact(&mut got).unwrap();
+    });
+    run_until(&mut rt, |rt| {
+        rt.stats().handler("measured").unwrap().counters.frames_in == 3
+    });
+    client.join().unwrap();
+    let s = rt.stats();
+    let m = &s.handler("measured").unwrap().metrics;
+    assert_eq!(m.len(), 2);
+    assert_eq!(m[0].name, "lines_total");
+    assert_eq!(m[0].labels, ["len"]);
+    let by = |v: &str| {
+        m[0].series
+            .iter()
+            .find(|s| s.labels == [v])
+            .map(|s| s.value)
+    };
+    assert_eq!((by("short"), by("long")), (Some(1.0), Some(2.0)));
+    assert_eq!(m[1].buckets, [2.0, 8.0]);
+    assert_eq!(m[1].series[0].counts, [1, 1, 1]);
+    assert_eq!(m[1].series[0].value, 19.0);
+    assert_eq!(m[1].series[0].count(), 3);
+}
+
+/// Sends until the output queue is full, to a client that never reads.
+struct Flood;
+
+impl Handler for Flood {
+    type Config = NoConfig;
+    type Conn = ();
+    fn create(_: &Ctx, _: &str, _: NoConfig) -> Result<Self, String> {
+        Ok(Flood)
+    }
+    fn on_data(&mut self, ctx: &Ctx, conn: ConnId, _: &mut (), _: &[u8]) {
+        let chunk = vec![b'x'; 64 << 10];
+        // Bounded: the kernel's buffers and the high watermark end it.
+        for _ in 0..100_000 {
+            if ctx.send(conn, &chunk).is_err() {
+                break;
+            }
+        }
+    }
+}
+
+#[test]
+fn queued_output_is_summed_per_handler_and_listener() {
+    let mut rt = Runtime::builder()
+        .handler(
+            HandlerSpec::linked::<Flood>("flood")
+                .listen("tcp://127.0.0.1:0")
+                .framing(FramingKind::Line),
+        )
+        .build()
+        .unwrap();
+    let url = rt.listeners_of("flood").next().unwrap().to_string();
+    let mut s = TcpStream::connect(&url["tcp://".len()..]).unwrap();
+    s.write_all(b"go\n").unwrap();
+    run_until(&mut rt, |rt| {
+        rt.stats().handler("flood").unwrap().counters.frames_in == 1
+    });
+    let stats = rt.stats();
+    let queued = stats.handler("flood").unwrap().counters.output_queued;
+    assert!(queued > 0, "{stats:#?}");
+    assert_eq!(stats.listener(&url).unwrap().counters.output_queued, queued);
+    drop(s);
+}

@@ -272,6 +272,10 @@ static HOST_API: loopd_host_api = loopd_host_api {
     timer_repeat: None,
     post_siblings: None,
     worker_info: None,
+    stats_json: None,
+    metric_declare: None,
+    metric_series: None,
+    metric_update: None,
 };
 
 /// The served tree, made once per process:

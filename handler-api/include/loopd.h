@@ -77,7 +77,9 @@ extern "C" {
  *            loopd_connect_options, LOOPD_FD_*, LOOPD_ERR_NO_SUCH_INSTANCE,
  *            LOOPD_ERR_FULL, LOOPD_REASON_IDLE, LOOPD_REASON_LIMIT.
  * 1.4 added: loopd_host_api.post_siblings, worker_info;
- *            loopd_connect_options.flags, LOOPD_CONNECT_KEEP_READING. */
+ *            loopd_connect_options.flags, LOOPD_CONNECT_KEEP_READING;
+ *            loopd_host_api.stats_json, metric_declare, metric_series,
+ *            metric_update; LOOPD_METRIC_*. */
 #define LOOPD_ABI_MINOR 4
 
 /* Sizes of the v1.0 structs on 64-bit targets: the smallest struct_size a
@@ -133,6 +135,15 @@ extern "C" {
 /* post: the target's mailbox is full (its message or byte limit); nothing
  * was posted. Back-pressure: try again later, or drop (1.3). */
 #define LOOPD_ERR_FULL (-12)
+
+/* Handler-defined metrics (1.4): metric_declare's kind, metric_update's op. */
+#define LOOPD_METRIC_COUNTER 1
+#define LOOPD_METRIC_GAUGE 2
+#define LOOPD_METRIC_HISTOGRAM 3
+#define LOOPD_METRIC_ADD 1     /* counter (value >= 0) or gauge */
+#define LOOPD_METRIC_SET 2     /* gauge */
+#define LOOPD_METRIC_OBSERVE 3 /* histogram */
+#define LOOPD_METRIC_MAX_LABELS 8
 
 /* ------------------------------------------------------------------------ */
 /* Other constants                                                           */
@@ -468,6 +479,52 @@ typedef struct loopd_host_api {
      * thread. */
     int32_t (*worker_info)(loopd_ctx *ctx, uint32_t *index_out,
                            uint32_t *count_out);
+
+    /* A snapshot of the whole process's counters as JSON text (UTF-8, no
+     * NUL): every worker's, summed ("total") and one by one
+     * ("per_worker"); docs/handlers/status.md lists the fields. Each
+     * worker refreshes its part at most every 100 ms while it is busy.
+     * *len_out receives the length of the text. LOOPD_OK when it fit in
+     * buf (cap bytes; buf may be NULL when cap is 0) and was copied;
+     * LOOPD_ERR_FULL when it did not (nothing copied: call again with
+     * *len_out bytes); LOOPD_ERR_INVALID (len_out NULL, or buf NULL with
+     * cap > 0). Any thread, while this instance exists. */
+    int32_t (*stats_json)(loopd_ctx *ctx, uint8_t *buf, size_t cap,
+                          size_t *len_out);
+
+    /* Declare a metric of this instance: kind LOOPD_METRIC_*, a Prometheus
+     * name ([a-zA-Z_:][a-zA-Z0-9_:]*, unique in the instance), a one-line
+     * help text, up to LOOPD_METRIC_MAX_LABELS label names
+     * ([a-zA-Z_][a-zA-Z0-9_]*; not handler, worker, le or __*) and, for a
+     * histogram only, bucket_count strictly increasing finite upper bounds
+     * (0: 0.005 to 10, Prometheus' defaults; at most 32). Strings are
+     * NUL-terminated and borrowed for the call. *metric_out receives the
+     * metric's id. Only inside create: LOOPD_ERR_INVALID otherwise, and for
+     * a bad declaration (loopd logs why, naming the handler and metric).
+     * The metrics appear in stats_json and the status handler's /metrics,
+     * labelled with the handler's name. */
+    int32_t (*metric_declare)(loopd_ctx *ctx, uint32_t kind, const char *name,
+                              const char *help, const char *const *label_names,
+                              uint32_t label_count, const double *buckets,
+                              uint32_t bucket_count, uint64_t *metric_out);
+
+    /* The series of a metric with these label values (as many as it has
+     * label names, NUL-terminated UTF-8 of at most 256 bytes, borrowed for
+     * the call), made on first use: *series_out receives its id, the same
+     * for the same values. Resolve a series once and keep the id.
+     * LOOPD_ERR_INVALID (unknown metric, wrong count, bad value),
+     * LOOPD_ERR_LIMIT (16384 series per instance). Inside any hook. */
+    int32_t (*metric_series)(loopd_ctx *ctx, uint64_t metric,
+                             const char *const *label_values, uint32_t count,
+                             uint64_t *series_out);
+
+    /* Update a series: op LOOPD_METRIC_ADD (a counter by value >= 0, a
+     * gauge by any value), LOOPD_METRIC_SET (a gauge), LOOPD_METRIC_OBSERVE
+     * (a histogram). No allocation, no syscall. LOOPD_ERR_INVALID for an
+     * unknown series, an op its metric does not take, NaN, or a negative
+     * counter step. Inside any hook. */
+    int32_t (*metric_update)(loopd_ctx *ctx, uint64_t series, uint32_t op,
+                             double value);
 } loopd_host_api;
 
 /* Hooks the handler implements. Every pointer may be NULL ("not

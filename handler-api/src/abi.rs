@@ -45,6 +45,21 @@ pub const LOOPD_ERR_NO_SUCH_INSTANCE: i32 = -11;
 /// `post`: the target's mailbox is full; nothing was posted (1.3).
 pub const LOOPD_ERR_FULL: i32 = -12;
 
+/// `metric_declare`: a counter (1.4).
+pub const LOOPD_METRIC_COUNTER: u32 = 1;
+/// `metric_declare`: a gauge (1.4).
+pub const LOOPD_METRIC_GAUGE: u32 = 2;
+/// `metric_declare`: a histogram (1.4).
+pub const LOOPD_METRIC_HISTOGRAM: u32 = 3;
+/// `metric_update`: add (a counter by a value >= 0, or a gauge) (1.4).
+pub const LOOPD_METRIC_ADD: u32 = 1;
+/// `metric_update`: set a gauge (1.4).
+pub const LOOPD_METRIC_SET: u32 = 2;
+/// `metric_update`: observe into a histogram (1.4).
+pub const LOOPD_METRIC_OBSERVE: u32 = 3;
+/// Most labels a handler-defined metric may have (1.4).
+pub const LOOPD_METRIC_MAX_LABELS: u32 = 8;
+
 /// Address family: unknown.
 pub const LOOPD_AF_UNSPEC: u16 = 0;
 /// Address family: IPv4.
@@ -253,6 +268,26 @@ pub type loopd_post_siblings_fn =
     unsafe extern "C" fn(*mut loopd_ctx, *const u8, usize, *mut u32) -> i32;
 /// `loopd_host_api.worker_info` (since 1.4).
 pub type loopd_worker_info_fn = unsafe extern "C" fn(*mut loopd_ctx, *mut u32, *mut u32) -> i32;
+/// `loopd_host_api.metric_declare` (since 1.4).
+pub type loopd_metric_declare_fn = unsafe extern "C" fn(
+    *mut loopd_ctx,
+    u32,
+    *const c_char,
+    *const c_char,
+    *const *const c_char,
+    u32,
+    *const f64,
+    u32,
+    *mut u64,
+) -> i32;
+/// `loopd_host_api.metric_series` (since 1.4).
+pub type loopd_metric_series_fn =
+    unsafe extern "C" fn(*mut loopd_ctx, u64, *const *const c_char, u32, *mut u64) -> i32;
+/// `loopd_host_api.metric_update` (since 1.4).
+pub type loopd_metric_update_fn = unsafe extern "C" fn(*mut loopd_ctx, u64, u32, f64) -> i32;
+/// `loopd_host_api.stats_json` (since 1.4).
+pub type loopd_stats_json_fn =
+    unsafe extern "C" fn(*mut loopd_ctx, *mut u8, usize, *mut usize) -> i32;
 
 /// Options for `connect_with` (1.3). Extensible; a zero field means "what
 /// the instance has".
@@ -341,6 +376,14 @@ pub struct loopd_host_api {
     pub post_siblings: Option<loopd_post_siblings_fn>,
     /// This runtime's worker index and the number of workers (since 1.4).
     pub worker_info: Option<loopd_worker_info_fn>,
+    /// The process's counters as JSON text (since 1.4).
+    pub stats_json: Option<loopd_stats_json_fn>,
+    /// Declare a counter, gauge or histogram, in `create` (since 1.4).
+    pub metric_declare: Option<loopd_metric_declare_fn>,
+    /// The series of a metric for a set of label values (since 1.4).
+    pub metric_series: Option<loopd_metric_series_fn>,
+    /// Add to, set or observe into a series (since 1.4).
+    pub metric_update: Option<loopd_metric_update_fn>,
 }
 
 // SAFETY: the host table is immutable static data (function pointers and a

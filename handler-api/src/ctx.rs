@@ -11,6 +11,23 @@ use crate::types::{
     CloseMode, ConnId, ConnectOptions, Error, Framing, Interest, Level, SocketId, TimerId, WatchId,
 };
 
+/// A metric a handler declared ([`Ctx::counter`], [`Ctx::gauge`],
+/// [`Ctx::histogram`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct Metric(u64);
+
+/// One set of label values of a [`Metric`] ([`Ctx::series`]): what
+/// [`Ctx::metric_add`], [`Ctx::metric_set`] and [`Ctx::metric_observe`]
+/// update.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct Series(u64);
+
+fn c_strings(list: &[&str]) -> Result<Vec<CString>, Error> {
+    list.iter()
+        .map(|s| CString::new(*s).map_err(|_| Error::Invalid))
+        .collect()
+}
+
 /// The runtime's side of the contract: send, close, timers, connect, logging.
 ///
 /// Every hook receives a `Ctx`; it stays valid until the instance is dropped,
@@ -464,6 +481,148 @@ impl Ctx {
             return (0, 1);
         }
         (index, count)
+    }
+
+    /// A snapshot of the whole process's counters, every worker's, as JSON
+    /// text (ABI 1.4): `docs/handlers/status.md` lists the fields. Works
+    /// from any thread.
+    ///
+    /// # Errors
+    /// [`Error::Unsupported`] on a host older than 1.4.
+    pub fn stats_json(&self) -> Result<String, Error> {
+        let f = self.host().stats_json.ok_or(Error::Unsupported)?;
+        let mut buf: Vec<u8> = Vec::new();
+        // The text may grow between the two calls: a few tries.
+        for _ in 0..4 {
+            let mut len = 0usize;
+            // SAFETY: `buf` has `buf.len()` writable bytes; a valid out-pointer.
+            let status = unsafe { f(self.raw, buf.as_mut_ptr(), buf.len(), &mut len) };
+            if status == abi::LOOPD_OK {
+                buf.truncate(len);
+                return String::from_utf8(buf).map_err(|_| Error::Invalid);
+            }
+            if status != abi::LOOPD_ERR_FULL {
+                Error::check(status)?;
+            }
+            buf.resize(len + len / 4 + 64, 0);
+        }
+        Err(Error::Full)
+    }
+
+    /// Declares a counter (ABI 1.4): only inside [`crate::Handler::create`].
+    /// `name` is a Prometheus name (conventionally ending in `_total`),
+    /// `labels` at most 8 label names. Update it through a [`Series`]
+    /// from [`Ctx::series`].
+    ///
+    /// # Errors
+    /// [`Error::Invalid`] for a bad declaration (an invalid or duplicate
+    /// name, too many or invalid labels; loopd logs which) or outside
+    /// `create`; [`Error::Unsupported`] on a host older than 1.4.
+    pub fn counter(&self, name: &str, help: &str, labels: &[&str]) -> Result<Metric, Error> {
+        self.declare(abi::LOOPD_METRIC_COUNTER, name, help, labels, &[])
+    }
+
+    /// Declares a gauge (ABI 1.4), as [`Ctx::counter`].
+    ///
+    /// # Errors
+    /// As [`Ctx::counter`].
+    pub fn gauge(&self, name: &str, help: &str, labels: &[&str]) -> Result<Metric, Error> {
+        self.declare(abi::LOOPD_METRIC_GAUGE, name, help, labels, &[])
+    }
+
+    /// Declares a histogram (ABI 1.4) with these bucket upper bounds
+    /// (strictly increasing; empty: Prometheus' defaults, 0.005 to 10).
+    ///
+    /// # Errors
+    /// As [`Ctx::counter`], and for bounds out of order.
+    pub fn histogram(
+        &self,
+        name: &str,
+        help: &str,
+        labels: &[&str],
+        buckets: &[f64],
+    ) -> Result<Metric, Error> {
+        self.declare(abi::LOOPD_METRIC_HISTOGRAM, name, help, labels, buckets)
+    }
+
+    fn declare(
+        &self,
+        kind: u32,
+        name: &str,
+        help: &str,
+        labels: &[&str],
+        buckets: &[f64],
+    ) -> Result<Metric, Error> {
+        let f = self.host().metric_declare.ok_or(Error::Unsupported)?;
+        let name = CString::new(name).map_err(|_| Error::Invalid)?;
+        let help = CString::new(help).map_err(|_| Error::Invalid)?;
+        let labels = c_strings(labels)?;
+        let ptrs: Vec<*const std::ffi::c_char> = labels.iter().map(|l| l.as_ptr()).collect();
+        let mut id = 0u64;
+        // SAFETY: every pointer is valid for the call; a valid out-pointer.
+        Error::check(unsafe {
+            f(
+                self.raw,
+                kind,
+                name.as_ptr(),
+                help.as_ptr(),
+                ptrs.as_ptr(),
+                ptrs.len() as u32,
+                buckets.as_ptr(),
+                buckets.len() as u32,
+                &mut id,
+            )
+        })?;
+        Ok(Metric(id))
+    }
+
+    /// The series of `metric` for these label values, one per label name
+    /// (ABI 1.4): made on first use, the same id for the same values.
+    /// Resolve it once (in `create` for fixed values) and keep it.
+    ///
+    /// # Errors
+    /// [`Error::Invalid`] for a wrong number of values or one over 256
+    /// bytes; [`Error::Limit`] past 16384 series in the instance;
+    /// [`Error::Unsupported`] on a host older than 1.4.
+    pub fn series(&self, metric: Metric, values: &[&str]) -> Result<Series, Error> {
+        let f = self.host().metric_series.ok_or(Error::Unsupported)?;
+        let values = c_strings(values)?;
+        let ptrs: Vec<*const std::ffi::c_char> = values.iter().map(|l| l.as_ptr()).collect();
+        let mut id = 0u64;
+        // SAFETY: every pointer is valid for the call; a valid out-pointer.
+        Error::check(unsafe {
+            f(
+                self.raw,
+                metric.0,
+                ptrs.as_ptr(),
+                ptrs.len() as u32,
+                &mut id,
+            )
+        })?;
+        Ok(Series(id))
+    }
+
+    fn update(&self, series: Series, op: u32, value: f64) {
+        if let Some(f) = self.host().metric_update {
+            // SAFETY: plain values; the host checks the id.
+            unsafe { f(self.raw, series.0, op, value) };
+        }
+    }
+
+    /// Adds `value` to a counter (>= 0) or a gauge series (ABI 1.4). No
+    /// allocation; a wrong series or op is ignored.
+    pub fn metric_add(&self, series: Series, value: f64) {
+        self.update(series, abi::LOOPD_METRIC_ADD, value);
+    }
+
+    /// Sets a gauge series (ABI 1.4).
+    pub fn metric_set(&self, series: Series, value: f64) {
+        self.update(series, abi::LOOPD_METRIC_SET, value);
+    }
+
+    /// Observes `value` into a histogram series (ABI 1.4).
+    pub fn metric_observe(&self, series: Series, value: f64) {
+        self.update(series, abi::LOOPD_METRIC_OBSERVE, value);
     }
 
     /// Watches `fd`, a descriptor the handler owns, for `interest` (ABI

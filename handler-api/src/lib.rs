@@ -179,7 +179,7 @@ mod glue;
 mod timer_payload;
 mod types;
 
-pub use ctx::Ctx;
+pub use ctx::{Ctx, Metric, Series};
 pub use types::{
     CloseMode, CloseReason, ConnId, ConnInfo, ConnectOptions, EofAction, Error, FdEvents, Framing,
     Interest, Level, ListenInfo, Origin, OversizeAction, SocketId, TimerId, Transport, WatchId,

@@ -99,6 +99,7 @@ abi_structs! {
         send_datagram, timer_set, timer_cancel, connect, now_ms, output_queued, status_str,
         log_to, send_file, pause_read, resume_read, shutdown_write, connect_with, post,
         watch_fd, watch_modify, watch_remove, timer_repeat, post_siblings, worker_info,
+        stats_json, metric_declare, metric_series, metric_update,
     }
     loopd_vtable {
         struct_size, reserved, create, destroy, on_open, on_data, on_eof, on_writable,
@@ -140,6 +141,13 @@ abi_consts! {
     LOOPD_ERR_HANDLER,
     LOOPD_ERR_NO_SUCH_INSTANCE,
     LOOPD_ERR_FULL,
+    LOOPD_METRIC_COUNTER,
+    LOOPD_METRIC_GAUGE,
+    LOOPD_METRIC_HISTOGRAM,
+    LOOPD_METRIC_ADD,
+    LOOPD_METRIC_SET,
+    LOOPD_METRIC_OBSERVE,
+    LOOPD_METRIC_MAX_LABELS,
     LOOPD_FD_READABLE,
     LOOPD_FD_WRITABLE,
     LOOPD_FD_HUP,

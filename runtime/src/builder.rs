@@ -288,6 +288,7 @@ impl Builder {
         rt.service = self.service;
         if let Some(slot) = &self.worker {
             rt.worker = Some(slot.clone());
+            rt.stats_board = slot.siblings.stats_board.clone();
             slot.siblings.join(slot.index, rt.postbox.clone());
         }
         if self.service {
@@ -584,6 +585,7 @@ pub(crate) fn create_instance(
             name: h.name.clone(),
             postbox: rt.postbox.clone(),
             worker: rt.worker.clone(),
+            stats_board: rt.stats_board.clone(),
         }),
         settings,
         scope: Scope::new(h.name.as_str()),

@@ -176,6 +176,7 @@ pub(crate) fn test_instance(
             name: name.to_string(),
             postbox: crate::mailbox::Postbox::new(waker.clone()),
             worker: None,
+            stats_board: Default::default(),
         }),
         settings,
         scope: Scope::new(name),

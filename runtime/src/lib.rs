@@ -111,6 +111,7 @@ mod host;
 mod inherit;
 mod instance;
 mod mailbox;
+pub mod metrics;
 mod notify;
 mod plugin;
 mod privileges;
@@ -227,6 +228,13 @@ pub struct Runtime {
     pub(crate) postbox: Arc<Postbox>,
     /// Messages taken from the mailboxes, being delivered (reused).
     pub(crate) mail: Vec<(instance::InstanceId, Vec<u8>)>,
+    /// Where this runtime (every worker's, with workers) leaves snapshots
+    /// for the `stats_json` host function.
+    pub(crate) stats_board: Arc<stats::StatsBoard>,
+    /// When this runtime last published (`None`: not yet).
+    stats_published: Option<Instant>,
+    /// Events were handled since the last publication.
+    stats_dirty: bool,
 }
 
 /// A listener the runtime opened.
@@ -390,6 +398,9 @@ impl Runtime {
             worker: None,
             postbox,
             mail: Vec::new(),
+            stats_board: Arc::default(),
+            stats_published: None,
+            stats_dirty: false,
         }
     }
 
@@ -479,7 +490,7 @@ impl Runtime {
     /// ```
     pub fn stats(&self) -> Stats {
         let core = self.core.borrow();
-        Stats {
+        let mut stats = Stats {
             loop_stats: stats::loop_stats(&core.shared.counters),
             handlers: core
                 .instances
@@ -494,7 +505,37 @@ impl Runtime {
                     stats::listener_stats(&r.scope, &r.handler, core.sources.get(r.id).is_some())
                 })
                 .collect(),
+        };
+        // Queued output is a sum over the open connections, taken here
+        // rather than kept up to date at every send. Scopes are matched by
+        // address: a draining instance shares its name with its successor.
+        let scopes: Vec<*const Scope> = core
+            .instances
+            .iter()
+            .filter(|i| i.callable())
+            .map(|i| Rc::as_ptr(&i.scope))
+            .collect();
+        let listeners: Vec<*const Scope> = self
+            .listener_records
+            .iter()
+            .map(|r| Rc::as_ptr(&r.scope))
+            .collect();
+        for s in core.sources.values() {
+            if let source::Source::Stream(c) = s {
+                let queued = c.output_queued() as u64;
+                if queued == 0 {
+                    continue;
+                }
+                let (inst, listener) = c.scopes();
+                if let Some(i) = scopes.iter().position(|&p| p == inst) {
+                    stats.handlers[i].counters.output_queued += queued;
+                }
+                if let Some(i) = listener.and_then(|l| listeners.iter().position(|&p| p == l)) {
+                    stats.listeners[i].counters.output_queued += queued;
+                }
+            }
         }
+        stats
     }
 
     /// Whether a graceful shutdown has begun.
@@ -587,12 +628,44 @@ impl Runtime {
             self.check_shutdown();
         }
         let ended = Instant::now();
-        let c = &mut self.core.borrow_mut().shared.counters;
-        c.passes += 1;
-        c.events += n as u64;
-        c.waiting += wait_ended - wait_began;
-        c.busy += (wait_began - started) + (ended - wait_ended);
+        {
+            let c = &mut self.core.borrow_mut().shared.counters;
+            c.pass((wait_began - started) + (ended - wait_ended));
+            c.events += n as u64;
+            c.waiting += wait_ended - wait_began;
+        }
+        self.stats_dirty |= n > 0;
+        self.publish_stats(ended);
         waited.map(|()| n)
+    }
+
+    /// Leaves a snapshot on the stats board: after the first pass, then,
+    /// while someone reads the board, at most every `PUBLISH_EVERY` after
+    /// passes that handled events.
+    fn publish_stats(&mut self, now: Instant) {
+        let due = match self.stats_published {
+            None => true,
+            Some(at) => {
+                self.stats_dirty
+                    && self.stats_board.has_readers()
+                    && now.duration_since(at) >= stats::PUBLISH_EVERY
+            }
+        };
+        if due {
+            let index = self.worker.as_ref().map_or(0, |w| w.index);
+            self.stats_board.publish(index, self.stats());
+            self.stats_published = Some(now);
+            self.stats_dirty = false;
+        }
+    }
+
+    /// How long until an unpublished change is due on a read stats board.
+    fn publish_timeout(&self) -> Option<Duration> {
+        let at = self.stats_published?;
+        if !self.stats_dirty || !self.stats_board.has_readers() {
+            return None;
+        }
+        Some(stats::PUBLISH_EVERY.saturating_sub(at.elapsed()))
     }
 
     /// Whether the last pass left work behind: it stopped at a fairness
@@ -632,10 +705,11 @@ impl Runtime {
         if self.stopped {
             return Some(Duration::ZERO);
         }
-        match (self.next_timeout(), limit) {
+        let min = |a: Option<Duration>, b: Option<Duration>| match (a, b) {
             (Some(a), Some(b)) => Some(a.min(b)),
             (a, b) => a.or(b),
-        }
+        };
+        min(min(self.next_timeout(), limit), self.publish_timeout())
     }
 
     fn take_flags(&mut self) {

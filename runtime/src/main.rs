@@ -2,6 +2,7 @@
 
 mod logsink;
 mod scaffold;
+mod status_cli;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -51,6 +52,12 @@ enum Command {
         /// The process id instead.
         #[arg(long)]
         pid: Option<i32>,
+    },
+    /// Print a short summary of a running loopd: its handlers' connections,
+    /// bytes and frames, from a status handler's listener (its /metrics).
+    Status {
+        /// The status listener, e.g. http://127.0.0.1:9090 (or HOST:PORT).
+        url: String,
     },
     /// Validate a config: parse it, load every plugin and create every
     /// handler instance, without listening. Exits non-zero with the error.
@@ -147,6 +154,18 @@ fn run_command(cli: Cli) -> ExitCode {
             };
         }
         Some(Command::Check { config }) => check(config),
+        Some(Command::Status { url }) => {
+            return match status_cli::run(&url) {
+                Ok(summary) => {
+                    print!("{summary}");
+                    ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    eprintln!("loopd status: error: {e}");
+                    ExitCode::FAILURE
+                }
+            };
+        }
         Some(Command::Reload { config, pid }) => {
             return match signal_running(config, pid, libc::SIGHUP) {
                 Ok(pid) => {
@@ -175,7 +194,7 @@ fn run_command(cli: Cli) -> ExitCode {
         None => match cli.config {
             Some(config) => run(config),
             None => {
-                eprintln!("loopd: no config file given\n\nUsage: loopd <CONFIG>\n       loopd check <CONFIG>\n       loopd reload [CONFIG] [--pid PID]\n       loopd upgrade [CONFIG] [--pid PID]\n       loopd new-handler <NAME> [--c] [--port N]\n\nTry `loopd --help`, or `loopd examples/loopd.toml`.");
+                eprintln!("loopd: no config file given\n\nUsage: loopd <CONFIG>\n       loopd check <CONFIG>\n       loopd reload [CONFIG] [--pid PID]\n       loopd upgrade [CONFIG] [--pid PID]\n       loopd status <URL>\n       loopd new-handler <NAME> [--c] [--port N]\n\nTry `loopd --help`, or `loopd examples/loopd.toml`.");
                 return ExitCode::from(2);
             }
         },
@@ -199,12 +218,20 @@ fn run_command(cli: Cli) -> ExitCode {
 fn mistyped_command() -> Option<String> {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let first = args.first()?;
-    let known =
-        ["check", "run", "reload", "upgrade", "new-handler", "help"].contains(&first.as_str());
+    let known = [
+        "check",
+        "run",
+        "reload",
+        "upgrade",
+        "status",
+        "new-handler",
+        "help",
+    ]
+    .contains(&first.as_str());
     if known || args.len() < 2 || first.starts_with('-') || std::path::Path::new(first).exists() {
         return None;
     }
-    let close = ["check", "run", "reload", "upgrade", "new-handler"]
+    let close = ["check", "run", "reload", "upgrade", "status", "new-handler"]
         .into_iter()
         .find(|cmd| edit_distance(first, cmd) <= 2)?;
     Some(format!(

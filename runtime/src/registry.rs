@@ -70,6 +70,11 @@ impl<T> Registry<T> {
         Some(self.slab.remove(split(id).0).value)
     }
 
+    /// Every entry, in slab order.
+    pub(crate) fn values(&self) -> impl Iterator<Item = &T> {
+        self.slab.iter().map(|(_, slot)| &slot.value)
+    }
+
     pub(crate) fn len(&self) -> usize {
         self.slab.len()
     }

@@ -171,7 +171,9 @@ impl Runtime {
                 "reload: this runtime was not built from a config file".to_string(),
             ));
         };
-        let config = Config::from_file(&path)?;
+        let config = Config::from_file(&path).inspect_err(|_| {
+            self.core.borrow_mut().shared.counters.reload_failures += 1;
+        })?;
         self.reload(config)
     }
 
@@ -189,7 +191,17 @@ impl Runtime {
     ///
     /// # Errors
     /// As [`crate::Builder::build`] for the new entries.
-    pub fn reload(&mut self, mut config: Config) -> Result<ReloadReport, Error> {
+    pub fn reload(&mut self, config: Config) -> Result<ReloadReport, Error> {
+        let result = self.reload_config(config);
+        let c = &mut self.core.borrow_mut().shared.counters;
+        match result {
+            Ok(_) => c.reloads += 1,
+            Err(_) => c.reload_failures += 1,
+        }
+        result
+    }
+
+    fn reload_config(&mut self, mut config: Config) -> Result<ReloadReport, Error> {
         let started = Instant::now();
         let _active = ActiveGuard::enter(&self.core);
         if self.is_shutting_down() {

@@ -100,6 +100,7 @@ impl Counters {
             timers_set: self.timers_set.get(),
             timers_fired: self.timers_fired.get(),
             timers_active: self.timers_active.get(),
+            output_queued: 0,
         }
     }
 }
@@ -110,6 +111,8 @@ impl Counters {
 pub(crate) struct Scope {
     pub(crate) name: Box<str>,
     pub(crate) counters: Counters,
+    /// Metrics the handler declared (an instance's scope only).
+    pub(crate) metrics: std::cell::RefCell<crate::metrics::Metrics>,
 }
 
 impl Scope {
@@ -117,6 +120,7 @@ impl Scope {
         Rc::new(Scope {
             name: name.into(),
             counters: Counters::default(),
+            metrics: Default::default(),
         })
     }
 }
@@ -136,6 +140,15 @@ pub(crate) fn count(
     }
 }
 
+/// Upper bounds of the pass busy-time histogram buckets, in microseconds
+/// (a last bucket, over the largest bound, is implied).
+pub const PASS_BUSY_BOUNDS_US: [u64; 12] = [
+    10, 25, 50, 100, 250, 500, 1_000, 2_500, 5_000, 10_000, 50_000, 250_000,
+];
+
+/// Buckets of the pass busy-time histogram: one per bound, then the rest.
+pub const PASS_BUSY_BUCKETS: usize = PASS_BUSY_BOUNDS_US.len() + 1;
+
 /// The loop's own counters.
 #[derive(Debug, Default)]
 pub(crate) struct LoopCounters {
@@ -143,10 +156,33 @@ pub(crate) struct LoopCounters {
     pub(crate) events: u64,
     pub(crate) busy: Duration,
     pub(crate) waiting: Duration,
+    /// Passes by busy time (not cumulative): bucket `i` holds the passes
+    /// up to `PASS_BUSY_BOUNDS_US[i]` and over the bound before.
+    pub(crate) busy_buckets: [u64; PASS_BUSY_BUCKETS],
+    /// Reloads applied.
+    pub(crate) reloads: u64,
+    /// Reloads that failed (the running config stayed).
+    pub(crate) reload_failures: u64,
+}
+
+impl LoopCounters {
+    /// Counts one pass that was busy for `busy`: a comparison per bound,
+    /// no clock read and no allocation.
+    #[inline]
+    pub(crate) fn pass(&mut self, busy: Duration) {
+        let us = busy.as_micros();
+        let slot = PASS_BUSY_BOUNDS_US
+            .iter()
+            .position(|&b| us <= u128::from(b))
+            .unwrap_or(PASS_BUSY_BUCKETS - 1);
+        self.busy_buckets[slot] += 1;
+        self.busy += busy;
+        self.passes += 1;
+    }
 }
 
 /// A copy of every counter, from [`crate::Runtime::stats`].
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq)]
 #[non_exhaustive]
 pub struct Stats {
     /// The loop itself.
@@ -174,13 +210,21 @@ impl Stats {
             l.events += s.loop_stats.events;
             l.busy += s.loop_stats.busy;
             l.waiting += s.loop_stats.waiting;
+            for (t, b) in l.busy_buckets.iter_mut().zip(s.loop_stats.busy_buckets) {
+                *t += b;
+            }
+            l.reloads += s.loop_stats.reloads;
+            l.reload_failures += s.loop_stats.reload_failures;
             for h in &s.handlers {
                 match total
                     .handlers
                     .iter_mut()
                     .find(|t| t.name == h.name && t.draining == h.draining)
                 {
-                    Some(t) => t.counters.add(&h.counters),
+                    Some(t) => {
+                        t.counters.add(&h.counters);
+                        crate::metrics::merge(&mut t.metrics, &h.metrics);
+                    }
                     None => total.handlers.push(h.clone()),
                 }
             }
@@ -215,10 +259,18 @@ pub struct LoopStats {
     pub busy: Duration,
     /// Time spent waiting in the poller.
     pub waiting: Duration,
+    /// Passes by busy time, not cumulative: `busy_buckets[i]` counts the
+    /// passes busy for at most [`PASS_BUSY_BOUNDS_US`]`[i]` microseconds
+    /// (and more than the bound before); the last, the rest.
+    pub busy_buckets: [u64; PASS_BUSY_BUCKETS],
+    /// Reloads applied (a reload that failed is not counted here).
+    pub reloads: u64,
+    /// Reloads that failed and left the running config in place.
+    pub reload_failures: u64,
 }
 
 /// One handler instance's counters.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq)]
 #[non_exhaustive]
 pub struct HandlerStats {
     /// The instance name.
@@ -228,6 +280,8 @@ pub struct HandlerStats {
     pub draining: bool,
     /// Its counters: every connection, socket and timer of the instance.
     pub counters: CounterSnapshot,
+    /// The metrics it declared (ABI 1.4 `metric_declare`).
+    pub metrics: Vec<crate::metrics::MetricSnapshot>,
 }
 
 /// One listener's counters.
@@ -278,10 +332,13 @@ pub struct CounterSnapshot {
     pub timers_fired: u64,
     /// Handler timers pending now.
     pub timers_active: u64,
+    /// Bytes waiting in the output queues of its open connections now.
+    pub output_queued: u64,
 }
 
 impl CounterSnapshot {
     fn add(&mut self, o: &CounterSnapshot) {
+        self.output_queued += o.output_queued;
         self.accepted += o.accepted;
         self.connected += o.connected;
         self.active += o.active;
@@ -375,6 +432,7 @@ pub(crate) fn handler_stats(scope: &Scope, draining: bool) -> HandlerStats {
         name: scope.name.to_string(),
         draining,
         counters: scope.counters.snapshot(),
+        metrics: scope.metrics.borrow().snapshot(),
     }
 }
 
@@ -393,6 +451,155 @@ pub(crate) fn loop_stats(c: &LoopCounters) -> LoopStats {
         events: c.events,
         busy: c.busy,
         waiting: c.waiting,
+        busy_buckets: c.busy_buckets,
+        reloads: c.reloads,
+        reload_failures: c.reload_failures,
+    }
+}
+
+/// Where every worker of a process leaves its latest snapshot, for the
+/// `stats_json` host function (a status handler reads the whole process,
+/// whichever worker it runs on).
+///
+/// A runtime publishes at the end of its first pass, then, once someone
+/// has read the board, at most every [`PUBLISH_EVERY`] after a pass that
+/// handled events: a snapshot costs a few allocations a tenth of a second,
+/// never anything per event, and nothing at all without a reader.
+#[derive(Debug, Default)]
+pub(crate) struct StatsBoard {
+    slots: std::sync::Mutex<Vec<Option<Stats>>>,
+    read: std::sync::atomic::AtomicBool,
+}
+
+/// How stale a published snapshot may get while its loop is busy.
+pub(crate) const PUBLISH_EVERY: Duration = Duration::from_millis(100);
+
+impl StatsBoard {
+    fn slots(&self) -> std::sync::MutexGuard<'_, Vec<Option<Stats>>> {
+        self.slots
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// Worker `index` left `stats`.
+    pub(crate) fn publish(&self, index: usize, stats: Stats) {
+        let mut slots = self.slots();
+        if slots.len() <= index {
+            slots.resize(index + 1, None);
+        }
+        slots[index] = Some(stats);
+    }
+
+    /// Whether anyone has read the board (then it is kept fresh).
+    pub(crate) fn has_readers(&self) -> bool {
+        self.read.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// Every worker's snapshot as JSON text: `{"version", "abi", "workers":
+    /// N, "total": {...}, "per_worker": [{"worker": K, ...}]}`.
+    pub(crate) fn json(&self) -> String {
+        self.read.store(true, std::sync::atomic::Ordering::Relaxed);
+        let parts: Vec<(usize, Stats)> = self
+            .slots()
+            .iter()
+            .enumerate()
+            .filter_map(|(i, s)| s.clone().map(|s| (i, s)))
+            .collect();
+        let all: Vec<Stats> = parts.iter().map(|(_, s)| s.clone()).collect();
+        let per_worker: Vec<serde_json::Value> = parts
+            .iter()
+            .map(|(i, s)| {
+                let mut v = s.to_json();
+                v["worker"] = (*i).into();
+                v
+            })
+            .collect();
+        serde_json::json!({
+            "version": crate::VERSION,
+            "abi": format!("{}.{}", abi::LOOPD_ABI_MAJOR, abi::LOOPD_ABI_MINOR),
+            "workers": parts.len(),
+            "total": Stats::sum(&all).to_json(),
+            "per_worker": per_worker,
+        })
+        .to_string()
+    }
+}
+
+impl Stats {
+    /// The snapshot as a JSON value (the `stats_json` host function's
+    /// format; `docs/handlers/status.md` lists the fields).
+    pub fn to_json(&self) -> serde_json::Value {
+        let l = &self.loop_stats;
+        serde_json::json!({
+            "loop": {
+                "passes": l.passes,
+                "events": l.events,
+                "busy_seconds": l.busy.as_secs_f64(),
+                "waiting_seconds": l.waiting.as_secs_f64(),
+                "busy_bounds_us": PASS_BUSY_BOUNDS_US,
+                "busy_buckets": l.busy_buckets,
+                "reloads": l.reloads,
+                "reload_failures": l.reload_failures,
+            },
+            "handlers": self.handlers.iter().map(|h| {
+                let mut v = h.counters.to_json();
+                v["name"] = h.name.as_str().into();
+                v["draining"] = h.draining.into();
+                v["metrics"] = h.metrics.iter().map(|m| serde_json::json!({
+                    "name": m.name,
+                    "help": m.help,
+                    "kind": m.kind.as_str(),
+                    "labels": m.labels,
+                    "buckets": m.buckets,
+                    "series": m.series.iter().map(|s| serde_json::json!({
+                        "labels": s.labels,
+                        "value": s.value,
+                        "counts": s.counts,
+                    })).collect::<Vec<_>>(),
+                })).collect::<Vec<_>>().into();
+                v
+            }).collect::<Vec<_>>(),
+            "listeners": self.listeners.iter().map(|ls| {
+                let mut v = ls.counters.to_json();
+                v["url"] = ls.url.as_str().into();
+                v["handler"] = ls.handler.as_str().into();
+                v["open"] = ls.open.into();
+                v
+            }).collect::<Vec<_>>(),
+        })
+    }
+}
+
+impl CounterSnapshot {
+    fn to_json(&self) -> serde_json::Value {
+        let c = &self.closed;
+        let d = &self.datagrams_dropped;
+        serde_json::json!({
+            "accepted": self.accepted,
+            "connected": self.connected,
+            "active": self.active,
+            "closed": {
+                "peer": c.peer, "local": c.local, "error": c.error,
+                "frame_too_big": c.frame_too_big, "handler": c.handler,
+                "shutdown": c.shutdown, "connect_failed": c.connect_failed,
+                "timeout": c.timeout, "idle": c.idle, "limit": c.limit, "other": c.other,
+            },
+            "bytes_in": self.bytes_in,
+            "bytes_out": self.bytes_out,
+            "frames_in": self.frames_in,
+            "oversize_frames": self.oversize_frames,
+            "datagrams_in": self.datagrams_in,
+            "datagrams_out": self.datagrams_out,
+            "datagrams_dropped": {
+                "send_buffer_full": d.send_buffer_full,
+                "oversize": d.oversize,
+                "send_error": d.send_error,
+            },
+            "timers_set": self.timers_set,
+            "timers_fired": self.timers_fired,
+            "timers_active": self.timers_active,
+            "output_queued": self.output_queued,
+        })
     }
 }
 
@@ -423,5 +630,40 @@ mod tests {
         assert_eq!(l.counters.bytes_in.get(), 5);
         i.counters.active.sub(10);
         assert_eq!(i.counters.active.get(), 0, "saturates");
+    }
+
+    #[test]
+    fn passes_land_in_their_busy_bucket() {
+        let mut c = LoopCounters::default();
+        c.pass(Duration::from_micros(10));
+        c.pass(Duration::from_micros(11));
+        c.pass(Duration::from_secs(1));
+        assert_eq!(c.busy_buckets[0], 1);
+        assert_eq!(c.busy_buckets[1], 1);
+        assert_eq!(c.busy_buckets[PASS_BUSY_BUCKETS - 1], 1);
+        assert_eq!(c.passes, 3);
+    }
+
+    #[test]
+    fn the_board_sums_its_workers() {
+        let board = StatsBoard::default();
+        assert!(!board.has_readers());
+        let h = Scope::new("echo");
+        h.counters.bytes_in.add(7);
+        for w in [1, 0] {
+            board.publish(
+                w,
+                Stats {
+                    handlers: vec![handler_stats(&h, false)],
+                    ..Stats::default()
+                },
+            );
+        }
+        let v: serde_json::Value = serde_json::from_str(&board.json()).unwrap();
+        assert!(board.has_readers());
+        assert_eq!(v["workers"], 2);
+        assert_eq!(v["total"]["handlers"][0]["bytes_in"], 14);
+        assert_eq!(v["per_worker"][1]["worker"], 1);
+        assert_eq!(v["per_worker"][1]["handlers"][0]["name"], "echo");
     }
 }

@@ -29,6 +29,8 @@ use crate::{Builder, Error, Handle, Runtime};
 #[derive(Debug, Default)]
 pub(crate) struct Siblings {
     postboxes: Mutex<Vec<Option<Arc<Postbox>>>>,
+    /// Every worker's latest stats snapshot (`stats_json`).
+    pub(crate) stats_board: Arc<crate::stats::StatsBoard>,
 }
 
 impl Siblings {
@@ -140,7 +142,7 @@ impl WorkerSlot {
 }
 
 /// Every worker's counters, and their sum.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq)]
 #[non_exhaustive]
 pub struct WorkerStats {
     /// All workers together: counters summed, handlers and listeners

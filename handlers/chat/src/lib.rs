@@ -82,7 +82,7 @@ use std::time::Duration;
 
 use loopd_handler_api::{
     CloseMode, CloseReason, ConnId, ConnInfo, Ctx, EofAction, Error, Framing, Handler,
-    OversizeAction, TimerId,
+    OversizeAction, Series, TimerId,
 };
 
 use bridge::{Bridge, Event, Op};
@@ -352,6 +352,8 @@ impl Config {
 /// first connection, so it cannot refuse to start instead.
 #[derive(Debug)]
 pub struct Chat {
+    /// Its metrics (ABI 1.4; `None` on an older host).
+    metrics: Option<ChatMetrics>,
     config: Config,
     limits: Limits,
     /// `Config::limit_text`, built once.
@@ -529,6 +531,52 @@ fn is_blank(line: &[u8]) -> bool {
 /// that wait before it).
 fn is_quit(line: &[u8]) -> bool {
     matches!(protocol::clean(line), Ok(text) if protocol::parse(&text) == Input::Quit)
+}
+
+/// The chat's metrics: messages by kind, members and rooms now.
+#[derive(Debug)]
+struct ChatMetrics {
+    said: Series,
+    acted: Series,
+    members: Series,
+    rooms: Series,
+}
+
+impl ChatMetrics {
+    fn new(ctx: &Ctx) -> Result<Option<ChatMetrics>, String> {
+        let messages = match ctx.counter(
+            "loopd_chat_messages_total",
+            "Lines members said to their room, by kind (say, me).",
+            &["kind"],
+        ) {
+            Ok(m) => m,
+            Err(Error::Unsupported) => return Ok(None),
+            Err(e) => return Err(format!("declaring the chat metrics: {e}")),
+        };
+        let declare = || -> Result<ChatMetrics, Error> {
+            let members = ctx.gauge("loopd_chat_members", "Members connected now.", &[])?;
+            let rooms = ctx.gauge("loopd_chat_rooms", "Rooms with members now.", &[])?;
+            Ok(ChatMetrics {
+                said: ctx.series(messages, &["say"])?,
+                acted: ctx.series(messages, &["me"])?,
+                members: ctx.series(members, &[])?,
+                rooms: ctx.series(rooms, &[])?,
+            })
+        };
+        declare()
+            .map(Some)
+            .map_err(|e| format!("declaring the chat metrics: {e}"))
+    }
+}
+
+impl Chat {
+    /// Sets the member and room gauges.
+    fn gauges(&self, ctx: &Ctx) {
+        if let Some(m) = &self.metrics {
+            ctx.metric_set(m.members, self.roster.len() as f64);
+            ctx.metric_set(m.rooms, self.roster.room_count() as f64);
+        }
+    }
 }
 
 /// Per-connection state. loopd cuts the lines (`framing = "line"`), so all
@@ -1224,6 +1272,9 @@ impl Chat {
         match input {
             Input::Empty => {}
             Input::Say(text) => {
+                if let Some(m) = &self.metrics {
+                    ctx.metric_add(m.said, 1.0);
+                }
                 // The hot path: the line is built once, without allocating.
                 let room = member.room.clone();
                 self.out.clear();
@@ -1235,6 +1286,9 @@ impl Chat {
                 self.publish_out(ctx, &room, KIND_LINE);
             }
             Input::Me(action) => {
+                if let Some(m) = &self.metrics {
+                    ctx.metric_add(m.acted, 1.0);
+                }
                 // `+ `, never `* `: an action cannot pass for a notice.
                 let room = member.room.clone();
                 compose(&mut self.out, format_args!("+ {} {action}", member.nick));
@@ -1755,6 +1809,7 @@ impl Handler for Chat {
             Some(Siblings::new(index, count))
         };
         Ok(Chat {
+            metrics: ChatMetrics::new(ctx)?,
             limits: config.limits(),
             limit_text,
             config,
@@ -1835,6 +1890,7 @@ impl Handler for Chat {
         }
         let nick = self.guest_nick();
         self.admit(ctx, conn, nick, client);
+        self.gauges(ctx);
         Ok(state)
     }
 
@@ -1845,6 +1901,7 @@ impl Handler for Chat {
             b.on_data(ctx, conn, line);
             self.bridge_events(ctx);
         }
+        self.gauges(ctx);
     }
 
     fn on_oversize(
@@ -1946,6 +2003,7 @@ impl Handler for Chat {
             self.leave(ctx, conn, format_args!("{reason}"));
             self.settle(ctx);
         }
+        self.gauges(ctx);
     }
 
     fn on_shutdown(&mut self, ctx: &Ctx) {

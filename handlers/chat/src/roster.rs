@@ -138,7 +138,6 @@ impl<K: Copy + Eq + Hash, T> Roster<K, T> {
     }
 
     /// How many rooms there are (each has at least one member).
-    #[cfg(test)]
     pub(crate) fn room_count(&self) -> usize {
         self.rooms.len()
     }

@@ -29,7 +29,7 @@ use std::rc::Rc;
 use std::time::{Duration, Instant};
 
 use loopd_handler_api::{
-    CloseMode, CloseReason, ConnId, ConnInfo, Ctx, Error, Framing, Level, TimerId,
+    CloseMode, CloseReason, ConnId, ConnInfo, Ctx, Error, Framing, Level, Metric, Series, TimerId,
 };
 
 use crate::body::{Discard, DiscardError};
@@ -71,9 +71,63 @@ enum Wait {
 #[derive(Debug)]
 struct LogEntry {
     request: String,
+    /// The method for the metrics (`method_label`).
+    method: &'static str,
     status: u16,
     start: Instant,
     bytes: u64,
+}
+
+/// Methods the request counter names; any other counts as `other`, one
+/// that never parsed as `unknown` (the label stays bounded).
+fn method_label(method: &str) -> &'static str {
+    const KNOWN: [&str; 9] = [
+        "GET", "HEAD", "POST", "PUT", "DELETE", "OPTIONS", "PATCH", "CONNECT", "TRACE",
+    ];
+    KNOWN
+        .iter()
+        .find(|m| **m == method)
+        .copied()
+        .unwrap_or("other")
+}
+
+/// The handler's metrics (ABI 1.4; `None` on an older host).
+#[derive(Debug)]
+struct HttpMetrics {
+    requests: Metric,
+    /// Series of `requests` by (status, method), resolved on first use.
+    by_code: HashMap<(u16, &'static str), Series>,
+    response_time: Series,
+}
+
+impl HttpMetrics {
+    fn new(ctx: &Ctx) -> Result<Option<HttpMetrics>, String> {
+        let requests = match ctx.counter(
+            "loopd_http_requests_total",
+            "HTTP requests answered, by status code and method.",
+            &["code", "method"],
+        ) {
+            Ok(m) => m,
+            Err(Error::Unsupported) => return Ok(None),
+            Err(e) => return Err(format!("declaring the http metrics: {e}")),
+        };
+        let time = ctx
+            .histogram(
+                "loopd_http_response_seconds",
+                "Time from a request's first byte to its response being queued whole.",
+                &[],
+                &[
+                    0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.05, 0.25, 1.0, 5.0,
+                ],
+            )
+            .and_then(|m| ctx.series(m, &[]))
+            .map_err(|e| format!("declaring the http metrics: {e}"))?;
+        Ok(Some(HttpMetrics {
+            requests,
+            by_code: HashMap::new(),
+            response_time: time,
+        }))
+    }
 }
 
 /// A response being sent.
@@ -187,6 +241,7 @@ pub(crate) struct Server {
     warned_framing: bool,
     /// Opened files kept between requests (`open_file_cache_*`).
     cache: OpenCache,
+    metrics: Option<HttpMetrics>,
 }
 
 impl Server {
@@ -237,6 +292,7 @@ impl Server {
             inbuf_cap,
             warned_framing: false,
             cache,
+            metrics: HttpMetrics::new(ctx)?,
         })
     }
 
@@ -382,7 +438,7 @@ impl Server {
                 c.discard = Discard::None;
                 c.inbuf = Vec::new();
                 let start = c.req_start.take().unwrap_or_else(Instant::now);
-                self.error(id, 408, start, "-".into(), midway, head);
+                self.error(id, 408, start, ("-".into(), "unknown"), midway, head);
             }
             Wait::Idle => self.close(id, CloseMode::Flush),
             Wait::Send => {
@@ -552,7 +608,14 @@ impl Server {
                     // The head was not read to its end: the client may
                     // still be sending it.
                     let head = is_head_request(rest);
-                    self.error(id, reject.status, start, "-".into(), true, head);
+                    self.error(
+                        id,
+                        reject.status,
+                        start,
+                        ("-".into(), "unknown"),
+                        true,
+                        head,
+                    );
                     return input.len();
                 }
                 Ok(Head::Complete { len, req }) => {
@@ -631,7 +694,14 @@ impl Server {
         };
         if let Some(why) = framing_error {
             self.ctx.debug(format_args!("{id}: 400 ({why})"));
-            self.error(id, 400, start, line, true, req.method == "HEAD");
+            self.error(
+                id,
+                400,
+                start,
+                (line, method_label(req.method)),
+                true,
+                req.method == "HEAD",
+            );
             return;
         }
         if let Some(len) = req.content_length {
@@ -640,7 +710,14 @@ impl Server {
                     "{id}: 413 (a {len}-byte body on {})",
                     req.method
                 ));
-                self.error(id, 413, start, line, true, req.method == "HEAD");
+                self.error(
+                    id,
+                    413,
+                    start,
+                    (line, method_label(req.method)),
+                    true,
+                    req.method == "HEAD",
+                );
                 return;
             }
         }
@@ -663,7 +740,14 @@ impl Server {
         };
         keep &= !self.shutting_down && self.cfg.keepalive_timeout.is_some();
         if req.expect_other {
-            self.error(id, 417, start, line, true, req.method == "HEAD");
+            self.error(
+                id,
+                417,
+                start,
+                (line, method_label(req.method)),
+                true,
+                req.method == "HEAD",
+            );
             return;
         }
         // An HTTP/1.0 client does not wait for "100 Continue": the
@@ -686,8 +770,9 @@ impl Server {
         if !keep && leftover {
             c.linger_after = true;
         }
-        let log = self.cfg.access_log.then_some(LogEntry {
+        let log = Some(LogEntry {
             request: line,
+            method: method_label(req.method),
             status: 0,
             start,
             bytes: 0,
@@ -970,7 +1055,7 @@ impl Server {
         id: ConnId,
         status: u16,
         start: Instant,
-        request: String,
+        (request, method): (String, &'static str),
         maybe_more: bool,
         head_only: bool,
     ) {
@@ -979,8 +1064,9 @@ impl Server {
         };
         c.close_after = true;
         c.linger_after |= maybe_more;
-        let log = self.cfg.access_log.then_some(LogEntry {
+        let log = Some(LogEntry {
             request,
+            method,
             status,
             start,
             bytes: 0,
@@ -1314,6 +1400,27 @@ impl Server {
 
     fn log_access(&mut self, peer: &str, entry: LogEntry) {
         let secs = entry.start.elapsed().as_secs_f64();
+        if let Some(m) = &mut self.metrics {
+            let key = (entry.status, entry.method);
+            let series = match m.by_code.get(&key) {
+                Some(&s) => Some(s),
+                None => {
+                    let code = entry.status.to_string();
+                    let s = self.ctx.series(m.requests, &[&code, entry.method]).ok();
+                    if let Some(s) = s {
+                        m.by_code.insert(key, s);
+                    }
+                    s
+                }
+            };
+            if let Some(s) = series {
+                self.ctx.metric_add(s, 1.0);
+            }
+            self.ctx.metric_observe(m.response_time, secs);
+        }
+        if !self.cfg.access_log {
+            return;
+        }
         let bytes = if entry.bytes == 0 {
             "-".to_string()
         } else {

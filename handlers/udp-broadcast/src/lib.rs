@@ -44,7 +44,7 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use loopd_handler_api::{
-    ConnId, ConnInfo, Ctx, Error, Handler, Level, ListenInfo, SocketId, TimerId, Transport,
+    ConnId, ConnInfo, Ctx, Error, Handler, Level, ListenInfo, Series, SocketId, TimerId, Transport,
 };
 
 use config::{RelayConfig, Settings};
@@ -173,6 +173,47 @@ pub struct Relay {
     /// The instance's context, kept to log the totals when the relay is
     /// dropped (only if it had a socket: `loopd check` stays quiet).
     ctx: Ctx,
+    /// Its metrics (ABI 1.4; `None` on an older host).
+    metrics: Option<RelayMetrics>,
+}
+
+/// Relayed datagrams, and drops by reason (in `REASONS` order).
+#[derive(Debug)]
+struct RelayMetrics {
+    relayed: Series,
+    dropped: [Series; REASONS.len()],
+}
+
+impl RelayMetrics {
+    fn new(ctx: &Ctx) -> Result<Option<RelayMetrics>, String> {
+        let relayed = match ctx.counter(
+            "loopd_udp_broadcast_relayed_total",
+            "Datagrams relayed (each to every target).",
+            &[],
+        ) {
+            Ok(m) => m,
+            Err(Error::Unsupported) => return Ok(None),
+            Err(e) => return Err(format!("declaring the relay metrics: {e}")),
+        };
+        let declare = || -> Result<RelayMetrics, Error> {
+            let dropped = ctx.counter(
+                "loopd_udp_broadcast_dropped_total",
+                "Datagrams dropped, by reason.",
+                &["reason"],
+            )?;
+            let mut series = Vec::with_capacity(REASONS.len());
+            for r in REASONS {
+                series.push(ctx.series(dropped, &[r.key()])?);
+            }
+            Ok(RelayMetrics {
+                relayed: ctx.series(relayed, &[])?,
+                dropped: series.try_into().map_err(|_| Error::Invalid)?,
+            })
+        };
+        declare()
+            .map(Some)
+            .map_err(|e| format!("declaring the relay metrics: {e}"))
+    }
 }
 
 impl Relay {
@@ -189,6 +230,9 @@ impl Relay {
     }
 
     fn drop_one(&mut self, ctx: &Ctx, reason: Reason, addr: SocketAddr, now: u64) {
+        if let Some(m) = &self.metrics {
+            ctx.metric_add(m.dropped[reason as usize], 1.0);
+        }
         let d = &mut self.drops[reason as usize];
         d.total += 1;
         d.unreported += 1;
@@ -373,6 +417,7 @@ impl Handler for Relay {
                 settings.targets.iter().map(|t| t.port()).collect(),
             ),
             drops: [Drops::default(); REASONS.len()],
+            metrics: RelayMetrics::new(ctx)?,
             relayed: 0,
             sent: 0,
             beacons: 0,
@@ -477,6 +522,9 @@ impl Handler for Relay {
         }
         self.echoes.record_key(key, from, now);
         self.relayed += 1;
+        if let Some(m) = &self.metrics {
+            ctx.metric_add(m.relayed, 1.0);
+        }
         if self.settings.prefix_sender {
             // self.out holds the tag (see above).
             let mut out = std::mem::take(&mut self.out);

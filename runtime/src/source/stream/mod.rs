@@ -224,6 +224,15 @@ impl Conn {
         &self.scope.name
     }
 
+    /// Its instance's counters and, if a listener accepted it, the
+    /// listener's (by address, for `Runtime::stats`).
+    pub(crate) fn scopes(&self) -> (*const Scope, Option<*const Scope>) {
+        (
+            Rc::as_ptr(&self.scope),
+            self.listener.as_ref().map(Rc::as_ptr),
+        )
+    }
+
     pub(crate) fn peer(&self) -> &loopd_addr {
         &self.peer
     }
