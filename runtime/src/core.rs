@@ -3,7 +3,7 @@
 //!
 //! Nothing here reads or writes a socket and nothing here calls a hook:
 //! sources (`source/`) do their own I/O against this state, host functions
-//! (`host.rs`) borrow it for the length of a call, and what a handler must
+//! (`host/`) borrow it for the length of a call, and what a handler must
 //! hear about is queued in [`Shared::pending`] for the dispatcher.
 
 use std::collections::{HashMap, VecDeque};
