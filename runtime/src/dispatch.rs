@@ -75,6 +75,12 @@ impl Runtime {
         match kind {
             Kind::Listener => listener::accept(&mut self.core.borrow_mut(), r.key),
             Kind::Stream => {
+                if let Some((c, sh)) = self.core.borrow_mut().conn_and_shared(r.key) {
+                    if c.is_handshaking() {
+                        c.handshake(r.key, sh);
+                        return;
+                    }
+                }
                 if r.writable {
                     if let Some((c, sh)) = self.core.borrow_mut().conn_and_shared(r.key) {
                         c.writable(r.key, sh);
@@ -144,7 +150,12 @@ impl Runtime {
             }
         }
         // Every read filled the buffer: more may be waiting.
-        self.core.borrow_mut().shared.capped = true;
+        let mut core = self.core.borrow_mut();
+        core.shared.capped = true;
+        // In the transport, where no event reports it.
+        if core.conn_mut(id).is_some_and(|c| c.buffered_input()) {
+            core.shared.pending.push_back(Deferred::Input(id));
+        }
     }
 
     /// Hands frames in `data` to the handler while the connection can take
@@ -460,6 +471,12 @@ impl Runtime {
                 }
                 Some(Deferred::Input(id)) => {
                     let prev = self.set_current(id);
+                    // Decrypted input the transport holds joins the
+                    // buffered input: the socket may have nothing more to
+                    // report.
+                    if let Some((c, sh)) = self.core.borrow_mut().conn_and_shared(id) {
+                        c.pull_buffered(id, sh);
+                    }
                     self.process_input(id);
                     self.set_current(prev);
                 }
@@ -562,6 +579,11 @@ impl Runtime {
                 TimerKind::CloseTimeout { conn } => {
                     if let Some((c, sh)) = self.core.borrow_mut().conn_and_shared(conn) {
                         c.close_timed_out(conn, sh);
+                    }
+                }
+                TimerKind::HandshakeTimeout { conn } => {
+                    if let Some((c, sh)) = self.core.borrow_mut().conn_and_shared(conn) {
+                        c.handshake_timed_out(conn, sh);
                     }
                 }
                 TimerKind::ResumeListener { listener } => {

@@ -67,7 +67,16 @@ pub(crate) struct Instance {
     /// Its live connection count is `scope.counters.active`.
     pub(crate) scope: Rc<Scope>,
     pub(crate) life: Life,
+    /// The certificate and key of its `tls://` listeners.
+    pub(crate) tls: Option<TlsServer>,
 }
+
+/// A TLS server setup ([`crate::tls`]); nothing without the `tls` feature.
+#[cfg(feature = "tls")]
+pub(crate) type TlsServer = crate::tls::ServerConfig;
+/// A TLS server setup; nothing without the `tls` feature.
+#[cfg(not(feature = "tls"))]
+pub(crate) type TlsServer = std::convert::Infallible;
 
 impl Instance {
     pub(crate) fn name(&self) -> &str {
@@ -180,5 +189,6 @@ pub(crate) fn test_instance(
         settings,
         scope: Scope::new(name),
         life: Life::Live,
+        tls: None,
     })
 }

@@ -123,6 +123,8 @@ mod spec;
 pub mod stats;
 mod sys;
 mod timer;
+#[cfg(feature = "tls")]
+mod tls;
 mod transport;
 mod upgrade;
 mod workers;

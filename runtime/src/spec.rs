@@ -61,6 +61,7 @@ pub struct HandlerSpec {
     idle_timeout: Option<std::time::Duration>,
     reuse_address: bool,
     mailbox: Option<(usize, usize)>,
+    tls: Option<(std::path::PathBuf, std::path::PathBuf)>,
 }
 
 /// Where a handler's hooks come from.
@@ -130,6 +131,7 @@ impl HandlerSpec {
             max_connections: None,
             max_connections_per_peer: None,
             idle_timeout: None,
+            tls: None,
             reuse_address: false,
             mailbox: None,
         }
@@ -280,6 +282,18 @@ impl HandlerSpec {
         self
     }
 
+    /// The PEM certificate chain (leaf first) and private key served on
+    /// the instance's `tls://` listeners (the `tls` feature); checked when
+    /// the runtime is built.
+    pub fn tls(
+        mut self,
+        cert: impl Into<std::path::PathBuf>,
+        key: impl Into<std::path::PathBuf>,
+    ) -> HandlerSpec {
+        self.tls = Some((cert.into(), key.into()));
+        self
+    }
+
     /// Sets `SO_REUSEADDR` on the instance's UDP sockets (default off: any
     /// local user could then bind the address and take its datagrams).
     pub fn reuse_address(mut self, on: bool) -> HandlerSpec {
@@ -377,6 +391,15 @@ impl HandlerSpec {
         entry.max_connections_per_peer = self.max_connections_per_peer;
         entry.idle_timeout = self.idle_timeout;
         entry.reuse_address = self.reuse_address;
+        if let Some((cert, key)) = self.tls {
+            if !entry.listen.iter().any(|a| matches!(a, ListenAddr::Tls(_))) {
+                return Err(fail(
+                    "tls only applies to tls:// listeners, and this handler has none".to_string(),
+                ));
+            }
+            entry.tls_cert = Some(cert);
+            entry.tls_key = Some(key);
+        }
         entry.mailbox_messages = self.mailbox.map(|m| m.0);
         entry.mailbox_bytes = self.mailbox.map(|m| m.1);
         entry
