@@ -462,3 +462,60 @@ fn broken_certificates_are_named_at_check_and_at_start() {
         String::from_utf8_lossy(&out.stderr)
     );
 }
+
+/// Python's ssl client: one short echo; exits non-zero if the handshake
+/// (the certificate check against `ca`) fails.
+fn py_echo(port: u16, ca: &Path) -> Output {
+    run(Command::new("python3")
+        .arg("-c")
+        .arg(PY_ECHO)
+        .arg(port.to_string())
+        .arg(ca)
+        .arg("1000"))
+}
+
+#[test]
+fn sighup_serves_a_changed_certificate_to_new_connections() {
+    use rcgen::{BasicConstraints, CertificateParams, IsCa, KeyPair};
+    let certs = Certs::new();
+    let loopd = Loopd::start(&echo_config(&certs, ""));
+    let port = tls_addr(&loopd, "echo").port();
+    ok(&py_echo(port, &certs.path("ca.pem")));
+    // A new CA, and the same files rewritten with a certificate it signed.
+    let ca_key = KeyPair::generate().unwrap();
+    let mut ca_params = CertificateParams::new(Vec::<String>::new()).unwrap();
+    ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    ca_params
+        .distinguished_name
+        .push(rcgen::DnType::CommonName, "loopd test CA 2");
+    let ca = ca_params.self_signed(&ca_key).unwrap();
+    let key = KeyPair::generate().unwrap();
+    let cert = CertificateParams::new(vec!["localhost".to_string()])
+        .unwrap()
+        .signed_by(&key, &ca, &ca_key)
+        .unwrap();
+    std::fs::write(certs.path("ca2.pem"), ca.pem()).unwrap();
+    std::fs::write(certs.path("cert.pem"), cert.pem()).unwrap();
+    std::fs::write(certs.path("key.pem"), key.serialize_pem()).unwrap();
+    loopd.signal(libc::SIGHUP);
+    assert!(
+        loopd.wait_for_log("reloaded: ", TIMEOUT),
+        "{}",
+        loopd.logs()
+    );
+    ok(&py_echo(port, &certs.path("ca2.pem")));
+    let old = py_echo(port, &certs.path("ca.pem"));
+    assert!(!old.status.success(), "the old certificate is still served");
+    // A reload with a broken key keeps the running certificate.
+    std::fs::write(certs.path("key.pem"), "garbage\n").unwrap();
+    loopd.expect_error("reload failed");
+    loopd.signal(libc::SIGHUP);
+    assert!(loopd.wait_for_log("reload failed", TIMEOUT));
+    assert!(
+        loopd.logs().contains("no PEM private key"),
+        "{}",
+        loopd.logs()
+    );
+    ok(&py_echo(port, &certs.path("ca2.pem")));
+    loopd.assert_no_unexpected_errors();
+}
