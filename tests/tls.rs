@@ -211,6 +211,8 @@ const PY_ECHO: &str = r#"
 import hashlib, socket, ssl, sys, threading
 port, ca, size = int(sys.argv[1]), sys.argv[2], int(sys.argv[3])
 ctx = ssl.create_default_context(cafile=ca)
+if len(sys.argv) > 5:
+    ctx.load_cert_chain(sys.argv[4], sys.argv[5])
 s = ctx.wrap_socket(socket.create_connection(("127.0.0.1", port), timeout=60), server_hostname="localhost")
 data = bytes((i * 7 + 3) % 251 for i in range(size))
 t = threading.Thread(target=lambda: s.sendall(data))
@@ -517,5 +519,55 @@ fn sighup_serves_a_changed_certificate_to_new_connections() {
         loopd.logs()
     );
     ok(&py_echo(port, &certs.path("ca2.pem")));
+    loopd.assert_no_unexpected_errors();
+}
+
+#[test]
+fn mutual_tls_takes_a_client_certificate_and_refuses_a_client_without() {
+    use rcgen::{CertificateParams, ExtendedKeyUsagePurpose, KeyPair};
+    let certs = Certs::new();
+    // A client certificate from another CA, which the server trusts for
+    // clients (tls_client_ca).
+    let ca_key = KeyPair::generate().unwrap();
+    let mut ca_params = CertificateParams::new(Vec::<String>::new()).unwrap();
+    ca_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+    ca_params
+        .distinguished_name
+        .push(rcgen::DnType::CommonName, "loopd client CA");
+    let ca = ca_params.self_signed(&ca_key).unwrap();
+    let key = KeyPair::generate().unwrap();
+    let mut params = CertificateParams::new(vec!["client.example".to_string()]).unwrap();
+    params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
+    params
+        .distinguished_name
+        .push(rcgen::DnType::CommonName, "client one");
+    let cert = params.signed_by(&key, &ca, &ca_key).unwrap();
+    std::fs::write(certs.path("client-ca.pem"), ca.pem()).unwrap();
+    std::fs::write(certs.path("client.pem"), cert.pem()).unwrap();
+    std::fs::write(certs.path("client-key.pem"), key.serialize_pem()).unwrap();
+    let config = echo_config(&certs, "").replace(
+        "tls_key = ",
+        &format!("tls_client_ca = \"{}\"\ntls_key = ", certs.p("client-ca.pem")),
+    );
+    let loopd = Loopd::start(&config);
+    let port = tls_addr(&loopd, "echo").port();
+    let with = |cert: &str, key: &str| {
+        run(Command::new("python3")
+            .arg("-c")
+            .arg(PY_ECHO)
+            .arg(port.to_string())
+            .arg(certs.path("ca.pem"))
+            .arg("1000")
+            .arg(certs.path(cert))
+            .arg(certs.path(key)))
+    };
+    let out = String::from_utf8(ok(&with("client.pem", "client-key.pem"))).unwrap();
+    assert!(out.starts_with("1000 "), "{out}");
+    let without = py_echo(port, &certs.path("ca.pem"));
+    assert!(!without.status.success(), "a client without a certificate was served");
+    // The server's own certificate is not from the client CA: refused too.
+    let wrong = with("cert.pem", "key.pem");
+    assert!(!wrong.status.success(), "a client certificate from another CA was taken");
+    assert!(loopd.wait_for_log("TLS handshake with 127.0.0.1", TIMEOUT));
     loopd.assert_no_unexpected_errors();
 }

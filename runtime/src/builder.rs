@@ -662,13 +662,13 @@ pub(crate) fn tls_server(h: &HandlerConfig) -> Result<Option<crate::instance::Tl
     };
     #[cfg(feature = "tls")]
     {
-        crate::tls::load_server(cert, key, &[])
+        crate::tls::load_server(cert, key, h.tls_client_ca.as_deref(), &[])
             .map(Some)
             .map_err(|e| Error::Config(format!("handler `{}`: {e}", h.name)))
     }
     #[cfg(not(feature = "tls"))]
     {
-        let _ = (cert, key);
+        let _ = (cert, key, &h.tls_client_ca);
         Err(Error::Config(format!(
             "handler `{}`: tls:// listeners need loopd built with the `tls` feature",
             h.name

@@ -62,6 +62,7 @@ pub struct HandlerSpec {
     reuse_address: bool,
     mailbox: Option<(usize, usize)>,
     tls: Option<(std::path::PathBuf, std::path::PathBuf)>,
+    tls_client_ca: Option<std::path::PathBuf>,
 }
 
 /// Where a handler's hooks come from.
@@ -132,6 +133,7 @@ impl HandlerSpec {
             max_connections_per_peer: None,
             idle_timeout: None,
             tls: None,
+            tls_client_ca: None,
             reuse_address: false,
             mailbox: None,
         }
@@ -294,6 +296,13 @@ impl HandlerSpec {
         self
     }
 
+    /// Mutual TLS on the instance's `tls://` listeners: a client must
+    /// present a certificate signed by a CA in this PEM file.
+    pub fn tls_client_ca(mut self, ca: impl Into<std::path::PathBuf>) -> HandlerSpec {
+        self.tls_client_ca = Some(ca.into());
+        self
+    }
+
     /// Sets `SO_REUSEADDR` on the instance's UDP sockets (default off: any
     /// local user could then bind the address and take its datagrams).
     pub fn reuse_address(mut self, on: bool) -> HandlerSpec {
@@ -400,6 +409,10 @@ impl HandlerSpec {
             entry.tls_cert = Some(cert);
             entry.tls_key = Some(key);
         }
+        if self.tls_client_ca.is_some() && entry.tls_cert.is_none() {
+            return Err(fail("tls_client_ca needs tls(cert, key)".to_string()));
+        }
+        entry.tls_client_ca = self.tls_client_ca;
         entry.mailbox_messages = self.mailbox.map(|m| m.0);
         entry.mailbox_bytes = self.mailbox.map(|m| m.1);
         entry

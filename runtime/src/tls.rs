@@ -34,21 +34,44 @@ fn provider() -> Arc<rustls::crypto::CryptoProvider> {
 /// into a server config. The error names the file and what is wrong with
 /// it: unreadable, no certificate or key in it, or a key that does not
 /// belong to the certificate.
-pub(crate) fn load_server(cert: &Path, key: &Path, alpn: &[&[u8]]) -> Result<ServerConfig, String> {
-    let certs = read_certs(cert)?;
+pub(crate) fn load_server(
+    cert: &Path,
+    key: &Path,
+    client_ca: Option<&Path>,
+    alpn: &[&[u8]],
+) -> Result<ServerConfig, String> {
+    let certs = read_certs("tls_cert", cert)?;
     let key_der = read_key(key)?;
-    let mut config = rustls::ServerConfig::builder_with_provider(provider())
+    let builder = rustls::ServerConfig::builder_with_provider(provider())
         .with_safe_default_protocol_versions()
-        .map_err(|e| format!("TLS setup: {e}"))?
-        .with_no_client_auth()
-        .with_single_cert(certs, key_der)
-        .map_err(|e| {
-            format!(
-                "tls_key {} does not go with tls_cert {}: {e}",
-                key.display(),
-                cert.display()
+        .map_err(|e| format!("TLS setup: {e}"))?;
+    let builder = match client_ca {
+        None => builder.with_no_client_auth(),
+        Some(ca) => {
+            // Mutual TLS: a client must present a certificate this CA
+            // signed, or the handshake fails.
+            let mut roots = rustls::RootCertStore::empty();
+            for c in read_certs("tls_client_ca", ca)? {
+                roots.add(c).map_err(|e| {
+                    format!("tls_client_ca {}: not a CA certificate: {e}", ca.display())
+                })?;
+            }
+            let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(
+                Arc::new(roots),
+                provider(),
             )
-        })?;
+            .build()
+            .map_err(|e| format!("tls_client_ca {}: {e}", ca.display()))?;
+            builder.with_client_cert_verifier(verifier)
+        }
+    };
+    let mut config = builder.with_single_cert(certs, key_der).map_err(|e| {
+        format!(
+            "tls_key {} does not go with tls_cert {}: {e}",
+            key.display(),
+            cert.display()
+        )
+    })?;
     config.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
     Ok(Arc::new(config))
 }
@@ -57,14 +80,14 @@ fn read_file(kind: &str, path: &Path) -> Result<Vec<u8>, String> {
     std::fs::read(path).map_err(|e| format!("{kind} {}: {e}", path.display()))
 }
 
-fn read_certs(path: &Path) -> Result<Vec<CertificateDer<'static>>, String> {
-    let pem = read_file("tls_cert", path)?;
+fn read_certs(kind: &str, path: &Path) -> Result<Vec<CertificateDer<'static>>, String> {
+    let pem = read_file(kind, path)?;
     let certs = CertificateDer::pem_slice_iter(&pem)
         .collect::<Result<Vec<_>, _>>()
-        .map_err(|e| format!("tls_cert {}: not a PEM certificate: {e}", path.display()))?;
+        .map_err(|e| format!("{kind} {}: not a PEM certificate: {e}", path.display()))?;
     if certs.is_empty() {
         return Err(format!(
-            "tls_cert {}: no PEM certificate (-----BEGIN CERTIFICATE-----) in it",
+            "{kind} {}: no PEM certificate (-----BEGIN CERTIFICATE-----) in it",
             path.display()
         ));
     }

@@ -77,6 +77,7 @@ struct RawHandler {
     unix_group: Option<Spanned<String>>,
     tls_cert: Option<Spanned<String>>,
     tls_key: Option<Spanned<String>>,
+    tls_client_ca: Option<Spanned<String>>,
     config: Option<toml::Table>,
 }
 
@@ -770,6 +771,7 @@ fn tls_keys(
     };
     entry.tls_cert = path("tls_cert", &h.tls_cert)?;
     entry.tls_key = path("tls_key", &h.tls_key)?;
+    entry.tls_client_ca = path("tls_client_ca", &h.tls_client_ca)?;
     if !has_tls {
         return Ok(());
     }
@@ -786,10 +788,12 @@ fn tls_keys(
         ));
     };
     #[cfg(feature = "tls")]
-    if let Err(e) = crate::tls::load_server(cert, key_path, &[]) {
+    if let Err(e) = crate::tls::load_server(cert, key_path, entry.tls_client_ca.as_deref(), &[]) {
         // A key that does not go with the certificate is the key's fault.
         let (k, at) = if e.starts_with("tls_cert") {
             ("tls_cert", h.tls_cert.as_ref())
+        } else if e.starts_with("tls_client_ca") {
+            ("tls_client_ca", h.tls_client_ca.as_ref())
         } else {
             ("tls_key", h.tls_key.as_ref())
         };

@@ -544,6 +544,9 @@ pub struct HandlerConfig {
     pub tls_cert: Option<PathBuf>,
     /// The PEM private key of [`HandlerConfig::tls_cert`] (`tls_key`).
     pub tls_key: Option<PathBuf>,
+    /// Mutual TLS: the PEM CA certificates a client's certificate must be
+    /// signed by (`tls_client_ca`); `None` asks clients for none.
+    pub tls_client_ca: Option<PathBuf>,
     /// The mode of the handler's Unix socket files (`unix_mode`; default:
     /// 0660 without the bits the umask clears: never world-accessible).
     pub unix_mode: Option<u32>,
@@ -660,6 +663,7 @@ impl HandlerConfig {
             config_json: "{}".to_string(),
             tls_cert: None,
             tls_key: None,
+            tls_client_ca: None,
             plugin_location: None,
             config_keys: ConfigKeys::default(),
         }
