@@ -547,7 +547,10 @@ fn mutual_tls_takes_a_client_certificate_and_refuses_a_client_without() {
     std::fs::write(certs.path("client-key.pem"), key.serialize_pem()).unwrap();
     let config = echo_config(&certs, "").replace(
         "tls_key = ",
-        &format!("tls_client_ca = \"{}\"\ntls_key = ", certs.p("client-ca.pem")),
+        &format!(
+            "tls_client_ca = \"{}\"\ntls_key = ",
+            certs.p("client-ca.pem")
+        ),
     );
     let loopd = Loopd::start(&config);
     let port = tls_addr(&loopd, "echo").port();
@@ -564,10 +567,40 @@ fn mutual_tls_takes_a_client_certificate_and_refuses_a_client_without() {
     let out = String::from_utf8(ok(&with("client.pem", "client-key.pem"))).unwrap();
     assert!(out.starts_with("1000 "), "{out}");
     let without = py_echo(port, &certs.path("ca.pem"));
-    assert!(!without.status.success(), "a client without a certificate was served");
+    assert!(
+        !without.status.success(),
+        "a client without a certificate was served"
+    );
     // The server's own certificate is not from the client CA: refused too.
     let wrong = with("cert.pem", "key.pem");
-    assert!(!wrong.status.success(), "a client certificate from another CA was taken");
+    assert!(
+        !wrong.status.success(),
+        "a client certificate from another CA was taken"
+    );
     assert!(loopd.wait_for_log("TLS handshake with 127.0.0.1", TIMEOUT));
     loopd.assert_no_unexpected_errors();
+}
+
+#[test]
+fn a_client_in_its_handshake_does_not_hold_up_shutdown() {
+    let certs = Certs::new();
+    let mut loopd = Loopd::start(&echo_config(&certs, "tls_handshake_timeout_ms = 600000"));
+    let mut s = tcp(tls_addr(&loopd, "echo"));
+    s.write_all(&[22, 3, 1]).unwrap();
+    // An echo client over TLS that finished its handshake is served to
+    // the end as before.
+    ok(&py_echo(
+        tls_addr(&loopd, "echo").port(),
+        &certs.path("ca.pem"),
+    ));
+    loopd.signal(libc::SIGTERM);
+    let status = loopd.wait_exit(TIMEOUT);
+    assert!(status.success(), "{status:?}");
+    let logs = loopd.logs();
+    assert!(logs.contains("shutdown complete"), "{logs}");
+    assert!(
+        !logs.contains("shutdown timeout"),
+        "the half-open handshake held the shutdown:\n{logs}"
+    );
+    read_until_cut(&mut s);
 }

@@ -617,6 +617,15 @@ impl Runtime {
                 listener::keep_socket_files(&mut core);
             }
             listener::close_all(&mut core);
+            // Connections still in their TLS handshake were never the
+            // handlers': nobody waits for them.
+            for id in core.sources.ids() {
+                if let Some((c, sh)) = core.conn_and_shared(id) {
+                    if c.is_handshaking() {
+                        c.begin_close(id, sh, true, abi::LOOPD_REASON_SHUTDOWN);
+                    }
+                }
+            }
             log::info!(
                 "shutting down: listeners closed; waiting up to {} ms for {} open connections",
                 timeout.as_millis(),
