@@ -604,3 +604,52 @@ fn a_client_in_its_handshake_does_not_hold_up_shutdown() {
     );
     read_until_cut(&mut s);
 }
+
+fn parse_id(line: &str, prefix: &str) -> u64 {
+    line.strip_prefix(prefix)
+        .and_then(|id| id.parse().ok())
+        .unwrap_or_else(|| panic!("expected `{prefix}<id>`, got `{line}`"))
+}
+
+#[test]
+fn outbound_tls_connects_trust_the_handlers_tls_ca_only() {
+    let certs = Certs::new();
+    let config = format!(
+        r#"{}
+[[handler]]
+name = "probe"
+plugin = "probe"
+listen = ["tcp://127.0.0.1:0"]
+tls_ca = "{}"
+
+[[handler]]
+name = "wrong-ca"
+plugin = "probe"
+listen = ["tcp://127.0.0.1:0"]
+tls_ca = "{}"
+
+[[handler]]
+name = "no-ca"
+plugin = "probe"
+listen = ["tcp://127.0.0.1:0"]
+"#,
+        echo_config(&certs, ""),
+        certs.p("ca.pem"),
+        certs.p("other-ca.pem"),
+    );
+    let loopd = Loopd::start(&config);
+    let echo = tls_addr(&loopd, "echo");
+    let mut c = LineClient::connect(loopd.tcp("probe"));
+    let out = parse_id(&c.cmd(&format!("connect tls://{echo}")), "connecting ");
+    assert_eq!(c.recv(), format!("connected {out}"));
+    // The probe greets the echo server over TLS; the echo comes back.
+    assert_eq!(c.recv(), format!("from {out} hello from probe"));
+    // A CA that did not sign the server's certificate: the connect fails.
+    let mut w = LineClient::connect(loopd.tcp("wrong-ca"));
+    let failed = parse_id(&w.cmd(&format!("connect tls://{echo}")), "connecting ");
+    assert_eq!(w.recv(), format!("connect-failed {failed}"));
+    // No tls_ca: refused before any socket exists (INVALID).
+    let mut n = LineClient::connect(loopd.tcp("no-ca"));
+    assert_eq!(n.cmd(&format!("connect tls://{echo}")), "connect -4");
+    loopd.assert_no_unexpected_errors();
+}

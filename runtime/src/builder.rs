@@ -572,6 +572,7 @@ pub(crate) fn create_instance(
         ..settings
     };
     let tls = tls_server(h)?;
+    let tls_client = tls_client(h)?;
     let shown = plugin.path.clone().unwrap_or_else(|| h.name.clone().into());
     let (plugin_name, plugin_version) = (plugin.name.clone(), plugin.version.clone());
     let core_ptr: *const RefCell<Core> = &*rt.core;
@@ -590,6 +591,7 @@ pub(crate) fn create_instance(
         scope: Scope::new(h.name.as_str()),
         life: Life::Creating,
         tls,
+        tls_client,
     });
     // Before create: an instance may post to itself from create.
     rt.postbox.open(
@@ -672,6 +674,27 @@ pub(crate) fn tls_server(h: &HandlerConfig) -> Result<Option<crate::instance::Tl
         Err(Error::Config(format!(
             "handler `{}`: tls:// listeners need loopd built with the `tls` feature",
             h.name
+        )))
+    }
+}
+
+/// The CAs a handler entry's outbound `tls://` connections trust (`tls_ca`).
+pub(crate) fn tls_client(h: &HandlerConfig) -> Result<Option<crate::instance::TlsClient>, Error> {
+    let Some(ca) = &h.tls_ca else {
+        return Ok(None);
+    };
+    #[cfg(feature = "tls")]
+    {
+        crate::tls::load_client(ca)
+            .map(Some)
+            .map_err(|e| Error::Config(format!("handler `{}`: {e}", h.name)))
+    }
+    #[cfg(not(feature = "tls"))]
+    {
+        Err(Error::Config(format!(
+            "handler `{}`: tls_ca {} needs loopd built with the `tls` feature",
+            h.name,
+            ca.display()
         )))
     }
 }

@@ -69,7 +69,16 @@ pub(crate) struct Instance {
     pub(crate) life: Life,
     /// The certificate and key of its `tls://` listeners.
     pub(crate) tls: Option<TlsServer>,
+    /// The CAs its outbound `tls://` connections trust (`tls_ca`).
+    pub(crate) tls_client: Option<TlsClient>,
 }
+
+/// A TLS client setup ([`crate::tls`]); nothing without the `tls` feature.
+#[cfg(feature = "tls")]
+pub(crate) type TlsClient = crate::tls::ClientConfig;
+/// A TLS client setup; nothing without the `tls` feature.
+#[cfg(not(feature = "tls"))]
+pub(crate) type TlsClient = std::convert::Infallible;
 
 /// A TLS server setup ([`crate::tls`]); nothing without the `tls` feature.
 #[cfg(feature = "tls")]
@@ -190,5 +199,6 @@ pub(crate) fn test_instance(
         scope: Scope::new(name),
         life: Life::Live,
         tls: None,
+        tls_client: None,
     })
 }

@@ -271,7 +271,11 @@ impl Runtime {
         let mut kept_tls = Vec::new();
         for (i, h) in config.handlers.iter().enumerate() {
             if let Step::Keep(id) = steps[i] {
-                kept_tls.push((id, crate::builder::tls_server(h)?));
+                kept_tls.push((
+                    id,
+                    crate::builder::tls_server(h)?,
+                    crate::builder::tls_client(h)?,
+                ));
             }
         }
 
@@ -354,9 +358,10 @@ impl Runtime {
 
         // Commit. Kept listeners serve their (possibly new) instance.
         let mut report = ReloadReport::default();
-        for (id, tls) in kept_tls {
+        for (id, tls, client) in kept_tls {
             if let Some(inst) = self.core.borrow_mut().instances.get_mut(id) {
                 inst.tls = tls;
+                inst.tls_client = client;
             }
         }
         for (j, inst, name) in &kept {

@@ -63,6 +63,7 @@ pub struct HandlerSpec {
     mailbox: Option<(usize, usize)>,
     tls: Option<(std::path::PathBuf, std::path::PathBuf)>,
     tls_client_ca: Option<std::path::PathBuf>,
+    tls_ca: Option<std::path::PathBuf>,
 }
 
 /// Where a handler's hooks come from.
@@ -134,6 +135,7 @@ impl HandlerSpec {
             idle_timeout: None,
             tls: None,
             tls_client_ca: None,
+            tls_ca: None,
             reuse_address: false,
             mailbox: None,
         }
@@ -296,6 +298,13 @@ impl HandlerSpec {
         self
     }
 
+    /// The PEM CA certificates the instance's outbound `tls://`
+    /// connections trust.
+    pub fn tls_ca(mut self, ca: impl Into<std::path::PathBuf>) -> HandlerSpec {
+        self.tls_ca = Some(ca.into());
+        self
+    }
+
     /// Mutual TLS on the instance's `tls://` listeners: a client must
     /// present a certificate signed by a CA in this PEM file.
     pub fn tls_client_ca(mut self, ca: impl Into<std::path::PathBuf>) -> HandlerSpec {
@@ -413,6 +422,7 @@ impl HandlerSpec {
             return Err(fail("tls_client_ca needs tls(cert, key)".to_string()));
         }
         entry.tls_client_ca = self.tls_client_ca;
+        entry.tls_ca = self.tls_ca;
         entry.mailbox_messages = self.mailbox.map(|m| m.0);
         entry.mailbox_bytes = self.mailbox.map(|m| m.1);
         entry

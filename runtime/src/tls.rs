@@ -76,6 +76,26 @@ pub(crate) fn load_server(
     Ok(Arc::new(config))
 }
 
+/// A client's TLS setup: the CAs that outbound `tls://` connections trust.
+pub(crate) type ClientConfig = Arc<rustls::ClientConfig>;
+
+/// Loads `ca` (PEM CA certificates) as the only roots outbound `tls://`
+/// connections of a handler trust.
+pub(crate) fn load_client(ca: &Path) -> Result<ClientConfig, String> {
+    let mut roots = rustls::RootCertStore::empty();
+    for c in read_certs("tls_ca", ca)? {
+        roots
+            .add(c)
+            .map_err(|e| format!("tls_ca {}: not a CA certificate: {e}", ca.display()))?;
+    }
+    let config = rustls::ClientConfig::builder_with_provider(provider())
+        .with_safe_default_protocol_versions()
+        .map_err(|e| format!("TLS setup: {e}"))?
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    Ok(Arc::new(config))
+}
+
 fn read_file(kind: &str, path: &Path) -> Result<Vec<u8>, String> {
     std::fs::read(path).map_err(|e| format!("{kind} {}: {e}", path.display()))
 }
@@ -148,6 +168,23 @@ impl TlsStream {
     /// The server side of an accepted socket; the handshake is still to do.
     pub(crate) fn accept(fd: OwnedFd, config: &ServerConfig) -> io::Result<TlsStream> {
         let mut conn = rustls::ServerConnection::new(config.clone()).map_err(tls_error)?;
+        conn.set_buffer_limit(Some(BUFFER_LIMIT));
+        Ok(TlsStream {
+            fd,
+            conn: conn.into(),
+            eof: false,
+        })
+    }
+
+    /// The client side of a connecting socket to `ip`, whose certificate
+    /// must name that address.
+    pub(crate) fn connect(
+        fd: OwnedFd,
+        config: &ClientConfig,
+        ip: std::net::IpAddr,
+    ) -> io::Result<TlsStream> {
+        let name = rustls::pki_types::ServerName::IpAddress(ip.into());
+        let mut conn = rustls::ClientConnection::new(config.clone(), name).map_err(tls_error)?;
         conn.set_buffer_limit(Some(BUFFER_LIMIT));
         Ok(TlsStream {
             fd,

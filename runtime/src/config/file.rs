@@ -78,6 +78,7 @@ struct RawHandler {
     tls_cert: Option<Spanned<String>>,
     tls_key: Option<Spanned<String>>,
     tls_client_ca: Option<Spanned<String>>,
+    tls_ca: Option<Spanned<String>>,
     config: Option<toml::Table>,
 }
 
@@ -772,6 +773,15 @@ fn tls_keys(
     entry.tls_cert = path("tls_cert", &h.tls_cert)?;
     entry.tls_key = path("tls_key", &h.tls_key)?;
     entry.tls_client_ca = path("tls_client_ca", &h.tls_client_ca)?;
+    if let Some(ca) = &h.tls_ca {
+        if ca.get_ref().is_empty() {
+            return Err(src.error(Some(ca.span()), &key("tls_ca"), "is empty"));
+        }
+        let p = PathBuf::from(ca.get_ref());
+        #[cfg(feature = "tls")]
+        crate::tls::load_client(&p).map_err(|e| src.error(Some(ca.span()), &key("tls_ca"), e))?;
+        entry.tls_ca = Some(p);
+    }
     if !has_tls {
         return Ok(());
     }

@@ -547,6 +547,9 @@ pub struct HandlerConfig {
     /// Mutual TLS: the PEM CA certificates a client's certificate must be
     /// signed by (`tls_client_ca`); `None` asks clients for none.
     pub tls_client_ca: Option<PathBuf>,
+    /// The PEM CA certificates the handler's outbound `tls://` connections
+    /// trust (`tls_ca`); without it, `connect("tls://...")` is refused.
+    pub tls_ca: Option<PathBuf>,
     /// The mode of the handler's Unix socket files (`unix_mode`; default:
     /// 0660 without the bits the umask clears: never world-accessible).
     pub unix_mode: Option<u32>,
@@ -664,6 +667,7 @@ impl HandlerConfig {
             tls_cert: None,
             tls_key: None,
             tls_client_ca: None,
+            tls_ca: None,
             plugin_location: None,
             config_keys: ConfigKeys::default(),
         }

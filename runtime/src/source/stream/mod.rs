@@ -371,6 +371,9 @@ impl Conn {
     /// An accepted connection whose transport has a handshake to do:
     /// `on_open` waits for it, bounded by `tls_handshake_timeout`.
     pub(crate) fn start_handshake(&mut self, id: u64, sh: &mut Shared) {
+        if let Some(t) = self.close_timer.take() {
+            sh.timers.cancel(t);
+        }
         self.phase = Phase::Handshaking;
         self.close_timer = Some(sh.timers.set(
             Instant::now() + sh.cfg.tls_handshake_timeout,
@@ -412,7 +415,14 @@ impl Conn {
                     self.name(),
                     peer_text(&self.peer)
                 );
-                self.begin_close(id, sh, true, abi::LOOPD_REASON_ERROR);
+                // An outbound connection's handler learns that its connect
+                // failed.
+                let reason = if self.origin == abi::LOOPD_ORIGIN_CONNECTED {
+                    abi::LOOPD_REASON_CONNECT_FAILED
+                } else {
+                    abi::LOOPD_REASON_ERROR
+                };
+                self.begin_close(id, sh, true, reason);
                 return;
             }
         }
@@ -687,16 +697,35 @@ pub(crate) fn connect(
             abi::LOOPD_TRANSPORT_UNIX,
             abi::loopd_addr::unix(),
         ),
-        ListenAddr::Udp(_) | ListenAddr::Tls(_) => return Err(abi::LOOPD_ERR_INVALID),
+        ListenAddr::Tls(sa) => {
+            // Refused before the socket exists without CAs to trust.
+            if inst.tls_client.is_none() {
+                log::debug!(
+                    "{}: connect to {url}: the handler has no tls_ca",
+                    inst.name()
+                );
+                return Err(abi::LOOPD_ERR_INVALID);
+            }
+            (
+                sys::connect_tcp(sa),
+                abi::LOOPD_TRANSPORT_TLS,
+                abi::loopd_addr::from_socket_addr(*sa),
+            )
+        }
+        ListenAddr::Udp(_) => return Err(abi::LOOPD_ERR_INVALID),
+    };
+    let result = match (result, &target) {
+        (Ok(fd), ListenAddr::Tls(sa)) => tls_client_transport(fd, inst, sa.ip()),
+        (r, _) => r.map(Transport::Plain),
     };
     let endpoint = crate::source::listener::cstr(target.to_string());
     let name = inst.name().to_string();
-    let new = |fd: Option<OwnedFd>| {
+    let new = |io: Option<Transport>| {
         let mut conn = Conn::new(
             instance,
             inst,
             None,
-            fd.map(Transport::Plain),
+            io,
             transport,
             abi::LOOPD_ORIGIN_CONNECTED,
             peer,
@@ -741,6 +770,36 @@ pub(crate) fn connect(
         c.scope.counters.active.add(1);
     }
     Ok(id)
+}
+
+/// The client side of TLS over a connecting socket, trusting the
+/// instance's `tls_ca`.
+#[cfg(feature = "tls")]
+fn tls_client_transport(
+    fd: OwnedFd,
+    inst: &Instance,
+    ip: std::net::IpAddr,
+) -> std::io::Result<Transport> {
+    let Some(config) = &inst.tls_client else {
+        return Err(std::io::Error::other("the handler has no tls_ca"));
+    };
+    Ok(Transport::Tls(Box::new(crate::tls::TlsStream::connect(
+        fd, config, ip,
+    )?)))
+}
+
+#[cfg(not(feature = "tls"))]
+fn tls_client_transport(
+    _fd: OwnedFd,
+    inst: &Instance,
+    _ip: std::net::IpAddr,
+) -> std::io::Result<Transport> {
+    // Always None here (its type is Infallible).
+    let _ = &inst.tls_client;
+    Err(std::io::Error::new(
+        std::io::ErrorKind::Unsupported,
+        "loopd was built without the `tls` feature",
+    ))
 }
 
 /// Counts a connection that was just registered as open.

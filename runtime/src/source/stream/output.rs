@@ -232,6 +232,12 @@ impl Conn {
             let Some(io) = &self.io else { return };
             let fd = io.fd().as_raw_fd();
             match sys::take_error(fd) {
+                Ok(None) if io.handshaking() => {
+                    // TLS: on_open once the handshake is done.
+                    self.local = sys::local_addr(fd);
+                    self.start_handshake(id, sh);
+                    return;
+                }
                 Ok(None) => {
                     self.phase = Phase::Open;
                     self.local = sys::local_addr(fd);
