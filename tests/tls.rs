@@ -130,7 +130,7 @@ fn http_site(certs: &Certs) -> (Site, Loopd) {
     let config = config(&site.root, "").replace(
         "listen = [\"tcp://127.0.0.1:0\"]",
         &format!(
-            "listen = [\"tls://127.0.0.1:0\", \"tcp://127.0.0.1:0\"]\n{}",
+            "listen = [\"tls://127.0.0.1:0\", \"tcp://127.0.0.1:0\"]\ntls_alpn = [\"http/1.1\"]\n{}",
             certs.keys()
         ),
     );
@@ -145,8 +145,17 @@ fn curl_gets_the_index_a_4_mib_file_and_a_range_over_tls() {
     let port = tls_addr(&loopd, "http").port();
     let ca = certs.path("ca.pem");
     let base = format!("https://localhost:{port}");
-    let index = ok(&curl(&ca, port, &[&format!("{base}/")]));
+    let out = curl(&ca, port, &["-v", &format!("{base}/")]);
+    let index = ok(&out);
     assert!(index == site.file("index.html"), "index differs");
+    // ALPN: the listener offers http/1.1 (tls_alpn) and curl takes it.
+    let verbose = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        verbose
+            .lines()
+            .any(|l| l.contains("ALPN") && l.contains("accepted") && l.contains("http/1.1")),
+        "{verbose}"
+    );
     let big = ok(&curl(&ca, port, &[&format!("{base}/big.bin")]));
     assert_eq!(big.len(), 4 << 20);
     assert!(big == site.file("big.bin"), "4 MiB file differs");

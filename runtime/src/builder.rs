@@ -664,7 +664,8 @@ pub(crate) fn tls_server(h: &HandlerConfig) -> Result<Option<crate::instance::Tl
     };
     #[cfg(feature = "tls")]
     {
-        crate::tls::load_server(cert, key, h.tls_client_ca.as_deref(), &[])
+        let alpn: Vec<&[u8]> = h.tls_alpn.iter().map(|p| p.as_bytes()).collect();
+        crate::tls::load_server(cert, key, h.tls_client_ca.as_deref(), &alpn)
             .map(Some)
             .map_err(|e| Error::Config(format!("handler `{}`: {e}", h.name)))
     }

@@ -64,6 +64,7 @@ pub struct HandlerSpec {
     tls: Option<(std::path::PathBuf, std::path::PathBuf)>,
     tls_client_ca: Option<std::path::PathBuf>,
     tls_ca: Option<std::path::PathBuf>,
+    tls_alpn: Vec<String>,
 }
 
 /// Where a handler's hooks come from.
@@ -136,6 +137,7 @@ impl HandlerSpec {
             tls: None,
             tls_client_ca: None,
             tls_ca: None,
+            tls_alpn: Vec::new(),
             reuse_address: false,
             mailbox: None,
         }
@@ -298,6 +300,16 @@ impl HandlerSpec {
         self
     }
 
+    /// The ALPN protocols the instance's `tls://` listeners offer, most
+    /// preferred first (e.g. `["http/1.1"]`).
+    pub fn tls_alpn<S: Into<String>>(
+        mut self,
+        protocols: impl IntoIterator<Item = S>,
+    ) -> HandlerSpec {
+        self.tls_alpn = protocols.into_iter().map(Into::into).collect();
+        self
+    }
+
     /// The PEM CA certificates the instance's outbound `tls://`
     /// connections trust.
     pub fn tls_ca(mut self, ca: impl Into<std::path::PathBuf>) -> HandlerSpec {
@@ -423,6 +435,7 @@ impl HandlerSpec {
         }
         entry.tls_client_ca = self.tls_client_ca;
         entry.tls_ca = self.tls_ca;
+        entry.tls_alpn = self.tls_alpn;
         entry.mailbox_messages = self.mailbox.map(|m| m.0);
         entry.mailbox_bytes = self.mailbox.map(|m| m.1);
         entry

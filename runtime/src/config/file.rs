@@ -79,6 +79,7 @@ struct RawHandler {
     tls_key: Option<Spanned<String>>,
     tls_client_ca: Option<Spanned<String>>,
     tls_ca: Option<Spanned<String>>,
+    tls_alpn: Option<Spanned<Vec<String>>>,
     config: Option<toml::Table>,
 }
 
@@ -782,6 +783,16 @@ fn tls_keys(
         crate::tls::load_client(&p).map_err(|e| src.error(Some(ca.span()), &key("tls_ca"), e))?;
         entry.tls_ca = Some(p);
     }
+    if let Some(alpn) = &h.tls_alpn {
+        let bad = |why: &str| Err(src.error(Some(alpn.span()), &key("tls_alpn"), why));
+        if !has_tls {
+            return bad("only applies to tls:// listeners, and this handler has none");
+        }
+        if alpn.get_ref().iter().any(|p| p.is_empty() || p.len() > 255) {
+            return bad("each protocol name must be 1 to 255 bytes");
+        }
+        entry.tls_alpn = alpn.get_ref().clone();
+    }
     if !has_tls {
         return Ok(());
     }
@@ -798,7 +809,8 @@ fn tls_keys(
         ));
     };
     #[cfg(feature = "tls")]
-    if let Err(e) = crate::tls::load_server(cert, key_path, entry.tls_client_ca.as_deref(), &[]) {
+    let alpn: Vec<&[u8]> = entry.tls_alpn.iter().map(|p| p.as_bytes()).collect();
+    if let Err(e) = crate::tls::load_server(cert, key_path, entry.tls_client_ca.as_deref(), &alpn) {
         // A key that does not go with the certificate is the key's fault.
         let (k, at) = if e.starts_with("tls_cert") {
             ("tls_cert", h.tls_cert.as_ref())

@@ -550,6 +550,9 @@ pub struct HandlerConfig {
     /// The PEM CA certificates the handler's outbound `tls://` connections
     /// trust (`tls_ca`); without it, `connect("tls://...")` is refused.
     pub tls_ca: Option<PathBuf>,
+    /// The ALPN protocols the handler's `tls://` listeners offer, most
+    /// preferred first (`tls_alpn`, e.g. `["http/1.1"]`; empty: none).
+    pub tls_alpn: Vec<String>,
     /// The mode of the handler's Unix socket files (`unix_mode`; default:
     /// 0660 without the bits the umask clears: never world-accessible).
     pub unix_mode: Option<u32>,
@@ -668,6 +671,7 @@ impl HandlerConfig {
             tls_key: None,
             tls_client_ca: None,
             tls_ca: None,
+            tls_alpn: Vec::new(),
             plugin_location: None,
             config_keys: ConfigKeys::default(),
         }
