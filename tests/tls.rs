@@ -214,26 +214,29 @@ listen = ["tls://127.0.0.1:0", "tcp://127.0.0.1:0"]
     )
 }
 
-/// Python's ssl client: sends `size` bytes of a pattern (from a thread)
-/// while it reads the echo; prints the byte count and SHA-256 it got.
+/// Python's ssl client: sends `size` bytes of a pattern and reads the echo;
+/// prints the byte count and SHA-256 it got, and the TLS version.
 const PY_ECHO: &str = r#"
-import hashlib, socket, ssl, sys, threading
+import hashlib, socket, ssl, sys
 port, ca, size = int(sys.argv[1]), sys.argv[2], int(sys.argv[3])
 ctx = ssl.create_default_context(cafile=ca)
 if len(sys.argv) > 5:
     ctx.load_cert_chain(sys.argv[4], sys.argv[5])
 s = ctx.wrap_socket(socket.create_connection(("127.0.0.1", port), timeout=60), server_hostname="localhost")
 data = bytes((i * 7 + 3) % 251 for i in range(size))
-t = threading.Thread(target=lambda: s.sendall(data))
-t.start()
-h, got = hashlib.sha256(), 0
-while got < size:
-    b = s.recv(65536)
-    if not b:
-        break
-    h.update(b)
-    got += len(b)
-t.join()
+# In steps of 64 KiB, each read back before the next is sent (one SSL
+# object is not to be used from two threads at once).
+h, got, sent = hashlib.sha256(), 0, 0
+while sent < size:
+    s.sendall(data[sent:sent + 65536])
+    sent = min(size, sent + 65536)
+    while got < sent:
+        b = s.recv(65536)
+        if not b:
+            sent = size
+            break
+        h.update(b)
+        got += len(b)
 print(got, h.hexdigest(), s.version())
 "#;
 
