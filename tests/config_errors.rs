@@ -148,7 +148,7 @@ fn bad_addresses_name_the_listen_entry() {
         (
             r#"["tcp://127.0.0.1:0", "unix:///tmp/x.sock", "udpx://127.0.0.1:7000"]"#,
             "\"udpx://",
-            "handler[0].listen[2]: `udpx://127.0.0.1:7000`: unknown scheme `udpx` (use tcp, unix or udp)",
+            "handler[0].listen[2]: `udpx://127.0.0.1:7000`: unknown scheme `udpx` (use tcp, tls, unix or udp)",
         ),
         (
             r#"["127.0.0.1:7000"]"#,

@@ -77,9 +77,9 @@ extern "C" {
  *            loopd_connect_options, LOOPD_FD_*, LOOPD_ERR_NO_SUCH_INSTANCE,
  *            LOOPD_ERR_FULL, LOOPD_REASON_IDLE, LOOPD_REASON_LIMIT.
  * 1.4 added: loopd_host_api.post_siblings, worker_info;
- *            loopd_connect_options.flags, LOOPD_CONNECT_KEEP_READING;
- *            loopd_host_api.stats_json, metric_declare, metric_series,
- *            metric_update; LOOPD_METRIC_*. */
+ *            loopd_connect_options.flags, LOOPD_CONNECT_KEEP_READING,
+ *            LOOPD_TRANSPORT_TLS; loopd_host_api.stats_json,
+ *            metric_declare, metric_series, metric_update; LOOPD_METRIC_*. */
 #define LOOPD_ABI_MINOR 4
 
 /* Sizes of the v1.0 structs on 64-bit targets: the smallest struct_size a
@@ -159,6 +159,7 @@ extern "C" {
 #define LOOPD_TRANSPORT_TCP 1
 #define LOOPD_TRANSPORT_UNIX 2
 #define LOOPD_TRANSPORT_UDP 3 /* listeners only (1.1) */
+#define LOOPD_TRANSPORT_TLS 4 /* TLS over TCP, plaintext to the handler (1.4) */
 
 /* How a connection came to be (loopd_conn_info.origin). */
 #define LOOPD_ORIGIN_ACCEPTED 1

@@ -75,6 +75,9 @@ pub const LOOPD_TRANSPORT_TCP: u32 = 1;
 pub const LOOPD_TRANSPORT_UNIX: u32 = 2;
 /// Datagram transport: UDP (listeners only; since 1.1).
 pub const LOOPD_TRANSPORT_UDP: u32 = 3;
+/// Stream transport: TLS over TCP (`tls://` listeners; since 1.4). The
+/// handler reads and writes plaintext.
+pub const LOOPD_TRANSPORT_TLS: u32 = 4;
 
 /// The connection was accepted by a listener.
 pub const LOOPD_ORIGIN_ACCEPTED: u32 = 1;

@@ -472,6 +472,7 @@ fn conn_info(info: &loopd_conn_info) -> ConnInfo<'_> {
             abi::LOOPD_TRANSPORT_TCP => Transport::Tcp,
             abi::LOOPD_TRANSPORT_UNIX => Transport::Unix,
             abi::LOOPD_TRANSPORT_UDP => Transport::Udp,
+            abi::LOOPD_TRANSPORT_TLS => Transport::Tls,
             other => Transport::Other(other),
         },
         origin: match info.origin {
@@ -744,6 +745,7 @@ unsafe extern "C" fn on_listen<H: Handler>(
         abi::LOOPD_TRANSPORT_TCP => Transport::Tcp,
         abi::LOOPD_TRANSPORT_UNIX => Transport::Unix,
         abi::LOOPD_TRANSPORT_UDP => Transport::Udp,
+        abi::LOOPD_TRANSPORT_TLS => Transport::Tls,
         other => Transport::Other(other),
     };
     let url = cstr(info.url).unwrap_or("");

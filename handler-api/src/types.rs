@@ -273,6 +273,9 @@ pub enum Transport {
     Unix,
     /// UDP (listeners only).
     Udp,
+    /// TLS over TCP (ABI 1.4): loopd encrypts and decrypts, the handler
+    /// sees plaintext.
+    Tls,
     /// A transport this version does not know.
     Other(u32),
 }

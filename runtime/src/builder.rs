@@ -572,6 +572,8 @@ pub(crate) fn create_instance(
         mailbox_bytes: h.mailbox_bytes.unwrap_or(settings.mailbox_bytes),
         ..settings
     };
+    let tls = tls_server(h)?;
+    let tls_client = tls_client(h)?;
     let shown = plugin.path.clone().unwrap_or_else(|| h.name.clone().into());
     let (plugin_name, plugin_version) = (plugin.name.clone(), plugin.version.clone());
     let core_ptr: *const RefCell<Core> = &*rt.core;
@@ -590,6 +592,8 @@ pub(crate) fn create_instance(
         settings,
         scope: Scope::new(h.name.as_str()),
         life: Life::Creating,
+        tls,
+        tls_client,
     });
     // Before create: an instance may post to itself from create.
     rt.postbox.open(
@@ -644,4 +648,56 @@ fn check_runtime(rt: &RuntimeConfig) -> Result<(), Error> {
         ));
     }
     rt.limits().validate().map_err(|e| fail(e.to_string()))
+}
+
+/// The certificate and key of a handler entry's `tls://` listeners, loaded
+/// now: a missing, unreadable or malformed file, or a key that is not the
+/// certificate's, stops the start with the path and the reason.
+pub(crate) fn tls_server(h: &HandlerConfig) -> Result<Option<crate::instance::TlsServer>, Error> {
+    let wants = h.listen.iter().any(|a| matches!(a, ListenAddr::Tls(_)));
+    if !wants {
+        return Ok(None);
+    }
+    let (Some(cert), Some(key)) = (&h.tls_cert, &h.tls_key) else {
+        return Err(Error::Config(format!(
+            "handler `{}`: a tls:// listener needs tls_cert and tls_key",
+            h.name
+        )));
+    };
+    #[cfg(feature = "tls")]
+    {
+        let alpn: Vec<&[u8]> = h.tls_alpn.iter().map(|p| p.as_bytes()).collect();
+        crate::tls::load_server(cert, key, h.tls_client_ca.as_deref(), &alpn)
+            .map(Some)
+            .map_err(|e| Error::Config(format!("handler `{}`: {e}", h.name)))
+    }
+    #[cfg(not(feature = "tls"))]
+    {
+        let _ = (cert, key, &h.tls_client_ca);
+        Err(Error::Config(format!(
+            "handler `{}`: tls:// listeners need loopd built with the `tls` feature",
+            h.name
+        )))
+    }
+}
+
+/// The CAs a handler entry's outbound `tls://` connections trust (`tls_ca`).
+pub(crate) fn tls_client(h: &HandlerConfig) -> Result<Option<crate::instance::TlsClient>, Error> {
+    let Some(ca) = &h.tls_ca else {
+        return Ok(None);
+    };
+    #[cfg(feature = "tls")]
+    {
+        crate::tls::load_client(ca)
+            .map(Some)
+            .map_err(|e| Error::Config(format!("handler `{}`: {e}", h.name)))
+    }
+    #[cfg(not(feature = "tls"))]
+    {
+        Err(Error::Config(format!(
+            "handler `{}`: tls_ca {} needs loopd built with the `tls` feature",
+            h.name,
+            ca.display()
+        )))
+    }
 }

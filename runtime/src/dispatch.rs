@@ -75,6 +75,12 @@ impl Runtime {
         match kind {
             Kind::Listener => listener::accept(&mut self.core.borrow_mut(), r.key),
             Kind::Stream => {
+                if let Some((c, sh)) = self.core.borrow_mut().conn_and_shared(r.key) {
+                    if c.is_handshaking() {
+                        c.handshake(r.key, sh);
+                        return;
+                    }
+                }
                 if r.writable {
                     if let Some((c, sh)) = self.core.borrow_mut().conn_and_shared(r.key) {
                         c.writable(r.key, sh);
@@ -144,7 +150,12 @@ impl Runtime {
             }
         }
         // Every read filled the buffer: more may be waiting.
-        self.core.borrow_mut().shared.capped = true;
+        let mut core = self.core.borrow_mut();
+        core.shared.capped = true;
+        // In the transport, where no event reports it.
+        if core.conn_mut(id).is_some_and(|c| c.buffered_input()) {
+            core.shared.pending.push_back(Deferred::Input(id));
+        }
     }
 
     /// Hands frames in `data` to the handler while the connection can take
@@ -460,6 +471,12 @@ impl Runtime {
                 }
                 Some(Deferred::Input(id)) => {
                     let prev = self.set_current(id);
+                    // Decrypted input the transport holds joins the
+                    // buffered input: the socket may have nothing more to
+                    // report.
+                    if let Some((c, sh)) = self.core.borrow_mut().conn_and_shared(id) {
+                        c.pull_buffered(id, sh);
+                    }
                     self.process_input(id);
                     self.set_current(prev);
                 }
@@ -564,6 +581,11 @@ impl Runtime {
                         c.close_timed_out(conn, sh);
                     }
                 }
+                TimerKind::HandshakeTimeout { conn } => {
+                    if let Some((c, sh)) = self.core.borrow_mut().conn_and_shared(conn) {
+                        c.handshake_timed_out(conn, sh);
+                    }
+                }
                 TimerKind::ResumeListener { listener } => {
                     listener::resume(&mut self.core.borrow_mut(), listener)
                 }
@@ -595,6 +617,15 @@ impl Runtime {
                 listener::keep_socket_files(&mut core);
             }
             listener::close_all(&mut core);
+            // Connections still in their TLS handshake were never the
+            // handlers': nobody waits for them.
+            for id in core.sources.ids() {
+                if let Some((c, sh)) = core.conn_and_shared(id) {
+                    if c.is_handshaking() {
+                        c.begin_close(id, sh, true, abi::LOOPD_REASON_SHUTDOWN);
+                    }
+                }
+            }
             log::info!(
                 "shutting down: listeners closed; waiting up to {} ms for {} open connections",
                 timeout.as_millis(),

@@ -143,7 +143,7 @@ fn matches(name: &SocketName, addr: &ListenAddr) -> bool {
                 addr: a,
                 stream: true,
             },
-            ListenAddr::Tcp(b),
+            ListenAddr::Tcp(b) | ListenAddr::Tls(b),
         )
         | (
             SocketName::Inet {

@@ -67,7 +67,25 @@ pub(crate) struct Instance {
     /// Its live connection count is `scope.counters.active`.
     pub(crate) scope: Rc<Scope>,
     pub(crate) life: Life,
+    /// The certificate and key of its `tls://` listeners.
+    pub(crate) tls: Option<TlsServer>,
+    /// The CAs its outbound `tls://` connections trust (`tls_ca`).
+    pub(crate) tls_client: Option<TlsClient>,
 }
+
+/// A TLS client setup ([`crate::tls`]); nothing without the `tls` feature.
+#[cfg(feature = "tls")]
+pub(crate) type TlsClient = crate::tls::ClientConfig;
+/// A TLS client setup; nothing without the `tls` feature.
+#[cfg(not(feature = "tls"))]
+pub(crate) type TlsClient = std::convert::Infallible;
+
+/// A TLS server setup ([`crate::tls`]); nothing without the `tls` feature.
+#[cfg(feature = "tls")]
+pub(crate) type TlsServer = crate::tls::ServerConfig;
+/// A TLS server setup; nothing without the `tls` feature.
+#[cfg(not(feature = "tls"))]
+pub(crate) type TlsServer = std::convert::Infallible;
 
 impl Instance {
     pub(crate) fn name(&self) -> &str {
@@ -181,5 +199,7 @@ pub(crate) fn test_instance(
         settings,
         scope: Scope::new(name),
         life: Life::Live,
+        tls: None,
+        tls_client: None,
     })
 }

@@ -124,6 +124,8 @@ mod spec;
 pub mod stats;
 mod sys;
 mod timer;
+#[cfg(feature = "tls")]
+mod tls;
 mod transport;
 mod upgrade;
 mod workers;

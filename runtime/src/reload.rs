@@ -276,6 +276,21 @@ impl Runtime {
             steps.push(step);
         }
 
+        // Kept instances load their certificate and key again: a reload
+        // after the files changed serves the new ones to new connections
+        // (those open keep theirs). A bad file fails the reload here,
+        // before anything changed.
+        let mut kept_tls = Vec::new();
+        for (i, h) in config.handlers.iter().enumerate() {
+            if let Step::Keep(id) = steps[i] {
+                kept_tls.push((
+                    id,
+                    crate::builder::tls_server(h)?,
+                    crate::builder::tls_client(h)?,
+                ));
+            }
+        }
+
         // Create the new instances; on any failure, undo and report.
         let mut created: Vec<(
             usize,
@@ -355,6 +370,12 @@ impl Runtime {
 
         // Commit. Kept listeners serve their (possibly new) instance.
         let mut report = ReloadReport::default();
+        for (id, tls, client) in kept_tls {
+            if let Some(inst) = self.core.borrow_mut().instances.get_mut(id) {
+                inst.tls = tls;
+                inst.tls_client = client;
+            }
+        }
         for (j, inst, name) in &kept {
             let id = self.listener_records[*j].id;
             let mut core = self.core.borrow_mut();

@@ -61,6 +61,10 @@ pub struct HandlerSpec {
     idle_timeout: Option<std::time::Duration>,
     reuse_address: bool,
     mailbox: Option<(usize, usize)>,
+    tls: Option<(std::path::PathBuf, std::path::PathBuf)>,
+    tls_client_ca: Option<std::path::PathBuf>,
+    tls_ca: Option<std::path::PathBuf>,
+    tls_alpn: Vec<String>,
 }
 
 /// Where a handler's hooks come from.
@@ -130,6 +134,10 @@ impl HandlerSpec {
             max_connections: None,
             max_connections_per_peer: None,
             idle_timeout: None,
+            tls: None,
+            tls_client_ca: None,
+            tls_ca: None,
+            tls_alpn: Vec::new(),
             reuse_address: false,
             mailbox: None,
         }
@@ -280,6 +288,42 @@ impl HandlerSpec {
         self
     }
 
+    /// The PEM certificate chain (leaf first) and private key served on
+    /// the instance's `tls://` listeners (the `tls` feature); checked when
+    /// the runtime is built.
+    pub fn tls(
+        mut self,
+        cert: impl Into<std::path::PathBuf>,
+        key: impl Into<std::path::PathBuf>,
+    ) -> HandlerSpec {
+        self.tls = Some((cert.into(), key.into()));
+        self
+    }
+
+    /// The ALPN protocols the instance's `tls://` listeners offer, most
+    /// preferred first (e.g. `["http/1.1"]`).
+    pub fn tls_alpn<S: Into<String>>(
+        mut self,
+        protocols: impl IntoIterator<Item = S>,
+    ) -> HandlerSpec {
+        self.tls_alpn = protocols.into_iter().map(Into::into).collect();
+        self
+    }
+
+    /// The PEM CA certificates the instance's outbound `tls://`
+    /// connections trust.
+    pub fn tls_ca(mut self, ca: impl Into<std::path::PathBuf>) -> HandlerSpec {
+        self.tls_ca = Some(ca.into());
+        self
+    }
+
+    /// Mutual TLS on the instance's `tls://` listeners: a client must
+    /// present a certificate signed by a CA in this PEM file.
+    pub fn tls_client_ca(mut self, ca: impl Into<std::path::PathBuf>) -> HandlerSpec {
+        self.tls_client_ca = Some(ca.into());
+        self
+    }
+
     /// Sets `SO_REUSEADDR` on the instance's UDP sockets (default off: any
     /// local user could then bind the address and take its datagrams).
     pub fn reuse_address(mut self, on: bool) -> HandlerSpec {
@@ -377,6 +421,21 @@ impl HandlerSpec {
         entry.max_connections_per_peer = self.max_connections_per_peer;
         entry.idle_timeout = self.idle_timeout;
         entry.reuse_address = self.reuse_address;
+        if let Some((cert, key)) = self.tls {
+            if !entry.listen.iter().any(|a| matches!(a, ListenAddr::Tls(_))) {
+                return Err(fail(
+                    "tls only applies to tls:// listeners, and this handler has none".to_string(),
+                ));
+            }
+            entry.tls_cert = Some(cert);
+            entry.tls_key = Some(key);
+        }
+        if self.tls_client_ca.is_some() && entry.tls_cert.is_none() {
+            return Err(fail("tls_client_ca needs tls(cert, key)".to_string()));
+        }
+        entry.tls_client_ca = self.tls_client_ca;
+        entry.tls_ca = self.tls_ca;
+        entry.tls_alpn = self.tls_alpn;
         entry.mailbox_messages = self.mailbox.map(|m| m.0);
         entry.mailbox_bytes = self.mailbox.map(|m| m.1);
         entry

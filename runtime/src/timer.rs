@@ -38,6 +38,8 @@ pub(crate) enum TimerKind {
     },
     /// A connection's flush-before-close took too long: abort it.
     CloseTimeout { conn: u64 },
+    /// A connection's TLS handshake took too long: close it.
+    HandshakeTimeout { conn: u64 },
     /// A listener paused after EMFILE/ENFILE may accept again.
     ResumeListener { listener: u64 },
     /// Close connections idle past their instance's `idle_timeout_ms`

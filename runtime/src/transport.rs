@@ -16,6 +16,9 @@ use crate::sys;
 pub(crate) enum Transport {
     /// A TCP or Unix-domain socket, read and written directly.
     Plain(OwnedFd),
+    /// A TCP socket carrying TLS (`tls://` listeners).
+    #[cfg(feature = "tls")]
+    Tls(Box<crate::tls::TlsStream>),
 }
 
 impl Transport {
@@ -24,6 +27,8 @@ impl Transport {
     pub(crate) fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
         match self {
             Transport::Plain(fd) => sys::recv(fd.as_raw_fd(), buf),
+            #[cfg(feature = "tls")]
+            Transport::Tls(t) => t.read(buf),
         }
     }
 
@@ -32,6 +37,8 @@ impl Transport {
     pub(crate) fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
         match self {
             Transport::Plain(fd) => sys::send(fd.as_raw_fd(), buf),
+            #[cfg(feature = "tls")]
+            Transport::Tls(t) => t.write(buf),
         }
     }
 
@@ -40,6 +47,8 @@ impl Transport {
     pub(crate) fn writev(&mut self, bufs: &[IoSlice<'_>]) -> io::Result<usize> {
         match self {
             Transport::Plain(fd) => sys::sendv(fd.as_raw_fd(), bufs),
+            #[cfg(feature = "tls")]
+            Transport::Tls(t) => t.writev(bufs),
         }
     }
 
@@ -50,6 +59,11 @@ impl Transport {
     pub(crate) fn sendfile(&mut self, file: RawFd, offset: u64, len: usize) -> io::Result<usize> {
         match self {
             Transport::Plain(fd) => sys::sendfile(fd.as_raw_fd(), file, offset, len),
+            #[cfg(feature = "tls")]
+            Transport::Tls(t) => {
+                let _ = (t, file, offset, len);
+                Err(io::ErrorKind::Unsupported.into())
+            }
         }
     }
 
@@ -57,6 +71,8 @@ impl Transport {
     pub(crate) fn shutdown_write(&mut self) -> io::Result<()> {
         match self {
             Transport::Plain(fd) => sys::shutdown_write(fd.as_raw_fd()),
+            #[cfg(feature = "tls")]
+            Transport::Tls(t) => t.shutdown_write(),
         }
     }
 
@@ -64,6 +80,68 @@ impl Transport {
     pub(crate) fn fd(&self) -> BorrowedFd<'_> {
         match self {
             Transport::Plain(fd) => fd.as_fd(),
+            #[cfg(feature = "tls")]
+            Transport::Tls(t) => t.fd(),
+        }
+    }
+
+    /// Records the transport holds that the socket has not taken yet
+    /// (TLS): the connection watches for writability until they are gone.
+    #[inline]
+    pub(crate) fn pending_output(&self) -> bool {
+        match self {
+            Transport::Plain(_) => false,
+            #[cfg(feature = "tls")]
+            Transport::Tls(t) => t.pending_output(),
+        }
+    }
+
+    /// Writes what [`Transport::pending_output`] reports, as far as the
+    /// socket takes it.
+    pub(crate) fn flush_pending(&mut self) -> io::Result<()> {
+        match self {
+            Transport::Plain(_) => Ok(()),
+            #[cfg(feature = "tls")]
+            Transport::Tls(t) => t.flush(),
+        }
+    }
+
+    /// Input already read from the socket and waiting in the transport,
+    /// which no readiness event will report.
+    pub(crate) fn buffered_input(&mut self) -> bool {
+        match self {
+            Transport::Plain(_) => false,
+            #[cfg(feature = "tls")]
+            Transport::Tls(t) => t.buffered_input(),
+        }
+    }
+
+    /// A handshake is still to finish before the handler hears of the
+    /// connection.
+    pub(crate) fn handshaking(&self) -> bool {
+        match self {
+            Transport::Plain(_) => false,
+            #[cfg(feature = "tls")]
+            Transport::Tls(t) => t.is_handshaking(),
+        }
+    }
+
+    /// Moves a handshake on: `Ok(true)` once done.
+    pub(crate) fn handshake(&mut self) -> io::Result<bool> {
+        match self {
+            Transport::Plain(_) => Ok(true),
+            #[cfg(feature = "tls")]
+            Transport::Tls(t) => t.handshake(),
+        }
+    }
+
+    /// Ends the session cleanly before the socket is closed (TLS
+    /// close_notify, best effort).
+    pub(crate) fn close_notify(&mut self) {
+        match self {
+            Transport::Plain(_) => {}
+            #[cfg(feature = "tls")]
+            Transport::Tls(t) => t.close_notify(),
         }
     }
 }

@@ -341,7 +341,7 @@ impl Builder {
 }
 
 fn has_port_zero(a: &ListenAddr) -> bool {
-    matches!(a, ListenAddr::Tcp(s) | ListenAddr::Udp(s) if s.port() == 0)
+    matches!(a, ListenAddr::Tcp(s) | ListenAddr::Udp(s) | ListenAddr::Tls(s) if s.port() == 0)
 }
 
 /// The address a listener bound, from its URL (`tcp://127.0.0.1:40123`).
@@ -350,6 +350,7 @@ fn actual_addr(asked: &ListenAddr, url: &str) -> Option<ListenAddr> {
     match asked {
         ListenAddr::Tcp(_) => rest.parse().ok().map(ListenAddr::Tcp),
         ListenAddr::Udp(_) => rest.parse().ok().map(ListenAddr::Udp),
+        ListenAddr::Tls(_) => rest.parse().ok().map(ListenAddr::Tls),
         ListenAddr::Unix(_) => None,
     }
 }

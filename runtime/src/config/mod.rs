@@ -175,6 +175,9 @@ pub struct RuntimeConfig {
     pub shutdown_timeout: Duration,
     /// How long `close(FLUSH)` or an EOF may wait for queued output to drain.
     pub close_timeout: Duration,
+    /// How long a TLS handshake may take before the connection is cut
+    /// (`tls_handshake_timeout_ms`, default 10 s).
+    pub tls_handshake_timeout: Duration,
     /// Default largest frame (see [`HandlerConfig::max_frame`]).
     pub max_frame: usize,
     /// Default output queue size at which `send` refuses with AGAIN and input pauses.
@@ -214,6 +217,7 @@ impl Default for RuntimeConfig {
             max_connections: 10_000,
             shutdown_timeout: Duration::from_millis(5_000),
             close_timeout: Duration::from_millis(5_000),
+            tls_handshake_timeout: Duration::from_millis(10_000),
             max_frame: 1 << 20,
             output_high_watermark: 256 << 10,
             output_low_watermark: 64 << 10,
@@ -353,6 +357,9 @@ pub enum ListenAddr {
     Unix(PathBuf),
     /// `udp://127.0.0.1:7002`.
     Udp(SocketAddr),
+    /// `tls://127.0.0.1:7443`: TCP carrying TLS, with the handler entry's
+    /// `tls_cert` and `tls_key` (the `tls` feature).
+    Tls(SocketAddr),
 }
 
 impl fmt::Display for ListenAddr {
@@ -361,6 +368,7 @@ impl fmt::Display for ListenAddr {
             ListenAddr::Tcp(a) => write!(f, "tcp://{a}"),
             ListenAddr::Unix(p) => write!(f, "unix://{}", p.display()),
             ListenAddr::Udp(a) => write!(f, "udp://{a}"),
+            ListenAddr::Tls(a) => write!(f, "tls://{a}"),
         }
     }
 }
@@ -384,6 +392,7 @@ impl std::str::FromStr for ListenAddr {
         match scheme {
             "tcp" => ip(rest).map(ListenAddr::Tcp),
             "udp" => ip(rest).map(ListenAddr::Udp),
+            "tls" => ip(rest).map(ListenAddr::Tls),
             "unix" => {
                 if rest.is_empty() {
                     return Err(format!("`{s}`: the unix socket path is empty"));
@@ -400,7 +409,7 @@ impl std::str::FromStr for ListenAddr {
                 Ok(ListenAddr::Unix(PathBuf::from(rest)))
             }
             other => Err(format!(
-                "`{s}`: unknown scheme `{other}` (use tcp, unix or udp)"
+                "`{s}`: unknown scheme `{other}` (use tcp, tls, unix or udp)"
             )),
         }
     }
@@ -530,6 +539,20 @@ pub struct HandlerConfig {
     pub mailbox_bytes: Option<usize>,
     /// The `[handler.config]` table as JSON (`{}` when absent).
     pub config_json: String,
+    /// The PEM certificate chain (leaf first) served on the handler's
+    /// `tls://` listeners (`tls_cert`).
+    pub tls_cert: Option<PathBuf>,
+    /// The PEM private key of [`HandlerConfig::tls_cert`] (`tls_key`).
+    pub tls_key: Option<PathBuf>,
+    /// Mutual TLS: the PEM CA certificates a client's certificate must be
+    /// signed by (`tls_client_ca`); `None` asks clients for none.
+    pub tls_client_ca: Option<PathBuf>,
+    /// The PEM CA certificates the handler's outbound `tls://` connections
+    /// trust (`tls_ca`); without it, `connect("tls://...")` is refused.
+    pub tls_ca: Option<PathBuf>,
+    /// The ALPN protocols the handler's `tls://` listeners offer, most
+    /// preferred first (`tls_alpn`, e.g. `["http/1.1"]`; empty: none).
+    pub tls_alpn: Vec<String>,
     /// The mode of the handler's Unix socket files (`unix_mode`; default:
     /// 0660 without the bits the umask clears: never world-accessible).
     pub unix_mode: Option<u32>,
@@ -644,6 +667,11 @@ impl HandlerConfig {
             unix_owner: None,
             unix_group: None,
             config_json: "{}".to_string(),
+            tls_cert: None,
+            tls_key: None,
+            tls_client_ca: None,
+            tls_ca: None,
+            tls_alpn: Vec::new(),
             plugin_location: None,
             config_keys: ConfigKeys::default(),
         }

@@ -81,7 +81,14 @@ impl Listener {
         access: &UnixAccess,
     ) -> io::Result<Listener> {
         let (fd, transport, url, unix_path) = match addr {
-            ListenAddr::Tcp(sa) => {
+            ListenAddr::Tcp(sa) | ListenAddr::Tls(sa) => {
+                let tls = matches!(addr, ListenAddr::Tls(_));
+                if tls && !cfg!(feature = "tls") {
+                    return Err(io::Error::new(
+                        io::ErrorKind::Unsupported,
+                        "tls:// listeners need loopd built with the `tls` feature",
+                    ));
+                }
                 let fd = match inherited {
                     Some(fd) => fd,
                     None => sys::bind_listener(sa, true, BACKLOG, false, reuse_port)?,
@@ -89,7 +96,11 @@ impl Listener {
                 let local = sys::local_addr(fd.as_raw_fd())
                     .to_socket_addr()
                     .unwrap_or(*sa);
-                (fd, abi::LOOPD_TRANSPORT_TCP, format!("tcp://{local}"), None)
+                if tls {
+                    (fd, abi::LOOPD_TRANSPORT_TLS, format!("tls://{local}"), None)
+                } else {
+                    (fd, abi::LOOPD_TRANSPORT_TCP, format!("tcp://{local}"), None)
+                }
             }
             ListenAddr::Unix(path) => {
                 let fd = match inherited {
@@ -260,9 +271,11 @@ fn check_own_listeners(core: &Core, addr: &ListenAddr) -> io::Result<()> {
             Ok(meta) => own(&|l| l.unix_file() == Some((meta.dev(), meta.ino()))),
             Err(_) => None,
         },
-        ListenAddr::Tcp(sa) if sa.port() != 0 => own(&|l| {
+        ListenAddr::Tcp(sa) | ListenAddr::Tls(sa) if sa.port() != 0 => own(&|l| {
             l.url_str()
-                .strip_prefix("tcp://")
+                .split_once("://")
+                .filter(|(scheme, _)| matches!(*scheme, "tcp" | "tls"))
+                .map(|(_, rest)| rest)
                 .and_then(|u| u.parse::<std::net::SocketAddr>().ok())
                 .is_some_and(|bound| same_port(&bound, sa))
         }),
@@ -365,15 +378,31 @@ pub(crate) fn accept(core: &mut Core, id: u64) {
                 continue;
             }
         }
-        if transport == abi::LOOPD_TRANSPORT_TCP {
+        if transport == abi::LOOPD_TRANSPORT_TCP || transport == abi::LOOPD_TRANSPORT_TLS {
             sys::set_nodelay(fd.as_raw_fd());
         }
         let local = sys::local_addr(fd.as_raw_fd());
+        let io = if transport == abi::LOOPD_TRANSPORT_TLS {
+            match tls_transport(fd, inst) {
+                Ok(io) => io,
+                Err(e) => {
+                    log::warn!(
+                        "{}: TLS on {}: {e}",
+                        inst.name(),
+                        url.to_str().unwrap_or("?")
+                    );
+                    continue;
+                }
+            }
+        } else {
+            Transport::Plain(fd)
+        };
+        let handshaking = io.handshaking();
         let conn = Conn::new(
             instance,
             inst,
             Some(scope),
-            Some(Transport::Plain(fd)),
+            Some(io),
             transport,
             abi::LOOPD_ORIGIN_ACCEPTED,
             peer,
@@ -388,6 +417,11 @@ pub(crate) fn accept(core: &mut Core, id: u64) {
                     if let Some(ip) = peer_ip.filter(|_| per_peer > 0) {
                         c.count_peer(ip, sh);
                     }
+                    if handshaking {
+                        // on_open once the handshake is done.
+                        c.start_handshake(cid, sh);
+                        continue;
+                    }
                 }
                 core.shared.pending.push_back(Deferred::Open(cid));
             }
@@ -395,6 +429,28 @@ pub(crate) fn accept(core: &mut Core, id: u64) {
         }
     }
     core.shared.capped = true;
+}
+
+/// The server side of TLS over an accepted socket, with the instance's
+/// certificate.
+#[cfg(feature = "tls")]
+fn tls_transport(fd: OwnedFd, inst: &crate::instance::Instance) -> io::Result<Transport> {
+    let Some(config) = &inst.tls else {
+        return Err(io::Error::other("the handler has no tls_cert and tls_key"));
+    };
+    Ok(Transport::Tls(Box::new(crate::tls::TlsStream::accept(
+        fd, config,
+    )?)))
+}
+
+#[cfg(not(feature = "tls"))]
+fn tls_transport(_fd: OwnedFd, inst: &crate::instance::Instance) -> io::Result<Transport> {
+    // Always None here (its type is Infallible).
+    let _ = &inst.tls;
+    Err(io::Error::new(
+        io::ErrorKind::Unsupported,
+        "loopd was built without the `tls` feature",
+    ))
 }
 
 fn pause(core: &mut Core, id: u64) {

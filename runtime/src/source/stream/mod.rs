@@ -47,6 +47,9 @@ pub(crate) fn peer_text(a: &loopd_addr) -> String {
 pub(crate) enum Phase {
     /// Outbound, waiting for the connect to finish.
     Connecting,
+    /// Accepted, its TLS handshake under way (bounded by
+    /// `tls_handshake_timeout`): the handler has not heard of it yet.
+    Handshaking,
     /// Reading and writing.
     Open,
     /// Closing: no more input; output drains (FLUSH) before `on_close`.
@@ -245,6 +248,43 @@ impl Conn {
         self.outq.len()
     }
 
+    /// The transport holds output the socket has not taken (TLS records).
+    fn transport_pending(&self) -> bool {
+        self.io.as_ref().is_some_and(|io| io.pending_output())
+    }
+
+    /// Nothing is left to write: neither queued nor held by the transport.
+    pub(crate) fn drained(&self) -> bool {
+        self.outq.is_empty() && !self.transport_pending()
+    }
+
+    /// Input the transport decrypted that no readiness event will report.
+    pub(crate) fn buffered_input(&mut self) -> bool {
+        self.can_deliver() && self.io.as_mut().is_some_and(|io| io.buffered_input())
+    }
+
+    /// Moves input the transport holds (bounded: rustls keeps at most its
+    /// received-plaintext limit) into the input buffer, for
+    /// `process_input` to frame.
+    pub(crate) fn pull_buffered(&mut self, id: u64, sh: &mut Shared) {
+        let mut chunk = [0u8; 4096];
+        while !self.read_eof && self.buffered_input() {
+            let Some(io) = self.io.as_mut() else { return };
+            match io.read(&mut chunk) {
+                Ok(0) => {
+                    self.read_eof = true;
+                    self.update_interest(id, sh);
+                }
+                Ok(n) => {
+                    self.count(|c| &c.bytes_in, n as u64);
+                    self.inbuf.extend_from_slice(&chunk[..n]);
+                    self.account_input(sh);
+                }
+                Err(_) => return,
+            }
+        }
+    }
+
     /// Whether frames may be handed to the handler now.
     fn can_deliver(&self) -> bool {
         self.phase == Phase::Open && self.opened && !self.paused && !self.held
@@ -254,14 +294,19 @@ impl Conn {
     fn wanted_interest(&self) -> (bool, bool) {
         match self.phase {
             Phase::Connecting => (false, true),
+            Phase::Handshaking => (true, self.transport_pending()),
             Phase::Open => (
                 !self.paused && !self.held && !self.read_eof,
                 // An empty queue with `on_writable` owed: a `send_file`
                 // the kernel did not take all of waits for the socket.
                 (!self.outq.is_empty() && !self.deferred)
-                    || (self.outq.is_empty() && self.want_writable),
+                    || (self.outq.is_empty() && self.want_writable)
+                    || self.transport_pending(),
             ),
-            Phase::Closing => (false, !self.outq.is_empty() && !self.deferred),
+            Phase::Closing => (
+                false,
+                (!self.outq.is_empty() && !self.deferred) || self.transport_pending(),
+            ),
             Phase::Closed => (false, false),
         }
     }
@@ -332,6 +377,82 @@ impl Conn {
     // Opening
     // ---------------------------------------------------------------------
 
+    /// An accepted connection whose transport has a handshake to do:
+    /// `on_open` waits for it, bounded by `tls_handshake_timeout`.
+    pub(crate) fn start_handshake(&mut self, id: u64, sh: &mut Shared) {
+        if let Some(t) = self.close_timer.take() {
+            sh.timers.cancel(t);
+        }
+        self.phase = Phase::Handshaking;
+        self.close_timer = Some(sh.timers.set(
+            Instant::now() + sh.cfg.tls_handshake_timeout,
+            TimerKind::HandshakeTimeout { conn: id },
+        ));
+        self.handshake(id, sh);
+    }
+
+    /// Whether the connection is still in its handshake.
+    pub(crate) fn is_handshaking(&self) -> bool {
+        self.phase == Phase::Handshaking
+    }
+
+    /// Moves the handshake on after a readiness event; once done, the
+    /// connection is open and `on_open` is queued. A failed handshake
+    /// closes the connection with a debug line: the handler never hears
+    /// of it.
+    pub(crate) fn handshake(&mut self, id: u64, sh: &mut Shared) {
+        if self.phase != Phase::Handshaking {
+            return;
+        }
+        let Some(io) = self.io.as_mut() else { return };
+        match io.handshake() {
+            Ok(true) => {
+                if let Some(t) = self.close_timer.take() {
+                    sh.timers.cancel(t);
+                }
+                self.phase = Phase::Open;
+                self.touch(sh);
+                sh.pending.push_back(Deferred::Open(id));
+                // Data sent with the handshake's last flight is already
+                // decrypted: no event will report it.
+                sh.pending.push_back(Deferred::Input(id));
+            }
+            Ok(false) => {}
+            Err(e) => {
+                log::debug!(
+                    "{}: TLS handshake with {} failed: {e}",
+                    self.name(),
+                    peer_text(&self.peer)
+                );
+                // An outbound connection's handler learns that its connect
+                // failed.
+                let reason = if self.origin == abi::LOOPD_ORIGIN_CONNECTED {
+                    abi::LOOPD_REASON_CONNECT_FAILED
+                } else {
+                    abi::LOOPD_REASON_ERROR
+                };
+                self.begin_close(id, sh, true, reason);
+                return;
+            }
+        }
+        self.update_interest(id, sh);
+    }
+
+    /// The handshake took longer than `tls_handshake_timeout`.
+    pub(crate) fn handshake_timed_out(&mut self, id: u64, sh: &mut Shared) {
+        if self.phase != Phase::Handshaking {
+            return;
+        }
+        self.close_timer = None;
+        log::debug!(
+            "{}: TLS handshake with {} not done in {} ms (tls_handshake_timeout_ms); closing it",
+            self.name(),
+            peer_text(&self.peer),
+            sh.cfg.tls_handshake_timeout.as_millis()
+        );
+        self.begin_close(id, sh, true, abi::LOOPD_REASON_TIMEOUT);
+    }
+
     /// Marks `on_open` as delivered and returns what it reports (the
     /// endpoint string is returned too, so it outlives the call). `None` if
     /// the connection is not open or already opened.
@@ -398,10 +519,7 @@ impl Conn {
     /// Shuts the sending side down if a half-close is pending and nothing
     /// is left to write.
     pub(crate) fn finish_shutdown_write(&mut self, id: u64, sh: &mut Shared) {
-        if self.shut_write != ShutWrite::Pending
-            || self.phase != Phase::Open
-            || !self.outq.is_empty()
-        {
+        if self.shut_write != ShutWrite::Pending || self.phase != Phase::Open || !self.drained() {
             return;
         }
         let Some(io) = &mut self.io else { return };
@@ -456,14 +574,17 @@ impl Conn {
                 self.outq.clear();
                 sh.pending.push_back(Deferred::Close(id));
             }
-            Phase::Open | Phase::Connecting => {
+            Phase::Open | Phase::Connecting | Phase::Handshaking => {
                 // Output queued before a connect finished has nowhere to go.
-                let unconnected = self.phase == Phase::Connecting;
+                let unconnected = matches!(self.phase, Phase::Connecting | Phase::Handshaking);
+                if let Some(t) = self.close_timer.take().filter(|_| unconnected) {
+                    sh.timers.cancel(t);
+                }
                 self.phase = Phase::Closing;
                 self.close_reason = reason;
                 self.inbuf = Vec::new();
                 self.account_input(sh);
-                if abort || unconnected || self.outq.is_empty() || self.io.is_none() {
+                if abort || unconnected || self.drained() || self.io.is_none() {
                     self.outq.clear();
                     sh.pending.push_back(Deferred::Close(id));
                 } else {
@@ -500,8 +621,12 @@ impl Conn {
         if self.phase == Phase::Closed {
             return None;
         }
+        let flushed = self.close_reason != abi::LOOPD_REASON_ERROR;
         self.phase = Phase::Closed;
-        if let Some(io) = self.io.take() {
+        if let Some(mut io) = self.io.take() {
+            if flushed && self.opened {
+                io.close_notify();
+            }
             if let Err(e) = sh.poll.delete(io.fd()) {
                 log::debug!("deregistering a closed connection: {e}");
             }
@@ -581,16 +706,35 @@ pub(crate) fn connect(
             abi::LOOPD_TRANSPORT_UNIX,
             abi::loopd_addr::unix(),
         ),
+        ListenAddr::Tls(sa) => {
+            // Refused before the socket exists without CAs to trust.
+            if inst.tls_client.is_none() {
+                log::debug!(
+                    "{}: connect to {url}: the handler has no tls_ca",
+                    inst.name()
+                );
+                return Err(abi::LOOPD_ERR_INVALID);
+            }
+            (
+                sys::connect_tcp(sa),
+                abi::LOOPD_TRANSPORT_TLS,
+                abi::loopd_addr::from_socket_addr(*sa),
+            )
+        }
         ListenAddr::Udp(_) => return Err(abi::LOOPD_ERR_INVALID),
+    };
+    let result = match (result, &target) {
+        (Ok(fd), ListenAddr::Tls(sa)) => tls_client_transport(fd, inst, sa.ip()),
+        (r, _) => r.map(Transport::Plain),
     };
     let endpoint = crate::source::listener::cstr(target.to_string());
     let name = inst.name().to_string();
-    let new = |fd: Option<OwnedFd>| {
+    let new = |io: Option<Transport>| {
         let mut conn = Conn::new(
             instance,
             inst,
             None,
-            fd.map(Transport::Plain),
+            io,
             transport,
             abi::LOOPD_ORIGIN_CONNECTED,
             peer,
@@ -635,6 +779,36 @@ pub(crate) fn connect(
         c.scope.counters.active.add(1);
     }
     Ok(id)
+}
+
+/// The client side of TLS over a connecting socket, trusting the
+/// instance's `tls_ca`.
+#[cfg(feature = "tls")]
+fn tls_client_transport(
+    fd: OwnedFd,
+    inst: &Instance,
+    ip: std::net::IpAddr,
+) -> std::io::Result<Transport> {
+    let Some(config) = &inst.tls_client else {
+        return Err(std::io::Error::other("the handler has no tls_ca"));
+    };
+    Ok(Transport::Tls(Box::new(crate::tls::TlsStream::connect(
+        fd, config, ip,
+    )?)))
+}
+
+#[cfg(not(feature = "tls"))]
+fn tls_client_transport(
+    _fd: OwnedFd,
+    inst: &Instance,
+    _ip: std::net::IpAddr,
+) -> std::io::Result<Transport> {
+    // Always None here (its type is Infallible).
+    let _ = &inst.tls_client;
+    Err(std::io::Error::new(
+        std::io::ErrorKind::Unsupported,
+        "loopd was built without the `tls` feature",
+    ))
 }
 
 /// Counts a connection that was just registered as open.

@@ -93,6 +93,13 @@ impl Conn {
                 Err(e) => return self.write_failed(id, sh, &e),
             }
         }
+        if written == total && immediate {
+            // Written, but a transport may hold some of it (TLS records
+            // the socket did not take): watch for writability.
+            if self.io.as_ref().is_some_and(|io| io.pending_output()) {
+                self.update_interest(id, sh);
+            }
+        }
         if written < total {
             let mut skip = written;
             for part in parts {
@@ -140,7 +147,7 @@ impl Conn {
             Phase::Open => {}
             // Nothing can be written before the connect completes: on_open,
             // then on_writable, follow it.
-            Phase::Connecting => {
+            Phase::Connecting | Phase::Handshaking => {
                 self.want_writable = true;
                 return Err(abi::LOOPD_ERR_AGAIN);
             }
@@ -225,6 +232,12 @@ impl Conn {
             let Some(io) = &self.io else { return };
             let fd = io.fd().as_raw_fd();
             match sys::take_error(fd) {
+                Ok(None) if io.handshaking() => {
+                    // TLS: on_open once the handshake is done.
+                    self.local = sys::local_addr(fd);
+                    self.start_handshake(id, sh);
+                    return;
+                }
                 Ok(None) => {
                     self.phase = Phase::Open;
                     self.local = sys::local_addr(fd);
@@ -245,7 +258,11 @@ impl Conn {
         // Whatever was deferred goes out now too.
         self.deferred = false;
         let Some(io) = &mut self.io else { return };
-        let (written, result) = self.outq.flush(io);
+        // Records the transport already holds go first (TLS).
+        let (written, result) = match io.flush_pending() {
+            Ok(()) => self.outq.flush(io),
+            Err(e) => (0, Err(e)),
+        };
         self.wrote(written, sh);
         if let Err(e) = result {
             log::debug!("{}: write to connection {id}: {e}", self.name());
@@ -262,7 +279,7 @@ impl Conn {
             self.want_writable = false;
             sh.pending.push_back(Deferred::Writable(id));
         }
-        if self.phase == Phase::Closing && self.outq.is_empty() {
+        if self.phase == Phase::Closing && self.drained() {
             sh.pending.push_back(Deferred::Close(id));
         }
         self.finish_shutdown_write(id, sh);

@@ -1,0 +1,345 @@
+//! TLS over a stream socket (the `tls` feature): rustls with the `ring`
+//! provider, driven by the loop without blocking.
+//!
+//! A [`TlsStream`] is a nonblocking socket and a rustls connection. Reads
+//! pull records from the socket only when no decrypted bytes are left;
+//! writes hand rustls plaintext only once the records of the previous write
+//! are on the wire, so rustls never holds more than one write (at most
+//! [`BUFFER_LIMIT`] bytes, also set as its own limit) on top of loopd's
+//! output queue: the watermarks hold over TLS as over TCP.
+
+use std::io::{self, Read as _, Write as _};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd, RawFd};
+use std::path::Path;
+use std::sync::Arc;
+
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+
+use crate::sys;
+
+/// The most plaintext and records rustls may hold for one connection's
+/// output (`set_buffer_limit`).
+pub(crate) const BUFFER_LIMIT: usize = 64 << 10;
+
+/// A server's TLS setup: the certificate chain and key of a handler entry.
+pub(crate) type ServerConfig = Arc<rustls::ServerConfig>;
+
+/// The crypto provider loopd uses: ring (builds with a C compiler alone).
+fn provider() -> Arc<rustls::crypto::CryptoProvider> {
+    Arc::new(rustls::crypto::ring::default_provider())
+}
+
+/// Loads `cert` (a PEM chain, leaf first) and `key` (a PEM private key)
+/// into a server config. The error names the file and what is wrong with
+/// it: unreadable, no certificate or key in it, or a key that does not
+/// belong to the certificate.
+pub(crate) fn load_server(
+    cert: &Path,
+    key: &Path,
+    client_ca: Option<&Path>,
+    alpn: &[&[u8]],
+) -> Result<ServerConfig, String> {
+    let certs = read_certs("tls_cert", cert)?;
+    let key_der = read_key(key)?;
+    let builder = rustls::ServerConfig::builder_with_provider(provider())
+        .with_safe_default_protocol_versions()
+        .map_err(|e| format!("TLS setup: {e}"))?;
+    let builder = match client_ca {
+        None => builder.with_no_client_auth(),
+        Some(ca) => {
+            // Mutual TLS: a client must present a certificate this CA
+            // signed, or the handshake fails.
+            let mut roots = rustls::RootCertStore::empty();
+            for c in read_certs("tls_client_ca", ca)? {
+                roots.add(c).map_err(|e| {
+                    format!("tls_client_ca {}: not a CA certificate: {e}", ca.display())
+                })?;
+            }
+            let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(
+                Arc::new(roots),
+                provider(),
+            )
+            .build()
+            .map_err(|e| format!("tls_client_ca {}: {e}", ca.display()))?;
+            builder.with_client_cert_verifier(verifier)
+        }
+    };
+    let mut config = builder.with_single_cert(certs, key_der).map_err(|e| {
+        format!(
+            "tls_key {} does not go with tls_cert {}: {e}",
+            key.display(),
+            cert.display()
+        )
+    })?;
+    config.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
+    Ok(Arc::new(config))
+}
+
+/// A client's TLS setup: the CAs that outbound `tls://` connections trust.
+pub(crate) type ClientConfig = Arc<rustls::ClientConfig>;
+
+/// Loads `ca` (PEM CA certificates) as the only roots outbound `tls://`
+/// connections of a handler trust.
+pub(crate) fn load_client(ca: &Path) -> Result<ClientConfig, String> {
+    let mut roots = rustls::RootCertStore::empty();
+    for c in read_certs("tls_ca", ca)? {
+        roots
+            .add(c)
+            .map_err(|e| format!("tls_ca {}: not a CA certificate: {e}", ca.display()))?;
+    }
+    let config = rustls::ClientConfig::builder_with_provider(provider())
+        .with_safe_default_protocol_versions()
+        .map_err(|e| format!("TLS setup: {e}"))?
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    Ok(Arc::new(config))
+}
+
+fn read_file(kind: &str, path: &Path) -> Result<Vec<u8>, String> {
+    std::fs::read(path).map_err(|e| format!("{kind} {}: {e}", path.display()))
+}
+
+fn read_certs(kind: &str, path: &Path) -> Result<Vec<CertificateDer<'static>>, String> {
+    let pem = read_file(kind, path)?;
+    let certs = CertificateDer::pem_slice_iter(&pem)
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| format!("{kind} {}: not a PEM certificate: {e}", path.display()))?;
+    if certs.is_empty() {
+        return Err(format!(
+            "{kind} {}: no PEM certificate (-----BEGIN CERTIFICATE-----) in it",
+            path.display()
+        ));
+    }
+    Ok(certs)
+}
+
+fn read_key(path: &Path) -> Result<PrivateKeyDer<'static>, String> {
+    let pem = read_file("tls_key", path)?;
+    PrivateKeyDer::from_pem_slice(&pem).map_err(|e| match e {
+        rustls::pki_types::pem::Error::NoItemsFound => format!(
+            "tls_key {}: no PEM private key (PKCS#8, PKCS#1 or SEC1) in it",
+            path.display()
+        ),
+        e => format!("tls_key {}: not a PEM private key: {e}", path.display()),
+    })
+}
+
+/// Reads and writes a raw nonblocking socket for rustls.
+struct FdIo(RawFd);
+
+impl io::Read for FdIo {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        sys::recv(self.0, buf)
+    }
+}
+
+impl io::Write for FdIo {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        sys::send(self.0, buf)
+    }
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+}
+
+/// A TLS connection over a nonblocking socket.
+pub(crate) struct TlsStream {
+    fd: OwnedFd,
+    conn: rustls::Connection,
+    /// The socket reported EOF.
+    eof: bool,
+}
+
+impl std::fmt::Debug for TlsStream {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TlsStream")
+            .field("fd", &self.fd)
+            .field("handshaking", &self.conn.is_handshaking())
+            .finish()
+    }
+}
+
+fn tls_error(e: rustls::Error) -> io::Error {
+    io::Error::new(io::ErrorKind::InvalidData, e)
+}
+
+impl TlsStream {
+    /// The server side of an accepted socket; the handshake is still to do.
+    pub(crate) fn accept(fd: OwnedFd, config: &ServerConfig) -> io::Result<TlsStream> {
+        let mut conn = rustls::ServerConnection::new(config.clone()).map_err(tls_error)?;
+        conn.set_buffer_limit(Some(BUFFER_LIMIT));
+        Ok(TlsStream {
+            fd,
+            conn: conn.into(),
+            eof: false,
+        })
+    }
+
+    /// The client side of a connecting socket to `ip`, whose certificate
+    /// must name that address.
+    pub(crate) fn connect(
+        fd: OwnedFd,
+        config: &ClientConfig,
+        ip: std::net::IpAddr,
+    ) -> io::Result<TlsStream> {
+        let name = rustls::pki_types::ServerName::IpAddress(ip.into());
+        let mut conn = rustls::ClientConnection::new(config.clone(), name).map_err(tls_error)?;
+        conn.set_buffer_limit(Some(BUFFER_LIMIT));
+        Ok(TlsStream {
+            fd,
+            conn: conn.into(),
+            eof: false,
+        })
+    }
+
+    fn raw(&self) -> RawFd {
+        self.fd.as_raw_fd()
+    }
+
+    /// Writes records rustls holds until it holds none or the socket is
+    /// full.
+    pub(crate) fn flush(&mut self) -> io::Result<()> {
+        let mut io = FdIo(self.raw());
+        while self.conn.wants_write() {
+            match self.conn.write_tls(&mut io) {
+                Ok(_) => {}
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(()),
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(())
+    }
+
+    /// Records are waiting for the socket to take them.
+    pub(crate) fn pending_output(&self) -> bool {
+        self.conn.wants_write()
+    }
+
+    pub(crate) fn is_handshaking(&self) -> bool {
+        self.conn.is_handshaking()
+    }
+
+    /// Moves the handshake on as far as the socket allows: `Ok(true)` once
+    /// it is complete, `Ok(false)` to wait for the socket (readable, or
+    /// writable when [`TlsStream::pending_output`]).
+    pub(crate) fn handshake(&mut self) -> io::Result<bool> {
+        loop {
+            self.flush()?;
+            if !self.conn.is_handshaking() {
+                return Ok(true);
+            }
+            if self.conn.wants_write() {
+                return Ok(false);
+            }
+            match self.conn.read_tls(&mut FdIo(self.raw())) {
+                Ok(0) => {
+                    return Err(io::Error::new(
+                        io::ErrorKind::UnexpectedEof,
+                        "the peer closed the connection during the TLS handshake",
+                    ))
+                }
+                Ok(_) => {}
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(false),
+                Err(e) => return Err(e),
+            }
+            if let Err(e) = self.conn.process_new_packets() {
+                // The alert that says why, if the socket takes it.
+                let _ = self.flush();
+                return Err(tls_error(e));
+            }
+        }
+    }
+
+    /// Reads decrypted bytes; `Ok(0)` is the end of the stream (the peer's
+    /// close_notify, or EOF on the socket).
+    pub(crate) fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        loop {
+            match self.conn.reader().read(buf) {
+                Ok(n) => return Ok(n),
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+                // EOF without close_notify: an end all the same.
+                Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => return Ok(0),
+                Err(e) => return Err(e),
+            }
+            if self.eof {
+                return Ok(0);
+            }
+            match self.conn.read_tls(&mut FdIo(self.raw())) {
+                Ok(0) => {
+                    self.eof = true;
+                    return Ok(0);
+                }
+                Ok(_) => {}
+                Err(e) => return Err(e),
+            }
+            let processed = self.conn.process_new_packets();
+            // Whatever rustls has to say (alerts, key updates, tickets).
+            let flushed = self.flush();
+            processed.map_err(tls_error)?;
+            flushed?;
+        }
+    }
+
+    /// Decrypted bytes are waiting in rustls (the socket may have none).
+    pub(crate) fn buffered_input(&mut self) -> bool {
+        self.conn
+            .process_new_packets()
+            .is_ok_and(|s| s.plaintext_bytes_to_read() > 0)
+    }
+
+    /// Encrypts what rustls takes of `buf` once the previous records are
+    /// written; `WouldBlock` while they are not.
+    pub(crate) fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        self.flush()?;
+        if self.conn.wants_write() {
+            return Err(io::ErrorKind::WouldBlock.into());
+        }
+        let n = self.conn.writer().write(buf)?;
+        if n == 0 && !buf.is_empty() {
+            return Err(io::ErrorKind::WouldBlock.into());
+        }
+        self.flush()?;
+        Ok(n)
+    }
+
+    /// Writes several buffers in order, as far as [`TlsStream::write`] goes.
+    pub(crate) fn writev(&mut self, bufs: &[io::IoSlice<'_>]) -> io::Result<usize> {
+        let mut total = 0;
+        for b in bufs.iter().filter(|b| !b.is_empty()) {
+            match self.write(b) {
+                Ok(n) => {
+                    total += n;
+                    if n < b.len() {
+                        break;
+                    }
+                }
+                Err(e) if total > 0 && e.kind() == io::ErrorKind::WouldBlock => break,
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(total)
+    }
+
+    /// Sends close_notify (best effort: what the socket takes now).
+    pub(crate) fn close_notify(&mut self) {
+        self.conn.send_close_notify();
+        let _ = self.flush();
+    }
+
+    /// Half-close: close_notify, then shut down the socket's sending side
+    /// once the socket took it.
+    pub(crate) fn shutdown_write(&mut self) -> io::Result<()> {
+        self.close_notify();
+        if self.conn.wants_write() {
+            return Ok(());
+        }
+        sys::shutdown_write(self.raw())
+    }
+
+    pub(crate) fn fd(&self) -> BorrowedFd<'_> {
+        self.fd.as_fd()
+    }
+}
