@@ -14,6 +14,9 @@ use toml::Spanned;
 use super::*;
 use crate::error::Error;
 
+mod tls;
+use tls::tls_keys;
+
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RawConfig {
@@ -745,93 +748,6 @@ fn same_socket_key(addr: &ListenAddr) -> ListenAddr {
         ListenAddr::Tls(a) => ListenAddr::Tcp(*a),
         other => other.clone(),
     }
-}
-
-/// A handler entry's `tls_cert` and `tls_key`: both or neither, only with
-/// a `tls://` listener, and loadable (checked here, so that `loopd check`
-/// names the file and what is wrong with it).
-fn tls_keys(
-    src: &Source<'_>,
-    h: &RawHandler,
-    entry: &mut HandlerConfig,
-    key: &dyn Fn(&str) -> String,
-) -> Result<(), Error> {
-    let has_tls = entry.listen.iter().any(|a| matches!(a, ListenAddr::Tls(_)));
-    let path = |k: &str, v: &Option<Spanned<String>>| -> Result<Option<PathBuf>, Error> {
-        match v {
-            Some(s) if s.get_ref().is_empty() => {
-                Err(src.error(Some(s.span()), &key(k), "is empty"))
-            }
-            Some(s) if !has_tls => Err(src.error(
-                Some(s.span()),
-                &key(k),
-                "only applies to tls:// listeners, and this handler has none",
-            )),
-            Some(s) => Ok(Some(PathBuf::from(s.get_ref()))),
-            None => Ok(None),
-        }
-    };
-    entry.tls_cert = path("tls_cert", &h.tls_cert)?;
-    entry.tls_key = path("tls_key", &h.tls_key)?;
-    entry.tls_client_ca = path("tls_client_ca", &h.tls_client_ca)?;
-    if let Some(ca) = &h.tls_ca {
-        if ca.get_ref().is_empty() {
-            return Err(src.error(Some(ca.span()), &key("tls_ca"), "is empty"));
-        }
-        let p = PathBuf::from(ca.get_ref());
-        #[cfg(feature = "tls")]
-        crate::tls::load_client(&p).map_err(|e| src.error(Some(ca.span()), &key("tls_ca"), e))?;
-        entry.tls_ca = Some(p);
-    }
-    if let Some(alpn) = &h.tls_alpn {
-        let bad = |why: &str| Err(src.error(Some(alpn.span()), &key("tls_alpn"), why));
-        if !has_tls {
-            return bad("only applies to tls:// listeners, and this handler has none");
-        }
-        if alpn.get_ref().iter().any(|p| p.is_empty() || p.len() > 255) {
-            return bad("each protocol name must be 1 to 255 bytes");
-        }
-        entry.tls_alpn = alpn.get_ref().clone();
-    }
-    if !has_tls {
-        return Ok(());
-    }
-    let (Some(cert), Some(key_path)) = (&entry.tls_cert, &entry.tls_key) else {
-        let missing = if entry.tls_cert.is_none() {
-            "tls_cert"
-        } else {
-            "tls_key"
-        };
-        return Err(src.error(
-            Some(h.name.span()),
-            &key(missing),
-            "is missing: a tls:// listener needs tls_cert and tls_key (PEM files)",
-        ));
-    };
-    #[cfg(feature = "tls")]
-    let alpn: Vec<&[u8]> = entry.tls_alpn.iter().map(|p| p.as_bytes()).collect();
-    if let Err(e) = crate::tls::load_server(cert, key_path, entry.tls_client_ca.as_deref(), &alpn) {
-        // A key that does not go with the certificate is the key's fault.
-        let (k, at) = if e.starts_with("tls_cert") {
-            ("tls_cert", h.tls_cert.as_ref())
-        } else if e.starts_with("tls_client_ca") {
-            ("tls_client_ca", h.tls_client_ca.as_ref())
-        } else {
-            ("tls_key", h.tls_key.as_ref())
-        };
-        return Err(src.error(at.map(|s| s.span()), &key(k), e));
-    }
-    #[cfg(not(feature = "tls"))]
-    {
-        let _ = (cert, key_path);
-        return Err(src.error(
-            Some(h.name.span()),
-            &key("listen"),
-            "tls:// listeners need loopd built with the `tls` feature",
-        ));
-    }
-    #[allow(unreachable_code)]
-    Ok(())
 }
 
 /// The keys of one table (`[runtime]` or a `[[handler]]`) that set limits,
