@@ -5,6 +5,7 @@
 //! process reloads and shuts down as one.
 
 mod common;
+mod rel_load_util;
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpStream};
@@ -366,6 +367,13 @@ root = "{}"
     for _ in 0..20 {
         assert_eq!(http_status(http), "HTTP/1.1 200 OK");
     }
+    // Under wrk (32 connections, both workers): every answer a 2xx.
+    let run = rel_load_util::wrk(&format!("http://{http}/"), 32, 2);
+    figure(
+        "workers_http_wrk",
+        format!("{} requests, {} errors", run.requests, run.errors),
+    );
+    assert!(run.requests > 0 && run.errors == 0, "{run:?}");
 
     // SIGHUP: every worker reloads (nothing changed: nothing replaced).
     loopd.signal(libc::SIGHUP);
