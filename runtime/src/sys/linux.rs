@@ -129,16 +129,43 @@ pub(crate) fn recv_batch(
     Ok(got)
 }
 
+// The stream calls of every event go through syscall(2), not glibc's
+// recv/send/sendmsg: those are pthread cancellation points, and once the
+// process has a second thread (loopd's log writer, a worker) each one
+// enables and disables asynchronous cancellation around the system call,
+// about 30 instructions each way, per call. loopd never cancels a thread.
+
+/// Reads what is available into `buf`; `Ok(0)` is end of stream.
+pub(crate) fn recv(fd: RawFd, buf: &mut [u8]) -> io::Result<usize> {
+    // SAFETY: recvfrom(2) with `buf` valid for writes of `buf.len()` bytes
+    // and no address out-parameters.
+    cvt_size(unsafe {
+        libc::syscall(
+            libc::SYS_recvfrom,
+            fd,
+            buf.as_mut_ptr(),
+            buf.len(),
+            libc::MSG_DONTWAIT,
+            std::ptr::null_mut::<libc::sockaddr>(),
+            std::ptr::null_mut::<libc::socklen_t>(),
+        ) as libc::ssize_t
+    })
+}
+
 /// Writes what the kernel takes of `buf`, without raising SIGPIPE.
 pub(crate) fn send(fd: RawFd, buf: &[u8]) -> io::Result<usize> {
-    // SAFETY: `buf` is valid for reads of `buf.len()` bytes.
+    // SAFETY: sendto(2) with `buf` valid for reads of `buf.len()` bytes and
+    // no address.
     cvt_size(unsafe {
-        libc::send(
+        libc::syscall(
+            libc::SYS_sendto,
             fd,
-            buf.as_ptr().cast(),
+            buf.as_ptr(),
             buf.len(),
             libc::MSG_NOSIGNAL | libc::MSG_DONTWAIT,
-        )
+            std::ptr::null::<libc::sockaddr>(),
+            0 as libc::socklen_t,
+        ) as libc::ssize_t
     })
 }
 
@@ -150,7 +177,14 @@ pub(crate) fn sendv(fd: RawFd, bufs: &[IoSlice<'_>]) -> io::Result<usize> {
     msg.msg_iov = bufs.as_ptr() as *mut libc::iovec;
     msg.msg_iovlen = bufs.len().min(libc::UIO_MAXIOV as usize) as _;
     // SAFETY: `msg` points at `bufs`, which outlives the call; no control data.
-    cvt_size(unsafe { libc::sendmsg(fd, &msg, libc::MSG_NOSIGNAL | libc::MSG_DONTWAIT) })
+    cvt_size(unsafe {
+        libc::syscall(
+            libc::SYS_sendmsg,
+            fd,
+            &msg as *const libc::msghdr,
+            libc::MSG_NOSIGNAL | libc::MSG_DONTWAIT,
+        ) as libc::ssize_t
+    })
 }
 
 /// Writes what the kernel takes of `len` bytes of `file` from `offset` to

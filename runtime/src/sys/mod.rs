@@ -134,8 +134,15 @@ pub(crate) fn local_addr(fd: RawFd) -> loopd_addr {
 
 /// Reads what is available into `buf`; `Ok(0)` is end of stream.
 pub(crate) fn recv(fd: RawFd, buf: &mut [u8]) -> io::Result<usize> {
-    // SAFETY: `buf` is valid for writes of `buf.len()` bytes.
-    cvt_size(unsafe { libc::recv(fd, buf.as_mut_ptr().cast(), buf.len(), libc::MSG_DONTWAIT) })
+    #[cfg(all(target_os = "linux", not(feature = "portable")))]
+    {
+        linux::recv(fd, buf)
+    }
+    #[cfg(not(all(target_os = "linux", not(feature = "portable"))))]
+    {
+        // SAFETY: `buf` is valid for writes of `buf.len()` bytes.
+        cvt_size(unsafe { libc::recv(fd, buf.as_mut_ptr().cast(), buf.len(), libc::MSG_DONTWAIT) })
+    }
 }
 
 /// Whether a `sendto` error means "the kernel has no room right now": the
