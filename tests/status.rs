@@ -9,7 +9,6 @@ mod common;
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::SocketAddr;
-use std::os::unix::process::CommandExt;
 use std::path::Path;
 use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
@@ -203,60 +202,9 @@ fn bad_requests_get_400_404_and_405() {
     assert_eq!(code, 400);
 }
 
-fn chromium() -> std::path::PathBuf {
-    for name in ["chromium", "chromium-browser", "google-chrome"] {
-        for dir in std::env::split_paths(&std::env::var_os("PATH").unwrap_or_default()) {
-            let p = dir.join(name);
-            if p.is_file() {
-                return p;
-            }
-        }
-    }
-    panic!("headless Chromium is needed for this test: apt-get install -y chromium");
-}
-
-/// Headless Chromium's DOM of `url` after 5 s of virtual time, its whole
-/// process group killed if it hangs.
+/// Headless Chromium's DOM of `url` after 5 s of virtual time.
 fn dump_dom(profile: &Path, url: &str) -> Output {
-    let mut cmd = Command::new(chromium());
-    cmd.args([
-        "--headless",
-        "--no-sandbox",
-        "--disable-gpu",
-        "--no-first-run",
-        "--disable-background-networking",
-        "--disable-component-update",
-        "--disable-sync",
-        "--disable-dev-shm-usage",
-        "--virtual-time-budget=5000",
-        "--dump-dom",
-    ])
-    .arg(format!("--user-data-dir={}", profile.display()))
-    .arg(url)
-    .stdin(Stdio::null())
-    .stdout(Stdio::piped())
-    .stderr(Stdio::piped())
-    .process_group(0);
-    let child = cmd.spawn().expect("starting chromium");
-    let pid = child.id() as i32;
-    let done = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
-    let flag = done.clone();
-    let watchdog = std::thread::spawn(move || {
-        let deadline = Instant::now() + 2 * TIMEOUT;
-        while Instant::now() < deadline {
-            if flag.load(std::sync::atomic::Ordering::SeqCst) {
-                return false;
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        // SAFETY: kill with the process group of a child we started.
-        unsafe { libc::kill(-pid, libc::SIGKILL) };
-        true
-    });
-    let out = child.wait_with_output().expect("waiting for chromium");
-    done.store(true, std::sync::atomic::Ordering::SeqCst);
-    assert!(!watchdog.join().unwrap(), "chromium hung and was killed");
-    out
+    run_chromium(profile, &["--virtual-time-budget=5000", "--dump-dom", url])
 }
 
 #[test]

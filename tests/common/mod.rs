@@ -9,6 +9,7 @@ use std::collections::HashMap;
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::os::unix::net::UnixStream;
+use std::os::unix::process::CommandExt as _;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Output, Stdio};
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -680,4 +681,65 @@ pub fn read_until_closed(s: &mut TcpStream) -> Vec<u8> {
             Err(e) => panic!("expected loopd to close the connection, got {e}"),
         }
     }
+}
+
+/// The headless browser the page tests drive (Debian's `chromium`).
+pub fn chromium() -> PathBuf {
+    for name in ["chromium", "chromium-browser", "google-chrome"] {
+        for dir in std::env::split_paths(&std::env::var_os("PATH").unwrap_or_default()) {
+            let p = dir.join(name);
+            if p.is_file() {
+                return p;
+            }
+        }
+    }
+    panic!(
+        "headless Chromium is needed for this test: apt-get install -y chromium (.ci/run does it)"
+    );
+}
+
+/// Runs headless Chromium with `args` and a fresh profile, bounded in time
+/// (its whole process group is killed if it hangs).
+pub fn run_chromium(profile: &Path, args: &[&str]) -> Output {
+    let mut cmd = Command::new(chromium());
+    cmd.args([
+        "--headless",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--no-first-run",
+        "--disable-background-networking",
+        "--disable-component-update",
+        "--disable-sync",
+        "--disable-dev-shm-usage",
+        "--hide-scrollbars",
+    ])
+    .arg(format!("--user-data-dir={}", profile.display()))
+    .args(args)
+    .stdin(Stdio::null())
+    .stdout(Stdio::piped())
+    .stderr(Stdio::piped())
+    .process_group(0);
+    let child = cmd.spawn().expect("starting chromium");
+    let pid = child.id() as i32;
+    let done = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let flag = done.clone();
+    let watchdog = std::thread::spawn(move || {
+        let deadline = Instant::now() + 2 * TIMEOUT;
+        while Instant::now() < deadline {
+            if flag.load(std::sync::atomic::Ordering::SeqCst) {
+                return false;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        // SAFETY: kill with the process group of a child we started.
+        unsafe { libc::kill(-pid, libc::SIGKILL) };
+        true
+    });
+    let out = child.wait_with_output().expect("waiting for chromium");
+    done.store(true, std::sync::atomic::Ordering::SeqCst);
+    assert!(
+        !watchdog.join().unwrap(),
+        "chromium {args:?} hung and was killed"
+    );
+    out
 }
