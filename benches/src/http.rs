@@ -13,7 +13,7 @@ use anyhow::{bail, Context, Result};
 
 use crate::peers::{self, write_file};
 use crate::results::{Bench, Case};
-use crate::server::{free_port, CpuProbe, Server, CLIENT_CORE};
+use crate::server::{free_port, CpuProbe, Server, CLIENT_CORE, SERVER_CORE};
 use crate::Ctx;
 
 /// The small file: as large as nginx's own welcome page.
@@ -52,13 +52,8 @@ pub fn make_site(dir: &Path) -> Result<BTreeMap<&'static str, Vec<u8>>> {
     Ok([(SMALL, page.into_bytes()), (LARGE, large)].into())
 }
 
-/// An nginx config for one worker serving `root`, tuned as a fast static
-/// file server.
-pub fn nginx_config(dir: &Path, root: &Path, port: u16) -> String {
-    nginx_config_workers(dir, root, port, 1)
-}
-
-/// [`nginx_config`] with `workers` worker processes; with more than one,
+/// An nginx config serving `root`, tuned as a fast static file server,
+/// with `workers` worker processes; with more than one,
 /// each gets its own SO_REUSEPORT listening socket (`listen ...
 /// reuseport`), as loopd's workers do.
 pub fn nginx_config_workers(dir: &Path, root: &Path, port: u16, workers: usize) -> String {
@@ -107,13 +102,31 @@ http {{
 
 /// Starts nginx on `root`.
 pub fn start_nginx(ctx: &Ctx, root: &Path) -> Result<(Server, SocketAddr)> {
+    start_nginx_on(ctx, root, "nginx", 1, &SERVER_CORE.to_string())
+}
+
+/// Starts nginx `name` on `root` with `workers` worker processes, pinned
+/// to `cores` (a `taskset -c` list); its files go to a directory `name`
+/// in the scratch directory.
+pub fn start_nginx_on(
+    ctx: &Ctx,
+    root: &Path,
+    name: &str,
+    workers: usize,
+    cores: &str,
+) -> Result<(Server, SocketAddr)> {
     let port = free_port()?;
-    let dir = ctx.work.join("nginx");
+    let dir = ctx.work.join(name);
     std::fs::create_dir_all(&dir)?;
-    let conf = write_file(&dir, "nginx.conf", &nginx_config(&dir, root, port))?;
+    let conf = write_file(
+        &dir,
+        "nginx.conf",
+        &nginx_config_workers(&dir, root, port, workers),
+    )?;
     let nginx = which("nginx")?;
-    let mut s = Server::spawn(
-        "nginx",
+    let mut s = Server::spawn_on(
+        cores,
+        name,
         Path::new(&nginx),
         &[
             "-p".into(),
@@ -123,7 +136,8 @@ pub fn start_nginx(ctx: &Ctx, root: &Path) -> Result<(Server, SocketAddr)> {
             "-e".into(),
             dir.join("nginx-error.log").display().to_string(),
         ],
-        &ctx.work.join("nginx.log"),
+        &[],
+        &ctx.work.join(format!("{name}.log")),
     )?
     .with_children();
     let addr = SocketAddr::from(([127, 0, 0, 1], port));

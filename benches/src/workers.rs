@@ -21,7 +21,7 @@ use anyhow::{bail, Context, Result};
 
 use crate::chat::{Proto, Rig};
 use crate::echo::{self, Load};
-use crate::http::{self, handler_built, which};
+use crate::http::{self, handler_built};
 use crate::peers::write_file;
 use crate::results::{Bench, Case};
 use crate::server::{free_port, CpuProbe, Server, SERVER_CORE};
@@ -102,34 +102,9 @@ fn loopd_chat(ctx: &Ctx, workers: usize) -> Result<(String, Server, SocketAddr)>
 
 /// nginx with `workers` worker processes serving `root`.
 fn nginx(ctx: &Ctx, root: &Path, workers: usize) -> Result<(String, Server, SocketAddr)> {
-    let port = free_port()?;
     let name = format!("nginx-w{workers}");
-    let dir = ctx.work.join(&name);
-    std::fs::create_dir_all(&dir)?;
-    let conf = write_file(
-        &dir,
-        "nginx.conf",
-        &http::nginx_config_workers(&dir, root, port, workers),
-    )?;
-    let program = which("nginx")?;
-    let mut s = Server::spawn_on(
-        &cores(workers),
-        &name,
-        Path::new(&program),
-        &[
-            "-p".into(),
-            dir.display().to_string(),
-            "-c".into(),
-            conf.display().to_string(),
-            "-e".into(),
-            dir.join("nginx-error.log").display().to_string(),
-        ],
-        &[],
-        &ctx.work.join(format!("{name}.log")),
-    )?
-    .with_children();
-    s.wait_tcp(local(port))?;
-    Ok((name, s, local(port)))
+    let (s, addr) = http::start_nginx_on(ctx, root, &name, workers, &cores(workers))?;
+    Ok((name, s, addr))
 }
 
 /// Threads of `pid` whose name starts with `prefix`, with their CPU ticks.
