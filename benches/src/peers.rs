@@ -139,8 +139,28 @@ pub fn loopd_from(
     config: &str,
     env: &[(&str, &str)],
 ) -> Result<Server> {
+    loopd_on(
+        ctx,
+        bin,
+        &crate::server::SERVER_CORE.to_string(),
+        name,
+        config,
+        env,
+    )
+}
+
+/// [`loopd_from`] pinned to `cores` (a `taskset -c` list).
+pub fn loopd_on(
+    ctx: &Ctx,
+    bin: &Path,
+    cores: &str,
+    name: &str,
+    config: &str,
+    env: &[(&str, &str)],
+) -> Result<Server> {
     let path = write_file(&ctx.work, &format!("{name}.toml"), config)?;
-    Server::spawn_env(
+    Server::spawn_on(
+        cores,
         name,
         &bin.join("loopd"),
         &[path.display().to_string()],

@@ -22,7 +22,7 @@ use anyhow::{bail, Context, Result};
 use crate::chat::{Proto, Rig};
 use crate::echo::{self, Load};
 use crate::http::{self, handler_built};
-use crate::peers::write_file;
+use crate::peers;
 use crate::results::{Bench, Case};
 use crate::server::{free_port, CpuProbe, Server, SERVER_CORE};
 use crate::stats::percentile;
@@ -44,18 +44,10 @@ fn runtime_table(workers: usize) -> String {
     format!("[runtime]\nmax_connections = 20000\nworkers = {workers}\n\n")
 }
 
-/// Starts the loopd binary on `config` with `workers` loops.
+/// Starts the loopd binary on `body` with `workers` loops.
 fn loopd(ctx: &Ctx, name: &str, workers: usize, body: &str, addr: SocketAddr) -> Result<Server> {
     let config = format!("{}{body}", runtime_table(workers));
-    let path = write_file(&ctx.work, &format!("{name}.toml"), &config)?;
-    let mut s = Server::spawn_on(
-        &cores(workers),
-        name,
-        &ctx.bin.join("loopd"),
-        &[path.display().to_string()],
-        &[],
-        &ctx.work.join(format!("{name}.log")),
-    )?;
+    let mut s = peers::loopd_on(ctx, &ctx.bin, &cores(workers), name, &config, &[])?;
     s.wait_tcp(addr)?;
     Ok(s)
 }
