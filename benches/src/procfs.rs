@@ -21,20 +21,20 @@ pub fn clk_tck() -> u64 {
 pub fn cpu_ticks(pid: u32) -> Result<u64> {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))
         .with_context(|| format!("reading /proc/{pid}/stat"))?;
+    stat_ticks(&stat).with_context(|| format!("malformed /proc/{pid}/stat"))
+}
+
+/// `utime + stime` from the text of a `/proc/PID/stat` (or
+/// `/proc/PID/task/TID/stat`), in clock ticks.
+pub fn stat_ticks(stat: &str) -> Option<u64> {
     // The command name is in parentheses and may contain spaces: fields
     // are counted after the last ')'. utime and stime are fields 14 and 15,
     // i.e. the 12th and 13th after the name.
-    let rest = stat
-        .rsplit_once(')')
-        .map(|(_, r)| r)
-        .context("malformed /proc/PID/stat")?;
-    let fields: Vec<&str> = rest.split_whitespace().collect();
-    if fields.len() < 13 {
-        bail!("malformed /proc/{pid}/stat");
-    }
-    let utime: u64 = fields[11].parse()?;
-    let stime: u64 = fields[12].parse()?;
-    Ok(utime + stime)
+    let (_, rest) = stat.rsplit_once(')')?;
+    let mut fields = rest.split_whitespace().skip(11);
+    let utime: u64 = fields.next()?.parse().ok()?;
+    let stime: u64 = fields.next()?.parse().ok()?;
+    Some(utime + stime)
 }
 
 /// The parent pid of a process, if it still exists.
@@ -123,4 +123,16 @@ pub fn raise_nofile() -> io::Result<u64> {
         return Err(io::Error::last_os_error());
     }
     Ok(lim.rlim_cur)
+}
+
+#[cfg(test)]
+mod stat_tests {
+    use super::stat_ticks;
+
+    #[test]
+    fn ticks_are_counted_after_the_last_parenthesis() {
+        let stat = "42 (a (b) c) S 1 42 42 0 -1 4194304 10 0 0 0 7 5 0 0 20 0 3 0 100";
+        assert_eq!(stat_ticks(stat), Some(12));
+        assert_eq!(stat_ticks("42 (x) S 1"), None);
+    }
 }
