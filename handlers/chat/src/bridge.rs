@@ -27,7 +27,7 @@ use std::fmt;
 use std::net::{SocketAddr, ToSocketAddrs};
 use std::time::Duration;
 
-use loopd_handler_api::{CloseMode, ConnId, ConnectOptions, Ctx, Framing, TimerId};
+use loopd_handler_api::{CloseMode, ConnId, ConnectOptions, Ctx, Error, Framing, TimerId};
 
 use crate::resp::{encode_command, Limits, Parser, Value};
 
@@ -52,9 +52,13 @@ pub(crate) const SEP: u8 = 0x1f;
 /// At most one "cannot reach Redis" warning per this many milliseconds.
 const DOWN_LOG_INTERVAL_MS: u64 = 10_000;
 
-/// Where and how to reach Redis: `bridge = "redis://..."`, parsed.
+/// Where and how to reach Redis: `bridge = "redis://..."` (or
+/// `rediss://...`, over TLS), parsed.
 #[derive(Clone, PartialEq, Eq)]
 pub(crate) struct Target {
+    /// `rediss://`: the links are `tls://` connections, which trust the
+    /// chat entry's `tls_ca`.
+    pub(crate) tls: bool,
     /// The address, resolved once at startup.
     pub(crate) addr: SocketAddr,
     /// The host as written (for log lines).
@@ -71,6 +75,7 @@ impl fmt::Debug for Target {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         // Never the password.
         f.debug_struct("Target")
+            .field("tls", &self.tls)
             .field("addr", &self.addr)
             .field("host", &self.host)
             .field("user", &self.user)
@@ -80,9 +85,19 @@ impl fmt::Debug for Target {
     }
 }
 
+impl Target {
+    /// The URL the links connect to: `tcp://IP:PORT`, or `tls://IP:PORT`
+    /// for `rediss://` (the server's certificate must name the IP).
+    pub(crate) fn connect_url(&self) -> String {
+        let scheme = if self.tls { "tls" } else { "tcp" };
+        format!("{scheme}://{}", self.addr)
+    }
+}
+
 impl fmt::Display for Target {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "redis://{}", self.host)?;
+        let scheme = if self.tls { "rediss" } else { "redis" };
+        write!(f, "{scheme}://{}", self.host)?;
         if self.host.parse::<SocketAddr>().is_err() || self.host != self.addr.to_string() {
             write!(f, " ({})", self.addr)?;
         }
@@ -93,27 +108,23 @@ impl fmt::Display for Target {
     }
 }
 
-/// Parses `redis://[[USER]:PASSWORD@]HOST[:PORT][/DB]` and resolves HOST
-/// (once: a name is looked up here, at startup, as nginx does for its
-/// upstream servers).
+/// Parses `redis://[[USER]:PASSWORD@]HOST[:PORT][/DB]` (or `rediss://`,
+/// the same over TLS) and resolves HOST (once: a name is looked up here, at
+/// startup, as nginx does for its upstream servers).
 ///
 /// # Errors
-/// A message naming what is wrong; `rediss://` (TLS) is refused until
-/// loopd has TLS for outbound connections.
+/// A message naming what is wrong, never the password.
 pub(crate) fn parse_target(url: &str) -> Result<Target, String> {
-    if url.starts_with("rediss://") {
-        return Err(format!(
-            "bridge = \"{}\": rediss:// (Redis over TLS) is not supported yet: loopd has no TLS \
-             for outbound connections; use redis:// on a trusted network, or a local TLS tunnel \
-             (stunnel, spiped) to the server",
-            redact(url)
-        ));
-    }
-    let Some(rest) = url.strip_prefix("redis://") else {
-        return Err(format!(
-            "bridge = \"{}\": expected redis://[[USER]:PASSWORD@]HOST[:PORT][/DB]",
-            redact(url)
-        ));
+    let (tls, rest) = match (url.strip_prefix("redis://"), url.strip_prefix("rediss://")) {
+        (Some(rest), _) => (false, rest),
+        (None, Some(rest)) => (true, rest),
+        (None, None) => {
+            return Err(format!(
+                "bridge = \"{}\": expected redis://[[USER]:PASSWORD@]HOST[:PORT][/DB] (or \
+                 rediss://, over TLS)",
+                redact(url)
+            ))
+        }
     };
     if rest.contains(['?', '#']) {
         return Err(format!(
@@ -163,6 +174,7 @@ pub(crate) fn parse_target(url: &str) -> Result<Target, String> {
         format!("{host}:{port}")
     };
     Ok(Target {
+        tls,
         addr,
         host: shown,
         user,
@@ -359,7 +371,8 @@ pub(crate) struct Bridge {
     heartbeat: Option<TimerId>,
     /// Rooms (keys) subscribed on the current subscriber link.
     subscribed: HashSet<String>,
-    /// The chat instance is shutting down: no reconnection.
+    /// The chat instance is shutting down, or the bridge cannot work with
+    /// this entry (`rediss://` without `tls_ca`): no reconnection.
     stopping: bool,
     events: VecDeque<Event>,
     rng: u64,
@@ -452,7 +465,7 @@ impl Bridge {
         if self.stopping || self.cmd.is_some() || self.sub.is_some() {
             return;
         }
-        let url = format!("tcp://{}", self.settings.target.addr);
+        let url = self.settings.target.connect_url();
         let options = ConnectOptions::new()
             .framing(Framing::Raw)
             .watermarks(LINK_HIGH_WATERMARK, LINK_LOW_WATERMARK);
@@ -465,12 +478,31 @@ impl Bridge {
                         Role::Subscriber => self.sub = link,
                     }
                 }
+                Err(Error::Invalid) if self.settings.target.tls => {
+                    // loopd refuses a tls:// connect without CAs to trust:
+                    // no retry can succeed until the entry changes (and a
+                    // reload that changes it makes a new instance).
+                    ctx.error(format_args!(
+                        "bridge: cannot connect to {}: loopd refused {url}: a rediss:// bridge \
+                         needs tls_ca = \"PATH\" on the chat's [[handler]] entry (the PEM CA \
+                         that signed the Redis server's certificate), and a loopd built with \
+                         TLS; the bridge stays down and chat serves this instance alone",
+                        self.settings.target
+                    ));
+                    self.stopping = true;
+                    if let Some(t) = self.heartbeat.take() {
+                        let _ = ctx.cancel_timer(t);
+                    }
+                    return self.drop_links(ctx);
+                }
                 Err(e) => {
                     ctx.warn(format_args!(
                         "bridge: cannot connect to {} ({e})",
                         self.settings.target
                     ));
-                    return self.fail(ctx);
+                    // The link made already (if any) goes too: the next
+                    // attempt makes both.
+                    return self.drop_links(ctx);
                 }
             }
         }
@@ -680,9 +712,22 @@ impl Bridge {
                 .1
                 .is_none_or(|t| now.saturating_sub(t) >= DOWN_LOG_INTERVAL_MS);
             if due {
+                // Over TLS a failed connect may be the handshake: loopd
+                // tells a handler only that the connect failed, and logs
+                // the handshake's error at debug.
+                let tls = if self.settings.target.tls {
+                    format!(
+                        "; over TLS also a failed handshake: the server's certificate must be \
+                         signed by a CA in the entry's tls_ca and name {}, and RUST_LOG=debug \
+                         shows loopd's reason",
+                        self.settings.target.addr.ip()
+                    )
+                } else {
+                    String::new()
+                };
                 ctx.warn(format_args!(
-                    "bridge: cannot connect to {} ({} attempt(s) failed): retrying, at most \
-                     every {} ms",
+                    "bridge: cannot connect to {} ({} attempt(s) failed: refused or \
+                     unreachable{tls}): retrying, at most every {} ms",
                     self.settings.target, self.down_log.0, self.settings.retry_max_ms
                 ));
                 self.down_log = (0, Some(now));
@@ -1204,16 +1249,34 @@ mod tests {
         assert!(!format!("{t:?}").contains("pw"));
         let t = parse_target("redis://u:topsecret@127.0.0.1").unwrap();
         assert!(!format!("{t:?} {t}").contains("topsecret"));
+        assert!(!t.tls);
+        assert_eq!(t.connect_url(), "tcp://127.0.0.1:6379");
+    }
+
+    #[test]
+    fn rediss_urls_connect_over_tls() {
+        let t = parse_target("rediss://:pw@127.0.0.1:6380/2").unwrap();
+        assert!(t.tls);
+        assert_eq!(t.connect_url(), "tls://127.0.0.1:6380");
+        assert_eq!((t.password.as_deref(), t.db), (Some("pw"), 2));
+        assert_eq!(t.to_string(), "rediss://127.0.0.1:6380/2");
+        let t = parse_target("rediss://[::1]").unwrap();
+        assert_eq!(t.connect_url(), "tls://[::1]:6379");
+        assert_eq!(t.to_string(), "rediss://[::1]:6379");
+        // A name is resolved once, as for redis://; the connect is to the
+        // address it resolved to.
+        let t = parse_target("rediss://localhost:6380").unwrap();
+        assert!(t.addr.ip().is_loopback());
+        assert!(t.to_string().starts_with("rediss://localhost:6380 ("));
+        assert_eq!(t.connect_url(), format!("tls://{}", t.addr));
     }
 
     #[test]
     fn bad_urls_say_what_is_wrong_and_never_show_the_password() {
         for (url, want) in [
-            (
-                "rediss://127.0.0.1",
-                "rediss:// (Redis over TLS) is not supported yet",
-            ),
             ("http://127.0.0.1", "expected redis://"),
+            ("tls://127.0.0.1:6380", "(or rediss://, over TLS)"),
+            ("rediss://127.0.0.1:0", "the port \"0\" is not 1 to 65535"),
             ("redis://127.0.0.1:0", "the port \"0\" is not 1 to 65535"),
             ("redis://127.0.0.1:99999", "the port \"99999\""),
             ("redis://127.0.0.1/x", "the database \"x\" is not a number"),
@@ -1223,7 +1286,7 @@ mod tests {
             ("redis://[::1", "without its closing ]"),
             ("redis://bob@127.0.0.1", "a username needs a password"),
             ("redis://:%zz@127.0.0.1", "the password: a % not followed"),
-            ("rediss://u:hunter2@127.0.0.1", "u:***@127.0.0.1"),
+            ("rediss://u:hunter2@127.0.0.1/x", "rediss://u:***@127.0.0.1/x"),
         ] {
             let e = parse_target(url).unwrap_err();
             assert!(e.contains(want), "{url}: {e}");

@@ -181,9 +181,10 @@ pub struct Config {
     /// Most entries in one `/who` or `/rooms` answer; the answer names where
     /// the next page starts. 1 to [`MAX_LIST_LIMIT`].
     pub max_list: usize,
-    /// `redis://[[USER]:PASSWORD@]HOST[:PORT][/DB]`: bridge rooms with the
-    /// other chat instances that use the same Redis and prefix. `None`: this
-    /// instance alone.
+    /// `redis://[[USER]:PASSWORD@]HOST[:PORT][/DB]` (`rediss://` over TLS,
+    /// trusting the entry's `tls_ca`): bridge rooms with the other chat
+    /// instances that use the same Redis and prefix. `None`: this instance
+    /// alone.
     pub bridge: Option<String>,
     /// What every Redis key and channel of the bridge starts with.
     pub bridge_prefix: String,
@@ -2222,11 +2223,9 @@ mod tests {
             let e = bad(c);
             assert!(e.starts_with(want), "{e}");
         }
-        let bridged = parse(r#"{"bridge": "rediss://127.0.0.1"}"#).unwrap();
-        assert!(bridged
-            .bridge_settings()
-            .unwrap_err()
-            .contains("rediss:// (Redis over TLS) is not supported yet"));
+        let bridged = parse(r#"{"bridge": "rediss://127.0.0.1:6380"}"#).unwrap();
+        let s = bridged.bridge_settings().unwrap().unwrap();
+        assert_eq!(s.target.connect_url(), "tls://127.0.0.1:6380");
         let bridged = parse(r#"{"bridge": "redis://127.0.0.1:7000/2"}"#).unwrap();
         let s = bridged.bridge_settings().unwrap().unwrap();
         assert_eq!((s.target.addr.port(), s.target.db), (7000, 2));

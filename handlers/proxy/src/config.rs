@@ -25,9 +25,10 @@ pub const MAX_MS: u64 = i32::MAX as u64;
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Config {
-    /// Where every client is forwarded: `tcp://IP:PORT` or `unix://PATH`.
-    /// Required; numeric addresses only (a running loop never waits for a
-    /// resolver).
+    /// Where every client is forwarded: `tcp://IP:PORT`, `tls://IP:PORT`
+    /// (TLS to the upstream, trusting the entry's `tls_ca`) or
+    /// `unix://PATH`. Required; numeric addresses only (a running loop never
+    /// waits for a resolver).
     pub upstream: String,
     /// How long connecting to the upstream may take before the client is
     /// closed. 1 to [`MAX_MS`].
@@ -132,13 +133,17 @@ impl Config {
 pub enum Upstream {
     /// A numeric IPv4 or IPv6 address and port.
     Tcp(SocketAddr),
+    /// The same, with TLS: loopd's outbound `tls://`, which trusts the
+    /// handler entry's `tls_ca` and checks that the upstream's certificate
+    /// names the IP address.
+    Tls(SocketAddr),
     /// A Unix-domain stream socket.
     Unix(PathBuf),
 }
 
 impl Upstream {
-    /// Parses `tcp://IP:PORT` (`tcp://[::1]:6379` for IPv6) or
-    /// `unix:///path/to.sock` (a relative path is relative to loopd's
+    /// Parses `tcp://IP:PORT` (`tcp://[::1]:6379` for IPv6), `tls://IP:PORT`
+    /// or `unix:///path/to.sock` (a relative path is relative to loopd's
     /// working directory).
     ///
     /// # Errors
@@ -148,7 +153,7 @@ impl Upstream {
             format!("`{s}` is not a URL like tcp://127.0.0.1:6379 or unix:///run/app.sock")
         })?;
         match scheme {
-            "tcp" => {
+            "tcp" | "tls" => {
                 let addr: SocketAddr = rest.parse().map_err(|_| {
                     format!(
                         "`{s}`: `{rest}` is not a numeric IP:PORT (e.g. 127.0.0.1:6379 or \
@@ -164,7 +169,11 @@ impl Upstream {
                         addr.ip()
                     ));
                 }
-                Ok(Upstream::Tcp(addr))
+                Ok(if scheme == "tls" {
+                    Upstream::Tls(addr)
+                } else {
+                    Upstream::Tcp(addr)
+                })
             }
             "unix" => {
                 if rest.is_empty() {
@@ -181,7 +190,7 @@ impl Upstream {
                 Ok(Upstream::Unix(PathBuf::from(rest)))
             }
             other => Err(format!(
-                "`{s}`: unknown scheme `{other}` (use tcp:// or unix://)"
+                "`{s}`: unknown scheme `{other}` (use tcp://, tls:// or unix://)"
             )),
         }
     }
@@ -192,6 +201,7 @@ impl fmt::Display for Upstream {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             Upstream::Tcp(a) => write!(f, "tcp://{a}"),
+            Upstream::Tls(a) => write!(f, "tls://{a}"),
             Upstream::Unix(p) => write!(f, "unix://{}", p.display()),
         }
     }
@@ -234,7 +244,13 @@ mod tests {
 
     #[test]
     fn urls_round_trip() {
-        for url in ["tcp://127.0.0.1:1", "tcp://[::1]:6379", "unix://rel/x.sock"] {
+        for url in [
+            "tcp://127.0.0.1:1",
+            "tcp://[::1]:6379",
+            "tls://127.0.0.1:6380",
+            "tls://[::1]:443",
+            "unix://rel/x.sock",
+        ] {
             assert_eq!(Upstream::parse(url).unwrap().to_string(), url);
         }
     }
@@ -256,6 +272,14 @@ mod tests {
                 "`localhost:6379` is not a numeric IP:PORT",
             ),
             (r#"{"upstream": "tcp://127.0.0.1:0"}"#, "port 0"),
+            (
+                r#"{"upstream": "tls://localhost:443"}"#,
+                "`localhost:443` is not a numeric IP:PORT",
+            ),
+            (
+                r#"{"upstream": "tls://[::]:443"}"#,
+                ":: is not an address to connect to",
+            ),
             (
                 r#"{"upstream": "tcp://0.0.0.0:80"}"#,
                 "0.0.0.0 is not an address to connect to",

@@ -1,6 +1,6 @@
 //! The loopd proxy handler: every accepted connection is forwarded, byte for
-//! byte, to one configured upstream (TCP or a Unix socket), as HAProxy's
-//! `mode tcp` or nginx's `stream` proxy do.
+//! byte, to one configured upstream (TCP, TLS or a Unix socket), as
+//! HAProxy's `mode tcp` or nginx's `stream` proxy do.
 //!
 //! ```toml
 //! [[handler]]
@@ -516,8 +516,15 @@ impl Handler for Proxy {
         let upstream = match ctx.connect_with(&self.url, &self.options) {
             Ok(id) => id,
             Err(e) => {
+                let tls = matches!(self.settings.upstream, Upstream::Tls(_));
                 let why = match e {
                     Error::Limit => "cannot be connected to: loopd is at max_connections",
+                    // loopd refuses a tls:// connect without CAs to trust.
+                    Error::Invalid if tls => {
+                        "cannot be connected to: a tls:// upstream needs tls_ca = \"PATH\" on \
+                         the proxy's [[handler]] entry (the PEM CA that signed the upstream's \
+                         certificate) and a loopd built with TLS"
+                    }
                     _ => "cannot be connected to",
                 };
                 self.report_down(ctx, info.peer, format_args!("{why} ({e})"));
@@ -611,11 +618,25 @@ impl Handler for Proxy {
             let _ = ctx.close(pair.conn(other), CloseMode::Abort);
             if side == Side::Upstream && reason == CloseReason::ConnectFailed {
                 let peer = pair.peer;
-                self.report_down(
-                    ctx,
-                    peer,
-                    format_args!("refused or is unreachable ({reason})"),
-                );
+                match self.settings.upstream {
+                    // loopd tells a handler only that the connect failed;
+                    // it logs a failed handshake's reason at debug.
+                    Upstream::Tls(addr) => self.report_down(
+                        ctx,
+                        peer,
+                        format_args!(
+                            "refused, is unreachable or failed the TLS handshake (its \
+                             certificate must be signed by a CA in the entry's tls_ca and name \
+                             {}; RUST_LOG=debug shows loopd's reason) ({reason})",
+                            addr.ip()
+                        ),
+                    ),
+                    _ => self.report_down(
+                        ctx,
+                        peer,
+                        format_args!("refused or is unreachable ({reason})"),
+                    ),
+                }
             }
         }
         let Some(pair) = self.pairs.get(&key) else {
