@@ -1286,7 +1286,10 @@ mod tests {
             ("redis://[::1", "without its closing ]"),
             ("redis://bob@127.0.0.1", "a username needs a password"),
             ("redis://:%zz@127.0.0.1", "the password: a % not followed"),
-            ("rediss://u:hunter2@127.0.0.1/x", "rediss://u:***@127.0.0.1/x"),
+            (
+                "rediss://u:hunter2@127.0.0.1/x",
+                "rediss://u:***@127.0.0.1/x",
+            ),
         ] {
             let e = parse_target(url).unwrap_err();
             assert!(e.contains(want), "{url}: {e}");
