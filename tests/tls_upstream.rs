@@ -680,8 +680,8 @@ fn check_rss(tag: &str, base: u64, max: u64) {
 #[test]
 fn a_slow_client_and_a_slow_tls_upstream_cost_the_proxy_only_the_pair_bound() {
     let certs = Certs::new();
-    let len = tier(24 * MIB, 50 * MIB);
-    let slow = tier(8 * MIB, 50 * MIB);
+    let len = tier(8 * MIB, 50 * MIB);
+    let slow = tier(6 * MIB, 50 * MIB);
     let (tx, rx) = mpsc::channel::<Digested>();
     let tx = Mutex::new(tx);
     // "get": a download of `len` bytes as fast as the proxy takes them;
