@@ -339,11 +339,31 @@ impl Drop for TlsRedis {
 /// A chat instance whose bridge goes to `url`, with `handler_keys` in its
 /// `[[handler]]` table (`tls_ca`) and a short retry.
 fn chat_bridged(url: &str, handler_keys: &str, rust_log: &str) -> Loopd {
+    chat_bridged_with(url, handler_keys, rust_log, |_| {})
+}
+
+fn chat_bridged_with(
+    url: &str,
+    handler_keys: &str,
+    rust_log: &str,
+    adjust: impl FnOnce(&mut Command),
+) -> Loopd {
     let config = chat_config(
         handler_keys,
         &format!("bridge = \"{url}\"\nbridge_retry_max_ms = 200\n"),
     );
-    Loopd::start_with(&config, rust_log, |_| {})
+    Loopd::start_with(&config, rust_log, adjust)
+}
+
+/// Points the standard `SSL_CERT_FILE` and `SSL_CERT_DIR` at an empty file
+/// and directory: a loopd that would fall back on the system's CA
+/// certificates for a handler without `tls_ca` finds none, so it has no CA
+/// to trust, whatever the machine has installed.
+fn no_system_cas(certs: &Certs, cmd: &mut Command) {
+    let (file, dir) = (certs.path("no-cas.pem"), certs.path("no-cas.d"));
+    std::fs::write(&file, "").unwrap();
+    std::fs::create_dir_all(&dir).unwrap();
+    cmd.env("SSL_CERT_FILE", file).env("SSL_CERT_DIR", dir);
 }
 
 /// Has `from` say sync lines until `to` (on another instance) hears one,
@@ -425,12 +445,9 @@ fn a_wrong_tls_ca_is_reported_and_retried_while_local_chat_goes_on() {
             && line.contains("signed by a CA in the entry's tls_ca and name 127.0.0.1"),
         "{line}"
     );
-    // loopd's own line says why (at debug): the certificate's issuer is
-    // unknown to tls_ca. And the bridge keeps trying.
-    let handshake = format!(
-        "chat: TLS handshake with 127.0.0.1:{} failed",
-        redis.tls_port
-    );
+    // loopd's own line says why: the certificate's issuer is unknown to
+    // tls_ca. And the bridge keeps trying.
+    let handshake = format!("chat: TLS handshake with 127.0.0.1:{}", redis.tls_port);
     assert!(
         a_srv.wait_for_logs(&handshake, 6, TIMEOUT),
         "{}",
@@ -438,7 +455,7 @@ fn a_wrong_tls_ca_is_reported_and_retried_while_local_chat_goes_on() {
     );
     let logs = a_srv.logs();
     let why = logs.lines().find(|l| l.contains(&handshake)).unwrap();
-    assert!(why.contains("invalid peer certificate"), "{why}");
+    assert!(why.contains("failed: invalid peer certificate"), "{why}");
     // Local chat is untouched.
     let mut x = Chatter::join(a_srv.tcp("chat"));
     let mut y = Chatter::join(a_srv.tcp("chat"));
@@ -507,22 +524,32 @@ fn a_failed_outbound_tls_handshake_says_why_at_the_default_log_level() {
 fn a_rediss_bridge_without_tls_ca_is_one_clear_error_and_chat_goes_on() {
     let certs = Certs::new();
     let redis = TlsRedis::start(&certs);
-    let a_srv = chat_bridged(&redis.tls_url(), "", "info");
-    a_srv.expect_error("needs tls_ca");
+    let a_srv = chat_bridged_with(&redis.tls_url(), "", "info", |cmd| {
+        no_system_cas(&certs, cmd)
+    });
+    a_srv.expect_error("no CA certificates to trust");
     let want = format!(
-        "bridge: cannot connect to {}: loopd refused tls://127.0.0.1:{}: a rediss:// bridge \
-         needs tls_ca = \"PATH\" on the chat's [[handler]] entry",
+        "bridge: cannot connect to {}: loopd refused tls://127.0.0.1:{} (",
         redis.tls_url(),
         redis.tls_port
     );
     assert!(a_srv.wait_for_log(&want, TIMEOUT), "{}", a_srv.logs());
+    let logs = a_srv.logs();
+    let line = logs.lines().find(|l| l.contains(&want)).unwrap();
+    assert!(
+        line.contains(
+            "it has no CA certificates to trust for it: set tls_ca = \"PATH\" on the chat's \
+             [[handler]] entry"
+        ) && line.contains("the bridge stays down and chat serves this instance alone"),
+        "{line}"
+    );
     let mut x = Chatter::join(a_srv.tcp("chat"));
     let mut y = Chatter::join(a_srv.tcp("chat"));
     x.expect(&format!("* {} joined", y.nick));
     y.send("still here");
     x.expect(&format!("{}: still here", y.nick));
     // No retry can help: it is said once, not every 200 ms.
-    let said = a_srv.logs().matches("needs tls_ca").count();
+    let said = a_srv.logs().matches("set tls_ca = ").count();
     assert_eq!(said, 1, "{}", a_srv.logs());
     a_srv.assert_no_unexpected_errors();
 }
@@ -636,14 +663,15 @@ fn a_tls_upstream_without_tls_ca_says_what_is_missing() {
     let certs = Certs::new();
     let server = TlsServer::start(&certs, |_| {});
     let config = proxy_config(&server.url(), "", "");
-    let proxy = Loopd::start(&config);
+    let proxy = Loopd::start_with(&config, "debug", |cmd| no_system_cas(&certs, cmd));
     let mut c = connect(proxy.tcp("proxy"));
     assert!(read_until_closed(&mut c).is_empty());
-    assert!(
-        proxy.wait_for_log("a tls:// upstream needs tls_ca = \"PATH\"", TIMEOUT),
-        "{}",
-        proxy.logs()
+    let want = format!(
+        "upstream {} cannot be connected to: loopd has no CA certificates to trust for it: set \
+         tls_ca = \"PATH\" on the proxy's [[handler]] entry",
+        server.url()
     );
+    assert!(proxy.wait_for_log(&want, TIMEOUT), "{}", proxy.logs());
     proxy.assert_no_unexpected_errors();
 }
 

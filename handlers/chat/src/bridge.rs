@@ -478,15 +478,22 @@ impl Bridge {
                         Role::Subscriber => self.sub = link,
                     }
                 }
-                Err(Error::Invalid) if self.settings.target.tls => {
-                    // loopd refuses a tls:// connect without CAs to trust:
-                    // no retry can succeed until the entry changes (and a
-                    // reload that changes it makes a new instance).
+                Err(e @ (Error::Invalid | Error::Unsupported)) if self.settings.target.tls => {
+                    // loopd refuses a tls:// connect it has no CAs to trust
+                    // for (or no TLS at all): no retry can succeed until
+                    // the entry changes (and a reload that changes it makes
+                    // a new instance).
+                    let why = match e {
+                        Error::Unsupported => "this loopd was built without TLS",
+                        _ => {
+                            "it has no CA certificates to trust for it: set tls_ca = \"PATH\" on \
+                             the chat's [[handler]] entry (the PEM CA that signed the Redis \
+                             server's certificate)"
+                        }
+                    };
                     ctx.error(format_args!(
-                        "bridge: cannot connect to {}: loopd refused {url}: a rediss:// bridge \
-                         needs tls_ca = \"PATH\" on the chat's [[handler]] entry (the PEM CA \
-                         that signed the Redis server's certificate), and a loopd built with \
-                         TLS; the bridge stays down and chat serves this instance alone",
+                        "bridge: cannot connect to {}: loopd refused {url} ({e}): {why}; the \
+                         bridge stays down and chat serves this instance alone",
                         self.settings.target
                     ));
                     self.stopping = true;
@@ -714,12 +721,12 @@ impl Bridge {
             if due {
                 // Over TLS a failed connect may be the handshake: loopd
                 // tells a handler only that the connect failed, and logs
-                // the handshake's error at debug.
+                // the handshake's error itself.
                 let tls = if self.settings.target.tls {
                     format!(
                         "; over TLS also a failed handshake: the server's certificate must be \
-                         signed by a CA in the entry's tls_ca and name {}, and RUST_LOG=debug \
-                         shows loopd's reason",
+                         signed by a CA in the entry's tls_ca and name {}, and loopd's own line \
+                         on the handshake says which",
                         self.settings.target.addr.ip()
                     )
                 } else {

@@ -519,11 +519,15 @@ impl Handler for Proxy {
                 let tls = matches!(self.settings.upstream, Upstream::Tls(_));
                 let why = match e {
                     Error::Limit => "cannot be connected to: loopd is at max_connections",
-                    // loopd refuses a tls:// connect without CAs to trust.
+                    // loopd refuses a tls:// connect it has no CAs to
+                    // trust for, or no TLS at all.
                     Error::Invalid if tls => {
-                        "cannot be connected to: a tls:// upstream needs tls_ca = \"PATH\" on \
-                         the proxy's [[handler]] entry (the PEM CA that signed the upstream's \
-                         certificate) and a loopd built with TLS"
+                        "cannot be connected to: loopd has no CA certificates to trust for it: \
+                         set tls_ca = \"PATH\" on the proxy's [[handler]] entry (the PEM CA \
+                         that signed the upstream's certificate)"
+                    }
+                    Error::Unsupported if tls => {
+                        "cannot be connected to: this loopd was built without TLS"
                     }
                     _ => "cannot be connected to",
                 };
@@ -620,14 +624,14 @@ impl Handler for Proxy {
                 let peer = pair.peer;
                 match self.settings.upstream {
                     // loopd tells a handler only that the connect failed;
-                    // it logs a failed handshake's reason at debug.
+                    // it logs a failed handshake's reason itself.
                     Upstream::Tls(addr) => self.report_down(
                         ctx,
                         peer,
                         format_args!(
                             "refused, is unreachable or failed the TLS handshake (its \
                              certificate must be signed by a CA in the entry's tls_ca and name \
-                             {}; RUST_LOG=debug shows loopd's reason) ({reason})",
+                             {}; loopd's own line on the handshake says which) ({reason})",
                             addr.ip()
                         ),
                     ),
