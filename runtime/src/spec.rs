@@ -64,7 +64,7 @@ pub struct HandlerSpec {
     tls: Option<(std::path::PathBuf, std::path::PathBuf)>,
     tls_client_ca: Option<std::path::PathBuf>,
     tls_ca: Option<std::path::PathBuf>,
-    tls_alpn: Vec<String>,
+    tls_alpn: Option<Vec<String>>,
 }
 
 /// Where a handler's hooks come from.
@@ -91,6 +91,8 @@ pub(crate) type Maker = Arc<
 pub(crate) struct Linked {
     pub(crate) vtable: abi::loopd_vtable,
     pub(crate) framing: Option<FramingKind>,
+    /// The ALPN protocols `H::ALPN` declares.
+    pub(crate) alpn: Vec<String>,
     /// For `loopd check`-style listings and logs, e.g. `loopd_echo::Echo`.
     pub(crate) type_name: &'static str,
     /// How to make the instance, when not by the type's `create`.
@@ -115,6 +117,11 @@ impl Linked {
         Linked {
             vtable: loopd_handler_api::vtable::<H>(),
             framing,
+            alpn: H::ALPN
+                .to_str()
+                .ok()
+                .and_then(|list| crate::plugin::parse_alpn(list).ok())
+                .unwrap_or_default(),
             type_name: std::any::type_name::<H>(),
             make: None,
         }
@@ -137,7 +144,7 @@ impl HandlerSpec {
             tls: None,
             tls_client_ca: None,
             tls_ca: None,
-            tls_alpn: Vec::new(),
+            tls_alpn: None,
             reuse_address: false,
             mailbox: None,
         }
@@ -301,12 +308,13 @@ impl HandlerSpec {
     }
 
     /// The ALPN protocols the instance's `tls://` listeners offer, most
-    /// preferred first (e.g. `["http/1.1"]`).
+    /// preferred first (e.g. `["http/1.1"]`; none for an empty list),
+    /// instead of those the plugin declares.
     pub fn tls_alpn<S: Into<String>>(
         mut self,
         protocols: impl IntoIterator<Item = S>,
     ) -> HandlerSpec {
-        self.tls_alpn = protocols.into_iter().map(Into::into).collect();
+        self.tls_alpn = Some(protocols.into_iter().map(Into::into).collect());
         self
     }
 

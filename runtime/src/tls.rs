@@ -88,12 +88,64 @@ pub(crate) fn load_client(ca: &Path) -> Result<ClientConfig, String> {
             .add(c)
             .map_err(|e| format!("tls_ca {}: not a CA certificate: {e}", ca.display()))?;
     }
+    client_trusting(roots)
+}
+
+fn client_trusting(roots: rustls::RootCertStore) -> Result<ClientConfig, String> {
     let config = rustls::ClientConfig::builder_with_provider(provider())
         .with_safe_default_protocol_versions()
         .map_err(|e| format!("TLS setup: {e}"))?
         .with_root_certificates(roots)
         .with_no_client_auth();
     Ok(Arc::new(config))
+}
+
+/// The client setup of a handler without `tls_ca`: the system's CA
+/// certificates (the `SSL_CERT_FILE` or `SSL_CERT_DIR` the environment
+/// names, else the platform's store), read once per process on the first
+/// outbound `tls://` connect that needs them. `None` when there are none,
+/// which is logged with what to do.
+pub(crate) fn system_client() -> Option<ClientConfig> {
+    static SYSTEM: std::sync::OnceLock<Option<ClientConfig>> = std::sync::OnceLock::new();
+    SYSTEM
+        .get_or_init(|| {
+            let found = rustls_native_certs::load_native_certs();
+            for e in &found.errors {
+                log::warn!("reading the system's CA certificates: {e}");
+            }
+            let mut roots = rustls::RootCertStore::empty();
+            let (added, ignored) = roots.add_parsable_certificates(found.certs);
+            if added == 0 {
+                log::warn!(
+                    "outbound tls://: no system CA certificates found (install the system's CA bundle, e.g. the ca-certificates package, set SSL_CERT_FILE, or give the handler tls_ca)"
+                );
+                return None;
+            }
+            log::info!(
+                "outbound tls://: trusting {added} system CA certificates ({ignored} unusable ones skipped)"
+            );
+            match client_trusting(roots) {
+                Ok(c) => Some(c),
+                Err(e) => {
+                    log::warn!("outbound tls://: {e}");
+                    None
+                }
+            }
+        })
+        .clone()
+}
+
+/// The name an outbound connection's server certificate must carry: the
+/// DNS name given (`server_name`), else the IP address connected to.
+/// `None` for a name that is not a valid DNS name.
+pub(crate) fn server_name(
+    name: Option<&str>,
+    ip: std::net::IpAddr,
+) -> Option<rustls::pki_types::ServerName<'static>> {
+    match name {
+        None => Some(rustls::pki_types::ServerName::IpAddress(ip.into())),
+        Some(n) => rustls::pki_types::ServerName::try_from(n.to_string()).ok(),
+    }
 }
 
 fn read_file(kind: &str, path: &Path) -> Result<Vec<u8>, String> {
@@ -176,14 +228,13 @@ impl TlsStream {
         })
     }
 
-    /// The client side of a connecting socket to `ip`, whose certificate
-    /// must name that address.
+    /// The client side of a connecting socket, whose server's certificate
+    /// must carry `name` ([`server_name`]).
     pub(crate) fn connect(
         fd: OwnedFd,
         config: &ClientConfig,
-        ip: std::net::IpAddr,
+        name: rustls::pki_types::ServerName<'static>,
     ) -> io::Result<TlsStream> {
-        let name = rustls::pki_types::ServerName::IpAddress(ip.into());
         let mut conn = rustls::ClientConnection::new(config.clone(), name).map_err(tls_error)?;
         conn.set_buffer_limit(Some(BUFFER_LIMIT));
         Ok(TlsStream {
@@ -342,4 +393,23 @@ impl TlsStream {
     pub(crate) fn fd(&self) -> BorrowedFd<'_> {
         self.fd.as_fd()
     }
+
+    /// The peer's certificate (the leaf, DER), verified by the handshake.
+    pub(crate) fn peer_certificate(&self) -> Option<&[u8]> {
+        if self.conn.is_handshaking() {
+            return None;
+        }
+        self.conn
+            .peer_certificates()
+            .and_then(|c| c.first())
+            .map(|c| c.as_ref())
+    }
+}
+
+/// The subject of a DER certificate as an RFC 4514 string
+/// (`CN=alice,O=Example`), or `None` if it does not parse.
+pub(crate) fn subject(der: &[u8]) -> Option<String> {
+    use x509_cert::der::Decode as _;
+    let cert = x509_cert::Certificate::from_der(der).ok()?;
+    Some(cert.tbs_certificate().subject().to_string())
 }

@@ -47,7 +47,7 @@ pub(super) fn tls_keys(
         if alpn.get_ref().iter().any(|p| p.is_empty() || p.len() > 255) {
             return bad("each protocol name must be 1 to 255 bytes");
         }
-        entry.tls_alpn = alpn.get_ref().clone();
+        entry.tls_alpn = Some(alpn.get_ref().clone());
     }
     if !has_tls {
         return Ok(());
@@ -65,7 +65,9 @@ pub(super) fn tls_keys(
         ));
     };
     #[cfg(feature = "tls")]
-    let alpn: Vec<&[u8]> = entry.tls_alpn.iter().map(|p| p.as_bytes()).collect();
+    let alpn: Vec<&[u8]> = (entry.tls_alpn.iter().flatten())
+        .map(|p| p.as_bytes())
+        .collect();
     if let Err(e) = crate::tls::load_server(cert, key_path, entry.tls_client_ca.as_deref(), &alpn) {
         // A key that does not go with the certificate is the key's fault.
         let (k, at) = if e.starts_with("tls_cert") {
