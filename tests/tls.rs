@@ -960,3 +960,112 @@ tls_alpn = ["x-loopd-probe"]
     );
     loopd.assert_no_unexpected_errors();
 }
+
+/// Python's ssl client asking for `name` by SNI: prints the common name of
+/// the certificate it was served (verified against the CA, whatever name
+/// it carries).
+const PY_SNI: &str = r#"
+import socket, ssl, sys
+port, ca, name = int(sys.argv[1]), sys.argv[2], sys.argv[3]
+ctx = ssl.create_default_context(cafile=ca)
+ctx.check_hostname = False
+s = ctx.wrap_socket(socket.create_connection(("127.0.0.1", port), timeout=60),
+                    server_hostname=None if name == "-" else name)
+print(dict(x[0] for x in s.getpeercert()["subject"])["commonName"])
+"#;
+
+#[test]
+fn sni_picks_the_certificate_for_the_name_asked_for() {
+    use rcgen::{CertificateParams, KeyPair};
+    let certs = Certs::new();
+    let ca_pem = std::fs::read_to_string(certs.path("ca.pem")).unwrap();
+    // The SNI certificates come from a CA of their own, which the client
+    // trusts beside the first.
+    let ca_key = KeyPair::generate().unwrap();
+    let mut ca_params = CertificateParams::new(Vec::<String>::new()).unwrap();
+    ca_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+    ca_params
+        .distinguished_name
+        .push(rcgen::DnType::CommonName, "loopd SNI CA");
+    let ca = ca_params.self_signed(&ca_key).unwrap();
+    std::fs::write(certs.path("both-cas.pem"), format!("{ca_pem}{}", ca.pem())).unwrap();
+    let issue = |file: &str, names: &[&str], cn: &str| {
+        let key = KeyPair::generate().unwrap();
+        let mut params =
+            CertificateParams::new(names.iter().map(|n| n.to_string()).collect::<Vec<_>>())
+                .unwrap();
+        params
+            .distinguished_name
+            .push(rcgen::DnType::CommonName, cn);
+        let cert = params.signed_by(&key, &ca, &ca_key).unwrap();
+        std::fs::write(certs.path(&format!("{file}.pem")), cert.pem()).unwrap();
+        std::fs::write(certs.path(&format!("{file}-key.pem")), key.serialize_pem()).unwrap();
+    };
+    issue("a", &["a.loopd.test"], "site a");
+    issue("b", &["*.b.loopd.test", "b.loopd.test"], "site b");
+    issue("ip-only", &["127.0.0.2"], "no dns name");
+    let config = format!(
+        "[[handler]]\nname = \"echo\"\nplugin = \"echo\"\nlisten = [\"tls://127.0.0.1:0\"]\n{}tls_sni = [{}, {}]\n",
+        certs.keys(),
+        sni_entry(&certs, "a", "a-key"),
+        sni_entry(&certs, "b", "b-key")
+    );
+    let loopd = Loopd::start(&config);
+    let port = tls_addr(&loopd, "echo").port();
+    let served = |name: &str| {
+        let out = ok(&run(Command::new("python3")
+            .arg("-c")
+            .arg(PY_SNI)
+            .arg(port.to_string())
+            .arg(certs.path("both-cas.pem"))
+            .arg(name)));
+        String::from_utf8(out).unwrap().trim().to_string()
+    };
+    assert_eq!(served("a.loopd.test"), "site a");
+    assert_eq!(served("A.Loopd.Test"), "site a");
+    assert_eq!(served("b.loopd.test"), "site b");
+    assert_eq!(served("www.b.loopd.test"), "site b");
+    // A wildcard covers one label only; other names and no name get the
+    // entry's tls_cert.
+    assert_eq!(served("x.www.b.loopd.test"), "loopd test server");
+    assert_eq!(served("c.loopd.test"), "loopd test server");
+    assert_eq!(served("-"), "loopd test server");
+    loopd.assert_no_unexpected_errors();
+
+    // Bad entries are named at check, with the entry and the file.
+    let base = |sni: String| {
+        format!(
+            "[[handler]]\nname = \"echo\"\nplugin = \"echo\"\nlisten = [\"tls://127.0.0.1:0\"]\n{}tls_sni = [{}, {sni}]\n",
+            certs.keys(),
+            sni_entry(&certs, "a", "a-key")
+        )
+    };
+    check_fails(
+        &base(sni_entry(&certs, "ip-only", "ip-only-key")),
+        &[
+            "handler[0].tls_sni[1].cert",
+            &certs.p("ip-only.pem"),
+            "carries no DNS name",
+        ],
+    );
+    check_fails(
+        &base(sni_entry(&certs, "b", "a-key")),
+        &[
+            "handler[0].tls_sni[1].key",
+            &certs.p("a-key.pem"),
+            "does not go with its cert",
+        ],
+    );
+    check_fails(
+        &base(format!("{{ cert = \"{}\" }}", certs.p("b.pem"))),
+        &["tls_sni", "key"],
+    );
+}
+
+fn sni_entry(certs: &Certs, cert: &str, key: &str) -> String {
+    format!(
+        "{{ cert = \"{}\", key = \"{}\" }}",
+        certs.p(&format!("{cert}.pem")),
+        certs.p(&format!("{key}.pem"))
+    )
+}

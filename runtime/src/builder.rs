@@ -680,7 +680,7 @@ pub(crate) fn tls_server(
             .iter()
             .map(|p| p.as_bytes())
             .collect();
-        crate::tls::load_server(cert, key, h.tls_client_ca.as_deref(), &alpn)
+        crate::tls::load_server(cert, key, h.tls_client_ca.as_deref(), &alpn, &h.tls_sni)
             .map(Some)
             .map_err(|e| Error::Config(format!("handler `{}`: {e}", h.name)))
     }

@@ -65,6 +65,7 @@ pub struct HandlerSpec {
     tls_client_ca: Option<std::path::PathBuf>,
     tls_ca: Option<std::path::PathBuf>,
     tls_alpn: Option<Vec<String>>,
+    tls_sni: Vec<(std::path::PathBuf, std::path::PathBuf)>,
 }
 
 /// Where a handler's hooks come from.
@@ -145,6 +146,7 @@ impl HandlerSpec {
             tls_client_ca: None,
             tls_ca: None,
             tls_alpn: None,
+            tls_sni: Vec::new(),
             reuse_address: false,
             mailbox: None,
         }
@@ -325,6 +327,19 @@ impl HandlerSpec {
         self
     }
 
+    /// A further certificate and key for the instance's `tls://`
+    /// listeners, served to clients that ask (SNI) for a DNS name it
+    /// carries; call once per certificate. Needs [`HandlerSpec::tls`],
+    /// whose certificate the other clients get.
+    pub fn tls_sni(
+        mut self,
+        cert: impl Into<std::path::PathBuf>,
+        key: impl Into<std::path::PathBuf>,
+    ) -> HandlerSpec {
+        self.tls_sni.push((cert.into(), key.into()));
+        self
+    }
+
     /// Mutual TLS on the instance's `tls://` listeners: a client must
     /// present a certificate signed by a CA in this PEM file.
     pub fn tls_client_ca(mut self, ca: impl Into<std::path::PathBuf>) -> HandlerSpec {
@@ -441,6 +456,10 @@ impl HandlerSpec {
         if self.tls_client_ca.is_some() && entry.tls_cert.is_none() {
             return Err(fail("tls_client_ca needs tls(cert, key)".to_string()));
         }
+        if !self.tls_sni.is_empty() && entry.tls_cert.is_none() {
+            return Err(fail("tls_sni needs tls(cert, key)".to_string()));
+        }
+        entry.tls_sni = self.tls_sni;
         entry.tls_client_ca = self.tls_client_ca;
         entry.tls_ca = self.tls_ca;
         entry.tls_alpn = self.tls_alpn;

@@ -31,17 +31,20 @@ fn provider() -> Arc<rustls::crypto::CryptoProvider> {
 }
 
 /// Loads `cert` (a PEM chain, leaf first) and `key` (a PEM private key)
-/// into a server config. The error names the file and what is wrong with
-/// it: unreadable, no certificate or key in it, or a key that does not
-/// belong to the certificate.
+/// into a server config, with the further certificates of `sni` (each
+/// chosen for the DNS names it carries when a client asks for one). The
+/// error names the file and what is wrong with it: unreadable, no
+/// certificate or key in it, a key that does not belong to the
+/// certificate, an SNI certificate without a DNS name.
 pub(crate) fn load_server(
     cert: &Path,
     key: &Path,
     client_ca: Option<&Path>,
     alpn: &[&[u8]],
+    sni: &[(std::path::PathBuf, std::path::PathBuf)],
 ) -> Result<ServerConfig, String> {
     let certs = read_certs("tls_cert", cert)?;
-    let key_der = read_key(key)?;
+    let key_der = read_key("tls_key", key)?;
     let builder = rustls::ServerConfig::builder_with_provider(provider())
         .with_safe_default_protocol_versions()
         .map_err(|e| format!("TLS setup: {e}"))?;
@@ -65,13 +68,47 @@ pub(crate) fn load_server(
             builder.with_client_cert_verifier(verifier)
         }
     };
-    let mut config = builder.with_single_cert(certs, key_der).map_err(|e| {
+    let mismatch = |kind: &str, key: &Path, cert: &Path, e: rustls::Error| {
         format!(
-            "tls_key {} does not go with tls_cert {}: {e}",
+            "{kind} {} does not go with {} {}: {e}",
             key.display(),
+            if kind == "tls_key" {
+                "tls_cert"
+            } else {
+                "its cert"
+            },
             cert.display()
         )
-    })?;
+    };
+    let mut config = if sni.is_empty() {
+        builder
+            .with_single_cert(certs, key_der)
+            .map_err(|e| mismatch("tls_key", key, cert, e))?
+    } else {
+        let provider = provider();
+        let default = rustls::sign::CertifiedKey::from_der(certs, key_der, &provider)
+            .map_err(|e| mismatch("tls_key", key, cert, e))?;
+        let mut by_name = Vec::new();
+        for (c, k) in sni {
+            let chain = read_certs("tls_sni cert", c)?;
+            let names = dns_names(&chain[0]);
+            if names.is_empty() {
+                return Err(format!(
+                    "tls_sni cert {}: carries no DNS name (subjectAltName), so no client could ask for it",
+                    c.display()
+                ));
+            }
+            let ck =
+                rustls::sign::CertifiedKey::from_der(chain, read_key("tls_sni key", k)?, &provider)
+                    .map_err(|e| mismatch("tls_sni key", k, c, e))?;
+            let ck = Arc::new(ck);
+            by_name.extend(names.into_iter().map(|n| (n, ck.clone())));
+        }
+        builder.with_cert_resolver(Arc::new(SniResolver {
+            default: Arc::new(default),
+            by_name,
+        }))
+    };
     config.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
     Ok(Arc::new(config))
 }
@@ -166,15 +203,68 @@ fn read_certs(kind: &str, path: &Path) -> Result<Vec<CertificateDer<'static>>, S
     Ok(certs)
 }
 
-fn read_key(path: &Path) -> Result<PrivateKeyDer<'static>, String> {
-    let pem = read_file("tls_key", path)?;
+fn read_key(kind: &str, path: &Path) -> Result<PrivateKeyDer<'static>, String> {
+    let pem = read_file(kind, path)?;
     PrivateKeyDer::from_pem_slice(&pem).map_err(|e| match e {
         rustls::pki_types::pem::Error::NoItemsFound => format!(
-            "tls_key {}: no PEM private key (PKCS#8, PKCS#1 or SEC1) in it",
+            "{kind} {}: no PEM private key (PKCS#8, PKCS#1 or SEC1) in it",
             path.display()
         ),
-        e => format!("tls_key {}: not a PEM private key: {e}", path.display()),
+        e => format!("{kind} {}: not a PEM private key: {e}", path.display()),
     })
+}
+
+/// The DNS names (subjectAltName) a certificate carries, lowercased;
+/// `*.example.com` for a wildcard.
+fn dns_names(der: &[u8]) -> Vec<String> {
+    use x509_cert::der::Decode as _;
+    use x509_cert::ext::pkix::{name::GeneralName, SubjectAltName};
+    let Ok(cert) = x509_cert::Certificate::from_der(der) else {
+        return Vec::new();
+    };
+    match cert.tbs_certificate().get_extension::<SubjectAltName>() {
+        Ok(Some((_, san))) => san
+            .0
+            .iter()
+            .filter_map(|g| match g {
+                GeneralName::DnsName(n) => Some(n.to_string().to_ascii_lowercase()),
+                _ => None,
+            })
+            .collect(),
+        _ => Vec::new(),
+    }
+}
+
+/// Chooses a listener's certificate by the name the client asks for (SNI):
+/// an `tls_sni` certificate carrying that name (exactly, or by a wildcard
+/// for its first label), else the entry's `tls_cert`, which also serves
+/// clients that ask for no name.
+#[derive(Debug)]
+struct SniResolver {
+    default: Arc<rustls::sign::CertifiedKey>,
+    by_name: Vec<(String, Arc<rustls::sign::CertifiedKey>)>,
+}
+
+impl SniResolver {
+    fn pick(&self, name: Option<&str>) -> Arc<rustls::sign::CertifiedKey> {
+        let Some(name) = name.map(str::to_ascii_lowercase) else {
+            return self.default.clone();
+        };
+        let wildcard = name.split_once('.').map(|(_, rest)| format!("*.{rest}"));
+        let find = |want: &str| self.by_name.iter().find(|(n, _)| n == want);
+        find(&name)
+            .or_else(|| wildcard.as_deref().and_then(find))
+            .map_or_else(|| self.default.clone(), |(_, ck)| ck.clone())
+    }
+}
+
+impl rustls::server::ResolvesServerCert for SniResolver {
+    fn resolve(
+        &self,
+        hello: rustls::server::ClientHello<'_>,
+    ) -> Option<Arc<rustls::sign::CertifiedKey>> {
+        Some(self.pick(hello.server_name()))
+    }
 }
 
 /// Reads and writes a raw nonblocking socket for rustls.

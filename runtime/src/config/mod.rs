@@ -554,6 +554,10 @@ pub struct HandlerConfig {
     /// preferred first (`tls_alpn`, e.g. `["http/1.1"]`; empty: none);
     /// `None`: those its plugin declares (the http handler: `http/1.1`).
     pub tls_alpn: Option<Vec<String>>,
+    /// Further certificates (PEM chain, PEM key) of the handler's `tls://`
+    /// listeners, each served to clients that ask (SNI) for a DNS name it
+    /// carries (`tls_sni`); the others get `tls_cert`.
+    pub tls_sni: Vec<(PathBuf, PathBuf)>,
     /// The mode of the handler's Unix socket files (`unix_mode`; default:
     /// 0660 without the bits the umask clears: never world-accessible).
     pub unix_mode: Option<u32>,
@@ -673,6 +677,7 @@ impl HandlerConfig {
             tls_client_ca: None,
             tls_ca: None,
             tls_alpn: None,
+            tls_sni: Vec::new(),
             plugin_location: None,
             config_keys: ConfigKeys::default(),
         }
