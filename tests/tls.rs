@@ -36,11 +36,15 @@ impl Certs {
             .push(rcgen::DnType::CommonName, "loopd test CA");
         let ca = ca_params.clone().self_signed(&ca_key).unwrap();
         let key = KeyPair::generate().unwrap();
-        let params =
+        let mut params =
             CertificateParams::new(vec!["localhost".to_string(), "127.0.0.1".to_string()]).unwrap();
+        params
+            .distinguished_name
+            .push(rcgen::DnType::CommonName, "loopd test server");
         let cert = params.signed_by(&key, &ca, &ca_key).unwrap();
         std::fs::write(dir.join("ca.pem"), ca.pem()).unwrap();
         std::fs::write(dir.join("cert.pem"), cert.pem()).unwrap();
+        std::fs::write(dir.join("cert.der"), cert.der()).unwrap();
         std::fs::write(dir.join("key.pem"), key.serialize_pem()).unwrap();
         let other = KeyPair::generate().unwrap();
         std::fs::write(dir.join("other-key.pem"), other.serialize_pem()).unwrap();
@@ -130,7 +134,7 @@ fn http_site(certs: &Certs) -> (Site, Loopd) {
     let config = config(&site.root, "").replace(
         "listen = [\"tcp://127.0.0.1:0\"]",
         &format!(
-            "listen = [\"tls://127.0.0.1:0\", \"tcp://127.0.0.1:0\"]\ntls_alpn = [\"http/1.1\"]\n{}",
+            "listen = [\"tls://127.0.0.1:0\", \"tcp://127.0.0.1:0\"]\n{}",
             certs.keys()
         ),
     );
@@ -148,7 +152,8 @@ fn curl_gets_the_index_a_4_mib_file_and_a_range_over_tls() {
     let out = curl(&ca, port, &["-v", &format!("{base}/")]);
     let index = ok(&out);
     assert!(index == site.file("index.html"), "index differs");
-    // ALPN: the listener offers http/1.1 (tls_alpn) and curl takes it.
+    // ALPN: the http handler declares http/1.1 (no tls_alpn in the
+    // config) and curl takes it.
     let verbose = String::from_utf8_lossy(&out.stderr);
     assert!(
         verbose
@@ -649,7 +654,11 @@ listen = ["tcp://127.0.0.1:0"]
         certs.p("ca.pem"),
         certs.p("other-ca.pem"),
     );
-    let loopd = Loopd::start(&config);
+    // The system's CAs (for no-ca) are the other CA.
+    let loopd = Loopd::start_with(&config, "debug", |cmd| {
+        cmd.env("SSL_CERT_FILE", certs.path("other-ca.pem"))
+            .env_remove("SSL_CERT_DIR");
+    });
     let echo = tls_addr(&loopd, "echo");
     let mut c = LineClient::connect(loopd.tcp("probe"));
     let out = parse_id(&c.cmd(&format!("connect tls://{echo}")), "connecting ");
@@ -660,8 +669,403 @@ listen = ["tcp://127.0.0.1:0"]
     let mut w = LineClient::connect(loopd.tcp("wrong-ca"));
     let failed = parse_id(&w.cmd(&format!("connect tls://{echo}")), "connecting ");
     assert_eq!(w.recv(), format!("connect-failed {failed}"));
-    // No tls_ca: refused before any socket exists (INVALID).
+    // The server's certificate, as the handler sees it.
+    assert_eq!(
+        c.cmd(&format!("subject {out}")),
+        "subject CN=loopd test server"
+    );
+    // No tls_ca: the system's CA certificates, which here (SSL_CERT_FILE)
+    // are the other CA's: the handshake fails, and says why.
     let mut n = LineClient::connect(loopd.tcp("no-ca"));
-    assert_eq!(n.cmd(&format!("connect tls://{echo}")), "connect -4");
+    let failed = parse_id(&n.cmd(&format!("connect tls://{echo}")), "connecting ");
+    assert_eq!(n.recv(), format!("connect-failed {failed}"));
+    assert!(
+        loopd.wait_for_log("no-ca: TLS handshake with 127.0.0.1", TIMEOUT),
+        "{}",
+        loopd.logs()
+    );
     loopd.assert_no_unexpected_errors();
+}
+
+#[test]
+fn a_handler_without_tls_ca_trusts_the_system_cas_and_verifies_the_server_name() {
+    let certs = Certs::new();
+    let config = format!(
+        r#"{}
+[[handler]]
+name = "probe"
+plugin = "probe"
+listen = ["tcp://127.0.0.1:0"]
+"#,
+        echo_config(&certs, ""),
+    );
+    // The system's CAs are the test CA.
+    let loopd = Loopd::start_with(&config, "debug", |cmd| {
+        cmd.env("SSL_CERT_FILE", certs.path("ca.pem"))
+            .env_remove("SSL_CERT_DIR");
+    });
+    let echo = tls_addr(&loopd, "echo");
+    let mut c = LineClient::connect(loopd.tcp("probe"));
+    let out = parse_id(&c.cmd(&format!("connect tls://{echo}")), "connecting ");
+    assert_eq!(c.recv(), format!("connected {out}"));
+    assert_eq!(c.recv(), format!("from {out} hello from probe"));
+    assert!(loopd.wait_for_log("trusting 1 system CA certificates", TIMEOUT));
+    // A DNS name the certificate carries.
+    let named = parse_id(
+        &c.cmd(&format!("connect-name localhost tls://{echo}")),
+        "connecting ",
+    );
+    assert_eq!(c.recv(), format!("connected {named}"));
+    assert_eq!(c.recv(), format!("from {named} hello from probe"));
+    assert_eq!(
+        c.cmd(&format!("peer-cert {named}")),
+        format!(
+            "peer-cert {}",
+            std::fs::metadata(certs.path("cert.der")).unwrap().len()
+        )
+    );
+    // One it does not: refused by the handshake, logged with the reason.
+    let wrong = parse_id(
+        &c.cmd(&format!("connect-name other.example tls://{echo}")),
+        "connecting ",
+    );
+    assert_eq!(c.recv(), format!("connect-failed {wrong}"));
+    assert!(
+        loopd.wait_for_log(
+            "invalid peer certificate: certificate not valid for name",
+            TIMEOUT
+        ),
+        "{}",
+        loopd.logs()
+    );
+    // Not a DNS name, or a name on a plaintext URL: refused at once.
+    assert_eq!(
+        c.cmd(&format!("connect-name a..b tls://{echo}")),
+        "connect -4"
+    );
+    assert_eq!(
+        c.cmd(&format!(
+            "connect-name localhost tcp://{}",
+            loopd.tcp("echo")
+        )),
+        "connect -4"
+    );
+    // A plaintext connection has no peer certificate.
+    assert_eq!(c.cmd("subject"), "subject -5");
+    loopd.assert_no_unexpected_errors();
+}
+
+#[test]
+fn without_tls_ca_or_system_cas_an_outbound_tls_connect_is_refused() {
+    let certs = Certs::new();
+    let config = format!(
+        r#"{}
+[[handler]]
+name = "probe"
+plugin = "probe"
+listen = ["tcp://127.0.0.1:0"]
+"#,
+        echo_config(&certs, ""),
+    );
+    let empty = TempDir::new("tls-no-cas");
+    let loopd = Loopd::start_with(&config, "debug", |cmd| {
+        cmd.env("SSL_CERT_FILE", empty.join("none.pem"))
+            .env("SSL_CERT_DIR", empty.path());
+    });
+    let echo = tls_addr(&loopd, "echo");
+    let mut c = LineClient::connect(loopd.tcp("probe"));
+    assert_eq!(c.cmd(&format!("connect tls://{echo}")), "connect -4");
+    assert!(
+        loopd.wait_for_log("no system CA certificates found", TIMEOUT),
+        "{}",
+        loopd.logs()
+    );
+    loopd.assert_no_unexpected_errors();
+}
+
+/// Python's ssl client for line protocols: sends each argument after the
+/// first five as a line and prints one line read back per line sent, then
+/// the ALPN protocol the server chose (or None). Arguments: port, CA file,
+/// ALPN protocols offered (comma-separated, or "-"), client certificate
+/// and key (or "-").
+const PY_LINES: &str = r#"
+import socket, ssl, sys
+port, ca, alpn, cert, key = int(sys.argv[1]), sys.argv[2], sys.argv[3], sys.argv[4], sys.argv[5]
+ctx = ssl.create_default_context(cafile=ca)
+if cert != "-":
+    ctx.load_cert_chain(cert, key)
+if alpn != "-":
+    ctx.set_alpn_protocols(alpn.split(","))
+s = ctx.wrap_socket(socket.create_connection(("127.0.0.1", port), timeout=60), server_hostname="localhost")
+f = s.makefile("rwb")
+for line in sys.argv[6:]:
+    f.write(line.encode() + b"\n")
+    f.flush()
+    print(f.readline().decode().rstrip("\n"))
+print("alpn", s.selected_alpn_protocol())
+"#;
+
+fn py_lines(
+    port: u16,
+    ca: &Path,
+    alpn: &str,
+    client: Option<(&Path, &Path)>,
+    lines: &[&str],
+) -> Output {
+    let (cert, key) = client.unwrap_or((Path::new("-"), Path::new("-")));
+    run(Command::new("python3")
+        .arg("-c")
+        .arg(PY_LINES)
+        .arg(port.to_string())
+        .arg(ca)
+        .arg(alpn)
+        .arg(cert)
+        .arg(key)
+        .args(lines))
+}
+
+#[test]
+fn a_handler_reads_the_subject_of_a_mutual_tls_clients_certificate() {
+    use rcgen::{CertificateParams, ExtendedKeyUsagePurpose, KeyPair};
+    let certs = Certs::new();
+    let ca_key = KeyPair::generate().unwrap();
+    let mut ca_params = CertificateParams::new(Vec::<String>::new()).unwrap();
+    ca_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+    ca_params
+        .distinguished_name
+        .push(rcgen::DnType::CommonName, "loopd client CA");
+    let ca = ca_params.self_signed(&ca_key).unwrap();
+    let key = KeyPair::generate().unwrap();
+    let mut params = CertificateParams::new(vec!["client.example".to_string()]).unwrap();
+    params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
+    params
+        .distinguished_name
+        .push(rcgen::DnType::CommonName, "alice");
+    params
+        .distinguished_name
+        .push(rcgen::DnType::OrganizationName, "Example, Inc.");
+    let cert = params.signed_by(&key, &ca, &ca_key).unwrap();
+    std::fs::write(certs.path("client-ca.pem"), ca.pem()).unwrap();
+    std::fs::write(certs.path("client.pem"), cert.pem()).unwrap();
+    std::fs::write(certs.path("client-key.pem"), key.serialize_pem()).unwrap();
+    let config = format!(
+        r#"
+[[handler]]
+name = "mtls"
+plugin = "probe"
+listen = ["tls://127.0.0.1:0", "tcp://127.0.0.1:0"]
+tls_client_ca = "{}"
+{}
+[[handler]]
+name = "tls"
+plugin = "probe"
+listen = ["tls://127.0.0.1:0"]
+{}"#,
+        certs.p("client-ca.pem"),
+        certs.keys(),
+        certs.keys()
+    );
+    let loopd = Loopd::start(&config);
+    let ca_pem = certs.path("ca.pem");
+    let (client, client_key) = (certs.path("client.pem"), certs.path("client-key.pem"));
+    let out = ok(&py_lines(
+        tls_addr(&loopd, "mtls").port(),
+        &ca_pem,
+        "-",
+        Some((&client, &client_key)),
+        &["subject", "peer-cert"],
+    ));
+    let der = cert.der().len();
+    // RFC 4514: the most specific part first, the comma escaped.
+    assert_eq!(
+        String::from_utf8(out).unwrap(),
+        format!("subject O=Example\\, Inc.,CN=alice\npeer-cert {der}\nalpn None\n")
+    );
+    // TLS without a client certificate asked for, and plaintext: none.
+    let out = ok(&py_lines(
+        tls_addr(&loopd, "tls").port(),
+        &ca_pem,
+        "-",
+        None,
+        &["subject"],
+    ));
+    assert_eq!(String::from_utf8(out).unwrap(), "subject -5\nalpn None\n");
+    let mut plain = LineClient::connect(loopd.tcp("mtls"));
+    assert_eq!(plain.cmd("subject"), "subject -5");
+    loopd.assert_no_unexpected_errors();
+}
+
+#[test]
+fn alpn_comes_from_the_handler_unless_tls_alpn_replaces_it() {
+    let certs = Certs::new();
+    let site = Site::new();
+    let config = format!(
+        r#"
+[[handler]]
+name = "declared"
+plugin = "http"
+listen = ["tls://127.0.0.1:0"]
+{keys}
+[handler.config]
+root = "{root}"
+
+[[handler]]
+name = "none"
+plugin = "http"
+listen = ["tls://127.0.0.1:0"]
+tls_alpn = []
+{keys}
+[handler.config]
+root = "{root}"
+
+[[handler]]
+name = "probe"
+plugin = "probe"
+listen = ["tls://127.0.0.1:0"]
+{keys}
+[[handler]]
+name = "custom"
+plugin = "probe"
+listen = ["tls://127.0.0.1:0"]
+tls_alpn = ["x-loopd-probe"]
+{keys}"#,
+        keys = certs.keys(),
+        root = site.root.display()
+    );
+    let loopd = Loopd::start(&config);
+    let ca = certs.path("ca.pem");
+    let alpn_of = |handler: &str, offered: &str| {
+        let out = ok(&py_lines(
+            tls_addr(&loopd, handler).port(),
+            &ca,
+            offered,
+            None,
+            &[],
+        ));
+        String::from_utf8(out).unwrap()
+    };
+    // The http handler declares http/1.1.
+    assert_eq!(alpn_of("declared", "h2,http/1.1"), "alpn http/1.1\n");
+    // tls_alpn = [] offers none: the client's offer is ignored.
+    assert_eq!(alpn_of("none", "h2,http/1.1"), "alpn None\n");
+    // The probe declares none; tls_alpn gives it one.
+    assert_eq!(alpn_of("probe", "h2,http/1.1"), "alpn None\n");
+    assert_eq!(alpn_of("custom", "x-loopd-probe"), "alpn x-loopd-probe\n");
+    // A client offering only protocols the server does not speak is
+    // refused (no_application_protocol).
+    let out = py_lines(tls_addr(&loopd, "declared").port(), &ca, "h2", None, &[]);
+    assert!(
+        !out.status.success(),
+        "a client offering only h2 was served"
+    );
+    loopd.assert_no_unexpected_errors();
+}
+
+/// Python's ssl client asking for `name` by SNI: prints the common name of
+/// the certificate it was served (verified against the CA, whatever name
+/// it carries).
+const PY_SNI: &str = r#"
+import socket, ssl, sys
+port, ca, name = int(sys.argv[1]), sys.argv[2], sys.argv[3]
+ctx = ssl.create_default_context(cafile=ca)
+ctx.check_hostname = False
+s = ctx.wrap_socket(socket.create_connection(("127.0.0.1", port), timeout=60),
+                    server_hostname=None if name == "-" else name)
+print(dict(x[0] for x in s.getpeercert()["subject"])["commonName"])
+"#;
+
+#[test]
+fn sni_picks_the_certificate_for_the_name_asked_for() {
+    use rcgen::{CertificateParams, KeyPair};
+    let certs = Certs::new();
+    let ca_pem = std::fs::read_to_string(certs.path("ca.pem")).unwrap();
+    // The SNI certificates come from a CA of their own, which the client
+    // trusts beside the first.
+    let ca_key = KeyPair::generate().unwrap();
+    let mut ca_params = CertificateParams::new(Vec::<String>::new()).unwrap();
+    ca_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+    ca_params
+        .distinguished_name
+        .push(rcgen::DnType::CommonName, "loopd SNI CA");
+    let ca = ca_params.self_signed(&ca_key).unwrap();
+    std::fs::write(certs.path("both-cas.pem"), format!("{ca_pem}{}", ca.pem())).unwrap();
+    let issue = |file: &str, names: &[&str], cn: &str| {
+        let key = KeyPair::generate().unwrap();
+        let mut params =
+            CertificateParams::new(names.iter().map(|n| n.to_string()).collect::<Vec<_>>())
+                .unwrap();
+        params
+            .distinguished_name
+            .push(rcgen::DnType::CommonName, cn);
+        let cert = params.signed_by(&key, &ca, &ca_key).unwrap();
+        std::fs::write(certs.path(&format!("{file}.pem")), cert.pem()).unwrap();
+        std::fs::write(certs.path(&format!("{file}-key.pem")), key.serialize_pem()).unwrap();
+    };
+    issue("a", &["a.loopd.test"], "site a");
+    issue("b", &["*.b.loopd.test", "b.loopd.test"], "site b");
+    issue("ip-only", &["127.0.0.2"], "no dns name");
+    let config = format!(
+        "[[handler]]\nname = \"echo\"\nplugin = \"echo\"\nlisten = [\"tls://127.0.0.1:0\"]\n{}tls_sni = [{}, {}]\n",
+        certs.keys(),
+        sni_entry(&certs, "a", "a-key"),
+        sni_entry(&certs, "b", "b-key")
+    );
+    let loopd = Loopd::start(&config);
+    let port = tls_addr(&loopd, "echo").port();
+    let served = |name: &str| {
+        let out = ok(&run(Command::new("python3")
+            .arg("-c")
+            .arg(PY_SNI)
+            .arg(port.to_string())
+            .arg(certs.path("both-cas.pem"))
+            .arg(name)));
+        String::from_utf8(out).unwrap().trim().to_string()
+    };
+    assert_eq!(served("a.loopd.test"), "site a");
+    assert_eq!(served("A.Loopd.Test"), "site a");
+    assert_eq!(served("b.loopd.test"), "site b");
+    assert_eq!(served("www.b.loopd.test"), "site b");
+    // A wildcard covers one label only; other names and no name get the
+    // entry's tls_cert.
+    assert_eq!(served("x.www.b.loopd.test"), "loopd test server");
+    assert_eq!(served("c.loopd.test"), "loopd test server");
+    assert_eq!(served("-"), "loopd test server");
+    loopd.assert_no_unexpected_errors();
+
+    // Bad entries are named at check, with the entry and the file.
+    let base = |sni: String| {
+        format!(
+            "[[handler]]\nname = \"echo\"\nplugin = \"echo\"\nlisten = [\"tls://127.0.0.1:0\"]\n{}tls_sni = [{}, {sni}]\n",
+            certs.keys(),
+            sni_entry(&certs, "a", "a-key")
+        )
+    };
+    check_fails(
+        &base(sni_entry(&certs, "ip-only", "ip-only-key")),
+        &[
+            "handler[0].tls_sni[1].cert",
+            &certs.p("ip-only.pem"),
+            "carries no DNS name",
+        ],
+    );
+    check_fails(
+        &base(sni_entry(&certs, "b", "a-key")),
+        &[
+            "handler[0].tls_sni[1].key",
+            &certs.p("a-key.pem"),
+            "does not go with its cert",
+        ],
+    );
+    check_fails(
+        &base(format!("{{ cert = \"{}\" }}", certs.p("b.pem"))),
+        &["tls_sni", "key"],
+    );
+}
+
+fn sni_entry(certs: &Certs, cert: &str, key: &str) -> String {
+    format!(
+        "{{ cert = \"{}\", key = \"{}\" }}",
+        certs.p(&format!("{cert}.pem")),
+        certs.p(&format!("{key}.pem"))
+    )
 }

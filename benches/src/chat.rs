@@ -252,12 +252,24 @@ impl Rig {
     /// Connects `n` receivers and the publishers, and waits until every
     /// receiver is subscribed (a first message reached all of them).
     pub fn connect(addr: SocketAddr, proto: Proto, n: usize) -> Result<Rig> {
-        Rig::connect_split(&[addr], proto, n)
+        Rig::connect_on(&[addr], proto, n, false)
+    }
+
+    /// [`Rig::connect`] to a server whose members join asynchronously
+    /// (several workers: a member's join reaches the other workers by a
+    /// post, after a sync line may have passed): the sync is repeated
+    /// until every receiver got one.
+    pub fn connect_workers(addr: SocketAddr, proto: Proto, n: usize) -> Result<Rig> {
+        Rig::connect_on(&[addr], proto, n, true)
     }
 
     /// [`Rig::connect`] with receiver `r` on `addrs[r % len]` and
     /// publisher `p` on `addrs[p % len]`: chat instances bridged by Redis.
     pub fn connect_split(addrs: &[SocketAddr], proto: Proto, n: usize) -> Result<Rig> {
+        Rig::connect_on(addrs, proto, n, addrs.len() > 1)
+    }
+
+    fn connect_on(addrs: &[SocketAddr], proto: Proto, n: usize, retry_sync: bool) -> Result<Rig> {
         let poller = Poller::new()?;
         let mut conns = Vec::with_capacity(n + PUBLISHERS);
         let mut streams = Vec::with_capacity(n + PUBLISHERS);
@@ -293,7 +305,7 @@ impl Rig {
             completed: 0,
             latencies: Vec::new(),
             bad_replies: 0,
-            retry_sync: addrs.len() > 1,
+            retry_sync,
         };
         if proto == Proto::Redis {
             let sub = format!(

@@ -673,19 +673,25 @@ fn syscalls_section(doc: &mut Doc, b: &Bench) {
         return;
     }
     doc.md.push_str(
-        "\n**Instructions**: loopd's echo loaded as a plugin (`loopd`, `libloopd_echo.so`) and linked statically (`loopd-static`), each on the echo-only config, run under `valgrind --tool=callgrind` twice: for N and for 3N round trips of 64 bytes (N = 2,000 in a full run); the difference of the two instruction totals over the 2N extra round trips is the figure (start-up and shutdown cancel out). User-space instructions only; hardware counters (`perf stat -e instructions`) are not available on this machine.\n\n| Case | loopd (.so) | loopd-static | .so ÷ static | target | |\n|---|---:|---:|---:|---|---|\n",
+        "\n**Instructions**: loopd's echo loaded as a plugin (`loopd`, `libloopd_echo.so`) and linked statically (`loopd-static`), each on the echo-only config, run under `valgrind --tool=callgrind` twice: for N and for 3N round trips of 64 bytes (N = 2,000 in a full run); the difference of the two instruction totals over the 2N extra round trips is the figure (start-up and shutdown cancel out). User-space instructions only; hardware counters (`perf stat -e instructions`) are not available on this machine. The tokio and C echo peers are counted the same way, for comparison: where loopd's CPU per round trip trails theirs with fewer instructions here, the difference is in the kernel.\n\n| Case | loopd (.so) | loopd-static | tokio | C epoll | .so ÷ static | target | |\n|---|---:|---:|---:|---:|---:|---|---|\n",
     );
     for c in ins {
         let so = metric(c, "loopd", "instructions_per_op");
         let st = metric(c, "loopd-static", "instructions_per_op");
         let r = ratio(c, "loopd", "loopd-static", "instructions_per_op", false);
         let ok = met(r, |v| (v - 1.0).abs() <= 0.02);
+        let count = |peer: &str| {
+            metric(c, peer, "instructions_per_op")
+                .map_or("–".into(), |s| format!("{:.0}", s.median))
+        };
         let _ = writeln!(
             doc.md,
-            "| {} | {} | {} | {} | within 2% | {} |",
+            "| {} | {} | {} | {} | {} | {} | within 2% | {} |",
             c.label,
             so.map_or("–".into(), |s| format!("{:.0}", s.median)),
             st.map_or("–".into(), |s| format!("{:.0}", s.median)),
+            count("tokio"),
+            count("c-epoll"),
             r.map_or("–".into(), |s| format!("{:.3}×", s.median)),
             mark(ok)
         );

@@ -337,6 +337,12 @@ fn callgrind_run(
         &format!("{name}-callgrind.toml"),
         &peers::echo_config(port),
     )?;
+    // What each server takes: loopd a config file, the peers an address.
+    let arg = match name {
+        "tokio" => format!("127.0.0.1:{port}"),
+        "c-epoll" => port.to_string(),
+        _ => config.display().to_string(),
+    };
     let out = ctx.work.join(format!("callgrind-{name}-{conns}-{ops}.out"));
     let valgrind = http::which("valgrind")?;
     let mut s = Server::spawn(
@@ -346,7 +352,7 @@ fn callgrind_run(
             "--tool=callgrind".into(),
             format!("--callgrind-out-file={}", out.display()),
             program.display().to_string(),
-            config.display().to_string(),
+            arg,
         ],
         &ctx.work.join(format!("{name}-callgrind.log")),
     )?;
@@ -538,10 +544,17 @@ pub fn bench(ctx: &Ctx) -> Result<Bench> {
             .into(),
             peers: Vec::new(),
         };
-        for (name, program) in [
+        let mut servers = vec![
             ("loopd", ctx.bin.join("loopd")),
             ("loopd-static", ctx.bin.join("static-echo")),
-        ] {
+        ];
+        // For comparison (not in the smoke, to keep it short): the same
+        // round trips' user-space instructions in the tokio and C peers.
+        if !ctx.smoke {
+            servers.push(("tokio", ctx.bin.join("tokio-echo")));
+            servers.push(("c-epoll", ctx.peers.join("epoll_echo")));
+        }
+        for (name, program) in servers {
             let (ir1, ops1) = callgrind_run(ctx, name, &program, conns, n1)?;
             let (ir2, ops2) = callgrind_run(ctx, name, &program, conns, n2)?;
             if ops2 <= ops1 || ir2 <= ir1 {

@@ -275,7 +275,7 @@ pub fn bench(ctx: &Ctx) -> Result<Bench> {
     let mut rigs = Vec::new();
     for (name, server, addr) in servers.iter_mut() {
         let t = Instant::now();
-        let rig = Rig::connect(*addr, Proto::Line, n)
+        let rig = Rig::connect_workers(*addr, Proto::Line, n)
             .with_context(|| format!("{name}: connecting {n} chat receivers"))?;
         server.check_alive()?;
         println!(

@@ -276,6 +276,8 @@ static HOST_API: loopd_host_api = loopd_host_api {
     metric_declare: None,
     metric_series: None,
     metric_update: None,
+    peer_subject: None,
+    peer_certificate: None,
 };
 
 /// The served tree, made once per process:

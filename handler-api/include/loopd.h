@@ -79,7 +79,9 @@ extern "C" {
  * 1.4 added: loopd_host_api.post_siblings, worker_info;
  *            loopd_connect_options.flags, LOOPD_CONNECT_KEEP_READING,
  *            LOOPD_TRANSPORT_TLS; loopd_host_api.stats_json,
- *            metric_declare, metric_series, metric_update; LOOPD_METRIC_*. */
+ *            metric_declare, metric_series, metric_update; LOOPD_METRIC_*;
+ *            loopd_host_api.peer_subject, peer_certificate;
+ *            loopd_connect_options.server_name; loopd_plugin_info.alpn. */
 #define LOOPD_ABI_MINOR 4
 
 /* Sizes of the v1.0 structs on 64-bit targets: the smallest struct_size a
@@ -280,6 +282,10 @@ typedef struct loopd_connect_options {
     /* --- 1.4 --- */
     uint32_t flags;                 /* LOOPD_CONNECT_*; 0 = none */
     uint32_t reserved;              /* 0 */
+    /* tls:// only: the DNS name the server's certificate must carry, also
+     * sent as SNI (NUL-terminated, borrowed for the call). NULL = the
+     * certificate must carry the URL's IP address. */
+    const char *server_name;
 } loopd_connect_options;
 
 /* connect_with flags (1.4). KEEP_READING: loopd keeps reading this
@@ -526,6 +532,24 @@ typedef struct loopd_host_api {
      * counter step. Inside any hook. */
     int32_t (*metric_update)(loopd_ctx *ctx, uint64_t series, uint32_t op,
                              double value);
+
+    /* The subject of the peer's certificate on a TLS connection, as an
+     * RFC 4514 string (UTF-8, no NUL; e.g. "CN=alice,O=Example"): the
+     * client's under mutual TLS (tls_client_ca), the server's on an
+     * outbound tls:// connection. Buffer as stats_json: LOOPD_OK when it
+     * fit in buf (cap bytes) and was copied, LOOPD_ERR_FULL when it did
+     * not (call again with *len_out bytes). LOOPD_ERR_NO_SUCH_CONN,
+     * LOOPD_ERR_UNSUPPORTED when the connection has no verified peer
+     * certificate (not TLS, the handshake not done, no client certificate
+     * asked for), LOOPD_ERR_INVALID (len_out NULL, or buf NULL with
+     * cap > 0). Loop thread. */
+    int32_t (*peer_subject)(loopd_ctx *ctx, uint64_t conn, uint8_t *buf,
+                            size_t cap, size_t *len_out);
+
+    /* The peer's certificate itself (DER, the leaf), for a handler that
+     * pins or parses it. As peer_subject. */
+    int32_t (*peer_certificate)(loopd_ctx *ctx, uint64_t conn, uint8_t *buf,
+                                size_t cap, size_t *len_out);
 } loopd_host_api;
 
 /* Hooks the handler implements. Every pointer may be NULL ("not
@@ -657,6 +681,11 @@ typedef struct loopd_plugin_info {
     uint32_t default_framing; /* LOOPD_FRAMING_* (DEFAULT = no preference) */
     uint32_t reserved;        /* 0 */
     const loopd_vtable *vtable; /* never NULL */
+    /* --- 1.4 --- */
+    /* The ALPN protocols its tls:// listeners offer, comma-separated, most
+     * preferred first (e.g. "http/1.1"); NULL or "" = none. A handler
+     * entry's tls_alpn key replaces them. */
+    const char *alpn;
 } loopd_plugin_info;
 
 /* The entry point. host is static and valid for the life of the process.

@@ -291,11 +291,14 @@ pub type loopd_metric_update_fn = unsafe extern "C" fn(*mut loopd_ctx, u64, u32,
 /// `loopd_host_api.stats_json` (since 1.4).
 pub type loopd_stats_json_fn =
     unsafe extern "C" fn(*mut loopd_ctx, *mut u8, usize, *mut usize) -> i32;
+/// `loopd_host_api.peer_subject` and `peer_certificate` (since 1.4).
+pub type loopd_peer_cert_fn =
+    unsafe extern "C" fn(*mut loopd_ctx, u64, *mut u8, usize, *mut usize) -> i32;
 
 /// Options for `connect_with` (1.3). Extensible; a zero field means "what
 /// the instance has".
 #[repr(C)]
-#[derive(Debug, Clone, Copy, Default)]
+#[derive(Debug, Clone, Copy)]
 pub struct loopd_connect_options {
     /// `size_of::<loopd_connect_options>()` as the caller knows it.
     pub struct_size: u32,
@@ -311,6 +314,24 @@ pub struct loopd_connect_options {
     pub flags: u32,
     /// Always 0.
     pub reserved: u32,
+    /// `tls://` only (since 1.4): the DNS name the server's certificate must
+    /// carry, also sent as SNI; NULL = the URL's IP address.
+    pub server_name: *const c_char,
+}
+
+impl Default for loopd_connect_options {
+    fn default() -> loopd_connect_options {
+        loopd_connect_options {
+            struct_size: core::mem::size_of::<loopd_connect_options>() as u32,
+            framing: LOOPD_FRAMING_DEFAULT,
+            max_frame: 0,
+            output_high_watermark: 0,
+            output_low_watermark: 0,
+            flags: 0,
+            reserved: 0,
+            server_name: core::ptr::null(),
+        }
+    }
 }
 
 /// `loopd_connect_options.flags` (1.4): keep reading the connection while
@@ -387,6 +408,10 @@ pub struct loopd_host_api {
     pub metric_series: Option<loopd_metric_series_fn>,
     /// Add to, set or observe into a series (since 1.4).
     pub metric_update: Option<loopd_metric_update_fn>,
+    /// The subject of a TLS connection's peer certificate (since 1.4).
+    pub peer_subject: Option<loopd_peer_cert_fn>,
+    /// A TLS connection's peer certificate, DER (since 1.4).
+    pub peer_certificate: Option<loopd_peer_cert_fn>,
 }
 
 // SAFETY: the host table is immutable static data (function pointers and a
@@ -532,6 +557,9 @@ pub struct loopd_plugin_info {
     pub reserved: u32,
     /// The hooks; never NULL.
     pub vtable: *const loopd_vtable,
+    /// The ALPN protocols of its `tls://` listeners, comma-separated and
+    /// NUL-terminated, most preferred first; NULL = none (since 1.4).
+    pub alpn: *const c_char,
 }
 
 // SAFETY: plugin info is immutable static data (pointers to static strings

@@ -491,22 +491,42 @@ impl Ctx {
     /// [`Error::Unsupported`] on a host older than 1.4.
     pub fn stats_json(&self) -> Result<String, Error> {
         let f = self.host().stats_json.ok_or(Error::Unsupported)?;
-        let mut buf: Vec<u8> = Vec::new();
-        // The text may grow between the two calls: a few tries.
-        for _ in 0..4 {
-            let mut len = 0usize;
-            // SAFETY: `buf` has `buf.len()` writable bytes; a valid out-pointer.
-            let status = unsafe { f(self.raw, buf.as_mut_ptr(), buf.len(), &mut len) };
-            if status == abi::LOOPD_OK {
-                buf.truncate(len);
-                return String::from_utf8(buf).map_err(|_| Error::Invalid);
-            }
-            if status != abi::LOOPD_ERR_FULL {
-                Error::check(status)?;
-            }
-            buf.resize(len + len / 4 + 64, 0);
-        }
-        Err(Error::Full)
+        let bytes = read_sized_out(|buf, cap, len| {
+            // SAFETY: `buf` has `cap` writable bytes; a valid out-pointer.
+            unsafe { f(self.raw, buf, cap, len) }
+        })?;
+        String::from_utf8(bytes).map_err(|_| Error::Invalid)
+    }
+
+    /// The subject of `conn`'s verified peer certificate as an RFC 4514
+    /// string, e.g. `CN=alice,O=Example` (ABI 1.4): the client's under
+    /// mutual TLS (`tls_client_ca`), the server's on an outbound `tls://`
+    /// connection.
+    ///
+    /// # Errors
+    /// [`Error::Unsupported`] when the connection has none (not TLS, no
+    /// client certificate asked for) or the host is older than 1.4;
+    /// [`Error::NoSuchConn`].
+    pub fn peer_subject(&self, conn: ConnId) -> Result<String, Error> {
+        let f = self.host().peer_subject.ok_or(Error::Unsupported)?;
+        let bytes = read_sized_out(|buf, cap, len| {
+            // SAFETY: `buf` has `cap` writable bytes; a valid out-pointer.
+            unsafe { f(self.raw, conn.raw(), buf, cap, len) }
+        })?;
+        String::from_utf8(bytes).map_err(|_| Error::Invalid)
+    }
+
+    /// `conn`'s verified peer certificate, DER (the leaf; ABI 1.4), for a
+    /// handler that pins or parses it.
+    ///
+    /// # Errors
+    /// As [`Ctx::peer_subject`].
+    pub fn peer_certificate(&self, conn: ConnId) -> Result<Vec<u8>, Error> {
+        let f = self.host().peer_certificate.ok_or(Error::Unsupported)?;
+        read_sized_out(|buf, cap, len| {
+            // SAFETY: `buf` has `cap` writable bytes; a valid out-pointer.
+            unsafe { f(self.raw, conn.raw(), buf, cap, len) }
+        })
     }
 
     /// Declares a counter (ABI 1.4): only inside [`crate::Handler::create`].
@@ -811,6 +831,28 @@ impl Ctx {
 /// truncating it would fire a timer early), saturating at `u64::MAX`.
 fn delay_ms(delay: Duration) -> u64 {
     u64::try_from(delay.as_nanos().div_ceil(1_000_000)).unwrap_or(u64::MAX)
+}
+
+/// Calls a host function that copies out bytes of a size it reports
+/// (`LOOPD_ERR_FULL` with the size needed when `cap` is short), growing the
+/// buffer until they fit. The content may grow between calls: a few tries.
+fn read_sized_out(
+    mut call: impl FnMut(*mut u8, usize, *mut usize) -> i32,
+) -> Result<Vec<u8>, Error> {
+    let mut buf: Vec<u8> = Vec::new();
+    for _ in 0..4 {
+        let mut len = 0usize;
+        let status = call(buf.as_mut_ptr(), buf.len(), &mut len);
+        if status == abi::LOOPD_OK {
+            buf.truncate(len);
+            return Ok(buf);
+        }
+        if status != abi::LOOPD_ERR_FULL {
+            Error::check(status)?;
+        }
+        buf.resize(len + len / 4 + 64, 0);
+    }
+    Err(Error::Full)
 }
 
 #[cfg(test)]

@@ -110,6 +110,7 @@ pub const fn plugin_info<H: Handler>(
         default_framing: H::FRAMING.to_raw(),
         reserved: 0,
         vtable,
+        alpn: H::ALPN.as_ptr(),
     }
 }
 

@@ -215,6 +215,12 @@ pub trait Handler: Sized + 'static {
     /// use a host function added in a later minor.
     const MIN_HOST_MINOR: u32 = 0;
 
+    /// The ALPN protocols this handler's `tls://` listeners offer,
+    /// comma-separated, most preferred first (ABI 1.4; `c"http/1.1"` for an
+    /// HTTP/1.1 server). Empty: none. A handler entry's `tls_alpn` key
+    /// replaces them; a host older than 1.4 ignores them.
+    const ALPN: &'static std::ffi::CStr = c"";
+
     /// Builds an instance for one `[[handler]]` entry named `instance`.
     ///
     /// Called once per entry, at startup (and by `loopd check`), before

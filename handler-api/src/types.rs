@@ -407,7 +407,7 @@ impl FdEvents {
 /// `None` keeps what the instance has, which is what
 /// [`crate::Ctx::connect`] gives every outbound connection: the instance's
 /// framing, `max_frame` and output watermarks.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
 #[non_exhaustive]
 pub struct ConnectOptions {
     /// How this connection's input is cut into frames.
@@ -418,6 +418,9 @@ pub struct ConnectOptions {
     pub watermarks: Option<(usize, usize)>,
     /// Keep reading it while its own output queue is full (ABI 1.4).
     pub keep_reading: bool,
+    /// `tls://` only: the DNS name the server's certificate must carry
+    /// (ABI 1.4).
+    pub server_name: Option<std::ffi::CString>,
 }
 
 impl ConnectOptions {
@@ -456,7 +459,18 @@ impl ConnectOptions {
         self
     }
 
-    /// The ABI struct.
+    /// For a `tls://` URL: the DNS name the server's certificate must carry,
+    /// also sent as SNI (ABI 1.4; `LOOPD_ERR_INVALID` from a host for a name
+    /// that is not a DNS name, and for any other URL). Without it the
+    /// certificate must carry the URL's IP address. A host older than 1.4
+    /// ignores it (set `MIN_HOST_MINOR = 4`).
+    pub fn server_name(mut self, name: &str) -> ConnectOptions {
+        // A name with a NUL in it becomes "", which the host refuses.
+        self.server_name = Some(std::ffi::CString::new(name).unwrap_or_default());
+        self
+    }
+
+    /// The ABI struct; it borrows `self` (the server name).
     pub fn to_raw(&self) -> abi::loopd_connect_options {
         abi::loopd_connect_options {
             struct_size: std::mem::size_of::<abi::loopd_connect_options>() as u32,
@@ -472,6 +486,10 @@ impl ConnectOptions {
                 0
             },
             reserved: 0,
+            server_name: self
+                .server_name
+                .as_deref()
+                .map_or(std::ptr::null(), std::ffi::CStr::as_ptr),
         }
     }
 }

@@ -99,7 +99,8 @@ abi_structs! {
         send_datagram, timer_set, timer_cancel, connect, now_ms, output_queued, status_str,
         log_to, send_file, pause_read, resume_read, shutdown_write, connect_with, post,
         watch_fd, watch_modify, watch_remove, timer_repeat, post_siblings, worker_info,
-        stats_json, metric_declare, metric_series, metric_update,
+        stats_json, metric_declare, metric_series, metric_update, peer_subject,
+        peer_certificate,
     }
     loopd_vtable {
         struct_size, reserved, create, destroy, on_open, on_data, on_eof, on_writable,
@@ -108,11 +109,11 @@ abi_structs! {
     }
     loopd_connect_options {
         struct_size, framing, max_frame, output_high_watermark, output_low_watermark, flags,
-        reserved,
+        reserved, server_name,
     }
     loopd_plugin_info {
         struct_size, abi_major, abi_minor, min_host_minor, name, version, default_framing,
-        reserved, vtable,
+        reserved, vtable, alpn,
     }
 }
 

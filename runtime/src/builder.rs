@@ -528,6 +528,7 @@ pub(crate) fn create_instance(
             },
             version: String::new(),
             default_framing: l.framing,
+            alpn: l.alpn.clone(),
             vtable: l.vtable,
             stamp: None,
         },
@@ -572,7 +573,7 @@ pub(crate) fn create_instance(
         mailbox_bytes: h.mailbox_bytes.unwrap_or(settings.mailbox_bytes),
         ..settings
     };
-    let tls = tls_server(h)?;
+    let tls = tls_server(h, &plugin.alpn)?;
     let tls_client = tls_client(h)?;
     let shown = plugin.path.clone().unwrap_or_else(|| h.name.clone().into());
     let (plugin_name, plugin_version) = (plugin.name.clone(), plugin.version.clone());
@@ -653,7 +654,13 @@ fn check_runtime(rt: &RuntimeConfig) -> Result<(), Error> {
 /// The certificate and key of a handler entry's `tls://` listeners, loaded
 /// now: a missing, unreadable or malformed file, or a key that is not the
 /// certificate's, stops the start with the path and the reason.
-pub(crate) fn tls_server(h: &HandlerConfig) -> Result<Option<crate::instance::TlsServer>, Error> {
+///
+/// Its ALPN protocols are the entry's `tls_alpn`, else `declared` (the
+/// plugin's).
+pub(crate) fn tls_server(
+    h: &HandlerConfig,
+    declared: &[String],
+) -> Result<Option<crate::instance::TlsServer>, Error> {
     let wants = h.listen.iter().any(|a| matches!(a, ListenAddr::Tls(_)));
     if !wants {
         return Ok(None);
@@ -666,14 +673,20 @@ pub(crate) fn tls_server(h: &HandlerConfig) -> Result<Option<crate::instance::Tl
     };
     #[cfg(feature = "tls")]
     {
-        let alpn: Vec<&[u8]> = h.tls_alpn.iter().map(|p| p.as_bytes()).collect();
-        crate::tls::load_server(cert, key, h.tls_client_ca.as_deref(), &alpn)
+        let alpn: Vec<&[u8]> = h
+            .tls_alpn
+            .as_deref()
+            .unwrap_or(declared)
+            .iter()
+            .map(|p| p.as_bytes())
+            .collect();
+        crate::tls::load_server(cert, key, h.tls_client_ca.as_deref(), &alpn, &h.tls_sni)
             .map(Some)
             .map_err(|e| Error::Config(format!("handler `{}`: {e}", h.name)))
     }
     #[cfg(not(feature = "tls"))]
     {
-        let _ = (cert, key, &h.tls_client_ca);
+        let _ = (cert, key, &h.tls_client_ca, declared);
         Err(Error::Config(format!(
             "handler `{}`: tls:// listeners need loopd built with the `tls` feature",
             h.name

@@ -183,6 +183,7 @@ pub(crate) fn test_instance(
             name: name.to_string(),
             version: String::new(),
             default_framing: None,
+            alpn: Vec::new(),
             vtable: loopd_handler_api::abi::loopd_vtable::EMPTY,
             stamp: None,
         },

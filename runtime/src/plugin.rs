@@ -24,6 +24,8 @@ pub(crate) struct Plugin {
     pub(crate) name: String,
     pub(crate) version: String,
     pub(crate) default_framing: Option<FramingKind>,
+    /// The ALPN protocols it declares for its `tls://` listeners (1.4).
+    pub(crate) alpn: Vec<String>,
     /// The plugin's vtable, copied and zero-extended to the size we know.
     pub(crate) vtable: loopd_vtable,
     /// The library file as it was when loaded (`None` for a linked handler):
@@ -277,14 +279,41 @@ pub(crate) unsafe fn check_info(
                 .map_err(|other| format!("plugin info has an unknown default_framing {other}"))?,
         ),
     };
+    let alpn_end = std::mem::offset_of!(loopd_plugin_info, alpn)
+        + std::mem::size_of::<*const std::ffi::c_char>();
+    let alpn = if size >= alpn_end && !info.alpn.is_null() {
+        let list = read_str(info.alpn, "alpn")?;
+        parse_alpn(&list).map_err(|e| format!("plugin info alpn {list:?}: {e}"))?
+    } else {
+        Vec::new()
+    };
     Ok(Plugin {
         path: path.map(Path::to_path_buf),
         name: read_str(info.name, "name")?,
         version: read_str(info.version, "version")?,
         default_framing,
+        alpn,
         vtable,
         stamp: None,
     })
+}
+
+/// A plugin's ALPN list ("h2,http/1.1"): comma-separated names of 1 to
+/// 255 bytes, most preferred first; "" is none.
+pub(crate) fn parse_alpn(list: &str) -> Result<Vec<String>, String> {
+    if list.trim().is_empty() {
+        return Ok(Vec::new());
+    }
+    list.split(',')
+        .map(|p| {
+            let p = p.trim();
+            if p.is_empty() || p.len() > 255 {
+                Err("each protocol name must be 1 to 255 bytes".to_string())
+            } else {
+                Ok(p.to_string())
+            }
+        })
+        .collect()
 }
 
 /// Loads and checks the library at `path`. The error is the reason only;
@@ -456,12 +485,58 @@ mod tests {
             default_framing: abi::LOOPD_FRAMING_DEFAULT,
             reserved: 0,
             vtable: &theirs,
+            alpn: std::ptr::null(),
         };
         // SAFETY: every pointer is valid for the call.
         let p = unsafe { check_info(&info, None) }.unwrap();
         assert!(p.vtable.on_listen.is_some(), "a whole hook was dropped");
         assert!(p.vtable.on_oversize.is_none(), "a torn hook was copied");
         assert!(p.vtable.on_partial.is_none());
+    }
+
+    fn info_with_alpn(
+        vtable: &loopd_vtable,
+        alpn: &std::ffi::CStr,
+        size: usize,
+    ) -> loopd_plugin_info {
+        loopd_plugin_info {
+            struct_size: size as u32,
+            abi_major: abi::LOOPD_ABI_MAJOR,
+            abi_minor: abi::LOOPD_ABI_MINOR,
+            min_host_minor: 0,
+            name: c"alpn".as_ptr(),
+            version: c"1".as_ptr(),
+            default_framing: abi::LOOPD_FRAMING_DEFAULT,
+            reserved: 0,
+            vtable,
+            alpn: alpn.as_ptr(),
+        }
+    }
+
+    #[test]
+    fn a_plugins_alpn_is_read_within_its_struct_size_and_checked() {
+        let vtable = loopd_vtable::EMPTY;
+        let full = std::mem::size_of::<loopd_plugin_info>();
+        let read = |alpn: &std::ffi::CStr, size: usize| {
+            let info = info_with_alpn(&vtable, alpn, size);
+            // SAFETY: every pointer is valid for the call.
+            unsafe { check_info(&info, None) }.map(|p| p.alpn)
+        };
+        assert_eq!(
+            read(c"h2, http/1.1", full).unwrap(),
+            vec!["h2".to_string(), "http/1.1".to_string()]
+        );
+        assert_eq!(read(c"", full).unwrap(), Vec::<String>::new());
+        // An older plugin's info ends before the field: not read.
+        assert_eq!(
+            read(c"h2", abi::LOOPD_PLUGIN_INFO_V1_0_SIZE).unwrap(),
+            Vec::<String>::new()
+        );
+        let long = std::ffi::CString::new("x".repeat(256)).unwrap();
+        let why = read(&long, full).unwrap_err();
+        assert!(why.contains("1 to 255 bytes"), "{why}");
+        let why = read(c"h2,,http/1.1", full).unwrap_err();
+        assert!(why.starts_with("plugin info alpn"), "{why}");
     }
 
     #[test]

@@ -283,9 +283,16 @@ impl Runtime {
         let mut kept_tls = Vec::new();
         for (i, h) in config.handlers.iter().enumerate() {
             if let Step::Keep(id) = steps[i] {
+                let declared = self
+                    .core
+                    .borrow()
+                    .instances
+                    .get(id)
+                    .map(|inst| inst.plugin.alpn.clone())
+                    .unwrap_or_default();
                 kept_tls.push((
                     id,
-                    crate::builder::tls_server(h)?,
+                    crate::builder::tls_server(h, &declared)?,
                     crate::builder::tls_client(h)?,
                 ));
             }

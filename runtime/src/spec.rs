@@ -64,7 +64,8 @@ pub struct HandlerSpec {
     tls: Option<(std::path::PathBuf, std::path::PathBuf)>,
     tls_client_ca: Option<std::path::PathBuf>,
     tls_ca: Option<std::path::PathBuf>,
-    tls_alpn: Vec<String>,
+    tls_alpn: Option<Vec<String>>,
+    tls_sni: Vec<(std::path::PathBuf, std::path::PathBuf)>,
 }
 
 /// Where a handler's hooks come from.
@@ -91,6 +92,8 @@ pub(crate) type Maker = Arc<
 pub(crate) struct Linked {
     pub(crate) vtable: abi::loopd_vtable,
     pub(crate) framing: Option<FramingKind>,
+    /// The ALPN protocols `H::ALPN` declares.
+    pub(crate) alpn: Vec<String>,
     /// For `loopd check`-style listings and logs, e.g. `loopd_echo::Echo`.
     pub(crate) type_name: &'static str,
     /// How to make the instance, when not by the type's `create`.
@@ -115,6 +118,11 @@ impl Linked {
         Linked {
             vtable: loopd_handler_api::vtable::<H>(),
             framing,
+            alpn: H::ALPN
+                .to_str()
+                .ok()
+                .and_then(|list| crate::plugin::parse_alpn(list).ok())
+                .unwrap_or_default(),
             type_name: std::any::type_name::<H>(),
             make: None,
         }
@@ -137,7 +145,8 @@ impl HandlerSpec {
             tls: None,
             tls_client_ca: None,
             tls_ca: None,
-            tls_alpn: Vec::new(),
+            tls_alpn: None,
+            tls_sni: Vec::new(),
             reuse_address: false,
             mailbox: None,
         }
@@ -301,12 +310,13 @@ impl HandlerSpec {
     }
 
     /// The ALPN protocols the instance's `tls://` listeners offer, most
-    /// preferred first (e.g. `["http/1.1"]`).
+    /// preferred first (e.g. `["http/1.1"]`; none for an empty list),
+    /// instead of those the plugin declares.
     pub fn tls_alpn<S: Into<String>>(
         mut self,
         protocols: impl IntoIterator<Item = S>,
     ) -> HandlerSpec {
-        self.tls_alpn = protocols.into_iter().map(Into::into).collect();
+        self.tls_alpn = Some(protocols.into_iter().map(Into::into).collect());
         self
     }
 
@@ -314,6 +324,19 @@ impl HandlerSpec {
     /// connections trust.
     pub fn tls_ca(mut self, ca: impl Into<std::path::PathBuf>) -> HandlerSpec {
         self.tls_ca = Some(ca.into());
+        self
+    }
+
+    /// A further certificate and key for the instance's `tls://`
+    /// listeners, served to clients that ask (SNI) for a DNS name it
+    /// carries; call once per certificate. Needs [`HandlerSpec::tls`],
+    /// whose certificate the other clients get.
+    pub fn tls_sni(
+        mut self,
+        cert: impl Into<std::path::PathBuf>,
+        key: impl Into<std::path::PathBuf>,
+    ) -> HandlerSpec {
+        self.tls_sni.push((cert.into(), key.into()));
         self
     }
 
@@ -433,6 +456,10 @@ impl HandlerSpec {
         if self.tls_client_ca.is_some() && entry.tls_cert.is_none() {
             return Err(fail("tls_client_ca needs tls(cert, key)".to_string()));
         }
+        if !self.tls_sni.is_empty() && entry.tls_cert.is_none() {
+            return Err(fail("tls_sni needs tls(cert, key)".to_string()));
+        }
+        entry.tls_sni = self.tls_sni;
         entry.tls_client_ca = self.tls_client_ca;
         entry.tls_ca = self.tls_ca;
         entry.tls_alpn = self.tls_alpn;

@@ -31,17 +31,20 @@ fn provider() -> Arc<rustls::crypto::CryptoProvider> {
 }
 
 /// Loads `cert` (a PEM chain, leaf first) and `key` (a PEM private key)
-/// into a server config. The error names the file and what is wrong with
-/// it: unreadable, no certificate or key in it, or a key that does not
-/// belong to the certificate.
+/// into a server config, with the further certificates of `sni` (each
+/// chosen for the DNS names it carries when a client asks for one). The
+/// error names the file and what is wrong with it: unreadable, no
+/// certificate or key in it, a key that does not belong to the
+/// certificate, an SNI certificate without a DNS name.
 pub(crate) fn load_server(
     cert: &Path,
     key: &Path,
     client_ca: Option<&Path>,
     alpn: &[&[u8]],
+    sni: &[(std::path::PathBuf, std::path::PathBuf)],
 ) -> Result<ServerConfig, String> {
     let certs = read_certs("tls_cert", cert)?;
-    let key_der = read_key(key)?;
+    let key_der = read_key("tls_key", key)?;
     let builder = rustls::ServerConfig::builder_with_provider(provider())
         .with_safe_default_protocol_versions()
         .map_err(|e| format!("TLS setup: {e}"))?;
@@ -65,13 +68,47 @@ pub(crate) fn load_server(
             builder.with_client_cert_verifier(verifier)
         }
     };
-    let mut config = builder.with_single_cert(certs, key_der).map_err(|e| {
+    let mismatch = |kind: &str, key: &Path, cert: &Path, e: rustls::Error| {
         format!(
-            "tls_key {} does not go with tls_cert {}: {e}",
+            "{kind} {} does not go with {} {}: {e}",
             key.display(),
+            if kind == "tls_key" {
+                "tls_cert"
+            } else {
+                "its cert"
+            },
             cert.display()
         )
-    })?;
+    };
+    let mut config = if sni.is_empty() {
+        builder
+            .with_single_cert(certs, key_der)
+            .map_err(|e| mismatch("tls_key", key, cert, e))?
+    } else {
+        let provider = provider();
+        let default = rustls::sign::CertifiedKey::from_der(certs, key_der, &provider)
+            .map_err(|e| mismatch("tls_key", key, cert, e))?;
+        let mut by_name = Vec::new();
+        for (c, k) in sni {
+            let chain = read_certs("tls_sni cert", c)?;
+            let names = dns_names(&chain[0]);
+            if names.is_empty() {
+                return Err(format!(
+                    "tls_sni cert {}: carries no DNS name (subjectAltName), so no client could ask for it",
+                    c.display()
+                ));
+            }
+            let ck =
+                rustls::sign::CertifiedKey::from_der(chain, read_key("tls_sni key", k)?, &provider)
+                    .map_err(|e| mismatch("tls_sni key", k, c, e))?;
+            let ck = Arc::new(ck);
+            by_name.extend(names.into_iter().map(|n| (n, ck.clone())));
+        }
+        builder.with_cert_resolver(Arc::new(SniResolver {
+            default: Arc::new(default),
+            by_name,
+        }))
+    };
     config.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
     Ok(Arc::new(config))
 }
@@ -88,12 +125,64 @@ pub(crate) fn load_client(ca: &Path) -> Result<ClientConfig, String> {
             .add(c)
             .map_err(|e| format!("tls_ca {}: not a CA certificate: {e}", ca.display()))?;
     }
+    client_trusting(roots)
+}
+
+fn client_trusting(roots: rustls::RootCertStore) -> Result<ClientConfig, String> {
     let config = rustls::ClientConfig::builder_with_provider(provider())
         .with_safe_default_protocol_versions()
         .map_err(|e| format!("TLS setup: {e}"))?
         .with_root_certificates(roots)
         .with_no_client_auth();
     Ok(Arc::new(config))
+}
+
+/// The client setup of a handler without `tls_ca`: the system's CA
+/// certificates (the `SSL_CERT_FILE` or `SSL_CERT_DIR` the environment
+/// names, else the platform's store), read once per process on the first
+/// outbound `tls://` connect that needs them. `None` when there are none,
+/// which is logged with what to do.
+pub(crate) fn system_client() -> Option<ClientConfig> {
+    static SYSTEM: std::sync::OnceLock<Option<ClientConfig>> = std::sync::OnceLock::new();
+    SYSTEM
+        .get_or_init(|| {
+            let found = rustls_native_certs::load_native_certs();
+            for e in &found.errors {
+                log::warn!("reading the system's CA certificates: {e}");
+            }
+            let mut roots = rustls::RootCertStore::empty();
+            let (added, ignored) = roots.add_parsable_certificates(found.certs);
+            if added == 0 {
+                log::warn!(
+                    "outbound tls://: no system CA certificates found (install the system's CA bundle, e.g. the ca-certificates package, set SSL_CERT_FILE, or give the handler tls_ca)"
+                );
+                return None;
+            }
+            log::info!(
+                "outbound tls://: trusting {added} system CA certificates ({ignored} unusable ones skipped)"
+            );
+            match client_trusting(roots) {
+                Ok(c) => Some(c),
+                Err(e) => {
+                    log::warn!("outbound tls://: {e}");
+                    None
+                }
+            }
+        })
+        .clone()
+}
+
+/// The name an outbound connection's server certificate must carry: the
+/// DNS name given (`server_name`), else the IP address connected to.
+/// `None` for a name that is not a valid DNS name.
+pub(crate) fn server_name(
+    name: Option<&str>,
+    ip: std::net::IpAddr,
+) -> Option<rustls::pki_types::ServerName<'static>> {
+    match name {
+        None => Some(rustls::pki_types::ServerName::IpAddress(ip.into())),
+        Some(n) => rustls::pki_types::ServerName::try_from(n.to_string()).ok(),
+    }
 }
 
 fn read_file(kind: &str, path: &Path) -> Result<Vec<u8>, String> {
@@ -114,15 +203,68 @@ fn read_certs(kind: &str, path: &Path) -> Result<Vec<CertificateDer<'static>>, S
     Ok(certs)
 }
 
-fn read_key(path: &Path) -> Result<PrivateKeyDer<'static>, String> {
-    let pem = read_file("tls_key", path)?;
+fn read_key(kind: &str, path: &Path) -> Result<PrivateKeyDer<'static>, String> {
+    let pem = read_file(kind, path)?;
     PrivateKeyDer::from_pem_slice(&pem).map_err(|e| match e {
         rustls::pki_types::pem::Error::NoItemsFound => format!(
-            "tls_key {}: no PEM private key (PKCS#8, PKCS#1 or SEC1) in it",
+            "{kind} {}: no PEM private key (PKCS#8, PKCS#1 or SEC1) in it",
             path.display()
         ),
-        e => format!("tls_key {}: not a PEM private key: {e}", path.display()),
+        e => format!("{kind} {}: not a PEM private key: {e}", path.display()),
     })
+}
+
+/// The DNS names (subjectAltName) a certificate carries, lowercased;
+/// `*.example.com` for a wildcard.
+fn dns_names(der: &[u8]) -> Vec<String> {
+    use x509_cert::der::Decode as _;
+    use x509_cert::ext::pkix::{name::GeneralName, SubjectAltName};
+    let Ok(cert) = x509_cert::Certificate::from_der(der) else {
+        return Vec::new();
+    };
+    match cert.tbs_certificate().get_extension::<SubjectAltName>() {
+        Ok(Some((_, san))) => san
+            .0
+            .iter()
+            .filter_map(|g| match g {
+                GeneralName::DnsName(n) => Some(n.to_string().to_ascii_lowercase()),
+                _ => None,
+            })
+            .collect(),
+        _ => Vec::new(),
+    }
+}
+
+/// Chooses a listener's certificate by the name the client asks for (SNI):
+/// an `tls_sni` certificate carrying that name (exactly, or by a wildcard
+/// for its first label), else the entry's `tls_cert`, which also serves
+/// clients that ask for no name.
+#[derive(Debug)]
+struct SniResolver {
+    default: Arc<rustls::sign::CertifiedKey>,
+    by_name: Vec<(String, Arc<rustls::sign::CertifiedKey>)>,
+}
+
+impl SniResolver {
+    fn pick(&self, name: Option<&str>) -> Arc<rustls::sign::CertifiedKey> {
+        let Some(name) = name.map(str::to_ascii_lowercase) else {
+            return self.default.clone();
+        };
+        let wildcard = name.split_once('.').map(|(_, rest)| format!("*.{rest}"));
+        let find = |want: &str| self.by_name.iter().find(|(n, _)| n == want);
+        find(&name)
+            .or_else(|| wildcard.as_deref().and_then(find))
+            .map_or_else(|| self.default.clone(), |(_, ck)| ck.clone())
+    }
+}
+
+impl rustls::server::ResolvesServerCert for SniResolver {
+    fn resolve(
+        &self,
+        hello: rustls::server::ClientHello<'_>,
+    ) -> Option<Arc<rustls::sign::CertifiedKey>> {
+        Some(self.pick(hello.server_name()))
+    }
 }
 
 /// Reads and writes a raw nonblocking socket for rustls.
@@ -176,14 +318,13 @@ impl TlsStream {
         })
     }
 
-    /// The client side of a connecting socket to `ip`, whose certificate
-    /// must name that address.
+    /// The client side of a connecting socket, whose server's certificate
+    /// must carry `name` ([`server_name`]).
     pub(crate) fn connect(
         fd: OwnedFd,
         config: &ClientConfig,
-        ip: std::net::IpAddr,
+        name: rustls::pki_types::ServerName<'static>,
     ) -> io::Result<TlsStream> {
-        let name = rustls::pki_types::ServerName::IpAddress(ip.into());
         let mut conn = rustls::ClientConnection::new(config.clone(), name).map_err(tls_error)?;
         conn.set_buffer_limit(Some(BUFFER_LIMIT));
         Ok(TlsStream {
@@ -342,4 +483,23 @@ impl TlsStream {
     pub(crate) fn fd(&self) -> BorrowedFd<'_> {
         self.fd.as_fd()
     }
+
+    /// The peer's certificate (the leaf, DER), verified by the handshake.
+    pub(crate) fn peer_certificate(&self) -> Option<&[u8]> {
+        if self.conn.is_handshaking() {
+            return None;
+        }
+        self.conn
+            .peer_certificates()
+            .and_then(|c| c.first())
+            .map(|c| c.as_ref())
+    }
+}
+
+/// The subject of a DER certificate as an RFC 4514 string
+/// (`CN=alice,O=Example`), or `None` if it does not parse.
+pub(crate) fn subject(der: &[u8]) -> Option<String> {
+    use x509_cert::der::Decode as _;
+    let cert = x509_cert::Certificate::from_der(der).ok()?;
+    Some(cert.tbs_certificate().subject().to_string())
 }

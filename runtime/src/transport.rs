@@ -135,6 +135,17 @@ impl Transport {
         }
     }
 
+    /// The peer's verified certificate (DER, the leaf), once the handshake
+    /// is done: a TLS client's under mutual TLS, a TLS server's on an
+    /// outbound connection. `None` for a plain socket.
+    pub(crate) fn peer_certificate(&self) -> Option<&[u8]> {
+        match self {
+            Transport::Plain(_) => None,
+            #[cfg(feature = "tls")]
+            Transport::Tls(t) => t.peer_certificate(),
+        }
+    }
+
     /// Ends the session cleanly before the socket is closed (TLS
     /// close_notify, best effort).
     pub(crate) fn close_notify(&mut self) {

@@ -76,6 +76,9 @@ impl Handler for Http {
     /// The access log uses `log_to` (ABI 1.1); on a 1.0 host it falls back to
     /// the instance's own log target, so 1.0 is enough.
     const MIN_HOST_MINOR: u32 = 0;
+    /// Over `tls://`, clients learn by ALPN that this is HTTP/1.1 (a 1.4
+    /// host offers it; an older one ignores it).
+    const ALPN: &'static std::ffi::CStr = c"http/1.1";
 
     fn create(ctx: &Ctx, _instance: &str, config: Config) -> Result<Self, String> {
         let settings = config.validate()?;

@@ -48,6 +48,8 @@ impl Handler for Status {
     type Config = StatusConfig;
     type Conn = StatusConn;
     const FRAMING: Framing = Framing::Raw;
+    /// Over `tls://`, an HTTP/1.1 server by ALPN.
+    const ALPN: &'static std::ffi::CStr = c"http/1.1";
 
     fn create(ctx: &Ctx, _instance: &str, _config: StatusConfig) -> Result<Self, String> {
         // Reading once tells every worker to keep its snapshot fresh.

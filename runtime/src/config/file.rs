@@ -83,6 +83,7 @@ struct RawHandler {
     tls_client_ca: Option<Spanned<String>>,
     tls_ca: Option<Spanned<String>>,
     tls_alpn: Option<Spanned<Vec<String>>>,
+    tls_sni: Option<Vec<tls::RawSni>>,
     config: Option<toml::Table>,
 }
 

@@ -548,11 +548,16 @@ pub struct HandlerConfig {
     /// signed by (`tls_client_ca`); `None` asks clients for none.
     pub tls_client_ca: Option<PathBuf>,
     /// The PEM CA certificates the handler's outbound `tls://` connections
-    /// trust (`tls_ca`); without it, `connect("tls://...")` is refused.
+    /// trust (`tls_ca`); without it, the system's CA certificates.
     pub tls_ca: Option<PathBuf>,
     /// The ALPN protocols the handler's `tls://` listeners offer, most
-    /// preferred first (`tls_alpn`, e.g. `["http/1.1"]`; empty: none).
-    pub tls_alpn: Vec<String>,
+    /// preferred first (`tls_alpn`, e.g. `["http/1.1"]`; empty: none);
+    /// `None`: those its plugin declares (the http handler: `http/1.1`).
+    pub tls_alpn: Option<Vec<String>>,
+    /// Further certificates (PEM chain, PEM key) of the handler's `tls://`
+    /// listeners, each served to clients that ask (SNI) for a DNS name it
+    /// carries (`tls_sni`); the others get `tls_cert`.
+    pub tls_sni: Vec<(PathBuf, PathBuf)>,
     /// The mode of the handler's Unix socket files (`unix_mode`; default:
     /// 0660 without the bits the umask clears: never world-accessible).
     pub unix_mode: Option<u32>,
@@ -671,7 +676,8 @@ impl HandlerConfig {
             tls_key: None,
             tls_client_ca: None,
             tls_ca: None,
-            tls_alpn: Vec::new(),
+            tls_alpn: None,
+            tls_sni: Vec::new(),
             plugin_location: None,
             config_keys: ConfigKeys::default(),
         }

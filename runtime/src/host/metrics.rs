@@ -19,17 +19,9 @@ pub(super) unsafe extern "C" fn host_stats_json(
     let Ok(text) = catch_unwind(AssertUnwindSafe(|| hc.stats_board.json())) else {
         return abi::LOOPD_ERR_IO;
     };
-    // SAFETY: checked non-NULL; the caller gives a writable out-pointer.
-    unsafe { *len_out = text.len() };
-    if text.len() > cap {
-        return abi::LOOPD_ERR_FULL;
-    }
-    if !text.is_empty() {
-        // SAFETY: `buf` is non-NULL (cap >= len > 0) with `cap` writable
-        // bytes, lent for the call; `text` is ours, so they do not overlap.
-        unsafe { std::ptr::copy_nonoverlapping(text.as_ptr(), buf, text.len()) };
-    }
-    abi::LOOPD_OK
+    // SAFETY: checked above; the caller lends `buf` and `len_out` for the
+    // call, and `text` is ours.
+    unsafe { copy_out(text.as_bytes(), buf, cap, len_out) }
 }
 
 /// Borrowed NUL-terminated UTF-8 strings: `None` for a NULL pointer or

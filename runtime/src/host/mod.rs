@@ -341,7 +341,11 @@ unsafe extern "C" fn host_connect(ctx: *mut loopd_ctx, url: *const c_char, out: 
 }
 
 /// What a `loopd_connect_options` asks for, or `None` if it is malformed.
-fn connect_options(raw: &abi::loopd_connect_options) -> Option<ConnOptions> {
+///
+/// # Safety
+/// `raw.server_name` must be NULL or a NUL-terminated string valid for the
+/// call.
+unsafe fn connect_options(raw: &abi::loopd_connect_options) -> Option<ConnOptions> {
     let nonzero = |v: u64| usize::try_from(v).ok().filter(|&v| v > 0);
     let framing = match raw.framing {
         abi::LOOPD_FRAMING_DEFAULT => None,
@@ -350,7 +354,15 @@ fn connect_options(raw: &abi::loopd_connect_options) -> Option<ConnOptions> {
     if raw.flags & !abi::LOOPD_CONNECT_KEEP_READING != 0 || raw.reserved != 0 {
         return None;
     }
+    let server_name = if raw.server_name.is_null() {
+        None
+    } else {
+        // SAFETY: per the contract, a NUL-terminated string lent for the call.
+        let name = unsafe { CStr::from_ptr(raw.server_name) }.to_str().ok()?;
+        Some(name.to_string())
+    };
     Some(ConnOptions {
+        server_name,
         framing,
         max_frame: nonzero(raw.max_frame),
         high_watermark: nonzero(raw.output_high_watermark),
@@ -377,8 +389,20 @@ unsafe extern "C" fn host_connect_with(
     } else {
         // SAFETY: the caller lends the options for the call; only the
         // fields within its struct_size are read, the rest count as 0.
-        let raw = unsafe { read_sized(opts) };
-        match connect_options(&raw) {
+        let mut raw = unsafe { read_sized(opts) };
+        // A struct_size that ends inside the pointer (a corrupt struct)
+        // must not leave half of it to be read.
+        // SAFETY: as above: struct_size comes first.
+        let size = unsafe { opts.cast::<u32>().read_unaligned() } as usize;
+        if size
+            < std::mem::offset_of!(abi::loopd_connect_options, server_name)
+                + std::mem::size_of::<*const c_char>()
+        {
+            raw.server_name = std::ptr::null();
+        }
+        // SAFETY: a non-NULL server_name came within struct_size from the
+        // caller, who lends it for the call.
+        match unsafe { connect_options(&raw) } {
             Some(o) => o,
             None => return abi::LOOPD_ERR_INVALID,
         }
@@ -412,6 +436,89 @@ unsafe fn read_sized<T: Copy + Default>(p: *const T) -> T {
     // SAFETY: `p` has at least `n` readable bytes, `out` `n` writable ones.
     unsafe { std::ptr::copy_nonoverlapping(p.cast::<u8>(), (&mut out as *mut T).cast::<u8>(), n) };
     out
+}
+
+/// Copies `data` to the caller's buffer, the stats_json way: `*len_out`
+/// gets its length; `LOOPD_OK` when it fit in `cap` bytes (copied),
+/// `LOOPD_ERR_FULL` when it did not (nothing copied).
+///
+/// # Safety
+/// `len_out` must be a valid out-pointer, `buf` valid for `cap` writable
+/// bytes (it may be NULL only when `cap` is 0), neither overlapping `data`.
+pub(super) unsafe fn copy_out(data: &[u8], buf: *mut u8, cap: usize, len_out: *mut usize) -> i32 {
+    // SAFETY: per the contract.
+    unsafe { *len_out = data.len() };
+    if data.len() > cap {
+        return abi::LOOPD_ERR_FULL;
+    }
+    if !data.is_empty() {
+        // SAFETY: `buf` is non-NULL (cap >= len > 0) with `cap` writable
+        // bytes, and does not overlap `data`.
+        unsafe { std::ptr::copy_nonoverlapping(data.as_ptr(), buf, data.len()) };
+    }
+    abi::LOOPD_OK
+}
+
+/// `peer_subject` and `peer_certificate`: what `pick` makes of the
+/// connection's verified peer certificate, copied out.
+///
+/// # Safety
+/// As [`with_conn`] and [`copy_out`].
+unsafe fn peer_cert_out(
+    ctx: *mut loopd_ctx,
+    conn: u64,
+    buf: *mut u8,
+    cap: usize,
+    len_out: *mut usize,
+    pick: fn(&[u8]) -> Option<Vec<u8>>,
+) -> i32 {
+    if len_out.is_null() || (buf.is_null() && cap > 0) {
+        return abi::LOOPD_ERR_INVALID;
+    }
+    // SAFETY: `ctx` comes from the runtime.
+    unsafe {
+        with_conn(ctx, conn, |c, _| {
+            let Some(der) = c.io.as_ref().and_then(|io| io.peer_certificate()) else {
+                return abi::LOOPD_ERR_UNSUPPORTED;
+            };
+            match pick(der) {
+                // SAFETY: the caller lends `buf` (cap bytes) and `len_out`
+                // for the call; the certificate is ours.
+                Some(out) => copy_out(&out, buf, cap, len_out),
+                None => abi::LOOPD_ERR_UNSUPPORTED,
+            }
+        })
+    }
+}
+
+unsafe extern "C" fn host_peer_subject(
+    ctx: *mut loopd_ctx,
+    conn: u64,
+    buf: *mut u8,
+    cap: usize,
+    len_out: *mut usize,
+) -> i32 {
+    #[cfg(feature = "tls")]
+    fn subject(der: &[u8]) -> Option<Vec<u8>> {
+        crate::tls::subject(der).map(String::into_bytes)
+    }
+    #[cfg(not(feature = "tls"))]
+    fn subject(_der: &[u8]) -> Option<Vec<u8>> {
+        None
+    }
+    // SAFETY: forwarded: the caller's pointers are valid for the call.
+    unsafe { peer_cert_out(ctx, conn, buf, cap, len_out, subject) }
+}
+
+unsafe extern "C" fn host_peer_certificate(
+    ctx: *mut loopd_ctx,
+    conn: u64,
+    buf: *mut u8,
+    cap: usize,
+    len_out: *mut usize,
+) -> i32 {
+    // SAFETY: forwarded: the caller's pointers are valid for the call.
+    unsafe { peer_cert_out(ctx, conn, buf, cap, len_out, |der| Some(der.to_vec())) }
 }
 
 unsafe extern "C" fn host_pause_read(ctx: *mut loopd_ctx, conn: u64) -> i32 {
@@ -680,6 +787,8 @@ static HOST_API: HostTable = HostTable(loopd_host_api {
     metric_declare: Some(host_metric_declare),
     metric_series: Some(host_metric_series),
     metric_update: Some(host_metric_update),
+    peer_subject: Some(host_peer_subject),
+    peer_certificate: Some(host_peer_certificate),
 });
 
 /// The host table every plugin receives. Static: valid for the whole process.

@@ -1,7 +1,15 @@
 //! A handler entry's TLS keys (`tls_cert`, `tls_key`, `tls_client_ca`,
-//! `tls_ca`, `tls_alpn`), checked when the file is read.
+//! `tls_ca`, `tls_alpn`, `tls_sni`), checked when the file is read.
 
 use super::*;
+
+/// One `tls_sni` entry: `{ cert = "...", key = "..." }`.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawSni {
+    cert: Spanned<String>,
+    key: Spanned<String>,
+}
 
 /// A handler entry's `tls_cert` and `tls_key`: both or neither, only with
 /// a `tls://` listener, and loadable (checked here, so that `loopd check`
@@ -47,7 +55,26 @@ pub(super) fn tls_keys(
         if alpn.get_ref().iter().any(|p| p.is_empty() || p.len() > 255) {
             return bad("each protocol name must be 1 to 255 bytes");
         }
-        entry.tls_alpn = alpn.get_ref().clone();
+        entry.tls_alpn = Some(alpn.get_ref().clone());
+    }
+    for (i, s) in h.tls_sni.iter().flatten().enumerate() {
+        let at = |k: &str| key(&format!("tls_sni[{i}].{k}"));
+        if !has_tls {
+            return Err(src.error(
+                Some(s.cert.span()),
+                &key("tls_sni"),
+                "only applies to tls:// listeners, and this handler has none",
+            ));
+        }
+        for (k, v) in [("cert", &s.cert), ("key", &s.key)] {
+            if v.get_ref().is_empty() {
+                return Err(src.error(Some(v.span()), &at(k), "is empty"));
+            }
+        }
+        entry.tls_sni.push((
+            PathBuf::from(s.cert.get_ref()),
+            PathBuf::from(s.key.get_ref()),
+        ));
     }
     if !has_tls {
         return Ok(());
@@ -65,17 +92,50 @@ pub(super) fn tls_keys(
         ));
     };
     #[cfg(feature = "tls")]
-    let alpn: Vec<&[u8]> = entry.tls_alpn.iter().map(|p| p.as_bytes()).collect();
-    if let Err(e) = crate::tls::load_server(cert, key_path, entry.tls_client_ca.as_deref(), &alpn) {
-        // A key that does not go with the certificate is the key's fault.
-        let (k, at) = if e.starts_with("tls_cert") {
-            ("tls_cert", h.tls_cert.as_ref())
-        } else if e.starts_with("tls_client_ca") {
-            ("tls_client_ca", h.tls_client_ca.as_ref())
-        } else {
-            ("tls_key", h.tls_key.as_ref())
-        };
-        return Err(src.error(at.map(|s| s.span()), &key(k), e));
+    {
+        let alpn: Vec<&[u8]> = (entry.tls_alpn.iter().flatten())
+            .map(|p| p.as_bytes())
+            .collect();
+        if let Err(e) = crate::tls::load_server(
+            cert,
+            key_path,
+            entry.tls_client_ca.as_deref(),
+            &alpn,
+            &entry.tls_sni,
+        ) {
+            // A key that does not go with the certificate is the key's fault.
+            let (k, at) = if e.starts_with("tls_cert") {
+                (
+                    "tls_cert".to_string(),
+                    h.tls_cert.as_ref().map(|s| s.span()),
+                )
+            } else if e.starts_with("tls_client_ca") {
+                (
+                    "tls_client_ca".to_string(),
+                    h.tls_client_ca.as_ref().map(|s| s.span()),
+                )
+            } else if e.starts_with("tls_sni") {
+                // The entry whose files the error names: both of them
+                // (a key that is not its cert's), else the one.
+                let names = |s: &RawSni| {
+                    u8::from(e.contains(s.cert.get_ref().as_str()))
+                        + u8::from(e.contains(s.key.get_ref().as_str()))
+                };
+                let (i, s) = (h.tls_sni.iter().flatten().enumerate())
+                    .filter(|(_, s)| names(s) > 0)
+                    .max_by_key(|(i, s)| (names(s), std::cmp::Reverse(*i)))
+                    .map_or((0, None), |(i, s)| (i, Some(s)));
+                let is_key = e.starts_with("tls_sni key");
+                let k = format!("tls_sni[{i}].{}", if is_key { "key" } else { "cert" });
+                (
+                    k,
+                    s.map(|s| if is_key { s.key.span() } else { s.cert.span() }),
+                )
+            } else {
+                ("tls_key".to_string(), h.tls_key.as_ref().map(|s| s.span()))
+            };
+            return Err(src.error(at, &key(&k), e));
+        }
     }
     #[cfg(not(feature = "tls"))]
     {

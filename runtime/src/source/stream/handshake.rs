@@ -51,16 +51,24 @@ impl Conn {
             }
             Ok(false) => {}
             Err(e) => {
-                log::debug!(
-                    "{}: TLS handshake with {} failed: {e}",
-                    self.name(),
-                    peer_text(&self.peer)
-                );
                 // An outbound connection's handler learns that its connect
-                // failed.
+                // failed, and the operator why (an untrusted or misnamed
+                // certificate is a setup to fix); a client's failed
+                // handshake is its own business.
                 let reason = if self.origin == abi::LOOPD_ORIGIN_CONNECTED {
+                    log::warn!(
+                        "{}: TLS handshake with {} ({}) failed: {e}",
+                        self.name(),
+                        peer_text(&self.peer),
+                        self.endpoint.to_string_lossy()
+                    );
                     abi::LOOPD_REASON_CONNECT_FAILED
                 } else {
+                    log::debug!(
+                        "{}: TLS handshake with {} failed: {e}",
+                        self.name(),
+                        peer_text(&self.peer)
+                    );
                     abi::LOOPD_REASON_ERROR
                 };
                 self.begin_close(id, sh, true, reason);
@@ -107,32 +115,77 @@ impl Conn {
     }
 }
 
-/// The client side of TLS over a connecting socket, trusting the
-/// instance's `tls_ca`.
+/// How an outbound `tls://` connection is set up: the CAs it trusts and
+/// the name its server's certificate must carry.
 #[cfg(feature = "tls")]
-pub(super) fn tls_client_transport(
-    fd: OwnedFd,
+pub(super) struct TlsClientSetup(
+    crate::tls::ClientConfig,
+    rustls::pki_types::ServerName<'static>,
+);
+
+#[cfg(not(feature = "tls"))]
+pub(super) struct TlsClientSetup(std::convert::Infallible);
+
+/// Chooses the setup of an outbound `tls://` connect to `ip`, before any
+/// socket exists: the instance's `tls_ca`, else the system's CA
+/// certificates; `server_name` (or the IP) as the name to verify. A
+/// refusal is `LOOPD_ERR_INVALID` (a bad name, no CAs to trust), with a
+/// debug line saying why.
+#[cfg(feature = "tls")]
+pub(super) fn tls_client_setup(
     inst: &Instance,
     ip: std::net::IpAddr,
-) -> std::io::Result<Transport> {
-    let Some(config) = &inst.tls_client else {
-        return Err(std::io::Error::other("the handler has no tls_ca"));
+    server_name: Option<&str>,
+    url: &str,
+) -> Result<TlsClientSetup, i32> {
+    let Some(name) = crate::tls::server_name(server_name, ip) else {
+        log::debug!(
+            "{}: connect to {url}: server_name {:?} is not a DNS name",
+            inst.name(),
+            server_name.unwrap_or_default()
+        );
+        return Err(abi::LOOPD_ERR_INVALID);
     };
-    Ok(Transport::Tls(Box::new(crate::tls::TlsStream::connect(
-        fd, config, ip,
-    )?)))
+    let config = match &inst.tls_client {
+        Some(c) => c.clone(),
+        None => crate::tls::system_client().ok_or_else(|| {
+            log::debug!(
+                "{}: connect to {url}: no tls_ca and no system CA certificates to trust",
+                inst.name()
+            );
+            abi::LOOPD_ERR_INVALID
+        })?,
+    };
+    Ok(TlsClientSetup(config, name))
 }
 
 #[cfg(not(feature = "tls"))]
-pub(super) fn tls_client_transport(
-    _fd: OwnedFd,
+pub(super) fn tls_client_setup(
     inst: &Instance,
     _ip: std::net::IpAddr,
-) -> std::io::Result<Transport> {
-    // Always None here (its type is Infallible).
-    let _ = &inst.tls_client;
-    Err(std::io::Error::new(
-        std::io::ErrorKind::Unsupported,
-        "loopd was built without the `tls` feature",
-    ))
+    _server_name: Option<&str>,
+    url: &str,
+) -> Result<TlsClientSetup, i32> {
+    log::debug!(
+        "{}: connect to {url}: loopd was built without the `tls` feature",
+        inst.name()
+    );
+    Err(abi::LOOPD_ERR_UNSUPPORTED)
+}
+
+impl TlsClientSetup {
+    /// The client side of TLS over the connecting socket `fd`.
+    pub(super) fn transport(self, fd: OwnedFd) -> std::io::Result<Transport> {
+        #[cfg(feature = "tls")]
+        {
+            Ok(Transport::Tls(Box::new(crate::tls::TlsStream::connect(
+                fd, &self.0, self.1,
+            )?)))
+        }
+        #[cfg(not(feature = "tls"))]
+        {
+            let _ = fd;
+            match self.0 {}
+        }
+    }
 }

@@ -11,7 +11,7 @@
 
 mod handshake;
 pub(crate) mod input;
-use handshake::tls_client_transport;
+use handshake::tls_client_setup;
 mod output;
 
 use std::ffi::{c_void, CStr};
@@ -73,7 +73,7 @@ pub(crate) enum ShutWrite {
 
 /// What an outbound connection may set for itself (`connect_with`);
 /// `None` keeps the instance's.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub(crate) struct ConnOptions {
     pub(crate) framing: Option<FramingKind>,
     pub(crate) max_frame: Option<usize>,
@@ -81,6 +81,8 @@ pub(crate) struct ConnOptions {
     pub(crate) low_watermark: Option<usize>,
     /// Read on while the output queue is full (`LOOPD_CONNECT_KEEP_READING`).
     pub(crate) keep_reading: bool,
+    /// `tls://` only: the DNS name the server's certificate must carry.
+    pub(crate) server_name: Option<String>,
 }
 
 /// A connection whose `on_close` is due, released from its socket.
@@ -596,6 +598,10 @@ pub(crate) fn connect(
         return Err(abi::LOOPD_ERR_INVALID);
     }
     let (high, low) = (limits.output_high_watermark, limits.output_low_watermark);
+    if options.server_name.is_some() && !matches!(target, ListenAddr::Tls(_)) {
+        return Err(abi::LOOPD_ERR_INVALID);
+    }
+    let mut tls = None;
     let (result, transport, peer) = match &target {
         ListenAddr::Tcp(sa) => (
             sys::connect_tcp(sa),
@@ -609,13 +615,8 @@ pub(crate) fn connect(
         ),
         ListenAddr::Tls(sa) => {
             // Refused before the socket exists without CAs to trust.
-            if inst.tls_client.is_none() {
-                log::debug!(
-                    "{}: connect to {url}: the handler has no tls_ca",
-                    inst.name()
-                );
-                return Err(abi::LOOPD_ERR_INVALID);
-            }
+            let setup = tls_client_setup(inst, sa.ip(), options.server_name.as_deref(), url)?;
+            tls = Some(setup);
             (
                 sys::connect_tcp(sa),
                 abi::LOOPD_TRANSPORT_TLS,
@@ -624,8 +625,8 @@ pub(crate) fn connect(
         }
         ListenAddr::Udp(_) => return Err(abi::LOOPD_ERR_INVALID),
     };
-    let result = match (result, &target) {
-        (Ok(fd), ListenAddr::Tls(sa)) => tls_client_transport(fd, inst, sa.ip()),
+    let result = match (result, tls) {
+        (Ok(fd), Some(setup)) => setup.transport(fd),
         (r, _) => r.map(Transport::Plain),
     };
     let endpoint = crate::source::listener::cstr(target.to_string());
