@@ -63,6 +63,9 @@ pub(crate) struct Target {
     pub(crate) addr: SocketAddr,
     /// The host as written (for log lines).
     pub(crate) host: String,
+    /// The host when it is a name, not an IP address: over TLS, the name
+    /// the server's certificate must carry (and the SNI sent).
+    pub(crate) name: Option<String>,
     /// `AUTH` username (Redis 6 ACLs), if any.
     pub(crate) user: Option<String>,
     /// `AUTH` password, if any.
@@ -78,6 +81,7 @@ impl fmt::Debug for Target {
             .field("tls", &self.tls)
             .field("addr", &self.addr)
             .field("host", &self.host)
+            .field("name", &self.name)
             .field("user", &self.user)
             .field("password", &self.password.as_ref().map(|_| "***"))
             .field("db", &self.db)
@@ -87,10 +91,19 @@ impl fmt::Debug for Target {
 
 impl Target {
     /// The URL the links connect to: `tcp://IP:PORT`, or `tls://IP:PORT`
-    /// for `rediss://` (the server's certificate must name the IP).
+    /// for `rediss://`.
     pub(crate) fn connect_url(&self) -> String {
         let scheme = if self.tls { "tls" } else { "tcp" };
         format!("{scheme}://{}", self.addr)
+    }
+
+    /// What the server's certificate must carry over TLS: the URL's host
+    /// name, or the IP address it gave.
+    pub(crate) fn certificate_name(&self) -> String {
+        match &self.name {
+            Some(n) => n.clone(),
+            None => self.addr.ip().to_string(),
+        }
     }
 }
 
@@ -173,10 +186,12 @@ pub(crate) fn parse_target(url: &str) -> Result<Target, String> {
     } else {
         format!("{host}:{port}")
     };
+    let name = host.parse::<std::net::IpAddr>().is_err().then_some(host);
     Ok(Target {
         tls,
         addr,
         host: shown,
+        name,
         user,
         password,
         db,
@@ -466,9 +481,14 @@ impl Bridge {
             return;
         }
         let url = self.settings.target.connect_url();
-        let options = ConnectOptions::new()
+        let mut options = ConnectOptions::new()
             .framing(Framing::Raw)
             .watermarks(LINK_HIGH_WATERMARK, LINK_LOW_WATERMARK);
+        // rediss://NAME: the certificate must carry NAME (sent as SNI too),
+        // as redis-cli and the client libraries check it.
+        if let (true, Some(name)) = (self.settings.target.tls, &self.settings.target.name) {
+            options = options.server_name(name);
+        }
         for role in [Role::Command, Role::Subscriber] {
             match ctx.connect_with(&url, &options) {
                 Ok(conn) => {
@@ -486,9 +506,10 @@ impl Bridge {
                     let why = match e {
                         Error::Unsupported => "this loopd was built without TLS",
                         _ => {
-                            "it has no CA certificates to trust for it: set tls_ca = \"PATH\" on \
-                             the chat's [[handler]] entry (the PEM CA that signed the Redis \
-                             server's certificate)"
+                            "it has no CA certificates to trust for it (or the host is not a \
+                             valid DNS name): set tls_ca = \"PATH\" on the chat's [[handler]] \
+                             entry (the PEM CA that signed the Redis server's certificate), or \
+                             install the system's CA certificates"
                         }
                     };
                     ctx.error(format_args!(
@@ -725,9 +746,9 @@ impl Bridge {
                 let tls = if self.settings.target.tls {
                     format!(
                         "; over TLS also a failed handshake: the server's certificate must be \
-                         signed by a CA in the entry's tls_ca and name {}, and loopd's own line \
-                         on the handshake says which",
-                        self.settings.target.addr.ip()
+                         signed by a CA loopd trusts for it (tls_ca, else the system's) and \
+                         carry {}, and loopd's own warning on the handshake says which",
+                        self.settings.target.certificate_name()
                     )
                 } else {
                     String::new()
@@ -1270,12 +1291,16 @@ mod tests {
         let t = parse_target("rediss://[::1]").unwrap();
         assert_eq!(t.connect_url(), "tls://[::1]:6379");
         assert_eq!(t.to_string(), "rediss://[::1]:6379");
+        assert_eq!(t.name, None);
+        assert_eq!(t.certificate_name(), "::1");
         // A name is resolved once, as for redis://; the connect is to the
-        // address it resolved to.
+        // address it resolved to, and the certificate must carry the name.
         let t = parse_target("rediss://localhost:6380").unwrap();
         assert!(t.addr.ip().is_loopback());
         assert!(t.to_string().starts_with("rediss://localhost:6380 ("));
         assert_eq!(t.connect_url(), format!("tls://{}", t.addr));
+        assert_eq!(t.name.as_deref(), Some("localhost"));
+        assert_eq!(t.certificate_name(), "localhost");
     }
 
     #[test]

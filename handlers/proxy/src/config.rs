@@ -54,6 +54,11 @@ pub struct Config {
     /// `upstream_high_watermark`.
     #[serde(default = "default_upstream_low")]
     pub upstream_low_watermark: usize,
+    /// A `tls://` upstream only: the DNS name its certificate must carry
+    /// (also sent as SNI). Without it, the certificate must carry the IP
+    /// address of `upstream`.
+    #[serde(default)]
+    pub server_name: Option<String>,
 }
 
 fn default_upstream_high() -> usize {
@@ -86,6 +91,9 @@ pub struct Settings {
     /// The upstream queue's bounds: the client is paused at `.0`, resumed
     /// below `.1`.
     pub upstream_watermarks: (usize, usize),
+    /// The DNS name a `tls://` upstream's certificate must carry, if not
+    /// its IP address.
+    pub server_name: Option<String>,
 }
 
 impl Config {
@@ -117,6 +125,19 @@ impl Config {
                 "upstream_low_watermark = {low} must be below upstream_high_watermark ({high})"
             ));
         }
+        if let Some(name) = &self.server_name {
+            if !matches!(upstream, Upstream::Tls(_)) {
+                return Err(format!(
+                    "server_name = {name:?}: only for a tls:// upstream, not {upstream}"
+                ));
+            }
+            if !is_dns_name(name) {
+                return Err(format!(
+                    "server_name = {name:?} is not a DNS name (letters, digits, `-` and `.`, \
+                     e.g. \"redis.example.com\"; an IP address goes in upstream)"
+                ));
+            }
+        }
         Ok(Settings {
             upstream,
             connect_timeout: ms("connect_timeout_ms", self.connect_timeout_ms, false)?
@@ -124,8 +145,27 @@ impl Config {
             idle_timeout: ms("idle_timeout_ms", self.idle_timeout_ms, true)?,
             shutdown_idle: ms("shutdown_idle_ms", self.shutdown_idle_ms, true)?,
             upstream_watermarks: (high, low),
+            server_name: self.server_name.clone(),
         })
     }
+}
+
+/// A host name as a certificate names it: dot-separated labels of 1 to 63
+/// letters, digits and hyphens (not at either end), 253 bytes at most, not
+/// all digits and dots (that is an address).
+fn is_dns_name(name: &str) -> bool {
+    let name = name.strip_suffix('.').unwrap_or(name);
+    !name.is_empty()
+        && name.len() <= 253
+        && !name.bytes().all(|b| b.is_ascii_digit() || b == b'.')
+        && name.split('.').all(|label| {
+            (1..=63).contains(&label.len())
+                && label
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'-')
+                && !label.starts_with('-')
+                && !label.ends_with('-')
+        })
 }
 
 /// Where the proxy connects.
@@ -224,6 +264,21 @@ mod tests {
         assert_eq!(s.idle_timeout, None);
         assert_eq!(s.shutdown_idle, Some(Duration::from_millis(1000)));
         assert_eq!(s.upstream_watermarks, (256 << 10, 64 << 10));
+        assert_eq!(s.server_name, None);
+    }
+
+    #[test]
+    fn a_tls_upstream_may_name_its_server() {
+        let s = config(r#"{"upstream": "tls://10.0.0.5:6380", "server_name": "redis.example"}"#)
+            .unwrap();
+        assert_eq!(s.upstream, Upstream::Tls("10.0.0.5:6380".parse().unwrap()));
+        assert_eq!(s.server_name.as_deref(), Some("redis.example"));
+        for ok in ["localhost", "a-b.example.com.", "x1"] {
+            assert!(is_dns_name(ok), "{ok}");
+        }
+        for bad in ["", "-a.example", "a_b", "1.2.3.4", "a..b", &"x".repeat(64)] {
+            assert!(!is_dns_name(bad), "{bad}");
+        }
     }
 
     #[test]
@@ -279,6 +334,14 @@ mod tests {
             (
                 r#"{"upstream": "tls://[::]:443"}"#,
                 ":: is not an address to connect to",
+            ),
+            (
+                r#"{"upstream": "tcp://127.0.0.1:1", "server_name": "db.example"}"#,
+                "server_name = \"db.example\": only for a tls:// upstream, not tcp://127.0.0.1:1",
+            ),
+            (
+                r#"{"upstream": "tls://127.0.0.1:1", "server_name": "127.0.0.1"}"#,
+                "server_name = \"127.0.0.1\" is not a DNS name",
             ),
             (
                 r#"{"upstream": "tcp://0.0.0.0:80"}"#,

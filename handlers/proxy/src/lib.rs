@@ -468,10 +468,13 @@ impl Handler for Proxy {
             settings.upstream_watermarks.1,
         ));
         let (high, low) = settings.upstream_watermarks;
-        let options = ConnectOptions::new()
+        let mut options = ConnectOptions::new()
             .framing(Framing::Raw)
             .watermarks(high, low)
             .keep_reading(true);
+        if let Some(name) = &settings.server_name {
+            options = options.server_name(name);
+        }
         Ok(Proxy {
             settings,
             url,
@@ -524,7 +527,8 @@ impl Handler for Proxy {
                     Error::Invalid if tls => {
                         "cannot be connected to: loopd has no CA certificates to trust for it: \
                          set tls_ca = \"PATH\" on the proxy's [[handler]] entry (the PEM CA \
-                         that signed the upstream's certificate)"
+                         that signed the upstream's certificate), or install the system's CA \
+                         certificates"
                     }
                     Error::Unsupported if tls => {
                         "cannot be connected to: this loopd was built without TLS"
@@ -625,16 +629,23 @@ impl Handler for Proxy {
                 match self.settings.upstream {
                     // loopd tells a handler only that the connect failed;
                     // it logs a failed handshake's reason itself.
-                    Upstream::Tls(addr) => self.report_down(
-                        ctx,
-                        peer,
-                        format_args!(
-                            "refused, is unreachable or failed the TLS handshake (its \
-                             certificate must be signed by a CA in the entry's tls_ca and name \
-                             {}; loopd's own line on the handshake says which) ({reason})",
-                            addr.ip()
-                        ),
-                    ),
+                    Upstream::Tls(addr) => {
+                        let name = self
+                            .settings
+                            .server_name
+                            .clone()
+                            .unwrap_or_else(|| addr.ip().to_string());
+                        self.report_down(
+                            ctx,
+                            peer,
+                            format_args!(
+                                "refused, is unreachable or failed the TLS handshake (its \
+                                 certificate must be signed by a CA loopd trusts for it \
+                                 (tls_ca, else the system's) and carry {name}; loopd's own \
+                                 warning on the handshake says which) ({reason})"
+                            ),
+                        )
+                    }
                     _ => self.report_down(
                         ctx,
                         peer,
