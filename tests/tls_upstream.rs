@@ -948,11 +948,6 @@ fn plaintext_is_refused(addr: SocketAddr) {
 }
 
 #[test]
-#[ignore = "loopd refuses it: a reload binds the tls:// listener before it closes the tcp:// one \
-            on the same port, and runtime/src/source/listener.rs check_own_listeners fails it \
-            (\"it is the same socket as tcp://127.0.0.1:P, already opened by handler `echo` of \
-            this config\"); reload.rs matches listeners by their whole URL, scheme included, so \
-            a scheme change cannot keep the socket"]
 fn sighup_switches_a_port_between_tcp_and_tls_keeping_each_connection_on_its_own() {
     let certs = Certs::new();
     let port = free_port();
@@ -965,6 +960,16 @@ fn sighup_switches_a_port_between_tcp_and_tls_keeping_each_connection_on_its_own
 
     let outcome = reload_to(&loopd, &tls_config, 1);
     assert!(outcome.contains("reloaded: "), "{outcome}");
+    // The socket is kept, now serving tls://.
+    assert!(
+        outcome.contains(&format!("opened tls://{addr}, closed tcp://{addr}, kept 0")),
+        "{outcome}"
+    );
+    assert!(
+        loopd.wait_for_log(&format!("the socket of tcp://{addr}, kept"), TIMEOUT),
+        "{}",
+        loopd.logs()
+    );
     // The connection accepted over TCP stays plaintext.
     assert_eq!(trip(&mut plain, b"two").unwrap(), b"two");
     // New ones are TLS.
@@ -988,9 +993,9 @@ fn sighup_switches_a_port_between_tcp_and_tls_keeping_each_connection_on_its_own
 
 #[test]
 fn a_port_moves_between_tcp_and_tls_in_two_reloads_keeping_old_connections() {
-    // What works today: one reload closes the tcp:// listener (its
-    // handler keeps another), the next opens tls:// on that port. Between
-    // the two the port refuses connections.
+    // The port closed by one reload (its handler keeps another listener)
+    // and opened with the other transport by the next: between the two
+    // it refuses connections.
     let certs = Certs::new();
     let port = free_port();
     let addr: SocketAddr = ([127, 0, 0, 1], port).into();

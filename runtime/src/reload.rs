@@ -334,21 +334,46 @@ impl Runtime {
         // Listeners: keep those still wanted, bind the new ones.
         let mut claimed = vec![false; self.listener_records.len()];
         let mut kept: Vec<(usize, InstanceId, String)> = Vec::new();
+        // A port whose transport changes between tcp:// and tls:// keeps
+        // its socket (binding it anew would clash with the old one).
+        let mut switched: Vec<(usize, InstanceId, String, bool)> = Vec::new();
         let mut to_bind: Vec<(ListenAddr, InstanceId, String, usize)> = Vec::new();
         for (i, h) in config.handlers.iter().enumerate() {
             let inst = target(i, &steps, &created);
             for addr in &h.listen {
-                let found = self
-                    .listener_records
-                    .iter()
-                    .enumerate()
-                    .position(|(j, r)| r.open && r.from_file && !claimed[j] && &r.addr == addr);
-                match found {
-                    Some(j) => {
+                let free =
+                    |j: usize, r: &crate::ListenerRecord| r.open && r.from_file && !claimed[j];
+                let records = self.listener_records.iter().enumerate();
+                let same = records
+                    .clone()
+                    .position(|(j, r)| free(j, r) && &r.addr == addr);
+                let switch = || {
+                    records
+                        .clone()
+                        .position(|(j, r)| free(j, r) && switches(&r.addr, addr))
+                };
+                match (same, same.is_none().then(switch).flatten()) {
+                    (Some(j), _) => {
                         claimed[j] = true;
                         kept.push((j, inst, h.name.clone()));
                     }
-                    None => to_bind.push((addr.clone(), inst, h.name.clone(), i)),
+                    (None, Some(j)) => {
+                        if matches!(addr, ListenAddr::Tls(_)) && !cfg!(feature = "tls") {
+                            self.undo_created(&config, created);
+                            return Err(Error::Listen {
+                                handler: h.name.clone(),
+                                listener: addr.to_string(),
+                                source: std::io::Error::new(
+                                    std::io::ErrorKind::Unsupported,
+                                    "tls:// listeners need loopd built with the `tls` feature",
+                                ),
+                            });
+                        }
+                        claimed[j] = true;
+                        let tls = matches!(addr, ListenAddr::Tls(_));
+                        switched.push((j, inst, h.name.clone(), tls));
+                    }
+                    (None, None) => to_bind.push((addr.clone(), inst, h.name.clone(), i)),
                 }
             }
         }
@@ -398,6 +423,32 @@ impl Runtime {
             }
             self.listener_records[*j].handler = name.clone();
             report.kept += 1;
+        }
+        let mut announce_switched = Vec::new();
+        for (j, inst, name, tls) in &switched {
+            let record = &mut self.listener_records[*j];
+            let mut core = self.core.borrow_mut();
+            let Some(Source::Listener(l)) = core.sources.get_mut(record.id) else {
+                continue;
+            };
+            let url = l.switch_transport(*inst, *tls);
+            log::info!(
+                "{name} listening on {url} (the socket of {}, kept)",
+                record.url
+            );
+            let addr = match (&record.addr, tls) {
+                (ListenAddr::Tcp(sa) | ListenAddr::Tls(sa), true) => ListenAddr::Tls(*sa),
+                (ListenAddr::Tcp(sa) | ListenAddr::Tls(sa), false) => ListenAddr::Tcp(*sa),
+                (other, _) => other.clone(),
+            };
+            report
+                .closed
+                .push(std::mem::replace(&mut record.url, url.clone()));
+            report.opened.push(url);
+            record.addr = addr;
+            record.scope = l.scope.clone();
+            record.handler = name.clone();
+            announce_switched.push(record.id);
         }
         // Listeners no longer wanted close.
         for (j, r) in self.listener_records.iter_mut().enumerate() {
@@ -477,7 +528,9 @@ impl Runtime {
                     ),
                     _ => return None,
                 };
-                created.iter().any(|c| c.1 == instance).then(|| Bound {
+                let told =
+                    created.iter().any(|c| c.1 == instance) || announce_switched.contains(&r.id);
+                told.then(|| Bound {
                     id: r.id,
                     instance,
                     transport,
@@ -604,5 +657,16 @@ impl Runtime {
         }
         self.drain_pending();
         self.destroy_if_drained(id);
+    }
+}
+
+/// Whether a listener at `old` can become `new` by switching its
+/// transport: the same TCP address, one plain and one TLS.
+fn switches(old: &ListenAddr, new: &ListenAddr) -> bool {
+    match (old, new) {
+        (ListenAddr::Tcp(a), ListenAddr::Tls(b)) | (ListenAddr::Tls(a), ListenAddr::Tcp(b)) => {
+            a == b
+        }
+        _ => false,
     }
 }

@@ -144,6 +144,27 @@ impl Listener {
     pub(crate) fn url_str(&self) -> &str {
         self.url.to_str().unwrap_or("?")
     }
+
+    /// Serves the same TCP socket as `tls://` (or back as `tcp://`), for
+    /// `instance`, from the next accept: a reload that switches a port's
+    /// transport keeps its socket, so no connection waiting in its backlog
+    /// is lost. Connections already accepted keep their own transport.
+    /// Returns the new URL; its counters start afresh under it.
+    pub(crate) fn switch_transport(&mut self, instance: InstanceId, tls: bool) -> String {
+        let local = sys::local_addr(self.fd.as_raw_fd())
+            .to_socket_addr()
+            .map_or_else(|| "?".to_string(), |a| a.to_string());
+        let (transport, url) = if tls {
+            (abi::LOOPD_TRANSPORT_TLS, format!("tls://{local}"))
+        } else {
+            (abi::LOOPD_TRANSPORT_TCP, format!("tcp://{local}"))
+        };
+        self.instance = instance;
+        self.transport = transport;
+        self.scope = Scope::new(url.as_str());
+        self.url = cstr(url.clone());
+        url
+    }
 }
 
 impl Drop for Listener {
