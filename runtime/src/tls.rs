@@ -446,22 +446,24 @@ impl TlsStream {
         Ok(n)
     }
 
-    /// Writes several buffers in order, as far as [`TlsStream::write`] goes.
+    /// Writes several buffers in order, as [`TlsStream::write`] does one:
+    /// rustls packs them into records together, so a response's header and
+    /// body go out as one record (and one send), not one per buffer.
     pub(crate) fn writev(&mut self, bufs: &[io::IoSlice<'_>]) -> io::Result<usize> {
-        let mut total = 0;
-        for b in bufs.iter().filter(|b| !b.is_empty()) {
-            match self.write(b) {
-                Ok(n) => {
-                    total += n;
-                    if n < b.len() {
-                        break;
-                    }
-                }
-                Err(e) if total > 0 && e.kind() == io::ErrorKind::WouldBlock => break,
-                Err(e) => return Err(e),
-            }
+        let wanted: usize = bufs.iter().map(|b| b.len()).sum();
+        if wanted == 0 {
+            return Ok(0);
         }
-        Ok(total)
+        self.flush()?;
+        if self.conn.wants_write() {
+            return Err(io::ErrorKind::WouldBlock.into());
+        }
+        let n = self.conn.writer().write_vectored(bufs)?;
+        if n == 0 {
+            return Err(io::ErrorKind::WouldBlock.into());
+        }
+        self.flush()?;
+        Ok(n)
     }
 
     /// Sends close_notify (best effort: what the socket takes now).
@@ -502,4 +504,102 @@ pub(crate) fn subject(der: &[u8]) -> Option<String> {
     use x509_cert::der::Decode as _;
     let cert = x509_cert::Certificate::from_der(der).ok()?;
     Some(cert.tbs_certificate().subject().to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::net::UnixStream;
+
+    /// A server TlsStream and a rustls client over a socket pair, the
+    /// handshake done.
+    fn pair() -> (TlsStream, rustls::ClientConnection, UnixStream) {
+        let key = rcgen::KeyPair::generate().unwrap();
+        let params = rcgen::CertificateParams::new(vec!["localhost".to_string()]).unwrap();
+        let cert = params.self_signed(&key).unwrap();
+        let dir = std::env::temp_dir().join(format!("loopd-tls-unit-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let (cp, kp) = (dir.join("cert.pem"), dir.join("key.pem"));
+        std::fs::write(&cp, cert.pem()).unwrap();
+        std::fs::write(&kp, key.serialize_pem()).unwrap();
+        let server_config = load_server(&cp, &kp, None, &[], &[]).unwrap();
+        std::fs::remove_dir_all(&dir).unwrap();
+        let mut roots = rustls::RootCertStore::empty();
+        roots.add(cert.der().clone()).unwrap();
+        let client_config = client_trusting(roots).unwrap();
+        let (s, c) = UnixStream::pair().unwrap();
+        s.set_nonblocking(true).unwrap();
+        c.set_nonblocking(true).unwrap();
+        let mut server = TlsStream::accept(OwnedFd::from(s), &server_config).unwrap();
+        let name = rustls::pki_types::ServerName::try_from("localhost").unwrap();
+        let mut client = rustls::ClientConnection::new(client_config, name).unwrap();
+        let mut c = c;
+        for _ in 0..100 {
+            while client.wants_write() {
+                client.write_tls(&mut c).unwrap();
+            }
+            let server_done = server.handshake().unwrap();
+            match client.read_tls(&mut c) {
+                Ok(_) => {
+                    client.process_new_packets().unwrap();
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+                Err(e) => panic!("{e}"),
+            }
+            if server_done && !client.is_handshaking() && !client.wants_write() {
+                return (server, client, c);
+            }
+        }
+        panic!("the handshake did not finish");
+    }
+
+    /// What is waiting on the client's socket.
+    fn read_all(c: &mut UnixStream) -> Vec<u8> {
+        let mut raw = Vec::new();
+        let mut buf = [0u8; 65536];
+        loop {
+            match c.read(&mut buf) {
+                Ok(0) => break,
+                Ok(n) => raw.extend_from_slice(&buf[..n]),
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                Err(e) => panic!("{e}"),
+            }
+        }
+        raw
+    }
+
+    /// The content types of the TLS records in `raw`, in order.
+    fn record_types(raw: &[u8]) -> Vec<u8> {
+        let mut types = Vec::new();
+        let mut at = 0;
+        while at + 5 <= raw.len() {
+            types.push(raw[at]);
+            at += 5 + usize::from(u16::from_be_bytes([raw[at + 3], raw[at + 4]]));
+        }
+        assert_eq!(at, raw.len(), "a record was cut short");
+        types
+    }
+
+    #[test]
+    fn writev_sends_its_buffers_in_one_record() {
+        let (mut server, mut client, mut c) = pair();
+        // Tickets and the like from the end of the handshake.
+        let _ = read_all(&mut c);
+        let (head, body) = (b"HTTP/1.1 200 OK\r\n\r\n".as_slice(), [7u8; 612]);
+        let n = server
+            .writev(&[io::IoSlice::new(head), io::IoSlice::new(&body)])
+            .unwrap();
+        assert_eq!(n, head.len() + body.len());
+        // One application-data record (content type 23), not one per buffer.
+        let raw = read_all(&mut c);
+        assert_eq!(record_types(&raw), vec![23]);
+        let mut reader = raw.as_slice();
+        // And the client reads it back whole.
+        client.read_tls(&mut reader).unwrap();
+        client.process_new_packets().unwrap();
+        let mut got = Vec::new();
+        let _ = client.reader().read_to_end(&mut got);
+        assert_eq!(got.len(), head.len() + body.len());
+        assert!(got.starts_with(head) && got.ends_with(&body));
+    }
 }
