@@ -5,7 +5,8 @@
 //!
 //! Three loads, each run interleaved server by server:
 //! - keep-alive requests for the 612-byte page and the 16 KiB file
-//!   (`wrk -t1`, 64 connections): what TLS adds to a request;
+//!   (`wrk -t1`, 64 connections), with both servers also over plain HTTP
+//!   (`loopd-plain`, `nginx-plain`): what TLS adds to a request;
 //! - one connection per request (`wrk -H 'Connection: close'`): wrk keeps
 //!   the TLS session of a connection across its reconnects, so these are
 //!   *resumed* handshakes (TLS 1.3 PSK with a fresh X25519 exchange, no
@@ -340,9 +341,11 @@ pub fn verify(
     negotiated(addr)
 }
 
-/// One wrk run over HTTPS pinned to the client core; with `close`, every
-/// request asks for its connection to be closed (wrk reconnects).
-pub fn wrk_https(
+/// One wrk run pinned to the client core, over HTTPS (`tls`) or plain
+/// HTTP; with `close`, every request asks for its connection to be closed
+/// (wrk reconnects).
+pub fn wrk_url(
+    tls: bool,
     addr: SocketAddr,
     path: &str,
     conns: usize,
@@ -357,7 +360,8 @@ pub fn wrk_https(
     if close {
         cmd.args(["-H", "Connection: close"]);
     }
-    cmd.arg(format!("https://{addr}{path}"));
+    let scheme = if tls { "https" } else { "http" };
+    cmd.arg(format!("{scheme}://{addr}{path}"));
     let out = cmd.output().context("running wrk")?;
     let text = String::from_utf8_lossy(&out.stdout).to_string();
     if !out.status.success() {
@@ -451,16 +455,27 @@ pub fn bench(ctx: &Ctx) -> Result<Bench> {
     let files = http::make_site(&root)?;
     let tls = ctx.work.join("tls");
     let cert = make_cert(&tls)?;
+    // (name, server, address, over TLS). The plain-HTTP servers run the
+    // keep-alive rows only: the difference is what TLS costs a request.
     let mut servers = vec![];
     bench.skipped = http::handler_built(ctx, "http");
     if bench.skipped.is_none() {
         let (s, a) = start_loopd_tls(ctx, &root, &cert)?;
-        servers.push(("loopd".to_string(), s, a));
+        servers.push(("loopd".to_string(), s, a, true));
+        let (s, a) = http::start_loopd_http(ctx, &root, http::Tuning::Defaults)?;
+        servers.push(("loopd-plain".to_string(), s, a, false));
     }
     let (s, a) = start_nginx_tls(ctx, &root, &cert)?;
-    servers.push(("nginx".to_string(), s, a));
+    servers.push(("nginx".to_string(), s, a, true));
+    let (s, a) = http::start_nginx(ctx, &root)?;
+    servers.push(("nginx-plain".to_string(), s, a, false));
     let mut agreed: Option<(String, Negotiated)> = None;
-    for (name, _, addr) in &servers {
+    for (name, _, addr, tls_on) in &servers {
+        if !tls_on {
+            http::verify(*addr, &files).with_context(|| format!("{name} failed the HTTP check"))?;
+            println!("https: {name} on {addr} (plain HTTP) passed the correctness check");
+            continue;
+        }
         let n = verify(*addr, &files, &tls)
             .with_context(|| format!("{name} failed the HTTPS check"))?;
         println!("https: {name} on {addr} passed the correctness check; negotiated {n}");
@@ -479,9 +494,16 @@ pub fn bench(ctx: &Ctx) -> Result<Bench> {
     }
     let secs = ctx.run.as_secs().max(1);
     if !ctx.warmup.is_zero() {
-        for (name, _, addr) in &servers {
-            wrk_https(*addr, SMALL, CONNS, false, ctx.warmup.as_secs().max(1))
-                .with_context(|| format!("{name} warm-up"))?;
+        for (name, _, addr, tls_on) in &servers {
+            wrk_url(
+                *tls_on,
+                *addr,
+                SMALL,
+                CONNS,
+                false,
+                ctx.warmup.as_secs().max(1),
+            )
+            .with_context(|| format!("{name} warm-up"))?;
         }
     }
     let loads: &[(&str, Load)] = if ctx.smoke {
@@ -515,13 +537,16 @@ pub fn bench(ctx: &Ctx) -> Result<Bench> {
             peers: Vec::new(),
         };
         for round in 0..ctx.rounds {
-            for (name, server, addr) in servers.iter_mut() {
+            for (name, server, addr, tls_on) in servers.iter_mut() {
+                if !*tls_on && !matches!(load, Load::KeepAlive(_)) {
+                    continue;
+                }
                 let mut probe = CpuProbe::new(server);
                 probe.mark(true)?;
                 let (ops, lat) = match load {
                     Load::KeepAlive(path) => {
                         let w = checked(
-                            wrk_https(*addr, path, CONNS, false, secs),
+                            wrk_url(*tls_on, *addr, path, CONNS, false, secs),
                             name,
                             &case,
                             round,
@@ -531,7 +556,7 @@ pub fn bench(ctx: &Ctx) -> Result<Bench> {
                     }
                     Load::Resumed => {
                         let w = checked(
-                            wrk_https(*addr, SMALL, CONNS, true, secs),
+                            wrk_url(true, *addr, SMALL, CONNS, true, secs),
                             name,
                             &case,
                             round,
@@ -570,7 +595,7 @@ pub fn bench(ctx: &Ctx) -> Result<Bench> {
         }
         bench.cases.push(case);
     }
-    for (_, server, _) in servers.iter_mut() {
+    for (_, server, _, _) in servers.iter_mut() {
         server.check_alive()?;
         server.stop();
     }

@@ -603,13 +603,57 @@ fn workers_section(doc: &mut Doc, b: &Bench) {
     );
 }
 
+/// Round-by-round `a[m] - b[m]`.
+fn difference(case: &Case, a: &str, b: &str, m: &str) -> Option<Summary> {
+    let ra = case.peer(a)?.metric(m);
+    let rb = case.peer(b)?.metric(m);
+    let v: Vec<f64> = ra.iter().zip(&rb).map(|(x, y)| x - y).collect();
+    sm(&v)
+}
+
+/// What TLS adds to a keep-alive request: each server's CPU per request
+/// over HTTPS less its CPU per request over plain HTTP, round by round.
+fn tls_cost_table(doc: &mut Doc, b: &Bench) {
+    let cases: Vec<&Case> = b
+        .cases
+        .iter()
+        .filter(|c| c.peer("loopd-plain").is_some() && c.peer("nginx-plain").is_some())
+        .collect();
+    if cases.is_empty() {
+        return;
+    }
+    doc.md.push_str(
+        "\nWhat TLS adds to a keep-alive request, in server CPU: each server's CPU per request over HTTPS less its CPU per request over plain HTTP (`loopd-plain`, `nginx-plain`: the same servers and files on `tcp://` and a plain `listen`, run in the same rounds), round by round. The last column is nginx's cost ÷ loopd's (above 1: loopd's TLS costs less).\n\n| Case | loopd HTTPS µs/req | loopd HTTP µs/req | loopd TLS cost µs/req | nginx HTTPS µs/req | nginx HTTP µs/req | nginx TLS cost µs/req | nginx ÷ loopd TLS cost |\n|---|---:|---:|---:|---:|---:|---:|---:|\n",
+    );
+    for c in cases {
+        let lc = difference(c, "loopd", "loopd-plain", "cpu_us_per_op");
+        let nc = difference(c, "nginx", "nginx-plain", "cpu_us_per_op");
+        let r = match (lc, nc) {
+            (Some(l), Some(n)) if l.median > 0.0 => format!("{:.2}×", n.median / l.median),
+            _ => "–".into(),
+        };
+        let _ = writeln!(
+            doc.md,
+            "| {} | {} | {} | {} | {} | {} | {} | {r} |",
+            c.label,
+            fmt_num(metric(c, "loopd", "cpu_us_per_op"), 2),
+            fmt_num(metric(c, "loopd-plain", "cpu_us_per_op"), 2),
+            fmt_num(lc, 2),
+            fmt_num(metric(c, "nginx", "cpu_us_per_op"), 2),
+            fmt_num(metric(c, "nginx-plain", "cpu_us_per_op"), 2),
+            fmt_num(nc, 2),
+        );
+    }
+}
+
 fn https_section(doc: &mut Doc, b: &Bench) {
     doc.md.push_str(
-        "\n## 9. HTTPS\n\nloopd's http handler on a `tls://` listener (rustls with the ring provider; every key at its shipped default, only the access log off, as in the HTTP benchmark) against nginx (the HTTP benchmark's config with `listen ... ssl` and `ssl_protocols TLSv1.3`: Debian's nginx 1.22 stops at TLS 1.2 by default; every other TLS setting at nginx's default, session tickets on), both serving the same files with the same certificate and key: a fresh self-signed ECDSA P-256 certificate made by `openssl req` at run time. Neither uses kernel TLS, so nginx's `sendfile` does not apply and both encrypt in user space. Before timing, each server must serve both files byte-exact over TLS (20 requests on one connection, and the page for an HTTP/1.0 request as `s_time` sends it), resume a saved session, and negotiate exactly what the other negotiates with an OpenSSL client (`openssl s_client`; wrk and `s_time` use the same library and its defaults); the note below says what that was. A run with any non-2xx response fails.\n\nThe rows: *keep-alive* is `wrk -t1 -c64` on open connections, an op is one request; *resumed handshake per request* is wrk with `-H 'Connection: close'`: every request on a new TCP and TLS connection, which wrk resumes from the connection's previous session (a TLS 1.3 PSK handshake with a fresh X25519 exchange, no certificate and no signature); *full handshake per request* is 4 `openssl s_time -new` processes side by side, each fetching the page over a new connection that never resumes (X25519 and an ECDSA P-256 signature every time). In both handshake rows an op is one connection: handshake, one GET, close.\n\n**Caveat: this machine has 2 cores, shared with other work.** The server runs on core 1, wrk or `s_time` on core 0. In the handshake rows the client does at least as much cryptography per connection as the server (verifying the ECDSA signature costs more than making it), so the server core is far from busy and requests per second measure the client; there the server's CPU per op is the figure that counts. Absolute figures move with whatever else the machine runs; the ratios, taken between rounds run back to back, hold up better.\n\n",
+        "\n## 9. HTTPS\n\nloopd's http handler on a `tls://` listener (rustls with the ring provider; every key at its shipped default, only the access log off, as in the HTTP benchmark) against nginx (the HTTP benchmark's config with `listen ... ssl` and `ssl_protocols TLSv1.3`: Debian's nginx 1.22 stops at TLS 1.2 by default; every other TLS setting at nginx's default, session tickets on), both serving the same files with the same certificate and key: a fresh self-signed ECDSA P-256 certificate made by `openssl req` at run time. Neither uses kernel TLS, so nginx's `sendfile` does not apply and both encrypt in user space. Before timing, each server must serve both files byte-exact over TLS (20 requests on one connection, and the page for an HTTP/1.0 request as `s_time` sends it), resume a saved session, and negotiate exactly what the other negotiates with an OpenSSL client (`openssl s_client`; wrk and `s_time` use the same library and its defaults); the note below says what that was. A run with any non-2xx response fails.\n\nThe rows: *keep-alive* is `wrk -t1 -c64` on open connections, an op is one request; those rows also run both servers over plain HTTP (`loopd-plain`, `nginx-plain`), to show what TLS adds; *resumed handshake per request* is wrk with `-H 'Connection: close'`: every request on a new TCP and TLS connection, which wrk resumes from the connection's previous session (a TLS 1.3 PSK handshake with a fresh X25519 exchange, no certificate and no signature); *full handshake per request* is 4 `openssl s_time -new` processes side by side, each fetching the page over a new connection that never resumes (X25519 and an ECDSA P-256 signature every time). In both handshake rows an op is one connection: handshake, one GET, close.\n\n**Caveat: this machine has 2 cores, shared with other work.** The server runs on core 1, wrk or `s_time` on core 0. In the handshake rows the client does at least as much cryptography per connection as the server (verifying the ECDSA signature costs more than making it), so the server core is far from busy and requests per second measure the client; there the server's CPU per op is the figure that counts. Absolute figures move with whatever else the machine runs; the ratios, taken between rounds run back to back, hold up better.\n\n",
     );
     skipped_note(doc, b);
     figures_table(doc, b, "op", &[("p50_us", "p50"), ("p99_us", "p99")]);
     ratio_table(doc, b, "loopd", &[("nginx", None)], false);
+    tls_cost_table(doc, b);
     let series = peers_of(b);
     doc.plot(
         "https-throughput",
