@@ -169,6 +169,10 @@ fn skipped_note(doc: &mut Doc, b: &Bench) {
     for n in &b.notes {
         let _ = writeln!(doc.md, "- Note: {n}");
     }
+    // A table right after the list would be read as part of its last item.
+    if !b.notes.is_empty() {
+        doc.md.push('\n');
+    }
 }
 
 fn peers_of(b: &Bench) -> Vec<String> {
