@@ -457,18 +457,24 @@ pub fn bench(ctx: &Ctx) -> Result<Bench> {
     let cert = make_cert(&tls)?;
     // (name, server, address, over TLS). The plain-HTTP servers run the
     // keep-alive rows only: the difference is what TLS costs a request.
+    // The smoke leaves them out (the HTTP benchmark's smoke covers them).
+    let plain = !ctx.smoke;
     let mut servers = vec![];
     bench.skipped = http::handler_built(ctx, "http");
     if bench.skipped.is_none() {
         let (s, a) = start_loopd_tls(ctx, &root, &cert)?;
         servers.push(("loopd".to_string(), s, a, true));
-        let (s, a) = http::start_loopd_http(ctx, &root, http::Tuning::Defaults)?;
-        servers.push(("loopd-plain".to_string(), s, a, false));
+        if plain {
+            let (s, a) = http::start_loopd_http(ctx, &root, http::Tuning::Defaults)?;
+            servers.push(("loopd-plain".to_string(), s, a, false));
+        }
     }
     let (s, a) = start_nginx_tls(ctx, &root, &cert)?;
     servers.push(("nginx".to_string(), s, a, true));
-    let (s, a) = http::start_nginx(ctx, &root)?;
-    servers.push(("nginx-plain".to_string(), s, a, false));
+    if plain {
+        let (s, a) = http::start_nginx(ctx, &root)?;
+        servers.push(("nginx-plain".to_string(), s, a, false));
+    }
     let mut agreed: Option<(String, Negotiated)> = None;
     for (name, _, addr, tls_on) in &servers {
         if !tls_on {

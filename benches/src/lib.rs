@@ -75,7 +75,8 @@ const USAGE: &str = "usage: loopd-bench <all|smoke|report|echo|http|chat|chat-br
            docs/benchmarks.md (run it with --release on a quiet machine)
   smoke    every benchmark path with tiny loads: correctness only (and one
            count: loopd's echo must stay under 3.5 syscalls per round trip);
-           results and a rendered page go to target/bench-smoke/
+           results and a rendered page go to target/bench-smoke/;
+           --only NAME smokes one benchmark
   report   regenerate docs/benchmarks.md from benches/results/results.json
   NAME     one benchmark; results to target/bench-NAME.json; with --merge
            FILE, also into FILE (e.g. benches/results/results.json), in
@@ -97,6 +98,7 @@ struct Args {
     secs: Option<f64>,
     out: Option<PathBuf>,
     merge: Option<PathBuf>,
+    only: Option<String>,
 }
 
 fn parse_args() -> Result<Args> {
@@ -113,6 +115,7 @@ fn parse_args() -> Result<Args> {
         secs: None,
         out: None,
         merge: None,
+        only: None,
     };
     while let Some(flag) = args.next() {
         let value = args
@@ -123,6 +126,7 @@ fn parse_args() -> Result<Args> {
             "--secs" => a.secs = Some(value.parse().context("--secs")?),
             "--out" => a.out = Some(value.into()),
             "--merge" => a.merge = Some(value.into()),
+            "--only" => a.only = Some(value),
             "--conns" => a.conns = Some(value.parse().context("--conns")?),
             "--size" => a.size = Some(value.parse().context("--size")?),
             "--ops" => a.ops = Some(value.parse().context("--ops")?),
@@ -226,9 +230,14 @@ pub fn run_cli() -> Result<()> {
         results.meta.load_before[0], results.meta.load_before[1], results.meta.load_before[2]
     );
 
-    let which: Vec<&str> = match args.command.as_str() {
-        "all" | "smoke" => BENCHES.to_vec(),
-        name => vec![name],
+    let which: Vec<&str> = match (args.command.as_str(), args.only.as_deref()) {
+        ("smoke", Some(only)) if BENCHES.contains(&only) => vec![only],
+        (_, Some(only)) => bail!(
+            "--only takes a benchmark of `smoke`, not `{only}` of `{}`\n\n{USAGE}",
+            args.command
+        ),
+        ("all" | "smoke", None) => BENCHES.to_vec(),
+        (name, None) => vec![name],
     };
     let out = args
         .out
