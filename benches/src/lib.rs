@@ -393,11 +393,24 @@ fn merge_into(into: &Path, run: &Results) -> Result<()> {
             None => all.benches.push(b.clone()),
         }
     }
-    let ids: Vec<&str> = run.benches.iter().map(|b| b.id.as_str()).collect();
+    let ids = run
+        .benches
+        .iter()
+        .map(|b| b.id.as_str())
+        .collect::<Vec<_>>()
+        .join(", ");
+    // An earlier merge of the same benchmarks no longer describes the file.
+    let earlier = format!("; {ids} from `");
+    let kept = match all.meta.command.find(&earlier) {
+        Some(i) => {
+            let rest = &all.meta.command[i + earlier.len()..];
+            let end = rest.find("; ").map_or("", |j| &rest[j..]);
+            format!("{}{end}", &all.meta.command[..i])
+        }
+        None => all.meta.command.clone(),
+    };
     all.meta.command = format!(
-        "{}; {} from `{}` at commit {}, {} to {} (load average {:.2} before)",
-        all.meta.command,
-        ids.join(", "),
+        "{kept}; {ids} from `{}` at commit {}, {} to {} (load average {:.2} before)",
         run.meta.command,
         run.meta.commit,
         run.meta.started,
