@@ -19,6 +19,11 @@
 //! it), resume a session, and negotiate exactly what the others negotiate
 //! with an OpenSSL client (the library wrk and `s_time` use): the same
 //! protocol, cipher suite, key-exchange group and signature type.
+//!
+//! The certificate comes from the `openssl` command line, not rcgen: the
+//! benchmark needs `openssl` anyway (`s_client` checks what is negotiated,
+//! `s_time` makes the full handshakes, and wrk and nginx link the same
+//! library), so the bench crate gains no dependency for it.
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -221,11 +226,15 @@ impl fmt::Display for Negotiated {
 /// Asks `openssl s_client -brief` what `addr` negotiates.
 pub fn negotiated(addr: SocketAddr) -> Result<Negotiated> {
     let out = s_client(addr, &["-brief"], b"")?;
-    let text = format!(
+    parse_brief(&format!(
         "{}{}",
         String::from_utf8_lossy(&out.stdout),
         String::from_utf8_lossy(&out.stderr)
-    );
+    ))
+}
+
+/// Parses what `openssl s_client -brief` printed.
+pub fn parse_brief(text: &str) -> Result<Negotiated> {
     let field = |name: &str| -> Result<String> {
         text.lines()
             .find_map(|l| l.trim().strip_prefix(name))
@@ -396,28 +405,13 @@ pub fn s_time(addr: SocketAddr, secs: u64) -> Result<f64> {
             .join()
             .map_err(|_| anyhow::anyhow!("an s_time thread panicked"))??;
         let text = String::from_utf8_lossy(&out.stdout).to_string();
-        // "N connections in T real seconds, B bytes read per connection"
-        let line = text
-            .lines()
-            .find(|l| l.contains("real seconds"))
-            .with_context(|| {
-                format!(
-                    "openssl s_time ({}) printed no summary:\n{text}{}",
-                    out.status,
-                    String::from_utf8_lossy(&out.stderr)
-                )
-            })?;
-        let n: f64 = line
-            .split_whitespace()
-            .next()
-            .and_then(|v| v.parse().ok())
-            .with_context(|| format!("s_time: bad summary {line:?}"))?;
-        let per_conn: f64 = line
-            .split(", ")
-            .nth(1)
-            .and_then(|v| v.split_whitespace().next())
-            .and_then(|v| v.parse().ok())
-            .with_context(|| format!("s_time: bad summary {line:?}"))?;
+        let (n, per_conn) = parse_s_time(&text).with_context(|| {
+            format!(
+                "openssl s_time ({}): {}",
+                out.status,
+                String::from_utf8_lossy(&out.stderr)
+            )
+        })?;
         if !out.status.success() || n == 0.0 {
             bail!(
                 "openssl s_time failed ({}): {text}{}",
@@ -427,11 +421,32 @@ pub fn s_time(addr: SocketAddr, secs: u64) -> Result<f64> {
         }
         // The page and its response head, not an error page.
         if per_conn < SMALL_SIZE as f64 {
-            bail!("s_time read {per_conn} bytes per connection: less than the {SMALL_SIZE}-byte page ({line})");
+            bail!("s_time read {per_conn} bytes per connection: less than the {SMALL_SIZE}-byte page:\n{text}");
         }
         total += n;
     }
     Ok(total)
+}
+
+/// Parses `openssl s_time`'s summary, `N connections in T real seconds,
+/// B bytes read per connection`: (N, B).
+pub fn parse_s_time(text: &str) -> Result<(f64, f64)> {
+    let line = text
+        .lines()
+        .find(|l| l.contains("real seconds"))
+        .with_context(|| format!("openssl s_time printed no summary:\n{text}"))?;
+    let n: f64 = line
+        .split_whitespace()
+        .next()
+        .and_then(|v| v.parse().ok())
+        .with_context(|| format!("s_time: bad summary {line:?}"))?;
+    let per_conn: f64 = line
+        .split(", ")
+        .nth(1)
+        .and_then(|v| v.split_whitespace().next())
+        .and_then(|v| v.parse().ok())
+        .with_context(|| format!("s_time: bad summary {line:?}"))?;
+    Ok((n, per_conn))
 }
 
 /// One load shape.
@@ -633,4 +648,50 @@ fn checked(
         ));
     }
     Ok(w)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn s_time_summary() {
+        let text = "Collecting connection statistics for 2 seconds\n\n809 connections in 0.57s; 1419.30 connections/user sec, bytes read 683605\n809 connections in 3 real seconds, 845 bytes read per connection\n";
+        assert_eq!(parse_s_time(text).unwrap(), (809.0, 845.0));
+        assert!(parse_s_time("ERROR\n").is_err());
+    }
+
+    #[test]
+    fn brief_summary() {
+        let text = "Can't use SSL_get_servername\ndepth=0 CN = localhost\nverify error:num=18:self-signed certificate\nCONNECTION ESTABLISHED\nProtocol version: TLSv1.3\nCiphersuite: TLS_AES_256_GCM_SHA384\nPeer certificate: CN = localhost\nHash used: SHA256\nSignature type: ECDSA\nVerification error: self-signed certificate\nServer Temp Key: X25519, 253 bits\nDONE\n";
+        let n = parse_brief(text).unwrap();
+        assert_eq!(
+            n,
+            Negotiated {
+                protocol: "TLSv1.3".into(),
+                suite: "TLS_AES_256_GCM_SHA384".into(),
+                group: "X25519".into(),
+                signature: "ECDSA".into(),
+            }
+        );
+        // A failed handshake prints none of it.
+        assert!(parse_brief(
+            "40F7D0A1B57F0000:error:0A000126:SSL routines::unexpected eof while reading\n"
+        )
+        .is_err());
+    }
+
+    #[test]
+    fn nginx_listener_made_ssl() {
+        let cert = Cert {
+            cert: "/c/cert.pem".into(),
+            key: "/c/key.pem".into(),
+        };
+        let conf = nginx_tls_config(Path::new("/d"), Path::new("/www"), 4443, &cert).unwrap();
+        assert!(conf.contains("listen 127.0.0.1:4443 ssl backlog=4096;"));
+        assert!(conf.contains("ssl_certificate /c/cert.pem;"));
+        assert!(conf.contains("ssl_certificate_key /c/key.pem;"));
+        assert!(conf.contains("ssl_protocols TLSv1.3;"));
+        assert!(!conf.contains("listen 127.0.0.1:4443 backlog"));
+    }
 }
