@@ -115,14 +115,25 @@ pub fn start_nginx_on(
     workers: usize,
     cores: &str,
 ) -> Result<(Server, SocketAddr)> {
+    start_nginx_with(ctx, name, cores, |dir, port| {
+        Ok(nginx_config_workers(dir, root, port, workers))
+    })
+}
+
+/// Starts nginx `name` pinned to `cores` on the config `config(dir,
+/// port)` makes (`dir` is its directory in the scratch directory, `port`
+/// the free port it must listen on); a config that cannot be made fails
+/// the start.
+pub fn start_nginx_with(
+    ctx: &Ctx,
+    name: &str,
+    cores: &str,
+    config: impl FnOnce(&Path, u16) -> Result<String>,
+) -> Result<(Server, SocketAddr)> {
     let port = free_port()?;
     let dir = ctx.work.join(name);
     std::fs::create_dir_all(&dir)?;
-    let conf = write_file(
-        &dir,
-        "nginx.conf",
-        &nginx_config_workers(&dir, root, port, workers),
-    )?;
+    let conf = write_file(&dir, "nginx.conf", &config(&dir, port)?)?;
     let nginx = which("nginx")?;
     let mut s = Server::spawn_on(
         cores,
@@ -236,8 +247,9 @@ pub struct Response {
     pub body: Vec<u8>,
 }
 
-/// Reads one response with a Content-Length body from `buf` + `s`.
-fn read_response(s: &mut TcpStream, buf: &mut Vec<u8>) -> Result<Response> {
+/// Reads one response with a Content-Length body from `buf` + `s`
+/// (bytes of `buf` past the response stay in it for the next one).
+pub fn read_response(s: &mut impl Read, buf: &mut Vec<u8>) -> Result<Response> {
     let head_end = loop {
         if let Some(i) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
             break i + 4;

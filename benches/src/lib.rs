@@ -6,7 +6,7 @@
 //! ```text
 //! cargo run --release -p loopd-bench -- all      # everything; regenerates docs/benchmarks.md
 //! cargo run -p loopd-bench -- smoke              # every path, tiny loads, correctness only
-//! cargo run --release -p loopd-bench -- echo     # one benchmark (echo|http|chat|idle|udp|startup|syscalls|workers)
+//! cargo run --release -p loopd-bench -- echo     # one benchmark (echo|http|chat|idle|udp|startup|syscalls|workers|https)
 //! cargo run -p loopd-bench -- report             # regenerate the docs from the results file
 //! ```
 #![warn(
@@ -19,6 +19,7 @@
 pub mod chat;
 pub mod echo;
 pub mod http;
+pub mod https;
 pub mod idle;
 pub mod peers;
 pub mod procfs;
@@ -65,18 +66,21 @@ pub struct Ctx {
 
 /// The benchmarks, in run order.
 pub const BENCHES: &[&str] = &[
-    "echo", "http", "chat", "idle", "udp", "startup", "syscalls", "workers",
+    "echo", "http", "chat", "idle", "udp", "startup", "syscalls", "workers", "https",
 ];
 
-const USAGE: &str = "usage: loopd-bench <all|smoke|report|echo|http|chat|chat-bridge|idle|udp|startup|syscalls|workers> [--rounds N] [--secs S] [--out FILE]
+const USAGE: &str = "usage: loopd-bench <all|smoke|report|echo|http|chat|chat-bridge|idle|udp|startup|syscalls|workers|https> [--rounds N] [--secs S] [--out FILE] [--merge FILE]
 
   all      every benchmark; writes benches/results/results.json and regenerates
            docs/benchmarks.md (run it with --release on a quiet machine)
   smoke    every benchmark path with tiny loads: correctness only (and one
            count: loopd's echo must stay under 3.5 syscalls per round trip);
-           results and a rendered page go to target/bench-smoke/
+           results and a rendered page go to target/bench-smoke/;
+           --only NAME smokes one benchmark
   report   regenerate docs/benchmarks.md from benches/results/results.json
-  NAME     one benchmark; results to target/bench-NAME.json
+  NAME     one benchmark; results to target/bench-NAME.json; with --merge
+           FILE, also into FILE (e.g. benches/results/results.json), in
+           place of that benchmark's earlier figures, the others kept
   load-chat --target ADDR [--conns N] [--secs S] [--redis 1]
            only the chat load generator (N receivers, line protocol or redis)
   load-echo --target ADDR [--conns N] [--size B] [--secs S] [--ops N]
@@ -93,6 +97,8 @@ struct Args {
     rounds: Option<usize>,
     secs: Option<f64>,
     out: Option<PathBuf>,
+    merge: Option<PathBuf>,
+    only: Option<String>,
 }
 
 fn parse_args() -> Result<Args> {
@@ -108,6 +114,8 @@ fn parse_args() -> Result<Args> {
         rounds: None,
         secs: None,
         out: None,
+        merge: None,
+        only: None,
     };
     while let Some(flag) = args.next() {
         let value = args
@@ -117,6 +125,8 @@ fn parse_args() -> Result<Args> {
             "--rounds" => a.rounds = Some(value.parse().context("--rounds")?),
             "--secs" => a.secs = Some(value.parse().context("--secs")?),
             "--out" => a.out = Some(value.into()),
+            "--merge" => a.merge = Some(value.into()),
+            "--only" => a.only = Some(value),
             "--conns" => a.conns = Some(value.parse().context("--conns")?),
             "--size" => a.size = Some(value.parse().context("--size")?),
             "--ops" => a.ops = Some(value.parse().context("--ops")?),
@@ -192,6 +202,7 @@ pub fn run_cli() -> Result<()> {
         ("wrk", "wrk"),
         ("strace", "strace"),
         ("valgrind", "valgrind"),
+        ("openssl", "openssl"),
     ])?;
     setup::build_workspace(&root, release)?;
     setup::build_c_peers(&root, &ctx.peers)?;
@@ -219,9 +230,14 @@ pub fn run_cli() -> Result<()> {
         results.meta.load_before[0], results.meta.load_before[1], results.meta.load_before[2]
     );
 
-    let which: Vec<&str> = match args.command.as_str() {
-        "all" | "smoke" => BENCHES.to_vec(),
-        name => vec![name],
+    let which: Vec<&str> = match (args.command.as_str(), args.only.as_deref()) {
+        ("smoke", Some(only)) if BENCHES.contains(&only) => vec![only],
+        (_, Some(only)) => bail!(
+            "--only takes a benchmark of `smoke`, not `{only}` of `{}`\n\n{USAGE}",
+            args.command
+        ),
+        ("all" | "smoke", None) => BENCHES.to_vec(),
+        (name, None) => vec![name],
     };
     let out = args
         .out
@@ -243,6 +259,19 @@ pub fn run_cli() -> Result<()> {
         write_results(&out, &results)?;
     }
     println!("\nresults: {}", out.display());
+    if let Some(into) = &args.merge {
+        if matches!(args.command.as_str(), "all" | "smoke") {
+            bail!(
+                "--merge takes one benchmark's results, not `{}`'s",
+                args.command
+            );
+        }
+        merge_into(into, &results)?;
+        println!(
+            "merged into {} (run `-- report` to regenerate the docs)",
+            into.display()
+        );
+    }
     match args.command.as_str() {
         "all" => write_report(&root, &root.join("docs"), &results)?,
         // Exercises the report path without touching the committed docs.
@@ -347,8 +376,54 @@ fn run_bench(ctx: &Ctx, name: &str) -> Result<Bench> {
         "startup" => startup::bench(ctx),
         "syscalls" => syscalls::bench(ctx),
         "workers" => workers::bench(ctx),
+        "https" => https::bench(ctx),
         other => bail!("no benchmark named {other}"),
     }
+}
+
+/// Puts the benchmarks of `run` into the results file `into`, each in
+/// place of the earlier figures of the same benchmark (the others kept),
+/// and records the run in its `command`; versions the file lacks are
+/// added.
+fn merge_into(into: &Path, run: &Results) -> Result<()> {
+    let mut all = read_results(into)?;
+    for b in &run.benches {
+        match all.benches.iter_mut().find(|old| old.id == b.id) {
+            Some(old) => *old = b.clone(),
+            None => all.benches.push(b.clone()),
+        }
+    }
+    let ids = run
+        .benches
+        .iter()
+        .map(|b| b.id.as_str())
+        .collect::<Vec<_>>()
+        .join(", ");
+    // An earlier merge of the same benchmarks no longer describes the file.
+    let earlier = format!("; {ids} from `");
+    let kept = match all.meta.command.find(&earlier) {
+        Some(i) => {
+            let rest = &all.meta.command[i + earlier.len()..];
+            let end = rest.find("; ").map_or("", |j| &rest[j..]);
+            format!("{}{end}", &all.meta.command[..i])
+        }
+        None => all.meta.command.clone(),
+    };
+    all.meta.command = format!(
+        "{kept}; {ids} from `{}` at commit {}, {} to {} (load average {:.2} before)",
+        run.meta.command,
+        run.meta.commit,
+        run.meta.started,
+        run.meta.finished,
+        run.meta.load_before[0]
+    );
+    for (k, v) in &run.meta.versions {
+        all.meta
+            .versions
+            .entry(k.clone())
+            .or_insert_with(|| v.clone());
+    }
+    write_results(into, &all)
 }
 
 fn write_results(path: &Path, results: &Results) -> Result<()> {

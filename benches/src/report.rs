@@ -169,6 +169,10 @@ fn skipped_note(doc: &mut Doc, b: &Bench) {
     for n in &b.notes {
         let _ = writeln!(doc.md, "- Note: {n}");
     }
+    // A table right after the list would be read as part of its last item.
+    if !b.notes.is_empty() {
+        doc.md.push('\n');
+    }
 }
 
 fn peers_of(b: &Bench) -> Vec<String> {
@@ -603,6 +607,80 @@ fn workers_section(doc: &mut Doc, b: &Bench) {
     );
 }
 
+/// Round-by-round `a[m] - b[m]`.
+fn difference(case: &Case, a: &str, b: &str, m: &str) -> Option<Summary> {
+    let ra = case.peer(a)?.metric(m);
+    let rb = case.peer(b)?.metric(m);
+    let v: Vec<f64> = ra.iter().zip(&rb).map(|(x, y)| x - y).collect();
+    sm(&v)
+}
+
+/// What TLS adds to a keep-alive request: each server's CPU per request
+/// over HTTPS less its CPU per request over plain HTTP, round by round.
+fn tls_cost_table(doc: &mut Doc, b: &Bench) {
+    let cases: Vec<&Case> = b
+        .cases
+        .iter()
+        .filter(|c| c.peer("loopd-plain").is_some() && c.peer("nginx-plain").is_some())
+        .collect();
+    if cases.is_empty() {
+        return;
+    }
+    doc.md.push_str(
+        "\nWhat TLS adds to a keep-alive request, in server CPU: each server's CPU per request over HTTPS less its CPU per request over plain HTTP (`loopd-plain`, `nginx-plain`: the same servers and files on `tcp://` and a plain `listen`, run in the same rounds), round by round. The last column is nginx's cost ÷ loopd's (above 1: loopd's TLS costs less).\n\n| Case | loopd HTTPS µs/req | loopd HTTP µs/req | loopd TLS cost µs/req | nginx HTTPS µs/req | nginx HTTP µs/req | nginx TLS cost µs/req | nginx ÷ loopd TLS cost |\n|---|---:|---:|---:|---:|---:|---:|---:|\n",
+    );
+    for c in cases {
+        let lc = difference(c, "loopd", "loopd-plain", "cpu_us_per_op");
+        let nc = difference(c, "nginx", "nginx-plain", "cpu_us_per_op");
+        let r = match (lc, nc) {
+            (Some(l), Some(n)) if l.median > 0.0 => format!("{:.2}×", n.median / l.median),
+            _ => "–".into(),
+        };
+        let _ = writeln!(
+            doc.md,
+            "| {} | {} | {} | {} | {} | {} | {} | {r} |",
+            c.label,
+            fmt_num(metric(c, "loopd", "cpu_us_per_op"), 2),
+            fmt_num(metric(c, "loopd-plain", "cpu_us_per_op"), 2),
+            fmt_num(lc, 2),
+            fmt_num(metric(c, "nginx", "cpu_us_per_op"), 2),
+            fmt_num(metric(c, "nginx-plain", "cpu_us_per_op"), 2),
+            fmt_num(nc, 2),
+        );
+    }
+}
+
+fn https_section(doc: &mut Doc, b: &Bench) {
+    doc.md.push_str(
+        "\n## 9. HTTPS\n\nloopd's http handler on a `tls://` listener (rustls with the ring provider; every key at its shipped default, only the access log off, as in the HTTP benchmark) against nginx (the HTTP benchmark's config with `listen ... ssl` and `ssl_protocols TLSv1.3`: Debian's nginx 1.22 stops at TLS 1.2 by default; every other TLS setting at nginx's default, session tickets on), both serving the same files with the same certificate and key: a fresh self-signed ECDSA P-256 certificate made by `openssl req` at run time. Neither uses kernel TLS, so nginx's `sendfile` does not apply and both encrypt in user space. Before timing, each server must serve both files byte-exact over TLS (20 requests on one connection, and the page for an HTTP/1.0 request as `s_time` sends it), resume a saved session, and negotiate exactly what the other negotiates with an OpenSSL client (`openssl s_client`; wrk and `s_time` use the same library and its defaults); the note below says what that was. A run with any non-2xx response fails.\n\nThe rows: *keep-alive* is `wrk -t1 -c64` on open connections, an op is one request; those rows also run both servers over plain HTTP (`loopd-plain`, `nginx-plain`), to show what TLS adds; *resumed handshake per request* is wrk with `-H 'Connection: close'`: every request on a new TCP and TLS connection, which wrk resumes from the connection's previous session (a TLS 1.3 PSK handshake with a fresh X25519 exchange, no certificate and no signature; by hand: nginx's `$ssl_session_reused` is `r` on these connections, and a `perf` profile of loopd under this load has no P-256 arithmetic, which the full handshakes do have); *full handshake per request* is 4 `openssl s_time -new` processes side by side, each fetching the page over a new connection that never resumes (X25519 and an ECDSA P-256 signature every time). In both handshake rows an op is one connection: handshake, one GET, close.\n\n**Caveat: this machine has 2 cores, shared with other work.** The server runs on core 1, wrk or `s_time` on core 0. In the handshake rows the client does at least as much cryptography per connection as the server (verifying the ECDSA signature costs more than making it), so the server core is far from busy and requests per second measure the client; there the server's CPU per op is the figure that counts. Absolute figures move with whatever else the machine runs; the ratios, taken between rounds run back to back, hold up better.\n\n",
+    );
+    skipped_note(doc, b);
+    figures_table(doc, b, "op", &[("p50_us", "p50"), ("p99_us", "p99")]);
+    ratio_table(doc, b, "loopd", &[("nginx", None)], false);
+    tls_cost_table(doc, b);
+    let series = peers_of(b);
+    doc.plot(
+        "https-throughput",
+        "HTTPS operations per second",
+        svg::bars(
+            "HTTPS: requests or connections per second (median, min–max)",
+            "ops / s",
+            &series,
+            &bar_groups(b, &series, "ops_per_s", 1.0),
+        ),
+    );
+    doc.plot(
+        "https-cpu",
+        "HTTPS server CPU per request or connection",
+        svg::bars(
+            "HTTPS: server CPU per request or connection (lower is better)",
+            "µs per op",
+            &series,
+            &bar_groups(b, &series, "cpu_us_per_op", 1.0),
+        ),
+    );
+}
+
 fn startup_section(doc: &mut Doc, b: &Bench) {
     doc.md.push_str(
         "\n## 6. Start-up\n\nTime from `exec` of `loopd` to every listener accepting (a TCP connect succeeds; a datagram sent to the UDP relay arrives at its target), with the echo, chat, http and udp-broadcast plugins loaded, one listener each. The runner polls every 50 µs.\n\n",
@@ -856,13 +934,14 @@ pub fn write(
             "startup" => startup_section(&mut doc, b),
             "syscalls" => syscalls_section(&mut doc, b),
             "workers" => workers_section(&mut doc, b),
+            "https" => https_section(&mut doc, b),
             _ => {}
         }
     }
     let body = std::mem::take(&mut doc.md);
     let mut md = String::new();
     md.push_str(
-        "# Benchmarks\n\n<!-- Generated by `cargo run --release -p loopd-bench -- all` (or `-- report`) from benches/results/results.json; edit benches/src/report.rs or benches/gaps.md, not this file. -->\n\nloopd side by side with what people would otherwise pick: tokio, a hand-written C epoll loop, nginx, redis. Every figure is the median of the rounds, with the min–max range in parentheses.\n\n## Running them\n\nOne command, on a Debian/Ubuntu machine with Rust, as root (it installs packages):\n\n```sh\ncargo run --release -p loopd-bench -- all\n```\n\nIt installs `nginx-light`, `redis-server`, `wrk`, `strace` and `valgrind` with apt-get if they are missing, builds loopd, every handler plugin and the tokio peers in release, builds the C peers with gcc, then for each benchmark: starts every server pinned to core 1 (`taskset -c 1`), checks each one's responses for correctness, warms each up, and runs the load interleaved server by server (A, B, C, A, B, C, …) for 5 rounds of 2 s, with the load generator pinned to core 0. It reads each server's CPU time from `/proc/PID/stat` around every run. It writes `benches/results/results.json` and regenerates this page and its plots (`docs/benchmarks/*.svg`). Every server is stopped when the runner ends, fails or is interrupted.\n\nOther commands: `-- echo` (or `http`, `chat`, `idle`, `udp`, `startup`, `syscalls`, `workers`) runs one benchmark into `target/bench-NAME.json`; `-- report` regenerates this page from the results file; `--rounds N` and `--secs S` change the rounds and the run length; `LOOPD_BENCH_BEFORE=DIR` (a directory holding an older build's `loopd` and plugins, and optionally a `COMMIT` file naming it) adds that build as one more peer, `loopd-before`, to the echo, HTTP, chat (up to N = 1000), UDP and syscalls benchmarks, to compare two builds side by side in one run. `cargo run -p loopd-bench -- smoke` runs every benchmark path with tiny loads and checks correctness only (CI runs it; it times nothing that matters), plus one count: it fails if loopd's echo needs more than 3.5 system calls per round trip.\n\n**Reading the ratios.** Ratios are loopd against the peer, taken round by round and then summarised (median, min–max); above 1 is better for loopd. *Throughput ratio* = loopd ops/s ÷ peer ops/s. *CPU-per-op ratio* = peer CPU per op ÷ loopd CPU per op. The load generator runs on one core like the server, so it often saturates first; a throughput ratio therefore only counts where both servers kept their core at least 95% busy, and otherwise the CPU-per-op ratio is the one that counts.\n",
+        "# Benchmarks\n\n<!-- Generated by `cargo run --release -p loopd-bench -- all` (or `-- report`) from benches/results/results.json; edit benches/src/report.rs or benches/gaps.md, not this file. -->\n\nloopd side by side with what people would otherwise pick: tokio, a hand-written C epoll loop, nginx, redis. Every figure is the median of the rounds, with the min–max range in parentheses.\n\n## Running them\n\nOne command, on a Debian/Ubuntu machine with Rust, as root (it installs packages):\n\n```sh\ncargo run --release -p loopd-bench -- all\n```\n\nIt installs `nginx-light`, `redis-server`, `wrk`, `strace`, `valgrind` and `openssl` with apt-get if they are missing, builds loopd, every handler plugin and the tokio peers in release, builds the C peers with gcc, then for each benchmark: starts every server pinned to core 1 (`taskset -c 1`), checks each one's responses for correctness, warms each up, and runs the load interleaved server by server (A, B, C, A, B, C, …) for 5 rounds of 2 s, with the load generator pinned to core 0. It reads each server's CPU time from `/proc/PID/stat` around every run. It writes `benches/results/results.json` and regenerates this page and its plots (`docs/benchmarks/*.svg`). Every server is stopped when the runner ends, fails or is interrupted.\n\nOther commands: `-- echo` (or `http`, `chat`, `idle`, `udp`, `startup`, `syscalls`, `workers`, `https`) runs one benchmark into `target/bench-NAME.json` (with `--merge benches/results/results.json` also into the results file, in place of that benchmark's earlier figures); `-- report` regenerates this page from the results file; `--rounds N` and `--secs S` change the rounds and the run length; `LOOPD_BENCH_BEFORE=DIR` (a directory holding an older build's `loopd` and plugins, and optionally a `COMMIT` file naming it) adds that build as one more peer, `loopd-before`, to the echo, HTTP, chat (up to N = 1000), UDP and syscalls benchmarks, to compare two builds side by side in one run. `cargo run -p loopd-bench -- smoke` runs every benchmark path with tiny loads and checks correctness only (CI runs it; it times nothing that matters), plus one count: it fails if loopd's echo needs more than 3.5 system calls per round trip.\n\n**Reading the ratios.** Ratios are loopd against the peer, taken round by round and then summarised (median, min–max); above 1 is better for loopd. *Throughput ratio* = loopd ops/s ÷ peer ops/s. *CPU-per-op ratio* = peer CPU per op ÷ loopd CPU per op. The load generator runs on one core like the server, so it often saturates first; a throughput ratio therefore only counts where both servers kept their core at least 95% busy, and otherwise the CPU-per-op ratio is the one that counts.\n",
     );
     md.push_str("\n## Targets\n\n| Benchmark | What | Target | Figure that counts | Median (min–max) | |\n|---|---|---|---|---:|---|\n");
     for t in &doc.targets {

@@ -183,10 +183,13 @@ pub fn versions(root: &Path, bin: &Path) -> BTreeMap<String, String> {
     v.insert("rustc".into(), first_line("rustc", &["--version"]));
     v.insert("tokio".into(), locked_version(root, "tokio"));
     v.insert("polling".into(), locked_version(root, "polling"));
+    v.insert("rustls".into(), locked_version(root, "rustls"));
+    v.insert("ring".into(), locked_version(root, "ring"));
     v.insert("gcc".into(), first_line("gcc", &["--version"]));
     v.insert("nginx".into(), first_line("nginx", &["-v"]));
     v.insert("redis".into(), first_line("redis-server", &["--version"]));
     v.insert("wrk".into(), first_line("wrk", &["-v"]));
+    v.insert("openssl".into(), first_line("openssl", &["version"]));
     v
 }
 
