@@ -738,7 +738,12 @@ listen = ["tcp://127.0.0.1:0"]
         "{}",
         loopd.logs()
     );
-    // Not a DNS name, or a name on a plaintext URL: refused at once.
+    // Not a DNS name (an IP address is not one either), or a name on a
+    // plaintext URL: refused at once.
+    assert_eq!(
+        c.cmd(&format!("connect-name 127.0.0.1 tls://{echo}")),
+        "connect -4"
+    );
     assert_eq!(
         c.cmd(&format!("connect-name a..b tls://{echo}")),
         "connect -4"
@@ -876,7 +881,8 @@ listen = ["tls://127.0.0.1:0"]
         &["subject", "peer-cert"],
     ));
     let der = cert.der().len();
-    // RFC 4514: the most specific part first, the comma escaped.
+    // RFC 4514: the parts in the reverse of the certificate's order (this one
+    // has CN first, then O), the comma in a value escaped.
     assert_eq!(
         String::from_utf8(out).unwrap(),
         format!("subject O=Example\\, Inc.,CN=alice\npeer-cert {der}\nalpn None\n")
@@ -1060,6 +1066,18 @@ fn sni_picks_the_certificate_for_the_name_asked_for() {
         &base(format!("{{ cert = \"{}\" }}", certs.p("b.pem"))),
         &["tls_sni", "key"],
     );
+    // An entry whose path ends like another's is still the one named.
+    std::fs::create_dir_all(certs.path("sub")).unwrap();
+    std::fs::copy(certs.path("ip-only.pem"), certs.path("sub/a.pem")).unwrap();
+    std::fs::copy(certs.path("ip-only-key.pem"), certs.path("sub/a-key.pem")).unwrap();
+    check_fails(
+        &base(sni_entry(&certs, "sub/a", "sub/a-key")),
+        &[
+            "handler[0].tls_sni[1].cert",
+            &certs.p("sub/a.pem"),
+            "carries no DNS name",
+        ],
+    );
 }
 
 fn sni_entry(certs: &Certs, cert: &str, key: &str) -> String {
@@ -1068,4 +1086,98 @@ fn sni_entry(certs: &Certs, cert: &str, key: &str) -> String {
         certs.p(&format!("{cert}.pem")),
         certs.p(&format!("{key}.pem"))
     )
+}
+
+/// `GET /metrics` from a status listener, by curl.
+fn scrape(addr: std::net::SocketAddr) -> String {
+    let out = ok(&run(Command::new("curl").args([
+        "--silent",
+        "--show-error",
+        "--max-time",
+        "20",
+        &format!("http://{addr}/metrics"),
+    ])));
+    String::from_utf8(out).unwrap()
+}
+
+#[test]
+fn with_two_workers_a_port_switched_to_tls_stays_one_port_and_keeps_its_counters() {
+    let certs = Certs::new();
+    let config = |listen: &str, keys: &str| {
+        format!(
+            "[runtime]\nworkers = 2\n\n[[handler]]\nname = \"echo\"\nplugin = \"echo\"\nlisten = [\"{listen}\"]\n{keys}\n[[handler]]\nname = \"status\"\nplugin = \"status\"\nlisten = [\"tcp://127.0.0.1:0\"]\n"
+        )
+    };
+    let loopd = Loopd::start(&config("tcp://127.0.0.1:0", ""));
+    let plain_addr = loopd.tcp("echo");
+    let port = plain_addr.port();
+    let mut plain = tcp(plain_addr);
+    for i in 0..3 {
+        let mut s = tcp(plain_addr);
+        let msg = format!("before {i}\n");
+        s.write_all(msg.as_bytes()).unwrap();
+        let mut got = vec![0u8; msg.len()];
+        s.read_exact(&mut got).unwrap();
+    }
+    std::fs::write(
+        loopd.dir.join("loopd.toml"),
+        config("tls://127.0.0.1:0", &certs.keys()),
+    )
+    .unwrap();
+    loopd.signal(libc::SIGHUP);
+    let kept =
+        format!("listening on tls://127.0.0.1:{port} (the socket of tcp://127.0.0.1:{port}, kept)");
+    let deadline = Instant::now() + TIMEOUT;
+    while loopd.logs().matches(&kept).count() < 2 {
+        assert!(
+            Instant::now() < deadline,
+            "both workers keep the socket:\n{}",
+            loopd.logs()
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    // No worker bound another port.
+    let logs = loopd.logs();
+    assert_eq!(
+        logs.matches("echo listening on tls://").count(),
+        2,
+        "{logs}"
+    );
+    // Both workers serve TLS on the one port.
+    for _ in 0..8 {
+        ok(&py_echo(port, &certs.path("ca.pem")));
+    }
+    // The connection from before stays plaintext.
+    plain.write_all(b"still plain\n").unwrap();
+    let mut got = [0u8; 12];
+    plain.read_exact(&mut got).unwrap();
+    assert_eq!(&got, b"still plain\n");
+    // The tcp:// listener's counters stay, beside the tls:// one's.
+    let status = loopd.tcp("status");
+    let deadline = Instant::now() + TIMEOUT;
+    loop {
+        let m = scrape(status);
+        let accepted = |url: &str| -> f64 {
+            m.lines()
+                .filter(|l| {
+                    l.starts_with("loopd_connections_accepted_total")
+                        && l.contains(&format!("listener=\"{url}\""))
+                })
+                .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+                .sum()
+        };
+        let (old, new) = (
+            accepted(&format!("tcp://127.0.0.1:{port}")),
+            accepted(&format!("tls://127.0.0.1:{port}")),
+        );
+        if old >= 4.0 && new >= 8.0 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "accepted: tcp:// {old} (want 4), tls:// {new} (want 8):\n{m}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    loopd.assert_no_unexpected_errors();
 }

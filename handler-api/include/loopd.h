@@ -284,7 +284,9 @@ typedef struct loopd_connect_options {
     uint32_t reserved;              /* 0 */
     /* tls:// only: the DNS name the server's certificate must carry, also
      * sent as SNI (NUL-terminated, borrowed for the call). NULL = the
-     * certificate must carry the URL's IP address. */
+     * certificate must carry the URL's IP address. Read only by a host
+     * whose loopd_host_api has peer_certificate (check struct_size): an
+     * earlier 1.4 host ignores it and verifies the IP. */
     const char *server_name;
 } loopd_connect_options;
 
@@ -541,8 +543,13 @@ typedef struct loopd_host_api {
      * not (call again with *len_out bytes). LOOPD_ERR_NO_SUCH_CONN,
      * LOOPD_ERR_UNSUPPORTED when the connection has no verified peer
      * certificate (not TLS, the handshake not done, no client certificate
-     * asked for), LOOPD_ERR_INVALID (len_out NULL, or buf NULL with
-     * cap > 0). Loop thread. */
+     * asked for), LOOPD_ERR_IO when it has one whose subject loopd cannot
+     * parse (peer_certificate still gives it), LOOPD_ERR_INVALID (len_out
+     * NULL, or buf NULL with cap > 0). Loop thread. The subject is in
+     * RFC 4514 order, the reverse of the certificate's own: a certificate
+     * whose subject is C=GB, O=Example, CN=alice reads
+     * "CN=alice,O=Example,C=GB". To authorise by it, compare the whole
+     * string or, better, the certificate (peer_certificate). */
     int32_t (*peer_subject)(loopd_ctx *ctx, uint64_t conn, uint8_t *buf,
                             size_t cap, size_t *len_out);
 

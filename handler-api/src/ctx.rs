@@ -377,6 +377,11 @@ impl Ctx {
     /// [`Error::Unsupported`] on a host older than 1.3.
     pub fn connect_with(&self, url: &str, options: &ConnectOptions) -> Result<ConnId, Error> {
         let f = self.host().connect_with.ok_or(Error::Unsupported)?;
+        // A host that reads server_name has peer_certificate too (they came
+        // together): an older one would verify the IP instead, silently.
+        if options.server_name.is_some() && self.host().peer_certificate.is_none() {
+            return Err(Error::Unsupported);
+        }
         let url = CString::new(url).map_err(|_| Error::Invalid)?;
         let opts = options.to_raw();
         let mut id = 0u64;

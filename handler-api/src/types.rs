@@ -461,16 +461,22 @@ impl ConnectOptions {
 
     /// For a `tls://` URL: the DNS name the server's certificate must carry,
     /// also sent as SNI (ABI 1.4; `LOOPD_ERR_INVALID` from a host for a name
-    /// that is not a DNS name, and for any other URL). Without it the
-    /// certificate must carry the URL's IP address. A host older than 1.4
-    /// ignores it (set `MIN_HOST_MINOR = 4`).
+    /// that is not a DNS name, an IP address included, and for any other
+    /// URL). Without it the
+    /// certificate must carry the URL's IP address. On a host that does not
+    /// read it (older than this field; it has no `peer_certificate`
+    /// either), [`crate::Ctx::connect_with`] refuses with
+    /// [`Error::Unsupported`] rather than verify the IP instead.
     pub fn server_name(mut self, name: &str) -> ConnectOptions {
         // A name with a NUL in it becomes "", which the host refuses.
         self.server_name = Some(std::ffi::CString::new(name).unwrap_or_default());
         self
     }
 
-    /// The ABI struct; it borrows `self` (the server name).
+    /// The ABI struct. Its `server_name` points into `self`: use it only
+    /// while `self` is alive and unchanged (as [`crate::Ctx::connect_with`]
+    /// does, for the call).
+    #[must_use]
     pub fn to_raw(&self) -> abi::loopd_connect_options {
         abi::loopd_connect_options {
             struct_size: std::mem::size_of::<abi::loopd_connect_options>() as u32,

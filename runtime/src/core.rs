@@ -86,6 +86,9 @@ pub(crate) struct Shared {
     /// Bounce buffer for `send_file` on a transport without sendfile
     /// (allocated on first use).
     pub(crate) file_buf: Vec<u8>,
+    /// Failed outbound TLS handshakes (a wrong CA under a proxy's load),
+    /// one limit per instance: the most recent 64 that failed.
+    pub(crate) tls_connect_log: Vec<(crate::instance::InstanceId, RateLimit)>,
     /// When the current pass began: connections stamp their activity with
     /// it (idle timeouts), at no clock read per event.
     pub(crate) now: Instant,
@@ -136,6 +139,7 @@ impl Core {
                 full_warning: RateLimit::default(),
                 budget_warning: RateLimit::default(),
                 file_buf: Vec::new(),
+                tls_connect_log: Vec::new(),
                 now: Instant::now(),
                 peers: HashMap::new(),
                 buffered_input: 0,

@@ -504,7 +504,10 @@ impl Runtime {
                 .listener_records
                 .iter()
                 .map(|r| {
-                    stats::listener_stats(&r.scope, &r.handler, core.sources.get(r.id).is_some())
+                    // A record closed by a reload that switched its socket's
+                    // transport shares the socket's id with its successor.
+                    let open = r.open && core.sources.get(r.id).is_some();
+                    stats::listener_stats(&r.scope, &r.handler, open)
                 })
                 .collect(),
         };

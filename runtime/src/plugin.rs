@@ -224,8 +224,27 @@ pub(crate) unsafe fn check_info(
             abi::LOOPD_PLUGIN_INFO_V1_0_SIZE
         ));
     }
-    // SAFETY: at least the v1.0 size is readable, and every field read here is in v1.0.
-    let info = unsafe { &*info };
+    // A copy of what the plugin's struct has, zero-extended: a plugin built
+    // against an older header has a shorter one, so no reference to the
+    // whole of ours may point at it.
+    // SAFETY: every field is an integer or a pointer, for which zero is valid.
+    let mut copy: loopd_plugin_info = unsafe { std::mem::zeroed() };
+    let n = size.min(std::mem::size_of::<loopd_plugin_info>());
+    // SAFETY: the plugin's struct has `size >= n` readable bytes, ours `n` writable ones.
+    unsafe {
+        std::ptr::copy_nonoverlapping(
+            info.cast::<u8>(),
+            (&mut copy as *mut loopd_plugin_info).cast::<u8>(),
+            n,
+        )
+    };
+    let alpn_end = std::mem::offset_of!(loopd_plugin_info, alpn)
+        + std::mem::size_of::<*const std::ffi::c_char>();
+    if size < alpn_end {
+        // Not in the plugin's struct (or torn by a size inside it).
+        copy.alpn = std::ptr::null();
+    }
+    let info = &copy;
     if info.abi_major != abi::LOOPD_ABI_MAJOR {
         return Err(format!(
             "built for handler ABI {}.{}, but this loopd speaks ABI {}.{} (a different major is incompatible; rebuild the plugin against this loopd's loopd.h or loopd-handler-api)",
@@ -279,9 +298,7 @@ pub(crate) unsafe fn check_info(
                 .map_err(|other| format!("plugin info has an unknown default_framing {other}"))?,
         ),
     };
-    let alpn_end = std::mem::offset_of!(loopd_plugin_info, alpn)
-        + std::mem::size_of::<*const std::ffi::c_char>();
-    let alpn = if size >= alpn_end && !info.alpn.is_null() {
+    let alpn = if !info.alpn.is_null() {
         let list = read_str(info.alpn, "alpn")?;
         parse_alpn(&list).map_err(|e| format!("plugin info alpn {list:?}: {e}"))?
     } else {

@@ -424,31 +424,38 @@ impl Runtime {
             self.listener_records[*j].handler = name.clone();
             report.kept += 1;
         }
-        let mut announce_switched = Vec::new();
+        // A switched socket: its old record closes (keeping its URL and
+        // counters, as a closed listener's do); a new record, added below
+        // once the records are matched no more, takes over.
+        let mut switched_records = Vec::new();
         for (j, inst, name, tls) in &switched {
-            let record = &mut self.listener_records[*j];
+            let old = &mut self.listener_records[*j];
             let mut core = self.core.borrow_mut();
-            let Some(Source::Listener(l)) = core.sources.get_mut(record.id) else {
+            let Some(Source::Listener(l)) = core.sources.get_mut(old.id) else {
                 continue;
             };
             let url = l.switch_transport(*inst, *tls);
             log::info!(
                 "{name} listening on {url} (the socket of {}, kept)",
-                record.url
+                old.url
             );
-            let addr = match (&record.addr, tls) {
+            let addr = match (&old.addr, tls) {
                 (ListenAddr::Tcp(sa) | ListenAddr::Tls(sa), true) => ListenAddr::Tls(*sa),
                 (ListenAddr::Tcp(sa) | ListenAddr::Tls(sa), false) => ListenAddr::Tcp(*sa),
                 (other, _) => other.clone(),
             };
-            report
-                .closed
-                .push(std::mem::replace(&mut record.url, url.clone()));
-            report.opened.push(url);
-            record.addr = addr;
-            record.scope = l.scope.clone();
-            record.handler = name.clone();
-            announce_switched.push(record.id);
+            old.open = false;
+            report.closed.push(old.url.clone());
+            report.opened.push(url.clone());
+            switched_records.push(crate::ListenerRecord {
+                url,
+                handler: name.clone(),
+                scope: l.scope.clone(),
+                id: old.id,
+                addr,
+                from_file: true,
+                open: true,
+            });
         }
         // Listeners no longer wanted close.
         for (j, r) in self.listener_records.iter_mut().enumerate() {
@@ -461,6 +468,7 @@ impl Runtime {
                 report.closed.push(r.url.clone());
             }
         }
+        self.listener_records.extend(switched_records);
         for (b, addr, name) in &bound {
             log::info!("{name} listening on {}", b.url);
             self.add_bound(name, b, addr, true);
@@ -528,9 +536,7 @@ impl Runtime {
                     ),
                     _ => return None,
                 };
-                let told =
-                    created.iter().any(|c| c.1 == instance) || announce_switched.contains(&r.id);
-                told.then(|| Bound {
+                created.iter().any(|c| c.1 == instance).then(|| Bound {
                     id: r.id,
                     instance,
                     transport,

@@ -68,40 +68,22 @@ pub(crate) fn load_server(
             builder.with_client_cert_verifier(verifier)
         }
     };
-    let mismatch = |kind: &str, key: &Path, cert: &Path, e: rustls::Error| {
+    let mismatch = |e: rustls::Error| {
         format!(
-            "{kind} {} does not go with {} {}: {e}",
+            "tls_key {} does not go with tls_cert {}: {e}",
             key.display(),
-            if kind == "tls_key" {
-                "tls_cert"
-            } else {
-                "its cert"
-            },
             cert.display()
         )
     };
     let mut config = if sni.is_empty() {
-        builder
-            .with_single_cert(certs, key_der)
-            .map_err(|e| mismatch("tls_key", key, cert, e))?
+        builder.with_single_cert(certs, key_der).map_err(mismatch)?
     } else {
         let provider = provider();
-        let default = rustls::sign::CertifiedKey::from_der(certs, key_der, &provider)
-            .map_err(|e| mismatch("tls_key", key, cert, e))?;
+        let default =
+            rustls::sign::CertifiedKey::from_der(certs, key_der, &provider).map_err(mismatch)?;
         let mut by_name = Vec::new();
         for (c, k) in sni {
-            let chain = read_certs("tls_sni cert", c)?;
-            let names = dns_names(&chain[0]);
-            if names.is_empty() {
-                return Err(format!(
-                    "tls_sni cert {}: carries no DNS name (subjectAltName), so no client could ask for it",
-                    c.display()
-                ));
-            }
-            let ck =
-                rustls::sign::CertifiedKey::from_der(chain, read_key("tls_sni key", k)?, &provider)
-                    .map_err(|e| mismatch("tls_sni key", k, c, e))?;
-            let ck = Arc::new(ck);
+            let (names, ck) = load_sni(c, k)?;
             by_name.extend(names.into_iter().map(|n| (n, ck.clone())));
         }
         builder.with_cert_resolver(Arc::new(SniResolver {
@@ -111,6 +93,33 @@ pub(crate) fn load_server(
     };
     config.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
     Ok(Arc::new(config))
+}
+
+/// One `tls_sni` certificate and key, and the DNS names it serves. The
+/// error starts with `tls_sni cert` or `tls_sni key`: the file at fault.
+pub(crate) fn load_sni(
+    cert: &Path,
+    key: &Path,
+) -> Result<(Vec<String>, Arc<rustls::sign::CertifiedKey>), String> {
+    let chain = read_certs("tls_sni cert", cert)?;
+    let names =
+        dns_names(&chain[0]).map_err(|e| format!("tls_sni cert {}: {e}", cert.display()))?;
+    if names.is_empty() {
+        return Err(format!(
+            "tls_sni cert {}: carries no DNS name (subjectAltName), so no client could ask for it",
+            cert.display()
+        ));
+    }
+    let ck =
+        rustls::sign::CertifiedKey::from_der(chain, read_key("tls_sni key", key)?, &provider())
+            .map_err(|e| {
+                format!(
+                    "tls_sni key {} does not go with its cert {}: {e}",
+                    key.display(),
+                    cert.display()
+                )
+            })?;
+    Ok((names, Arc::new(ck)))
 }
 
 /// A client's TLS setup: the CAs that outbound `tls://` connections trust.
@@ -140,36 +149,51 @@ fn client_trusting(roots: rustls::RootCertStore) -> Result<ClientConfig, String>
 /// The client setup of a handler without `tls_ca`: the system's CA
 /// certificates (the `SSL_CERT_FILE` or `SSL_CERT_DIR` the environment
 /// names, else the platform's store), read once per process on the first
-/// outbound `tls://` connect that needs them. `None` when there are none,
-/// which is logged with what to do.
+/// outbound `tls://` connect that needs them (1 to 20 ms on the loop
+/// thread, once). `None` when there are none, which is logged with what to
+/// do; they are looked for again at the next such connect, so installing
+/// them needs no restart.
 pub(crate) fn system_client() -> Option<ClientConfig> {
-    static SYSTEM: std::sync::OnceLock<Option<ClientConfig>> = std::sync::OnceLock::new();
-    SYSTEM
-        .get_or_init(|| {
-            let found = rustls_native_certs::load_native_certs();
-            for e in &found.errors {
-                log::warn!("reading the system's CA certificates: {e}");
-            }
-            let mut roots = rustls::RootCertStore::empty();
-            let (added, ignored) = roots.add_parsable_certificates(found.certs);
-            if added == 0 {
-                log::warn!(
-                    "outbound tls://: no system CA certificates found (install the system's CA bundle, e.g. the ca-certificates package, set SSL_CERT_FILE, or give the handler tls_ca)"
-                );
-                return None;
-            }
+    static SYSTEM: std::sync::Mutex<Option<ClientConfig>> = std::sync::Mutex::new(None);
+    static WARNED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+    let mut system = SYSTEM
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    if let Some(c) = &*system {
+        return Some(c.clone());
+    }
+    let first = !WARNED.swap(true, std::sync::atomic::Ordering::Relaxed);
+    let level = if first {
+        log::Level::Warn
+    } else {
+        log::Level::Debug
+    };
+    let found = rustls_native_certs::load_native_certs();
+    for e in &found.errors {
+        log::log!(level, "reading the system's CA certificates: {e}");
+    }
+    let mut roots = rustls::RootCertStore::empty();
+    let (added, ignored) = roots.add_parsable_certificates(found.certs);
+    if added == 0 {
+        log::log!(
+            level,
+            "outbound tls://: no system CA certificates found (install the system's CA bundle, e.g. the ca-certificates package, set SSL_CERT_FILE, or give the handler tls_ca)"
+        );
+        return None;
+    }
+    match client_trusting(roots) {
+        Ok(c) => {
             log::info!(
                 "outbound tls://: trusting {added} system CA certificates ({ignored} unusable ones skipped)"
             );
-            match client_trusting(roots) {
-                Ok(c) => Some(c),
-                Err(e) => {
-                    log::warn!("outbound tls://: {e}");
-                    None
-                }
-            }
-        })
-        .clone()
+            *system = Some(c.clone());
+            Some(c)
+        }
+        Err(e) => {
+            log::log!(level, "outbound tls://: {e}");
+            None
+        }
+    }
 }
 
 /// The name an outbound connection's server certificate must carry: the
@@ -181,7 +205,12 @@ pub(crate) fn server_name(
 ) -> Option<rustls::pki_types::ServerName<'static>> {
     match name {
         None => Some(rustls::pki_types::ServerName::IpAddress(ip.into())),
-        Some(n) => rustls::pki_types::ServerName::try_from(n.to_string()).ok(),
+        // A DNS name only: an IP address here would skip the name check
+        // the caller asked for (and send no SNI).
+        Some(n) => match rustls::pki_types::ServerName::try_from(n.to_string()).ok()? {
+            dns @ rustls::pki_types::ServerName::DnsName(_) => Some(dns),
+            _ => None,
+        },
     }
 }
 
@@ -215,24 +244,27 @@ fn read_key(kind: &str, path: &Path) -> Result<PrivateKeyDer<'static>, String> {
 }
 
 /// The DNS names (subjectAltName) a certificate carries, lowercased;
-/// `*.example.com` for a wildcard.
-fn dns_names(der: &[u8]) -> Vec<String> {
+/// `*.example.com` for a wildcard. An error for a certificate the X.509
+/// parser refuses (stricter than the handshake's: a serial over 20 bytes,
+/// say).
+fn dns_names(der: &[u8]) -> Result<Vec<String>, String> {
     use x509_cert::der::Decode as _;
     use x509_cert::ext::pkix::{name::GeneralName, SubjectAltName};
-    let Ok(cert) = x509_cert::Certificate::from_der(der) else {
-        return Vec::new();
-    };
-    match cert.tbs_certificate().get_extension::<SubjectAltName>() {
-        Ok(Some((_, san))) => san
-            .0
-            .iter()
-            .filter_map(|g| match g {
-                GeneralName::DnsName(n) => Some(n.to_string().to_ascii_lowercase()),
-                _ => None,
-            })
-            .collect(),
-        _ => Vec::new(),
-    }
+    let cert = x509_cert::Certificate::from_der(der)
+        .map_err(|e| format!("cannot parse it for its DNS names: {e}"))?;
+    Ok(
+        match cert.tbs_certificate().get_extension::<SubjectAltName>() {
+            Ok(Some((_, san))) => san
+                .0
+                .iter()
+                .filter_map(|g| match g {
+                    GeneralName::DnsName(n) => Some(n.to_string().to_ascii_lowercase()),
+                    _ => None,
+                })
+                .collect(),
+            _ => Vec::new(),
+        },
+    )
 }
 
 /// Chooses a listener's certificate by the name the client asks for (SNI):

@@ -128,12 +128,28 @@ impl WorkerSlot {
                     _ => true,
                 });
                 for a in &mut h.listen {
-                    let pinned = self
-                        .ports
-                        .iter()
-                        .find(|(name, asked, _)| *name == h.name && asked == a);
+                    // A port asked as tcp:// and now tls:// (or back) is
+                    // the same socket: a reload switches its transport.
+                    let same_tcp = |asked: &ListenAddr| match (asked, &*a) {
+                        (
+                            ListenAddr::Tcp(x) | ListenAddr::Tls(x),
+                            ListenAddr::Tcp(y) | ListenAddr::Tls(y),
+                        ) => x == y,
+                        _ => false,
+                    };
+                    let pinned = self.ports.iter().find(|(name, asked, _)| {
+                        *name == h.name && (asked == a || same_tcp(asked))
+                    });
                     if let Some((_, _, actual)) = pinned {
-                        *a = actual.clone();
+                        *a = match (&*a, actual) {
+                            (ListenAddr::Tls(_), ListenAddr::Tcp(sa) | ListenAddr::Tls(sa)) => {
+                                ListenAddr::Tls(*sa)
+                            }
+                            (ListenAddr::Tcp(_), ListenAddr::Tcp(sa) | ListenAddr::Tls(sa)) => {
+                                ListenAddr::Tcp(*sa)
+                            }
+                            _ => actual.clone(),
+                        };
                     }
                 }
             }

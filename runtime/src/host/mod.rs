@@ -485,7 +485,9 @@ unsafe fn peer_cert_out(
                 // SAFETY: the caller lends `buf` (cap bytes) and `len_out`
                 // for the call; the certificate is ours.
                 Some(out) => copy_out(&out, buf, cap, len_out),
-                None => abi::LOOPD_ERR_UNSUPPORTED,
+                // A verified certificate the X.509 parser refuses
+                // (stricter than the handshake's).
+                None => abi::LOOPD_ERR_IO,
             }
         })
     }

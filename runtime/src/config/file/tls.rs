@@ -71,10 +71,21 @@ pub(super) fn tls_keys(
                 return Err(src.error(Some(v.span()), &at(k), "is empty"));
             }
         }
-        entry.tls_sni.push((
+        let (c, k) = (
             PathBuf::from(s.cert.get_ref()),
             PathBuf::from(s.key.get_ref()),
-        ));
+        );
+        // Loaded here, entry by entry, so an error names the entry.
+        #[cfg(feature = "tls")]
+        if let Err(e) = crate::tls::load_sni(&c, &k) {
+            let (which, span) = if e.starts_with("tls_sni key") {
+                ("key", s.key.span())
+            } else {
+                ("cert", s.cert.span())
+            };
+            return Err(src.error(Some(span), &at(which), e));
+        }
+        entry.tls_sni.push((c, k));
     }
     if !has_tls {
         return Ok(());
@@ -113,23 +124,6 @@ pub(super) fn tls_keys(
                 (
                     "tls_client_ca".to_string(),
                     h.tls_client_ca.as_ref().map(|s| s.span()),
-                )
-            } else if e.starts_with("tls_sni") {
-                // The entry whose files the error names: both of them
-                // (a key that is not its cert's), else the one.
-                let names = |s: &RawSni| {
-                    u8::from(e.contains(s.cert.get_ref().as_str()))
-                        + u8::from(e.contains(s.key.get_ref().as_str()))
-                };
-                let (i, s) = (h.tls_sni.iter().flatten().enumerate())
-                    .filter(|(_, s)| names(s) > 0)
-                    .max_by_key(|(i, s)| (names(s), std::cmp::Reverse(*i)))
-                    .map_or((0, None), |(i, s)| (i, Some(s)));
-                let is_key = e.starts_with("tls_sni key");
-                let k = format!("tls_sni[{i}].{}", if is_key { "key" } else { "cert" });
-                (
-                    k,
-                    s.map(|s| if is_key { s.key.span() } else { s.cert.span() }),
                 )
             } else {
                 ("tls_key".to_string(), h.tls_key.as_ref().map(|s| s.span()))

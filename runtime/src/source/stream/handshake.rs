@@ -56,12 +56,32 @@ impl Conn {
                 // certificate is a setup to fix); a client's failed
                 // handshake is its own business.
                 let reason = if self.origin == abi::LOOPD_ORIGIN_CONNECTED {
-                    log::warn!(
-                        "{}: TLS handshake with {} ({}) failed: {e}",
-                        self.name(),
-                        peer_text(&self.peer),
-                        self.endpoint.to_string_lossy()
-                    );
+                    // At most one a second: a proxy whose upstream's
+                    // certificate is wrong fails every client's connect.
+                    let log = &mut sh.tls_connect_log;
+                    let at = match log.iter().position(|(i, _)| *i == self.instance) {
+                        Some(at) => at,
+                        None => {
+                            if log.len() >= 64 {
+                                log.remove(0);
+                            }
+                            log.push((self.instance, Default::default()));
+                            log.len() - 1
+                        }
+                    };
+                    if let Some(n) = log[at].1.allow(sh.now) {
+                        log::warn!(
+                            "{}: TLS handshake with {} ({}) failed: {e}{}",
+                            self.name(),
+                            peer_text(&self.peer),
+                            self.endpoint.to_string_lossy(),
+                            if n > 0 {
+                                format!(" ({n} similar warnings suppressed)")
+                            } else {
+                                String::new()
+                            }
+                        );
+                    }
                     abi::LOOPD_REASON_CONNECT_FAILED
                 } else {
                     log::debug!(
