@@ -802,6 +802,48 @@ pub(crate) fn host_api() -> *const loopd_host_api {
 mod tests {
     use super::*;
 
+    /// A plugin built before `server_name` passes a shorter struct (1.3: 32
+    /// bytes, early 1.4: 40), or a corrupt size that ends inside the
+    /// pointer: whatever lies beyond its struct_size is never read.
+    #[test]
+    fn connect_options_shorter_than_server_name_never_read_it() {
+        let core = RefCell::new(Core::new(Default::default()).unwrap());
+        let inst = crate::instance::test_instance(&mut core.borrow_mut(), "t", Default::default());
+        let hc = HostCtx {
+            core: &core,
+            instance: inst,
+            log_target: "loopd::handler::t".into(),
+            name: "t".into(),
+            postbox: Postbox::new(core.borrow().shared.poll.waker()),
+            worker: None,
+            stats_board: Default::default(),
+        };
+        let _g = ActiveGuard::enter(&core);
+        for size in [32u32, 40, 44, 47, 48] {
+            let mut o = abi::loopd_connect_options::default();
+            o.struct_size = size;
+            // Past the struct: garbage that must not be dereferenced. At
+            // 48 bytes it is in the struct, so a real name is given.
+            o.server_name = if size < 48 {
+                0x10 as *const std::ffi::c_char
+            } else {
+                c"db.example".as_ptr()
+            };
+            let mut id = 0;
+            // SAFETY: `o` and `id` are valid for the call; server_name is
+            // only valid where the size covers it, which is the point.
+            let st = unsafe {
+                host_connect_with(hc.as_raw(), c"tcp://127.0.0.1:9".as_ptr(), &o, &mut id)
+            };
+            // A name read on a tcp:// URL is refused: only the full struct.
+            if size < 48 {
+                assert_ne!(st, abi::LOOPD_ERR_INVALID, "size {size}");
+            } else {
+                assert_eq!(st, abi::LOOPD_ERR_INVALID, "size {size}");
+            }
+        }
+    }
+
     #[test]
     fn calls_outside_a_hook_are_refused() {
         let core = RefCell::new(Core::new(Default::default()).unwrap());
