@@ -820,14 +820,16 @@ mod tests {
         };
         let _g = ActiveGuard::enter(&core);
         for size in [32u32, 40, 44, 47, 48] {
-            let mut o = abi::loopd_connect_options::default();
-            o.struct_size = size;
             // Past the struct: garbage that must not be dereferenced. At
             // 48 bytes it is in the struct, so a real name is given.
-            o.server_name = if size < 48 {
-                0x10 as *const std::ffi::c_char
-            } else {
-                c"db.example".as_ptr()
+            let o = abi::loopd_connect_options {
+                struct_size: size,
+                server_name: if size < 48 {
+                    0x10 as *const std::ffi::c_char
+                } else {
+                    c"db.example".as_ptr()
+                },
+                ..Default::default()
             };
             let mut id = 0;
             // SAFETY: `o` and `id` are valid for the call; server_name is
