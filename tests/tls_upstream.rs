@@ -5,8 +5,9 @@
 //!   `tls_ca`): two loopd processes bridged through a real redis-server's
 //!   `tls-port` deliver each other's room lines; a wrong CA is reported
 //!   (the URL, and why) and retried while local chat goes on, and a
-//!   reloaded CA file lets the next attempt through; no `tls_ca` at all is
-//!   one clear error;
+//!   reloaded CA file lets the next attempt through; no `tls_ca` (and no
+//!   system CAs) is one clear error, however many attempts loopd refuses,
+//!   and a reload that adds `tls_ca` lets the bridge connect;
 //! - the proxy with a `tls://` upstream (a TLS server of the test's own,
 //!   rustls): 1 MiB each way byte for byte through loopd's own TLS echo and
 //!   through a server that sends and checks streams of its own, a slow
@@ -562,38 +563,149 @@ fn a_failed_outbound_tls_handshake_says_why_at_the_default_log_level() {
     a_srv.assert_no_unexpected_errors();
 }
 
-#[test]
-fn a_rediss_bridge_without_tls_ca_is_one_clear_error_and_chat_goes_on() {
-    let certs = Certs::new();
-    let redis = TlsRedis::start(&certs);
-    let a_srv = chat_bridged_with(&redis.tls_url(), "", "info", |cmd| {
-        no_system_cas(&certs, cmd)
-    });
-    a_srv.expect_error("no CA certificates to trust");
+/// What loopd logs (at debug) each time it refuses a `tls://` connect of
+/// chat's for want of a CA: one line per attempt, so a count of attempts.
+const REFUSED_ATTEMPT: &str = "chat: connect to tls://127.0.0.1:";
+const NO_CA: &str = "no tls_ca and no system CA certificates to trust";
+
+/// How many connects of chat's loopd has refused for want of a CA so far.
+fn refused_attempts(srv: &Loopd) -> usize {
+    srv.logs()
+        .lines()
+        .filter(|l| l.contains(REFUSED_ATTEMPT) && l.contains(NO_CA))
+        .count()
+}
+
+/// Waits until loopd has refused `n` of chat's connects for want of a CA.
+fn wait_refused_attempts(srv: &Loopd, n: usize) {
+    let deadline = Instant::now() + TIMEOUT;
+    while refused_attempts(srv) < n {
+        assert!(
+            Instant::now() < deadline,
+            "fewer than {n} refused attempts:\n{}",
+            srv.logs()
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// The bridge's error line on a refused connect, checked for what it must
+/// say; returns how many times it was logged.
+fn check_refused_error(srv: &Loopd, redis: &TlsRedis) -> usize {
     let want = format!(
         "bridge: cannot connect to {}: loopd refused tls://127.0.0.1:{} (",
         redis.tls_url(),
         redis.tls_port
     );
-    assert!(a_srv.wait_for_log(&want, TIMEOUT), "{}", a_srv.logs());
-    let logs = a_srv.logs();
-    let line = logs.lines().find(|l| l.contains(&want)).unwrap();
-    assert!(
-        line.contains(
-            "it has no CA certificates to trust for it (or the host is not a valid DNS name): \
-             set tls_ca = \"PATH\" on the chat's [[handler]] entry"
-        ) && line.contains("the bridge stays down and chat serves this instance alone"),
-        "{line}"
-    );
+    assert!(srv.wait_for_log(&want, TIMEOUT), "{}", srv.logs());
+    let logs = srv.logs();
+    let lines: Vec<&str> = logs.lines().filter(|l| l.contains(&want)).collect();
+    for line in &lines {
+        assert!(is_error_line(line), "{line}");
+        assert!(
+            line.contains(
+                "it has no CA certificates to trust for it (or the host is not a valid DNS \
+                 name): set tls_ca = \"PATH\" on the chat's [[handler]] entry"
+            ) && line.contains(
+                "chat serves this instance alone meanwhile, and the bridge tries again at most \
+                 every 200 ms"
+            ),
+            "{line}"
+        );
+    }
+    lines.len()
+}
+
+#[test]
+fn a_rediss_bridge_without_tls_ca_is_one_clear_error_and_chat_goes_on() {
+    let certs = Certs::new();
+    let redis = TlsRedis::start(&certs);
+    let a_srv = chat_bridged_with(&redis.tls_url(), "", "debug", |cmd| {
+        no_system_cas(&certs, cmd)
+    });
+    a_srv.expect_error("no CA certificates to trust");
+    assert_eq!(check_refused_error(&a_srv, &redis), 1, "{}", a_srv.logs());
     let mut x = Chatter::join(a_srv.tcp("chat"));
     let mut y = Chatter::join(a_srv.tcp("chat"));
     x.expect(&format!("* {} joined", y.nick));
     y.send("still here");
     x.expect(&format!("{}: still here", y.nick));
-    // No retry can help: it is said once, not every 200 ms.
-    let said = a_srv.logs().matches("set tls_ca = ").count();
-    assert_eq!(said, 1, "{}", a_srv.logs());
+    // The bridge keeps trying (loopd refuses each attempt, and says so at
+    // debug), but the reason is the same every time: the error is said
+    // once, not once per attempt.
+    wait_refused_attempts(&a_srv, 5);
+    assert_eq!(check_refused_error(&a_srv, &redis), 1, "{}", a_srv.logs());
+    assert_eq!(
+        a_srv.logs().matches("set tls_ca = ").count(),
+        1,
+        "{}",
+        a_srv.logs()
+    );
+    // Nothing else repeats per attempt at info or above either.
+    let logs = a_srv.logs();
+    let bridge_lines = logs
+        .lines()
+        .filter(|l| l.contains("bridge: ") && !l.contains(" DEBUG "))
+        .count();
+    assert_eq!(bridge_lines, 1, "{logs}");
     a_srv.assert_no_unexpected_errors();
+}
+
+#[test]
+fn a_reload_adding_tls_ca_lets_a_refused_rediss_bridge_connect() {
+    let certs = Certs::new();
+    let redis = TlsRedis::start(&certs);
+    let url = redis.tls_url();
+    let a_srv = chat_bridged_with(&url, "", "debug", |cmd| no_system_cas(&certs, cmd));
+    a_srv.expect_error("no CA certificates to trust");
+    assert_eq!(check_refused_error(&a_srv, &redis), 1, "{}", a_srv.logs());
+    // Past the first refusal: the bridge is retrying, not latched.
+    wait_refused_attempts(&a_srv, 3);
+    assert!(
+        redis.client_ports("loopd-chat-").is_empty(),
+        "no bridge link yet"
+    );
+    // A member of this instance, connected all along.
+    let mut x = Chatter::join(a_srv.tcp("chat"));
+    // tls_ca added to the entry, nothing else changed: the reload keeps the
+    // instance (and x) and gives it the CA; the next attempt connects.
+    let config = chat_config(
+        &certs.ca_line("ca.pem"),
+        &format!("bridge = \"{url}\"\nbridge_retry_max_ms = 200\n"),
+    );
+    let outcome = reload_to(&a_srv, &config, 1);
+    assert!(
+        outcome.contains("reloaded: ") && outcome.contains("unchanged 1"),
+        "{outcome}\n{}",
+        a_srv.logs()
+    );
+    assert!(
+        a_srv.wait_for_log(&format!("bridge: connected to {url} (RESP3)"), TIMEOUT),
+        "{}",
+        a_srv.logs()
+    );
+    // Both links are clients of Redis's TLS port.
+    assert_eq!(
+        redis.client_ports("loopd-chat-"),
+        vec![redis.tls_port; 2],
+        "CLIENT LIST laddr ports"
+    );
+    // The refusal was said once, however many attempts it took.
+    assert_eq!(check_refused_error(&a_srv, &redis), 1, "{}", a_srv.logs());
+    // And x now shares its room with another process.
+    let b_srv = chat_bridged(&url, &certs.ca_line("ca.pem"), "info");
+    assert!(
+        b_srv.wait_for_log("bridge: connected to", TIMEOUT),
+        "{}",
+        b_srv.logs()
+    );
+    let mut b = Chatter::join(b_srv.tcp("chat"));
+    converge(&x, &mut b);
+    converge(&b, &mut x);
+    x.send("hello across the reload");
+    b.expect(&format!("{}: hello across the reload", x.nick));
+    a_srv.assert_no_unexpected_errors();
+    b_srv.assert_no_unexpected_errors();
 }
 
 #[test]

@@ -51,13 +51,18 @@ const LINK_LOW_WATERMARK: usize = 16 << 20;
 pub(crate) const SEP: u8 = 0x1f;
 /// At most one "cannot reach Redis" warning per this many milliseconds.
 const DOWN_LOG_INTERVAL_MS: u64 = 10_000;
+/// A connect loopd refuses (no CAs to trust, no TLS) is logged when its
+/// reason is new, and again at most this often while it lasts: five minutes.
+const REFUSED_LOG_INTERVAL_MS: u64 = 300_000;
 
 /// Where and how to reach Redis: `bridge = "redis://..."` (or
 /// `rediss://...`, over TLS), parsed.
 #[derive(Clone, PartialEq, Eq)]
 pub(crate) struct Target {
     /// `rediss://`: the links are `tls://` connections, which trust the
-    /// chat entry's `tls_ca`.
+    /// chat entry's `tls_ca` if it has one, else the system's CA
+    /// certificates; the server's certificate must carry the URL's IP
+    /// address, or its host name (see [`Target::certificate_name`]).
     pub(crate) tls: bool,
     /// The address, resolved once at startup.
     pub(crate) addr: SocketAddr,
@@ -386,9 +391,12 @@ pub(crate) struct Bridge {
     heartbeat: Option<TimerId>,
     /// Rooms (keys) subscribed on the current subscriber link.
     subscribed: HashSet<String>,
-    /// The chat instance is shutting down, or the bridge cannot work with
-    /// this entry (`rediss://` without `tls_ca`): no reconnection.
+    /// The chat instance is shutting down: no reconnection.
     stopping: bool,
+    /// The last refusal of loopd's that was logged (a `tls://` connect it
+    /// has no CAs to trust for), and when; cleared once loopd accepts a
+    /// connect again.
+    refused: Option<(String, u64)>,
     events: VecDeque<Event>,
     rng: u64,
     /// Failed attempts since the last warning, and when that was.
@@ -413,6 +421,7 @@ impl Bridge {
             heartbeat: None,
             subscribed: HashSet::new(),
             stopping: false,
+            refused: None,
             events: VecDeque::new(),
             rng: seed | 1,
             down_log: (0, None),
@@ -492,6 +501,10 @@ impl Bridge {
         for role in [Role::Command, Role::Subscriber] {
             match ctx.connect_with(&url, &options) {
                 Ok(conn) => {
+                    if self.refused.take().is_some() {
+                        // The refusal is over: back to the usual backoff.
+                        self.attempts = 0;
+                    }
                     let link = Some(Link::new(conn, role));
                     match role {
                         Role::Command => self.cmd = link,
@@ -499,29 +512,7 @@ impl Bridge {
                     }
                 }
                 Err(e @ (Error::Invalid | Error::Unsupported)) if self.settings.target.tls => {
-                    // loopd refuses a tls:// connect it has no CAs to trust
-                    // for (or no TLS at all): no retry can succeed until
-                    // the entry changes (and a reload that changes it makes
-                    // a new instance).
-                    let why = match e {
-                        Error::Unsupported => "this loopd was built without TLS",
-                        _ => {
-                            "it has no CA certificates to trust for it (or the host is not a \
-                             valid DNS name): set tls_ca = \"PATH\" on the chat's [[handler]] \
-                             entry (the PEM CA that signed the Redis server's certificate), or \
-                             install the system's CA certificates"
-                        }
-                    };
-                    ctx.error(format_args!(
-                        "bridge: cannot connect to {}: loopd refused {url} ({e}): {why}; the \
-                         bridge stays down and chat serves this instance alone",
-                        self.settings.target
-                    ));
-                    self.stopping = true;
-                    if let Some(t) = self.heartbeat.take() {
-                        let _ = ctx.cancel_timer(t);
-                    }
-                    return self.drop_links(ctx);
+                    return self.connect_refused(ctx, &url, e);
                 }
                 Err(e) => {
                     ctx.warn(format_args!(
@@ -534,6 +525,48 @@ impl Bridge {
                 }
             }
         }
+    }
+
+    /// loopd refused the `tls://` connect outright: it has no CAs to trust
+    /// for it (no `tls_ca`, no system CA certificates), the host is not a
+    /// DNS name, or it was built without TLS. Not for good: a reload that
+    /// sets `tls_ca` keeps this instance (`tls_ca` is not part of what
+    /// makes one) and hands it the CAs, so the bridge keeps trying, at its
+    /// longest wait. It says so once, and again only if the reason changes
+    /// or every [`REFUSED_LOG_INTERVAL_MS`] while it lasts: each attempt
+    /// is refused the same way, and a line per attempt would bury the rest
+    /// of the log.
+    fn connect_refused(&mut self, ctx: &Ctx, url: &str, e: Error) {
+        let why = match e {
+            Error::Unsupported => "this loopd was built without TLS",
+            _ => {
+                "it has no CA certificates to trust for it (or the host is not a valid DNS \
+                 name): set tls_ca = \"PATH\" on the chat's [[handler]] entry (the PEM CA that \
+                 signed the Redis server's certificate) and reload, or install the system's CA \
+                 certificates"
+            }
+        };
+        let message = format!(
+            "bridge: cannot connect to {}: loopd refused {url} ({e}): {why}; chat serves this \
+             instance alone meanwhile, and the bridge tries again at most every {} ms (this is \
+             logged again if the reason changes, else every {} minutes)",
+            self.settings.target,
+            self.settings.retry_max_ms,
+            REFUSED_LOG_INTERVAL_MS / 60_000
+        );
+        let now = ctx.now_ms();
+        let due = self.refused.as_ref().is_none_or(|(said, at)| {
+            *said != message || now.saturating_sub(*at) >= REFUSED_LOG_INTERVAL_MS
+        });
+        if due {
+            ctx.error(format_args!("{message}"));
+            self.refused = Some((message, now));
+        }
+        // Straight to the longest wait ([`backoff`] caps the count): the
+        // refusal lasts until the entry or the machine changes, so quick
+        // attempts would only spin.
+        self.attempts = u32::MAX;
+        self.drop_links(ctx);
     }
 
     /// A link connected: start its handshake.

@@ -182,7 +182,9 @@ pub struct Config {
     /// the next page starts. 1 to [`MAX_LIST_LIMIT`].
     pub max_list: usize,
     /// `redis://[[USER]:PASSWORD@]HOST[:PORT][/DB]` (`rediss://` over TLS,
-    /// trusting the entry's `tls_ca`): bridge rooms with the other chat
+    /// trusting the entry's `tls_ca` if set, else the system's CA
+    /// certificates; the server's certificate must carry the URL's IP
+    /// address, or its host name): bridge rooms with the other chat
     /// instances that use the same Redis and prefix. `None`: this instance
     /// alone.
     pub bridge: Option<String>,

@@ -26,8 +26,9 @@ pub const MAX_MS: u64 = i32::MAX as u64;
 #[serde(deny_unknown_fields)]
 pub struct Config {
     /// Where every client is forwarded: `tcp://IP:PORT`, `tls://IP:PORT`
-    /// (TLS to the upstream, trusting the entry's `tls_ca`) or
-    /// `unix://PATH`. Required; numeric addresses only (a running loop never
+    /// (TLS to the upstream, trusting the entry's `tls_ca` if set, else the
+    /// system's CA certificates; the certificate must carry the IP address,
+    /// or [`Config::server_name`]) or `unix://PATH`. Required; numeric addresses only (a running loop never
     /// waits for a resolver).
     pub upstream: String,
     /// How long connecting to the upstream may take before the client is
@@ -174,8 +175,9 @@ pub enum Upstream {
     /// A numeric IPv4 or IPv6 address and port.
     Tcp(SocketAddr),
     /// The same, with TLS: loopd's outbound `tls://`, which trusts the
-    /// handler entry's `tls_ca` and checks that the upstream's certificate
-    /// names the IP address.
+    /// handler entry's `tls_ca` if set, else the system's CA certificates,
+    /// and checks that the upstream's certificate carries the IP address,
+    /// or the configured `server_name` ([`Settings::server_name`]).
     Tls(SocketAddr),
     /// A Unix-domain stream socket.
     Unix(PathBuf),
