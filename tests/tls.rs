@@ -1181,3 +1181,102 @@ fn with_two_workers_a_port_switched_to_tls_stays_one_port_and_keeps_its_counters
     }
     loopd.assert_no_unexpected_errors();
 }
+
+#[test]
+fn an_outbound_connection_presents_tls_connect_cert_to_a_server_that_asks() {
+    use rcgen::{CertificateParams, ExtendedKeyUsagePurpose, KeyPair};
+    let certs = Certs::new();
+    // A client CA the echo server trusts for clients, and a certificate it
+    // signed for the probe.
+    let ca_key = KeyPair::generate().unwrap();
+    let mut ca_params = CertificateParams::new(Vec::<String>::new()).unwrap();
+    ca_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+    ca_params
+        .distinguished_name
+        .push(rcgen::DnType::CommonName, "loopd upstream-client CA");
+    let ca = ca_params.self_signed(&ca_key).unwrap();
+    let key = KeyPair::generate().unwrap();
+    let mut params = CertificateParams::new(vec!["probe.example".to_string()]).unwrap();
+    params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
+    let cert = params.signed_by(&key, &ca, &ca_key).unwrap();
+    std::fs::write(certs.path("up-ca.pem"), ca.pem()).unwrap();
+    std::fs::write(certs.path("probe.pem"), cert.pem()).unwrap();
+    std::fs::write(certs.path("probe-key.pem"), key.serialize_pem()).unwrap();
+    let config = format!(
+        r#"
+[[handler]]
+name = "echo"
+plugin = "echo"
+listen = ["tls://127.0.0.1:0"]
+tls_client_ca = "{up_ca}"
+{keys}
+[[handler]]
+name = "with-cert"
+plugin = "probe"
+listen = ["tcp://127.0.0.1:0"]
+tls_ca = "{ca}"
+tls_connect_cert = "{cert}"
+tls_connect_key = "{key}"
+
+[[handler]]
+name = "without"
+plugin = "probe"
+listen = ["tcp://127.0.0.1:0"]
+tls_ca = "{ca}"
+"#,
+        up_ca = certs.p("up-ca.pem"),
+        keys = certs.keys(),
+        ca = certs.p("ca.pem"),
+        cert = certs.p("probe.pem"),
+        key = certs.p("probe-key.pem"),
+    );
+    let loopd = Loopd::start(&config);
+    let echo = tls_addr(&loopd, "echo");
+    let mut c = LineClient::connect(loopd.tcp("with-cert"));
+    let out = parse_id(&c.cmd(&format!("connect tls://{echo}")), "connecting ");
+    assert_eq!(c.recv(), format!("connected {out}"));
+    assert_eq!(c.recv(), format!("from {out} hello from probe"));
+    // Without a certificate the server refuses the handshake: under
+    // TLS 1.3 the client has finished its side first, so it may open, and
+    // is then closed by the server's alert, before any echo.
+    let mut w = LineClient::connect(loopd.tcp("without"));
+    let failed = parse_id(&w.cmd(&format!("connect tls://{echo}")), "connecting ");
+    let first = w.recv();
+    if first == format!("connected {failed}") {
+        let next = w.recv();
+        assert!(
+            next.starts_with(&format!("outbound-closed {failed} ")),
+            "{next}"
+        );
+    } else {
+        assert_eq!(first, format!("connect-failed {failed}"));
+    }
+    assert!(
+        loopd.wait_for_log("echo: TLS handshake with 127.0.0.1", TIMEOUT),
+        "the server logs the refused client"
+    );
+    loopd.assert_no_unexpected_errors();
+
+    // Half a pair, or a key that is not the certificate's, is named.
+    let entry = |extra: &str| {
+        format!(
+            "[[handler]]\nname = \"p\"\nplugin = \"probe\"\nlisten = [\"tcp://127.0.0.1:0\"]\n{extra}\n"
+        )
+    };
+    check_fails(
+        &entry(&format!("tls_connect_cert = \"{}\"", certs.p("probe.pem"))),
+        &["handler[0].tls_connect_key", "is missing"],
+    );
+    check_fails(
+        &entry(&format!(
+            "tls_connect_cert = \"{}\"\ntls_connect_key = \"{}\"",
+            certs.p("probe.pem"),
+            certs.p("key.pem")
+        )),
+        &[
+            "handler[0].tls_connect_key",
+            &certs.p("key.pem"),
+            "does not go with tls_connect_cert",
+        ],
+    );
+}

@@ -694,23 +694,29 @@ pub(crate) fn tls_server(
     }
 }
 
-/// The CAs a handler entry's outbound `tls://` connections trust (`tls_ca`).
+/// The setup of a handler entry's outbound `tls://` connections: the CAs
+/// they trust (`tls_ca`) and the certificate they present
+/// (`tls_connect_cert`); `None` for neither (the process's system CAs are
+/// then used, read at the first connect).
 pub(crate) fn tls_client(h: &HandlerConfig) -> Result<Option<crate::instance::TlsClient>, Error> {
-    let Some(ca) = &h.tls_ca else {
+    if h.tls_ca.is_none() && h.tls_connect.is_none() {
         return Ok(None);
-    };
+    }
     #[cfg(feature = "tls")]
     {
-        crate::tls::load_client(ca)
+        let identity = h
+            .tls_connect
+            .as_ref()
+            .map(|(c, k)| (c.as_path(), k.as_path()));
+        crate::tls::load_client(h.tls_ca.as_deref(), identity)
             .map(Some)
             .map_err(|e| Error::Config(format!("handler `{}`: {e}", h.name)))
     }
     #[cfg(not(feature = "tls"))]
     {
         Err(Error::Config(format!(
-            "handler `{}`: tls_ca {} needs loopd built with the `tls` feature",
-            h.name,
-            ca.display()
+            "handler `{}`: tls_ca and tls_connect_cert need loopd built with the `tls` feature",
+            h.name
         )))
     }
 }

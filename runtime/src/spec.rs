@@ -64,6 +64,7 @@ pub struct HandlerSpec {
     tls: Option<(std::path::PathBuf, std::path::PathBuf)>,
     tls_client_ca: Option<std::path::PathBuf>,
     tls_ca: Option<std::path::PathBuf>,
+    tls_connect: Option<(std::path::PathBuf, std::path::PathBuf)>,
     tls_alpn: Option<Vec<String>>,
     tls_sni: Vec<(std::path::PathBuf, std::path::PathBuf)>,
 }
@@ -145,6 +146,7 @@ impl HandlerSpec {
             tls: None,
             tls_client_ca: None,
             tls_ca: None,
+            tls_connect: None,
             tls_alpn: None,
             tls_sni: Vec::new(),
             reuse_address: false,
@@ -327,6 +329,17 @@ impl HandlerSpec {
         self
     }
 
+    /// The certificate (PEM chain) and key the instance's outbound
+    /// `tls://` connections present to a server that asks for one.
+    pub fn tls_connect_identity(
+        mut self,
+        cert: impl Into<std::path::PathBuf>,
+        key: impl Into<std::path::PathBuf>,
+    ) -> HandlerSpec {
+        self.tls_connect = Some((cert.into(), key.into()));
+        self
+    }
+
     /// A further certificate and key for the instance's `tls://`
     /// listeners, served to clients that ask (SNI) for a DNS name it
     /// carries; call once per certificate. Needs [`HandlerSpec::tls`],
@@ -462,6 +475,7 @@ impl HandlerSpec {
         entry.tls_sni = self.tls_sni;
         entry.tls_client_ca = self.tls_client_ca;
         entry.tls_ca = self.tls_ca;
+        entry.tls_connect = self.tls_connect;
         entry.tls_alpn = self.tls_alpn;
         entry.mailbox_messages = self.mailbox.map(|m| m.0);
         entry.mailbox_bytes = self.mailbox.map(|m| m.1);

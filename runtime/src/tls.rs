@@ -125,16 +125,69 @@ pub(crate) fn load_sni(
 /// A client's TLS setup: the CAs that outbound `tls://` connections trust.
 pub(crate) type ClientConfig = Arc<rustls::ClientConfig>;
 
-/// Loads `ca` (PEM CA certificates) as the only roots outbound `tls://`
-/// connections of a handler trust.
-pub(crate) fn load_client(ca: &Path) -> Result<ClientConfig, String> {
-    let mut roots = rustls::RootCertStore::empty();
-    for c in read_certs("tls_ca", ca)? {
-        roots
-            .add(c)
-            .map_err(|e| format!("tls_ca {}: not a CA certificate: {e}", ca.display()))?;
+/// Loads the client setup of a handler's outbound `tls://` connections:
+/// `ca` (PEM CA certificates) as the only roots they trust, else the
+/// system's; and `identity` (`tls_connect_cert`, `tls_connect_key`), the
+/// certificate they present to a server that asks for one (mutual TLS).
+pub(crate) fn load_client(
+    ca: Option<&Path>,
+    identity: Option<(&Path, &Path)>,
+) -> Result<ClientConfig, String> {
+    let roots = match ca {
+        Some(ca) => {
+            let mut roots = rustls::RootCertStore::empty();
+            for c in read_certs("tls_ca", ca)? {
+                roots
+                    .add(c)
+                    .map_err(|e| format!("tls_ca {}: not a CA certificate: {e}", ca.display()))?;
+            }
+            roots
+        }
+        None => system_roots(log::Level::Warn).ok_or_else(|| {
+            "tls_connect_cert: no tls_ca and no system CA certificates to trust the servers by"
+                .to_string()
+        })?,
+    };
+    let Some((cert, key)) = identity else {
+        return client_trusting(roots);
+    };
+    let certs = read_certs("tls_connect_cert", cert)?;
+    let key_der = read_key("tls_connect_key", key)?;
+    let config = rustls::ClientConfig::builder_with_provider(provider())
+        .with_safe_default_protocol_versions()
+        .map_err(|e| format!("TLS setup: {e}"))?
+        .with_root_certificates(roots)
+        .with_client_auth_cert(certs, key_der)
+        .map_err(|e| {
+            format!(
+                "tls_connect_key {} does not go with tls_connect_cert {}: {e}",
+                key.display(),
+                cert.display()
+            )
+        })?;
+    Ok(Arc::new(config))
+}
+
+/// The system's CA certificates (see [`system_client`]); `None`, logged at
+/// `level` with what to do, when there are none.
+fn system_roots(level: log::Level) -> Option<rustls::RootCertStore> {
+    let found = rustls_native_certs::load_native_certs();
+    for e in &found.errors {
+        log::log!(level, "reading the system's CA certificates: {e}");
     }
-    client_trusting(roots)
+    let mut roots = rustls::RootCertStore::empty();
+    let (added, ignored) = roots.add_parsable_certificates(found.certs);
+    if added == 0 {
+        log::log!(
+            level,
+            "outbound tls://: no system CA certificates found (install the system's CA bundle, e.g. the ca-certificates package, set SSL_CERT_FILE, or give the handler tls_ca)"
+        );
+        return None;
+    }
+    log::info!(
+        "outbound tls://: trusting {added} system CA certificates ({ignored} unusable ones skipped)"
+    );
+    Some(roots)
 }
 
 fn client_trusting(roots: rustls::RootCertStore) -> Result<ClientConfig, String> {
@@ -168,24 +221,8 @@ pub(crate) fn system_client() -> Option<ClientConfig> {
     } else {
         log::Level::Debug
     };
-    let found = rustls_native_certs::load_native_certs();
-    for e in &found.errors {
-        log::log!(level, "reading the system's CA certificates: {e}");
-    }
-    let mut roots = rustls::RootCertStore::empty();
-    let (added, ignored) = roots.add_parsable_certificates(found.certs);
-    if added == 0 {
-        log::log!(
-            level,
-            "outbound tls://: no system CA certificates found (install the system's CA bundle, e.g. the ca-certificates package, set SSL_CERT_FILE, or give the handler tls_ca)"
-        );
-        return None;
-    }
-    match client_trusting(roots) {
+    match client_trusting(system_roots(level)?) {
         Ok(c) => {
-            log::info!(
-                "outbound tls://: trusting {added} system CA certificates ({ignored} unusable ones skipped)"
-            );
             *system = Some(c.clone());
             Some(c)
         }

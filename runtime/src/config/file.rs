@@ -82,6 +82,8 @@ struct RawHandler {
     tls_key: Option<Spanned<String>>,
     tls_client_ca: Option<Spanned<String>>,
     tls_ca: Option<Spanned<String>>,
+    tls_connect_cert: Option<Spanned<String>>,
+    tls_connect_key: Option<Spanned<String>>,
     tls_alpn: Option<Spanned<Vec<String>>>,
     tls_sni: Option<Vec<tls::RawSni>>,
     config: Option<toml::Table>,

@@ -550,6 +550,10 @@ pub struct HandlerConfig {
     /// The PEM CA certificates the handler's outbound `tls://` connections
     /// trust (`tls_ca`); without it, the system's CA certificates.
     pub tls_ca: Option<PathBuf>,
+    /// The certificate (PEM chain) and key the handler's outbound `tls://`
+    /// connections present to a server that asks (`tls_connect_cert`,
+    /// `tls_connect_key`: mutual TLS toward an upstream).
+    pub tls_connect: Option<(PathBuf, PathBuf)>,
     /// The ALPN protocols the handler's `tls://` listeners offer, most
     /// preferred first (`tls_alpn`, e.g. `["http/1.1"]`; empty: none);
     /// `None`: those its plugin declares (the http handler: `http/1.1`).
@@ -676,6 +680,7 @@ impl HandlerConfig {
             tls_key: None,
             tls_client_ca: None,
             tls_ca: None,
+            tls_connect: None,
             tls_alpn: None,
             tls_sni: Vec::new(),
             plugin_location: None,

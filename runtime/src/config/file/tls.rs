@@ -44,8 +44,48 @@ pub(super) fn tls_keys(
         }
         let p = PathBuf::from(ca.get_ref());
         #[cfg(feature = "tls")]
-        crate::tls::load_client(&p).map_err(|e| src.error(Some(ca.span()), &key("tls_ca"), e))?;
+        crate::tls::load_client(Some(&p), None)
+            .map_err(|e| src.error(Some(ca.span()), &key("tls_ca"), e))?;
         entry.tls_ca = Some(p);
+    }
+    // The certificate outbound connections present: both keys or neither,
+    // loadable and matching.
+    match (&h.tls_connect_cert, &h.tls_connect_key) {
+        (None, None) => {}
+        (Some(c), Some(k)) => {
+            for (name, v) in [("tls_connect_cert", c), ("tls_connect_key", k)] {
+                if v.get_ref().is_empty() {
+                    return Err(src.error(Some(v.span()), &key(name), "is empty"));
+                }
+            }
+            let (cp, kp) = (PathBuf::from(c.get_ref()), PathBuf::from(k.get_ref()));
+            // Checked against the certificate itself as the CA: the CAs
+            // (tls_ca, or the system's) are checked at start.
+            #[cfg(feature = "tls")]
+            if let Err(e) = crate::tls::load_client(Some(&cp), Some((&cp, &kp))) {
+                let (name, at) = if e.starts_with("tls_connect_key") {
+                    ("tls_connect_key", k.span())
+                } else {
+                    ("tls_connect_cert", c.span())
+                };
+                return Err(src.error(Some(at), &key(name), e));
+            }
+            entry.tls_connect = Some((cp, kp));
+        }
+        (Some(c), None) => {
+            return Err(src.error(
+                Some(c.span()),
+                &key("tls_connect_key"),
+                "is missing: tls_connect_cert needs its key",
+            ));
+        }
+        (None, Some(k)) => {
+            return Err(src.error(
+                Some(k.span()),
+                &key("tls_connect_cert"),
+                "is missing: tls_connect_key needs its certificate",
+            ));
+        }
     }
     if let Some(alpn) = &h.tls_alpn {
         let bad = |why: &str| Err(src.error(Some(alpn.span()), &key("tls_alpn"), why));
