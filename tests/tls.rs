@@ -61,6 +61,36 @@ impl Certs {
         self.path(name).to_str().unwrap().to_string()
     }
 
+    /// A CA of its own (`{prefix}-ca.pem`, common name `ca_cn`) and a client
+    /// certificate it signed (`{prefix}.pem`, `{prefix}-key.pem`) with the
+    /// subject `dn`, in that order; returns the certificate.
+    fn client(
+        &self,
+        prefix: &str,
+        ca_cn: &str,
+        dn: &[(rcgen::DnType, &str)],
+    ) -> rcgen::Certificate {
+        use rcgen::{CertificateParams, ExtendedKeyUsagePurpose, KeyPair};
+        let ca_key = KeyPair::generate().unwrap();
+        let mut ca_params = CertificateParams::new(Vec::<String>::new()).unwrap();
+        ca_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+        ca_params
+            .distinguished_name
+            .push(rcgen::DnType::CommonName, ca_cn);
+        let ca = ca_params.self_signed(&ca_key).unwrap();
+        let key = KeyPair::generate().unwrap();
+        let mut params = CertificateParams::new(vec!["client.example".to_string()]).unwrap();
+        params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
+        for (t, v) in dn {
+            params.distinguished_name.push(t.clone(), *v);
+        }
+        let cert = params.signed_by(&key, &ca, &ca_key).unwrap();
+        std::fs::write(self.path(&format!("{prefix}-ca.pem")), ca.pem()).unwrap();
+        std::fs::write(self.path(&format!("{prefix}.pem")), cert.pem()).unwrap();
+        std::fs::write(self.path(&format!("{prefix}-key.pem")), key.serialize_pem()).unwrap();
+        cert
+    }
+
     /// The `tls_cert`/`tls_key` lines of a handler entry.
     fn keys(&self) -> String {
         format!(
@@ -541,27 +571,14 @@ fn sighup_serves_a_changed_certificate_to_new_connections() {
 
 #[test]
 fn mutual_tls_takes_a_client_certificate_and_refuses_a_client_without() {
-    use rcgen::{CertificateParams, ExtendedKeyUsagePurpose, KeyPair};
     let certs = Certs::new();
     // A client certificate from another CA, which the server trusts for
     // clients (tls_client_ca).
-    let ca_key = KeyPair::generate().unwrap();
-    let mut ca_params = CertificateParams::new(Vec::<String>::new()).unwrap();
-    ca_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
-    ca_params
-        .distinguished_name
-        .push(rcgen::DnType::CommonName, "loopd client CA");
-    let ca = ca_params.self_signed(&ca_key).unwrap();
-    let key = KeyPair::generate().unwrap();
-    let mut params = CertificateParams::new(vec!["client.example".to_string()]).unwrap();
-    params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
-    params
-        .distinguished_name
-        .push(rcgen::DnType::CommonName, "client one");
-    let cert = params.signed_by(&key, &ca, &ca_key).unwrap();
-    std::fs::write(certs.path("client-ca.pem"), ca.pem()).unwrap();
-    std::fs::write(certs.path("client.pem"), cert.pem()).unwrap();
-    std::fs::write(certs.path("client-key.pem"), key.serialize_pem()).unwrap();
+    certs.client(
+        "client",
+        "loopd client CA",
+        &[(rcgen::DnType::CommonName, "client one")],
+    );
     let config = echo_config(&certs, "").replace(
         "tls_key = ",
         &format!(
@@ -831,28 +848,15 @@ fn py_lines(
 
 #[test]
 fn a_handler_reads_the_subject_of_a_mutual_tls_clients_certificate() {
-    use rcgen::{CertificateParams, ExtendedKeyUsagePurpose, KeyPair};
     let certs = Certs::new();
-    let ca_key = KeyPair::generate().unwrap();
-    let mut ca_params = CertificateParams::new(Vec::<String>::new()).unwrap();
-    ca_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
-    ca_params
-        .distinguished_name
-        .push(rcgen::DnType::CommonName, "loopd client CA");
-    let ca = ca_params.self_signed(&ca_key).unwrap();
-    let key = KeyPair::generate().unwrap();
-    let mut params = CertificateParams::new(vec!["client.example".to_string()]).unwrap();
-    params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
-    params
-        .distinguished_name
-        .push(rcgen::DnType::CommonName, "alice");
-    params
-        .distinguished_name
-        .push(rcgen::DnType::OrganizationName, "Example, Inc.");
-    let cert = params.signed_by(&key, &ca, &ca_key).unwrap();
-    std::fs::write(certs.path("client-ca.pem"), ca.pem()).unwrap();
-    std::fs::write(certs.path("client.pem"), cert.pem()).unwrap();
-    std::fs::write(certs.path("client-key.pem"), key.serialize_pem()).unwrap();
+    let cert = certs.client(
+        "client",
+        "loopd client CA",
+        &[
+            (rcgen::DnType::CommonName, "alice"),
+            (rcgen::DnType::OrganizationName, "Example, Inc."),
+        ],
+    );
     let config = format!(
         r#"
 [[handler]]
@@ -1184,24 +1188,14 @@ fn with_two_workers_a_port_switched_to_tls_stays_one_port_and_keeps_its_counters
 
 #[test]
 fn an_outbound_connection_presents_tls_connect_cert_to_a_server_that_asks() {
-    use rcgen::{CertificateParams, ExtendedKeyUsagePurpose, KeyPair};
     let certs = Certs::new();
     // A client CA the echo server trusts for clients, and a certificate it
     // signed for the probe.
-    let ca_key = KeyPair::generate().unwrap();
-    let mut ca_params = CertificateParams::new(Vec::<String>::new()).unwrap();
-    ca_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
-    ca_params
-        .distinguished_name
-        .push(rcgen::DnType::CommonName, "loopd upstream-client CA");
-    let ca = ca_params.self_signed(&ca_key).unwrap();
-    let key = KeyPair::generate().unwrap();
-    let mut params = CertificateParams::new(vec!["probe.example".to_string()]).unwrap();
-    params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
-    let cert = params.signed_by(&key, &ca, &ca_key).unwrap();
-    std::fs::write(certs.path("up-ca.pem"), ca.pem()).unwrap();
-    std::fs::write(certs.path("probe.pem"), cert.pem()).unwrap();
-    std::fs::write(certs.path("probe-key.pem"), key.serialize_pem()).unwrap();
+    certs.client(
+        "probe",
+        "loopd upstream-client CA",
+        &[(rcgen::DnType::CommonName, "probe")],
+    );
     let config = format!(
         r#"
 [[handler]]
@@ -1224,7 +1218,7 @@ plugin = "probe"
 listen = ["tcp://127.0.0.1:0"]
 tls_ca = "{ca}"
 "#,
-        up_ca = certs.p("up-ca.pem"),
+        up_ca = certs.p("probe-ca.pem"),
         keys = certs.keys(),
         ca = certs.p("ca.pem"),
         cert = certs.p("probe.pem"),

@@ -802,22 +802,27 @@ pub(crate) fn host_api() -> *const loopd_host_api {
 mod tests {
     use super::*;
 
-    /// A plugin built before `server_name` passes a shorter struct (1.3: 32
-    /// bytes, early 1.4: 40), or a corrupt size that ends inside the
-    /// pointer: whatever lies beyond its struct_size is never read.
-    #[test]
-    fn connect_options_shorter_than_server_name_never_read_it() {
-        let core = RefCell::new(Core::new(Default::default()).unwrap());
+    /// The context of a test instance `t` in `core`.
+    fn test_ctx(core: &RefCell<Core>) -> HostCtx {
         let inst = crate::instance::test_instance(&mut core.borrow_mut(), "t", Default::default());
-        let hc = HostCtx {
-            core: &core,
+        HostCtx {
+            core,
             instance: inst,
             log_target: "loopd::handler::t".into(),
             name: "t".into(),
             postbox: Postbox::new(core.borrow().shared.poll.waker()),
             worker: None,
             stats_board: Default::default(),
-        };
+        }
+    }
+
+    /// A plugin built before `server_name` passes a shorter struct (1.3: 32
+    /// bytes, early 1.4: 40), or a corrupt size that ends inside the
+    /// pointer: whatever lies beyond its struct_size is never read.
+    #[test]
+    fn connect_options_shorter_than_server_name_never_read_it() {
+        let core = RefCell::new(Core::new(Default::default()).unwrap());
+        let hc = test_ctx(&core);
         let _g = ActiveGuard::enter(&core);
         for size in [32u32, 40, 44, 47, 48] {
             // Past the struct: garbage that must not be dereferenced. At
@@ -849,16 +854,7 @@ mod tests {
     #[test]
     fn calls_outside_a_hook_are_refused() {
         let core = RefCell::new(Core::new(Default::default()).unwrap());
-        let inst = crate::instance::test_instance(&mut core.borrow_mut(), "t", Default::default());
-        let hc = HostCtx {
-            core: &core,
-            instance: inst,
-            log_target: "loopd::handler::t".into(),
-            name: "t".into(),
-            postbox: Postbox::new(core.borrow().shared.poll.waker()),
-            worker: None,
-            stats_board: Default::default(),
-        };
+        let hc = test_ctx(&core);
         let mut id = 0;
         // SAFETY: hc is alive; no runtime is active on this thread.
         let status = unsafe { host_timer_set(hc.as_raw(), 1, 0, &mut id) };
@@ -884,7 +880,7 @@ mod tests {
             abi::LOOPD_ERR_INVALID
         );
         let core = core.borrow();
-        let counters = &core.instances.get(inst).unwrap().scope.counters;
+        let counters = &core.instances.get(hc.instance).unwrap().scope.counters;
         assert_eq!(counters.timers_set.get(), 1);
         assert_eq!(counters.timers_active.get(), 1);
     }
