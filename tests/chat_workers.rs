@@ -453,14 +453,23 @@ fn max_clients_is_the_processs_split_between_the_workers() {
     );
     assert_eq!(welcomed.len() + refused, 16);
     assert!(loopd.wait_for_log("its share of 2 workers'", TIMEOUT));
-    let logs = loopd.logs();
-    let joined = [0, 1].map(|w| {
-        logs.lines()
-            .filter(|l| {
-                l.contains(" joined (connection ") && l.ends_with(&format!(", worker {w})"))
-            })
-            .count()
-    });
+    // The join lines are written by the log thread, maybe after the
+    // welcomes arrived: wait for them.
+    let deadline = std::time::Instant::now() + TIMEOUT;
+    let (logs, joined) = loop {
+        let logs = loopd.logs();
+        let joined = [0, 1].map(|w| {
+            logs.lines()
+                .filter(|l| {
+                    l.contains(" joined (connection ") && l.ends_with(&format!(", worker {w})"))
+                })
+                .count()
+        });
+        if joined.iter().sum::<usize>() >= welcomed.len() || std::time::Instant::now() > deadline {
+            break (logs, joined);
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    };
     assert_eq!(joined.iter().sum::<usize>(), welcomed.len(), "{logs}");
     assert!(
         joined.iter().all(|&j| j <= 2),
