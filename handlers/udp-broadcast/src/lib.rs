@@ -554,7 +554,6 @@ impl Handler for Relay {
                     }
                 }
                 self.limiter.sweep(now);
-                self.echoes.expire(now);
                 self.set_timer(ctx, HOUSEKEEPING, TIMER_HOUSEKEEPING);
             }
             TIMER_BEACON => {
