@@ -35,6 +35,9 @@ pub(crate) struct Datagram {
     dropped_log: RateLimit,
     oversize_log: RateLimit,
     error_log: RateLimit,
+    /// The batch receive's headers, from the first receive on (a socket
+    /// that only sends never has them).
+    recv_state: Option<Box<sys::RecvState>>,
 }
 
 /// What one batch receive gave.
@@ -69,7 +72,9 @@ impl Datagram {
     ) -> Batch {
         let slot = self.max_datagram.max(1);
         let want = out.len().min(buf.len() / slot).max(1);
-        match sys::recv_batch(self.sock.as_raw_fd(), buf, slot, &mut out[..want]) {
+        let fd = self.sock.as_raw_fd();
+        let state = self.recv_state.get_or_insert_with(sys::RecvState::new);
+        match sys::recv_batch(fd, state, buf, slot, &mut out[..want]) {
             Ok(count) => {
                 for (len, peer) in &mut out[..count] {
                     if *len > slot {
@@ -124,19 +129,27 @@ impl Datagram {
         }
     }
 
-    /// `send_datagram` from this socket.
+    /// `send_datagram` from this socket: one `sendto`, its result told as
+    /// it is.
     pub(crate) fn send(&mut self, to: &abi::loopd_addr, data: &[u8]) -> i32 {
-        let Some(to) = to.to_socket_addr() else {
+        let Some(raw) = sys::SockAddr::from_loopd(to) else {
             return abi::LOOPD_ERR_INVALID;
         };
         loop {
-            return match self.sock.send_to(data, to) {
+            let e = match sys::send_to(self.sock.as_raw_fd(), &raw, data) {
                 Ok(_) => {
                     self.count(|c| &c.datagrams_out);
-                    abi::LOOPD_OK
+                    return abi::LOOPD_OK;
                 }
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-                Err(e) if sys::is_send_buffer_full(&e) => {
+                Err(e) => e,
+            };
+            if e.kind() == io::ErrorKind::Interrupted {
+                continue;
+            }
+            // Only the error paths need the address as text.
+            let to = DisplayAddr(to);
+            return match e {
+                e if sys::is_send_buffer_full(&e) => {
                     // Never queued: a datagram the kernel cannot take now is
                     // dropped, counted, and the handler told (AGAIN).
                     self.count(|c| &c.datagrams_dropped_send_full);
@@ -150,7 +163,7 @@ impl Datagram {
                     }
                     abi::LOOPD_ERR_AGAIN
                 }
-                Err(e) if sys::is_broadcast_refused(&e) && !self.broadcast => {
+                e if sys::is_broadcast_refused(&e) && !self.broadcast => {
                     self.count(|c| &c.datagrams_dropped_send_error);
                     if !self.broadcast_warned {
                         self.broadcast_warned = true;
@@ -164,7 +177,7 @@ impl Datagram {
                     }
                     abi::LOOPD_ERR_IO
                 }
-                Err(e) => {
+                e => {
                     self.count(|c| &c.datagrams_dropped_send_error);
                     if let Some(n) = self.error_log.allow(Instant::now()) {
                         log::debug!(
@@ -198,6 +211,18 @@ impl Datagram {
                 self.url(),
                 self.max_datagram
             );
+        }
+    }
+}
+
+/// A `loopd_addr` for a log message, converted only if the message is written.
+struct DisplayAddr<'a>(&'a abi::loopd_addr);
+
+impl std::fmt::Display for DisplayAddr<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self.0.to_socket_addr() {
+            Some(a) => a.fmt(f),
+            None => f.write_str("an unknown address"),
         }
     }
 }
@@ -240,6 +265,7 @@ pub(crate) fn open(core: &mut Core, sa: &SocketAddr, instance: InstanceId) -> io
         dropped_log: RateLimit::default(),
         oversize_log: RateLimit::default(),
         error_log: RateLimit::default(),
+        recv_state: None,
     };
     let id = core.register(Source::Datagram(d), true, false)?;
     Ok(Bound {

@@ -12,7 +12,7 @@ use std::os::fd::{FromRawFd, OwnedFd, RawFd};
 
 use loopd_handler_api::abi::loopd_addr;
 
-use super::{addr_from_storage, cvt, cvt_size};
+use super::{addr_from_storage, cvt, cvt_size, SockAddr};
 
 /// A new socket of `domain` and `kind` (`SOCK_STREAM`, `SOCK_DGRAM`),
 /// non-blocking and close-on-exec.
@@ -72,6 +72,31 @@ pub(crate) fn recv_from(fd: RawFd, buf: &mut [u8]) -> io::Result<(usize, loopd_a
 /// Most datagrams one [`recv_batch`] call takes.
 pub(crate) const BATCH: usize = 32;
 
+/// The `recvmmsg` headers, iovecs and sender buffers of [`recv_batch`],
+/// kept between calls (a socket's first receive allocates them once): a
+/// call only points the first `n` of them at this call's buffer, instead of
+/// zeroing 6 KiB of headers and names each time.
+pub(crate) struct RecvState {
+    msgs: [libc::mmsghdr; BATCH],
+    iovs: [libc::iovec; BATCH],
+    names: [libc::sockaddr_storage; BATCH],
+}
+
+impl RecvState {
+    /// Zeroed headers (no name, no buffers, no control data).
+    pub(crate) fn new() -> Box<RecvState> {
+        // SAFETY: all-zero is a valid mmsghdr, iovec and sockaddr_storage:
+        // null pointers and zero lengths.
+        Box::new(unsafe { std::mem::zeroed() })
+    }
+}
+
+impl std::fmt::Debug for RecvState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("RecvState")
+    }
+}
+
 /// Receives up to `out.len()` datagrams with one `recvmmsg(2)`: datagram
 /// `i` into `buf[i * slot..][..slot]`, its real length (`MSG_TRUNC`: above
 /// `slot` means it did not fit) and sender into `out[i]`. Returns how many
@@ -79,6 +104,7 @@ pub(crate) const BATCH: usize = 32;
 /// none was waiting.
 pub(crate) fn recv_batch(
     fd: RawFd,
+    state: &mut RecvState,
     buf: &mut [u8],
     slot: usize,
     out: &mut [(usize, loopd_addr)],
@@ -87,50 +113,62 @@ pub(crate) fn recv_batch(
     if n == 0 {
         return Ok(0);
     }
-    let mut names = [MaybeUninit::<libc::sockaddr_storage>::zeroed(); BATCH];
-    let mut iovs = [libc::iovec {
-        iov_base: std::ptr::null_mut(),
-        iov_len: 0,
-    }; BATCH];
-    // SAFETY: all-zero is a valid mmsghdr (no name, no buffers, no control data).
-    let mut msgs: [libc::mmsghdr; BATCH] = unsafe { std::mem::zeroed() };
+    let RecvState { msgs, iovs, names } = state;
     for i in 0..n {
         iovs[i] = libc::iovec {
             iov_base: buf[i * slot..].as_mut_ptr().cast(),
             iov_len: slot,
         };
         let h = &mut msgs[i].msg_hdr;
-        h.msg_name = names[i].as_mut_ptr().cast();
+        h.msg_name = (&mut names[i] as *mut libc::sockaddr_storage).cast();
         h.msg_namelen = size_of::<libc::sockaddr_storage>() as libc::socklen_t;
         h.msg_iov = &mut iovs[i];
         h.msg_iovlen = 1;
     }
-    // SAFETY: each of the first `n` headers points at its own name storage
-    // and iovec, each iovec at a disjoint `slot`-sized part of `buf`; all
-    // outlive the call.
-    let got = cvt(unsafe {
-        libc::recvmmsg(
+    // SAFETY: recvmmsg(2) with the first `n` headers each pointing at its
+    // own name storage and iovec, each iovec at a disjoint `slot`-sized part
+    // of `buf`; all outlive the call. Through syscall(2): glibc's recvmmsg
+    // is a cancellation point (see below).
+    let got = cvt_size(unsafe {
+        libc::syscall(
+            libc::SYS_recvmmsg,
             fd,
             msgs.as_mut_ptr(),
             n as libc::c_uint,
             libc::MSG_TRUNC | libc::MSG_DONTWAIT,
-            std::ptr::null_mut(),
-        )
-    })? as usize;
+            std::ptr::null_mut::<libc::timespec>(),
+        ) as libc::ssize_t
+    })?;
     for i in 0..got {
         let m = &msgs[i];
-        // SAFETY: zero-initialised, and the kernel filled at most `msg_namelen` bytes of it.
-        let storage = unsafe { names[i].assume_init() };
         out[i] = (
             m.msg_len as usize,
-            addr_from_storage(&storage, m.msg_hdr.msg_namelen),
+            addr_from_storage(&names[i], m.msg_hdr.msg_namelen),
         );
     }
     Ok(got)
 }
 
-// The stream calls of every event go through syscall(2), not glibc's
-// recv/send/sendmsg: those are pthread cancellation points, and once the
+/// Sends one datagram to `to` (sendto(2) through syscall(2), see below).
+pub(crate) fn send_to(fd: RawFd, to: &SockAddr, buf: &[u8]) -> io::Result<usize> {
+    let (addr, len) = to.as_ptr();
+    // SAFETY: sendto(2) with `buf` valid for reads of `buf.len()` bytes and
+    // `addr` valid for `len` bytes, both for the call.
+    cvt_size(unsafe {
+        libc::syscall(
+            libc::SYS_sendto,
+            fd,
+            buf.as_ptr(),
+            buf.len(),
+            libc::MSG_NOSIGNAL | libc::MSG_DONTWAIT,
+            addr,
+            len,
+        ) as libc::ssize_t
+    })
+}
+
+// The stream and datagram calls of every event go through syscall(2), not
+// glibc's recv/send/sendmsg/sendto/recvmmsg: those are pthread cancellation points, and once the
 // process has a second thread (loopd's log writer, a worker) each one
 // enables and disables asynchronous cancellation around the system call,
 // about 30 instructions each way, per call. loopd never cancels a thread.
