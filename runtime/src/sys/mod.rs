@@ -723,6 +723,31 @@ mod tests {
             }
             let err = recv_batch(rx.as_raw_fd(), &mut state, &mut buf, SLOT, &mut out).unwrap_err();
             assert_eq!(err.kind(), io::ErrorKind::WouldBlock, "{bind}");
+
+            // The same state with another buffer and slot size (headers
+            // kept from the calls above must not be reused as they are).
+            let mut other = vec![0u8; 4 * 64];
+            tx.send_to(&[9u8; 40], to).unwrap();
+            tx.send_to(&[8u8; 64], to).unwrap();
+            let mut got = Vec::new();
+            for _ in 0..1000 {
+                match recv_batch(rx.as_raw_fd(), &mut state, &mut other, 64, &mut out) {
+                    Ok(n) => {
+                        for (i, (len, from)) in out[..n].iter().enumerate() {
+                            assert_eq!(from.to_socket_addr(), Some(tx.local_addr().unwrap()));
+                            got.push(other[i * 64..][..*len].to_vec());
+                        }
+                        if got.len() == 2 {
+                            break;
+                        }
+                    }
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                        std::thread::sleep(std::time::Duration::from_millis(5))
+                    }
+                    Err(e) => panic!("recv_batch: {e}"),
+                }
+            }
+            assert_eq!(got, vec![vec![9u8; 40], vec![8u8; 64]], "{bind}");
         }
     }
 
