@@ -19,9 +19,9 @@
 //! the second one dropped as an echo. Keep the window short (the default,
 //! 500 ms, is many round trips on any LAN) or set it to 0 to turn this off.
 
-use std::collections::hash_map::RandomState;
-use std::hash::BuildHasher;
 use std::net::SocketAddr;
+
+use crate::sip::SipKey;
 
 /// Fingerprints per set: a set's keys and expiries fill one cache line.
 const WAYS: usize = 4;
@@ -49,7 +49,7 @@ pub(crate) struct EchoFilter {
     /// The sender of slot `set * WAYS + way`, read only on a match.
     senders: Vec<SocketAddr>,
     /// Keyed randomly per process, so nobody can craft colliding datagrams.
-    hasher: RandomState,
+    key: SipKey,
     /// The ports the relay sends to: senders there may be relays.
     relay_ports: Vec<u16>,
 }
@@ -90,7 +90,7 @@ impl EchoFilter {
             mask: sets.saturating_sub(1),
             sets: vec![Set::default(); sets],
             senders: vec![unspecified; sets * WAYS],
-            hasher: RandomState::new(),
+            key: SipKey::random(),
             relay_ports,
         }
     }
@@ -99,7 +99,7 @@ impl EchoFilter {
     /// [`EchoFilter::is_echo_key`] and [`EchoFilter::record_key`]; `None`
     /// when the filter is off.
     pub(crate) fn key(&self, data: &[u8]) -> Option<u64> {
-        (self.window_ms != 0).then(|| self.hasher.hash_one(strip_tags(data)))
+        (self.window_ms != 0).then(|| self.key.hash(strip_tags(data)))
     }
 
     /// Whether `data` from `from` is a copy of something relayed recently.

@@ -38,6 +38,7 @@ pub mod config;
 mod echo;
 mod limiter;
 mod local;
+mod sip;
 
 use std::fmt;
 use std::net::SocketAddr;
