@@ -344,7 +344,10 @@ impl Runtime {
     }
 
     /// [`Runtime::datagram_readable`]'s loop; true if it stopped at the
-    /// per-event budget with datagrams perhaps still waiting.
+    /// per-event budget with datagrams perhaps still waiting. After a batch
+    /// that drained the socket it receives once more while that has been
+    /// finding datagrams (`datagram::Drain`): what arrived while the batch
+    /// was handled is taken without a loop pass and a poller wait.
     fn datagram_batches(
         &mut self,
         id: u64,
@@ -352,6 +355,7 @@ impl Runtime {
         got: &mut [(usize, loopd_handler_api::abi::loopd_addr)],
     ) -> bool {
         let mut left = DATAGRAMS_PER_EVENT;
+        let mut again = false;
         while left > 0 {
             let batch = {
                 let mut core = self.core.borrow_mut();
@@ -359,7 +363,11 @@ impl Runtime {
                     return false;
                 };
                 let want = left.min(got.len());
-                d.recv_batch(id, buf, &mut got[..want])
+                let batch = d.recv_batch(id, buf, &mut got[..want]);
+                if again && !matches!(batch, Batch::Retry) {
+                    d.drain().tried(matches!(batch, Batch::Got { .. }));
+                }
+                batch
             };
             let (instance, count, slot, drained) = match batch {
                 Batch::Got {
@@ -389,7 +397,16 @@ impl Runtime {
             }
             left -= count.min(left);
             if drained {
-                return false;
+                let mut core = self.core.borrow_mut();
+                let Some(Source::Datagram(d)) = core.sources.get_mut(id) else {
+                    return false;
+                };
+                if left == 0 || !d.drain().try_again() {
+                    return false;
+                }
+                again = true;
+            } else {
+                again = false;
             }
         }
         true

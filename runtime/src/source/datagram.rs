@@ -38,6 +38,62 @@ pub(crate) struct Datagram {
     /// The batch receive's headers, from the first receive on (a socket
     /// that only sends never has them).
     recv_state: Option<Box<sys::RecvState>>,
+    /// Whether receiving again after a drained batch pays (see [`Drain`]).
+    drain: Drain,
+}
+
+/// Whether to receive again after a batch that drained the socket, instead
+/// of going back to the poller: datagrams may have arrived while the batch
+/// was handled (each `sendto` of a relay takes microseconds). A receive
+/// again that finds one saves a whole loop pass and a poller wait; one that
+/// finds none costs a receive that fails with `EAGAIN`, a third of that or
+/// less. So it is done while recent tries found datagrams at least a third
+/// of the time: a busy socket is drained until it is empty, one that gets a
+/// datagram now and then costs a failed receive only on every
+/// [`Drain::PROBE_EVERY`]th batch, the probe that notices when traffic picks
+/// up. It never waits: each try is one non-blocking receive.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Drain {
+    /// How often recent tries found datagrams, in 1/256 (a moving average
+    /// over about 8 tries).
+    hit_rate: u16,
+    /// Drained batches since the last try (for the probe).
+    since_try: u8,
+}
+
+impl Default for Drain {
+    fn default() -> Drain {
+        // Start as if tries paid: a socket under load is drained from its
+        // first batch, an idle one learns otherwise within a few tries.
+        Drain {
+            hit_rate: 256,
+            since_try: 0,
+        }
+    }
+}
+
+impl Drain {
+    /// A try is made while at least this share (in 1/256) of recent tries
+    /// found datagrams.
+    const WORTH: u16 = 256 / 3;
+    /// Otherwise every this many drained batches, to notice a change.
+    const PROBE_EVERY: u8 = 16;
+
+    /// After a batch that drained the socket: receive again now?
+    pub(crate) fn try_again(&mut self) -> bool {
+        self.since_try = self.since_try.saturating_add(1);
+        if self.hit_rate >= Self::WORTH || self.since_try >= Self::PROBE_EVERY {
+            self.since_try = 0;
+            true
+        } else {
+            false
+        }
+    }
+
+    /// What the try found.
+    pub(crate) fn tried(&mut self, found: bool) {
+        self.hit_rate = self.hit_rate - self.hit_rate / 8 + if found { 32 } else { 0 };
+    }
 }
 
 /// What one batch receive gave.
@@ -101,6 +157,11 @@ impl Datagram {
                 Batch::Stop
             }
         }
+    }
+
+    /// Whether to receive again after a batch that drained the socket.
+    pub(crate) fn drain(&mut self) -> &mut Drain {
+        &mut self.drain
     }
 
     fn url(&self) -> &str {
@@ -266,6 +327,7 @@ pub(crate) fn open(core: &mut Core, sa: &SocketAddr, instance: InstanceId) -> io
         oversize_log: RateLimit::default(),
         error_log: RateLimit::default(),
         recv_state: None,
+        drain: Drain::default(),
     };
     let id = core.register(Source::Datagram(d), true, false)?;
     Ok(Bound {
@@ -452,6 +514,45 @@ mod tests {
             0,
             "only a full buffer counts as dropped"
         );
+    }
+
+    #[test]
+    fn draining_again_is_kept_up_only_while_it_finds_datagrams() {
+        let mut d = Drain::default();
+        assert!(d.try_again(), "a new socket tries");
+        // Tries that find nothing: soon only every PROBE_EVERY-th batch.
+        let mut tries = 0;
+        for _ in 0..200 {
+            if d.try_again() {
+                tries += 1;
+                d.tried(false);
+            }
+        }
+        assert!(
+            (200 / usize::from(Drain::PROBE_EVERY)..=30).contains(&tries),
+            "{tries}"
+        );
+        // Traffic picks up: a probe that finds datagrams, then a few more,
+        // and every batch tries again.
+        let mut streak = 0;
+        for _ in 0..100 {
+            if d.try_again() {
+                d.tried(true);
+                streak += 1;
+            } else {
+                streak = 0;
+            }
+        }
+        assert!(streak >= 50, "{streak}");
+        // Half the tries find datagrams: still worth it (above a third).
+        let mut made = 0;
+        for i in 0..100 {
+            if d.try_again() {
+                made += 1;
+                d.tried(i % 2 == 0);
+            }
+        }
+        assert_eq!(made, 100);
     }
 
     #[test]
