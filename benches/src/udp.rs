@@ -10,10 +10,12 @@
 //!   copy it receives, so the relay, faster than this client, finds one
 //!   datagram waiting each time it wakes: the relays are measured mostly
 //!   idle, and what one wake-up costs is most of what one datagram costs.
-//! - **burst**: `BURST` datagrams sent back to back, then all their copies
-//!   collected before the next burst, as a sender that flushes a batch does
-//!   (a metrics agent, a discovery beacon to many services, a game tick).
-//!   The relay then finds several datagrams waiting when it wakes.
+//! - **burst**: `BURST` datagrams sent at once (one `sendmmsg`), then all
+//!   their copies collected before the next burst, as a sender that flushes
+//!   a batch does (a metrics agent, a QUIC or DNS implementation, a game
+//!   tick), or as many senders arriving together would. The client then
+//!   sends faster than a relay relays, and the relay finds several
+//!   datagrams waiting when it wakes.
 //!
 //! Each datagram carries its sequence number and a pattern; every copy is
 //! checked byte for byte. Blocking sockets with a receive timeout are the
@@ -22,6 +24,7 @@
 
 use std::collections::BTreeMap;
 use std::net::{SocketAddr, UdpSocket};
+use std::os::fd::AsRawFd;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
@@ -54,11 +57,58 @@ fn fill(buf: &mut [u8], seq: u64) {
     buf[..8].copy_from_slice(&seq.to_be_bytes());
 }
 
+/// Sends each buffer as one datagram on the connected `sock`, with as few
+/// `sendmmsg` calls as the kernel takes (one, unless interrupted).
+fn send_burst(sock: &UdpSocket, bufs: &[Vec<u8>]) -> Result<()> {
+    let mut iovs: Vec<libc::iovec> = bufs
+        .iter()
+        .map(|b| libc::iovec {
+            iov_base: b.as_ptr() as *mut libc::c_void,
+            iov_len: b.len(),
+        })
+        .collect();
+    let mut msgs: Vec<libc::mmsghdr> = iovs
+        .iter_mut()
+        .map(|iov| {
+            // SAFETY: all-zero is a valid mmsghdr (no name, no control data).
+            let mut m: libc::mmsghdr = unsafe { std::mem::zeroed() };
+            m.msg_hdr.msg_iov = iov;
+            m.msg_hdr.msg_iovlen = 1;
+            m
+        })
+        .collect();
+    let mut done = 0;
+    while done < msgs.len() {
+        let rest = &mut msgs[done..];
+        // SAFETY: each header points at its own iovec, each iovec at a
+        // buffer of `bufs`; all outlive the call. The socket is connected,
+        // so no address is needed.
+        let r = unsafe {
+            libc::sendmmsg(sock.as_raw_fd(), rest.as_mut_ptr(), rest.len() as libc::c_uint, 0)
+        };
+        if r < 0 {
+            let e = std::io::Error::last_os_error();
+            if e.kind() == std::io::ErrorKind::Interrupted {
+                continue;
+            }
+            return Err(e).context("sendmmsg");
+        }
+        done += r as usize;
+    }
+    Ok(())
+}
+
 /// The client's two sockets: `tx` sends to the relay, `rx` is the relay's target.
 #[derive(Debug)]
 pub struct Client {
     tx: UdpSocket,
     rx: UdpSocket,
+    /// The first sequence number of the next run: runs never reuse one, so
+    /// a copy that arrives after its run counted it lost (a stalled
+    /// machine) is recognised as late in the next run, not taken for a
+    /// datagram never sent. Runs start above the numbers [`Client::verify`]
+    /// uses, for the same reason.
+    next_seq: std::cell::Cell<u64>,
 }
 
 impl Client {
@@ -69,7 +119,11 @@ impl Client {
         rx.set_read_timeout(Some(LOSS_TIMEOUT))?;
         let tx = UdpSocket::bind("127.0.0.1:0")?;
         tx.connect(relay)?;
-        Ok(Client { tx, rx })
+        Ok(Client {
+            tx,
+            rx,
+            next_seq: std::cell::Cell::new(1 << 32),
+        })
     }
 
     /// Checks relaying one datagram at a time, sizes 1 to 1472 bytes.
@@ -139,9 +193,13 @@ impl Client {
         mark: &mut dyn FnMut(bool) -> Result<()>,
     ) -> Result<(u64, u64, Duration)> {
         let mut msg = vec![0u8; size.max(8)];
+        let mut burst = match load {
+            Load::Burst(b) => vec![vec![0u8; size.max(8)]; b as usize],
+            Load::Window(_) => Vec::new(),
+        };
         let mut back = vec![0u8; 65536];
-        let mut next_send: u64 = 0;
-        let mut next_recv: u64 = 0;
+        let mut next_send: u64 = self.next_seq.get();
+        let mut next_recv: u64 = next_send;
         let mut relayed = 0u64;
         let mut lost = 0u64;
         mark(true)?;
@@ -151,15 +209,22 @@ impl Client {
         let mut last = t0;
         loop {
             let sending = Instant::now() < stop_at;
-            let room = match load {
-                Load::Window(w) => w - (next_send - next_recv),
-                Load::Burst(b) if next_send == next_recv => b,
-                Load::Burst(_) => 0,
-            };
-            for _ in 0..if sending { room } else { 0 } {
-                fill(&mut msg, next_send);
-                self.tx.send(&msg)?;
-                next_send += 1;
+            match load {
+                Load::Window(w) => {
+                    while sending && next_send - next_recv < w {
+                        fill(&mut msg, next_send);
+                        self.tx.send(&msg)?;
+                        next_send += 1;
+                    }
+                }
+                Load::Burst(_) if sending && next_send == next_recv => {
+                    for b in burst.iter_mut() {
+                        fill(b, next_send);
+                        next_send += 1;
+                    }
+                    send_burst(&self.tx, &burst)?;
+                }
+                Load::Burst(_) => {}
             }
             if next_recv == next_send {
                 break;
@@ -204,6 +269,7 @@ impl Client {
             }
         }
         mark(false)?;
+        self.next_seq.set(next_send);
         Ok((relayed, lost, last.duration_since(t0)))
     }
 }
