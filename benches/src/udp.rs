@@ -84,7 +84,12 @@ fn send_burst(sock: &UdpSocket, bufs: &[Vec<u8>]) -> Result<()> {
         // buffer of `bufs`; all outlive the call. The socket is connected,
         // so no address is needed.
         let r = unsafe {
-            libc::sendmmsg(sock.as_raw_fd(), rest.as_mut_ptr(), rest.len() as libc::c_uint, 0)
+            libc::sendmmsg(
+                sock.as_raw_fd(),
+                rest.as_mut_ptr(),
+                rest.len() as libc::c_uint,
+                0,
+            )
         };
         if r < 0 {
             let e = std::io::Error::last_os_error();

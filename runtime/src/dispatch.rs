@@ -18,7 +18,7 @@ use crate::core::Deferred;
 use crate::event_loop::Ready;
 use crate::hooks::Hooks;
 use crate::instance::InstanceId;
-use crate::source::datagram::{Batch, DROPPED};
+use crate::source::datagram::{Batch, DROPPED, SLOT_GAP};
 use crate::source::listener::{self, Bound};
 use crate::source::stream::{self, peer_text, Input, Read};
 use crate::source::{watch, Source};
@@ -31,9 +31,10 @@ const READS_PER_EVENT: usize = 4;
 /// Most datagrams read from one socket per readiness event (fairness).
 const DATAGRAMS_PER_EVENT: usize = 64;
 /// The datagram batch buffer: `sys::BATCH` slots of the largest datagram
-/// (64 KiB). Zeroed memory is mapped lazily, so only the pages datagrams
-/// land in are ever resident (one per slot for small ones).
-const DATAGRAM_BUFFER: usize = sys::BATCH * crate::SCRATCH_SIZE;
+/// (64 KiB), each followed by a [`SLOT_GAP`]. Zeroed memory is mapped
+/// lazily, so only the pages datagrams land in are ever resident (one per
+/// slot for small ones).
+const DATAGRAM_BUFFER: usize = sys::BATCH * (crate::SCRATCH_SIZE + SLOT_GAP);
 /// Most posted messages delivered to one instance per pass (fairness).
 const MESSAGES_PER_PASS: usize = 256;
 
@@ -369,13 +370,13 @@ impl Runtime {
                 }
                 batch
             };
-            let (instance, count, slot, drained) = match batch {
+            let (instance, count, stride, drained) = match batch {
                 Batch::Got {
                     instance,
                     count,
-                    slot,
+                    stride,
                     drained,
-                } => (instance, count, slot, drained),
+                } => (instance, count, stride, drained),
                 Batch::Retry => continue,
                 Batch::Stop => return false,
             };
@@ -391,7 +392,7 @@ impl Runtime {
                 ) {
                     return false;
                 }
-                let data = &buf[i * slot..i * slot + len];
+                let data = &buf[i * stride..i * stride + len];
                 self.hooks().on_datagram(instance, id, peer, data);
                 self.drain_pending();
             }

@@ -96,15 +96,22 @@ impl Drain {
     }
 }
 
+/// The space between two slots of a batch buffer, past the largest
+/// datagram: slots 64 KiB apart would all fall in the same set of every
+/// cache level (the set index is below bit 16), so a batch of 30 small
+/// datagrams would evict itself before the handler and `sendto` read it
+/// back. One cache line more per slot puts each slot in a set of its own.
+pub(crate) const SLOT_GAP: usize = 64;
+
 /// What one batch receive gave.
 pub(crate) enum Batch {
-    /// `count` datagrams arrived, each in its `slot`-sized part of the
+    /// `count` datagrams arrived, datagram `i` at `i * stride` in the
     /// buffer; those over `max_datagram` have length [`DROPPED`] (counted
     /// and dropped). `drained`: the socket had no more.
     Got {
         instance: InstanceId,
         count: usize,
-        slot: usize,
+        stride: usize,
         drained: bool,
     },
     /// Interrupted: receive again.
@@ -118,8 +125,9 @@ pub(crate) const DROPPED: usize = usize::MAX;
 
 impl Datagram {
     /// Receives up to `out.len()` datagrams at once (one `recvmmsg` on
-    /// Linux): datagram `i` in `buf[i * slot..]`, its length and sender in
-    /// `out[i]`. A datagram over the limit is dropped whole and counted.
+    /// Linux): datagram `i` in `buf[i * stride..]` (`stride` is
+    /// `max_datagram` plus [`SLOT_GAP`]), its length and sender in `out[i]`.
+    /// A datagram over the limit is dropped whole and counted.
     pub(crate) fn recv_batch(
         &mut self,
         id: u64,
@@ -127,10 +135,11 @@ impl Datagram {
         out: &mut [(usize, abi::loopd_addr)],
     ) -> Batch {
         let slot = self.max_datagram.max(1);
-        let want = out.len().min(buf.len() / slot).max(1);
+        let stride = slot + SLOT_GAP;
+        let want = out.len().min(buf.len() / stride).max(1);
         let fd = self.sock.as_raw_fd();
         let state = self.recv_state.get_or_insert_with(sys::RecvState::new);
-        match sys::recv_batch(fd, state, buf, slot, &mut out[..want]) {
+        match sys::recv_batch(fd, state, buf, stride, slot, &mut out[..want]) {
             Ok(count) => {
                 for (len, peer) in &mut out[..count] {
                     if *len > slot {
@@ -143,7 +152,7 @@ impl Datagram {
                 Batch::Got {
                     instance: self.instance,
                     count,
-                    slot,
+                    stride,
                     drained: count < want,
                 }
             }
@@ -573,10 +582,10 @@ mod tests {
                 panic!("socket gone");
             };
             match d.recv_batch(b.id, &mut buf, &mut out) {
-                Batch::Got { count, slot, .. } => {
-                    assert_eq!(slot, 100);
+                Batch::Got { count, stride, .. } => {
+                    assert_eq!(stride, 100 + SLOT_GAP);
                     for (i, (len, _)) in out[..count].iter().enumerate() {
-                        got.push((*len != DROPPED).then(|| buf[i * slot..][..*len].to_vec()));
+                        got.push((*len != DROPPED).then(|| buf[i * stride..][..*len].to_vec()));
                     }
                 }
                 Batch::Retry => {}

@@ -82,8 +82,10 @@ pub(crate) struct RecvState {
     msgs: [libc::mmsghdr; BATCH],
     iovs: [libc::iovec; BATCH],
     names: [libc::sockaddr_storage; BATCH],
-    /// The buffer, slot size and count the first `ready` headers point at.
+    /// The buffer, stride, slot size and count the first `ready` headers
+    /// point at.
     base: *mut u8,
+    stride: usize,
     slot: usize,
     ready: usize,
 }
@@ -96,17 +98,17 @@ impl RecvState {
         Box::new(unsafe { std::mem::zeroed() })
     }
 
-    /// Points the first `n` headers at `slot`-sized parts of `buf` and at
-    /// their own name storage and iovec, unless they already are.
-    fn prepare(&mut self, buf: &mut [u8], slot: usize, n: usize) {
+    /// Points the first `n` headers at `slot` bytes every `stride` of `buf`
+    /// and at their own name storage and iovec, unless they already are.
+    fn prepare(&mut self, buf: &mut [u8], stride: usize, slot: usize, n: usize) {
         let base = buf.as_mut_ptr();
-        if self.base == base && self.slot == slot && self.ready >= n {
+        if self.base == base && self.stride == stride && self.slot == slot && self.ready >= n {
             return;
         }
         let name_len = size_of::<libc::sockaddr_storage>() as libc::socklen_t;
         for i in 0..n {
             self.iovs[i] = libc::iovec {
-                iov_base: buf[i * slot..].as_mut_ptr().cast(),
+                iov_base: buf[i * stride..][..slot].as_mut_ptr().cast(),
                 iov_len: slot,
             };
             let h = &mut self.msgs[i].msg_hdr;
@@ -115,13 +117,14 @@ impl RecvState {
             h.msg_iov = &mut self.iovs[i];
             h.msg_iovlen = 1;
         }
-        (self.base, self.slot, self.ready) = (base, slot, n);
+        (self.base, self.stride, self.slot, self.ready) = (base, stride, slot, n);
     }
 }
 
 impl std::fmt::Debug for RecvState {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("RecvState")
+            .field("stride", &self.stride)
             .field("slot", &self.slot)
             .field("ready", &self.ready)
             .finish_non_exhaustive()
@@ -129,25 +132,28 @@ impl std::fmt::Debug for RecvState {
 }
 
 /// Receives up to `out.len()` datagrams with one `recvmmsg(2)`: datagram
-/// `i` into `buf[i * slot..][..slot]`, its real length (`MSG_TRUNC`: above
-/// `slot` means it did not fit) and sender into `out[i]`. Returns how many
-/// arrived; fewer than asked means the socket is drained. `WouldBlock` when
-/// none was waiting.
+/// `i` into `buf[i * stride..][..slot]` (`slot <= stride`), its real
+/// length (`MSG_TRUNC`: above `slot` means it did not fit) and sender into
+/// `out[i]`. Returns how many arrived; fewer than asked means the socket is
+/// drained. `WouldBlock` when none was waiting.
 pub(crate) fn recv_batch(
     fd: RawFd,
     state: &mut RecvState,
     buf: &mut [u8],
+    stride: usize,
     slot: usize,
     out: &mut [(usize, loopd_addr)],
 ) -> io::Result<usize> {
-    let n = out.len().min(BATCH).min(buf.len() / slot.max(1));
+    let stride = stride.max(slot).max(1);
+    let n = out.len().min(BATCH).min(buf.len() / stride);
     if n == 0 {
         return Ok(0);
     }
-    state.prepare(buf, slot, n);
+    state.prepare(buf, stride, slot, n);
     // SAFETY: recvmmsg(2) with the first `n` headers each pointing at its
     // own name storage and iovec (in `state`, which outlives the call), each
-    // iovec at a disjoint `slot`-sized part of `buf`, which `prepare` just
+    // iovec at a disjoint `slot`-sized part of `buf` (`slot <= stride`, the
+    // first `n` strides inside `buf`), which `prepare` just
     // checked is the buffer they point into and which is borrowed mutably
     // for the call. Through syscall(2): glibc's recvmmsg is a cancellation
     // point (see below).

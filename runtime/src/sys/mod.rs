@@ -686,19 +686,21 @@ mod tests {
                 let len = if i == 10 { 100 } else { usize::from(i) % SLOT };
                 tx.send_to(&vec![i; len], to).unwrap();
             }
-            let mut buf = vec![0u8; BATCH * SLOT];
+            // Slots of 16 bytes, 24 apart.
+            const STRIDE: usize = SLOT + 8;
+            let mut buf = vec![0u8; BATCH * STRIDE];
             let mut out = vec![(0, loopd_addr::default()); BATCH];
             let mut state = RecvState::new();
             let mut seen = Vec::new();
             let mut calls = Vec::new();
             for _ in 0..1000 {
-                match recv_batch(rx.as_raw_fd(), &mut state, &mut buf, SLOT, &mut out) {
+                match recv_batch(rx.as_raw_fd(), &mut state, &mut buf, STRIDE, SLOT, &mut out) {
                     Ok(n) => {
                         calls.push(n);
                         for (i, (len, from)) in out[..n].iter().enumerate() {
                             assert_eq!(from.to_socket_addr(), Some(tx.local_addr().unwrap()));
                             let kept = (*len).min(SLOT);
-                            seen.push((*len, buf[i * SLOT..][..kept].to_vec()));
+                            seen.push((*len, buf[i * STRIDE..][..kept].to_vec()));
                         }
                         if seen.len() == 40 {
                             break;
@@ -721,7 +723,8 @@ mod tests {
                     assert_eq!(data, &vec![i as u8; i % SLOT], "{bind}: datagram {i}");
                 }
             }
-            let err = recv_batch(rx.as_raw_fd(), &mut state, &mut buf, SLOT, &mut out).unwrap_err();
+            let err = recv_batch(rx.as_raw_fd(), &mut state, &mut buf, STRIDE, SLOT, &mut out)
+                .unwrap_err();
             assert_eq!(err.kind(), io::ErrorKind::WouldBlock, "{bind}");
 
             // The same state with another buffer and slot size (headers
@@ -731,7 +734,7 @@ mod tests {
             tx.send_to(&[8u8; 64], to).unwrap();
             let mut got = Vec::new();
             for _ in 0..1000 {
-                match recv_batch(rx.as_raw_fd(), &mut state, &mut other, 64, &mut out) {
+                match recv_batch(rx.as_raw_fd(), &mut state, &mut other, 64, 64, &mut out) {
                     Ok(n) => {
                         for (i, (len, from)) in out[..n].iter().enumerate() {
                             assert_eq!(from.to_socket_addr(), Some(tx.local_addr().unwrap()));

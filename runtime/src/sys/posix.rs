@@ -153,7 +153,7 @@ impl RecvState {
 }
 
 /// Receives up to `out.len()` datagrams, one `recvmsg` each (POSIX has no
-/// `recvmmsg`): datagram `i` into `buf[i * slot..][..slot]`, its length as
+/// `recvmmsg`): datagram `i` into `buf[i * stride..][..slot]`, its length as
 /// [`recv_from`] reports it and sender into `out[i]`. Returns how many
 /// arrived; fewer than asked means the socket is drained. `WouldBlock` when
 /// none was waiting.
@@ -161,12 +161,14 @@ pub(crate) fn recv_batch(
     fd: RawFd,
     _state: &mut RecvState,
     buf: &mut [u8],
+    stride: usize,
     slot: usize,
     out: &mut [(usize, loopd_addr)],
 ) -> io::Result<usize> {
-    let n = out.len().min(BATCH).min(buf.len() / slot.max(1));
+    let stride = stride.max(slot).max(1);
+    let n = out.len().min(BATCH).min(buf.len() / stride);
     for i in 0..n {
-        match recv_from(fd, &mut buf[i * slot..(i + 1) * slot]) {
+        match recv_from(fd, &mut buf[i * stride..][..slot]) {
             Ok(got) => out[i] = got,
             Err(e) if i > 0 && e.kind() == io::ErrorKind::WouldBlock => return Ok(i),
             Err(e) if i > 0 && e.kind() == io::ErrorKind::Interrupted => return Ok(i),
