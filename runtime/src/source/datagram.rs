@@ -50,8 +50,10 @@ pub(crate) struct Datagram {
 /// less. So it is done while recent tries found datagrams at least a third
 /// of the time: a busy socket is drained until it is empty, one that gets a
 /// datagram now and then costs a failed receive only on every
-/// [`Drain::PROBE_EVERY`]th batch, the probe that notices when traffic picks
-/// up. It never waits: each try is one non-blocking receive.
+/// [`Drain::PROBE_EVERY`]th batch (1/64 of a syscall per datagram when they
+/// come one at a time), the probe that notices when traffic picks up: one
+/// that finds datagrams turns the tries back on at once. It never waits:
+/// each try is one non-blocking receive.
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct Drain {
     /// How often recent tries found datagrams, in 1/256 (a moving average
@@ -77,7 +79,7 @@ impl Drain {
     /// found datagrams.
     const WORTH: u16 = 256 / 3;
     /// Otherwise every this many drained batches, to notice a change.
-    const PROBE_EVERY: u8 = 16;
+    const PROBE_EVERY: u8 = 64;
 
     /// After a batch that drained the socket: receive again now?
     pub(crate) fn try_again(&mut self) -> bool {
@@ -92,7 +94,12 @@ impl Drain {
 
     /// What the try found.
     pub(crate) fn tried(&mut self, found: bool) {
-        self.hit_rate = self.hit_rate - self.hit_rate / 8 + if found { 32 } else { 0 };
+        let decayed = self.hit_rate - self.hit_rate / 8;
+        self.hit_rate = if found {
+            (decayed + 32).max(Self::WORTH)
+        } else {
+            decayed
+        };
     }
 }
 
