@@ -1,6 +1,7 @@
 //! UDP in the runtime, driven through the udp-probe fixture: IPv4 and IPv6
 //! listeners, whole datagrams with their sender, datagrams over max_frame
-//! dropped whole, send_datagram from on_listen / on_data / on_timer,
+//! dropped whole, datagrams that queue up while a batch is handled all
+//! delivered in order, send_datagram from on_listen / on_data / on_timer,
 //! SO_BROADCAST only with `broadcast = true`, and a full kernel send buffer
 //! (made real with a throttled interface in a namespace) dropping and
 //! counting instead of queueing.
@@ -91,6 +92,49 @@ fn datagrams_arrive_whole_with_their_sender_over_ipv4_and_ipv6() {
     }
     sockets.dedup();
     assert_eq!(sockets.len(), 2, "two sockets, two ids: {sockets:?}");
+}
+
+/// Datagrams sent in windows of 48 queue up at loopd's socket while it
+/// handles (and answers) earlier ones: the batch receive and the receive
+/// again after a drained batch must hand every one to the handler once, in
+/// order, and whole; one over max_frame in each window is dropped without
+/// shifting the others.
+#[test]
+fn datagrams_queued_while_a_batch_is_handled_all_arrive_in_order() {
+    let loopd = Loopd::start(&probe_config(r#""udp://127.0.0.1:0""#, "max_frame = 1500"));
+    let addr = udp_addrs(&loopd, "udp-probe")[0];
+    let c = client("127.0.0.1:0");
+    const WINDOWS: usize = 60;
+    const PER_WINDOW: usize = 48;
+    let mut sent = Vec::new();
+    for w in 0..WINDOWS {
+        let mut expect = Vec::new();
+        for i in 0..PER_WINDOW {
+            let n = w * PER_WINDOW + i;
+            // One 1600-byte datagram per window: over max_frame, dropped.
+            let size = if i == 17 { 1600 } else { 8 + n % 700 };
+            let mut data = pattern(size, n as u8);
+            data[..8].copy_from_slice(&(n as u64).to_be_bytes());
+            c.send_to(&data, addr).unwrap();
+            if size <= 1500 {
+                expect.push(format!("len={size} fnv={:016x}", fnv1a(&data)));
+            }
+        }
+        for want in &expect {
+            let (reply, _) = recv_text(&c);
+            assert!(
+                reply.starts_with(want.as_str()),
+                "window {w}: expected `{want}`, got `{reply}`"
+            );
+        }
+        sent.extend(expect);
+    }
+    assert_eq!(sent.len(), WINDOWS * (PER_WINDOW - 1));
+    // Nothing more: no datagram was delivered twice.
+    c.set_read_timeout(Some(std::time::Duration::from_millis(200)))
+        .unwrap();
+    let mut buf = [0u8; 2048];
+    assert!(c.recv_from(&mut buf).is_err(), "an extra reply arrived");
 }
 
 #[test]

@@ -18,7 +18,7 @@ use crate::core::Deferred;
 use crate::event_loop::Ready;
 use crate::hooks::Hooks;
 use crate::instance::InstanceId;
-use crate::source::datagram::{Batch, DROPPED};
+use crate::source::datagram::{Batch, DROPPED, SLOT_GAP};
 use crate::source::listener::{self, Bound};
 use crate::source::stream::{self, peer_text, Input, Read};
 use crate::source::{watch, Source};
@@ -31,9 +31,10 @@ const READS_PER_EVENT: usize = 4;
 /// Most datagrams read from one socket per readiness event (fairness).
 const DATAGRAMS_PER_EVENT: usize = 64;
 /// The datagram batch buffer: `sys::BATCH` slots of the largest datagram
-/// (64 KiB). Zeroed memory is mapped lazily, so only the pages datagrams
-/// land in are ever resident (one per slot for small ones).
-const DATAGRAM_BUFFER: usize = sys::BATCH * crate::SCRATCH_SIZE;
+/// (64 KiB), each followed by a [`SLOT_GAP`]. Zeroed memory is mapped
+/// lazily, so only the pages datagrams land in are ever resident (one per
+/// slot for small ones).
+const DATAGRAM_BUFFER: usize = sys::BATCH * (crate::SCRATCH_SIZE + SLOT_GAP);
 /// Most posted messages delivered to one instance per pass (fairness).
 const MESSAGES_PER_PASS: usize = 256;
 
@@ -344,7 +345,10 @@ impl Runtime {
     }
 
     /// [`Runtime::datagram_readable`]'s loop; true if it stopped at the
-    /// per-event budget with datagrams perhaps still waiting.
+    /// per-event budget with datagrams perhaps still waiting. After a batch
+    /// that drained the socket it receives once more while that has been
+    /// finding datagrams (`datagram::Drain`): what arrived while the batch
+    /// was handled is taken without a loop pass and a poller wait.
     fn datagram_batches(
         &mut self,
         id: u64,
@@ -352,6 +356,7 @@ impl Runtime {
         got: &mut [(usize, loopd_handler_api::abi::loopd_addr)],
     ) -> bool {
         let mut left = DATAGRAMS_PER_EVENT;
+        let mut again = false;
         while left > 0 {
             let batch = {
                 let mut core = self.core.borrow_mut();
@@ -359,15 +364,19 @@ impl Runtime {
                     return false;
                 };
                 let want = left.min(got.len());
-                d.recv_batch(id, buf, &mut got[..want])
+                let batch = d.recv_batch(id, buf, &mut got[..want]);
+                if again && !matches!(batch, Batch::Retry) {
+                    d.drain().tried(matches!(batch, Batch::Got { .. }));
+                }
+                batch
             };
-            let (instance, count, slot, drained) = match batch {
+            let (instance, count, stride, drained) = match batch {
                 Batch::Got {
                     instance,
                     count,
-                    slot,
+                    stride,
                     drained,
-                } => (instance, count, slot, drained),
+                } => (instance, count, stride, drained),
                 Batch::Retry => continue,
                 Batch::Stop => return false,
             };
@@ -383,13 +392,22 @@ impl Runtime {
                 ) {
                     return false;
                 }
-                let data = &buf[i * slot..i * slot + len];
+                let data = &buf[i * stride..i * stride + len];
                 self.hooks().on_datagram(instance, id, peer, data);
                 self.drain_pending();
             }
             left -= count.min(left);
             if drained {
-                return false;
+                let mut core = self.core.borrow_mut();
+                let Some(Source::Datagram(d)) = core.sources.get_mut(id) else {
+                    return false;
+                };
+                if left == 0 || !d.drain().try_again() {
+                    return false;
+                }
+                again = true;
+            } else {
+                again = false;
             }
         }
         true

@@ -19,45 +19,37 @@
 //! the second one dropped as an echo. Keep the window short (the default,
 //! 500 ms, is many round trips on any LAN) or set it to 0 to turn this off.
 
-use std::collections::hash_map::RandomState;
-use std::collections::{HashMap, VecDeque};
-use std::hash::{BuildHasher, BuildHasherDefault, Hasher};
 use std::net::SocketAddr;
 
-/// Keys of `seen` are already randomly keyed SipHash fingerprints: hashing
-/// them again would only cost time (three times per datagram), and nobody
-/// can aim collisions at them, so the map uses them as they are.
-#[derive(Debug, Default)]
-pub(crate) struct KeyHasher(u64);
+use crate::sip::SipKey;
 
-impl Hasher for KeyHasher {
-    fn finish(&self) -> u64 {
-        self.0
-    }
+/// Fingerprints per set: a set's keys and expiries fill one cache line.
+const WAYS: usize = 4;
 
-    fn write(&mut self, bytes: &[u8]) {
-        // Only u64 keys go in; fold anything else in anyway.
-        for &b in bytes {
-            self.0 = self.0.rotate_left(8) ^ u64::from(b);
-        }
-    }
-
-    fn write_u64(&mut self, v: u64) {
-        self.0 = v;
-    }
+/// One set of the fingerprint table: a lookup reads this one cache line.
+/// A slot whose expiry has passed (or is 0) is free.
+#[derive(Debug, Clone, Copy, Default)]
+#[repr(C, align(64))]
+struct Set {
+    keys: [u64; WAYS],
+    expiry: [u64; WAYS],
 }
 
-/// Fingerprints of recently relayed datagrams.
+/// Fingerprints of recently relayed datagrams, in a fixed set-associative
+/// table: a fingerprint (already a keyed SipHash, so nobody can aim datagrams
+/// at one set) picks its set by its low bits, and a new one takes the slot
+/// of the set that expires first (a free one if any). One datagram costs one
+/// cache line to look up and record, with no allocation and no sweep.
 #[derive(Debug)]
 pub(crate) struct EchoFilter {
     window_ms: u64,
-    capacity: usize,
-    /// fingerprint -> (sender, expiry)
-    seen: HashMap<u64, (SocketAddr, u64), BuildHasherDefault<KeyHasher>>,
-    /// (fingerprint, expiry) in the order recorded, for expiry and eviction.
-    order: VecDeque<(u64, u64)>,
+    /// `sets.len() - 1` (a power of two less one).
+    mask: usize,
+    sets: Vec<Set>,
+    /// The sender of slot `set * WAYS + way`, read only on a match.
+    senders: Vec<SocketAddr>,
     /// Keyed randomly per process, so nobody can craft colliding datagrams.
-    hasher: RandomState,
+    key: SipKey,
     /// The ports the relay sends to: senders there may be relays.
     relay_ports: Vec<u16>,
 }
@@ -83,15 +75,22 @@ pub(crate) fn strip_tags(mut data: &[u8]) -> &[u8] {
 }
 
 impl EchoFilter {
-    /// Remembers up to `capacity` datagrams for `window_ms` each (0: off);
+    /// Remembers about `capacity` datagrams (rounded up to a power of two,
+    /// at least one set) for `window_ms` each (0: off, nothing allocated);
     /// `relay_ports` are the ports the relay sends to.
     pub(crate) fn new(window_ms: u64, capacity: usize, relay_ports: Vec<u16>) -> EchoFilter {
+        let sets = if window_ms == 0 {
+            0
+        } else {
+            capacity.div_ceil(WAYS).max(1).next_power_of_two()
+        };
+        let unspecified = SocketAddr::from(([0, 0, 0, 0], 0));
         EchoFilter {
             window_ms,
-            capacity: capacity.max(1),
-            seen: HashMap::default(),
-            order: VecDeque::new(),
-            hasher: RandomState::new(),
+            mask: sets.saturating_sub(1),
+            sets: vec![Set::default(); sets],
+            senders: vec![unspecified; sets * WAYS],
+            key: SipKey::random(),
             relay_ports,
         }
     }
@@ -100,7 +99,7 @@ impl EchoFilter {
     /// [`EchoFilter::is_echo_key`] and [`EchoFilter::record_key`]; `None`
     /// when the filter is off.
     pub(crate) fn key(&self, data: &[u8]) -> Option<u64> {
-        (self.window_ms != 0).then(|| self.hasher.hash_one(strip_tags(data)))
+        (self.window_ms != 0).then(|| self.key.hash(strip_tags(data)))
     }
 
     /// Whether `data` from `from` is a copy of something relayed recently.
@@ -110,14 +109,22 @@ impl EchoFilter {
         self.is_echo_key(key, from, now_ms)
     }
 
+    /// The set of `key` and the way holding it unexpired, if any.
+    fn find(&self, key: u64, now_ms: u64) -> (usize, Option<usize>) {
+        let set = (key as usize) & self.mask;
+        let s = &self.sets[set];
+        let way = (0..WAYS).find(|&w| s.keys[w] == key && s.expiry[w] > now_ms);
+        (set, way)
+    }
+
     /// [`EchoFilter::is_echo`] for a datagram whose [`EchoFilter::key`] is `key`.
     pub(crate) fn is_echo_key(&mut self, key: Option<u64>, from: SocketAddr, now_ms: u64) -> bool {
         let Some(key) = key else {
             return false;
         };
-        self.expire(now_ms);
-        match self.seen.get(&key) {
-            Some(&(sender, expiry)) if expiry > now_ms => {
+        match self.find(key, now_ms) {
+            (set, Some(way)) => {
+                let sender = self.senders[set * WAYS + way];
                 let retransmission = sender == from && !self.relay_ports.contains(&from.port());
                 !retransmission
             }
@@ -136,34 +143,27 @@ impl EchoFilter {
         let Some(key) = key else {
             return;
         };
-        let expiry = now_ms + self.window_ms;
-        self.seen.insert(key, (from, expiry));
-        self.order.push_back((key, expiry));
-        while self.order.len() > self.capacity {
-            self.pop_front();
-        }
+        let (set, found) = self.find(key, now_ms);
+        let s = &mut self.sets[set];
+        // Recorded again: the slot it holds; else the one expiring first
+        // (expired and free slots have the smallest expiries).
+        let way = found.unwrap_or_else(|| {
+            (0..WAYS)
+                .min_by_key(|&w| s.expiry[w])
+                .expect("a set has slots")
+        });
+        s.keys[way] = key;
+        s.expiry[way] = now_ms + self.window_ms;
+        self.senders[set * WAYS + way] = from;
     }
 
-    /// Forgets what is older than the window.
-    pub(crate) fn expire(&mut self, now_ms: u64) {
-        while self.order.front().is_some_and(|&(_, e)| e <= now_ms) {
-            self.pop_front();
-        }
-    }
-
-    fn pop_front(&mut self) {
-        if let Some((key, expiry)) = self.order.pop_front() {
-            // Only if not recorded again since (a later entry owns it then).
-            if self.seen.get(&key).is_some_and(|&(_, e)| e == expiry) {
-                self.seen.remove(&key);
-            }
-        }
-    }
-
-    /// Fingerprints held.
+    /// Fingerprints held and not expired at `now_ms`.
     #[cfg(test)]
-    pub(crate) fn len(&self) -> usize {
-        self.seen.len()
+    pub(crate) fn len(&self, now_ms: u64) -> usize {
+        self.sets
+            .iter()
+            .map(|s| s.expiry.iter().filter(|&&e| e > now_ms).count())
+            .sum()
     }
 }
 
@@ -204,7 +204,7 @@ mod tests {
         );
         assert!(!f.is_echo(b"Y", relay, 10), "other content");
         assert!(!f.is_echo(b"X", relay, 500), "the window has passed");
-        assert_eq!(f.len(), 0, "expired");
+        assert_eq!(f.len(500), 0, "expired");
     }
 
     #[test]
@@ -226,7 +226,8 @@ mod tests {
         let mut f = EchoFilter::new(0, 16, vec![]);
         f.record(b"X", a("1.1.1.1:1"), 0);
         assert!(!f.is_echo(b"X", a("2.2.2.2:2"), 0));
-        assert_eq!(f.len(), 0);
+        assert_eq!(f.len(0), 0);
+        assert!(f.sets.is_empty(), "nothing allocated");
     }
 
     #[test]
@@ -234,21 +235,48 @@ mod tests {
         let mut f = EchoFilter::new(1000, 4, vec![]);
         let s = a("1.1.1.1:1");
         for i in 0..100u32 {
-            f.record(&i.to_be_bytes(), s, 0);
+            f.record(&i.to_be_bytes(), s, i.into());
+            assert!(f.len(0) <= 4, "bounded");
+            assert!(
+                f.is_echo(&i.to_be_bytes(), a("2.2.2.2:2"), i.into()),
+                "the latest is remembered"
+            );
         }
-        assert!(f.len() <= 4);
-        assert!(f.order.len() <= 4);
-        assert!(f.is_echo(&99u32.to_be_bytes(), a("2.2.2.2:2"), 1));
-        assert!(
-            !f.is_echo(&0u32.to_be_bytes(), a("2.2.2.2:2"), 1),
-            "evicted"
-        );
+        // One set of four: the four latest are kept, the older ones gone.
+        for i in 0..100u32 {
+            let kept = f.is_echo(&i.to_be_bytes(), a("2.2.2.2:2"), 100);
+            assert_eq!(kept, i >= 96, "datagram {i}");
+        }
 
         // Recorded at 0 and again at 600: still remembered at 1200.
         let mut f = EchoFilter::new(1000, 16, vec![]);
         f.record(b"X", s, 0);
         f.record(b"X", s, 600);
+        assert_eq!(f.len(600), 1, "recorded again in its own slot");
         assert!(f.is_echo(b"X", a("2.2.2.2:2"), 1200));
         assert!(!f.is_echo(b"X", a("2.2.2.2:2"), 1600));
+    }
+
+    #[test]
+    fn a_full_table_replaces_what_expires_first_in_the_set() {
+        // 8192 slots, 20000 datagrams 1 ms apart with a 60 s window: each
+        // set keeps its four latest, and the latest datagrams are all kept.
+        let mut f = EchoFilter::new(60_000, 8192, vec![]);
+        let s = a("1.1.1.1:1");
+        for i in 0..20_000u32 {
+            f.record(&i.to_be_bytes(), s, i.into());
+        }
+        assert_eq!(f.sets.len() * WAYS, 8192);
+        assert!(f.len(20_000) <= 8192);
+        let recent = (19_900..20_000u32)
+            .filter(|i| f.is_echo(&i.to_be_bytes(), a("2.2.2.2:2"), 20_000))
+            .count();
+        assert!(recent >= 99, "{recent} of the last 100 kept");
+        let oldest = (0..100u32)
+            .filter(|i| f.is_echo(&i.to_be_bytes(), a("2.2.2.2:2"), 20_000))
+            .count();
+        // A set that took fewer than four of the 19,900 later ones still
+        // holds an old one (about 1 in 75 sets).
+        assert!(oldest <= 10, "{oldest} of the first 100 kept");
     }
 }

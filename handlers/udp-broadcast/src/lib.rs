@@ -38,6 +38,7 @@ pub mod config;
 mod echo;
 mod limiter;
 mod local;
+mod sip;
 
 use std::fmt;
 use std::net::SocketAddr;
@@ -554,7 +555,6 @@ impl Handler for Relay {
                     }
                 }
                 self.limiter.sweep(now);
-                self.echoes.expire(now);
                 self.set_timer(ctx, HOUSEKEEPING, TIMER_HOUSEKEEPING);
             }
             TIMER_BEACON => {

@@ -12,6 +12,8 @@
 use std::collections::HashMap;
 use std::net::IpAddr;
 
+use crate::sip::{SipBuild, SipKey};
+
 /// Tokens are counted in thousandths, so refill needs no floating point:
 /// `rate` tokens per second is `rate` milli-tokens per millisecond.
 const MILLI: u64 = 1000;
@@ -57,7 +59,9 @@ pub(crate) struct Limiter {
     rate: u64,
     burst: u64,
     max_sources: usize,
-    table: HashMap<IpAddr, Bucket>,
+    /// Keyed randomly per process (senders choose their addresses, so
+    /// they must not be able to aim them at one bucket of the map).
+    table: HashMap<IpAddr, Bucket, SipBuild>,
     /// Shared by sources that found the table full.
     overflow: Bucket,
     /// Datagrams that went through the overflow bucket.
@@ -71,7 +75,7 @@ impl Limiter {
             rate,
             burst,
             max_sources,
-            table: HashMap::new(),
+            table: HashMap::with_hasher(SipBuild(SipKey::random())),
             overflow: Bucket::full(burst, 0),
             overflowed: 0,
         }

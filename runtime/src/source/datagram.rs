@@ -35,17 +35,90 @@ pub(crate) struct Datagram {
     dropped_log: RateLimit,
     oversize_log: RateLimit,
     error_log: RateLimit,
+    /// The batch receive's headers, from the first receive on (a socket
+    /// that only sends never has them).
+    recv_state: Option<Box<sys::RecvState>>,
+    /// Whether receiving again after a drained batch pays (see [`Drain`]).
+    drain: Drain,
 }
+
+/// Whether to receive again after a batch that drained the socket, instead
+/// of going back to the poller: datagrams may have arrived while the batch
+/// was handled (each `sendto` of a relay takes microseconds). A receive
+/// again that finds one saves a whole loop pass and a poller wait; one that
+/// finds none costs a receive that fails with `EAGAIN`, a third of that or
+/// less. So it is done while recent tries found datagrams at least a third
+/// of the time: a busy socket is drained until it is empty, one that gets a
+/// datagram now and then costs a failed receive only on every
+/// [`Drain::PROBE_EVERY`]th batch (1/64 of a syscall per datagram when they
+/// come one at a time), the probe that notices when traffic picks up: one
+/// that finds datagrams turns the tries back on at once. It never waits:
+/// each try is one non-blocking receive.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Drain {
+    /// How often recent tries found datagrams, in 1/256 (a moving average
+    /// over about 8 tries).
+    hit_rate: u16,
+    /// Drained batches since the last try (for the probe).
+    since_try: u8,
+}
+
+impl Default for Drain {
+    fn default() -> Drain {
+        // Start as if tries paid: a socket under load is drained from its
+        // first batch, an idle one learns otherwise within a few tries.
+        Drain {
+            hit_rate: 256,
+            since_try: 0,
+        }
+    }
+}
+
+impl Drain {
+    /// A try is made while at least this share (in 1/256) of recent tries
+    /// found datagrams.
+    const WORTH: u16 = 256 / 3;
+    /// Otherwise every this many drained batches, to notice a change.
+    const PROBE_EVERY: u8 = 64;
+
+    /// After a batch that drained the socket: receive again now?
+    pub(crate) fn try_again(&mut self) -> bool {
+        self.since_try = self.since_try.saturating_add(1);
+        if self.hit_rate >= Self::WORTH || self.since_try >= Self::PROBE_EVERY {
+            self.since_try = 0;
+            true
+        } else {
+            false
+        }
+    }
+
+    /// What the try found.
+    pub(crate) fn tried(&mut self, found: bool) {
+        let decayed = self.hit_rate - self.hit_rate / 8;
+        self.hit_rate = if found {
+            (decayed + 32).max(Self::WORTH)
+        } else {
+            decayed
+        };
+    }
+}
+
+/// The space between two slots of a batch buffer, past the largest
+/// datagram: slots 64 KiB apart would all fall in the same set of every
+/// cache level (the set index is below bit 16), so a batch of 30 small
+/// datagrams would evict itself before the handler and `sendto` read it
+/// back. One cache line more per slot puts each slot in a set of its own.
+pub(crate) const SLOT_GAP: usize = 64;
 
 /// What one batch receive gave.
 pub(crate) enum Batch {
-    /// `count` datagrams arrived, each in its `slot`-sized part of the
+    /// `count` datagrams arrived, datagram `i` at `i * stride` in the
     /// buffer; those over `max_datagram` have length [`DROPPED`] (counted
     /// and dropped). `drained`: the socket had no more.
     Got {
         instance: InstanceId,
         count: usize,
-        slot: usize,
+        stride: usize,
         drained: bool,
     },
     /// Interrupted: receive again.
@@ -59,8 +132,9 @@ pub(crate) const DROPPED: usize = usize::MAX;
 
 impl Datagram {
     /// Receives up to `out.len()` datagrams at once (one `recvmmsg` on
-    /// Linux): datagram `i` in `buf[i * slot..]`, its length and sender in
-    /// `out[i]`. A datagram over the limit is dropped whole and counted.
+    /// Linux): datagram `i` in `buf[i * stride..]` (`stride` is
+    /// `max_datagram` plus [`SLOT_GAP`]), its length and sender in `out[i]`.
+    /// A datagram over the limit is dropped whole and counted.
     pub(crate) fn recv_batch(
         &mut self,
         id: u64,
@@ -68,8 +142,11 @@ impl Datagram {
         out: &mut [(usize, abi::loopd_addr)],
     ) -> Batch {
         let slot = self.max_datagram.max(1);
-        let want = out.len().min(buf.len() / slot).max(1);
-        match sys::recv_batch(self.sock.as_raw_fd(), buf, slot, &mut out[..want]) {
+        let stride = slot + SLOT_GAP;
+        let want = out.len().min(buf.len() / stride).max(1);
+        let fd = self.sock.as_raw_fd();
+        let state = self.recv_state.get_or_insert_with(sys::RecvState::new);
+        match sys::recv_batch(fd, state, buf, stride, slot, &mut out[..want]) {
             Ok(count) => {
                 for (len, peer) in &mut out[..count] {
                     if *len > slot {
@@ -82,7 +159,7 @@ impl Datagram {
                 Batch::Got {
                     instance: self.instance,
                     count,
-                    slot,
+                    stride,
                     drained: count < want,
                 }
             }
@@ -96,6 +173,11 @@ impl Datagram {
                 Batch::Stop
             }
         }
+    }
+
+    /// Whether to receive again after a batch that drained the socket.
+    pub(crate) fn drain(&mut self) -> &mut Drain {
+        &mut self.drain
     }
 
     fn url(&self) -> &str {
@@ -124,19 +206,27 @@ impl Datagram {
         }
     }
 
-    /// `send_datagram` from this socket.
+    /// `send_datagram` from this socket: one `sendto`, its result told as
+    /// it is.
     pub(crate) fn send(&mut self, to: &abi::loopd_addr, data: &[u8]) -> i32 {
-        let Some(to) = to.to_socket_addr() else {
+        let Some(raw) = sys::SockAddr::from_loopd(to) else {
             return abi::LOOPD_ERR_INVALID;
         };
         loop {
-            return match self.sock.send_to(data, to) {
+            let e = match sys::send_to(self.sock.as_raw_fd(), &raw, data) {
                 Ok(_) => {
                     self.count(|c| &c.datagrams_out);
-                    abi::LOOPD_OK
+                    return abi::LOOPD_OK;
                 }
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-                Err(e) if sys::is_send_buffer_full(&e) => {
+                Err(e) => e,
+            };
+            if e.kind() == io::ErrorKind::Interrupted {
+                continue;
+            }
+            // Only the error paths need the address as text.
+            let to = DisplayAddr(to);
+            return match e {
+                e if sys::is_send_buffer_full(&e) => {
                     // Never queued: a datagram the kernel cannot take now is
                     // dropped, counted, and the handler told (AGAIN).
                     self.count(|c| &c.datagrams_dropped_send_full);
@@ -150,7 +240,7 @@ impl Datagram {
                     }
                     abi::LOOPD_ERR_AGAIN
                 }
-                Err(e) if sys::is_broadcast_refused(&e) && !self.broadcast => {
+                e if sys::is_broadcast_refused(&e) && !self.broadcast => {
                     self.count(|c| &c.datagrams_dropped_send_error);
                     if !self.broadcast_warned {
                         self.broadcast_warned = true;
@@ -164,7 +254,7 @@ impl Datagram {
                     }
                     abi::LOOPD_ERR_IO
                 }
-                Err(e) => {
+                e => {
                     self.count(|c| &c.datagrams_dropped_send_error);
                     if let Some(n) = self.error_log.allow(Instant::now()) {
                         log::debug!(
@@ -198,6 +288,18 @@ impl Datagram {
                 self.url(),
                 self.max_datagram
             );
+        }
+    }
+}
+
+/// A `loopd_addr` for a log message, converted only if the message is written.
+struct DisplayAddr<'a>(&'a abi::loopd_addr);
+
+impl std::fmt::Display for DisplayAddr<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self.0.to_socket_addr() {
+            Some(a) => a.fmt(f),
+            None => f.write_str("an unknown address"),
         }
     }
 }
@@ -240,6 +342,8 @@ pub(crate) fn open(core: &mut Core, sa: &SocketAddr, instance: InstanceId) -> io
         dropped_log: RateLimit::default(),
         oversize_log: RateLimit::default(),
         error_log: RateLimit::default(),
+        recv_state: None,
+        drain: Drain::default(),
     };
     let id = core.register(Source::Datagram(d), true, false)?;
     Ok(Bound {
@@ -429,6 +533,45 @@ mod tests {
     }
 
     #[test]
+    fn draining_again_is_kept_up_only_while_it_finds_datagrams() {
+        let mut d = Drain::default();
+        assert!(d.try_again(), "a new socket tries");
+        // Tries that find nothing: soon only every PROBE_EVERY-th batch.
+        let mut tries = 0;
+        for _ in 0..200 {
+            if d.try_again() {
+                tries += 1;
+                d.tried(false);
+            }
+        }
+        assert!(
+            (200 / usize::from(Drain::PROBE_EVERY)..=30).contains(&tries),
+            "{tries}"
+        );
+        // Traffic picks up: a probe that finds datagrams, then a few more,
+        // and every batch tries again.
+        let mut streak = 0;
+        for _ in 0..100 {
+            if d.try_again() {
+                d.tried(true);
+                streak += 1;
+            } else {
+                streak = 0;
+            }
+        }
+        assert!(streak >= 50, "{streak}");
+        // Half the tries find datagrams: still worth it (above a third).
+        let mut made = 0;
+        for i in 0..100 {
+            if d.try_again() {
+                made += 1;
+                d.tried(i % 2 == 0);
+            }
+        }
+        assert_eq!(made, 100);
+    }
+
+    #[test]
     fn oversized_datagrams_are_dropped_whole_and_counted() {
         let (mut core, inst) = core_with(false, 100);
         let b = udp(&mut core, inst, "127.0.0.1:0");
@@ -446,10 +589,10 @@ mod tests {
                 panic!("socket gone");
             };
             match d.recv_batch(b.id, &mut buf, &mut out) {
-                Batch::Got { count, slot, .. } => {
-                    assert_eq!(slot, 100);
+                Batch::Got { count, stride, .. } => {
+                    assert_eq!(stride, 100 + SLOT_GAP);
                     for (i, (len, _)) in out[..count].iter().enumerate() {
-                        got.push((*len != DROPPED).then(|| buf[i * slot..][..*len].to_vec()));
+                        got.push((*len != DROPPED).then(|| buf[i * stride..][..*len].to_vec()));
                     }
                 }
                 Batch::Retry => {}

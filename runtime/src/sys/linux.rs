@@ -12,7 +12,7 @@ use std::os::fd::{FromRawFd, OwnedFd, RawFd};
 
 use loopd_handler_api::abi::loopd_addr;
 
-use super::{addr_from_storage, cvt, cvt_size};
+use super::{addr_from_storage, cvt, cvt_size, SockAddr};
 
 /// A new socket of `domain` and `kind` (`SOCK_STREAM`, `SOCK_DGRAM`),
 /// non-blocking and close-on-exec.
@@ -72,65 +72,134 @@ pub(crate) fn recv_from(fd: RawFd, buf: &mut [u8]) -> io::Result<(usize, loopd_a
 /// Most datagrams one [`recv_batch`] call takes.
 pub(crate) const BATCH: usize = 32;
 
+/// The `recvmmsg` headers, iovecs and sender buffers of [`recv_batch`],
+/// kept between calls (a socket's first receive allocates them once). The
+/// loop hands the same buffer and slot size every time, so the headers are
+/// pointed at it once; after a call only the address lengths the kernel
+/// overwrote are reset. Building 32 headers for every call cost more
+/// instructions than the rest of a relayed datagram's receive path.
+pub(crate) struct RecvState {
+    msgs: [libc::mmsghdr; BATCH],
+    iovs: [libc::iovec; BATCH],
+    names: [libc::sockaddr_storage; BATCH],
+    /// The buffer, stride, slot size and count the first `ready` headers
+    /// point at.
+    base: *mut u8,
+    stride: usize,
+    slot: usize,
+    ready: usize,
+}
+
+impl RecvState {
+    /// Zeroed headers (no name, no buffers, no control data).
+    pub(crate) fn new() -> Box<RecvState> {
+        // SAFETY: all-zero is a valid RecvState: null pointers and zero
+        // lengths in the headers, and `ready == 0` says none is set up.
+        Box::new(unsafe { std::mem::zeroed() })
+    }
+
+    /// Points the first `n` headers at `slot` bytes every `stride` of `buf`
+    /// and at their own name storage and iovec, unless they already are.
+    fn prepare(&mut self, buf: &mut [u8], stride: usize, slot: usize, n: usize) {
+        let base = buf.as_mut_ptr();
+        if self.base == base && self.stride == stride && self.slot == slot && self.ready >= n {
+            return;
+        }
+        let name_len = size_of::<libc::sockaddr_storage>() as libc::socklen_t;
+        for i in 0..n {
+            self.iovs[i] = libc::iovec {
+                iov_base: buf[i * stride..][..slot].as_mut_ptr().cast(),
+                iov_len: slot,
+            };
+            let h = &mut self.msgs[i].msg_hdr;
+            h.msg_name = (&mut self.names[i] as *mut libc::sockaddr_storage).cast();
+            h.msg_namelen = name_len;
+            h.msg_iov = &mut self.iovs[i];
+            h.msg_iovlen = 1;
+        }
+        (self.base, self.stride, self.slot, self.ready) = (base, stride, slot, n);
+    }
+}
+
+impl std::fmt::Debug for RecvState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RecvState")
+            .field("stride", &self.stride)
+            .field("slot", &self.slot)
+            .field("ready", &self.ready)
+            .finish_non_exhaustive()
+    }
+}
+
 /// Receives up to `out.len()` datagrams with one `recvmmsg(2)`: datagram
-/// `i` into `buf[i * slot..][..slot]`, its real length (`MSG_TRUNC`: above
-/// `slot` means it did not fit) and sender into `out[i]`. Returns how many
-/// arrived; fewer than asked means the socket is drained. `WouldBlock` when
-/// none was waiting.
+/// `i` into `buf[i * stride..][..slot]` (`slot <= stride`), its real
+/// length (`MSG_TRUNC`: above `slot` means it did not fit) and sender into
+/// `out[i]`. Returns how many arrived; fewer than asked means the socket is
+/// drained. `WouldBlock` when none was waiting.
 pub(crate) fn recv_batch(
     fd: RawFd,
+    state: &mut RecvState,
     buf: &mut [u8],
+    stride: usize,
     slot: usize,
     out: &mut [(usize, loopd_addr)],
 ) -> io::Result<usize> {
-    let n = out.len().min(BATCH).min(buf.len() / slot.max(1));
+    let stride = stride.max(slot).max(1);
+    let n = out.len().min(BATCH).min(buf.len() / stride);
     if n == 0 {
         return Ok(0);
     }
-    let mut names = [MaybeUninit::<libc::sockaddr_storage>::zeroed(); BATCH];
-    let mut iovs = [libc::iovec {
-        iov_base: std::ptr::null_mut(),
-        iov_len: 0,
-    }; BATCH];
-    // SAFETY: all-zero is a valid mmsghdr (no name, no buffers, no control data).
-    let mut msgs: [libc::mmsghdr; BATCH] = unsafe { std::mem::zeroed() };
-    for i in 0..n {
-        iovs[i] = libc::iovec {
-            iov_base: buf[i * slot..].as_mut_ptr().cast(),
-            iov_len: slot,
-        };
-        let h = &mut msgs[i].msg_hdr;
-        h.msg_name = names[i].as_mut_ptr().cast();
-        h.msg_namelen = size_of::<libc::sockaddr_storage>() as libc::socklen_t;
-        h.msg_iov = &mut iovs[i];
-        h.msg_iovlen = 1;
-    }
-    // SAFETY: each of the first `n` headers points at its own name storage
-    // and iovec, each iovec at a disjoint `slot`-sized part of `buf`; all
-    // outlive the call.
-    let got = cvt(unsafe {
-        libc::recvmmsg(
+    state.prepare(buf, stride, slot, n);
+    // SAFETY: recvmmsg(2) with the first `n` headers each pointing at its
+    // own name storage and iovec (in `state`, which outlives the call), each
+    // iovec at a disjoint `slot`-sized part of `buf` (`slot <= stride`, the
+    // first `n` strides inside `buf`), which `prepare` just
+    // checked is the buffer they point into and which is borrowed mutably
+    // for the call. Through syscall(2): glibc's recvmmsg is a cancellation
+    // point (see below).
+    let got = cvt_size(unsafe {
+        libc::syscall(
+            libc::SYS_recvmmsg,
             fd,
-            msgs.as_mut_ptr(),
+            state.msgs.as_mut_ptr(),
             n as libc::c_uint,
             libc::MSG_TRUNC | libc::MSG_DONTWAIT,
-            std::ptr::null_mut(),
-        )
-    })? as usize;
-    for i in 0..got {
-        let m = &msgs[i];
-        // SAFETY: zero-initialised, and the kernel filled at most `msg_namelen` bytes of it.
-        let storage = unsafe { names[i].assume_init() };
-        out[i] = (
-            m.msg_len as usize,
-            addr_from_storage(&storage, m.msg_hdr.msg_namelen),
+            std::ptr::null_mut::<libc::timespec>(),
+        ) as libc::ssize_t
+    })?;
+    let name_len = size_of::<libc::sockaddr_storage>() as libc::socklen_t;
+    for (i, o) in out[..got].iter_mut().enumerate() {
+        let h = &mut state.msgs[i].msg_hdr;
+        *o = (
+            state.msgs[i].msg_len as usize,
+            addr_from_storage(&state.names[i], h.msg_namelen),
         );
+        // The kernel wrote the sender's length: the next call needs room again.
+        h.msg_namelen = name_len;
     }
     Ok(got)
 }
 
-// The stream calls of every event go through syscall(2), not glibc's
-// recv/send/sendmsg: those are pthread cancellation points, and once the
+/// Sends one datagram to `to` (sendto(2) through syscall(2), see below).
+pub(crate) fn send_to(fd: RawFd, to: &SockAddr, buf: &[u8]) -> io::Result<usize> {
+    let (addr, len) = to.as_ptr();
+    // SAFETY: sendto(2) with `buf` valid for reads of `buf.len()` bytes and
+    // `addr` valid for `len` bytes, both for the call.
+    cvt_size(unsafe {
+        libc::syscall(
+            libc::SYS_sendto,
+            fd,
+            buf.as_ptr(),
+            buf.len(),
+            libc::MSG_NOSIGNAL | libc::MSG_DONTWAIT,
+            addr,
+            len,
+        ) as libc::ssize_t
+    })
+}
+
+// The stream and datagram calls of every event go through syscall(2), not
+// glibc's recv/send/sendmsg/sendto/recvmmsg: those are pthread cancellation points, and once the
 // process has a second thread (loopd's log writer, a worker) each one
 // enables and disables asynchronous cancellation around the system call,
 // about 30 instructions each way, per call. loopd never cancels a thread.

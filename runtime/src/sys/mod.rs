@@ -31,7 +31,7 @@ use posix as imp;
 
 #[cfg(test)]
 pub(crate) use imp::recv_from;
-pub(crate) use imp::{accept, recv_batch, send, sendfile, sendv, BATCH};
+pub(crate) use imp::{accept, recv_batch, send, send_to, sendfile, sendv, RecvState, BATCH};
 
 /// The longest Unix socket path plus one (its NUL): the size of this
 /// platform's `sockaddr_un::sun_path`, 108 bytes on Linux and 104 on macOS
@@ -85,6 +85,83 @@ pub(super) fn addr_from_storage(
         }
         libc::AF_UNIX => loopd_addr::unix(),
         _ => loopd_addr::default(),
+    }
+}
+
+/// An IPv4 or IPv6 socket address in the form the kernel takes, built
+/// straight from a [`loopd_addr`] (no `std::net` round trip, no 128-byte
+/// `sockaddr_storage` to zero): what `send_datagram` passes to `sendto`.
+#[derive(Clone, Copy)]
+pub(crate) struct SockAddr {
+    raw: RawAddr,
+    len: libc::socklen_t,
+}
+
+#[derive(Clone, Copy)]
+#[repr(C)]
+union RawAddr {
+    v4: libc::sockaddr_in,
+    v6: libc::sockaddr_in6,
+}
+
+impl SockAddr {
+    /// `addr` as the kernel takes it; `None` for anything but IPv4 and IPv6.
+    pub(crate) fn from_loopd(addr: &loopd_addr) -> Option<SockAddr> {
+        use loopd_handler_api::abi::{LOOPD_AF_INET, LOOPD_AF_INET6};
+        match addr.family {
+            LOOPD_AF_INET => {
+                // SAFETY: all-zero is a valid sockaddr_in.
+                let mut sin: libc::sockaddr_in = unsafe { std::mem::zeroed() };
+                sin.sin_family = libc::AF_INET as libc::sa_family_t;
+                sin.sin_port = addr.port.to_be();
+                let ip = [addr.ip[0], addr.ip[1], addr.ip[2], addr.ip[3]];
+                // The four bytes in network order, as they are in `ip`.
+                sin.sin_addr.s_addr = u32::from_ne_bytes(ip);
+                Some(SockAddr {
+                    raw: RawAddr { v4: sin },
+                    len: size_of::<libc::sockaddr_in>() as libc::socklen_t,
+                })
+            }
+            LOOPD_AF_INET6 => {
+                // SAFETY: all-zero is a valid sockaddr_in6.
+                let mut sin6: libc::sockaddr_in6 = unsafe { std::mem::zeroed() };
+                sin6.sin6_family = libc::AF_INET6 as libc::sa_family_t;
+                sin6.sin6_port = addr.port.to_be();
+                sin6.sin6_addr.s6_addr = addr.ip;
+                sin6.sin6_scope_id = addr.scope_id;
+                Some(SockAddr {
+                    raw: RawAddr { v6: sin6 },
+                    len: size_of::<libc::sockaddr_in6>() as libc::socklen_t,
+                })
+            }
+            _ => None,
+        }
+    }
+
+    /// The address and its length, for a syscall.
+    pub(super) fn as_ptr(&self) -> (*const libc::sockaddr, libc::socklen_t) {
+        ((&self.raw as *const RawAddr).cast(), self.len)
+    }
+}
+
+impl std::fmt::Debug for SockAddr {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let (ptr, len) = self.as_ptr();
+        // SAFETY: all-zero is a valid sockaddr_storage.
+        let mut storage: libc::sockaddr_storage = unsafe { std::mem::zeroed() };
+        // SAFETY: `len` (at most a sockaddr_in6) bytes are readable at `ptr`
+        // and writable in the larger `storage`.
+        unsafe {
+            std::ptr::copy_nonoverlapping(
+                ptr.cast::<u8>(),
+                (&mut storage as *mut libc::sockaddr_storage).cast::<u8>(),
+                len as usize,
+            )
+        };
+        match addr_from_storage(&storage, len).to_socket_addr() {
+            Some(a) => write!(f, "SockAddr({a})"),
+            None => f.write_str("SockAddr(?)"),
+        }
     }
 }
 
@@ -609,18 +686,21 @@ mod tests {
                 let len = if i == 10 { 100 } else { usize::from(i) % SLOT };
                 tx.send_to(&vec![i; len], to).unwrap();
             }
-            let mut buf = vec![0u8; BATCH * SLOT];
+            // Slots of 16 bytes, 24 apart.
+            const STRIDE: usize = SLOT + 8;
+            let mut buf = vec![0u8; BATCH * STRIDE];
             let mut out = vec![(0, loopd_addr::default()); BATCH];
+            let mut state = RecvState::new();
             let mut seen = Vec::new();
             let mut calls = Vec::new();
             for _ in 0..1000 {
-                match recv_batch(rx.as_raw_fd(), &mut buf, SLOT, &mut out) {
+                match recv_batch(rx.as_raw_fd(), &mut state, &mut buf, STRIDE, SLOT, &mut out) {
                     Ok(n) => {
                         calls.push(n);
                         for (i, (len, from)) in out[..n].iter().enumerate() {
                             assert_eq!(from.to_socket_addr(), Some(tx.local_addr().unwrap()));
                             let kept = (*len).min(SLOT);
-                            seen.push((*len, buf[i * SLOT..][..kept].to_vec()));
+                            seen.push((*len, buf[i * STRIDE..][..kept].to_vec()));
                         }
                         if seen.len() == 40 {
                             break;
@@ -643,9 +723,58 @@ mod tests {
                     assert_eq!(data, &vec![i as u8; i % SLOT], "{bind}: datagram {i}");
                 }
             }
-            let err = recv_batch(rx.as_raw_fd(), &mut buf, SLOT, &mut out).unwrap_err();
+            let err = recv_batch(rx.as_raw_fd(), &mut state, &mut buf, STRIDE, SLOT, &mut out)
+                .unwrap_err();
             assert_eq!(err.kind(), io::ErrorKind::WouldBlock, "{bind}");
+
+            // The same state with another buffer and slot size (headers
+            // kept from the calls above must not be reused as they are).
+            let mut other = vec![0u8; 4 * 64];
+            tx.send_to(&[9u8; 40], to).unwrap();
+            tx.send_to(&[8u8; 64], to).unwrap();
+            let mut got = Vec::new();
+            for _ in 0..1000 {
+                match recv_batch(rx.as_raw_fd(), &mut state, &mut other, 64, 64, &mut out) {
+                    Ok(n) => {
+                        for (i, (len, from)) in out[..n].iter().enumerate() {
+                            assert_eq!(from.to_socket_addr(), Some(tx.local_addr().unwrap()));
+                            got.push(other[i * 64..][..*len].to_vec());
+                        }
+                        if got.len() == 2 {
+                            break;
+                        }
+                    }
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                        std::thread::sleep(std::time::Duration::from_millis(5))
+                    }
+                    Err(e) => panic!("recv_batch: {e}"),
+                }
+            }
+            assert_eq!(got, vec![vec![9u8; 40], vec![8u8; 64]], "{bind}");
         }
+    }
+
+    #[test]
+    fn send_to_reaches_ipv4_and_ipv6_addresses_built_from_loopd_addr() {
+        for bind in ["127.0.0.1:0", "[::1]:0"] {
+            let (rx, tx) = pair(bind);
+            let to = loopd_addr::from_socket_addr(rx.local_addr().unwrap());
+            let raw = SockAddr::from_loopd(&to).unwrap();
+            assert!(format!("{raw:?}").contains(&rx.local_addr().unwrap().to_string()));
+            assert_eq!(send_to(tx.as_raw_fd(), &raw, b"hello").unwrap(), 5);
+            let mut buf = [0u8; 16];
+            let (n, from) = recv_wait(&rx, &mut buf);
+            assert_eq!(&buf[..n], b"hello", "{bind}");
+            assert_eq!(from.to_socket_addr(), Some(tx.local_addr().unwrap()));
+        }
+        assert!(SockAddr::from_loopd(&loopd_addr::unix()).is_none());
+        assert!(SockAddr::from_loopd(&loopd_addr::default()).is_none());
+        // A scope id travels (and a wrong one is the kernel's to refuse).
+        let mut scoped = loopd_addr::from_socket_addr("[fe80::1]:9".parse().unwrap());
+        scoped.scope_id = 7;
+        let raw = SockAddr::from_loopd(&scoped).unwrap();
+        // SAFETY: built as IPv6 above.
+        assert_eq!(unsafe { raw.raw.v6.sin6_scope_id }, 7);
     }
 
     #[test]

@@ -20,7 +20,7 @@ use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 
 use loopd_handler_api::abi::loopd_addr;
 
-use super::{addr_from_storage, cvt, cvt_size};
+use super::{addr_from_storage, cvt, cvt_size, SockAddr};
 
 /// Flags for every send: no SIGPIPE where the flag does that.
 #[cfg(not(target_vendor = "apple"))]
@@ -139,20 +139,36 @@ pub(crate) fn recv_from(fd: RawFd, buf: &mut [u8]) -> io::Result<(usize, loopd_a
 /// Most datagrams one [`recv_batch`] call takes.
 pub(crate) const BATCH: usize = 32;
 
+/// What [`recv_batch`] keeps between calls: nothing here (one `recvmsg`
+/// per datagram builds its header on the stack); the Linux path keeps its
+/// `recvmmsg` headers.
+#[derive(Debug)]
+pub(crate) struct RecvState;
+
+impl RecvState {
+    /// The (empty) state.
+    pub(crate) fn new() -> Box<RecvState> {
+        Box::new(RecvState)
+    }
+}
+
 /// Receives up to `out.len()` datagrams, one `recvmsg` each (POSIX has no
-/// `recvmmsg`): datagram `i` into `buf[i * slot..][..slot]`, its length as
+/// `recvmmsg`): datagram `i` into `buf[i * stride..][..slot]`, its length as
 /// [`recv_from`] reports it and sender into `out[i]`. Returns how many
 /// arrived; fewer than asked means the socket is drained. `WouldBlock` when
 /// none was waiting.
 pub(crate) fn recv_batch(
     fd: RawFd,
+    _state: &mut RecvState,
     buf: &mut [u8],
+    stride: usize,
     slot: usize,
     out: &mut [(usize, loopd_addr)],
 ) -> io::Result<usize> {
-    let n = out.len().min(BATCH).min(buf.len() / slot.max(1));
+    let stride = stride.max(slot).max(1);
+    let n = out.len().min(BATCH).min(buf.len() / stride);
     for i in 0..n {
-        match recv_from(fd, &mut buf[i * slot..(i + 1) * slot]) {
+        match recv_from(fd, &mut buf[i * stride..][..slot]) {
             Ok(got) => out[i] = got,
             Err(e) if i > 0 && e.kind() == io::ErrorKind::WouldBlock => return Ok(i),
             Err(e) if i > 0 && e.kind() == io::ErrorKind::Interrupted => return Ok(i),
@@ -160,6 +176,14 @@ pub(crate) fn recv_batch(
         }
     }
     Ok(n)
+}
+
+/// Sends one datagram to `to`.
+pub(crate) fn send_to(fd: RawFd, to: &SockAddr, buf: &[u8]) -> io::Result<usize> {
+    let (addr, len) = to.as_ptr();
+    // SAFETY: `buf` is valid for reads of `buf.len()` bytes and `addr` for
+    // `len` bytes, both for the call.
+    cvt_size(unsafe { libc::sendto(fd, buf.as_ptr().cast(), buf.len(), SEND_FLAGS, addr, len) })
 }
 
 /// Writes what the kernel takes of `buf`, without raising SIGPIPE.
