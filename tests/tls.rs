@@ -704,18 +704,23 @@ listen = ["tcp://127.0.0.1:0"]
     loopd.assert_no_unexpected_errors();
 }
 
-#[test]
-fn a_handler_without_tls_ca_trusts_the_system_cas_and_verifies_the_server_name() {
-    let certs = Certs::new();
-    let config = format!(
+/// The echo entry of [`echo_config`] and a probe without `tls_ca`.
+fn echo_and_probe_config(certs: &Certs) -> String {
+    format!(
         r#"{}
 [[handler]]
 name = "probe"
 plugin = "probe"
 listen = ["tcp://127.0.0.1:0"]
 "#,
-        echo_config(&certs, ""),
-    );
+        echo_config(certs, ""),
+    )
+}
+
+#[test]
+fn a_handler_without_tls_ca_trusts_the_system_cas_and_verifies_the_server_name() {
+    let certs = Certs::new();
+    let config = echo_and_probe_config(&certs);
     // The system's CAs are the test CA.
     let loopd = Loopd::start_with(&config, "debug", |cmd| {
         cmd.env("SSL_CERT_FILE", certs.path("ca.pem"))
@@ -780,15 +785,7 @@ listen = ["tcp://127.0.0.1:0"]
 #[test]
 fn without_tls_ca_or_system_cas_an_outbound_tls_connect_is_refused() {
     let certs = Certs::new();
-    let config = format!(
-        r#"{}
-[[handler]]
-name = "probe"
-plugin = "probe"
-listen = ["tcp://127.0.0.1:0"]
-"#,
-        echo_config(&certs, ""),
-    );
+    let config = echo_and_probe_config(&certs);
     let empty = TempDir::new("tls-no-cas");
     let loopd = Loopd::start_with(&config, "debug", |cmd| {
         cmd.env("SSL_CERT_FILE", empty.join("none.pem"))
