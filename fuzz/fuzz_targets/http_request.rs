@@ -278,6 +278,7 @@ static HOST_API: loopd_host_api = loopd_host_api {
     metric_update: None,
     peer_subject: None,
     peer_certificate: None,
+    send_datagrams: None,
 };
 
 /// The served tree, made once per process:

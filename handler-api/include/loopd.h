@@ -81,7 +81,9 @@ extern "C" {
  *            LOOPD_TRANSPORT_TLS; loopd_host_api.stats_json,
  *            metric_declare, metric_series, metric_update; LOOPD_METRIC_*;
  *            loopd_host_api.peer_subject, peer_certificate;
- *            loopd_connect_options.server_name; loopd_plugin_info.alpn. */
+ *            loopd_connect_options.server_name; loopd_plugin_info.alpn;
+ *            loopd_datagram, loopd_host_api.send_datagrams,
+ *            loopd_vtable.on_datagrams. */
 #define LOOPD_ABI_MINOR 4
 
 /* Sizes of the v1.0 structs on 64-bit targets: the smallest struct_size a
@@ -242,6 +244,18 @@ typedef struct loopd_addr {
     uint32_t scope_id;
     uint8_t ip[16];
 } loopd_addr;
+
+/* One datagram of a batch (1.4): what on_datagrams receives (addr is the
+ * sender, status 0) and what send_datagrams sends (addr is where to; loopd
+ * writes status). A fixed layout, never extended: it is an array element.
+ * data may be NULL when len is 0. */
+typedef struct loopd_datagram {
+    loopd_addr addr;
+    int32_t status;    /* send_datagrams: LOOPD_OK or why it was not sent */
+    uint32_t reserved; /* 0 */
+    const uint8_t *data;
+    size_t len;
+} loopd_datagram;
 
 /* Facts about a new connection, passed to on_open. Extensible. The struct
  * and everything it points to are borrowed for the duration of the call. */
@@ -557,6 +571,24 @@ typedef struct loopd_host_api {
      * pins or parses it. As peer_subject. */
     int32_t (*peer_certificate)(loopd_ctx *ctx, uint64_t conn, uint8_t *buf,
                                 size_t cap, size_t *len_out);
+
+    /* send_datagram for count datagrams at once, in order, from one
+     * datagram socket of this instance: as few system calls as the
+     * platform allows (sendmmsg(2) on Linux, one sendto each elsewhere).
+     * Never queued. Each msgs[i].status is set as send_datagram would
+     * return it: LOOPD_OK, LOOPD_ERR_AGAIN (the kernel's buffer was full:
+     * that datagram and every one after it were dropped), LOOPD_ERR_IO
+     * (that one failed; the rest were still tried), LOOPD_ERR_INVALID (a
+     * bad address). *sent_out (may be NULL) receives how many were sent.
+     * Returns LOOPD_OK when every one was sent, else the status of the
+     * first one that was not; LOOPD_ERR_NO_SUCH_CONN, LOOPD_ERR_UNSUPPORTED
+     * (socket is a stream) and LOOPD_ERR_INVALID (msgs NULL with count > 0)
+     * before any is tried (statuses untouched). Loop thread. Absent (NULL)
+     * in an earlier 1.4 host: check struct_size, or call send_datagram per
+     * datagram. */
+    int32_t (*send_datagrams)(loopd_ctx *ctx, uint64_t socket,
+                              loopd_datagram *msgs, size_t count,
+                              size_t *sent_out);
 } loopd_host_api;
 
 /* Hooks the handler implements. Every pointer may be NULL ("not
@@ -674,6 +706,17 @@ typedef struct loopd_vtable {
      * ready. */
     void (*on_fd)(loopd_ctx *ctx, void *instance, uint64_t watch,
                   uint64_t user_data, uint32_t events);
+
+    /* --- 1.4 --- */
+
+    /* Several datagrams that arrived on one datagram socket, in order
+     * (what one recvmmsg(2) took): with this hook loopd calls it instead of
+     * on_datagram, so a handler can answer them all with one
+     * send_datagrams. msgs and the bytes they point to are borrowed for the
+     * call; count >= 1. A host that predates it calls on_datagram, so a
+     * plugin that sets it keeps on_datagram too. */
+    void (*on_datagrams)(loopd_ctx *ctx, void *instance, uint64_t socket,
+                         const loopd_datagram *msgs, size_t count);
 } loopd_vtable;
 
 /* What loopd_plugin_entry_v1 returns. Must stay valid for the life of the

@@ -181,6 +181,23 @@ pub struct loopd_addr {
     pub ip: [u8; 16],
 }
 
+/// One datagram of a batch (since 1.4): what `on_datagrams` receives and
+/// `send_datagrams` sends. A fixed layout, never extended. See `loopd.h`.
+#[repr(C)]
+#[derive(Debug, Clone, Copy)]
+pub struct loopd_datagram {
+    /// The sender (`on_datagrams`) or where to (`send_datagrams`).
+    pub addr: loopd_addr,
+    /// `send_datagrams` writes here why it was or was not sent.
+    pub status: i32,
+    /// Always 0.
+    pub reserved: u32,
+    /// The bytes (may be NULL when `len` is 0).
+    pub data: *const u8,
+    /// How many.
+    pub len: usize,
+}
+
 /// Facts about a new connection, passed to `on_open`.
 #[repr(C)]
 #[derive(Debug, Clone, Copy)]
@@ -294,6 +311,10 @@ pub type loopd_stats_json_fn =
 /// `loopd_host_api.peer_subject` and `peer_certificate` (since 1.4).
 pub type loopd_peer_cert_fn =
     unsafe extern "C" fn(*mut loopd_ctx, u64, *mut u8, usize, *mut usize) -> i32;
+
+/// `loopd_host_api.send_datagrams` (since 1.4).
+pub type loopd_send_datagrams_fn =
+    unsafe extern "C" fn(*mut loopd_ctx, u64, *mut loopd_datagram, usize, *mut usize) -> i32;
 
 /// Options for `connect_with` (1.3). Extensible; a zero field means "what
 /// the instance has".
@@ -412,6 +433,8 @@ pub struct loopd_host_api {
     pub peer_subject: Option<loopd_peer_cert_fn>,
     /// A TLS connection's peer certificate, DER (since 1.4).
     pub peer_certificate: Option<loopd_peer_cert_fn>,
+    /// Several datagrams from one socket at once (since 1.4).
+    pub send_datagrams: Option<loopd_send_datagrams_fn>,
 }
 
 // SAFETY: the host table is immutable static data (function pointers and a
@@ -471,6 +494,9 @@ pub type loopd_on_listen_fn =
 pub type loopd_on_message_fn = unsafe extern "C" fn(*mut loopd_ctx, *mut c_void, *const u8, usize);
 /// `loopd_vtable.on_fd` (since 1.3).
 pub type loopd_on_fd_fn = unsafe extern "C" fn(*mut loopd_ctx, *mut c_void, u64, u64, u32);
+/// `loopd_vtable.on_datagrams` (since 1.4).
+pub type loopd_on_datagrams_fn =
+    unsafe extern "C" fn(*mut loopd_ctx, *mut c_void, u64, *const loopd_datagram, usize);
 
 /// Hooks the handler implements; `None` means "not interested".
 #[repr(C)]
@@ -510,6 +536,8 @@ pub struct loopd_vtable {
     pub on_message: Option<loopd_on_message_fn>,
     /// A watched descriptor is ready (since 1.3).
     pub on_fd: Option<loopd_on_fd_fn>,
+    /// Several datagrams arrived, instead of `on_datagram` (since 1.4).
+    pub on_datagrams: Option<loopd_on_datagrams_fn>,
 }
 
 impl loopd_vtable {
@@ -532,6 +560,7 @@ impl loopd_vtable {
         on_partial: None,
         on_message: None,
         on_fd: None,
+        on_datagrams: None,
     };
 }
 

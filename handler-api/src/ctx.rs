@@ -6,6 +6,7 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use crate::abi::{self, loopd_bytes, loopd_ctx, loopd_host_api};
+use crate::datagrams::Outbox;
 use crate::timer_payload::TimerPayloads;
 use crate::types::{
     CloseMode, ConnId, ConnectOptions, Error, Framing, Interest, Level, SocketId, TimerId, WatchId,
@@ -216,6 +217,74 @@ impl Ctx {
         let to = abi::loopd_addr::from_socket_addr(to);
         // SAFETY: `to` and `data` are valid for the duration of the call.
         Error::check(unsafe { f(self.raw, socket.raw(), &to, data.as_ptr(), data.len()) })
+    }
+
+    /// Sends every datagram of `out` from `socket`, in order, with as few
+    /// system calls as the host can (one `sendmmsg` on Linux; ABI 1.4). Never
+    /// queued. [`Outbox::results`] then says what happened to each (as
+    /// [`Ctx::send_datagram`] would have) and [`Outbox::sent`] how many went.
+    /// On a host without `send_datagrams` they go one `send_datagram` each,
+    /// with the same results.
+    ///
+    /// # Errors
+    /// The first datagram's error that was not sent ([`Error::Again`]: the
+    /// kernel's buffer was full, it and the rest were dropped;
+    /// [`Error::Io`]; [`Error::Invalid`]); [`Error::NoSuchConn`] or
+    /// [`Error::Unsupported`] (a stream) before any is tried.
+    pub fn send_datagrams(&self, socket: SocketId, out: &mut Outbox) -> Result<(), Error> {
+        if out.is_empty() {
+            out.finish(0);
+            return Ok(());
+        }
+        let Some(f) = self.host().send_datagrams else {
+            return self.send_datagrams_one_by_one(socket, out);
+        };
+        let msgs = out.prepare();
+        let mut sent = 0usize;
+        // SAFETY: `msgs` is `len` initialised datagrams pointing into `out`'s
+        // bytes, which stay put for the call; `sent` is a valid out-pointer.
+        let status = unsafe {
+            f(
+                self.raw,
+                socket.raw(),
+                msgs.as_mut_ptr(),
+                msgs.len(),
+                &mut sent,
+            )
+        };
+        out.finish(sent);
+        Error::check(status)
+    }
+
+    /// [`Ctx::send_datagrams`] on a host that lacks it.
+    fn send_datagrams_one_by_one(&self, socket: SocketId, out: &mut Outbox) -> Result<(), Error> {
+        let f = self.host().send_datagram.ok_or(Error::Unsupported)?;
+        let (mut sent, mut first) = (0, abi::LOOPD_OK);
+        let mut full = false;
+        for i in 0..out.len() {
+            let status = if full {
+                abi::LOOPD_ERR_AGAIN
+            } else {
+                let (to, data) = out.entry(i);
+                // SAFETY: `to` and `data` are valid for the duration of the call.
+                unsafe { f(self.raw, socket.raw(), to, data.as_ptr(), data.len()) }
+            };
+            match status {
+                abi::LOOPD_OK => sent += 1,
+                abi::LOOPD_ERR_NO_SUCH_CONN | abi::LOOPD_ERR_UNSUPPORTED if i == 0 => {
+                    out.set_sent(0);
+                    return Error::check(status);
+                }
+                abi::LOOPD_ERR_AGAIN => full = true,
+                _ => {}
+            }
+            if status != abi::LOOPD_OK && first == abi::LOOPD_OK {
+                first = status;
+            }
+            out.set_status(i, status);
+        }
+        out.set_sent(sent);
+        Error::check(first)
     }
 
     /// Arms a one-shot timer; [`crate::Handler::on_timer`] gets `user_data` after `delay`.

@@ -24,7 +24,7 @@ use crate::types::{
     ConnId, ConnInfo, EofAction, FdEvents, Framing, Level, ListenInfo, Origin, OversizeAction,
     SocketId, TimerId, Transport, WatchId,
 };
-use crate::{CloseMode, CloseReason, Ctx, Handler};
+use crate::{CloseMode, CloseReason, Ctx, Datagrams, Handler};
 
 /// What `create` allocates: the host table (copied), the handler and its
 /// timer payloads.
@@ -91,6 +91,11 @@ pub const fn vtable<H: Handler>() -> loopd_vtable {
         on_partial: Some(on_partial::<H>),
         on_message: Some(on_message::<H>),
         on_fd: Some(on_fd::<H>),
+        on_datagrams: if H::BATCH_DATAGRAMS {
+            Some(on_datagrams::<H>)
+        } else {
+            None
+        },
     }
 }
 
@@ -646,13 +651,48 @@ unsafe extern "C" fn on_datagram<H: Handler>(
         return;
     };
     // SAFETY: the host lends `peer` for this call.
-    let peer = unsafe { peer.as_ref() }.and_then(|p| p.to_socket_addr());
+    let peer = unsafe { peer.as_ref() };
     // SAFETY: the host lends `len` readable bytes at `data` for this call.
     let bytes = unsafe { bytes(data, len) };
     let ctx = inst.ctx(raw);
     let handler = &mut inst.handler;
+    let socket = SocketId::from_raw(socket);
+    if H::BATCH_DATAGRAMS {
+        // A host without on_datagrams: a batch of one.
+        let raw = [crate::datagrams::one(peer, bytes)];
+        // SAFETY: `raw` points at `bytes`, borrowed for this call.
+        let batch = unsafe { Datagrams::from_raw(&raw) };
+        return guard(&ctx, "on_datagrams", (), || {
+            handler.on_datagrams(&ctx, socket, batch)
+        });
+    }
+    let peer = peer.and_then(|p| p.to_socket_addr());
     guard(&ctx, "on_datagram", (), || {
-        handler.on_datagram(&ctx, SocketId::from_raw(socket), peer, bytes)
+        handler.on_datagram(&ctx, socket, peer, bytes)
+    })
+}
+
+unsafe extern "C" fn on_datagrams<H: Handler>(
+    raw: *mut loopd_ctx,
+    inst: *mut c_void,
+    socket: u64,
+    msgs: *const abi::loopd_datagram,
+    count: usize,
+) {
+    // SAFETY: the host passes the pointer create produced.
+    let Some(inst) = (unsafe { instance::<H>(inst) }) else {
+        return;
+    };
+    if msgs.is_null() || count == 0 {
+        return;
+    }
+    // SAFETY: the host lends `count` datagrams at `msgs`, each pointing at
+    // its bytes, for this call.
+    let batch = unsafe { Datagrams::from_raw(std::slice::from_raw_parts(msgs, count)) };
+    let ctx = inst.ctx(raw);
+    let handler = &mut inst.handler;
+    guard(&ctx, "on_datagrams", (), || {
+        handler.on_datagrams(&ctx, SocketId::from_raw(socket), batch)
     })
 }
 

@@ -174,12 +174,14 @@
 
 pub mod abi;
 mod ctx;
+mod datagrams;
 pub mod framing;
 mod glue;
 mod timer_payload;
 mod types;
 
 pub use ctx::{Ctx, Metric, Series};
+pub use datagrams::{Datagram, Datagrams, Outbox};
 pub use types::{
     CloseMode, CloseReason, ConnId, ConnInfo, ConnectOptions, EofAction, Error, FdEvents, Framing,
     Interest, Level, ListenInfo, Origin, OversizeAction, SocketId, TimerId, Transport, WatchId,
@@ -220,6 +222,13 @@ pub trait Handler: Sized + 'static {
     /// HTTP/1.1 server). Empty: none. A handler entry's `tls_alpn` key
     /// replaces them; a host older than 1.4 ignores them.
     const ALPN: &'static std::ffi::CStr = c"";
+
+    /// Receive datagrams in batches, through [`Handler::on_datagrams`],
+    /// instead of one [`Handler::on_datagram`] call each (ABI 1.4). A
+    /// handler that answers many datagrams at once (with
+    /// [`Ctx::send_datagrams`]) sets it; on a host that predates batches
+    /// each datagram still comes to `on_datagrams`, as a batch of one.
+    const BATCH_DATAGRAMS: bool = false;
 
     /// Builds an instance for one `[[handler]]` entry named `instance`.
     ///
@@ -298,6 +307,18 @@ pub trait Handler: Sized + 'static {
     /// [`Ctx::send_datagram`].
     fn on_datagram(&mut self, ctx: &Ctx, socket: SocketId, peer: Option<SocketAddr>, data: &[u8]) {
         let _ = (ctx, socket, peer, data);
+    }
+
+    /// With [`Handler::BATCH_DATAGRAMS`], instead of `on_datagram`: the
+    /// datagrams that arrived together on `socket` (one `recvmmsg`), in
+    /// order, borrowed for this call. Answering them with one
+    /// [`Ctx::send_datagrams`] costs one system call where
+    /// [`Ctx::send_datagram`] costs one per datagram. The default hands
+    /// each to [`Handler::on_datagram`].
+    fn on_datagrams(&mut self, ctx: &Ctx, socket: SocketId, batch: Datagrams<'_>) {
+        for d in batch.iter() {
+            self.on_datagram(ctx, socket, d.peer, d.data);
+        }
     }
 
     /// A timer set with [`Ctx::set_timer`] fired (once), or a repeating one

@@ -92,6 +92,7 @@ macro_rules! abi_structs {
 abi_structs! {
     loopd_bytes { ptr, len }
     loopd_addr { family, port, scope_id, ip }
+    loopd_datagram { addr, status, reserved, data, len }
     loopd_conn_info { struct_size, transport, origin, framing, peer, local, endpoint }
     loopd_listen_info { struct_size, transport, local, url }
     loopd_host_api {
@@ -100,12 +101,12 @@ abi_structs! {
         log_to, send_file, pause_read, resume_read, shutdown_write, connect_with, post,
         watch_fd, watch_modify, watch_remove, timer_repeat, post_siblings, worker_info,
         stats_json, metric_declare, metric_series, metric_update, peer_subject,
-        peer_certificate,
+        peer_certificate, send_datagrams,
     }
     loopd_vtable {
         struct_size, reserved, create, destroy, on_open, on_data, on_eof, on_writable,
         on_close, on_datagram, on_timer, on_shutdown, on_listen, on_oversize, on_partial,
-        on_message, on_fd,
+        on_message, on_fd, on_datagrams,
     }
     loopd_connect_options {
         struct_size, framing, max_frame, output_high_watermark, output_low_watermark, flags,

@@ -380,21 +380,8 @@ impl Runtime {
                 Batch::Retry => continue,
                 Batch::Stop => return false,
             };
-            for (i, (len, peer)) in got[..count].iter().enumerate() {
-                if *len == DROPPED {
-                    continue;
-                }
-                // A hook may have closed the socket: the rest of the batch
-                // has no one to go to.
-                if !matches!(
-                    self.core.borrow().sources.get(id),
-                    Some(Source::Datagram(_))
-                ) {
-                    return false;
-                }
-                let data = &buf[i * stride..i * stride + len];
-                self.hooks().on_datagram(instance, id, peer, data);
-                self.drain_pending();
+            if !self.deliver_batch(instance, id, buf, &got[..count], stride) {
+                return false;
             }
             left -= count.min(left);
             if drained {
@@ -409,6 +396,59 @@ impl Runtime {
             } else {
                 again = false;
             }
+        }
+        true
+    }
+
+    /// Hands one receive's datagrams to the handler: all at once to
+    /// `on_datagrams` when it has that hook, else one `on_datagram` each.
+    /// False if a hook closed the socket.
+    fn deliver_batch(
+        &mut self,
+        instance: InstanceId,
+        id: u64,
+        buf: &[u8],
+        got: &[(usize, loopd_handler_api::abi::loopd_addr)],
+        stride: usize,
+    ) -> bool {
+        if self.hooks().takes_batches(instance) {
+            let mut batch = std::mem::take(&mut self.batch);
+            batch.clear();
+            for (i, (len, peer)) in got.iter().enumerate() {
+                if *len != DROPPED {
+                    batch.push(loopd_handler_api::abi::loopd_datagram {
+                        addr: *peer,
+                        status: 0,
+                        reserved: 0,
+                        data: buf[i * stride..].as_ptr(),
+                        len: *len,
+                    });
+                }
+            }
+            self.hooks().on_datagrams(instance, id, &batch);
+            batch.clear();
+            self.batch = batch;
+            self.drain_pending();
+            return matches!(
+                self.core.borrow().sources.get(id),
+                Some(Source::Datagram(_))
+            );
+        }
+        for (i, (len, peer)) in got.iter().enumerate() {
+            if *len == DROPPED {
+                continue;
+            }
+            // A hook may have closed the socket: the rest of the batch
+            // has no one to go to.
+            if !matches!(
+                self.core.borrow().sources.get(id),
+                Some(Source::Datagram(_))
+            ) {
+                return false;
+            }
+            let data = &buf[i * stride..i * stride + len];
+            self.hooks().on_datagram(instance, id, peer, data);
+            self.drain_pending();
         }
         true
     }

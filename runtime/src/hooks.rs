@@ -239,6 +239,25 @@ impl Hooks<'_> {
         }
     }
 
+    /// Whether the instance takes datagrams in batches (`on_datagrams`).
+    pub(crate) fn takes_batches(&self, inst: InstanceId) -> bool {
+        self.target(inst, |v| v.on_datagrams).is_some()
+    }
+
+    /// `on_datagrams` (ABI 1.4): the datagrams of one receive on socket
+    /// `id`, borrowed for the call (`msgs` non-empty; nothing called when it
+    /// is empty).
+    pub(crate) fn on_datagrams(&self, inst: InstanceId, id: u64, msgs: &[abi::loopd_datagram]) {
+        if msgs.is_empty() {
+            return;
+        }
+        if let Some((f, ctx, ptr)) = self.target(inst, |v| v.on_datagrams) {
+            // SAFETY: a checked vtable; `msgs` and the bytes each points at
+            // are borrowed for the call.
+            unsafe { f(ctx, ptr, id, msgs.as_ptr(), msgs.len()) }
+        }
+    }
+
     /// `on_timer`: a timer the instance set fired.
     pub(crate) fn on_timer(&self, inst: InstanceId, id: u64, user_data: u64) {
         if let Some((f, ctx, ptr)) = self.target(inst, |v| v.on_timer) {

@@ -206,6 +206,9 @@ pub struct Runtime {
     pub(crate) datagrams: Vec<u8>,
     /// Each slot's real length and sender.
     pub(crate) received: Vec<(usize, loopd_handler_api::abi::loopd_addr)>,
+    /// `on_datagrams`' view of a receive (pointing into `datagrams`; empty
+    /// between calls).
+    pub(crate) batch: Vec<loopd_handler_api::abi::loopd_datagram>,
     ready: Vec<Ready>,
     flags: Arc<Flags>,
     waker: Waker,
@@ -386,6 +389,7 @@ impl Runtime {
             scratch: vec![0; SCRATCH_SIZE],
             datagrams: Vec::new(),
             received: Vec::new(),
+            batch: Vec::new(),
             ready: Vec::with_capacity(1024),
             flags: Arc::new(Flags::default()),
             waker,

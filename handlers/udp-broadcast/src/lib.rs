@@ -45,7 +45,8 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use loopd_handler_api::{
-    ConnId, ConnInfo, Ctx, Error, Handler, Level, ListenInfo, Series, SocketId, TimerId, Transport,
+    ConnId, ConnInfo, Ctx, Datagrams, Error, Handler, Level, ListenInfo, Outbox, Series, SocketId,
+    TimerId, Transport,
 };
 
 use config::{RelayConfig, Settings};
@@ -169,8 +170,11 @@ pub struct Relay {
     timers: Vec<TimerId>,
     started: bool,
     stopping: bool,
-    /// Reused for `[ip:port] ` + payload.
+    /// Reused for the `[ip:port] ` tag.
     out: Vec<u8>,
+    /// The copies a batch of datagrams makes, per socket they go from: one
+    /// `send_datagrams` each at the end of the batch.
+    outboxes: Vec<(SocketId, Outbox)>,
     /// The instance's context, kept to log the totals when the relay is
     /// dropped (only if it had a socket: `loopd check` stays quiet).
     ctx: Ctx,
@@ -302,6 +306,92 @@ impl Relay {
         }
     }
 
+    /// Checks one received datagram and queues its copies (one per target)
+    /// in the outbox of the socket each goes from.
+    fn relay(
+        &mut self,
+        ctx: &Ctx,
+        socket: SocketId,
+        peer: Option<SocketAddr>,
+        data: &[u8],
+        now: u64,
+    ) {
+        let from = canonical(peer.unwrap_or_else(|| SocketAddr::from(([0, 0, 0, 0], 0))));
+        if self.own.is_own(from, now) {
+            return self.drop_one(ctx, Reason::Own, from, now);
+        }
+        if data.len() > self.settings.max_datagram {
+            return self.drop_one(ctx, Reason::Oversize, from, now);
+        }
+        // max_datagram bounds what the relay sends, too: with the tag in
+        // front, the datagram must still fit. Dropped, not truncated.
+        let tag_len = if self.settings.prefix_sender {
+            self.tag(from)
+        } else {
+            0
+        };
+        if tag_len + data.len() > self.settings.max_datagram {
+            return self.drop_one(ctx, Reason::OversizePrefixed, from, now);
+        }
+        let key = self.echoes.key(data);
+        if self.echoes.is_echo_key(key, from, now) {
+            return self.drop_one(ctx, Reason::Echo, from, now);
+        }
+        if !self.limiter.allow(from.ip(), now) {
+            return self.drop_one(ctx, Reason::Rate, from, now);
+        }
+        self.echoes.record_key(key, from, now);
+        self.relayed += 1;
+        // self.out holds the tag (see above), or nothing.
+        for i in 0..self.settings.targets.len() {
+            let target = self.settings.targets[i];
+            let Some(sock) = self.socket_for(target, Some(socket)) else {
+                // Said once at start (TIMER_STARTED); counted each time.
+                self.drop_one(ctx, Reason::SendFailed, target, now);
+                continue;
+            };
+            let at = match self.outboxes.iter().position(|(s, _)| *s == sock) {
+                Some(at) => at,
+                None => {
+                    self.outboxes.push((sock, Outbox::new()));
+                    self.outboxes.len() - 1
+                }
+            };
+            self.outboxes[at]
+                .1
+                .push_parts(target, &[&self.out[..tag_len], data]);
+        }
+    }
+
+    /// Sends what [`Relay::relay`] queued, one `send_datagrams` per socket,
+    /// and counts what was sent and what was dropped.
+    fn flush(&mut self, ctx: &Ctx, now: u64) {
+        for i in 0..self.outboxes.len() {
+            if self.outboxes[i].1.is_empty() {
+                continue;
+            }
+            let sock = self.outboxes[i].0;
+            let mut out = std::mem::take(&mut self.outboxes[i].1);
+            // Each datagram's result is in `out.results()`, unless the call
+            // was refused whole (the socket is gone).
+            let whole = matches!(
+                ctx.send_datagrams(sock, &mut out),
+                Err(Error::NoSuchConn | Error::Unsupported)
+            );
+            for (target, result) in out.results() {
+                match result {
+                    Ok(()) => self.sent += 1,
+                    Err(Error::Again) if !whole => {
+                        self.drop_one(ctx, Reason::SendBufferFull, target, now)
+                    }
+                    Err(_) => self.drop_one(ctx, Reason::SendFailed, target, now),
+                }
+            }
+            out.clear();
+            self.outboxes[i].1 = out;
+        }
+    }
+
     /// Puts `[from] ` into `self.out` (replacing what was there); returns
     /// its length: 12 to 24 bytes for IPv4, up to 61 for IPv6 with a scope.
     fn tag(&mut self, from: SocketAddr) -> usize {
@@ -397,6 +487,9 @@ impl Handler for Relay {
     /// The relay learns its sockets from `on_listen` (ABI 1.1): a 1.0 host
     /// would never tell it, so it refuses to load there, with a message.
     const MIN_HOST_MINOR: u32 = 1;
+    /// Every datagram a receive took comes in one call and its copies go
+    /// out with one `send_datagrams` (one `sendmmsg`) per socket.
+    const BATCH_DATAGRAMS: bool = true;
 
     fn create(ctx: &Ctx, instance: &str, config: RelayConfig) -> Result<Self, String> {
         let settings = config.check()?;
@@ -426,7 +519,8 @@ impl Handler for Relay {
             timers: Vec::new(),
             started: false,
             stopping: false,
-            out: Vec::with_capacity(settings.max_datagram + 64),
+            out: Vec::with_capacity(64),
+            outboxes: Vec::new(),
             ctx: *ctx,
             settings,
         })
@@ -495,46 +589,18 @@ impl Handler for Relay {
         ))
     }
 
-    fn on_datagram(&mut self, ctx: &Ctx, socket: SocketId, peer: Option<SocketAddr>, data: &[u8]) {
+    fn on_datagrams(&mut self, ctx: &Ctx, socket: SocketId, batch: Datagrams<'_>) {
         let now = ctx.now_ms();
-        let from = canonical(peer.unwrap_or_else(|| SocketAddr::from(([0, 0, 0, 0], 0))));
-        if self.own.is_own(from, now) {
-            return self.drop_one(ctx, Reason::Own, from, now);
+        let before = self.relayed;
+        for d in batch.iter() {
+            self.relay(ctx, socket, d.peer, d.data, now);
         }
-        if data.len() > self.settings.max_datagram {
-            return self.drop_one(ctx, Reason::Oversize, from, now);
-        }
-        // max_datagram bounds what the relay sends, too: with the tag in
-        // front, the datagram must still fit. Dropped, not truncated.
-        let tag_len = if self.settings.prefix_sender {
-            self.tag(from)
-        } else {
-            0
-        };
-        if tag_len + data.len() > self.settings.max_datagram {
-            return self.drop_one(ctx, Reason::OversizePrefixed, from, now);
-        }
-        let key = self.echoes.key(data);
-        if self.echoes.is_echo_key(key, from, now) {
-            return self.drop_one(ctx, Reason::Echo, from, now);
-        }
-        if !self.limiter.allow(from.ip(), now) {
-            return self.drop_one(ctx, Reason::Rate, from, now);
-        }
-        self.echoes.record_key(key, from, now);
-        self.relayed += 1;
         if let Some(m) = &self.metrics {
-            ctx.metric_add(m.relayed, 1.0);
+            if self.relayed > before {
+                ctx.metric_add(m.relayed, (self.relayed - before) as f64);
+            }
         }
-        if self.settings.prefix_sender {
-            // self.out holds the tag (see above).
-            let mut out = std::mem::take(&mut self.out);
-            out.extend_from_slice(data);
-            self.send_all(ctx, Some(socket), &out, now);
-            self.out = out;
-        } else {
-            self.send_all(ctx, Some(socket), data, now);
-        }
+        self.flush(ctx, now);
     }
 
     fn on_timer(&mut self, ctx: &Ctx, timer: TimerId, tag: u64) {

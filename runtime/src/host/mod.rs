@@ -261,6 +261,39 @@ unsafe extern "C" fn host_send_datagram(
     }
 }
 
+unsafe extern "C" fn host_send_datagrams(
+    ctx: *mut loopd_ctx,
+    socket: u64,
+    msgs: *mut abi::loopd_datagram,
+    count: usize,
+    sent_out: *mut usize,
+) -> i32 {
+    let msgs = if count == 0 {
+        &mut [][..]
+    } else if msgs.is_null() {
+        return abi::LOOPD_ERR_INVALID;
+    } else {
+        // SAFETY: the caller lends `count` datagrams at `msgs`, writable
+        // (their statuses), for the call; each one's bytes too (checked
+        // for NULL one by one).
+        unsafe { std::slice::from_raw_parts_mut(msgs, count) }
+    };
+    let mut sent = 0;
+    // SAFETY: `ctx` comes from the runtime.
+    let status = unsafe {
+        with_core(ctx, |core, inst| {
+            let (n, status) = datagram::send_many(core, inst, socket, msgs);
+            sent = n;
+            status
+        })
+    };
+    // SAFETY: the caller lends `sent_out` (or NULL) for the call.
+    if let Some(out) = unsafe { sent_out.as_mut() } {
+        *out = sent;
+    }
+    status
+}
+
 unsafe extern "C" fn host_timer_set(
     ctx: *mut loopd_ctx,
     delay_ms: u64,
@@ -766,6 +799,7 @@ static HOST_API: HostTable = HostTable(loopd_host_api {
     sendv: Some(host_sendv),
     close: Some(host_close),
     send_datagram: Some(host_send_datagram),
+    send_datagrams: Some(host_send_datagrams),
     timer_set: Some(host_timer_set),
     timer_cancel: Some(host_timer_cancel),
     connect: Some(host_connect),

@@ -38,6 +38,8 @@ pub(crate) struct Datagram {
     /// The batch receive's headers, from the first receive on (a socket
     /// that only sends never has them).
     recv_state: Option<Box<sys::RecvState>>,
+    /// The batched send's headers, from the first `send_datagrams` on.
+    send_state: Option<Box<sys::SendState>>,
     /// Whether receiving again after a drained batch pays (see [`Drain`]).
     drain: Drain,
 }
@@ -185,7 +187,11 @@ impl Datagram {
     }
 
     fn count(&self, which: impl Fn(&Counters) -> &Counter) {
-        stats::count(&self.scope, Some(&self.listener), which, 1);
+        self.count_n(which, 1);
+    }
+
+    fn count_n(&self, which: impl Fn(&Counters) -> &Counter, n: u64) {
+        stats::count(&self.scope, Some(&self.listener), which, n);
     }
 
     /// A received datagram of `len` bytes did not fit in `max_datagram`:
@@ -223,49 +229,137 @@ impl Datagram {
             if e.kind() == io::ErrorKind::Interrupted {
                 continue;
             }
-            // Only the error paths need the address as text.
-            let to = DisplayAddr(to);
-            return match e {
-                e if sys::is_send_buffer_full(&e) => {
-                    // Never queued: a datagram the kernel cannot take now is
-                    // dropped, counted, and the handler told (AGAIN).
-                    self.count(|c| &c.datagrams_dropped_send_full);
-                    if let Some(n) = self.dropped_log.allow(Instant::now()) {
-                        log::warn!(
-                            "{}: {}: kernel send buffer full ({e}): dropped a datagram to {to}; {} dropped so far ({n} similar warnings suppressed)",
+            return self.send_failed(e, to, 1);
+        }
+    }
+
+    /// `send_datagrams` from this socket: `msgs` in order, [`sys::BATCH`]
+    /// at a time (one `sendmmsg` each on Linux), each one's status written
+    /// into it. Returns how many were sent and the first failure's status
+    /// (`LOOPD_OK` if none): a full kernel buffer drops that datagram and
+    /// every later one (the next would find it full too), any other error
+    /// only its own.
+    pub(crate) fn send_many(&mut self, msgs: &mut [abi::loopd_datagram]) -> (usize, i32) {
+        let fd = self.sock.as_raw_fd();
+        let mut state = self.send_state.take().unwrap_or_else(sys::SendState::new);
+        let (mut sent, mut first) = (0, abi::LOOPD_OK);
+        let mut i = 0;
+        'chunks: while i < msgs.len() {
+            // The next run of valid datagrams (an IP address, bytes or
+            // none), up to a batch.
+            state.clear();
+            let mut end = i;
+            while end < msgs.len() {
+                let m = &msgs[end];
+                if m.data.is_null() && m.len > 0 {
+                    break;
+                }
+                let Some(to) = sys::SockAddr::from_loopd(&m.addr) else {
+                    break;
+                };
+                if !state.push(to, m.data, m.len) {
+                    break;
+                }
+                end += 1;
+            }
+            if end == i {
+                msgs[i].status = abi::LOOPD_ERR_INVALID;
+                if first == abi::LOOPD_OK {
+                    first = abi::LOOPD_ERR_INVALID;
+                }
+                i += 1;
+                continue;
+            }
+            let mut from = 0;
+            while from < state.len() {
+                // SAFETY: every datagram pushed points at bytes the plugin
+                // lends for this host call (the send_datagrams contract).
+                match unsafe { state.send(fd, from) } {
+                    Ok(n) => {
+                        for m in &mut msgs[i + from..i + from + n] {
+                            m.status = abi::LOOPD_OK;
+                        }
+                        self.count_n(|c| &c.datagrams_out, n as u64);
+                        (sent, from) = (sent + n, from + n);
+                    }
+                    Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                    Err(e) => {
+                        let at = i + from;
+                        let full = sys::is_send_buffer_full(&e);
+                        // A full buffer drops this one and every later one.
+                        let dropped = if full { msgs.len() - at } else { 1 };
+                        let status = self.send_failed(e, &msgs[at].addr, dropped as u64);
+                        for m in &mut msgs[at..at + dropped] {
+                            m.status = status;
+                        }
+                        if first == abi::LOOPD_OK {
+                            first = status;
+                        }
+                        if full {
+                            break 'chunks;
+                        }
+                        from += 1;
+                    }
+                }
+            }
+            i = end;
+        }
+        state.clear();
+        self.send_state = Some(state);
+        (sent, first)
+    }
+
+    /// A send to `to` failed with `e` (not `EINTR`): counts `dropped`
+    /// datagrams (more than one only for a full buffer in a batch), logs
+    /// within its rate limit, and returns the status to tell the handler.
+    fn send_failed(&mut self, e: io::Error, to: &abi::loopd_addr, dropped: u64) -> i32 {
+        // Only the error paths need the address as text.
+        let to = DisplayAddr(to);
+        match e {
+            e if sys::is_send_buffer_full(&e) => {
+                // Never queued: a datagram the kernel cannot take now is
+                // dropped, counted, and the handler told (AGAIN).
+                self.count_n(|c| &c.datagrams_dropped_send_full, dropped);
+                if let Some(n) = self.dropped_log.allow(Instant::now()) {
+                    let what = if dropped == 1 {
+                        format!("a datagram to {to}")
+                    } else {
+                        format!("{dropped} datagrams of a batch, the first to {to}")
+                    };
+                    log::warn!(
+                            "{}: {}: kernel send buffer full ({e}): dropped {what}; {} dropped so far ({n} similar warnings suppressed)",
                             self.scope.name,
                             self.url(),
                             self.listener.counters.datagrams_dropped_send_full.get()
                         );
-                    }
-                    abi::LOOPD_ERR_AGAIN
                 }
-                e if sys::is_broadcast_refused(&e) && !self.broadcast => {
-                    self.count(|c| &c.datagrams_dropped_send_error);
-                    if !self.broadcast_warned {
-                        self.broadcast_warned = true;
-                        let name = &self.scope.name;
-                        log::error!(
-                            "{name}: cannot send from {} to {to}: the kernel refused ({e}); \
+                abi::LOOPD_ERR_AGAIN
+            }
+            e if sys::is_broadcast_refused(&e) && !self.broadcast => {
+                self.count(|c| &c.datagrams_dropped_send_error);
+                if !self.broadcast_warned {
+                    self.broadcast_warned = true;
+                    let name = &self.scope.name;
+                    log::error!(
+                        "{name}: cannot send from {} to {to}: the kernel refused ({e}); \
                              a broadcast address needs SO_BROADCAST: add `broadcast = true` \
                              to the [[handler]] entry of `{name}` (logged once per socket)",
-                            self.url()
-                        );
-                    }
-                    abi::LOOPD_ERR_IO
+                        self.url()
+                    );
                 }
-                e => {
-                    self.count(|c| &c.datagrams_dropped_send_error);
-                    if let Some(n) = self.error_log.allow(Instant::now()) {
-                        log::debug!(
-                            "{}: send_datagram from {} to {to}: {e} ({n} similar messages suppressed)",
-                            self.scope.name,
-                            self.url()
-                        );
-                    }
-                    abi::LOOPD_ERR_IO
+                abi::LOOPD_ERR_IO
+            }
+            e => {
+                self.count(|c| &c.datagrams_dropped_send_error);
+                if let Some(n) = self.error_log.allow(Instant::now()) {
+                    log::debug!(
+                        "{}: send_datagram from {} to {to}: {e} ({n} similar messages suppressed)",
+                        self.scope.name,
+                        self.url()
+                    );
                 }
-            };
+                abi::LOOPD_ERR_IO
+            }
         }
     }
 
@@ -343,6 +437,7 @@ pub(crate) fn open(core: &mut Core, sa: &SocketAddr, instance: InstanceId) -> io
         oversize_log: RateLimit::default(),
         error_log: RateLimit::default(),
         recv_state: None,
+        send_state: None,
         drain: Drain::default(),
     };
     let id = core.register(Source::Datagram(d), true, false)?;
@@ -381,6 +476,22 @@ fn check_own_udp(core: &Core, sa: &SocketAddr) -> io::Result<()> {
         }
     }
     Ok(())
+}
+
+/// The host's `send_datagrams`: `(sent, status)`, as
+/// [`Datagram::send_many`]; refused whole for another instance's id or a
+/// stream.
+pub(crate) fn send_many(
+    core: &mut Core,
+    instance: InstanceId,
+    id: u64,
+    msgs: &mut [abi::loopd_datagram],
+) -> (usize, i32) {
+    match core.sources.get_mut(id) {
+        Some(Source::Datagram(d)) if d.instance == instance => d.send_many(msgs),
+        Some(Source::Stream(c)) if c.instance == instance => (0, abi::LOOPD_ERR_UNSUPPORTED),
+        _ => (0, abi::LOOPD_ERR_NO_SUCH_CONN),
+    }
 }
 
 /// The host's `send_datagram`.
@@ -530,6 +641,70 @@ mod tests {
             0,
             "only a full buffer counts as dropped"
         );
+    }
+
+    #[test]
+    fn send_many_sends_in_order_and_says_what_became_of_each() {
+        let (mut core, inst) = core_with(false, 1 << 20);
+        let b = udp(&mut core, inst, "127.0.0.1:0");
+        let rx = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+        rx.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        let to = abi::loopd_addr::from_socket_addr(rx.local_addr().unwrap());
+        let huge = vec![0u8; 70_000];
+        let msg = |addr: abi::loopd_addr, data: &[u8]| abi::loopd_datagram {
+            addr,
+            status: 12345,
+            reserved: 0,
+            data: data.as_ptr(),
+            len: data.len(),
+        };
+        let mut null = msg(to, b"");
+        (null.data, null.len) = (std::ptr::null(), 3);
+        // More than one batch, with bad ones between good ones.
+        let mut msgs = vec![msg(to, b"0"), msg(abi::loopd_addr::unix(), b"x"), null];
+        msgs.push(msg(to, &huge));
+        let bytes: Vec<u8> = (1..=40).collect();
+        for i in 0..40 {
+            msgs.push(msg(to, &bytes[i..i + 1]));
+        }
+        let mut empty = msg(to, b"");
+        empty.data = std::ptr::null();
+        msgs.push(empty);
+        let (sent, first) = send_many(&mut core, inst, b.id, &mut msgs);
+        assert_eq!((sent, first), (42, abi::LOOPD_ERR_INVALID));
+        let statuses: Vec<i32> = msgs.iter().map(|m| m.status).collect();
+        assert_eq!(
+            &statuses[..4],
+            &[
+                abi::LOOPD_OK,
+                abi::LOOPD_ERR_INVALID,
+                abi::LOOPD_ERR_INVALID,
+                abi::LOOPD_ERR_IO // EMSGSIZE: the rest still go
+            ]
+        );
+        assert!(
+            statuses[4..].iter().all(|&s| s == abi::LOOPD_OK),
+            "{statuses:?}"
+        );
+        let mut got = Vec::new();
+        let mut buf = [0u8; 16];
+        for _ in 0..42 {
+            let n = rx.recv(&mut buf).unwrap();
+            got.push(buf[..n].to_vec());
+        }
+        let mut want = vec![b"0".to_vec()];
+        want.extend((1..=40u8).map(|i| vec![i]));
+        want.push(Vec::new());
+        assert_eq!(got, want, "in order, each once");
+        assert_eq!(b.scope.counters.datagrams_out.get(), 42);
+        assert_eq!(b.scope.counters.datagrams_dropped_send_error.get(), 1);
+        // Refused whole: statuses untouched.
+        let mut one = vec![msg(to, b"x")];
+        assert_eq!(
+            send_many(&mut core, inst + 1, b.id, &mut one),
+            (0, abi::LOOPD_ERR_NO_SUCH_CONN)
+        );
+        assert_eq!(one[0].status, 12345);
     }
 
     #[test]

@@ -180,6 +180,96 @@ pub(crate) fn recv_batch(
     Ok(got)
 }
 
+/// The `sendmmsg` headers, iovecs and addresses of a datagram socket's
+/// batched sends, kept between calls (its first batched send allocates
+/// them once). Filled by [`SendState::push`], sent by [`SendState::send`].
+pub(crate) struct SendState {
+    msgs: [libc::mmsghdr; BATCH],
+    iovs: [libc::iovec; BATCH],
+    names: [SockAddr; BATCH],
+    len: usize,
+}
+
+impl SendState {
+    /// Empty.
+    pub(crate) fn new() -> Box<SendState> {
+        // SAFETY: all-zero is a valid SendState: null pointers and zero
+        // lengths in the headers and iovecs, zeroed (unused) addresses, and
+        // `len == 0` says none is filled.
+        Box::new(unsafe { std::mem::zeroed() })
+    }
+
+    /// Forgets what was pushed.
+    pub(crate) fn clear(&mut self) {
+        self.len = 0;
+    }
+
+    /// How many are pushed.
+    pub(crate) fn len(&self) -> usize {
+        self.len
+    }
+
+    /// Adds a datagram of `len` bytes at `data` for `to`; false (and
+    /// nothing added) once [`BATCH`] are pushed. The pointer is only stored:
+    /// [`SendState::send`]'s caller vouches for it.
+    pub(crate) fn push(&mut self, to: SockAddr, data: *const u8, len: usize) -> bool {
+        let i = self.len;
+        if i == BATCH {
+            return false;
+        }
+        self.names[i] = to;
+        self.iovs[i] = libc::iovec {
+            iov_base: data.cast_mut().cast(),
+            iov_len: len,
+        };
+        self.len += 1;
+        true
+    }
+
+    /// Sends the pushed datagrams from the `from`th on with one
+    /// sendmmsg(2): how many the kernel took (at least one), or the error
+    /// of the first it did not.
+    ///
+    /// # Safety
+    /// Every datagram pushed since the last [`SendState::clear`] must still
+    /// be valid for reads of its length.
+    pub(crate) unsafe fn send(&mut self, fd: RawFd, from: usize) -> io::Result<usize> {
+        let n = self.len.saturating_sub(from);
+        if n == 0 {
+            return Ok(0);
+        }
+        for i in from..self.len {
+            let (addr, len) = self.names[i].as_ptr();
+            let h = &mut self.msgs[i].msg_hdr;
+            h.msg_name = addr.cast_mut().cast();
+            h.msg_namelen = len;
+            h.msg_iov = &mut self.iovs[i];
+            h.msg_iovlen = 1;
+        }
+        // SAFETY: sendmmsg(2) with `n` headers, each pointing at its own
+        // address and iovec in `self` (which outlives the call), each iovec
+        // at bytes the caller vouches for; no control data. Through
+        // syscall(2), see below.
+        cvt_size(unsafe {
+            libc::syscall(
+                libc::SYS_sendmmsg,
+                fd,
+                self.msgs[from..].as_mut_ptr(),
+                n as libc::c_uint,
+                libc::MSG_NOSIGNAL | libc::MSG_DONTWAIT,
+            ) as libc::ssize_t
+        })
+    }
+}
+
+impl std::fmt::Debug for SendState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SendState")
+            .field("len", &self.len)
+            .finish_non_exhaustive()
+    }
+}
+
 /// Sends one datagram to `to` (sendto(2) through syscall(2), see below).
 pub(crate) fn send_to(fd: RawFd, to: &SockAddr, buf: &[u8]) -> io::Result<usize> {
     let (addr, len) = to.as_ptr();

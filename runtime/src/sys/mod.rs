@@ -31,7 +31,9 @@ use posix as imp;
 
 #[cfg(test)]
 pub(crate) use imp::recv_from;
-pub(crate) use imp::{accept, recv_batch, send, send_to, sendfile, sendv, RecvState, BATCH};
+pub(crate) use imp::{
+    accept, recv_batch, send, send_to, sendfile, sendv, RecvState, SendState, BATCH,
+};
 
 /// The longest Unix socket path plus one (its NUL): the size of this
 /// platform's `sockaddr_un::sun_path`, 108 bytes on Linux and 104 on macOS

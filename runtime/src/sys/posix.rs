@@ -152,6 +152,63 @@ impl RecvState {
     }
 }
 
+/// A datagram socket's batched sends, one `sendto` each (POSIX has no
+/// `sendmmsg`); the Linux path keeps `sendmmsg` headers. Filled by
+/// [`SendState::push`], sent by [`SendState::send`].
+#[derive(Debug)]
+pub(crate) struct SendState {
+    msgs: Vec<(SockAddr, *const u8, usize)>,
+}
+
+impl SendState {
+    /// Empty.
+    pub(crate) fn new() -> Box<SendState> {
+        Box::new(SendState {
+            msgs: Vec::with_capacity(BATCH),
+        })
+    }
+
+    /// Forgets what was pushed.
+    pub(crate) fn clear(&mut self) {
+        self.msgs.clear();
+    }
+
+    /// How many are pushed.
+    pub(crate) fn len(&self) -> usize {
+        self.msgs.len()
+    }
+
+    /// Adds a datagram of `len` bytes at `data` for `to`; false (and
+    /// nothing added) once [`BATCH`] are pushed. The pointer is only stored:
+    /// [`SendState::send`]'s caller vouches for it.
+    pub(crate) fn push(&mut self, to: SockAddr, data: *const u8, len: usize) -> bool {
+        if self.msgs.len() == BATCH {
+            return false;
+        }
+        self.msgs.push((to, data, len));
+        true
+    }
+
+    /// Sends the `from`th pushed datagram (one `sendto`): `Ok(1)`, or its
+    /// error; `Ok(0)` when there is none.
+    ///
+    /// # Safety
+    /// Every datagram pushed since the last [`SendState::clear`] must still
+    /// be valid for reads of its length.
+    pub(crate) unsafe fn send(&mut self, fd: RawFd, from: usize) -> io::Result<usize> {
+        let Some(&(to, data, len)) = self.msgs.get(from) else {
+            return Ok(0);
+        };
+        let buf = if len == 0 {
+            &[][..]
+        } else {
+            // SAFETY: the caller vouches for `len` readable bytes at `data`.
+            unsafe { std::slice::from_raw_parts(data, len) }
+        };
+        send_to(fd, &to, buf).map(|_| 1)
+    }
+}
+
 /// Receives up to `out.len()` datagrams, one `recvmsg` each (POSIX has no
 /// `recvmmsg`): datagram `i` into `buf[i * stride..][..slot]`, its length as
 /// [`recv_from`] reports it and sender into `out[i]`. Returns how many

@@ -1,0 +1,287 @@
+//! Datagrams in batches (ABI 1.4): what [`crate::Handler::on_datagrams`]
+//! receives and what [`crate::Ctx::send_datagrams`] sends.
+
+use std::net::SocketAddr;
+
+use crate::abi::{self, loopd_addr, loopd_datagram};
+use crate::Error;
+
+/// Datagrams that arrived together on one socket, in order (what one
+/// `recvmmsg` took), borrowed for the [`crate::Handler::on_datagrams`] call.
+#[derive(Clone, Copy)]
+pub struct Datagrams<'a> {
+    raw: &'a [loopd_datagram],
+}
+
+/// One datagram of a [`Datagrams`] batch.
+#[derive(Debug, Clone, Copy)]
+pub struct Datagram<'a> {
+    /// The sender, when the host knows it.
+    pub peer: Option<SocketAddr>,
+    /// The datagram's bytes.
+    pub data: &'a [u8],
+}
+
+impl<'a> Datagrams<'a> {
+    /// # Safety
+    /// Every element's `data` must point to `len` readable bytes (or be
+    /// NULL with `len` 0), valid for `'a`.
+    pub(crate) unsafe fn from_raw(raw: &'a [loopd_datagram]) -> Datagrams<'a> {
+        Datagrams { raw }
+    }
+
+    /// How many datagrams.
+    pub fn len(&self) -> usize {
+        self.raw.len()
+    }
+
+    /// Whether there are none (the host never passes an empty batch).
+    pub fn is_empty(&self) -> bool {
+        self.raw.is_empty()
+    }
+
+    /// Datagram `i`, if there is one.
+    pub fn get(&self, i: usize) -> Option<Datagram<'a>> {
+        self.raw.get(i).map(|d| {
+            let data = if d.data.is_null() || d.len == 0 {
+                &[][..]
+            } else {
+                // SAFETY: `from_raw`'s contract: `len` readable bytes at
+                // `data` for 'a.
+                unsafe { std::slice::from_raw_parts(d.data, d.len) }
+            };
+            Datagram {
+                peer: d.addr.to_socket_addr(),
+                data,
+            }
+        })
+    }
+
+    /// The datagrams in the order they arrived.
+    pub fn iter(&self) -> impl ExactSizeIterator<Item = Datagram<'a>> + 'a {
+        let this = *self;
+        (0..this.len()).map(move |i| this.get(i).expect("in range"))
+    }
+}
+
+impl std::fmt::Debug for Datagrams<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_list().entries(self.iter()).finish()
+    }
+}
+
+/// Datagrams to send with one [`crate::Ctx::send_datagrams`] call: each
+/// pushed with where it goes, its bytes copied in; sent in order. Keep one
+/// and [`Outbox::clear`] it between batches: its buffers are reused.
+#[derive(Default)]
+pub struct Outbox {
+    bytes: Vec<u8>,
+    entries: Vec<Entry>,
+    /// What the host is given, rebuilt (pointing into `bytes`) by every
+    /// send; only ever read by the host during that call.
+    raw: Vec<loopd_datagram>,
+    sent: usize,
+}
+
+#[derive(Debug, Clone, Copy)]
+struct Entry {
+    to: loopd_addr,
+    start: usize,
+    len: usize,
+    status: i32,
+}
+
+/// Not sent yet (no send since it was pushed).
+const UNSENT: i32 = i32::MIN;
+
+// SAFETY: `raw`'s pointers point into `bytes`, which the Outbox owns; they
+// are written by `prepare` and read only by the host during the send that
+// follows it (on the thread that holds `&mut Outbox`), never afterwards.
+unsafe impl Send for Outbox {}
+// SAFETY: as above; `&Outbox` never reads through `raw`'s pointers.
+unsafe impl Sync for Outbox {}
+
+impl std::fmt::Debug for Outbox {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Outbox")
+            .field("datagrams", &self.entries.len())
+            .field("bytes", &self.bytes.len())
+            .field("sent", &self.sent)
+            .finish()
+    }
+}
+
+impl Outbox {
+    /// An empty outbox.
+    pub fn new() -> Outbox {
+        Outbox::default()
+    }
+
+    /// Adds a datagram of `data` for `to`.
+    pub fn push(&mut self, to: SocketAddr, data: &[u8]) {
+        self.push_parts(to, &[data]);
+    }
+
+    /// Adds one datagram made of `parts` one after the other (a header and
+    /// a payload, say), for `to`.
+    pub fn push_parts(&mut self, to: SocketAddr, parts: &[&[u8]]) {
+        let start = self.bytes.len();
+        for p in parts {
+            self.bytes.extend_from_slice(p);
+        }
+        self.entries.push(Entry {
+            to: loopd_addr::from_socket_addr(to),
+            start,
+            len: self.bytes.len() - start,
+            status: UNSENT,
+        });
+    }
+
+    /// How many datagrams it holds.
+    pub fn len(&self) -> usize {
+        self.entries.len()
+    }
+
+    /// Whether it holds none.
+    pub fn is_empty(&self) -> bool {
+        self.entries.is_empty()
+    }
+
+    /// Forgets every datagram (and what the last send said about them),
+    /// keeping the buffers.
+    pub fn clear(&mut self) {
+        self.bytes.clear();
+        self.entries.clear();
+        self.sent = 0;
+    }
+
+    /// How many the last [`crate::Ctx::send_datagrams`] sent.
+    pub fn sent(&self) -> usize {
+        self.sent
+    }
+
+    /// Each datagram's address and what the last send did with it: `Ok`
+    /// (sent), [`Error::Again`] (the kernel's buffer was full: dropped),
+    /// [`Error::Io`], [`Error::Invalid`]; [`Error::Again`] too for one
+    /// pushed after that send (not sent).
+    pub fn results(&self) -> impl ExactSizeIterator<Item = (SocketAddr, Result<(), Error>)> + '_ {
+        self.entries.iter().map(|e| {
+            let to =
+                e.to.to_socket_addr()
+                    .unwrap_or_else(|| SocketAddr::from(([0, 0, 0, 0], 0)));
+            let status = if e.status == UNSENT {
+                abi::LOOPD_ERR_AGAIN
+            } else {
+                e.status
+            };
+            (to, Error::check(status))
+        })
+    }
+
+    /// The host's view, pointing into `bytes`, every status "not sent".
+    pub(crate) fn prepare(&mut self) -> &mut [loopd_datagram] {
+        self.raw.clear();
+        let base = self.bytes.as_ptr();
+        for e in &self.entries {
+            self.raw.push(loopd_datagram {
+                addr: e.to,
+                // Left so by a host that refuses the whole call.
+                status: UNSENT,
+                reserved: 0,
+                // SAFETY: `start + len <= bytes.len()` (push_parts); an
+                // offset inside (or one past) the allocation.
+                data: unsafe { base.add(e.start) },
+                len: e.len,
+            });
+        }
+        &mut self.raw
+    }
+
+    /// Takes the statuses the host wrote into `prepare`'s view.
+    pub(crate) fn finish(&mut self, sent: usize) {
+        for (e, r) in self.entries.iter_mut().zip(&self.raw) {
+            e.status = r.status;
+        }
+        self.raw.clear();
+        self.sent = sent;
+    }
+
+    /// Datagram `i`'s address and bytes (for a host without
+    /// `send_datagrams`, sent one by one).
+    pub(crate) fn entry(&self, i: usize) -> (&loopd_addr, &[u8]) {
+        let e = &self.entries[i];
+        (&e.to, &self.bytes[e.start..e.start + e.len])
+    }
+
+    /// Records what sending datagram `i` alone gave.
+    pub(crate) fn set_status(&mut self, i: usize, status: i32) {
+        self.entries[i].status = status;
+    }
+
+    /// Records how many a send without `send_datagrams` sent.
+    pub(crate) fn set_sent(&mut self, sent: usize) {
+        self.sent = sent;
+    }
+}
+
+/// A one-datagram batch as the host would pass it to `on_datagrams`.
+pub(crate) fn one(peer: Option<&loopd_addr>, data: &[u8]) -> loopd_datagram {
+    loopd_datagram {
+        addr: peer.copied().unwrap_or_default(),
+        status: abi::LOOPD_OK,
+        reserved: 0,
+        data: data.as_ptr(),
+        len: data.len(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_outbox_points_the_host_at_each_datagram_and_keeps_the_statuses() {
+        let mut out = Outbox::new();
+        let a: SocketAddr = "127.0.0.1:9".parse().unwrap();
+        let b: SocketAddr = "[::1]:10".parse().unwrap();
+        out.push(a, b"one");
+        out.push_parts(b, &[b"[x] ", b"two"]);
+        out.push(a, b"");
+        let raw = out.prepare();
+        assert_eq!(raw.len(), 3);
+        // SAFETY: prepare's pointers are valid until the next push/clear.
+        let bytes = |d: &loopd_datagram| unsafe { std::slice::from_raw_parts(d.data, d.len) };
+        assert_eq!(bytes(&raw[0]), b"one");
+        assert_eq!(bytes(&raw[1]), b"[x] two");
+        assert_eq!(raw[2].len, 0);
+        assert_eq!(raw[1].addr.to_socket_addr(), Some(b));
+        raw[1].status = abi::LOOPD_ERR_AGAIN;
+        raw[2].status = abi::LOOPD_ERR_AGAIN;
+        out.finish(1);
+        assert_eq!(out.sent(), 1);
+        let results: Vec<_> = out.results().collect();
+        assert_eq!(
+            results,
+            vec![(a, Ok(())), (b, Err(Error::Again)), (a, Err(Error::Again))]
+        );
+        out.clear();
+        assert!(out.is_empty());
+        assert_eq!(out.sent(), 0);
+    }
+
+    #[test]
+    fn a_received_batch_reads_back_its_senders_and_bytes() {
+        let peer = loopd_addr::from_socket_addr("127.0.0.1:7".parse().unwrap());
+        let raw = [one(Some(&peer), b"hello"), one(None, b"")];
+        // SAFETY: both point at live bytes (or none).
+        let batch = unsafe { Datagrams::from_raw(&raw) };
+        let got: Vec<_> = batch.iter().map(|d| (d.peer, d.data.to_vec())).collect();
+        assert_eq!(
+            got,
+            vec![
+                (Some("127.0.0.1:7".parse().unwrap()), b"hello".to_vec()),
+                (None, vec![])
+            ]
+        );
+    }
+}
