@@ -195,6 +195,27 @@ fn send_datagram_works_from_on_listen_on_data_and_on_timer() {
     assert_eq!(c.cmd("udp 127.0.0.1:0 port zero"), "udp -7");
 }
 
+/// `send_datagrams` sends every datagram of a call in order, and one that
+/// fails (an IPv6 address from an IPv4 socket) costs only itself.
+#[test]
+fn send_datagrams_sends_in_order_and_tells_each_ones_fate() {
+    udp_plugin_built();
+    let loopd = Loopd::start(&probe_config(r#""udp://127.0.0.1:0""#, ""));
+    let addr = udp_addrs(&loopd, "udp-probe")[0];
+    let c = client("127.0.0.1:0");
+    let (a, b) = (client("127.0.0.1:0"), client("127.0.0.1:0"));
+    let (pa, pb) = (a.local_addr().unwrap(), b.local_addr().unwrap());
+    c.send_to(format!("!batch {pa},[::1]:9,{pb},{pa} hi").as_bytes(), addr)
+        .unwrap();
+    let (reply, _) = recv_text(&c);
+    let io = loopd_handler_api::abi::LOOPD_ERR_IO;
+    assert_eq!(reply, format!("batch {io} sent=3 ok,{io},ok,ok"));
+    assert_eq!(recv_text(&a).0, "0 hi");
+    assert_eq!(recv_text(&a).0, "3 hi");
+    assert_eq!(recv_text(&b).0, "2 hi");
+    loopd.assert_no_unexpected_errors();
+}
+
 #[test]
 fn broadcast_needs_the_broadcast_key_and_says_so_once() {
     let rx = client("0.0.0.0:0");
@@ -262,6 +283,18 @@ fn the_broadcast_key_is_refused_without_a_udp_listener() {
 /// until it is full. Commands and replies travel over loopback, untouched.
 #[test]
 fn a_full_send_buffer_drops_and_counts_never_queues() {
+    full_send_buffer(false);
+}
+
+/// The same with `send_datagrams`: 64 datagrams a call, one `sendmmsg`
+/// each; where the buffer fills, that datagram and the rest of its batch
+/// are dropped, counted and told (AGAIN), and the next call tries again.
+#[test]
+fn a_full_send_buffer_drops_the_rest_of_a_batch_and_counts_it() {
+    full_send_buffer(true);
+}
+
+fn full_send_buffer(batched: bool) {
     if !netns_available() {
         return;
     }
@@ -299,9 +332,13 @@ fn a_full_send_buffer_drops_and_counts_never_queues() {
     let c = in_ns(&ns, || client("127.0.0.1:0"));
     let sink = SocketAddr::from((seg.host("sink").ip, 9));
 
-    c.send_to(format!("!flood {sink} 1000 2000").as_bytes(), addr)
+    let cmd = if batched { "!flood-batch" } else { "!flood" };
+    c.send_to(format!("{cmd} {sink} 1000 2000").as_bytes(), addr)
         .unwrap();
     let (reply, _) = recv_text(&c);
+    if batched {
+        assert!(reply.contains(" calls=32"), "2000 in calls of 64: {reply}");
+    }
     let count = |key: &str| -> u64 {
         reply
             .split(' ')
@@ -325,10 +362,13 @@ fn a_full_send_buffer_drops_and_counts_never_queues() {
         logs.matches("kernel send buffer full").count() <= 3,
         "{logs}"
     );
-    assert!(
-        logs.contains("dropped a datagram to 198.18.0.2:9; "),
-        "{logs}"
-    );
+    let dropped = if batched {
+        // The first batch that meets a full buffer loses the rest of it.
+        "datagrams of a batch, the first to 198.18.0.2:9; "
+    } else {
+        "dropped a datagram to 198.18.0.2:9; "
+    };
+    assert!(logs.contains(dropped), "{logs}");
 
     // The loop was not blocked: the socket still answers (over loopback).
     c.send_to(b"still there?", addr).unwrap();

@@ -375,3 +375,82 @@ fn the_example_config_is_valid() {
         String::from_utf8_lossy(&out.stderr)
     );
 }
+
+/// A burst already waiting when the relay wakes is taken by one receive,
+/// handed to the relay in one `on_datagrams` call and relayed with one
+/// `send_datagrams`: one `sendmmsg` for all 32 copies, no `sendto` (seen
+/// with strace, attached while loopd is stopped so the burst is sure to be
+/// waiting whole).
+#[test]
+fn a_waiting_burst_is_relayed_with_one_sendmmsg() {
+    const BURST: usize = 32;
+    let probe = std::process::Command::new("strace").arg("-V").output();
+    assert!(
+        probe.is_ok_and(|o| o.status.success()),
+        "this test needs strace (apt-get install strace; .ci/test installs it)"
+    );
+    let rx = receiver("127.0.0.1:0");
+    let port = rx.local_addr().unwrap().port();
+    let loopd = Loopd::start(&relay_config(
+        false,
+        &format!(
+            "broadcast_to = [\"127.0.0.1:{port}\"]\nrate_per_source = 1000000\nburst = 1000000"
+        ),
+    ));
+    let relay = relay_addr(&loopd);
+    let dir = TempDir::new("burst-strace");
+    let trace = dir.join("trace");
+    let pid = loopd.pid();
+    let mut strace = std::process::Command::new("strace")
+        .args(["-f", "-qq", "-e", "trace=sendmmsg,sendto", "-o"])
+        .arg(&trace)
+        .args(["-p", &pid.to_string()])
+        .stdin(std::process::Stdio::null())
+        .spawn()
+        .expect("starting strace");
+    // Attached once loopd's status names a tracer.
+    let traced = || {
+        std::fs::read_to_string(format!("/proc/{pid}/status"))
+            .unwrap_or_default()
+            .lines()
+            .any(|l| l.starts_with("TracerPid:") && l.split_whitespace().nth(1) != Some("0"))
+    };
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !traced() {
+        assert!(Instant::now() < deadline, "strace did not attach to {pid}");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    loopd.signal(libc::SIGSTOP);
+    let tx = sender("127.0.0.1:0");
+    let sent: Vec<Vec<u8>> = (0..BURST).map(|i| numbered("burst", i, 100)).collect();
+    for d in &sent {
+        tx.send_to(d, relay).unwrap();
+    }
+    loopd.signal(libc::SIGCONT);
+    let mut buf = [0u8; 2048];
+    for (i, want) in sent.iter().enumerate() {
+        let n = rx
+            .recv(&mut buf)
+            .unwrap_or_else(|e| panic!("copy {i}: {e}"));
+        assert_eq!(&buf[..n], &want[..], "copy {i}, in order");
+    }
+    // SAFETY: kill(2) on our own child, strace, which detaches on SIGINT.
+    unsafe { libc::kill(strace.id() as i32, libc::SIGINT) };
+    strace.wait().unwrap();
+    let text = std::fs::read_to_string(&trace).unwrap();
+    let calls: Vec<&str> = text
+        .lines()
+        .filter(|l| l.contains("sendmmsg(") || l.contains("sendto("))
+        .collect();
+    assert!(
+        calls
+            .iter()
+            .any(|l| l.contains("sendmmsg(") && l.trim_end().ends_with(&format!("= {BURST}"))),
+        "no sendmmsg sent all {BURST}:\n{text}"
+    );
+    assert!(
+        calls.iter().all(|l| !l.contains("sendto(")),
+        "a copy went out with its own sendto:\n{text}"
+    );
+    loopd.assert_no_unexpected_errors();
+}

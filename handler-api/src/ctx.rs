@@ -932,7 +932,118 @@ fn read_sized_out(
 #[cfg(test)]
 mod tests {
     use super::delay_ms;
+    use crate::abi::{self, loopd_addr, loopd_ctx, loopd_host_api};
+    use crate::{Ctx, Error, Outbox, SocketId};
+    use std::cell::RefCell;
+    use std::net::SocketAddr;
     use std::time::Duration;
+
+    thread_local! {
+        /// What the mock send_datagram answers, in turn; what it was given.
+        static ANSWERS: RefCell<Vec<i32>> = const { RefCell::new(Vec::new()) };
+        static GIVEN: RefCell<Vec<(u16, Vec<u8>)>> = const { RefCell::new(Vec::new()) };
+    }
+
+    unsafe extern "C" fn send_one(
+        _: *mut loopd_ctx,
+        _: u64,
+        to: *const loopd_addr,
+        data: *const u8,
+        len: usize,
+    ) -> i32 {
+        // SAFETY: the SDK lends both for the call.
+        let (port, bytes) = unsafe { ((*to).port, std::slice::from_raw_parts(data, len)) };
+        GIVEN.with(|g| g.borrow_mut().push((port, bytes.to_vec())));
+        ANSWERS.with(|a| a.borrow_mut().remove(0))
+    }
+
+    unsafe extern "C" fn send_many(
+        _: *mut loopd_ctx,
+        _: u64,
+        msgs: *mut abi::loopd_datagram,
+        count: usize,
+        sent: *mut usize,
+    ) -> i32 {
+        // SAFETY: the SDK lends `count` datagrams and `sent` for the call.
+        let msgs = unsafe { std::slice::from_raw_parts_mut(msgs, count) };
+        let mut n = 0;
+        for m in msgs.iter_mut() {
+            // SAFETY: each points at its bytes for the call.
+            let bytes = unsafe { std::slice::from_raw_parts(m.data, m.len) };
+            GIVEN.with(|g| g.borrow_mut().push((m.addr.port, bytes.to_vec())));
+            m.status = ANSWERS.with(|a| a.borrow_mut().remove(0));
+            n += usize::from(m.status == abi::LOOPD_OK);
+        }
+        // SAFETY: as above.
+        unsafe { *sent = n };
+        msgs.iter()
+            .map(|m| m.status)
+            .find(|&s| s != abi::LOOPD_OK)
+            .unwrap_or(abi::LOOPD_OK)
+    }
+
+    fn host(batched: bool) -> loopd_host_api {
+        // SAFETY: all-zero is a valid table: integers, NULL, `None`s.
+        let mut h: loopd_host_api = unsafe { std::mem::zeroed() };
+        h.struct_size = std::mem::size_of::<loopd_host_api>() as u32;
+        h.send_datagram = Some(send_one);
+        if batched {
+            h.send_datagrams = Some(send_many);
+        }
+        h
+    }
+
+    fn outbox() -> Outbox {
+        let mut out = Outbox::new();
+        for port in 1..=4u16 {
+            let to = SocketAddr::from(([127, 0, 0, 1], port));
+            out.push_parts(to, &[b"p", &[port as u8]]);
+        }
+        out
+    }
+
+    /// One call, IO on the second, AGAIN on the third: what each host
+    /// gave, and what the handler reads back.
+    fn send_on(batched: bool, answers: &[i32]) -> (Result<(), Error>, Vec<u16>, Outbox) {
+        ANSWERS.with(|a| *a.borrow_mut() = answers.to_vec());
+        GIVEN.with(|g| g.borrow_mut().clear());
+        let host = host(batched);
+        // SAFETY: a valid table; the mock never reads the context.
+        let ctx = unsafe { Ctx::from_raw(&host, std::ptr::null_mut()) };
+        let mut out = outbox();
+        let r = ctx.send_datagrams(SocketId::from_raw(7), &mut out);
+        let given = GIVEN.with(|g| g.borrow().clone());
+        for (port, bytes) in &given {
+            assert_eq!(bytes, &[b'p', *port as u8]);
+        }
+        (r, given.iter().map(|g| g.0).collect(), out)
+    }
+
+    #[test]
+    fn send_datagrams_gives_the_same_results_with_or_without_the_host_function() {
+        use abi::{LOOPD_ERR_AGAIN as AGAIN, LOOPD_ERR_IO as IO, LOOPD_OK as OK};
+        let (r, given, out) = send_on(true, &[OK, IO, AGAIN, AGAIN]);
+        assert_eq!(given, [1, 2, 3, 4], "one call with every datagram");
+        let batched: Vec<_> = out.results().map(|(a, r)| (a.port(), r)).collect();
+        assert_eq!((r, out.sent()), (Err(Error::Io), 1));
+        // Without send_datagrams: one send_datagram each, none after AGAIN.
+        let (r, given, out) = send_on(false, &[OK, IO, AGAIN]);
+        assert_eq!(given, [1, 2, 3], "the fourth is not tried after AGAIN");
+        assert_eq!((r, out.sent()), (Err(Error::Io), 1));
+        let single: Vec<_> = out.results().map(|(a, r)| (a.port(), r)).collect();
+        assert_eq!(batched, single);
+        assert_eq!(
+            single,
+            [
+                (1, Ok(())),
+                (2, Err(Error::Io)),
+                (3, Err(Error::Again)),
+                (4, Err(Error::Again))
+            ]
+        );
+        let (r, _, out) = send_on(false, &[OK, OK, OK, OK]);
+        assert_eq!((r, out.sent()), (Ok(()), 4));
+    }
 
     #[test]
     fn delays_round_up_to_whole_milliseconds() {

@@ -255,7 +255,10 @@ mod tests {
         assert_eq!(bytes(&raw[1]), b"[x] two");
         assert_eq!(raw[2].len, 0);
         assert_eq!(raw[1].addr.to_socket_addr(), Some(b));
-        assert!(raw.iter().all(|d| d.status == UNSENT), "until the host says");
+        assert!(
+            raw.iter().all(|d| d.status == UNSENT),
+            "until the host says"
+        );
         // What a host writes when the buffer fills at the second one.
         raw[0].status = abi::LOOPD_OK;
         raw[1].status = abi::LOOPD_ERR_AGAIN;
