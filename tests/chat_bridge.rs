@@ -496,8 +496,11 @@ fn a_remote_slow_consumer_is_cut_off_by_its_own_instance_only() {
             }
         }
     }
-    // 4,000 lines of 1 KiB: 4 MiB, far over slow's 64 KiB of max_pending.
-    let n = 4_000;
+    // 12,000 lines of 1 KiB: 12 MiB, far over slow's 64 KiB of max_pending
+    // plus what the kernel buffers for it (loopd's send buffer autotunes up
+    // to tcp_wmem's maximum, 4 MiB by default: 4 MiB of lines could all fit
+    // there and never reach max_pending).
+    let n = 12_000;
     let mut batch = Vec::new();
     for i in 0..n {
         let mut line = format!("{i:05} ");
@@ -507,7 +510,7 @@ fn a_remote_slow_consumer_is_cut_off_by_its_own_instance_only() {
     }
     let mut w = sender.stream().try_clone().unwrap();
     let writer = std::thread::spawn(move || w.write_all(&batch).unwrap());
-    let read_all = |c: &mut Chatter| {
+    let read_all = move |c: &mut Chatter| {
         let mut next = 0;
         while next < n {
             let l = c.recv();
@@ -521,8 +524,14 @@ fn a_remote_slow_consumer_is_cut_off_by_its_own_instance_only() {
         }
         next
     };
+    // Both fast readers read at once: either one left unread while the
+    // other is read would be a slow consumer too.
+    let reader_b = std::thread::spawn(move || {
+        let got = read_all(&mut rb);
+        (got, rb)
+    });
     let got_a = read_all(&mut ra);
-    let got_b = read_all(&mut rb);
+    let (got_b, _rb) = reader_b.join().unwrap();
     writer.join().unwrap();
     assert!(
         b_srv.wait_for_log("disconnecting slow consumer slow", TIMEOUT),
