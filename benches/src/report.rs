@@ -566,7 +566,7 @@ fn udp_section(doc: &mut Doc, b: &Bench) {
             .sum();
         t
     });
-    ratio_table(doc, b, "loopd", &[("c-relay", Some(0.9))], false);
+    ratio_table(doc, b, "loopd", &[("c-relay", Some(1.0))], false);
     let series = peers_of(b);
     doc.plot(
         "udp-throughput",
