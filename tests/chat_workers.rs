@@ -308,33 +308,7 @@ fn a_full_mailbox_delays_lines_but_loses_none() {
     who_until(&mut members[0].0, "lobby", MEMBERS);
     let mut full = false;
     for round in 0..ROUNDS {
-        for (c, _) in members.iter_mut() {
-            for j in round * LINES..(round + 1) * LINES {
-                c.send(&format!("{j} from {}", c.nick));
-            }
-        }
-        for (c, w) in members.iter_mut() {
-            let mut next: HashMap<String, usize> = HashMap::new();
-            for _ in 0..(MEMBERS - 1) * LINES {
-                let line = c.recv();
-                let (sender, text) = line.split_once(": ").expect("a relayed line");
-                let j = next.entry(sender.to_string()).or_insert(round * LINES);
-                assert_eq!(
-                    text,
-                    format!("{j} from {sender}"),
-                    "{} (worker {w}, round {round})",
-                    c.nick
-                );
-                *j += 1;
-            }
-            assert_eq!(next.len(), MEMBERS - 1, "{}: {next:?}", c.nick);
-            assert!(
-                next.values().all(|&n| n == (round + 1) * LINES),
-                "{}: {next:?}",
-                c.nick
-            );
-            c.expect_quiet();
-        }
+        every_line_to_everyone(&mut members, round * LINES..(round + 1) * LINES);
         // The line is written by the log thread, maybe after the lines
         // arrived.
         if loopd.wait_for_log(RETRIED, Duration::from_secs(1)) {
@@ -420,29 +394,42 @@ fn with_a_bridge_each_worker_is_a_bridge_instance_and_no_line_comes_twice() {
             skip_to(c, &ends[1]);
         }
     }
+    every_line_to_everyone(&mut members, 0..LINES);
+    loopd.assert_no_unexpected_errors();
+}
+
+/// Every member says `{j} from {nick}` for each `j` of `lines`; then every
+/// member must hear each other member's lines, each once, in order, and
+/// nothing more.
+fn every_line_to_everyone(members: &mut [(Chatter, u32)], lines: std::ops::Range<usize>) {
     for (c, _) in members.iter_mut() {
-        for j in 0..LINES {
+        for j in lines.clone() {
             c.send(&format!("{j} from {}", c.nick));
         }
     }
+    let others = members.len() - 1;
     for (c, w) in members.iter_mut() {
         let mut next: HashMap<String, usize> = HashMap::new();
-        for _ in 0..(MEMBERS - 1) * LINES {
+        for _ in 0..others * lines.len() {
             let line = c.recv();
             let (sender, text) = line.split_once(": ").expect("a relayed line");
-            let j = next.entry(sender.to_string()).or_default();
+            let j = next.entry(sender.to_string()).or_insert(lines.start);
             assert_eq!(
                 text,
                 format!("{j} from {sender}"),
-                "{} (worker {w})",
+                "{} (worker {w}, lines {lines:?})",
                 c.nick
             );
             *j += 1;
         }
-        assert!(next.values().all(|&n| n == LINES), "{}: {next:?}", c.nick);
+        assert_eq!(next.len(), others, "{}: {next:?}", c.nick);
+        assert!(
+            next.values().all(|&n| n == lines.end),
+            "{}: {next:?}",
+            c.nick
+        );
         c.expect_quiet();
     }
-    loopd.assert_no_unexpected_errors();
 }
 
 #[test]
