@@ -408,12 +408,18 @@ fn a_waiting_burst_is_relayed_with_one_sendmmsg() {
         .stdin(std::process::Stdio::null())
         .spawn()
         .expect("starting strace");
-    // Attached once loopd's status names a tracer.
+    // Attached once every thread of loopd names a tracer (root, or
+    // ptrace_scope 0: loopd is not strace's child).
     let traced = || {
-        std::fs::read_to_string(format!("/proc/{pid}/status"))
-            .unwrap_or_default()
-            .lines()
-            .any(|l| l.starts_with("TracerPid:") && l.split_whitespace().nth(1) != Some("0"))
+        let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
+            return false;
+        };
+        tasks.flatten().all(|t| {
+            std::fs::read_to_string(t.path().join("status"))
+                .unwrap_or_default()
+                .lines()
+                .any(|l| l.starts_with("TracerPid:") && l.split_whitespace().nth(1) != Some("0"))
+        })
     };
     let deadline = Instant::now() + Duration::from_secs(10);
     while !traced() {

@@ -713,8 +713,10 @@ typedef struct loopd_vtable {
      * (what one recvmmsg(2) took): with this hook loopd calls it instead of
      * on_datagram, so a handler can answer them all with one
      * send_datagrams. msgs and the bytes they point to are borrowed for the
-     * call; count >= 1. A host that predates it calls on_datagram, so a
-     * plugin that sets it keeps on_datagram too. */
+     * call; count >= 1. An echo may pass msgs itself to send_datagrams
+     * (cast to non-const: loopd then writes the statuses into it). A host
+     * that predates it calls on_datagram, so a plugin that sets it keeps
+     * on_datagram too. */
     void (*on_datagrams)(loopd_ctx *ctx, void *instance, uint64_t socket,
                          const loopd_datagram *msgs, size_t count);
 } loopd_vtable;

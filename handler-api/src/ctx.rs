@@ -230,7 +230,9 @@ impl Ctx {
     /// The first datagram's error that was not sent ([`Error::Again`]: the
     /// kernel's buffer was full, it and the rest were dropped;
     /// [`Error::Io`]; [`Error::Invalid`]); [`Error::NoSuchConn`] or
-    /// [`Error::Unsupported`] (a stream) before any is tried.
+    /// [`Error::Unsupported`] (a stream) before any is tried: then none was
+    /// sent and every result reads [`Error::Again`] (not sent), so check
+    /// this error before blaming a full buffer.
     pub fn send_datagrams(&self, socket: SocketId, out: &mut Outbox) -> Result<(), Error> {
         if out.is_empty() {
             out.finish(0);
@@ -258,6 +260,9 @@ impl Ctx {
 
     /// [`Ctx::send_datagrams`] on a host that lacks it.
     fn send_datagrams_one_by_one(&self, socket: SocketId, out: &mut Outbox) -> Result<(), Error> {
+        // Nothing from an earlier send may show through: "not sent" first.
+        out.prepare();
+        out.finish(0);
         let f = self.host().send_datagram.ok_or(Error::Unsupported)?;
         let (mut sent, mut first) = (0, abi::LOOPD_OK);
         let mut full = false;

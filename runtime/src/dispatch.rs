@@ -425,7 +425,7 @@ impl Runtime {
                     });
                 }
             }
-            self.hooks().on_datagrams(instance, id, &batch);
+            self.hooks().on_datagrams(instance, id, &mut batch);
             batch.clear();
             self.batch = batch;
             self.drain_pending();

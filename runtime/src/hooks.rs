@@ -247,14 +247,16 @@ impl Hooks<'_> {
     /// `on_datagrams` (ABI 1.4): the datagrams of one receive on socket
     /// `id`, borrowed for the call (`msgs` non-empty; nothing called when it
     /// is empty).
-    pub(crate) fn on_datagrams(&self, inst: InstanceId, id: u64, msgs: &[abi::loopd_datagram]) {
+    pub(crate) fn on_datagrams(&self, inst: InstanceId, id: u64, msgs: &mut [abi::loopd_datagram]) {
         if msgs.is_empty() {
             return;
         }
         if let Some((f, ctx, ptr)) = self.target(inst, |v| v.on_datagrams) {
             // SAFETY: a checked vtable; `msgs` and the bytes each points at
-            // are borrowed for the call.
-            unsafe { f(ctx, ptr, id, msgs.as_ptr(), msgs.len()) }
+            // are borrowed for the call. From a unique borrow: the plugin
+            // may hand the same array to send_datagrams, which writes the
+            // statuses (loopd.h allows it).
+            unsafe { f(ctx, ptr, id, msgs.as_mut_ptr(), msgs.len()) }
         }
     }
 

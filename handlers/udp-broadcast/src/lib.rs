@@ -591,6 +591,10 @@ impl Handler for Relay {
 
     fn on_datagrams(&mut self, ctx: &Ctx, socket: SocketId, batch: Datagrams<'_>) {
         let now = ctx.now_ms();
+        // Nothing left over from a batch whose hook panicked half-way.
+        for (_, out) in &mut self.outboxes {
+            out.clear();
+        }
         let before = self.relayed;
         for d in batch.iter() {
             self.relay(ctx, socket, d.peer, d.data, now);
