@@ -260,9 +260,8 @@ impl Ctx {
 
     /// [`Ctx::send_datagrams`] on a host that lacks it.
     fn send_datagrams_one_by_one(&self, socket: SocketId, out: &mut Outbox) -> Result<(), Error> {
-        // Nothing from an earlier send may show through: "not sent" first.
-        out.prepare();
-        out.finish(0);
+        // Nothing from an earlier send may show through.
+        out.mark_unsent();
         let f = self.host().send_datagram.ok_or(Error::Unsupported)?;
         let (mut sent, mut first) = (0, abi::LOOPD_OK);
         let mut full = false;

@@ -213,6 +213,15 @@ impl Outbox {
         (&e.to, &self.bytes[e.start..e.start + e.len])
     }
 
+    /// Marks every datagram "not sent" and none sent (before a send that
+    /// writes each status itself).
+    pub(crate) fn mark_unsent(&mut self) {
+        for e in &mut self.entries {
+            e.status = UNSENT;
+        }
+        self.sent = 0;
+    }
+
     /// Records what sending datagram `i` alone gave.
     pub(crate) fn set_status(&mut self, i: usize, status: i32) {
         self.entries[i].status = status;

@@ -429,10 +429,7 @@ impl Runtime {
             batch.clear();
             self.batch = batch;
             self.drain_pending();
-            return matches!(
-                self.core.borrow().sources.get(id),
-                Some(Source::Datagram(_))
-            );
+            return self.datagram_open(id);
         }
         for (i, (len, peer)) in got.iter().enumerate() {
             if *len == DROPPED {
@@ -440,10 +437,7 @@ impl Runtime {
             }
             // A hook may have closed the socket: the rest of the batch
             // has no one to go to.
-            if !matches!(
-                self.core.borrow().sources.get(id),
-                Some(Source::Datagram(_))
-            ) {
+            if !self.datagram_open(id) {
                 return false;
             }
             let data = &buf[i * stride..i * stride + len];
@@ -451,6 +445,14 @@ impl Runtime {
             self.drain_pending();
         }
         true
+    }
+
+    /// Whether datagram socket `id` is still open (a hook may close it).
+    fn datagram_open(&self, id: u64) -> bool {
+        matches!(
+            self.core.borrow().sources.get(id),
+            Some(Source::Datagram(_))
+        )
     }
 
     fn signal_readable(&mut self, id: u64) {

@@ -282,8 +282,9 @@ impl Relay {
     fn send_all(&mut self, ctx: &Ctx, preferred: Option<SocketId>, data: &[u8], now: u64) {
         for i in 0..self.settings.targets.len() {
             let target = self.settings.targets[i];
-            self.send_one(ctx, preferred, target, data, now);
+            self.queue(ctx, preferred, target, 0, data, now);
         }
+        self.flush(ctx, now);
     }
 
     fn send_one(
@@ -294,16 +295,37 @@ impl Relay {
         data: &[u8],
         now: u64,
     ) {
+        self.queue(ctx, preferred, target, 0, data, now);
+        self.flush(ctx, now);
+    }
+
+    /// Queues `self.out[..tag_len]` + `data` for `target` in the outbox of
+    /// the socket it goes from (`preferred` where the family fits), for the
+    /// next [`Relay::flush`].
+    fn queue(
+        &mut self,
+        ctx: &Ctx,
+        preferred: Option<SocketId>,
+        target: SocketAddr,
+        tag_len: usize,
+        data: &[u8],
+        now: u64,
+    ) {
         let Some(sock) = self.socket_for(target, preferred) else {
             // Said once at start (TIMER_STARTED); counted each time.
             self.drop_one(ctx, Reason::SendFailed, target, now);
             return;
         };
-        match ctx.send_datagram(sock, target, data) {
-            Ok(()) => self.sent += 1,
-            Err(Error::Again) => self.drop_one(ctx, Reason::SendBufferFull, target, now),
-            Err(_) => self.drop_one(ctx, Reason::SendFailed, target, now),
-        }
+        let at = match self.outboxes.iter().position(|(s, _)| *s == sock) {
+            Some(at) => at,
+            None => {
+                self.outboxes.push((sock, Outbox::new()));
+                self.outboxes.len() - 1
+            }
+        };
+        self.outboxes[at]
+            .1
+            .push_parts(target, &[&self.out[..tag_len], data]);
     }
 
     /// Checks one received datagram and queues its copies (one per target)
@@ -345,25 +367,11 @@ impl Relay {
         // self.out holds the tag (see above), or nothing.
         for i in 0..self.settings.targets.len() {
             let target = self.settings.targets[i];
-            let Some(sock) = self.socket_for(target, Some(socket)) else {
-                // Said once at start (TIMER_STARTED); counted each time.
-                self.drop_one(ctx, Reason::SendFailed, target, now);
-                continue;
-            };
-            let at = match self.outboxes.iter().position(|(s, _)| *s == sock) {
-                Some(at) => at,
-                None => {
-                    self.outboxes.push((sock, Outbox::new()));
-                    self.outboxes.len() - 1
-                }
-            };
-            self.outboxes[at]
-                .1
-                .push_parts(target, &[&self.out[..tag_len], data]);
+            self.queue(ctx, Some(socket), target, tag_len, data, now);
         }
     }
 
-    /// Sends what [`Relay::relay`] queued, one `send_datagrams` per socket,
+    /// Sends what [`Relay::queue`] queued, one `send_datagrams` per socket,
     /// and counts what was sent and what was dropped.
     fn flush(&mut self, ctx: &Ctx, now: u64) {
         for i in 0..self.outboxes.len() {
