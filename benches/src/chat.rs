@@ -669,8 +669,9 @@ pub fn bench(ctx: &Ctx) -> Result<Bench> {
     if bench.skipped.is_none() {
         let (s, a) = start_loopd_chat(ctx)?;
         servers.push(("loopd".into(), s, a, Proto::Line));
-        if let Some(dir) = peers::before_dir() {
-            let (s, a) = start_loopd_chat_from(ctx, &dir, "loopd-before-chat", "")?;
+        if let Some((s, a)) = peers::before("chat", |dir| {
+            start_loopd_chat_from(ctx, dir, "loopd-before-chat", "")
+        }) {
             servers.push(("loopd-before".into(), s, a, Proto::Line));
         }
     }

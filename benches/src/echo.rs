@@ -284,8 +284,10 @@ pub fn verify(addr: SocketAddr) -> Result<()> {
 /// The echo servers: (name, server, address).
 fn start_peers(ctx: &Ctx) -> Result<Vec<(String, Server, SocketAddr)>> {
     let mut v = vec![peers::loopd_echo(ctx, "loopd")?];
-    if let Some(dir) = peers::before_dir() {
-        v.push(peers::loopd_echo_from(ctx, &dir, "loopd-before")?);
+    if let Some(p) = peers::before("echo", |dir| {
+        peers::loopd_echo_from(ctx, dir, "loopd-before")
+    }) {
+        v.push(p);
     }
     v.push(peers::static_echo(ctx)?);
     v.push(peers::tokio_echo(ctx)?);

@@ -488,9 +488,9 @@ pub fn bench(ctx: &Ctx) -> Result<Bench> {
         servers.push(("loopd".to_string(), s, a));
         let (s, a) = start_loopd_http(ctx, &root, Tuning::Tuned)?;
         servers.push(("loopd-tuned".to_string(), s, a));
-        if let Some(dir) = peers::before_dir() {
-            let (s, a) =
-                start_loopd_http_from(ctx, &dir, "loopd-before-http", &root, Tuning::Defaults)?;
+        if let Some((s, a)) = peers::before("http", |dir| {
+            start_loopd_http_from(ctx, dir, "loopd-before-http", &root, Tuning::Defaults)
+        }) {
             servers.push(("loopd-before".to_string(), s, a));
         }
     }

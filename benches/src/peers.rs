@@ -131,6 +131,21 @@ pub fn before_dir() -> Option<PathBuf> {
     std::env::var_os("LOOPD_BENCH_BEFORE").map(PathBuf::from)
 }
 
+/// Starts the older build with `start` if `LOOPD_BENCH_BEFORE` names one.
+/// An older build may refuse a configuration that uses keys it predates
+/// (the shipped config, say): then that benchmark runs without it, and
+/// says so, instead of the whole run stopping.
+pub fn before<T>(what: &str, start: impl FnOnce(&Path) -> Result<T>) -> Option<T> {
+    let dir = before_dir()?;
+    match start(&dir) {
+        Ok(t) => Some(t),
+        Err(e) => {
+            eprintln!("loopd-before ({}) left out of {what}: {e:#}", dir.display());
+            None
+        }
+    }
+}
+
 /// Starts the `loopd` found in `bin` on `config`.
 pub fn loopd_from(
     ctx: &Ctx,

@@ -302,8 +302,10 @@ fn count<T>(
 /// statically, tokio, C.
 fn echo_servers(ctx: &Ctx) -> Result<Vec<(String, Server, SocketAddr)>> {
     let mut v = vec![peers::loopd_shipped_from(ctx, &ctx.bin, "loopd")?];
-    if let Some(dir) = peers::before_dir() {
-        v.push(peers::loopd_shipped_from(ctx, &dir, "loopd-before")?);
+    if let Some(p) = peers::before("the echo syscall count", |dir| {
+        peers::loopd_shipped_from(ctx, dir, "loopd-before")
+    }) {
+        v.push(p);
     }
     v.push(peers::static_echo(ctx)?);
     v.push(peers::tokio_echo(ctx)?);
@@ -439,14 +441,9 @@ pub fn bench(ctx: &Ctx) -> Result<Bench> {
         servers.push(("loopd".into(), s, a));
         let (s, a) = http::start_loopd_http(ctx, &root, Tuning::Tuned)?;
         servers.push(("loopd-tuned".into(), s, a));
-        if let Some(dir) = peers::before_dir() {
-            let (s, a) = http::start_loopd_http_from(
-                ctx,
-                &dir,
-                "loopd-before-http-sc",
-                &root,
-                Tuning::Defaults,
-            )?;
+        if let Some((s, a)) = peers::before("the HTTP syscall count", |dir| {
+            http::start_loopd_http_from(ctx, dir, "loopd-before-http-sc", &root, Tuning::Defaults)
+        }) {
             servers.push(("loopd-before".into(), s, a));
         }
     }
@@ -481,9 +478,10 @@ pub fn bench(ctx: &Ctx) -> Result<Bench> {
         let target = free_udp_port()?;
         let (s, a) = udp::start_loopd_relay(ctx, target)?;
         relays.push(("loopd".into(), s, Client::new(a, target)?));
-        if let Some(dir) = peers::before_dir() {
-            let target = free_udp_port()?;
-            let (s, a) = udp::start_loopd_relay_from(ctx, &dir, "loopd-before-udp-sc", target)?;
+        let target = free_udp_port()?;
+        if let Some((s, a)) = peers::before("the UDP syscall count", |dir| {
+            udp::start_loopd_relay_from(ctx, dir, "loopd-before-udp-sc", target)
+        }) {
             relays.push(("loopd-before".into(), s, Client::new(a, target)?));
         }
     }
