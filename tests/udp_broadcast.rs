@@ -378,11 +378,14 @@ fn the_example_config_is_valid() {
 
 /// A burst already waiting when the relay wakes is taken by one receive,
 /// handed to the relay in one `on_datagrams` call and relayed with one
-/// `send_datagrams`: one `sendmmsg` for all 32 copies, no `sendto` (seen
-/// with strace, attached while loopd is stopped so the burst is sure to be
-/// waiting whole). The `portable` build sends them one `sendto` each.
+/// `send_datagrams`: one `sendmmsg` of one message carrying all 32 copies
+/// (same target, same size: one UDP GSO send with a `UDP_SEGMENT` control
+/// message), no `sendto` (seen with strace, attached while loopd is
+/// stopped so the burst is sure to be waiting whole). The receiver still
+/// gets 32 datagrams, each whole, in order. The `portable` build sends
+/// them one `sendto` each.
 #[test]
-fn a_waiting_burst_is_relayed_with_one_sendmmsg() {
+fn a_waiting_burst_is_relayed_with_one_send() {
     const BURST: usize = 32;
     let probe = std::process::Command::new("strace").arg("-V").output();
     assert!(
@@ -402,7 +405,7 @@ fn a_waiting_burst_is_relayed_with_one_sendmmsg() {
     let trace = dir.join("trace");
     let pid = loopd.pid();
     let mut strace = std::process::Command::new("strace")
-        .args(["-f", "-qq", "-e", "trace=sendmmsg,sendto", "-o"])
+        .args(["-f", "-qq", "-v", "-e", "trace=sendmmsg,sendto", "-o"])
         .arg(&trace)
         .args(["-p", &pid.to_string()])
         .stdin(std::process::Stdio::null())
@@ -454,11 +457,14 @@ fn a_waiting_burst_is_relayed_with_one_sendmmsg() {
         assert_eq!(sendtos, BURST, "{text}");
         assert!(calls.iter().all(|l| !l.contains("sendmmsg(")), "{text}");
     } else {
+        assert_eq!(calls.len(), 1, "one send for the burst:\n{text}");
+        let call = calls[0];
         assert!(
-            calls
-                .iter()
-                .any(|l| l.contains("sendmmsg(") && l.trim_end().ends_with(&format!("= {BURST}"))),
-            "no sendmmsg sent all {BURST}:\n{text}"
+            call.contains("sendmmsg(")
+                && call.contains(&format!("msg_iovlen={BURST},"))
+                && call.contains("cmsg_level=SOL_UDP")
+                && call.trim_end().ends_with("= 1"),
+            "not one coalesced message of all {BURST}:\n{text}"
         );
         assert!(
             calls.iter().all(|l| !l.contains("sendto(")),

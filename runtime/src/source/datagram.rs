@@ -234,14 +234,18 @@ impl Datagram {
     }
 
     /// `send_datagrams` from this socket: `msgs` in order, [`sys::BATCH`]
-    /// at a time (one `sendmmsg` each on Linux), each one's status written
-    /// into it. Returns how many were sent and the first failure's status
-    /// (`LOOPD_OK` if none): a full kernel buffer drops that datagram and
-    /// every later one (the next would find it full too), any other error
-    /// only its own.
+    /// at a time (one `sendmmsg` each on Linux, runs of equal-sized
+    /// datagrams to one address coalesced by UDP GSO: `sys::SendState`),
+    /// each one's status written into it. Returns how many were sent and
+    /// the first failure's status (`LOOPD_OK` if none): a full kernel
+    /// buffer drops that datagram and every later one (the next would find
+    /// it full too), any other error only its own (or its coalesced run's).
     pub(crate) fn send_many(&mut self, msgs: &mut [abi::loopd_datagram]) -> (usize, i32) {
         let fd = self.sock.as_raw_fd();
-        let mut state = self.send_state.take().unwrap_or_else(sys::SendState::new);
+        let mut state = self
+            .send_state
+            .take()
+            .unwrap_or_else(|| sys::SendState::new(fd));
         let (mut sent, mut first) = (0, abi::LOOPD_OK);
         let mut i = 0;
         'chunks: while i < msgs.len() {
@@ -283,11 +287,26 @@ impl Datagram {
                         (sent, from) = (sent + n, from + n);
                     }
                     Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                    Err(e) if state.retry_apart(from, &e) => {
+                        log::debug!(
+                            "{}: {}: the kernel refused {} datagrams of {} bytes as one send ({e}): sending datagrams that size or larger one by one from this socket",
+                            self.scope.name,
+                            self.url(),
+                            state.message_len(from),
+                            msgs[i + from].len
+                        );
+                    }
                     Err(e) => {
                         let at = i + from;
                         let full = sys::is_send_buffer_full(&e);
-                        // A full buffer drops this one and every later one.
-                        let dropped = if full { msgs.len() - at } else { 1 };
+                        // A full buffer drops this one and every later one;
+                        // anything else the datagrams of the message it
+                        // failed (one, or a coalesced run to one address).
+                        let dropped = if full {
+                            msgs.len() - at
+                        } else {
+                            state.message_len(from)
+                        };
                         let status = self.send_failed(e, &msgs[at].addr, dropped as u64);
                         for m in &mut msgs[at..at + dropped] {
                             m.status = status;
@@ -298,7 +317,7 @@ impl Datagram {
                         if full {
                             break 'chunks;
                         }
-                        from += 1;
+                        from += dropped;
                     }
                 }
             }
@@ -310,7 +329,8 @@ impl Datagram {
     }
 
     /// A send to `to` failed with `e` (not `EINTR`): counts `dropped`
-    /// datagrams (more than one only for a full buffer in a batch), logs
+    /// datagrams (more than one only in a batch: a full buffer, or a
+    /// coalesced run to one address), logs
     /// within its rate limit, and returns the status to tell the handler.
     fn send_failed(&mut self, e: io::Error, to: &abi::loopd_addr, dropped: u64) -> i32 {
         // Only the error paths need the address as text.
@@ -336,7 +356,7 @@ impl Datagram {
                 abi::LOOPD_ERR_AGAIN
             }
             e if sys::is_broadcast_refused(&e) && !self.broadcast => {
-                self.count(|c| &c.datagrams_dropped_send_error);
+                self.count_n(|c| &c.datagrams_dropped_send_error, dropped);
                 if !self.broadcast_warned {
                     self.broadcast_warned = true;
                     let name = &self.scope.name;
@@ -350,7 +370,7 @@ impl Datagram {
                 abi::LOOPD_ERR_IO
             }
             e => {
-                self.count(|c| &c.datagrams_dropped_send_error);
+                self.count_n(|c| &c.datagrams_dropped_send_error, dropped);
                 if let Some(n) = self.error_log.allow(Instant::now()) {
                     log::debug!(
                         "{}: send_datagram from {} to {to}: {e} ({n} similar messages suppressed)",

@@ -180,23 +180,52 @@ pub(crate) fn recv_batch(
     Ok(got)
 }
 
+/// Most payload bytes of one coalesced send: the largest UDP datagram over
+/// IPv4 (65,535 − 20 − 8).
+const MAX_COALESCED: usize = 65_507;
+
+/// Room for one `UDP_SEGMENT` control message (at least `CMSG_SPACE(2)` on
+/// every Linux target), aligned for its `cmsghdr`.
+#[derive(Clone, Copy)]
+#[repr(C, align(8))]
+struct SegmentCmsg([u8; 32]);
+
 /// The `sendmmsg` headers, iovecs and addresses of a datagram socket's
 /// batched sends, kept between calls (its first batched send allocates
 /// them once). Filled by [`SendState::push`], sent by [`SendState::send`].
+///
+/// Consecutive datagrams to one address, all of one size (the last may be
+/// shorter), leave as one message with a `UDP_SEGMENT` control message
+/// (UDP GSO, Linux 4.18): the kernel builds one large packet and cuts it
+/// into those datagrams at the last moment, so the per-packet cost of the
+/// send path is paid once. The receiver sees the same datagrams, in order.
 pub(crate) struct SendState {
     msgs: [libc::mmsghdr; BATCH],
     iovs: [libc::iovec; BATCH],
     names: [SockAddr; BATCH],
+    ctrl: [SegmentCmsg; BATCH],
+    /// `first[k]`: the first datagram of message `k` of the last send;
+    /// `first[n]` where it ended. (Visible to the `sys` tests.)
+    pub(super) first: [usize; BATCH + 1],
     len: usize,
+    /// Datagrams this size or larger are not coalesced: 0 where the kernel
+    /// has no `UDP_SEGMENT`, lowered when it refuses a coalesced send.
+    coalesce_below: usize,
 }
 
 impl SendState {
-    /// Empty.
-    pub(crate) fn new() -> Box<SendState> {
+    /// Empty, for datagram socket `fd` (asked once whether it can coalesce).
+    pub(crate) fn new(fd: RawFd) -> Box<SendState> {
         // SAFETY: all-zero is a valid SendState: null pointers and zero
-        // lengths in the headers and iovecs, zeroed (unused) addresses, and
-        // `len == 0` says none is filled.
-        Box::new(unsafe { std::mem::zeroed() })
+        // lengths in the headers and iovecs, zeroed (unused) addresses and
+        // control buffers, and `len == 0` says none is filled.
+        let mut state: Box<SendState> = Box::new(unsafe { std::mem::zeroed() });
+        state.coalesce_below = if udp_segment_supported(fd) {
+            usize::MAX
+        } else {
+            0
+        };
+        state
     }
 
     /// Forgets what was pushed.
@@ -227,39 +256,136 @@ impl SendState {
     }
 
     /// Sends the pushed datagrams from the `from`th on with one
-    /// sendmmsg(2): how many the kernel took (at least one), or the error
-    /// of the first it did not.
+    /// sendmmsg(2), runs of them coalesced (see the type's docs): how many
+    /// datagrams the kernel took (at least one), or the error of the first
+    /// message it did not take, which holds [`SendState::message_len`]
+    /// datagrams.
     ///
     /// # Safety
     /// Every datagram pushed since the last [`SendState::clear`] must still
     /// be valid for reads of its length.
     pub(crate) unsafe fn send(&mut self, fd: RawFd, from: usize) -> io::Result<usize> {
-        let n = self.len.saturating_sub(from);
-        if n == 0 {
+        if from >= self.len {
             return Ok(0);
         }
-        for i in from..self.len {
-            let (addr, len) = self.names[i].as_ptr();
-            let h = &mut self.msgs[i].msg_hdr;
+        let mut n = 0;
+        let mut i = from;
+        while i < self.len {
+            let start = i;
+            let seg = self.iovs[i].iov_len;
+            i += 1;
+            if seg > 0 && seg < self.coalesce_below {
+                let mut total = seg;
+                while i < self.len {
+                    let len = self.iovs[i].iov_len;
+                    if len == 0
+                        || len > seg
+                        || total + len > MAX_COALESCED
+                        || self.names[i].bytes() != self.names[start].bytes()
+                    {
+                        break;
+                    }
+                    total += len;
+                    i += 1;
+                    if len < seg {
+                        // Only the last segment may be shorter.
+                        break;
+                    }
+                }
+            }
+            self.first[n] = start;
+            let (addr, addr_len) = self.names[start].as_ptr();
+            let h = &mut self.msgs[n].msg_hdr;
             h.msg_name = addr.cast_mut().cast();
-            h.msg_namelen = len;
-            h.msg_iov = &mut self.iovs[i];
-            h.msg_iovlen = 1;
+            h.msg_namelen = addr_len;
+            h.msg_iov = &mut self.iovs[start];
+            h.msg_iovlen = (i - start) as _;
+            if i - start > 1 {
+                h.msg_control = self.ctrl[n].0.as_mut_ptr().cast();
+                // SAFETY: CMSG_SPACE only computes.
+                h.msg_controllen = unsafe { libc::CMSG_SPACE(size_of::<u16>() as u32) } as _;
+                // SAFETY: `h.msg_control` points at `ctrl[n]`: 32 bytes
+                // aligned for a cmsghdr, at least CMSG_SPACE(2), so the
+                // first header and its two data bytes lie inside it. `seg`
+                // fits a u16: two segments fit in MAX_COALESCED.
+                unsafe {
+                    let cm = libc::CMSG_FIRSTHDR(&*h);
+                    (*cm).cmsg_level = libc::SOL_UDP;
+                    (*cm).cmsg_type = libc::UDP_SEGMENT;
+                    (*cm).cmsg_len = libc::CMSG_LEN(size_of::<u16>() as u32) as _;
+                    libc::CMSG_DATA(cm)
+                        .cast::<u16>()
+                        .write_unaligned(seg as u16);
+                }
+            } else {
+                h.msg_control = std::ptr::null_mut();
+                h.msg_controllen = 0;
+            }
+            n += 1;
         }
+        self.first[n] = self.len;
         // SAFETY: sendmmsg(2) with `n` headers, each pointing at its own
-        // address and iovec in `self` (which outlives the call), each iovec
-        // at bytes the caller vouches for; no control data. Through
-        // syscall(2), see below.
-        cvt_size(unsafe {
+        // address and its run of iovecs in `self` (which outlives the call),
+        // each iovec at bytes the caller vouches for, and at most its own
+        // UDP_SEGMENT control message. Through syscall(2), see below.
+        let sent = cvt_size(unsafe {
             libc::syscall(
                 libc::SYS_sendmmsg,
                 fd,
-                self.msgs[from..].as_mut_ptr(),
+                self.msgs.as_mut_ptr(),
                 n as libc::c_uint,
                 libc::MSG_NOSIGNAL | libc::MSG_DONTWAIT,
             ) as libc::ssize_t
-        })
+        })?;
+        Ok(self.first[sent.min(n)] - from)
     }
+
+    /// How many datagrams the message from the `from`th datagram held in
+    /// the last [`SendState::send`] (the one its error is about).
+    pub(crate) fn message_len(&self, from: usize) -> usize {
+        if self.first[0] == from && self.first[1] > from {
+            self.first[1] - from
+        } else {
+            1
+        }
+    }
+
+    /// The last [`SendState::send`] from the `from`th datagram failed with
+    /// `e`. If that message coalesced several datagrams and the kernel
+    /// refused the coalescing itself (`EINVAL`: a segment too large for the
+    /// route's MTU or a socket that cannot checksum it; `EIO`, `EMSGSIZE`,
+    /// `ENOPROTOOPT`, `EOPNOTSUPP`), datagrams that size or larger are no
+    /// longer coalesced on this socket, and true says: send again from
+    /// `from`, one per message.
+    pub(crate) fn retry_apart(&mut self, from: usize, e: &io::Error) -> bool {
+        let refused = matches!(
+            e.raw_os_error(),
+            Some(libc::EINVAL | libc::EIO | libc::EMSGSIZE | libc::ENOPROTOOPT | libc::EOPNOTSUPP)
+        );
+        if !refused || self.message_len(from) < 2 {
+            return false;
+        }
+        self.coalesce_below = self.coalesce_below.min(self.iovs[from].iov_len);
+        true
+    }
+}
+
+/// Whether the kernel takes `UDP_SEGMENT` on `fd` (Linux 4.18 and later, UDP
+/// sockets only).
+fn udp_segment_supported(fd: RawFd) -> bool {
+    let mut v: libc::c_int = 0;
+    let mut len = size_of::<libc::c_int>() as libc::socklen_t;
+    // SAFETY: `v` and `len` are valid out-parameters sized for an int.
+    let r = unsafe {
+        libc::getsockopt(
+            fd,
+            libc::SOL_UDP,
+            libc::UDP_SEGMENT,
+            (&mut v as *mut libc::c_int).cast(),
+            &mut len,
+        )
+    };
+    r == 0
 }
 
 impl std::fmt::Debug for SendState {

@@ -144,6 +144,19 @@ impl SockAddr {
     pub(super) fn as_ptr(&self) -> (*const libc::sockaddr, libc::socklen_t) {
         ((&self.raw as *const RawAddr).cast(), self.len)
     }
+
+    /// The address as the kernel reads it: its first `len` bytes.
+    #[cfg_attr(
+        not(all(target_os = "linux", not(feature = "portable"))),
+        allow(dead_code)
+    )]
+    pub(super) fn bytes(&self) -> &[u8] {
+        let (ptr, len) = self.as_ptr();
+        // SAFETY: `len` is the size of the member `from_loopd` wrote whole
+        // (a sockaddr_in or sockaddr_in6, built from zeroed), so its first
+        // `len` bytes are initialised and borrowed with `self`.
+        unsafe { std::slice::from_raw_parts(ptr.cast::<u8>(), len as usize) }
+    }
 }
 
 impl std::fmt::Debug for SockAddr {
@@ -791,6 +804,88 @@ mod tests {
         assert!(!is_send_buffer_full(&err));
         tx.set_broadcast(true).unwrap();
         tx.send_to(b"x", to).expect("allowed with SO_BROADCAST");
+    }
+
+    /// Runs of equal-sized datagrams to one address leave as one message
+    /// each (UDP GSO), and arrive as the datagrams they were; a socket that
+    /// cannot coalesce (SO_NO_CHECK: the kernel refuses GSO without
+    /// checksums) gets them one by one instead, none lost.
+    #[cfg(all(target_os = "linux", not(feature = "portable")))]
+    #[test]
+    fn runs_to_one_address_are_coalesced_and_arrive_as_sent() {
+        let (rx1, tx) = pair("127.0.0.1:0");
+        let rx2 = UdpSocket::bind("127.0.0.1:0").unwrap();
+        rx2.set_nonblocking(true).unwrap();
+        let to = |rx: &UdpSocket| {
+            SockAddr::from_loopd(&loopd_addr::from_socket_addr(rx.local_addr().unwrap())).unwrap()
+        };
+        let (a, b) = (to(&rx1), to(&rx2));
+        let dgram = |i: u8, len: usize| vec![i; len];
+        // (target, bytes): five of 100 and a shorter one to a (one message),
+        // one more to a (a new message: the short one closed the last), two
+        // to b, an empty one to b (never coalesced).
+        let plan: Vec<(SockAddr, Vec<u8>)> = vec![
+            (a, dgram(0, 100)),
+            (a, dgram(1, 100)),
+            (a, dgram(2, 100)),
+            (a, dgram(3, 100)),
+            (a, dgram(4, 100)),
+            (a, dgram(5, 40)),
+            (a, dgram(6, 100)),
+            (b, dgram(7, 100)),
+            (b, dgram(8, 100)),
+            (b, dgram(9, 0)),
+        ];
+        let mut state = SendState::new(tx.as_raw_fd());
+        for (addr, d) in &plan {
+            assert!(state.push(*addr, d.as_ptr(), d.len()));
+        }
+        // SAFETY: every pushed datagram is in `plan`, alive for the call.
+        assert_eq!(unsafe { state.send(tx.as_raw_fd(), 0) }.unwrap(), 10);
+        assert_eq!(state.first[..5], [0, 6, 7, 9, 10], "four messages");
+        let mut buf = [0u8; 256];
+        for (addr, d) in &plan {
+            let rx = if addr.bytes() == a.bytes() {
+                &rx1
+            } else {
+                &rx2
+            };
+            let (n, from) = recv_wait(rx, &mut buf);
+            assert_eq!(&buf[..n], &d[..], "each datagram whole, in order");
+            assert_eq!(from.to_socket_addr(), Some(tx.local_addr().unwrap()));
+        }
+
+        let on: libc::c_int = 1;
+        // SAFETY: setsockopt with a valid int for the call.
+        let r = unsafe {
+            libc::setsockopt(
+                tx.as_raw_fd(),
+                libc::SOL_SOCKET,
+                libc::SO_NO_CHECK,
+                (&on as *const libc::c_int).cast(),
+                size_of::<libc::c_int>() as libc::socklen_t,
+            )
+        };
+        assert_eq!(r, 0);
+        state.clear();
+        for d in &plan[..3] {
+            assert!(state.push(a, d.1.as_ptr(), d.1.len()));
+        }
+        // SAFETY: as above.
+        let err = unsafe { state.send(tx.as_raw_fd(), 0) }.unwrap_err();
+        assert_eq!(state.message_len(0), 3);
+        assert!(state.retry_apart(0, &err), "{err}");
+        // SAFETY: as above.
+        assert_eq!(unsafe { state.send(tx.as_raw_fd(), 0) }.unwrap(), 3);
+        assert_eq!(state.first[..4], [0, 1, 2, 3], "one by one now");
+        for d in &plan[..3] {
+            let (n, _) = recv_wait(&rx1, &mut buf);
+            assert_eq!(&buf[..n], &d.1[..]);
+        }
+        assert!(
+            !state.retry_apart(0, &io::Error::from_raw_os_error(libc::EINVAL)),
+            "nothing coalesced to take apart"
+        );
     }
 
     #[test]

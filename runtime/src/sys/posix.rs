@@ -161,8 +161,8 @@ pub(crate) struct SendState {
 }
 
 impl SendState {
-    /// Empty.
-    pub(crate) fn new() -> Box<SendState> {
+    /// Empty, for datagram socket `_fd`.
+    pub(crate) fn new(_fd: RawFd) -> Box<SendState> {
         Box::new(SendState {
             msgs: Vec::with_capacity(BATCH),
         })
@@ -206,6 +206,16 @@ impl SendState {
             unsafe { std::slice::from_raw_parts(data, len) }
         };
         send_to(fd, &to, buf).map(|_| 1)
+    }
+
+    /// How many datagrams the failed send held: always one here.
+    pub(crate) fn message_len(&self, _from: usize) -> usize {
+        1
+    }
+
+    /// Never: nothing is coalesced on this path.
+    pub(crate) fn retry_apart(&mut self, _from: usize, _e: &io::Error) -> bool {
+        false
     }
 }
 
