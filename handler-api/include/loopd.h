@@ -575,10 +575,14 @@ typedef struct loopd_host_api {
     /* send_datagram for count datagrams at once, in order, from one
      * datagram socket of this instance: as few system calls as the
      * platform allows (sendmmsg(2) on Linux, one sendto each elsewhere).
-     * Never queued. Each msgs[i].status is set as send_datagram would
-     * return it: LOOPD_OK, LOOPD_ERR_AGAIN (the kernel's buffer was full:
-     * that datagram and every one after it were dropped), LOOPD_ERR_IO
-     * (that one failed; the rest were still tried), LOOPD_ERR_INVALID (a
+     * On Linux, consecutive datagrams to one address, all of one size (the
+     * last of such a run may be shorter), leave as one UDP GSO send (the
+     * kernel cuts it into the same datagrams; the receiver sees no
+     * difference). Never queued. Each msgs[i].status is set as
+     * send_datagram would return it: LOOPD_OK, LOOPD_ERR_AGAIN (the kernel's
+     * buffer was full: that datagram and every one after it were dropped),
+     * LOOPD_ERR_IO (that one failed, with the rest of its GSO run if it had
+     * one; the rest were still tried), LOOPD_ERR_INVALID (a
      * bad address). *sent_out (may be NULL) receives how many were sent.
      * Returns LOOPD_OK when every one was sent, else the status of the
      * first one that was not; LOOPD_ERR_NO_SUCH_CONN, LOOPD_ERR_UNSUPPORTED

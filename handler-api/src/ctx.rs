@@ -220,7 +220,8 @@ impl Ctx {
     }
 
     /// Sends every datagram of `out` from `socket`, in order, with as few
-    /// system calls as the host can (one `sendmmsg` on Linux; ABI 1.4). Never
+    /// system calls as the host can (one `sendmmsg` on Linux, with runs of
+    /// same-sized datagrams to one address as one UDP GSO send; ABI 1.4). Never
     /// queued. [`Outbox::results`] then says what happened to each (as
     /// [`Ctx::send_datagram`] would have) and [`Outbox::sent`] how many went.
     /// On a host without `send_datagrams` they go one `send_datagram` each,
