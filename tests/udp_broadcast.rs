@@ -378,26 +378,28 @@ fn the_example_config_is_valid() {
 
 /// A burst already waiting when the relay wakes is taken by one receive,
 /// handed to the relay in one `on_datagrams` call and relayed with one
-/// `send_datagrams`: one `sendmmsg` of one message carrying all 32 copies
-/// (same target, same size: one UDP GSO send with a `UDP_SEGMENT` control
-/// message), no `sendto` (seen with strace, attached while loopd is
-/// stopped so the burst is sure to be waiting whole). The receiver still
-/// gets 32 datagrams, each whole, in order. The `portable` build sends
-/// them one `sendto` each.
+/// `send_datagrams`, each target's copies together: for two targets, two
+/// `sendmmsg` calls (32 datagrams each) of one message each carrying that
+/// target's 32 copies (same target, same size: one UDP GSO send with a
+/// `UDP_SEGMENT` control message), no `sendto` (seen with strace,
+/// attached while loopd is stopped so the burst is sure to be waiting
+/// whole). Each receiver still gets 32 datagrams, each whole, in order.
+/// The next burst starts with the other target. The `portable` build
+/// sends them one `sendto` each.
 #[test]
-fn a_waiting_burst_is_relayed_with_one_send() {
+fn a_waiting_burst_is_relayed_with_one_send_per_target() {
     const BURST: usize = 32;
     let probe = std::process::Command::new("strace").arg("-V").output();
     assert!(
         probe.is_ok_and(|o| o.status.success()),
         "this test needs strace (apt-get install strace; .ci/test installs it)"
     );
-    let rx = receiver("127.0.0.1:0");
-    let port = rx.local_addr().unwrap().port();
+    let rxs = [receiver("127.0.0.1:0"), receiver("127.0.0.1:0")];
+    let [p1, p2] = [0, 1].map(|i| rxs[i].local_addr().unwrap().port());
     let loopd = Loopd::start(&relay_config(
         false,
         &format!(
-            "broadcast_to = [\"127.0.0.1:{port}\"]\nrate_per_source = 1000000\nburst = 1000000"
+            "broadcast_to = [\"127.0.0.1:{p1}\", \"127.0.0.1:{p2}\"]\nrate_per_source = 1000000\nburst = 1000000"
         ),
     ));
     let relay = relay_addr(&loopd);
@@ -429,19 +431,26 @@ fn a_waiting_burst_is_relayed_with_one_send() {
         assert!(Instant::now() < deadline, "strace did not attach to {pid}");
         std::thread::sleep(Duration::from_millis(10));
     }
-    loopd.signal(libc::SIGSTOP);
+    // Two bursts: the second starts with the other target.
     let tx = sender("127.0.0.1:0");
-    let sent: Vec<Vec<u8>> = (0..BURST).map(|i| numbered("burst", i, 100)).collect();
-    for d in &sent {
-        tx.send_to(d, relay).unwrap();
-    }
-    loopd.signal(libc::SIGCONT);
-    let mut buf = [0u8; 2048];
-    for (i, want) in sent.iter().enumerate() {
-        let n = rx
-            .recv(&mut buf)
-            .unwrap_or_else(|e| panic!("copy {i}: {e}"));
-        assert_eq!(&buf[..n], &want[..], "copy {i}, in order");
+    for burst in 0..2 {
+        loopd.signal(libc::SIGSTOP);
+        let sent: Vec<Vec<u8>> = (0..BURST)
+            .map(|i| numbered(&format!("burst{burst}"), i, 100))
+            .collect();
+        for d in &sent {
+            tx.send_to(d, relay).unwrap();
+        }
+        loopd.signal(libc::SIGCONT);
+        let mut buf = [0u8; 2048];
+        for rx in &rxs {
+            for (i, want) in sent.iter().enumerate() {
+                let n = rx
+                    .recv(&mut buf)
+                    .unwrap_or_else(|e| panic!("burst {burst}, copy {i}: {e}"));
+                assert_eq!(&buf[..n], &want[..], "burst {burst}, copy {i}, in order");
+            }
+        }
     }
     // SAFETY: kill(2) on our own child, strace, which detaches on SIGINT.
     unsafe { libc::kill(strace.id() as i32, libc::SIGINT) };
@@ -454,18 +463,35 @@ fn a_waiting_burst_is_relayed_with_one_send() {
     if cfg!(feature = "portable") {
         // The POSIX path has no sendmmsg: one sendto per copy.
         let sendtos = calls.iter().filter(|l| l.contains("sendto(")).count();
-        assert_eq!(sendtos, BURST, "{text}");
+        assert_eq!(sendtos, 4 * BURST, "{text}");
         assert!(calls.iter().all(|l| !l.contains("sendmmsg(")), "{text}");
-    } else {
-        assert_eq!(calls.len(), 1, "one send for the burst:\n{text}");
-        let call = calls[0];
+        let firsts = [calls[0], calls[2 * BURST]];
         assert!(
-            call.contains("sendmmsg(")
-                && call.contains(&format!("msg_iovlen={BURST},"))
-                && call.contains("cmsg_level=SOL_UDP")
-                && call.trim_end().ends_with("= 1"),
-            "not one coalesced message of all {BURST}:\n{text}"
+            firsts[0].contains(&format!("htons({p1})"))
+                && firsts[1].contains(&format!("htons({p2})")),
+            "each burst starts with the next target:\n{text}"
         );
+    } else {
+        assert_eq!(calls.len(), 4, "one send per target and burst:\n{text}");
+        let to = |call: &str| {
+            [p1, p2]
+                .into_iter()
+                .position(|p| call.contains(&format!("htons({p})")))
+        };
+        assert_eq!(
+            calls.iter().map(|c| to(c)).collect::<Vec<_>>(),
+            [Some(0), Some(1), Some(1), Some(0)],
+            "each target's copies together, each burst starting with the next target:\n{text}"
+        );
+        for call in calls.iter() {
+            assert!(
+                call.contains("sendmmsg(")
+                    && call.contains(&format!("msg_iovlen={BURST},"))
+                    && call.contains("cmsg_level=SOL_UDP")
+                    && call.trim_end().ends_with("= 1"),
+                "not one coalesced message of all {BURST} copies to one target:\n{text}"
+            );
+        }
         assert!(
             calls.iter().all(|l| !l.contains("sendto(")),
             "a copy went out with its own sendto:\n{text}"

@@ -175,6 +175,10 @@ pub struct Relay {
     /// The copies a batch of datagrams makes, per socket they go from: one
     /// `send_datagrams` each at the end of the batch.
     outboxes: Vec<(SocketId, Outbox)>,
+    /// Which target a batch's copies start with: the next one each batch,
+    /// so a send buffer that fills part-way through a batch does not
+    /// always cost the same targets their copies.
+    turn: usize,
     /// The instance's context, kept to log the totals when the relay is
     /// dropped (only if it had a socket: `loopd check` stays quiet).
     ctx: Ctx,
@@ -364,15 +368,20 @@ impl Relay {
         }
         self.echoes.record_key(key, from, now);
         self.relayed += 1;
-        // self.out holds the tag (see above), or nothing.
-        for i in 0..self.settings.targets.len() {
-            let target = self.settings.targets[i];
+        // self.out holds the tag (see above), or nothing. Starting at this
+        // batch's turn (see `turn`).
+        let n = self.settings.targets.len();
+        let first = self.turn % n.max(1);
+        for k in 0..n {
+            let target = self.settings.targets[(first + k) % n];
             self.queue(ctx, Some(socket), target, tag_len, data, now);
         }
     }
 
     /// Sends what [`Relay::queue`] queued, one `send_datagrams` per socket,
-    /// and counts what was sent and what was dropped.
+    /// each target's copies together (`group_by_address`: in order per
+    /// target, and one UDP GSO send per target where the kernel can), and
+    /// counts what was sent and what was dropped.
     fn flush(&mut self, ctx: &Ctx, now: u64) {
         for i in 0..self.outboxes.len() {
             if self.outboxes[i].1.is_empty() {
@@ -380,6 +389,7 @@ impl Relay {
             }
             let sock = self.outboxes[i].0;
             let mut out = std::mem::take(&mut self.outboxes[i].1);
+            out.group_by_address();
             // Each datagram's result is in `out.results()`, unless the call
             // was refused whole (the socket is gone).
             let whole = matches!(
@@ -529,6 +539,7 @@ impl Handler for Relay {
             stopping: false,
             out: Vec::with_capacity(64),
             outboxes: Vec::new(),
+            turn: 0,
             ctx: *ctx,
             settings,
         })
@@ -613,6 +624,7 @@ impl Handler for Relay {
             }
         }
         self.flush(ctx, now);
+        self.turn = self.turn.wrapping_add(1);
     }
 
     fn on_timer(&mut self, ctx: &Ctx, timer: TimerId, tag: u64) {
