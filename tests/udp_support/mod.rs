@@ -200,6 +200,11 @@ impl Segment {
                 "dev",
                 "eth0",
             ]);
+            // Like a wire: a UDP GSO send (loopd's send_datagrams) is cut
+            // into its datagrams before it leaves the host, as a NIC would
+            // put them on the wire, so a capture on the bridge counts
+            // datagrams, not the kernel's super-packets.
+            ip_ok(&["-n", &ns, "link", "set", "eth0", "gso_max_segs", "1"]);
             ip_ok(&["-n", &ns, "link", "set", "eth0", "up"]);
             ip_ok(&["-n", &ns, "link", "set", "lo", "up"]);
             seg.hosts.insert(role.to_string(), Host { ns, ip: addr });
