@@ -257,7 +257,8 @@ pub struct LoopStats {
     pub events: u64,
     /// Time spent handling events, timers and deferred work.
     pub busy: Duration,
-    /// Time spent waiting in the poller.
+    /// Time spent waiting in the poller (with the few instructions before
+    /// each wait that decide how long it may be).
     pub waiting: Duration,
     /// Passes by busy time, not cumulative: `busy_buckets[i]` counts the
     /// passes busy for at most [`PASS_BUSY_BOUNDS_US`]`[i]` microseconds
