@@ -326,9 +326,10 @@ pub fn bench(ctx: &Ctx) -> Result<Bench> {
         let target = free_udp_port()?;
         let (s, a) = start_loopd_relay(ctx, target)?;
         relays.push(("loopd".into(), s, Client::new(a, target)?));
-        let target = free_udp_port()?;
-        if let Some((s, a)) = peers::before("udp", |dir| {
-            start_loopd_relay_from(ctx, dir, "loopd-before-udp", target)
+        if let Some((s, a, target)) = peers::before("udp", |dir| {
+            let target = free_udp_port()?;
+            let (s, a) = start_loopd_relay_from(ctx, dir, "loopd-before-udp", target)?;
+            Ok((s, a, target))
         }) {
             relays.push(("loopd-before".into(), s, Client::new(a, target)?));
         }

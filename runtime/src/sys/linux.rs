@@ -281,7 +281,7 @@ impl SendState {
                     if len == 0
                         || len > seg
                         || total + len > MAX_COALESCED
-                        || self.names[i].bytes() != self.names[start].bytes()
+                        || self.names[i] != self.names[start]
                     {
                         break;
                     }
@@ -373,19 +373,7 @@ impl SendState {
 /// Whether the kernel takes `UDP_SEGMENT` on `fd` (Linux 4.18 and later, UDP
 /// sockets only).
 fn udp_segment_supported(fd: RawFd) -> bool {
-    let mut v: libc::c_int = 0;
-    let mut len = size_of::<libc::c_int>() as libc::socklen_t;
-    // SAFETY: `v` and `len` are valid out-parameters sized for an int.
-    let r = unsafe {
-        libc::getsockopt(
-            fd,
-            libc::SOL_UDP,
-            libc::UDP_SEGMENT,
-            (&mut v as *mut libc::c_int).cast(),
-            &mut len,
-        )
-    };
-    r == 0
+    super::get_int_opt(fd, libc::SOL_UDP, libc::UDP_SEGMENT).is_ok()
 }
 
 impl std::fmt::Debug for SendState {

@@ -146,16 +146,19 @@ impl SockAddr {
     }
 
     /// The address as the kernel reads it: its first `len` bytes.
-    #[cfg_attr(
-        not(all(target_os = "linux", not(feature = "portable"))),
-        allow(dead_code)
-    )]
-    pub(super) fn bytes(&self) -> &[u8] {
+    fn bytes(&self) -> &[u8] {
         let (ptr, len) = self.as_ptr();
         // SAFETY: `len` is the size of the member `from_loopd` wrote whole
         // (a sockaddr_in or sockaddr_in6, built from zeroed), so its first
         // `len` bytes are initialised and borrowed with `self`.
         unsafe { std::slice::from_raw_parts(ptr.cast::<u8>(), len as usize) }
+    }
+}
+
+/// The same address, byte for byte as the kernel reads it.
+impl PartialEq for SockAddr {
+    fn eq(&self, other: &SockAddr) -> bool {
+        self.bytes() == other.bytes()
     }
 }
 
@@ -289,19 +292,29 @@ pub(crate) fn set_backlog(fd: RawFd, backlog: i32) -> io::Result<()> {
 
 /// The pending error of a socket (`SO_ERROR`), e.g. the result of a non-blocking connect.
 pub(crate) fn take_error(fd: RawFd) -> io::Result<Option<io::Error>> {
-    let mut err: libc::c_int = 0;
+    let err = get_int_opt(fd, libc::SOL_SOCKET, libc::SO_ERROR)?;
+    Ok((err != 0).then(|| io::Error::from_raw_os_error(err)))
+}
+
+/// Reads an int socket option.
+pub(super) fn get_int_opt(
+    fd: RawFd,
+    level: libc::c_int,
+    name: libc::c_int,
+) -> io::Result<libc::c_int> {
+    let mut value: libc::c_int = 0;
     let mut len = size_of::<libc::c_int>() as libc::socklen_t;
-    // SAFETY: `err` and `len` are valid out-parameters for an int option.
+    // SAFETY: `value` and `len` are valid out-parameters for an int option.
     cvt(unsafe {
         libc::getsockopt(
             fd,
-            libc::SOL_SOCKET,
-            libc::SO_ERROR,
-            (&mut err as *mut libc::c_int).cast(),
+            level,
+            name,
+            (&mut value as *mut libc::c_int).cast(),
             &mut len,
         )
     })?;
-    Ok((err != 0).then(|| io::Error::from_raw_os_error(err)))
+    Ok(value)
 }
 
 pub(super) fn set_int_opt(
@@ -559,21 +572,7 @@ pub(crate) enum SocketName {
 /// stream socket (`None` for anything else: not a socket, another family,
 /// an unnamed one).
 pub(crate) fn socket_name(fd: RawFd) -> Option<SocketName> {
-    let mut kind: libc::c_int = 0;
-    let mut len = size_of::<libc::c_int>() as libc::socklen_t;
-    // SAFETY: `kind` and `len` are valid out-parameters for an int option.
-    let r = unsafe {
-        libc::getsockopt(
-            fd,
-            libc::SOL_SOCKET,
-            libc::SO_TYPE,
-            (&mut kind as *mut libc::c_int).cast(),
-            &mut len,
-        )
-    };
-    if r < 0 {
-        return None;
-    }
+    let kind = get_int_opt(fd, libc::SOL_SOCKET, libc::SO_TYPE).ok()?;
     let mut storage = MaybeUninit::<libc::sockaddr_storage>::zeroed();
     let mut len = size_of::<libc::sockaddr_storage>() as libc::socklen_t;
     // SAFETY: `storage` and `len` are valid out-parameters sized for any address.
@@ -845,11 +844,7 @@ mod tests {
         assert_eq!(state.first[..5], [0, 6, 7, 9, 10], "four messages");
         let mut buf = [0u8; 256];
         for (addr, d) in &plan {
-            let rx = if addr.bytes() == a.bytes() {
-                &rx1
-            } else {
-                &rx2
-            };
+            let rx = if *addr == a { &rx1 } else { &rx2 };
             let (n, from) = recv_wait(rx, &mut buf);
             assert_eq!(&buf[..n], &d[..], "each datagram whole, in order");
             assert_eq!(from.to_socket_addr(), Some(tx.local_addr().unwrap()));
