@@ -85,7 +85,11 @@ const USAGE: &str = "usage: loopd-bench <all|smoke|report|echo|http|chat|chat-br
            only the chat load generator (N receivers, line protocol or redis)
   load-echo --target ADDR [--conns N] [--size B] [--secs S] [--ops N]
            only the echo load generator, against a server you started (for
-           strace -c / callgrind runs); prints round trips and their rate";
+           strace -c / callgrind runs); prints round trips and their rate
+  load-udp --target ADDR --to PORT [--size B] [--secs S] [--burst N]
+           only the UDP relay load generator: sends to the relay at ADDR and
+           receives its copies on 127.0.0.1:PORT (the relay's broadcast_to),
+           64 datagrams in flight, or bursts of N; prints datagrams relayed";
 
 struct Args {
     command: String,
@@ -94,6 +98,8 @@ struct Args {
     size: Option<usize>,
     ops: Option<u64>,
     redis: bool,
+    to: Option<u16>,
+    burst: Option<u64>,
     rounds: Option<usize>,
     secs: Option<f64>,
     out: Option<PathBuf>,
@@ -111,6 +117,8 @@ fn parse_args() -> Result<Args> {
         size: None,
         ops: None,
         redis: false,
+        to: None,
+        burst: None,
         rounds: None,
         secs: None,
         out: None,
@@ -132,6 +140,8 @@ fn parse_args() -> Result<Args> {
             "--ops" => a.ops = Some(value.parse().context("--ops")?),
             "--target" => a.target = Some(value),
             "--redis" => a.redis = value == "1",
+            "--to" => a.to = Some(value.parse().context("--to")?),
+            "--burst" => a.burst = Some(value.parse().context("--burst")?),
             _ => bail!("unknown option {flag}\n\n{USAGE}"),
         }
     }
@@ -157,6 +167,7 @@ pub fn run_cli() -> Result<()> {
     match args.command.as_str() {
         "load-echo" => return load_echo(&args),
         "load-chat" => return load_chat(&args),
+        "load-udp" => return load_udp(&args),
         "report" => {
             let path = args.out.unwrap_or(results_path);
             let results = read_results(&path)?;
@@ -306,6 +317,37 @@ fn load_echo(args: &Args) -> Result<()> {
         out.ops,
         out.elapsed.as_secs_f64(),
         out.ops as f64 / out.elapsed.as_secs_f64()
+    );
+    Ok(())
+}
+
+/// The UDP relay load generator alone, against `--target`, receiving on `--to`.
+fn load_udp(args: &Args) -> Result<()> {
+    let relay: std::net::SocketAddr = args
+        .target
+        .as_deref()
+        .context("load-udp needs --target ADDR")?
+        .parse()
+        .context("--target")?;
+    let to = args.to.context("load-udp needs --to PORT")?;
+    procfs::pin_self(server::CLIENT_CORE)?;
+    let client = udp::Client::new(relay, to)?;
+    client.verify().context("the relay check")?;
+    let load = match args.burst {
+        Some(0) => bail!("--burst must be at least 1"),
+        Some(n) => udp::Load::Burst(n),
+        None => udp::Load::Window(udp::WINDOW),
+    };
+    let size = args.size.unwrap_or(64);
+    if !(8..=65_507).contains(&size) {
+        bail!("--size {size}: a datagram here carries 8 to 65,507 bytes");
+    }
+    let secs = Duration::from_secs_f64(args.secs.unwrap_or(2.0));
+    let (relayed, lost, elapsed) = client.run(size, load, secs, &mut |_| Ok(()))?;
+    println!(
+        "{relayed} datagrams of {size} B relayed ({lost} lost) in {:.3} s: {:.0} per second",
+        elapsed.as_secs_f64(),
+        relayed as f64 / elapsed.as_secs_f64()
     );
     Ok(())
 }

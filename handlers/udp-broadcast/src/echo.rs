@@ -21,7 +21,7 @@
 
 use std::net::SocketAddr;
 
-use crate::sip::SipKey;
+use crate::fingerprint::FingerprintKey;
 
 /// Fingerprints per set: a set's keys and expiries fill one cache line.
 const WAYS: usize = 4;
@@ -36,8 +36,8 @@ struct Set {
 }
 
 /// Fingerprints of recently relayed datagrams, in a fixed set-associative
-/// table: a fingerprint (already a keyed SipHash, so nobody can aim datagrams
-/// at one set) picks its set by its low bits, and a new one takes the slot
+/// table: a fingerprint (keyed, see [`crate::fingerprint`], so nobody can aim
+/// datagrams at one set) picks its set by its low bits, and a new one takes the slot
 /// of the set that expires first (a free one if any). One datagram costs one
 /// cache line to look up and record, with no allocation and no sweep.
 #[derive(Debug)]
@@ -49,7 +49,7 @@ pub(crate) struct EchoFilter {
     /// The sender of slot `set * WAYS + way`, read only on a match.
     senders: Vec<SocketAddr>,
     /// Keyed randomly per process, so nobody can craft colliding datagrams.
-    key: SipKey,
+    key: FingerprintKey,
     /// The ports the relay sends to: senders there may be relays.
     relay_ports: Vec<u16>,
 }
@@ -90,7 +90,7 @@ impl EchoFilter {
             mask: sets.saturating_sub(1),
             sets: vec![Set::default(); sets],
             senders: vec![unspecified; sets * WAYS],
-            key: SipKey::random(),
+            key: FingerprintKey::random(),
             relay_ports,
         }
     }

@@ -36,6 +36,7 @@
 
 pub mod config;
 mod echo;
+mod fingerprint;
 mod limiter;
 mod local;
 mod sip;

@@ -1,9 +1,10 @@
 //! SipHash-1-3 (the algorithm behind std's `RandomState` hasher) over a
-//! whole byte slice at once, for the echo fingerprints.
+//! whole byte slice at once, for the echo fingerprints' last step and the
+//! rate limiter's table.
 //!
 //! std's hasher is fed through `Hasher::write`, which buffers and handles
 //! tails byte by byte on every call: about 700 instructions for a 64-byte
-//! datagram. This one reads the slice as little-endian 64-bit words in one
+//! input. This one reads the slice as little-endian 64-bit words in one
 //! loop, about a third of that, with the same keyed strength (the keys come
 //! from a `RandomState`, so they are random per process and nobody can aim
 //! collisions at a fingerprint).
