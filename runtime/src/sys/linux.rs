@@ -268,6 +268,17 @@ impl SendState {
         if from >= self.len {
             return Ok(0);
         }
+        if from + 1 == self.len {
+            // One datagram: sendto(2) takes it without the message header
+            // sendmmsg(2) copies in and walks.
+            self.first[0] = from;
+            self.first[1] = self.len;
+            let iov = self.iovs[from];
+            // SAFETY: the datagram is valid for reads of its length (this
+            // function's contract).
+            return unsafe { send_to_raw(fd, &self.names[from], iov.iov_base.cast(), iov.iov_len) }
+                .map(|_| 1);
+        }
         let mut n = 0;
         let mut i = from;
         while i < self.len {
@@ -386,18 +397,28 @@ impl std::fmt::Debug for SendState {
 
 /// Sends one datagram to `to` (sendto(2) through syscall(2), see below).
 pub(crate) fn send_to(fd: RawFd, to: &SockAddr, buf: &[u8]) -> io::Result<usize> {
-    let (addr, len) = to.as_ptr();
-    // SAFETY: sendto(2) with `buf` valid for reads of `buf.len()` bytes and
-    // `addr` valid for `len` bytes, both for the call.
+    // SAFETY: `buf` is valid for reads of its length.
+    unsafe { send_to_raw(fd, to, buf.as_ptr(), buf.len()) }
+}
+
+/// [`send_to`] of the `len` bytes at `data`.
+///
+/// # Safety
+/// `data` must be valid for reads of `len` bytes for the call.
+unsafe fn send_to_raw(fd: RawFd, to: &SockAddr, data: *const u8, len: usize) -> io::Result<usize> {
+    let (addr, addr_len) = to.as_ptr();
+    // SAFETY: sendto(2) with `data` valid for reads of `len` bytes (the
+    // caller's contract) and `addr` valid for `addr_len` bytes, both for
+    // the call. The kernel only reads them.
     cvt_size(unsafe {
         libc::syscall(
             libc::SYS_sendto,
             fd,
-            buf.as_ptr(),
-            buf.len(),
+            data,
+            len,
             libc::MSG_NOSIGNAL | libc::MSG_DONTWAIT,
             addr,
-            len,
+            addr_len,
         ) as libc::ssize_t
     })
 }

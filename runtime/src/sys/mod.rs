@@ -881,6 +881,15 @@ mod tests {
             !state.retry_apart(0, &io::Error::from_raw_os_error(libc::EINVAL)),
             "nothing coalesced to take apart"
         );
+
+        // The last one left (sent with sendto(2)) is a message of its own.
+        assert!(state.push(b, plan[7].1.as_ptr(), plan[7].1.len()));
+        // SAFETY: as above.
+        assert_eq!(unsafe { state.send(tx.as_raw_fd(), 3) }.unwrap(), 1);
+        assert_eq!(state.first[..2], [3, 4]);
+        assert_eq!(state.message_len(3), 1);
+        let (n, _) = recv_wait(&rx2, &mut buf);
+        assert_eq!(&buf[..n], &plan[7].1[..]);
     }
 
     #[test]
