@@ -149,7 +149,19 @@ mod tests {
     fn every_byte_and_the_length_count() {
         let k = FingerprintKey::random();
         let data: Vec<u8> = (0..3000u32).map(|i| (i * 7 + 3) as u8).collect();
-        for len in [1, 15, 16, 17, 64, 1000, BLOCK - 1, BLOCK, BLOCK + 1, 2100, 3000] {
+        for len in [
+            1,
+            15,
+            16,
+            17,
+            64,
+            1000,
+            BLOCK - 1,
+            BLOCK,
+            BLOCK + 1,
+            2100,
+            3000,
+        ] {
             let d = &data[..len];
             let h = k.hash(d);
             assert_eq!(h, k.hash(&d.to_vec()), "the same bytes, the same print");
