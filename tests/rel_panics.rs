@@ -315,4 +315,61 @@ fn a_panic_in_on_timer_or_on_datagram_is_logged_and_everything_goes_on() {
         loopd.logs()
     );
     assert_eq!(c.cmd("echo after the datagram"), "after the datagram");
+    the_panics_went_to_the_log_only(&loopd);
+}
+
+/// Each caught panic's log line says where it happened, and the plugin's
+/// Rust runtime printed none of them to stderr itself (its panic hook knows
+/// the loop's threads).
+fn the_panics_went_to_the_log_only(loopd: &Loopd) {
+    let logs = loopd.logs();
+    let located = logs
+        .lines()
+        .filter(|l| {
+            l.contains("panic in on_") && l.contains(" (at tests/fixtures/probe/src/lib.rs:")
+        })
+        .count();
+    assert!(located >= 2, "no location in the panic lines: {logs}");
+    assert!(
+        !logs.contains("panicked at"),
+        "the plugin's panic hook printed to stderr: {logs}"
+    );
+}
+
+#[test]
+fn with_workers_a_panic_in_any_worker_is_logged_with_its_location_only() {
+    let loopd = Loopd::start(&config(0, "").replace(
+        "shutdown_timeout_ms = 2000",
+        "shutdown_timeout_ms = 2000\nworkers = 2",
+    ));
+    loopd.expect_error("panic in on_timer: probe: panic in on_timer");
+    let addr = loopd.tcp("probe");
+    // Connections are spread over both workers: a panicking timer on
+    // connections until each worker's thread has run one.
+    let mut seen = [false; 2];
+    for i in 0..64 {
+        let mut c = LineClient::connect(addr);
+        let worker = c.cmd("worker");
+        let index: usize = match worker.split(' ').collect::<Vec<_>>()[..] {
+            ["worker", index, "2"] => index.parse().unwrap(),
+            _ => panic!("unexpected reply {worker:?}"),
+        };
+        assert!(c.cmd("panic-timer 1").starts_with("timer-set "));
+        assert!(
+            loopd.wait_for_logs(
+                "panic in on_timer: probe: panic in on_timer",
+                i + 1,
+                TIMEOUT
+            ),
+            "{}",
+            loopd.logs()
+        );
+        assert_eq!(c.cmd("echo still here"), "still here");
+        seen[index] = true;
+        if seen == [true, true] {
+            break;
+        }
+    }
+    assert_eq!(seen, [true, true], "the connections all went to one worker");
+    the_panics_went_to_the_log_only(&loopd);
 }

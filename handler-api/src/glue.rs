@@ -238,9 +238,16 @@ fn panic_message(payload: &(dyn Any + Send)) -> &str {
 }
 
 thread_local! {
-    /// Inside a hook this SDK guards: a panic there is caught and reported
-    /// through loopd's log, so the plugin's panic hook stays quiet.
-    static GUARDED: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+    /// This thread runs hooks of this plugin's instances (it created one:
+    /// loopd calls an instance's hooks only on the thread that created it,
+    /// its `Runtime` not being `Send`). The plugin's code runs on such a
+    /// thread only inside a hook, and every hook is guarded ([`catch`]), so a
+    /// panic there is caught and reported through loopd's log, and the
+    /// plugin's panic hook stays quiet. Set once per `create` rather than
+    /// around every hook: a thread-local in a shared library is a call to
+    /// `__tls_get_addr` each time (14 instructions a hook, which were almost
+    /// all a plugin's hook cost more than a statically linked handler's).
+    static HOOK_THREAD: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
     /// Where the last guarded panic happened (`file:line:column`), and its
     /// backtrace when `RUST_BACKTRACE` asks for one.
     static PANIC_AT: std::cell::RefCell<Option<Panicked>> = const { std::cell::RefCell::new(None) };
@@ -259,7 +266,7 @@ fn install_panic_hook() {
     ONCE.call_once(|| {
         let previous = std::panic::take_hook();
         std::panic::set_hook(Box::new(move |info| {
-            if !GUARDED.with(|g| g.get()) {
+            if !HOOK_THREAD.with(|g| g.get()) {
                 return previous(info);
             }
             let trace = std::backtrace::Backtrace::capture();
@@ -299,10 +306,7 @@ impl std::fmt::Display for Panicked {
 /// Runs `f` under `catch_unwind`, as a guarded hook; a panic becomes its
 /// message, and where it happened when the panic hook recorded it.
 fn catch<R>(f: impl FnOnce() -> R) -> Result<R, (String, Panicked)> {
-    let was = GUARDED.with(|g| g.replace(true));
-    let result = catch_unwind(AssertUnwindSafe(f));
-    GUARDED.with(|g| g.set(was));
-    result.map_err(|payload| {
+    catch_unwind(AssertUnwindSafe(f)).map_err(|payload| {
         let at = PANIC_AT.with(|p| p.borrow_mut().take()).unwrap_or_default();
         (panic_message(&*payload).to_string(), at)
     })
@@ -384,6 +388,7 @@ pub unsafe fn adopt<H: Handler>(
     if host.is_null() {
         return Err("host passed a NULL pointer to create".to_string());
     }
+    HOOK_THREAD.with(|g| g.set(true));
     // SAFETY: checked non-NULL; the host's table is valid for the process.
     let host = unsafe { copy_host(host) };
     let payloads = Rc::new(TimerPayloads::default());
@@ -420,6 +425,7 @@ unsafe extern "C" fn create<H: Handler>(
         write_err(err, err_cap, "host passed a NULL pointer to create");
         return abi::LOOPD_ERR_INVALID;
     }
+    HOOK_THREAD.with(|g| g.set(true));
     // SAFETY: checked non-NULL; the host's table is valid for the process.
     let host = unsafe { copy_host(host) };
     let payloads = Rc::new(TimerPayloads::default());
