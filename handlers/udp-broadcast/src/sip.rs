@@ -12,11 +12,18 @@
 use std::collections::hash_map::RandomState;
 use std::hash::BuildHasher;
 
-/// A SipHash key: two random 64-bit halves.
-#[derive(Debug, Clone, Copy)]
+/// A SipHash key: two random 64-bit halves (never printed: `Debug` shows
+/// none of it).
+#[derive(Clone, Copy)]
 pub(crate) struct SipKey {
     k0: u64,
     k1: u64,
+}
+
+impl std::fmt::Debug for SipKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SipKey").finish_non_exhaustive()
+    }
 }
 
 impl SipKey {
