@@ -59,9 +59,16 @@ pub(crate) struct Limiter {
     rate: u64,
     burst: u64,
     max_sources: usize,
-    /// Keyed randomly per process (senders choose their addresses, so
-    /// they must not be able to aim them at one bucket of the map).
-    table: HashMap<IpAddr, Bucket, SipBuild>,
+    /// Each tracked source's index in `buckets`. Keyed randomly per process
+    /// (senders choose their addresses, so they must not be able to aim
+    /// them at one bucket of the map).
+    table: HashMap<IpAddr, usize, SipBuild>,
+    /// The tracked sources' buckets, each with its source.
+    buckets: Vec<(IpAddr, Bucket)>,
+    /// The last source [`Limiter::allow`] found or added, and its index: a
+    /// run of datagrams from one sender (a burst, a busy client) hashes its
+    /// address once, not once per datagram.
+    last: Option<(IpAddr, usize)>,
     /// Shared by sources that found the table full.
     overflow: Bucket,
     /// Datagrams that went through the overflow bucket.
@@ -76,6 +83,8 @@ impl Limiter {
             burst,
             max_sources,
             table: HashMap::with_hasher(SipBuild(SipKey::random())),
+            buckets: Vec::new(),
+            last: None,
             overflow: Bucket::full(burst, 0),
             overflowed: 0,
         }
@@ -84,13 +93,21 @@ impl Limiter {
     /// Takes a token for `source`: `true` if the datagram may be relayed.
     pub(crate) fn allow(&mut self, source: IpAddr, now_ms: u64) -> bool {
         let (rate, burst) = (self.rate, self.burst);
-        if let Some(b) = self.table.get_mut(&source) {
-            return b.take(rate, burst, now_ms);
+        let found = match self.last {
+            Some((last, i)) if last == source => Some(i),
+            _ => self.table.get(&source).copied(),
+        };
+        if let Some(i) = found {
+            self.last = Some((source, i));
+            return self.buckets[i].1.take(rate, burst, now_ms);
         }
-        if self.table.len() < self.max_sources {
+        if self.buckets.len() < self.max_sources {
             let mut b = Bucket::full(burst, now_ms);
             let ok = b.take(rate, burst, now_ms);
-            self.table.insert(source, b);
+            let i = self.buckets.len();
+            self.buckets.push((source, b));
+            self.table.insert(source, i);
+            self.last = Some((source, i));
             return ok;
         }
         self.overflowed += 1;
@@ -100,13 +117,28 @@ impl Limiter {
     /// Forgets every source whose bucket is full again.
     pub(crate) fn sweep(&mut self, now_ms: u64) {
         let (rate, burst) = (self.rate, self.burst);
-        self.table
-            .retain(|_, b| b.level(rate, burst, now_ms) < burst * MILLI);
+        self.last = None;
+        let mut i = 0;
+        while i < self.buckets.len() {
+            if self.buckets[i].1.level(rate, burst, now_ms) < burst * MILLI {
+                i += 1;
+                continue;
+            }
+            let (gone, _) = self.buckets.swap_remove(i);
+            self.table.remove(&gone);
+            // The last bucket took the freed place: its entry follows it.
+            if let Some((moved, _)) = self.buckets.get(i) {
+                *self
+                    .table
+                    .get_mut(moved)
+                    .expect("every bucket is in the table") = i;
+            }
+        }
     }
 
     /// Sources tracked one by one.
     pub(crate) fn sources(&self) -> usize {
-        self.table.len()
+        self.buckets.len()
     }
 }
 
@@ -195,5 +227,31 @@ mod tests {
         assert_eq!(relayed(&mut l, ip(2), 10, 100), 1, "ip(2) still limited");
         l.sweep(10_000);
         assert_eq!(l.sources(), 0);
+    }
+
+    #[test]
+    fn a_sweep_keeps_every_remaining_bucket_with_its_source() {
+        // ip(1) full again by the sweep; ip(2) and ip(3) not, at different
+        // levels. Sweeping ip(1) moves ip(3) into its place.
+        let mut l = Limiter::new(10, 5, 8);
+        assert!(l.allow(ip(1), 0));
+        assert_eq!(relayed(&mut l, ip(2), 2, 0), 2);
+        assert_eq!(relayed(&mut l, ip(3), 5, 0), 5);
+        l.sweep(100);
+        assert_eq!(l.sources(), 2);
+        // At 100 ms ip(2) has 3 + 1 tokens, ip(3) 0 + 1: asked in an order
+        // that defeats the last-source shortcut, each gets its own.
+        assert!(l.allow(ip(3), 100), "ip(3)'s one token");
+        assert!(l.allow(ip(2), 100));
+        assert!(!l.allow(ip(3), 100), "ip(3) is empty again");
+        assert_eq!(relayed(&mut l, ip(2), 10, 100), 3, "ip(2)'s other three");
+        // A source swept away comes back with a fresh bucket, and the
+        // table still holds exactly one bucket per source.
+        assert_eq!(relayed(&mut l, ip(1), 10, 100), 5);
+        assert_eq!(l.sources(), 3);
+        assert_eq!(l.table.len(), l.buckets.len());
+        for (i, (src, _)) in l.buckets.iter().enumerate() {
+            assert_eq!(l.table[src], i);
+        }
     }
 }
