@@ -407,7 +407,18 @@ fn a_waiting_burst_is_relayed_with_one_send_per_target() {
     let trace = dir.join("trace");
     let pid = loopd.pid();
     let mut strace = std::process::Command::new("strace")
-        .args(["-f", "-qq", "-v", "-e", "trace=sendmmsg,sendto", "-o"])
+        // No signal lines: the SIGSTOP/SIGCONT below would otherwise cut a
+        // call's line in two ("<unfinished ...>", "<... resumed>").
+        .args([
+            "-f",
+            "-qq",
+            "-v",
+            "-e",
+            "trace=sendmmsg,sendto",
+            "-e",
+            "signal=none",
+            "-o",
+        ])
         .arg(&trace)
         .args(["-p", &pid.to_string()])
         .stdin(std::process::Stdio::null())
@@ -451,6 +462,24 @@ fn a_waiting_burst_is_relayed_with_one_send_per_target() {
                 assert_eq!(&buf[..n], &want[..], "burst {burst}, copy {i}, in order");
             }
         }
+    }
+    // The copies arrived, but strace may not have written the last call's
+    // line yet: wait for every call to be there whole before detaching.
+    let whole = if cfg!(feature = "portable") {
+        4 * BURST
+    } else {
+        4
+    };
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while std::fs::read_to_string(&trace)
+        .unwrap_or_default()
+        .lines()
+        .filter(|l| (l.contains("sendmmsg(") || l.contains("sendto(")) && l.contains(") = "))
+        .count()
+        < whole
+        && Instant::now() < deadline
+    {
+        std::thread::sleep(Duration::from_millis(10));
     }
     // SAFETY: kill(2) on our own child, strace, which detaches on SIGINT.
     unsafe { libc::kill(strace.id() as i32, libc::SIGINT) };
