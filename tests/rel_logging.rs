@@ -314,3 +314,64 @@ access_log_buffer = 0"#;
     figure("rel_logging.fsize_limited_served", "200/200");
     figure("rel_logging.fsize_limited_file_bytes", size);
 }
+
+/// With nothing to log, the stderr writer thread ends after a second, so a
+/// loopd with one loop is a process of one thread (the kernel then skips a
+/// file reference per socket system call); the next line starts it again,
+/// and no line is lost across those ends and starts.
+#[test]
+fn the_log_writer_ends_when_idle_and_the_next_line_brings_it_back() {
+    let loopd = Loopd::start(
+        r#"
+[[handler]]
+name = "probe"
+plugin = "probe"
+listen = ["tcp://127.0.0.1:0"]
+"#,
+    );
+    let pid = loopd.pid();
+    let threads = || {
+        std::fs::read_dir(format!("/proc/{pid}/task"))
+            .map(|d| d.count())
+            .unwrap_or(0)
+    };
+    let one_thread_soon = |what: &str| {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while threads() != 1 {
+            assert!(
+                Instant::now() < deadline,
+                "{what}: still {} threads after 10 s:\n{}",
+                threads(),
+                loopd.logs()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    };
+    one_thread_soon("after start-up");
+    let mut c = LineClient::connect(loopd.tcp("probe"));
+    for round in 0..3 {
+        one_thread_soon("idle");
+        // A burst of lines, from the loop thread, on a stopped writer.
+        for i in 0..50 {
+            assert_eq!(
+                c.cmd(&format!("log-to probe::idle round {round} line {i}")),
+                "logged"
+            );
+        }
+        assert!(
+            loopd.wait_for_logs(&format!("round {round} line "), 50, Duration::from_secs(10)),
+            "{}",
+            loopd.logs()
+        );
+        for i in 0..50 {
+            let line = format!("round {round} line {i}");
+            assert_eq!(
+                loopd.logs().lines().filter(|l| l.ends_with(&line)).count(),
+                1,
+                "{line}:\n{}",
+                loopd.logs()
+            );
+        }
+    }
+    one_thread_soon("at the end");
+}

@@ -1,5 +1,7 @@
 //! The `loopd` binary's log: env_logger's format and `RUST_LOG` filter,
-//! written by threads of its own, so that logging never blocks the loop.
+//! written by threads of its own, so that logging never blocks the loop
+//! (the stderr writer only while there is something to write: see
+//! [`WRITER_IDLE`]).
 //!
 //! A record is formatted on the thread that logs it and queued in memory;
 //! only the writer threads make the `write(2)` that can block (stderr on a
@@ -39,6 +41,16 @@ pub(crate) const FINISH_TIMEOUT: Duration = Duration::from_secs(5);
 /// How often the access log writer looks at the reopen flag when idle.
 const REOPEN_CHECK: Duration = Duration::from_millis(200);
 
+/// How long the stderr writer thread waits for a line before it ends (the
+/// next line starts another). While nothing is logged, a loopd with one
+/// loop is then a process of one thread, and the kernel skips what it does
+/// for every system call on a socket in a process whose threads share a
+/// file table: take and drop a reference on the socket's file (3% of a
+/// round trip of loopback sends and receives here). Starting the thread
+/// again costs the loop about as much as a few dozen such round trips, at
+/// most once per this long.
+const WRITER_IDLE: Duration = Duration::from_secs(1);
+
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     // A panic while holding it left consistent data (pushes and pops only).
     m.lock().unwrap_or_else(|e| e.into_inner())
@@ -63,9 +75,12 @@ struct StderrState {
     max: usize,
     /// The writer holds an entry it took.
     writing: bool,
+    /// A writer thread is running, or being started.
+    running: bool,
 }
 
-/// The stderr queue and its writer thread.
+/// The stderr queue and its writer thread (started by the first line
+/// queued, ended after [`WRITER_IDLE`] without one).
 struct Stderr {
     state: Mutex<StderrState>,
     ready: Condvar,
@@ -80,23 +95,33 @@ thread_local! {
 
 impl Stderr {
     fn new(max: usize) -> Arc<Stderr> {
-        let s = Arc::new(Stderr {
+        Arc::new(Stderr {
             state: Mutex::new(StderrState {
                 max,
                 ..StderrState::default()
             }),
             ready: Condvar::new(),
             idle: Condvar::new(),
-        });
-        let writer = s.clone();
-        std::thread::Builder::new()
-            .name("loopd-log".into())
-            .spawn(move || writer.run())
-            .expect("starting the log writer thread");
-        s
+        })
     }
 
-    fn push(&self, line: &[u8]) {
+    /// Starts the writer thread, which `st.running` says is not running;
+    /// called with the state locked (as `st`), which it unlocks.
+    fn start_writer(self: &Arc<Self>, mut st: MutexGuard<'_, StderrState>) {
+        st.running = true;
+        drop(st);
+        let writer = self.clone();
+        let started = std::thread::Builder::new()
+            .name("loopd-log".into())
+            .spawn(move || writer.run());
+        if started.is_err() {
+            // No thread now (a thread limit): the lines wait, within
+            // `max_queued`, and the next one tries again.
+            lock(&self.state).running = false;
+        }
+    }
+
+    fn push(self: &Arc<Self>, line: &[u8]) {
         let mut st = lock(&self.state);
         if AT_FRONT.with(|f| f.get()) {
             // The drop notice: small, one per gap, past the limit.
@@ -110,6 +135,9 @@ impl Stderr {
         } else {
             st.bytes += line.len();
             st.entries.push_back(Entry::Line(line.to_vec()));
+        }
+        if !st.running {
+            return self.start_writer(st);
         }
         drop(st);
         self.ready.notify_one();
@@ -131,7 +159,17 @@ impl Stderr {
                         st.writing = true;
                         break e;
                     }
-                    st = self.ready.wait(st).unwrap_or_else(|e| e.into_inner());
+                    let (next, wait) = self
+                        .ready
+                        .wait_timeout(st, WRITER_IDLE)
+                        .unwrap_or_else(|e| e.into_inner());
+                    st = next;
+                    if wait.timed_out() && st.entries.is_empty() {
+                        // Under the lock: a line queued after this starts
+                        // a new writer.
+                        st.running = false;
+                        return;
+                    }
                 }
             };
             match entry {
@@ -153,8 +191,13 @@ impl Stderr {
     }
 
     /// Waits until everything queued is written, or `deadline`.
-    fn wait_written(&self, deadline: Instant) -> bool {
+    fn wait_written(self: &Arc<Self>, deadline: Instant) -> bool {
         let mut st = lock(&self.state);
+        if !st.running && !st.entries.is_empty() {
+            // Lines left by a writer that could not be started.
+            self.start_writer(st);
+            st = lock(&self.state);
+        }
         while !st.entries.is_empty() || st.writing {
             let left = deadline.saturating_duration_since(Instant::now());
             if left.is_zero() {
@@ -562,14 +605,16 @@ mod tests {
 
     #[test]
     fn a_full_queue_drops_and_marks_the_gap() {
-        let q = Stderr {
+        // `running` with no writer: the lines stay queued for the test.
+        let q = Arc::new(Stderr {
             state: Mutex::new(StderrState {
                 max: 11,
+                running: true,
                 ..StderrState::default()
             }),
             ready: Condvar::new(),
             idle: Condvar::new(),
-        };
+        });
         q.push(b"12345\n");
         q.push(b"abcd\n");
         q.push(b"dropped\n");
