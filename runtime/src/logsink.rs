@@ -47,8 +47,8 @@ const REOPEN_CHECK: Duration = Duration::from_millis(200);
 /// for every system call on a socket in a process whose threads share a
 /// file table: take and drop a reference on the socket's file (3% of a
 /// round trip of loopback sends and receives here). Starting the thread
-/// again costs the thread that logs about 10 µs (pthread_create), at most once
-/// per this long.
+/// again costs the thread that logs about 10 µs (pthread_create), at most
+/// once per this long.
 const WRITER_IDLE: Duration = Duration::from_secs(1);
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
