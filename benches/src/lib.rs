@@ -293,14 +293,18 @@ pub fn run_cli() -> Result<()> {
     Ok(())
 }
 
+/// `--target ADDR`, which `command` needs.
+fn target(args: &Args, command: &str) -> Result<std::net::SocketAddr> {
+    args.target
+        .as_deref()
+        .with_context(|| format!("{command} needs --target ADDR"))?
+        .parse()
+        .context("--target")
+}
+
 /// The echo load generator alone, against `--target`.
 fn load_echo(args: &Args) -> Result<()> {
-    let addr: std::net::SocketAddr = args
-        .target
-        .as_deref()
-        .context("load-echo needs --target ADDR")?
-        .parse()
-        .context("--target")?;
+    let addr = target(args, "load-echo")?;
     procfs::pin_self(server::CLIENT_CORE)?;
     procfs::raise_nofile()?;
     let load = echo::Load {
@@ -323,12 +327,7 @@ fn load_echo(args: &Args) -> Result<()> {
 
 /// The UDP relay load generator alone, against `--target`, receiving on `--to`.
 fn load_udp(args: &Args) -> Result<()> {
-    let relay: std::net::SocketAddr = args
-        .target
-        .as_deref()
-        .context("load-udp needs --target ADDR")?
-        .parse()
-        .context("--target")?;
+    let relay = target(args, "load-udp")?;
     let to = args.to.context("load-udp needs --to PORT")?;
     procfs::pin_self(server::CLIENT_CORE)?;
     let client = udp::Client::new(relay, to)?;
@@ -354,12 +353,7 @@ fn load_udp(args: &Args) -> Result<()> {
 
 /// The chat load generator alone, against `--target`.
 fn load_chat(args: &Args) -> Result<()> {
-    let addr: std::net::SocketAddr = args
-        .target
-        .as_deref()
-        .context("load-chat needs --target ADDR")?
-        .parse()
-        .context("--target")?;
+    let addr = target(args, "load-chat")?;
     procfs::pin_self(server::CLIENT_CORE)?;
     procfs::raise_nofile()?;
     let proto = if args.redis {
