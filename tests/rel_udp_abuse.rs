@@ -20,7 +20,6 @@ mod udp_support;
 
 use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
-use std::process::Command;
 use std::time::{Duration, Instant};
 
 use common::*;
@@ -96,41 +95,6 @@ impl Spoofer {
 
 /// Sets an IPv4 sysctl inside a namespace (`ip netns exec` sees that
 /// namespace's /proc/sys/net).
-/// Datagrams the kernel dropped at the receive buffers of the UDP sockets
-/// bound to `port` in `ns` (the `drops` column of /proc/net/udp).
-fn udp_drops(ns: &str, port: u16) -> u64 {
-    let out = Command::new("ip")
-        .args(["netns", "exec", ns, "cat", "/proc/net/udp"])
-        .output()
-        .expect("reading /proc/net/udp in the relay's namespace");
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let text = String::from_utf8_lossy(&out.stdout);
-    let local = format!(":{port:04X}");
-    let mut found = false;
-    let drops = text
-        .lines()
-        .skip(1)
-        .filter(|l| {
-            l.split_whitespace()
-                .nth(1)
-                .is_some_and(|a| a.ends_with(&local))
-        })
-        .map(|l| {
-            found = true;
-            let drops = l.split_whitespace().last().expect("a drops column");
-            drops
-                .parse::<u64>()
-                .unwrap_or_else(|_| panic!("drops in {l:?}"))
-        })
-        .sum();
-    assert!(found, "no UDP socket on port {port} in {ns}:\n{text}");
-    drops
-}
-
 fn ns_sysctl(ns: &str, key: &str, value: &str) {
     let path = format!("/proc/sys/net/ipv4/{key}");
     run(
@@ -286,6 +250,7 @@ fn datagrams_spoofed_as_the_relays_own_are_never_rebroadcast() {
     let cap = capture(&seg);
     let got = collect(listener(&seg, "l1"), b"END", Duration::from_millis(500));
     let spoofer = Spoofer::new(&seg, "inj");
+    let drops_before = udp_rcvbuf_errors(&seg, "relay");
     for i in 0..COUNT {
         spoofer.send(relay, relay, &numbered("own", i, 64));
         if (i + 1) % 50 == 0 {
@@ -299,8 +264,7 @@ fn datagrams_spoofed_as_the_relays_own_are_never_rebroadcast() {
     let got = got.join().unwrap();
     let rebroadcast = got.iter().filter(|g| g.data.starts_with(b"own ")).count();
     let frames = frames(cap);
-    // Before the relay stops (its socket goes with it).
-    let kernel_dropped = udp_drops(&ns, PORT);
+    let kernel_dropped = udp_rcvbuf_errors(&seg, "relay") - drops_before;
     let stats = final_stats(&loopd);
     figure("rel_udp_abuse.own_spoofed_rebroadcast", rebroadcast);
     figure("rel_udp_abuse.own_spoofed_kernel_drops", kernel_dropped);
