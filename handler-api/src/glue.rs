@@ -425,31 +425,22 @@ unsafe extern "C" fn create<H: Handler>(
         write_err(err, err_cap, "host passed a NULL pointer to create");
         return abi::LOOPD_ERR_INVALID;
     }
-    HOOK_THREAD.with(|g| g.set(true));
-    // SAFETY: checked non-NULL; the host's table is valid for the process.
-    let host = unsafe { copy_host(host) };
-    let payloads = Rc::new(TimerPayloads::default());
-    let ctx = ctx_for(host, raw, &payloads);
-    let result = catch(|| {
-        let name = cstr(name)?;
-        let json = cstr(config_json)?;
-        create_safe::<H>(&ctx, name, json)
-    })
-    .unwrap_or_else(|(msg, _)| Err(format!("panicked in create: {msg}")));
-    match result {
-        Ok(handler) => {
-            let instance = Box::new(Instance {
-                host,
-                handler,
-                failed: Vec::new(),
-                payloads,
-            });
+    // SAFETY: checked non-NULL; the host's table and context are the
+    // caller's contract, forwarded.
+    let made = unsafe {
+        adopt::<H>(host, raw, |ctx| {
+            let name = cstr(name)?;
+            let json = cstr(config_json)?;
+            create_safe::<H>(ctx, name, json)
+        })
+    };
+    match made {
+        Ok(instance) => {
             // SAFETY: checked non-NULL; the host gives a writable out-pointer.
-            unsafe { *instance_out = Box::into_raw(instance).cast() };
+            unsafe { *instance_out = instance };
             abi::LOOPD_OK
         }
         Err(msg) => {
-            close_payloads(&ctx, &payloads);
             write_err(err, err_cap, &msg);
             abi::LOOPD_ERR_HANDLER
         }
