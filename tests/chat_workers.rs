@@ -47,23 +47,44 @@ fn worker_of(loopd: &Loopd, nick: &str) -> u32 {
     w
 }
 
-/// Joins `n` members; returns them with their workers, after checking that
-/// both workers got some.
-fn join(loopd: &Loopd, addr: SocketAddr, n: usize) -> Vec<(Chatter, u32)> {
-    let members: Vec<(Chatter, u32)> = (0..n)
-        .map(|_| {
-            let c = Chatter::join(addr);
-            let w = worker_of(loopd, &c.nick);
-            (c, w)
-        })
-        .collect();
-    let per_worker = [0, 1].map(|w| members.iter().filter(|m| m.1 == w).count());
-    figure("chat_workers_members_per_worker", format!("{per_worker:?}"));
-    assert!(
-        per_worker.iter().all(|&k| k > 0),
-        "the kernel gave every connection to one worker: {per_worker:?}"
-    );
-    members
+/// How many times [`start_members`] starts loopd for members on both
+/// workers.
+const STARTS: usize = 5;
+
+/// Starts loopd as [`start`] does, runs `after_start` on it, and joins `n`
+/// members; returns them with their workers. Every test here needs members
+/// on both workers, and the kernel picks a worker's `SO_REUSEPORT` socket
+/// by a hash of the client's port, so all `n` can land on one (both ways,
+/// 2 in 2^n: for 12 members about one start in 2,000). Then loopd is
+/// started again, at most [`STARTS`] times.
+fn start_members(
+    handler_keys: &str,
+    chat_keys: &str,
+    n: usize,
+    after_start: impl Fn(&Loopd),
+) -> (Loopd, Vec<(Chatter, u32)>) {
+    let mut tries = Vec::new();
+    loop {
+        let (loopd, addr) = start(handler_keys, chat_keys);
+        after_start(&loopd);
+        let members: Vec<(Chatter, u32)> = (0..n)
+            .map(|_| {
+                let c = Chatter::join(addr);
+                let w = worker_of(&loopd, &c.nick);
+                (c, w)
+            })
+            .collect();
+        let per_worker = [0, 1].map(|w| members.iter().filter(|m| m.1 == w).count());
+        tries.push(per_worker);
+        if per_worker.iter().all(|&k| k > 0) {
+            figure("chat_workers_members_per_worker", format!("{tries:?}"));
+            return (loopd, members);
+        }
+        assert!(
+            tries.len() < STARTS,
+            "in {STARTS} starts the kernel gave every connection to one worker: {tries:?}"
+        );
+    }
 }
 
 /// The nicks of a `/who` answer (one page).
@@ -93,8 +114,8 @@ fn who_until(c: &mut Chatter, room: &str, want: usize) -> Vec<String> {
 fn thirty_members_on_both_workers_hear_every_line_in_order() {
     const MEMBERS: usize = 30;
     const LINES: usize = 20;
-    let (loopd, addr) = start("", &format!("{UNLIMITED}quiet_above = 0"));
-    let mut members = join(&loopd, addr, MEMBERS);
+    let (loopd, mut members) =
+        start_members("", &format!("{UNLIMITED}quiet_above = 0"), MEMBERS, |_| {});
 
     // /who lists the members of both workers, from either worker.
     let mut all: Vec<String> = members.iter().map(|m| m.0.nick.clone()).collect();
@@ -186,8 +207,7 @@ fn answer(c: &mut Chatter, line: &str) -> String {
 
 #[test]
 fn a_nick_taken_on_another_worker_is_refused() {
-    let (loopd, addr) = start("", "quiet_above = 0");
-    let mut members = join(&loopd, addr, 12);
+    let (loopd, mut members) = start_members("", "quiet_above = 0", 12, |_| {});
     // Guest nicks are unique over both workers.
     let mut nicks: Vec<&str> = members.iter().map(|m| m.0.nick.as_str()).collect();
     nicks.sort();
@@ -239,11 +259,12 @@ fn a_nick_taken_on_another_worker_is_refused() {
 fn a_slow_consumer_is_cut_off_while_the_others_go_on() {
     const LINE_LEN: usize = 4000;
     const ROUND: usize = 25;
-    let (loopd, addr) = start(
+    let (loopd, mut members) = start_members(
         "output_high_watermark = 4096\noutput_low_watermark = 1024",
         &format!("{UNLIMITED}quiet_above = 0\nmax_pending = 262144"),
+        12,
+        |_| {},
     );
-    let mut members = join(&loopd, addr, 12);
     let sender = members.iter().position(|m| m.1 == 0).unwrap();
     // The slow one, on the other worker: it gets the lines by post.
     let slow = members.iter().position(|m| m.1 == 1).unwrap();
@@ -295,16 +316,17 @@ fn a_full_mailbox_delays_lines_but_loses_none() {
     // again until the sibling takes them.
     const MEMBERS: usize = 12;
     const LINES: usize = 100;
-    let (loopd, addr) = start(
+    let (loopd, mut members) = start_members(
         "mailbox_messages = 1",
         &format!("{UNLIMITED}quiet_above = 0"),
+        MEMBERS,
+        |_| {},
     );
     // Whether a post finds the mailbox full depends on how the two workers'
     // passes interleave, so the burst is repeated (at most ROUNDS times)
     // until one has; every round must deliver every line, in order.
     const ROUNDS: usize = 5;
     const RETRIED: &str = "post(s) of chat retried so far";
-    let mut members = join(&loopd, addr, MEMBERS);
     who_until(&mut members[0].0, "lobby", MEMBERS);
     let mut full = false;
     for round in 0..ROUNDS {
@@ -364,16 +386,18 @@ fn with_a_bridge_each_worker_is_a_bridge_instance_and_no_line_comes_twice() {
     const MEMBERS: usize = 10;
     const LINES: usize = 10;
     let redis = chat_support::redis::Redis::start();
-    let (loopd, addr) = start(
+    let (loopd, mut members) = start_members(
         "",
         &format!("bridge = \"{}\"\n{UNLIMITED}quiet_above = 0", redis.url()),
+        MEMBERS,
+        |loopd| {
+            assert!(
+                loopd.wait_for_logs("bridge: connected to", 2, TIMEOUT),
+                "{}",
+                loopd.logs()
+            );
+        },
     );
-    assert!(
-        loopd.wait_for_logs("bridge: connected to", 2, TIMEOUT),
-        "{}",
-        loopd.logs()
-    );
-    let mut members = join(&loopd, addr, MEMBERS);
     let a = members.iter().position(|m| m.1 == 0).unwrap();
     let b = members.iter().position(|m| m.1 == 1).unwrap();
     // Both directions proven, and every member past the sync lines.
