@@ -6,7 +6,7 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use crate::abi::{self, loopd_bytes, loopd_ctx, loopd_host_api};
-use crate::datagrams::Outbox;
+use crate::datagrams::{LentOutbox, Outbox};
 use crate::timer_payload::TimerPayloads;
 use crate::types::{
     CloseMode, ConnId, ConnectOptions, Error, Framing, Interest, Level, SocketId, TimerId, WatchId,
@@ -257,6 +257,19 @@ impl Ctx {
         };
         out.finish(sent);
         Error::check(status)
+    }
+
+    /// [`Ctx::send_datagrams`] for a [`LentOutbox`]: its lent datagrams go
+    /// out from the bytes they borrow, without a copy.
+    ///
+    /// # Errors
+    /// As [`Ctx::send_datagrams`].
+    pub fn send_lent_datagrams(
+        &self,
+        socket: SocketId,
+        out: &mut LentOutbox<'_>,
+    ) -> Result<(), Error> {
+        self.send_datagrams(socket, out.outbox_mut())
     }
 
     /// [`Ctx::send_datagrams`] on a host that lacks it.
@@ -1048,6 +1061,36 @@ mod tests {
         );
         let (r, _, out) = send_on(false, &[OK, OK, OK, OK]);
         assert_eq!((r, out.sent()), (Ok(()), 4));
+    }
+
+    #[test]
+    fn lent_datagrams_go_out_in_order_with_copied_ones_on_either_host() {
+        use abi::{LOOPD_ERR_AGAIN as AGAIN, LOOPD_OK as OK};
+        let received: Vec<Vec<u8>> = (1..=3u8).map(|i| vec![b'p', i]).collect();
+        for batched in [true, false] {
+            ANSWERS.with(|a| *a.borrow_mut() = vec![OK, OK, OK, AGAIN]);
+            GIVEN.with(|g| g.borrow_mut().clear());
+            let host = host(batched);
+            // SAFETY: a valid table; the mock never reads the context.
+            let ctx = unsafe { Ctx::from_raw(&host, std::ptr::null_mut()) };
+            let mut out = crate::LentOutbox::new();
+            let to = |port| SocketAddr::from(([127, 0, 0, 1], port));
+            out.push_lent(to(1), &received[0]);
+            out.push_parts(to(2), &[b"p", &[2]]);
+            out.push_lent(to(3), &received[2]);
+            out.push(to(4), b"p\x04");
+            let r = ctx.send_lent_datagrams(SocketId::from_raw(7), &mut out);
+            let given = GIVEN.with(|g| g.borrow().clone());
+            let expected: Vec<(u16, Vec<u8>)> =
+                (1..=4u16).map(|p| (p, vec![b'p', p as u8])).collect();
+            assert_eq!(given, expected, "batched host: {batched}");
+            assert_eq!((r, out.sent()), (Err(Error::Again), 3));
+            let ports: Vec<_> = out.results().map(|(a, r)| (a.port(), r.is_ok())).collect();
+            assert_eq!(ports, [(1, true), (2, true), (3, true), (4, false)]);
+            // Cleared for the next call, buffers kept.
+            let out: crate::LentOutbox<'static> = out.reuse();
+            assert!(out.is_empty() && out.sent() == 0);
+        }
     }
 
     #[test]

@@ -89,19 +89,24 @@ pub struct Outbox {
 #[derive(Debug, Clone, Copy)]
 struct Entry {
     to: loopd_addr,
+    /// Where the bytes are: `bytes[start..start + len]` when `lent` is
+    /// NULL, else `len` bytes at `lent`, lent to a [`LentOutbox`].
     start: usize,
     len: usize,
     status: i32,
+    lent: *const u8,
 }
 
 /// Not sent yet (no send since it was pushed).
 const UNSENT: i32 = i32::MIN;
 
-// SAFETY: `raw`'s pointers point into `bytes`, which the Outbox owns; they
-// are written by `prepare` and read only by the host during the send that
-// follows it (on the thread that holds `&mut Outbox`), never afterwards.
+// SAFETY: `raw`'s pointers point into `bytes`, which the Outbox owns, or at
+// bytes lent to a `LentOutbox` (shared `&[u8]`, which are `Send` and `Sync`);
+// they are written by `prepare` and read only by the host during the send
+// that follows it (on the thread that holds `&mut Outbox`), never afterwards.
 unsafe impl Send for Outbox {}
-// SAFETY: as above; `&Outbox` never reads through `raw`'s pointers.
+// SAFETY: as above; `&Outbox` reads entries' bytes only through `entry`
+// (shared bytes), never through `raw`'s pointers.
 unsafe impl Sync for Outbox {}
 
 impl std::fmt::Debug for Outbox {
@@ -137,6 +142,7 @@ impl Outbox {
             start,
             len: self.bytes.len() - start,
             status: UNSENT,
+            lent: std::ptr::null(),
         });
     }
 
@@ -222,9 +228,13 @@ impl Outbox {
                 // Left so by a host that refuses the whole call.
                 status: UNSENT,
                 reserved: 0,
-                // SAFETY: `start + len <= bytes.len()` (push_parts); an
-                // offset inside (or one past) the allocation.
-                data: unsafe { base.add(e.start) },
+                data: if e.lent.is_null() {
+                    // SAFETY: `start + len <= bytes.len()` (push_parts); an
+                    // offset inside (or one past) the allocation.
+                    unsafe { base.add(e.start) }
+                } else {
+                    e.lent
+                },
                 len: e.len,
             });
         }
@@ -244,7 +254,15 @@ impl Outbox {
     /// `send_datagrams`, sent one by one).
     pub(crate) fn entry(&self, i: usize) -> (&loopd_addr, &[u8]) {
         let e = &self.entries[i];
-        (&e.to, &self.bytes[e.start..e.start + e.len])
+        if e.lent.is_null() {
+            return (&e.to, &self.bytes[e.start..e.start + e.len]);
+        }
+        // SAFETY: a lent entry is pushed only by `LentOutbox::push_lent`
+        // from a `&'a [u8]`, into the Outbox inside that `LentOutbox<'a>`,
+        // which nobody else can reach mutably and which clears it before
+        // it takes another lifetime (`reuse`) or goes: while the entry is
+        // here, the bytes are borrowed.
+        (&e.to, unsafe { std::slice::from_raw_parts(e.lent, e.len) })
     }
 
     /// Marks every datagram "not sent" and none sent (before a send that
@@ -264,6 +282,113 @@ impl Outbox {
     /// Records how many a send without `send_datagrams` sent.
     pub(crate) fn set_sent(&mut self, sent: usize) {
         self.sent = sent;
+    }
+}
+
+/// An [`Outbox`] that can also send bytes it borrows instead of copying
+/// them: [`LentOutbox::push_lent`] takes a `&'a [u8]` (a received datagram
+/// of [`Datagrams`], say: a relay sends its copies straight from the
+/// receive buffer). Sent with [`crate::Ctx::send_lent_datagrams`]; read back
+/// through `Deref` ([`Outbox::results`], [`Outbox::sent`], ...). To keep its
+/// buffers from one hook call to the next, store a `LentOutbox<'static>`
+/// and [`LentOutbox::reuse`] it for the call's lifetime and back.
+///
+/// ```
+/// # #![allow(dead_code)]
+/// use loopd_handler_api::{Ctx, Datagrams, LentOutbox, SocketId};
+///
+/// struct Relay {
+///     out: LentOutbox<'static>,
+///     to: std::net::SocketAddr,
+/// }
+///
+/// impl Relay {
+///     fn on_datagrams(&mut self, ctx: &Ctx, socket: SocketId, batch: Datagrams<'_>) {
+///         let mut out = std::mem::take(&mut self.out).reuse();
+///         for d in batch.iter() {
+///             out.push_lent(self.to, d.data); // no copy
+///         }
+///         let _ = ctx.send_lent_datagrams(socket, &mut out);
+///         self.out = out.reuse();
+///     }
+/// }
+/// ```
+///
+/// What it borrows cannot outlive it:
+///
+/// ```compile_fail
+/// use loopd_handler_api::LentOutbox;
+///
+/// let mut kept: LentOutbox<'static> = LentOutbox::new();
+/// let received = vec![1u8, 2, 3];
+/// kept.push_lent("127.0.0.1:9".parse().unwrap(), &received);
+/// ```
+#[derive(Debug, Default)]
+pub struct LentOutbox<'a> {
+    out: Outbox,
+    _lent: std::marker::PhantomData<&'a [u8]>,
+}
+
+impl<'a> LentOutbox<'a> {
+    /// An empty one.
+    pub fn new() -> LentOutbox<'a> {
+        LentOutbox::default()
+    }
+
+    /// Adds a datagram of `data` for `to`, not copied: `data` stays
+    /// borrowed until this outbox is cleared, reused or dropped.
+    pub fn push_lent(&mut self, to: SocketAddr, data: &'a [u8]) {
+        self.out.entries.push(Entry {
+            to: loopd_addr::from_socket_addr(to),
+            start: 0,
+            len: data.len(),
+            status: UNSENT,
+            lent: data.as_ptr(),
+        });
+    }
+
+    /// [`Outbox::push`]: a datagram copied in.
+    pub fn push(&mut self, to: SocketAddr, data: &[u8]) {
+        self.out.push(to, data);
+    }
+
+    /// [`Outbox::push_parts`]: a datagram made of `parts`, copied in.
+    pub fn push_parts(&mut self, to: SocketAddr, parts: &[&[u8]]) {
+        self.out.push_parts(to, parts);
+    }
+
+    /// [`Outbox::group_by_address`].
+    pub fn group_by_address(&mut self) {
+        self.out.group_by_address();
+    }
+
+    /// [`Outbox::clear`]: forgets every datagram, lent or copied.
+    pub fn clear(&mut self) {
+        self.out.clear();
+    }
+
+    /// Cleared, with its buffers, for another lifetime.
+    pub fn reuse<'b>(mut self) -> LentOutbox<'b> {
+        self.out.clear();
+        LentOutbox {
+            out: self.out,
+            _lent: std::marker::PhantomData,
+        }
+    }
+
+    /// The outbox inside, for [`crate::Ctx::send_lent_datagrams`] (never
+    /// handed out mutably: whatever held it could keep lent entries past
+    /// `'a`).
+    pub(crate) fn outbox_mut(&mut self) -> &mut Outbox {
+        &mut self.out
+    }
+}
+
+impl std::ops::Deref for LentOutbox<'_> {
+    type Target = Outbox;
+
+    fn deref(&self) -> &Outbox {
+        &self.out
     }
 }
 
@@ -316,6 +441,35 @@ mod tests {
         out.clear();
         assert!(out.is_empty());
         assert_eq!(out.sent(), 0);
+    }
+
+    #[test]
+    fn a_lent_outbox_points_the_host_at_the_lent_bytes_themselves() {
+        let a: SocketAddr = "127.0.0.1:9".parse().unwrap();
+        let b: SocketAddr = "127.0.0.1:10".parse().unwrap();
+        let received = [b"first".to_vec(), b"second".to_vec()];
+        let mut out = LentOutbox::new();
+        out.push_lent(b, &received[0]);
+        out.push_parts(a, &[b"[x] ", b"copied"]);
+        out.push_lent(a, &received[1]);
+        out.push_lent(b, b"");
+        out.group_by_address();
+        let raw = out.outbox_mut().prepare();
+        let to: Vec<_> = raw.iter().map(|d| d.addr.port).collect();
+        assert_eq!(to, [10, 10, 9, 9], "grouped, each address's in order");
+        assert_eq!(raw[0].data, received[0].as_ptr(), "not copied");
+        assert_eq!(raw[0].len, 5);
+        assert_eq!(raw[1].len, 0);
+        assert_eq!(raw[3].data, received[1].as_ptr(), "not copied");
+        // SAFETY: prepare's pointers are valid until the next push/clear.
+        let bytes = unsafe { std::slice::from_raw_parts(raw[2].data, raw[2].len) };
+        assert_eq!(bytes, b"[x] copied");
+        // The one-by-one path reads the same bytes.
+        assert_eq!(out.entry(0).1, b"first");
+        assert_eq!(out.entry(3).1, b"second");
+        assert_eq!(out.len(), 4);
+        let out: LentOutbox<'static> = out.reuse();
+        assert!(out.is_empty());
     }
 
     #[test]

@@ -181,7 +181,7 @@ mod timer_payload;
 mod types;
 
 pub use ctx::{Ctx, Metric, Series};
-pub use datagrams::{Datagram, Datagrams, Outbox};
+pub use datagrams::{Datagram, Datagrams, LentOutbox, Outbox};
 pub use types::{
     CloseMode, CloseReason, ConnId, ConnInfo, ConnectOptions, EofAction, Error, FdEvents, Framing,
     Interest, Level, ListenInfo, Origin, OversizeAction, SocketId, TimerId, Transport, WatchId,

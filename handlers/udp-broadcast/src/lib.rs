@@ -46,8 +46,8 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use loopd_handler_api::{
-    ConnId, ConnInfo, Ctx, Datagrams, Error, Handler, Level, ListenInfo, Outbox, Series, SocketId,
-    TimerId, Transport,
+    ConnId, ConnInfo, Ctx, Datagrams, Error, Handler, LentOutbox, Level, ListenInfo, Series,
+    SocketId, TimerId, Transport,
 };
 
 use config::{RelayConfig, Settings};
@@ -57,6 +57,10 @@ use local::{canonical, OwnAddrs};
 
 /// How often counters are flushed to the log and idle sources forgotten.
 const HOUSEKEEPING: Duration = Duration::from_secs(1);
+/// Per socket the copies go from, its outbox; `'a`: the datagrams whose
+/// bytes untagged copies borrow.
+type Outboxes<'a> = Vec<(SocketId, LentOutbox<'a>)>;
+
 /// Most datagram fingerprints kept for echo suppression.
 const ECHO_CAPACITY: usize = 8192;
 
@@ -174,8 +178,11 @@ pub struct Relay {
     /// Reused for the `[ip:port] ` tag.
     out: Vec<u8>,
     /// The copies a batch of datagrams makes, per socket they go from: one
-    /// `send_datagrams` each at the end of the batch.
-    outboxes: Vec<(SocketId, Outbox)>,
+    /// `send_datagrams` each at the end of the batch. Kept here between
+    /// batches for their buffers; taken out for the batch
+    /// ([`Relay::take_outboxes`]), when an untagged copy borrows the
+    /// received bytes instead of copying them.
+    outboxes: Outboxes<'static>,
     /// Which target a batch's copies start with: the next one each batch,
     /// so a send buffer that fills part-way through a batch does not
     /// always cost the same targets their copies.
@@ -285,11 +292,27 @@ impl Relay {
 
     /// Sends `data` to every target, from `preferred` where the family fits.
     fn send_all(&mut self, ctx: &Ctx, preferred: Option<SocketId>, data: &[u8], now: u64) {
+        let mut boxes = self.take_outboxes();
         for i in 0..self.settings.targets.len() {
             let target = self.settings.targets[i];
-            self.queue(ctx, preferred, target, 0, data, now);
+            self.queue(ctx, &mut boxes, preferred, target, 0, data, now);
         }
-        self.flush(ctx, now);
+        self.flush(ctx, &mut boxes, now);
+        self.put_outboxes(boxes);
+    }
+
+    /// The outboxes, empty, for one batch's lifetime. A hook that panics
+    /// half-way leaves none behind (and none lent).
+    fn take_outboxes<'a>(&mut self) -> Outboxes<'a> {
+        std::mem::take(&mut self.outboxes)
+            .into_iter()
+            .map(|(s, o)| (s, o.reuse()))
+            .collect()
+    }
+
+    /// Keeps the outboxes' buffers for the next batch.
+    fn put_outboxes(&mut self, boxes: Outboxes<'_>) {
+        self.outboxes = boxes.into_iter().map(|(s, o)| (s, o.reuse())).collect();
     }
 
     fn send_one(
@@ -300,20 +323,25 @@ impl Relay {
         data: &[u8],
         now: u64,
     ) {
-        self.queue(ctx, preferred, target, 0, data, now);
-        self.flush(ctx, now);
+        let mut boxes = self.take_outboxes();
+        self.queue(ctx, &mut boxes, preferred, target, 0, data, now);
+        self.flush(ctx, &mut boxes, now);
+        self.put_outboxes(boxes);
     }
 
     /// Queues `self.out[..tag_len]` + `data` for `target` in the outbox of
     /// the socket it goes from (`preferred` where the family fits), for the
-    /// next [`Relay::flush`].
-    fn queue(
+    /// next [`Relay::flush`]: without a tag, `data` itself (borrowed, not
+    /// copied); with one, a copy of both.
+    #[allow(clippy::too_many_arguments)]
+    fn queue<'a>(
         &mut self,
         ctx: &Ctx,
+        boxes: &mut Outboxes<'a>,
         preferred: Option<SocketId>,
         target: SocketAddr,
         tag_len: usize,
-        data: &[u8],
+        data: &'a [u8],
         now: u64,
     ) {
         let Some(sock) = self.socket_for(target, preferred) else {
@@ -321,26 +349,31 @@ impl Relay {
             self.drop_one(ctx, Reason::SendFailed, target, now);
             return;
         };
-        let at = match self.outboxes.iter().position(|(s, _)| *s == sock) {
+        let at = match boxes.iter().position(|(s, _)| *s == sock) {
             Some(at) => at,
             None => {
-                self.outboxes.push((sock, Outbox::new()));
-                self.outboxes.len() - 1
+                boxes.push((sock, LentOutbox::new()));
+                boxes.len() - 1
             }
         };
-        self.outboxes[at]
-            .1
-            .push_parts(target, &[&self.out[..tag_len], data]);
+        if tag_len == 0 {
+            boxes[at].1.push_lent(target, data);
+        } else {
+            boxes[at]
+                .1
+                .push_parts(target, &[&self.out[..tag_len], data]);
+        }
     }
 
     /// Checks one received datagram and queues its copies (one per target)
     /// in the outbox of the socket each goes from.
-    fn relay(
+    fn relay<'a>(
         &mut self,
         ctx: &Ctx,
+        boxes: &mut Outboxes<'a>,
         socket: SocketId,
         peer: Option<SocketAddr>,
-        data: &[u8],
+        data: &'a [u8],
         now: u64,
     ) {
         let from = canonical(peer.unwrap_or_else(|| SocketAddr::from(([0, 0, 0, 0], 0))));
@@ -375,7 +408,7 @@ impl Relay {
         let first = self.turn % n.max(1);
         for k in 0..n {
             let target = self.settings.targets[(first + k) % n];
-            self.queue(ctx, Some(socket), target, tag_len, data, now);
+            self.queue(ctx, boxes, Some(socket), target, tag_len, data, now);
         }
     }
 
@@ -383,18 +416,16 @@ impl Relay {
     /// each target's copies together (`group_by_address`: in order per
     /// target, and one UDP GSO send per target where the kernel can), and
     /// counts what was sent and what was dropped.
-    fn flush(&mut self, ctx: &Ctx, now: u64) {
-        for i in 0..self.outboxes.len() {
-            if self.outboxes[i].1.is_empty() {
+    fn flush(&mut self, ctx: &Ctx, boxes: &mut Outboxes<'_>, now: u64) {
+        for (sock, out) in boxes.iter_mut() {
+            if out.is_empty() {
                 continue;
             }
-            let sock = self.outboxes[i].0;
-            let mut out = std::mem::take(&mut self.outboxes[i].1);
             out.group_by_address();
             // Each datagram's result is in `out.results()`, unless the call
             // was refused whole (the socket is gone).
             let whole = matches!(
-                ctx.send_datagrams(sock, &mut out),
+                ctx.send_lent_datagrams(*sock, out),
                 Err(Error::NoSuchConn | Error::Unsupported)
             );
             for (target, result) in out.results() {
@@ -407,7 +438,6 @@ impl Relay {
                 }
             }
             out.clear();
-            self.outboxes[i].1 = out;
         }
     }
 
@@ -611,20 +641,18 @@ impl Handler for Relay {
 
     fn on_datagrams(&mut self, ctx: &Ctx, socket: SocketId, batch: Datagrams<'_>) {
         let now = ctx.now_ms();
-        // Nothing left over from a batch whose hook panicked half-way.
-        for (_, out) in &mut self.outboxes {
-            out.clear();
-        }
+        let mut boxes = self.take_outboxes();
         let before = self.relayed;
         for d in batch.iter() {
-            self.relay(ctx, socket, d.peer, d.data, now);
+            self.relay(ctx, &mut boxes, socket, d.peer, d.data, now);
         }
         if let Some(m) = &self.metrics {
             if self.relayed > before {
                 ctx.metric_add(m.relayed, (self.relayed - before) as f64);
             }
         }
-        self.flush(ctx, now);
+        self.flush(ctx, &mut boxes, now);
+        self.put_outboxes(boxes);
         self.turn = self.turn.wrapping_add(1);
     }
 
