@@ -164,6 +164,11 @@ impl Outbox {
         if n <= 2 {
             return;
         }
+        // One address (a relay with one target, say): nothing to move.
+        let first = self.entries[0].to;
+        if self.entries.iter().all(|e| e.to == first) {
+            return;
+        }
         self.taken.clear();
         self.taken.resize(n, false);
         self.grouped.clear();
@@ -524,6 +529,20 @@ mod tests {
         out.group_by_address();
         assert_eq!(out.entry(0).1, b"1");
         assert_eq!(out.entry(2).1, b"3");
+        // All to one address: in push order.
+        out.clear();
+        for d in ["1", "2", "3", "4"] {
+            out.push(c, d.as_bytes());
+        }
+        out.group_by_address();
+        let got: Vec<&[u8]> = (0..4).map(|i| out.entry(i).1).collect();
+        assert_eq!(got, [b"1", b"2", b"3", b"4"]);
+        // One more address after them: still each address's in order.
+        out.push(a, b"5");
+        out.push(c, b"6");
+        out.group_by_address();
+        let got: Vec<&[u8]> = (0..6).map(|i| out.entry(i).1).collect();
+        assert_eq!(got, [b"1", b"2", b"3", b"4", b"6", b"5"]);
     }
 
     #[test]
