@@ -197,6 +197,9 @@ impl Outbox {
     pub fn clear(&mut self) {
         self.bytes.clear();
         self.entries.clear();
+        // group_by_address's scratch holds the entries it replaced: none of
+        // them (a lent one's pointer least of all) outlives a clear.
+        self.grouped.clear();
         self.sent = 0;
     }
 
