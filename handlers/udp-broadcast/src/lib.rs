@@ -57,6 +57,7 @@ use local::{canonical, OwnAddrs};
 
 /// How often counters are flushed to the log and idle sources forgotten.
 const HOUSEKEEPING: Duration = Duration::from_secs(1);
+
 /// Per socket the copies go from, its outbox; `'a`: the datagrams whose
 /// bytes untagged copies borrow.
 type Outboxes<'a> = Vec<(SocketId, LentOutbox<'a>)>;
