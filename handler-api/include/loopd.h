@@ -580,10 +580,11 @@ typedef struct loopd_host_api {
      * kernel cuts it into the same datagrams; the receiver sees no
      * difference). Never queued. Each msgs[i].status is set as
      * send_datagram would return it: LOOPD_OK, LOOPD_ERR_AGAIN (the kernel's
-     * buffer was full: that datagram and every one after it were dropped),
-     * LOOPD_ERR_IO (that one failed, with the rest of its GSO run if it had
-     * one; the rest were still tried), LOOPD_ERR_INVALID (a
-     * bad address). *sent_out (may be NULL) receives how many were sent.
+     * buffer was full: that datagram and every valid one after it were
+     * dropped, untried), LOOPD_ERR_IO (that one failed, with the rest of its
+     * GSO run if it had one; the rest were still tried), LOOPD_ERR_INVALID
+     * (a bad address, or data NULL with len > 0; also after a full
+     * buffer). *sent_out (may be NULL) receives how many were sent.
      * Returns LOOPD_OK when every one was sent, else the status of the
      * first one that was not; LOOPD_ERR_NO_SUCH_CONN, LOOPD_ERR_UNSUPPORTED
      * (socket is a stream) and LOOPD_ERR_INVALID (msgs NULL with count > 0)

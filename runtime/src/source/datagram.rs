@@ -238,8 +238,9 @@ impl Datagram {
     /// datagrams to one address coalesced by UDP GSO: `sys::SendState`),
     /// each one's status written into it. Returns how many were sent and
     /// the first failure's status (`LOOPD_OK` if none): a full kernel
-    /// buffer drops that datagram and every later one (the next would find
-    /// it full too), any other error only its own (or its coalesced run's).
+    /// buffer drops that datagram and every later valid one (the next would
+    /// find it full too; invalid ones still read `LOOPD_ERR_INVALID`), any
+    /// other error only its own (or its coalesced run's).
     pub(crate) fn send_many(&mut self, msgs: &mut [abi::loopd_datagram]) -> (usize, i32) {
         let fd = self.sock.as_raw_fd();
         let mut state = self
@@ -255,10 +256,7 @@ impl Datagram {
             let mut end = i;
             while end < msgs.len() {
                 let m = &msgs[end];
-                if m.data.is_null() && m.len > 0 {
-                    break;
-                }
-                let Some(to) = sys::SockAddr::from_loopd(&m.addr) else {
+                let Some(to) = valid_target(m) else {
                     break;
                 };
                 if !state.push(to, m.data, m.len) {
@@ -299,15 +297,18 @@ impl Datagram {
                     Err(e) => {
                         let at = i + from;
                         let full = sys::is_send_buffer_full(&e);
-                        // A full buffer drops this one and every later one;
-                        // anything else the datagrams of the message it
-                        // failed (one, or a coalesced run to one address).
-                        let dropped = if full {
-                            msgs.len() - at
+                        // A full buffer drops this one, the rest of its
+                        // chunk and every later valid one (untried: the
+                        // buffer is full); anything else the datagrams of
+                        // the message it failed (one, or a coalesced run to
+                        // one address).
+                        let (dropped, later) = if full {
+                            let rest = i + state.len();
+                            (rest - at, mark_after_full(&mut msgs[rest..]))
                         } else {
-                            state.message_len(from)
+                            (state.message_len(from), 0)
                         };
-                        let status = self.send_failed(e, &msgs[at].addr, dropped as u64);
+                        let status = self.send_failed(e, &msgs[at].addr, (dropped + later) as u64);
                         for m in &mut msgs[at..at + dropped] {
                             m.status = status;
                         }
@@ -529,6 +530,33 @@ pub(crate) fn send(
     }
 }
 
+/// Where `m` goes, if it can be sent at all: an IP address, and bytes or
+/// none (a null `data` with a length is not).
+fn valid_target(m: &abi::loopd_datagram) -> Option<sys::SockAddr> {
+    if m.data.is_null() && m.len > 0 {
+        return None;
+    }
+    sys::SockAddr::from_loopd(&m.addr)
+}
+
+/// `rest` follows a datagram the kernel refused with its send buffer full:
+/// marks each valid one dropped with it (`LOOPD_ERR_AGAIN`, untried: the
+/// buffer is full) and each invalid one `LOOPD_ERR_INVALID`, as it would
+/// have been with room in the buffer; returns how many were valid (dropped,
+/// to count).
+fn mark_after_full(rest: &mut [abi::loopd_datagram]) -> usize {
+    let mut valid = 0;
+    for m in rest {
+        m.status = if valid_target(m).is_some() {
+            valid += 1;
+            abi::LOOPD_ERR_AGAIN
+        } else {
+            abi::LOOPD_ERR_INVALID
+        };
+    }
+    valid
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -725,6 +753,45 @@ mod tests {
             (0, abi::LOOPD_ERR_NO_SUCH_CONN)
         );
         assert_eq!(one[0].status, 12345);
+    }
+
+    /// After a full send buffer the rest of a call is not tried, but what
+    /// could not have been sent anyway still reads INVALID, and only the
+    /// valid ones count as dropped (tests/udp.rs fills a real buffer).
+    #[test]
+    fn after_a_full_buffer_invalid_datagrams_stay_invalid_and_are_not_counted() {
+        let to = abi::loopd_addr::from_socket_addr("127.0.0.1:9".parse().unwrap());
+        let msg = |addr: abi::loopd_addr, data: &[u8]| abi::loopd_datagram {
+            addr,
+            status: 12345,
+            reserved: 0,
+            data: data.as_ptr(),
+            len: data.len(),
+        };
+        let mut null = msg(to, b"");
+        (null.data, null.len) = (std::ptr::null(), 3);
+        let mut empty = msg(to, b"");
+        empty.data = std::ptr::null();
+        let mut rest = vec![
+            msg(to, b"a"),
+            msg(abi::loopd_addr::unix(), b"x"),
+            null,
+            empty,
+            msg(to, b"b"),
+        ];
+        assert_eq!(mark_after_full(&mut rest), 3);
+        let statuses: Vec<i32> = rest.iter().map(|m| m.status).collect();
+        assert_eq!(
+            statuses,
+            [
+                abi::LOOPD_ERR_AGAIN,
+                abi::LOOPD_ERR_INVALID,
+                abi::LOOPD_ERR_INVALID,
+                abi::LOOPD_ERR_AGAIN,
+                abi::LOOPD_ERR_AGAIN
+            ]
+        );
+        assert_eq!(mark_after_full(&mut []), 0);
     }
 
     #[test]
