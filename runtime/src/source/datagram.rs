@@ -578,6 +578,25 @@ mod tests {
         open(core, &addr.parse().unwrap(), inst).unwrap()
     }
 
+    /// A datagram of `data` to `addr`, its status a value no send writes.
+    fn msg(addr: abi::loopd_addr, data: &[u8]) -> abi::loopd_datagram {
+        abi::loopd_datagram {
+            addr,
+            status: 12345,
+            reserved: 0,
+            data: data.as_ptr(),
+            len: data.len(),
+        }
+    }
+
+    /// A datagram to `addr` with a null `data`: empty, or (with `len`)
+    /// invalid.
+    fn null_data(addr: abi::loopd_addr, len: usize) -> abi::loopd_datagram {
+        let mut m = msg(addr, b"");
+        (m.data, m.len) = (std::ptr::null(), len);
+        m
+    }
+
     fn datagram(core: &Core, id: u64) -> &Datagram {
         match core.sources.get(id) {
             Some(Source::Datagram(d)) => d,
@@ -699,25 +718,18 @@ mod tests {
         rx.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
         let to = abi::loopd_addr::from_socket_addr(rx.local_addr().unwrap());
         let huge = vec![0u8; 70_000];
-        let msg = |addr: abi::loopd_addr, data: &[u8]| abi::loopd_datagram {
-            addr,
-            status: 12345,
-            reserved: 0,
-            data: data.as_ptr(),
-            len: data.len(),
-        };
-        let mut null = msg(to, b"");
-        (null.data, null.len) = (std::ptr::null(), 3);
         // More than one batch, with bad ones between good ones.
-        let mut msgs = vec![msg(to, b"0"), msg(abi::loopd_addr::unix(), b"x"), null];
+        let mut msgs = vec![
+            msg(to, b"0"),
+            msg(abi::loopd_addr::unix(), b"x"),
+            null_data(to, 3),
+        ];
         msgs.push(msg(to, &huge));
         let bytes: Vec<u8> = (1..=40).collect();
         for i in 0..40 {
             msgs.push(msg(to, &bytes[i..i + 1]));
         }
-        let mut empty = msg(to, b"");
-        empty.data = std::ptr::null();
-        msgs.push(empty);
+        msgs.push(null_data(to, 0));
         let (sent, first) = send_many(&mut core, inst, b.id, &mut msgs);
         assert_eq!((sent, first), (42, abi::LOOPD_ERR_INVALID));
         let statuses: Vec<i32> = msgs.iter().map(|m| m.status).collect();
@@ -761,22 +773,11 @@ mod tests {
     #[test]
     fn after_a_full_buffer_invalid_datagrams_stay_invalid_and_are_not_counted() {
         let to = abi::loopd_addr::from_socket_addr("127.0.0.1:9".parse().unwrap());
-        let msg = |addr: abi::loopd_addr, data: &[u8]| abi::loopd_datagram {
-            addr,
-            status: 12345,
-            reserved: 0,
-            data: data.as_ptr(),
-            len: data.len(),
-        };
-        let mut null = msg(to, b"");
-        (null.data, null.len) = (std::ptr::null(), 3);
-        let mut empty = msg(to, b"");
-        empty.data = std::ptr::null();
         let mut rest = vec![
             msg(to, b"a"),
             msg(abi::loopd_addr::unix(), b"x"),
-            null,
-            empty,
+            null_data(to, 3),
+            null_data(to, 0),
             msg(to, b"b"),
         ];
         assert_eq!(mark_after_full(&mut rest), 3);
