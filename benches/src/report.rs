@@ -790,10 +790,19 @@ fn syscalls_section(doc: &mut Doc, b: &Bench) {
 fn conditions(doc: &mut Doc, r: &Results) {
     let m = &r.meta;
     let quiet = m.load_before[0] < 0.5 && m.load_after[0] < 1.5;
+    // `--merge` appends "; NAME from `COMMAND` at commit …" per benchmark
+    // run since (crate::merge_into): those go after the run they amend.
+    let (command, merged) = match m.command.split_once("; ") {
+        Some((run, merged)) => (
+            run,
+            format!(" Run since and merged in, in place of that benchmark's figures: {merged}."),
+        ),
+        None => (m.command.as_str(), String::new()),
+    };
     let _ = writeln!(
         doc.md,
-        "\n## Conditions\n\nRun `{}` (mode `{}`) from {} to {}, loopd commit `{}`. {} rounds of {} s per figure after a {} s warm-up per server.\n\nLoad average (1/5/15 min) before the first benchmark (right after the runner's own release build): {:.2} / {:.2} / {:.2}; after the last: {:.2} / {:.2} / {:.2}. {}\n",
-        m.command,
+        "\n## Conditions\n\nRun `{}` (mode `{}`) from {} to {}, loopd commit `{}`.{merged} {} rounds of {} s per figure after a {} s warm-up per server.\n\nLoad average (1/5/15 min) before the first benchmark (right after the runner's own release build): {:.2} / {:.2} / {:.2}; after the last: {:.2} / {:.2} / {:.2}. {}\n",
+        command,
         m.mode,
         m.started,
         m.finished,
