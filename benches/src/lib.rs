@@ -421,6 +421,10 @@ fn run_bench(ctx: &Ctx, name: &str) -> Result<Bench> {
 /// place of the earlier figures of the same benchmark (the others kept),
 /// and records the run in its `command`; versions the file lacks are
 /// added.
+/// What [`merge_into`] puts before each merged run in the results' command
+/// (`"{run}; {ids} from `{command}` at commit …"`); the report splits there.
+pub(crate) const MERGED_RUN: &str = "; ";
+
 fn merge_into(into: &Path, run: &Results) -> Result<()> {
     let mut all = read_results(into)?;
     for b in &run.benches {
@@ -436,17 +440,17 @@ fn merge_into(into: &Path, run: &Results) -> Result<()> {
         .collect::<Vec<_>>()
         .join(", ");
     // An earlier merge of the same benchmarks no longer describes the file.
-    let earlier = format!("; {ids} from `");
+    let earlier = format!("{MERGED_RUN}{ids} from `");
     let kept = match all.meta.command.find(&earlier) {
         Some(i) => {
             let rest = &all.meta.command[i + earlier.len()..];
-            let end = rest.find("; ").map_or("", |j| &rest[j..]);
+            let end = rest.find(MERGED_RUN).map_or("", |j| &rest[j..]);
             format!("{}{end}", &all.meta.command[..i])
         }
         None => all.meta.command.clone(),
     };
     all.meta.command = format!(
-        "{kept}; {ids} from `{}` at commit {}, {} to {} (load average {:.2} before)",
+        "{kept}{MERGED_RUN}{ids} from `{}` at commit {}, {} to {} (load average {:.2} before)",
         run.meta.command,
         run.meta.commit,
         run.meta.started,

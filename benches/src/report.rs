@@ -790,9 +790,8 @@ fn syscalls_section(doc: &mut Doc, b: &Bench) {
 fn conditions(doc: &mut Doc, r: &Results) {
     let m = &r.meta;
     let quiet = m.load_before[0] < 0.5 && m.load_after[0] < 1.5;
-    // `--merge` appends "; NAME from `COMMAND` at commit …" per benchmark
-    // run since (crate::merge_into): those go after the run they amend.
-    let (command, merged) = match m.command.split_once("; ") {
+    // Benchmarks run since with `--merge` go after the run they amend.
+    let (command, merged) = match m.command.split_once(crate::MERGED_RUN) {
         Some((run, merged)) => (
             run,
             format!(" Run since and merged in, in place of that benchmark's figures: {merged}."),
