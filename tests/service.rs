@@ -157,6 +157,128 @@ fn alive(pid: i32) -> bool {
             .contains(") Z ")
 }
 
+/// Echo round trips on fresh connections from 3 threads, each a new TCP
+/// connection, until stopped (at most 200,000 per thread).
+struct Load {
+    stop: Arc<AtomicBool>,
+    done: Arc<AtomicU32>,
+    failed: Arc<AtomicU32>,
+    clients: Vec<std::thread::JoinHandle<()>>,
+}
+
+impl Load {
+    fn start(addr: SocketAddr) -> Load {
+        let stop = Arc::new(AtomicBool::new(false));
+        let (done, failed) = (Arc::new(AtomicU32::new(0)), Arc::new(AtomicU32::new(0)));
+        let clients = (0..3)
+            .map(|i| {
+                let (stop, done, failed) = (stop.clone(), done.clone(), failed.clone());
+                std::thread::spawn(move || {
+                    let mut n = 0u32;
+                    while !stop.load(Ordering::SeqCst) && n < 200_000 {
+                        let msg = format!("c{i} {n}");
+                        let ok = TcpStream::connect(addr)
+                            .and_then(|mut s| {
+                                s.set_read_timeout(Some(TIMEOUT))?;
+                                s.write_all(msg.as_bytes())?;
+                                let mut back = vec![0u8; msg.len()];
+                                s.read_exact(&mut back)?;
+                                Ok(back == msg.as_bytes())
+                            })
+                            .unwrap_or(false);
+                        if !ok {
+                            failed.fetch_add(1, Ordering::SeqCst);
+                        }
+                        done.fetch_add(1, Ordering::SeqCst);
+                        n += 1;
+                    }
+                })
+            })
+            .collect();
+        Load {
+            stop,
+            done,
+            failed,
+            clients,
+        }
+    }
+
+    /// Waits until `n` more round trips than now have completed.
+    fn wait_for_more(&self, n: u32) {
+        let before = self.done.load(Ordering::SeqCst);
+        let deadline = Instant::now() + TIMEOUT;
+        while self.done.load(Ordering::SeqCst) < before + n {
+            assert!(
+                Instant::now() < deadline,
+                "no request completed for {TIMEOUT:?}"
+            );
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+
+    /// Stops the clients: (round trips, failed ones).
+    fn finish(self) -> (u32, u32) {
+        self.stop.store(true, Ordering::SeqCst);
+        for c in self.clients {
+            c.join().unwrap();
+        }
+        (
+            self.done.load(Ordering::SeqCst),
+            self.failed.load(Ordering::SeqCst),
+        )
+    }
+}
+
+/// The inodes of the listening TCP sockets on `port` that process `pid`
+/// holds (`/proc/PID/fd` against `/proc/net/tcp` and `tcp6`).
+fn listening_inodes(pid: i32, port: u16) -> Vec<u64> {
+    let mut listening = std::collections::HashSet::new();
+    for table in ["/proc/net/tcp", "/proc/net/tcp6"] {
+        for line in std::fs::read_to_string(table)
+            .unwrap_or_default()
+            .lines()
+            .skip(1)
+        {
+            let f: Vec<&str> = line.split_whitespace().collect();
+            let local_port = f[1]
+                .rsplit(':')
+                .next()
+                .and_then(|p| u16::from_str_radix(p, 16).ok());
+            // State 0A is LISTEN.
+            if local_port == Some(port) && f[3] == "0A" {
+                listening.insert(f[9].parse::<u64>().unwrap());
+            }
+        }
+    }
+    let mut held: Vec<u64> = std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .unwrap()
+        .filter_map(|e| std::fs::read_link(e.ok()?.path()).ok())
+        .filter_map(|l| {
+            let l = l.to_str()?.to_string();
+            l.strip_prefix("socket:[")?
+                .strip_suffix(']')?
+                .parse::<u64>()
+                .ok()
+        })
+        .filter(|i| listening.contains(i))
+        .collect();
+    held.sort_unstable();
+    held.dedup();
+    held
+}
+
+/// Stops the loopd the old one started, and waits until it is gone.
+fn stop_new(new: i32) {
+    assert!(alive(new));
+    // SAFETY: signalling the new loopd, started by the old one.
+    unsafe { libc::kill(new, libc::SIGTERM) };
+    let deadline = Instant::now() + TIMEOUT;
+    while alive(new) {
+        assert!(Instant::now() < deadline, "the new loopd did not stop");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
 #[test]
 fn a_binary_upgrade_under_load_refuses_no_connection() {
     let config = format!("[runtime]\npid_file = \"{{dir}}/loopd.pid\"\n{ECHO}");
@@ -164,33 +286,7 @@ fn a_binary_upgrade_under_load_refuses_no_connection() {
     let addr: SocketAddr = old.tcp("echo");
     let sock = old.unix("echo");
     let pid_file = old.dir.join("loopd.pid");
-    let stop = Arc::new(AtomicBool::new(false));
-    let (done, failed) = (Arc::new(AtomicU32::new(0)), Arc::new(AtomicU32::new(0)));
-    let clients: Vec<_> = (0..3)
-        .map(|i| {
-            let (stop, done, failed) = (stop.clone(), done.clone(), failed.clone());
-            std::thread::spawn(move || {
-                let mut n = 0u32;
-                while !stop.load(Ordering::SeqCst) && n < 200_000 {
-                    let msg = format!("c{i} {n}");
-                    let ok = TcpStream::connect(addr)
-                        .and_then(|mut s| {
-                            s.set_read_timeout(Some(TIMEOUT))?;
-                            s.write_all(msg.as_bytes())?;
-                            let mut back = vec![0u8; msg.len()];
-                            s.read_exact(&mut back)?;
-                            Ok(back == msg.as_bytes())
-                        })
-                        .unwrap_or(false);
-                    if !ok {
-                        failed.fetch_add(1, Ordering::SeqCst);
-                    }
-                    done.fetch_add(1, Ordering::SeqCst);
-                    n += 1;
-                }
-            })
-        })
-        .collect();
+    let load = Load::start(addr);
     std::thread::sleep(Duration::from_millis(200));
     old.signal(libc::SIGUSR2);
     let new = pid_other_than(&pid_file, old.pid());
@@ -201,37 +297,100 @@ fn a_binary_upgrade_under_load_refuses_no_connection() {
         "{}",
         old.logs()
     );
-    let before = done.load(Ordering::SeqCst);
     // The new one serves: the load goes on against it.
-    let deadline = Instant::now() + TIMEOUT;
-    while done.load(Ordering::SeqCst) < before + 200 {
-        assert!(
-            Instant::now() < deadline,
-            "no request completed after the handover"
-        );
-        std::thread::sleep(Duration::from_millis(10));
-    }
-    stop.store(true, Ordering::SeqCst);
-    for c in clients {
-        c.join().unwrap();
-    }
-    let (total, bad) = (done.load(Ordering::SeqCst), failed.load(Ordering::SeqCst));
+    load.wait_for_more(200);
+    let (total, bad) = load.finish();
     figure("service.upgrade_requests", total);
     figure("service.upgrade_failed", bad);
     // The Unix socket survived the old process's exit.
     assert_eq!(echo_roundtrip(unix(&sock), b"still here"), b"still here");
-    assert!(alive(new));
-    // SAFETY: signalling the new loopd, started by the old one.
-    unsafe { libc::kill(new, libc::SIGTERM) };
-    let deadline = Instant::now() + TIMEOUT;
-    while alive(new) {
-        assert!(Instant::now() < deadline, "the new loopd did not stop");
-        std::thread::sleep(Duration::from_millis(10));
-    }
+    stop_new(new);
     assert!(!sock.exists(), "the last loopd removed its socket file");
     assert_eq!(
         bad, 0,
         "{bad} of {total} connections failed across the upgrade"
     );
     assert!(old.logs().contains("upgrade: started"), "{}", old.logs());
+}
+
+#[test]
+fn a_binary_upgrade_with_workers_hands_over_every_workers_sockets() {
+    let config = format!("[runtime]\nworkers = 2\npid_file = \"{{dir}}/loopd.pid\"\n{ECHO}");
+    let mut old = Loopd::start_with(&config, "info", |_| {});
+    let addr: SocketAddr = old.tcp("echo");
+    let sock = old.unix("echo");
+    let pid_file = old.dir.join("loopd.pid");
+    // One SO_REUSEPORT socket per worker: connections queue on both.
+    let sockets = listening_inodes(old.pid(), addr.port());
+    assert_eq!(sockets.len(), 2, "one listening socket per worker");
+    let load = Load::start(addr);
+    std::thread::sleep(Duration::from_millis(200));
+    old.signal(libc::SIGUSR2);
+    let new = pid_other_than(&pid_file, old.pid());
+    // The new one holds both while the old one still runs: the old one
+    // exits once the new one is ready, and the new one got them at exec.
+    assert_eq!(
+        listening_inodes(new, addr.port()),
+        sockets,
+        "the new loopd adopted every worker's socket, and bound none of its own"
+    );
+    assert_eq!(
+        old.wait_exit_status(TIMEOUT).code(),
+        Some(0),
+        "{}",
+        old.logs()
+    );
+    load.wait_for_more(200);
+    let (total, bad) = load.finish();
+    figure("service.upgrade_workers_requests", total);
+    figure("service.upgrade_workers_failed", bad);
+    assert_eq!(echo_roundtrip(unix(&sock), b"still here"), b"still here");
+    // Both workers of the new one run, each on its own socket.
+    let threads: Vec<String> = std::fs::read_dir(format!("/proc/{new}/task"))
+        .unwrap()
+        .filter_map(|t| std::fs::read_to_string(t.ok()?.path().join("comm")).ok())
+        .map(|c| c.trim().to_string())
+        .collect();
+    for w in ["loopd-worker-0", "loopd-worker-1"] {
+        assert!(threads.iter().any(|t| t == w), "{w} runs: {threads:?}");
+    }
+    assert_eq!(listening_inodes(new, addr.port()), sockets);
+    stop_new(new);
+    assert_eq!(
+        bad, 0,
+        "{bad} of {total} connections failed across the upgrade"
+    );
+    let logs = old.logs();
+    assert!(
+        logs.contains("with 3 listening sockets of 2 workers"),
+        "{logs}"
+    );
+}
+
+#[test]
+fn an_upgrade_to_another_number_of_workers_is_refused_and_the_old_one_serves_on() {
+    let config = format!("[runtime]\nworkers = 2\npid_file = \"{{dir}}/loopd.pid\"\n{ECHO}");
+    let old = Loopd::start_with(&config, "info", |_| {});
+    let addr: SocketAddr = old.tcp("echo");
+    let path = old.dir.join("loopd.toml");
+    let edited = std::fs::read_to_string(&path)
+        .unwrap()
+        .replace("workers = 2", "workers = 3");
+    std::fs::write(&path, edited).unwrap();
+    old.expect_error("a binary upgrade from several workers keeps their number");
+    old.expect_error("before taking over; this one keeps serving");
+    old.signal(libc::SIGUSR2);
+    assert!(
+        old.wait_for_log("this one keeps serving", TIMEOUT),
+        "{}",
+        old.logs()
+    );
+    let logs = old.logs();
+    assert!(
+        logs.contains("ran 2 workers, each with its own listening sockets (3 in all), but the config asks for 3"),
+        "{logs}"
+    );
+    assert_eq!(echo_roundtrip(tcp(addr), b"still mine"), b"still mine");
+    assert_eq!(listening_inodes(old.pid(), addr.port()).len(), 2);
+    old.assert_no_unexpected_errors();
 }

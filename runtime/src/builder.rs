@@ -289,7 +289,8 @@ impl Builder {
         if let Some(slot) = &self.worker {
             rt.worker = Some(slot.clone());
             rt.stats_board = slot.siblings.stats_board.clone();
-            slot.siblings.join(slot.index, rt.postbox.clone());
+            slot.siblings
+                .join(slot.index, rt.postbox.clone(), rt.handle());
         }
         if self.service {
             crate::notify::init();
@@ -298,7 +299,10 @@ impl Builder {
             if let Some(slot) = &self.worker {
                 rt.core.borrow_mut().shared.inherited = slot.take_inherited();
             } else if self.inherit {
-                rt.core.borrow_mut().shared.inherited = crate::inherit::Inherited::from_env();
+                let mut sets = crate::inherit::Inherited::from_env()
+                    .split(1)
+                    .map_err(Error::Config)?;
+                rt.core.borrow_mut().shared.inherited = sets.pop().unwrap_or_default();
             }
         }
         let _active = ActiveGuard::enter(&rt.core);

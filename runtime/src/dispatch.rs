@@ -672,7 +672,8 @@ impl Runtime {
             if self.service {
                 crate::notify::send("STOPPING=1");
             }
-            if self.successor.is_some() {
+            let upgrading = self.worker.as_ref().is_some_and(|w| w.siblings.upgrading());
+            if self.successor.is_some() || upgrading {
                 // The new process has these sockets: their files stay.
                 listener::keep_socket_files(&mut core);
             }

@@ -1,7 +1,14 @@
 //! Listening sockets handed over by the process that started loopd:
 //! systemd socket activation (`LISTEN_FDS`, `LISTEN_PID`,
 //! `LISTEN_FDNAMES`) and a binary upgrade (`LOOPD_LISTEN_FDS`, set by the
-//! old loopd for the new one).
+//! old loopd for the new one, with `LOOPD_LISTEN_WORKERS`, the worker each
+//! socket was bound by, and `LOOPD_UPGRADE_WORKERS`, how many it ran).
+//!
+//! With workers, each has its own `SO_REUSEPORT` socket per TCP or UDP
+//! address, and the kernel queues connections on every socket of the
+//! group: the new process's worker K adopts the old worker K's sockets, so
+//! none is left behind with connections queued on it. A systemd socket is
+//! one for all workers: each gets a copy.
 //!
 //! A listener whose address matches an inherited socket adopts it instead
 //! of binding: no port is ever closed, so no connection is refused. Sockets
@@ -18,10 +25,23 @@ use crate::sys::{self, SocketName};
 /// The first descriptor systemd passes (`SD_LISTEN_FDS_START`).
 const LISTEN_FDS_START: RawFd = 3;
 
+/// One inherited socket: what it is bound to, its name in messages, and the
+/// worker of the old loopd that bound it (`None`: one for every worker).
+#[derive(Debug)]
+struct Socket {
+    fd: OwnedFd,
+    bound: SocketName,
+    name: String,
+    worker: Option<usize>,
+}
+
 /// Inherited sockets not yet adopted by a listener.
 #[derive(Debug, Default)]
 pub(crate) struct Inherited {
-    sockets: Vec<(OwnedFd, SocketName, String)>,
+    sockets: Vec<Socket>,
+    /// How many workers the loopd that handed the sockets over ran (a
+    /// binary upgrade; `None` from systemd or an older loopd).
+    from_workers: Option<usize>,
     /// A worker's copy: unused sockets are closed without a word (worker
     /// 0's set says it once).
     copy: bool,
@@ -31,7 +51,7 @@ impl Inherited {
     /// Takes the sockets the environment says this process inherited,
     /// and removes those variables (they are not meant for children).
     pub(crate) fn from_env() -> Inherited {
-        let mut fds: Vec<(RawFd, String)> = Vec::new();
+        let mut fds: Vec<(RawFd, String, Option<usize>)> = Vec::new();
         let ours = std::process::id().to_string();
         if let (Ok(pid), Ok(n)) = (std::env::var("LISTEN_PID"), std::env::var("LISTEN_FDS")) {
             if pid.trim() == ours {
@@ -44,16 +64,27 @@ impl Inherited {
                         .get(i as usize)
                         .cloned()
                         .unwrap_or_else(|| format!("systemd socket {i}"));
-                    fds.push((LISTEN_FDS_START + i, name));
+                    fds.push((LISTEN_FDS_START + i, name, None));
                 }
             }
         }
+        let from_workers = std::env::var("LOOPD_UPGRADE_WORKERS")
+            .ok()
+            .and_then(|n| n.trim().parse::<usize>().ok());
         if let Ok(list) = std::env::var("LOOPD_LISTEN_FDS") {
-            for fd in list
-                .split(',')
-                .filter_map(|f| f.trim().parse::<RawFd>().ok())
-            {
-                fds.push((fd, format!("inherited socket {fd}")));
+            let owners = std::env::var("LOOPD_LISTEN_WORKERS").unwrap_or_default();
+            let mut owners = owners.split(',').map(|w| w.trim().parse::<usize>().ok());
+            for fd in list.split(',') {
+                let worker = owners.next().flatten();
+                if let Ok(fd) = fd.trim().parse::<RawFd>() {
+                    let name = match worker {
+                        Some(w) if from_workers.is_some_and(|n| n > 1) => {
+                            format!("inherited socket {fd} (worker {w}'s)")
+                        }
+                        _ => format!("inherited socket {fd}"),
+                    };
+                    fds.push((fd, name, worker));
+                }
             }
         }
         for var in [
@@ -61,11 +92,13 @@ impl Inherited {
             "LISTEN_FDS",
             "LISTEN_FDNAMES",
             "LOOPD_LISTEN_FDS",
+            "LOOPD_LISTEN_WORKERS",
+            "LOOPD_UPGRADE_WORKERS",
         ] {
             std::env::remove_var(var);
         }
         let mut sockets = Vec::new();
-        for (fd, name) in fds {
+        for (fd, name, worker) in fds {
             if fd < 0 {
                 continue;
             }
@@ -83,55 +116,113 @@ impl Inherited {
                 continue;
             }
             log::debug!("inherited {name} (fd {fd}): {sockname:?}");
-            sockets.push((owned, sockname, name));
+            sockets.push(Socket {
+                fd: owned,
+                bound: sockname,
+                name,
+                worker,
+            });
         }
         Inherited {
             sockets,
+            from_workers,
             copy: false,
         }
     }
 
-    /// Another worker's set: the same sockets, duplicated, so that every
-    /// worker accepts from them (the kernel hands each connection to one).
-    pub(crate) fn duplicate(&self) -> std::io::Result<Inherited> {
-        let mut sockets = Vec::with_capacity(self.sockets.len());
-        for (fd, sockname, name) in &self.sockets {
-            sockets.push((fd.try_clone()?, sockname.clone(), name.clone()));
+    /// Each of `count` workers' sets (one for a runtime without workers):
+    /// a socket bound by worker K of the old loopd goes to worker K, one
+    /// without a worker (systemd's) to every worker, each a copy, so all
+    /// accept from it (the kernel hands each connection to one).
+    ///
+    /// # Errors
+    /// A message when the old loopd ran another number of workers: its
+    /// sockets cannot all be served (fewer workers) or the new ones could
+    /// not join its sockets' `SO_REUSEPORT` groups alike (more), so a binary
+    /// upgrade keeps the count. Or when a socket cannot be copied.
+    pub(crate) fn split(self, count: usize) -> Result<Vec<Inherited>, String> {
+        // One old socket per address: every new worker can share it.
+        let per_worker = self.from_workers.filter(|&n| n > 1);
+        if let Some(n) = per_worker.filter(|&n| n != count) {
+            return Err(format!(
+                "the loopd that started this one ran {n} workers, each with its own listening \
+                 sockets ({} in all), but the config asks for {count}: a binary upgrade from \
+                 several workers keeps their number (restart loopd to change it)",
+                self.sockets.len()
+            ));
         }
-        Ok(Inherited {
-            sockets,
-            copy: true,
-        })
+        let mut sets: Vec<Inherited> = (0..count)
+            .map(|k| Inherited {
+                sockets: Vec::new(),
+                from_workers: self.from_workers,
+                copy: k > 0,
+            })
+            .collect();
+        for s in self.sockets {
+            match s.worker {
+                // Checked above: the old loopd's workers are this one's.
+                Some(k) if per_worker.is_some() => {
+                    let set = &mut sets[k.min(count - 1)];
+                    set.sockets.push(s);
+                }
+                _ => {
+                    for set in sets.iter_mut().skip(1) {
+                        let fd =
+                            s.fd.try_clone()
+                                .map_err(|e| format!("copying {} for a worker: {e}", s.name))?;
+                        set.sockets.push(Socket {
+                            fd,
+                            bound: s.bound.clone(),
+                            name: s.name.clone(),
+                            worker: None,
+                        });
+                    }
+                    sets[0].sockets.push(s);
+                }
+            }
+        }
+        Ok(sets)
     }
 
     /// Adds worker 0's socket for a Unix listener to another worker's set.
     pub(crate) fn add_unix(&mut self, path: PathBuf, fd: OwnedFd) {
         let name = format!("worker 0's socket {}", path.display());
-        self.sockets.push((fd, SocketName::Unix(path), name));
+        self.sockets.push(Socket {
+            fd,
+            bound: SocketName::Unix(path),
+            name,
+            worker: None,
+        });
     }
 
     /// The inherited socket bound to `addr`, if there is one.
     pub(crate) fn take(&mut self, addr: &ListenAddr) -> Option<OwnedFd> {
-        let at = self
-            .sockets
-            .iter()
-            .position(|(_, name, _)| matches(name, addr))?;
-        let (fd, _, name) = self.sockets.swap_remove(at);
+        let at = self.sockets.iter().position(|s| matches(&s.bound, addr))?;
+        let s = self.sockets.swap_remove(at);
         if self.copy {
-            log::debug!("{addr}: using {name}");
+            log::debug!("{addr}: using {}", s.name);
         } else {
-            log::info!("{addr}: using {name}, handed over by the parent process");
+            log::info!(
+                "{addr}: using {}, handed over by the parent process",
+                s.name
+            );
         }
-        Some(fd)
+        Some(s.fd)
     }
 
     /// Closes what no listener asked for, saying so.
     pub(crate) fn close_unused(&mut self) {
-        for (_, sockname, name) in self.sockets.drain(..) {
-            if self.copy {
+        for s in self.sockets.drain(..) {
+            // A copy of a socket every worker got is worker 0's to report;
+            // a socket this worker was handed alone is its own.
+            if self.copy && s.worker.is_none() {
                 continue;
             }
-            log::warn!("{name} ({sockname:?}) matches no listener of the config; closed");
+            log::warn!(
+                "{} ({:?}) matches no listener of the config; closed",
+                s.name,
+                s.bound
+            );
         }
     }
 }
@@ -154,5 +245,98 @@ fn matches(name: &SocketName, addr: &ListenAddr) -> bool {
         ) => a == b || (b.port() == 0 && a.ip() == b.ip()),
         (SocketName::Unix(p), ListenAddr::Unix(q)) => p == q,
         _ => false,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::net::{SocketAddr, TcpListener};
+
+    /// A bound TCP socket as an inherited one, from `worker`.
+    fn socket(worker: Option<usize>) -> (Socket, SocketAddr) {
+        let l = TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = l.local_addr().unwrap();
+        let s = Socket {
+            fd: OwnedFd::from(l),
+            bound: SocketName::Inet { addr, stream: true },
+            name: format!("test socket {addr}"),
+            worker,
+        };
+        (s, addr)
+    }
+
+    fn inode(fd: &OwnedFd) -> u64 {
+        use std::os::unix::fs::MetadataExt;
+        std::fs::metadata(format!("/proc/self/fd/{}", fd.as_raw_fd()))
+            .unwrap()
+            .ino()
+    }
+
+    #[test]
+    fn each_worker_gets_its_own_sockets_and_a_copy_of_the_shared_ones() {
+        let (a0, addr_a) = socket(Some(0));
+        // Worker 1's socket for the same address (as SO_REUSEPORT binds it).
+        let (mut a1, _) = socket(Some(1));
+        a1.bound = SocketName::Inet {
+            addr: addr_a,
+            stream: true,
+        };
+        let (shared, addr_s) = socket(None);
+        let (i0, i1, is) = (inode(&a0.fd), inode(&a1.fd), inode(&shared.fd));
+        let all = Inherited {
+            sockets: vec![a0, a1, shared],
+            from_workers: Some(2),
+            copy: false,
+        };
+        let mut sets = all.split(2).unwrap();
+        assert_eq!(sets.len(), 2);
+        let inodes =
+            |s: &Inherited| -> Vec<u64> { s.sockets.iter().map(|s| inode(&s.fd)).collect() };
+        assert_eq!(inodes(&sets[0]), vec![i0, is]);
+        // Worker 1: its own socket, then its copy of the shared one.
+        assert_eq!(inodes(&sets[1]), vec![i1, is]);
+        assert!(!sets[0].copy && sets[1].copy);
+        // Worker 1 adopts its own socket for the address (not worker 0's).
+        let fd = sets[1].take(&ListenAddr::Tcp(addr_a)).unwrap();
+        assert_eq!(inode(&fd), i1);
+        let fd = sets[0].take(&ListenAddr::Tcp(addr_a)).unwrap();
+        assert_eq!(inode(&fd), i0);
+        // The shared one: a copy each, the same socket.
+        let s0 = sets[0].take(&ListenAddr::Tcp(addr_s)).unwrap();
+        let s1 = sets[1].take(&ListenAddr::Tcp(addr_s)).unwrap();
+        assert_eq!((inode(&s0), inode(&s1)), (is, is));
+        assert_ne!(s0.as_raw_fd(), s1.as_raw_fd());
+    }
+
+    #[test]
+    fn another_number_of_workers_than_the_old_loopd_ran_is_refused() {
+        for count in [1, 3] {
+            let all = Inherited {
+                sockets: vec![socket(Some(0)).0, socket(Some(1)).0],
+                from_workers: Some(2),
+                copy: false,
+            };
+            let e = all.split(count).unwrap_err();
+            assert!(
+                e.contains("ran 2 workers") && e.contains(&format!("asks for {count}")),
+                "{e}"
+            );
+        }
+    }
+
+    #[test]
+    fn one_old_worker_s_sockets_are_shared_by_any_number_of_new_ones() {
+        let (s, addr) = socket(Some(0));
+        let i = inode(&s.fd);
+        let all = Inherited {
+            sockets: vec![s],
+            from_workers: Some(1),
+            copy: false,
+        };
+        let mut sets = all.split(3).unwrap();
+        for set in &mut sets {
+            assert_eq!(inode(&set.take(&ListenAddr::Tcp(addr)).unwrap()), i);
+        }
     }
 }

@@ -186,6 +186,13 @@ struct Flags {
     stats_wanted: AtomicBool,
     stats: std::sync::Mutex<Option<Stats>>,
     stats_ready: std::sync::Condvar,
+    /// Worker 0's binary upgrade waits for this worker's listening sockets:
+    /// whether it still waits (copies made after it gave up are closed,
+    /// not left open in the slot), and the answer.
+    sockets_wanted: AtomicBool,
+    #[allow(clippy::type_complexity)]
+    sockets: std::sync::Mutex<(bool, Option<io::Result<Vec<std::os::fd::OwnedFd>>>)>,
+    sockets_ready: std::sync::Condvar,
 }
 
 /// A running loopd: listeners, connections, timers and handler instances.
@@ -311,6 +318,31 @@ impl Handle {
             .wait_timeout_while(slot, timeout, |s| s.is_none())
             .unwrap_or_else(std::sync::PoisonError::into_inner);
         slot.take()
+    }
+
+    /// Copies of the loop's listening sockets (TCP and UDP; Unix ones too
+    /// when `unix`), taken on its thread at its next pass, for worker 0's
+    /// binary upgrade; `None` when the loop does not get to it within
+    /// `timeout`.
+    pub(crate) fn listening_sockets(
+        &self,
+        timeout: Duration,
+    ) -> Option<io::Result<Vec<std::os::fd::OwnedFd>>> {
+        let mut slot = self
+            .flags
+            .sockets
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        *slot = (true, None);
+        self.flags.sockets_wanted.store(true, Ordering::SeqCst);
+        self.waker.wake();
+        let (mut slot, _) = self
+            .flags
+            .sockets_ready
+            .wait_timeout_while(slot, timeout, |s| s.1.is_none())
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        slot.0 = false;
+        slot.1.take()
     }
 
     /// Asks the loop to re-read its config file and apply it at its next
@@ -748,6 +780,18 @@ impl Runtime {
                 .lock()
                 .unwrap_or_else(std::sync::PoisonError::into_inner) = Some(snapshot);
             self.flags.stats_ready.notify_all();
+        }
+        if take(&self.flags.sockets_wanted) {
+            let mut slot = self
+                .flags
+                .sockets
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            if slot.0 {
+                // Worker 0 holds the Unix sockets every worker serves.
+                slot.1 = Some(self.listening_sockets(false));
+                self.flags.sockets_ready.notify_all();
+            }
         }
         self.check_successor();
     }

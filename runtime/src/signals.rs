@@ -34,6 +34,9 @@ pub(crate) enum Action {
     Upgrade,
     /// Logged (at most once a second) and otherwise ignored.
     Ignore,
+    /// A child exited: the pass it wakes sees whether it was an upgrade's
+    /// new process that failed before it took over.
+    Child,
 }
 
 /// The signals loopd catches, with their action and why: the one table
@@ -52,6 +55,7 @@ pub(crate) fn table() -> Vec<(i32, Action, &'static str)> {
         (libc::SIGHUP, Reload, "reloading the config file"),
         (libc::SIGUSR1, Ignore, "ignored by the loop"),
         (libc::SIGUSR2, Upgrade, "binary upgrade"),
+        (libc::SIGCHLD, Child, "a child process exited"),
         (
             libc::SIGXFSZ,
             Ignore,
@@ -201,6 +205,8 @@ impl Runtime {
             match action_of(sig).0 {
                 Action::Reload => reload = true,
                 Action::Upgrade => upgrade = true,
+                // `check_successor`, at the end of this pass, looks.
+                Action::Child => {}
                 _ => {
                     if self.on_signal(sig) {
                         return;
@@ -221,13 +227,8 @@ impl Runtime {
 
     /// SIGUSR2: a binary upgrade, when this loopd can hand its sockets over.
     fn upgrade_requested(&mut self) {
-        let (index, count) = self.worker();
-        if count > 1 {
-            if index == 0 {
-                log::error!(
-                    "SIGUSR2: a binary upgrade needs workers = 1 (this loopd runs {count}); reload, or restart"
-                );
-            }
+        // Worker 0 starts it, with every worker's sockets.
+        if self.worker().0 > 0 {
             return;
         }
         log::info!("SIGUSR2 received: binary upgrade");
@@ -263,7 +264,7 @@ impl Runtime {
                 self.stopped = true;
                 true
             }
-            Action::Ignore | Action::Reload | Action::Upgrade => {
+            Action::Ignore | Action::Reload | Action::Upgrade | Action::Child => {
                 self.log_ignored(sig, why);
                 false
             }

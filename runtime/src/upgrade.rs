@@ -4,12 +4,22 @@
 //! never close, so no connection is refused), and once it is ready it sends
 //! this one SIGTERM: this one stops accepting, lets its connections finish
 //! and exits. If the new process fails first, this one keeps serving.
+//!
+//! With workers, worker 0 starts it with every worker's sockets (each has
+//! its own `SO_REUSEPORT` socket per TCP and UDP address, and connections
+//! queue on all of them), each tagged with its worker: the new process's
+//! worker K adopts old worker K's (`inherit.rs`).
 
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd};
 use std::process::Command;
+use std::time::Duration;
 
 use crate::source::Source;
 use crate::{Error, Runtime};
+
+/// How long worker 0 waits for another worker's sockets (each answers at
+/// its next pass).
+const SOCKETS_TIMEOUT: Duration = Duration::from_secs(2);
 
 impl Runtime {
     /// Starts the `loopd` binary again (the file at the path this process
@@ -18,9 +28,16 @@ impl Runtime {
     /// it adopts the sockets (`Builder::inherit_listeners`) and, once
     /// ready, sends this process SIGTERM. Returns the new process's id.
     ///
+    /// With workers ([`Builder::build_workers`](crate::Builder::build_workers)),
+    /// worker 0 starts it, with every worker's sockets; the new process
+    /// must run as many workers (it refuses to start otherwise, and this
+    /// one keeps serving).
+    ///
     /// # Errors
-    /// [`Error::System`] when the sockets cannot be handed over or the
-    /// binary cannot be started, or an upgrade is already under way.
+    /// [`Error::System`] when the sockets cannot be handed over (a worker
+    /// did not answer within 2 s) or the binary cannot be started, an
+    /// upgrade is already under way, or this runtime is a worker other
+    /// than worker 0.
     pub fn upgrade(&mut self) -> Result<u32, Error> {
         let fail = |what: &str, source: std::io::Error| Error::System {
             what: format!("upgrading the binary: {what}"),
@@ -34,6 +51,13 @@ impl Runtime {
                 ));
             }
         }
+        let (index, count) = self.worker();
+        if index > 0 {
+            return Err(fail(
+                &format!("worker {index} cannot start it (worker 0 does, for every worker)"),
+                std::io::Error::from(std::io::ErrorKind::Unsupported),
+            ));
+        }
         let exe = std::env::current_exe().map_err(|e| fail("finding the binary", e))?;
         // A binary replaced on disk reads as "PATH (deleted)": the new
         // file at PATH is the one to start.
@@ -41,45 +65,102 @@ impl Runtime {
             Some(path) => std::path::PathBuf::from(path),
             None => exe,
         };
-        let mut handed: Vec<OwnedFd> = Vec::new();
-        {
-            let core = self.core.borrow();
-            for r in self.listener_records.iter().filter(|r| r.open) {
-                let fd = match core.sources.get(r.id) {
-                    Some(Source::Listener(l)) => l.fd.as_raw_fd(),
-                    Some(Source::Datagram(d)) => d.sock.as_raw_fd(),
-                    _ => continue,
-                };
-                // A copy without close-on-exec: the child inherits it.
-                // SAFETY: fcntl on a descriptor this runtime owns.
-                let dup = unsafe { libc::fcntl(fd, libc::F_DUPFD, 3) };
-                if dup < 0 {
+        // Every worker's sockets, each with its worker.
+        let mut sockets: Vec<(usize, OwnedFd)> = Vec::new();
+        let own = self
+            .listening_sockets(true)
+            .map_err(|e| fail("copying a listening socket", e))?;
+        sockets.extend(own.into_iter().map(|fd| (0, fd)));
+        for k in 1..count {
+            let theirs = self
+                .worker
+                .as_ref()
+                .and_then(|w| w.siblings.handle(k))
+                .and_then(|h| h.listening_sockets(SOCKETS_TIMEOUT));
+            match theirs {
+                Some(Ok(fds)) => sockets.extend(fds.into_iter().map(|fd| (k, fd))),
+                Some(Err(e)) => {
                     return Err(fail(
-                        "copying a listening socket",
-                        std::io::Error::last_os_error(),
-                    ));
+                        &format!("copying loopd-worker-{k}'s listening sockets"),
+                        e,
+                    ))
                 }
-                // SAFETY: F_DUPFD returned a new descriptor nobody else owns.
-                handed.push(unsafe { OwnedFd::from_raw_fd(dup) });
+                None => {
+                    return Err(fail(
+                        &format!(
+                            "loopd-worker-{k} did not hand over its listening sockets within {} s",
+                            SOCKETS_TIMEOUT.as_secs()
+                        ),
+                        std::io::Error::from(std::io::ErrorKind::TimedOut),
+                    ))
+                }
             }
         }
+        let mut handed: Vec<OwnedFd> = Vec::with_capacity(sockets.len());
+        for (_, fd) in &sockets {
+            // A copy without close-on-exec: the child inherits it.
+            // SAFETY: fcntl on a descriptor this runtime owns.
+            let dup = unsafe { libc::fcntl(fd.as_raw_fd(), libc::F_DUPFD, 3) };
+            if dup < 0 {
+                return Err(fail(
+                    "copying a listening socket",
+                    std::io::Error::last_os_error(),
+                ));
+            }
+            // SAFETY: F_DUPFD returned a new descriptor nobody else owns.
+            handed.push(unsafe { OwnedFd::from_raw_fd(dup) });
+        }
         let list: Vec<String> = handed.iter().map(|f| f.as_raw_fd().to_string()).collect();
+        let owners: Vec<String> = sockets.iter().map(|(k, _)| k.to_string()).collect();
+        // The close-on-exec copies are not needed past here.
+        drop(sockets);
         let child = Command::new(&exe)
             .args(std::env::args_os().skip(1))
             .env("LOOPD_LISTEN_FDS", list.join(","))
+            .env("LOOPD_LISTEN_WORKERS", owners.join(","))
+            .env("LOOPD_UPGRADE_WORKERS", count.to_string())
             .env("LOOPD_UPGRADE_FROM", std::process::id().to_string())
             .spawn()
             .map_err(|e| fail(&format!("starting {}", exe.display()), e))?;
         // The child has its copies; ours close here.
         drop(handed);
         let pid = child.id();
+        if let Some(w) = &self.worker {
+            // Every worker's shutdown then leaves the Unix socket files.
+            w.siblings.set_upgrading(true);
+        }
         log::info!(
-            "upgrade: started {} (process {pid}) with {} listening sockets; serving until it takes over",
+            "upgrade: started {} (process {pid}) with {} listening sockets{}; serving until it takes over",
             exe.display(),
-            list.len()
+            list.len(),
+            if count > 1 {
+                format!(" of {count} workers")
+            } else {
+                String::new()
+            }
         );
         self.successor = Some(child);
         Ok(pid)
+    }
+
+    /// Close-on-exec copies of this loop's open listening sockets (TCP and
+    /// UDP; Unix ones too when `unix`: worker 0's, which the other workers
+    /// accept from as well).
+    pub(crate) fn listening_sockets(&self, unix: bool) -> std::io::Result<Vec<OwnedFd>> {
+        let core = self.core.borrow();
+        let mut copies = Vec::new();
+        for r in self.listener_records.iter().filter(|r| r.open) {
+            if !unix && matches!(r.addr, crate::config::ListenAddr::Unix(_)) {
+                continue;
+            }
+            let fd = match core.sources.get(r.id) {
+                Some(Source::Listener(l)) => l.fd.as_fd(),
+                Some(Source::Datagram(d)) => d.sock.as_fd(),
+                _ => continue,
+            };
+            copies.push(fd.try_clone_to_owned()?);
+        }
+        Ok(copies)
     }
 
     /// While an upgrade is pending: a new process that exited before it
@@ -89,6 +170,9 @@ impl Runtime {
             return;
         };
         if let Ok(Some(status)) = child.try_wait() {
+            if let Some(w) = &self.worker {
+                w.siblings.set_upgrading(false);
+            }
             if self.core.borrow().shared.shutdown_deadline.is_none() {
                 log::error!(
                     "upgrade: the new loopd (process {}) exited ({status}) before taking over; this one keeps serving",

@@ -29,13 +29,20 @@ use crate::{Builder, Error, Handle, Runtime};
 #[derive(Debug, Default)]
 pub(crate) struct Siblings {
     postboxes: Mutex<Vec<Option<Arc<Postbox>>>>,
+    /// Every worker's handle, by index: worker 0 asks the others for their
+    /// listening sockets when it starts a binary upgrade.
+    handles: Mutex<Vec<Option<Handle>>>,
+    /// Worker 0 started a binary upgrade whose new process has not exited:
+    /// a shutdown now is its handover, and every worker leaves the Unix
+    /// socket files to it.
+    upgrading: std::sync::atomic::AtomicBool,
     /// Every worker's latest stats snapshot (`stats_json`).
     pub(crate) stats_board: Arc<crate::stats::StatsBoard>,
 }
 
 impl Siblings {
     /// Worker `index` is up: its mailboxes can take sibling posts.
-    pub(crate) fn join(&self, index: usize, postbox: Arc<Postbox>) {
+    pub(crate) fn join(&self, index: usize, postbox: Arc<Postbox>, handle: Handle) {
         let mut p = self
             .postboxes
             .lock()
@@ -44,6 +51,26 @@ impl Siblings {
             p.resize(index + 1, None);
         }
         p[index] = Some(postbox);
+        let mut h = self.handles.lock().unwrap_or_else(PoisonError::into_inner);
+        if h.len() <= index {
+            h.resize(index + 1, None);
+        }
+        h[index] = Some(handle);
+    }
+
+    pub(crate) fn set_upgrading(&self, on: bool) {
+        self.upgrading
+            .store(on, std::sync::atomic::Ordering::SeqCst);
+    }
+
+    pub(crate) fn upgrading(&self) -> bool {
+        self.upgrading.load(std::sync::atomic::Ordering::SeqCst)
+    }
+
+    /// Worker `index`'s handle, once it is up.
+    pub(crate) fn handle(&self, index: usize) -> Option<Handle> {
+        let h = self.handles.lock().unwrap_or_else(PoisonError::into_inner);
+        h.get(index).cloned().flatten()
     }
 
     /// Posts `msg` to the instance named `name` on every worker but
@@ -223,21 +250,12 @@ impl Builder {
             .max(1);
         self = self.config(config);
         let siblings = Arc::new(Siblings::default());
-        let first = if self.inherit {
-            Inherited::from_env()
+        let inherited = if self.inherit {
+            Inherited::from_env().split(count).map_err(Error::Config)?
         } else {
-            Inherited::default()
+            Vec::new()
         };
-        let mut inherited = Vec::with_capacity(count);
-        for _ in 1..count {
-            let copy = first.duplicate().map_err(|source| Error::System {
-                what: "duplicating the inherited listening sockets".to_string(),
-                source,
-            })?;
-            inherited.push(Some(copy));
-        }
-        inherited.insert(0, Some(first));
-        let inherited = Arc::new(Mutex::new(inherited));
+        let inherited = Arc::new(Mutex::new(inherited.into_iter().map(Some).collect()));
         let mut workers = Workers {
             threads: Vec::new(),
             handles: Vec::new(),
