@@ -281,15 +281,38 @@ fn stop_new(new: i32) {
 
 #[test]
 fn a_binary_upgrade_under_load_refuses_no_connection() {
-    let config = format!("[runtime]\npid_file = \"{{dir}}/loopd.pid\"\n{ECHO}");
+    upgrade_under_load(1);
+}
+
+#[test]
+fn a_binary_upgrade_with_workers_hands_over_every_workers_sockets() {
+    upgrade_under_load(2);
+}
+
+/// SIGUSR2 to a loopd with `workers` under continuous load: no connection
+/// fails, and the new loopd serves on every socket the old one had (one
+/// `SO_REUSEPORT` socket per worker, connections queued on each), binding
+/// none of its own.
+fn upgrade_under_load(workers: usize) {
+    let config =
+        format!("[runtime]\nworkers = {workers}\npid_file = \"{{dir}}/loopd.pid\"\n{ECHO}");
     let mut old = Loopd::start_with(&config, "info", |_| {});
     let addr: SocketAddr = old.tcp("echo");
     let sock = old.unix("echo");
     let pid_file = old.dir.join("loopd.pid");
+    let sockets = listening_inodes(old.pid(), addr.port());
+    assert_eq!(sockets.len(), workers, "one listening socket per worker");
     let load = Load::start(addr);
     std::thread::sleep(Duration::from_millis(200));
     old.signal(libc::SIGUSR2);
     let new = pid_other_than(&pid_file, old.pid());
+    // The new one got them at exec and is ready (it wrote the pid file);
+    // the old one exits after that.
+    assert_eq!(
+        listening_inodes(new, addr.port()),
+        sockets,
+        "the new loopd adopted every worker's socket, and bound none of its own"
+    );
     // The old one drains and exits by itself, 0.
     assert_eq!(
         old.wait_exit_status(TIMEOUT).code(),
@@ -300,71 +323,33 @@ fn a_binary_upgrade_under_load_refuses_no_connection() {
     // The new one serves: the load goes on against it.
     load.wait_for_more(200);
     let (total, bad) = load.finish();
-    figure("service.upgrade_requests", total);
-    figure("service.upgrade_failed", bad);
+    figure(&format!("service.upgrade_w{workers}_requests"), total);
+    figure(&format!("service.upgrade_w{workers}_failed"), bad);
     // The Unix socket survived the old process's exit.
     assert_eq!(echo_roundtrip(unix(&sock), b"still here"), b"still here");
+    if workers > 1 {
+        let threads: Vec<String> = std::fs::read_dir(format!("/proc/{new}/task"))
+            .unwrap()
+            .filter_map(|t| std::fs::read_to_string(t.ok()?.path().join("comm")).ok())
+            .map(|c| c.trim().to_string())
+            .collect();
+        for w in 0..workers {
+            let name = format!("loopd-worker-{w}");
+            assert!(threads.contains(&name), "{name} runs: {threads:?}");
+        }
+    }
     stop_new(new);
     assert!(!sock.exists(), "the last loopd removed its socket file");
     assert_eq!(
         bad, 0,
         "{bad} of {total} connections failed across the upgrade"
     );
-    assert!(old.logs().contains("upgrade: started"), "{}", old.logs());
-}
-
-#[test]
-fn a_binary_upgrade_with_workers_hands_over_every_workers_sockets() {
-    let config = format!("[runtime]\nworkers = 2\npid_file = \"{{dir}}/loopd.pid\"\n{ECHO}");
-    let mut old = Loopd::start_with(&config, "info", |_| {});
-    let addr: SocketAddr = old.tcp("echo");
-    let sock = old.unix("echo");
-    let pid_file = old.dir.join("loopd.pid");
-    // One SO_REUSEPORT socket per worker: connections queue on both.
-    let sockets = listening_inodes(old.pid(), addr.port());
-    assert_eq!(sockets.len(), 2, "one listening socket per worker");
-    let load = Load::start(addr);
-    std::thread::sleep(Duration::from_millis(200));
-    old.signal(libc::SIGUSR2);
-    let new = pid_other_than(&pid_file, old.pid());
-    // The new one holds both while the old one still runs: the old one
-    // exits once the new one is ready, and the new one got them at exec.
-    assert_eq!(
-        listening_inodes(new, addr.port()),
-        sockets,
-        "the new loopd adopted every worker's socket, and bound none of its own"
-    );
-    assert_eq!(
-        old.wait_exit_status(TIMEOUT).code(),
-        Some(0),
-        "{}",
-        old.logs()
-    );
-    load.wait_for_more(200);
-    let (total, bad) = load.finish();
-    figure("service.upgrade_workers_requests", total);
-    figure("service.upgrade_workers_failed", bad);
-    assert_eq!(echo_roundtrip(unix(&sock), b"still here"), b"still here");
-    // Both workers of the new one run, each on its own socket.
-    let threads: Vec<String> = std::fs::read_dir(format!("/proc/{new}/task"))
-        .unwrap()
-        .filter_map(|t| std::fs::read_to_string(t.ok()?.path().join("comm")).ok())
-        .map(|c| c.trim().to_string())
-        .collect();
-    for w in ["loopd-worker-0", "loopd-worker-1"] {
-        assert!(threads.iter().any(|t| t == w), "{w} runs: {threads:?}");
-    }
-    assert_eq!(listening_inodes(new, addr.port()), sockets);
-    stop_new(new);
-    assert_eq!(
-        bad, 0,
-        "{bad} of {total} connections failed across the upgrade"
-    );
     let logs = old.logs();
-    assert!(
-        logs.contains("with 3 listening sockets of 2 workers"),
-        "{logs}"
-    );
+    let handed = match workers {
+        1 => "with 2 listening sockets;".to_string(),
+        n => format!("with {} listening sockets of {n} workers", n + 1),
+    };
+    assert!(logs.contains(&handed), "{logs}");
 }
 
 #[test]
@@ -387,10 +372,43 @@ fn an_upgrade_to_another_number_of_workers_is_refused_and_the_old_one_serves_on(
     );
     let logs = old.logs();
     assert!(
-        logs.contains("ran 2 workers, each with its own listening sockets (3 in all), but the config asks for 3"),
+        logs.contains("ran 2 workers and handed over their listening sockets (3 in all), but the config asks for 3"),
         "{logs}"
     );
     assert_eq!(echo_roundtrip(tcp(addr), b"still mine"), b"still mine");
     assert_eq!(listening_inodes(old.pid(), addr.port()).len(), 2);
     old.assert_no_unexpected_errors();
+}
+
+#[test]
+fn a_new_loopd_that_fails_after_adopting_leaves_the_old_one_its_unix_socket() {
+    let config = format!("[runtime]\nworkers = 2\npid_file = \"{{dir}}/loopd.pid\"\n{ECHO}");
+    let mut old = Loopd::start_with(&config, "info", |_| {});
+    let sock = old.unix("echo");
+    // The new process adopts the sockets, then fails to bind this one.
+    let busy = TcpListener::bind("127.0.0.1:0").unwrap();
+    let path = old.dir.join("loopd.toml");
+    let edited = std::fs::read_to_string(&path).unwrap().replace(
+        "echo.sock\"]",
+        &format!("echo.sock\", \"tcp://{}\"]", busy.local_addr().unwrap()),
+    );
+    assert!(edited.contains(&busy.local_addr().unwrap().to_string()));
+    std::fs::write(&path, edited).unwrap();
+    old.expect_error("Address already in use");
+    old.expect_error("before taking over; this one keeps serving");
+    old.signal(libc::SIGUSR2);
+    assert!(
+        old.wait_for_log("this one keeps serving", TIMEOUT),
+        "{}",
+        old.logs()
+    );
+    assert!(
+        sock.exists(),
+        "the failed new loopd removed the socket file"
+    );
+    assert_eq!(echo_roundtrip(unix(&sock), b"still mine"), b"still mine");
+    // No upgrade is under way any more: a shutdown removes the file.
+    old.signal(libc::SIGTERM);
+    assert_eq!(old.wait_exit_status(TIMEOUT).code(), Some(0));
+    assert!(!sock.exists(), "the socket file outlived its loopd");
 }

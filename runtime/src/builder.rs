@@ -369,6 +369,10 @@ impl Builder {
                 source,
             })?;
         }
+        if self.worker.is_none() {
+            // Workers: build_workers confirms once every worker is up.
+            crate::inherit::confirm_adoption();
+        }
         // Workers: build_workers says it once every worker is up.
         if self.service && self.listen && self.worker.is_none() {
             crate::notify::send(&format!("READY=1\nMAINPID={}", std::process::id()));

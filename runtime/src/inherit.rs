@@ -18,9 +18,26 @@
 
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use crate::config::ListenAddr;
 use crate::sys::{self, SocketName};
+
+/// This process is built and serving: the Unix socket files of the sockets
+/// it adopted are its own now, removed when it closes them. Until then
+/// (a new process of a binary upgrade whose build fails) they belong to
+/// the process that handed them over, which keeps serving on them.
+static ADOPTION_CONFIRMED: AtomicBool = AtomicBool::new(false);
+
+/// Marks the adopted sockets as this process's own (a build succeeded).
+pub(crate) fn confirm_adoption() {
+    ADOPTION_CONFIRMED.store(true, Ordering::SeqCst);
+}
+
+/// Whether [`confirm_adoption`] was called.
+pub(crate) fn adoption_confirmed() -> bool {
+    ADOPTION_CONFIRMED.load(Ordering::SeqCst)
+}
 
 /// The first descriptor systemd passes (`SD_LISTEN_FDS_START`).
 const LISTEN_FDS_START: RawFd = 3;
@@ -73,7 +90,14 @@ impl Inherited {
             .and_then(|n| n.trim().parse::<usize>().ok());
         if let Ok(list) = std::env::var("LOOPD_LISTEN_FDS") {
             let owners = std::env::var("LOOPD_LISTEN_WORKERS").unwrap_or_default();
-            let mut owners = owners.split(',').map(|w| w.trim().parse::<usize>().ok());
+            let owners: Vec<Option<usize>> = owners
+                .split(',')
+                .map(|w| w.trim().parse::<usize>().ok())
+                .collect();
+            // Tags that do not pair up with the descriptors are not trusted:
+            // every socket is then shared.
+            let tagged = owners.len() == list.split(',').count();
+            let mut owners = owners.into_iter().filter(|_| tagged);
             for fd in list.split(',') {
                 let worker = owners.next().flatten();
                 if let Ok(fd) = fd.trim().parse::<RawFd>() {
@@ -145,7 +169,7 @@ impl Inherited {
         let per_worker = self.from_workers.filter(|&n| n > 1);
         if let Some(n) = per_worker.filter(|&n| n != count) {
             return Err(format!(
-                "the loopd that started this one ran {n} workers, each with its own listening \
+                "the loopd that started this one ran {n} workers and handed over their listening \
                  sockets ({} in all), but the config asks for {count}: a binary upgrade from \
                  several workers keeps their number (restart loopd to change it)",
                 self.sockets.len()

@@ -320,14 +320,11 @@ impl Handle {
         slot.take()
     }
 
-    /// Copies of the loop's listening sockets (TCP and UDP; Unix ones too
-    /// when `unix`), taken on its thread at its next pass, for worker 0's
-    /// binary upgrade; `None` when the loop does not get to it within
-    /// `timeout`.
-    pub(crate) fn listening_sockets(
-        &self,
-        timeout: Duration,
-    ) -> Option<io::Result<Vec<std::os::fd::OwnedFd>>> {
+    /// Asks the loop for close-on-exec copies of its TCP and UDP listening
+    /// sockets, made on its thread at its next pass (worker 0's binary
+    /// upgrade asks every other worker at once, then collects with
+    /// [`Handle::listening_sockets`]).
+    pub(crate) fn request_listening_sockets(&self) {
         let mut slot = self
             .flags
             .sockets
@@ -336,10 +333,25 @@ impl Handle {
         *slot = (true, None);
         self.flags.sockets_wanted.store(true, Ordering::SeqCst);
         self.waker.wake();
+    }
+
+    /// The copies asked for with [`Handle::request_listening_sockets`];
+    /// `None` when the loop has not made them by `deadline` (it will not
+    /// make them later: the request is withdrawn).
+    pub(crate) fn listening_sockets(
+        &self,
+        deadline: Instant,
+    ) -> Option<io::Result<Vec<std::os::fd::OwnedFd>>> {
+        let slot = self
+            .flags
+            .sockets
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let timeout = deadline.saturating_duration_since(Instant::now());
         let (mut slot, _) = self
             .flags
             .sockets_ready
-            .wait_timeout_while(slot, timeout, |s| s.1.is_none())
+            .wait_timeout_while(slot, timeout, |s| s.0 && s.1.is_none())
             .unwrap_or_else(std::sync::PoisonError::into_inner);
         slot.0 = false;
         slot.1.take()

@@ -130,7 +130,13 @@ impl Signals {
         // One descriptor for every handler: it is closed when the last
         // action is unregistered (never in a signal handler).
         let fd: Arc<OwnedFd> = Arc::new(write.into());
-        for (sig, _, _) in table() {
+        for (sig, action, _) in table() {
+            if action == Action::Child && ignored(sig) {
+                // A process that ignores SIGCHLD has its children reaped
+                // by the kernel; a handler would end that (zombies).
+                log::debug!("{} stays ignored", name(sig));
+                continue;
+            }
             let fd = fd.clone();
             let byte = u8::try_from(sig).expect("signal numbers are below 256");
             let action = move || {
@@ -179,6 +185,16 @@ const OPERATOR_SIGNALS: [i32; 5] = [
     libc::SIGHUP,
     libc::SIGUSR2,
 ];
+
+/// Whether `sig`'s disposition is `SIG_IGN`.
+fn ignored(sig: i32) -> bool {
+    // SAFETY: sigaction(2) with a null new action only reads the current
+    // one into `old`, a zeroed sigaction this function owns.
+    unsafe {
+        let mut old: libc::sigaction = std::mem::zeroed();
+        libc::sigaction(sig, std::ptr::null(), &mut old) == 0 && old.sa_sigaction == libc::SIG_IGN
+    }
+}
 
 /// What `sig` makes loopd do, and why.
 fn action_of(sig: i32) -> (Action, &'static str) {

@@ -10,7 +10,8 @@
 //! queue on all of them), each tagged with its worker: the new process's
 //! worker K adopts old worker K's (`inherit.rs`).
 
-use std::os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd};
+use std::os::fd::{AsFd, AsRawFd, OwnedFd, RawFd};
+use std::os::unix::process::CommandExt;
 use std::process::Command;
 use std::time::Duration;
 
@@ -51,6 +52,12 @@ impl Runtime {
                 ));
             }
         }
+        if self.core.borrow().shared.shutdown_deadline.is_some() {
+            return Err(fail(
+                "this loopd is shutting down",
+                std::io::Error::from(std::io::ErrorKind::Interrupted),
+            ));
+        }
         let (index, count) = self.worker();
         if index > 0 {
             return Err(fail(
@@ -71,12 +78,29 @@ impl Runtime {
             .listening_sockets(true)
             .map_err(|e| fail("copying a listening socket", e))?;
         sockets.extend(own.into_iter().map(|fd| (0, fd)));
+        // Every other worker is asked at once, and answers at its next pass.
+        let mut others = Vec::with_capacity(count.saturating_sub(1));
         for k in 1..count {
-            let theirs = self
-                .worker
-                .as_ref()
-                .and_then(|w| w.siblings.handle(k))
-                .and_then(|h| h.listening_sockets(SOCKETS_TIMEOUT));
+            match self.worker.as_ref().and_then(|w| w.siblings.handle(k)) {
+                Some(h) => {
+                    h.request_listening_sockets();
+                    others.push((k, h));
+                }
+                None => {
+                    return Err(fail(
+                        &format!("loopd-worker-{k} is not running"),
+                        std::io::Error::from(std::io::ErrorKind::NotConnected),
+                    ))
+                }
+            }
+        }
+        let deadline = std::time::Instant::now() + SOCKETS_TIMEOUT;
+        // Collected all, even after a failure: each request is withdrawn.
+        let answers: Vec<_> = others
+            .iter()
+            .map(|(k, h)| (*k, h.listening_sockets(deadline)))
+            .collect();
+        for (k, theirs) in answers {
             match theirs {
                 Some(Ok(fds)) => sockets.extend(fds.into_iter().map(|fd| (k, fd))),
                 Some(Err(e)) => {
@@ -96,39 +120,48 @@ impl Runtime {
                 }
             }
         }
-        let mut handed: Vec<OwnedFd> = Vec::with_capacity(sockets.len());
-        for (_, fd) in &sockets {
-            // A copy without close-on-exec: the child inherits it.
-            // SAFETY: fcntl on a descriptor this runtime owns.
-            let dup = unsafe { libc::fcntl(fd.as_raw_fd(), libc::F_DUPFD, 3) };
-            if dup < 0 {
-                return Err(fail(
-                    "copying a listening socket",
-                    std::io::Error::last_os_error(),
-                ));
-            }
-            // SAFETY: F_DUPFD returned a new descriptor nobody else owns.
-            handed.push(unsafe { OwnedFd::from_raw_fd(dup) });
-        }
-        let list: Vec<String> = handed.iter().map(|f| f.as_raw_fd().to_string()).collect();
+        // The copies stay close-on-exec here (other workers' handlers may
+        // start processes meanwhile); only the new loopd's copies of them,
+        // in its process between fork and exec, lose the flag.
+        let fds: Vec<RawFd> = sockets.iter().map(|(_, fd)| fd.as_raw_fd()).collect();
+        let list: Vec<String> = fds.iter().map(RawFd::to_string).collect();
         let owners: Vec<String> = sockets.iter().map(|(k, _)| k.to_string()).collect();
-        // The close-on-exec copies are not needed past here.
-        drop(sockets);
-        let child = Command::new(&exe)
-            .args(std::env::args_os().skip(1))
+        let mut cmd = Command::new(&exe);
+        cmd.args(std::env::args_os().skip(1))
             .env("LOOPD_LISTEN_FDS", list.join(","))
             .env("LOOPD_LISTEN_WORKERS", owners.join(","))
             .env("LOOPD_UPGRADE_WORKERS", count.to_string())
-            .env("LOOPD_UPGRADE_FROM", std::process::id().to_string())
-            .spawn()
-            .map_err(|e| fail(&format!("starting {}", exe.display()), e))?;
-        // The child has its copies; ours close here.
-        drop(handed);
-        let pid = child.id();
+            .env("LOOPD_UPGRADE_FROM", std::process::id().to_string());
+        // SAFETY: the closure runs in the child between fork and exec and
+        // only calls fcntl(2), which is async-signal-safe, on descriptors
+        // the child inherited open (the `sockets` copies, alive until
+        // `spawn` returns); it allocates nothing.
+        unsafe {
+            cmd.pre_exec(move || {
+                for &fd in &fds {
+                    if libc::fcntl(fd, libc::F_SETFD, 0) < 0 {
+                        return Err(std::io::Error::last_os_error());
+                    }
+                }
+                Ok(())
+            });
+        }
         if let Some(w) = &self.worker {
-            // Every worker's shutdown then leaves the Unix socket files.
+            // Every worker's shutdown now leaves the Unix socket files.
             w.siblings.set_upgrading(true);
         }
+        let child = match cmd.spawn() {
+            Ok(child) => child,
+            Err(e) => {
+                if let Some(w) = &self.worker {
+                    w.siblings.set_upgrading(false);
+                }
+                return Err(fail(&format!("starting {}", exe.display()), e));
+            }
+        };
+        // The child has its copies; ours close here.
+        drop(sockets);
+        let pid = child.id();
         log::info!(
             "upgrade: started {} (process {pid}) with {} listening sockets{}; serving until it takes over",
             exe.display(),
@@ -169,7 +202,13 @@ impl Runtime {
         let Some(child) = &mut self.successor else {
             return;
         };
-        if let Ok(Some(status)) = child.try_wait() {
+        // An error (the child reaped elsewhere: ECHILD) counts as exited.
+        let exited = match child.try_wait() {
+            Ok(None) => None,
+            Ok(Some(status)) => Some(status.to_string()),
+            Err(e) => Some(format!("its status is unknown: {e}")),
+        };
+        if let Some(status) = exited {
             if let Some(w) = &self.worker {
                 w.siblings.set_upgrading(false);
             }

@@ -250,11 +250,14 @@ impl Builder {
             .max(1);
         self = self.config(config);
         let siblings = Arc::new(Siblings::default());
+        // Every worker has a set, even an empty one: worker 0's Unix
+        // sockets join the others' sets once it is built.
         let inherited = if self.inherit {
-            Inherited::from_env().split(count).map_err(Error::Config)?
+            Inherited::from_env()
         } else {
-            Vec::new()
+            Inherited::default()
         };
+        let inherited = inherited.split(count).map_err(Error::Config)?;
         let inherited = Arc::new(Mutex::new(inherited.into_iter().map(Some).collect()));
         let mut workers = Workers {
             threads: Vec::new(),
@@ -366,6 +369,7 @@ impl Builder {
                 return Err(e);
             }
         }
+        crate::inherit::confirm_adoption();
         log::info!("{count} workers running");
         if self.service {
             crate::notify::send(&format!("READY=1\nMAINPID={}", std::process::id()));

@@ -56,6 +56,9 @@ pub(crate) struct Listener {
     pub(crate) scope: Rc<Scope>,
     /// The socket file we created, removed again when the listener closes.
     unix_path: Option<(PathBuf, u64, u64)>,
+    /// Inherited, not bound here: its file is removed only once this
+    /// process's build has succeeded (`inherit::confirm_adoption`).
+    adopted: bool,
     /// Not accepting for a moment after EMFILE/ENFILE.
     paused: bool,
 }
@@ -80,6 +83,7 @@ impl Listener {
         reuse_port: bool,
         access: &UnixAccess,
     ) -> io::Result<Listener> {
+        let mut adopted = false;
         let (fd, transport, url, unix_path) = match addr {
             ListenAddr::Tcp(sa) | ListenAddr::Tls(sa) => {
                 let tls = matches!(addr, ListenAddr::Tls(_));
@@ -103,6 +107,7 @@ impl Listener {
                 }
             }
             ListenAddr::Unix(path) => {
+                adopted = inherited.is_some();
                 let fd = match inherited {
                     Some(fd) => fd,
                     None => {
@@ -132,6 +137,7 @@ impl Listener {
             scope: Scope::new(url.as_str()),
             url: cstr(url),
             unix_path,
+            adopted,
             paused: false,
         })
     }
@@ -171,6 +177,10 @@ impl Drop for Listener {
     fn drop(&mut self) {
         // Remove the socket file, but only if it is still the one we bound:
         // another process may have replaced it since.
+        if self.adopted && !crate::inherit::adoption_confirmed() {
+            // A failed build of a new process: the old one serves it.
+            return;
+        }
         if let Some((path, dev, ino)) = &self.unix_path {
             if let Ok(meta) = std::fs::symlink_metadata(path) {
                 if meta.dev() == *dev && meta.ino() == *ino {

@@ -5,7 +5,8 @@
 //! - `accept4(SOCK_NONBLOCK | SOCK_CLOEXEC)` is `accept`, then `fcntl` for
 //!   `O_NONBLOCK` and `FD_CLOEXEC`; `socket` likewise. (Between the two
 //!   calls a `fork` + `exec` on another thread of an embedding program
-//!   could inherit the descriptor; loopd itself never forks.)
+//!   could inherit the descriptor; loopd itself forks only to start a
+//!   binary upgrade's new process, from worker 0.)
 //! - `MSG_NOSIGNAL` is used where the platform honours it; where it does
 //!   not (macOS), every socket gets `SO_NOSIGPIPE` instead.
 //! - `sendfile(2)`, whose signature and semantics differ on every system,
