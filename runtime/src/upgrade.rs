@@ -79,13 +79,11 @@ impl Runtime {
             .map_err(|e| fail("copying a listening socket", e))?;
         sockets.extend(own.into_iter().map(|fd| (0, fd)));
         // Every other worker is asked at once, and answers at its next pass.
+        // (Each handle first: a request made is always collected below.)
         let mut others = Vec::with_capacity(count.saturating_sub(1));
         for k in 1..count {
             match self.worker.as_ref().and_then(|w| w.siblings.handle(k)) {
-                Some(h) => {
-                    h.request_listening_sockets();
-                    others.push((k, h));
-                }
+                Some(h) => others.push((k, h)),
                 None => {
                     return Err(fail(
                         &format!("loopd-worker-{k} is not running"),
@@ -93,6 +91,9 @@ impl Runtime {
                     ))
                 }
             }
+        }
+        for (_, h) in &others {
+            h.request_listening_sockets();
         }
         let deadline = std::time::Instant::now() + SOCKETS_TIMEOUT;
         // Collected all, even after a failure: each request is withdrawn.
