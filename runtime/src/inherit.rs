@@ -164,9 +164,26 @@ impl Inherited {
     /// sockets cannot all be served (fewer workers) or the new ones could
     /// not join its sockets' `SO_REUSEPORT` groups alike (more), so a binary
     /// upgrade keeps the count. Or when a socket cannot be copied.
-    pub(crate) fn split(self, count: usize) -> Result<Vec<Inherited>, String> {
-        // One old socket per address: every new worker can share it.
-        let per_worker = self.from_workers.filter(|&n| n > 1);
+    pub(crate) fn split(mut self, count: usize) -> Result<Vec<Inherited>, String> {
+        // Sockets per worker only matter when some address has several
+        // (`SO_REUSEPORT`); one socket per address (workers = 1, or workers
+        // that all shared systemd's) can be shared by any number of new ones.
+        let per_worker = self
+            .from_workers
+            .filter(|&n| n > 1)
+            .filter(|_| several_per_address(&self.sockets));
+        if per_worker.is_none() {
+            // Each socket once (each old worker handed over its copy).
+            let mut seen = Vec::new();
+            self.sockets.retain(|s| {
+                identity(&s.fd).is_none_or(|id| {
+                    !seen.contains(&id) && {
+                        seen.push(id);
+                        true
+                    }
+                })
+            });
+        }
         if let Some(n) = per_worker.filter(|&n| n != count) {
             return Err(format!(
                 "the loopd that started this one ran {n} workers and handed over their listening \
@@ -249,6 +266,25 @@ impl Inherited {
             );
         }
     }
+}
+
+/// A socket's (device, inode): the same for every copy of it.
+fn identity(fd: &OwnedFd) -> Option<(u64, u64)> {
+    // SAFETY: fstat(2) on a descriptor `fd` keeps open, into a zeroed stat
+    // this function owns.
+    unsafe {
+        let mut st: libc::stat = std::mem::zeroed();
+        (libc::fstat(fd.as_raw_fd(), &mut st) == 0).then_some((st.st_dev as u64, st.st_ino as u64))
+    }
+}
+
+/// Whether some address has more than one distinct socket among `sockets`.
+fn several_per_address(sockets: &[Socket]) -> bool {
+    sockets.iter().enumerate().any(|(i, a)| {
+        sockets[..i]
+            .iter()
+            .any(|b| b.bound == a.bound && identity(&b.fd) != identity(&a.fd))
+    })
 }
 
 fn matches(name: &SocketName, addr: &ListenAddr) -> bool {
@@ -336,8 +372,12 @@ mod tests {
     #[test]
     fn another_number_of_workers_than_the_old_loopd_ran_is_refused() {
         for count in [1, 3] {
+            // Two SO_REUSEPORT sockets on one address, one per old worker.
+            let (a0, addr) = socket(Some(0));
+            let (mut a1, _) = socket(Some(1));
+            a1.bound = SocketName::Inet { addr, stream: true };
             let all = Inherited {
-                sockets: vec![socket(Some(0)).0, socket(Some(1)).0],
+                sockets: vec![a0, a1],
                 from_workers: Some(2),
                 copy: false,
             };
@@ -346,6 +386,30 @@ mod tests {
                 e.contains("ran 2 workers") && e.contains(&format!("asks for {count}")),
                 "{e}"
             );
+        }
+    }
+
+    #[test]
+    fn workers_that_shared_one_socket_may_be_followed_by_any_number() {
+        // Both old workers handed over their copy of one (systemd) socket.
+        let (s0, addr) = socket(Some(0));
+        let i = inode(&s0.fd);
+        let s1 = Socket {
+            fd: s0.fd.try_clone().unwrap(),
+            bound: s0.bound.clone(),
+            name: "worker 1's copy".to_string(),
+            worker: Some(1),
+        };
+        let all = Inherited {
+            sockets: vec![s0, s1],
+            from_workers: Some(2),
+            copy: false,
+        };
+        let mut sets = all.split(3).unwrap();
+        for set in &mut sets {
+            // Once each: no second copy left over to be closed as unused.
+            assert_eq!(set.sockets.len(), 1);
+            assert_eq!(inode(&set.take(&ListenAddr::Tcp(addr)).unwrap()), i);
         }
     }
 
