@@ -267,6 +267,19 @@ fn listening_inodes(pid: i32, port: u16) -> Vec<u64> {
     held
 }
 
+/// The loopd an upgrade started (not our child): killed if the test fails
+/// before it stops it.
+struct Successor(i32);
+
+impl Drop for Successor {
+    fn drop(&mut self) {
+        if alive(self.0) {
+            // SAFETY: kill(2) on the loopd this test's upgrade started.
+            unsafe { libc::kill(self.0, libc::SIGKILL) };
+        }
+    }
+}
+
 /// Stops the loopd the old one started, and waits until it is gone.
 fn stop_new(new: i32) {
     assert!(alive(new));
@@ -306,6 +319,7 @@ fn upgrade_under_load(workers: usize) {
     std::thread::sleep(Duration::from_millis(200));
     old.signal(libc::SIGUSR2);
     let new = pid_other_than(&pid_file, old.pid());
+    let _reaper = Successor(new);
     // The new one got them at exec and is ready (it wrote the pid file);
     // the old one exits after that.
     assert_eq!(
@@ -352,23 +366,38 @@ fn upgrade_under_load(workers: usize) {
     assert!(logs.contains(&handed), "{logs}");
 }
 
+/// Edits `old`'s config file with `edit`, then SIGUSR2: the new loopd fails
+/// with an error containing `error`, and the old one says it serves on.
+fn failed_upgrade(old: &Loopd, edit: impl FnOnce(String) -> String, error: &str) {
+    let path = old.dir.join("loopd.toml");
+    let text = std::fs::read_to_string(&path).unwrap();
+    let edited = edit(text.clone());
+    assert_ne!(edited, text, "the edit changed nothing");
+    std::fs::write(&path, edited).unwrap();
+    old.expect_error(error);
+    old.expect_error("before taking over; this one keeps serving");
+    old.signal(libc::SIGUSR2);
+    if !old.wait_for_log("this one keeps serving", TIMEOUT) {
+        // It took over instead: stop it too.
+        let _reaper = std::fs::read_to_string(old.dir.join("loopd.pid"))
+            .ok()
+            .and_then(|p| p.trim().parse::<i32>().ok())
+            .filter(|&p| p != old.pid())
+            .map(Successor);
+        panic!("the upgrade did not fail:\n{}", old.logs());
+    }
+    assert!(old.logs().contains(error), "{}", old.logs());
+}
+
 #[test]
 fn an_upgrade_to_another_number_of_workers_is_refused_and_the_old_one_serves_on() {
     let config = format!("[runtime]\nworkers = 2\npid_file = \"{{dir}}/loopd.pid\"\n{ECHO}");
     let old = Loopd::start_with(&config, "info", |_| {});
     let addr: SocketAddr = old.tcp("echo");
-    let path = old.dir.join("loopd.toml");
-    let edited = std::fs::read_to_string(&path)
-        .unwrap()
-        .replace("workers = 2", "workers = 3");
-    std::fs::write(&path, edited).unwrap();
-    old.expect_error("a binary upgrade from several workers keeps their number");
-    old.expect_error("before taking over; this one keeps serving");
-    old.signal(libc::SIGUSR2);
-    assert!(
-        old.wait_for_log("this one keeps serving", TIMEOUT),
-        "{}",
-        old.logs()
+    failed_upgrade(
+        &old,
+        |c| c.replace("workers = 2", "workers = 3"),
+        "a binary upgrade from several workers keeps their number",
     );
     let logs = old.logs();
     assert!(
@@ -386,21 +415,12 @@ fn a_new_loopd_that_fails_after_adopting_leaves_the_old_one_its_unix_socket() {
     let mut old = Loopd::start_with(&config, "info", |_| {});
     let sock = old.unix("echo");
     // The new process adopts the sockets, then fails to bind this one.
-    let busy = TcpListener::bind("127.0.0.1:0").unwrap();
-    let path = old.dir.join("loopd.toml");
-    let edited = std::fs::read_to_string(&path).unwrap().replace(
-        "echo.sock\"]",
-        &format!("echo.sock\", \"tcp://{}\"]", busy.local_addr().unwrap()),
-    );
-    assert!(edited.contains(&busy.local_addr().unwrap().to_string()));
-    std::fs::write(&path, edited).unwrap();
-    old.expect_error("Address already in use");
-    old.expect_error("before taking over; this one keeps serving");
-    old.signal(libc::SIGUSR2);
-    assert!(
-        old.wait_for_log("this one keeps serving", TIMEOUT),
-        "{}",
-        old.logs()
+    let taken = TcpListener::bind("127.0.0.1:0").unwrap();
+    let busy = taken.local_addr().unwrap();
+    failed_upgrade(
+        &old,
+        |c| c.replace("echo.sock\"]", &format!("echo.sock\", \"tcp://{busy}\"]")),
+        "Address already in use",
     );
     assert!(
         sock.exists(),
