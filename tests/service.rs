@@ -342,11 +342,7 @@ fn upgrade_under_load(workers: usize) {
     // The Unix socket survived the old process's exit.
     assert_eq!(echo_roundtrip(unix(&sock), b"still here"), b"still here");
     if workers > 1 {
-        let threads: Vec<String> = std::fs::read_dir(format!("/proc/{new}/task"))
-            .unwrap()
-            .filter_map(|t| std::fs::read_to_string(t.ok()?.path().join("comm")).ok())
-            .map(|c| c.trim().to_string())
-            .collect();
+        let threads = thread_names(new);
         for w in 0..workers {
             let name = format!("loopd-worker-{w}");
             assert!(threads.contains(&name), "{name} runs: {threads:?}");

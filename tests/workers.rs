@@ -268,16 +268,6 @@ fn build_refuses_several_workers_and_limits_are_split() {
     workers.run().unwrap();
 }
 
-fn thread_names(pid: i32) -> Vec<String> {
-    let mut names: Vec<String> = std::fs::read_dir(format!("/proc/{pid}/task"))
-        .unwrap()
-        .filter_map(|t| std::fs::read_to_string(t.ok()?.path().join("comm")).ok())
-        .map(|n| n.trim().to_string())
-        .collect();
-    names.sort();
-    names
-}
-
 /// Nanoseconds each `loopd-worker-K` thread has run (schedstat), by K;
 /// `None` on a kernel without schedstat.
 fn worker_cpu_ns(pid: i32) -> Option<Vec<(String, u64)>> {

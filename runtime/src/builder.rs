@@ -289,8 +289,7 @@ impl Builder {
         if let Some(slot) = &self.worker {
             rt.worker = Some(slot.clone());
             rt.stats_board = slot.siblings.stats_board.clone();
-            slot.siblings
-                .join(slot.index, rt.postbox.clone(), rt.handle());
+            slot.siblings.join(slot.index, rt.handle());
         }
         if self.service {
             crate::notify::init();
@@ -369,13 +368,12 @@ impl Builder {
                 source,
             })?;
         }
+        // Workers: build_workers does both once every worker is up.
         if self.worker.is_none() {
-            // Workers: build_workers confirms once every worker is up.
             crate::inherit::confirm_adoption();
-        }
-        // Workers: build_workers says it once every worker is up.
-        if self.service && self.listen && self.worker.is_none() {
-            crate::notify::send(&format!("READY=1\nMAINPID={}", std::process::id()));
+            if self.service && self.listen {
+                crate::notify::send(&format!("READY=1\nMAINPID={}", std::process::id()));
+            }
         }
         Ok(rt)
     }

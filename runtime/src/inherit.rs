@@ -168,15 +168,20 @@ impl Inherited {
         // Sockets per worker only matter when some address has several
         // (`SO_REUSEPORT`); one socket per address (workers = 1, or workers
         // that all shared systemd's) can be shared by any number of new ones.
+        let ids: Vec<Option<(u64, u64)>> = self.sockets.iter().map(|s| identity(&s.fd)).collect();
+        let several_per_address = (0..ids.len()).any(|i| {
+            (0..i).any(|j| self.sockets[j].bound == self.sockets[i].bound && ids[j] != ids[i])
+        });
         let per_worker = self
             .from_workers
             .filter(|&n| n > 1)
-            .filter(|_| several_per_address(&self.sockets));
+            .filter(|_| several_per_address);
         if per_worker.is_none() {
             // Each socket once (each old worker handed over its copy).
+            let mut ids = ids.into_iter();
             let mut seen = Vec::new();
-            self.sockets.retain(|s| {
-                identity(&s.fd).is_none_or(|id| {
+            self.sockets.retain(|_| {
+                ids.next().flatten().is_none_or(|id| {
                     !seen.contains(&id) && {
                         seen.push(id);
                         true
@@ -278,15 +283,6 @@ fn identity(fd: &OwnedFd) -> Option<(u64, u64)> {
     }
 }
 
-/// Whether some address has more than one distinct socket among `sockets`.
-fn several_per_address(sockets: &[Socket]) -> bool {
-    sockets.iter().enumerate().any(|(i, a)| {
-        sockets[..i]
-            .iter()
-            .any(|b| b.bound == a.bound && identity(&b.fd) != identity(&a.fd))
-    })
-}
-
 fn matches(name: &SocketName, addr: &ListenAddr) -> bool {
     match (name, addr) {
         (
@@ -327,10 +323,7 @@ mod tests {
     }
 
     fn inode(fd: &OwnedFd) -> u64 {
-        use std::os::unix::fs::MetadataExt;
-        std::fs::metadata(format!("/proc/self/fd/{}", fd.as_raw_fd()))
-            .unwrap()
-            .ino()
+        identity(fd).expect("fstat").1
     }
 
     #[test]

@@ -25,12 +25,11 @@ use crate::mailbox::{PostError, Postbox};
 use crate::stats::Stats;
 use crate::{Builder, Error, Handle, Runtime};
 
-/// The mailboxes of every worker, by index, for sibling posts.
+/// What the workers share: each one's handle, by index (its mailboxes, for
+/// sibling posts; worker 0 asks the others for their listening sockets when
+/// it starts a binary upgrade).
 #[derive(Debug, Default)]
 pub(crate) struct Siblings {
-    postboxes: Mutex<Vec<Option<Arc<Postbox>>>>,
-    /// Every worker's handle, by index: worker 0 asks the others for their
-    /// listening sockets when it starts a binary upgrade.
     handles: Mutex<Vec<Option<Handle>>>,
     /// Worker 0 started a binary upgrade whose new process has not exited:
     /// a shutdown now is its handover, and every worker leaves the Unix
@@ -42,15 +41,7 @@ pub(crate) struct Siblings {
 
 impl Siblings {
     /// Worker `index` is up: its mailboxes can take sibling posts.
-    pub(crate) fn join(&self, index: usize, postbox: Arc<Postbox>, handle: Handle) {
-        let mut p = self
-            .postboxes
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner);
-        if p.len() <= index {
-            p.resize(index + 1, None);
-        }
-        p[index] = Some(postbox);
+    pub(crate) fn join(&self, index: usize, handle: Handle) {
         let mut h = self.handles.lock().unwrap_or_else(PoisonError::into_inner);
         if h.len() <= index {
             h.resize(index + 1, None);
@@ -77,14 +68,11 @@ impl Siblings {
     /// `from`: how many took it, and whether any mailbox was full.
     pub(crate) fn post(&self, from: usize, name: &str, msg: &[u8]) -> (u32, bool) {
         let targets: Vec<Arc<Postbox>> = {
-            let p = self
-                .postboxes
-                .lock()
-                .unwrap_or_else(PoisonError::into_inner);
-            p.iter()
+            let h = self.handles.lock().unwrap_or_else(PoisonError::into_inner);
+            h.iter()
                 .enumerate()
                 .filter(|(i, _)| *i != from)
-                .filter_map(|(_, b)| b.clone())
+                .filter_map(|(_, h)| h.as_ref().map(|h| h.postbox.clone()))
                 .collect()
         };
         let (mut delivered, mut full) = (0, false);

@@ -345,6 +345,17 @@ impl Loopd {
     }
 }
 
+/// The names of process `pid`'s threads (`/proc/PID/task/*/comm`), sorted.
+pub fn thread_names(pid: i32) -> Vec<String> {
+    let mut names: Vec<String> = std::fs::read_dir(format!("/proc/{pid}/task"))
+        .unwrap()
+        .filter_map(|t| std::fs::read_to_string(t.ok()?.path().join("comm")).ok())
+        .map(|n| n.trim().to_string())
+        .collect();
+    names.sort();
+    names
+}
+
 /// Whether a line of loopd's log is at error level (env_logger's
 /// `[time ERROR target] message` format).
 pub fn is_error_line(line: &str) -> bool {
