@@ -417,14 +417,14 @@ fn run_bench(ctx: &Ctx, name: &str) -> Result<Bench> {
     }
 }
 
-/// Puts the benchmarks of `run` into the results file `into`, each in
-/// place of the earlier figures of the same benchmark (the others kept),
-/// and records the run in its `command`; versions the file lacks are
-/// added.
 /// What [`merge_into`] puts before each merged run in the results' command
 /// (`"{run}; {ids} from `{command}` at commit …"`); the report splits there.
 pub(crate) const MERGED_RUN: &str = "; ";
 
+/// Puts the benchmarks of `run` into the results file `into`, each in
+/// place of the earlier figures of the same benchmark (the others kept),
+/// and records the run in its `command`; versions the file lacks are
+/// added.
 fn merge_into(into: &Path, run: &Results) -> Result<()> {
     let mut all = read_results(into)?;
     for b in &run.benches {
