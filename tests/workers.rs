@@ -434,6 +434,120 @@ root = "{}"
     loopd.assert_no_unexpected_errors();
 }
 
+/// Every worker's open listeners (URL, handler), sorted; `None` for a
+/// worker that did not answer.
+fn open_listeners(workers: &loopd::Workers) -> Vec<Option<Vec<(String, String)>>> {
+    workers
+        .stats(TIMEOUT)
+        .workers
+        .iter()
+        .map(|w| {
+            let mut open: Vec<(String, String)> = w
+                .as_ref()?
+                .listeners
+                .iter()
+                .filter(|l| l.open)
+                .map(|l| (l.url.clone(), l.handler.clone()))
+                .collect();
+            open.sort();
+            Some(open)
+        })
+        .collect()
+}
+
+#[test]
+fn a_reload_gives_every_worker_the_same_new_listeners() {
+    build_plugins();
+    let dir = TempDir::new("workers-reload");
+    let path = dir.join("loopd.toml");
+    let sock = dir.join("added.sock");
+    let echo = r#"
+[[handler]]
+name = "echo"
+plugin = "echo"
+listen = ["tcp://127.0.0.1:0"]
+"#;
+    let head = format!(
+        "[runtime]\nworkers = 2\nplugin_dir = \"{}\"\n",
+        plugin_dir().display()
+    );
+    std::fs::write(&path, format!("{head}{echo}")).unwrap();
+    let workers = Runtime::builder()
+        .config_file(&path)
+        .build_workers()
+        .unwrap();
+    let before = open_listeners(&workers);
+    assert_eq!(before[0], before[1], "{before:?}");
+
+    // A reload adds a handler on a port-0 address and a Unix socket: both
+    // workers serve the port worker 0 bound, and worker 0's Unix socket.
+    let added = format!(
+        "{head}{echo}\n[[handler]]\nname = \"added\"\nplugin = \"echo\"\nlisten = [\"tcp://127.0.0.1:0\", \"unix://{}\"]\n",
+        sock.display()
+    );
+    std::fs::write(&path, added).unwrap();
+    workers.reload();
+    let serves = |all: &[Option<Vec<(String, String)>>], on: bool| {
+        all.iter().all(|w| {
+            w.as_ref()
+                .is_some_and(|w| w.iter().any(|(_, h)| h == "added") == on)
+        })
+    };
+    let deadline = Instant::now() + TIMEOUT;
+    let mut now = open_listeners(&workers);
+    while !serves(&now, true) && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(20));
+        now = open_listeners(&workers);
+    }
+    assert!(serves(&now, true), "{now:?}");
+    assert_eq!(now[0], now[1], "the workers serve different listeners");
+    assert_eq!(now[0].as_ref().unwrap().len(), 3, "{now:?}");
+    let url = now[0]
+        .as_ref()
+        .unwrap()
+        .iter()
+        .find(|(u, h)| h == "added" && u.starts_with("tcp://"))
+        .map(|(u, _)| u.clone())
+        .unwrap();
+    let addr: SocketAddr = url.strip_prefix("tcp://").unwrap().parse().unwrap();
+    assert_eq!(echo_clients(addr, 4096), CLIENTS);
+    let accepted: Vec<u64> = workers
+        .stats(TIMEOUT)
+        .workers
+        .iter()
+        .map(|w| {
+            let w = w.as_ref().expect("every worker answers");
+            w.listeners
+                .iter()
+                .find(|l| l.url == url)
+                .unwrap()
+                .counters
+                .accepted
+        })
+        .collect();
+    // One socket per worker on that port: the kernel spreads the 40
+    // clients over both (all on one: 2^-39).
+    assert!(accepted.iter().all(|&n| n > 0), "{accepted:?}");
+    assert_eq!(accepted.iter().sum::<u64>(), CLIENTS as u64);
+    let data = pattern(4096, 3);
+    assert_eq!(echo_roundtrip(unix(&sock), &data), data);
+
+    // A reload that removes it: every worker closes both, the file goes.
+    std::fs::write(&path, format!("{head}{echo}")).unwrap();
+    workers.reload();
+    let deadline = Instant::now() + TIMEOUT;
+    let mut now = open_listeners(&workers);
+    while !serves(&now, false) && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(20));
+        now = open_listeners(&workers);
+    }
+    assert_eq!(now, before);
+    assert!(!sock.exists(), "the removed listener's socket file is left");
+    assert!(TcpStream::connect(addr).is_err(), "{url} still accepts");
+    workers.shutdown();
+    workers.run().unwrap();
+}
+
 #[test]
 fn a_bad_workers_value_names_the_file_line_and_key() {
     let dir = TempDir::new("workers-bad");

@@ -794,6 +794,11 @@ impl Runtime {
             self.flags.stats_ready.notify_all();
         }
         if take(&self.flags.sockets_wanted) {
+            // Worker 0 asks for the sockets after any reload it asked for:
+            // hand over the listeners of that config.
+            if take(&self.flags.reload) {
+                self.reload_requested();
+            }
             let mut slot = self
                 .flags
                 .sockets

@@ -120,11 +120,16 @@ impl Runtime {
     /// A reload asked for by a `Handle` or SIGHUP: applied, and its outcome
     /// logged (an error leaves the old config running).
     pub(crate) fn reload_requested(&mut self) {
+        if self.worker().0 > 0 {
+            // Worker 0 reads the file; this worker applies what it applied.
+            self.apply_published_reload();
+            return;
+        }
         if self.service {
             crate::notify::reloading();
         }
         #[cfg(feature = "config-file")]
-        if let Err(e) = self.reload_file() {
+        if let Err(e) = self.read_and_reload() {
             log::error!("reload failed; the running config is unchanged: {e}");
         }
         if self.service {
@@ -166,15 +171,34 @@ impl Runtime {
     /// not built from a file.
     #[cfg(feature = "config-file")]
     pub fn reload_file(&mut self) -> Result<ReloadReport, Error> {
+        let config = self.read_config_file()?;
+        self.reload(config)
+    }
+
+    /// The config file, read again.
+    #[cfg(feature = "config-file")]
+    fn read_config_file(&mut self) -> Result<Config, Error> {
         let Some(path) = self.reload.config_path.clone() else {
             return Err(Error::Config(
                 "reload: this runtime was not built from a config file".to_string(),
             ));
         };
-        let config = Config::from_file(&path).inspect_err(|_| {
+        Config::from_file(&path).inspect_err(|_| {
             self.core.borrow_mut().shared.counters.reload_failures += 1;
-        })?;
-        self.reload(config)
+        })
+    }
+
+    /// [`Runtime::reload_file`]; with workers, the config applied goes to
+    /// the other workers once it is.
+    #[cfg(feature = "config-file")]
+    fn read_and_reload(&mut self) -> Result<ReloadReport, Error> {
+        let config = self.read_config_file()?;
+        if self.worker().1 < 2 {
+            return self.reload(config);
+        }
+        let report = self.reload(config.clone())?;
+        self.publish_reload(config);
+        Ok(report)
     }
 
     /// Applies a new config to the running runtime: handlers whose entry

@@ -230,10 +230,9 @@ impl Runtime {
                 }
             }
         }
-        if reload {
-            if self.worker().0 == 0 {
-                log::info!("SIGHUP received: reloading the config file");
-            }
+        // Worker 0 reloads, then has the others apply the same config.
+        if reload && self.worker().0 == 0 {
+            log::info!("SIGHUP received: reloading the config file");
             self.reload_requested();
         }
         if upgrade {

@@ -6,14 +6,19 @@
 //! TCP and UDP listeners are one `SO_REUSEPORT` socket per worker on the
 //! same address (the kernel spreads connections and datagrams); a port of 0
 //! is resolved by worker 0 and the others bind the port it got. A Unix
-//! listener is one socket, served by worker 0. Process-wide limits are
+//! listener is one socket, worker 0's, that every worker accepts from
+//! (the others get copies of it). Process-wide limits are
 //! split evenly: each worker gets `ceil(limit / workers)` of
 //! `max_connections`, a handler's `max_connections` and
 //! `max_connections_per_peer`, and `max_buffered_input / workers`.
 //! Siblings (the same handler on the other workers) talk through posts
-//! (`Ctx::post_siblings`). Signals reach every worker: each shuts down or
-//! reloads itself.
+//! (`Ctx::post_siblings`). Signals reach every worker: each shuts down
+//! itself. A reload is worker 0's: it reads the file and applies it, then
+//! every other worker applies the same config, with the ports worker 0
+//! bound for port-0 addresses and worker 0's Unix sockets, as at build.
 
+use std::os::fd::OwnedFd;
+use std::path::PathBuf;
 use std::sync::mpsc;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::thread::JoinHandle;
@@ -35,9 +40,29 @@ pub(crate) struct Siblings {
     /// a shutdown now is its handover, and every worker leaves the Unix
     /// socket files to it.
     upgrading: std::sync::atomic::AtomicBool,
+    /// Worker 0's last successful reload, for the others to apply.
+    reloaded: Mutex<Reloaded>,
     /// Every worker's latest stats snapshot (`stats_json`).
     pub(crate) stats_board: Arc<crate::stats::StatsBoard>,
 }
+
+/// What worker 0 applied at its last successful reload.
+#[derive(Debug, Default)]
+struct Reloaded {
+    /// Counts worker 0's successful reloads (0: none yet).
+    generation: u64,
+    /// The config as read from the file, before any worker's share.
+    config: Option<Config>,
+    /// Port-0 listeners and the address worker 0 bound for each.
+    ports: Vec<PortZero>,
+    /// By worker index: a copy of each of worker 0's Unix sockets, taken by
+    /// that worker when it applies the reload.
+    unix: Vec<Vec<(PathBuf, OwnedFd)>>,
+}
+
+/// A port-0 listener: its handler, its address as written, and the address
+/// worker 0 bound for it (the other workers bind that one).
+type PortZero = (String, ListenAddr, ListenAddr);
 
 impl Siblings {
     /// Worker `index` is up: its mailboxes can take sibling posts.
@@ -95,11 +120,13 @@ pub(crate) struct WorkerSlot {
     pub(crate) count: usize,
     pub(crate) siblings: Arc<Siblings>,
     /// Port-0 listeners (handler, address as written) and the address
-    /// worker 0 bound for each.
-    pub(crate) ports: Vec<(String, ListenAddr, ListenAddr)>,
+    /// worker 0 bound for each, at build or at its last reload.
+    pub(crate) ports: Vec<PortZero>,
     /// The Unix listeners worker 0 shares (the others accept from its
-    /// sockets); one a reload adds later is worker 0's alone.
-    shared_unix: Vec<std::path::PathBuf>,
+    /// sockets).
+    shared_unix: Vec<PathBuf>,
+    /// The generation of worker 0's reload this worker applied last.
+    applied: u64,
     /// Each worker's copy of the inherited listening sockets (socket
     /// activation, an upgrade): all workers accept from the same sockets.
     inherited: Arc<Mutex<Vec<Option<Inherited>>>>,
@@ -123,7 +150,8 @@ impl WorkerSlot {
     }
 
     /// This worker's part of `config`: limits split, port-0 addresses
-    /// pinned to worker 0's ports, Unix listeners on worker 0 only.
+    /// pinned to worker 0's ports, Unix listeners only those worker 0
+    /// shares (the others adopt its sockets rather than bind the file).
     pub(crate) fn adjust(&self, config: &mut Config) {
         let n = self.count;
         let rt = &mut config.runtime;
@@ -197,8 +225,9 @@ impl Builder {
     /// [`Builder::runtime`]), each on a thread named `loopd-worker-K`, and
     /// starts them. Every worker creates its own instance of every handler
     /// (`create` runs once per worker); TCP and UDP listeners are one
-    /// `SO_REUSEPORT` socket per worker, Unix listeners are served by
-    /// worker 0; limits are split evenly (module docs). With `workers = 1`
+    /// `SO_REUSEPORT` socket per worker, a Unix listener is worker 0's
+    /// socket, which every worker accepts from; limits are split evenly
+    /// (module docs). With `workers = 1`
     /// this is one thread running what [`Builder::build`] would build.
     ///
     /// ```
@@ -262,6 +291,7 @@ impl Builder {
                 siblings: siblings.clone(),
                 ports: ports.clone(),
                 shared_unix: shared_unix.clone(),
+                applied: 0,
                 inherited: inherited.clone(),
             });
             // One voice towards the service manager: worker 0's.
@@ -277,19 +307,20 @@ impl Builder {
                             return Ok(());
                         }
                     };
-                    let bound: Vec<(String, ListenAddr, String)> = rt
+                    let bound: Vec<String> = rt
                         .listener_records
                         .iter()
                         .filter(|r| r.open)
-                        .map(|r| (r.handler.clone(), r.addr.clone(), r.url.clone()))
+                        .map(|r| r.url.clone())
                         .collect();
+                    let zero = port_zero(&rt.listener_records);
                     // Worker 0's Unix sockets, for the others to accept from.
                     let unix = if index == 0 && count > 1 {
                         crate::source::listener::unix_sockets(&rt.core.borrow())
                     } else {
                         Vec::new()
                     };
-                    let _ = tx.send(Ok((rt.handle(), bound, unix)));
+                    let _ = tx.send(Ok((rt.handle(), bound, zero, unix)));
                     rt.run()
                 })
                 .map_err(|source| Error::System {
@@ -297,7 +328,7 @@ impl Builder {
                     source,
                 })?;
             match rx.recv() {
-                Ok(Ok((handle, bound, unix))) => {
+                Ok(Ok((handle, bound, zero, unix))) => {
                     if index == 0 {
                         let mut sets = inherited.lock().unwrap_or_else(PoisonError::into_inner);
                         for set in sets.iter_mut().skip(1).flatten() {
@@ -314,14 +345,8 @@ impl Builder {
                                 }
                             }
                         }
-                        for (handler, asked, url) in bound {
-                            if has_port_zero(&asked) {
-                                if let Some(actual) = actual_addr(&asked, &url) {
-                                    ports.push((handler, asked, actual));
-                                }
-                            }
-                            workers.listeners.push(url);
-                        }
+                        ports = zero;
+                        workers.listeners = bound;
                     }
                     workers.handles.push(handle);
                     workers.threads.push(thread);
@@ -370,6 +395,21 @@ fn has_port_zero(a: &ListenAddr) -> bool {
     matches!(a, ListenAddr::Tcp(s) | ListenAddr::Udp(s) | ListenAddr::Tls(s) if s.port() == 0)
 }
 
+/// The open port-0 listeners of `records` and the address each bound.
+fn port_zero(records: &[crate::ListenerRecord]) -> Vec<PortZero> {
+    records
+        .iter()
+        .filter(|r| r.open && has_port_zero(&r.addr))
+        .filter_map(|r| {
+            Some((
+                r.handler.clone(),
+                r.addr.clone(),
+                actual_addr(&r.addr, &r.url)?,
+            ))
+        })
+        .collect()
+}
+
 /// The address a listener bound, from its URL (`tcp://127.0.0.1:40123`).
 fn actual_addr(asked: &ListenAddr, url: &str) -> Option<ListenAddr> {
     let rest = url.split_once("://")?.1;
@@ -409,9 +449,12 @@ impl Workers {
         }
     }
 
-    /// Asks every worker to re-read the config file and apply it.
+    /// Asks worker 0 to re-read the config file and apply it; once it has,
+    /// every other worker applies the same config (with the ports and Unix
+    /// sockets worker 0 bound). A reload asked of another worker's handle
+    /// is passed to worker 0.
     pub fn reload(&self) {
-        for h in &self.handles {
+        if let Some(h) = self.handles.first() {
             h.reload();
         }
     }
@@ -469,5 +512,95 @@ impl Runtime {
     /// a runtime built with [`Builder::build`].
     pub fn worker(&self) -> (usize, usize) {
         self.worker.as_ref().map_or((0, 1), |w| (w.index, w.count))
+    }
+
+    /// Worker 0 applied `config` (as read from the file): the other
+    /// workers are asked to apply it too, with the ports and Unix sockets
+    /// worker 0 now has.
+    pub(crate) fn publish_reload(&mut self, config: Config) {
+        let Some(slot) = &self.worker else { return };
+        if slot.count < 2 {
+            return;
+        }
+        let unix = crate::source::listener::unix_sockets(&self.core.borrow());
+        let copies = (0..slot.count)
+            .map(|k| {
+                if k == 0 {
+                    return Vec::new();
+                }
+                unix.iter()
+                    .filter_map(|(path, fd)| match fd.try_clone() {
+                        Ok(copy) => Some((path.clone(), copy)),
+                        Err(e) => {
+                            log::warn!(
+                                "unix://{}: cannot share with loopd-worker-{k}: {e}",
+                                path.display()
+                            );
+                            None
+                        }
+                    })
+                    .collect()
+            })
+            .collect();
+        {
+            let mut r = slot
+                .siblings
+                .reloaded
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner);
+            r.generation += 1;
+            r.config = Some(config);
+            r.ports = port_zero(&self.listener_records);
+            r.unix = copies;
+        }
+        for k in 1..slot.count {
+            if let Some(h) = slot.siblings.handle(k) {
+                h.reload();
+            }
+        }
+    }
+
+    /// A worker other than worker 0 was asked to reload: it applies what
+    /// worker 0 last applied, or, when it has applied that already (a
+    /// reload asked of this worker's handle), asks worker 0 to reload.
+    pub(crate) fn apply_published_reload(&mut self) {
+        let Some(slot) = self.worker.as_mut() else {
+            return;
+        };
+        let (config, unix) = {
+            let mut r = slot
+                .siblings
+                .reloaded
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner);
+            match &r.config {
+                Some(config) if r.generation > slot.applied => {
+                    let config = config.clone();
+                    slot.applied = r.generation;
+                    slot.ports = r.ports.clone();
+                    let unix = r.unix.get_mut(slot.index).map(std::mem::take);
+                    (config, unix.unwrap_or_default())
+                }
+                _ => {
+                    drop(r);
+                    if let Some(h) = slot.siblings.handle(0) {
+                        h.reload();
+                    }
+                    return;
+                }
+            }
+        };
+        slot.shared_unix = unix.iter().map(|(path, _)| path.clone()).collect();
+        {
+            let mut core = self.core.borrow_mut();
+            for (path, fd) in unix {
+                core.shared.inherited.add_unix(path, fd);
+            }
+        }
+        if let Err(e) = self.reload(config) {
+            log::error!("reload failed; the running config is unchanged: {e}");
+        }
+        // The copies of Unix sockets this worker serves already.
+        self.core.borrow_mut().shared.inherited.close_unused();
     }
 }
