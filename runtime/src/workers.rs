@@ -55,6 +55,8 @@ struct Reloaded {
     config: Option<Config>,
     /// Port-0 listeners and the address worker 0 bound for each.
     ports: Vec<PortZero>,
+    /// The paths of worker 0's Unix listeners.
+    unix_paths: Vec<PathBuf>,
     /// By worker index: a copy of each of worker 0's Unix sockets, taken by
     /// that worker when it applies the reload.
     unix: Vec<Vec<(PathBuf, OwnedFd)>>,
@@ -551,6 +553,7 @@ impl Runtime {
             r.generation += 1;
             r.config = Some(config);
             r.ports = port_zero(&self.listener_records);
+            r.unix_paths = unix.into_iter().map(|(path, _)| path).collect();
             r.unix = copies;
         }
         for k in 1..slot.count {
@@ -567,7 +570,7 @@ impl Runtime {
         let Some(slot) = self.worker.as_mut() else {
             return;
         };
-        let (config, unix) = {
+        let (config, paths, unix) = {
             let mut r = slot
                 .siblings
                 .reloaded
@@ -579,7 +582,7 @@ impl Runtime {
                     slot.applied = r.generation;
                     slot.ports = r.ports.clone();
                     let unix = r.unix.get_mut(slot.index).map(std::mem::take);
-                    (config, unix.unwrap_or_default())
+                    (config, r.unix_paths.clone(), unix.unwrap_or_default())
                 }
                 _ => {
                     drop(r);
@@ -590,7 +593,14 @@ impl Runtime {
                 }
             }
         };
-        slot.shared_unix = unix.iter().map(|(path, _)| path.clone()).collect();
+        // Worker 0's Unix listeners this worker serves already or has a
+        // copy of now (one it could not copy stays worker 0's alone: this
+        // worker must not bind the file worker 0 serves).
+        let served = std::mem::take(&mut slot.shared_unix);
+        slot.shared_unix = paths
+            .into_iter()
+            .filter(|p| served.contains(p) || unix.iter().any(|(u, _)| u == p))
+            .collect();
         {
             let mut core = self.core.borrow_mut();
             for (path, fd) in unix {
