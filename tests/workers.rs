@@ -461,11 +461,12 @@ fn a_reload_gives_every_worker_the_same_new_listeners() {
     let dir = TempDir::new("workers-reload");
     let path = dir.join("loopd.toml");
     let sock = dir.join("added.sock");
+    // Two port-0 listeners spelled alike: two ports, each served by both.
     let echo = r#"
 [[handler]]
 name = "echo"
 plugin = "echo"
-listen = ["tcp://127.0.0.1:0"]
+listen = ["tcp://127.0.0.1:0", "tcp://127.0.0.1:0"]
 "#;
     let head = format!(
         "[runtime]\nworkers = 2\nplugin_dir = \"{}\"\n",
@@ -478,6 +479,7 @@ listen = ["tcp://127.0.0.1:0"]
         .unwrap();
     let before = open_listeners(&workers);
     assert_eq!(before[0], before[1], "{before:?}");
+    assert_eq!(before[0].as_ref().unwrap().len(), 2, "{before:?}");
 
     // A reload adds a handler on a port-0 address and a Unix socket: both
     // workers serve the port worker 0 bound, and worker 0's Unix socket.
@@ -501,7 +503,7 @@ listen = ["tcp://127.0.0.1:0"]
     }
     assert!(serves(&now, true), "{now:?}");
     assert_eq!(now[0], now[1], "the workers serve different listeners");
-    assert_eq!(now[0].as_ref().unwrap().len(), 3, "{now:?}");
+    assert_eq!(now[0].as_ref().unwrap().len(), 4, "{now:?}");
     let url = now[0]
         .as_ref()
         .unwrap()

@@ -172,19 +172,29 @@ impl WorkerSlot {
                     ListenAddr::Unix(p) => self.shared_unix.contains(p),
                     _ => true,
                 });
+                // A port asked as tcp:// and now tls:// (or back) is the
+                // same socket: a reload switches its transport.
+                let same = |asked: &ListenAddr, a: &ListenAddr| {
+                    asked == a
+                        || matches!(
+                            (asked, a),
+                            (
+                                ListenAddr::Tcp(x) | ListenAddr::Tls(x),
+                                ListenAddr::Tcp(y) | ListenAddr::Tls(y),
+                            ) if x == y
+                        )
+                };
+                let mut earlier: Vec<ListenAddr> = Vec::new();
                 for a in &mut h.listen {
-                    // A port asked as tcp:// and now tls:// (or back) is
-                    // the same socket: a reload switches its transport.
-                    let same_tcp = |asked: &ListenAddr| match (asked, &*a) {
-                        (
-                            ListenAddr::Tcp(x) | ListenAddr::Tls(x),
-                            ListenAddr::Tcp(y) | ListenAddr::Tls(y),
-                        ) => x == y,
-                        _ => false,
-                    };
-                    let pinned = self.ports.iter().find(|(name, asked, _)| {
-                        *name == h.name && (asked == a || same_tcp(asked))
-                    });
+                    // The handler's n-th port-0 address spelled this way
+                    // takes the n-th port worker 0 bound for it.
+                    let n = earlier.iter().filter(|e| same(e, a)).count();
+                    earlier.push(a.clone());
+                    let pinned = self
+                        .ports
+                        .iter()
+                        .filter(|(name, asked, _)| *name == h.name && same(asked, a))
+                        .nth(n);
                     if let Some((_, _, actual)) = pinned {
                         *a = match (&*a, actual) {
                             (ListenAddr::Tls(_), ListenAddr::Tcp(sa) | ListenAddr::Tls(sa)) => {
