@@ -529,6 +529,7 @@ impl Runtime {
     /// Worker 0 applied `config` (as read from the file): the other
     /// workers are asked to apply it too, with the ports and Unix sockets
     /// worker 0 now has.
+    #[cfg(feature = "config-file")]
     pub(crate) fn publish_reload(&mut self, config: Config) {
         let Some(slot) = &self.worker else { return };
         if slot.count < 2 {
