@@ -550,6 +550,85 @@ listen = ["tcp://127.0.0.1:0", "tcp://127.0.0.1:0"]
     workers.run().unwrap();
 }
 
+/// With workers every TCP and UDP socket has `SO_REUSEPORT`, which lets any
+/// socket of the same user join its address: a second loopd on the same
+/// config must be refused as with one loop, not take half the traffic.
+#[test]
+fn a_second_loopd_on_the_same_addresses_is_refused() {
+    let first = Loopd::start(
+        r#"
+[runtime]
+workers = 2
+
+[[handler]]
+name = "echo"
+plugin = "echo"
+listen = ["tcp://127.0.0.1:0"]
+
+[[handler]]
+name = "relay"
+plugin = "udp-broadcast"
+listen = ["udp://127.0.0.1:0"]
+[handler.config]
+broadcast_to = ["127.0.0.1:9"]
+"#,
+    );
+    let (tcp_addr, udp_addr) = (first.tcp("echo"), first.udp("relay"));
+    let dir = TempDir::new("workers-second");
+    for (plugin, url, extra) in [
+        ("echo", format!("tcp://{tcp_addr}"), ""),
+        (
+            "udp-broadcast",
+            format!("udp://{udp_addr}"),
+            "[handler.config]\nbroadcast_to = [\"127.0.0.1:9\"]\n",
+        ),
+    ] {
+        let path = write_config(
+            &dir,
+            &format!(
+                "[runtime]\nworkers = 2\n\n[[handler]]\nname = \"second\"\nplugin = \"{plugin}\"\nlisten = [\"{url}\"]\n{extra}"
+            ),
+        );
+        let mut second = std::process::Command::new(loopd_bin())
+            .arg(&path)
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        let deadline = Instant::now() + TIMEOUT;
+        let status = loop {
+            if let Some(status) = second.try_wait().unwrap() {
+                break Some(status);
+            }
+            if Instant::now() > deadline {
+                let _ = second.kill();
+                let _ = second.wait();
+                break None;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        };
+        let mut err = String::new();
+        second
+            .stderr
+            .take()
+            .unwrap()
+            .read_to_string(&mut err)
+            .unwrap();
+        assert!(
+            status.is_some_and(|s| !s.success()),
+            "a second loopd served {url} beside the first: {status:?}\n{err}"
+        );
+        assert!(
+            err.contains(&format!("cannot listen on {url}"))
+                && err.contains("Address already in use"),
+            "{err}"
+        );
+    }
+    // The first one serves on, alone on its addresses.
+    let data = pattern(1024, 9);
+    assert_eq!(echo_roundtrip(tcp(tcp_addr), &data), data);
+    first.assert_no_unexpected_errors();
+}
+
 #[test]
 fn a_bad_workers_value_names_the_file_line_and_key() {
     let dir = TempDir::new("workers-bad");

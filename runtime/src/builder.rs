@@ -288,6 +288,7 @@ impl Builder {
         rt.service = self.service;
         if let Some(slot) = &self.worker {
             rt.worker = Some(slot.clone());
+            rt.core.borrow_mut().shared.worker_index = slot.index;
             rt.stats_board = slot.siblings.stats_board.clone();
             slot.siblings.join(slot.index, rt.handle());
         }

@@ -100,6 +100,9 @@ pub(crate) struct Shared {
     pub(crate) buffered_input: usize,
     /// Listening sockets handed over by the parent process, until adopted.
     pub(crate) inherited: crate::inherit::Inherited,
+    /// This loop's worker index (0 without workers): worker 0 opens each
+    /// TCP and UDP address first, the others join its `SO_REUSEPORT` group.
+    pub(crate) worker_index: usize,
     start: Instant,
 }
 
@@ -144,6 +147,7 @@ impl Core {
                 peers: HashMap::new(),
                 buffered_input: 0,
                 inherited: Default::default(),
+                worker_index: 0,
                 start: crate::process_start(),
             },
         })

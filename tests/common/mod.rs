@@ -216,6 +216,11 @@ impl Loopd {
         PathBuf::from(self.url(handler, "unix://"))
     }
 
+    /// The first UDP socket of a handler.
+    pub fn udp(&self, handler: &str) -> SocketAddr {
+        self.url(handler, "udp://").parse().unwrap()
+    }
+
     fn url(&self, handler: &str, scheme: &str) -> String {
         let urls = self
             .listeners

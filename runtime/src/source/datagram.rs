@@ -437,7 +437,7 @@ pub(crate) fn open(core: &mut Core, sa: &SocketAddr, instance: InstanceId) -> io
             false,
             0,
             inst.settings.reuse_address,
-            core.shared.cfg.workers > 1,
+            sys::PortSharing::of_worker(core.shared.worker_index, core.shared.cfg.workers),
         )?),
     };
     if inst.settings.broadcast {

@@ -80,7 +80,7 @@ impl Listener {
         addr: &ListenAddr,
         instance: InstanceId,
         inherited: Option<OwnedFd>,
-        reuse_port: bool,
+        sharing: sys::PortSharing,
         access: &UnixAccess,
     ) -> io::Result<Listener> {
         let mut adopted = false;
@@ -95,7 +95,7 @@ impl Listener {
                 }
                 let fd = match inherited {
                     Some(fd) => fd,
-                    None => sys::bind_listener(sa, true, BACKLOG, false, reuse_port)?,
+                    None => sys::bind_listener(sa, true, BACKLOG, false, sharing)?,
                 };
                 let local = sys::local_addr(fd.as_raw_fd())
                     .to_socket_addr()
@@ -263,7 +263,7 @@ pub(crate) fn open(
         addr,
         instance,
         inherited,
-        core.shared.cfg.workers > 1,
+        sys::PortSharing::of_worker(core.shared.worker_index, core.shared.cfg.workers),
         access,
     )?;
     let url = l.url_str().to_string();
@@ -659,7 +659,7 @@ mod tests {
                 &ListenAddr::Unix(p.clone()),
                 1,
                 None,
-                false,
+                sys::PortSharing::Alone,
                 &UnixAccess::default(),
             )
         };
@@ -691,7 +691,7 @@ mod tests {
             &ListenAddr::Unix(path.clone()),
             1,
             None,
-            false,
+            sys::PortSharing::Alone,
             &UnixAccess::default(),
         )
         .unwrap_err();
@@ -711,7 +711,7 @@ mod tests {
             &ListenAddr::Unix(path.clone()),
             1,
             None,
-            false,
+            sys::PortSharing::Alone,
             &UnixAccess::default(),
         )
         .unwrap_err();
@@ -726,7 +726,7 @@ mod tests {
             &ListenAddr::Tcp("127.0.0.1:0".parse().unwrap()),
             1,
             None,
-            false,
+            sys::PortSharing::Alone,
             &UnixAccess::default(),
         )
         .unwrap();

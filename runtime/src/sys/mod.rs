@@ -345,13 +345,58 @@ pub(super) fn set_int_opt(
 /// both be listened on (nginx's default), instead of the first one taking
 /// both.
 ///
-/// `reuse_port` sets `SO_REUSEPORT` (workers: one socket per worker on the
-/// same address, the kernel spreading connections and datagrams; Linux
-/// lets only the same user's sockets share a port this way).
+/// `sharing` says whether and how the socket shares its address with the
+/// other workers' (`SO_REUSEPORT`: one socket per worker on the same
+/// address, the kernel spreading connections and datagrams).
 pub(crate) fn bind_listener(
     addr: &SocketAddr,
     tcp: bool,
     backlog: i32,
+    reuse_udp: bool,
+    sharing: PortSharing,
+) -> io::Result<OwnedFd> {
+    if sharing == PortSharing::First && addr.port() != 0 {
+        // Linux lets any socket of the same user with SO_REUSEPORT join a
+        // group: a second loopd started on the same config would bind
+        // beside the first and take half its connections. A socket
+        // without it binds only where no one listens: EADDRINUSE, as
+        // with one loop, when someone does.
+        drop(bind_socket(addr, tcp, reuse_udp, false)?);
+    }
+    let fd = bind_socket(addr, tcp, reuse_udp, sharing != PortSharing::Alone)?;
+    if tcp {
+        set_backlog(fd.as_raw_fd(), backlog)?;
+    }
+    Ok(fd)
+}
+
+/// How a listening socket shares its address.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum PortSharing {
+    /// One loop: the socket is the address's only one.
+    Alone,
+    /// Worker 0's: the first of the workers' sockets on the address, bound
+    /// only if no other socket (another process's) holds it.
+    First,
+    /// Another worker's: joins worker 0's socket on the address.
+    Join,
+}
+
+impl PortSharing {
+    /// For a loop that is worker `index` of `workers`.
+    pub(crate) fn of_worker(index: usize, workers: usize) -> PortSharing {
+        match (workers, index) {
+            (0 | 1, _) => PortSharing::Alone,
+            (_, 0) => PortSharing::First,
+            _ => PortSharing::Join,
+        }
+    }
+}
+
+/// A bound TCP or UDP socket, `SO_REUSEPORT` set if `reuse_port`.
+fn bind_socket(
+    addr: &SocketAddr,
+    tcp: bool,
     reuse_udp: bool,
     reuse_port: bool,
 ) -> io::Result<OwnedFd> {
@@ -384,9 +429,6 @@ pub(crate) fn bind_listener(
             len,
         )
     })?;
-    if tcp {
-        set_backlog(fd.as_raw_fd(), backlog)?;
-    }
     Ok(fd)
 }
 
