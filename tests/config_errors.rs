@@ -372,6 +372,23 @@ fn type_error_names_the_key() {
     assert_error(text, (2, 19), "runtime.max_connections: invalid type");
 }
 
+/// A wrong type inside `[handler.config]` (the plugin's serde) is located
+/// at its key, as one in loopd's own tables is.
+#[test]
+fn a_type_error_in_a_handler_config_names_the_key() {
+    let text = one_handler("[handler.config]\nshutdown_idle_ms = \"soon\"");
+    let (config, stderr) = check_fails(&text);
+    let (line, col) = locate(&text, "shutdown_idle_ms = ");
+    let head = format!("{config}:{line}:{col}: handler[0].config.shutdown_idle_ms: handler `echo`");
+    assert!(stderr.contains(&head), "expected\n  {head}\nin\n{stderr}");
+    assert!(
+        stderr.contains(
+            "create failed: invalid config: shutdown_idle_ms: invalid type: string \"soon\", expected u64"
+        ),
+        "{stderr}"
+    );
+}
+
 #[test]
 fn missing_plugin_key() {
     let text = format!(

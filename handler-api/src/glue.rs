@@ -339,12 +339,20 @@ fn write_err(err: *mut c_char, cap: usize, msg: &str) {
     }
 }
 
-/// serde_json appends " at line 1 column 9": meaningless to someone who wrote TOML.
-fn config_error(e: &serde_json::Error) -> String {
-    let text = e.to_string();
-    match text.rfind(" at line ") {
+/// A config error, led by the key it is about (`burst_lines: invalid
+/// type ...`: loopd finds that key's line), without serde_json's " at line 1
+/// column 9", meaningless to someone who wrote TOML.
+fn config_error(e: &serde_path_to_error::Error<serde_json::Error>) -> String {
+    let text = e.inner().to_string();
+    let text = match text.rfind(" at line ") {
         Some(at) => text[..at].to_string(),
         None => text,
+    };
+    // "." is the path of the table itself (a missing field, an unknown one:
+    // those messages name the key already).
+    match e.path().to_string() {
+        path if path == "." || text.contains(&format!("`{path}`")) => text,
+        path => format!("{path}: {text}"),
     }
 }
 
@@ -355,8 +363,11 @@ fn create_safe<H: Handler>(ctx: &Ctx, name: &str, config_json: &str) -> Result<H
     } else {
         config_json
     };
-    let config: H::Config =
-        serde_json::from_str(json).map_err(|e| format!("invalid config: {}", config_error(&e)))?;
+    let mut de = serde_json::Deserializer::from_str(json);
+    let config: H::Config = serde_path_to_error::deserialize(&mut de)
+        .map_err(|e| format!("invalid config: {}", config_error(&e)))?;
+    de.end()
+        .map_err(|e| format!("invalid config: trailing characters: {e}"))?;
     H::create(ctx, name, config)
 }
 
