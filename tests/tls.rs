@@ -478,6 +478,28 @@ fn broken_certificates_are_named_at_check_and_at_start() {
         &base(&certs.p("cert.pem"), g),
         &["handler[0].tls_key", g, "no PEM private key"],
     );
+    // A FIFO would stall the read (no writer) and /dev/zero fill memory:
+    // both are refused unread.
+    let fifo = certs.path("cert.fifo");
+    let c = std::ffi::CString::new(fifo.to_str().unwrap()).unwrap();
+    // SAFETY: a NUL-terminated path that lives across the call.
+    assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o600) }, 0);
+    let f = fifo.to_str().unwrap();
+    check_fails(
+        &base(f, &certs.p("key.pem")),
+        &[
+            "handler[0].tls_cert",
+            f,
+            "it is a FIFO (named pipe), not a regular file",
+        ],
+    );
+    check_fails(
+        &base(&certs.p("cert.pem"), "/dev/zero"),
+        &[
+            "handler[0].tls_key",
+            "/dev/zero: it is a character device, not a regular file",
+        ],
+    );
     check_fails(
         &base(&certs.p("cert.pem"), &certs.p("other-key.pem")),
         &[

@@ -281,13 +281,37 @@ struct Access {
     reopen: Arc<AtomicBool>,
 }
 
+/// Opens (or creates) the access log for appending. Opened non-blocking, so
+/// that a FIFO no process reads is an error instead of an open that waits
+/// for a reader forever (at start, or in `loopd check`); then blocking
+/// again, for the writer thread: a FIFO or terminal that is slow to read
+/// holds up that thread only.
 fn open_append(path: &Path) -> io::Result<File> {
     use std::os::unix::fs::OpenOptionsExt;
-    std::fs::OpenOptions::new()
+    let file = std::fs::OpenOptions::new()
         .append(true)
         .create(true)
         .mode(0o644)
+        .custom_flags(libc::O_NONBLOCK | libc::O_NOCTTY)
         .open(path)
+        .map_err(|e| match e.raw_os_error() {
+            Some(libc::ENXIO) => io::Error::new(
+                e.kind(),
+                "it is a FIFO that no process has open for reading (start the reader first)",
+            ),
+            _ => e,
+        })?;
+    let fd = std::os::fd::AsRawFd::as_raw_fd(&file);
+    // SAFETY: fcntl on a descriptor this function owns; F_GETFL/F_SETFL
+    // only read and change its status flags.
+    let cleared = unsafe {
+        let flags = libc::fcntl(fd, libc::F_GETFL);
+        flags >= 0 && libc::fcntl(fd, libc::F_SETFL, flags & !libc::O_NONBLOCK) == 0
+    };
+    if !cleared {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(file)
 }
 
 impl Access {
@@ -498,10 +522,7 @@ pub(crate) fn check(config: &loopd::Config) -> Result<(), loopd::Error> {
         return Ok(());
     };
     let result = if path.exists() {
-        std::fs::OpenOptions::new()
-            .append(true)
-            .open(path)
-            .map(drop)
+        open_append(path).map(drop)
     } else {
         match path.parent().filter(|d| !d.as_os_str().is_empty()) {
             Some(d) if !d.is_dir() => Err(io::Error::new(
@@ -602,6 +623,47 @@ pub(crate) fn finish() {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_access_log_fifo_without_a_reader_is_an_error_not_a_wait() {
+        use std::os::unix::fs::OpenOptionsExt;
+        let dir = std::env::temp_dir().join(format!("loopd-logsink-fifo-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir(&dir).unwrap();
+        let fifo = dir.join("access.fifo");
+        let c = std::ffi::CString::new(fifo.to_str().unwrap()).unwrap();
+        // SAFETY: a NUL-terminated path that lives across the call.
+        assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o600) }, 0);
+        let (tx, rx) = std::sync::mpsc::channel();
+        let path = fifo.clone();
+        std::thread::spawn(move || tx.send(open_append(&path).map(drop)));
+        let Ok(opened) = rx.recv_timeout(Duration::from_secs(10)) else {
+            // A reader lets the blocked open return, and the test fail.
+            let _ = std::fs::File::open(&fifo);
+            panic!("opening the access log waited for a FIFO reader");
+        };
+        let e = opened.unwrap_err();
+        assert!(
+            e.to_string().contains("no process has open for reading"),
+            "{e}"
+        );
+        // With a reader it opens, blocking again for the writer thread.
+        let reader = std::fs::OpenOptions::new()
+            .read(true)
+            .custom_flags(libc::O_NONBLOCK)
+            .open(&fifo)
+            .unwrap();
+        let mut w = open_append(&fifo).unwrap();
+        // SAFETY: F_GETFL on a descriptor `w` owns.
+        let flags = unsafe { libc::fcntl(std::os::fd::AsRawFd::as_raw_fd(&w), libc::F_GETFL) };
+        assert_eq!(flags & libc::O_NONBLOCK, 0, "{flags:#x}");
+        w.write_all(b"GET / 200\n").unwrap();
+        drop(w);
+        let mut got = String::new();
+        std::io::Read::read_to_string(&mut &reader, &mut got).unwrap();
+        assert_eq!(got, "GET / 200\n");
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
 
     #[test]
     fn a_full_queue_drops_and_marks_the_gap() {

@@ -251,8 +251,16 @@ pub(crate) fn server_name(
     }
 }
 
+/// The most a certificate, key or CA file may hold: a chain or a CA bundle
+/// is kilobytes (the whole Mozilla bundle about 200 KiB).
+const MAX_PEM_BYTES: u64 = 16 << 20;
+
+/// A PEM file: a regular file of at most [`MAX_PEM_BYTES`] (a FIFO would
+/// stall the loop reading it, at start or at a reload; `/dev/zero` would
+/// fill memory).
 fn read_file(kind: &str, path: &Path) -> Result<Vec<u8>, String> {
-    std::fs::read(path).map_err(|e| format!("{kind} {}: {e}", path.display()))
+    crate::sys::read_regular_file(path, MAX_PEM_BYTES, "a PEM file")
+        .map_err(|e| format!("{kind} {}: {e}", path.display()))
 }
 
 fn read_certs(kind: &str, path: &Path) -> Result<Vec<CertificateDer<'static>>, String> {

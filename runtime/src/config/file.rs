@@ -589,66 +589,10 @@ fn to_usize(v: u64) -> usize {
     usize::try_from(v).unwrap_or(usize::MAX)
 }
 
-/// Reads a config file: a regular file of at most `limit` bytes, checked on
-/// the opened descriptor (fstat), and read no further than `limit + 1`
-/// bytes in case it grows meanwhile. Opened non-blocking, so a FIFO with no
-/// writer is refused instead of waited for (and no terminal becomes
-/// loopd's controlling terminal).
+/// Reads a config file: a regular file of at most `limit` bytes, in UTF-8
+/// ([`crate::sys::read_regular_file`]).
 fn read_config_file(path: &Path, limit: u64) -> Result<String, String> {
-    use std::io::Read;
-    use std::os::unix::fs::{FileTypeExt, OpenOptionsExt};
-    let kind = |t: std::fs::FileType| {
-        if t.is_dir() {
-            "a directory"
-        } else if t.is_fifo() {
-            "a FIFO (named pipe)"
-        } else if t.is_char_device() {
-            "a character device"
-        } else if t.is_block_device() {
-            "a block device"
-        } else if t.is_socket() {
-            "a socket"
-        } else {
-            "not a regular file"
-        }
-    };
-    let file = std::fs::OpenOptions::new()
-        .read(true)
-        .custom_flags(libc::O_NONBLOCK | libc::O_NOCTTY)
-        .open(path)
-        .map_err(|e| {
-            // A socket cannot be opened (ENXIO): say what it is. The stat
-            // only words the message; nothing is read on its say-so.
-            match std::fs::metadata(path) {
-                Ok(m) if m.file_type().is_socket() => {
-                    "it is a socket, not a regular file".to_string()
-                }
-                _ => e.to_string(),
-            }
-        })?;
-    let meta = file.metadata().map_err(|e| e.to_string())?;
-    if !meta.is_file() {
-        return Err(format!(
-            "it is {}, not a regular file",
-            kind(meta.file_type())
-        ));
-    }
-    let too_big = |len: u64| {
-        format!(
-            "it is {len} bytes, more than the {limit} bytes ({} MiB) a config file may have",
-            limit >> 20
-        )
-    };
-    if meta.len() > limit {
-        return Err(too_big(meta.len()));
-    }
-    let mut bytes = Vec::with_capacity(meta.len() as usize);
-    file.take(limit + 1)
-        .read_to_end(&mut bytes)
-        .map_err(|e| e.to_string())?;
-    if bytes.len() as u64 > limit {
-        return Err(too_big(bytes.len() as u64));
-    }
+    let bytes = crate::sys::read_regular_file(path, limit, "a config file")?;
     String::from_utf8(bytes).map_err(|e| {
         let at = e.utf8_error().valid_up_to();
         format!("not UTF-8 text (an invalid byte at offset {at})")

@@ -649,6 +649,73 @@ pub(crate) fn socket_name(fd: RawFd) -> Option<SocketName> {
     }
 }
 
+/// Reads a file that must be a regular file of at most `limit` bytes
+/// (`what` names such a file in the error: "a config file"), checked on the
+/// opened descriptor (fstat), and read no further than `limit + 1` bytes in
+/// case it grows meanwhile. Opened non-blocking, so a FIFO with no writer is
+/// refused instead of waited for (and no terminal becomes loopd's
+/// controlling terminal); `/dev/zero`, a FIFO or a directory is refused
+/// unread. The error is the reason alone, for the caller to put after the
+/// path.
+#[cfg(any(feature = "config-file", feature = "tls"))]
+pub(crate) fn read_regular_file(path: &Path, limit: u64, what: &str) -> Result<Vec<u8>, String> {
+    use std::io::Read;
+    use std::os::unix::fs::{FileTypeExt, OpenOptionsExt};
+    let kind = |t: std::fs::FileType| {
+        if t.is_dir() {
+            "a directory"
+        } else if t.is_fifo() {
+            "a FIFO (named pipe)"
+        } else if t.is_char_device() {
+            "a character device"
+        } else if t.is_block_device() {
+            "a block device"
+        } else if t.is_socket() {
+            "a socket"
+        } else {
+            "not a regular file"
+        }
+    };
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NONBLOCK | libc::O_NOCTTY)
+        .open(path)
+        .map_err(|e| {
+            // A socket cannot be opened (ENXIO): say what it is. The stat
+            // only words the message; nothing is read on its say-so.
+            match std::fs::metadata(path) {
+                Ok(m) if m.file_type().is_socket() => {
+                    "it is a socket, not a regular file".to_string()
+                }
+                _ => e.to_string(),
+            }
+        })?;
+    let meta = file.metadata().map_err(|e| e.to_string())?;
+    if !meta.is_file() {
+        return Err(format!(
+            "it is {}, not a regular file",
+            kind(meta.file_type())
+        ));
+    }
+    let too_big = |len: u64| {
+        format!(
+            "it is {len} bytes, more than the {limit} bytes ({} MiB) {what} may have",
+            limit >> 20
+        )
+    };
+    if meta.len() > limit {
+        return Err(too_big(meta.len()));
+    }
+    let mut bytes = Vec::with_capacity(meta.len() as usize);
+    file.take(limit + 1)
+        .read_to_end(&mut bytes)
+        .map_err(|e| e.to_string())?;
+    if bytes.len() as u64 > limit {
+        return Err(too_big(bytes.len() as u64));
+    }
+    Ok(bytes)
+}
+
 /// Sets or clears `FD_CLOEXEC` on `fd`, and makes it non-blocking when
 /// `cloexec` is set (adopting an inherited socket).
 pub(crate) fn set_cloexec(fd: RawFd, cloexec: bool) -> io::Result<()> {
