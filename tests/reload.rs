@@ -404,3 +404,51 @@ fn loopd_reload_signals_the_process_in_the_pid_file() {
     assert_eq!(out.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&out.stderr).contains("not a process id"));
 }
+
+/// A pid_file left by a loopd that was killed: its process id may belong
+/// to another process by now, which must not be sent the signal.
+#[test]
+fn a_stale_pid_file_is_refused_and_its_process_left_alone() {
+    let dir = TempDir::new("reload-stale-pid");
+    let pid_file = dir.join("loopd.pid");
+    let config = write_config(
+        &dir,
+        &format!(
+            "[runtime]\npid_file = \"{}\"\n\n[[handler]]\nname = \"echo\"\nplugin = \"echo\"\nlisten = [\"tcp://127.0.0.1:0\"]\n",
+            pid_file.display()
+        ),
+    );
+    let config = config.to_str().unwrap();
+    // A process that started after the file was written: a reused id.
+    let mut other = std::process::Command::new("sleep").arg("60").spawn().unwrap();
+    std::fs::write(&pid_file, format!("{}\n", other.id())).unwrap();
+    let old = std::time::SystemTime::now() - Duration::from_secs(10);
+    std::fs::File::options()
+        .write(true)
+        .open(&pid_file)
+        .unwrap()
+        .set_modified(old)
+        .unwrap();
+    for command in ["reload", "upgrade"] {
+        let out = run_loopd(&[command, config]);
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "{err}");
+        assert!(
+            err.contains(&format!("names process {}, which started", other.id()))
+                && err.contains("after the file was written"),
+            "{err}"
+        );
+    }
+    assert!(
+        other.try_wait().unwrap().is_none(),
+        "the other process got the signal"
+    );
+    other.kill().unwrap();
+    other.wait().unwrap();
+    // A process that is gone.
+    std::fs::write(&pid_file, format!("{}\n", other.id())).unwrap();
+    let out = run_loopd(&["reload", config]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(err.contains("which does not exist"), "{err}");
+}

@@ -360,13 +360,15 @@ fn signal_running(config: Option<PathBuf>, pid: Option<i32>, signal: i32) -> Res
                     path.display()
                 )
             })?;
-            text.trim().parse().map_err(|_| {
+            let pid = text.trim().parse().map_err(|_| {
                 format!(
                     "the pid_file {} holds {:?}, not a process id",
                     path.display(),
                     text.trim()
                 )
-            })?
+            })?;
+            check_pid_file(&path, pid)?;
+            pid
         }
         (None, None) => return Err("give the config file (with a pid_file) or --pid".to_string()),
     };
@@ -381,6 +383,72 @@ fn signal_running(config: Option<PathBuf>, pid: Option<i32>, signal: i32) -> Res
         ));
     }
     Ok(pid)
+}
+
+/// Whether the process a pid_file names can be the loopd that wrote it: a
+/// loopd killed (SIGKILL, a crash) leaves its pid_file, and its process id
+/// may have gone to another process since, which must not get the signal.
+/// It must exist, and (where `/proc` tells) have started before the file
+/// was written: loopd writes it once it listens.
+fn check_pid_file(path: &std::path::Path, pid: i32) -> Result<(), String> {
+    let stale = |why: String| {
+        format!(
+            "the pid_file {} names process {pid}, {why}: loopd is not running, or did not remove the file when it stopped (it was killed?)",
+            path.display()
+        )
+    };
+    if pid <= 0 {
+        return Ok(());
+    }
+    // SAFETY: kill(2) with signal 0 sends nothing; it checks the process.
+    if unsafe { libc::kill(pid, 0) } != 0
+        && std::io::Error::last_os_error().raw_os_error() == Some(libc::ESRCH)
+    {
+        return Err(stale("which does not exist".to_string()));
+    }
+    let written = std::fs::metadata(path)
+        .and_then(|m| m.modified())
+        .ok()
+        .and_then(|t| t.elapsed().ok());
+    if let (Some(file_age), Some(process_age)) = (written, process_age(pid)) {
+        // Both are known to about 10 ms; the slack covers a clock step.
+        if process_age + std::time::Duration::from_secs(2) < file_age {
+            return Err(stale(format!(
+                "which started {:.1} s ago, after the file was written ({:.1} s ago)",
+                process_age.as_secs_f64(),
+                file_age.as_secs_f64()
+            )));
+        }
+    }
+    Ok(())
+}
+
+/// How long ago process `pid` started, from `/proc` (Linux); `None` where
+/// that cannot be read.
+fn process_age(pid: i32) -> Option<std::time::Duration> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // Fields after the command name (in parentheses, which may contain
+    // anything): starttime, in clock ticks since boot, is field 22.
+    let start: f64 = stat
+        .rsplit_once(')')?
+        .1
+        .split_whitespace()
+        .nth(19)?
+        .parse()
+        .ok()?;
+    let uptime: f64 = std::fs::read_to_string("/proc/uptime")
+        .ok()?
+        .split_whitespace()
+        .next()?
+        .parse()
+        .ok()?;
+    // SAFETY: sysconf has no preconditions.
+    let tck = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
+    if tck <= 0 {
+        return None;
+    }
+    let age = uptime - start / tck as f64;
+    (age >= 0.0).then(|| std::time::Duration::from_secs_f64(age))
 }
 
 fn check(config: PathBuf) -> Result<(), loopd::Error> {
