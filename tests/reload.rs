@@ -420,7 +420,10 @@ fn a_stale_pid_file_is_refused_and_its_process_left_alone() {
     );
     let config = config.to_str().unwrap();
     // A process that started after the file was written: a reused id.
-    let mut other = std::process::Command::new("sleep").arg("60").spawn().unwrap();
+    let mut other = std::process::Command::new("sleep")
+        .arg("60")
+        .spawn()
+        .unwrap();
     std::fs::write(&pid_file, format!("{}\n", other.id())).unwrap();
     let old = std::time::SystemTime::now() - Duration::from_secs(10);
     std::fs::File::options()
