@@ -200,6 +200,35 @@ fn bad_requests_get_400_404_and_405() {
     big.resize(9 << 10, b'a');
     let (code, _, _) = exchange(status, &big);
     assert_eq!(code, 400);
+    // A whole head over 8 KiB in one write: measured too.
+    let mut whole = b"GET /metrics HTTP/1.1\r\nHost: x\r\nX: ".to_vec();
+    whole.resize(9 << 10, b'a');
+    whole.extend_from_slice(b"\r\n\r\n");
+    let (code, _, body) = exchange(status, &whole);
+    assert_eq!((code, body.as_str()), (400, "request head too large\n"));
+}
+
+/// A client that connects and sends nothing, or only part of a head, does
+/// not hold its connection (and a share of `max_connections`) forever.
+#[test]
+fn a_request_head_not_sent_in_time_gets_408() {
+    let loopd = Loopd::start(&format!(
+        "{CONFIG}[handler.config]\nrequest_timeout_ms = 300\n"
+    ));
+    let status = loopd.tcp("status");
+    let silent = tcp(status);
+    let (code, _, body) = exchange(status, b"GET /metrics HTTP/1.1\r\nHost: x\r\n");
+    assert_eq!((code, body.as_str()), (408, "request timeout\n"));
+    let mut raw = Vec::new();
+    (&silent).read_to_end(&mut raw).unwrap();
+    assert!(
+        String::from_utf8_lossy(&raw).starts_with("HTTP/1.1 408 Request Timeout\r\n"),
+        "{raw:?}"
+    );
+    // One answered in time is not cut by its timer.
+    let (code, _, _) = exchange(status, b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n");
+    assert_eq!(code, 200);
+    loopd.assert_no_unexpected_errors();
 }
 
 /// Headless Chromium's DOM of `url` after 5 s of virtual time.

@@ -7,7 +7,8 @@
 //! request, and `/proc/self` for the `process_*` metrics. Each request is
 //! answered and the connection closed (`Connection: close`). Anything but
 //! `GET`/`HEAD` of `/`, `/metrics` gets 405, an unknown path 404, a request
-//! that does not parse (or is over 8 KiB) 400.
+//! that does not parse (or whose head is over 8 KiB) 400, and a connection
+//! without a whole request head within `request_timeout_ms` 408.
 //!
 //! `docs/handlers/status.md` lists every metric.
 #![warn(
@@ -19,7 +20,9 @@
 
 use std::fmt::Write as _;
 
-use loopd_handler_api::{CloseMode, ConnId, ConnInfo, Ctx, Framing, Handler};
+use std::time::Duration;
+
+use loopd_handler_api::{CloseMode, CloseReason, ConnId, ConnInfo, Ctx, Framing, Handler, TimerId};
 use serde_json::Value;
 
 mod page;
@@ -28,20 +31,37 @@ pub mod prometheus;
 /// Largest request head read before answering 400.
 const MAX_REQUEST: usize = 8 << 10;
 
-/// The `[handler.config]` table (nothing to set yet).
-#[derive(Debug, Clone, Default, serde::Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct StatusConfig {}
+/// The `[handler.config]` table.
+#[derive(Debug, Clone, serde::Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct StatusConfig {
+    /// How long a client may take to send its whole request head, from its
+    /// connect: then 408 and close (a client that connects and sends
+    /// nothing, or trickles, does not hold a connection forever).
+    pub request_timeout_ms: u64,
+}
+
+impl Default for StatusConfig {
+    fn default() -> StatusConfig {
+        StatusConfig {
+            request_timeout_ms: 10_000,
+        }
+    }
+}
 
 /// The status handler.
-#[derive(Debug, Default)]
-pub struct Status;
+#[derive(Debug)]
+pub struct Status {
+    request_timeout: Duration,
+}
 
 /// A connection's request bytes so far.
 #[derive(Debug, Default)]
 pub struct StatusConn {
     head: Vec<u8>,
     answered: bool,
+    /// Its `request_timeout_ms`, until it is answered.
+    timer: Option<TimerId>,
 }
 
 impl Handler for Status {
@@ -51,20 +71,48 @@ impl Handler for Status {
     /// Over `tls://`, an HTTP/1.1 server by ALPN.
     const ALPN: &'static std::ffi::CStr = c"http/1.1";
 
-    fn create(ctx: &Ctx, _instance: &str, _config: StatusConfig) -> Result<Self, String> {
+    fn create(ctx: &Ctx, _instance: &str, config: StatusConfig) -> Result<Self, String> {
+        if !(1..=3_600_000).contains(&config.request_timeout_ms) {
+            return Err(format!(
+                "request_timeout_ms = {} is out of range (1 to 3600000)",
+                config.request_timeout_ms
+            ));
+        }
         // Reading once tells every worker to keep its snapshot fresh.
         ctx.stats_json()
             .map_err(|e| format!("status needs a loopd with ABI 1.4 stats_json: {e}"))?;
-        Ok(Status)
+        Ok(Status {
+            request_timeout: Duration::from_millis(config.request_timeout_ms),
+        })
     }
 
     fn on_open(
         &mut self,
-        _ctx: &Ctx,
-        _conn: ConnId,
+        ctx: &Ctx,
+        conn: ConnId,
         _info: &ConnInfo<'_>,
     ) -> Result<StatusConn, String> {
-        Ok(StatusConn::default())
+        let timer = ctx
+            .set_timer(self.request_timeout, conn.raw())
+            .map_err(|e| format!("cannot set its request timeout: {e}"))?;
+        Ok(StatusConn {
+            timer: Some(timer),
+            ..StatusConn::default()
+        })
+    }
+
+    fn on_timer(&mut self, ctx: &Ctx, _timer: TimerId, conn: u64) {
+        // Only an unanswered connection's timer is still set.
+        let conn = ConnId::from_raw(conn);
+        let reply = response(408, "text/plain", b"request timeout\n", false);
+        let _ = ctx.send(conn, &reply);
+        let _ = ctx.close(conn, CloseMode::Flush);
+    }
+
+    fn on_close(&mut self, ctx: &Ctx, _conn: ConnId, state: StatusConn, _reason: CloseReason) {
+        if let Some(t) = state.timer {
+            let _ = ctx.cancel_timer(t);
+        }
     }
 
     fn on_data(&mut self, ctx: &Ctx, conn: ConnId, state: &mut StatusConn, data: &[u8]) {
@@ -74,11 +122,12 @@ impl Handler for Status {
         state.head.extend_from_slice(data);
         let mut headers = [httparse::EMPTY_HEADER; 32];
         let mut req = httparse::Request::new(&mut headers);
+        let too_large = || response(400, "text/plain", b"request head too large\n", false);
         let reply = match req.parse(&state.head) {
             Ok(httparse::Status::Partial) if state.head.len() <= MAX_REQUEST => return,
-            Ok(httparse::Status::Partial) => {
-                response(400, "text/plain", b"request head too large\n", false)
-            }
+            Ok(httparse::Status::Partial) => too_large(),
+            // A whole head can arrive in one read: it is measured too.
+            Ok(httparse::Status::Complete(len)) if len > MAX_REQUEST => too_large(),
             Err(e) => response(
                 400,
                 "text/plain",
@@ -129,6 +178,9 @@ impl Handler for Status {
         };
         state.answered = true;
         state.head = Vec::new();
+        if let Some(t) = state.timer.take() {
+            let _ = ctx.cancel_timer(t);
+        }
         let _ = ctx.send(conn, &reply);
         let _ = ctx.close(conn, CloseMode::Flush);
     }
@@ -141,6 +193,7 @@ fn response(code: u16, content_type: &str, body: &[u8], head_only: bool) -> Vec<
         400 => "Bad Request",
         404 => "Not Found",
         405 => "Method Not Allowed",
+        408 => "Request Timeout",
         _ => "Internal Server Error",
     };
     let mut head = String::new();
