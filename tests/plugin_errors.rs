@@ -328,6 +328,27 @@ fn text_file_is_not_a_loadable_library() {
     assert!(!why.contains(so.to_str().unwrap()), "{why}");
 }
 
+/// A library still being copied (the first bytes of a real plugin) killed
+/// `loopd check` with SIGBUS, exit status 135 and no message: the dynamic
+/// loader mapped segments past the end of the file and touched them.
+#[test]
+fn truncated_library_is_refused_not_a_crash() {
+    build_plugins();
+    let whole = std::fs::read(plugin_dir().join("libloopd_echo.so")).unwrap();
+    let dir = TempDir::new("plugin-truncated");
+    let so = dir.join("trunc.so");
+    std::fs::write(&so, &whole[..64 * 1024]).unwrap();
+    // Exit status 1 (not a signal) and the path, checked by refused_path.
+    let why = refused_path(&dir, &so, "");
+    assert_has(
+        &why,
+        &[
+            "the file is truncated: a load segment ends at byte ",
+            "but the file has 65536 bytes (was it still being copied?)",
+        ],
+    );
+}
+
 #[test]
 fn library_built_for_abi_2_only() {
     let dir = TempDir::new("plugin-v2");

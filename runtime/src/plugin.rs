@@ -41,9 +41,12 @@ pub(crate) struct Stamp(u64, u64, u64, i64, i64);
 impl Stamp {
     /// The stamp of the file at `path` now.
     pub(crate) fn of(path: &Path) -> std::io::Result<Stamp> {
+        Ok(Stamp::of_metadata(&std::fs::metadata(path)?))
+    }
+
+    fn of_metadata(m: &std::fs::Metadata) -> Stamp {
         use std::os::unix::fs::MetadataExt;
-        let m = std::fs::metadata(path)?;
-        Ok(Stamp(m.dev(), m.ino(), m.size(), m.mtime(), m.mtime_nsec()))
+        Stamp(m.dev(), m.ino(), m.size(), m.mtime(), m.mtime_nsec())
     }
 }
 
@@ -58,15 +61,25 @@ static LOADED: std::sync::Mutex<Vec<(PathBuf, Stamp, PathBuf)>> = std::sync::Mut
 /// (in the system's temporary directory, removed again once loaded) and
 /// loaded from there, so its new code runs beside the old one's.
 pub(crate) fn load_current(path: &Path) -> Result<Plugin, String> {
-    let stamp = Stamp::of(path).map_err(|e| format!("cannot read it: {e}"))?;
+    // A FIFO or a device would block dlopen (or the copy) forever.
+    let meta = std::fs::metadata(path).map_err(|e| format!("cannot read it: {e}"))?;
+    if !meta.is_file() {
+        return Err(not_regular(meta.file_type()));
+    }
+    let stamp = Stamp::of_metadata(&meta);
     let mut loaded = LOADED
         .lock()
         .unwrap_or_else(std::sync::PoisonError::into_inner);
     let known = loaded.iter().position(|(p, _, _)| p == path);
     let from = match known {
+        // Already mapped: the loader hands back what it has (a private
+        // copy is gone from disk by now), so there is nothing to check.
         Some(i) if loaded[i].1 == stamp => loaded[i].2.clone(),
         Some(_) => private_copy(path)?,
-        None => path.to_path_buf(),
+        None => {
+            check_library(&open_regular(path)?)?;
+            path.to_path_buf()
+        }
     };
     let mut plugin = load(&from);
     if from != path {
@@ -85,7 +98,8 @@ pub(crate) fn load_current(path: &Path) -> Result<Plugin, String> {
     Ok(plugin)
 }
 
-/// Copies the library at `path` to a fresh private file.
+/// Copies the library at `path` to a fresh private file, and checks the
+/// copy (which nobody else writes) as `check_library` does.
 fn private_copy(path: &Path) -> Result<PathBuf, String> {
     use std::os::unix::fs::OpenOptionsExt;
     static N: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
@@ -94,8 +108,9 @@ fn private_copy(path: &Path) -> Result<PathBuf, String> {
         .file_name()
         .map_or_else(|| "plugin".into(), |f| f.to_string_lossy().into_owned());
     let to = std::env::temp_dir().join(format!("loopd-{}-{n}-{name}", std::process::id()));
-    let mut src = std::fs::File::open(path).map_err(|e| format!("cannot read it: {e}"))?;
+    let mut src = open_regular(path)?;
     let mut dst = std::fs::OpenOptions::new()
+        .read(true)
         .write(true)
         .create_new(true)
         .mode(0o700)
@@ -106,13 +121,177 @@ fn private_copy(path: &Path) -> Result<PathBuf, String> {
                 to.display()
             )
         })?;
-    std::io::copy(&mut src, &mut dst).map_err(|e| {
-        format!(
-            "cannot copy it to {} to load the new version: {e}",
-            to.display()
-        )
-    })?;
+    let copied = std::io::copy(&mut src, &mut dst)
+        .map_err(|e| {
+            format!(
+                "cannot copy it to {} to load the new version: {e}",
+                to.display()
+            )
+        })
+        .and_then(|_| check_library(&dst));
+    if let Err(e) = copied {
+        let _ = std::fs::remove_file(&to);
+        return Err(e);
+    }
     Ok(to)
+}
+
+/// What a file that is not a regular one is, for "it is {kind}, not a
+/// regular file" (the wording of the config file's check, config/file.rs).
+fn not_regular(t: std::fs::FileType) -> String {
+    use std::os::unix::fs::FileTypeExt;
+    let kind = if t.is_dir() {
+        "a directory"
+    } else if t.is_fifo() {
+        "a FIFO (named pipe)"
+    } else if t.is_char_device() {
+        "a character device"
+    } else if t.is_block_device() {
+        "a block device"
+    } else if t.is_socket() {
+        "a socket"
+    } else {
+        return "it is not a regular file".to_string();
+    };
+    format!("it is {kind}, not a regular file")
+}
+
+/// Opens `path` for reading, refusing anything but a regular file. The
+/// open does not block (`O_NONBLOCK`) even if a FIFO took the file's place
+/// since the caller's stat; the type is checked again on what was opened.
+fn open_regular(path: &Path) -> Result<std::fs::File, String> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NONBLOCK | libc::O_NOCTTY)
+        .open(path)
+        .map_err(|e| match std::fs::metadata(path) {
+            // A socket cannot be opened (ENXIO): say what it is.
+            Ok(m) if !m.is_file() => not_regular(m.file_type()),
+            _ => format!("cannot read it: {e}"),
+        })?;
+    let meta = file
+        .metadata()
+        .map_err(|e| format!("cannot read it: {e}"))?;
+    if !meta.is_file() {
+        return Err(not_regular(meta.file_type()));
+    }
+    Ok(file)
+}
+
+/// Refuses a library that the dynamic loader would map past the end of
+/// its file: touching such a page raises SIGBUS, which kills loopd (a
+/// plugin still being copied, then loaded or reloaded). An ELF file's
+/// program header table and every `PT_LOAD` segment's file bytes must lie
+/// within the file. A file that is not ELF is left to the loader, which
+/// says what is wrong with it; so are the header fields the loader checks
+/// itself (class, byte order, entry size).
+#[cfg(any(
+    target_os = "linux",
+    target_os = "android",
+    target_os = "freebsd",
+    target_os = "dragonfly",
+    target_os = "netbsd",
+    target_os = "openbsd",
+    target_os = "illumos",
+    target_os = "solaris"
+))]
+fn check_library(file: &std::fs::File) -> Result<(), String> {
+    use std::os::unix::fs::FileExt;
+    const PT_LOAD: u32 = 1;
+    let len = file
+        .metadata()
+        .map_err(|e| format!("cannot read it: {e}"))?
+        .len();
+    let read_err = |e: std::io::Error| format!("cannot read it: {e}");
+    let truncated = |what: &str, end: u128| {
+        format!(
+            "the file is truncated: {what} ends at byte {end} but the file has {len} bytes (was it still being copied?)"
+        )
+    };
+    // The ELF header: 52 bytes (ELF32) or 64 (ELF64).
+    let mut eh = [0u8; 64];
+    let mut got = 0;
+    while got < eh.len() {
+        match file.read_at(&mut eh[got..], got as u64) {
+            Ok(0) => break,
+            Ok(n) => got += n,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(read_err(e)),
+        }
+    }
+    if got < 6 || eh[..4] != *b"\x7fELF" {
+        return Ok(());
+    }
+    let (wide, big) = match (eh[4], eh[5]) {
+        (1, 1) => (false, false),
+        (1, 2) => (false, true),
+        (2, 1) => (true, false),
+        (2, 2) => (true, true),
+        _ => return Ok(()),
+    };
+    // Fixed-width fields at an offset, in the file's byte order (`at + N`
+    // is within `b`: every caller's offsets are in its header).
+    let uint = |b: &[u8], at: usize, n: usize| -> u64 {
+        let mut v = [0u8; 8];
+        if big {
+            v[8 - n..].copy_from_slice(&b[at..at + n]);
+            u64::from_be_bytes(v)
+        } else {
+            v[..n].copy_from_slice(&b[at..at + n]);
+            u64::from_le_bytes(v)
+        }
+    };
+    let word = if wide { 8 } else { 4 };
+    let (ehsize, phentsize_want) = if wide { (64, 56) } else { (52, 32) };
+    if got < ehsize {
+        return Err(truncated("the ELF header", ehsize as u128));
+    }
+    // e_phoff follows e_ident (16), e_type, e_machine (2 each), e_version
+    // (4) and e_entry (a word); e_phentsize and e_phnum follow e_shoff
+    // (a word), e_flags (4) and e_ehsize (2).
+    let phoff = uint(&eh, 24 + word, word);
+    let phentsize = uint(&eh, 24 + 3 * word + 6, 2);
+    let phnum = uint(&eh, 24 + 3 * word + 8, 2);
+    if phentsize != phentsize_want {
+        return Ok(());
+    }
+    let table_end = phoff as u128 + (phnum * phentsize) as u128;
+    if table_end > len as u128 {
+        return Err(truncated("the program header table", table_end));
+    }
+    let mut table = vec![0u8; (phnum * phentsize) as usize];
+    file.read_exact_at(&mut table, phoff).map_err(read_err)?;
+    for ph in table.chunks_exact(phentsize as usize) {
+        // p_type, then (ELF64) p_flags, p_offset, p_vaddr, p_paddr,
+        // p_filesz or (ELF32) p_offset, p_vaddr, p_paddr, p_filesz.
+        let (offset, filesz) = if wide {
+            (uint(ph, 8, 8), uint(ph, 32, 8))
+        } else {
+            (uint(ph, 4, 4), uint(ph, 16, 4))
+        };
+        let end = offset as u128 + filesz as u128;
+        // No file bytes (all .bss): nothing is mapped from the file.
+        if uint(ph, 0, 4) as u32 == PT_LOAD && filesz > 0 && end > len as u128 {
+            return Err(truncated("a load segment", end));
+        }
+    }
+    Ok(())
+}
+
+/// Not ELF (Mach-O on macOS): the loader reads what it maps.
+#[cfg(not(any(
+    target_os = "linux",
+    target_os = "android",
+    target_os = "freebsd",
+    target_os = "dragonfly",
+    target_os = "netbsd",
+    target_os = "openbsd",
+    target_os = "illumos",
+    target_os = "solaris"
+)))]
+fn check_library(_file: &std::fs::File) -> Result<(), String> {
+    Ok(())
 }
 
 /// File name of a plugin given by name: `echo` → `libloopd_echo.so` (the
@@ -148,13 +327,31 @@ pub(crate) fn candidates(name: &str, plugin_dir: Option<&Path>) -> Vec<PathBuf> 
     dirs.into_iter().map(|d| d.join(file_name(name))).collect()
 }
 
+/// Whether there is a file at `path` (following symlinks): `Ok(false)` if
+/// there is none, `Err(reason)` if it cannot be told, e.g. a directory on
+/// the way that this user may not search (`Path::exists` says `false`).
+fn present(path: &Path) -> Result<bool, String> {
+    match std::fs::metadata(path) {
+        Ok(_) => Ok(true),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(false),
+        Err(e) if e.kind() == std::io::ErrorKind::PermissionDenied => {
+            // stat(2) needs no permission on the file itself.
+            Err(format!(
+                "cannot look it up: {e}: a directory on its path is not searchable (x permission) by uid {}",
+                crate::privileges::euid()
+            ))
+        }
+        Err(e) => Err(format!("cannot look it up: {e}")),
+    }
+}
+
 /// Finds the library file for `plugin`. `Err((path, reason))` when there is none.
 pub(crate) fn resolve(
     plugin: &PluginRef,
     plugin_dir: Option<&Path>,
 ) -> Result<PathBuf, (PathBuf, String)> {
     match plugin {
-        PluginRef::Path(p) if p.exists() => Ok(p.clone()),
+        PluginRef::Path(p) if present(p).map_err(|why| (p.clone(), why))? => Ok(p.clone()),
         PluginRef::Path(p) if p.is_relative() => {
             let cwd = working_dir();
             Err((
@@ -168,7 +365,17 @@ pub(crate) fn resolve(
         PluginRef::Path(p) => Err((p.clone(), "file not found".to_string())),
         PluginRef::Name(n) => {
             let tried = candidates(n, plugin_dir);
-            match tried.iter().find(|p| p.exists()) {
+            let mut found = None;
+            for p in &tried {
+                // Only a file that is not there moves on to the next
+                // place: one that cannot be looked up must not be
+                // silently replaced by another directory's plugin.
+                if present(p).map_err(|why| (p.clone(), why))? {
+                    found = Some(p);
+                    break;
+                }
+            }
+            match found {
                 Some(p) => Ok(p.clone()),
                 None => {
                     let list: Vec<String> = tried.iter().map(|p| p.display().to_string()).collect();
@@ -554,6 +761,223 @@ mod tests {
         assert!(why.contains("1 to 255 bytes"), "{why}");
         let why = read(c"h2,,http/1.1", full).unwrap_err();
         assert!(why.starts_with("plugin info alpn"), "{why}");
+    }
+
+    /// A fresh directory under the system's temporary one, removed on drop.
+    struct Scratch(PathBuf);
+
+    impl Scratch {
+        fn new(tag: &str) -> Scratch {
+            static N: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+            let n = N.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            let dir = std::env::temp_dir().join(format!(
+                "loopd-plugin-test-{}-{n}-{tag}",
+                std::process::id()
+            ));
+            std::fs::create_dir_all(&dir).unwrap();
+            Scratch(dir)
+        }
+    }
+
+    impl Drop for Scratch {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_dir_all(&self.0);
+        }
+    }
+
+    /// The first `len` bytes of this test binary (an ELF executable with
+    /// the same program header layout as a library) at `to`.
+    fn truncated_exe(to: &Path, len: u64) {
+        use std::io::Read;
+        let exe = std::fs::File::open(std::env::current_exe().unwrap()).unwrap();
+        let mut bytes = Vec::new();
+        exe.take(len).read_to_end(&mut bytes).unwrap();
+        assert_eq!(bytes.len() as u64, len);
+        std::fs::write(to, bytes).unwrap();
+    }
+
+    /// Runs `f` on another thread and gives up after a few seconds: a
+    /// FIFO that reaches dlopen or a blocking open never returns.
+    fn within_seconds<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> T {
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let _ = tx.send(f());
+        });
+        rx.recv_timeout(std::time::Duration::from_secs(10))
+            .expect("blocked on a FIFO")
+    }
+
+    #[cfg(target_os = "linux")]
+    #[test]
+    fn a_truncated_library_is_refused_before_it_is_mapped() {
+        let exe = std::env::current_exe().unwrap();
+        // The whole file passes.
+        check_library(&open_regular(&exe).unwrap()).unwrap();
+
+        let dir = Scratch::new("trunc");
+        let half = dir.0.join("half.so");
+        // Past the program headers, inside the first load segment (the
+        // debug info at the end of a test binary fits no fraction).
+        truncated_exe(&half, 8192);
+        // Through the loader's entry point: without the check, dlopen
+        // would map the missing pages and this test process would die of
+        // SIGBUS.
+        let why = load_current(&half).unwrap_err();
+        assert!(
+            why.starts_with("the file is truncated: a load segment ends at byte "),
+            "{why}"
+        );
+        assert!(
+            why.ends_with(" but the file has 8192 bytes (was it still being copied?)"),
+            "{why}"
+        );
+
+        let short = dir.0.join("short.so");
+        truncated_exe(&short, 100);
+        let why = load_current(&short).unwrap_err();
+        assert!(
+            why.starts_with("the file is truncated: the program header table ends at byte "),
+            "{why}"
+        );
+        truncated_exe(&short, 40);
+        let why = load_current(&short).unwrap_err();
+        assert_eq!(
+            why,
+            "the file is truncated: the ELF header ends at byte 64 but the file has 40 bytes (was it still being copied?)"
+        );
+    }
+
+    /// A replaced library is checked in its private copy (a reload), and
+    /// the copy is removed when it is refused.
+    #[cfg(target_os = "linux")]
+    #[test]
+    fn a_truncated_replacement_is_refused_and_its_copy_removed() {
+        let dir = Scratch::new("trunc-copy");
+        let name = format!("replaced-{}.so", std::process::id());
+        let half = dir.0.join(&name);
+        truncated_exe(&half, 8192);
+        let why = private_copy(&half).unwrap_err();
+        assert!(why.starts_with("the file is truncated: "), "{why}");
+        let left: Vec<_> = std::fs::read_dir(std::env::temp_dir())
+            .unwrap()
+            .filter_map(|e| e.ok())
+            .filter(|e| e.file_name().to_string_lossy().ends_with(&name))
+            .collect();
+        assert!(left.is_empty(), "copy left behind: {left:?}");
+    }
+
+    /// ELF32, big-endian, built by hand: the header is read in the byte
+    /// order and class it says, and a segment with no file bytes (.bss)
+    /// is not checked against the file's size.
+    #[cfg(target_os = "linux")]
+    #[test]
+    fn elf32_big_endian_headers_are_read_as_they_say() {
+        fn elf32_be(loads: &[(u32, u32)]) -> Vec<u8> {
+            let mut b = vec![0u8; 52];
+            b[..6].copy_from_slice(b"\x7fELF\x01\x02");
+            b[28..32].copy_from_slice(&52u32.to_be_bytes()); // e_phoff
+            b[42..44].copy_from_slice(&32u16.to_be_bytes()); // e_phentsize
+            b[44..46].copy_from_slice(&(loads.len() as u16).to_be_bytes());
+            for &(offset, filesz) in loads {
+                let mut ph = [0u8; 32];
+                ph[..4].copy_from_slice(&1u32.to_be_bytes()); // PT_LOAD
+                ph[4..8].copy_from_slice(&offset.to_be_bytes());
+                ph[16..20].copy_from_slice(&filesz.to_be_bytes());
+                b.extend_from_slice(&ph);
+            }
+            b
+        }
+        let dir = Scratch::new("elf32");
+        let path = dir.0.join("x.so");
+        let check = |bytes: &[u8]| {
+            std::fs::write(&path, bytes).unwrap();
+            check_library(&open_regular(&path).unwrap())
+        };
+        // 52 + 2 * 32 = 116 bytes.
+        check(&elf32_be(&[(0, 116), (4096, 0)])).unwrap();
+        assert_eq!(
+            check(&elf32_be(&[(0, 116), (100, 17)])).unwrap_err(),
+            "the file is truncated: a load segment ends at byte 117 but the file has 116 bytes (was it still being copied?)"
+        );
+        let mut cut = elf32_be(&[(0, 10)]);
+        cut.truncate(80);
+        assert_eq!(
+            check(&cut).unwrap_err(),
+            "the file is truncated: the program header table ends at byte 84 but the file has 80 bytes (was it still being copied?)"
+        );
+    }
+
+    #[test]
+    fn a_fifo_is_refused_without_blocking() {
+        let dir = Scratch::new("fifo");
+        let fifo = dir.0.join("fifo.so");
+        let c = std::ffi::CString::new(fifo.as_os_str().as_encoded_bytes()).unwrap();
+        // SAFETY: `c` is a NUL-terminated path that outlives the call.
+        assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o600) }, 0);
+        let wanted = "it is a FIFO (named pipe), not a regular file";
+        let p = fifo.clone();
+        assert_eq!(
+            within_seconds(move || load_current(&p)).unwrap_err(),
+            wanted
+        );
+        // The opens themselves, as a FIFO that took a file's place after
+        // the stat would meet them.
+        let p = fifo.clone();
+        assert_eq!(
+            within_seconds(move || open_regular(&p)).unwrap_err(),
+            wanted
+        );
+        let p = fifo.clone();
+        assert_eq!(
+            within_seconds(move || private_copy(&p)).unwrap_err(),
+            wanted
+        );
+    }
+
+    #[test]
+    fn a_directory_is_refused() {
+        let dir = Scratch::new("dir");
+        let sub = dir.0.join("libloopd_x.so");
+        std::fs::create_dir(&sub).unwrap();
+        assert_eq!(
+            load_current(&sub).unwrap_err(),
+            "it is a directory, not a regular file"
+        );
+    }
+
+    #[test]
+    fn a_file_that_is_not_elf_keeps_the_loaders_reason() {
+        let dir = Scratch::new("text");
+        let path = dir.0.join("x.so");
+        std::fs::write(&path, "hello").unwrap();
+        let why = load_current(&path).unwrap_err();
+        assert!(why.starts_with("not a loadable library: "), "{why}");
+        std::fs::write(
+            &path,
+            "not an ELF file, but long enough to be one\n".repeat(10),
+        )
+        .unwrap();
+        let why = load_current(&path).unwrap_err();
+        assert!(why.starts_with("not a loadable library: "), "{why}");
+        assert!(!why.contains("truncated"), "{why}");
+    }
+
+    /// A candidate that cannot be looked up (here a symlink loop; a
+    /// directory without search permission behaves alike, but root may
+    /// search anything) stops the search with its own error instead of
+    /// reading as "not found" and moving on to the next place.
+    #[test]
+    fn a_path_that_cannot_be_looked_up_is_not_reported_missing() {
+        let dir = Scratch::new("loop");
+        let looped = dir.0.join(file_name("looped"));
+        std::os::unix::fs::symlink(&looped, &looped).unwrap();
+        let (path, why) = resolve(&PluginRef::Name("looped".into()), Some(&dir.0)).unwrap_err();
+        assert_eq!(path, looped);
+        assert!(why.starts_with("cannot look it up: "), "{why}");
+        assert!(!why.contains("not found"), "{why}");
+        let (path, why) = resolve(&PluginRef::Path(looped.clone()), None).unwrap_err();
+        assert_eq!(path, looped);
+        assert!(why.starts_with("cannot look it up: "), "{why}");
     }
 
     #[test]
