@@ -455,3 +455,71 @@ fn a_stale_pid_file_is_refused_and_its_process_left_alone() {
     assert_eq!(out.status.code(), Some(1), "{err}");
     assert!(err.contains("which does not exist"), "{err}");
 }
+
+/// What a reload cannot apply is refused or named, and the running config
+/// keeps serving: a port moved from an address to the wildcard (the old
+/// socket would still hold it when the new one is bound), a file with no
+/// handler left in it (an editor's truncation caught half-way), a changed
+/// pid_file (written once, at start).
+#[test]
+fn what_a_reload_cannot_apply_is_refused_or_named_and_nothing_stops_serving() {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let config = |host: &str, runtime: &str| {
+        format!(
+            "[runtime]\n{runtime}\n[[handler]]\nname = \"echo\"\nplugin = \"echo\"\nlisten = [\"tcp://{host}:{port}\"]\nframing = \"raw\"\n"
+        )
+    };
+    let pid_file = "pid_file = \"{dir}/loopd.pid\"";
+    let loopd = Loopd::start(&config("127.0.0.1", pid_file));
+    let echo: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+    assert_eq!(echo_roundtrip(tcp(echo), b"up"), b"up");
+    loopd.expect_error("reload failed");
+
+    // The wildcard beside the address being closed: named, not blamed on
+    // "this config".
+    let outcome = reload_to(&loopd, &config("0.0.0.0", pid_file), 1);
+    assert!(outcome.contains("reload failed"), "{outcome}");
+    assert!(
+        outcome.contains(&format!(
+            "its port is held by tcp://127.0.0.1:{port} (handler `echo`), which this reload would close only after binding it"
+        )),
+        "{outcome}"
+    );
+    assert_eq!(echo_roundtrip(tcp(echo), b"kept"), b"kept");
+
+    // No handler at all: an empty file, or only [runtime].
+    for (n, text) in ["", "[runtime]\nmax_connections = 5\n"].iter().enumerate() {
+        let outcome = reload_to(&loopd, text, n + 2);
+        assert!(outcome.contains("reload failed"), "{outcome}");
+        assert!(
+            outcome.contains("reload failed; the running config is unchanged: ")
+                && outcome
+                    .contains("loopd.toml: defines no [[handler]] (to stop serving, stop loopd)"),
+            "{outcome}"
+        );
+        assert_eq!(echo_roundtrip(tcp(echo), b"still"), b"still");
+    }
+
+    // A new pid_file applies at the next start; the reload says so.
+    let outcome = reload_to(
+        &loopd,
+        &config("127.0.0.1", "pid_file = \"{dir}/other.pid\""),
+        4,
+    );
+    assert!(outcome.contains("reloaded: "), "{outcome}");
+    let dir = loopd.dir.path().display().to_string();
+    assert!(
+        loopd.logs().contains(&format!(
+            "reload: pid_file = {dir}/other.pid takes a restart; the running loopd's stays {dir}/loopd.pid"
+        )),
+        "{}",
+        loopd.logs()
+    );
+    assert!(!loopd.dir.join("other.pid").exists());
+    assert!(loopd.dir.join("loopd.pid").exists());
+    assert_eq!(echo_roundtrip(tcp(echo), b"after"), b"after");
+}

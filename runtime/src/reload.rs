@@ -183,7 +183,19 @@ impl Runtime {
                 "reload: this runtime was not built from a config file".to_string(),
             ));
         };
-        Config::from_file(&path).inspect_err(|_| {
+        let config = Config::from_file(&path).and_then(|config| {
+            // An editor truncating the file, or a rewrite caught half-way,
+            // must not close every listener.
+            let running = self.reload.entries.len();
+            if config.handlers.is_empty() && running > 0 {
+                return Err(Error::Config(format!(
+                    "{}: defines no [[handler]] (to stop serving, stop loopd)",
+                    path.display()
+                )));
+            }
+            Ok(config)
+        });
+        config.inspect_err(|_| {
             self.core.borrow_mut().shared.counters.reload_failures += 1;
         })
     }
@@ -240,6 +252,35 @@ impl Runtime {
                 );
             }
             config.runtime.workers = running_workers;
+        }
+        // The pid_file is written, and the user switched to, once at start.
+        {
+            let core = self.core.borrow();
+            let running = &core.shared.cfg;
+            let first = self.worker().0 == 0;
+            let show = |p: &Option<PathBuf>| {
+                p.as_ref()
+                    .map_or_else(|| "none".to_string(), |p| p.display().to_string())
+            };
+            if config.runtime.pid_file != running.pid_file {
+                if first {
+                    log::warn!(
+                        "reload: pid_file = {} takes a restart; the running loopd's stays {}",
+                        show(&config.runtime.pid_file),
+                        show(&running.pid_file)
+                    );
+                }
+                config.runtime.pid_file = running.pid_file.clone();
+            }
+            if (&config.runtime.user, &config.runtime.group) != (&running.user, &running.group) {
+                if first {
+                    log::warn!(
+                        "reload: a changed [runtime] user or group takes a restart; loopd keeps running as it does"
+                    );
+                }
+                config.runtime.user = running.user.clone();
+                config.runtime.group = running.group.clone();
+            }
         }
         // A worker's share of the limits, its listeners (as at build).
         if let Some(slot) = &self.worker {
@@ -399,6 +440,26 @@ impl Runtime {
                     }
                     (None, None) => to_bind.push((addr.clone(), inst, h.name.clone(), i)),
                 }
+            }
+        }
+        // New listeners are bound before the old ones close (all or
+        // nothing), so one cannot take the port of a listener this reload
+        // closes: the kernel refuses 0.0.0.0:P beside 127.0.0.1:P.
+        for (addr, _, name, _) in &to_bind {
+            let closing = self.listener_records.iter().enumerate().find(|(j, r)| {
+                r.open && r.from_file && !claimed[*j] && takes_port_of(&r.addr, addr)
+            });
+            if let Some((_, r)) = closing {
+                let why = format!(
+                    "its port is held by {} (handler `{}`), which this reload would close only after binding it: moving a port between an address and the wildcard takes a restart, or a reload to another port first",
+                    r.url, r.handler
+                );
+                self.undo_created(&config, created);
+                return Err(Error::Listen {
+                    handler: name.clone(),
+                    listener: addr.to_string(),
+                    source: std::io::Error::new(std::io::ErrorKind::AddrInUse, why),
+                });
             }
         }
         let mut bound: Vec<(Bound, ListenAddr, String)> = Vec::new();
@@ -692,6 +753,19 @@ impl Runtime {
 
 /// Whether a listener at `old` can become `new` by switching its
 /// transport: the same TCP address, one plain and one TLS.
+/// Whether a socket at `new` would clash with one open at `old`, a
+/// different address of the same port (a port of 0 is chosen at bind and
+/// clashes with nothing).
+fn takes_port_of(old: &ListenAddr, new: &ListenAddr) -> bool {
+    use ListenAddr::{Tcp, Tls, Udp};
+    match (old, new) {
+        (Tcp(a) | Tls(a), Tcp(b) | Tls(b)) | (Udp(a), Udp(b)) => {
+            a != b && a.port() != 0 && listener::same_port(a, b)
+        }
+        _ => false,
+    }
+}
+
 fn switches(old: &ListenAddr, new: &ListenAddr) -> bool {
     match (old, new) {
         (ListenAddr::Tcp(a), ListenAddr::Tls(b)) | (ListenAddr::Tls(a), ListenAddr::Tcp(b)) => {
