@@ -713,3 +713,149 @@ fn a_config_that_is_not_utf8_is_refused() {
     std::fs::write(&config, b"# caf\xe9\n[runtime]\n").unwrap();
     refused_file(&config, "not UTF-8 text (an invalid byte at offset 5)");
 }
+
+// ---------------------------------------------------------------------------
+// Refused by `loopd check`, and by a start before it binds
+// ---------------------------------------------------------------------------
+
+/// [`assert_at`] for `loopd check`; then `loopd <config>` must fail with
+/// the same `CONFIG:LINE:COL: MESSAGE`, before listening.
+#[track_caller]
+fn check_and_start_fail_at(text: &str, needle: &str, message: &str) {
+    assert_at(text, needle, message);
+    let dir = TempDir::new("config-start");
+    let config = write_config(&dir, text);
+    let (line, col) = locate(text, needle);
+    let head = format!("{}:{line}:{col}: {message}", config.display());
+    let stderr = failed(&run_loopd(&[config.to_str().unwrap()]));
+    assert!(stderr.contains(&head), "expected\n  {head}\nin\n{stderr}");
+    assert!(
+        !stderr.contains("listening on") && !stderr.contains(" ready: "),
+        "{stderr}"
+    );
+}
+
+/// A config whose `[runtime]` is `runtime` and whose echo handler listens
+/// on a free TCP port.
+fn runtime_with_echo(runtime: &str) -> String {
+    format!("[runtime]\n{runtime}\n\n{}", echo_on("tcp://127.0.0.1:0"))
+}
+
+#[test]
+fn a_pid_file_loopd_cannot_write_is_refused_before_binding() {
+    let dir = TempDir::new("config-pid-file");
+    let missing = dir.join("no/such/dir/loopd.pid");
+    let plain = dir.join("plain");
+    std::fs::write(&plain, "").unwrap();
+    let d = dir.path().display();
+    let cases = [
+        (
+            missing.display().to_string(),
+            format!(
+                "runtime.pid_file: cannot write {}: its directory {} does not exist",
+                missing.display(),
+                missing.parent().unwrap().display()
+            ),
+        ),
+        (
+            format!("{d}"),
+            format!("runtime.pid_file: {d} is a directory: give the path of a file in it, e.g. \"{d}/loopd.pid\""),
+        ),
+        (
+            format!("{d}/x.pid/"),
+            format!("runtime.pid_file: {d}/x.pid/ ends in `/`, which names a directory"),
+        ),
+        (
+            format!("{}/x.pid", plain.display()),
+            format!(
+                "runtime.pid_file: cannot write {}/x.pid: {} is not a directory",
+                plain.display(),
+                plain.display()
+            ),
+        ),
+        (
+            "/dev/null".to_string(),
+            "runtime.pid_file: /dev/null is a character device, not a regular file".to_string(),
+        ),
+    ];
+    for (pid_file, message) in cases {
+        let text = runtime_with_echo(&format!("pid_file = \"{pid_file}\""));
+        check_and_start_fail_at(&text, "\"", &message);
+    }
+    assert!(!missing.parent().unwrap().exists());
+    // A pid_file in an existing directory, or one left there, is fine.
+    for _ in 0..2 {
+        let text = runtime_with_echo(&format!("pid_file = \"{d}/loopd.pid\""));
+        let config = write_config(&dir, &text);
+        let out = run_loopd(&["check", config.to_str().unwrap()]);
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        std::fs::write(dir.join("loopd.pid"), "1\n").unwrap();
+    }
+}
+
+#[test]
+fn ipv4_mapped_ipv6_listeners_are_refused_with_the_ipv4_spelling() {
+    for (scheme, ip) in [
+        ("tcp", "127.0.0.1"),
+        ("udp", "127.0.0.1"),
+        ("tls", "10.1.2.3"),
+    ] {
+        let url = format!("{scheme}://[::ffff:{ip}]:20020");
+        let text = one_handler(&format!("listen = [\"tcp://127.0.0.1:0\", \"{url}\"]"));
+        check_and_start_fail_at(
+            &text,
+            &format!("\"{url}"),
+            &format!(
+                "handler[0].listen[1]: `{url}`: ::ffff:{ip} is an IPv4-mapped IPv6 address, which loopd's IPv6 listeners (IPv6-only) cannot bind; write the IPv4 address: `{scheme}://{ip}:20020`"
+            ),
+        );
+    }
+}
+
+#[test]
+fn a_unix_socket_path_ending_in_a_slash_is_refused() {
+    let dir = TempDir::new("config-unix-slash");
+    let url = format!("unix://{}/x.sock/", dir.path().display());
+    let text = one_handler(&format!("listen = [\"{url}\"]"));
+    check_and_start_fail_at(
+        &text,
+        &format!("\"{url}"),
+        &format!("handler[0].listen[0]: `{url}`: a unix socket path cannot end in `/` (that names a directory)"),
+    );
+    assert!(!dir.join("x.sock").exists());
+}
+
+#[test]
+fn the_id_minus_one_is_refused_as_a_user_or_group() {
+    let minus_one = "4294967295";
+    let why = format!(
+        "`{minus_one}` is the id -1, which the system reads as \"leave unchanged\": it names no user or group"
+    );
+    let text = runtime_with_echo(&format!("user = \"{minus_one}\""));
+    check_and_start_fail_at(&text, "\"", &format!("runtime.user: {why}"));
+    let text = runtime_with_echo(&format!("user = \"0\"\ngroup = \"{minus_one}\""));
+    check_and_start_fail_at(
+        &text,
+        &format!("\"{minus_one}"),
+        &format!("runtime.group: {why}"),
+    );
+    let text = format!(
+        "[[handler]]\nname = \"echo\"\nplugin = \"echo\"\nlisten = [\"unix:///tmp/loopd-minus-one.sock\"]\nunix_owner = \"{minus_one}\"\n"
+    );
+    assert_at(
+        &text,
+        &format!("\"{minus_one}"),
+        &format!("handler[0].unix_owner: {why}"),
+    );
+    // The largest other id is an id like any other.
+    let text = runtime_with_echo("user = \"4294967294\"");
+    let dir = TempDir::new("config-uid-max");
+    let config = write_config(&dir, &text);
+    let out = run_loopd(&["check", config.to_str().unwrap()]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!stderr.contains("the id -1"), "{stderr}");
+}

@@ -30,6 +30,20 @@ fn error(account: &Account, key: &str, what: impl std::fmt::Display) -> Error {
     }
 }
 
+/// Why a numeric user or group id cannot be used: `4294967295` is
+/// `(uid_t)-1` (and `(gid_t)-1`), which `setresuid`, `setgroups` and
+/// `chown` read as "leave it unchanged", not as an id. `None` for any
+/// other name or number.
+pub(crate) fn reserved_id(name: &str) -> Option<String> {
+    let minus_one = name.parse::<libc::uid_t>() == Ok(libc::uid_t::MAX)
+        || name.parse::<libc::gid_t>() == Ok(libc::gid_t::MAX);
+    minus_one.then(|| {
+        format!(
+            "`{name}` is the id -1, which the system reads as \"leave unchanged\": it names no user or group"
+        )
+    })
+}
+
 /// Calls a `get*_r` function with a buffer that grows on `ERANGE`.
 fn with_buffer<T>(
     mut call: impl FnMut(&mut [libc::c_char]) -> (libc::c_int, Option<T>),
@@ -110,6 +124,9 @@ fn group_by_name(name: &CStr) -> io::Result<Option<libc::gid_t>> {
 /// has one).
 pub(crate) fn user(account: &Account, key: &str) -> Result<User, Error> {
     let fail = |what: String| error(account, key, what);
+    if let Some(why) = reserved_id(&account.name) {
+        return Err(fail(why));
+    }
     if let Ok(uid) = account.name.parse::<libc::uid_t>() {
         return match passwd_by_uid(uid) {
             Ok(Some(u)) => Ok(u),
@@ -137,6 +154,9 @@ pub(crate) fn user(account: &Account, key: &str) -> Result<User, Error> {
 /// The group `account` names: a name in the group database or a numeric gid.
 pub(crate) fn group(account: &Account, key: &str) -> Result<libc::gid_t, Error> {
     let fail = |what: String| error(account, key, what);
+    if let Some(why) = reserved_id(&account.name) {
+        return Err(fail(why));
+    }
     if let Ok(gid) = account.name.parse::<libc::gid_t>() {
         return Ok(gid);
     }
@@ -311,6 +331,27 @@ mod tests {
         assert_eq!(
             (lone.uid, lone.gid, lone.name),
             (3_999_999, 3_999_999, None)
+        );
+    }
+
+    #[test]
+    fn the_id_minus_one_is_no_account() {
+        // What setresuid, setgroups and chown read as "leave unchanged".
+        let minus_one = Account::new("4294967295");
+        for err in [
+            user(&minus_one, "runtime.user").unwrap_err(),
+            group(&minus_one, "runtime.group").unwrap_err(),
+        ] {
+            assert!(
+                err.to_string().contains("`4294967295` is the id -1"),
+                "{err}"
+            );
+        }
+        let max = user(&Account::new("4294967294"), "runtime.user").unwrap();
+        assert_eq!(max.uid, 4_294_967_294);
+        assert_eq!(
+            group(&Account::new("4294967294"), "g").unwrap(),
+            4_294_967_294
         );
     }
 

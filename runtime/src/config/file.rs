@@ -312,6 +312,9 @@ impl Config {
                 if p.get_ref().is_empty() {
                     return Err(src.error(Some(p.span()), "runtime.pid_file", "is empty"));
                 }
+                if let Some(why) = pid_file_problem(Path::new(p.get_ref())) {
+                    return Err(src.error(Some(p.span()), "runtime.pid_file", why));
+                }
                 runtime.pid_file = Some(PathBuf::from(p.into_inner()));
             }
             runtime.user = account(&src, rt.user.as_ref(), "runtime.user")?;
@@ -350,9 +353,7 @@ impl Config {
 
             let mut listen = Vec::with_capacity(h.listen.len());
             for (j, l) in h.listen.iter().enumerate() {
-                let addr: ListenAddr = l
-                    .get_ref()
-                    .parse()
+                let addr = ListenAddr::parse_listener(l.get_ref())
                     .map_err(|e| src.error(Some(l.span()), &key(&format!("listen[{j}]")), e))?;
                 // Port 0 means "any free port": many listeners may ask for it.
                 let ephemeral = matches!(&addr, ListenAddr::Tcp(a) | ListenAddr::Udp(a) | ListenAddr::Tls(a) if a.port() == 0);
@@ -504,7 +505,67 @@ impl Config {
     }
 }
 
-/// A user or group key: not empty, no NUL; looked up when the runtime is built.
+/// What makes `path` unusable as the `pid_file`, which the `loopd` binary
+/// writes only once it listens: a directory (or anything else that is not
+/// a regular file: writing a FIFO blocks), or a file whose directory does
+/// not exist. Checked when the file is read, so that `loopd check` finds
+/// it and a start fails before it binds. What only the write can tell
+/// (permissions: loopd may start as another user than `loopd check`) is
+/// left to it.
+fn pid_file_problem(path: &Path) -> Option<String> {
+    use std::os::unix::fs::FileTypeExt;
+    let shown = path.display();
+    if path.as_os_str().to_string_lossy().ends_with('/') {
+        return Some(format!(
+            "{shown} ends in `/`, which names a directory: give the path of a file"
+        ));
+    }
+    match std::fs::metadata(path) {
+        Ok(m) if m.is_file() => return None,
+        Ok(m) if m.is_dir() => {
+            return Some(format!(
+                "{shown} is a directory: give the path of a file in it, e.g. \"{}\"",
+                path.join("loopd.pid").display()
+            ))
+        }
+        Ok(m) => {
+            let t = m.file_type();
+            let kind = if t.is_fifo() {
+                "a FIFO (named pipe)"
+            } else if t.is_socket() {
+                "a socket"
+            } else if t.is_char_device() {
+                "a character device"
+            } else if t.is_block_device() {
+                "a block device"
+            } else {
+                "not a regular file"
+            };
+            return Some(format!("{shown} is {kind}, not a regular file"));
+        }
+        Err(_) => {}
+    }
+    let dir = path.parent().filter(|d| !d.as_os_str().is_empty())?;
+    match std::fs::metadata(dir) {
+        Ok(m) if !m.is_dir() => Some(format!(
+            "cannot write {shown}: {} is not a directory",
+            dir.display()
+        )),
+        Err(e)
+            if e.kind() == std::io::ErrorKind::NotFound
+                || e.raw_os_error() == Some(libc::ENOTDIR) =>
+        {
+            Some(format!(
+                "cannot write {shown}: its directory {} does not exist",
+                dir.display()
+            ))
+        }
+        _ => None,
+    }
+}
+
+/// A user or group key: not empty, no NUL, not the id -1; looked up when
+/// the runtime is built.
 fn account(
     src: &Source<'_>,
     value: Option<&Spanned<String>>,
@@ -518,6 +579,9 @@ fn account(
             key,
             "must be a user or group name, or a numeric id",
         ));
+    }
+    if let Some(why) = crate::privileges::reserved_id(name) {
+        return Err(src.error(Some(v.span()), key, why));
     }
     Ok(Some(Account {
         name: name.clone(),
@@ -1008,6 +1072,24 @@ root = "examples/www"
             e.contains(&format!("must be shorter than {max} bytes")),
             "{e}"
         );
+    }
+
+    #[test]
+    fn listeners_refuse_what_cannot_be_bound_and_connects_take_mapped_addresses() {
+        let e = ListenAddr::parse_listener("udp://[::ffff:192.0.2.1]:53").unwrap_err();
+        assert!(
+            e.ends_with("write the IPv4 address: `udp://192.0.2.1:53`"),
+            "{e}"
+        );
+        // An outbound connect from an IPv6 socket reaches a mapped address.
+        assert!("tcp://[::ffff:127.0.0.1]:7".parse::<ListenAddr>().is_ok());
+        for ok in ["tcp://[::1]:7", "tls://[::]:7", "udp://127.0.0.1:7"] {
+            assert_eq!(ListenAddr::parse_listener(ok), ok.parse(), "{ok}");
+        }
+        for slash in ["unix:///tmp/x.sock/", "unix:///", "unix://dir/"] {
+            let e = slash.parse::<ListenAddr>().unwrap_err();
+            assert!(e.contains("cannot end in `/`"), "{slash}: {e}");
+        }
     }
 
     /// A config whose handler has a `[handler.config]` table.

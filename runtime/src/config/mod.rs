@@ -373,6 +373,34 @@ impl fmt::Display for ListenAddr {
     }
 }
 
+impl ListenAddr {
+    /// Parses a URL to listen on: as [`FromStr`](std::str::FromStr) does,
+    /// and refuses what no listener can bind: an IPv4-mapped IPv6 address
+    /// (`tcp://[::ffff:127.0.0.1]:7000`), which loopd's IPv6 listeners,
+    /// IPv6-only (`IPV6_V6ONLY`), cannot have (an outbound connection to
+    /// one is fine, so [`FromStr`](std::str::FromStr) takes it).
+    ///
+    /// # Errors
+    /// What is wrong; for a mapped address, the IPv4 spelling to use.
+    pub fn parse_listener(s: &str) -> Result<ListenAddr, String> {
+        let addr: ListenAddr = s.parse()?;
+        if let ListenAddr::Tcp(SocketAddr::V6(a))
+        | ListenAddr::Udp(SocketAddr::V6(a))
+        | ListenAddr::Tls(SocketAddr::V6(a)) = &addr
+        {
+            if let Some(v4) = a.ip().to_ipv4_mapped() {
+                let scheme = s.split_once("://").map_or("tcp", |(scheme, _)| scheme);
+                return Err(format!(
+                    "`{s}`: {} is an IPv4-mapped IPv6 address, which loopd's IPv6 listeners (IPv6-only) cannot bind; write the IPv4 address: `{scheme}://{}`",
+                    a.ip(),
+                    SocketAddr::new(v4.into(), a.port())
+                ));
+            }
+        }
+        Ok(addr)
+    }
+}
+
 impl std::str::FromStr for ListenAddr {
     type Err = String;
 
@@ -405,6 +433,11 @@ impl std::str::FromStr for ListenAddr {
                 }
                 if rest.contains('\0') {
                     return Err(format!("`{s}`: the unix socket path contains NUL"));
+                }
+                if rest.ends_with('/') {
+                    return Err(format!(
+                        "`{s}`: a unix socket path cannot end in `/` (that names a directory)"
+                    ));
                 }
                 Ok(ListenAddr::Unix(PathBuf::from(rest)))
             }
