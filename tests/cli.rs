@@ -402,3 +402,53 @@ fn fatal_errors_are_printed_whatever_rust_log_says() {
         );
     }
 }
+
+#[test]
+fn a_config_without_handlers_is_refused_by_run_and_check_but_not_by_reload() {
+    let dir = TempDir::new("cli-no-handler");
+    let pid_file = dir.join("loopd.pid");
+    let empty = dir.join("empty.toml");
+    std::fs::write(&empty, "").unwrap();
+    let runtime_only = write_config(
+        &dir,
+        &format!(
+            "[runtime]\nshutdown_timeout_ms = 2000\npid_file = \"{}\"\n",
+            pid_file.display()
+        ),
+    );
+    for config in [&empty, &runtime_only] {
+        let cfg = config.to_str().unwrap();
+        for args in [vec!["check", cfg], vec![cfg], vec!["run", cfg]] {
+            let out = run_in(dir.path(), &args, Some("info"));
+            let err = text(&out.stderr);
+            assert_eq!(out.status.code(), Some(1), "{args:?}:\n{err}");
+            assert!(
+                err.contains(&format!(
+                    "{cfg}: defines no [[handler]]: loopd would serve nothing"
+                )),
+                "{args:?}:\n{err}"
+            );
+            assert!(
+                !err.contains(" ready: ") && !text(&out.stdout).contains(": ok"),
+                "{args:?}:\n{err}"
+            );
+        }
+    }
+    assert!(!pid_file.exists());
+    // `loopd reload` and `loopd upgrade` read only the pid_file: the file
+    // gets as far as that.
+    for command in ["reload", "upgrade"] {
+        let out = run_in(
+            dir.path(),
+            &[command, runtime_only.to_str().unwrap()],
+            Some("info"),
+        );
+        let err = text(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "{command}:\n{err}");
+        assert!(
+            err.contains(&format!("cannot read the pid_file {}", pid_file.display()))
+                && !err.contains("defines no"),
+            "{command}:\n{err}"
+        );
+    }
+}

@@ -256,8 +256,23 @@ fn edit_distance(a: &str, b: &str) -> usize {
     row[b.len()]
 }
 
+/// Reads the config to run or check: one that defines no handler is
+/// refused, since loopd would start and serve nothing. (The library takes
+/// one: a program embedding loopd adds its handlers in code; `loopd
+/// reload` and `loopd upgrade` read only its pid_file.)
+fn serving_config(config: &std::path::Path) -> Result<loopd::Config, loopd::Error> {
+    let parsed = loopd::Config::from_file(config)?;
+    if parsed.handlers.is_empty() {
+        return Err(loopd::Error::Config(format!(
+            "{}: defines no [[handler]]: loopd would serve nothing",
+            config.display()
+        )));
+    }
+    Ok(parsed)
+}
+
 fn run(config: PathBuf) -> Result<(), loopd::Error> {
-    let parsed = loopd::Config::from_file(&config)?;
+    let parsed = serving_config(&config)?;
     logsink::configure(&parsed)?;
     let builder = Runtime::builder()
         .config(parsed.clone())
@@ -452,7 +467,7 @@ fn process_age(pid: i32) -> Option<std::time::Duration> {
 }
 
 fn check(config: PathBuf) -> Result<(), loopd::Error> {
-    let parsed = loopd::Config::from_file(&config)?;
+    let parsed = serving_config(&config)?;
     logsink::check(&parsed)?;
     let handlers = Runtime::builder().config(parsed).check()?;
     println!("{}: ok", config.display());
