@@ -405,7 +405,8 @@ impl HandlerSpec {
         check_name(&name).map_err(|e| fail(format!("name: {e}")))?;
         let mut listen = Vec::with_capacity(self.listen.len());
         for (i, url) in self.listen.iter().enumerate() {
-            let addr: ListenAddr = url.parse().map_err(|e| fail(format!("listen[{i}]: {e}")))?;
+            let addr =
+                ListenAddr::parse_listener(url).map_err(|e| fail(format!("listen[{i}]: {e}")))?;
             listen.push(addr);
         }
         let (high, low) = match self.watermarks {
@@ -503,6 +504,13 @@ mod tests {
         let e = err(HandlerSpec::plugin("a", "echo").listen("tcp://localhost:1"));
         assert!(
             e.starts_with("handler `a` (added in code): listen[0]: `tcp://localhost:1`"),
+            "{e}"
+        );
+        // What parses but no listener can bind: the IPv4 spelling is named.
+        let e = err(HandlerSpec::plugin("a", "echo").listen("tcp://[::ffff:127.0.0.1]:1"));
+        assert!(
+            e.starts_with("handler `a` (added in code): listen[0]: `tcp://[::ffff:127.0.0.1]:1`")
+                && e.ends_with("write the IPv4 address: `tcp://127.0.0.1:1`"),
             "{e}"
         );
         let e = err(HandlerSpec::plugin("bad name", "echo"));
