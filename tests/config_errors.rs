@@ -859,3 +859,36 @@ fn the_id_minus_one_is_refused_as_a_user_or_group() {
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(!stderr.contains("the id -1"), "{stderr}");
 }
+
+/// A `plugin_dir` that is not a directory would let a plugin of the same
+/// name be loaded from next to the executable instead, without a word.
+#[test]
+fn a_plugin_dir_that_is_not_a_directory_is_refused() {
+    let dir = TempDir::new("config-plugin-dir");
+    let file = dir.join("file");
+    std::fs::write(&file, "").unwrap();
+    let missing = dir.join("missing");
+    for (value, why) in [
+        (
+            missing.display().to_string(),
+            format!("the directory {} does not exist", missing.display()),
+        ),
+        (
+            file.display().to_string(),
+            format!("{} is not a directory", file.display()),
+        ),
+        (String::new(), "is empty".to_string()),
+    ] {
+        let text = runtime_with_echo(&format!("plugin_dir = \"{value}\""));
+        check_and_start_fail_at(&text, "\"", &format!("runtime.plugin_dir: {why}"));
+    }
+    // A directory is taken, even one without the plugin in it.
+    let text = runtime_with_echo(&format!("plugin_dir = \"{}\"", dir.path().display()));
+    let config = write_config(&dir, &text);
+    let out = run_loopd(&["check", config.to_str().unwrap()]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}

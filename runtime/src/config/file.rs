@@ -284,6 +284,23 @@ impl Config {
                 .validate()
                 .map_err(|e| limit_error(&src, &keys, &e))?;
             if let Some(dir) = rt.plugin_dir {
+                // A mistyped directory would let a plugin of the same name
+                // be taken from next to the executable instead.
+                let why = match std::fs::metadata(dir.get_ref()) {
+                    _ if dir.get_ref().is_empty() => Some("is empty".to_string()),
+                    Ok(m) if !m.is_dir() => Some(format!("{} is not a directory", dir.get_ref())),
+                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => Some(format!(
+                        "the directory {} does not exist{}",
+                        dir.get_ref(),
+                        relative_hint(Path::new(dir.get_ref()))
+                    )),
+                    // Anything else (permissions) is reported with the
+                    // plugin it hides.
+                    _ => None,
+                };
+                if let Some(why) = why {
+                    return Err(src.error(Some(dir.span()), "runtime.plugin_dir", why));
+                }
                 runtime.plugin_dir = Some(PathBuf::from(dir.into_inner()));
             }
             if let Some(v) = positive(&rt.max_buffered_input, "max_buffered_input")? {
@@ -502,6 +519,17 @@ impl Config {
             handlers,
             log,
         })
+    }
+}
+
+/// For a relative path in a message: the directory it is resolved against.
+fn relative_hint(p: &Path) -> String {
+    match std::env::current_dir() {
+        Ok(cwd) if p.is_relative() => format!(
+            " (a relative path, resolved against the working directory {})",
+            cwd.display()
+        ),
+        _ => String::new(),
     }
 }
 
