@@ -421,3 +421,46 @@ fn at_shutdown_idle_pairs_close_and_a_download_in_progress_finishes() {
         loopd.logs()
     );
 }
+
+/// An upstream that is the proxy's own listener: each connection would
+/// connect to itself again, until max_connections. The first is refused,
+/// with one error naming both.
+#[test]
+fn an_upstream_that_is_the_proxys_own_listener_is_refused_not_looped() {
+    let port = free_port();
+    let url = format!("tcp://127.0.0.1:{port}");
+    let tcp_config = proxy_config(&url, "", "")
+        .replace("tcp://127.0.0.1:0", &url)
+        .replace("[runtime]\n", "[runtime]\nmax_connections = 40\n");
+    let unix_config = proxy_config("unix://{dir}/proxy.sock", "", "")
+        .replace("tcp://127.0.0.1:0", "unix://{dir}/proxy.sock")
+        .replace("[runtime]\n", "[runtime]\nmax_connections = 40\n");
+    for config in [tcp_config, unix_config] {
+        let loopd = Loopd::start(&config);
+        loopd.expect_error("is this proxy's own listener");
+        for _ in 0..3 {
+            let got = if config.contains("unix://") {
+                let mut c = unix(&loopd.unix("proxy"));
+                let _ = c.write_all(b"hello?\n");
+                let mut got = Vec::new();
+                let _ = c.read_to_end(&mut got);
+                got
+            } else {
+                let mut c = connect(format!("127.0.0.1:{port}").parse().unwrap());
+                let _ = c.write_all(b"hello?\n");
+                read_until_closed(&mut c)
+            };
+            assert!(got.is_empty(), "{got:?}");
+        }
+        let needle = "is this proxy's own listener";
+        assert!(loopd.wait_for_log(needle, TIMEOUT), "{}", loopd.logs());
+        std::thread::sleep(Duration::from_millis(200));
+        let logs = loopd.logs();
+        assert_eq!(
+            logs.lines().filter(|l| l.contains(needle)).count(),
+            1,
+            "{logs}"
+        );
+        assert!(!logs.contains("max_connections"), "{logs}");
+    }
+}

@@ -184,6 +184,19 @@ pub enum Upstream {
 }
 
 impl Upstream {
+    /// Whether the connection `info` describes was accepted at this very
+    /// address: its local address (a wildcard listener's connections have
+    /// the concrete one), or its Unix listener's path as written.
+    pub fn is_listener_of(&self, info: &loopd_handler_api::ConnInfo<'_>) -> bool {
+        match self {
+            Upstream::Tcp(a) | Upstream::Tls(a) => info.local == Some(*a),
+            Upstream::Unix(p) => info
+                .endpoint
+                .strip_prefix("unix://")
+                .is_some_and(|own| std::path::Path::new(own) == p),
+        }
+    }
+
     /// Parses `tcp://IP:PORT` (`tcp://[::1]:6379` for IPv6), `tls://IP:PORT`
     /// or `unix:///path/to.sock` (a relative path is relative to loopd's
     /// working directory).

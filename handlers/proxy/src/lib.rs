@@ -98,6 +98,9 @@ pub struct Proxy {
     down: Throttle,
     /// Clients refused because the listener's framing is not raw.
     wrong_framing: Throttle,
+    /// Connections refused because the upstream is the listener that
+    /// accepted them.
+    own_listener: Throttle,
 }
 
 /// Which connection of a pair.
@@ -485,6 +488,7 @@ impl Handler for Proxy {
             shutting_down: false,
             down: Throttle::default(),
             wrong_framing: Throttle::default(),
+            own_listener: Throttle::default(),
         })
     }
 
@@ -515,6 +519,18 @@ impl Handler for Proxy {
         }
         if self.shutting_down {
             return Err("shutting down".into());
+        }
+        // Connecting would reach this very listener, which would connect
+        // again, up to max_connections.
+        if self.settings.upstream.is_listener_of(info) {
+            if let Some(n) = self.own_listener.hit(ctx.now_ms()) {
+                ctx.error(format_args!(
+                    "upstream {} is this proxy's own listener {}: each connection would connect \
+                     to itself again; refused {n} connection(s); point upstream at another server",
+                    self.url, info.endpoint
+                ));
+            }
+            return Err("the upstream is this listener".into());
         }
         let upstream = match ctx.connect_with(&self.url, &self.options) {
             Ok(id) => id,
