@@ -547,6 +547,11 @@ static int32_t on_data(loopd_ctx *ctx, void *inst, uint64_t conn, void *st,
     (void)inst; (void)st;
     return h->send(ctx, conn, data, len);
 }
+static void on_datagram(loopd_ctx *ctx, void *inst, uint64_t sock, const loopd_addr *peer,
+                        const uint8_t *data, size_t len)
+{
+    (void)ctx; (void)inst; (void)sock; (void)peer; (void)data; (void)len;
+}
 /* Laid out as a 1.0 plugin would be: the table ends after on_shutdown. */
 static loopd_vtable vt;
 static loopd_plugin_info info;
@@ -563,7 +568,7 @@ const loopd_plugin_info *loopd_plugin_entry_v1(const loopd_host_api *host)
     vt.on_eof = NULL;
     vt.on_writable = NULL;
     vt.on_close = NULL;
-    vt.on_datagram = NULL;
+    vt.on_datagram = on_datagram;
     vt.on_timer = NULL;
     vt.on_shutdown = NULL;
     info.struct_size = LOOPD_PLUGIN_INFO_V1_0_SIZE;
@@ -710,4 +715,47 @@ fn a_missing_relative_plugin_path_names_the_directory_it_was_resolved_against() 
             "{args:?}"
         );
     }
+}
+
+/// A udp:// listener for a handler that takes no datagrams (echo, chat,
+/// http, status, proxy; a C plugin without datagram hooks) is refused by
+/// `loopd check` and at start: it would drop every datagram unseen.
+#[test]
+fn a_udp_listener_for_a_stream_handler_is_refused() {
+    build_plugins();
+    let dir = TempDir::new("plugin-udp-stream");
+    for plugin in ["echo", "chat", "http", "status", "proxy"] {
+        let config = match plugin {
+            "http" => "\n[handler.config]\nroot = \"{dir}\"\n"
+                .replace("{dir}", dir.path().to_str().unwrap()),
+            "proxy" => "\n[handler.config]\nupstream = \"tcp://127.0.0.1:9\"\n".to_string(),
+            _ => String::new(),
+        };
+        let text = format!(
+            "[[handler]]\nname = \"h\"\nplugin = \"{plugin}\"\nlisten = [\"tcp://127.0.0.1:0\", \"udp://127.0.0.1:0\"]\n{config}"
+        );
+        let path = write_config(&dir, &text);
+        let why = format!(
+            "handler `h`: cannot listen on udp://127.0.0.1:0: plugin {plugin} takes no datagrams (it has no on_datagram hook), so every datagram would be dropped: a udp:// listener needs a handler that serves datagrams, such as udp-broadcast"
+        );
+        for args in [
+            vec!["check", path.to_str().unwrap()],
+            vec![path.to_str().unwrap()],
+        ] {
+            let out = run_loopd(&args);
+            let stderr = String::from_utf8_lossy(&out.stderr);
+            assert_eq!(out.status.code(), Some(1), "{plugin} {args:?}: {stderr}");
+            assert!(stderr.contains(&why), "{plugin} {args:?}: {stderr}");
+            assert!(!stderr.contains(" ready: "), "{stderr}");
+        }
+    }
+    // The same listener for a handler that takes datagrams is fine.
+    let text = "[[handler]]\nname = \"h\"\nplugin = \"probe\"\nlisten = [\"udp://127.0.0.1:0\"]\n";
+    let path = write_config(&dir, text);
+    let out = run_loopd(&["check", path.to_str().unwrap()]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 }

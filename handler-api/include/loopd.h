@@ -656,7 +656,9 @@ typedef struct loopd_vtable {
                      void *conn_state, int32_t reason);
 
     /* A datagram arrived on a datagram socket of this instance. peer and
-     * data are borrowed for this call. */
+     * data are borrowed for this call. A plugin that leaves both this and
+     * on_datagrams NULL takes no datagrams: loopd refuses a udp:// listener
+     * for it. */
     void (*on_datagram)(loopd_ctx *ctx, void *instance, uint64_t socket,
                         const loopd_addr *peer, const uint8_t *data,
                         size_t len);

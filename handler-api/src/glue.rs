@@ -83,7 +83,11 @@ pub const fn vtable<H: Handler>() -> loopd_vtable {
         on_eof: Some(on_eof::<H>),
         on_writable: Some(on_writable::<H>),
         on_close: Some(on_close::<H>),
-        on_datagram: Some(on_datagram::<H>),
+        on_datagram: if H::DATAGRAMS {
+            Some(on_datagram::<H>)
+        } else {
+            None
+        },
         on_timer: Some(on_timer::<H>),
         on_shutdown: Some(on_shutdown::<H>),
         on_listen: Some(on_listen::<H>),
@@ -91,7 +95,7 @@ pub const fn vtable<H: Handler>() -> loopd_vtable {
         on_partial: Some(on_partial::<H>),
         on_message: Some(on_message::<H>),
         on_fd: Some(on_fd::<H>),
-        on_datagrams: if H::BATCH_DATAGRAMS {
+        on_datagrams: if H::DATAGRAMS && H::BATCH_DATAGRAMS {
             Some(on_datagrams::<H>)
         } else {
             None

@@ -230,6 +230,13 @@ pub trait Handler: Sized + 'static {
     /// each datagram still comes to `on_datagrams`, as a batch of one.
     const BATCH_DATAGRAMS: bool = false;
 
+    /// Whether the handler takes datagrams at all. A handler that serves
+    /// only streams sets it to `false`: its table then has no datagram
+    /// hooks, and loopd refuses a `udp://` listener for it (at start, in
+    /// `loopd check` and on a reload) instead of dropping every datagram
+    /// that arrives. Default `true`.
+    const DATAGRAMS: bool = true;
+
     /// Builds an instance for one `[[handler]]` entry named `instance`.
     ///
     /// Called once per entry, at startup (and by `loopd check`), before

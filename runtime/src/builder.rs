@@ -580,6 +580,13 @@ pub(crate) fn create_instance(
         mailbox_bytes: h.mailbox_bytes.unwrap_or(settings.mailbox_bytes),
         ..settings
     };
+    for addr in &h.listen {
+        takes_datagrams(&plugin, addr).map_err(|source| Error::Listen {
+            handler: h.name.clone(),
+            listener: addr.to_string(),
+            source,
+        })?;
+    }
     let tls = tls_server(h, &plugin.alpn)?;
     let tls_client = tls_client(h)?;
     let shown = plugin.path.clone().unwrap_or_else(|| h.name.clone().into());
@@ -726,4 +733,21 @@ pub(crate) fn tls_client(h: &HandlerConfig) -> Result<Option<crate::instance::Tl
             h.name
         )))
     }
+}
+
+/// Refuses a `udp://` listener for a plugin without datagram hooks (a C
+/// plugin leaving both NULL, a Rust one with `DATAGRAMS = false`): every
+/// datagram would be dropped unseen.
+pub(crate) fn takes_datagrams(plugin: &Plugin, addr: &ListenAddr) -> std::io::Result<()> {
+    let v = &plugin.vtable;
+    if !matches!(addr, ListenAddr::Udp(_)) || v.on_datagram.is_some() || v.on_datagrams.is_some() {
+        return Ok(());
+    }
+    Err(std::io::Error::new(
+        std::io::ErrorKind::InvalidInput,
+        format!(
+            "plugin {} takes no datagrams (it has no on_datagram hook), so every datagram would be dropped: a udp:// listener needs a handler that serves datagrams, such as udp-broadcast",
+            plugin.name
+        ),
+    ))
 }

@@ -445,7 +445,21 @@ impl Runtime {
         // New listeners are bound before the old ones close (all or
         // nothing), so one cannot take the port of a listener this reload
         // closes: the kernel refuses 0.0.0.0:P beside 127.0.0.1:P.
-        for (addr, _, name, _) in &to_bind {
+        for (addr, inst, name, _) in &to_bind {
+            // A kept instance's new listeners (a new one's were checked
+            // when it was created).
+            let takes = match self.core.borrow().instances.get(*inst) {
+                Some(i) => crate::builder::takes_datagrams(&i.plugin, addr),
+                None => Ok(()),
+            };
+            if let Err(source) = takes {
+                self.undo_created(&config, created);
+                return Err(Error::Listen {
+                    handler: name.clone(),
+                    listener: addr.to_string(),
+                    source,
+                });
+            }
             let closing = self.listener_records.iter().enumerate().find(|(j, r)| {
                 r.open && r.from_file && !claimed[*j] && takes_port_of(&r.addr, addr)
             });

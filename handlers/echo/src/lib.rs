@@ -73,6 +73,8 @@ pub struct EchoConn {
 impl Handler for Echo {
     type Config = EchoConfig;
     type Conn = EchoConn;
+    /// Streams only: a `udp://` listener for it is refused.
+    const DATAGRAMS: bool = false;
     const FRAMING: Framing = Framing::Raw;
 
     fn create(_ctx: &Ctx, _instance: &str, config: EchoConfig) -> Result<Self, String> {

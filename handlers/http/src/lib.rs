@@ -72,6 +72,8 @@ pub struct Http {
 impl Handler for Http {
     type Config = Config;
     type Conn = ();
+    /// Streams only: a `udp://` listener for it is refused.
+    const DATAGRAMS: bool = false;
     const FRAMING: Framing = Framing::Raw;
     /// The access log uses `log_to` (ABI 1.1); on a 1.0 host it falls back to
     /// the instance's own log target, so 1.0 is enough.

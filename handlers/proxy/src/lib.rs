@@ -453,6 +453,8 @@ impl Proxy {
 impl Handler for Proxy {
     type Config = Config;
     type Conn = ProxyConn;
+    /// Streams only: a `udp://` listener for it is refused.
+    const DATAGRAMS: bool = false;
     const FRAMING: Framing = Framing::Raw;
     // pause_read, resume_read, shutdown_write and connect_with (ABI 1.3),
     // and keep_reading for the upstream connection (ABI 1.4).
