@@ -136,47 +136,20 @@ fn private_copy(path: &Path) -> Result<PathBuf, String> {
     Ok(to)
 }
 
-/// What a file that is not a regular one is, for "it is {kind}, not a
-/// regular file" (the wording of the config file's check, config/file.rs).
+/// "it is a FIFO (named pipe), not a regular file".
 fn not_regular(t: std::fs::FileType) -> String {
-    use std::os::unix::fs::FileTypeExt;
-    let kind = if t.is_dir() {
-        "a directory"
-    } else if t.is_fifo() {
-        "a FIFO (named pipe)"
-    } else if t.is_char_device() {
-        "a character device"
-    } else if t.is_block_device() {
-        "a block device"
-    } else if t.is_socket() {
-        "a socket"
-    } else {
-        return "it is not a regular file".to_string();
-    };
-    format!("it is {kind}, not a regular file")
+    crate::sys::Refused::NotRegular(crate::sys::file_kind(t)).to_string()
 }
 
-/// Opens `path` for reading, refusing anything but a regular file. The
-/// open does not block (`O_NONBLOCK`) even if a FIFO took the file's place
-/// since the caller's stat; the type is checked again on what was opened.
+/// Opens `path` for reading, refusing anything but a regular file
+/// (`sys::open_regular`: a FIFO that took the file's place since the
+/// caller's stat does not block the open).
 fn open_regular(path: &Path) -> Result<std::fs::File, String> {
-    use std::os::unix::fs::OpenOptionsExt;
-    let file = std::fs::OpenOptions::new()
-        .read(true)
-        .custom_flags(libc::O_NONBLOCK | libc::O_NOCTTY)
-        .open(path)
-        .map_err(|e| match std::fs::metadata(path) {
-            // A socket cannot be opened (ENXIO): say what it is.
-            Ok(m) if !m.is_file() => not_regular(m.file_type()),
-            _ => format!("cannot read it: {e}"),
-        })?;
-    let meta = file
-        .metadata()
-        .map_err(|e| format!("cannot read it: {e}"))?;
-    if !meta.is_file() {
-        return Err(not_regular(meta.file_type()));
+    match crate::sys::open_regular(path) {
+        Ok((file, _)) => Ok(file),
+        Err(crate::sys::Refused::Io(e)) => Err(format!("cannot read it: {e}")),
+        Err(e) => Err(e.to_string()),
     }
-    Ok(file)
 }
 
 /// Refuses a library that the dynamic loader would map past the end of

@@ -541,7 +541,6 @@ fn relative_hint(p: &Path) -> String {
 /// (permissions: loopd may start as another user than `loopd check`) is
 /// left to it.
 fn pid_file_problem(path: &Path) -> Option<String> {
-    use std::os::unix::fs::FileTypeExt;
     let shown = path.display();
     if path.as_os_str().to_string_lossy().ends_with('/') {
         return Some(format!(
@@ -557,18 +556,7 @@ fn pid_file_problem(path: &Path) -> Option<String> {
             ))
         }
         Ok(m) => {
-            let t = m.file_type();
-            let kind = if t.is_fifo() {
-                "a FIFO (named pipe)"
-            } else if t.is_socket() {
-                "a socket"
-            } else if t.is_char_device() {
-                "a character device"
-            } else if t.is_block_device() {
-                "a block device"
-            } else {
-                "not a regular file"
-            };
+            let kind = crate::sys::file_kind(m.file_type());
             return Some(format!("{shown} is {kind}, not a regular file"));
         }
         Err(_) => {}

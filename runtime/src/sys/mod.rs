@@ -660,43 +660,7 @@ pub(crate) fn socket_name(fd: RawFd) -> Option<SocketName> {
 #[cfg(any(feature = "config-file", feature = "tls"))]
 pub(crate) fn read_regular_file(path: &Path, limit: u64, what: &str) -> Result<Vec<u8>, String> {
     use std::io::Read;
-    use std::os::unix::fs::{FileTypeExt, OpenOptionsExt};
-    let kind = |t: std::fs::FileType| {
-        if t.is_dir() {
-            "a directory"
-        } else if t.is_fifo() {
-            "a FIFO (named pipe)"
-        } else if t.is_char_device() {
-            "a character device"
-        } else if t.is_block_device() {
-            "a block device"
-        } else if t.is_socket() {
-            "a socket"
-        } else {
-            "not a regular file"
-        }
-    };
-    let file = std::fs::OpenOptions::new()
-        .read(true)
-        .custom_flags(libc::O_NONBLOCK | libc::O_NOCTTY)
-        .open(path)
-        .map_err(|e| {
-            // A socket cannot be opened (ENXIO): say what it is. The stat
-            // only words the message; nothing is read on its say-so.
-            match std::fs::metadata(path) {
-                Ok(m) if m.file_type().is_socket() => {
-                    "it is a socket, not a regular file".to_string()
-                }
-                _ => e.to_string(),
-            }
-        })?;
-    let meta = file.metadata().map_err(|e| e.to_string())?;
-    if !meta.is_file() {
-        return Err(format!(
-            "it is {}, not a regular file",
-            kind(meta.file_type())
-        ));
-    }
+    let (file, meta) = open_regular(path).map_err(|e| e.to_string())?;
     let too_big = |len: u64| {
         format!(
             "it is {len} bytes, more than the {limit} bytes ({} MiB) {what} may have",
@@ -714,6 +678,69 @@ pub(crate) fn read_regular_file(path: &Path, limit: u64, what: &str) -> Result<V
         return Err(too_big(bytes.len() as u64));
     }
     Ok(bytes)
+}
+
+/// What a file that is not a regular one is: "a directory", "a FIFO
+/// (named pipe)", ...
+pub(crate) fn file_kind(t: std::fs::FileType) -> &'static str {
+    use std::os::unix::fs::FileTypeExt;
+    if t.is_file() {
+        "a regular file"
+    } else if t.is_dir() {
+        "a directory"
+    } else if t.is_fifo() {
+        "a FIFO (named pipe)"
+    } else if t.is_char_device() {
+        "a character device"
+    } else if t.is_block_device() {
+        "a block device"
+    } else if t.is_socket() {
+        "a socket"
+    } else {
+        "an unknown kind of file"
+    }
+}
+
+/// Why [`open_regular`] refused a file.
+#[derive(Debug)]
+pub(crate) enum Refused {
+    /// The open or the fstat failed.
+    Io(io::Error),
+    /// It is not a regular file; [`file_kind`] says what it is.
+    NotRegular(&'static str),
+}
+
+impl std::fmt::Display for Refused {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Refused::Io(e) => write!(f, "{e}"),
+            Refused::NotRegular(kind) => write!(f, "it is {kind}, not a regular file"),
+        }
+    }
+}
+
+/// Opens `path` for reading, refusing anything but a regular file, checked
+/// on the opened descriptor (fstat). Opened non-blocking, so a FIFO (even
+/// one that took the file's place since a caller's stat) is refused
+/// instead of waited for, and no terminal becomes loopd's controlling
+/// terminal.
+pub(crate) fn open_regular(path: &Path) -> Result<(std::fs::File, std::fs::Metadata), Refused> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NONBLOCK | libc::O_NOCTTY)
+        .open(path)
+        .map_err(|e| match std::fs::metadata(path) {
+            // A socket cannot be opened (ENXIO): say what it is. The stat
+            // only words the message; nothing is read on its say-so.
+            Ok(m) if !m.is_file() => Refused::NotRegular(file_kind(m.file_type())),
+            _ => Refused::Io(e),
+        })?;
+    let meta = file.metadata().map_err(Refused::Io)?;
+    if !meta.is_file() {
+        return Err(Refused::NotRegular(file_kind(meta.file_type())));
+    }
+    Ok((file, meta))
 }
 
 /// Sets or clears `FD_CLOEXEC` on `fd`, and makes it non-blocking when
