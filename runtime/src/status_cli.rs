@@ -5,7 +5,7 @@ use std::collections::BTreeMap;
 use std::fmt::Write as _;
 use std::io::{Read, Write};
 use std::net::{TcpStream, ToSocketAddrs};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 /// How long connecting, sending and reading may each take.
 const TIMEOUT: Duration = Duration::from_secs(5);
@@ -46,10 +46,7 @@ fn fetch(url: &str) -> Result<String, String> {
         "GET {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n"
     )
     .map_err(|e| format!("{addr}: {e}"))?;
-    let mut raw = Vec::new();
-    s.take(64 << 20)
-        .read_to_end(&mut raw)
-        .map_err(|e| format!("{addr}: {e}"))?;
+    let raw = read_reply(&mut s, &addr)?;
     let text = String::from_utf8_lossy(&raw);
     let (head, body) = text
         .split_once("\r\n\r\n")
@@ -59,6 +56,100 @@ fn fetch(url: &str) -> Result<String, String> {
         return Err(format!("{url}{path}: {status}"));
     }
     Ok(body.to_string())
+}
+
+/// Most bytes of a reply read.
+const MAX_REPLY: usize = 64 << 20;
+
+/// Reads the reply to the request until the peer closes, within
+/// [`TIMEOUT`] in all. A listener that answers with something other than
+/// HTTP is named as such at once; one that says nothing (or never ends
+/// its answer) within the time, as not answering.
+fn read_reply(s: &mut TcpStream, addr: &std::net::SocketAddr) -> Result<Vec<u8>, String> {
+    let deadline = Instant::now() + TIMEOUT;
+    let mut raw = Vec::new();
+    let mut buf = [0u8; 16 << 10];
+    loop {
+        if !raw.is_empty() && !looks_like_http(&raw) {
+            return Err(not_http(addr, &raw));
+        }
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            return Err(no_answer(addr, &raw));
+        }
+        s.set_read_timeout(Some(left)).ok();
+        match s.read(&mut buf) {
+            Ok(0) if raw.is_empty() => return Err(closed(addr)),
+            Ok(0) => return Ok(raw),
+            Ok(n) => {
+                raw.extend_from_slice(&buf[..n]);
+                if raw.len() > MAX_REPLY {
+                    return Err(format!(
+                        "{addr}: the reply is over {} MiB: is it a status listener?",
+                        MAX_REPLY >> 20
+                    ));
+                }
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                ) =>
+            {
+                return Err(no_answer(addr, &raw))
+            }
+            Err(e) => return Err(format!("{addr}: {e}")),
+        }
+    }
+}
+
+/// The error for a peer that closed without a byte.
+fn closed(addr: &std::net::SocketAddr) -> String {
+    format!("{addr} closed the connection without an HTTP response: is it a status listener?")
+}
+
+/// Whether `raw`, the start of a reply, can be the start of an HTTP
+/// response (`HTTP/`).
+fn looks_like_http(raw: &[u8]) -> bool {
+    let n = raw.len().min(5);
+    raw[..n] == b"HTTP/"[..n]
+}
+
+/// The error for a reply that does not start as an HTTP response does,
+/// with its first line (printable ASCII only, shortened).
+fn not_http(addr: &std::net::SocketAddr, raw: &[u8]) -> String {
+    let first: String = raw
+        .split(|&b| b == b'\n')
+        .next()
+        .unwrap_or_default()
+        .iter()
+        .take(60)
+        .map(|&b| {
+            if b.is_ascii_graphic() || b == b' ' {
+                b as char
+            } else {
+                '.'
+            }
+        })
+        .collect();
+    format!(
+        "{addr} answered, but not with HTTP (its reply starts with \"{}\"): is it a status listener?",
+        first.trim_end_matches('.')
+    )
+}
+
+/// The error for a peer that did not answer (or finish answering) in time.
+fn no_answer(addr: &std::net::SocketAddr, raw: &[u8]) -> String {
+    let secs = TIMEOUT.as_secs();
+    if raw.is_empty() {
+        format!("no HTTP response from {addr} within {secs} s: is it a status listener?")
+    } else {
+        format!(
+            "{addr}: the HTTP response did not end within {secs} s ({} bytes read)",
+            raw.len()
+        )
+    }
 }
 
 /// One sample: name, labels, value.
