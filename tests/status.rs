@@ -637,8 +637,8 @@ fn reloads_are_counted() {
 /// neither shows the socket's `EAGAIN`.
 #[test]
 fn loopd_status_names_a_listener_that_does_not_speak_http() {
+    // The messages tell the two apart; nothing here is timed.
     let status = |addr: SocketAddr| {
-        let started = Instant::now();
         let out = Command::new(loopd_bin())
             .args(["status", &addr.to_string()])
             .output()
@@ -646,32 +646,30 @@ fn loopd_status_names_a_listener_that_does_not_speak_http() {
         assert!(!out.status.success());
         let err = String::from_utf8_lossy(&out.stderr).into_owned();
         assert!(!err.contains("os error"), "{err}");
-        (err, started.elapsed())
+        err
     };
 
     // echo (line framing) sends the request's lines back.
     let loopd = Loopd::start(CONFIG);
     let echo = loopd.tcp("echo");
-    let (err, took) = status(echo);
+    let err = status(echo);
     assert_eq!(
         err.trim_end(),
         format!(
             "loopd status: error: {echo} answered, but not with HTTP (its reply starts with \"GET /metrics HTTP/1.1\"): is it a status listener?"
         )
     );
-    assert!(took < Duration::from_secs(4), "took {took:?}");
 
     // A listener that accepts and says nothing.
     let silent = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let addr = silent.local_addr().unwrap();
     let hold = std::thread::spawn(move || silent.accept().map(|(s, _)| s));
-    let (err, took) = status(addr);
+    let err = status(addr);
     assert_eq!(
         err.trim_end(),
         format!(
             "loopd status: error: no HTTP response from {addr} within 5 s: is it a status listener?"
         )
     );
-    assert!(took >= Duration::from_secs(5), "took {took:?}");
     drop(hold.join().unwrap());
 }
