@@ -523,32 +523,3 @@ fn what_a_reload_cannot_apply_is_refused_or_named_and_nothing_stops_serving() {
     assert!(loopd.dir.join("loopd.pid").exists());
     assert_eq!(echo_roundtrip(tcp(echo), b"after"), b"after");
 }
-
-/// A reload that gives a kept stream handler a udp:// listener is refused
-/// as a start would refuse it; the handler keeps serving.
-#[test]
-fn a_reload_adding_a_udp_listener_to_a_stream_handler_is_refused() {
-    let base = "[[handler]]\nname = \"echo\"\nplugin = \"echo\"\nlisten = [\"tcp://127.0.0.1:0\"]\nframing = \"raw\"\n";
-    let loopd = Loopd::start(base);
-    loopd.expect_error("reload failed");
-    let echo = loopd.tcp("echo");
-    let outcome = reload_to(
-        &loopd,
-        &base.replace(
-            "\"tcp://127.0.0.1:0\"",
-            "\"tcp://127.0.0.1:0\", \"udp://127.0.0.1:0\"",
-        ),
-        1,
-    );
-    assert!(
-        outcome.contains("reload failed")
-            && outcome.contains("handler `echo`: cannot listen on udp://127.0.0.1:0: plugin echo takes no datagrams"),
-        "{outcome}"
-    );
-    assert_eq!(echo_roundtrip(tcp(echo), b"kept"), b"kept");
-    assert!(
-        !loopd.logs().contains("listening on udp://"),
-        "{}",
-        loopd.logs()
-    );
-}

@@ -41,11 +41,11 @@ fn ipv4_and_ipv6_wildcards_on_one_port_coexist() {
         .unwrap()
         .port();
     let config = format!(
-        "[[handler]]\nname = \"echo\"\nplugin = \"echo\"\nlisten = [\"tcp://0.0.0.0:{port}\", \"tcp://[::]:{port}\"]\n\n[[handler]]\nname = \"probe\"\nplugin = \"probe\"\nlisten = [\"udp://0.0.0.0:{port}\", \"udp://[::]:{port}\"]\n"
+        "[[handler]]\nname = \"echo\"\nplugin = \"echo\"\nlisten = [\"tcp://0.0.0.0:{port}\", \"tcp://[::]:{port}\"]\n\n[[handler]]\nname = \"udp\"\nplugin = \"probe\"\nlisten = [\"udp://0.0.0.0:{port}\", \"udp://[::]:{port}\"]\n"
     );
     let loopd = Loopd::start(&config);
     assert_eq!(loopd.listeners["echo"].len(), 2);
-    assert_eq!(loopd.listeners["probe"].len(), 2);
+    assert_eq!(loopd.listeners["udp"].len(), 2);
     let v4 = echo_roundtrip(
         tcp(format!("127.0.0.1:{port}").parse().unwrap()),
         b"over v4",

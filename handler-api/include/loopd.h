@@ -657,8 +657,9 @@ typedef struct loopd_vtable {
 
     /* A datagram arrived on a datagram socket of this instance. peer and
      * data are borrowed for this call. A plugin that leaves both this and
-     * on_datagrams NULL takes no datagrams: loopd refuses a udp:// listener
-     * for it. */
+     * on_datagrams NULL takes no datagrams, and one that leaves every
+     * connection hook NULL takes no connections: loopd refuses a listener
+     * of that kind for it (at start, in loopd check and on a reload). */
     void (*on_datagram)(loopd_ctx *ctx, void *instance, uint64_t socket,
                         const loopd_addr *peer, const uint8_t *data,
                         size_t len);

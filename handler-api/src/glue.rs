@@ -71,18 +71,27 @@ impl<H> Instance<H> {
     }
 }
 
-/// The vtable for `H`. Every hook is present.
+/// The vtable for `H`. Every hook is present, but for the connection hooks
+/// of a handler without [`Handler::STREAMS`] and the datagram hooks of one
+/// without [`Handler::DATAGRAMS`] (`on_datagrams` also needs
+/// [`Handler::BATCH_DATAGRAMS`]): NULL tells loopd the handler does not
+/// serve that kind of listener.
 pub const fn vtable<H: Handler>() -> loopd_vtable {
+    let streams = H::STREAMS;
     loopd_vtable {
         struct_size: std::mem::size_of::<loopd_vtable>() as u32,
         reserved: 0,
         create: Some(create::<H>),
         destroy: Some(destroy::<H>),
-        on_open: Some(on_open::<H>),
-        on_data: Some(on_data::<H>),
-        on_eof: Some(on_eof::<H>),
-        on_writable: Some(on_writable::<H>),
-        on_close: Some(on_close::<H>),
+        on_open: if streams { Some(on_open::<H>) } else { None },
+        on_data: if streams { Some(on_data::<H>) } else { None },
+        on_eof: if streams { Some(on_eof::<H>) } else { None },
+        on_writable: if streams {
+            Some(on_writable::<H>)
+        } else {
+            None
+        },
+        on_close: if streams { Some(on_close::<H>) } else { None },
         on_datagram: if H::DATAGRAMS {
             Some(on_datagram::<H>)
         } else {
@@ -91,8 +100,12 @@ pub const fn vtable<H: Handler>() -> loopd_vtable {
         on_timer: Some(on_timer::<H>),
         on_shutdown: Some(on_shutdown::<H>),
         on_listen: Some(on_listen::<H>),
-        on_oversize: Some(on_oversize::<H>),
-        on_partial: Some(on_partial::<H>),
+        on_oversize: if streams {
+            Some(on_oversize::<H>)
+        } else {
+            None
+        },
+        on_partial: if streams { Some(on_partial::<H>) } else { None },
         on_message: Some(on_message::<H>),
         on_fd: Some(on_fd::<H>),
         on_datagrams: if H::DATAGRAMS && H::BATCH_DATAGRAMS {

@@ -230,12 +230,21 @@ pub trait Handler: Sized + 'static {
     /// each datagram still comes to `on_datagrams`, as a batch of one.
     const BATCH_DATAGRAMS: bool = false;
 
-    /// Whether the handler takes datagrams at all. A handler that serves
-    /// only streams sets it to `false`: its table then has no datagram
-    /// hooks, and loopd refuses a `udp://` listener for it (at start, in
-    /// `loopd check` and on a reload) instead of dropping every datagram
-    /// that arrives. Default `true`.
+    /// Whether the handler serves `udp://` listeners. `false` (a handler
+    /// that only serves connections) leaves `on_datagram` and
+    /// `on_datagrams` out of its vtable (NULL), so loopd refuses a
+    /// `udp://` listener on it, at start and in `loopd check`, instead of
+    /// dropping every datagram in the default [`Handler::on_datagram`].
     const DATAGRAMS: bool = true;
+
+    /// Whether the handler serves connections: stream listeners (`tcp://`,
+    /// `tls://`, `unix://`) and outbound [`Ctx::connect`]. `false` (a
+    /// handler that only serves `udp://` listeners) leaves the connection
+    /// hooks (`on_open`, `on_data`, `on_eof`, `on_writable`, `on_close`,
+    /// `on_oversize`, `on_partial`) out of its vtable (NULL), so loopd
+    /// refuses a stream listener on it, at start and in `loopd check`,
+    /// instead of accepting connections nothing answers.
+    const STREAMS: bool = true;
 
     /// Builds an instance for one `[[handler]]` entry named `instance`.
     ///

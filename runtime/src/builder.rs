@@ -553,6 +553,7 @@ pub(crate) fn create_instance(
             plugin::load_current(&path).map_err(|why| fail(&path, why))?
         }
     };
+    listeners_fit(h, &plugin)?;
     let name = CString::new(h.name.as_str())
         .map_err(|_| Error::Config("handler name contains NUL".into()))?;
     let json = CString::new(h.config_json.as_str())
@@ -580,13 +581,6 @@ pub(crate) fn create_instance(
         mailbox_bytes: h.mailbox_bytes.unwrap_or(settings.mailbox_bytes),
         ..settings
     };
-    for addr in &h.listen {
-        takes_datagrams(&plugin, addr).map_err(|source| Error::Listen {
-            handler: h.name.clone(),
-            listener: addr.to_string(),
-            source,
-        })?;
-    }
     let tls = tls_server(h, &plugin.alpn)?;
     let tls_client = tls_client(h)?;
     let shown = plugin.path.clone().unwrap_or_else(|| h.name.clone().into());
@@ -643,6 +637,53 @@ pub(crate) fn create_instance(
         settings.framing
     );
     Ok(id)
+}
+
+/// Refuses a listener of entry `h` that the plugin has no hook for: a
+/// `udp://` listener without `on_datagram` or `on_datagrams` (every
+/// datagram would be dropped), a stream listener without any connection
+/// hook (every connection would be accepted and ignored). A hook left NULL
+/// is how a plugin says it does not serve that kind (`loopd.h`; the Rust
+/// SDK's `Handler::DATAGRAMS` and `Handler::STREAMS`); one connection hook
+/// is enough (a handler may only greet in `on_open`).
+pub(crate) fn listeners_fit(h: &HandlerConfig, plugin: &Plugin) -> Result<(), Error> {
+    h.listen
+        .iter()
+        .try_for_each(|addr| listener_fits(h, plugin, addr))
+}
+
+/// [`listeners_fit`] for one listener of `h` (a reload's new listener for
+/// an instance it keeps).
+pub(crate) fn listener_fits(
+    h: &HandlerConfig,
+    plugin: &Plugin,
+    addr: &ListenAddr,
+) -> Result<(), Error> {
+    let v = &plugin.vtable;
+    let datagrams = v.on_datagram.is_some() || v.on_datagrams.is_some();
+    let streams = v.on_open.is_some()
+        || v.on_data.is_some()
+        || v.on_eof.is_some()
+        || v.on_writable.is_some()
+        || v.on_close.is_some()
+        || v.on_partial.is_some()
+        || v.on_oversize.is_some();
+    let why = match addr {
+        ListenAddr::Udp(_) if !datagrams => "has no on_datagram hook, so every datagram would be dropped",
+        ListenAddr::Tcp(_) | ListenAddr::Tls(_) | ListenAddr::Unix(_) if !streams => {
+            "has no connection hooks (on_open, on_data, on_close, ...), so every connection would be accepted and ignored"
+        }
+        _ => return Ok(()),
+    };
+    let at = h
+        .plugin_location
+        .as_ref()
+        .map(|l| format!("{l}: "))
+        .unwrap_or_default();
+    Err(Error::Config(format!(
+        "{at}handler `{}`: listener {addr}: plugin {} {why}",
+        h.name, plugin.name
+    )))
 }
 
 /// The checks the config file applies to `[runtime]`, for settings made in code.
@@ -733,21 +774,4 @@ pub(crate) fn tls_client(h: &HandlerConfig) -> Result<Option<crate::instance::Tl
             h.name
         )))
     }
-}
-
-/// Refuses a `udp://` listener for a plugin without datagram hooks (a C
-/// plugin leaving both NULL, a Rust one with `DATAGRAMS = false`): every
-/// datagram would be dropped unseen.
-pub(crate) fn takes_datagrams(plugin: &Plugin, addr: &ListenAddr) -> std::io::Result<()> {
-    let v = &plugin.vtable;
-    if !matches!(addr, ListenAddr::Udp(_)) || v.on_datagram.is_some() || v.on_datagrams.is_some() {
-        return Ok(());
-    }
-    Err(std::io::Error::new(
-        std::io::ErrorKind::InvalidInput,
-        format!(
-            "plugin {} takes no datagrams (it has no on_datagram hook), so every datagram would be dropped: a udp:// listener needs a handler that serves datagrams, such as udp-broadcast",
-            plugin.name
-        ),
-    ))
 }

@@ -445,20 +445,20 @@ impl Runtime {
         // New listeners are bound before the old ones close (all or
         // nothing), so one cannot take the port of a listener this reload
         // closes: the kernel refuses 0.0.0.0:P beside 127.0.0.1:P.
-        for (addr, inst, name, _) in &to_bind {
-            // A kept instance's new listeners (a new one's were checked
-            // when it was created).
-            let takes = match self.core.borrow().instances.get(*inst) {
-                Some(i) => crate::builder::takes_datagrams(&i.plugin, addr),
-                None => Ok(()),
-            };
-            if let Err(source) = takes {
-                self.undo_created(&config, created);
-                return Err(Error::Listen {
-                    handler: name.clone(),
-                    listener: addr.to_string(),
-                    source,
-                });
+        for (addr, inst, name, i) in &to_bind {
+            // A kept instance's new listeners (a new instance's were
+            // checked when it was created).
+            if matches!(steps[*i], Step::Keep(_)) {
+                let fits = match self.core.borrow().instances.get(*inst) {
+                    Some(instance) => {
+                        crate::builder::listener_fits(&config.handlers[*i], &instance.plugin, addr)
+                    }
+                    None => Ok(()),
+                };
+                if let Err(e) = fits {
+                    self.undo_created(&config, created);
+                    return Err(e);
+                }
             }
             let closing = self.listener_records.iter().enumerate().find(|(j, r)| {
                 r.open && r.from_file && !claimed[*j] && takes_port_of(&r.addr, addr)

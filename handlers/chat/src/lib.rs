@@ -1753,9 +1753,9 @@ fn member_room(roster: &Roster<ConnId, Client>, conn: ConnId) -> String {
 impl Handler for Chat {
     type Config = Config;
     type Conn = ChatConn;
-    /// Streams only: a `udp://` listener for it is refused.
-    const DATAGRAMS: bool = false;
     const FRAMING: Framing = Framing::Line;
+    /// Connections only: loopd refuses a `udp://` listener on it.
+    const DATAGRAMS: bool = false;
     // 1.1's on_oversize and on_partial (without them an over-long line
     // would disconnect its sender and a half-written one be broadcast);
     // 1.3's pause_read (the rate limit), connect_with and repeating timers

@@ -73,9 +73,9 @@ pub struct EchoConn {
 impl Handler for Echo {
     type Config = EchoConfig;
     type Conn = EchoConn;
-    /// Streams only: a `udp://` listener for it is refused.
-    const DATAGRAMS: bool = false;
     const FRAMING: Framing = Framing::Raw;
+    /// Connections only: loopd refuses a `udp://` listener on it.
+    const DATAGRAMS: bool = false;
 
     fn create(_ctx: &Ctx, _instance: &str, config: EchoConfig) -> Result<Self, String> {
         if !(1..=3_600_000).contains(&config.shutdown_idle_ms) {

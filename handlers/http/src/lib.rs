@@ -72,9 +72,9 @@ pub struct Http {
 impl Handler for Http {
     type Config = Config;
     type Conn = ();
-    /// Streams only: a `udp://` listener for it is refused.
-    const DATAGRAMS: bool = false;
     const FRAMING: Framing = Framing::Raw;
+    /// Connections only: loopd refuses a `udp://` listener on it.
+    const DATAGRAMS: bool = false;
     /// The access log uses `log_to` (ABI 1.1); on a 1.0 host it falls back to
     /// the instance's own log target, so 1.0 is enough.
     const MIN_HOST_MINOR: u32 = 0;

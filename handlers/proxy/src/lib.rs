@@ -453,9 +453,9 @@ impl Proxy {
 impl Handler for Proxy {
     type Config = Config;
     type Conn = ProxyConn;
-    /// Streams only: a `udp://` listener for it is refused.
-    const DATAGRAMS: bool = false;
     const FRAMING: Framing = Framing::Raw;
+    /// Connections only: loopd refuses a `udp://` listener on it.
+    const DATAGRAMS: bool = false;
     // pause_read, resume_read, shutdown_write and connect_with (ABI 1.3),
     // and keep_reading for the upstream connection (ABI 1.4).
     const MIN_HOST_MINOR: u32 = 4;

@@ -67,9 +67,9 @@ pub struct StatusConn {
 impl Handler for Status {
     type Config = StatusConfig;
     type Conn = StatusConn;
-    /// Streams only: a `udp://` listener for it is refused.
-    const DATAGRAMS: bool = false;
     const FRAMING: Framing = Framing::Raw;
+    /// Connections only: loopd refuses a `udp://` listener on it.
+    const DATAGRAMS: bool = false;
     /// Over `tls://`, an HTTP/1.1 server by ALPN.
     const ALPN: &'static std::ffi::CStr = c"http/1.1";
 

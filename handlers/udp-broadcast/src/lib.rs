@@ -46,8 +46,8 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use loopd_handler_api::{
-    ConnId, ConnInfo, Ctx, Datagrams, Error, Handler, LentOutbox, Level, ListenInfo, Series,
-    SocketId, TimerId, Transport,
+    Ctx, Datagrams, Error, Handler, LentOutbox, Level, ListenInfo, Series, SocketId, TimerId,
+    Transport,
 };
 
 use config::{RelayConfig, Settings};
@@ -540,6 +540,8 @@ impl Handler for Relay {
     /// Every datagram a receive took comes in one call and its copies go
     /// out with one `send_datagrams` (one `sendmmsg`) per socket.
     const BATCH_DATAGRAMS: bool = true;
+    /// Datagrams only: loopd refuses a stream listener on it.
+    const STREAMS: bool = false;
 
     fn create(ctx: &Ctx, instance: &str, config: RelayConfig) -> Result<Self, String> {
         let settings = config.check()?;
@@ -631,13 +633,6 @@ impl Handler for Relay {
                 self.remember_beacon(&text, now);
             }
         }
-    }
-
-    fn on_open(&mut self, _ctx: &Ctx, _conn: ConnId, info: &ConnInfo<'_>) -> Result<(), String> {
-        Err(format!(
-            "udp-broadcast relays datagrams; refusing a stream connection on {}",
-            info.endpoint
-        ))
     }
 
     fn on_datagrams(&mut self, ctx: &Ctx, socket: SocketId, batch: Datagrams<'_>) {
