@@ -11,17 +11,6 @@ use std::process::Output;
 
 use common::*;
 
-/// 1-based line and column of the first occurrence of `needle` in `text`.
-fn locate(text: &str, needle: &str) -> (usize, usize) {
-    let at = text
-        .find(needle)
-        .unwrap_or_else(|| panic!("`{needle}` not in:\n{text}"));
-    let before = &text[..at];
-    let line = before.matches('\n').count() + 1;
-    let col = at - before.rfind('\n').map_or(0, |nl| nl + 1) + 1;
-    (line, col)
-}
-
 /// The stderr of a run that must fail with exit status 1 and exactly one
 /// ERROR line.
 fn failed(out: &Output) -> String {

@@ -37,17 +37,6 @@ fn inline_plugin(dir: &TempDir, name: &str, text: &str) -> PathBuf {
     so
 }
 
-/// 1-based line and column of the first occurrence of `needle` in `text`.
-fn locate(text: &str, needle: &str) -> (usize, usize) {
-    let at = text
-        .find(needle)
-        .unwrap_or_else(|| panic!("`{needle}` not in:\n{text}"));
-    let before = &text[..at];
-    let line = before.matches('\n').count() + 1;
-    let col = at - before.rfind('\n').map_or(0, |nl| nl + 1) + 1;
-    (line, col)
-}
-
 /// A config whose first handler (`echo`, a good plugin on port 0) comes
 /// before the handler `broken` under test, so run mode would have something
 /// to report as listening if it listened before loading every plugin.

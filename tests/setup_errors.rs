@@ -13,17 +13,6 @@ use std::path::{Path, PathBuf};
 use common::*;
 use loopd::{HandlerSpec, Runtime};
 
-/// 1-based line and column of the first occurrence of `needle` in `text`.
-fn locate(text: &str, needle: &str) -> (usize, usize) {
-    let at = text
-        .find(needle)
-        .unwrap_or_else(|| panic!("`{needle}` not in:\n{text}"));
-    let before = &text[..at];
-    let line = before.matches('\n').count() + 1;
-    let col = at - before.rfind('\n').map_or(0, |nl| nl + 1) + 1;
-    (line, col)
-}
-
 /// The text of the single ERROR log line, checking there is exactly one.
 fn single_error(stderr: &str) -> String {
     let errors: Vec<&str> = stderr.lines().filter(|l| l.contains(" ERROR ")).collect();

@@ -517,6 +517,17 @@ pub fn run_loopd_in(cwd: Option<&Path>, args: &[&str], rust_log: Option<&str>) -
     child.wait_with_output().unwrap()
 }
 
+/// 1-based line and column of the first occurrence of `needle` in `text`.
+pub fn locate(text: &str, needle: &str) -> (usize, usize) {
+    let at = text
+        .find(needle)
+        .unwrap_or_else(|| panic!("`{needle}` not in:\n{text}"));
+    let before = &text[..at];
+    let line = before.matches('\n').count() + 1;
+    let col = at - before.rfind('\n').map_or(0, |nl| nl + 1) + 1;
+    (line, col)
+}
+
 /// Writes a config into `dir` and returns its path, for `run_loopd`.
 pub fn write_config(dir: &TempDir, text: &str) -> PathBuf {
     let path = dir.join("loopd.toml");
