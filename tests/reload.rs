@@ -523,3 +523,35 @@ fn what_a_reload_cannot_apply_is_refused_or_named_and_nothing_stops_serving() {
     assert!(loopd.dir.join("loopd.pid").exists());
     assert_eq!(echo_roundtrip(tcp(echo), b"after"), b"after");
 }
+
+/// A Unix listener spelled another way (through a symlinked directory) is
+/// the same socket file: a reload keeps it, as it keeps one spelled alike,
+/// instead of failing on "the same socket as" itself.
+#[test]
+fn a_unix_listener_spelled_another_way_keeps_its_socket() {
+    let config = |path: &str| {
+        format!("[[handler]]\nname = \"echo\"\nplugin = \"echo\"\nlisten = [\"unix://{path}\"]\nframing = \"raw\"\n")
+    };
+    let loopd = Loopd::start(&config("{dir}/e.sock"));
+    let path = loopd.unix("echo");
+    let open = unix(&path);
+    assert_eq!(
+        echo_roundtrip(open.try_clone().unwrap(), b"before"),
+        b"before"
+    );
+    std::os::unix::fs::symlink(loopd.dir.path(), loopd.dir.join("link")).unwrap();
+    for (n, spelling) in ["{dir}/link/e.sock", "{dir}/e.sock"].iter().enumerate() {
+        let outcome = reload_to(&loopd, &config(spelling), n + 1);
+        assert!(
+            outcome.contains("reloaded: ") && outcome.contains("kept 1"),
+            "{outcome}"
+        );
+        assert!(path.exists());
+        assert_eq!(echo_roundtrip(unix(&path), b"kept"), b"kept");
+    }
+    // The connection open since the start was never touched.
+    assert_eq!(
+        echo_roundtrip(open.try_clone().unwrap(), b"after"),
+        b"after"
+    );
+}

@@ -411,7 +411,12 @@ impl Runtime {
                 let records = self.listener_records.iter().enumerate();
                 let same = records
                     .clone()
-                    .position(|(j, r)| free(j, r) && &r.addr == addr);
+                    .position(|(j, r)| free(j, r) && &r.addr == addr)
+                    .or_else(|| {
+                        records
+                            .clone()
+                            .position(|(j, r)| free(j, r) && same_socket_file(&r.addr, addr))
+                    });
                 let switch = || {
                     records
                         .clone()
@@ -767,6 +772,22 @@ impl Runtime {
 
 /// Whether a listener at `old` can become `new` by switching its
 /// transport: the same TCP address, one plain and one TLS.
+/// Whether two Unix listener paths spelled differently (`./x.sock`, a
+/// symlinked directory) name one socket file: the same listener, kept.
+fn same_socket_file(old: &ListenAddr, new: &ListenAddr) -> bool {
+    use std::os::unix::fs::MetadataExt;
+    let (ListenAddr::Unix(a), ListenAddr::Unix(b)) = (old, new) else {
+        return false;
+    };
+    let id = |p: &std::path::Path| {
+        std::fs::symlink_metadata(p)
+            .ok()
+            .filter(|m| std::os::unix::fs::FileTypeExt::is_socket(&m.file_type()))
+            .map(|m| (m.dev(), m.ino()))
+    };
+    a != b && id(a).is_some() && id(a) == id(b)
+}
+
 /// Whether a socket at `new` would clash with one open at `old`, a
 /// different address of the same port (a port of 0 is chosen at bind and
 /// clashes with nothing).
