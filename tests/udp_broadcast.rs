@@ -528,3 +528,34 @@ fn a_waiting_burst_is_relayed_with_one_send_per_target() {
     }
     loopd.assert_no_unexpected_errors();
 }
+
+/// A relay with no udp:// listener at all (a stream listener is refused
+/// before it starts) relays nothing, and says so once at start; one with
+/// an IPv6 target and only IPv4 listeners says that target gets nothing.
+#[test]
+fn a_relay_that_can_send_nothing_says_so_at_start() {
+    let loopd = Loopd::start(
+        r#"
+[[handler]]
+name = "alone"
+plugin = "udp-broadcast"
+[handler.config]
+broadcast_to = "127.0.0.1:9"
+
+[[handler]]
+name = "v4"
+plugin = "udp-broadcast"
+listen = ["udp://127.0.0.1:0"]
+[handler.config]
+broadcast_to = ["127.0.0.1:9", "[::1]:9"]
+"#,
+    );
+    let none = "alone: no udp:// listener: there is nothing to relay";
+    let v6 = "v4: broadcast_to[1] = [::1]:9 is IPv6 but the handler has no IPv6 udp:// listener to send from";
+    loopd.expect_error(none);
+    loopd.expect_error(v6);
+    assert!(loopd.wait_for_log(none, TIMEOUT), "{}", loopd.logs());
+    assert!(loopd.wait_for_log(v6, TIMEOUT), "{}", loopd.logs());
+    std::thread::sleep(Duration::from_millis(100));
+    assert_eq!(loopd.logs().matches(none).count(), 1, "{}", loopd.logs());
+}

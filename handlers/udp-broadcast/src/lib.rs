@@ -174,7 +174,6 @@ pub struct Relay {
     /// Targets that got the first beacon (sent from `on_listen`).
     beaconed: Vec<bool>,
     timers: Vec<TimerId>,
-    started: bool,
     stopping: bool,
     /// Reused for the `[ip:port] ` tag.
     out: Vec<u8>,
@@ -486,6 +485,13 @@ impl Relay {
 
     /// After every `on_listen`: say what cannot work, start the timers.
     fn started(&mut self, ctx: &Ctx) {
+        if self.sockets.is_empty() {
+            ctx.error(format_args!(
+                "{}: no udp:// listener: there is nothing to relay",
+                self.name
+            ));
+            return;
+        }
         for (i, t) in self.settings.targets.iter().enumerate() {
             if self.socket_for(*t, None).is_none() {
                 ctx.error(format_args!(
@@ -495,13 +501,6 @@ impl Relay {
                     if t.is_ipv4() { "IPv4" } else { "IPv6" },
                 ));
             }
-        }
-        if self.sockets.is_empty() {
-            ctx.error(format_args!(
-                "{}: no udp:// listener: there is nothing to relay",
-                self.name
-            ));
-            return;
         }
         self.set_timer(ctx, HOUSEKEEPING, TIMER_HOUSEKEEPING);
         if let Some((_, interval)) = self.settings.announce {
@@ -548,7 +547,7 @@ impl Handler for Relay {
         for w in &settings.warnings {
             ctx.warn(format_args!("{instance}: {w}"));
         }
-        Ok(Relay {
+        let mut relay = Relay {
             name: instance.to_string(),
             sockets: Vec::new(),
             own: OwnAddrs::default(),
@@ -569,23 +568,21 @@ impl Handler for Relay {
             beacons: 0,
             beaconed: vec![false; settings.targets.len()],
             timers: Vec::new(),
-            started: false,
             stopping: false,
             out: Vec::with_capacity(64),
             outboxes: Vec::new(),
             turn: 0,
             ctx: *ctx,
             settings,
-        })
+        };
+        // Fires on the loop's first pass, after every on_listen: also when
+        // there is none (a relay without a udp:// listener says so).
+        relay.set_timer(ctx, Duration::ZERO, TIMER_STARTED);
+        Ok(relay)
     }
 
     fn on_listen(&mut self, ctx: &Ctx, listener: SocketId, info: &ListenInfo<'_>) {
         let now = ctx.now_ms();
-        if !self.started {
-            self.started = true;
-            // Fires on the loop's first pass, after every on_listen.
-            self.set_timer(ctx, Duration::ZERO, TIMER_STARTED);
-        }
         let (Transport::Udp, Some(local)) = (info.transport, info.local) else {
             ctx.warn(format_args!(
                 "{}: {} is not a udp:// listener; udp-broadcast refuses its connections",
