@@ -770,10 +770,9 @@ impl Runtime {
     }
 }
 
-/// Whether a listener at `old` can become `new` by switching its
-/// transport: the same TCP address, one plain and one TLS.
-/// Whether two Unix listener paths spelled differently (`./x.sock`, a
-/// symlinked directory) name one socket file: the same listener, kept.
+/// Whether two Unix listener paths spelled differently (a symlinked
+/// directory, relative and absolute) name one socket file: the same
+/// listener, kept.
 fn same_socket_file(old: &ListenAddr, new: &ListenAddr) -> bool {
     use std::os::unix::fs::MetadataExt;
     let (ListenAddr::Unix(a), ListenAddr::Unix(b)) = (old, new) else {
@@ -801,6 +800,8 @@ fn takes_port_of(old: &ListenAddr, new: &ListenAddr) -> bool {
     }
 }
 
+/// Whether a listener at `old` can become `new` by switching its
+/// transport: the same TCP address, one plain and one TLS.
 fn switches(old: &ListenAddr, new: &ListenAddr) -> bool {
     match (old, new) {
         (ListenAddr::Tcp(a), ListenAddr::Tls(b)) | (ListenAddr::Tls(a), ListenAddr::Tcp(b)) => {
