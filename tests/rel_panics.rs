@@ -164,6 +164,9 @@ fn a_handler_panicking_on_every_10th_message_loses_exactly_those_1000_connection
         closed,
         TIMEOUT,
     );
+    // The close line of a connection follows its panic line: the client
+    // can see its connection closed before loopd has logged why.
+    loopd.wait_for_logs("(handler failed)", closed, TIMEOUT);
     let logs = loopd.logs();
     let panic_lines = logs
         .lines()
