@@ -226,6 +226,18 @@ fn build_errors_name_what_failed() {
         "Builder::listen(`b`, `tcp://127.0.0.1:0`): no handler named `b` (handlers: a)"
     );
 
+    // What parses but no listener can bind, as in the config file.
+    let e = err(Runtime::builder()
+        .handler(HandlerSpec::linked::<Tag>("a"))
+        .listen("a", "udp://[::ffff:127.0.0.1]:0"));
+    assert!(
+        e.to_string()
+            .starts_with("Builder::listen(`a`, ...): `udp://[::ffff:127.0.0.1]:0`")
+            && e.to_string()
+                .ends_with("write the IPv4 address: `udp://127.0.0.1:0`"),
+        "{e}"
+    );
+
     let e =
         err(Runtime::builder()
             .handler(HandlerSpec::linked::<Tag>("a").listen("tcp://localhost:80")));

@@ -242,8 +242,7 @@ impl Builder {
                         "Builder::listen(`{handler}`, `{url}`): no handler named `{handler}` ({known})"
                     ))
                 })?;
-            let addr: ListenAddr = url
-                .parse()
+            let addr = ListenAddr::parse_listener(&url)
                 .map_err(|e| Error::Config(format!("Builder::listen(`{handler}`, ...): {e}")))?;
             entry.listen.push(addr.clone());
             extra.push((handler, addr));
