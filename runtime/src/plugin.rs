@@ -277,7 +277,7 @@ fn file_name(name: &str) -> PathBuf {
 }
 
 /// The working directory, for messages about relative paths.
-fn working_dir() -> String {
+pub(crate) fn working_dir() -> String {
     match std::env::current_dir() {
         Ok(d) => d.display().to_string(),
         Err(e) => format!("(unknown: {e})"),

@@ -524,12 +524,13 @@ impl Config {
 
 /// For a relative path in a message: the directory it is resolved against.
 fn relative_hint(p: &Path) -> String {
-    match std::env::current_dir() {
-        Ok(cwd) if p.is_relative() => format!(
+    if p.is_relative() {
+        format!(
             " (a relative path, resolved against the working directory {})",
-            cwd.display()
-        ),
-        _ => String::new(),
+            crate::plugin::working_dir()
+        )
+    } else {
+        String::new()
     }
 }
 
