@@ -583,9 +583,11 @@ impl Handler for Relay {
 
     fn on_listen(&mut self, ctx: &Ctx, listener: SocketId, info: &ListenInfo<'_>) {
         let now = ctx.now_ms();
+        // loopd refuses a stream listener for a handler without connection
+        // hooks (STREAMS = false); a host that did not would get this.
         let (Transport::Udp, Some(local)) = (info.transport, info.local) else {
             ctx.warn(format_args!(
-                "{}: {} is not a udp:// listener; udp-broadcast refuses its connections",
+                "{}: {} is not a udp:// listener; udp-broadcast relays nothing from it",
                 self.name, info.url
             ));
             return;
