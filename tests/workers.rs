@@ -545,7 +545,7 @@ listen = ["tcp://127.0.0.1:0", "tcp://127.0.0.1:0"]
     }
     assert_eq!(now, before);
     assert!(!sock.exists(), "the removed listener's socket file is left");
-    assert!(TcpStream::connect(addr).is_err(), "{url} still accepts");
+    assert!(refuses_soon(addr), "{url} still accepts");
     workers.shutdown();
     workers.run().unwrap();
 }

@@ -59,6 +59,21 @@ pub fn build_plugins() {
     });
 }
 
+/// Whether connects to `addr` are refused within 5 s. A listener this
+/// process closed can still take a connect for a moment after: a process
+/// another test is spawning holds a copy of every fd between its fork and
+/// its exec (close-on-exec closes them only at the exec).
+pub fn refuses_soon(addr: SocketAddr) -> bool {
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        match TcpStream::connect_timeout(&addr, Duration::from_secs(1)) {
+            Err(e) if e.kind() == std::io::ErrorKind::ConnectionRefused => return true,
+            _ if Instant::now() >= deadline => return false,
+            _ => std::thread::sleep(Duration::from_millis(10)),
+        }
+    }
+}
+
 /// A directory removed when dropped.
 pub struct TempDir(PathBuf);
 
