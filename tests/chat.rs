@@ -1,7 +1,8 @@
 //! The chat handler's protocol, end to end: a scripted conversation through
 //! every command, leave notices for every way of leaving, half-written lines,
 //! long lines with every `max_frame` setting, the client limit, shutdown,
-//! refused framings, the shipped config and bad configs.
+//! the shipped config and bad configs. (A framing other than `line` is
+//! refused before chat starts: tests/setup_errors.rs.)
 
 mod chat_support;
 mod common;
@@ -502,27 +503,6 @@ fn shutdown_tells_every_client_and_closes_them() {
     let status = loopd.wait_exit(TIMEOUT);
     assert!(status.success(), "{status}:\n{}", loopd.logs());
     assert!(loopd.logs().contains("closing 2 chat client(s)"));
-}
-
-#[test]
-fn framings_other_than_line_are_refused_with_a_warning() {
-    for framing in ["raw", "length-prefixed"] {
-        let (loopd, addr) = start(&format!("framing = \"{framing}\""), "");
-        for _ in 0..3 {
-            let mut c = LineClient::connect(addr);
-            assert_eq!(c.read_to_eof(), "", "{framing}: refused at once");
-        }
-        let warning = format!(
-            "chat needs framing = \"line\" (its default), not \"{framing}\": refused 1 \
-             connection(s), the latest from 127.0.0.1:"
-        );
-        assert!(loopd.wait_for_log(&warning, TIMEOUT), "{}", loopd.logs());
-        assert!(loopd
-            .logs()
-            .contains("remove the framing key or set it to \"line\""));
-        // Each refusal is logged (at debug level) by the SDK.
-        assert!(loopd.wait_for_logs(&format!("unsupported framing \"{framing}\""), 3, TIMEOUT));
-    }
 }
 
 #[test]

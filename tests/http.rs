@@ -839,32 +839,6 @@ fn a_response_cut_short_is_logged_with_what_was_sent() {
     assert!(bytes < 64 << 20, "{line}");
 }
 
-#[test]
-fn a_framing_other_than_raw_is_refused_with_a_reason() {
-    let site = Site::new();
-    let root = site.root.display();
-    let loopd = Loopd::start(&format!(
-        r#"
-[[handler]]
-name = "http"
-plugin = "http"
-listen = ["tcp://127.0.0.1:0"]
-framing = "line"
-[handler.config]
-root = "{root}"
-"#
-    ));
-    loopd.expect_error("needs framing = \"raw\" (the default), not Line");
-    let mut c = Client::connect(loopd.tcp("http"));
-    c.send(b"GET / HTTP/1.1\r\nHost: t\r\n\r\n");
-    assert!(c.closed());
-    assert!(
-        loopd.wait_for_log("needs framing = \"raw\"", TIMEOUT),
-        "{}",
-        loopd.logs()
-    );
-}
-
 /// A large file cut short while it is being sent (with sendfile, bodies
 /// over 64 KiB): loopd sends what there is, says so in a warning, closes
 /// that connection, and goes on serving.

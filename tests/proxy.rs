@@ -1,8 +1,9 @@
 //! The proxy handler through the real loopd binary and the built plugin:
 //! byte-exact transfers both ways with both half-closes, a reply after the
 //! client's EOF (`printf hi | nc -q1`), upstreams that refuse, are missing
-//! or never answer, 1,000 pairs at once, Unix sockets on both sides, a
-//! listener with the wrong framing, the idle timeout and graceful shutdown.
+//! or never answer, 1,000 pairs at once, Unix sockets on both sides, the
+//! idle timeout and graceful shutdown. (A framing other than `raw` is
+//! refused before the proxy starts: tests/setup_errors.rs.)
 
 mod common;
 mod proxy_support;
@@ -325,27 +326,6 @@ listen = ["unix://{dir}/echo.sock"]
     }
     figure("proxy.echo_round_trips_16mib", format!("{complete}/{runs}"));
     assert_eq!(complete, runs);
-}
-
-#[test]
-fn a_listener_with_line_framing_is_refused_with_a_warning() {
-    let (server, _rx) = exchanging_server(0);
-    let config = proxy_config(&server.url(), "", "").replace(
-        "plugin = \"proxy\"\n",
-        "plugin = \"proxy\"\nframing = \"line\"\n",
-    );
-    let loopd = Loopd::start(&config);
-    let mut c = connect(loopd.tcp("proxy"));
-    let _ = c.write_all(b"x\n");
-    assert!(read_until_closed(&mut c).is_empty());
-    assert!(
-        loopd.wait_for_log(
-            "needs framing = \"raw\" (its default), not \"line\"",
-            TIMEOUT
-        ),
-        "{}",
-        loopd.logs()
-    );
 }
 
 #[test]

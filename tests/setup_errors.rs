@@ -5,6 +5,11 @@
 //! plugin without any connection hook. A hook left NULL is how a plugin
 //! says so (C); the Rust SDK leaves them NULL for `Handler::DATAGRAMS` and
 //! `Handler::STREAMS` set to `false`.
+//!
+//! A `framing` the plugin cannot read is refused the same way, with the
+//! location of the `framing` key: chat reads lines, http, status and the
+//! proxy bytes. A plugin says which it reads by `loopd_plugin_info.framings`
+//! (ABI 1.5; `Handler::FRAMINGS` in the Rust SDK).
 
 mod common;
 
@@ -116,6 +121,12 @@ fn a_stream_listener_on_udp_broadcast_is_refused() {
 /// A C plugin named `name` with only the hooks in `hooks` (designated
 /// initializers of `loopd_vtable`), compiled into `dir`.
 fn c_plugin(dir: &TempDir, name: &str, hooks: &str) -> PathBuf {
+    c_plugin_with(dir, name, hooks, "")
+}
+
+/// [`c_plugin`] with more fields of its `loopd_plugin_info` (designated
+/// initializers) in `info`.
+fn c_plugin_with(dir: &TempDir, name: &str, hooks: &str, info: &str) -> PathBuf {
     let src = dir.join(&format!("{name}.c"));
     std::fs::write(
         &src,
@@ -150,6 +161,7 @@ static const loopd_plugin_info info = {{
     .name = "{name}",
     .version = "1.0.0",
     .vtable = &vt,
+    {info}
 }};
 const loopd_plugin_info *loopd_plugin_entry_v1(const loopd_host_api *h)
 {{
@@ -250,4 +262,165 @@ fn a_reload_giving_a_kept_instance_a_listener_it_cannot_serve_is_refused() {
     assert!(!logs.contains("listening on udp://"), "{logs}");
     assert!(!logs.contains("reloaded: "), "{logs}");
     assert_eq!(echo_roundtrip(tcp(echo), b"kept"), b"kept");
+}
+
+/// One handler `e` of `plugin` with `framing`, written into `dir`; the
+/// config's path, and where its `framing` value starts.
+fn framed(dir: &TempDir, plugin: &str, framing: &str, extra: &str) -> (PathBuf, String) {
+    let (config, _) = one_handler(
+        dir,
+        plugin,
+        "tcp://127.0.0.1:0",
+        &format!("framing = \"{framing}\"\n{extra}"),
+    );
+    let text = std::fs::read_to_string(&config).unwrap();
+    let (line, col) = locate(&text, &format!("\"{framing}\""));
+    (config.clone(), format!("{}:{line}:{col}", config.display()))
+}
+
+#[test]
+fn a_framing_the_plugin_cannot_read_is_refused_at_its_key() {
+    let dir = TempDir::new("setup-framing");
+    let root = format!("[handler.config]\nroot = \"{}\"\n", dir.path().display());
+    let upstream = "[handler.config]\nupstream = \"tcp://127.0.0.1:9\"\n";
+    for (plugin, framing, extra, only) in [
+        ("chat", "raw", "", "line"),
+        ("chat", "length-prefixed", "", "line"),
+        ("http", "line", root.as_str(), "raw"),
+        ("status", "length-prefixed", "", "raw"),
+        ("proxy", "line", upstream, "raw"),
+    ] {
+        let (config, at) = framed(&dir, plugin, framing, extra);
+        assert_eq!(
+            refused(&config),
+            format!(
+                "{at}: handler `e`: framing = \"{framing}\": plugin {plugin} works only with framing = \"{only}\"; remove the key (its default is \"{only}\")"
+            )
+        );
+        // Its own framing, written out, is fine.
+        let (config, _) = framed(&dir, plugin, only, extra);
+        checks_ok(&config);
+    }
+    // echo reads any.
+    for framing in ["raw", "line", "length-prefixed"] {
+        let (config, _) = framed(&dir, "echo", framing, "");
+        checks_ok(&config);
+    }
+}
+
+#[test]
+fn a_c_plugin_declares_its_framings_in_its_info() {
+    let dir = TempDir::new("setup-framing-c");
+    let hooks = ".on_open = greet, .on_close = bye,";
+    let liner = c_plugin_with(
+        &dir,
+        "liner",
+        hooks,
+        ".default_framing = LOOPD_FRAMING_LINE, .framings = LOOPD_FRAMING_BIT(LOOPD_FRAMING_LINE) | LOOPD_FRAMING_BIT(LOOPD_FRAMING_LENGTH_PREFIXED),",
+    );
+    let liner = liner.to_str().unwrap();
+    let (config, at) = framed(&dir, liner, "raw", "");
+    assert_eq!(
+        refused(&config),
+        format!(
+            "{at}: handler `e`: framing = \"raw\": plugin liner works only with framing = \"line\" or \"length-prefixed\"; remove the key (its default is \"line\")"
+        )
+    );
+    let (config, _) = framed(&dir, liner, "length-prefixed", "");
+    checks_ok(&config);
+
+    // A plugin whose framings leave out what an entry without the key
+    // gets is broken itself: refused at its `plugin` key, for any entry.
+    let broken = c_plugin_with(
+        &dir,
+        "broken",
+        hooks,
+        ".framings = LOOPD_FRAMING_BIT(LOOPD_FRAMING_LINE),",
+    );
+    let (config, at) = one_handler(&dir, broken.to_str().unwrap(), "tcp://127.0.0.1:0", "");
+    assert_eq!(
+        refused(&config),
+        format!(
+            "{at}: handler `e`: plugin {}: plugin info framings 0x4 (\"line\") does not include \"raw\", what an entry without a framing key gets (it sets no default_framing),",
+            broken.display()
+        )
+    );
+}
+
+/// A handler that reads length-prefixed frames only.
+struct Frames;
+
+impl loopd_handler_api::Handler for Frames {
+    type Config = loopd_handler_api::NoConfig;
+    type Conn = ();
+    const FRAMING: loopd_handler_api::Framing = loopd_handler_api::Framing::LengthPrefixed;
+    const FRAMINGS: &'static [loopd_handler_api::Framing] =
+        &[loopd_handler_api::Framing::LengthPrefixed];
+
+    fn create(
+        _: &loopd_handler_api::Ctx,
+        _: &str,
+        _: loopd_handler_api::NoConfig,
+    ) -> Result<Self, String> {
+        Ok(Frames)
+    }
+}
+
+/// A linked handler's `Handler::FRAMINGS` hold for a handler made in code.
+#[test]
+fn a_handler_added_in_code_with_a_framing_it_cannot_read_is_refused() {
+    let spec = || HandlerSpec::linked::<Frames>("f").listen("tcp://127.0.0.1:0");
+    let err = Runtime::builder()
+        .handler(spec().framing(loopd::config::FramingKind::Line))
+        .check()
+        .unwrap_err()
+        .to_string();
+    assert_eq!(
+        err,
+        format!(
+            "handler `f`: framing = \"line\": plugin {} works only with framing = \"length-prefixed\"; remove the key (its default is \"length-prefixed\")",
+            std::any::type_name::<Frames>()
+        )
+    );
+    Runtime::builder().handler(spec()).check().unwrap();
+}
+
+/// A reload that changes chat's framing to one it cannot read is refused,
+/// and chat keeps serving its room.
+#[test]
+fn a_reload_to_a_framing_the_plugin_cannot_read_is_refused() {
+    let base = "[[handler]]\nname = \"c\"\nplugin = \"chat\"\nlisten = [\"tcp://127.0.0.1:0\"]\n";
+    let loopd = Loopd::start(base);
+    loopd.expect_error("reload failed");
+    let mut alice = LineClient::connect(loopd.tcp("c"));
+    assert!(alice.recv().starts_with("* welcome"));
+    let text = format!("{base}framing = \"raw\"\n");
+    let path = loopd.dir.join("loopd.toml");
+    std::fs::write(&path, &text).unwrap();
+    loopd.signal(libc::SIGHUP);
+    assert!(
+        loopd.wait_for_log("reload failed", TIMEOUT),
+        "{}",
+        loopd.logs()
+    );
+    let (line, col) = locate(&text, "\"raw\"");
+    let why = format!(
+        "{}:{line}:{col}: handler `c`: framing = \"raw\": plugin chat works only with framing = \"line\"",
+        path.display()
+    );
+    let logs = loopd.logs();
+    let failed = logs.lines().find(|l| l.contains("reload failed")).unwrap();
+    assert!(failed.contains(&why), "{why}\nnot in\n{logs}");
+    assert!(!logs.contains("reloaded: "), "{logs}");
+    // The room is still there, and still reads lines.
+    let mut bob = LineClient::connect(loopd.tcp("c"));
+    assert!(bob.recv().starts_with("* welcome"));
+    alice.send("still one line");
+    loop {
+        let line = bob.recv();
+        if line.contains("still one line") {
+            break;
+        }
+        assert!(line.starts_with("* "), "{line}");
+    }
 }

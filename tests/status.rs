@@ -134,7 +134,9 @@ fn metrics_count_echo_traffic_exactly() {
     let version = env!("CARGO_PKG_VERSION");
     assert!(
         text.contains(&format!(
-            "loopd_build_info{{version=\"{version}\",abi=\"1.4\"}} 1"
+            "loopd_build_info{{version=\"{version}\",abi=\"{}.{}\"}} 1",
+            loopd_handler_api::abi::LOOPD_ABI_MAJOR,
+            loopd_handler_api::abi::LOOPD_ABI_MINOR
         )),
         "{text}"
     );

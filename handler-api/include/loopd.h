@@ -1,5 +1,5 @@
 /*
- * loopd.h - the loopd handler ABI, version 1.4.
+ * loopd.h - the loopd handler ABI, version 1.5.
  *
  * This header is the single source of truth for the contract between the
  * loopd runtime ("the host") and a handler plugin ("the handler"). The Rust
@@ -83,8 +83,9 @@ extern "C" {
  *            loopd_host_api.peer_subject, peer_certificate;
  *            loopd_connect_options.server_name; loopd_plugin_info.alpn;
  *            loopd_datagram, loopd_host_api.send_datagrams,
- *            loopd_vtable.on_datagrams. */
-#define LOOPD_ABI_MINOR 4
+ *            loopd_vtable.on_datagrams.
+ * 1.5 added: loopd_plugin_info.framings, LOOPD_FRAMING_BIT. */
+#define LOOPD_ABI_MINOR 5
 
 /* Sizes of the v1.0 structs on 64-bit targets: the smallest struct_size a
  * reader accepts. They never change; later minors only append (a 1.1 host
@@ -178,6 +179,9 @@ extern "C" {
 #define LOOPD_FRAMING_RAW 1
 #define LOOPD_FRAMING_LINE 2
 #define LOOPD_FRAMING_LENGTH_PREFIXED 3
+/* A framing's bit in loopd_plugin_info.framings (1.5), e.g.
+ * LOOPD_FRAMING_BIT(LOOPD_FRAMING_LINE). */
+#define LOOPD_FRAMING_BIT(framing) (1u << (framing))
 
 /* close() modes. */
 #define LOOPD_CLOSE_FLUSH 0 /* stop reading, send what is queued, then close */
@@ -746,6 +750,17 @@ typedef struct loopd_plugin_info {
      * preferred first (e.g. "http/1.1"); NULL or "" = none. A handler
      * entry's tls_alpn key replaces them. */
     const char *alpn;
+    /* --- 1.5 --- */
+    /* The framings the handler works with, as LOOPD_FRAMING_BIT()s ORed
+     * together (0 = any). loopd refuses a [[handler]] entry whose framing
+     * (its framing key, else default_framing, else raw) is not one of
+     * them, at start, in loopd check and on a reload, naming the framing
+     * key; default_framing, when set, must be one of them. Bits of
+     * framings this loopd does not know are ignored. A host older than
+     * 1.5 ignores the field: a handler that must not run with another
+     * framing still checks loopd_conn_info.framing in on_open. */
+    uint32_t framings;
+    uint32_t reserved2; /* 0 */
 } loopd_plugin_info;
 
 /* The entry point. host is static and valid for the life of the process.

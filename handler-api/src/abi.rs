@@ -14,7 +14,7 @@ use core::ffi::{c_char, c_void};
 /// Major version of the ABI. A major bump renames the entry symbol.
 pub const LOOPD_ABI_MAJOR: u32 = 1;
 /// Minor version of the ABI. A minor bump only appends fields and functions.
-pub const LOOPD_ABI_MINOR: u32 = 4;
+pub const LOOPD_ABI_MINOR: u32 = 5;
 /// The one symbol a plugin exports, NUL-terminated.
 pub const LOOPD_ENTRY_SYMBOL: &[u8] = b"loopd_plugin_entry_v1\0";
 
@@ -92,6 +92,16 @@ pub const LOOPD_FRAMING_RAW: u32 = 1;
 pub const LOOPD_FRAMING_LINE: u32 = 2;
 /// One payload per call; 4-byte big-endian length header on the wire.
 pub const LOOPD_FRAMING_LENGTH_PREFIXED: u32 = 3;
+/// A framing's bit in [`loopd_plugin_info::framings`] (1.5), as the C
+/// macro `LOOPD_FRAMING_BIT(framing)`; 0 for a value too big to have one.
+#[allow(non_snake_case)]
+pub const fn LOOPD_FRAMING_BIT(framing: u32) -> u32 {
+    if framing < 32 {
+        1 << framing
+    } else {
+        0
+    }
+}
 
 /// `close` mode: send what is queued, then close.
 pub const LOOPD_CLOSE_FLUSH: u32 = 0;
@@ -589,6 +599,12 @@ pub struct loopd_plugin_info {
     /// The ALPN protocols of its `tls://` listeners, comma-separated and
     /// NUL-terminated, most preferred first; NULL = none (since 1.4).
     pub alpn: *const c_char,
+    /// The framings the handler works with, as [`LOOPD_FRAMING_BIT`]s ORed
+    /// together; 0 = any (since 1.5). loopd refuses a handler entry whose
+    /// framing is not one of them.
+    pub framings: u32,
+    /// Always 0.
+    pub reserved2: u32,
 }
 
 // SAFETY: plugin info is immutable static data (pointers to static strings

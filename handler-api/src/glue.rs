@@ -133,6 +133,8 @@ pub const fn plugin_info<H: Handler>(
         reserved: 0,
         vtable,
         alpn: H::ALPN.as_ptr(),
+        framings: Framing::bits(H::FRAMINGS),
+        reserved2: 0,
     }
 }
 

@@ -213,6 +213,15 @@ pub trait Handler: Sized + 'static {
     /// The framing used when the config does not name one.
     const FRAMING: Framing = Framing::Default;
 
+    /// The framings the handler works with (ABI 1.5); empty: any. loopd
+    /// refuses a `[[handler]]` entry whose `framing` is not one of them, at
+    /// start, in `loopd check` and on a reload, naming the key, instead of
+    /// starting a handler that cannot read its input. [`Handler::FRAMING`],
+    /// when set, must be one of them. A host older than 1.5 does not check:
+    /// a handler that must not run with another framing also looks at
+    /// [`ConnInfo::framing`] in [`Handler::on_open`].
+    const FRAMINGS: &'static [Framing] = &[];
+
     /// The oldest host ABI minor this handler works with. Raise it when you
     /// use a host function added in a later minor.
     const MIN_HOST_MINOR: u32 = 0;

@@ -156,6 +156,21 @@ impl Framing {
         }
     }
 
+    /// `loopd_plugin_info.framings` for a list of framings (as
+    /// [`Handler::FRAMINGS`](crate::Handler::FRAMINGS)): their
+    /// `LOOPD_FRAMING_BIT`s ORed together; [`Framing::Default`] has none.
+    pub const fn bits(list: &[Framing]) -> u32 {
+        let mut bits = 0;
+        let mut i = 0;
+        while i < list.len() {
+            if !matches!(list[i], Framing::Default) {
+                bits |= abi::LOOPD_FRAMING_BIT(list[i].to_raw());
+            }
+            i += 1;
+        }
+        bits
+    }
+
     /// From a `LOOPD_FRAMING_*` value; unknown values read as `Default`.
     pub const fn from_raw(raw: u32) -> Framing {
         match raw {

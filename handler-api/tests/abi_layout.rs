@@ -114,7 +114,7 @@ abi_structs! {
     }
     loopd_plugin_info {
         struct_size, abi_major, abi_minor, min_host_minor, name, version, default_framing,
-        reserved, vtable, alpn,
+        reserved, vtable, alpn, framings, reserved2,
     }
 }
 
@@ -238,11 +238,30 @@ fn rust_facts() -> BTreeMap<String, String> {
             insert(field_size_key(s.name, f.name), f.size.to_string());
         }
     }
-    for (name, value) in abi_consts() {
+    for (name, value) in abi_consts().into_iter().chain(abi_macros()) {
         insert(name.to_owned(), value.to_string());
     }
     insert("LOOPD_ENTRY_SYMBOL".to_owned(), entry_symbol_rust());
     facts
+}
+
+/// loopd.h's function-like macros, as C expressions, with what their Rust
+/// mirrors give for the same arguments.
+fn abi_macros() -> Vec<(&'static str, i64)> {
+    vec![
+        (
+            "LOOPD_FRAMING_BIT(LOOPD_FRAMING_RAW)",
+            abi::LOOPD_FRAMING_BIT(abi::LOOPD_FRAMING_RAW).into(),
+        ),
+        (
+            "LOOPD_FRAMING_BIT(LOOPD_FRAMING_LINE)",
+            abi::LOOPD_FRAMING_BIT(abi::LOOPD_FRAMING_LINE).into(),
+        ),
+        (
+            "LOOPD_FRAMING_BIT(LOOPD_FRAMING_LENGTH_PREFIXED)",
+            abi::LOOPD_FRAMING_BIT(abi::LOOPD_FRAMING_LENGTH_PREFIXED).into(),
+        ),
+    ]
 }
 
 /// The C program that prints the same facts from loopd.h.
@@ -274,7 +293,7 @@ fn c_program() -> String {
             ));
         }
     }
-    for (name, _) in abi_consts() {
+    for (name, _) in abi_consts().into_iter().chain(abi_macros()) {
         c.push_str(&format!(
             "    printf(\"%s %lld\\n\", \"{name}\", (long long)({name}));\n"
         ));
@@ -521,13 +540,20 @@ fn every_declared_item_is_checked() {
         .map(|(name, _)| name.to_owned())
         .collect();
     consts.insert("LOOPD_ENTRY_SYMBOL".to_owned());
+    // A function-like macro's mirror is a `pub const fn` of its name.
+    consts.extend(
+        abi_macros()
+            .into_iter()
+            .filter_map(|(expr, _)| expr.split('(').next().map(str::to_owned)),
+    );
     let structs: BTreeSet<String> = abi_structs()
         .into_iter()
         .map(|s| s.name.to_owned())
         .collect();
 
     let header_consts = collect(&header, "#define", "LOOPD_", HEADER_ONLY_MACROS);
-    let rust_consts = collect(&abi_rs, "pub const", "LOOPD_", RUST_ONLY_CONSTS);
+    let mut rust_consts = collect(&abi_rs, "pub const", "LOOPD_", RUST_ONLY_CONSTS);
+    rust_consts.extend(collect(&abi_rs, "pub const fn", "LOOPD_", RUST_ONLY_CONSTS));
     let header_structs = collect(&header, "typedef struct", "loopd_", OPAQUE_STRUCTS);
     let rust_structs = collect(&abi_rs, "pub struct", "loopd_", OPAQUE_STRUCTS);
 

@@ -535,6 +535,9 @@ pub(crate) fn create_instance(
             version: String::new(),
             default_framing: l.framing,
             alpn: l.alpn.clone(),
+            framings: plugin::check_framings(l.framings, l.framing).map_err(|e| {
+                Error::Config(format!("handler `{}`: {}: {e}", h.name, l.type_name))
+            })?,
             vtable: l.vtable,
             stamp: None,
         },
@@ -553,6 +556,7 @@ pub(crate) fn create_instance(
         }
     };
     listeners_fit(h, &plugin)?;
+    framing_fits(h, &plugin)?;
     let name = CString::new(h.name.as_str())
         .map_err(|_| Error::Config("handler name contains NUL".into()))?;
     let json = CString::new(h.config_json.as_str())
@@ -682,6 +686,31 @@ pub(crate) fn listener_fits(
     Err(Error::Config(format!(
         "{at}handler `{}`: listener {addr}: plugin {} {why}",
         h.name, plugin.name
+    )))
+}
+
+/// Refuses an entry whose `framing` the plugin does not work with (its
+/// `framings`, ABI 1.5): chat reads lines, a proxy bytes. Without a
+/// `framing` key the entry gets the plugin's default, which
+/// [`plugin::check_framings`] has checked already.
+pub(crate) fn framing_fits(h: &HandlerConfig, plugin: &Plugin) -> Result<(), Error> {
+    let Some(framing) = h.framing else {
+        return Ok(());
+    };
+    if framing.is_in(plugin.framings) {
+        return Ok(());
+    }
+    let at = match &h.framing_location {
+        Some(l) => format!("{l}: "),
+        None => String::new(),
+    };
+    Err(Error::Config(format!(
+        "{at}handler `{}`: framing = \"{}\": plugin {} works only with framing = {}; remove the key (its default is \"{}\")",
+        h.name,
+        framing.name(),
+        plugin.name,
+        FramingKind::list(plugin.framings),
+        plugin.default_framing.unwrap_or(FramingKind::Raw).name()
     )))
 }
 

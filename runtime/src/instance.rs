@@ -184,6 +184,7 @@ pub(crate) fn test_instance(
             version: String::new(),
             default_framing: None,
             alpn: Vec::new(),
+            framings: 0,
             vtable: loopd_handler_api::abi::loopd_vtable::EMPTY,
             stamp: None,
         },

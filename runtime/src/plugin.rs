@@ -26,6 +26,9 @@ pub(crate) struct Plugin {
     pub(crate) default_framing: Option<FramingKind>,
     /// The ALPN protocols it declares for its `tls://` listeners (1.4).
     pub(crate) alpn: Vec<String>,
+    /// The framings it works with, as `LOOPD_FRAMING_BIT`s of the framings
+    /// this loopd knows; 0: any (1.5, [`check_framings`]).
+    pub(crate) framings: u32,
     /// The plugin's vtable, copied and zero-extended to the size we know.
     pub(crate) vtable: loopd_vtable,
     /// The library file as it was when loaded (`None` for a linked handler):
@@ -424,6 +427,10 @@ pub(crate) unsafe fn check_info(
         // Not in the plugin's struct (or torn by a size inside it).
         copy.alpn = std::ptr::null();
     }
+    let framings_end = std::mem::offset_of!(loopd_plugin_info, framings) + 4;
+    if size < framings_end {
+        copy.framings = 0;
+    }
     let info = &copy;
     if info.abi_major != abi::LOOPD_ABI_MAJOR {
         return Err(format!(
@@ -484,15 +491,53 @@ pub(crate) unsafe fn check_info(
     } else {
         Vec::new()
     };
+    let framings =
+        check_framings(info.framings, default_framing).map_err(|e| format!("plugin info {e}"))?;
     Ok(Plugin {
         path: path.map(Path::to_path_buf),
         name: read_str(info.name, "name")?,
         version: read_str(info.version, "version")?,
         default_framing,
         alpn,
+        framings,
         vtable,
         stamp: None,
     })
+}
+
+/// A plugin's `framings` (1.5) checked against its `default_framing`, and
+/// kept to the framings this loopd knows (a later minor's bit is one no
+/// config can select here): 0 stays "any". Refused: bits that name no
+/// framing this loopd knows, and a default (or, without one, raw, what an
+/// entry without a `framing` key gets) that is not among them.
+pub(crate) fn check_framings(bits: u32, default: Option<FramingKind>) -> Result<u32, String> {
+    if bits == 0 {
+        return Ok(0);
+    }
+    let known = bits
+        & FramingKind::ALL
+            .iter()
+            .fold(0, |m, f| m | abi::LOOPD_FRAMING_BIT((*f).into()));
+    if known == 0 {
+        return Err(format!(
+            "framings {bits:#x} names no framing this loopd knows (raw, line, length-prefixed)"
+        ));
+    }
+    let implied = default.unwrap_or(FramingKind::Raw);
+    if !implied.is_in(known) {
+        let what = match default {
+            Some(f) => format!("its default_framing \"{}\"", f.name()),
+            None => {
+                "\"raw\", what an entry without a framing key gets (it sets no default_framing),"
+                    .to_string()
+            }
+        };
+        return Err(format!(
+            "framings {bits:#x} ({}) does not include {what}",
+            FramingKind::list(known)
+        ));
+    }
+    Ok(known)
 }
 
 /// A plugin's ALPN list ("h2,http/1.1"): comma-separated names of 1 to
@@ -683,6 +728,8 @@ mod tests {
             reserved: 0,
             vtable: &theirs,
             alpn: std::ptr::null(),
+            framings: 0,
+            reserved2: 0,
         };
         // SAFETY: every pointer is valid for the call.
         let p = unsafe { check_info(&info, None) }.unwrap();
@@ -707,7 +754,52 @@ mod tests {
             reserved: 0,
             vtable,
             alpn: alpn.as_ptr(),
+            framings: 0,
+            reserved2: 0,
         }
+    }
+
+    #[test]
+    fn a_plugins_framings_are_read_within_its_struct_size_and_checked() {
+        let vtable = loopd_vtable::EMPTY;
+        let full = std::mem::size_of::<loopd_plugin_info>();
+        let bit = |f: FramingKind| abi::LOOPD_FRAMING_BIT(f.into());
+        let read = |framings: u32, default: u32, size: usize| {
+            let mut info = info_with_alpn(&vtable, c"", size);
+            info.framings = framings;
+            info.default_framing = default;
+            // SAFETY: every pointer is valid for the call.
+            unsafe { check_info(&info, None) }.map(|p| p.framings)
+        };
+        let line = bit(FramingKind::Line);
+        assert_eq!(read(line, abi::LOOPD_FRAMING_LINE, full), Ok(line));
+        assert_eq!(read(0, abi::LOOPD_FRAMING_LINE, full), Ok(0), "0 is any");
+        // An ABI 1.4 plugin's info ends before the field: any framing.
+        let v1_4 = std::mem::offset_of!(loopd_plugin_info, framings);
+        assert_eq!(read(line, abi::LOOPD_FRAMING_LINE, v1_4), Ok(0));
+        // Bits of framings a later loopd may know are dropped.
+        assert_eq!(read(line | 1 << 9, abi::LOOPD_FRAMING_LINE, full), Ok(line));
+        let why = read(1 << 9, abi::LOOPD_FRAMING_DEFAULT, full).unwrap_err();
+        assert!(
+            why.starts_with("plugin info framings 0x200 names no framing"),
+            "{why}"
+        );
+        // The default must be one of them; without one, raw must be.
+        let why = read(line, abi::LOOPD_FRAMING_RAW, full).unwrap_err();
+        assert!(
+            why.contains("(\"line\") does not include its default_framing \"raw\""),
+            "{why}"
+        );
+        let why = read(line, abi::LOOPD_FRAMING_DEFAULT, full).unwrap_err();
+        assert!(
+            why.contains("does not include \"raw\", what an entry"),
+            "{why}"
+        );
+        let raw = bit(FramingKind::Raw);
+        assert_eq!(
+            read(raw | line, abi::LOOPD_FRAMING_DEFAULT, full),
+            Ok(raw | line)
+        );
     }
 
     #[test]

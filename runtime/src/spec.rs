@@ -95,6 +95,8 @@ pub(crate) struct Linked {
     pub(crate) framing: Option<FramingKind>,
     /// The ALPN protocols `H::ALPN` declares.
     pub(crate) alpn: Vec<String>,
+    /// `H::FRAMINGS` as `LOOPD_FRAMING_BIT`s (0: any).
+    pub(crate) framings: u32,
     /// For `loopd check`-style listings and logs, e.g. `loopd_echo::Echo`.
     pub(crate) type_name: &'static str,
     /// How to make the instance, when not by the type's `create`.
@@ -124,6 +126,7 @@ impl Linked {
                 .ok()
                 .and_then(|list| crate::plugin::parse_alpn(list).ok())
                 .unwrap_or_default(),
+            framings: loopd_handler_api::Framing::bits(H::FRAMINGS),
             type_name: std::any::type_name::<H>(),
             make: None,
         }

@@ -349,10 +349,12 @@ impl Config {
 /// A chat instance: who is here, and the limits.
 ///
 /// Chat needs `framing = "line"` (its default when the `[[handler]]` table
-/// names none). With any other framing it refuses every connection and says
-/// why in a warning (the first at once, then at most one every 10 seconds
-/// with the number refused): a handler cannot see the framing before the
-/// first connection, so it cannot refuse to start instead.
+/// names none). It declares so (`FRAMINGS`, ABI 1.5), and loopd refuses an
+/// entry with any other framing at start, in `loopd check` and on a
+/// reload, naming the key. On a host older than 1.5, which does not check,
+/// it refuses every connection instead and says why in a warning (the
+/// first at once, then at most one every 10 seconds with the number
+/// refused).
 #[derive(Debug)]
 pub struct Chat {
     /// Its metrics (ABI 1.4; `None` on an older host).
@@ -1754,6 +1756,7 @@ impl Handler for Chat {
     type Config = Config;
     type Conn = ChatConn;
     const FRAMING: Framing = Framing::Line;
+    const FRAMINGS: &'static [Framing] = &[Framing::Line];
     /// Connections only: loopd refuses a `udp://` listener on it.
     const DATAGRAMS: bool = false;
     // 1.1's on_oversize and on_partial (without them an over-long line

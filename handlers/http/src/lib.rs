@@ -73,6 +73,7 @@ impl Handler for Http {
     type Config = Config;
     type Conn = ();
     const FRAMING: Framing = Framing::Raw;
+    const FRAMINGS: &'static [Framing] = &[Framing::Raw];
     /// Connections only: loopd refuses a `udp://` listener on it.
     const DATAGRAMS: bool = false;
     /// The access log uses `log_to` (ABI 1.1); on a 1.0 host it falls back to

@@ -43,8 +43,11 @@
 //! - **Errors end the pair.** A reset, an I/O error or a timeout on one side
 //!   aborts the other.
 //! - **Raw bytes only**: the upstream connection is opened with raw framing
-//!   whatever the instance has; a client listener with another framing is
-//!   refused connection by connection, with a warning.
+//!   whatever the instance has. The proxy declares raw as its only framing
+//!   (ABI 1.5), so loopd refuses an entry with another `framing` before it
+//!   starts; a host older than 1.5 does not check, and then a client
+//!   listener with another framing is refused connection by connection,
+//!   with a warning.
 //!
 //! docs/handlers/proxy.md has every key and what each costs.
 #![warn(
@@ -454,6 +457,7 @@ impl Handler for Proxy {
     type Config = Config;
     type Conn = ProxyConn;
     const FRAMING: Framing = Framing::Raw;
+    const FRAMINGS: &'static [Framing] = &[Framing::Raw];
     /// Connections only: loopd refuses a `udp://` listener on it.
     const DATAGRAMS: bool = false;
     // pause_read, resume_read, shutdown_write and connect_with (ABI 1.3),

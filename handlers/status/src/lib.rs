@@ -68,6 +68,7 @@ impl Handler for Status {
     type Config = StatusConfig;
     type Conn = StatusConn;
     const FRAMING: Framing = Framing::Raw;
+    const FRAMINGS: &'static [Framing] = &[Framing::Raw];
     /// Connections only: loopd refuses a `udp://` listener on it.
     const DATAGRAMS: bool = false;
     /// Over `tls://`, an HTTP/1.1 server by ALPN.

@@ -504,6 +504,7 @@ impl Config {
             tls_keys(&src, &h, &mut entry, &key)?;
             entry.config_json = config_json;
             entry.plugin_location = Some(src.location(&h.plugin.span()));
+            entry.framing_location = h.framing.as_ref().map(|f| src.location(&f.span()));
             entry.config_keys = config_keys.next().unwrap_or_default();
             handlers.push(entry);
         }

@@ -487,6 +487,38 @@ impl TryFrom<u32> for FramingKind {
 }
 
 impl FramingKind {
+    /// Every framing, in `LOOPD_FRAMING_*` order.
+    pub(crate) const ALL: [FramingKind; 3] = [
+        FramingKind::Raw,
+        FramingKind::Line,
+        FramingKind::LengthPrefixed,
+    ];
+
+    /// Its spelling in the config file.
+    pub(crate) fn name(self) -> &'static str {
+        match self {
+            FramingKind::Raw => "raw",
+            FramingKind::Line => "line",
+            FramingKind::LengthPrefixed => "length-prefixed",
+        }
+    }
+
+    /// Whether a plugin's `framings` (`LOOPD_FRAMING_BIT`s; 0 = any) has it.
+    pub(crate) fn is_in(self, framings: u32) -> bool {
+        framings == 0 || framings & abi::LOOPD_FRAMING_BIT(self.into()) != 0
+    }
+
+    /// The framings of a plugin's `framings`, for messages: `"line"`, or
+    /// `"raw" or "line"`.
+    pub(crate) fn list(framings: u32) -> String {
+        FramingKind::ALL
+            .iter()
+            .filter(|f| f.is_in(framings))
+            .map(|f| format!("\"{}\"", f.name()))
+            .collect::<Vec<_>>()
+            .join(" or ")
+    }
+
     #[cfg(feature = "config-file")]
     fn parse(s: &str) -> Option<FramingKind> {
         match s {
@@ -604,6 +636,8 @@ pub struct HandlerConfig {
     pub unix_group: Option<Account>,
     /// Where the entry's `plugin` key is, for errors about loading it.
     pub plugin_location: Option<Location>,
+    /// Where the entry's `framing` key is, for an error about its value.
+    pub framing_location: Option<Location>,
     /// Where the `[handler.config]` table and each key in it are written
     /// (empty for an entry built in code), so that an error the handler
     /// reports about its config can point at the key:
@@ -717,6 +751,7 @@ impl HandlerConfig {
             tls_alpn: None,
             tls_sni: Vec::new(),
             plugin_location: None,
+            framing_location: None,
             config_keys: ConfigKeys::default(),
         }
     }
