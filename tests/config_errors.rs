@@ -504,8 +504,14 @@ fn nothing_is_reported_listening_when_a_later_bind_fails() {
         "[[handler]]\nname = \"echo\"\nplugin = \"echo\"\nlisten = [\"tcp://127.0.0.1:0\", \"tcp://127.0.0.1:{port}\"]\n"
     );
     let stderr = run_fails(&dir, &text);
+    // The error points at the listener that failed, the second.
+    let config = dir.join("loopd.toml");
+    let (line, col) = locate(&text, &format!("\"tcp://127.0.0.1:{port}\""));
     assert!(
-        stderr.contains(&format!("cannot listen on tcp://127.0.0.1:{port}")),
+        stderr.contains(&format!(
+            "{}:{line}:{col}: handler `echo`: cannot listen on tcp://127.0.0.1:{port}: ",
+            config.display()
+        )),
         "{stderr}"
     );
     assert!(!stderr.contains("listening on"), "{stderr}");

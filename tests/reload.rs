@@ -481,11 +481,15 @@ fn what_a_reload_cannot_apply_is_refused_or_named_and_nothing_stops_serving() {
 
     // The wildcard beside the address being closed: named, not blamed on
     // "this config".
-    let outcome = reload_to(&loopd, &config("0.0.0.0", pid_file), 1);
+    let wildcard = config("0.0.0.0", pid_file);
+    let outcome = reload_to(&loopd, &wildcard, 1);
     assert!(outcome.contains("reload failed"), "{outcome}");
+    // At the listener in the new file.
+    let (line, col) = locate(&wildcard, &format!("\"tcp://0.0.0.0:{port}\""));
     assert!(
         outcome.contains(&format!(
-            "its port is held by tcp://127.0.0.1:{port} (handler `echo`), which this reload would close only after binding it"
+            "{}:{line}:{col}: handler `echo`: cannot listen on tcp://0.0.0.0:{port}: its port is held by tcp://127.0.0.1:{port} (handler `echo`), which this reload would close only after binding it",
+            loopd.dir.join("loopd.toml").display()
         )),
         "{outcome}"
     );

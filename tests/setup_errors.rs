@@ -1,5 +1,5 @@
 //! A listener the plugin has no hook for is refused by `loopd check` and
-//! at start, with the config location of the `plugin` key, the handler,
+//! at start, with the config location of the listener, the handler,
 //! the listener and why: a `udp://` listener on a plugin without
 //! `on_datagram` (every datagram would be dropped), a stream listener on a
 //! plugin without any connection hook. A hook left NULL is how a plugin
@@ -67,6 +67,8 @@ fn checks_ok(config: &Path) {
 
 /// One handler `e` of `plugin` on `listen`, written into `dir`; the
 /// config's path, and where its `plugin` value starts.
+///
+/// ([`listen_at`] says where its listener is.)
 fn one_handler(dir: &TempDir, plugin: &str, listen: &str, extra: &str) -> (PathBuf, String) {
     let text = format!(
         "[runtime]\nshutdown_timeout_ms = 1000\n\n[[handler]]\nname = \"e\"\nplugin = \"{plugin}\"\nlisten = [\"{listen}\"]\n{extra}"
@@ -86,7 +88,8 @@ fn a_udp_listener_on_a_plugin_without_on_datagram_is_refused() {
         } else {
             String::new()
         };
-        let (config, at) = one_handler(&dir, plugin, "udp://127.0.0.1:0", &extra);
+        let (config, _) = one_handler(&dir, plugin, "udp://127.0.0.1:0", &extra);
+        let at = listen_at(&config, "udp://127.0.0.1:0");
         assert_eq!(
             refused(&config),
             format!(
@@ -105,7 +108,8 @@ fn a_stream_listener_on_udp_broadcast_is_refused() {
         "tcp://127.0.0.1:0".to_string(),
         format!("unix://{}", sock.display()),
     ] {
-        let (config, at) = one_handler(&dir, "udp-broadcast", &url, extra);
+        let (config, _) = one_handler(&dir, "udp-broadcast", &url, extra);
+        let at = listen_at(&config, &url);
         assert_eq!(
             refused(&config),
             format!(
@@ -190,7 +194,8 @@ fn a_c_plugin_says_what_it_serves_by_the_hooks_it_leaves_null() {
     let mut c = LineClient::connect(loopd.tcp("e"));
     assert_eq!(c.recv(), "hi");
     drop(loopd);
-    let (config, at) = one_handler(&dir, greeter, "udp://127.0.0.1:0", "");
+    let (config, _) = one_handler(&dir, greeter, "udp://127.0.0.1:0", "");
+    let at = listen_at(&config, "udp://127.0.0.1:0");
     assert_eq!(
         refused(&config),
         format!(
@@ -203,7 +208,8 @@ fn a_c_plugin_says_what_it_serves_by_the_hooks_it_leaves_null() {
     let answerer = answerer.to_str().unwrap();
     let (config, _) = one_handler(&dir, answerer, "udp://127.0.0.1:0", "");
     checks_ok(&config);
-    let (config, at) = one_handler(&dir, answerer, "tcp://127.0.0.1:0", "");
+    let (config, _) = one_handler(&dir, answerer, "tcp://127.0.0.1:0", "");
+    let at = listen_at(&config, "tcp://127.0.0.1:0");
     assert_eq!(
         refused(&config),
         format!(
@@ -262,6 +268,14 @@ fn a_reload_giving_a_kept_instance_a_listener_it_cannot_serve_is_refused() {
     assert!(!logs.contains("listening on udp://"), "{logs}");
     assert!(!logs.contains("reloaded: "), "{logs}");
     assert_eq!(echo_roundtrip(tcp(echo), b"kept"), b"kept");
+}
+
+/// Where the config at `config` writes the listener `url`: what an error
+/// about that listener starts with.
+fn listen_at(config: &Path, url: &str) -> String {
+    let text = std::fs::read_to_string(config).unwrap();
+    let (line, col) = locate(&text, &format!("\"{url}\""));
+    format!("{}:{line}:{col}", config.display())
 }
 
 /// One handler `e` of `plugin` with `framing`, written into `dir`; the

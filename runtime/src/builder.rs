@@ -335,6 +335,7 @@ impl Builder {
                 for addr in &h.listen {
                     let b = listener::open(&mut rt.core.borrow_mut(), addr, inst, access).map_err(
                         |source| Error::Listen {
+                            location: h.listen_location(addr).map(ToString::to_string),
                             handler: h.name.clone(),
                             listener: addr.to_string(),
                             source,
@@ -679,8 +680,8 @@ pub(crate) fn listener_fits(
         _ => return Ok(()),
     };
     let at = h
-        .plugin_location
-        .as_ref()
+        .listen_location(addr)
+        .or(h.plugin_location.as_ref())
         .map(|l| format!("{l}: "))
         .unwrap_or_default();
     Err(Error::Config(format!(

@@ -25,6 +25,9 @@ pub enum Error {
     },
     /// A listener could not be opened.
     Listen {
+        /// Where the config writes the listener (`file:line:column`), if
+        /// known.
+        location: Option<String>,
         /// The handler that owns it.
         handler: String,
         /// The listener URL.
@@ -65,10 +68,14 @@ impl fmt::Display for Error {
                 )
             }
             Error::Listen {
+                location,
                 handler,
                 listener,
                 source,
             } => {
+                if let Some(at) = location {
+                    write!(f, "{at}: ")?;
+                }
                 write!(
                     f,
                     "handler `{handler}`: cannot listen on {listener}: {source}"

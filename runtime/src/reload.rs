@@ -431,6 +431,7 @@ impl Runtime {
                         if matches!(addr, ListenAddr::Tls(_)) && !cfg!(feature = "tls") {
                             self.undo_created(&config, created);
                             return Err(Error::Listen {
+                                location: h.listen_location(addr).map(ToString::to_string),
                                 handler: h.name.clone(),
                                 listener: addr.to_string(),
                                 source: std::io::Error::new(
@@ -475,6 +476,9 @@ impl Runtime {
                 );
                 self.undo_created(&config, created);
                 return Err(Error::Listen {
+                    location: config.handlers[*i]
+                        .listen_location(addr)
+                        .map(ToString::to_string),
                     handler: name.clone(),
                     listener: addr.to_string(),
                     source: std::io::Error::new(std::io::ErrorKind::AddrInUse, why),
@@ -486,6 +490,9 @@ impl Runtime {
             let opened = crate::builder::unix_access(&config.handlers[i], i).and_then(|access| {
                 listener::open(&mut self.core.borrow_mut(), &addr, inst, &access).map_err(
                     |source| Error::Listen {
+                        location: config.handlers[i]
+                            .listen_location(&addr)
+                            .map(ToString::to_string),
                         handler: name.clone(),
                         listener: addr.to_string(),
                         source,

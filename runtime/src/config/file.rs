@@ -369,6 +369,7 @@ impl Config {
             let plugin = PluginRef::parse(plugin_text);
 
             let mut listen = Vec::with_capacity(h.listen.len());
+            let mut listen_locations = Vec::with_capacity(h.listen.len());
             for (j, l) in h.listen.iter().enumerate() {
                 let addr = ListenAddr::parse_listener(l.get_ref())
                     .map_err(|e| src.error(Some(l.span()), &key(&format!("listen[{j}]")), e))?;
@@ -382,6 +383,7 @@ impl Config {
                     ));
                 }
                 listen.push(addr);
+                listen_locations.push(src.location(&l.span()));
             }
 
             let framing = match &h.framing {
@@ -406,6 +408,7 @@ impl Config {
 
             let mut entry = HandlerConfig::new(name, plugin);
             entry.listen = listen;
+            entry.listen_locations = listen_locations;
             entry.framing = framing;
             entry.max_frame = h.max_frame.as_ref().map(|s| to_usize(*s.get_ref()));
             entry.output_high_watermark = h

@@ -638,6 +638,10 @@ pub struct HandlerConfig {
     pub plugin_location: Option<Location>,
     /// Where the entry's `framing` key is, for an error about its value.
     pub framing_location: Option<Location>,
+    /// Where each of `listen` is written, in the same order (empty for an
+    /// entry built in code; shorter when code added listeners), for errors
+    /// about a listener: [`HandlerConfig::listen_location`].
+    pub listen_locations: Vec<Location>,
     /// Where the `[handler.config]` table and each key in it are written
     /// (empty for an entry built in code), so that an error the handler
     /// reports about its config can point at the key:
@@ -722,6 +726,13 @@ impl ConfigKeys {
 }
 
 impl HandlerConfig {
+    /// Where the config file writes listener `addr` of this entry (the
+    /// first of equal ones), if it does.
+    pub fn listen_location(&self, addr: &ListenAddr) -> Option<&Location> {
+        let j = self.listen.iter().position(|a| a == addr)?;
+        self.listen_locations.get(j)
+    }
+
     /// A handler entry with defaults, for building configs in code.
     pub fn new(name: impl Into<String>, plugin: PluginRef) -> HandlerConfig {
         HandlerConfig {
@@ -752,6 +763,7 @@ impl HandlerConfig {
             tls_sni: Vec::new(),
             plugin_location: None,
             framing_location: None,
+            listen_locations: Vec::new(),
             config_keys: ConfigKeys::default(),
         }
     }
