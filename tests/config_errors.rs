@@ -793,6 +793,35 @@ fn a_pid_file_loopd_cannot_write_is_refused_before_binding() {
 }
 
 #[test]
+fn an_access_log_loopd_cannot_open_is_refused_at_its_key() {
+    let dir = TempDir::new("config-access-log");
+    let missing = dir.join("no/such/dir/access.log");
+    let d = dir.path().display();
+    let cases = [
+        (
+            missing.display().to_string(),
+            format!(
+                "log.access_log: cannot open {}: its directory {} does not exist",
+                missing.display(),
+                missing.parent().unwrap().display()
+            ),
+        ),
+        (
+            format!("{d}"),
+            format!("log.access_log: {d} is a directory: give the path of a file in it, e.g. \"{d}/access.log\""),
+        ),
+    ];
+    for (path, message) in cases {
+        let text = format!(
+            "[log]\naccess_log = \"{path}\"\n\n{}",
+            echo_on("tcp://127.0.0.1:0")
+        );
+        check_and_start_fail_at(&text, "\"", &message);
+    }
+    assert!(!missing.parent().unwrap().exists());
+}
+
+#[test]
 fn ipv4_mapped_ipv6_listeners_are_refused_with_the_ipv4_spelling() {
     for (scheme, ip) in [
         ("tcp", "127.0.0.1"),

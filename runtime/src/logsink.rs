@@ -516,32 +516,28 @@ pub(crate) fn install() {
 }
 
 /// Checks `[log] access_log` without creating it (for `loopd check`): an
-/// existing file must open for appending, a new one needs its directory.
+/// existing file must open for appending. (A new one's directory, and the
+/// path's shape, were checked when the config file was read.)
 pub(crate) fn check(config: &loopd::Config) -> Result<(), loopd::Error> {
     let Some(path) = &config.log.access_log else {
         return Ok(());
     };
-    let result = if path.exists() {
-        open_append(path).map(drop)
-    } else {
-        match path.parent().filter(|d| !d.as_os_str().is_empty()) {
-            Some(d) if !d.is_dir() => Err(io::Error::new(
-                io::ErrorKind::NotFound,
-                format!("its directory {} does not exist", d.display()),
-            )),
-            _ => Ok(()),
-        }
-    };
-    result.map_err(|e| access_error(config, path, &e))
+    if !path.exists() {
+        return Ok(());
+    }
+    open_append(path)
+        .map(drop)
+        .map_err(|e| access_error(config, path, &e))
 }
 
 fn access_error(config: &loopd::Config, path: &Path, e: &io::Error) -> loopd::Error {
-    let file = config
-        .path
-        .as_ref()
-        .map_or("<config>".to_string(), |p| p.display().to_string());
+    let at = match (&config.log.access_log_location, &config.path) {
+        (Some(l), _) => l.to_string(),
+        (None, Some(p)) => p.display().to_string(),
+        (None, None) => "<config>".to_string(),
+    };
     loopd::Error::Config(format!(
-        "{file}: log.access_log: cannot open {}: {e}",
+        "{at}: log.access_log: cannot open {}: {e}",
         path.display()
     ))
 }

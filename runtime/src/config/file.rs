@@ -546,6 +546,20 @@ fn relative_hint(p: &Path) -> String {
 /// (permissions: loopd may start as another user than `loopd check`) is
 /// left to it.
 fn pid_file_problem(path: &Path) -> Option<String> {
+    if let Ok(m) = std::fs::metadata(path) {
+        if !m.is_file() && !m.is_dir() {
+            let kind = crate::sys::file_kind(m.file_type());
+            return Some(format!("{} is {kind}, not a regular file", path.display()));
+        }
+    }
+    new_file_problem(path, "write", "loopd.pid")
+}
+
+/// What makes `path` unusable as a file loopd makes or appends to (the
+/// `pid_file`, the `access_log`): a name ending in `/`, a directory, or a
+/// directory of it that does not exist or is not one. `verb` is what the
+/// message says loopd cannot do; `example` names a file for the hint.
+fn new_file_problem(path: &Path, verb: &str, example: &str) -> Option<String> {
     let shown = path.display();
     if path.as_os_str().to_string_lossy().ends_with('/') {
         return Some(format!(
@@ -553,23 +567,19 @@ fn pid_file_problem(path: &Path) -> Option<String> {
         ));
     }
     match std::fs::metadata(path) {
-        Ok(m) if m.is_file() => return None,
         Ok(m) if m.is_dir() => {
             return Some(format!(
                 "{shown} is a directory: give the path of a file in it, e.g. \"{}\"",
-                path.join("loopd.pid").display()
+                path.join(example).display()
             ))
         }
-        Ok(m) => {
-            let kind = crate::sys::file_kind(m.file_type());
-            return Some(format!("{shown} is {kind}, not a regular file"));
-        }
+        Ok(_) => return None,
         Err(_) => {}
     }
     let dir = path.parent().filter(|d| !d.as_os_str().is_empty())?;
     match std::fs::metadata(dir) {
         Ok(m) if !m.is_dir() => Some(format!(
-            "cannot write {shown}: {} is not a directory",
+            "cannot {verb} {shown}: {} is not a directory",
             dir.display()
         )),
         Err(e)
@@ -577,7 +587,7 @@ fn pid_file_problem(path: &Path) -> Option<String> {
                 || e.raw_os_error() == Some(libc::ENOTDIR) =>
         {
             Some(format!(
-                "cannot write {shown}: its directory {} does not exist",
+                "cannot {verb} {shown}: its directory {} does not exist",
                 dir.display()
             ))
         }
@@ -623,7 +633,12 @@ fn log_config(src: &Source<'_>, raw: RawLog) -> Result<LogConfig, Error> {
         if p.get_ref().is_empty() {
             return Err(src.error(Some(p.span()), "log.access_log", "is empty"));
         }
-        log.access_log = Some(PathBuf::from(p.get_ref()));
+        let path = Path::new(p.get_ref());
+        if let Some(why) = new_file_problem(path, "open", "access.log") {
+            return Err(src.error(Some(p.span()), "log.access_log", why));
+        }
+        log.access_log = Some(path.to_path_buf());
+        log.access_log_location = Some(src.location(&p.span()));
     } else {
         let stray = [
             ("log.access_log_buffer", raw.access_log_buffer.as_ref()),

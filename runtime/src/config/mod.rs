@@ -274,6 +274,8 @@ pub struct LogConfig {
     /// The access log file (`access_log`): lines of target
     /// `loopd::access` are appended to it instead of going to stderr.
     pub access_log: Option<PathBuf>,
+    /// Where the config file writes `access_log`, for errors opening it.
+    pub access_log_location: Option<Location>,
     /// Bytes of access log collected before a write (`access_log_buffer`;
     /// 0: every line is written at once).
     pub access_log_buffer: usize,
@@ -287,6 +289,7 @@ impl Default for LogConfig {
         LogConfig {
             max_queued: 1 << 20,
             access_log: None,
+            access_log_location: None,
             access_log_buffer: 64 << 10,
             access_log_flush: Duration::from_secs(1),
         }
