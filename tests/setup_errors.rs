@@ -343,6 +343,22 @@ fn a_c_plugin_declares_its_framings_in_its_info() {
     let (config, _) = framed(&dir, liner, "length-prefixed", "");
     checks_ok(&config);
 
+    // No default_framing: an entry without the key gets raw.
+    let plain = c_plugin_with(
+        &dir,
+        "plain",
+        hooks,
+        ".framings = LOOPD_FRAMING_BIT(LOOPD_FRAMING_RAW) | LOOPD_FRAMING_BIT(LOOPD_FRAMING_LINE),",
+    );
+    let plain = plain.to_str().unwrap();
+    let (config, at) = framed(&dir, plain, "length-prefixed", "");
+    assert_eq!(
+        refused(&config),
+        format!(
+            "{at}: handler `e`: framing = \"length-prefixed\": plugin plain works only with framing = \"raw\" or \"line\"; remove the key (without it the entry gets \"raw\")"
+        )
+    );
+
     // A plugin whose framings leave out what an entry without the key
     // gets is broken itself: refused at its `plugin` key, for any entry.
     let broken = c_plugin_with(
@@ -355,7 +371,7 @@ fn a_c_plugin_declares_its_framings_in_its_info() {
     assert_eq!(
         refused(&config),
         format!(
-            "{at}: handler `e`: plugin {}: plugin info framings 0x4 (\"line\") does not include \"raw\", what an entry without a framing key gets (it sets no default_framing),",
+            "{at}: handler `e`: plugin {}: plugin info framings 0x4 (\"line\") does not include \"raw\", what an entry without a framing key gets (it sets no default_framing)",
             broken.display()
         )
     );
@@ -392,7 +408,7 @@ fn a_handler_added_in_code_with_a_framing_it_cannot_read_is_refused() {
     assert_eq!(
         err,
         format!(
-            "handler `f`: framing = \"line\": plugin {} works only with framing = \"length-prefixed\"; remove the key (its default is \"length-prefixed\")",
+            "handler `f`: framing = \"line\": plugin {} works only with framing = \"length-prefixed\"; leave the framing unset (its default is \"length-prefixed\")",
             std::any::type_name::<Frames>()
         )
     );

@@ -180,7 +180,9 @@ extern "C" {
 #define LOOPD_FRAMING_LINE 2
 #define LOOPD_FRAMING_LENGTH_PREFIXED 3
 /* A framing's bit in loopd_plugin_info.framings (1.5), e.g.
- * LOOPD_FRAMING_BIT(LOOPD_FRAMING_LINE). */
+ * LOOPD_FRAMING_BIT(LOOPD_FRAMING_LINE). For RAW, LINE and LENGTH_PREFIXED
+ * only: DEFAULT is no framing (its bit means nothing), and values of 32 or
+ * more have no bit. */
 #define LOOPD_FRAMING_BIT(framing) (1u << (framing))
 
 /* close() modes. */
@@ -755,8 +757,10 @@ typedef struct loopd_plugin_info {
      * together (0 = any). loopd refuses a [[handler]] entry whose framing
      * (its framing key, else default_framing, else raw) is not one of
      * them, at start, in loopd check and on a reload, naming the framing
-     * key; default_framing, when set, must be one of them. Bits of
-     * framings this loopd does not know are ignored. A host older than
+     * key; default_framing (raw when it is DEFAULT) must be one of them,
+     * or the plugin is refused when it loads. Bits of framings this loopd
+     * does not know are ignored, but a mask with no bit it knows is
+     * refused. A host older than
      * 1.5 ignores the field: a handler that must not run with another
      * framing still checks loopd_conn_info.framing in on_open. */
     uint32_t framings;

@@ -93,7 +93,9 @@ pub const LOOPD_FRAMING_LINE: u32 = 2;
 /// One payload per call; 4-byte big-endian length header on the wire.
 pub const LOOPD_FRAMING_LENGTH_PREFIXED: u32 = 3;
 /// A framing's bit in [`loopd_plugin_info::framings`] (1.5), as the C
-/// macro `LOOPD_FRAMING_BIT(framing)`; 0 for a value too big to have one.
+/// macro `LOOPD_FRAMING_BIT(framing)`. For the three framings only: the
+/// bit of `LOOPD_FRAMING_DEFAULT` means nothing, and a value of 32 or more
+/// gives 0 here (the C macro has no defined value for it).
 #[allow(non_snake_case)]
 pub const fn LOOPD_FRAMING_BIT(framing: u32) -> u32 {
     if framing < 32 {

@@ -116,6 +116,24 @@ pub const fn vtable<H: Handler>() -> loopd_vtable {
     }
 }
 
+/// `H::FRAMINGS` as bits, checked when `H` is compiled: its `FRAMING` (or,
+/// without one, raw: what an entry without a `framing` key gets) must be
+/// one of them, or loopd would refuse the plugin when it loads.
+pub(crate) const fn framings<H: Handler>() -> u32 {
+    const {
+        let bits = Framing::bits(H::FRAMINGS);
+        let default = match H::FRAMING {
+            Framing::Default => Framing::Raw,
+            f => f,
+        };
+        assert!(
+            bits == 0 || bits & abi::LOOPD_FRAMING_BIT(default.to_raw()) != 0,
+            "Handler::FRAMING (raw when unset) must be one of Handler::FRAMINGS"
+        );
+        bits
+    }
+}
+
 /// The plugin info for `H`, given its static vtable and NUL-terminated name and version.
 pub const fn plugin_info<H: Handler>(
     vtable: &'static loopd_vtable,
@@ -133,7 +151,7 @@ pub const fn plugin_info<H: Handler>(
         reserved: 0,
         vtable,
         alpn: H::ALPN.as_ptr(),
-        framings: Framing::bits(H::FRAMINGS),
+        framings: framings::<H>(),
         reserved2: 0,
     }
 }

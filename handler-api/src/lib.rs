@@ -439,6 +439,14 @@ pub const fn vtable<H: Handler>() -> abi::loopd_vtable {
     glue::vtable::<H>()
 }
 
+/// The `loopd_plugin_info.framings` of a handler type ([`Handler::FRAMINGS`]
+/// as bits), for registering it without a dynamic library (embedding). A
+/// handler whose [`Handler::FRAMING`] (or raw, without one) is not among
+/// its `FRAMINGS` does not compile.
+pub const fn framings<H: Handler>() -> u32 {
+    glue::framings::<H>()
+}
+
 #[doc(hidden)]
 pub mod __private {
     pub use crate::glue::{adopt, entry, plugin_info, vtable};

@@ -536,9 +536,8 @@ pub(crate) fn create_instance(
             version: String::new(),
             default_framing: l.framing,
             alpn: l.alpn.clone(),
-            framings: plugin::check_framings(l.framings, l.framing).map_err(|e| {
-                Error::Config(format!("handler `{}`: {}: {e}", h.name, l.type_name))
-            })?,
+            // Checked against its FRAMING when the type was compiled.
+            framings: l.framings,
             vtable: l.vtable,
             stamp: None,
         },
@@ -705,13 +704,22 @@ pub(crate) fn framing_fits(h: &HandlerConfig, plugin: &Plugin) -> Result<(), Err
         Some(l) => format!("{l}: "),
         None => String::new(),
     };
+    let default = plugin.default_framing.unwrap_or(FramingKind::Raw).name();
+    let without = match plugin.default_framing {
+        Some(_) => format!("its default is \"{default}\""),
+        None => format!("without it the entry gets \"{default}\""),
+    };
+    // An entry made in code has no key to remove.
+    let fix = match h.framing_location {
+        Some(_) => format!("remove the key ({without})"),
+        None => format!("leave the framing unset ({without})"),
+    };
     Err(Error::Config(format!(
-        "{at}handler `{}`: framing = \"{}\": plugin {} works only with framing = {}; remove the key (its default is \"{}\")",
+        "{at}handler `{}`: framing = \"{}\": plugin {} works only with framing = {}; {fix}",
         h.name,
         framing.name(),
         plugin.name,
         FramingKind::list(plugin.framings),
-        plugin.default_framing.unwrap_or(FramingKind::Raw).name()
     )))
 }
 

@@ -528,7 +528,7 @@ pub(crate) fn check_framings(bits: u32, default: Option<FramingKind>) -> Result<
         let what = match default {
             Some(f) => format!("its default_framing \"{}\"", f.name()),
             None => {
-                "\"raw\", what an entry without a framing key gets (it sets no default_framing),"
+                "\"raw\", what an entry without a framing key gets (it sets no default_framing)"
                     .to_string()
             }
         };
@@ -777,6 +777,8 @@ mod tests {
         // An ABI 1.4 plugin's info ends before the field: any framing.
         let v1_4 = std::mem::offset_of!(loopd_plugin_info, framings);
         assert_eq!(read(line, abi::LOOPD_FRAMING_LINE, v1_4), Ok(0));
+        // A size that ends inside the field (a torn struct) reads none of it.
+        assert_eq!(read(line, abi::LOOPD_FRAMING_LINE, v1_4 + 2), Ok(0));
         // Bits of framings a later loopd may know are dropped.
         assert_eq!(read(line | 1 << 9, abi::LOOPD_FRAMING_LINE, full), Ok(line));
         let why = read(1 << 9, abi::LOOPD_FRAMING_DEFAULT, full).unwrap_err();

@@ -126,7 +126,7 @@ impl Linked {
                 .ok()
                 .and_then(|list| crate::plugin::parse_alpn(list).ok())
                 .unwrap_or_default(),
-            framings: loopd_handler_api::Framing::bits(H::FRAMINGS),
+            framings: loopd_handler_api::framings::<H>(),
             type_name: std::any::type_name::<H>(),
             make: None,
         }
