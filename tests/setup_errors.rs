@@ -454,3 +454,50 @@ fn a_reload_to_a_framing_the_plugin_cannot_read_is_refused() {
         assert!(line.starts_with("* "), "{line}");
     }
 }
+
+/// Takes datagrams only, and tries to open a connection in `create`: the
+/// instance is made only if that is refused.
+struct DatagramsOnly;
+
+#[derive(serde::Deserialize)]
+struct Target {
+    target: String,
+}
+
+impl loopd_handler_api::Handler for DatagramsOnly {
+    type Config = Target;
+    type Conn = ();
+    const STREAMS: bool = false;
+
+    fn create(ctx: &loopd_handler_api::Ctx, _: &str, config: Target) -> Result<Self, String> {
+        match ctx.connect(&config.target) {
+            Err(loopd_handler_api::Error::Unsupported) => Ok(DatagramsOnly),
+            other => Err(format!("connect gave {other:?}")),
+        }
+    }
+}
+
+/// A handler without connection hooks cannot open a connection: nothing
+/// would hear that it opened, closed or brought data.
+#[test]
+fn a_handler_without_connection_hooks_cannot_connect() {
+    let target = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    target.set_nonblocking(true).unwrap();
+    let url = format!("tcp://{}", target.local_addr().unwrap());
+    let rt = Runtime::builder()
+        .handler(
+            HandlerSpec::linked::<DatagramsOnly>("d")
+                .config_json(format!("{{\"target\": \"{url}\"}}"))
+                .listen("udp://127.0.0.1:0"),
+        )
+        .build();
+    assert!(rt.is_ok(), "{:?}", rt.err());
+    let mut rt = rt.unwrap();
+    rt.run_once(Some(std::time::Duration::from_millis(50)))
+        .unwrap();
+    assert_eq!(
+        target.accept().map(|_| ()).unwrap_err().kind(),
+        std::io::ErrorKind::WouldBlock,
+        "a connection was opened"
+    );
+}

@@ -377,7 +377,10 @@ typedef struct loopd_host_api {
      * *conn_out receives the id at once. The result arrives later as
      * on_open (connected) or on_close(LOOPD_REASON_CONNECT_FAILED). Bytes
      * sent before on_open are queued. LOOPD_ERR_INVALID for a malformed
-     * URL, LOOPD_ERR_LIMIT at max_connections. */
+     * URL, LOOPD_ERR_LIMIT at max_connections, LOOPD_ERR_UNSUPPORTED for a
+     * handler with no connection hook at all (on_open, on_data, on_eof,
+     * on_writable, on_close, on_partial, on_oversize all NULL; 1.5): nothing
+     * would hear of the connection. */
     int32_t (*connect)(loopd_ctx *ctx, const char *url, uint64_t *conn_out);
 
     /* Milliseconds on a monotonic clock (since the host started). */

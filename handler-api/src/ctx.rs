@@ -444,7 +444,9 @@ impl Ctx {
     /// [`crate::CloseReason::ConnectFailed`].
     ///
     /// # Errors
-    /// [`Error::Invalid`] for a malformed URL, [`Error::Limit`] at `max_connections`.
+    /// [`Error::Invalid`] for a malformed URL, [`Error::Limit`] at `max_connections`,
+    /// [`Error::Unsupported`] for a handler with [`Handler::STREAMS`](crate::Handler::STREAMS)
+    /// `false` (it has no hook to hear of the connection; ABI 1.5 host).
     pub fn connect(&self, url: &str) -> Result<ConnId, Error> {
         let f = self.host().connect.ok_or(Error::Unsupported)?;
         let url = CString::new(url).map_err(|_| Error::Invalid)?;

@@ -252,7 +252,8 @@ pub trait Handler: Sized + 'static {
     /// hooks (`on_open`, `on_data`, `on_eof`, `on_writable`, `on_close`,
     /// `on_oversize`, `on_partial`) out of its vtable (NULL), so loopd
     /// refuses a stream listener on it, at start and in `loopd check`,
-    /// instead of accepting connections nothing answers.
+    /// instead of accepting connections nothing answers, and
+    /// [`Ctx::connect`] returns [`Error::Unsupported`] (ABI 1.5 host).
     const STREAMS: bool = true;
 
     /// Builds an instance for one `[[handler]]` entry named `instance`.

@@ -662,18 +662,11 @@ pub(crate) fn listener_fits(
     plugin: &Plugin,
     addr: &ListenAddr,
 ) -> Result<(), Error> {
-    let v = &plugin.vtable;
-    let datagrams = v.on_datagram.is_some() || v.on_datagrams.is_some();
-    let streams = v.on_open.is_some()
-        || v.on_data.is_some()
-        || v.on_eof.is_some()
-        || v.on_writable.is_some()
-        || v.on_close.is_some()
-        || v.on_partial.is_some()
-        || v.on_oversize.is_some();
     let why = match addr {
-        ListenAddr::Udp(_) if !datagrams => "has no on_datagram hook, so every datagram would be dropped",
-        ListenAddr::Tcp(_) | ListenAddr::Tls(_) | ListenAddr::Unix(_) if !streams => {
+        ListenAddr::Udp(_) if !plugin.serves_datagrams() => "has no on_datagram hook, so every datagram would be dropped",
+        ListenAddr::Tcp(_) | ListenAddr::Tls(_) | ListenAddr::Unix(_)
+            if !plugin.serves_streams() =>
+        {
             "has no connection hooks (on_open, on_data, on_close, ...), so every connection would be accepted and ignored"
         }
         _ => return Ok(()),

@@ -36,6 +36,28 @@ pub(crate) struct Plugin {
     pub(crate) stamp: Option<Stamp>,
 }
 
+impl Plugin {
+    /// Whether it has a hook for datagrams: a `udp://` listener needs one.
+    pub(crate) fn serves_datagrams(&self) -> bool {
+        let v = &self.vtable;
+        v.on_datagram.is_some() || v.on_datagrams.is_some()
+    }
+
+    /// Whether it has any connection hook: a stream listener, and an
+    /// outbound connection, need one (the Rust SDK leaves them all NULL
+    /// for `Handler::STREAMS = false`).
+    pub(crate) fn serves_streams(&self) -> bool {
+        let v = &self.vtable;
+        v.on_open.is_some()
+            || v.on_data.is_some()
+            || v.on_eof.is_some()
+            || v.on_writable.is_some()
+            || v.on_close.is_some()
+            || v.on_partial.is_some()
+            || v.on_oversize.is_some()
+    }
+}
+
 /// What identifies one version of a library file: device, inode, size and
 /// modification time (nanoseconds).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

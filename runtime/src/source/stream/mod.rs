@@ -583,6 +583,10 @@ pub(crate) fn connect(
     // Everything is checked before the socket exists: a refused call must
     // not have opened (and dropped) a connection to the target.
     let inst = core.instances.get(instance).ok_or(abi::LOOPD_ERR_INVALID)?;
+    // Nothing would see it open, close or bring data.
+    if !inst.plugin.serves_streams() {
+        return Err(abi::LOOPD_ERR_UNSUPPORTED);
+    }
     let s = &inst.settings;
     if s.max_connections
         .is_some_and(|limit| inst.scope.counters.active.get() >= limit as u64)
