@@ -5,7 +5,9 @@
 //!
 //! Input: the info's `struct_size` (16 bits, so any size up to 64 KiB,
 //! smaller or larger than this loopd's), `abi_major`, `abi_minor`,
-//! `min_host_minor`, `default_framing`; which of name, version and vtable
+//! `min_host_minor`, `default_framing`, `framings` (ABI 1.5: a few bits,
+//! known and unknown, read only when `struct_size` covers it); which of
+//! name, version and vtable
 //! are NULL; the vtable's `struct_size` and its bytes (hook slots hold
 //! arbitrary non-NULL values: they are never called); then the name and
 //! version bytes.
@@ -15,8 +17,9 @@
 //!   buffers are exact, so AddressSanitizer sees any overread);
 //! - the verdict is the one the ABI's rules give, computed independently:
 //!   too small, wrong major, `min_host_minor` too high, NULL vtable, small
-//!   vtable, unknown framing, NULL or non-UTF-8 name or version, in that
-//!   order, each with its own message;
+//!   vtable, unknown framing, framings naming no known framing or leaving
+//!   out the default, NULL or non-UTF-8 name or version, in that order,
+//!   each with its own message;
 //! - an accepted vtable holds exactly the plugin's hooks, whole: every hook
 //!   slot that lies entirely within the plugin's `struct_size` is the
 //!   plugin's value, every other one is NULL, and `struct_size` is ours.
@@ -81,6 +84,8 @@ fuzz_target!(|data: &[u8]| {
         b => u32::from(b),
     };
     let framing = u32::from(input.u8() % 6);
+    // Bits 0-3 (0 is DEFAULT's, no framing) and one a later minor may use.
+    let framings = u32::from(input.u8() & 0xf) | (u32::from(input.u8() & 1) << 9);
     let nulls = input.u8();
     let vsize = usize::from(input.u16() % 512);
     let vbytes = input.bytes(vsize).to_vec();
@@ -134,6 +139,10 @@ fuzz_target!(|data: &[u8]| {
         &framing.to_ne_bytes(),
     );
     info.put(offset_of!(loopd_plugin_info, vtable), &p(vtable_ptr));
+    info.put(
+        offset_of!(loopd_plugin_info, framings),
+        &framings.to_ne_bytes(),
+    );
 
     // SAFETY: `info` holds `size` (at least 4) readable bytes and says so;
     // its pointers are NULL or point to the NUL-terminated strings and the
@@ -147,13 +156,15 @@ fuzz_target!(|data: &[u8]| {
         vtable_ptr.is_null(),
         vsize,
         framing,
+        framings,
         &name,
         &version,
         nulls,
     );
     match (&got, want) {
-        (Ok(ok), Ok(framing)) => {
+        (Ok(ok), Ok((framing, bits))) => {
             assert_eq!(ok.default_framing, framing);
+            assert_eq!(ok.framings, bits);
             assert_eq!(ok.name.as_bytes(), name.as_bytes());
             assert_eq!(ok.version.as_bytes(), version.as_bytes());
             check_vtable(&ok.vtable, vtable.bytes(), vsize);
@@ -175,10 +186,11 @@ fn expect(
     vtable_null: bool,
     vsize: usize,
     framing: u32,
+    framings: u32,
     name: &CString,
     version: &CString,
     nulls: u8,
-) -> Result<Option<FramingKind>, &'static str> {
+) -> Result<(Option<FramingKind>, u32), &'static str> {
     if size < abi::LOOPD_PLUGIN_INFO_V1_0_SIZE {
         return Err("smaller than the");
     }
@@ -201,6 +213,21 @@ fn expect(
         abi::LOOPD_FRAMING_LENGTH_PREFIXED => Some(FramingKind::LengthPrefixed),
         _ => return Err("unknown default_framing"),
     };
+    // Read only when the struct holds all of it; then only the bits of
+    // raw (1), line (2) and length-prefixed (3) count.
+    let framings = if size >= offset_of!(loopd_plugin_info, framings) + 4 {
+        framings
+    } else {
+        0
+    };
+    let known = framings & 0b1110;
+    if framings != 0 && known == 0 {
+        return Err("names no framing this loopd knows");
+    }
+    let implied = framing.unwrap_or(FramingKind::Raw);
+    if known != 0 && known & (1 << u32::from(implied)) == 0 {
+        return Err("does not include");
+    }
     if nulls & 1 != 0 {
         return Err("NULL name");
     }
@@ -213,7 +240,7 @@ fn expect(
     if version.to_str().is_err() {
         return Err("version is not UTF-8");
     }
-    Ok(framing)
+    Ok((framing, known))
 }
 
 /// Every hook slot is the plugin's whole value if it lies within the

@@ -27,6 +27,9 @@ pub struct CheckedInfo {
     pub version: String,
     /// Its preferred framing, if it has one.
     pub default_framing: Option<FramingKind>,
+    /// The framings it reads (ABI 1.5), as `LOOPD_FRAMING_BIT`s of those
+    /// this loopd knows; 0: any.
+    pub framings: u32,
     /// Its vtable, copied and zero-extended to the size this loopd knows.
     pub vtable: loopd_vtable,
 }
@@ -49,6 +52,7 @@ pub unsafe fn check_plugin_info(info: *const loopd_plugin_info) -> Result<Checke
         name: p.name,
         version: p.version,
         default_framing: p.default_framing,
+        framings: p.framings,
         vtable: p.vtable,
     })
 }
