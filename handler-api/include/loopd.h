@@ -763,9 +763,9 @@ typedef struct loopd_plugin_info {
      * key; default_framing (raw when it is DEFAULT) must be one of them,
      * or the plugin is refused when it loads. Bits of framings this loopd
      * does not know are ignored, but a mask with no bit it knows is
-     * refused. A host older than
-     * 1.5 ignores the field: a handler that must not run with another
-     * framing still checks loopd_conn_info.framing in on_open. */
+     * refused. A host older than 1.5 ignores the field: a handler that
+     * must not run with another framing still checks
+     * loopd_conn_info.framing in on_open. */
     uint32_t framings;
     uint32_t reserved2; /* 0 */
 } loopd_plugin_info;

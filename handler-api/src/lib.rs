@@ -216,8 +216,9 @@ pub trait Handler: Sized + 'static {
     /// The framings the handler works with (ABI 1.5); empty: any. loopd
     /// refuses a `[[handler]]` entry whose `framing` is not one of them, at
     /// start, in `loopd check` and on a reload, naming the key, instead of
-    /// starting a handler that cannot read its input. [`Handler::FRAMING`],
-    /// when set, must be one of them. A host older than 1.5 does not check:
+    /// starting a handler that cannot read its input. [`Handler::FRAMING`]
+    /// (raw when unset) must be one of them, or the handler does not
+    /// compile. A host older than 1.5 does not check:
     /// a handler that must not run with another framing also looks at
     /// [`ConnInfo::framing`] in [`Handler::on_open`].
     const FRAMINGS: &'static [Framing] = &[];
