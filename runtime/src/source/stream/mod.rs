@@ -583,10 +583,6 @@ pub(crate) fn connect(
     // Everything is checked before the socket exists: a refused call must
     // not have opened (and dropped) a connection to the target.
     let inst = core.instances.get(instance).ok_or(abi::LOOPD_ERR_INVALID)?;
-    // Nothing would see it open, close or bring data.
-    if !inst.plugin.serves_streams() {
-        return Err(abi::LOOPD_ERR_UNSUPPORTED);
-    }
     let s = &inst.settings;
     if s.max_connections
         .is_some_and(|limit| inst.scope.counters.active.get() >= limit as u64)
@@ -604,6 +600,10 @@ pub(crate) fn connect(
     let (high, low) = (limits.output_high_watermark, limits.output_low_watermark);
     if options.server_name.is_some() && !matches!(target, ListenAddr::Tls(_)) {
         return Err(abi::LOOPD_ERR_INVALID);
+    }
+    // Well-formed, but nothing would see it open, close or bring data.
+    if !inst.plugin.serves_streams() {
+        return Err(abi::LOOPD_ERR_UNSUPPORTED);
     }
     let mut tls = None;
     let (result, transport, peer) = match &target {
