@@ -289,7 +289,8 @@ fn framed(dir: &TempDir, plugin: &str, framing: &str, extra: &str) -> (PathBuf, 
     );
     let text = std::fs::read_to_string(&config).unwrap();
     let (line, col) = locate(&text, &format!("\"{framing}\""));
-    (config.clone(), format!("{}:{line}:{col}", config.display()))
+    let at = format!("{}:{line}:{col}", config.display());
+    (config, at)
 }
 
 #[test]

@@ -693,19 +693,18 @@ pub(crate) fn framing_fits(h: &HandlerConfig, plugin: &Plugin) -> Result<(), Err
     if framing.is_in(plugin.framings) {
         return Ok(());
     }
-    let at = match &h.framing_location {
-        Some(l) => format!("{l}: "),
-        None => String::new(),
-    };
     let default = plugin.default_framing.unwrap_or(FramingKind::Raw).name();
     let without = match plugin.default_framing {
         Some(_) => format!("its default is \"{default}\""),
         None => format!("without it the entry gets \"{default}\""),
     };
     // An entry made in code has no key to remove.
-    let fix = match h.framing_location {
-        Some(_) => format!("remove the key ({without})"),
-        None => format!("leave the framing unset ({without})"),
+    let (at, fix) = match &h.framing_location {
+        Some(l) => (format!("{l}: "), format!("remove the key ({without})")),
+        None => (
+            String::new(),
+            format!("leave the framing unset ({without})"),
+        ),
     };
     Err(Error::Config(format!(
         "{at}handler `{}`: framing = \"{}\": plugin {} works only with framing = {}; {fix}",

@@ -546,20 +546,16 @@ fn relative_hint(p: &Path) -> String {
 /// (permissions: loopd may start as another user than `loopd check`) is
 /// left to it.
 fn pid_file_problem(path: &Path) -> Option<String> {
-    if let Ok(m) = std::fs::metadata(path) {
-        if !m.is_file() && !m.is_dir() {
-            let kind = crate::sys::file_kind(m.file_type());
-            return Some(format!("{} is {kind}, not a regular file", path.display()));
-        }
-    }
-    new_file_problem(path, "write", "loopd.pid")
+    new_file_problem(path, "write", "loopd.pid", true)
 }
 
 /// What makes `path` unusable as a file loopd makes or appends to (the
-/// `pid_file`, the `access_log`): a name ending in `/`, a directory, or a
-/// directory of it that does not exist or is not one. `verb` is what the
-/// message says loopd cannot do; `example` names a file for the hint.
-fn new_file_problem(path: &Path, verb: &str, example: &str) -> Option<String> {
+/// `pid_file`, the `access_log`): a name ending in `/`, a directory, a
+/// directory of it that does not exist or is not one, and, with
+/// `regular_only`, anything but a regular file (the access log may be a
+/// device such as /dev/stdout). `verb` is what the message says loopd
+/// cannot do; `example` names a file for the hint.
+fn new_file_problem(path: &Path, verb: &str, example: &str, regular_only: bool) -> Option<String> {
     let shown = path.display();
     if path.as_os_str().to_string_lossy().ends_with('/') {
         return Some(format!(
@@ -572,6 +568,10 @@ fn new_file_problem(path: &Path, verb: &str, example: &str) -> Option<String> {
                 "{shown} is a directory: give the path of a file in it, e.g. \"{}\"",
                 path.join(example).display()
             ))
+        }
+        Ok(m) if regular_only && !m.is_file() => {
+            let kind = crate::sys::file_kind(m.file_type());
+            return Some(format!("{shown} is {kind}, not a regular file"));
         }
         Ok(_) => return None,
         Err(_) => {}
@@ -634,7 +634,7 @@ fn log_config(src: &Source<'_>, raw: RawLog) -> Result<LogConfig, Error> {
             return Err(src.error(Some(p.span()), "log.access_log", "is empty"));
         }
         let path = Path::new(p.get_ref());
-        if let Some(why) = new_file_problem(path, "open", "access.log") {
+        if let Some(why) = new_file_problem(path, "open", "access.log", false) {
             return Err(src.error(Some(p.span()), "log.access_log", why));
         }
         log.access_log = Some(path.to_path_buf());
