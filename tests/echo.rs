@@ -52,6 +52,46 @@ fn unix_echo_is_byte_exact_from_1_byte_to_8_mib() {
     }
 }
 
+/// A burst that takes more than one readiness event's reads (raw framing
+/// reads at most `max_frame` bytes at a time, and 4 reads per event) comes
+/// back whole although the client sends nothing after it: what an event's
+/// reads leave in the socket is read on the next pass, which no new event
+/// would report (connections are edge-triggered).
+#[test]
+fn a_burst_longer_than_one_events_reads_comes_back_whole() {
+    let loopd = Loopd::start(
+        r#"
+[[handler]]
+name = "echo"
+plugin = "echo"
+listen = ["tcp://127.0.0.1:0", "unix://{dir}/echo.sock"]
+max_frame = 1024
+"#,
+    );
+    fn burst<S: Read + Write>(mut s: S, what: &str, seed: u8) {
+        // 60 KB: 15 events' reads, well within the sockets' buffers, so it
+        // is all sent while the client reads nothing.
+        let data = pattern(60_000, seed);
+        s.write_all(&data).unwrap();
+        let mut got = vec![0; data.len()];
+        let mut n = 0;
+        while n < got.len() {
+            match s.read(&mut got[n..]) {
+                Ok(0) => panic!("{what}: EOF after {n} of {} bytes", data.len()),
+                Ok(k) => n += k,
+                Err(e) => panic!("{what}: {e} after {n} of {} bytes came back", data.len()),
+            }
+        }
+        assert!(got == data, "{what}: the echo differs");
+    }
+    let t = tcp(loopd.tcp("echo"));
+    t.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    burst(t, "tcp", 1);
+    let u = unix(&loopd.unix("echo"));
+    u.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    burst(u, "unix", 2);
+}
+
 #[test]
 fn half_close_still_gets_the_echo_then_eof() {
     let loopd = Loopd::start(CONFIG);
@@ -67,6 +107,43 @@ fn half_close_still_gets_the_echo_then_eof() {
     s.read_to_end(&mut got).expect("echo, then EOF");
     t.join().unwrap();
     assert!(got == data, "got {} of {} bytes", got.len(), data.len());
+}
+
+/// A message and the end of the stream that arrive together (a client that
+/// writes, then shuts its side down at once: `printf 'hi' | nc -q1`): the
+/// read that takes the message comes back short with the peer's EOF still
+/// unread, and the EOF must be noticed all the same, however the socket is
+/// polled. Over TCP and a Unix socket, 200 times each.
+#[test]
+fn a_message_and_eof_that_arrive_together_get_the_echo_then_eof() {
+    let loopd = Loopd::start(CONFIG);
+    fn once<S: Read + Write>(mut s: S, shut: impl FnOnce(&S), what: &str, i: usize) {
+        let data = pattern(1 + i % 100, i as u8);
+        s.write_all(&data).unwrap();
+        shut(&s);
+        let mut got = Vec::new();
+        if let Err(e) = s.read_to_end(&mut got) {
+            panic!(
+                "{what} #{i}: {e} after {} of {} bytes: loopd missed the EOF",
+                got.len(),
+                data.len()
+            );
+        }
+        assert!(
+            got == data,
+            "{what} #{i}: got {} of {} bytes",
+            got.len(),
+            data.len()
+        );
+    }
+    for i in 0..200 {
+        let t = tcp(loopd.tcp("echo"));
+        t.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        once(t, |s| s.shutdown(Shutdown::Write).unwrap(), "tcp", i);
+        let u = unix(&loopd.unix("echo"));
+        u.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        once(u, |s| s.shutdown(Shutdown::Write).unwrap(), "unix", i);
+    }
 }
 
 /// 100 clients at once, each with its own pattern (64 KiB to 256 KiB): every
