@@ -302,6 +302,23 @@ listen = ["tcp://127.0.0.1:{port}", "unix://{}/echo.sock", "unix://{{dir}}/root-
     s.read_exact(&mut buf).unwrap();
     assert_eq!(&buf, b"as nobody");
     drop(s);
+    // `loopd reload`, run by root, hears back from loopd running as nobody
+    // (which could not signal it): the answer is a datagram.
+    let out = run_loopd(&["reload", "--pid", &loopd.pid().to_string()]);
+    let said = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(!said.contains("did not answer"), "{said}");
+    assert!(
+        said.contains(&format!("loopd (process {}) ", loopd.pid())),
+        "{said}"
+    );
+    if !out.status.success() {
+        // Nobody may not read the config in root's directory: still an answer.
+        loopd.expect_error("reload failed");
+    }
     loopd.signal(libc::SIGTERM);
     assert_eq!(loopd.wait_exit(TIMEOUT).code(), Some(0), "{}", loopd.logs());
     assert!(

@@ -405,6 +405,75 @@ fn loopd_reload_signals_the_process_in_the_pid_file() {
     assert!(String::from_utf8_lossy(&out.stderr).contains("not a process id"));
 }
 
+/// `loopd reload` waits for loopd's answer: it exits 0 with the
+/// `reloaded: ...` line, or 1 with the error (file, line and caret) when the
+/// reload failed, and the running config keeps serving. `--wait 0` only
+/// signals, as `kill -HUP` does; a process that does not answer is a
+/// failure that says so.
+#[test]
+fn loopd_reload_reports_the_outcome_and_fails_when_the_reload_does() {
+    let loopd = Loopd::start(ECHO_RAW);
+    let pid = loopd.pid().to_string();
+    let out = run_loopd(&["reload", "--pid", &pid]);
+    let (stdout, stderr) = (
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr),
+    );
+    assert_eq!(out.status.code(), Some(0), "{stdout}{stderr}");
+    assert!(
+        stdout.contains(&format!("loopd (process {pid}) reloaded: "))
+            && stdout.contains("unchanged 2"),
+        "{stdout}"
+    );
+
+    // A syntax error on the file's last line.
+    let path = loopd.dir.join("loopd.toml");
+    let mut text = std::fs::read_to_string(&path).unwrap();
+    if !text.ends_with('\n') {
+        text.push('\n');
+    }
+    let line = text.lines().count() + 1;
+    text.push_str("bogus = \n");
+    std::fs::write(&path, &text).unwrap();
+    loopd.expect_error("reload failed; the running config is unchanged");
+    let out = run_loopd(&["reload", "--pid", &pid]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains("reload failed; the running config is unchanged")
+            && stderr.contains(&format!("loopd.toml:{line}:9")),
+        "{stderr}"
+    );
+    let mut s = tcp(loopd.tcp("echo"));
+    s.write_all(b"still here").unwrap();
+    let mut buf = [0u8; 10];
+    s.read_exact(&mut buf).unwrap();
+    assert_eq!(&buf, b"still here");
+
+    // Only the signal: success, whatever the reload does.
+    let failures = loopd.logs().matches("reload failed").count();
+    let out = run_loopd(&["reload", "--pid", &pid, "--wait", "0"]);
+    assert_eq!(out.status.code(), Some(0));
+    assert!(String::from_utf8_lossy(&out.stdout).contains("its log says how it went"));
+    assert!(loopd.wait_for_logs("reload failed", failures + 1, TIMEOUT));
+
+    // Not a loopd: no answer.
+    let mut quiet = std::process::Command::new("sh")
+        .args(["-c", "trap '' HUP; sleep 30"])
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(200));
+    let out = run_loopd(&["reload", "--pid", &quiet.id().to_string(), "--wait", "1"]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("did not answer within 1 s"), "{stderr}");
+    quiet.kill().unwrap();
+    quiet.wait().unwrap();
+    let out = run_loopd(&["reload", "--pid", &pid, "--wait=-1"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("--wait -1: give a number of seconds"));
+}
+
 /// A pid_file left by a loopd that was killed: its process id may belong
 /// to another process by now, which must not be sent the signal.
 #[test]

@@ -117,6 +117,8 @@ mod plugin;
 mod privileges;
 mod registry;
 mod reload;
+#[doc(hidden)]
+pub mod reload_reply;
 #[cfg(feature = "signals")]
 mod signals;
 mod source;
@@ -782,7 +784,8 @@ impl Runtime {
             self.begin_shutdown();
         }
         if take(&self.flags.reload) {
-            self.reload_requested();
+            // Logged: a handle's reload has nobody to answer.
+            let _ = self.reload_requested();
         }
         if take(&self.flags.stats_wanted) {
             let snapshot = self.stats();
@@ -797,7 +800,7 @@ impl Runtime {
             // Worker 0 asks for the sockets after any reload it asked for:
             // hand over the listeners of that config.
             if take(&self.flags.reload) {
-                self.reload_requested();
+                let _ = self.reload_requested();
             }
             let mut slot = self
                 .flags

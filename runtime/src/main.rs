@@ -33,14 +33,21 @@ enum Command {
         config: PathBuf,
     },
     /// Tell a running loopd to re-read its config file and apply it (live
-    /// reload: SIGHUP). The process is the one whose id `--pid` gives, or
-    /// the one written to the config's `[runtime] pid_file`.
+    /// reload: SIGHUP), and wait for its answer: exits 0 once it reloaded,
+    /// 1 with its error if the reload failed (the running config is then
+    /// unchanged) or if it did not answer. The process is the one whose id
+    /// `--pid` gives, or the one written to the config's `[runtime]
+    /// pid_file`.
     Reload {
         /// The config file whose `pid_file` names the process.
         config: Option<PathBuf>,
         /// The process id instead.
         #[arg(long)]
         pid: Option<i32>,
+        /// How long to wait for the answer, in seconds; 0 sends the signal
+        /// and exits 0 at once (the outcome is then only in loopd's log).
+        #[arg(long, value_name = "SECS", default_value_t = 30.0)]
+        wait: f64,
     },
     /// Start a new loopd binary in place of a running one, with its
     /// listening sockets (SIGUSR2): no connection is refused; the old one
@@ -166,18 +173,7 @@ fn run_command(cli: Cli) -> ExitCode {
                 }
             };
         }
-        Some(Command::Reload { config, pid }) => {
-            return match signal_running(config, pid, libc::SIGHUP) {
-                Ok(pid) => {
-                    println!("asked loopd (process {pid}) to reload its config");
-                    ExitCode::SUCCESS
-                }
-                Err(e) => {
-                    eprintln!("loopd reload: error: {e}");
-                    ExitCode::FAILURE
-                }
-            };
-        }
+        Some(Command::Reload { config, pid, wait }) => return reload(config, pid, wait),
         Some(Command::Upgrade { config, pid }) => {
             return match signal_running(config, pid, libc::SIGUSR2) {
                 Ok(pid) => {
@@ -356,9 +352,63 @@ impl Drop for PidFile {
     }
 }
 
+/// `loopd reload`: SIGHUP to the process, then its answer
+/// (`loopd::reload_reply`), for at most `wait` seconds.
+fn reload(config: Option<PathBuf>, pid: Option<i32>, wait: f64) -> ExitCode {
+    use loopd::reload_reply::{request, Answer};
+    let fail = |e: String| {
+        eprintln!("loopd reload: error: {e}");
+        ExitCode::FAILURE
+    };
+    let wait = match std::time::Duration::try_from_secs_f64(wait) {
+        Ok(w) => w,
+        Err(_) => {
+            return fail(format!(
+                "--wait {wait}: give a number of seconds, 0 or more"
+            ))
+        }
+    };
+    let pid = match find_running(config, pid) {
+        Ok(pid) => pid,
+        Err(e) => return fail(e),
+    };
+    let signal_only = || match send_signal(pid, libc::SIGHUP) {
+        Ok(()) => {
+            println!("asked loopd (process {pid}) to reload its config; its log says how it went");
+            ExitCode::SUCCESS
+        }
+        Err(e) => fail(e),
+    };
+    if wait.is_zero() {
+        return signal_only();
+    }
+    match request(pid, wait) {
+        Ok(Answer::Reloaded(line)) => {
+            println!("loopd (process {pid}) {line}");
+            ExitCode::SUCCESS
+        }
+        Ok(Answer::Failed(line)) => fail(format!("loopd (process {pid}): {line}")),
+        Ok(Answer::Silent) => fail(format!(
+            "asked process {pid} to reload (SIGHUP), but it did not answer within {} s: \
+             its log says whether it reloaded (a loopd older than this command does not \
+             answer; `--wait 0` only signals)",
+            wait.as_secs_f64()
+        )),
+        Err(e) if e.kind() == std::io::ErrorKind::Unsupported => signal_only(),
+        Err(e) => fail(format!("cannot signal process {pid}: {e}")),
+    }
+}
+
 /// `loopd reload` / `loopd upgrade`: `signal` to the process `--pid` or the
 /// config's pid_file names.
 fn signal_running(config: Option<PathBuf>, pid: Option<i32>, signal: i32) -> Result<i32, String> {
+    let pid = find_running(config, pid)?;
+    send_signal(pid, signal)?;
+    Ok(pid)
+}
+
+/// The process `--pid` or the config's pid_file names.
+fn find_running(config: Option<PathBuf>, pid: Option<i32>) -> Result<i32, String> {
     let pid = match (pid, config) {
         (Some(pid), _) => pid,
         (None, Some(config)) => {
@@ -390,6 +440,10 @@ fn signal_running(config: Option<PathBuf>, pid: Option<i32>, signal: i32) -> Res
     if pid <= 0 {
         return Err(format!("{pid} is not a process id"));
     }
+    Ok(pid)
+}
+
+fn send_signal(pid: i32, signal: i32) -> Result<(), String> {
     // SAFETY: kill(2) with a positive pid and a signal number; no memory involved.
     if unsafe { libc::kill(pid, signal) } != 0 {
         return Err(format!(
@@ -397,7 +451,7 @@ fn signal_running(config: Option<PathBuf>, pid: Option<i32>, signal: i32) -> Res
             std::io::Error::last_os_error()
         ));
     }
-    Ok(pid)
+    Ok(())
 }
 
 /// Whether the process a pid_file names can be the loopd that wrote it: a

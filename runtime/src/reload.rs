@@ -118,25 +118,36 @@ enum Step {
 
 impl Runtime {
     /// A reload asked for by a `Handle` or SIGHUP: applied, and its outcome
-    /// logged (an error leaves the old config running).
-    pub(crate) fn reload_requested(&mut self) {
+    /// logged (an error leaves the old config running) and returned: the
+    /// line logged, `reloaded: ...` or the error.
+    pub(crate) fn reload_requested(&mut self) -> Result<String, String> {
         if self.worker().0 > 0 {
             // Worker 0 reads the file; this worker applies what it applied.
             self.apply_published_reload();
-            return;
+            return Ok("applied worker 0's reload".to_string());
         }
         if self.service {
             crate::notify::reloading();
         }
         #[cfg(feature = "config-file")]
-        if let Err(e) = self.read_and_reload() {
-            log::error!("reload failed; the running config is unchanged: {e}");
-        }
+        let outcome = match self.read_and_reload() {
+            Ok(report) => Ok(format!("reloaded: {report}")),
+            Err(e) => {
+                let line = format!("reload failed; the running config is unchanged: {e}");
+                log::error!("{line}");
+                Err(line)
+            }
+        };
+        #[cfg(not(feature = "config-file"))]
+        let outcome = {
+            let line = "reload: this loopd was built without its config-file feature".to_string();
+            log::error!("{line}");
+            Err(line)
+        };
         if self.service {
             crate::notify::send("READY=1");
         }
-        #[cfg(not(feature = "config-file"))]
-        log::error!("reload: this loopd was built without its config-file feature");
+        outcome
     }
 
     /// (Re)arms the idle sweep for the instances there are now: an eighth

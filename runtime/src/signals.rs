@@ -153,8 +153,22 @@ impl Signals {
                 };
             };
             // SAFETY: the action only calls send(2) (async-signal-safe),
-            // allocates nothing and takes no lock.
-            match unsafe { signal_hook::low_level::register(sig, action) } {
+            // allocates nothing and takes no lock; SIGHUP's also only
+            // stores into atomics (`reload_reply::note_request`) first.
+            let registered = unsafe {
+                if action_of(sig).0 == Action::Reload {
+                    signal_hook_registry::register_sigaction(sig, move |info| {
+                        #[cfg(any(target_os = "linux", target_os = "android"))]
+                        crate::reload_reply::note_request(info);
+                        #[cfg(not(any(target_os = "linux", target_os = "android")))]
+                        let _ = info;
+                        action();
+                    })
+                } else {
+                    signal_hook::low_level::register(sig, action)
+                }
+            };
+            match registered {
                 Ok(id) => self.ids.push(id),
                 Err(e) if !OPERATOR_SIGNALS.contains(&sig) => {
                     log::debug!("{} keeps its default action: catching it: {e}", name(sig));
@@ -233,7 +247,12 @@ impl Runtime {
         // Worker 0 reloads, then has the others apply the same config.
         if reload && self.worker().0 == 0 {
             log::info!("SIGHUP received: reloading the config file");
-            self.reload_requested();
+            // Those who asked before the file is read get this reload's
+            // outcome; a later `loopd reload` waits for the next one (its
+            // byte is still in the pipe).
+            let waiting = crate::reload_reply::take_waiting();
+            let outcome = self.reload_requested();
+            crate::reload_reply::answer(&waiting, &outcome);
         }
         if upgrade {
             self.upgrade_requested();
