@@ -332,6 +332,33 @@ listen = ["tcp://127.0.0.1:{port}", "unix://{}/echo.sock", "unix://{{dir}}/root-
     );
 }
 
+/// `loopd reload` run by a user who could not signal loopd is refused, with
+/// the reason, and nothing is reloaded.
+#[test]
+fn loopd_reload_from_another_user_is_refused() {
+    if !is_root() {
+        println!("not root: other users' reload requests are not checked");
+        return;
+    }
+    let loopd = Loopd::start(
+        r#"
+[[handler]]
+name = "echo"
+plugin = "echo"
+listen = ["tcp://127.0.0.1:0"]
+"#,
+    );
+    let out = run_as_nobody(&["reload", "--pid", &loopd.pid().to_string()]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains("refused: only root or uid 0 may reload loopd, not uid 65534"),
+        "{stderr}"
+    );
+    assert!(loopd.wait_for_log("reload request from process", TIMEOUT));
+    assert!(!loopd.logs().contains("reloaded: "), "{}", loopd.logs());
+}
+
 /// Runs loopd as user nobody.
 fn run_as_nobody(args: &[&str]) -> std::process::Output {
     use std::os::unix::process::CommandExt;

@@ -457,21 +457,74 @@ fn loopd_reload_reports_the_outcome_and_fails_when_the_reload_does() {
     assert!(String::from_utf8_lossy(&out.stdout).contains("its log says how it went"));
     assert!(loopd.wait_for_logs("reload failed", failures + 1, TIMEOUT));
 
-    // Not a loopd: no answer.
+    // Not a loopd (no request socket): SIGHUP, and it says so.
     let mut quiet = std::process::Command::new("sh")
         .args(["-c", "trap '' HUP; sleep 30"])
         .spawn()
         .unwrap();
     std::thread::sleep(Duration::from_millis(200));
-    let out = run_loopd(&["reload", "--pid", &quiet.id().to_string(), "--wait", "1"]);
+    let out = run_loopd(&["reload", "--pid", &quiet.id().to_string()]);
     let stderr = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(out.status.code(), Some(1), "{stderr}");
-    assert!(stderr.contains("did not answer within 1 s"), "{stderr}");
+    assert_eq!(out.status.code(), Some(0), "{stderr}");
+    assert!(
+        stderr.contains("takes no reload requests") && stderr.contains("cannot be told"),
+        "{stderr}"
+    );
     quiet.kill().unwrap();
     quiet.wait().unwrap();
-    let out = run_loopd(&["reload", "--pid", &pid, "--wait=-1"]);
-    assert_eq!(out.status.code(), Some(1));
-    assert!(String::from_utf8_lossy(&out.stderr).contains("--wait -1: give a number of seconds"));
+    for bad in ["-1", "soon", "NaN"] {
+        let out = run_loopd(&["reload", "--pid", &pid, "--wait", bad]);
+        assert_eq!(out.status.code(), Some(1), "--wait {bad}");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            stderr.contains(&format!("--wait {bad}: give a number of seconds")),
+            "{stderr}"
+        );
+    }
+
+    // Requests at once each get an answer (none is lost, as a second
+    // SIGHUP pending behind the first would be).
+    std::fs::write(&path, ECHO_RAW).unwrap();
+    let askers: Vec<_> = (0..6)
+        .map(|_| {
+            let pid = pid.clone();
+            std::thread::spawn(move || run_loopd(&["reload", "--pid", &pid]))
+        })
+        .collect();
+    for asker in askers {
+        let out = asker.join().unwrap();
+        let said = String::from_utf8_lossy(&out.stdout);
+        assert_eq!(
+            out.status.code(),
+            Some(0),
+            "{said}{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert!(said.contains("reloaded: "), "{said}");
+    }
+}
+
+/// With several workers, worker 0 answers `loopd reload`, once.
+#[test]
+fn loopd_reload_is_answered_by_worker_0() {
+    let loopd = Loopd::start(&format!("[runtime]\nworkers = 2\n{ECHO_RAW}"));
+    let out = run_loopd(&["reload", "--pid", &loopd.pid().to_string()]);
+    let said = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{said}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        said.contains("reloaded: ") && said.contains("unchanged 2"),
+        "{said}"
+    );
+    assert!(
+        !loopd.logs().contains("cannot ask this process"),
+        "{}",
+        loopd.logs()
+    );
 }
 
 /// A pid_file left by a loopd that was killed: its process id may belong

@@ -63,6 +63,8 @@ impl Runtime {
             Datagram,
             Signal,
             Watch,
+            #[cfg(target_os = "linux")]
+            ReloadRequests,
         }
         let kind = match self.core.borrow().sources.get(r.key) {
             Some(Source::Listener(_)) => Kind::Listener,
@@ -70,6 +72,8 @@ impl Runtime {
             Some(Source::Datagram(_)) => Kind::Datagram,
             Some(Source::Signal(..)) => Kind::Signal,
             Some(Source::Watch(_)) => Kind::Watch,
+            #[cfg(target_os = "linux")]
+            Some(Source::ReloadRequests(_)) => Kind::ReloadRequests,
             // An event for a source removed earlier in this pass.
             None => return,
         };
@@ -108,6 +112,10 @@ impl Runtime {
             Kind::Datagram => self.datagram_readable(r.key),
             Kind::Signal => self.signal_readable(r.key),
             Kind::Watch => self.watch_ready(r.key, &r),
+            #[cfg(all(target_os = "linux", feature = "signals"))]
+            Kind::ReloadRequests => self.reload_requests_readable(r.key),
+            #[cfg(all(target_os = "linux", not(feature = "signals")))]
+            Kind::ReloadRequests => {}
         }
     }
 

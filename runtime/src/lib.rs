@@ -830,7 +830,25 @@ impl Runtime {
         self.core
             .borrow_mut()
             .register(Source::Signal(read), true, false)?;
-        self.signals.install(write)
+        self.signals.install(write)?;
+        // `loopd reload`'s requests: worker 0 reloads.
+        #[cfg(target_os = "linux")]
+        if self.worker().0 == 0 {
+            match reload_reply::listen() {
+                Ok(l) => {
+                    self.core
+                        .borrow_mut()
+                        .register(Source::ReloadRequests(l), true, false)?;
+                }
+                // Another runtime of this process has it (it answers), or
+                // another process holds the name (`loopd reload` then
+                // sends SIGHUP).
+                Err(e) => log::warn!(
+                    "`loopd reload` cannot ask this process for a reload and its outcome ({e}): it will send SIGHUP instead"
+                ),
+            }
+        }
+        Ok(())
     }
 }
 

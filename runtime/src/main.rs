@@ -33,21 +33,27 @@ enum Command {
         config: PathBuf,
     },
     /// Tell a running loopd to re-read its config file and apply it (live
-    /// reload: SIGHUP), and wait for its answer: exits 0 once it reloaded,
-    /// 1 with its error if the reload failed (the running config is then
-    /// unchanged) or if it did not answer. The process is the one whose id
-    /// `--pid` gives, or the one written to the config's `[runtime]
-    /// pid_file`.
+    /// reload), and wait for its answer: exits 0 once it reloaded, 1 with
+    /// its error if the reload failed (the running config is then
+    /// unchanged) or if it did not answer. A process that takes no reload
+    /// requests (an older loopd) is sent SIGHUP. The process is the one
+    /// whose id `--pid` gives, or the one written to the config's
+    /// `[runtime] pid_file`.
     Reload {
         /// The config file whose `pid_file` names the process.
         config: Option<PathBuf>,
         /// The process id instead.
         #[arg(long)]
         pid: Option<i32>,
-        /// How long to wait for the answer, in seconds; 0 sends the signal
-        /// and exits 0 at once (the outcome is then only in loopd's log).
-        #[arg(long, value_name = "SECS", default_value_t = 30.0)]
-        wait: f64,
+        /// How long to wait for the answer, in seconds; 0 sends SIGHUP and
+        /// exits 0 at once (the outcome is then only in loopd's log).
+        #[arg(
+            long,
+            value_name = "SECS",
+            default_value = "30",
+            allow_hyphen_values = true
+        )]
+        wait: String,
     },
     /// Start a new loopd binary in place of a running one, with its
     /// listening sockets (SIGUSR2): no connection is refused; the old one
@@ -173,7 +179,7 @@ fn run_command(cli: Cli) -> ExitCode {
                 }
             };
         }
-        Some(Command::Reload { config, pid, wait }) => return reload(config, pid, wait),
+        Some(Command::Reload { config, pid, wait }) => return reload(config, pid, &wait),
         Some(Command::Upgrade { config, pid }) => {
             return match signal_running(config, pid, libc::SIGUSR2) {
                 Ok(pid) => {
@@ -352,17 +358,21 @@ impl Drop for PidFile {
     }
 }
 
-/// `loopd reload`: SIGHUP to the process, then its answer
-/// (`loopd::reload_reply`), for at most `wait` seconds.
-fn reload(config: Option<PathBuf>, pid: Option<i32>, wait: f64) -> ExitCode {
-    use loopd::reload_reply::{request, Answer};
+/// `loopd reload`: a reload request to the process, and its answer
+/// (`loopd::reload_reply`), for at most `wait` seconds; SIGHUP where the
+/// process takes no requests.
+fn reload(config: Option<PathBuf>, pid: Option<i32>, wait: &str) -> ExitCode {
+    use loopd::reload_reply::{request, Answer, Unasked};
     let fail = |e: String| {
         eprintln!("loopd reload: error: {e}");
         ExitCode::FAILURE
     };
-    let wait = match std::time::Duration::try_from_secs_f64(wait) {
-        Ok(w) => w,
-        Err(_) => {
+    let wait = match wait
+        .parse::<f64>()
+        .map(std::time::Duration::try_from_secs_f64)
+    {
+        Ok(Ok(w)) => w,
+        _ => {
             return fail(format!(
                 "--wait {wait}: give a number of seconds, 0 or more"
             ))
@@ -372,15 +382,18 @@ fn reload(config: Option<PathBuf>, pid: Option<i32>, wait: f64) -> ExitCode {
         Ok(pid) => pid,
         Err(e) => return fail(e),
     };
-    let signal_only = || match send_signal(pid, libc::SIGHUP) {
+    let signal_only = |why: &str| match send_signal(pid, libc::SIGHUP) {
         Ok(()) => {
-            println!("asked loopd (process {pid}) to reload its config; its log says how it went");
+            if !why.is_empty() {
+                eprintln!("loopd reload: {why}");
+            }
+            println!("asked loopd (process {pid}) to reload its config (SIGHUP); its log says how it went");
             ExitCode::SUCCESS
         }
         Err(e) => fail(e),
     };
     if wait.is_zero() {
-        return signal_only();
+        return signal_only("");
     }
     match request(pid, wait) {
         Ok(Answer::Reloaded(line)) => {
@@ -388,14 +401,20 @@ fn reload(config: Option<PathBuf>, pid: Option<i32>, wait: f64) -> ExitCode {
             ExitCode::SUCCESS
         }
         Ok(Answer::Failed(line)) => fail(format!("loopd (process {pid}): {line}")),
+        Ok(Answer::Closed) => fail(format!(
+            "loopd (process {pid}) closed the request without an answer (it is shutting down?)"
+        )),
         Ok(Answer::Silent) => fail(format!(
-            "asked process {pid} to reload (SIGHUP), but it did not answer within {} s: \
-             its log says whether it reloaded (a loopd older than this command does not \
-             answer; `--wait 0` only signals)",
+            "asked loopd (process {pid}) to reload, but it did not answer within {} s; its log says whether it reloaded",
             wait.as_secs_f64()
         )),
-        Err(e) if e.kind() == std::io::ErrorKind::Unsupported => signal_only(),
-        Err(e) => fail(format!("cannot signal process {pid}: {e}")),
+        Err(Unasked::NoSocket) => signal_only(&format!(
+            "process {pid} takes no reload requests (a loopd older than this command, or not loopd), so the outcome cannot be told here"
+        )),
+        Err(Unasked::Impostor(other)) => signal_only(&format!(
+            "the reload socket of process {pid} is held by process {other}, which was not asked; so the outcome cannot be told here"
+        )),
+        Err(Unasked::Io(e)) => fail(format!("asking process {pid} to reload: {e}")),
     }
 }
 

@@ -1,99 +1,129 @@
 //! The answer to `loopd reload`: whether the reload it asked for was
 //! applied, with the line loopd logged about it.
 //!
-//! `loopd reload` binds a Unix datagram socket in Linux's abstract
-//! namespace, named from its own process id and a random nonce, with
-//! `SO_PASSCRED` set; then it sends SIGHUP with `sigqueue(3)`, the signal's
-//! value carrying [`TAG`] and the nonce. loopd's SIGHUP handler keeps the
-//! sender's pid and nonce (`si_code == SI_QUEUE` tells it from a `kill`: a
-//! plain `kill -HUP` gets no answer, as before). The reload takes what was
-//! kept before it reads the config file, and when it is done, or has
-//! failed, sends each of them one datagram: `ok` or `failed`, a newline,
-//! then the line it logged. The kernel attaches the sender's credentials to
-//! it (the receiver set `SO_PASSCRED`), and `loopd reload` takes an answer
-//! only from the process it signalled.
+//! A loopd that handles signals (the binary; an embedding program with
+//! `Builder::handle_signals(true)`; worker 0 of several) listens on a Unix
+//! stream socket in Linux's abstract namespace named `loopd-reload/PID`.
+//! A connection to it is one reload request: loopd accepts it, takes it
+//! only from a peer that could have sent it SIGHUP (the kernel's
+//! `SO_PEERCRED`: root, or loopd's own user), reloads as on SIGHUP, writes
+//! `ok` or `failed`, a newline and the line it logged, and closes the
+//! connection. Requests accepted in one pass share one reload, read after
+//! they came. `loopd reload` talks only to a socket whose owner is the
+//! process it was asked about (`SO_PEERCRED` again), so a process holding
+//! the name first is not believed; without the socket (a loopd older than
+//! the command, another program, a system other than Linux), it sends
+//! SIGHUP and says it cannot tell the outcome.
 //!
-//! A datagram, because sending one never blocks loopd's loop (a full
-//! receiver drops it) and needs no permission on a file or a process: loopd
-//! may run as another user (`[runtime] user`) than the operator, whom it
-//! could not signal back. Linux only (the abstract namespace): elsewhere
-//! `loopd reload` signals with `kill` and loopd answers nobody.
+//! No signal carries the request, so none is lost when several come at
+//! once, and the answer goes back on the connection the request came on,
+//! to the process that made it: nobody else can read it, even after the
+//! asker gave up. The socket needs no file (loopd may run as another user
+//! than the operator, in a directory the operator cannot see), and it is
+//! watched by the loop itself: no thread.
 
 use std::io;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-/// The high 32 bits of the SIGHUP's value (`sigval`) when `loopd reload`
-/// waits for an answer: "loop".
-pub const TAG: u64 = 0x6c6f_6f70;
-
-/// The most `loopd reload`s one reload answers; more at once get none (and
-/// say so when they time out).
-#[cfg(any(target_os = "linux", target_os = "android"))]
-const SLOTS: usize = 8;
-
-/// (pid << 32 | nonce) of each `loopd reload` waiting; 0: a free slot.
-#[cfg(any(target_os = "linux", target_os = "android"))]
-static WAITING: [std::sync::atomic::AtomicU64; SLOTS] =
-    [const { std::sync::atomic::AtomicU64::new(0) }; SLOTS];
-
-/// The abstract socket name `loopd reload` (process `pid`) waits on.
-fn socket_name(pid: u32, nonce: u32) -> String {
-    format!("loopd-reload/{pid}/{nonce:08x}")
-}
-
-/// In the SIGHUP handler: keeps the sender if it asked for an answer.
-/// Async-signal-safe: reads `info`, stores into atomics, nothing else.
-#[cfg(any(target_os = "linux", target_os = "android"))]
+/// The most requests one readiness of the socket accepts.
 #[cfg_attr(not(feature = "signals"), allow(dead_code))]
-pub(crate) fn note_request(info: &libc::siginfo_t) {
-    use std::sync::atomic::Ordering;
-    if info.si_code != libc::SI_QUEUE {
-        return;
-    }
-    // SAFETY: for SI_QUEUE the kernel fills in the sender's pid and the
-    // value it queued; the accessors only read those union fields.
-    let (pid, value) = unsafe { (info.si_pid(), info.si_value().sival_ptr as usize as u64) };
-    if value >> 32 != TAG || pid <= 0 {
-        return;
-    }
-    let entry = (pid as u64) << 32 | (value & 0xffff_ffff);
-    for slot in &WAITING {
-        if slot
-            .compare_exchange(0, entry, Ordering::SeqCst, Ordering::SeqCst)
-            .is_ok()
-        {
-            return;
-        }
-    }
-}
-
-/// Who is waiting for the reload about to begin (they are forgotten here:
-/// a request that comes later waits for the next reload).
-#[cfg(any(target_os = "linux", target_os = "android"))]
-#[cfg_attr(not(feature = "signals"), allow(dead_code))]
-pub(crate) fn take_waiting() -> Vec<u64> {
-    use std::sync::atomic::Ordering;
-    WAITING
-        .iter()
-        .map(|slot| slot.swap(0, Ordering::SeqCst))
-        .filter(|&e| e != 0)
-        .collect()
-}
-
-#[cfg(not(any(target_os = "linux", target_os = "android")))]
-#[cfg_attr(not(feature = "signals"), allow(dead_code))]
-pub(crate) fn take_waiting() -> Vec<u64> {
-    Vec::new()
-}
+#[cfg(target_os = "linux")]
+const ACCEPTS_PER_PASS: usize = 16;
 
 /// The longest answer sent: the rest of a very long error is in the log.
 const MAX_ANSWER: usize = 60 << 10;
 
-/// Sends the reload's outcome to each of `waiting` (from [`take_waiting`]).
-/// Never blocks; an answer that cannot be sent (the asker gave up and
-/// exited) is dropped.
+/// The abstract socket name of process `pid`'s reload requests.
+#[cfg(target_os = "linux")]
+fn socket_name(pid: u32) -> String {
+    format!("loopd-reload/{pid}")
+}
+
+/// The kernel's credentials of a Unix socket's peer: (pid, uid).
+#[cfg(target_os = "linux")]
+fn peer_cred(fd: std::os::fd::BorrowedFd<'_>) -> io::Result<(i32, u32)> {
+    use std::os::fd::AsRawFd;
+    // SAFETY: an all-zero ucred is valid; getsockopt(2) writes at most
+    // `len` bytes into it.
+    let mut cred: libc::ucred = unsafe { std::mem::zeroed() };
+    let mut len = std::mem::size_of::<libc::ucred>() as libc::socklen_t;
+    // SAFETY: SO_PEERCRED on a socket the caller holds, into a local of the
+    // size given.
+    let rc = unsafe {
+        libc::getsockopt(
+            fd.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_PEERCRED,
+            (&mut cred as *mut libc::ucred).cast(),
+            &mut len,
+        )
+    };
+    if rc != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok((cred.pid, cred.uid))
+}
+
+/// Binds this process's request socket, non-blocking. `AddrInUse`: another
+/// runtime of this process has it, or another process took the name.
 #[cfg_attr(not(feature = "signals"), allow(dead_code))]
-pub(crate) fn answer(waiting: &[u64], outcome: &Result<String, String>) {
+#[cfg(target_os = "linux")]
+pub(crate) fn listen() -> io::Result<std::os::unix::net::UnixListener> {
+    use std::os::linux::net::SocketAddrExt;
+    use std::os::unix::net::{SocketAddr, UnixListener};
+    let name = socket_name(std::process::id());
+    let l = UnixListener::bind_addr(&SocketAddr::from_abstract_name(name.as_bytes())?)?;
+    l.set_nonblocking(true)?;
+    Ok(l)
+}
+
+/// Accepts the requests waiting on `listener`, keeping those from a peer
+/// that could signal this process (root or this process's user); returns
+/// whether it stopped with more possibly waiting.
+#[cfg_attr(not(feature = "signals"), allow(dead_code))]
+#[cfg(target_os = "linux")]
+pub(crate) fn accept(
+    listener: &std::os::unix::net::UnixListener,
+    out: &mut Vec<std::os::unix::net::UnixStream>,
+) -> bool {
+    use std::os::fd::AsFd;
+    // SAFETY: geteuid(2) cannot fail and touches no memory.
+    let me = unsafe { libc::geteuid() };
+    for _ in 0..ACCEPTS_PER_PASS {
+        let conn = match listener.accept() {
+            Ok((conn, _)) => conn,
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => return false,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(e) => {
+                log::debug!("reload requests: accept: {e}");
+                return false;
+            }
+        };
+        match peer_cred(conn.as_fd()) {
+            Ok((_, uid)) if uid == 0 || uid == me => {
+                let _ = conn.set_nonblocking(true);
+                out.push(conn);
+            }
+            Ok((pid, uid)) => {
+                let why = format!("only root or uid {me} may reload loopd, not uid {uid}");
+                log::warn!("reload request from process {pid} refused: {why}");
+                let _ = conn.set_nonblocking(true);
+                answer(vec![conn], &Err(format!("refused: {why}")));
+            }
+            Err(e) => log::debug!("reload requests: peer credentials: {e}"),
+        }
+    }
+    true
+}
+
+/// Writes the reload's outcome to each request and closes it. Never
+/// blocks: what a full socket does not take is lost (the log has it).
+#[cfg_attr(not(feature = "signals"), allow(dead_code))]
+pub(crate) fn answer(
+    waiting: Vec<std::os::unix::net::UnixStream>,
+    outcome: &Result<String, String>,
+) {
+    use std::io::Write;
     if waiting.is_empty() {
         return;
     }
@@ -108,24 +138,9 @@ pub(crate) fn answer(waiting: &[u64], outcome: &Result<String, String>) {
         }
         text.truncate(end);
     }
-    #[cfg(any(target_os = "linux", target_os = "android"))]
-    {
-        use std::os::linux::net::SocketAddrExt;
-        use std::os::unix::net::{SocketAddr, UnixDatagram};
-        let Ok(sock) = UnixDatagram::unbound() else {
-            return;
-        };
-        let _ = sock.set_nonblocking(true);
-        for &entry in waiting {
-            let name = socket_name((entry >> 32) as u32, entry as u32);
-            match SocketAddr::from_abstract_name(name.as_bytes()) {
-                Ok(addr) => {
-                    if let Err(e) = sock.send_to_addr(text.as_bytes(), &addr) {
-                        log::debug!("reload: answering `loopd reload` ({name}): {e}");
-                    }
-                }
-                Err(e) => log::debug!("reload: answering `loopd reload` ({name}): {e}"),
-            }
+    for mut conn in waiting {
+        if let Err(e) = conn.write_all(text.as_bytes()) {
+            log::debug!("reload: answering a `loopd reload`: {e}");
         }
     }
 }
@@ -137,169 +152,131 @@ pub enum Answer {
     Reloaded(String),
     /// It failed and the running config is unchanged: the error.
     Failed(String),
-    /// No answer within the time given (an older loopd, another program,
-    /// or more than 8 `loopd reload`s at once).
+    /// It closed the request unanswered (it is shutting down).
+    Closed,
+    /// No answer within the time given.
     Silent,
 }
 
-/// Asks process `pid` to reload (SIGHUP) and waits up to `wait` for its
-/// answer. `Err` with `ErrorKind::Unsupported` off Linux: signal it with
-/// `kill` instead.
+/// Why [`request`] could not ask.
+#[derive(Debug)]
+pub enum Unasked {
+    /// Process `pid` has no request socket (not a loopd, an older one, a
+    /// loopd without signal handling, or a system other than Linux).
+    NoSocket,
+    /// The socket's name is held by another process than `pid`.
+    Impostor(i32),
+    /// Anything else (the error says what).
+    Io(io::Error),
+}
+
+/// Asks process `pid` to reload and waits up to `wait` for its answer.
 ///
 /// # Errors
-/// The socket cannot be made, or the signal cannot be sent (no such
-/// process, not permitted).
-#[cfg(any(target_os = "linux", target_os = "android"))]
-pub fn request(pid: i32, wait: Duration) -> io::Result<Answer> {
-    use std::os::fd::AsRawFd;
-    use std::os::linux::net::SocketAddrExt;
-    use std::os::unix::net::{SocketAddr, UnixDatagram};
-
-    let nonce = random_u32()?;
-    let name = socket_name(std::process::id(), nonce);
-    let sock = UnixDatagram::bind_addr(&SocketAddr::from_abstract_name(name.as_bytes())?)?;
-    let fd = sock.as_raw_fd();
-    let on: libc::c_int = 1;
-    // SAFETY: setsockopt(2) on a socket this function owns, reading one
-    // c_int from a local.
-    if unsafe {
-        libc::setsockopt(
-            fd,
-            libc::SOL_SOCKET,
-            libc::SO_PASSCRED,
-            (&on as *const libc::c_int).cast(),
-            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
-        )
-    } != 0
-    {
-        return Err(io::Error::last_os_error());
-    }
-    let value = libc::sigval {
-        sival_ptr: ((TAG << 32) | u64::from(nonce)) as usize as *mut libc::c_void,
-    };
-    // SAFETY: sigqueue(3) with a positive pid and a value that is only a
-    // number (loopd never dereferences it).
-    if unsafe { libc::sigqueue(pid, libc::SIGHUP, value) } != 0 {
-        return Err(io::Error::last_os_error());
-    }
-    let deadline = Instant::now() + wait;
-    let mut buf = vec![0u8; MAX_ANSWER + 1];
-    loop {
-        let left = deadline.saturating_duration_since(Instant::now());
-        if left.is_zero() {
-            return Ok(Answer::Silent);
-        }
-        sock.set_read_timeout(Some(left))?;
-        let (n, sender) = match recv_with_sender(fd, &mut buf) {
-            Ok(got) => got,
-            Err(e)
-                if matches!(
-                    e.kind(),
-                    io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
-                ) =>
-            {
-                return Ok(Answer::Silent)
-            }
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-            Err(e) => return Err(e),
-        };
-        // Only the process signalled answers.
-        if sender != Some(pid) {
-            continue;
-        }
-        let text = String::from_utf8_lossy(&buf[..n]);
-        return Ok(match text.split_once('\n') {
-            Some(("ok", line)) => Answer::Reloaded(line.to_string()),
-            Some((_, line)) => Answer::Failed(line.to_string()),
-            None => Answer::Failed(text.into_owned()),
-        });
-    }
-}
-
-#[cfg(not(any(target_os = "linux", target_os = "android")))]
-pub fn request(_pid: i32, _wait: Duration) -> io::Result<Answer> {
-    Err(io::ErrorKind::Unsupported.into())
-}
-
-/// One datagram into `buf`, with the sending process's id (from the
-/// `SCM_CREDENTIALS` the kernel attaches).
-#[cfg(any(target_os = "linux", target_os = "android"))]
-fn recv_with_sender(fd: std::os::fd::RawFd, buf: &mut [u8]) -> io::Result<(usize, Option<i32>)> {
-    let mut iov = libc::iovec {
-        iov_base: buf.as_mut_ptr().cast(),
-        iov_len: buf.len(),
-    };
-    // Room for one ucred, 8-byte aligned.
-    let mut control = [0u64; 8];
-    // SAFETY: an all-zero msghdr is a valid empty one; its pointers are set
-    // below to the locals above, which outlive the call.
-    let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
-    msg.msg_iov = &mut iov;
-    msg.msg_iovlen = 1;
-    msg.msg_control = control.as_mut_ptr().cast();
-    msg.msg_controllen = std::mem::size_of_val(&control) as _;
-    // SAFETY: recvmsg(2) writes at most iov_len bytes into `buf` and at
-    // most msg_controllen into `control`.
-    let n = unsafe { libc::recvmsg(fd, &mut msg, 0) };
-    if n < 0 {
-        return Err(io::Error::last_os_error());
-    }
-    let mut sender = None;
-    // SAFETY: the CMSG_* macros walk the control data recvmsg filled in,
-    // within msg_controllen; a ucred is read unaligned from a header the
-    // kernel marked SCM_CREDENTIALS.
-    unsafe {
-        let mut c = libc::CMSG_FIRSTHDR(&msg);
-        while !c.is_null() {
-            if (*c).cmsg_level == libc::SOL_SOCKET && (*c).cmsg_type == libc::SCM_CREDENTIALS {
-                let cred: libc::ucred = std::ptr::read_unaligned(libc::CMSG_DATA(c).cast());
-                sender = Some(cred.pid);
-            }
-            c = libc::CMSG_NXTHDR(&msg, c);
-        }
-    }
-    Ok((n as usize, sender))
-}
-
-/// 32 random bits, from the kernel.
-#[cfg(any(target_os = "linux", target_os = "android"))]
-fn random_u32() -> io::Result<u32> {
+/// [`Unasked`]: the request could not be made; the caller may send SIGHUP
+/// instead.
+#[cfg(target_os = "linux")]
+pub fn request(pid: i32, wait: Duration) -> Result<Answer, Unasked> {
     use std::io::Read;
-    let mut b = [0u8; 4];
-    std::fs::File::open("/dev/urandom")?.read_exact(&mut b)?;
-    Ok(u32::from_ne_bytes(b))
+    use std::os::fd::AsFd;
+    use std::os::linux::net::SocketAddrExt;
+    use std::os::unix::net::{SocketAddr, UnixStream};
+
+    let name = socket_name(pid as u32);
+    let addr = SocketAddr::from_abstract_name(name.as_bytes()).map_err(Unasked::Io)?;
+    let mut conn = match UnixStream::connect_addr(&addr) {
+        Ok(c) => c,
+        Err(e) if e.kind() == io::ErrorKind::ConnectionRefused => return Err(Unasked::NoSocket),
+        Err(e) => return Err(Unasked::Io(e)),
+    };
+    match peer_cred(conn.as_fd()) {
+        Ok((owner, _)) if owner == pid => {}
+        Ok((owner, _)) => return Err(Unasked::Impostor(owner)),
+        Err(e) => return Err(Unasked::Io(e)),
+    }
+    // A zero timeout would mean none: wait at least a millisecond.
+    conn.set_read_timeout(Some(wait.max(Duration::from_millis(1))))
+        .map_err(Unasked::Io)?;
+    let mut got = Vec::new();
+    match (&mut conn).take(MAX_ANSWER as u64).read_to_end(&mut got) {
+        Ok(_) => {}
+        Err(e)
+            if matches!(
+                e.kind(),
+                io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
+            ) =>
+        {
+            return Ok(Answer::Silent)
+        }
+        Err(e) => return Err(Unasked::Io(e)),
+    }
+    if got.is_empty() {
+        return Ok(Answer::Closed);
+    }
+    let text = String::from_utf8_lossy(&got);
+    Ok(match text.split_once('\n') {
+        Some(("ok", line)) => Answer::Reloaded(line.to_string()),
+        Some((_, line)) => Answer::Failed(line.to_string()),
+        None => Answer::Failed(text.into_owned()),
+    })
 }
 
-#[cfg(all(test, any(target_os = "linux", target_os = "android")))]
+#[cfg(not(target_os = "linux"))]
+pub fn request(_pid: i32, _wait: Duration) -> Result<Answer, Unasked> {
+    Err(Unasked::NoSocket)
+}
+
+#[cfg(all(test, target_os = "linux"))]
 mod tests {
     use super::*;
 
     #[test]
-    fn an_answer_reaches_only_the_asker_it_names_and_says_how_it_went() {
-        let nonce = random_u32().unwrap();
-        let me = std::process::id();
-        let name = socket_name(me, nonce);
+    fn a_request_is_answered_on_its_connection_and_an_impostor_is_not_believed() {
         use std::os::linux::net::SocketAddrExt;
-        use std::os::unix::net::{SocketAddr, UnixDatagram};
-        let sock =
-            UnixDatagram::bind_addr(&SocketAddr::from_abstract_name(name.as_bytes()).unwrap())
-                .unwrap();
-        sock.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
-        let entry = (u64::from(me) << 32) | u64::from(nonce);
-        answer(&[entry], &Err("x.toml:3:1: bad".to_string()));
-        let mut buf = [0u8; 256];
-        let n = sock.recv(&mut buf).unwrap();
-        assert_eq!(&buf[..n], b"failed\nx.toml:3:1: bad");
-        // Another nonce is another socket: nothing arrives here.
-        answer(&[entry ^ 1], &Ok("reloaded: -".to_string()));
-        sock.set_nonblocking(true).unwrap();
-        assert!(sock.recv(&mut buf).is_err());
+        use std::os::unix::net::{SocketAddr, UnixListener};
+        // This process plays loopd: its socket, a request, the answer.
+        let listener = listen().unwrap();
+        let me = std::process::id() as i32;
+        let asker = std::thread::spawn(move || request(me, Duration::from_secs(10)));
+        let mut waiting = Vec::new();
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while waiting.is_empty() && std::time::Instant::now() < deadline {
+            accept(&listener, &mut waiting);
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        assert_eq!(waiting.len(), 1);
+        answer(waiting, &Err("x.toml:3:1: bad".to_string()));
+        match asker.join().unwrap() {
+            Ok(Answer::Failed(line)) => assert_eq!(line, "x.toml:3:1: bad"),
+            other => panic!("{other:?}"),
+        }
         // A long error is cut at a character boundary.
-        sock.set_nonblocking(false).unwrap();
-        answer(&[entry], &Err("é".repeat(MAX_ANSWER)));
-        let mut big = vec![0u8; 2 * MAX_ANSWER];
-        let n = sock.recv(&mut big).unwrap();
-        assert!(n <= MAX_ANSWER, "{n}");
-        assert!(std::str::from_utf8(&big[..n]).is_ok());
+        let asker = std::thread::spawn(move || request(me, Duration::from_secs(10)));
+        let mut waiting = Vec::new();
+        while waiting.is_empty() {
+            accept(&listener, &mut waiting);
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        answer(waiting, &Err("é".repeat(MAX_ANSWER)));
+        match asker.join().unwrap() {
+            Ok(Answer::Failed(line)) => assert!(line.len() < MAX_ANSWER && line.starts_with('é')),
+            other => panic!("{other:?}"),
+        }
+        drop(listener);
+        // No socket: nothing to ask.
+        assert!(matches!(
+            request(me, Duration::from_secs(1)),
+            Err(Unasked::NoSocket)
+        ));
+        // This process holds the name of process 1's socket: an impostor.
+        let fake = UnixListener::bind_addr(
+            &SocketAddr::from_abstract_name(socket_name(1).as_bytes()).unwrap(),
+        )
+        .unwrap();
+        match request(1, Duration::from_secs(1)) {
+            Err(Unasked::Impostor(pid)) => assert_eq!(pid, me),
+            other => panic!("{other:?}"),
+        }
+        drop(fake);
     }
 }

@@ -153,22 +153,8 @@ impl Signals {
                 };
             };
             // SAFETY: the action only calls send(2) (async-signal-safe),
-            // allocates nothing and takes no lock; SIGHUP's also only
-            // stores into atomics (`reload_reply::note_request`) first.
-            let registered = unsafe {
-                if action_of(sig).0 == Action::Reload {
-                    signal_hook_registry::register_sigaction(sig, move |info| {
-                        #[cfg(any(target_os = "linux", target_os = "android"))]
-                        crate::reload_reply::note_request(info);
-                        #[cfg(not(any(target_os = "linux", target_os = "android")))]
-                        let _ = info;
-                        action();
-                    })
-                } else {
-                    signal_hook::low_level::register(sig, action)
-                }
-            };
-            match registered {
+            // allocates nothing and takes no lock.
+            match unsafe { signal_hook::low_level::register(sig, action) } {
                 Ok(id) => self.ids.push(id),
                 Err(e) if !OPERATOR_SIGNALS.contains(&sig) => {
                     log::debug!("{} keeps its default action: catching it: {e}", name(sig));
@@ -223,6 +209,32 @@ fn action_of(sig: i32) -> (Action, &'static str) {
 const PER_PASS: usize = 64;
 
 impl Runtime {
+    /// `loopd reload` connected (`reload_reply`): one reload for the
+    /// requests waiting, each answered with its outcome.
+    #[cfg(target_os = "linux")]
+    pub(crate) fn reload_requests_readable(&mut self, id: u64) {
+        let mut waiting = Vec::new();
+        let more = {
+            let core = self.core.borrow();
+            let Some(crate::source::Source::ReloadRequests(l)) = core.sources.get(id) else {
+                return;
+            };
+            crate::reload_reply::accept(l, &mut waiting)
+        };
+        if more {
+            self.core.borrow_mut().shared.capped = true;
+        }
+        if waiting.is_empty() {
+            return;
+        }
+        log::info!(
+            "reload requested by `loopd reload` ({} waiting): reloading the config file",
+            waiting.len()
+        );
+        let outcome = self.reload_requested();
+        crate::reload_reply::answer(waiting, &outcome);
+    }
+
     /// The signal pipe is readable: acts on each signal in it.
     pub(crate) fn signals_readable(&mut self, fd: std::os::fd::RawFd) {
         let mut buf = [0u8; PER_PASS];
@@ -247,12 +259,8 @@ impl Runtime {
         // Worker 0 reloads, then has the others apply the same config.
         if reload && self.worker().0 == 0 {
             log::info!("SIGHUP received: reloading the config file");
-            // Those who asked before the file is read get this reload's
-            // outcome; a later `loopd reload` waits for the next one (its
-            // byte is still in the pipe).
-            let waiting = crate::reload_reply::take_waiting();
-            let outcome = self.reload_requested();
-            crate::reload_reply::answer(&waiting, &outcome);
+            // Logged; `loopd reload`'s requests come on their own socket.
+            let _ = self.reload_requested();
         }
         if upgrade {
             self.upgrade_requested();

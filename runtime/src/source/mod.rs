@@ -32,6 +32,11 @@ pub(crate) enum Source {
     Signal(UnixStream),
     /// A descriptor a handler owns (ABI 1.3 `watch_fd`).
     Watch(watch::Watch),
+    /// Where `loopd reload` asks for a reload and its answer
+    /// (`reload_reply`).
+    #[cfg(target_os = "linux")]
+    #[cfg_attr(not(feature = "signals"), allow(dead_code))]
+    ReloadRequests(std::os::unix::net::UnixListener),
 }
 
 impl Source {
@@ -43,6 +48,8 @@ impl Source {
             Source::Stream(c) => c.io.as_ref().map(|t| t.fd()),
             Source::Datagram(d) => Some(d.sock.as_fd()),
             Source::Signal(s) => Some(s.as_fd()),
+            #[cfg(target_os = "linux")]
+            Source::ReloadRequests(l) => Some(l.as_fd()),
             // Registered and removed by `watch.rs` itself, after checking
             // the descriptor is still the handler's.
             Source::Watch(_) => None,
