@@ -840,11 +840,15 @@ impl Runtime {
                         .borrow_mut()
                         .register(Source::ReloadRequests(l), true, false)?;
                 }
-                // Another runtime of this process has it (it answers), or
-                // another process holds the name (`loopd reload` then
-                // sends SIGHUP).
+                // Another runtime of this process has it and answers.
+                Err(_) if reload_reply::bound_here() => log::debug!(
+                    "`loopd reload` is answered by the first runtime of this process that handles signals"
+                ),
+                // Another process holds the name: `loopd reload` does not
+                // believe it, and sends SIGHUP.
                 Err(e) => log::warn!(
-                    "`loopd reload` cannot ask this process for a reload and its outcome ({e}): it will send SIGHUP instead"
+                    "`loopd reload` cannot ask this process for a reload and its outcome (loopd-reload/{}: {e}): it will send SIGHUP instead",
+                    std::process::id()
                 ),
             }
         }

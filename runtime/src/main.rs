@@ -409,7 +409,7 @@ fn reload(config: Option<PathBuf>, pid: Option<i32>, wait: &str) -> ExitCode {
             wait.as_secs_f64()
         )),
         Err(Unasked::NoSocket) => signal_only(&format!(
-            "process {pid} takes no reload requests (a loopd older than this command, or not loopd), so the outcome cannot be told here"
+            "process {pid} takes no reload requests (a loopd older than this command, one in another network namespace, or not loopd), so the outcome cannot be told here"
         )),
         Err(Unasked::Impostor(other)) => signal_only(&format!(
             "the reload socket of process {pid} is held by process {other}, which was not asked; so the outcome cannot be told here"

@@ -25,12 +25,14 @@
 use std::io;
 use std::time::Duration;
 
-/// The most requests one readiness of the socket accepts.
+/// The most requests one readiness of the socket accepts (and so shares
+/// one reload among).
 #[cfg_attr(not(feature = "signals"), allow(dead_code))]
 #[cfg(target_os = "linux")]
-const ACCEPTS_PER_PASS: usize = 16;
+const ACCEPTS_PER_PASS: usize = 64;
 
 /// The longest answer sent: the rest of a very long error is in the log.
+#[cfg(target_os = "linux")]
 const MAX_ANSWER: usize = 60 << 10;
 
 /// The abstract socket name of process `pid`'s reload requests.
@@ -64,61 +66,113 @@ fn peer_cred(fd: std::os::fd::BorrowedFd<'_>) -> io::Result<(i32, u32)> {
     Ok((cred.pid, cred.uid))
 }
 
-/// Binds this process's request socket, non-blocking. `AddrInUse`: another
-/// runtime of this process has it, or another process took the name.
+/// The request socket of a running loopd, and its refusals' rate limit.
+#[cfg(target_os = "linux")]
+#[derive(Debug)]
+pub(crate) struct ReloadRequests {
+    pub(crate) listener: std::os::unix::net::UnixListener,
+    refused: crate::core::RateLimit,
+    exhausted: crate::core::RateLimit,
+}
+
+/// What [`accept`] stopped at.
+#[cfg(target_os = "linux")]
+#[cfg_attr(not(feature = "signals"), allow(dead_code))]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Accepted {
+    /// Nothing more is waiting.
+    All,
+    /// [`ACCEPTS_PER_PASS`] taken: more may be waiting.
+    Capped,
+    /// Out of descriptors (or memory): pause the socket a while, as a
+    /// listener is paused, or the loop would spin on it.
+    Exhausted,
+}
+
+/// Set once a runtime of this process has bound its request socket.
+#[cfg(target_os = "linux")]
+static BOUND: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+/// Whether a runtime of this process holds the request socket (so a second
+/// one's `AddrInUse` is no conflict).
 #[cfg_attr(not(feature = "signals"), allow(dead_code))]
 #[cfg(target_os = "linux")]
-pub(crate) fn listen() -> io::Result<std::os::unix::net::UnixListener> {
+pub(crate) fn bound_here() -> bool {
+    BOUND.load(std::sync::atomic::Ordering::SeqCst)
+}
+
+/// Binds this process's request socket, non-blocking. `AddrInUse`: another
+/// runtime of this process has it ([`bound_here`]), or another process
+/// took the name.
+#[cfg_attr(not(feature = "signals"), allow(dead_code))]
+#[cfg(target_os = "linux")]
+pub(crate) fn listen() -> io::Result<ReloadRequests> {
     use std::os::linux::net::SocketAddrExt;
     use std::os::unix::net::{SocketAddr, UnixListener};
     let name = socket_name(std::process::id());
-    let l = UnixListener::bind_addr(&SocketAddr::from_abstract_name(name.as_bytes())?)?;
-    l.set_nonblocking(true)?;
-    Ok(l)
+    let listener = UnixListener::bind_addr(&SocketAddr::from_abstract_name(name.as_bytes())?)?;
+    listener.set_nonblocking(true)?;
+    BOUND.store(true, std::sync::atomic::Ordering::SeqCst);
+    Ok(ReloadRequests {
+        listener,
+        refused: crate::core::RateLimit::default(),
+        exhausted: crate::core::RateLimit::default(),
+    })
 }
 
-/// Accepts the requests waiting on `listener`, keeping those from a peer
-/// that could signal this process (root or this process's user); returns
-/// whether it stopped with more possibly waiting.
+/// Accepts the requests waiting, keeping those from a peer that could
+/// signal this process (root or this process's user); the others are told
+/// why and closed (logged at most once a second).
 #[cfg_attr(not(feature = "signals"), allow(dead_code))]
 #[cfg(target_os = "linux")]
 pub(crate) fn accept(
-    listener: &std::os::unix::net::UnixListener,
+    requests: &mut ReloadRequests,
     out: &mut Vec<std::os::unix::net::UnixStream>,
-) -> bool {
+) -> Accepted {
     use std::os::fd::AsFd;
     // SAFETY: geteuid(2) cannot fail and touches no memory.
     let me = unsafe { libc::geteuid() };
     for _ in 0..ACCEPTS_PER_PASS {
-        let conn = match listener.accept() {
+        let conn = match requests.listener.accept() {
             Ok((conn, _)) => conn,
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => return false,
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Accepted::All,
+            Err(e) if crate::sys::is_resource_exhaustion(&e) => {
+                if let Some(n) = requests.exhausted.allow(std::time::Instant::now()) {
+                    log::warn!(
+                        "reload requests: accept: {e}; not taking any for {} ms ({n} similar warnings suppressed)",
+                        crate::source::listener::ACCEPT_BACKOFF.as_millis()
+                    );
+                }
+                return Accepted::Exhausted;
+            }
+            Err(e) if crate::sys::is_transient_accept_error(&e) => continue,
             Err(e) => {
                 log::debug!("reload requests: accept: {e}");
-                return false;
+                return Accepted::All;
             }
         };
+        let _ = conn.set_nonblocking(true);
         match peer_cred(conn.as_fd()) {
-            Ok((_, uid)) if uid == 0 || uid == me => {
-                let _ = conn.set_nonblocking(true);
-                out.push(conn);
-            }
+            Ok((_, uid)) if uid == 0 || uid == me => out.push(conn),
             Ok((pid, uid)) => {
                 let why = format!("only root or uid {me} may reload loopd, not uid {uid}");
-                log::warn!("reload request from process {pid} refused: {why}");
-                let _ = conn.set_nonblocking(true);
+                if let Some(n) = requests.refused.allow(std::time::Instant::now()) {
+                    log::warn!(
+                        "reload request from process {pid} refused: {why} ({n} similar warnings suppressed)"
+                    );
+                }
                 answer(vec![conn], &Err(format!("refused: {why}")));
             }
             Err(e) => log::debug!("reload requests: peer credentials: {e}"),
         }
     }
-    true
+    Accepted::Capped
 }
 
 /// Writes the reload's outcome to each request and closes it. Never
 /// blocks: what a full socket does not take is lost (the log has it).
 #[cfg_attr(not(feature = "signals"), allow(dead_code))]
+#[cfg(target_os = "linux")]
 pub(crate) fn answer(
     waiting: Vec<std::os::unix::net::UnixStream>,
     outcome: &Result<String, String>,
@@ -179,18 +233,24 @@ pub enum Unasked {
 pub fn request(pid: i32, wait: Duration) -> Result<Answer, Unasked> {
     use std::io::Read;
     use std::os::fd::AsFd;
-    use std::os::linux::net::SocketAddrExt;
-    use std::os::unix::net::{SocketAddr, UnixStream};
 
-    let name = socket_name(pid as u32);
-    let addr = SocketAddr::from_abstract_name(name.as_bytes()).map_err(Unasked::Io)?;
-    let mut conn = match UnixStream::connect_addr(&addr) {
+    let timed_out = |e: &io::Error| {
+        matches!(
+            e.kind(),
+            io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
+        )
+    };
+    let mut conn = match connect(&socket_name(pid as u32), wait) {
         Ok(c) => c,
         Err(e) if e.kind() == io::ErrorKind::ConnectionRefused => return Err(Unasked::NoSocket),
+        Err(e) if timed_out(&e) => return Ok(Answer::Silent),
         Err(e) => return Err(Unasked::Io(e)),
     };
+    // The socket must be the process's own: bound by it (a socket passed on
+    // by a process that is gone keeps that process's pid, which a later
+    // process may have), as root or as one of the process's users.
     match peer_cred(conn.as_fd()) {
-        Ok((owner, _)) if owner == pid => {}
+        Ok((owner, uid)) if owner == pid && (uid == 0 || process_uids(pid).contains(&uid)) => {}
         Ok((owner, _)) => return Err(Unasked::Impostor(owner)),
         Err(e) => return Err(Unasked::Io(e)),
     }
@@ -200,14 +260,9 @@ pub fn request(pid: i32, wait: Duration) -> Result<Answer, Unasked> {
     let mut got = Vec::new();
     match (&mut conn).take(MAX_ANSWER as u64).read_to_end(&mut got) {
         Ok(_) => {}
-        Err(e)
-            if matches!(
-                e.kind(),
-                io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
-            ) =>
-        {
-            return Ok(Answer::Silent)
-        }
+        Err(e) if timed_out(&e) => return Ok(Answer::Silent),
+        // It exited with the request unread.
+        Err(e) if e.kind() == io::ErrorKind::ConnectionReset => return Ok(Answer::Closed),
         Err(e) => return Err(Unasked::Io(e)),
     }
     if got.is_empty() {
@@ -219,6 +274,65 @@ pub fn request(pid: i32, wait: Duration) -> Result<Answer, Unasked> {
         Some((_, line)) => Answer::Failed(line.to_string()),
         None => Answer::Failed(text.into_owned()),
     })
+}
+
+/// Connects to the abstract socket `name`, waiting at most `wait` for room
+/// in its backlog (a stopped or stuck loopd).
+#[cfg(target_os = "linux")]
+fn connect(name: &str, wait: Duration) -> io::Result<std::os::unix::net::UnixStream> {
+    use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+    // SAFETY: socket(2) with constant arguments; the descriptor is owned
+    // at once below.
+    let fd = unsafe { libc::socket(libc::AF_UNIX, libc::SOCK_STREAM | libc::SOCK_CLOEXEC, 0) };
+    if fd < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: `fd` was just created and nothing else owns it.
+    let conn = std::os::unix::net::UnixStream::from(unsafe { OwnedFd::from_raw_fd(fd) });
+    // A Unix stream connect waits for room in the backlog for at most the
+    // send timeout.
+    conn.set_write_timeout(Some(wait.max(Duration::from_millis(1))))?;
+    // SAFETY: an all-zero sockaddr_un is a valid one (an empty path).
+    let mut addr: libc::sockaddr_un = unsafe { std::mem::zeroed() };
+    addr.sun_family = libc::AF_UNIX as libc::sa_family_t;
+    let name = name.as_bytes();
+    if name.len() + 1 > addr.sun_path.len() {
+        return Err(io::ErrorKind::InvalidInput.into());
+    }
+    // The abstract namespace: a NUL, then the name, its length given.
+    for (dst, &b) in addr.sun_path[1..].iter_mut().zip(name) {
+        *dst = b as libc::c_char;
+    }
+    let len = std::mem::size_of::<libc::sa_family_t>() + 1 + name.len();
+    // SAFETY: connect(2) reads `len` bytes of `addr`, a local that holds
+    // at least that many.
+    let rc = unsafe {
+        libc::connect(
+            conn.as_raw_fd(),
+            (&addr as *const libc::sockaddr_un).cast(),
+            len as libc::socklen_t,
+        )
+    };
+    if rc != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(conn)
+}
+
+/// The real, effective, saved and file-system user ids of process `pid`
+/// (`/proc/PID/status`); none if it cannot be read.
+#[cfg(target_os = "linux")]
+fn process_uids(pid: i32) -> Vec<u32> {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()
+        .and_then(|s| {
+            s.lines().find_map(|l| l.strip_prefix("Uid:")).map(|ids| {
+                ids.split_whitespace()
+                    .filter_map(|u| u.parse().ok())
+                    .collect()
+            })
+        })
+        .unwrap_or_default()
 }
 
 #[cfg(not(target_os = "linux"))]
@@ -235,13 +349,13 @@ mod tests {
         use std::os::linux::net::SocketAddrExt;
         use std::os::unix::net::{SocketAddr, UnixListener};
         // This process plays loopd: its socket, a request, the answer.
-        let listener = listen().unwrap();
+        let mut listener = listen().unwrap();
         let me = std::process::id() as i32;
         let asker = std::thread::spawn(move || request(me, Duration::from_secs(10)));
         let mut waiting = Vec::new();
         let deadline = std::time::Instant::now() + Duration::from_secs(10);
         while waiting.is_empty() && std::time::Instant::now() < deadline {
-            accept(&listener, &mut waiting);
+            accept(&mut listener, &mut waiting);
             std::thread::sleep(Duration::from_millis(5));
         }
         assert_eq!(waiting.len(), 1);
@@ -253,10 +367,12 @@ mod tests {
         // A long error is cut at a character boundary.
         let asker = std::thread::spawn(move || request(me, Duration::from_secs(10)));
         let mut waiting = Vec::new();
-        while waiting.is_empty() {
-            accept(&listener, &mut waiting);
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while waiting.is_empty() && std::time::Instant::now() < deadline {
+            accept(&mut listener, &mut waiting);
             std::thread::sleep(Duration::from_millis(5));
         }
+        assert_eq!(waiting.len(), 1);
         answer(waiting, &Err("é".repeat(MAX_ANSWER)));
         match asker.join().unwrap() {
             Ok(Answer::Failed(line)) => assert!(line.len() < MAX_ANSWER && line.starts_with('é')),
@@ -268,12 +384,14 @@ mod tests {
             request(me, Duration::from_secs(1)),
             Err(Unasked::NoSocket)
         ));
-        // This process holds the name of process 1's socket: an impostor.
+        // This process holds the name of another process's socket (a pid
+        // above Linux's limit, so no process has it): an impostor.
+        let other = 4_194_305;
         let fake = UnixListener::bind_addr(
-            &SocketAddr::from_abstract_name(socket_name(1).as_bytes()).unwrap(),
+            &SocketAddr::from_abstract_name(socket_name(other as u32).as_bytes()).unwrap(),
         )
         .unwrap();
-        match request(1, Duration::from_secs(1)) {
+        match request(other, Duration::from_secs(1)) {
             Err(Unasked::Impostor(pid)) => assert_eq!(pid, me),
             other => panic!("{other:?}"),
         }

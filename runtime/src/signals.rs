@@ -213,17 +213,18 @@ impl Runtime {
     /// requests waiting, each answered with its outcome.
     #[cfg(target_os = "linux")]
     pub(crate) fn reload_requests_readable(&mut self, id: u64) {
+        use crate::reload_reply::Accepted;
         let mut waiting = Vec::new();
-        let more = {
-            let core = self.core.borrow();
-            let Some(crate::source::Source::ReloadRequests(l)) = core.sources.get(id) else {
-                return;
-            };
-            crate::reload_reply::accept(l, &mut waiting)
+        let mut core = self.core.borrow_mut();
+        let Some(crate::source::Source::ReloadRequests(r)) = core.sources.get_mut(id) else {
+            return;
         };
-        if more {
-            self.core.borrow_mut().shared.capped = true;
+        match crate::reload_reply::accept(r, &mut waiting) {
+            Accepted::All => {}
+            Accepted::Capped => core.shared.capped = true,
+            Accepted::Exhausted => crate::source::listener::pause(&mut core, id),
         }
+        drop(core);
         if waiting.is_empty() {
             return;
         }

@@ -484,12 +484,20 @@ fn tls_transport(_fd: OwnedFd, inst: &crate::instance::Instance) -> io::Result<T
     ))
 }
 
-fn pause(core: &mut Core, id: u64) {
-    let Some(Source::Listener(l)) = core.sources.get_mut(id) else {
-        return;
+/// Stops accepting on a listener (or `loopd reload`'s request socket) for
+/// [`ACCEPT_BACKOFF`] after EMFILE/ENFILE: its backlog would otherwise
+/// report it ready on every pass.
+pub(crate) fn pause(core: &mut Core, id: u64) {
+    let fd = match core.sources.get_mut(id) {
+        Some(Source::Listener(l)) => {
+            l.paused = true;
+            l.fd.as_fd()
+        }
+        #[cfg(target_os = "linux")]
+        Some(Source::ReloadRequests(r)) => r.listener.as_fd(),
+        _ => return,
     };
-    l.paused = true;
-    if let Err(e) = core.shared.poll.modify(l.fd.as_fd(), id, false, false) {
+    if let Err(e) = core.shared.poll.modify(fd, id, false, false) {
         log::warn!("pausing listener: {e}");
     }
     core.shared.timers.set(
@@ -500,11 +508,16 @@ fn pause(core: &mut Core, id: u64) {
 
 /// A listener paused after EMFILE/ENFILE may accept again.
 pub(crate) fn resume(core: &mut Core, id: u64) {
-    let Some(Source::Listener(l)) = core.sources.get_mut(id) else {
-        return;
+    let fd = match core.sources.get_mut(id) {
+        Some(Source::Listener(l)) => {
+            l.paused = false;
+            l.fd.as_fd()
+        }
+        #[cfg(target_os = "linux")]
+        Some(Source::ReloadRequests(r)) => r.listener.as_fd(),
+        _ => return,
     };
-    l.paused = false;
-    if let Err(e) = core.shared.poll.modify(l.fd.as_fd(), id, true, false) {
+    if let Err(e) = core.shared.poll.modify(fd, id, true, false) {
         log::warn!("resuming listener: {e}");
     }
 }

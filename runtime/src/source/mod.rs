@@ -36,7 +36,7 @@ pub(crate) enum Source {
     /// (`reload_reply`).
     #[cfg(target_os = "linux")]
     #[cfg_attr(not(feature = "signals"), allow(dead_code))]
-    ReloadRequests(std::os::unix::net::UnixListener),
+    ReloadRequests(crate::reload_reply::ReloadRequests),
 }
 
 impl Source {
@@ -49,7 +49,7 @@ impl Source {
             Source::Datagram(d) => Some(d.sock.as_fd()),
             Source::Signal(s) => Some(s.as_fd()),
             #[cfg(target_os = "linux")]
-            Source::ReloadRequests(l) => Some(l.as_fd()),
+            Source::ReloadRequests(r) => Some(r.listener.as_fd()),
             // Registered and removed by `watch.rs` itself, after checking
             // the descriptor is still the handler's.
             Source::Watch(_) => None,
