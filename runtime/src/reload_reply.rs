@@ -351,30 +351,28 @@ mod tests {
         // This process plays loopd: its socket, a request, the answer.
         let mut listener = listen().unwrap();
         let me = std::process::id() as i32;
-        let asker = std::thread::spawn(move || request(me, Duration::from_secs(10)));
-        let mut waiting = Vec::new();
-        let deadline = std::time::Instant::now() + Duration::from_secs(10);
-        while waiting.is_empty() && std::time::Instant::now() < deadline {
-            accept(&mut listener, &mut waiting);
-            std::thread::sleep(Duration::from_millis(5));
-        }
-        assert_eq!(waiting.len(), 1);
-        answer(waiting, &Err("x.toml:3:1: bad".to_string()));
-        match asker.join().unwrap() {
+        let mut ask = |outcome: Result<String, String>| {
+            let asker = std::thread::spawn(move || request(me, Duration::from_secs(10)));
+            let mut waiting = Vec::new();
+            let deadline = std::time::Instant::now() + Duration::from_secs(10);
+            while waiting.is_empty() && std::time::Instant::now() < deadline {
+                accept(&mut listener, &mut waiting);
+                std::thread::sleep(Duration::from_millis(5));
+            }
+            assert_eq!(waiting.len(), 1);
+            answer(waiting, &outcome);
+            asker.join().unwrap()
+        };
+        match ask(Err("x.toml:3:1: bad".to_string())) {
             Ok(Answer::Failed(line)) => assert_eq!(line, "x.toml:3:1: bad"),
             other => panic!("{other:?}"),
         }
-        // A long error is cut at a character boundary.
-        let asker = std::thread::spawn(move || request(me, Duration::from_secs(10)));
-        let mut waiting = Vec::new();
-        let deadline = std::time::Instant::now() + Duration::from_secs(10);
-        while waiting.is_empty() && std::time::Instant::now() < deadline {
-            accept(&mut listener, &mut waiting);
-            std::thread::sleep(Duration::from_millis(5));
+        match ask(Ok("reloaded: -".to_string())) {
+            Ok(Answer::Reloaded(line)) => assert_eq!(line, "reloaded: -"),
+            other => panic!("{other:?}"),
         }
-        assert_eq!(waiting.len(), 1);
-        answer(waiting, &Err("é".repeat(MAX_ANSWER)));
-        match asker.join().unwrap() {
+        // A long error is cut at a character boundary.
+        match ask(Err("é".repeat(MAX_ANSWER))) {
             Ok(Answer::Failed(line)) => assert!(line.len() < MAX_ANSWER && line.starts_with('é')),
             other => panic!("{other:?}"),
         }
