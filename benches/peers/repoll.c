@@ -1,7 +1,8 @@
 /* What a level-triggered epoll registration costs over an edge-triggered
  * one in an echo-like loop: the wait before the loop goes to sleep.
  *
- * Usage: repoll N   (N TCP connections over loopback, N <= 1000)
+ * Usage: repoll N [ROUNDS]   (N TCP connections over loopback, N <= 1000;
+ * ROUNDS connection-rounds per run, 200,000 unless given)
  *
  * Each round writes one byte to every connection, waits until every server
  * side was reported readable and reads it (one read each, as an echo
@@ -10,7 +11,9 @@
  * registration that was reported went back on epoll's ready list and is
  * polled again there, found drained and dropped; an edge-triggered one is
  * not. The difference between the two lines is that re-poll. Prints the
- * best of 5 runs of 200,000 connection-rounds each, in ns per wait.
+ * best of 5 runs of ROUNDS connection-rounds each, in ns per wait. The
+ * benchmark runner's `syscalls` benchmark runs it (section 7 of
+ * docs/benchmarks.md).
  *
  * Build: gcc -O2 -Wall -Wextra -Werror -o repoll benches/peers/repoll.c
  * Run pinned, as the benchmarks run servers: taskset -c 1 ./repoll 1
@@ -57,12 +60,13 @@ static void tcp_pair(int fds[2])
 
 int main(int argc, char **argv)
 {
-    int n = argc == 2 ? atoi(argv[1]) : 0;
-    if (n < 1 || n > 1000) {
-        fprintf(stderr, "usage: repoll N   (1 <= N <= 1000 connections)\n");
+    int n = argc >= 2 && argc <= 3 ? atoi(argv[1]) : 0;
+    long total = argc == 3 ? atol(argv[2]) : 200000;
+    if (n < 1 || n > 1000 || total < n) {
+        fprintf(stderr, "usage: repoll N [ROUNDS]   (1 <= N <= 1000 connections, ROUNDS >= N)\n");
         return 2;
     }
-    const int rounds = 200000 / n;
+    const long rounds = total / n;
     for (int edge = 0; edge < 2; edge++) {
         int ep = epoll_create1(0);
         int (*pairs)[2] = calloc((size_t)n, sizeof *pairs);
@@ -83,7 +87,7 @@ int main(int argc, char **argv)
         double best = 1e9;
         for (int run = 0; run < 5; run++) {
             double waited = 0;
-            for (int r = 0; r < rounds; r++) {
+            for (long r = 0; r < rounds; r++) {
                 for (int i = 0; i < n; i++) {
                     if (write(pairs[i][0], &byte, 1) != 1) {
                         perror("repoll: write");

@@ -698,6 +698,37 @@ fn startup_section(doc: &mut Doc, b: &Bench) {
     }
 }
 
+/// The level-triggered re-poll (`benches/peers/repoll.c`), beside the
+/// counts: one more poll of each reported socket at the next wait.
+fn repoll_table(doc: &mut Doc, b: &Bench) {
+    let cases: Vec<&Case> = b
+        .cases
+        .iter()
+        .filter(|c| c.params.contains_key("repoll"))
+        .collect();
+    if cases.is_empty() {
+        return;
+    }
+    doc.md.push_str(
+        "\n**Level against edge triggering**: loopd registers its sockets level-triggered, tokio and the C echo edge-triggered. A level-triggered registration that was reported goes back on epoll's ready list, and the next `epoll_wait` polls it once more and finds it drained. `benches/peers/repoll.c` times that wait: each round writes a byte to every one of N loopback connections, waits until every server side was reported and read it once (an echo round trip), then times one `epoll_wait` with a zero timeout, the one an event loop makes before it sleeps; best of 5 runs of 200,000 connection-rounds, pinned to the server core, once per round of this benchmark. By hand: `gcc -O2 -o repoll benches/peers/repoll.c && taskset -c 1 ./repoll 1`. \"Closing the gaps\" below says why loopd stays level-triggered.\n\n| Case | level-triggered, ns | edge-triggered, ns | difference, ns | per connection, ns |\n|---|---:|---:|---:|---:|\n",
+    );
+    for c in cases {
+        let lt = metric(c, "level-triggered", "ns_per_wait");
+        let et = metric(c, "edge-triggered", "ns_per_wait");
+        let d = difference(c, "level-triggered", "edge-triggered", "ns_per_wait");
+        let conns = c.params.get("conns").copied().unwrap_or(1.0);
+        let _ = writeln!(
+            doc.md,
+            "| {} | {} | {} | {} | {} |",
+            c.label,
+            fmt_num(lt, 0),
+            fmt_num(et, 0),
+            fmt_num(d, 0),
+            d.map_or("–".into(), |s| format!("{:.0}", s.median / conns))
+        );
+    }
+}
+
 fn syscalls_section(doc: &mut Doc, b: &Bench) {
     doc.md.push_str(
         "\n## 7. System calls and instructions per operation\n\nCounts, not times: they hold still on a busy machine. **System calls**: each server is started and checked, then `strace -c -f -p PID` attaches to it (all its threads; nginx's master and worker), a bounded number of operations runs, and strace detaches and prints its table; the figure is every call the server made in that window divided by the operations. Echo: round trips of 64 bytes on 1 and on 50 connections (`loopd-bench load-echo`); loopd runs its shipped config, `examples/loopd.toml` (all four handlers, their timers pending; ports moved aside), `loopd-static` the echo alone. HTTP: GETs of the 612-byte page, one at a time on one keep-alive connection; `loopd` with the handler's defaults, `loopd-tuned` with `open_file_cache_ms = 60000`. UDP: datagrams of 64 bytes relayed one at a time. The last column says how many operations were counted (a full run: 20,000 round trips, 5,000 GETs, 5,000 datagrams). strace stops the server at every call, which slows it down enough that a client's next request is often already there when a server that reads until `EAGAIN` reads again (the C echo then skips its `epoll_wait` and its failed `recv`), and under concurrent load one `epoll_wait` returns more events than it would unobserved. So each row first runs once under `perf stat -e raw_syscalls:sys_enter` (a kernel tracepoint: counted without stopping the server), and that total per operation is the *unobserved* column; the breakdown is strace's. By hand: start loopd with `target/release/loopd examples/loopd.toml`, then `strace -c -f -p $(pgrep -n loopd) & target/release/loopd-bench load-echo --target 127.0.0.1:7000 --conns 1 --ops 20000; kill -INT %1`. The benchmark smoke fails if loopd's echo at 1 connection needs more than 3.5 (`benches/src/syscalls.rs` says why 3.5).\n\n| Case | Server | syscalls per op (strace) | per op, by call (strace) | unobserved (perf) | ops counted |\n|---|---|---:|---|---:|---:|\n",
@@ -742,6 +773,7 @@ fn syscalls_section(doc: &mut Doc, b: &Bench) {
             met: ok,
         });
     }
+    repoll_table(doc, b);
     let ins: Vec<&Case> = b
         .cases
         .iter()

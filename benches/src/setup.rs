@@ -72,7 +72,7 @@ pub fn build_workspace(root: &Path, release: bool) -> Result<()> {
 /// Compiles the C peers from `benches/peers/*.c` into `out`.
 pub fn build_c_peers(root: &Path, out: &Path) -> Result<()> {
     std::fs::create_dir_all(out)?;
-    for name in ["epoll_echo", "udp_relay"] {
+    for name in ["epoll_echo", "udp_relay", "repoll"] {
         let src = root.join("benches/peers").join(format!("{name}.c"));
         let status = Command::new("gcc")
             .args(GCC_FLAGS)

@@ -377,6 +377,39 @@ fn callgrind_run(
     Ok((ir, done))
 }
 
+/// One run of `repoll CONNS ROUNDS` (pinned to the server core): its
+/// level- and edge-triggered ns per wait.
+fn repoll(ctx: &Ctx, conns: usize, rounds: usize) -> Result<Vec<(&'static str, f64)>> {
+    let out = std::process::Command::new("taskset")
+        .args(["-c", &crate::server::SERVER_CORE.to_string()])
+        .arg(ctx.peers.join("repoll"))
+        .args([conns.to_string(), rounds.to_string()])
+        .output()
+        .context("running repoll")?;
+    if !out.status.success() {
+        bail!(
+            "repoll {conns} {rounds}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    let text = String::from_utf8_lossy(&out.stdout);
+    let mut got = Vec::new();
+    for (mode, prefix) in [
+        ("level-triggered", "level-triggered"),
+        ("edge-triggered", "edge-triggered"),
+    ] {
+        let ns = text
+            .lines()
+            .find(|l| l.starts_with(prefix))
+            .and_then(|l| l.split(": ").nth(1))
+            .and_then(|v| v.split(' ').next())
+            .and_then(|v| v.parse::<f64>().ok())
+            .with_context(|| format!("repoll printed no {prefix} figure: {text}"))?;
+        got.push((mode, ns));
+    }
+    Ok(got)
+}
+
 /// Runs the whole count benchmark.
 pub fn bench(ctx: &Ctx) -> Result<Bench> {
     let mut bench = Bench {
@@ -569,6 +602,35 @@ pub fn bench(ctx: &Ctx) -> Result<Bench> {
             m.insert("ops".to_string(), (ops2 - ops1) as f64);
             case.push(name, m);
         }
+        bench.cases.push(case);
+    }
+
+    // What level triggering costs (benches/peers/repoll.c): the wait before
+    // an echo loop sleeps, level- against edge-triggered.
+    let rounds = if ctx.smoke { 2_000 } else { 200_000 };
+    for conns in [1usize, 50] {
+        let mut case = Case {
+            label: format!(
+                "epoll_wait after the reads, {conns} conn{}",
+                if conns == 1 { "" } else { "s" }
+            ),
+            params: [("conns".into(), conns as f64), ("repoll".into(), 1.0)].into(),
+            peers: Vec::new(),
+        };
+        for _ in 0..ctx.rounds.max(1) {
+            for (mode, ns) in repoll(ctx, conns, rounds)? {
+                let mut m = BTreeMap::new();
+                m.insert("ns_per_wait".to_string(), ns);
+                case.push(mode, m);
+            }
+        }
+        println!(
+            "repoll {:>28}: level {:?} ns, edge {:?} ns",
+            case.label,
+            case.peer("level-triggered")
+                .map(|p| p.metric("ns_per_wait")),
+            case.peer("edge-triggered").map(|p| p.metric("ns_per_wait"))
+        );
         bench.cases.push(case);
     }
 
