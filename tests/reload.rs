@@ -408,8 +408,9 @@ fn loopd_reload_signals_the_process_in_the_pid_file() {
 /// `loopd reload` waits for loopd's answer: it exits 0 with the
 /// `reloaded: ...` line, or 1 with the error (file, line and caret) when the
 /// reload failed, and the running config keeps serving. `--wait 0` only
-/// signals, as `kill -HUP` does; a process that does not answer is a
-/// failure that says so.
+/// signals, as `kill -HUP` does; a process without the request socket is
+/// sent SIGHUP, with a note; a loopd that does not answer in time (stopped
+/// here) is a failure that says so, and `--wait` bounds it.
 #[test]
 fn loopd_reload_reports_the_outcome_and_fails_when_the_reload_does() {
     let loopd = Loopd::start(ECHO_RAW);
@@ -481,6 +482,14 @@ fn loopd_reload_reports_the_outcome_and_fails_when_the_reload_does() {
             "{stderr}"
         );
     }
+
+    // Stopped: the request waits in the backlog, unanswered.
+    loopd.signal(libc::SIGSTOP);
+    let out = run_loopd(&["reload", "--pid", &pid, "--wait", "1"]);
+    loopd.signal(libc::SIGCONT);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("did not answer within 1 s"), "{stderr}");
 
     // Requests at once each get an answer (none is lost, as a second
     // SIGHUP pending behind the first would be).
