@@ -394,17 +394,14 @@ fn repoll(ctx: &Ctx, conns: usize, rounds: usize) -> Result<Vec<(&'static str, f
     }
     let text = String::from_utf8_lossy(&out.stdout);
     let mut got = Vec::new();
-    for (mode, prefix) in [
-        ("level-triggered", "level-triggered"),
-        ("edge-triggered", "edge-triggered"),
-    ] {
+    for mode in ["level-triggered", "edge-triggered"] {
         let ns = text
             .lines()
-            .find(|l| l.starts_with(prefix))
+            .find(|l| l.starts_with(mode))
             .and_then(|l| l.split(": ").nth(1))
             .and_then(|v| v.split(' ').next())
             .and_then(|v| v.parse::<f64>().ok())
-            .with_context(|| format!("repoll printed no {prefix} figure: {text}"))?;
+            .with_context(|| format!("repoll printed no {mode} figure: {text}"))?;
         got.push((mode, ns));
     }
     Ok(got)

@@ -303,7 +303,7 @@ fn connect(name: &str, wait: Duration) -> io::Result<std::os::unix::net::UnixStr
     for (dst, &b) in addr.sun_path[1..].iter_mut().zip(name) {
         *dst = b as libc::c_char;
     }
-    let len = std::mem::size_of::<libc::sa_family_t>() + 1 + name.len();
+    let len = std::mem::offset_of!(libc::sockaddr_un, sun_path) + 1 + name.len();
     // SAFETY: connect(2) reads `len` bytes of `addr`, a local that holds
     // at least that many.
     let rc = unsafe {

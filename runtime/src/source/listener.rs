@@ -488,18 +488,7 @@ fn tls_transport(_fd: OwnedFd, inst: &crate::instance::Instance) -> io::Result<T
 /// [`ACCEPT_BACKOFF`] after EMFILE/ENFILE: its backlog would otherwise
 /// report it ready on every pass.
 pub(crate) fn pause(core: &mut Core, id: u64) {
-    let fd = match core.sources.get_mut(id) {
-        Some(Source::Listener(l)) => {
-            l.paused = true;
-            l.fd.as_fd()
-        }
-        #[cfg(target_os = "linux")]
-        Some(Source::ReloadRequests(r)) => r.listener.as_fd(),
-        _ => return,
-    };
-    if let Err(e) = core.shared.poll.modify(fd, id, false, false) {
-        log::warn!("pausing listener: {e}");
-    }
+    set_accepting(core, id, false);
     core.shared.timers.set(
         Instant::now() + ACCEPT_BACKOFF,
         TimerKind::ResumeListener { listener: id },
@@ -508,17 +497,24 @@ pub(crate) fn pause(core: &mut Core, id: u64) {
 
 /// A listener paused after EMFILE/ENFILE may accept again.
 pub(crate) fn resume(core: &mut Core, id: u64) {
+    set_accepting(core, id, true);
+}
+
+/// Watches (or stops watching) a listener or the request socket for
+/// connections to accept.
+fn set_accepting(core: &mut Core, id: u64, on: bool) {
     let fd = match core.sources.get_mut(id) {
         Some(Source::Listener(l)) => {
-            l.paused = false;
+            l.paused = !on;
             l.fd.as_fd()
         }
         #[cfg(target_os = "linux")]
         Some(Source::ReloadRequests(r)) => r.listener.as_fd(),
         _ => return,
     };
-    if let Err(e) = core.shared.poll.modify(fd, id, true, false) {
-        log::warn!("resuming listener: {e}");
+    if let Err(e) = core.shared.poll.modify(fd, id, on, false) {
+        let what = if on { "resuming" } else { "pausing" };
+        log::warn!("{what} listener: {e}");
     }
 }
 
