@@ -270,6 +270,9 @@ loopd = {{ path = "{root}/runtime" }}
 loopd-echo = {{ path = "{root}/handlers/echo", default-features = false }}
 loopd-chat = {{ path = "{root}/handlers/chat", default-features = false }}
 
+[patch.crates-io]
+polling = {{ path = "{root}/vendor/polling" }}
+
 [workspace]
 "#,
             root = root.display()

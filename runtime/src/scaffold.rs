@@ -227,7 +227,7 @@ fn files(req: &Request) -> Result<(Vec<(PathBuf, String)>, String), ScaffoldErro
                     parts.next().unwrap_or("1")
                 )
             };
-            let (api_dep, loopd_dep, api_note, note) = match &source {
+            let (api_dep, loopd_dep, api_note, note, patch) = match &source {
                 Source::Checkout(root) => (
                     format!(
                         "# The loopd checkout this project was made from.\nloopd-handler-api = {{ path = {} }}",
@@ -236,6 +236,10 @@ fn files(req: &Request) -> Result<(Vec<(PathBuf, String)>, String), ScaffoldErro
                     format!("loopd = {{ path = {} }}", toml_string(&root.join("runtime"))?),
                     "is a path into the loopd checkout it was generated from; if that moves, update the paths (or use versions from crates.io: `loopd-handler-api = \"VERSION\"`).".replace("VERSION", &version),
                     format!("loopd crates by path from {}", root.display()),
+                    format!(
+                        "\n# The loopd checkout builds with a fix to the `polling` crate (its\n# vendor/polling/LOOPD-PATCH.md); Cargo takes patches only from the\n# project it builds, so this one names it too.\n[patch.crates-io]\npolling = {{ path = {} }}\n",
+                        toml_string(&root.join("vendor/polling"))?
+                    ),
                 ),
                 Source::Registry => (
                     format!(
@@ -246,6 +250,7 @@ fn files(req: &Request) -> Result<(Vec<(PathBuf, String)>, String), ScaffoldErro
                     ),
                     "comes from crates.io by version; to build against a loopd source checkout, replace it with `{ path = \"/path/to/loopd/handler-api\" }` (and `loopd` with `.../runtime`).".to_string(),
                     format!("loopd crates {version} from crates.io (no loopd checkout found)"),
+                    String::new(),
                 ),
             };
             let ty = type_name(name);
@@ -262,6 +267,7 @@ fn files(req: &Request) -> Result<(Vec<(PathBuf, String)>, String), ScaffoldErro
                 ("type", ty.as_str()),
                 ("api_dep", api_dep.as_str()),
                 ("loopd_dep", loopd_dep.as_str()),
+                ("patch", patch.as_str()),
                 ("api_note", api_note.as_str()),
                 ("port", port.as_str()),
                 ("dylib", dylib.as_str()),
