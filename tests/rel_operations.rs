@@ -303,7 +303,8 @@ listen = ["tcp://127.0.0.1:{port}", "unix://{}/echo.sock", "unix://{{dir}}/root-
     assert_eq!(&buf, b"as nobody");
     drop(s);
     // `loopd reload`, run by root, hears back from loopd running as nobody
-    // (which could not signal it): the answer is a datagram.
+    // (which could not signal it): the answer comes back on the request's
+    // connection.
     let out = run_loopd(&["reload", "--pid", &loopd.pid().to_string()]);
     let said = format!(
         "{}{}",
@@ -352,10 +353,10 @@ listen = ["tcp://127.0.0.1:0"]
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(1), "{stderr}");
     assert!(
-        stderr.contains("refused: only root or uid 0 may reload loopd, not uid 65534"),
+        stderr.contains("refused: only root or uid 0 may control loopd, not uid 65534"),
         "{stderr}"
     );
-    assert!(loopd.wait_for_log("reload request from process", TIMEOUT));
+    assert!(loopd.wait_for_log("control request from process", TIMEOUT));
     assert!(!loopd.logs().contains("reloaded: "), "{}", loopd.logs());
 }
 

@@ -468,7 +468,7 @@ fn loopd_reload_reports_the_outcome_and_fails_when_the_reload_does() {
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(0), "{stderr}");
     assert!(
-        stderr.contains("takes no reload requests") && stderr.contains("cannot be told"),
+        stderr.contains("takes no requests") && stderr.contains("cannot be told"),
         "{stderr}"
     );
     quiet.kill().unwrap();

@@ -302,10 +302,12 @@ fn a_binary_upgrade_with_workers_hands_over_every_workers_sockets() {
     upgrade_under_load(2);
 }
 
-/// SIGUSR2 to a loopd with `workers` under continuous load: no connection
-/// fails, and the new loopd serves on every socket the old one had (one
-/// `SO_REUSEPORT` socket per worker, connections queued on each), binding
-/// none of its own.
+/// SIGUSR2 to a loopd with one worker, `loopd upgrade` to one with
+/// `workers` > 1, under continuous load: no connection fails, and the new
+/// loopd serves on every socket the old one had (one `SO_REUSEPORT` socket
+/// per worker, connections queued on each), binding none of its own.
+/// `loopd upgrade` exits 0 once the new process says it took over, naming
+/// it.
 fn upgrade_under_load(workers: usize) {
     let config =
         format!("[runtime]\nworkers = {workers}\npid_file = \"{{dir}}/loopd.pid\"\n{ECHO}");
@@ -317,9 +319,34 @@ fn upgrade_under_load(workers: usize) {
     assert_eq!(sockets.len(), workers, "one listening socket per worker");
     let load = Load::start(addr);
     std::thread::sleep(Duration::from_millis(200));
-    old.signal(libc::SIGUSR2);
+    let said = if workers == 1 {
+        old.signal(libc::SIGUSR2);
+        None
+    } else {
+        Some(common::run_loopd(&[
+            "upgrade",
+            "--pid",
+            &old.pid().to_string(),
+        ]))
+    };
     let new = pid_other_than(&pid_file, old.pid());
     let _reaper = Successor(new);
+    if let Some(out) = said {
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        assert_eq!(
+            out.status.code(),
+            Some(0),
+            "{stdout}{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert!(
+            stdout.contains(&format!(
+                "loopd (process {}) upgraded: the new loopd (process {new}) took over",
+                old.pid()
+            )),
+            "{stdout}"
+        );
+    }
     // The new one got them at exec and is ready (it wrote the pid file);
     // the old one exits after that.
     assert_eq!(
@@ -362,8 +389,9 @@ fn upgrade_under_load(workers: usize) {
     assert!(logs.contains(&handed), "{logs}");
 }
 
-/// Edits `old`'s config file with `edit`, then SIGUSR2: the new loopd fails
-/// with an error containing `error`, and the old one says it serves on.
+/// Edits `old`'s config file with `edit`, then `loopd upgrade`: the new
+/// loopd fails with an error containing `error`, the old one says it
+/// serves on, and so does the command, exiting 1.
 fn failed_upgrade(old: &Loopd, edit: impl FnOnce(String) -> String, error: &str) {
     let path = old.dir.join("loopd.toml");
     let text = std::fs::read_to_string(&path).unwrap();
@@ -372,7 +400,7 @@ fn failed_upgrade(old: &Loopd, edit: impl FnOnce(String) -> String, error: &str)
     std::fs::write(&path, edited).unwrap();
     old.expect_error(error);
     old.expect_error("before taking over; this one keeps serving");
-    old.signal(libc::SIGUSR2);
+    let out = common::run_loopd(&["upgrade", "--pid", &old.pid().to_string()]);
     if !old.wait_for_log("this one keeps serving", TIMEOUT) {
         // It took over instead: stop it too.
         let _reaper = std::fs::read_to_string(old.dir.join("loopd.pid"))
@@ -383,6 +411,15 @@ fn failed_upgrade(old: &Loopd, edit: impl FnOnce(String) -> String, error: &str)
         panic!("the upgrade did not fail:\n{}", old.logs());
     }
     assert!(old.logs().contains(error), "{}", old.logs());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains(&format!(
+            "loopd upgrade: error: loopd (process {}): upgrade: the new loopd (process ",
+            old.pid()
+        )) && stderr.contains("before taking over; this one keeps serving; the log says why"),
+        "{stderr}"
+    );
 }
 
 #[test]

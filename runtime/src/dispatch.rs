@@ -64,7 +64,7 @@ impl Runtime {
             Signal,
             Watch,
             #[cfg(target_os = "linux")]
-            ReloadRequests,
+            Control,
         }
         let kind = match self.core.borrow().sources.get(r.key) {
             Some(Source::Listener(_)) => Kind::Listener,
@@ -73,7 +73,7 @@ impl Runtime {
             Some(Source::Signal(..)) => Kind::Signal,
             Some(Source::Watch(_)) => Kind::Watch,
             #[cfg(target_os = "linux")]
-            Some(Source::ReloadRequests(_)) => Kind::ReloadRequests,
+            Some(Source::Control(_)) => Kind::Control,
             // An event for a source removed earlier in this pass.
             None => return,
         };
@@ -113,9 +113,9 @@ impl Runtime {
             Kind::Signal => self.signal_readable(r.key),
             Kind::Watch => self.watch_ready(r.key, &r),
             #[cfg(all(target_os = "linux", feature = "signals"))]
-            Kind::ReloadRequests => self.reload_requests_readable(r.key),
+            Kind::Control => self.control_readable(r.key),
             #[cfg(all(target_os = "linux", not(feature = "signals")))]
-            Kind::ReloadRequests => {}
+            Kind::Control => {}
         }
     }
 
@@ -621,7 +621,7 @@ impl Runtime {
     }
 
     /// Fires every timer that is due; returns how many.
-    pub(crate) fn fire_timers(&self) -> usize {
+    pub(crate) fn fire_timers(&mut self) -> usize {
         let now = Instant::now();
         let mut fired = 0;
         loop {
@@ -657,6 +657,10 @@ impl Runtime {
                 TimerKind::ResumeListener { listener } => {
                     listener::resume(&mut self.core.borrow_mut(), listener)
                 }
+                #[cfg(all(target_os = "linux", feature = "signals"))]
+                TimerKind::ControlRequests { control } => self.control_timer(control),
+                #[cfg(all(target_os = "linux", not(feature = "signals")))]
+                TimerKind::ControlRequests { .. } => {}
                 TimerKind::IdleSweep => stream::close_idle(&mut self.core.borrow_mut()),
                 TimerKind::DrainTimeout { instance } => self.drain_timed_out(instance),
             }

@@ -100,6 +100,8 @@
 
 mod builder;
 pub mod config;
+#[doc(hidden)]
+pub mod control;
 mod core;
 mod dispatch;
 mod error;
@@ -117,8 +119,6 @@ mod plugin;
 mod privileges;
 mod registry;
 mod reload;
-#[doc(hidden)]
-pub mod reload_reply;
 #[cfg(feature = "signals")]
 mod signals;
 mod source;
@@ -236,6 +236,10 @@ pub struct Runtime {
     pub(crate) service: bool,
     /// A new loopd started by `upgrade`, until it takes over.
     pub(crate) successor: Option<std::process::Child>,
+    /// `loopd upgrade` requests waiting for the successor to take over or
+    /// exit (`control.rs`).
+    #[cfg(target_os = "linux")]
+    pub(crate) upgrade_waiters: Vec<std::os::unix::net::UnixStream>,
     /// Which worker this runtime is, when there are several.
     pub(crate) worker: Option<workers::WorkerSlot>,
     /// The instances' mailboxes, shared with every [`Handle`].
@@ -447,6 +451,8 @@ impl Runtime {
             reload: reload::State::default(),
             service: false,
             successor: None,
+            #[cfg(target_os = "linux")]
+            upgrade_waiters: Vec::new(),
             worker: None,
             postbox,
             mail: Vec::new(),
@@ -834,21 +840,21 @@ impl Runtime {
         // `loopd reload`'s requests: worker 0 reloads.
         #[cfg(target_os = "linux")]
         if self.worker().0 == 0 {
-            match reload_reply::listen() {
+            match control::listen() {
                 Ok(l) => {
                     self.core
                         .borrow_mut()
-                        .register(Source::ReloadRequests(l), true, false)?;
+                        .register(Source::Control(l), true, false)?;
                 }
                 // Another runtime of this process has it and answers.
-                Err(_) if reload_reply::bound_here() => log::debug!(
-                    "`loopd reload` is answered by the first runtime of this process that handles signals"
+                Err(_) if control::bound_here() => log::debug!(
+                    "`loopd reload` and `loopd upgrade` are answered by the first runtime of this process that handles signals"
                 ),
-                // Another process holds the name: `loopd reload` does not
-                // believe it, and sends SIGHUP.
+                // Another process holds the name (`loopd reload` does not
+                // believe it), or /proc is missing: the commands signal.
                 Err(e) => log::warn!(
-                    "`loopd reload` cannot ask this process for a reload and its outcome (loopd-reload/{}: {e}): it will send SIGHUP instead",
-                    std::process::id()
+                    "`loopd reload` and `loopd upgrade` cannot ask this process and hear the outcome (control socket {}: {e}): they will send SIGHUP and SIGUSR2 instead",
+                    control::own_socket_name().unwrap_or_else(|_| "loopd-control/?".to_string())
                 ),
             }
         }
@@ -886,6 +892,8 @@ impl Drop for Runtime {
         let _active = ActiveGuard::enter(&self.core);
         self.close_everything(abi::LOOPD_REASON_SHUTDOWN);
         listener::close_all(&mut self.core.borrow_mut());
+        #[cfg(target_os = "linux")]
+        self.close_control();
         #[cfg(feature = "signals")]
         self.signals.uninstall();
         let ids = self.core.borrow().instances.ids().to_vec();

@@ -8,6 +8,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
+use loopd::control::Request;
 use loopd::Runtime;
 use loopd_handler_api::abi::{LOOPD_ABI_MAJOR, LOOPD_ABI_MINOR};
 
@@ -57,14 +58,26 @@ enum Command {
     },
     /// Start a new loopd binary in place of a running one, with its
     /// listening sockets (SIGUSR2): no connection is refused; the old one
-    /// finishes its connections and exits. The process is found as for
-    /// `reload`.
+    /// finishes its connections and exits. Waits for the outcome: exits 0
+    /// once the new process took over, 1 with the reason if it could not
+    /// be started or exited first (the old one then keeps serving). A
+    /// process that takes no requests is sent SIGUSR2. The process is found
+    /// as for `reload`.
     Upgrade {
         /// The config file whose `pid_file` names the process.
         config: Option<PathBuf>,
         /// The process id instead.
         #[arg(long)]
         pid: Option<i32>,
+        /// How long to wait for the new process to take over, in seconds;
+        /// 0 sends SIGUSR2 and exits 0 at once.
+        #[arg(
+            long,
+            value_name = "SECS",
+            default_value = "30",
+            allow_hyphen_values = true
+        )]
+        wait: String,
     },
     /// Print a short summary of a running loopd: its handlers' connections,
     /// bytes and frames, from a status handler's listener (its /metrics).
@@ -179,18 +192,11 @@ fn run_command(cli: Cli) -> ExitCode {
                 }
             };
         }
-        Some(Command::Reload { config, pid, wait }) => return reload(config, pid, &wait),
-        Some(Command::Upgrade { config, pid }) => {
-            return match signal_running(config, pid, libc::SIGUSR2) {
-                Ok(pid) => {
-                    println!("asked loopd (process {pid}) to start the new binary and hand over");
-                    ExitCode::SUCCESS
-                }
-                Err(e) => {
-                    eprintln!("loopd upgrade: error: {e}");
-                    ExitCode::FAILURE
-                }
-            };
+        Some(Command::Reload { config, pid, wait }) => {
+            return ask("reload", Request::Reload, config, pid, &wait)
+        }
+        Some(Command::Upgrade { config, pid, wait }) => {
+            return ask("upgrade", Request::Upgrade, config, pid, &wait)
         }
         Some(Command::Run { config }) => run(config),
         None => match cli.config {
@@ -315,6 +321,14 @@ fn run(config: PathBuf) -> Result<(), loopd::Error> {
             .filter(|&p| p > 0)
         {
             log::info!("upgrade: taking over from process {pid}");
+            // It hears it first, so the `loopd upgrade` waiting there is
+            // answered before it shuts down (an older loopd has no control
+            // socket: the signal alone).
+            let _ = loopd::control::request(
+                pid,
+                loopd::control::Request::TakenOver,
+                std::time::Duration::from_secs(2),
+            );
             // SAFETY: kill(2) with a positive pid; no memory involved.
             unsafe { libc::kill(pid, libc::SIGTERM) };
         }
@@ -358,13 +372,19 @@ impl Drop for PidFile {
     }
 }
 
-/// `loopd reload`: a reload request to the process, and its answer
-/// (`loopd::reload_reply`), for at most `wait` seconds; SIGHUP where the
-/// process takes no requests.
-fn reload(config: Option<PathBuf>, pid: Option<i32>, wait: &str) -> ExitCode {
-    use loopd::reload_reply::{request, Answer, Unasked};
+/// `loopd reload` and `loopd upgrade`: the request to the process, over
+/// its control socket (`loopd::control`), and its answer, for at most
+/// `wait` seconds; the signal where the process takes no requests.
+fn ask(
+    command: &str,
+    request: loopd::control::Request,
+    config: Option<PathBuf>,
+    pid: Option<i32>,
+    wait: &str,
+) -> ExitCode {
+    use loopd::control::{Answer, Unasked};
     let fail = |e: String| {
-        eprintln!("loopd reload: error: {e}");
+        eprintln!("loopd {command}: error: {e}");
         ExitCode::FAILURE
     };
     let wait = match wait
@@ -382,12 +402,20 @@ fn reload(config: Option<PathBuf>, pid: Option<i32>, wait: &str) -> ExitCode {
         Ok(pid) => pid,
         Err(e) => return fail(e),
     };
-    let signal_only = |why: &str| match send_signal(pid, libc::SIGHUP) {
+    let (signal, name, what) = match request {
+        Request::Upgrade => (
+            libc::SIGUSR2,
+            "SIGUSR2",
+            "to start the new binary and hand over",
+        ),
+        _ => (libc::SIGHUP, "SIGHUP", "to reload its config"),
+    };
+    let signal_only = |why: &str| match send_signal(pid, signal) {
         Ok(()) => {
             if !why.is_empty() {
-                eprintln!("loopd reload: {why}");
+                eprintln!("loopd {command}: {why}");
             }
-            println!("asked loopd (process {pid}) to reload its config (SIGHUP); its log says how it went");
+            println!("asked loopd (process {pid}) {what} ({name}); its log says how it went");
             ExitCode::SUCCESS
         }
         Err(e) => fail(e),
@@ -395,8 +423,8 @@ fn reload(config: Option<PathBuf>, pid: Option<i32>, wait: &str) -> ExitCode {
     if wait.is_zero() {
         return signal_only("");
     }
-    match request(pid, wait) {
-        Ok(Answer::Reloaded(line)) => {
+    match loopd::control::request(pid, request, wait) {
+        Ok(Answer::Done(line)) => {
             println!("loopd (process {pid}) {line}");
             ExitCode::SUCCESS
         }
@@ -405,25 +433,17 @@ fn reload(config: Option<PathBuf>, pid: Option<i32>, wait: &str) -> ExitCode {
             "loopd (process {pid}) closed the request without an answer (it is shutting down?)"
         )),
         Ok(Answer::Silent) => fail(format!(
-            "asked loopd (process {pid}) to reload, but it did not answer within {} s; its log says whether it reloaded",
+            "asked loopd (process {pid}) {what}, but it did not answer within {} s; its log says how it went",
             wait.as_secs_f64()
         )),
         Err(Unasked::NoSocket) => signal_only(&format!(
-            "process {pid} takes no reload requests (a loopd older than this command, one in another network namespace, or not loopd), so the outcome cannot be told here"
+            "process {pid} takes no requests (a loopd older than this command, one in another network namespace, or not loopd), so the outcome cannot be told here"
         )),
         Err(Unasked::Impostor(other)) => signal_only(&format!(
-            "the reload socket of process {pid} is held by process {other}, which was not asked; so the outcome cannot be told here"
+            "the control socket of process {pid} is held by process {other}, which was not asked; so the outcome cannot be told here"
         )),
-        Err(Unasked::Io(e)) => fail(format!("asking process {pid} to reload: {e}")),
+        Err(Unasked::Io(e)) => fail(format!("asking process {pid}: {e}")),
     }
-}
-
-/// `loopd reload` / `loopd upgrade`: `signal` to the process `--pid` or the
-/// config's pid_file names.
-fn signal_running(config: Option<PathBuf>, pid: Option<i32>, signal: i32) -> Result<i32, String> {
-    let pid = find_running(config, pid)?;
-    send_signal(pid, signal)?;
-    Ok(pid)
 }
 
 /// The process `--pid` or the config's pid_file names.

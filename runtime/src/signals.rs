@@ -209,31 +209,75 @@ fn action_of(sig: i32) -> (Action, &'static str) {
 const PER_PASS: usize = 64;
 
 impl Runtime {
-    /// `loopd reload` connected (`reload_reply`): one reload for the
-    /// requests waiting, each answered with its outcome.
+    /// The control socket (`control.rs`) is readable: connections to
+    /// accept, or requests on those accepted. The reloads asked for are one
+    /// reload, each request answered with its outcome; an upgrade answers
+    /// when the new process takes over or exits.
     #[cfg(target_os = "linux")]
-    pub(crate) fn reload_requests_readable(&mut self, id: u64) {
-        use crate::reload_reply::Accepted;
-        let mut waiting = Vec::new();
-        let mut core = self.core.borrow_mut();
-        let Some(crate::source::Source::ReloadRequests(r)) = core.sources.get_mut(id) else {
-            return;
-        };
-        match crate::reload_reply::accept(r, &mut waiting) {
-            Accepted::All => {}
-            Accepted::Capped => core.shared.capped = true,
-            Accepted::Exhausted => crate::source::listener::pause(&mut core, id),
+    pub(crate) fn control_readable(&mut self, id: u64) {
+        use crate::control::{answer, Accepted, Request};
+        let mut asked = Vec::new();
+        {
+            let mut core = self.core.borrow_mut();
+            let core = &mut *core;
+            let Some(crate::source::Source::Control(c)) = core.sources.get_mut(id) else {
+                return;
+            };
+            let accepted = c.accept(&core.shared.poll, id);
+            c.read(&core.shared.poll, &mut asked);
+            if let Some(due) = c.due() {
+                core.shared.timers.set(
+                    due,
+                    crate::timer::TimerKind::ControlRequests { control: id },
+                );
+            }
+            match accepted {
+                Accepted::All => {}
+                Accepted::Capped => core.shared.capped = true,
+                Accepted::Exhausted => crate::source::listener::pause(core, id),
+            }
         }
-        drop(core);
-        if waiting.is_empty() {
+        let mut reloads = Vec::new();
+        for a in asked {
+            match a.request {
+                Request::Reload => reloads.push(a.conn),
+                Request::Upgrade => {
+                    log::info!(
+                        "binary upgrade requested by `loopd upgrade` (process {})",
+                        a.pid
+                    );
+                    match self.upgrade_for_request() {
+                        Ok(()) => self.upgrade_waiters.push(a.conn),
+                        Err(e) => answer(a.conn, &Err(e)),
+                    }
+                }
+                Request::TakenOver => {
+                    let outcome = self.taken_over(a.pid);
+                    answer(a.conn, &outcome);
+                }
+            }
+        }
+        if reloads.is_empty() {
             return;
         }
         log::info!(
             "reload requested by `loopd reload` ({} waiting): reloading the config file",
-            waiting.len()
+            reloads.len()
         );
         let outcome = self.reload_requested();
-        crate::reload_reply::answer(waiting, &outcome);
+        for conn in reloads {
+            answer(conn, &outcome);
+        }
+    }
+
+    /// The control socket's timer: the connections silent too long close.
+    #[cfg(target_os = "linux")]
+    pub(crate) fn control_timer(&mut self, id: u64) {
+        if let Some(crate::source::Source::Control(c)) = self.core.borrow_mut().sources.get_mut(id)
+        {
+            c.fired();
+        }
+        self.control_readable(id);
     }
 
     /// The signal pipe is readable: acts on each signal in it.

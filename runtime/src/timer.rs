@@ -42,6 +42,11 @@ pub(crate) enum TimerKind {
     HandshakeTimeout { conn: u64 },
     /// A listener paused after EMFILE/ENFILE may accept again.
     ResumeListener { listener: u64 },
+    /// A connection on the control socket may be out of time to send its
+    /// request (`control.rs`).
+    #[cfg(target_os = "linux")]
+    #[cfg_attr(not(feature = "signals"), allow(dead_code))]
+    ControlRequests { control: u64 },
     /// Close connections idle past their instance's `idle_timeout_ms`
     /// (repeating, while any instance has one).
     IdleSweep,

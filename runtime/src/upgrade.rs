@@ -197,6 +197,76 @@ impl Runtime {
         Ok(copies)
     }
 
+    /// `loopd upgrade` asked: starts the upgrade, or, with one under way,
+    /// waits for that one. `Ok`: the request waits for the new process
+    /// (`taken_over`, `check_successor`).
+    #[cfg(target_os = "linux")]
+    #[cfg_attr(not(feature = "signals"), allow(dead_code))]
+    pub(crate) fn upgrade_for_request(&mut self) -> Result<(), String> {
+        let under_way = self
+            .successor
+            .as_mut()
+            .is_some_and(|c| c.try_wait().ok().flatten().is_none());
+        if under_way {
+            return Ok(());
+        }
+        match self.upgrade() {
+            Ok(_) => Ok(()),
+            Err(e) => {
+                log::error!("{e}");
+                Err(e.to_string())
+            }
+        }
+    }
+
+    /// The new process `pid` says it serves (`control.rs`'s `taken-over`,
+    /// just before it sends this one SIGTERM): the requests waiting for the
+    /// upgrade are answered.
+    #[cfg(target_os = "linux")]
+    #[cfg_attr(not(feature = "signals"), allow(dead_code))]
+    pub(crate) fn taken_over(&mut self, pid: i32) -> Result<String, String> {
+        let ours = self.successor.as_ref().map(std::process::Child::id);
+        if ours != u32::try_from(pid).ok() {
+            return Err(match ours {
+                Some(n) => format!("process {pid} is not the new loopd (process {n})"),
+                None => "no upgrade is under way".to_string(),
+            });
+        }
+        let line = format!(
+            "upgraded: the new loopd (process {pid}) took over; this one (process {}) stops accepting and lets its connections finish",
+            std::process::id()
+        );
+        log::info!("upgrade: process {pid} took over");
+        for conn in self.upgrade_waiters.drain(..) {
+            crate::control::answer(conn, &Ok(line.clone()));
+        }
+        Ok(line)
+    }
+
+    /// Closes the control socket and the requests waiting on it; those
+    /// waiting for an upgrade are told it did not come through here.
+    #[cfg(target_os = "linux")]
+    pub(crate) fn close_control(&mut self) {
+        let mut core = self.core.borrow_mut();
+        let core = &mut *core;
+        for id in core.sources.ids() {
+            if let Some(Source::Control(c)) = core.sources.get_mut(id) {
+                c.close(&core.shared.poll);
+                core.remove_source(id);
+            }
+        }
+        let new = self.successor.as_ref().map_or(0, std::process::Child::id);
+        for conn in self.upgrade_waiters.drain(..) {
+            crate::control::answer(
+                conn,
+                &Err(format!(
+                    "this loopd (process {}) stopped before the new one (process {new}) said it had taken over; the log says whether it serves",
+                    std::process::id()
+                )),
+            );
+        }
+    }
+
     /// While an upgrade is pending: a new process that exited before it
     /// took over leaves this one serving, with an error saying so.
     pub(crate) fn check_successor(&mut self) {
@@ -213,11 +283,16 @@ impl Runtime {
             if let Some(w) = &self.worker {
                 w.siblings.set_upgrading(false);
             }
+            let line = format!(
+                "upgrade: the new loopd (process {}) exited ({status}) before taking over; this one keeps serving",
+                child.id()
+            );
             if self.core.borrow().shared.shutdown_deadline.is_none() {
-                log::error!(
-                    "upgrade: the new loopd (process {}) exited ({status}) before taking over; this one keeps serving",
-                    child.id()
-                );
+                log::error!("{line}");
+            }
+            #[cfg(target_os = "linux")]
+            for conn in self.upgrade_waiters.drain(..) {
+                crate::control::answer(conn, &Err(format!("{line}; the log says why")));
             }
             self.successor = None;
         }

@@ -509,7 +509,7 @@ fn set_accepting(core: &mut Core, id: u64, on: bool) {
             l.fd.as_fd()
         }
         #[cfg(target_os = "linux")]
-        Some(Source::ReloadRequests(r)) => r.listener.as_fd(),
+        Some(Source::Control(c)) => c.listener.as_fd(),
         _ => return,
     };
     if let Err(e) = core.shared.poll.modify(fd, id, on, false) {

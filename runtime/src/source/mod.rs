@@ -32,11 +32,11 @@ pub(crate) enum Source {
     Signal(UnixStream),
     /// A descriptor a handler owns (ABI 1.3 `watch_fd`).
     Watch(watch::Watch),
-    /// Where `loopd reload` asks for a reload and its answer
-    /// (`reload_reply`).
+    /// Where `loopd reload` and `loopd upgrade` ask, and hear the outcome
+    /// (`control.rs`).
     #[cfg(target_os = "linux")]
     #[cfg_attr(not(feature = "signals"), allow(dead_code))]
-    ReloadRequests(crate::reload_reply::ReloadRequests),
+    Control(crate::control::Control),
 }
 
 impl Source {
@@ -49,7 +49,7 @@ impl Source {
             Source::Datagram(d) => Some(d.sock.as_fd()),
             Source::Signal(s) => Some(s.as_fd()),
             #[cfg(target_os = "linux")]
-            Source::ReloadRequests(r) => Some(r.listener.as_fd()),
+            Source::Control(c) => Some(c.listener.as_fd()),
             // Registered and removed by `watch.rs` itself, after checking
             // the descriptor is still the handler's.
             Source::Watch(_) => None,
