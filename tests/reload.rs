@@ -690,3 +690,74 @@ fn a_unix_listener_spelled_another_way_keeps_its_socket() {
         b"after"
     );
 }
+
+/// Two loopds that share the network namespace (where abstract sockets
+/// live) but each run as process 1 of its own pid namespace, as in two
+/// containers with host networking: each has its own control socket, and
+/// `loopd reload --pid 1` run in one namespace reloads that one's loopd
+/// only. Needs root (a pid namespace); as another user it says so.
+#[test]
+fn loopd_reload_reaches_the_process_1_of_its_own_pid_namespace_only() {
+    use std::process::{Command, Stdio};
+    // SAFETY: geteuid cannot fail.
+    if unsafe { libc::geteuid() } != 0 {
+        println!("not root: no pid namespace to run loopd in");
+        return;
+    }
+    // Each loopd is process 1 of a new pid namespace under `unshare`, which
+    // kills it when it dies (as a test's loopd is killed when dropped).
+    let in_own_pid_namespace = |cmd: &mut Command| {
+        let args: Vec<std::ffi::OsString> = cmd.get_args().map(Into::into).collect();
+        let mut wrapped = Command::new("unshare");
+        wrapped
+            .args(["--pid", "--kill-child"])
+            .arg(loopd_bin())
+            .args(args)
+            .env("RUST_LOG", "debug")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped());
+        *cmd = wrapped;
+    };
+    let a = Loopd::start_with(ECHO_RAW, "debug", in_own_pid_namespace);
+    let b = Loopd::start_with(ECHO_RAW, "debug", in_own_pid_namespace);
+    // The loopd under each `unshare`, by its pid here.
+    let inner = |outer: &Loopd| -> i32 {
+        let children = std::fs::read_to_string(format!(
+            "/proc/{}/task/{}/children",
+            outer.pid(),
+            outer.pid()
+        ))
+        .unwrap();
+        children.split_whitespace().next().unwrap().parse().unwrap()
+    };
+    for l in [&a, &b] {
+        assert!(
+            !l.logs().contains("cannot ask this process"),
+            "each binds its own control socket:\n{}",
+            l.logs()
+        );
+    }
+    let out = Command::new("nsenter")
+        .args(["--target", &inner(&a).to_string(), "--pid", "--"])
+        .arg(loopd_bin())
+        .args(["reload", "--pid", "1", "--wait", "10"])
+        .output()
+        .unwrap();
+    let said = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{said}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(said.contains("loopd (process 1) reloaded: "), "{said}");
+    assert!(a.wait_for_log("reload requested by `loopd reload`", TIMEOUT));
+    // b is asked nothing (and would log it at once).
+    std::thread::sleep(Duration::from_millis(300));
+    let logs = b.logs();
+    assert!(
+        !logs.contains("reload requested") && !logs.contains("reloaded: "),
+        "{logs}"
+    );
+}
