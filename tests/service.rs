@@ -465,3 +465,57 @@ fn a_new_loopd_that_fails_after_adopting_leaves_the_old_one_its_unix_socket() {
     assert_eq!(old.wait_exit_status(TIMEOUT).code(), Some(0));
     assert!(!sock.exists(), "the socket file outlived its loopd");
 }
+
+/// `workers = "auto"` on N CPUs, then the process may use one (`taskset`,
+/// as a container's CPU set can shrink): `loopd upgrade` still succeeds,
+/// the new process running N workers (one per socket handed over), and it
+/// says why.
+#[test]
+fn an_upgrade_with_auto_workers_keeps_their_number_when_the_cpus_change() {
+    let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
+    if cpus < 2 {
+        println!("one CPU: workers = \"auto\" is 1 worker, which any number may follow");
+        return;
+    }
+    let config = format!("[runtime]\nworkers = \"auto\"\npid_file = \"{{dir}}/loopd.pid\"\n{ECHO}");
+    let old = Loopd::start_with(&config, "info", |_| {});
+    let addr: SocketAddr = old.tcp("echo");
+    assert_eq!(listening_inodes(old.pid(), addr.port()).len(), cpus);
+    let pinned = Command::new("taskset")
+        .args(["-a", "-p", "-c", "0", &old.pid().to_string()])
+        .stdout(Stdio::null())
+        .status()
+        .unwrap();
+    assert!(pinned.success());
+    let out = common::run_loopd(&["upgrade", "--pid", &old.pid().to_string()]);
+    // Refused, the new process is gone already.
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let new = pid_other_than(&old.dir.join("loopd.pid"), old.pid());
+    let _reaper = Successor(new);
+    let status = std::fs::read_to_string(format!("/proc/{new}/status")).unwrap();
+    assert!(
+        status.contains("Cpus_allowed_list:\t0\n"),
+        "the new loopd may use one CPU:\n{status}"
+    );
+    let threads = thread_names(new);
+    for w in 0..cpus {
+        let name = format!("loopd-worker-{w}");
+        assert!(threads.contains(&name), "{name} runs: {threads:?}");
+    }
+    assert_eq!(listening_inodes(new, addr.port()).len(), cpus);
+    assert!(
+        old.logs().contains(&format!(
+            "workers = \"auto\" is 1 here, but the loopd this one takes over from ran {cpus} workers: running {cpus}"
+        )),
+        "{}",
+        old.logs()
+    );
+    assert_eq!(echo_roundtrip(tcp(addr), b"new one"), b"new one");
+    stop_new(new);
+}

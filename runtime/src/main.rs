@@ -280,8 +280,9 @@ fn serving_config(config: &std::path::Path) -> Result<loopd::Config, loopd::Erro
 }
 
 fn run(config: PathBuf) -> Result<(), loopd::Error> {
-    let parsed = serving_config(&config)?;
+    let mut parsed = serving_config(&config)?;
     logsink::configure(&parsed)?;
+    upgrade_keeps_auto_workers(&mut parsed);
     let builder = Runtime::builder()
         .config(parsed.clone())
         .handle_signals(true)
@@ -338,6 +339,30 @@ fn run(config: PathBuf) -> Result<(), loopd::Error> {
         Served::Workers(w) => w.run()?,
     }
     Ok(())
+}
+
+/// A binary upgrade from several workers must run as many (each handed
+/// over its own `SO_REUSEPORT` sockets). With `workers = "auto"` that is
+/// the number the old process ran, even if the CPUs this one may use
+/// changed since (a container's CPU set, `taskset`): a restart changes it.
+fn upgrade_keeps_auto_workers(parsed: &mut loopd::Config) {
+    if !parsed.runtime.workers_auto || std::env::var_os("LOOPD_UPGRADE_FROM").is_none() {
+        return;
+    }
+    let Some(old) = std::env::var("LOOPD_UPGRADE_WORKERS")
+        .ok()
+        .and_then(|n| n.trim().parse::<usize>().ok())
+        .filter(|&n| (2..=1024).contains(&n))
+    else {
+        return;
+    };
+    if old != parsed.runtime.workers {
+        log::info!(
+            "workers = \"auto\" is {} here, but the loopd this one takes over from ran {old} workers: running {old} (a binary upgrade keeps the number; a restart changes it)",
+            parsed.runtime.workers
+        );
+        parsed.runtime.workers = old;
+    }
 }
 
 /// One loop on the main thread, or `[runtime] workers` of them.

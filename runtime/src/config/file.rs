@@ -313,6 +313,7 @@ impl Config {
                 runtime.drain_timeout = Duration::from_millis(v);
             }
             if let Some(w) = &rt.workers {
+                runtime.workers_auto = matches!(w.get_ref(), toml::Value::String(s) if s == "auto");
                 runtime.workers = match w.get_ref() {
                     toml::Value::Integer(n) if (1..=1024).contains(n) => *n as usize,
                     toml::Value::String(s) if s == "auto" => crate::config::available_cpus(),

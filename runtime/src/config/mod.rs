@@ -203,6 +203,9 @@ pub struct RuntimeConfig {
     /// How many worker threads run a loop each (`workers`: a number, or
     /// `"auto"` for one per CPU the process may run on; default 1).
     pub workers: usize,
+    /// Whether `workers` came from `"auto"` (a binary upgrade then keeps
+    /// the number the old process ran, whatever the CPUs now).
+    pub workers_auto: bool,
     /// The user to run as once every listener is open (`user`; loopd must
     /// start as root): its uid, its primary group unless
     /// [`RuntimeConfig::group`] says otherwise, and its supplementary groups.
@@ -227,6 +230,7 @@ impl Default for RuntimeConfig {
             drain_timeout: Duration::from_secs(300),
             pid_file: None,
             workers: 1,
+            workers_auto: false,
             user: None,
             group: None,
         }
