@@ -307,7 +307,8 @@ fn a_binary_upgrade_with_workers_hands_over_every_workers_sockets() {
 /// loopd serves on every socket the old one had (one `SO_REUSEPORT` socket
 /// per worker, connections queued on each), binding none of its own.
 /// `loopd upgrade` exits 0 once the new process says it took over, naming
-/// it.
+/// it; asked after the takeover, while the old one drains, it says the
+/// same at once.
 fn upgrade_under_load(workers: usize) {
     let config =
         format!("[runtime]\nworkers = {workers}\npid_file = \"{{dir}}/loopd.pid\"\n{ECHO}");
@@ -319,6 +320,12 @@ fn upgrade_under_load(workers: usize) {
     assert_eq!(sockets.len(), workers, "one listening socket per worker");
     let load = Load::start(addr);
     std::thread::sleep(Duration::from_millis(200));
+    // A connection the old loopd keeps draining until it is closed.
+    let mut held = tcp(addr);
+    held.write_all(b"old one").unwrap();
+    let mut back = [0u8; 7];
+    held.read_exact(&mut back).unwrap();
+    assert_eq!(&back, b"old one");
     let said = if workers == 1 {
         old.signal(libc::SIGUSR2);
         None
@@ -346,7 +353,26 @@ fn upgrade_under_load(workers: usize) {
             )),
             "{stdout}"
         );
+    } else {
+        // Asked after the takeover (SIGUSR2 started this one) while the old
+        // loopd drains the held connection: it says so at once.
+        assert!(
+            old.wait_for_log(&format!("upgrade: process {new} took over"), TIMEOUT),
+            "{}",
+            old.logs()
+        );
+        let out = common::run_loopd(&["upgrade", "--pid", &old.pid().to_string()]);
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        assert_eq!(out.status.code(), Some(0), "{stdout}");
+        assert!(
+            stdout.contains(&format!(
+                "loopd (process {}) upgraded: the new loopd (process {new}) took over",
+                old.pid()
+            )),
+            "{stdout}"
+        );
     }
+    drop(held);
     // The new one got them at exec and is ready (it wrote the pid file);
     // the old one exits after that.
     assert_eq!(
@@ -518,4 +544,74 @@ fn an_upgrade_with_auto_workers_keeps_their_number_when_the_cpus_change() {
     );
     assert_eq!(echo_roundtrip(tcp(addr), b"new one"), b"new one");
     stop_new(new);
+}
+
+/// A new binary that never becomes ready (here a script that only sleeps):
+/// each `loopd upgrade` that gives up (`--wait 0.2`) closes its request,
+/// and the old loopd lets it go at the next one instead of keeping a
+/// descriptor per request until the new process ends.
+#[test]
+fn upgrade_requests_given_up_on_are_let_go_while_the_new_process_hangs() {
+    use std::os::unix::fs::PermissionsExt;
+    let bin_dir = TempDir::new("upgrade-hang");
+    let bin = bin_dir.join("loopd");
+    std::fs::copy(loopd_bin(), &bin).unwrap();
+    let echo = plugin_dir().join(format!(
+        "{}loopd_echo{}",
+        std::env::consts::DLL_PREFIX,
+        std::env::consts::DLL_SUFFIX
+    ));
+    let config = format!(
+        "[[handler]]\nname = \"echo\"\nplugin = \"{}\"\nlisten = [\"tcp://127.0.0.1:0\"]\n",
+        echo.display()
+    );
+    let bin_for_cmd = bin.clone();
+    let old = Loopd::start_with(&config, "info", move |cmd| {
+        let args: Vec<std::ffi::OsString> = cmd.get_args().map(Into::into).collect();
+        let mut from_copy = Command::new(&bin_for_cmd);
+        from_copy
+            .args(args)
+            .env("RUST_LOG", "info")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped());
+        *cmd = from_copy;
+    });
+    // The new "binary" (replaced by rename, as an install does).
+    let script = bin_dir.join("loopd.new");
+    std::fs::write(&script, "#!/bin/sh\nexec sleep 30\n").unwrap();
+    std::fs::set_permissions(&script, std::fs::Permissions::from_mode(0o755)).unwrap();
+    std::fs::rename(&script, &bin).unwrap();
+    let fds = || {
+        std::fs::read_dir(format!("/proc/{}/fd", old.pid()))
+            .unwrap()
+            .count()
+    };
+    let ask = || common::run_loopd(&["upgrade", "--pid", &old.pid().to_string(), "--wait", "0.2"]);
+    let first = ask();
+    assert_eq!(first.status.code(), Some(1));
+    assert!(
+        String::from_utf8_lossy(&first.stderr).contains("did not answer within 0.2 s"),
+        "{}",
+        String::from_utf8_lossy(&first.stderr)
+    );
+    let before = fds();
+    for _ in 0..10 {
+        assert_eq!(ask().status.code(), Some(1));
+    }
+    let after = fds();
+    assert!(
+        after <= before + 1,
+        "{before} descriptors before 10 requests given up on, {after} after"
+    );
+    // The sleeping "new loopd" is the old one's child: end it.
+    let children =
+        std::fs::read_to_string(format!("/proc/{}/task/{}/children", old.pid(), old.pid()))
+            .unwrap_or_default();
+    for child in children.split_whitespace() {
+        // SAFETY: kill(2) of the old loopd's child, started by this test.
+        unsafe { libc::kill(child.parse().unwrap(), libc::SIGKILL) };
+    }
+    old.expect_error("exited (signal: 9");
+    assert!(old.wait_for_log("before taking over; this one keeps serving", TIMEOUT));
 }

@@ -168,6 +168,8 @@ pub(crate) struct Control {
     pending: Vec<Pending>,
     /// When the timer set for the oldest waiting connection fires.
     armed: Option<Instant>,
+    /// Until when accepting is paused (out of descriptors).
+    paused_until: Option<Instant>,
     refused: crate::core::RateLimit,
     exhausted: crate::core::RateLimit,
 }
@@ -220,6 +222,7 @@ fn listen_as(name: &str) -> io::Result<Control> {
         listener,
         pending: Vec::new(),
         armed: None,
+        paused_until: None,
         refused: crate::core::RateLimit::default(),
         exhausted: crate::core::RateLimit::default(),
     })
@@ -235,6 +238,10 @@ impl Control {
     /// the socket's own.
     pub(crate) fn accept(&mut self, poll: &crate::event_loop::EventLoop, key: u64) -> Accepted {
         use std::os::fd::{AsFd, AsRawFd};
+        // Paused, a waiting connection's event or the timer accepts nothing.
+        if self.paused_until.is_some_and(|t| Instant::now() < t) {
+            return Accepted::All;
+        }
         // SAFETY: geteuid(2) cannot fail and touches no memory.
         let me = unsafe { libc::geteuid() };
         for _ in 0..ACCEPTS_PER_PASS {
@@ -248,6 +255,8 @@ impl Control {
                             crate::source::listener::ACCEPT_BACKOFF.as_millis()
                         );
                     }
+                    self.paused_until =
+                        Some(Instant::now() + crate::source::listener::ACCEPT_BACKOFF);
                     return Accepted::Exhausted;
                 }
                 Err(e) if crate::sys::is_transient_accept_error(&e) => continue,
@@ -404,6 +413,25 @@ fn drop_pending(poll: &crate::event_loop::EventLoop, p: Pending) {
     if let Err(e) = poll.delete(p.conn.as_fd()) {
         log::debug!("control socket: {e}");
     }
+}
+
+/// Whether the asker on `conn` closed its end (it gave up waiting).
+#[cfg(target_os = "linux")]
+#[cfg_attr(not(feature = "signals"), allow(dead_code))]
+pub(crate) fn peer_closed(conn: &std::os::unix::net::UnixStream) -> bool {
+    use std::os::fd::AsRawFd;
+    let mut byte = 0u8;
+    // SAFETY: recv(2) of at most one byte into a local, peeking, without
+    // waiting, on a socket the caller holds.
+    let n = unsafe {
+        libc::recv(
+            conn.as_raw_fd(),
+            (&mut byte as *mut u8).cast(),
+            1,
+            libc::MSG_PEEK | libc::MSG_DONTWAIT,
+        )
+    };
+    n == 0
 }
 
 /// Writes `outcome` to a request and closes it. Never blocks: what a full

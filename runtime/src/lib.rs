@@ -240,6 +240,10 @@ pub struct Runtime {
     /// exit (`control.rs`).
     #[cfg(target_os = "linux")]
     pub(crate) upgrade_waiters: Vec<std::os::unix::net::UnixStream>,
+    /// What those requests were told once the successor took over (later
+    /// ones are told the same at once).
+    #[cfg(target_os = "linux")]
+    pub(crate) taken_over_by: Option<String>,
     /// Which worker this runtime is, when there are several.
     pub(crate) worker: Option<workers::WorkerSlot>,
     /// The instances' mailboxes, shared with every [`Handle`].
@@ -453,6 +457,8 @@ impl Runtime {
             successor: None,
             #[cfg(target_os = "linux")]
             upgrade_waiters: Vec::new(),
+            #[cfg(target_os = "linux")]
+            taken_over_by: None,
             worker: None,
             postbox,
             mail: Vec::new(),

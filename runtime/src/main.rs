@@ -325,11 +325,21 @@ fn run(config: PathBuf) -> Result<(), loopd::Error> {
             // It hears it first, so the `loopd upgrade` waiting there is
             // answered before it shuts down (an older loopd has no control
             // socket: the signal alone).
-            let _ = loopd::control::request(
-                pid,
-                loopd::control::Request::TakenOver,
-                std::time::Duration::from_secs(2),
-            );
+            let told = (0..2).any(|_| {
+                matches!(
+                    loopd::control::request(
+                        pid,
+                        loopd::control::Request::TakenOver,
+                        std::time::Duration::from_secs(1),
+                    ),
+                    Ok(loopd::control::Answer::Done(_)) | Err(loopd::control::Unasked::NoSocket)
+                )
+            });
+            if !told {
+                log::warn!(
+                    "upgrade: process {pid} did not hear that this one took over: a `loopd upgrade` waiting there may say it failed"
+                );
+            }
             // SAFETY: kill(2) with a positive pid; no memory involved.
             unsafe { libc::kill(pid, libc::SIGTERM) };
         }
@@ -462,7 +472,7 @@ fn ask(
             wait.as_secs_f64()
         )),
         Err(Unasked::NoSocket) => signal_only(&format!(
-            "process {pid} takes no requests (a loopd older than this command, one in another network namespace, or not loopd), so the outcome cannot be told here"
+            "process {pid} takes no requests (a loopd older than this command, one in another network or pid namespace, or not loopd), so the outcome cannot be told here"
         )),
         Err(Unasked::Impostor(other)) => signal_only(&format!(
             "the control socket of process {pid} is held by process {other}, which was not asked; so the outcome cannot be told here"

@@ -247,7 +247,8 @@ impl Runtime {
                         a.pid
                     );
                     match self.upgrade_for_request() {
-                        Ok(()) => self.upgrade_waiters.push(a.conn),
+                        Ok(None) => self.upgrade_waiters.push(a.conn),
+                        Ok(Some(line)) => answer(a.conn, &Ok(line)),
                         Err(e) => answer(a.conn, &Err(e)),
                     }
                 }

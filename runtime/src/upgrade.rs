@@ -202,16 +202,30 @@ impl Runtime {
     /// (`taken_over`, `check_successor`).
     #[cfg(target_os = "linux")]
     #[cfg_attr(not(feature = "signals"), allow(dead_code))]
-    pub(crate) fn upgrade_for_request(&mut self) -> Result<(), String> {
+    pub(crate) fn upgrade_for_request(&mut self) -> Result<Option<String>, String> {
+        // A new process that failed is reported before another starts.
+        self.check_successor();
+        if let Some(line) = &self.taken_over_by {
+            return Ok(Some(line.clone()));
+        }
         let under_way = self
             .successor
             .as_mut()
             .is_some_and(|c| c.try_wait().ok().flatten().is_none());
         if under_way {
-            return Ok(());
+            // Requests whose asker gave up are let go first.
+            self.upgrade_waiters
+                .retain(|c| !crate::control::peer_closed(c));
+            if self.upgrade_waiters.len() >= crate::control::PENDING_MAX {
+                return Err(format!(
+                    "{} `loopd upgrade` requests wait for this upgrade already",
+                    self.upgrade_waiters.len()
+                ));
+            }
+            return Ok(None);
         }
         match self.upgrade() {
-            Ok(_) => Ok(()),
+            Ok(_) => Ok(None),
             Err(e) => {
                 log::error!("{e}");
                 Err(e.to_string())
@@ -240,6 +254,7 @@ impl Runtime {
         for conn in self.upgrade_waiters.drain(..) {
             crate::control::answer(conn, &Ok(line.clone()));
         }
+        self.taken_over_by = Some(line.clone());
         Ok(line)
     }
 
@@ -282,6 +297,16 @@ impl Runtime {
         if let Some(status) = exited {
             if let Some(w) = &self.worker {
                 w.siblings.set_upgrading(false);
+            }
+            #[cfg(target_os = "linux")]
+            if self.taken_over_by.is_some() {
+                // It served, then ended: this one is on its way out anyway.
+                log::info!(
+                    "upgrade: the new loopd (process {}) exited ({status})",
+                    child.id()
+                );
+                self.successor = None;
+                return;
             }
             let line = format!(
                 "upgrade: the new loopd (process {}) exited ({status}) before taking over; this one keeps serving",
