@@ -682,6 +682,36 @@ fn a_fast_sender_is_read_at_the_rate_and_nothing_it_sends_is_lost() {
     );
 }
 
+/// Lines too long are refused, and count against the rate limit all the
+/// same: a client sending only those is paused like one sending too many
+/// lines, and every one still gets its answer, in order.
+#[test]
+fn lines_too_long_count_against_the_rate_limit() {
+    let (loopd, addr) = start(
+        "",
+        "max_line = 50\nrate_lines = 5\nburst_lines = 3\nrate_bytes = 0",
+    );
+    let mut s = Chatter::join(addr);
+    let mut burst = String::new();
+    for _ in 0..10 {
+        burst.push_str(&"x".repeat(60));
+        burst.push('\n');
+    }
+    burst.push_str("/quit\n");
+    s.send_raw(burst.as_bytes());
+    let (replies, err) = s.read_until_closed();
+    assert!(err.is_none(), "{err:?}");
+    let mut expected = vec!["! line too long (max 50 bytes)"; 10];
+    expected.push("* bye");
+    assert_eq!(replies, expected);
+    assert!(
+        loopd.wait_for_log("lines too long)", TIMEOUT)
+            && loopd.logs().contains("paused reading 1 time(s)"),
+        "{}",
+        loopd.logs()
+    );
+}
+
 #[test]
 fn the_byte_limit_holds_long_lines_back_and_eof_waits_for_them() {
     // 100 bytes a second, bursts of 100; lines up to 50 bytes.

@@ -1106,10 +1106,33 @@ impl Chat {
         }
     }
 
-    /// Tells a member its line was too long (it is dropped). `max` is the
-    /// limit that applied: `max_line`, or `max_frame` if that is smaller.
-    fn too_long(&mut self, ctx: &Ctx, conn: ConnId, max: usize) {
+    /// Tells a member its line of `len` bytes (or more) was too long (it is
+    /// dropped). `max` is the limit that applied: `max_line`, or `max_frame`
+    /// if that is smaller. The bytes count against the rate limit as a
+    /// line's do: a client sending only over-long lines is paused like one
+    /// that sends too many, or it could make loopd read and chat answer as
+    /// fast as it sends.
+    fn too_long(&mut self, ctx: &Ctx, conn: ConnId, max: usize, len: usize) {
         self.reply(ctx, conn, format_args!("! line too long (max {max} bytes)"));
+        let limits = self.limits;
+        if limits.enabled() {
+            if let Some(member) = self.roster.get_mut(conn) {
+                let now = ctx.now_ms();
+                let client = &mut member.data;
+                client.limiter.charge(&limits, len, now);
+                let idle = !client.busy && client.waiting_lines == 0;
+                if idle && client.limiter.wait_ms(&limits, 1, now) > 0 && pause(ctx, conn, client) {
+                    if let Some(n) = self.paused_rate.count(now) {
+                        ctx.info(format_args!(
+                            "rate limit ({}): paused reading {n} time(s), the latest {} (connection \
+                             {conn}, {}, lines too long)",
+                            self.limit_text, member.nick, client.peer
+                        ));
+                    }
+                    self.arm(ctx, conn, now);
+                }
+            }
+        }
         self.settle(ctx);
     }
 
@@ -1120,7 +1143,7 @@ impl Chat {
     fn on_line(&mut self, ctx: &Ctx, conn: ConnId, line: &[u8]) {
         if line.len() > self.config.max_line {
             // max_frame is larger than max_line: loopd delivered it whole.
-            return self.too_long(ctx, conn, self.config.max_line);
+            return self.too_long(ctx, conn, self.config.max_line, line.len());
         }
         let limits = self.limits;
         let Some(member) = self.roster.get_mut(conn) else {
@@ -1164,7 +1187,12 @@ impl Chat {
             return;
         };
         let client = &mut member.data;
-        let Some(len) = client.first_waiting_len() else {
+        // Nothing waits, but reading is paused for lines that were too long:
+        // until the buckets hold a line again.
+        let Some(len) = client
+            .first_waiting_len()
+            .or((client.paused && !client.busy).then_some(1))
+        else {
             return;
         };
         let due = now.saturating_add(client.limiter.wait_ms(&limits, len, now));
@@ -1938,7 +1966,12 @@ impl Handler for Chat {
             "connection {conn}: skipping a line of {frame_size}+ bytes over max_frame \
              ({max_frame} bytes)"
         ));
-        self.too_long(ctx, conn, max);
+        self.too_long(
+            ctx,
+            conn,
+            max,
+            usize::try_from(frame_size).unwrap_or(usize::MAX),
+        );
         OversizeAction::Skip
     }
 

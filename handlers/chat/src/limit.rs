@@ -103,6 +103,17 @@ impl Limiter {
             .max(self.bytes.wait_ms(limits.bytes, len))
     }
 
+    /// Takes one line of `len` bytes whatever the buckets hold (each at
+    /// least empties; a line longer than the byte burst costs the burst).
+    /// For a line refused as too long: its bytes were sent all the same.
+    pub(crate) fn charge(&mut self, limits: &Limits, len: usize, now: u64) {
+        self.lines.refill(limits.lines, now);
+        self.bytes.refill(limits.bytes, now);
+        self.lines.take(limits.lines, 1);
+        self.bytes
+            .take(limits.bytes, (len as u64).min(limits.bytes.burst));
+    }
+
     /// Takes one line of `len` bytes if both buckets allow it now; returns
     /// whether it did (if not, nothing is taken).
     pub(crate) fn try_take(&mut self, limits: &Limits, len: usize, now: u64) -> bool {
@@ -130,6 +141,22 @@ mod tests {
                 burst: bytes.1,
             },
         }
+    }
+
+    #[test]
+    fn a_charge_takes_a_line_whatever_the_buckets_hold() {
+        // 10 lines and 100 bytes a second, bursts of 2 lines and 200 bytes.
+        let l = limits((10, 2), (100, 200));
+        let mut s = Limiter::new(&l, 0);
+        // A line far over the byte burst costs the burst, no more.
+        s.charge(&l, 1_000_000, 0);
+        assert_eq!(s.wait_ms(&l, 1, 0), 10, "one byte refills in 10 ms");
+        assert_eq!(s.wait_ms(&l, 200, 0), 2_000);
+        // Charged on empty buckets: they stay empty, not below.
+        s.charge(&l, 5, 0);
+        s.charge(&l, 5, 0);
+        assert_eq!(s.wait_ms(&l, 1, 0), 100, "a line refills in 100 ms");
+        assert!(s.try_take(&l, 1, 2_000));
     }
 
     #[test]
