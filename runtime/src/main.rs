@@ -26,6 +26,26 @@ struct Cli {
     command: Option<Command>,
 }
 
+/// Which running loopd `reload` and `upgrade` ask, and how long they wait.
+#[derive(Debug, clap::Args)]
+struct Ask {
+    /// The config file whose `pid_file` names the process.
+    config: Option<PathBuf>,
+    /// The process id instead.
+    #[arg(long)]
+    pid: Option<i32>,
+    /// How long to wait for the outcome, in seconds; 0 only sends the
+    /// signal (SIGHUP to reload, SIGUSR2 to upgrade) and exits 0 at once
+    /// (the outcome is then only in loopd's log).
+    #[arg(
+        long,
+        value_name = "SECS",
+        default_value = "30",
+        allow_hyphen_values = true
+    )]
+    wait: String,
+}
+
 #[derive(Debug, Subcommand)]
 enum Command {
     /// Run a config file (the same as `loopd <config>`).
@@ -40,22 +60,7 @@ enum Command {
     /// requests (an older loopd) is sent SIGHUP. The process is the one
     /// whose id `--pid` gives, or the one written to the config's
     /// `[runtime] pid_file`.
-    Reload {
-        /// The config file whose `pid_file` names the process.
-        config: Option<PathBuf>,
-        /// The process id instead.
-        #[arg(long)]
-        pid: Option<i32>,
-        /// How long to wait for the answer, in seconds; 0 sends SIGHUP and
-        /// exits 0 at once (the outcome is then only in loopd's log).
-        #[arg(
-            long,
-            value_name = "SECS",
-            default_value = "30",
-            allow_hyphen_values = true
-        )]
-        wait: String,
-    },
+    Reload(Ask),
     /// Start a new loopd binary in place of a running one, with its
     /// listening sockets (SIGUSR2): no connection is refused; the old one
     /// finishes its connections and exits. Waits for the outcome: exits 0
@@ -63,22 +68,7 @@ enum Command {
     /// be started or exited first (the old one then keeps serving). A
     /// process that takes no requests is sent SIGUSR2. The process is found
     /// as for `reload`.
-    Upgrade {
-        /// The config file whose `pid_file` names the process.
-        config: Option<PathBuf>,
-        /// The process id instead.
-        #[arg(long)]
-        pid: Option<i32>,
-        /// How long to wait for the new process to take over, in seconds;
-        /// 0 sends SIGUSR2 and exits 0 at once.
-        #[arg(
-            long,
-            value_name = "SECS",
-            default_value = "30",
-            allow_hyphen_values = true
-        )]
-        wait: String,
-    },
+    Upgrade(Ask),
     /// Print a short summary of a running loopd: its handlers' connections,
     /// bytes and frames, from a status handler's listener (its /metrics).
     Status {
@@ -192,12 +182,8 @@ fn run_command(cli: Cli) -> ExitCode {
                 }
             };
         }
-        Some(Command::Reload { config, pid, wait }) => {
-            return ask("reload", Request::Reload, config, pid, &wait)
-        }
-        Some(Command::Upgrade { config, pid, wait }) => {
-            return ask("upgrade", Request::Upgrade, config, pid, &wait)
-        }
+        Some(Command::Reload(a)) => return ask("reload", Request::Reload, a),
+        Some(Command::Upgrade(a)) => return ask("upgrade", Request::Upgrade, a),
         Some(Command::Run { config }) => run(config),
         None => match cli.config {
             Some(config) => run(config),
@@ -410,14 +396,9 @@ impl Drop for PidFile {
 /// `loopd reload` and `loopd upgrade`: the request to the process, over
 /// its control socket (`loopd::control`), and its answer, for at most
 /// `wait` seconds; the signal where the process takes no requests.
-fn ask(
-    command: &str,
-    request: loopd::control::Request,
-    config: Option<PathBuf>,
-    pid: Option<i32>,
-    wait: &str,
-) -> ExitCode {
+fn ask(command: &str, request: loopd::control::Request, args: Ask) -> ExitCode {
     use loopd::control::{Answer, Unasked};
+    let Ask { config, pid, wait } = args;
     let fail = |e: String| {
         eprintln!("loopd {command}: error: {e}");
         ExitCode::FAILURE
