@@ -190,3 +190,40 @@ fn flood_until_again_then_on_writable_after_the_queue_drains() {
     assert_eq!(stat(&stats, "violations"), "0", "{stats}");
     assert_eq!(stat(&stats, "writable"), "2", "{stats}");
 }
+
+/// `output_low_watermark = 0` means "resume once the queue is empty": a
+/// client that reads only after loopd's queue filled still gets the whole
+/// echo (the queue never goes below 0 bytes, so loopd once stopped for good).
+#[test]
+fn a_low_watermark_of_zero_resumes_once_the_queue_is_empty() {
+    const TOTAL: usize = 4 << 20;
+    let loopd = Loopd::start(
+        r#"
+[[handler]]
+name = "echo"
+plugin = "echo"
+listen = ["tcp://127.0.0.1:0"]
+output_high_watermark = 4096
+output_low_watermark = 0
+"#,
+    );
+    let mut s = tcp(loopd.tcp("echo"));
+    small_receive_buffer(&s, 8192);
+    s.set_read_timeout(Some(TIMEOUT)).unwrap();
+    let data = pattern(TOTAL, 7);
+    let mut writer = s.try_clone().unwrap();
+    let to_send = data.clone();
+    let w = std::thread::spawn(move || {
+        writer.write_all(&to_send).unwrap();
+        writer.shutdown(Shutdown::Write).unwrap();
+    });
+    // Not read until loopd's queue is full and its reading paused.
+    std::thread::sleep(Duration::from_millis(500));
+    let mut back = Vec::with_capacity(TOTAL);
+    match s.read_to_end(&mut back) {
+        Ok(_) => {}
+        Err(e) => panic!("after {} of {TOTAL} bytes: {e}", back.len()),
+    }
+    w.join().unwrap();
+    assert!(back == data, "{} of {TOTAL} bytes came back", back.len());
+}

@@ -456,7 +456,8 @@ impl ConnectOptions {
         self
     }
 
-    /// Sets the output queue's high and low watermarks.
+    /// Sets the output queue's high and low watermarks (`low` 0: resume
+    /// once the queue is empty).
     pub fn watermarks(mut self, high: usize, low: usize) -> ConnectOptions {
         self.watermarks = Some((high, low));
         self
@@ -500,7 +501,9 @@ impl ConnectOptions {
                 .map_or(abi::LOOPD_FRAMING_DEFAULT, Framing::to_raw),
             max_frame: self.max_frame.map_or(0, |m| m as u64),
             output_high_watermark: self.watermarks.map_or(0, |(h, _)| h as u64),
-            output_low_watermark: self.watermarks.map_or(0, |(_, l)| l as u64),
+            // 0 means "unset" in the ABI: a low watermark of 0 ("resume
+            // once the queue is empty") is sent as 1, which means the same.
+            output_low_watermark: self.watermarks.map_or(0, |(_, l)| l.max(1) as u64),
             flags: if self.keep_reading {
                 abi::LOOPD_CONNECT_KEEP_READING
             } else {
@@ -512,5 +515,24 @@ impl ConnectOptions {
                 .as_deref()
                 .map_or(std::ptr::null(), std::ffi::CStr::as_ptr),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_low_watermark_of_zero_is_sent_as_one_not_as_unset() {
+        let raw = ConnectOptions::default().watermarks(32768, 0).to_raw();
+        assert_eq!(
+            (raw.output_high_watermark, raw.output_low_watermark),
+            (32768, 1)
+        );
+        let unset = ConnectOptions::default().to_raw();
+        assert_eq!(
+            (unset.output_high_watermark, unset.output_low_watermark),
+            (0, 0)
+        );
     }
 }

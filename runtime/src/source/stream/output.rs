@@ -270,7 +270,9 @@ impl Conn {
             self.begin_close(id, sh, true, abi::LOOPD_REASON_ERROR);
             return;
         }
-        let below_low = self.outq.len() < self.low_watermark;
+        // An empty queue is below any low watermark, 0 included ("resume
+        // once everything is sent").
+        let below_low = self.outq.len() < self.low_watermark || self.outq.is_empty();
         if below_low && self.paused {
             self.paused = false;
             sh.pending.push_back(Deferred::Input(id));
