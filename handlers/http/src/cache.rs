@@ -226,15 +226,23 @@ impl OpenCache {
             return;
         }
         let n = (self.max / 8).clamp(1, used.len());
-        let (_, cut, _) = used.select_nth_unstable(n - 1);
+        let (below, cut, _) = used.select_nth_unstable(n - 1);
         let cut = *cut;
+        // Exactly n: those used before `cut`, then as many used at `cut`
+        // as are still needed (a burst of requests can leave many entries
+        // with one timestamp, and dropping them all would empty the cache).
+        let mut ties = n - below.iter().filter(|&&u| u < cut).count();
         let mut freed = 0;
         self.map.retain(|_, e| {
-            let keep = e.used_ms > cut;
-            if !keep {
+            let drop = e.used_ms < cut
+                || (e.used_ms == cut && ties > 0 && {
+                    ties -= 1;
+                    true
+                });
+            if drop {
                 freed += body_len(&e.opened);
             }
-            keep
+            !drop
         });
         self.body_bytes -= freed;
     }
@@ -312,6 +320,20 @@ mod tests {
             assert_eq!(c.len(), 0);
             assert_eq!(c.body_bytes, 0);
         }
+    }
+
+    #[test]
+    fn a_full_cache_drops_an_eighth_even_when_all_were_used_at_once() {
+        let (tmp, root) = root();
+        let mut c = OpenCache::new(16, 0);
+        let o = opened(&tmp, &root, "a", b"x", true);
+        for i in 0..16 {
+            c.insert(format!("k{i}").into_bytes(), o.clone(), 5);
+        }
+        // All used in the same millisecond: two go, not sixteen.
+        c.insert(b"new".to_vec(), o.clone(), 6);
+        assert_eq!(c.len(), 15);
+        assert_eq!(c.body_bytes, 15);
     }
 
     #[test]

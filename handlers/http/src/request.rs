@@ -65,8 +65,10 @@ pub(crate) struct Request<'a> {
     /// An `Expect` field (any of them) holds another expectation, or is
     /// empty: 417.
     pub(crate) expect_other: bool,
-    pub(crate) if_match: Option<&'a [u8]>,
-    pub(crate) if_none_match: Option<&'a [u8]>,
+    /// Each `If-Match` field line (repeated lines are one list).
+    pub(crate) if_match: Vec<&'a [u8]>,
+    /// Each `If-None-Match` field line.
+    pub(crate) if_none_match: Vec<&'a [u8]>,
     pub(crate) if_modified_since: Option<&'a [u8]>,
     pub(crate) if_unmodified_since: Option<&'a [u8]>,
     pub(crate) range: Option<&'a [u8]>,
@@ -309,9 +311,9 @@ fn summarize<'a>(req: &httparse::Request<'_, 'a>, line: &'a [u8]) -> Result<Requ
             }
             r.expect_other |= members == 0;
         } else if is("if-match") {
-            r.if_match.get_or_insert(value);
+            r.if_match.push(value);
         } else if is("if-none-match") {
-            r.if_none_match.get_or_insert(value);
+            r.if_none_match.push(value);
         } else if is("if-modified-since") {
             r.if_modified_since.get_or_insert(value);
         } else if is("if-unmodified-since") {
@@ -409,6 +411,15 @@ mod tests {
             Ok(Head::Complete { len, req }) => (len, req),
             other => panic!("{:?}: {other:?}", String::from_utf8_lossy(buf)),
         }
+    }
+
+    #[test]
+    fn repeated_conditional_fields_are_kept_line_by_line() {
+        let (_, r) = complete(
+            b"GET / HTTP/1.1\r\nHost: a\r\nIf-Match: \"x\"\r\nIf-Match: \"y\"\r\nIf-None-Match: \"z\"\r\n\r\n",
+        );
+        assert_eq!(r.if_match, [&b"\"x\""[..], &b"\"y\""[..]]);
+        assert_eq!(r.if_none_match, [&b"\"z\""[..]]);
     }
 
     fn status(buf: &[u8]) -> u16 {
