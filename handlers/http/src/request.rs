@@ -75,8 +75,11 @@ pub(crate) struct Request<'a> {
     pub(crate) if_range: Option<&'a [u8]>,
 }
 
-/// The outcome of looking at the start of the input.
+/// The outcome of looking at the start of the input. Returned by value once
+/// per request and matched at once: boxing the request would allocate for
+/// every one.
 #[derive(Debug)]
+#[allow(clippy::large_enum_variant)]
 pub(crate) enum Head<'a> {
     /// More bytes are needed (and the limits are not exceeded yet).
     Partial,
