@@ -444,3 +444,80 @@ fn an_upstream_that_is_the_proxys_own_listener_is_refused_not_looped() {
         assert!(!logs.contains("max_connections"), "{logs}");
     }
 }
+
+/// Closes `s` with a reset (`SO_LINGER` 0) instead of a FIN.
+fn reset(s: TcpStream) {
+    let linger = libc::linger {
+        l_onoff: 1,
+        l_linger: 0,
+    };
+    // SAFETY: setsockopt on a socket this test owns, from a local of the
+    // option's size.
+    let rc = unsafe {
+        libc::setsockopt(
+            std::os::fd::AsRawFd::as_raw_fd(&s),
+            libc::SOL_SOCKET,
+            libc::SO_LINGER,
+            (&linger as *const libc::linger).cast(),
+            std::mem::size_of::<libc::linger>() as libc::socklen_t,
+        )
+    };
+    assert_eq!(rc, 0);
+    drop(s);
+}
+
+/// Reads `s` until it ends: what came, and whether it ended with a reset
+/// (`true`) or a clean EOF.
+fn read_to_end_or_reset(s: &mut TcpStream) -> (Vec<u8>, bool) {
+    s.set_read_timeout(Some(TIMEOUT)).unwrap();
+    let mut got = Vec::new();
+    let mut buf = [0u8; 65536];
+    loop {
+        match s.read(&mut buf) {
+            Ok(0) => return (got, false),
+            Ok(n) => got.extend_from_slice(&buf[..n]),
+            Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => return (got, true),
+            Err(e) => panic!("after {} bytes: {e}", got.len()),
+        }
+    }
+}
+
+/// A side that resets mid-stream is passed on as a reset: the other side
+/// gets what came before it, then an error, never a clean end that would
+/// make a cut-off stream look complete. Both ways.
+#[test]
+fn a_reset_on_one_side_is_passed_on_as_a_reset() {
+    let upstream = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let url = format!("tcp://{}", upstream.local_addr().unwrap());
+    let loopd = Loopd::start(&proxy_config(&url, "", ""));
+    let addr = loopd.tcp("proxy");
+    let sent = pattern(100_000, 3);
+
+    // The upstream sends, then resets.
+    let mut client = connect(addr);
+    let (mut up, _) = upstream.accept().unwrap();
+    up.write_all(&sent).unwrap();
+    std::thread::sleep(Duration::from_millis(200));
+    reset(up);
+    let (got, was_reset) = read_to_end_or_reset(&mut client);
+    assert!(sent.starts_with(&got), "a prefix of what the upstream sent");
+    assert!(
+        was_reset,
+        "the client saw a clean end after {} bytes",
+        got.len()
+    );
+
+    // The client sends, then resets.
+    let mut client = connect(addr);
+    let (mut up, _) = upstream.accept().unwrap();
+    client.write_all(&sent).unwrap();
+    std::thread::sleep(Duration::from_millis(200));
+    reset(client);
+    let (got, was_reset) = read_to_end_or_reset(&mut up);
+    assert!(sent.starts_with(&got), "a prefix of what the client sent");
+    assert!(
+        was_reset,
+        "the upstream saw a clean end after {} bytes",
+        got.len()
+    );
+}

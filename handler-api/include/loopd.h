@@ -84,8 +84,9 @@ extern "C" {
  *            loopd_connect_options.server_name; loopd_plugin_info.alpn;
  *            loopd_datagram, loopd_host_api.send_datagrams,
  *            loopd_vtable.on_datagrams.
- * 1.5 added: loopd_plugin_info.framings, LOOPD_FRAMING_BIT. */
-#define LOOPD_ABI_MINOR 5
+ * 1.5 added: loopd_plugin_info.framings, LOOPD_FRAMING_BIT.
+ * 1.6 added: LOOPD_CLOSE_RESET. */
+#define LOOPD_ABI_MINOR 6
 
 /* Sizes of the v1.0 structs on 64-bit targets: the smallest struct_size a
  * reader accepts. They never change; later minors only append (a 1.1 host
@@ -188,6 +189,7 @@ extern "C" {
 /* close() modes. */
 #define LOOPD_CLOSE_FLUSH 0 /* stop reading, send what is queued, then close */
 #define LOOPD_CLOSE_ABORT 1 /* drop the queue and close now */
+#define LOOPD_CLOSE_RESET 2 /* 1.6: as ABORT, and the peer sees a reset (TCP RST), not an EOF */
 
 /* on_close reasons. */
 #define LOOPD_REASON_PEER 1           /* the peer closed (EOF), we flushed */
@@ -349,7 +351,9 @@ typedef struct loopd_host_api {
     int32_t (*sendv)(loopd_ctx *ctx, uint64_t conn, const loopd_bytes *parts,
                      size_t count);
 
-    /* Close a connection. mode is LOOPD_CLOSE_FLUSH or LOOPD_CLOSE_ABORT.
+    /* Close a connection. mode is LOOPD_CLOSE_FLUSH, LOOPD_CLOSE_ABORT or
+     * (1.6) LOOPD_CLOSE_RESET; a 1.5 host refuses RESET with
+     * LOOPD_ERR_INVALID.
      * No more on_data follows; on_close(LOOPD_REASON_LOCAL) is delivered
      * after the current hook returns (FLUSH: once the queue is sent, or the
      * flush times out). Closing a closing connection is LOOPD_OK. */

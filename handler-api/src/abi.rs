@@ -14,7 +14,7 @@ use core::ffi::{c_char, c_void};
 /// Major version of the ABI. A major bump renames the entry symbol.
 pub const LOOPD_ABI_MAJOR: u32 = 1;
 /// Minor version of the ABI. A minor bump only appends fields and functions.
-pub const LOOPD_ABI_MINOR: u32 = 5;
+pub const LOOPD_ABI_MINOR: u32 = 6;
 /// The one symbol a plugin exports, NUL-terminated.
 pub const LOOPD_ENTRY_SYMBOL: &[u8] = b"loopd_plugin_entry_v1\0";
 
@@ -109,6 +109,10 @@ pub const fn LOOPD_FRAMING_BIT(framing: u32) -> u32 {
 pub const LOOPD_CLOSE_FLUSH: u32 = 0;
 /// `close` mode: drop the queue and close now.
 pub const LOOPD_CLOSE_ABORT: u32 = 1;
+/// `close` mode (ABI 1.6): as `ABORT`, and the peer is told the stream
+/// broke (TCP: a reset instead of a FIN), so a cut-off stream never looks
+/// complete. An older host refuses it with `LOOPD_ERR_INVALID`.
+pub const LOOPD_CLOSE_RESET: u32 = 2;
 
 /// Close reason: the peer closed and the output was flushed.
 pub const LOOPD_REASON_PEER: i32 = 1;

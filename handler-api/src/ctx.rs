@@ -196,6 +196,8 @@ impl Ctx {
         let mode = match mode {
             CloseMode::Flush => abi::LOOPD_CLOSE_FLUSH,
             CloseMode::Abort => abi::LOOPD_CLOSE_ABORT,
+            CloseMode::Reset if self.host().abi_minor >= 6 => abi::LOOPD_CLOSE_RESET,
+            CloseMode::Reset => abi::LOOPD_CLOSE_ABORT,
         };
         // SAFETY: plain values only.
         Error::check(unsafe { f(self.raw, conn.raw(), mode) })

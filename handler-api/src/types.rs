@@ -189,6 +189,11 @@ pub enum CloseMode {
     Flush,
     /// Drop the queue and close now.
     Abort,
+    /// As `Abort`, and the peer is told the stream broke (TCP: a reset, not
+    /// a FIN), so a cut-off stream never looks complete to it: what a proxy
+    /// passes on when the other side failed (ABI 1.6; on an older host,
+    /// `Abort`).
+    Reset,
 }
 
 /// Why a connection closed, as `on_close` reports it.

@@ -642,10 +642,16 @@ impl Handler for Proxy {
         let other = side.other();
         if pair.is_open(other) && !pair.finished && !pair.closing {
             // Mid-stream (a reset, an error, a failed connect, the flush
-            // timeout): the other side goes too. A reset is passed on as
-            // an abort, not as a clean end.
+            // timeout): the other side goes too. Once the stream has
+            // started it is reset (ABI 1.6), so a broken stream never looks
+            // like a clean end to it; before, the client is just closed.
             pair.closing = true;
-            let _ = ctx.close(pair.conn(other), CloseMode::Abort);
+            let mode = if pair.connected && reason != CloseReason::ConnectFailed {
+                CloseMode::Reset
+            } else {
+                CloseMode::Abort
+            };
+            let _ = ctx.close(pair.conn(other), mode);
             if side == Side::Upstream && reason == CloseReason::ConnectFailed {
                 let peer = pair.peer;
                 match self.settings.upstream {

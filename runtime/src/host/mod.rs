@@ -231,7 +231,10 @@ unsafe extern "C" fn host_sendv(
 }
 
 unsafe extern "C" fn host_close(ctx: *mut loopd_ctx, conn: u64, mode: u32) -> i32 {
-    if mode != abi::LOOPD_CLOSE_FLUSH && mode != abi::LOOPD_CLOSE_ABORT {
+    if !matches!(
+        mode,
+        abi::LOOPD_CLOSE_FLUSH | abi::LOOPD_CLOSE_ABORT | abi::LOOPD_CLOSE_RESET
+    ) {
         return abi::LOOPD_ERR_INVALID;
     }
     // SAFETY: `ctx` comes from the runtime.

@@ -743,6 +743,28 @@ pub(crate) fn open_regular(path: &Path) -> Result<(std::fs::File, std::fs::Metad
     Ok((file, meta))
 }
 
+/// Sets `SO_LINGER` to 0 seconds on a socket about to be closed: a TCP
+/// close then sends a reset and drops what is unsent. A failure (not a
+/// socket, or one without lingering) leaves the plain close.
+pub(crate) fn linger_zero(fd: std::os::fd::BorrowedFd<'_>) {
+    use std::os::fd::AsRawFd;
+    let linger = libc::linger {
+        l_onoff: 1,
+        l_linger: 0,
+    };
+    // SAFETY: setsockopt(2) reads a `linger` from a local of its size, on
+    // a descriptor the caller holds.
+    unsafe {
+        libc::setsockopt(
+            fd.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_LINGER,
+            (&linger as *const libc::linger).cast(),
+            std::mem::size_of::<libc::linger>() as libc::socklen_t,
+        )
+    };
+}
+
 /// Sets or clears `FD_CLOEXEC` on `fd`, and makes it non-blocking when
 /// `cloexec` is set (adopting an inherited socket).
 pub(crate) fn set_cloexec(fd: RawFd, cloexec: bool) -> io::Result<()> {

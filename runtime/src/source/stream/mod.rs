@@ -147,6 +147,8 @@ pub(crate) struct Conn {
     parked: bool,
     /// The reason `on_close` will carry.
     close_reason: i32,
+    /// The handler closed with `LOOPD_CLOSE_RESET`: the peer gets a reset.
+    reset: bool,
     /// The flush-before-close deadline timer, if armed.
     close_timer: Option<u64>,
     /// The input buffer's capacity as counted in `Shared::buffered_input`.
@@ -218,6 +220,7 @@ impl Conn {
             skipping: None,
             sent_pass: 0,
             deferred: false,
+            reset: false,
         }
     }
 
@@ -457,6 +460,12 @@ impl Conn {
         let abort = match mode {
             abi::LOOPD_CLOSE_FLUSH => false,
             abi::LOOPD_CLOSE_ABORT => true,
+            abi::LOOPD_CLOSE_RESET => {
+                if self.phase != Phase::Closed {
+                    self.reset = true;
+                }
+                true
+            }
             _ => return abi::LOOPD_ERR_INVALID,
         };
         self.begin_close(id, sh, abort, abi::LOOPD_REASON_LOCAL);
@@ -527,7 +536,11 @@ impl Conn {
         let flushed = self.close_reason != abi::LOOPD_REASON_ERROR;
         self.phase = Phase::Closed;
         if let Some(mut io) = self.io.take() {
-            if flushed && self.opened {
+            if self.reset {
+                // No TLS close_notify: the stream broke. SO_LINGER 0 makes
+                // the close send a reset (TCP); elsewhere it changes nothing.
+                crate::sys::linger_zero(io.fd());
+            } else if flushed && self.opened {
                 io.close_notify();
             }
             if let Err(e) = sh.poll.delete(io.fd()) {
