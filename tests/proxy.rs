@@ -69,6 +69,39 @@ fn fifty_mib_each_way_arrive_byte_exact_through_both_half_closes() {
     );
 }
 
+/// A download to a slow client that half-closed first: the pair ends with
+/// the client's side still flushing, and that side, closed by the hang-up
+/// after its half-close, is a clean end (`PEER`), not a broken one.
+#[test]
+fn a_slow_download_after_both_half_closes_ends_as_a_clean_close() {
+    let len = 4 * MIB;
+    let (server, from_client) = exchanging_server(len);
+    let loopd = Loopd::start(&proxy_config(&server.url(), "", ""));
+    let client = connect(loopd.tcp("proxy"));
+    small_receive_buffer(&client, 16 << 10);
+    half_close(&client);
+    let mut r = &client;
+    // 4 MiB at about 4 MiB/s: the upstream is done long before the client.
+    let got = recv_stream(&mut r, len, 4 * MIB, || {});
+    assert_eq!(got, expected(2, len));
+    assert_eq!(
+        from_client
+            .recv_timeout(TIMEOUT)
+            .expect("the upstream's report")
+            .len,
+        0
+    );
+    drop(client);
+    assert!(
+        loopd.wait_for_log("bytes to the upstream", TIMEOUT),
+        "{}",
+        loopd.logs()
+    );
+    std::thread::sleep(Duration::from_millis(200));
+    assert!(!loopd.logs().contains("peer hung up"), "{}", loopd.logs());
+    assert!(!loopd.logs().contains("I/O error"), "{}", loopd.logs());
+}
+
 #[test]
 fn a_reply_sent_after_the_clients_eof_always_arrives() {
     // `printf hi | nc -q1 host port` through the proxy, 200 times: the

@@ -97,7 +97,9 @@ impl Runtime {
                         return;
                     };
                     if c.hung_up_unasked(&r) {
-                        if !c.park_hangup(r.key, sh, &r) {
+                        if c.ended_both_ways(&r) {
+                            c.begin_close(r.key, sh, false, abi::LOOPD_REASON_PEER);
+                        } else if !c.park_hangup(r.key, sh, &r) {
                             log::debug!("{}: connection {}: peer hung up", c.name(), r.key);
                             c.begin_close(r.key, sh, true, abi::LOOPD_REASON_ERROR);
                         }

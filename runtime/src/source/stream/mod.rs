@@ -448,6 +448,13 @@ impl Conn {
     pub(crate) fn write_shut(&self) -> bool {
         self.shut_write != ShutWrite::No
     }
+
+    /// Both directions ended cleanly: the peer's EOF was read, this side's
+    /// half-close went out after everything queued, and the hang-up that
+    /// follows carries no error. Such a connection is done, not broken.
+    pub(crate) fn ended_both_ways(&self, ready: &Ready) -> bool {
+        !ready.err && self.read_eof && self.shut_write == ShutWrite::Done && self.drained()
+    }
 }
 
 impl Conn {
