@@ -525,32 +525,26 @@ fn a_reset_on_one_side_is_passed_on_as_a_reset() {
     let loopd = Loopd::start(&proxy_config(&url, "", ""));
     let addr = loopd.tcp("proxy");
     let sent = pattern(100_000, 3);
-
-    // The upstream sends, then resets.
-    let mut client = connect(addr);
-    let (mut up, _) = upstream.accept().unwrap();
-    up.write_all(&sent).unwrap();
-    std::thread::sleep(Duration::from_millis(200));
-    reset(up);
-    let (got, was_reset) = read_to_end_or_reset(&mut client);
-    assert!(sent.starts_with(&got), "a prefix of what the upstream sent");
-    assert!(
-        was_reset,
-        "the client saw a clean end after {} bytes",
-        got.len()
-    );
-
-    // The client sends, then resets.
-    let mut client = connect(addr);
-    let (mut up, _) = upstream.accept().unwrap();
-    client.write_all(&sent).unwrap();
-    std::thread::sleep(Duration::from_millis(200));
-    reset(client);
-    let (got, was_reset) = read_to_end_or_reset(&mut up);
-    assert!(sent.starts_with(&got), "a prefix of what the client sent");
-    assert!(
-        was_reset,
-        "the upstream saw a clean end after {} bytes",
-        got.len()
-    );
+    // `from` sends, then resets; `to` must see a prefix of it, then a reset.
+    let one_way = |mut from: TcpStream, mut to: TcpStream, from_name: &str, to_name: &str| {
+        from.write_all(&sent).unwrap();
+        std::thread::sleep(Duration::from_millis(200));
+        reset(from);
+        let (got, was_reset) = read_to_end_or_reset(&mut to);
+        assert!(
+            sent.starts_with(&got),
+            "a prefix of what the {from_name} sent"
+        );
+        assert!(
+            was_reset,
+            "the {to_name} saw a clean end after {} bytes",
+            got.len()
+        );
+    };
+    let client = connect(addr);
+    let (up, _) = upstream.accept().unwrap();
+    one_way(up, client, "upstream", "client");
+    let client = connect(addr);
+    let (up, _) = upstream.accept().unwrap();
+    one_way(client, up, "client", "upstream");
 }
